@@ -1,0 +1,5 @@
+//! The blkdebug filter: rule-driven error injection and breakpoints.
+
+pub mod config;
+pub mod events;
+pub mod rules;

@@ -1,0 +1,12 @@
+//! The block layer: drivers, the node graph, the generic request layer and the executor.
+
+pub mod blkdebug;
+pub mod blkverify;
+pub mod driver;
+pub mod executor;
+pub mod file;
+pub mod io;
+pub mod node;
+pub mod open;
+pub mod options;
+pub mod raw;

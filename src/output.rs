@@ -1,0 +1,51 @@
+//! Output sinks. The engine writes every byte of user-visible output through a [`Sink`], tagged
+//! with the stream QEMU would have used, in causal order (what `stdbuf -oL qemu-io ... 2>&1` shows).
+
+use std::cell::RefCell;
+use std::io::Write;
+use std::rc::Rc;
+
+/// The stream a piece of output belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// Where engine output goes.
+pub trait Sink {
+    fn write(&mut self, stream: Stream, text: &str);
+}
+
+/// A shared handle to a sink: aio completions print from inside the executor.
+pub type SharedSink = Rc<RefCell<dyn Sink>>;
+
+/// Collects both streams interleaved in causal order, as `2>&1` with a line-buffered stdout does.
+#[derive(Default, Debug, Clone)]
+pub struct Capture {
+    pub combined: String,
+}
+
+impl Sink for Capture {
+    fn write(&mut self, _stream: Stream, text: &str) {
+        self.combined.push_str(text);
+    }
+}
+
+/// The process's own stdout and stderr. Stdout is flushed after every write so that the two
+/// streams interleave in causal order, as `stdbuf -oL` makes qemu-io do.
+#[derive(Default, Debug)]
+pub struct ProcessStreams;
+
+impl Sink for ProcessStreams {
+    fn write(&mut self, stream: Stream, text: &str) {
+        // A closed pipe must not turn into a panic; there is nobody left to tell.
+        let _ = match stream {
+            Stream::Stdout => {
+                let mut out = std::io::stdout().lock();
+                out.write_all(text.as_bytes()).and_then(|_| out.flush())
+            }
+            Stream::Stderr => std::io::stderr().lock().write_all(text.as_bytes()),
+        };
+    }
+}

@@ -1,0 +1,5 @@
+//! The qemu-io command language.
+
+pub mod format;
+pub mod getopt;
+pub mod numbers;
