@@ -49,3 +49,47 @@ impl Sink for ProcessStreams {
         };
     }
 }
+
+/// What one qemu-io or qemu-img "process" prints to, shared by the interpreter and by the drivers
+/// that print (blkdebug's breakpoint lines, blkverify's reports). After [`Console::exit`] the
+/// process is gone: later output is dropped, as nothing runs after `exit()` in QEMU.
+pub struct Console {
+    sink: SharedSink,
+    exit_status: std::cell::Cell<Option<i32>>,
+}
+
+impl Console {
+    pub fn new(sink: SharedSink) -> Rc<Self> {
+        Rc::new(Self {
+            sink,
+            exit_status: std::cell::Cell::new(None),
+        })
+    }
+
+    pub fn write(&self, stream: Stream, text: &str) {
+        if self.exit_status.get().is_none() {
+            self.sink.borrow_mut().write(stream, text);
+        }
+    }
+
+    /// stdout, as printf
+    pub fn out(&self, text: &str) {
+        self.write(Stream::Stdout, text);
+    }
+
+    /// stderr, as fprintf(stderr)
+    pub fn err(&self, text: &str) {
+        self.write(Stream::Stderr, text);
+    }
+
+    /// Ends the process with `status` (the first call wins).
+    pub fn exit(&self, status: i32) {
+        if self.exit_status.get().is_none() {
+            self.exit_status.set(Some(status));
+        }
+    }
+
+    pub fn exited(&self) -> Option<i32> {
+        self.exit_status.get()
+    }
+}

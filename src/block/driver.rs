@@ -1,1 +1,187 @@
-//! (to be written)
+//! The driver interface every node implements, and the request vocabulary shared by all layers.
+
+use super::blkdebug::events::Event;
+use super::node::Node;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+
+/// A driver's future: drivers are object-safe, so their async methods return boxed futures.
+pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
+
+/// Result of a block-layer operation: `Err(errno)` carries a positive errno, as `-ret` in QEMU.
+pub type IoResult<T = ()> = Result<T, i32>;
+
+/// Request flags (a subset of QEMU's BdrvRequestFlags with the same meaning).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReqFlags(pub u32);
+
+impl ReqFlags {
+    pub const NONE: Self = Self(0);
+    pub const WRITE_UNCHANGED: Self = Self(1 << 0);
+    pub const FUA: Self = Self(1 << 1);
+    pub const ZERO_WRITE: Self = Self(1 << 2);
+    pub const MAY_UNMAP: Self = Self(1 << 3);
+    pub const NO_FALLBACK: Self = Self(1 << 4);
+    pub const WRITE_COMPRESSED: Self = Self(1 << 5);
+
+    pub fn has(self, other: Self) -> bool {
+        self.0 & other.0 == other.0 && other.0 != 0
+    }
+    pub fn with(self, other: Self) -> Self {
+        Self(self.0 | other.0)
+    }
+    pub fn without(self, other: Self) -> Self {
+        Self(self.0 & !other.0)
+    }
+    pub fn and(self, mask: Self) -> Self {
+        Self(self.0 & mask.0)
+    }
+}
+
+/// A node's I/O limits (QEMU's BlockLimits, the part the request layer uses). 0 = no limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub request_alignment: u64,
+    pub max_transfer: u64,
+    pub pwrite_zeroes_alignment: u64,
+    pub max_pwrite_zeroes: u64,
+    pub pdiscard_alignment: u64,
+    pub max_pdiscard: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            request_alignment: 1,
+            max_transfer: 0,
+            pwrite_zeroes_alignment: 0,
+            max_pwrite_zeroes: 0,
+            pdiscard_alignment: 0,
+            max_pdiscard: 0,
+        }
+    }
+}
+
+/// Block-status bits (QEMU's BDRV_BLOCK_*).
+pub mod status {
+    pub const DATA: u32 = 0x01;
+    pub const ZERO: u32 = 0x02;
+    pub const OFFSET_VALID: u32 = 0x04;
+    pub const RAW: u32 = 0x08;
+    pub const ALLOCATED: u32 = 0x10;
+    pub const EOF: u32 = 0x20;
+    pub const RECURSE: u32 = 0x40;
+}
+
+/// What a driver reports for the start of a range.
+#[derive(Clone)]
+pub struct BlockStatus {
+    pub flags: u32,
+    /// bytes from the queried offset that share this status
+    pub pnum: u64,
+    /// host offset in `file`, when OFFSET_VALID
+    pub map: u64,
+    pub file: Option<Rc<Node>>,
+}
+
+/// Which operations a driver implements; where QEMU checks `drv->bdrv_co_x != NULL`, we check these.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Capabilities {
+    pub pwrite_zeroes: bool,
+    pub pdiscard: bool,
+    /// a flush callback covering the whole subtree (QEMU's `bdrv_co_flush`), as blkverify has
+    pub flush_all: bool,
+    pub flush_to_disk: bool,
+    pub flush_to_os: bool,
+    pub block_status: bool,
+    pub truncate: bool,
+    /// raises blkdebug events (only blkdebug does)
+    pub debug_events: bool,
+}
+
+/// A block driver. `node` is the node the driver instance belongs to; children hang off it.
+pub trait BlockDriver {
+    /// `format name:` in qemu-io's `info`
+    fn format_name(&self) -> &'static str;
+    /// protocol drivers (file, blkdebug, blkverify) have one
+    fn protocol_name(&self) -> Option<&'static str> {
+        None
+    }
+    /// filters pass block status and truncate through to their filtered child (`file`)
+    fn is_filter(&self) -> bool {
+        false
+    }
+    fn capabilities(&self) -> Capabilities;
+
+    fn preadv<'a>(&'a self, node: &'a Node, offset: u64, buf: &'a mut [u8]) -> BoxFut<'a, IoResult>;
+    fn pwritev<'a>(
+        &'a self,
+        node: &'a Node,
+        offset: u64,
+        buf: &'a [u8],
+        flags: ReqFlags,
+    ) -> BoxFut<'a, IoResult>;
+    fn pwrite_zeroes<'a>(
+        &'a self,
+        _node: &'a Node,
+        _offset: u64,
+        _bytes: u64,
+        _flags: ReqFlags,
+    ) -> BoxFut<'a, IoResult> {
+        Box::pin(async { Err(libc::ENOTSUP) })
+    }
+    fn pdiscard<'a>(&'a self, _node: &'a Node, _offset: u64, _bytes: u64) -> BoxFut<'a, IoResult> {
+        Box::pin(async { Err(libc::ENOTSUP) })
+    }
+    fn flush_all<'a>(&'a self, _node: &'a Node) -> BoxFut<'a, IoResult> {
+        Box::pin(async { Ok(()) })
+    }
+    fn flush_to_os<'a>(&'a self, _node: &'a Node) -> BoxFut<'a, IoResult> {
+        Box::pin(async { Ok(()) })
+    }
+    fn flush_to_disk<'a>(&'a self, _node: &'a Node) -> BoxFut<'a, IoResult> {
+        Box::pin(async { Ok(()) })
+    }
+    fn block_status<'a>(
+        &'a self,
+        _node: &'a Node,
+        _want_zero: bool,
+        _offset: u64,
+        _bytes: u64,
+    ) -> BoxFut<'a, IoResult<BlockStatus>> {
+        Box::pin(async { Err(libc::ENOTSUP) })
+    }
+    fn truncate<'a>(&'a self, _node: &'a Node, _size: u64) -> BoxFut<'a, Result<(), String>> {
+        Box::pin(async { Err("Image format driver does not support resize".to_string()) })
+    }
+    fn getlength(&self, node: &Node) -> IoResult<u64>;
+
+    /// Processes a blkdebug event; returns a future only when the request must suspend.
+    fn debug_event(&self, _node: &Node, _event: Event) -> Option<BoxFut<'static, ()>> {
+        None
+    }
+
+    /// The blkdebug state behind breakpoints, if this driver has it.
+    fn as_blkdebug(&self) -> Option<&super::blkdebug::BlkDebug> {
+        None
+    }
+
+    /// qemu-io `info`: cluster size and format-specific lines (None: `info` has nothing to add).
+    fn info(&self, _node: &Node) -> Option<DriverInfo> {
+        None
+    }
+
+    /// Called once when the drive is closed (caches are written back here).
+    fn close<'a>(&'a self, _node: &'a Node) -> BoxFut<'a, ()> {
+        Box::pin(async {})
+    }
+}
+
+/// qemu-io `info` details a format driver provides.
+#[derive(Clone, Debug, Default)]
+pub struct DriverInfo {
+    pub cluster_size: u64,
+    pub vm_state_offset: u64,
+    pub specific: Vec<String>,
+}

@@ -1,5 +1,6 @@
 //! The block layer: drivers, the node graph, the generic request layer and the executor.
 
+pub mod backend;
 pub mod blkdebug;
 pub mod blkverify;
 pub mod driver;

@@ -1,1 +1,431 @@
-//! (to be written)
+//! Opening a drive: QEMU filenames (plain paths, `blkdebug:CONFIG:IMAGE`, `blkverify:RAW:TEST`,
+//! `json:{...}`), structured blockdev options with QEMU's key names, format probing and its
+//! WARNING, and QEMU's error messages. Builds the node graph.
+
+use super::blkdebug::{BlkDebug, BlkDebugDriver};
+use super::blkverify::BlkVerifyDriver;
+use super::driver::{Limits, ReqFlags};
+use super::file::FileDriver;
+use super::node::{Child, Node, OpenFlags};
+use super::raw::{probes_as_other_format, RawDriver, PROBE_BUF_SIZE};
+use crate::output::Console;
+use serde_json::{Map, Value};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+/// Blockdev options: a JSON object with QEMU's key names, nested (`{"file": {"driver": ...}}`).
+pub type Options = Map<String, Value>;
+
+/// Everything opening needs besides the options.
+pub struct OpenContext {
+    /// relative filenames are resolved against this directory
+    pub base_dir: PathBuf,
+    pub console: Rc<Console>,
+    pub flags: OpenFlags,
+}
+
+impl OpenContext {
+    fn resolve(&self, name: &str) -> PathBuf {
+        let p = Path::new(name);
+        if p.is_absolute() { p.to_path_buf() } else { self.base_dir.join(p) }
+    }
+}
+
+/// Turns `a.b.c=v` keys into nested objects, as QEMU's option parsing accepts both spellings.
+pub fn nest_dotted(flat: Options) -> Options {
+    let mut out = Options::new();
+    for (key, value) in flat {
+        let value = match value {
+            Value::Object(m) => Value::Object(nest_dotted(m)),
+            v => v,
+        };
+        insert_path(&mut out, &key, value);
+    }
+    out
+}
+
+fn insert_path(map: &mut Options, key: &str, value: Value) {
+    match key.split_once('.') {
+        None => match (map.get_mut(key), value) {
+            (Some(Value::Object(existing)), Value::Object(new)) => {
+                for (k, v) in new {
+                    insert_path(existing, &k, v);
+                }
+            }
+            (_, value) => {
+                map.insert(key.to_string(), value);
+            }
+        },
+        Some((head, rest)) => {
+            let entry = map
+                .entry(head.to_string())
+                .or_insert_with(|| Value::Object(Options::new()));
+            if !entry.is_object() {
+                *entry = Value::Object(Options::new());
+            }
+            if let Value::Object(m) = entry {
+                insert_path(m, rest, value);
+            }
+        }
+    }
+}
+
+/// Parses `k=v,k=v` as `--image-opts` and `open -o` take it (`,,` is a literal comma).
+pub fn parse_keyval(text: &str) -> Result<Options, String> {
+    let mut opts = Options::new();
+    let mut chars = text.chars().peekable();
+    while chars.peek().is_some() {
+        let mut key = String::new();
+        while let Some(&c) = chars.peek() {
+            if c == '=' || c == ',' {
+                break;
+            }
+            key.push(c);
+            chars.next();
+        }
+        if chars.peek() != Some(&'=') {
+            return Err(format!("Invalid parameter '{key}'"));
+        }
+        chars.next();
+        let mut value = String::new();
+        while let Some(c) = chars.next() {
+            if c == ',' {
+                if chars.peek() == Some(&',') {
+                    chars.next();
+                    value.push(',');
+                    continue;
+                }
+                break;
+            }
+            value.push(c);
+        }
+        opts.insert(key, Value::String(value));
+    }
+    Ok(nest_dotted(opts))
+}
+
+fn parse_json_filename(text: &str) -> Result<Options, String> {
+    let value: Value = serde_json::from_str(text)
+        .map_err(|e| format!("Could not parse the JSON options: JSON parse error, {e}"))?;
+    match value {
+        Value::Object(m) => Ok(nest_dotted(m)),
+        _ => Err("Invalid JSON object given".to_string()),
+    }
+}
+
+/// A scalar option as QEMU sees it after converting JSON scalars to strings.
+fn scalar_string(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(if *b { "on" } else { "off" }.to_string()),
+        _ => None,
+    }
+}
+
+fn take_string(opts: &mut Options, key: &str) -> Option<String> {
+    opts.remove(key).and_then(|v| scalar_string(&v))
+}
+
+/// The protocol a filename names by its prefix (`blkdebug:`, `blkverify:`), or None for a path.
+fn protocol_of(filename: &str) -> Result<Option<&'static str>, String> {
+    let Some(colon) = filename.find(':') else {
+        return Ok(None);
+    };
+    // A ':' after a '/' is part of a path, as QEMU's path_has_protocol decides.
+    if filename[..colon].contains('/') {
+        return Ok(None);
+    }
+    match &filename[..colon] {
+        "blkdebug" => Ok(Some("blkdebug")),
+        "blkverify" => Ok(Some("blkverify")),
+        "file" => Ok(Some("file")),
+        other => Err(format!("Unknown protocol '{other}'")),
+    }
+}
+
+/// Opens the top node of a drive as qemu-io does: `filename` (may be a json: filename) plus
+/// `options`; `format` is `-f`. Errors are the text after `can't open device X: `.
+pub fn open_drive(
+    filename: Option<&str>,
+    mut options: Options,
+    format: Option<&str>,
+    ctx: &OpenContext,
+) -> Result<Rc<Node>, String> {
+    if let Some(fmt) = format {
+        options.insert("driver".into(), Value::String(fmt.to_string()));
+    }
+    open_node(filename.map(str::to_string), options, true, ctx)
+}
+
+/// QEMU's bdrv_open: `probe` is false for children opened in the protocol role.
+fn open_node(
+    filename: Option<String>,
+    mut opts: Options,
+    probe: bool,
+    ctx: &OpenContext,
+) -> Result<Rc<Node>, String> {
+    let mut filename = filename;
+    if let Some(json) = filename.as_deref().and_then(|f| f.strip_prefix("json:")) {
+        let parsed = parse_json_filename(json)?;
+        for (k, v) in parsed {
+            opts.entry(k).or_insert(v);
+        }
+        filename = None;
+    }
+    if filename.is_none() {
+        if let Some(Value::String(f)) = opts.get("filename") {
+            if !opts.contains_key("driver") || !probe {
+                filename = Some(f.clone());
+            }
+        }
+    }
+    let driver = match opts.remove("driver") {
+        Some(v) => Some(scalar_string(&v).ok_or("Parameter 'driver' expects a string")?),
+        None => None,
+    };
+    match driver.as_deref() {
+        Some("raw") => open_format_raw(filename, opts, false, ctx),
+        Some("file") => open_file(filename, opts, ctx),
+        Some("blkdebug") => open_blkdebug(filename, opts, ctx),
+        Some("blkverify") => open_blkverify(filename, opts, ctx),
+        Some(other) => Err(format!("Unknown driver '{other}'")),
+        None => {
+            let name = filename.clone().unwrap_or_default();
+            if let Some(Value::String(f)) = opts.remove("filename") {
+                filename = Some(f);
+            }
+            let proto_node = open_protocol(filename.clone(), opts, ctx)?;
+            if !probe {
+                return Ok(proto_node);
+            }
+            // Probe the format of what the protocol node holds.
+            let mut head = vec![0u8; PROBE_BUF_SIZE as usize];
+            let len = proto_node.getlength().unwrap_or(0).min(PROBE_BUF_SIZE) as usize;
+            let _ = crate::block::executor::block_on({
+                let n = proto_node.clone();
+                async move {
+                    let mut buf = vec![0u8; len];
+                    let r = super::io::preadv(&n, 0, &mut buf).await;
+                    (r, buf)
+                }
+            })
+            .map(|(r, buf)| {
+                if r.is_ok() {
+                    head[..len].copy_from_slice(&buf);
+                }
+            });
+            if probes_as_other_format(&head) {
+                return Err(format!("Unknown driver 'qcow2'"));
+            }
+            ctx.console.err(&format!(
+                "WARNING: Image format was not specified for '{name}' and probing guessed raw.\n         Automatically detecting the format is dangerous for raw images, write operations on block 0 will be restricted.\n         Specify the 'raw' format explicitly to remove the restrictions.\n"
+            ));
+            wrap_raw(proto_node, true, ctx)
+        }
+    }
+}
+
+/// Opens the node a filename's protocol prefix names, with no format probing.
+fn open_protocol(filename: Option<String>, opts: Options, ctx: &OpenContext) -> Result<Rc<Node>, String> {
+    let name = filename.clone().unwrap_or_default();
+    match protocol_of(&name)? {
+        Some("blkdebug") => open_blkdebug(filename, opts, ctx),
+        Some("blkverify") => open_blkverify(filename, opts, ctx),
+        Some(_) => open_file(name.strip_prefix("file:").map(str::to_string), opts, ctx),
+        None => open_file(filename, opts, ctx),
+    }
+}
+
+fn reject_unknown(opts: &Options, kind: &str, name: &str) -> Result<(), String> {
+    match opts.keys().next() {
+        None => Ok(()),
+        Some(k) if kind == "format" => Err(format!("Block format '{name}' does not support the option '{k}'")),
+        Some(k) => Err(format!("Block protocol '{name}' doesn't support the option '{k}'")),
+    }
+}
+
+fn finish(mut node: Node, ctx: &OpenContext, own: Limits) -> Rc<Node> {
+    node.flags = ctx.flags;
+    // Some limits default to the primary child's (QEMU's bdrv_refresh_limits).
+    let mut limits = own;
+    if let Some(file) = node.primary_child() {
+        limits.max_transfer = match (limits.max_transfer, file.limits.max_transfer) {
+            (0, b) => b,
+            (a, 0) => a,
+            (a, b) => a.min(b),
+        };
+    }
+    node.limits = limits;
+    Rc::new(node)
+}
+
+fn open_file(filename: Option<String>, mut opts: Options, ctx: &OpenContext) -> Result<Rc<Node>, String> {
+    let explicit = opts.remove("filename");
+    let name = match (explicit, filename) {
+        (Some(Value::String(s)), _) => s,
+        (Some(_), _) => return Err("The 'file' block driver requires a file name".into()),
+        (None, Some(f)) => f,
+        (None, None) => return Err("The 'file' block driver requires a file name".into()),
+    };
+    if name.is_empty() {
+        return Err("The 'file' block driver requires a file name".into());
+    }
+    for k in ["aio", "locking", "cache.direct", "cache.no-flush", "discard"] {
+        opts.remove(k);
+    }
+    reject_unknown(&opts, "protocol", "file")?;
+    let driver = FileDriver::open(&ctx.resolve(&name), &name, ctx.flags.read_only)?;
+    let mut node = Node::new(Box::new(driver), Vec::new(), name);
+    node.supported_write_flags = ReqFlags::FUA;
+    node.supported_zero_flags = ReqFlags::MAY_UNMAP.with(ReqFlags::NO_FALLBACK);
+    Ok(finish(node, ctx, Limits::default()))
+}
+
+/// Opens a child given by a nested options object or a filename, in the protocol role unless
+/// `probe` (blkverify's test child is probed).
+fn open_child(
+    value: Option<Value>,
+    filename: Option<String>,
+    child: &str,
+    probe: bool,
+    ctx: &OpenContext,
+) -> Result<Rc<Node>, String> {
+    match value {
+        Some(Value::Object(m)) => open_node(None, m, probe, ctx),
+        Some(Value::String(reference)) => Err(format!(
+            "Cannot find device='{reference}' nor node-name='{reference}'"
+        )),
+        Some(_) => Err(format!("Invalid type for option '{child}'")),
+        None => match filename {
+            Some(f) => open_node(Some(f), Options::new(), probe, ctx),
+            None => Err(format!("A block device must be specified for \"{child}\"")),
+        },
+    }
+}
+
+fn wrap_raw(file: Rc<Node>, probed: bool, ctx: &OpenContext) -> Result<Rc<Node>, String> {
+    let name = file.filename.clone();
+    let mut node = Node::new(
+        Box::new(RawDriver { probed }),
+        vec![Child { name: "file", node: file.clone(), writable: true, primary: true }],
+        name,
+    );
+    node.supported_write_flags = ReqFlags::WRITE_UNCHANGED.with(ReqFlags::FUA.and(file.supported_write_flags));
+    node.supported_zero_flags = ReqFlags::WRITE_UNCHANGED.with(
+        ReqFlags::FUA.with(ReqFlags::MAY_UNMAP).with(ReqFlags::NO_FALLBACK).and(file.supported_zero_flags),
+    );
+    let mut limits = Limits::default();
+    // Probed raw images are kept to whole sectors so the first one can be protected.
+    if probed {
+        limits.request_alignment = 512;
+    }
+    Ok(finish(node, ctx, limits))
+}
+
+fn open_format_raw(filename: Option<String>, mut opts: Options, probed: bool, ctx: &OpenContext) -> Result<Rc<Node>, String> {
+    let file_opt = opts.remove("file");
+    opts.remove("filename");
+    let file = open_child(file_opt, filename, "file", false, ctx)?;
+    reject_unknown(&opts, "format", "raw")?;
+    wrap_raw(file, probed, ctx)
+}
+
+fn open_blkdebug(filename: Option<String>, mut opts: Options, ctx: &OpenContext) -> Result<Rc<Node>, String> {
+    let mut image_name = None;
+    if let Some(f) = filename.as_deref().and_then(|f| f.strip_prefix("blkdebug:")) {
+        let (config, image) = f
+            .split_once(':')
+            .ok_or("blkdebug requires both config file and image path")?;
+        if !config.is_empty() {
+            opts.entry("config").or_insert(Value::String(config.to_string()));
+        }
+        image_name = Some(image.to_string());
+    }
+    if let Some(x) = take_string(&mut opts, "x-image") {
+        image_name = Some(x);
+    }
+    let config = match opts.remove("config") {
+        Some(v) => Some(scalar_string(&v).ok_or("Parameter 'config' expects a string")?),
+        None => None,
+    };
+    let state = BlkDebug::new(config.clone(), ctx.console.clone());
+    let setup = super::blkdebug::setup::configure(&state, config.as_deref(), &mut opts, ctx)?;
+    let image = open_child(opts.remove("image"), image_name, "image", false, ctx)?;
+    for k in ["take-child-perms", "unshare-child-perms"] {
+        opts.remove(k);
+    }
+    let limits = setup.limits(&image)?;
+    super::blkdebug::setup::strip_limit_options(&mut opts);
+    reject_unknown(&opts, "protocol", "blkdebug")?;
+    let name = format!("blkdebug:{}:{}", config.as_deref().unwrap_or(""), image.filename);
+    let mut node = Node::new(
+        Box::new(BlkDebugDriver { state }),
+        vec![Child { name: "image", node: image.clone(), writable: true, primary: true }],
+        name,
+    );
+    node.supported_write_flags = ReqFlags::WRITE_UNCHANGED.with(ReqFlags::FUA.and(image.supported_write_flags));
+    node.supported_zero_flags = ReqFlags::WRITE_UNCHANGED.with(
+        ReqFlags::FUA.with(ReqFlags::MAY_UNMAP).with(ReqFlags::NO_FALLBACK).and(image.supported_zero_flags),
+    );
+    let node = finish(node, ctx, limits);
+    // `none` fires once the node is complete, so rules on it are active from the first request.
+    let n = node.clone();
+    crate::block::executor::block_on(async move {
+        n.debug_event(super::blkdebug::events::Event::None).await;
+    });
+    Ok(node)
+}
+
+fn open_blkverify(filename: Option<String>, mut opts: Options, ctx: &OpenContext) -> Result<Rc<Node>, String> {
+    let (mut raw_name, mut test_name) = (None, None);
+    if let Some(f) = filename.as_deref().and_then(|f| f.strip_prefix("blkverify:")) {
+        let (raw, test) = f
+            .split_once(':')
+            .ok_or("blkverify requires raw copy and original image path")?;
+        raw_name = Some(raw.to_string());
+        test_name = Some(test.to_string());
+    }
+    if let Some(x) = take_string(&mut opts, "x-raw") {
+        raw_name = Some(x);
+    }
+    if let Some(x) = take_string(&mut opts, "x-image") {
+        test_name = Some(x);
+    }
+    let raw = open_child(opts.remove("raw"), raw_name, "raw", false, ctx)?;
+    let test = open_child(opts.remove("test"), test_name, "test", true, ctx)?;
+    reject_unknown(&opts, "protocol", "blkverify")?;
+    let name = format!("blkverify:{}:{}", raw.filename, test.filename);
+    let mut node = Node::new(
+        Box::new(BlkVerifyDriver { console: ctx.console.clone() }),
+        vec![
+            Child { name: "raw", node: raw, writable: true, primary: true },
+            Child { name: "test", node: test, writable: true, primary: false },
+        ],
+        name,
+    );
+    node.supported_write_flags = ReqFlags::WRITE_UNCHANGED;
+    node.supported_zero_flags = ReqFlags::WRITE_UNCHANGED;
+    Ok(finish(node, ctx, Limits::default()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dotted_keys_nest_and_merge_with_nested_ones() {
+        let flat = parse_keyval("driver=raw,file.driver=blkdebug,file.image.filename=a,,b").unwrap();
+        assert_eq!(
+            Value::Object(flat),
+            serde_json::json!({"driver": "raw", "file": {"driver": "blkdebug", "image": {"filename": "a,b"}}})
+        );
+    }
+
+    #[test]
+    fn protocol_prefixes() {
+        assert_eq!(protocol_of("a/b:c"), Ok(None));
+        assert_eq!(protocol_of("blkdebug::x"), Ok(Some("blkdebug")));
+        assert_eq!(protocol_of("bogus:x"), Err("Unknown protocol 'bogus'".to_string()));
+    }
+}

@@ -1,5 +1,439 @@
-//! The blkdebug filter: rule-driven error injection and breakpoints.
+//! The blkdebug filter: rule-driven error injection and breakpoints, with QEMU 10.0.2's exact
+//! semantics (rule lists newest-first, the active list, state applied after all rules of an
+//! event, sticky and `once` rules, breakpoints that suspend requests until resumed).
 
 pub mod config;
 pub mod events;
 pub mod rules;
+pub mod setup;
+
+use super::driver::{
+    BlockDriver, BlockStatus, BoxFut, Capabilities, IoResult, ReqFlags, status,
+};
+use super::executor::{yield_now, TaskId};
+use super::io;
+use super::node::Node;
+use crate::output::Console;
+use events::Event;
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+
+/// The kinds of request rule_check distinguishes (QEMU's BlkdebugIOType), as mask bits.
+pub mod iotype {
+    pub const READ: u8 = 1 << 0;
+    pub const WRITE: u8 = 1 << 1;
+    pub const WRITE_ZEROES: u8 = 1 << 2;
+    pub const DISCARD: u8 = 1 << 3;
+    pub const FLUSH: u8 = 1 << 4;
+    pub const BLOCK_STATUS: u8 = 1 << 5;
+    /// what a rule without `iotype` matches: everything but block-status
+    pub const DEFAULT_MASK: u8 = READ | WRITE | WRITE_ZEROES | DISCARD | FLUSH;
+}
+
+/// An inject-error rule's parameters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InjectError {
+    /// QEMU keeps the errno as a C int and returns its negation: 0 lets the request through,
+    /// a negative value makes the request "succeed" without reaching the child.
+    pub errno: i32,
+    /// byte offset at this node (`sector * 512`), or None for any offset
+    pub offset: Option<u64>,
+    pub once: bool,
+    pub immediately: bool,
+    pub iotype_mask: u8,
+}
+
+#[derive(Clone, Debug)]
+enum Action {
+    InjectError(InjectError),
+    SetState { new_state: i32 },
+    Suspend { tag: String },
+}
+
+#[derive(Debug)]
+struct Rule {
+    id: u64,
+    /// 0 = any state
+    state: i32,
+    action: Action,
+}
+
+/// How many times a suspended request has been re-entered, and who waits for it.
+#[derive(Default)]
+struct Resumes {
+    granted: Cell<usize>,
+    waker: RefCell<Option<Waker>>,
+}
+
+struct Suspended {
+    tag: String,
+    task: Option<TaskId>,
+    resumes: Rc<Resumes>,
+}
+
+/// The blkdebug state of one node.
+pub struct BlkDebug {
+    state: Cell<i32>,
+    /// per event, head first: QEMU inserts new rules at the head
+    rules: RefCell<Vec<Vec<Rc<Rule>>>>,
+    /// inject-error rules armed by the last event that had some, in match order
+    active: RefCell<Vec<Rc<Rule>>>,
+    /// head first (most recent)
+    suspended: RefCell<Vec<Suspended>>,
+    next_id: Cell<u64>,
+    config_file: Option<String>,
+    console: Rc<Console>,
+}
+
+/// The outcome of checking a request against the active rules.
+enum Check {
+    Pass,
+    Fail(i32),
+    /// a negative errno: the driver returns a positive value, which callers take as success
+    FakeSuccess,
+}
+
+impl BlkDebug {
+    pub fn new(config_file: Option<String>, console: Rc<Console>) -> Self {
+        Self {
+            state: Cell::new(1),
+            rules: RefCell::new(vec![Vec::new(); Event::ALL.len()]),
+            active: RefCell::new(Vec::new()),
+            suspended: RefCell::new(Vec::new()),
+            next_id: Cell::new(0),
+            config_file,
+            console,
+        }
+    }
+
+    fn add_rule(&self, event: Event, state: i32, action: Action) {
+        let id = self.next_id.get();
+        self.next_id.set(id + 1);
+        self.rules.borrow_mut()[event.index()].insert(0, Rc::new(Rule { id, state, action }));
+    }
+
+    /// Adds an inject-error rule (rules are added in definition order).
+    pub fn add_inject_error(&self, event: Event, state: i32, rule: InjectError) {
+        self.add_rule(event, state, Action::InjectError(rule));
+    }
+
+    /// Adds a set-state rule.
+    pub fn add_set_state(&self, event: Event, state: i32, new_state: i32) {
+        self.add_rule(event, state, Action::SetState { new_state });
+    }
+
+    pub fn config_file(&self) -> Option<&str> {
+        self.config_file.as_deref()
+    }
+
+    pub fn state(&self) -> i32 {
+        self.state.get()
+    }
+
+    fn say(&self, text: String) {
+        self.console.out(&text);
+    }
+
+    fn remove_rule(&self, id: u64) {
+        for list in self.rules.borrow_mut().iter_mut() {
+            list.retain(|r| r.id != id);
+        }
+    }
+
+    /// Processes event `event`: returns how many breakpoints suspended the current request.
+    fn process_event(&self, event: Event) -> Option<Rc<Resumes>> {
+        let list = self.rules.borrow()[event.index()].clone();
+        if list.is_empty() {
+            return None;
+        }
+        let old_state = self.state.get();
+        let mut new_state = old_state;
+        let mut injects = 0;
+        let mut suspends = Vec::new();
+        for rule in &list {
+            if rule.state != 0 && rule.state != old_state {
+                continue;
+            }
+            match &rule.action {
+                Action::InjectError(_) => {
+                    injects += 1;
+                    let mut active = self.active.borrow_mut();
+                    if injects == 1 {
+                        active.clear();
+                    }
+                    // Head insertion while walking a newest-first list: definition order.
+                    active.insert(0, rule.clone());
+                }
+                Action::SetState { new_state: n } => new_state = *n,
+                Action::Suspend { tag } => {
+                    self.remove_rule(rule.id);
+                    suspends.push(tag.clone());
+                }
+            }
+        }
+        self.state.set(new_state);
+        if suspends.is_empty() {
+            return None;
+        }
+        let resumes = Rc::new(Resumes::default());
+        let task = super::executor::current_task();
+        for tag in suspends {
+            self.say(format!("blkdebug: Suspended request '{tag}'\n"));
+            self.suspended.borrow_mut().insert(
+                0,
+                Suspended {
+                    tag,
+                    task,
+                    resumes: resumes.clone(),
+                },
+            );
+        }
+        Some(resumes)
+    }
+
+    fn rule_check(&self, offset: u64, bytes: u64, kind: u8) -> (Check, bool) {
+        let mut active = self.active.borrow_mut();
+        let hit = active.iter().position(|r| {
+            let Action::InjectError(ie) = &r.action else {
+                return false;
+            };
+            let at = match ie.offset {
+                None => true,
+                Some(o) => bytes != 0 && o >= offset && o < offset + bytes,
+            };
+            at && ie.iotype_mask & kind != 0
+        });
+        let Some(pos) = hit else {
+            return (Check::Pass, true);
+        };
+        let Action::InjectError(ie) = active[pos].action.clone() else {
+            unreachable!("the active list holds only inject-error rules")
+        };
+        if ie.errno == 0 {
+            return (Check::Pass, true);
+        }
+        if ie.once {
+            let id = active.remove(pos).id;
+            drop(active);
+            self.remove_rule(id);
+        }
+        let check = if ie.errno > 0 {
+            Check::Fail(ie.errno)
+        } else {
+            Check::FakeSuccess
+        };
+        (check, ie.immediately)
+    }
+
+    /// Checks a request; an injected error without `immediately` yields once before failing.
+    async fn check(&self, offset: u64, bytes: u64, kind: u8) -> Result<bool, i32> {
+        let (check, immediately) = self.rule_check(offset, bytes, kind);
+        if matches!(check, Check::Pass) {
+            return Ok(true);
+        }
+        if !immediately {
+            yield_now().await;
+        }
+        match check {
+            Check::Fail(e) => Err(e),
+            _ => Ok(false),
+        }
+    }
+
+    /// `break EVENT TAG`: Err(ENOENT) for an unknown event name.
+    pub fn add_breakpoint(&self, event_name: &str, tag: &str) -> IoResult {
+        let event = Event::from_name(event_name).ok_or(libc::ENOENT)?;
+        self.add_rule(event, 0, Action::Suspend { tag: tag.to_string() });
+        Ok(())
+    }
+
+    /// Takes the most recent request suspended with `tag`, printing QEMU's Resuming line; the
+    /// caller re-enters the returned task at once, as QEMU's resume enters the coroutine.
+    pub fn resume_one(&self, tag: &str) -> Option<Option<TaskId>> {
+        let pos = self.suspended.borrow().iter().position(|s| s.tag == tag)?;
+        let s = self.suspended.borrow_mut().remove(pos);
+        self.say(format!("blkdebug: Resuming request '{tag}'\n"));
+        s.resumes.granted.set(s.resumes.granted.get() + 1);
+        if s.task.is_none() {
+            if let Some(w) = s.resumes.waker.borrow_mut().take() {
+                w.wake();
+            }
+        }
+        Some(s.task)
+    }
+
+    /// Deletes every breakpoint with `tag`; true if one existed. (Resuming the requests
+    /// suspended with that tag is the caller's part, as it must re-enter each.)
+    pub fn remove_breakpoints(&self, tag: &str) -> bool {
+        let mut found = false;
+        for list in self.rules.borrow_mut().iter_mut() {
+            list.retain(|r| {
+                let hit = matches!(&r.action, Action::Suspend { tag: t } if t == tag);
+                found |= hit;
+                !hit
+            });
+        }
+        found
+    }
+
+    pub fn is_suspended(&self, tag: &str) -> bool {
+        self.suspended.borrow().iter().any(|s| s.tag == tag)
+    }
+
+    /// Tags of requests still suspended (closing with one would hang QEMU).
+    pub fn suspended_tags(&self) -> Vec<String> {
+        self.suspended.borrow().iter().map(|s| s.tag.clone()).collect()
+    }
+}
+
+/// Waits until a suspended request has been resumed once per breakpoint that stopped it.
+struct WaitResumes {
+    resumes: Rc<Resumes>,
+    needed: usize,
+}
+
+impl Future for WaitResumes {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.resumes.granted.get() >= self.needed {
+            Poll::Ready(())
+        } else {
+            *self.resumes.waker.borrow_mut() = Some(cx.waker().clone());
+            Poll::Pending
+        }
+    }
+}
+
+/// The blkdebug driver: one child, `image`.
+pub struct BlkDebugDriver {
+    pub state: BlkDebug,
+}
+
+impl BlockDriver for BlkDebugDriver {
+    fn format_name(&self) -> &'static str {
+        "blkdebug"
+    }
+    fn protocol_name(&self) -> Option<&'static str> {
+        Some("blkdebug")
+    }
+    fn is_filter(&self) -> bool {
+        true
+    }
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            pwrite_zeroes: true,
+            pdiscard: true,
+            flush_to_disk: true,
+            block_status: true,
+            truncate: true,
+            debug_events: true,
+            ..Capabilities::default()
+        }
+    }
+
+    fn preadv<'a>(&'a self, node: &'a Node, offset: u64, buf: &'a mut [u8]) -> BoxFut<'a, IoResult> {
+        Box::pin(async move {
+            if !self.state.check(offset, buf.len() as u64, iotype::READ).await? {
+                return Ok(());
+            }
+            io::preadv(node.file(), offset, buf).await
+        })
+    }
+
+    fn pwritev<'a>(
+        &'a self,
+        node: &'a Node,
+        offset: u64,
+        buf: &'a [u8],
+        flags: ReqFlags,
+    ) -> BoxFut<'a, IoResult> {
+        Box::pin(async move {
+            if !self.state.check(offset, buf.len() as u64, iotype::WRITE).await? {
+                return Ok(());
+            }
+            io::pwritev(node.file(), offset, buf, flags).await
+        })
+    }
+
+    fn pwrite_zeroes<'a>(
+        &'a self,
+        node: &'a Node,
+        offset: u64,
+        bytes: u64,
+        flags: ReqFlags,
+    ) -> BoxFut<'a, IoResult> {
+        Box::pin(async move {
+            let align = node.limits.request_alignment.max(node.limits.pwrite_zeroes_alignment);
+            // Small requests take the fallback path on purpose, so that it gets tested.
+            if bytes < align {
+                return Err(libc::ENOTSUP);
+            }
+            if !self.state.check(offset, bytes, iotype::WRITE_ZEROES).await? {
+                return Ok(());
+            }
+            io::pwrite_zeroes(node.file(), offset, bytes, flags).await
+        })
+    }
+
+    fn pdiscard<'a>(&'a self, node: &'a Node, offset: u64, bytes: u64) -> BoxFut<'a, IoResult> {
+        Box::pin(async move {
+            if bytes < node.limits.request_alignment {
+                return Err(libc::ENOTSUP);
+            }
+            if !self.state.check(offset, bytes, iotype::DISCARD).await? {
+                return Ok(());
+            }
+            io::pdiscard(node.file(), offset, bytes).await
+        })
+    }
+
+    fn flush_to_disk<'a>(&'a self, node: &'a Node) -> BoxFut<'a, IoResult> {
+        Box::pin(async move {
+            if !self.state.check(0, 0, iotype::FLUSH).await? {
+                return Ok(());
+            }
+            io::flush(node.file()).await
+        })
+    }
+
+    fn block_status<'a>(
+        &'a self,
+        node: &'a Node,
+        _want_zero: bool,
+        offset: u64,
+        bytes: u64,
+    ) -> BoxFut<'a, IoResult<BlockStatus>> {
+        Box::pin(async move {
+            // A negative errno "succeeds" with a positive return, which QEMU then reads as
+            // status bits; report the range as plain data in that odd case.
+            let passed = self.state.check(offset, bytes, iotype::BLOCK_STATUS).await?;
+            Ok(BlockStatus {
+                flags: if passed { status::RAW | status::OFFSET_VALID } else { status::DATA },
+                pnum: bytes,
+                map: offset,
+                file: passed.then(|| node.file().clone()),
+            })
+        })
+    }
+
+    fn truncate<'a>(&'a self, node: &'a Node, size: u64) -> BoxFut<'a, Result<(), String>> {
+        Box::pin(async move { io::truncate(node.file(), size).await })
+    }
+
+    fn getlength(&self, node: &Node) -> IoResult<u64> {
+        node.file().getlength()
+    }
+
+    fn debug_event(&self, _node: &Node, event: Event) -> Option<BoxFut<'static, ()>> {
+        let resumes = self.state.process_event(event)?;
+        let needed = self.state.suspended.borrow().iter().filter(|s| Rc::ptr_eq(&s.resumes, &resumes)).count();
+        Some(Box::pin(WaitResumes { resumes, needed }))
+    }
+
+    fn as_blkdebug(&self) -> Option<&BlkDebug> {
+        Some(&self.state)
+    }
+}

@@ -1,0 +1,63 @@
+//! The block backend (QEMU's BlockBackend): what a user of the block layer holds. It checks
+//! requests against the device size and adds FUA in writethrough mode.
+
+use super::driver::{IoResult, ReqFlags};
+use super::io;
+use super::node::Node;
+use std::rc::Rc;
+
+pub struct BlockBackend {
+    pub root: Rc<Node>,
+    /// cache mode writethrough: every write is FUA
+    pub writethrough: bool,
+}
+
+impl BlockBackend {
+    fn check(&self, offset: u64, bytes: u64) -> IoResult {
+        let len = self.root.getlength()?;
+        if offset > len || len - offset < bytes {
+            return Err(libc::EIO);
+        }
+        Ok(())
+    }
+
+    fn write_flags(&self, flags: ReqFlags) -> ReqFlags {
+        if self.writethrough {
+            flags.with(ReqFlags::FUA)
+        } else {
+            flags
+        }
+    }
+
+    pub fn getlength(&self) -> IoResult<u64> {
+        self.root.getlength()
+    }
+
+    pub async fn pread(&self, offset: u64, buf: &mut [u8]) -> IoResult {
+        self.check(offset, buf.len() as u64)?;
+        io::preadv(&self.root, offset, buf).await
+    }
+
+    pub async fn pwrite(&self, offset: u64, buf: &[u8], flags: ReqFlags) -> IoResult {
+        self.check(offset, buf.len() as u64)?;
+        io::pwritev(&self.root, offset, buf, self.write_flags(flags)).await
+    }
+
+    pub async fn pwrite_zeroes(&self, offset: u64, bytes: u64, flags: ReqFlags) -> IoResult {
+        self.check(offset, bytes)?;
+        io::pwrite_zeroes(&self.root, offset, bytes, self.write_flags(flags)).await
+    }
+
+    pub async fn pdiscard(&self, offset: u64, bytes: u64) -> IoResult {
+        self.check(offset, bytes)?;
+        io::pdiscard(&self.root, offset, bytes).await
+    }
+
+    pub async fn flush(&self) -> IoResult {
+        io::flush(&self.root).await
+    }
+
+    pub async fn truncate(&self, size: u64) -> Result<(), String> {
+        io::truncate(&self.root, size).await
+    }
+}
