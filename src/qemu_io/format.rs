@@ -100,7 +100,8 @@ fn c_width(s: &str, width: usize) -> String {
 }
 
 fn split_secs(secs: f64) -> (u64, u32) {
-    if !(secs > 0.0) {
+    // Negative and NaN times (never measured) count as zero.
+    if secs.is_nan() || secs <= 0.0 {
         return (0, 0);
     }
     let whole = secs.trunc();
