@@ -1,5 +1,6 @@
 //! The qemu-io command language.
 
+pub mod commands_table;
 pub mod format;
 pub mod getopt;
 pub mod numbers;
