@@ -4,6 +4,9 @@ pub mod commands_table;
 pub mod format;
 pub mod getopt;
 pub mod numbers;
+pub mod session;
+pub mod commands;
+pub mod cli;
 
 use crate::output::SharedSink;
 use std::path::Path;
@@ -24,21 +27,12 @@ pub struct Invocation {
 }
 
 /// Runs an invocation with relative paths resolved against `base_dir`; returns qemu-io's exit status.
-pub fn run(_inv: &Invocation, _base_dir: &Path, sink: SharedSink) -> i32 {
-    // Replaced by the interpreter (engine issue); kept only so the runner can build meanwhile.
-    sink.borrow_mut().write(
-        crate::output::Stream::Stderr,
-        "qemu-io: engine not built yet\n",
-    );
-    1
+pub fn run(inv: &Invocation, base_dir: &Path, sink: SharedSink) -> i32 {
+    cli::run_invocation(inv, base_dir, sink, None)
 }
 
-/// `blockfault io ARGS...`: qemu-io's own command line (argv without the program name).
-pub fn main(args: &[String], base_dir: &Path, sink: SharedSink) -> i32 {
-    let _ = (args, base_dir);
-    sink.borrow_mut().write(
-        crate::output::Stream::Stderr,
-        "qemu-io: engine not built yet\n",
-    );
-    1
+/// `blockfault io ARGS...`: qemu-io's own command line (argv without the program name); without
+/// `-c`, commands are read from `stdin` as qemu-io's interactive mode does.
+pub fn main(args: &[String], base_dir: &Path, sink: SharedSink, stdin: &mut dyn std::io::BufRead) -> i32 {
+    cli::main(args, base_dir, sink, stdin)
 }

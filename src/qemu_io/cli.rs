@@ -1,0 +1,138 @@
+//! qemu-io's own command line (`-f -t -c --image-opts -r -n ...`) and its interactive loop.
+
+use super::session::{parse_cache_mode, OpenRequest, Session};
+use super::Invocation;
+use crate::block::open::{parse_keyval, Options};
+use crate::output::{Console, SharedSink};
+use std::io::BufRead;
+use std::path::Path;
+
+const USAGE_HINT: &str = "Try 'qemu-io --help' for more information.\n";
+
+/// Parses qemu-io's argv; Err(exit status) after printing QEMU's message.
+fn parse_args(args: &[String], console: &Console) -> Result<(Invocation, bool), i32> {
+    let mut inv = Invocation::default();
+    let mut read_only = false;
+    let mut it = args.iter().peekable();
+    let mut positionals = Vec::new();
+    while let Some(a) = it.next() {
+        let mut value = |name: &str| -> Result<String, i32> {
+            it.next().cloned().ok_or_else(|| {
+                console.err(&format!("qemu-io: option requires an argument -- '{name}'\n{USAGE_HINT}"));
+                1
+            })
+        };
+        match a.as_str() {
+            "-c" | "--cmd" => inv.commands.push(value("c")?),
+            "-f" | "--format" => inv.format = Some(value("f")?),
+            "-t" | "--cache" => inv.cache = Some(value("t")?),
+            "--image-opts" => inv.image_opts = true,
+            "-r" | "--read-only" => read_only = true,
+            "-n" | "--nocache" => inv.cache = Some("none".into()),
+            "--" => positionals.extend(it.by_ref().cloned()),
+            s if s.starts_with("-c") && s.len() > 2 => inv.commands.push(s[2..].to_string()),
+            s if s.starts_with("-f") && s.len() > 2 => inv.format = Some(s[2..].to_string()),
+            s if s.starts_with("-t") && s.len() > 2 => inv.cache = Some(s[2..].to_string()),
+            s if s.starts_with("--cache=") => inv.cache = Some(s[8..].to_string()),
+            s if s.starts_with("--format=") => inv.format = Some(s[9..].to_string()),
+            s if s.starts_with('-') && s.len() > 1 => {
+                console.err(&format!("qemu-io: unsupported option '{s}'\n{USAGE_HINT}"));
+                return Err(1);
+            }
+            _ => positionals.push(a.clone()),
+        }
+    }
+    if positionals.len() > 1 {
+        console.err(&format!("qemu-io: only one image may be given\n{USAGE_HINT}"));
+        return Err(1);
+    }
+    inv.drive = positionals.pop();
+    Ok((inv, read_only))
+}
+
+pub fn main(args: &[String], base_dir: &Path, sink: SharedSink, stdin: &mut dyn BufRead) -> i32 {
+    let console = Console::new(sink.clone());
+    match parse_args(args, &console) {
+        Err(status) => status,
+        Ok((inv, read_only)) => run_with(&inv, base_dir, console, read_only, Some(stdin)),
+    }
+}
+
+pub fn run_invocation(inv: &Invocation, base_dir: &Path, sink: SharedSink, stdin: Option<&mut dyn BufRead>) -> i32 {
+    run_with(inv, base_dir, Console::new(sink), false, stdin)
+}
+
+fn run_with(
+    inv: &Invocation,
+    base_dir: &Path,
+    console: std::rc::Rc<Console>,
+    read_only: bool,
+    stdin: Option<&mut dyn BufRead>,
+) -> i32 {
+    if inv.image_opts && inv.format.is_some() {
+        console.err("qemu-io: --image-opts and -f are mutually exclusive\n");
+        return 1;
+    }
+    let (writethrough, no_flush) = match inv.cache.as_deref().map(|c| (c, parse_cache_mode(c))) {
+        None => (true, false),
+        Some((_, Some(mode))) => mode,
+        Some((bad, None)) => {
+            console.err(&format!("qemu-io: Invalid cache option: {bad}\n"));
+            return 1;
+        }
+    };
+    let mut session = Session::new(console.clone(), base_dir.to_path_buf());
+    if let Some(drive) = &inv.drive {
+        let (name, options) = if inv.image_opts {
+            match parse_keyval(drive) {
+                Ok(o) => (None, o),
+                Err(e) => {
+                    console.err(&format!("qemu-io: {e}\n"));
+                    return 1;
+                }
+            }
+        } else {
+            let mut o = Options::new();
+            if let Some(f) = &inv.format {
+                o.insert("driver".into(), serde_json::Value::String(f.clone()));
+            }
+            (Some(drive.as_str()), o)
+        };
+        let opened = session.open(OpenRequest {
+            name,
+            options,
+            read_only,
+            writethrough,
+            no_flush,
+            image_opts: inv.image_opts,
+        });
+        if !opened {
+            return console.exited().unwrap_or(1);
+        }
+    }
+    if !inv.commands.is_empty() {
+        return session.run_commands(&inv.commands);
+    }
+    if let Some(stdin) = stdin {
+        interactive(&mut session, stdin);
+    }
+    session.finish()
+}
+
+/// Reads commands line by line after a `qemu-io> ` prompt, as qemu-io does when stdin is not
+/// a terminal.
+fn interactive(session: &mut Session, stdin: &mut dyn BufRead) {
+    let mut line = String::new();
+    while !session.quit && session.console.exited().is_none() {
+        session.out("qemu-io> ");
+        line.clear();
+        match stdin.read_line(&mut line) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        let cmd = line.strip_suffix('\n').unwrap_or(&line);
+        if session.command(cmd) < 0 {
+            session.last_error = true;
+        }
+    }
+}

@@ -1,0 +1,965 @@
+//! The qemu-io command handlers: option parsing, checks and messages as QEMU 10.0.2 has them.
+
+use super::commands_table::{self, CommandSpec};
+use super::format::{cvtstr, dump_buffer, report_duration};
+use super::getopt::Getopt;
+use super::numbers::{cvtnum, parse_pattern, parse_sleep_ms, NumError};
+use super::session::{parse_cache_mode, OpenRequest, Session};
+use crate::block::backend::BlockBackend;
+use crate::block::driver::ReqFlags;
+use crate::block::io::{self, REQUEST_MAX_BYTES};
+use crate::block::open::parse_keyval;
+use crate::errno::strerror;
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+const EINVAL: i32 = -libc::EINVAL;
+
+pub fn dispatch(s: &mut Session, spec: &'static CommandSpec, argv: &[String]) -> i32 {
+    match spec.name {
+        "read" => read_f(s, spec, argv),
+        "readv" => readv_f(s, spec, argv),
+        "write" => write_f(s, spec, argv),
+        "writev" => writev_f(s, spec, argv),
+        "aio_read" => aio_read_f(s, spec, argv),
+        "aio_write" => aio_write_f(s, spec, argv),
+        "aio_flush" => {
+            s.drain();
+            0
+        }
+        "flush" => flush_f(s),
+        "discard" => discard_f(s, spec, argv),
+        "truncate" => truncate_f(s, spec, argv),
+        "length" => length_f(s),
+        "info" => info_f(s),
+        "map" => map_f(s),
+        "alloc" => alloc_f(s, argv),
+        "break" => break_f(s, argv),
+        "remove_break" => remove_break_f(s, argv),
+        "resume" => resume_f(s, argv),
+        "wait_break" => wait_break_f(s, argv),
+        "sleep" => sleep_f(s, argv),
+        "abort" => {
+            s.console.exit(134);
+            0
+        }
+        "sigraise" => sigraise_f(s, argv),
+        "open" => open_f(s, spec, argv),
+        "close" => {
+            s.close();
+            0
+        }
+        "help" => help_f(s, argv),
+        "quit" => {
+            s.quit = true;
+            1
+        }
+        _ => {
+            s.err(&format!("command \"{}\" not found\n", argv[0]));
+            EINVAL
+        }
+    }
+}
+
+fn blk(s: &Session) -> Rc<BlockBackend> {
+    s.blk.clone().expect("commands that need a file are only dispatched with one open")
+}
+
+/// `cvtnum` with qemu-io's message on failure.
+fn num(s: &Session, arg: &str) -> Result<i64, i32> {
+    cvtnum(arg).map_err(|e| {
+        s.out(&format!("{}\n", e.message(arg)));
+        -e.errno()
+    })
+}
+
+fn pattern(s: &Session, arg: &str) -> Result<u8, i32> {
+    parse_pattern(arg).map_err(|m| {
+        s.out(&format!("{m}\n"));
+        EINVAL
+    })
+}
+
+/// Parses options with getopt; `Err` after printing getopt's message and the usage line.
+fn options<'a>(
+    s: &Session,
+    spec: &CommandSpec,
+    argv: &'a [String],
+    optstring: &'a str,
+    mut each: impl FnMut(char, Option<String>) -> Result<(), i32>,
+) -> Result<Vec<String>, i32> {
+    let mut g = Getopt::new(argv, optstring);
+    for item in g.by_ref() {
+        match item {
+            Ok((c, arg)) => each(c, arg)?,
+            Err(msg) => {
+                s.err(&format!("{msg}\n"));
+                s.usage(spec);
+                return Err(EINVAL);
+            }
+        }
+    }
+    Ok(g.positionals().to_vec())
+}
+
+fn report(s: &Session, op: &str, t: Duration, offset: i64, count: i64, total: i64, compact: bool) {
+    s.out(&report_duration(op, t, offset, count, total, 1, compact));
+}
+
+fn check_len(s: &Session, count: i64, arg: &str, extra: &str) -> Result<(), i32> {
+    if count as u64 > REQUEST_MAX_BYTES {
+        s.out(&format!("length cannot exceed {REQUEST_MAX_BYTES}{extra}, given {arg}\n"));
+        return Err(EINVAL);
+    }
+    Ok(())
+}
+
+fn sector_aligned(s: &Session, offset: i64, count: i64) -> Result<(), i32> {
+    if offset % 512 != 0 {
+        s.out(&format!("{offset} is not a sector-aligned value for 'offset'\n"));
+        return Err(EINVAL);
+    }
+    if count % 512 != 0 {
+        s.out(&format!("{count} is not a sector-aligned value for 'count'\n"));
+        return Err(EINVAL);
+    }
+    Ok(())
+}
+
+macro_rules! tri {
+    ($e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(code) => return code,
+        }
+    };
+}
+
+fn read_f(s: &mut Session, spec: &CommandSpec, argv: &[String]) -> i32 {
+    let (mut compact, mut quiet, mut verbose, mut bflag) = (false, false, false, false);
+    let (mut pat, mut soff, mut slen): (Option<u8>, Option<i64>, Option<i64>) = (None, None, None);
+    let mut registered = false;
+    let pos = tri!(options(s, spec, argv, "bCl:pP:qrs:v", |c, arg| {
+        let arg = arg.unwrap_or_default();
+        match c {
+            'b' => bflag = true,
+            'C' => compact = true,
+            'l' => slen = Some(num(s, &arg)?),
+            'P' => pat = Some(pattern(s, &arg)?),
+            'q' => quiet = true,
+            'r' => registered = true,
+            's' => soff = Some(num(s, &arg)?),
+            'v' => verbose = true,
+            _ => {}
+        }
+        Ok(())
+    }));
+    if pos.len() != 2 {
+        s.usage(spec);
+        return EINVAL;
+    }
+    let offset = tri!(num(s, &pos[0]));
+    let count = tri!(num(s, &pos[1]));
+    tri!(check_len(s, count, &pos[1], ""));
+    if pat.is_none() && (slen.is_some() || soff.is_some()) {
+        s.usage(spec);
+        return EINVAL;
+    }
+    let pattern_offset = soff.unwrap_or(0);
+    let pattern_count = slen.unwrap_or(count - pattern_offset);
+    if pattern_count < 0 || pattern_count + pattern_offset > count {
+        s.out("pattern verification range exceeds end of read data\n");
+        return EINVAL;
+    }
+    if bflag {
+        tri!(sector_aligned(s, offset, count));
+        if registered {
+            s.out("I/O buffer registration is not supported when reading from vmstate\n");
+            return EINVAL;
+        }
+    }
+    let b = blk(s);
+    let buf = Rc::new(RefCell::new(vec![0xabu8; count as usize]));
+    let t0 = Instant::now();
+    let ret = {
+        let buf = buf.clone();
+        s.run_sync(async move {
+            if bflag {
+                return Err(libc::ENOTSUP);
+            }
+            let mut data = buf.take();
+            let r = b.pread(offset as u64, &mut data).await;
+            *buf.borrow_mut() = data;
+            r
+        })
+    };
+    let elapsed = t0.elapsed();
+    let Some(ret) = ret else { return EINVAL };
+    if let Err(e) = ret {
+        s.out(&format!("read failed: {}\n", strerror(e)));
+        return -e;
+    }
+    let buf = buf.take();
+    let mut rc = 0;
+    if let Some(p) = pat {
+        let range = &buf[pattern_offset as usize..(pattern_offset + pattern_count) as usize];
+        if range.iter().any(|&b| b != p) {
+            s.out(&format!(
+                "Pattern verification failed at offset {}, {} bytes\n",
+                offset + pattern_offset,
+                pattern_count
+            ));
+            rc = EINVAL;
+        }
+    }
+    if quiet {
+        return rc;
+    }
+    if verbose {
+        s.out(&dump_buffer(&buf, offset as u64));
+    }
+    report(s, "read", elapsed, offset, count, count, compact);
+    rc
+}
+
+/// Builds the buffer of a vectored request from its length arguments (QEMU's create_iovec).
+fn iovec_len(s: &Session, args: &[String]) -> Result<i64, i32> {
+    let mut total: i64 = 0;
+    for arg in args {
+        let len = num(s, arg)?;
+        if len as u64 > REQUEST_MAX_BYTES {
+            s.out(&format!("Argument '{arg}' exceeds maximum size {REQUEST_MAX_BYTES}\n"));
+            return Err(EINVAL);
+        }
+        if total as u64 > REQUEST_MAX_BYTES - len as u64 {
+            s.out(&format!("The total number of bytes exceed the maximum size {REQUEST_MAX_BYTES}\n"));
+            return Err(EINVAL);
+        }
+        total += len;
+    }
+    Ok(total)
+}
+
+fn readv_f(s: &mut Session, spec: &CommandSpec, argv: &[String]) -> i32 {
+    let (mut compact, mut quiet, mut verbose) = (false, false, false);
+    let mut pat = None;
+    let pos = tri!(options(s, spec, argv, "CP:qrv", |c, arg| {
+        match c {
+            'C' => compact = true,
+            'P' => pat = Some(pattern(s, &arg.unwrap_or_default())?),
+            'q' => quiet = true,
+            'v' => verbose = true,
+            _ => {}
+        }
+        Ok(())
+    }));
+    if pos.len() < 2 {
+        s.usage(spec);
+        return EINVAL;
+    }
+    let offset = tri!(num(s, &pos[0]));
+    let count = tri!(iovec_len(s, &pos[1..]));
+    let b = blk(s);
+    let t0 = Instant::now();
+    let Some(ret) = s.run_sync(async move {
+        let mut buf = vec![0xabu8; count as usize];
+        b.pread(offset as u64, &mut buf).await.map(|_| buf)
+    }) else {
+        return EINVAL;
+    };
+    let elapsed = t0.elapsed();
+    let buf = match ret {
+        Ok(buf) => buf,
+        Err(e) => {
+            s.out(&format!("readv failed: {}\n", strerror(e)));
+            return -e;
+        }
+    };
+    let mut rc = 0;
+    if let Some(p) = pat {
+        if buf.iter().any(|&b| b != p) {
+            s.out(&format!("Pattern verification failed at offset {offset}, {count} bytes\n"));
+            rc = EINVAL;
+        }
+    }
+    if quiet {
+        return rc;
+    }
+    if verbose {
+        s.out(&dump_buffer(&buf, offset as u64));
+    }
+    report(s, "read", elapsed, offset, count, count, compact);
+    rc
+}
+
+/// Fills a write buffer cyclically from a file (`write -s`); None after QEMU's message.
+fn buffer_from_file(s: &Session, name: &str, len: usize) -> Option<Vec<u8>> {
+    let path = s.base_dir.join(name);
+    match std::fs::read(&path) {
+        Err(e) => {
+            s.err(&format!("{name}: {}\n", strerror(e.raw_os_error().unwrap_or(libc::EIO))));
+            None
+        }
+        Ok(data) if data.is_empty() => {
+            s.err(&format!("{name}: file is empty\n"));
+            None
+        }
+        Ok(data) => Some(data.iter().copied().cycle().take(len).collect()),
+    }
+}
+
+fn write_f(s: &mut Session, spec: &CommandSpec, argv: &[String]) -> i32 {
+    let (mut bflag, mut compressed, mut compact, mut fua, mut nofallback) = (false, false, false, false, false);
+    let (mut quiet, mut registered, mut unmap, mut zflag) = (false, false, false, false);
+    let mut pat: Option<u8> = None;
+    let mut source: Option<String> = None;
+    let pos = tri!(options(s, spec, argv, "bcCfnpP:qrs:uz", |c, arg| {
+        match c {
+            'b' => bflag = true,
+            'c' => compressed = true,
+            'C' => compact = true,
+            'f' => fua = true,
+            'n' => nofallback = true,
+            'P' => pat = Some(pattern(s, &arg.unwrap_or_default())?),
+            'q' => quiet = true,
+            'r' => registered = true,
+            's' => source = arg,
+            'u' => unmap = true,
+            'z' => zflag = true,
+            _ => {}
+        }
+        Ok(())
+    }));
+    if pos.len() != 2 {
+        s.usage(spec);
+        return EINVAL;
+    }
+    if bflag && zflag {
+        s.out("-b and -z cannot be specified at the same time\n");
+        return EINVAL;
+    }
+    if fua && (bflag || compressed) {
+        s.out("-f and -b or -c cannot be specified at the same time\n");
+        return EINVAL;
+    }
+    if nofallback && !zflag {
+        s.out("-n requires -z to be specified\n");
+        return EINVAL;
+    }
+    if unmap && !zflag {
+        s.out("-u requires -z to be specified\n");
+        return EINVAL;
+    }
+    if u8::from(zflag) + u8::from(pat.is_some()) + u8::from(source.is_some()) > 1 {
+        s.out("Only one of -z, -P, and -s can be specified at the same time\n");
+        return EINVAL;
+    }
+    let offset = tri!(num(s, &pos[0]));
+    let count = tri!(num(s, &pos[1]));
+    if !nofallback {
+        tri!(check_len(s, count, &pos[1], " without -n"));
+    }
+    if bflag || compressed {
+        tri!(sector_aligned(s, offset, count));
+    }
+    let mut flags = ReqFlags::NONE;
+    if fua {
+        flags = flags.with(ReqFlags::FUA);
+    }
+    if nofallback {
+        flags = flags.with(ReqFlags::NO_FALLBACK);
+    }
+    if unmap {
+        flags = flags.with(ReqFlags::MAY_UNMAP);
+    }
+    let data = if zflag {
+        if registered {
+            s.out("cannot combine zero write with registered I/O buffer\n");
+            return EINVAL;
+        }
+        None
+    } else if let Some(name) = &source {
+        match buffer_from_file(s, name, count as usize) {
+            Some(b) => Some(b),
+            None => return EINVAL,
+        }
+    } else {
+        Some(vec![pat.unwrap_or(0xcd); count as usize])
+    };
+    let b = blk(s);
+    let t0 = Instant::now();
+    let Some(ret) = s.run_sync(async move {
+        match data {
+            _ if bflag || compressed => Err(libc::ENOTSUP),
+            None if count as u64 > i32::MAX as u64 && !nofallback => Err(libc::ERANGE),
+            None => b.pwrite_zeroes(offset as u64, count as u64, flags).await,
+            Some(buf) => b.pwrite(offset as u64, &buf, flags).await,
+        }
+    }) else {
+        return EINVAL;
+    };
+    let elapsed = t0.elapsed();
+    if let Err(e) = ret {
+        s.out(&format!("write failed: {}\n", strerror(e)));
+        return -e;
+    }
+    if !quiet {
+        report(s, "wrote", elapsed, offset, count, count, compact);
+    }
+    0
+}
+
+fn writev_f(s: &mut Session, spec: &CommandSpec, argv: &[String]) -> i32 {
+    let (mut compact, mut quiet, mut fua) = (false, false, false);
+    let mut pat = 0xcdu8;
+    let pos = tri!(options(s, spec, argv, "CfqP:r", |c, arg| {
+        match c {
+            'C' => compact = true,
+            'f' => fua = true,
+            'q' => quiet = true,
+            'P' => pat = pattern(s, &arg.unwrap_or_default())?,
+            _ => {}
+        }
+        Ok(())
+    }));
+    if pos.len() < 2 {
+        s.usage(spec);
+        return EINVAL;
+    }
+    let offset = tri!(num(s, &pos[0]));
+    let count = tri!(iovec_len(s, &pos[1..]));
+    let flags = if fua { ReqFlags::FUA } else { ReqFlags::NONE };
+    let b = blk(s);
+    let t0 = Instant::now();
+    let Some(ret) = s.run_sync(async move {
+        let buf = vec![pat; count as usize];
+        b.pwrite(offset as u64, &buf, flags).await
+    }) else {
+        return EINVAL;
+    };
+    let elapsed = t0.elapsed();
+    if let Err(e) = ret {
+        s.out(&format!("writev failed: {}\n", strerror(e)));
+        return -e;
+    }
+    if !quiet {
+        report(s, "wrote", elapsed, offset, count, count, compact);
+    }
+    0
+}
+
+fn aio_read_f(s: &mut Session, spec: &CommandSpec, argv: &[String]) -> i32 {
+    let (mut compact, mut quiet, mut verbose, mut invalid) = (false, false, false, false);
+    let mut pat = None;
+    let pos = tri!(options(s, spec, argv, "CP:iqrv", |c, arg| {
+        match c {
+            'C' => compact = true,
+            'P' => pat = Some(pattern(s, &arg.unwrap_or_default())?),
+            'i' => invalid = true,
+            'q' => quiet = true,
+            'v' => verbose = true,
+            _ => {}
+        }
+        Ok(())
+    }));
+    if pos.len() < 2 {
+        s.usage(spec);
+        return EINVAL;
+    }
+    let offset = tri!(num(s, &pos[0]));
+    let count = tri!(iovec_len(s, &pos[1..]));
+    if invalid {
+        s.out("injecting invalid read request\n");
+        return 0;
+    }
+    let b = blk(s);
+    let console = s.console.clone();
+    let t0 = Instant::now();
+    s.spawn(async move {
+        let mut buf = vec![0xabu8; count as usize];
+        let ret = b.pread(offset as u64, &mut buf).await;
+        let elapsed = t0.elapsed();
+        if let Err(e) = ret {
+            console.out(&format!("readv failed: {}\n", strerror(e)));
+            return;
+        }
+        if let Some(p) = pat {
+            if buf.iter().any(|&b| b != p) {
+                console.out(&format!("Pattern verification failed at offset {offset}, {count} bytes\n"));
+            }
+        }
+        if quiet {
+            return;
+        }
+        if verbose {
+            console.out(&dump_buffer(&buf, offset as u64));
+        }
+        console.out(&report_duration("read", elapsed, offset, count, count, 1, compact));
+    });
+    0
+}
+
+fn aio_write_f(s: &mut Session, spec: &CommandSpec, argv: &[String]) -> i32 {
+    let (mut compact, mut quiet, mut fua, mut invalid, mut zflag, mut unmap, mut registered) =
+        (false, false, false, false, false, false, false);
+    let mut pat = 0xcdu8;
+    let pos = tri!(options(s, spec, argv, "CfiqrP:uz", |c, arg| {
+        match c {
+            'C' => compact = true,
+            'f' => fua = true,
+            'i' => invalid = true,
+            'q' => quiet = true,
+            'r' => registered = true,
+            'P' => pat = pattern(s, &arg.unwrap_or_default())?,
+            'u' => unmap = true,
+            'z' => zflag = true,
+            _ => {}
+        }
+        Ok(())
+    }));
+    if pos.len() < 2 {
+        s.usage(spec);
+        return EINVAL;
+    }
+    if zflag && pos.len() != 2 {
+        s.out("-z supports only a single length parameter\n");
+        return EINVAL;
+    }
+    if unmap && !zflag {
+        s.out("-u requires -z to be specified\n");
+        return EINVAL;
+    }
+    if zflag && registered {
+        s.out("cannot combine zero write with registered I/O buffer\n");
+        return EINVAL;
+    }
+    let offset = tri!(num(s, &pos[0]));
+    let count = if zflag { tri!(num(s, &pos[1])) } else { tri!(iovec_len(s, &pos[1..])) };
+    if invalid {
+        s.out("injecting invalid write request\n");
+        return 0;
+    }
+    let mut flags = if fua { ReqFlags::FUA } else { ReqFlags::NONE };
+    if unmap {
+        flags = flags.with(ReqFlags::MAY_UNMAP);
+    }
+    let b = blk(s);
+    let console = s.console.clone();
+    let t0 = Instant::now();
+    s.spawn(async move {
+        let ret = if zflag {
+            b.pwrite_zeroes(offset as u64, count as u64, flags).await
+        } else {
+            b.pwrite(offset as u64, &vec![pat; count as usize], flags).await
+        };
+        let elapsed = t0.elapsed();
+        if let Err(e) = ret {
+            console.out(&format!("aio_write failed: {}\n", strerror(e)));
+            return;
+        }
+        if !quiet {
+            console.out(&report_duration("wrote", elapsed, offset, count, count, 1, compact));
+        }
+    });
+    0
+}
+
+fn flush_f(s: &mut Session) -> i32 {
+    let b = blk(s);
+    match s.run_sync(async move { b.flush().await }) {
+        Some(Ok(())) => 0,
+        Some(Err(e)) => -e,
+        None => EINVAL,
+    }
+}
+
+fn discard_f(s: &mut Session, spec: &CommandSpec, argv: &[String]) -> i32 {
+    let (mut compact, mut quiet) = (false, false);
+    let pos = tri!(options(s, spec, argv, "Cq", |c, _| {
+        match c {
+            'C' => compact = true,
+            'q' => quiet = true,
+            _ => {}
+        }
+        Ok(())
+    }));
+    if pos.len() != 2 {
+        s.usage(spec);
+        return EINVAL;
+    }
+    let offset = tri!(num(s, &pos[0]));
+    let bytes = tri!(num(s, &pos[1]));
+    tri!(check_len(s, bytes, &pos[1], ""));
+    let b = blk(s);
+    let t0 = Instant::now();
+    let Some(ret) = s.run_sync(async move { b.pdiscard(offset as u64, bytes as u64).await }) else {
+        return EINVAL;
+    };
+    let elapsed = t0.elapsed();
+    if let Err(e) = ret {
+        s.out(&format!("discard failed: {}\n", strerror(e)));
+        return -e;
+    }
+    if !quiet {
+        report(s, "discard", elapsed, offset, bytes, bytes, compact);
+    }
+    0
+}
+
+fn truncate_f(s: &mut Session, spec: &CommandSpec, argv: &[String]) -> i32 {
+    let mut bad_mode = None;
+    let pos = tri!(options(s, spec, argv, "m:", |c, arg| {
+        if c == 'm' {
+            let mode = arg.unwrap_or_default();
+            if !["off", "metadata", "falloc", "full"].contains(&mode.as_str()) {
+                bad_mode = Some(mode);
+                return Err(EINVAL);
+            }
+        }
+        Ok(())
+    }));
+    if let Some(mode) = bad_mode {
+        s.report(&format!("Invalid preallocation mode '{mode}'"));
+        return EINVAL;
+    }
+    if pos.len() != 1 {
+        s.usage(spec);
+        return EINVAL;
+    }
+    let size = tri!(num(s, &pos[0]));
+    let b = blk(s);
+    match s.run_sync(async move { b.truncate(size as u64).await }) {
+        Some(Ok(())) => 0,
+        Some(Err(msg)) => {
+            s.report(&msg);
+            -libc::EIO
+        }
+        None => EINVAL,
+    }
+}
+
+fn length_f(s: &mut Session) -> i32 {
+    match blk(s).getlength() {
+        Ok(len) => {
+            s.out(&format!("{}\n", cvtstr(len as f64)));
+            0
+        }
+        Err(e) => {
+            s.out(&format!("getlength: {}\n", strerror(e)));
+            -e
+        }
+    }
+}
+
+fn info_f(s: &mut Session) -> i32 {
+    let root = blk(s).root.clone();
+    s.out(&format!("format name: {}\n", root.driver.format_name()));
+    if let Some(p) = root.driver.protocol_name() {
+        s.out(&format!("format name: {p}\n"));
+    }
+    // QEMU asks the driver, or for filters their filtered child; the file protocol has nothing.
+    let mut node = root.clone();
+    let info = loop {
+        if let Some(i) = node.driver.info(&node) {
+            break Some(i);
+        }
+        if node.driver.format_name() == "raw" {
+            break Some(Default::default());
+        }
+        match (node.driver.is_filter(), node.primary_child()) {
+            (true, Some(c)) => node = c.clone(),
+            _ => break None,
+        }
+    };
+    let Some(info) = info else {
+        return -libc::ENOTSUP;
+    };
+    s.out(&format!("cluster size: {}\n", cvtstr(info.cluster_size as f64)));
+    s.out(&format!("vm state offset: {}\n", cvtstr(info.vm_state_offset as f64)));
+    if !info.specific.is_empty() {
+        s.out("Format specific information:\n");
+        for line in &info.specific {
+            s.out(&format!("    {line}\n"));
+        }
+    }
+    0
+}
+
+fn map_f(s: &mut Session) -> i32 {
+    let b = blk(s);
+    let total = match b.getlength() {
+        Ok(l) => l,
+        Err(e) => {
+            s.report(&format!("Failed to query image length: {}", strerror(e)));
+            return -e;
+        }
+    };
+    let root = b.root.clone();
+    let Some(result) = s.run_sync(async move {
+        let mut lines = Vec::new();
+        let (mut offset, mut bytes) = (0u64, total);
+        while bytes > 0 {
+            // Merge runs with the same answer, as qemu-io's map_is_allocated does.
+            let (first, mut n) = io::is_allocated(&root, offset, bytes).await?;
+            let (mut o, mut rest) = (offset + n, bytes - n);
+            while rest > 0 {
+                let (a, m) = io::is_allocated(&root, o, rest).await?;
+                if a != first || m == 0 {
+                    break;
+                }
+                n += m;
+                o += m;
+                rest -= m;
+            }
+            lines.push((first, n, offset));
+            if n == 0 {
+                break;
+            }
+            offset += n;
+            bytes -= n;
+        }
+        Ok::<_, i32>(lines)
+    }) else {
+        return EINVAL;
+    };
+    match result {
+        Err(e) => {
+            s.report(&format!("Failed to get allocation status: {}", strerror(e)));
+            -e
+        }
+        Ok(lines) => {
+            for (allocated, n, offset) in lines {
+                if n == 0 {
+                    s.report("Unexpected end of image");
+                    return -libc::EIO;
+                }
+                let what = if allocated { "    allocated" } else { "not allocated" };
+                s.out(&format!(
+                    "{} (0x{n:x}) bytes {what} at offset {} (0x{offset:x})\n",
+                    cvtstr(n as f64),
+                    cvtstr(offset as f64)
+                ));
+            }
+            0
+        }
+    }
+}
+
+fn alloc_f(s: &mut Session, argv: &[String]) -> i32 {
+    let start = tri!(num(s, &argv[1]));
+    let count = if argv.len() == 3 { tri!(num(s, &argv[2])) } else { 512 };
+    let root = blk(s).root.clone();
+    let Some(result) = s.run_sync(async move {
+        let (mut offset, mut remaining, mut count, mut sum) = (start as u64, count as u64, count, 0u64);
+        while remaining > 0 {
+            let (a, n) = io::is_allocated(&root, offset, remaining).await?;
+            offset += n;
+            remaining -= n;
+            if a {
+                sum += n;
+            }
+            if n == 0 {
+                count -= remaining as i64;
+                remaining = 0;
+            }
+        }
+        Ok::<_, i32>((sum, count))
+    }) else {
+        return EINVAL;
+    };
+    match result {
+        Err(e) => {
+            s.out(&format!("is_allocated failed: {}\n", strerror(e)));
+            -e
+        }
+        Ok((sum, count)) => {
+            s.out(&format!("{sum}/{count} bytes allocated at offset {}\n", cvtstr(start as f64)));
+            0
+        }
+    }
+}
+
+/// The node whose breakpoints the debug commands act on.
+fn debug_node(s: &Session) -> Option<Rc<crate::block::node::Node>> {
+    blk(s).root.find_blkdebug()
+}
+
+fn break_f(s: &mut Session, argv: &[String]) -> i32 {
+    let ret = match debug_node(s) {
+        None => Err(libc::ENOTSUP),
+        Some(n) => n.driver.as_blkdebug().map_or(Err(libc::ENOTSUP), |d| d.add_breakpoint(&argv[1], &argv[2])),
+    };
+    match ret {
+        Ok(()) => 0,
+        Err(e) => {
+            s.out(&format!("Could not set breakpoint: {}\n", strerror(e)));
+            -e
+        }
+    }
+}
+
+/// Resumes one request suspended with `tag`, re-entering it at once.
+fn resume_one(s: &mut Session, node: &crate::block::node::Node, tag: &str) -> bool {
+    let Some(d) = node.driver.as_blkdebug() else { return false };
+    match d.resume_one(tag) {
+        None => false,
+        Some(task) => {
+            if let Some(id) = task {
+                s.exec.poll_task(id);
+            }
+            true
+        }
+    }
+}
+
+fn resume_f(s: &mut Session, argv: &[String]) -> i32 {
+    let ret = match debug_node(s) {
+        None => Err(libc::ENOTSUP),
+        Some(n) => {
+            if resume_one(s, &n, &argv[1]) { Ok(()) } else { Err(libc::ENOENT) }
+        }
+    };
+    match ret {
+        Ok(()) => 0,
+        Err(e) => {
+            s.out(&format!("Could not resume request: {}\n", strerror(e)));
+            -e
+        }
+    }
+}
+
+fn remove_break_f(s: &mut Session, argv: &[String]) -> i32 {
+    let ret = match debug_node(s) {
+        None => Err(libc::ENOTSUP),
+        Some(n) => {
+            let removed = n.driver.as_blkdebug().is_some_and(|d| d.remove_breakpoints(&argv[1]));
+            while resume_one(s, &n, &argv[1]) {}
+            if removed { Ok(()) } else { Err(libc::ENOENT) }
+        }
+    };
+    match ret {
+        Ok(()) => 0,
+        Err(e) => {
+            s.out(&format!("Could not remove breakpoint {}: {}\n", argv[1], strerror(e)));
+            -e
+        }
+    }
+}
+
+fn wait_break_f(s: &mut Session, argv: &[String]) -> i32 {
+    let tag = argv[1].clone();
+    let node = debug_node(s);
+    let suspended = move || {
+        node.as_ref()
+            .and_then(|n| n.driver.as_blkdebug().map(|d| d.is_suspended(&tag)))
+            .unwrap_or(false)
+    };
+    if !s.exec.run_until(suspended) {
+        s.err(&format!(
+            "blockfault: wait_break {}: no request can reach that breakpoint; qemu-io would wait here forever\n",
+            argv[1]
+        ));
+        s.console.exit(1);
+        return EINVAL;
+    }
+    0
+}
+
+fn sleep_f(s: &mut Session, argv: &[String]) -> i32 {
+    if let Err(m) = parse_sleep_ms(&argv[1]) {
+        s.out(&format!("{m}\n"));
+        return EINVAL;
+    }
+    // Time does not matter to a deterministic executor: sleeping lets everything runnable run.
+    s.exec.run_until_idle();
+    0
+}
+
+fn sigraise_f(s: &mut Session, argv: &[String]) -> i32 {
+    let sig = match cvtnum(&argv[1]) {
+        Ok(v) => v,
+        Err(e) => {
+            s.out(&format!("{}\n", NumError::message(&e, &argv[1])));
+            return -e.errno();
+        }
+    };
+    if sig > 65 {
+        s.out(&format!("signal argument '{}' is too large to be a valid signal\n", argv[1]));
+        return EINVAL;
+    }
+    // Signals whose default action is to do nothing leave the process running.
+    const IGNORED: [i64; 5] = [0, libc::SIGCHLD as i64, libc::SIGCONT as i64, libc::SIGURG as i64, libc::SIGWINCH as i64];
+    if !IGNORED.contains(&sig) {
+        s.console.exit(128 + sig as i32);
+    }
+    0
+}
+
+fn open_f(s: &mut Session, spec: &CommandSpec, argv: &[String]) -> i32 {
+    let (mut read_only, mut writethrough, mut no_flush) = (false, true, false);
+    let mut opts_text: Option<String> = None;
+    let mut bad_cache = None;
+    let pos = tri!(options(s, spec, argv, "snCro:kt:d:U", |c, arg| {
+        match c {
+            'r' => read_only = true,
+            'n' => writethrough = false,
+            'o' => opts_text = arg,
+            't' => {
+                let mode = arg.unwrap_or_default();
+                match parse_cache_mode(&mode) {
+                    Some((wt, nf)) => (writethrough, no_flush) = (wt, nf),
+                    None => {
+                        bad_cache = Some(mode);
+                        return Err(EINVAL);
+                    }
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }));
+    if let Some(mode) = bad_cache {
+        s.report(&format!("Invalid cache option: {mode}"));
+        return EINVAL;
+    }
+    let options = match opts_text.as_deref().map(parse_keyval).transpose() {
+        Ok(o) => o.unwrap_or_default(),
+        Err(e) => {
+            s.report(&e);
+            return EINVAL;
+        }
+    };
+    if pos.len() > 1 {
+        s.usage(spec);
+        return EINVAL;
+    }
+    let ok = s.open(OpenRequest {
+        name: pos.first().map(String::as_str),
+        options,
+        read_only,
+        writethrough,
+        no_flush,
+        image_opts: false,
+    });
+    if ok { 0 } else { EINVAL }
+}
+
+fn help_f(s: &mut Session, argv: &[String]) -> i32 {
+    match argv.get(1) {
+        None => {
+            s.out(&commands_table::help_all());
+            0
+        }
+        Some(name) => match commands_table::help_one(name) {
+            Ok(text) => {
+                s.out(&text);
+                0
+            }
+            Err(msg) => {
+                s.out(&format!("{msg}\n"));
+                EINVAL
+            }
+        },
+    }
+}
