@@ -161,11 +161,21 @@ impl BlockDriver for FileDriver {
     fn block_status<'a>(
         &'a self,
         node: &'a Node,
-        _want_zero: bool,
+        want_zero: bool,
         offset: u64,
         bytes: u64,
     ) -> BoxFut<'a, IoResult<BlockStatus>> {
         Box::pin(async move {
+            // Callers that only ask "allocated?" get one answer for the whole range, as
+            // file-posix gives without want_zero.
+            if !want_zero {
+                return Ok(BlockStatus {
+                    flags: status::DATA | status::OFFSET_VALID,
+                    pnum: bytes,
+                    map: offset,
+                    file: None,
+                });
+            }
             let fd = self.file.as_raw_fd();
             // SAFETY: lseek on an fd we own; it does not touch memory.
             let data = unsafe { libc::lseek(fd, offset as i64, libc::SEEK_DATA) };

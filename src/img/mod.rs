@@ -1,15 +1,302 @@
-//! The qemu-img subset.
+//! The qemu-img subset: `create`, `check`, `compare`, `info` and `map`, with qemu-img's output
+//! and exit codes, over the same block layer qemu-io uses.
 
-use crate::output::SharedSink;
+use crate::block::driver::status;
+use crate::block::executor::block_on;
+use crate::block::node::{Node, OpenFlags};
+use crate::block::open::{open_drive, OpenContext, Options};
+use crate::output::{Console, SharedSink};
+use crate::qemu_io::format::cvtstr;
+use crate::qemu_io::getopt::Getopt;
+use crate::qemu_io::numbers::strtosz;
 use std::path::Path;
+use std::rc::Rc;
 
 /// `qemu-img ARGS...` (argv without the program name), relative paths resolved against `base_dir`;
 /// returns qemu-img's exit status.
 pub fn run(args: &[String], base_dir: &Path, sink: SharedSink) -> i32 {
-    let _ = (args, base_dir);
-    sink.borrow_mut().write(
-        crate::output::Stream::Stderr,
-        "qemu-img: engine not built yet\n",
-    );
-    1
+    let console = Console::new(sink);
+    let img = Img { console: console.clone(), base_dir };
+    let Some(cmd) = args.first() else {
+        img.error("Not enough arguments");
+        img.console.err("Try 'qemu-img --help' for more information\n");
+        return 1;
+    };
+    let mut argv = vec![cmd.clone()];
+    argv.extend_from_slice(&args[1..]);
+    let status = match cmd.as_str() {
+        "create" => img.create(&argv),
+        "check" => img.check(&argv),
+        "compare" => img.compare(&argv),
+        "info" => img.info(&argv),
+        "map" => img.map(&argv),
+        other => {
+            img.error(&format!("Command not found: {other}"));
+            1
+        }
+    };
+    console.exited().unwrap_or(status)
+}
+
+struct Img<'a> {
+    console: Rc<Console>,
+    base_dir: &'a Path,
+}
+
+impl Img<'_> {
+    fn error(&self, msg: &str) {
+        self.console.err(&format!("qemu-img: {msg}\n"));
+    }
+
+    /// getopt over a subcommand's argv; Err(status) after qemu-img's message.
+    fn opts(&self, argv: &[String], optstring: &str) -> Result<(Vec<(char, String)>, Vec<String>), i32> {
+        let mut g = Getopt::new(argv, optstring);
+        let mut opts = Vec::new();
+        for item in g.by_ref() {
+            match item {
+                Ok((c, a)) => opts.push((c, a.unwrap_or_default())),
+                Err(msg) => {
+                    self.console.err(&format!(
+                        "qemu-img {msg}\nTry 'qemu-img {} --help' for more info\n",
+                        argv[0]
+                    ));
+                    return Err(1);
+                }
+            }
+        }
+        Ok((opts, g.positionals().to_vec()))
+    }
+
+    fn open(&self, name: &str, format: Option<&str>, read_only: bool) -> Result<Rc<Node>, i32> {
+        let ctx = OpenContext {
+            base_dir: self.base_dir.to_path_buf(),
+            console: self.console.clone(),
+            flags: OpenFlags { read_only, unmap: true, no_flush: false },
+        };
+        open_drive(Some(name), Options::new(), format, &ctx).map_err(|e| {
+            self.error(&format!("Could not open '{name}': {e}"));
+            1
+        })
+    }
+
+    fn create(&self, argv: &[String]) -> i32 {
+        let Ok((opts, pos)) = self.opts(argv, "F:b:f:ho:qu") else { return 1 };
+        let mut fmt = "raw".to_string();
+        let mut quiet = false;
+        let mut size_opt = None;
+        for (c, a) in opts {
+            match c {
+                'f' => fmt = a,
+                'q' => quiet = true,
+                'o' => {
+                    for kv in a.split(',') {
+                        match kv.split_once('=') {
+                            Some(("size", v)) => size_opt = Some(v.to_string()),
+                            _ => {
+                                self.error(&format!("Invalid parameter '{kv}'"));
+                                return 1;
+                            }
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        let Some(name) = pos.first() else {
+            self.error("Expecting image file name");
+            return 1;
+        };
+        let size_text = pos.get(1).cloned().or(size_opt);
+        let Some(size_text) = size_text else {
+            self.error(&format!("{name}: Image creation needs a size parameter"));
+            return 1;
+        };
+        let Ok(size) = strtosz(&size_text) else {
+            self.error(&format!("Invalid image size specified: '{size_text}'."));
+            return 1;
+        };
+        if fmt != "raw" {
+            self.error(&format!("{name}: Unknown file format '{fmt}'"));
+            return 1;
+        }
+        if !quiet {
+            self.console.out(&format!("Formatting '{name}', fmt={fmt} size={size}\n"));
+        }
+        let path = self.base_dir.join(name);
+        let made = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .and_then(|f| f.set_len(size));
+        if let Err(e) = made {
+            let errno = e.raw_os_error().unwrap_or(libc::EIO);
+            self.error(&format!("{name}: Could not create '{name}': {}", crate::errno::strerror(errno)));
+            return 1;
+        }
+        0
+    }
+
+    fn check(&self, argv: &[String]) -> i32 {
+        let Ok((opts, pos)) = self.opts(argv, "hf:r:T:qU") else { return 1 };
+        let fmt = opts.iter().find(|(c, _)| *c == 'f').map(|(_, a)| a.clone());
+        let Some(name) = pos.first() else {
+            self.error("Expecting one image file name");
+            return 1;
+        };
+        let node = match self.open(name, Some(fmt.as_deref().unwrap_or("raw")), true) {
+            Ok(n) => n,
+            Err(s) => return s,
+        };
+        let _ = node;
+        self.error("This image format does not support checks");
+        63
+    }
+
+    fn read_all(node: &Rc<Node>) -> Result<Vec<u8>, i32> {
+        let n = node.clone();
+        block_on(async move {
+            let len = n.getlength()?;
+            let mut buf = vec![0u8; len as usize];
+            crate::block::io::preadv(&n, 0, &mut buf).await?;
+            Ok(buf)
+        })
+        .unwrap_or(Err(libc::EIO))
+    }
+
+    fn compare(&self, argv: &[String]) -> i32 {
+        let Ok((opts, pos)) = self.opts(argv, "hf:F:T:pqsU") else { return 1 };
+        let f1 = opts.iter().find(|(c, _)| *c == 'f').map(|(_, a)| a.as_str());
+        let f2 = opts.iter().find(|(c, _)| *c == 'F').map(|(_, a)| a.as_str());
+        if pos.len() != 2 {
+            self.error("Expecting two image file names");
+            return 1;
+        }
+        let (a, b) = match (self.open(&pos[0], f1.or(Some("raw")), true), self.open(&pos[1], f2.or(Some("raw")), true)) {
+            (Ok(a), Ok(b)) => (a, b),
+            _ => return 2,
+        };
+        let (Ok(da), Ok(db)) = (Self::read_all(&a), Self::read_all(&b)) else {
+            self.error("Error while reading");
+            return 2;
+        };
+        let common = da.len().min(db.len());
+        if let Some(i) = da[..common].iter().zip(&db[..common]).position(|(x, y)| x != y) {
+            self.console.out(&format!("Content mismatch at offset {i}!\n"));
+            return 1;
+        }
+        if da.len() != db.len() {
+            self.console.out("Warning: Image size mismatch!\n");
+            let longer = if da.len() > db.len() { &da } else { &db };
+            if let Some(i) = longer[common..].iter().position(|&x| x != 0) {
+                self.console.out(&format!("Content mismatch at offset {}!\n", common + i));
+                return 1;
+            }
+        }
+        self.console.out("Images are identical.\n");
+        0
+    }
+
+    fn info(&self, argv: &[String]) -> i32 {
+        let Ok((opts, pos)) = self.opts(argv, "f:hU") else { return 1 };
+        let fmt = opts.iter().find(|(c, _)| *c == 'f').map(|(_, a)| a.as_str());
+        let Some(name) = pos.first() else {
+            self.error("Expecting one image file name");
+            return 1;
+        };
+        let node = match self.open(name, fmt, true) {
+            Ok(n) => n,
+            Err(s) => return s,
+        };
+        let len = node.getlength().unwrap_or(0);
+        let disk = std::fs::metadata(self.base_dir.join(name))
+            .map(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512)
+            .unwrap_or(0);
+        let file_len = std::fs::metadata(self.base_dir.join(name)).map(|m| m.len()).unwrap_or(0);
+        self.console.out(&format!(
+            "image: {name}\nfile format: {}\nvirtual size: {} ({len} bytes)\ndisk size: {}\nChild node '/file':\n    filename: {name}\n    protocol type: file\n    file length: {} ({file_len} bytes)\n    disk size: {}\n",
+            node.driver.format_name(),
+            cvtstr(len as f64),
+            cvtstr(disk as f64),
+            cvtstr(file_len as f64),
+            cvtstr(disk as f64),
+        ));
+        0
+    }
+
+    fn map(&self, argv: &[String]) -> i32 {
+        let mut json = false;
+        let mut args = Vec::new();
+        for a in argv {
+            match a.as_str() {
+                "--output=json" => json = true,
+                "--output=human" => json = false,
+                _ => args.push(a.clone()),
+            }
+        }
+        let Ok((opts, pos)) = self.opts(&args, "f:hU") else { return 1 };
+        let fmt = opts.iter().find(|(c, _)| *c == 'f').map(|(_, a)| a.as_str());
+        let Some(name) = pos.first() else {
+            self.error("Expecting one image file name");
+            return 1;
+        };
+        let node = match self.open(name, fmt, true) {
+            Ok(n) => n,
+            Err(s) => return s,
+        };
+        let n = node.clone();
+        let extents = block_on(async move {
+            let total = n.getlength()?;
+            let mut out: Vec<(u64, u64, u32, u64)> = Vec::new();
+            let mut offset = 0;
+            while offset < total {
+                let st = crate::block::io::block_status(&n, true, offset, total - offset).await?;
+                if st.pnum == 0 {
+                    break;
+                }
+                let flags = st.flags & (status::DATA | status::ZERO);
+                match out.last_mut() {
+                    Some(last) if last.2 == flags && last.0 + last.1 == offset && last.3 + last.1 == st.map => {
+                        last.1 += st.pnum
+                    }
+                    _ => out.push((offset, st.pnum, flags, st.map)),
+                }
+                offset += st.pnum;
+            }
+            Ok::<_, i32>(out)
+        });
+        let extents = match extents {
+            Some(Ok(e)) => e,
+            _ => {
+                self.error("Failed to get block status");
+                return 1;
+            }
+        };
+        if json {
+            let rows: Vec<String> = extents
+                .iter()
+                .map(|(start, len, flags, map)| {
+                    format!(
+                        "{{ \"start\": {start}, \"length\": {len}, \"depth\": 0, \"present\": true, \"zero\": {}, \"data\": {}, \"compressed\": false, \"offset\": {map}}}",
+                        flags & status::ZERO != 0,
+                        flags & status::DATA != 0
+                    )
+                })
+                .collect();
+            self.console.out(&format!("[{}]\n", rows.join(",\n")));
+        } else {
+            self.console.out(&format!("{:<16}{:<16}{:<16}{}\n", "Offset", "Length", "Mapped to", "File"));
+            for (start, len, flags, map) in extents {
+                if flags & status::DATA != 0 {
+                    self.console.out(&format!("{:<16}{:<16}{:<16}{name}\n", hex(start), hex(len), hex(map)));
+                }
+            }
+        }
+        0
+    }
+}
+
+/// C's `%#x`: `0x` prefix except for zero.
+fn hex(v: u64) -> String {
+    if v == 0 { "0".into() } else { format!("{v:#x}") }
 }
