@@ -770,7 +770,7 @@ mod tests {
         let p = parse_config(b"[set-state]\n[inject-error]\n").unwrap();
         assert_eq!(p.pending_error, None);
         assert_eq!(
-            parse_config(b"[set-state]\nfoo = \"1\"\n[inject-error]\n   \n"),
+            parse_config(b"[set-state]\nfoo = \"1\"\n   \n[inject-error]\n"),
             Err("parse error".to_string())
         );
     }
