@@ -7,6 +7,9 @@ use std::path::Path;
 /// returns qemu-img's exit status.
 pub fn run(args: &[String], base_dir: &Path, sink: SharedSink) -> i32 {
     let _ = (args, base_dir);
-    sink.borrow_mut().write(crate::output::Stream::Stderr, "qemu-img: engine not built yet\n");
+    sink.borrow_mut().write(
+        crate::output::Stream::Stderr,
+        "qemu-img: engine not built yet\n",
+    );
     1
 }

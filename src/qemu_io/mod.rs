@@ -25,13 +25,19 @@ pub struct Invocation {
 /// Runs an invocation with relative paths resolved against `base_dir`; returns qemu-io's exit status.
 pub fn run(_inv: &Invocation, _base_dir: &Path, sink: SharedSink) -> i32 {
     // Replaced by the interpreter (engine issue); kept only so the runner can build meanwhile.
-    sink.borrow_mut().write(crate::output::Stream::Stderr, "qemu-io: engine not built yet\n");
+    sink.borrow_mut().write(
+        crate::output::Stream::Stderr,
+        "qemu-io: engine not built yet\n",
+    );
     1
 }
 
 /// `blockfault io ARGS...`: qemu-io's own command line (argv without the program name).
 pub fn main(args: &[String], base_dir: &Path, sink: SharedSink) -> i32 {
     let _ = (args, base_dir);
-    sink.borrow_mut().write(crate::output::Stream::Stderr, "qemu-io: engine not built yet\n");
+    sink.borrow_mut().write(
+        crate::output::Stream::Stderr,
+        "qemu-io: engine not built yet\n",
+    );
     1
 }

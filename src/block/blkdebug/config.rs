@@ -455,7 +455,11 @@ fn strtou64_base0(s: &str) -> Result<u64, StrtoError> {
     if overflow {
         return Err(StrtoError::Range);
     }
-    Ok(if negative { value.wrapping_neg() } else { value })
+    Ok(if negative {
+        value.wrapping_neg()
+    } else {
+        value
+    })
 }
 
 /// QEMU's QDict bucket for a key (`tdb_hash(key) % 512`).
@@ -529,7 +533,9 @@ mod tests {
     #[test]
     fn simple_sections() {
         assert_eq!(
-            ok("[inject-error]\nevent = \"read_aio\"\nerrno = \"28\"\n\n# c\n[set-state \"s1\"]\n  event = \"write_aio\"\n"),
+            ok(
+                "[inject-error]\nevent = \"read_aio\"\nerrno = \"28\"\n\n# c\n[set-state \"s1\"]\n  event = \"write_aio\"\n"
+            ),
             vec![
                 sec(
                     Group::InjectError,
@@ -620,9 +626,18 @@ mod tests {
     fn error_messages() {
         let cases: &[(&str, &str)] = &[
             ("[bogus]\n", "There is no option group 'bogus'"),
-            ("[Inject-Error]\n", "There is no option group 'Inject-Error'"),
-            ("[ inject-error]\n", "There is no option group ' inject-error'"),
-            ("[inject-error ]\n", "There is no option group 'inject-error '"),
+            (
+                "[Inject-Error]\n",
+                "There is no option group 'Inject-Error'",
+            ),
+            (
+                "[ inject-error]\n",
+                "There is no option group ' inject-error'",
+            ),
+            (
+                "[inject-error ]\n",
+                "There is no option group 'inject-error '",
+            ),
             (
                 "[inject-error \"\"]\n",
                 "There is no option group 'inject-error \"\"'",
@@ -635,7 +650,10 @@ mod tests {
             // The stray `[]` line is a key of the current section, but the failed sscanf set
             // the group buffer to "]", and that is what is checked at end of file.
             ("[inject-error]\n[]\n", "There is no option group ']'"),
-            ("[inject-error]\n[]\n[set-state]\n", "Invalid parameter '[]'"),
+            (
+                "[inject-error]\n[]\n[set-state]\n",
+                "Invalid parameter '[]'",
+            ),
             ("[]\n", "no group defined"),
             ("event = \"read_aio\"\n", "no group defined"),
             ("garbage line\n", "no group defined"),
@@ -653,18 +671,39 @@ mod tests {
                 "[inject-error]\nevent = \"read_aio\nfoo\"\n",
                 "Invalid parameter 'foo\"'",
             ),
-            ("[set-state]\niotype = \"read\"\n", "Invalid parameter 'iotype'"),
+            (
+                "[set-state]\niotype = \"read\"\n",
+                "Invalid parameter 'iotype'",
+            ),
             ("[set-state]\nonce = \"on\"\n", "Invalid parameter 'once'"),
-            ("[inject-error]\nnew_state = \"1\"\n", "Invalid parameter 'new_state'"),
-            ("[inject-error]\nerrno = read_aio\n", "Parameter 'errno' expects a number"),
-            ("[inject-error]\nerrno = \"28 \"\n", "Parameter 'errno' expects a number"),
-            ("[inject-error]\nstate = \"08\"\n", "Parameter 'state' expects a number"),
-            ("[set-state]\nnew_state = \"x\"\n", "Parameter 'new_state' expects a number"),
+            (
+                "[inject-error]\nnew_state = \"1\"\n",
+                "Invalid parameter 'new_state'",
+            ),
+            (
+                "[inject-error]\nerrno = read_aio\n",
+                "Parameter 'errno' expects a number",
+            ),
+            (
+                "[inject-error]\nerrno = \"28 \"\n",
+                "Parameter 'errno' expects a number",
+            ),
+            (
+                "[inject-error]\nstate = \"08\"\n",
+                "Parameter 'state' expects a number",
+            ),
+            (
+                "[set-state]\nnew_state = \"x\"\n",
+                "Parameter 'new_state' expects a number",
+            ),
             (
                 "[inject-error]\nsector = \"99999999999999999999\"\n",
                 "Value '99999999999999999999' is too large for parameter 'sector'",
             ),
-            ("[inject-error]\nonce = \"TRUE\"\n", "Parameter 'once' expects 'on' or 'off'"),
+            (
+                "[inject-error]\nonce = \"TRUE\"\n",
+                "Parameter 'once' expects 'on' or 'off'",
+            ),
             (
                 "[inject-error]\nimmediately = \"1\"\n",
                 "Parameter 'immediately' expects 'on' or 'off'",
@@ -709,10 +748,7 @@ mod tests {
 
     #[test]
     fn same_id_in_different_groups_is_fine() {
-        assert_eq!(
-            ok("[inject-error \"id1\"]\n[set-state \"id1\"]\n").len(),
-            2
-        );
+        assert_eq!(ok("[inject-error \"id1\"]\n[set-state \"id1\"]\n").len(), 2);
     }
 
     #[test]
@@ -789,7 +825,9 @@ mod tests {
         assert_eq!(n("-0x1c"), Ok(28u64.wrapping_neg()));
         assert_eq!(n("18446744073709551615"), Ok(u64::MAX));
         let nan = Err("Parameter 'errno' expects a number".to_string());
-        for bad in ["", " ", "x", "08", "0x", "0xg", "28 ", "1.5", "--1", "- 1", "1e3"] {
+        for bad in [
+            "", " ", "x", "08", "0x", "0xg", "28 ", "1.5", "--1", "- 1", "1e3",
+        ] {
             assert_eq!(n(bad), nan, "{bad:?}");
         }
         assert_eq!(

@@ -242,7 +242,14 @@ mod tests {
         let names: Vec<&str> = IoType::ALL.iter().map(|t| t.name()).collect();
         assert_eq!(
             names,
-            ["read", "write", "write-zeroes", "discard", "flush", "block-status"]
+            [
+                "read",
+                "write",
+                "write-zeroes",
+                "discard",
+                "flush",
+                "block-status"
+            ]
         );
         for (i, t) in IoType::ALL.iter().enumerate() {
             assert_eq!(t.index(), i);

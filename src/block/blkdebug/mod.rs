@@ -2,4 +2,5 @@
 
 pub mod config;
 pub mod events;
+pub mod limits;
 pub mod rules;

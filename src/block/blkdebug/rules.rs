@@ -162,7 +162,9 @@ pub fn read_config(
     })
 }
 
-fn build_rules<'a>(sections: impl Iterator<Item = &'a Section> + Clone) -> Result<Vec<RuleSpec>, String> {
+fn build_rules<'a>(
+    sections: impl Iterator<Item = &'a Section> + Clone,
+) -> Result<Vec<RuleSpec>, String> {
     let mut rules = Vec::new();
     for group in [Group::InjectError, Group::SetState] {
         for s in sections.clone().filter(|s| s.group == group) {
@@ -356,7 +358,10 @@ fn sections_from_options_with_ids(
     ids: &mut SectionIds,
 ) -> Result<Vec<Section>, String> {
     let mut out = Vec::new();
-    for (group, value) in [(Group::InjectError, inject_error), (Group::SetState, set_state)] {
+    for (group, value) in [
+        (Group::InjectError, inject_error),
+        (Group::SetState, set_state),
+    ] {
         let Some(v) = value.filter(|v| is_nonempty_container(v)) else {
             continue;
         };
@@ -372,7 +377,11 @@ fn sections_from_options_with_ids(
 }
 
 /// QEMU's `config_parse_qdict_section` for one group.
-fn group_sections(group: Group, mut sub: QDict, ids: &mut SectionIds) -> Result<Vec<Section>, String> {
+fn group_sections(
+    group: Group,
+    mut sub: QDict,
+    ids: &mut SectionIds,
+) -> Result<Vec<Section>, String> {
     let name = group.name();
     let orig = sub.len();
     if orig == 0 {
@@ -424,7 +433,9 @@ fn group_sections(group: Group, mut sub: QDict, ids: &mut SectionIds) -> Result<
         ids.claim(group, &id)?;
         let entries = absorb(group, &mut d)?;
         if let Some(key) = d.first_key() {
-            return Err(format!("[{name}] section doesn't support the option '{key}'"));
+            return Err(format!(
+                "[{name}] section doesn't support the option '{key}'"
+            ));
         }
         sections.push(Section {
             group,
@@ -559,7 +570,10 @@ mod tests {
     fn c_integer_truncation() {
         let one = |text: &str| cfg_rules(text).unwrap().remove(0);
         let RuleSpec::InjectError {
-            errno, state, offset, ..
+            errno,
+            state,
+            offset,
+            ..
         } = one(
             "[inject-error]\nevent = \"read_aio\"\nerrno = \"-5\"\nstate = \"4294967297\"\n\
              sector = \"36028797018963968\"\n",
@@ -587,10 +601,22 @@ mod tests {
     fn build_errors() {
         let cases: &[(&str, &str)] = &[
             ("[inject-error]\n", "Missing event name for rule"),
-            ("[set-state]\nstate = \"1\"\n", "Missing event name for rule"),
-            ("[inject-error]\nevent = \"bogus\"\n", "invalid parameter value: bogus"),
-            ("[inject-error]\nevent = read_aio\n", "invalid parameter value: "),
-            ("[inject-error]\nevent = \"READ_AIO\"\n", "invalid parameter value: READ_AIO"),
+            (
+                "[set-state]\nstate = \"1\"\n",
+                "Missing event name for rule",
+            ),
+            (
+                "[inject-error]\nevent = \"bogus\"\n",
+                "invalid parameter value: bogus",
+            ),
+            (
+                "[inject-error]\nevent = read_aio\n",
+                "invalid parameter value: ",
+            ),
+            (
+                "[inject-error]\nevent = \"READ_AIO\"\n",
+                "invalid parameter value: READ_AIO",
+            ),
             (
                 "[inject-error]\nevent = \"l1_grow.alloc_table\"\n",
                 "invalid parameter value: l1_grow.alloc_table",
@@ -713,15 +739,27 @@ mod tests {
     #[test]
     fn option_errors() {
         let cases: Vec<(Value, &str)> = vec![
-            (json!(["x"]), "[inject-error] section (index 0) does not consist of keys"),
-            (json!({"0": "x"}), "[inject-error] section (index 0) does not consist of keys"),
-            (json!({"0": []}), "[inject-error] section (index 0) does not consist of keys"),
+            (
+                json!(["x"]),
+                "[inject-error] section (index 0) does not consist of keys",
+            ),
+            (
+                json!({"0": "x"}),
+                "[inject-error] section (index 0) does not consist of keys",
+            ),
+            (
+                json!({"0": []}),
+                "[inject-error] section (index 0) does not consist of keys",
+            ),
             (
                 json!([{"event": "read_aio"}, "x"]),
                 "[inject-error] section (index 1) does not consist of keys",
             ),
             (json!([{}]), "Missing event name for rule"),
-            (json!({"0": {"event": "read_aio"}, "1": {}}), "Missing event name for rule"),
+            (
+                json!({"0": {"event": "read_aio"}, "1": {}}),
+                "Missing event name for rule",
+            ),
             (json!([{"event": {}}]), "Missing event name for rule"),
             (json!([{"event": null}]), "Missing event name for rule"),
             (json!([{"event": []}]), "Missing event name for rule"),
@@ -735,13 +773,22 @@ mod tests {
             ),
             (json!([{"event": 5}]), "invalid parameter value: 5"),
             (json!([{"event": true}]), "invalid parameter value: on"),
-            (json!([{"event": "read_aio", "errno": 28.5}]), "Parameter 'errno' expects a number"),
-            (json!([{"event": "read_aio", "errno": 1e300}]), "Parameter 'errno' expects a number"),
+            (
+                json!([{"event": "read_aio", "errno": 28.5}]),
+                "Parameter 'errno' expects a number",
+            ),
+            (
+                json!([{"event": "read_aio", "errno": 1e300}]),
+                "Parameter 'errno' expects a number",
+            ),
             (
                 json!([{"event": "read_aio", "errno": 18446744073709551616.0}]),
                 "Parameter 'errno' expects a number",
             ),
-            (json!([{"event": "read_aio", "errno": "abc"}]), "Parameter 'errno' expects a number"),
+            (
+                json!([{"event": "read_aio", "errno": "abc"}]),
+                "Parameter 'errno' expects a number",
+            ),
             (
                 json!([{"event": "read_aio", "errno": "99999999999999999999"}]),
                 "Value '99999999999999999999' is too large for parameter 'errno'",
@@ -766,7 +813,10 @@ mod tests {
                 json!([{"event": "read_aio", "iotype": "bogus", "sector": "x"}]),
                 "Parameter 'sector' expects a number",
             ),
-            (json!({"event": "read_aio", "foo": 1}), "Unknown option 'foo' for [inject-error]"),
+            (
+                json!({"event": "read_aio", "foo": 1}),
+                "Unknown option 'foo' for [inject-error]",
+            ),
             (json!({"foo": 1}), "Unused option 'foo' for [inject-error]"),
             (
                 json!({"0": {"event": "read_aio"}, "2": {"event": "x"}}),
@@ -852,7 +902,10 @@ mod tests {
             e("invalid parameter value: bogus_opt")
         );
         assert_eq!(
-            run("[inject-error]\nevent = \"bogus_cfg\"\n", json!([{"event": "bogus_opt"}])),
+            run(
+                "[inject-error]\nevent = \"bogus_cfg\"\n",
+                json!([{"event": "bogus_opt"}])
+            ),
             e("invalid parameter value: bogus_cfg")
         );
         assert_eq!(
@@ -864,12 +917,18 @@ mod tests {
         );
         // A pending (last-section) error wins over rule-building errors...
         assert_eq!(
-            run("[inject-error]\nonce = \"x\"\n", json!([{"event": "bogus"}])),
+            run(
+                "[inject-error]\nonce = \"x\"\n",
+                json!([{"event": "bogus"}])
+            ),
             e("Parameter 'once' expects 'on' or 'off'")
         );
         // ... but an option-section error on top of it makes QEMU abort.
         assert_eq!(
-            run("[inject-error]\nonce = \"x\"\n", json!([{"event": "read_aio", "errno": "x"}])),
+            run(
+                "[inject-error]\nonce = \"x\"\n",
+                json!([{"event": "read_aio", "errno": "x"}])
+            ),
             Err(OpenFailure::ErrpAssertion)
         );
         assert_eq!(
@@ -877,7 +936,11 @@ mod tests {
             Err(OpenFailure::ErrpAssertion)
         );
         // Without other errors, the pending error is handed on.
-        let set = run("[inject-error]\nonce = \"x\"\n", json!([{"event": "read_aio"}])).unwrap();
+        let set = run(
+            "[inject-error]\nonce = \"x\"\n",
+            json!([{"event": "read_aio"}]),
+        )
+        .unwrap();
         assert_eq!(
             set.pending_error.as_deref(),
             Some("Parameter 'once' expects 'on' or 'off'")
