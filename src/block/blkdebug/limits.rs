@@ -56,9 +56,8 @@ impl Limits {
         if self.align != 0 && (self.align >= INT_MAX || !self.align.is_power_of_two()) {
             return fail("align", self.align);
         }
-        // The block layer guarantees a non-zero alignment; max(1) keeps `%` total.
-        let a = self.align.max(child_request_alignment).max(1);
-        let bad = |v: u64, m: u64| v != 0 && (v >= INT_MAX || v % m != 0);
+        let a = self.align.max(child_request_alignment);
+        let bad = |v: u64, m: u64| v != 0 && (v >= INT_MAX || !v.is_multiple_of(m));
         if bad(self.max_transfer, a) {
             return fail("max-transfer", self.max_transfer);
         }
@@ -202,11 +201,7 @@ fn strtod_no_exponent(s: &[u8]) -> Option<(f64, usize)> {
         return None;
     }
     let text = std::str::from_utf8(&s[num_start..pos]).ok()?;
-    let text = if text.ends_with('.') {
-        &text[..text.len() - 1]
-    } else {
-        text
-    };
+    let text = text.strip_suffix('.').unwrap_or(text);
     let text = if text.starts_with('.') || text.starts_with("-.") || text.starts_with("+.") {
         text.replacen('.', "0.", 1)
     } else {

@@ -483,7 +483,7 @@ fn format_g17(x: f64) -> String {
             s
         }
     };
-    if exp < -4 || exp >= P {
+    if !(-4..P).contains(&exp) {
         let m = trim(format!("{}.{}", &digits[..1], &digits[1..]));
         let esign = if exp < 0 { '-' } else { '+' };
         format!("{sign}{m}e{esign}{:02}", exp.abs())
