@@ -25,7 +25,7 @@ pub struct OpenContext {
 }
 
 impl OpenContext {
-    fn resolve(&self, name: &str) -> PathBuf {
+    pub fn resolve(&self, name: &str) -> PathBuf {
         let p = Path::new(name);
         if p.is_absolute() { p.to_path_buf() } else { self.base_dir.join(p) }
     }
@@ -250,11 +250,10 @@ fn finish(mut node: Node, ctx: &OpenContext, own: Limits) -> Rc<Node> {
     // Some limits default to the primary child's (QEMU's bdrv_refresh_limits).
     let mut limits = own;
     if let Some(file) = node.primary_child() {
-        limits.max_transfer = match (limits.max_transfer, file.limits.max_transfer) {
-            (0, b) => b,
-            (a, 0) => a,
-            (a, b) => a.min(b),
-        };
+        // The driver's own setting overrides the inherited one.
+        if limits.max_transfer == 0 {
+            limits.max_transfer = file.limits.max_transfer;
+        }
     }
     node.limits = limits;
     Rc::new(node)
@@ -356,7 +355,6 @@ fn open_blkdebug(filename: Option<String>, mut opts: Options, ctx: &OpenContext)
         opts.remove(k);
     }
     let limits = setup.limits(&image)?;
-    super::blkdebug::setup::strip_limit_options(&mut opts);
     reject_unknown(&opts, "protocol", "blkdebug")?;
     let name = format!("blkdebug:{}:{}", config.as_deref().unwrap_or(""), image.filename);
     let mut node = Node::new(

@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod events;
+pub mod limits;
 pub mod rules;
 pub mod setup;
 

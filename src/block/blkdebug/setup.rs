@@ -1,43 +1,99 @@
-//! Applying parsed configuration to a blkdebug node at open time: config-file rules, option
-//! rules and I/O limits, in QEMU's order.
+//! Applying parsed configuration to a blkdebug node at open time, in QEMU's order: the config
+//! file's rules, then the option rules, then (once the image child is open) the I/O limits.
 
-use super::BlkDebug;
+use super::limits::{limits_from_options, LIMIT_KEYS};
+use super::rules::{option_left_unconsumed, read_config, OpenFailure, RuleSpec};
+use super::{BlkDebug, InjectError};
 use crate::block::driver::Limits;
 use crate::block::node::Node;
 use crate::block::open::{OpenContext, Options};
 use std::rc::Rc;
 
-/// What configuring left for after the image child is open.
+/// Why QEMU would abort (an error set twice on one error variable): we fail the open instead.
+const DOUBLE_ERROR: &str = "blkdebug: two errors at once while opening (QEMU 10.0.2 aborts on an assertion here)";
+
+/// What is left to do once the image child is open.
 pub struct Setup {
     limit_options: Options,
+    /// a config-file error QEMU reports only after the rest of the open has run
+    pending_error: Option<String>,
 }
 
+/// Reads the config file and the rule options and adds the rules; removes what it consumed
+/// from `opts`.
 pub fn configure(
-    _state: &BlkDebug,
-    _config: Option<&str>,
+    state: &BlkDebug,
+    config: Option<&str>,
     opts: &mut Options,
-    _ctx: &OpenContext,
+    ctx: &OpenContext,
 ) -> Result<Setup, String> {
-    let mut limit_options = Options::new();
-    for k in LIMIT_KEYS {
-        if let Some(v) = opts.get(*k) {
-            limit_options.insert(k.to_string(), v.clone());
+    let text = match config {
+        None => None,
+        Some(path) => match std::fs::read(ctx.resolve(path)) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                let errno = e.raw_os_error().unwrap_or(libc::EIO);
+                return Err(format!(
+                    "Could not read blkdebug config file: {}",
+                    crate::errno::strerror(errno)
+                ));
+            }
+        },
+    };
+    // Values blkdebug does not take as rules stay behind, for the unknown-option check.
+    let mut take = |key: &str| match opts.get(key) {
+        Some(v) if !option_left_unconsumed(v) => opts.remove(key),
+        _ => None,
+    };
+    let inject = take("inject-error");
+    let set_state = take("set-state");
+    let set = read_config(text.as_deref(), inject.as_ref(), set_state.as_ref()).map_err(|f| match f {
+        OpenFailure::Error(e) => e,
+        OpenFailure::ErrpAssertion => DOUBLE_ERROR.to_string(),
+    })?;
+    for rule in set.rules {
+        match rule {
+            RuleSpec::InjectError { event, state: s, iotype_mask, errno, offset, once, immediately } => {
+                state.add_inject_error(
+                    event,
+                    s,
+                    InjectError {
+                        errno,
+                        offset: (offset != -1).then_some(offset as u64),
+                        once,
+                        immediately,
+                        iotype_mask: iotype_mask.0,
+                    },
+                )
+            }
+            RuleSpec::SetState { event, state: s, new_state } => state.add_set_state(event, s, new_state),
         }
     }
-    Ok(Setup { limit_options })
-}
-
-const LIMIT_KEYS: &[&str] = &["align", "max-transfer", "opt-write-zero", "max-write-zero", "opt-discard", "max-discard"];
-
-pub fn strip_limit_options(opts: &mut Options) {
+    let mut limit_options = Options::new();
     for k in LIMIT_KEYS {
-        opts.remove(*k);
+        if let Some(v) = opts.remove(k) {
+            limit_options.insert(k.to_string(), v);
+        }
     }
+    Ok(Setup { limit_options, pending_error: set.pending_error })
 }
 
 impl Setup {
-    pub fn limits(&self, _image: &Rc<Node>) -> Result<Limits, String> {
-        let _ = &self.limit_options;
-        Ok(Limits::default())
+    /// The node's limits, validated against the image child's alignment.
+    pub fn limits(&self, image: &Rc<Node>) -> Result<Limits, String> {
+        let parsed = limits_from_options(&self.limit_options, image.limits.request_alignment);
+        match (&self.pending_error, parsed) {
+            (Some(_), Err(_)) => Err(DOUBLE_ERROR.to_string()),
+            (Some(pending), Ok(_)) => Err(pending.clone()),
+            (None, Err(e)) => Err(e),
+            (None, Ok(l)) => Ok(Limits {
+                request_alignment: if l.align == 0 { 1 } else { l.align },
+                max_transfer: l.max_transfer,
+                pwrite_zeroes_alignment: l.opt_write_zero,
+                max_pwrite_zeroes: l.max_write_zero,
+                pdiscard_alignment: l.opt_discard,
+                max_pdiscard: l.max_discard,
+            }),
+        }
     }
 }
