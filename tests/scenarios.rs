@@ -36,9 +36,14 @@ fn main() {
     let mut trials = Vec::new();
     for e in entries {
         let (path, golden) = (e.path.clone(), e.golden.clone());
-        trials.push(Trial::ignorable_test(e.name.clone(), move || golden_test(&path, &golden)));
+        trials.push(Trial::ignorable_test(e.name.clone(), move || {
+            golden_test(&path, &golden)
+        }));
         let path = e.path.clone();
-        trials.push(Trial::ignorable_test(format!("conformance/{}", e.name), move || conformance_test(&path)));
+        trials.push(Trial::ignorable_test(
+            format!("conformance/{}", e.name),
+            move || conformance_test(&path),
+        ));
     }
     libtest_mimic::run(&args, trials).exit();
 }
@@ -47,7 +52,11 @@ fn main() {
 fn run(path: &Path, backend: BackendKind) -> Result<Result<String, String>, Failed> {
     let s = scenario::load(path).map_err(|e| e.0)?;
     let cases = matrix::expand(&s)?;
-    let name = path.file_stem().unwrap_or_default().to_string_lossy().into_owned();
+    let name = path
+        .file_stem()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned();
     Ok(match execute::run(&s, &cases, &name, backend, false) {
         Outcome::Skipped(reason) => Err(reason),
         Outcome::Ran { output, .. } => Ok(output),
@@ -59,7 +68,8 @@ fn golden_test(path: &Path, golden: &PathBuf) -> Result<Completion, Failed> {
         Ok(output) => output,
         Err(reason) => return Ok(Completion::ignored_with(reason)),
     };
-    let expected = std::fs::read_to_string(golden).map_err(|e| format!("{}: {e}\nactual output:\n{actual}", golden.display()))?;
+    let expected = std::fs::read_to_string(golden)
+        .map_err(|e| format!("{}: {e}\nactual output:\n{actual}", golden.display()))?;
     if filters::same(&expected, &actual) {
         Ok(Completion::Completed)
     } else {
@@ -70,7 +80,9 @@ fn golden_test(path: &Path, golden: &PathBuf) -> Result<Completion, Failed> {
 
 fn conformance_test(path: &Path) -> Result<Completion, Failed> {
     if backend_qemu::program("qemu-io").is_none() || backend_qemu::program("qemu-img").is_none() {
-        return Ok(Completion::ignored_with("qemu-io/qemu-img not found (set QEMU_IO/QEMU_IMG or install qemu-utils)"));
+        return Ok(Completion::ignored_with(
+            "qemu-io/qemu-img not found (set QEMU_IO/QEMU_IMG or install qemu-utils)",
+        ));
     }
     let qemu = match run(path, BackendKind::Qemu)? {
         Ok(o) => o,
@@ -84,6 +96,10 @@ fn conformance_test(path: &Path) -> Result<Completion, Failed> {
         Ok(Completion::Completed)
     } else {
         let style = report::Style { color: false };
-        Err(format!("builtin output differs from QEMU's:\n{}", report::diff(&qemu, &builtin, "qemu", style)).into())
+        Err(format!(
+            "builtin output differs from QEMU's:\n{}",
+            report::diff(&qemu, &builtin, "qemu", style)
+        )
+        .into())
     }
 }
