@@ -1,14 +1,42 @@
+//! The `blockfault` binary: the scenario runner, plus `io`/`img` front ends to the engine.
+
+mod backend_builtin;
+mod backend_qemu;
+mod cli;
+mod discovery;
+mod execute;
+mod filters;
+mod golden;
+mod junit;
+mod matrix;
+mod report;
+mod scenario;
+mod schema;
+mod suite;
+
+use blockfault::output::ProcessStreams;
+use clap::Parser;
 use std::cell::RefCell;
+use std::path::Path;
+use std::process::ExitCode;
 use std::rc::Rc;
 
-fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let sink: blockfault::output::SharedSink = Rc::new(RefCell::new(blockfault::output::ProcessStreams));
-    let cwd = std::env::current_dir().unwrap();
-    let code = match args.first().map(String::as_str) {
-        Some("io") => blockfault::qemu_io::main(&args[1..], &cwd, sink, &mut std::io::stdin().lock()),
-        Some("img") => blockfault::img::run(&args[1..], &cwd, sink),
-        _ => 2,
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    let status = match cli.command {
+        Some(cli::Command::Io { args }) => {
+            blockfault::qemu_io::main(&args, Path::new("."), streams(), &mut std::io::stdin().lock())
+        }
+        Some(cli::Command::Img { args }) => blockfault::img::run(&args, Path::new("."), streams()),
+        Some(cli::Command::Schema) => {
+            print!("{}", schema::json());
+            0
+        }
+        None => suite::main(cli.run),
     };
-    std::process::exit(code);
+    ExitCode::from(u8::try_from(status).unwrap_or(1))
+}
+
+fn streams() -> blockfault::output::SharedSink {
+    Rc::new(RefCell::new(ProcessStreams))
 }

@@ -1,0 +1,130 @@
+//! Steps run through the real qemu-io and qemu-img, as `stdbuf -oL PROG ... 2>&1` in the scratch
+//! directory, so that stdout and stderr interleave in causal order.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// A step that runs longer than this is killed: QEMU hangs forever on some breakpoint misuse.
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The program for `tool` (`qemu-io` or `qemu-img`): `$QEMU_IO` / `$QEMU_IMG`, else from PATH.
+pub fn program(tool: &str) -> Option<PathBuf> {
+    let var = if tool == "qemu-io" {
+        "QEMU_IO"
+    } else {
+        "QEMU_IMG"
+    };
+    if let Some(p) = std::env::var_os(var).filter(|p| !p.is_empty()) {
+        return Some(PathBuf::from(p));
+    }
+    search_path(tool)
+}
+
+fn search_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// Whether a `requires:` entry is met: a tool must be installed, a format known to qemu-img.
+pub fn has(requirement: &str) -> bool {
+    match requirement {
+        "qemu-io" | "qemu-img" => program(requirement).is_some(),
+        format => formats().iter().any(|f| f == format),
+    }
+}
+
+/// The formats qemu-img lists under "Supported formats:" in its help.
+fn formats() -> &'static [String] {
+    static FORMATS: OnceLock<Vec<String>> = OnceLock::new();
+    FORMATS.get_or_init(|| {
+        let Some(img) = program("qemu-img") else {
+            return Vec::new();
+        };
+        let Ok(out) = Command::new(img)
+            .arg("--help")
+            .stdin(Stdio::null())
+            .output()
+        else {
+            return Vec::new();
+        };
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.lines()
+            .find_map(|l| l.strip_prefix("Supported formats:"))
+            .map(|l| l.split_whitespace().map(str::to_string).collect())
+            .unwrap_or_default()
+    })
+}
+
+/// Runs `tool args...` in `dir`; returns its combined output and exit status. A missing tool or a
+/// timeout is reported in the output, so the scenario fails visibly.
+pub fn run(tool: &str, args: &[String], dir: &Path) -> (String, i32) {
+    let Some(prog) = program(tool) else {
+        return (
+            format!(
+                "blockfault: {tool} not found (set {} or PATH)\n",
+                env_name(tool)
+            ),
+            127,
+        );
+    };
+    match spawn(&prog, args, dir) {
+        Ok(r) => r,
+        Err(e) => (
+            format!("blockfault: cannot run {}: {e}\n", prog.display()),
+            127,
+        ),
+    }
+}
+
+fn env_name(tool: &str) -> &'static str {
+    if tool == "qemu-io" {
+        "QEMU_IO"
+    } else {
+        "QEMU_IMG"
+    }
+}
+
+fn spawn(prog: &Path, args: &[String], dir: &Path) -> std::io::Result<(String, i32)> {
+    let (mut reader, writer) = std::io::pipe()?;
+    let mut cmd = Command::new("stdbuf");
+    cmd.arg("-oL")
+        .arg(prog)
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null());
+    cmd.stdout(writer.try_clone()?).stderr(writer);
+    let mut child = cmd.spawn()?;
+    // Our copies of the write end must go, or the reader never sees EOF.
+    drop(cmd);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut reader, &mut buf);
+        let _ = tx.send(buf);
+    });
+    let (bytes, timed_out) = match rx.recv_timeout(TIMEOUT) {
+        Ok(b) => (b, false),
+        Err(_) => {
+            let _ = child.kill();
+            (rx.recv().unwrap_or_default(), true)
+        }
+    };
+    let status = child.wait()?;
+    let mut text = String::from_utf8_lossy(&bytes).into_owned();
+    if timed_out {
+        text.push_str(&format!("[timeout after {}s: killed]\n", TIMEOUT.as_secs()));
+    }
+    Ok((text, exit_code(status)))
+}
+
+/// The shell's convention: a signal N becomes 128+N.
+fn exit_code(status: std::process::ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+}

@@ -1,0 +1,66 @@
+//! The command line.
+
+use crate::scenario::BackendKind;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+/// Runs YAML block-layer fault-injection scenarios and compares their output with golden files.
+#[derive(Debug, Parser)]
+#[command(name = "blockfault", version, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Scenario files or folders (searched recursively for *.yaml) [default: scenarios]
+    pub paths: Vec<PathBuf>,
+    /// Only scenarios whose name contains PATTERN, or matches it as a glob (`*`, `?`, `[..]`); repeatable
+    #[arg(short = 'k', long = "filter", value_name = "PATTERN")]
+    pub filters: Vec<String>,
+    /// Parallel jobs [default: available cores]
+    #[arg(short = 'j', long = "jobs", value_name = "N")]
+    pub jobs: Option<usize>,
+    /// Which engine runs the steps
+    #[arg(long, value_enum, default_value = "builtin")]
+    pub backend: BackendKind,
+    /// Write the actual output as the golden file of each scenario run
+    #[arg(long)]
+    pub bless: bool,
+    /// Folder of golden files [default: golden/ beside the scenarios/ folder]
+    #[arg(long, value_name = "DIR")]
+    pub golden: Option<PathBuf>,
+    /// List the selected scenarios instead of running them
+    #[arg(long)]
+    pub list: bool,
+    /// Also write the results as JUnit XML to FILE
+    #[arg(long, value_name = "FILE")]
+    pub junit: Option<PathBuf>,
+    /// Run only shard K of N (1-based), e.g. 2/4
+    #[arg(long, value_name = "K/N")]
+    pub shard: Option<String>,
+    /// Keep each scenario's scratch directory and print its path
+    #[arg(long)]
+    pub keep: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run qemu-io with blockfault's engine (arguments as qemu-io takes them)
+    #[command(disable_help_flag = true)]
+    Io {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Run qemu-img with blockfault's engine (arguments as qemu-img takes them)
+    #[command(disable_help_flag = true)]
+    Img {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Print the JSON Schema (draft-07) of the scenario format
+    Schema,
+}

@@ -1,0 +1,228 @@
+//! Runs one scenario: each matrix case in a fresh scratch directory, files and images first, then
+//! the steps, through the chosen backend. The result is the filtered output of all cases.
+
+use crate::matrix::Case;
+use crate::scenario::{BackendKind, Drive, QemuIoStep, Scenario, Step};
+use crate::{backend_builtin, backend_qemu, filters};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// What running a scenario produced.
+#[derive(Debug)]
+pub enum Outcome {
+    Skipped(String),
+    Ran {
+        output: String,
+        elapsed: Duration,
+        /// Scratch directories left behind by `--keep`.
+        kept: Vec<PathBuf>,
+    },
+}
+
+/// Why this scenario does not run on `backend`, if it does not.
+pub fn skip_reason(s: &Scenario, backend: BackendKind) -> Option<String> {
+    if let Some(reason) = &s.skip {
+        return Some(reason.clone());
+    }
+    if let Some(backends) = &s.backends
+        && !backends.contains(&backend)
+    {
+        let reason = s.reason.as_deref().unwrap_or("");
+        return Some(format!("not for the {} backend: {reason}", backend.name()));
+    }
+    let has: fn(&str) -> bool = match backend {
+        BackendKind::Builtin => backend_builtin::has,
+        BackendKind::Qemu => backend_qemu::has,
+    };
+    let missing: Vec<&str> = s
+        .requires
+        .0
+        .iter()
+        .map(String::as_str)
+        .filter(|r| !has(r))
+        .collect();
+    (!missing.is_empty()).then(|| format!("requires {}", missing.join(", ")))
+}
+
+/// Runs every case (already expanded and checked) unless the scenario is skipped.
+pub fn run(s: &Scenario, cases: &[Case], name: &str, backend: BackendKind, keep: bool) -> Outcome {
+    if let Some(reason) = skip_reason(s, backend) {
+        return Outcome::Skipped(reason);
+    }
+    let start = Instant::now();
+    let mut output = String::new();
+    let mut kept = Vec::new();
+    for case in cases {
+        if let Some(h) = case.header() {
+            output.push_str(&h);
+            output.push('\n');
+        }
+        match Scratch::new(name) {
+            Ok(dir) => {
+                output.push_str(&run_case(case, &dir.path, backend));
+                if keep {
+                    kept.push(dir.keep());
+                }
+            }
+            Err(e) => output.push_str(&format!(
+                "[setup failed: cannot create a scratch directory: {e}]\n"
+            )),
+        }
+    }
+    Outcome::Ran {
+        output,
+        elapsed: start.elapsed(),
+        kept,
+    }
+}
+
+fn run_case(case: &Case, dir: &Path, backend: BackendKind) -> String {
+    let mut out = String::new();
+    for (name, text) in &case.files {
+        let path = dir.join(name);
+        let written = path
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|_| std::fs::write(&path, text));
+        if let Err(e) = written {
+            out.push_str(&format!("[setup failed: writing {name}: {e}]\n"));
+            return out;
+        }
+    }
+    for image in &case.images {
+        let mut args: Vec<String> = vec![
+            "create".into(),
+            "-q".into(),
+            "-f".into(),
+            image.format.clone(),
+        ];
+        if let Some(o) = &image.options {
+            args.extend(["-o".to_string(), o.clone()]);
+        }
+        args.extend([image.name.clone(), image.size.0.clone()]);
+        let (text, status) = tool(backend, "qemu-img", &args, dir);
+        if status != 0 {
+            out.push_str(&format!("[setup failed: creating {}]\n", image.name));
+            out.push_str(&step_output(&text, status, dir));
+            return out;
+        }
+    }
+    for step in &case.steps {
+        match step {
+            Step::Echo(text) => {
+                out.push_str(text);
+                out.push('\n');
+            }
+            Step::QemuImg(args) => {
+                let args: Vec<String> = args.iter().map(|a| a.0.clone()).collect();
+                let (text, status) = tool(backend, "qemu-img", &args, dir);
+                out.push_str(&step_output(&text, status, dir));
+            }
+            Step::QemuIo(q) => {
+                let (text, status) = match backend {
+                    BackendKind::Builtin => backend_builtin::qemu_io(&invocation(q), dir),
+                    BackendKind::Qemu => backend_qemu::run("qemu-io", &qemu_io_args(q), dir),
+                };
+                out.push_str(&step_output(&text, status, dir));
+            }
+        }
+    }
+    out
+}
+
+fn tool(backend: BackendKind, tool: &str, args: &[String], dir: &Path) -> (String, i32) {
+    match backend {
+        BackendKind::Builtin => backend_builtin::qemu_img(args, dir),
+        BackendKind::Qemu => backend_qemu::run(tool, args, dir),
+    }
+}
+
+/// Filtered output, ending in a newline, then `[exit N]` when the status is not 0.
+fn step_output(raw: &str, status: i32, dir: &Path) -> String {
+    let mut text = filters::apply(raw, dir);
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
+    }
+    if status != 0 {
+        text.push_str(&format!("[exit {status}]\n"));
+    }
+    text
+}
+
+/// The drive as qemu-io takes it on its command line.
+pub fn drive_string(d: &Drive) -> String {
+    match d {
+        Drive::Filename(f) => f.clone(),
+        // preserve_order keeps the mapping's key order, so the name matches what the author wrote.
+        Drive::Json(m) => format!("json:{}", serde_json::Value::Object(m.clone())),
+    }
+}
+
+fn invocation(q: &QemuIoStep) -> blockfault::qemu_io::Invocation {
+    blockfault::qemu_io::Invocation {
+        format: q.format.clone(),
+        cache: q.cache.clone(),
+        image_opts: q.image_opts,
+        commands: q.commands.clone(),
+        drive: q.drive.as_ref().map(drive_string),
+    }
+}
+
+/// The same invocation as qemu-io's argv.
+pub fn qemu_io_args(q: &QemuIoStep) -> Vec<String> {
+    let mut a = Vec::new();
+    if let Some(f) = &q.format {
+        a.extend(["-f".to_string(), f.clone()]);
+    }
+    if let Some(c) = &q.cache {
+        a.extend(["-t".to_string(), c.clone()]);
+    }
+    if q.image_opts {
+        a.push("--image-opts".to_string());
+    }
+    for c in &q.commands {
+        a.extend(["-c".to_string(), c.clone()]);
+    }
+    a.extend(q.drive.as_ref().map(drive_string));
+    a
+}
+
+/// A scratch directory under the system temp dir, removed on drop unless kept.
+struct Scratch {
+    path: PathBuf,
+    keep: bool,
+}
+
+impl Scratch {
+    fn new(name: &str) -> std::io::Result<Scratch> {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let tag: String = name
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect();
+        loop {
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            let path =
+                std::env::temp_dir().join(format!("blockfault-{}-{n}-{tag}", std::process::id()));
+            match std::fs::create_dir(&path) {
+                Ok(()) => return Ok(Scratch { path, keep: false }),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn keep(mut self) -> PathBuf {
+        self.keep = true;
+        self.path.clone()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if !self.keep {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}

@@ -1,0 +1,300 @@
+//! The scenario file format: plain data, deserialised from YAML with unknown keys rejected.
+
+use schemars::JsonSchema;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// One scenario file.
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "blockfault scenario")]
+pub struct Scenario {
+    /// One line saying what the scenario shows.
+    pub description: String,
+    /// Runs the scenario once per combination of values (the last key varies fastest), with
+    /// `${name}` substituted in `files`, `images` and `steps`.
+    #[serde(default)]
+    pub matrix: OrderedMap<Vec<Scalar>>,
+    /// Text files written into the scratch directory before anything else (name: contents).
+    #[serde(default)]
+    pub files: BTreeMap<String, String>,
+    /// Images created as by `qemu-img create -q` before the steps.
+    #[serde(default)]
+    pub images: Vec<Image>,
+    /// What to run, in order; the scenario's output is all the steps' output concatenated.
+    // Steps are written `- echo: text`, a one-key mapping, not YAML's `!echo text` tag form.
+    #[serde(deserialize_with = "yaml_serde::with::singleton_map_recursive::deserialize")]
+    pub steps: Vec<Step>,
+    /// Tools (`qemu-io`, `qemu-img`) or image formats (`raw`, `qcow2`, ...) the scenario needs;
+    /// it is skipped, saying why, where one is missing.
+    #[serde(default)]
+    pub requires: OneOrMany,
+    /// Skip the scenario unconditionally, giving the reason.
+    #[serde(default)]
+    pub skip: Option<String>,
+    /// The backends this scenario runs on (default: both). Needs `reason`.
+    #[serde(default)]
+    pub backends: Option<Vec<BackendKind>>,
+    /// Why `backends` is restricted; shown when the scenario is skipped.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// An image to create in the scratch directory.
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Image {
+    /// File name, relative to the scratch directory.
+    pub name: String,
+    /// Image format, as `qemu-img create -f` takes it.
+    pub format: String,
+    /// Virtual size, as `qemu-img create` takes it (`1M`, `65536`, ...).
+    pub size: Scalar,
+    /// Creation options, as `-o` takes them (`cluster_size=512`).
+    #[serde(default)]
+    pub options: Option<String>,
+}
+
+/// One step of a scenario.
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub enum Step {
+    /// Print this text and a newline.
+    #[serde(rename = "echo")]
+    Echo(String),
+    /// One qemu-io process's worth of work.
+    #[serde(rename = "qemu-io")]
+    QemuIo(QemuIoStep),
+    /// qemu-img's argv, without the program name.
+    #[serde(rename = "qemu-img")]
+    QemuImg(Vec<Scalar>),
+}
+
+/// `qemu-io [-f F] [-t C] [--image-opts] -c ... DRIVE`.
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QemuIoStep {
+    /// The filename exactly as qemu-io takes it, or a mapping of json: block options.
+    #[serde(default)]
+    pub drive: Option<Drive>,
+    /// As `-f`.
+    #[serde(default)]
+    pub format: Option<String>,
+    /// As `-t`.
+    #[serde(default)]
+    pub cache: Option<String>,
+    /// As `--image-opts` (the drive is then a `key=value,...` string).
+    #[serde(default, rename = "image-opts")]
+    pub image_opts: bool,
+    /// Every `-c` command, in order.
+    #[serde(default)]
+    pub commands: Vec<String>,
+}
+
+/// A qemu-io drive: a filename, or json: options given as a mapping.
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(
+    untagged,
+    expecting = "a filename string or a mapping of json: block options"
+)]
+pub enum Drive {
+    Filename(String),
+    Json(serde_json::Map<String, serde_json::Value>),
+}
+
+/// Which engine runs the steps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, JsonSchema, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// blockfault's own engine.
+    Builtin,
+    /// The real qemu-io and qemu-img.
+    Qemu,
+}
+
+impl BackendKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendKind::Builtin => "builtin",
+            BackendKind::Qemu => "qemu",
+        }
+    }
+}
+
+/// A YAML scalar taken as text, so that `size: 65536` and `size: 64k` both work.
+#[derive(Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[schemars(transparent)]
+pub struct Scalar(#[schemars(with = "ScalarSchema")] pub String);
+
+#[derive(JsonSchema)]
+#[serde(untagged)]
+#[allow(dead_code)] // only describes the schema
+enum ScalarSchema {
+    S(String),
+    I(i64),
+    F(f64),
+    B(bool),
+}
+
+impl<'de> Deserialize<'de> for Scalar {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Scalar;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string, number or boolean")
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `requires:` takes one name or a list.
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema)]
+#[serde(from = "OneOrManyRepr")]
+#[schemars(with = "OneOrManyRepr")]
+pub struct OneOrMany(pub Vec<String>);
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(untagged, expecting = "a name or a list of names")]
+enum OneOrManyRepr {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl From<OneOrManyRepr> for OneOrMany {
+    fn from(r: OneOrManyRepr) -> Self {
+        match r {
+            OneOrManyRepr::One(s) => OneOrMany(vec![s]),
+            OneOrManyRepr::Many(v) => OneOrMany(v),
+        }
+    }
+}
+
+/// A mapping that keeps the file's key order (the matrix's last key varies fastest).
+#[derive(Clone, Debug, Default)]
+pub struct OrderedMap<V>(pub Vec<(String, V)>);
+
+impl<'de, V: Deserialize<'de>> Deserialize<'de> for OrderedMap<V> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit<V>(std::marker::PhantomData<V>);
+        impl<'de, V: Deserialize<'de>> serde::de::Visitor<'de> for Visit<V> {
+            type Value = OrderedMap<V>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a mapping")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut out: Vec<(String, V)> = Vec::new();
+                while let Some((k, v)) = m.next_entry::<String, V>()? {
+                    if out.iter().any(|(seen, _)| *seen == k) {
+                        return Err(serde::de::Error::custom(format!("duplicate key `{k}`")));
+                    }
+                    out.push((k, v));
+                }
+                Ok(OrderedMap(out))
+            }
+        }
+        d.deserialize_map(Visit(std::marker::PhantomData))
+    }
+}
+
+impl<V: JsonSchema> JsonSchema for OrderedMap<V> {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        format!("Map_of_{}", V::schema_name()).into()
+    }
+    fn json_schema(g: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "object",
+            "additionalProperties": g.subschema_for::<V>(),
+        })
+    }
+}
+
+/// A scenario that could not be read, with the position of the problem when known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadError(pub String);
+
+impl std::fmt::Display for LoadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Reads and parses one scenario file.
+pub fn load(path: &Path) -> Result<Scenario, LoadError> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| LoadError(format!("{}: {e}", path.display())))?;
+    parse(&text, path)
+}
+
+/// Parses scenario text; errors read `file:line:column: message`.
+pub fn parse(text: &str, path: &Path) -> Result<Scenario, LoadError> {
+    let scenario: Scenario = yaml_serde::from_str(text).map_err(|e| {
+        let message = strip_location(&e.to_string());
+        match e.location() {
+            Some(l) => LoadError(format!(
+                "{}:{}:{}: {message}",
+                path.display(),
+                l.line(),
+                l.column()
+            )),
+            None => LoadError(format!("{}: {message}", path.display())),
+        }
+    })?;
+    check(&scenario).map_err(|m| LoadError(format!("{}: {m}", path.display())))?;
+    Ok(scenario)
+}
+
+/// The location is already in front of the message; drop yaml_serde's trailing copy.
+fn strip_location(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(i)
+            if message[i + 9..]
+                .chars()
+                .all(|c| c.is_ascii_digit() || c == ' ' || c.is_ascii_alphabetic()) =>
+        {
+            message[..i].to_string()
+        }
+        _ => message.to_string(),
+    }
+}
+
+/// Rules serde cannot express.
+fn check(s: &Scenario) -> Result<(), String> {
+    if s.backends.is_some() != s.reason.is_some() {
+        return Err(
+            "`backends` and `reason` go together: say why the scenario is limited to some backends"
+                .into(),
+        );
+    }
+    if let Some(b) = &s.backends
+        && b.is_empty()
+    {
+        return Err("`backends` must name at least one backend".into());
+    }
+    for (name, values) in &s.matrix.0 {
+        if values.is_empty() {
+            return Err(format!("matrix: `{name}` has no values"));
+        }
+    }
+    Ok(())
+}
