@@ -548,6 +548,67 @@ mod tests {
         );
     }
 
+    /// Compares with the real qemu-io (raw file child: request alignment 1). Skipped when
+    /// qemu-io is not installed.
+    #[test]
+    fn limits_match_qemu_io() {
+        use std::process::Command;
+        if Command::new("qemu-io").arg("--version").output().is_err() {
+            eprintln!("skipped: qemu-io is not on PATH");
+            return;
+        }
+        let cases: &[&[(&str, &str)]] = &[
+            &[("align", "4k")],
+            &[("align", "3")],
+            &[("align", "-1")],
+            &[("align", "x")],
+            &[("align", "1.5k")],
+            &[("align", "16E")],
+            &[("align", "-.5")],
+            &[("align", "-.5k")],
+            &[("align", "1.5e")],
+            &[("align", "x"), ("max-transfer", "y")],
+            &[("max-discard", "y"), ("opt-discard", "x")],
+            &[("align", "4096"), ("max-transfer", "1000")],
+            &[("max-transfer", "2G")],
+            &[("opt-write-zero", "1024"), ("max-write-zero", "1536")],
+            &[
+                ("opt-discard", "1024"),
+                ("max-discard", "2048"),
+                ("align", "3"),
+            ],
+            &[("align", "3"), ("max-discard", "x")],
+        ];
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("img.raw"), vec![0u8; 1 << 20]).unwrap();
+        let mut mismatches = Vec::new();
+        for case in cases {
+            let mut spec = String::from("driver=raw,file.driver=blkdebug");
+            let mut map = Map::new();
+            for (k, v) in *case {
+                spec.push_str(&format!(",file.{k}={v}"));
+                map.insert(k.to_string(), Value::from(*v));
+            }
+            spec.push_str(",file.image.driver=file,file.image.filename=img.raw");
+            let out = Command::new("qemu-io")
+                .args(["--image-opts", "-c", "read 0 1", &spec])
+                .current_dir(dir.path())
+                .output()
+                .expect("run qemu-io");
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let prefix = "qemu-io: can't open: ";
+            let theirs = stderr.find(prefix).map(|i| {
+                let rest = &stderr[i + prefix.len()..];
+                rest.strip_suffix('\n').unwrap_or(rest).to_string()
+            });
+            let mine = limits_from_options(&map, 1).err();
+            if theirs != mine {
+                mismatches.push(format!("{spec}: qemu {theirs:?}, ours {mine:?}"));
+            }
+        }
+        assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
+    }
+
     mod props {
         use super::super::*;
         use proptest::prelude::*;

@@ -974,6 +974,217 @@ mod tests {
         }
     }
 
+    /// Runs the real qemu-io 10.0.2 on each case and compares its open error (or success) with
+    /// ours. Skipped when qemu-io is not installed.
+    mod against_qemu {
+        use super::super::*;
+        use std::path::Path;
+        use std::process::Command;
+
+        const CONFIGS: &[&str] = &[
+            "[inject-error]\nevent = \"read_aio\"\n",
+            "[inject-error]\nevent = \"read_aio\"\nerrno = \"0x1c\"\nonce = \"on\"\nsector = \"1\"\n",
+            "[set-state]\nevent = \"write_aio\"\nstate = \"1\"\nnew_state = \"2\"\n\n[inject-error]\nevent = \"write_aio\"\nstate = \"2\"\n",
+            "",
+            "\n\n# only a comment\n",
+            "[inject-error]\r\nevent = \"read_aio\"\r\n",
+            "[inject-error]\r\n\r\nevent = \"read_aio\"\r\n",
+            "[inject-error]\n\tevent\t=\t\"read_aio\"\n",
+            "\t[inject-error]\nevent = \"read_aio\"\n",
+            "[inject-error]\nevent = \"read_aio",
+            "[inject-error]\nevent = \"read_aio\n",
+            "[inject-error]\nevent = read_aio\n",
+            "[inject-error]\nevent=\"read_aio\"\n",
+            "[inject-error]\nevent = \"bogus\"\nevent = \"read_aio\"\n",
+            "[inject-error]\nevent = \"read_aio\"\nevent = \"bogus\"\n",
+            "[inject-error]\nevent = \"l1_grow.alloc_table\"\n",
+            "[inject-error]\n",
+            "[bogus]\n",
+            "[bogus]\nevent = \"x\"\n   \n",
+            "[bogus]\n[inject-error]\n   \n",
+            "[]\n",
+            "[inject-error]\n[]\n",
+            "[inject-error]\n[]\n[set-state]\n",
+            "[\n",
+            "[inject-error\nevent = \"read_aio\"\n",
+            "[inject-error \"\"]\n",
+            "[ inject-error]\n",
+            "[ inject-error \"x\"]\nevent = \"read_aio\"\n",
+            "[inject-error]junk\nevent = \"read_aio\"\n",
+            "garbage line\n",
+            "event = \"read_aio\"\n",
+            "[inject-error]\n   \n",
+            "[inject-error]\nfoo = \"x\"\nbar = \"y\"\n",
+            "[inject-error]\nsector = \"x\"\nb = \"1\"\n",
+            "[inject-error]\nb = \"1\"\nsector = \"x\"\nb = \"2\"\n",
+            "[inject-error]\nerrno = \"x\"\nonce = \"x\"\n",
+            "[inject-error]\nevent = \"read_aio\"\nerrno = \"99999999999999999999\"\n",
+            "[inject-error]\nevent = \"read_aio\"\nonce = \"TRUE\"\n",
+            "[inject-error]\nevent = \"read_aio\"\niotype = \"Read\"\n",
+            "[inject-error]\nevent = \"read_aio\"\niotype = \"block-status\"\n",
+            "[set-state]\nevent = \"read_aio\"\niotype = \"read\"\n",
+            "[set-state]\nevent = \"bad1\"\n[inject-error]\nevent = \"bad2\"\n",
+            "[inject-error \"id1\"]\nevent = \"read_aio\"\n[inject-error \"id1\"]\nevent = \"read_aio\"\n",
+            "[inject-error \"id1\"]\nevent = \"read_aio\"\n[set-state \"id1\"]\nevent = \"read_aio\"\n",
+            "[inject-error \"1a\"]\nevent = \"read_aio\"\n",
+            "[inject-error]\nid = \"\"\nevent = \"read_aio\"\n",
+            "[inject-error]\nevent = \"bogus\"\n[inject-error]\nonce = \"x\"\n",
+            "[inject-error]\nevent = \"read_aio\"\n[set-state]\nfoo = \"1\"\n",
+            "[inject-error]\nevent = \"read_aio\"\n\0abc\n",
+            "[inject-error]\nevent = \"read\0_aio\"\n",
+        ];
+
+        /// `inject-error` values for json: filenames.
+        const OPTIONS: &[&str] = &[
+            r#"[{"event":"read_aio"}]"#,
+            r#"{"event":"read_aio"}"#,
+            r#"{"0":{"event":"read_aio"},"1":{"event":"write_aio","once":true}}"#,
+            r#"["x"]"#,
+            r#"[{}]"#,
+            r#"[{"event":null}]"#,
+            r#"[{"event":[1]}]"#,
+            r#"[{"event":5}]"#,
+            r#"[{"event":"read_aio","errno":28.5}]"#,
+            r#"[{"event":"read_aio","errno":1e16}]"#,
+            r#"[{"event":"read_aio","once":1}]"#,
+            r#"[{"event":"read_aio","foo":1}]"#,
+            r#"{"event":"read_aio","foo":1}"#,
+            r#"{"foo":1}"#,
+            r#"{"0":{"event":"read_aio"},"2":{"event":"x"}}"#,
+            r#"{"0":{"event":"read_aio"},"event":"x"}"#,
+            r#"[{"event":"read_aio"},"x"]"#,
+            r#"[{"event":"read_aio","iotype":"bogus","sector":"x"}]"#,
+        ];
+
+        /// What follows `can't open device <name>: ` on stderr, or `None` if the open worked.
+        fn qemu_open_error(dir: &Path, name: &str, raw_format: bool) -> Option<String> {
+            let mut cmd = Command::new("qemu-io");
+            if raw_format {
+                cmd.args(["-f", "raw"]);
+            }
+            let out = cmd
+                .args(["-c", "read 0 1", name])
+                .current_dir(dir)
+                .output()
+                .expect("run qemu-io");
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            if stderr.contains(&format!("qemu-io: {ERRP_ASSERTION}")) {
+                return Some("<abort>".to_string());
+            }
+            let prefix = format!("qemu-io: can't open device {name}: ");
+            // error_report adds exactly one newline; the message may end in its own.
+            stderr.find(&prefix).map(|i| {
+                let rest = &stderr[i + prefix.len()..];
+                rest.strip_suffix('\n').unwrap_or(rest).to_string()
+            })
+        }
+
+        fn ours(config: Option<&[u8]>, inject: Option<&Value>) -> Option<String> {
+            match read_config(config, inject, None) {
+                Ok(set) => set.pending_error,
+                Err(OpenFailure::Error(e)) => Some(e),
+                Err(OpenFailure::ErrpAssertion) => Some("<abort>".to_string()),
+            }
+        }
+
+        fn qemu_io_available() -> bool {
+            let found = Command::new("qemu-io").arg("--version").output().is_ok();
+            if !found {
+                eprintln!("skipped: qemu-io is not on PATH");
+            }
+            found
+        }
+
+        #[test]
+        fn config_files_match_qemu_io() {
+            if !qemu_io_available() {
+                return;
+            }
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join("img.raw"), vec![0u8; 1 << 20]).unwrap();
+            let mut mismatches = Vec::new();
+            for text in CONFIGS {
+                std::fs::write(dir.path().join("c.cfg"), text).unwrap();
+                let theirs = qemu_open_error(dir.path(), "blkdebug:c.cfg:img.raw", true);
+                let mine = ours(Some(text.as_bytes()), None);
+                if theirs != mine {
+                    mismatches.push(format!("{text:?}: qemu {theirs:?}, ours {mine:?}"));
+                }
+            }
+            assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
+        }
+
+        #[test]
+        fn config_with_options_matches_qemu_io() {
+            if !qemu_io_available() {
+                return;
+            }
+            let cases: &[(&str, &str)] = &[
+                (
+                    "[inject-error \"inject-error.0\"]\nevent = \"read_aio\"\n",
+                    r#"[{"event":"read_aio"}]"#,
+                ),
+                (
+                    "[set-state]\nevent = \"bogus_cfg\"\n",
+                    r#"[{"event":"bogus_opt"}]"#,
+                ),
+                (
+                    "[inject-error]\nevent = \"bogus_cfg\"\n",
+                    r#"[{"event":"bogus_opt"}]"#,
+                ),
+                ("[inject-error]\nonce = \"x\"\n", r#"[{"event":"bogus"}]"#),
+                (
+                    "[inject-error]\nonce = \"x\"\n",
+                    r#"[{"event":"read_aio","errno":"x"}]"#,
+                ),
+                ("[bogus]\n", r#"{"foo":1}"#),
+                ("[bogus]\n[inject-error]\n", r#"{"foo":1}"#),
+                (
+                    "[inject-error]\nonce = \"x\"\n",
+                    r#"[{"event":"read_aio"}]"#,
+                ),
+            ];
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join("img.raw"), vec![0u8; 1 << 20]).unwrap();
+            let mut mismatches = Vec::new();
+            for (text, opt) in cases {
+                std::fs::write(dir.path().join("c.cfg"), text).unwrap();
+                let name = format!(
+                    r#"json:{{"driver":"raw","file":{{"driver":"blkdebug","config":"c.cfg","inject-error":{opt},"image":{{"driver":"file","filename":"img.raw"}}}}}}"#
+                );
+                let theirs = qemu_open_error(dir.path(), &name, false);
+                let value: Value = serde_json::from_str(opt).unwrap();
+                let mine = ours(Some(text.as_bytes()), Some(&value));
+                if theirs != mine {
+                    mismatches.push(format!("{text:?} + {opt}: qemu {theirs:?}, ours {mine:?}"));
+                }
+            }
+            assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
+        }
+
+        #[test]
+        fn option_trees_match_qemu_io() {
+            if !qemu_io_available() {
+                return;
+            }
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join("img.raw"), vec![0u8; 1 << 20]).unwrap();
+            let mut mismatches = Vec::new();
+            for opt in OPTIONS {
+                let name = format!(
+                    r#"json:{{"driver":"raw","file":{{"driver":"blkdebug","inject-error":{opt},"image":{{"driver":"file","filename":"img.raw"}}}}}}"#
+                );
+                let theirs = qemu_open_error(dir.path(), &name, false);
+                let value: Value = serde_json::from_str(opt).unwrap();
+                let mine = ours(None, Some(&value));
+                if theirs != mine {
+                    mismatches.push(format!("{opt}: qemu {theirs:?}, ours {mine:?}"));
+                }
+            }
+            assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
+        }
+    }
+
     mod props {
         use super::super::*;
         use proptest::prelude::*;
