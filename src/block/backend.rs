@@ -8,8 +8,10 @@ use std::rc::Rc;
 
 pub struct BlockBackend {
     pub root: Rc<Node>,
-    /// cache mode writethrough: every write is FUA
-    pub writethrough: bool,
+    /// cache mode writethrough: every write is FUA (`reopen -c` changes it)
+    pub writethrough: std::cell::Cell<bool>,
+    /// `reopen -r`: commands that write are refused
+    pub read_only: std::cell::Cell<bool>,
 }
 
 impl BlockBackend {
@@ -22,7 +24,7 @@ impl BlockBackend {
     }
 
     fn write_flags(&self, flags: ReqFlags) -> ReqFlags {
-        if self.writethrough {
+        if self.writethrough.get() {
             flags.with(ReqFlags::FUA)
         } else {
             flags

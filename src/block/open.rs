@@ -104,9 +104,30 @@ pub fn parse_keyval(text: &str) -> Result<Options, String> {
     Ok(nest_dotted(opts))
 }
 
+/// blkdebug's `take-child-perms`/`unshare-child-perms`: a list of permission names.
+fn check_permissions(v: &Value) -> Result<(), String> {
+    const PERMS: [&str; 4] = ["consistent-read", "write", "write-unchanged", "resize"];
+    let items = match v {
+        Value::Array(a) => a.clone(),
+        other => vec![other.clone()],
+    };
+    for item in items {
+        let name = scalar_string(&item).unwrap_or_default();
+        if !PERMS.contains(&name.as_str()) {
+            // QEMU's list visitor has no name for the element, hence 'null'.
+            return Err(format!("Parameter 'null' does not accept value '{name}'"));
+        }
+    }
+    Ok(())
+}
+
 fn parse_json_filename(text: &str) -> Result<Options, String> {
-    let value: Value = serde_json::from_str(text)
-        .map_err(|e| format!("Could not parse the JSON options: JSON parse error, {e}"))?;
+    let value: Value = serde_json::from_str(text).map_err(|e| {
+        // QEMU's own JSON lexer words its errors differently; the common case is input that
+        // ends early.
+        let why = if e.is_eof() { "premature EOI".to_string() } else { e.to_string() };
+        format!("Could not parse the JSON options: JSON parse error, {why}")
+    })?;
     match value {
         Value::Object(m) => Ok(nest_dotted(m)),
         _ => Err("Invalid JSON object given".to_string()),
@@ -352,7 +373,9 @@ fn open_blkdebug(filename: Option<String>, mut opts: Options, ctx: &OpenContext)
     let setup = super::blkdebug::setup::configure(&state, config.as_deref(), &mut opts, ctx)?;
     let image = open_child(opts.remove("image"), image_name, "image", false, ctx)?;
     for k in ["take-child-perms", "unshare-child-perms"] {
-        opts.remove(k);
+        if let Some(v) = opts.remove(k) {
+            check_permissions(&v)?;
+        }
     }
     let limits = setup.limits(&image)?;
     reject_unknown(&opts, "protocol", "blkdebug")?;

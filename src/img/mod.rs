@@ -84,6 +84,7 @@ impl Img<'_> {
         let mut fmt = "raw".to_string();
         let mut quiet = false;
         let mut size_opt = None;
+        let mut bad_option = None;
         for (c, a) in opts {
             match c {
                 'f' => fmt = a,
@@ -93,8 +94,8 @@ impl Img<'_> {
                         match kv.split_once('=') {
                             Some(("size", v)) => size_opt = Some(v.to_string()),
                             _ => {
-                                self.error(&format!("Invalid parameter '{kv}'"));
-                                return 1;
+                                let key = kv.split_once('=').map_or(kv, |(k, _)| k);
+                                bad_option.get_or_insert(key.to_string());
                             }
                         }
                     }
@@ -106,6 +107,14 @@ impl Img<'_> {
             self.error("Expecting image file name");
             return 1;
         };
+        if fmt != "raw" {
+            self.error(&format!("{name}: Unknown file format '{fmt}'"));
+            return 1;
+        }
+        if let Some(key) = bad_option {
+            self.error(&format!("{name}: Invalid parameter '{key}'"));
+            return 1;
+        }
         let size_text = pos.get(1).cloned().or(size_opt);
         let Some(size_text) = size_text else {
             self.error(&format!("{name}: Image creation needs a size parameter"));
@@ -115,10 +124,6 @@ impl Img<'_> {
             self.error(&format!("Invalid image size specified: '{size_text}'."));
             return 1;
         };
-        if fmt != "raw" {
-            self.error(&format!("{name}: Unknown file format '{fmt}'"));
-            return 1;
-        }
         if !quiet {
             self.console.out(&format!("Formatting '{name}', fmt={fmt} size={size}\n"));
         }
@@ -167,6 +172,12 @@ impl Img<'_> {
     fn compare(&self, argv: &[String]) -> i32 {
         let Ok((opts, pos)) = self.opts(argv, "hf:F:T:pqsU") else { return 1 };
         let f1 = opts.iter().find(|(c, _)| *c == 'f').map(|(_, a)| a.as_str());
+        let quiet = opts.iter().any(|(c, _)| *c == 'q');
+        let say = |text: &str| {
+            if !quiet {
+                self.console.out(text);
+            }
+        };
         let f2 = opts.iter().find(|(c, _)| *c == 'F').map(|(_, a)| a.as_str());
         if pos.len() != 2 {
             self.error("Expecting two image file names");
@@ -181,19 +192,21 @@ impl Img<'_> {
             return 2;
         };
         let common = da.len().min(db.len());
+        // qemu-img compares sector by sector and names the first differing sector.
+        let sector = |i: usize| i / 512 * 512;
         if let Some(i) = da[..common].iter().zip(&db[..common]).position(|(x, y)| x != y) {
-            self.console.out(&format!("Content mismatch at offset {i}!\n"));
+            say(&format!("Content mismatch at offset {}!\n", sector(i)));
             return 1;
         }
         if da.len() != db.len() {
-            self.console.out("Warning: Image size mismatch!\n");
+            say("Warning: Image size mismatch!\n");
             let longer = if da.len() > db.len() { &da } else { &db };
             if let Some(i) = longer[common..].iter().position(|&x| x != 0) {
-                self.console.out(&format!("Content mismatch at offset {}!\n", common + i));
+                say(&format!("Content mismatch at offset {}!\n", sector(common + i)));
                 return 1;
             }
         }
-        self.console.out("Images are identical.\n");
+        say("Images are identical.\n");
         0
     }
 

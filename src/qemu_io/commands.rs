@@ -51,6 +51,7 @@ pub fn dispatch(s: &mut Session, spec: &'static CommandSpec, argv: &[String]) ->
             0
         }
         "help" => help_f(s, argv),
+        "reopen" => reopen_f(s, spec, argv),
         "quit" => {
             s.quit = true;
             1
@@ -608,21 +609,16 @@ fn discard_f(s: &mut Session, spec: &CommandSpec, argv: &[String]) -> i32 {
 }
 
 fn truncate_f(s: &mut Session, spec: &CommandSpec, argv: &[String]) -> i32 {
-    let mut bad_mode = None;
     let pos = tri!(options(s, spec, argv, "m:", |c, arg| {
         if c == 'm' {
             let mode = arg.unwrap_or_default();
             if !["off", "metadata", "falloc", "full"].contains(&mode.as_str()) {
-                bad_mode = Some(mode);
+                s.report(&format!("Invalid preallocation mode '{mode}'"));
                 return Err(EINVAL);
             }
         }
         Ok(())
     }));
-    if let Some(mode) = bad_mode {
-        s.report(&format!("Invalid preallocation mode '{mode}'"));
-        return EINVAL;
-    }
     if pos.len() != 1 {
         s.usage(spec);
         return EINVAL;
@@ -660,20 +656,15 @@ fn info_f(s: &mut Session) -> i32 {
     }
     // QEMU asks the driver, or for filters their filtered child; the file protocol has nothing.
     let mut node = root.clone();
+    // Filters answer with their filtered child's details; raw and file have none (zeroes).
     let info = loop {
         if let Some(i) = node.driver.info(&node) {
-            break Some(i);
-        }
-        if node.driver.format_name() == "raw" {
-            break Some(Default::default());
+            break i;
         }
         match (node.driver.is_filter(), node.primary_child()) {
             (true, Some(c)) => node = c.clone(),
-            _ => break None,
+            _ => break Default::default(),
         }
-    };
-    let Some(info) = info else {
-        return -libc::ENOTSUP;
     };
     s.out(&format!("cluster size: {}\n", cvtstr(info.cluster_size as f64)));
     s.out(&format!("vm state offset: {}\n", cvtstr(info.vm_state_offset as f64)));
@@ -962,4 +953,53 @@ fn help_f(s: &mut Session, argv: &[String]) -> i32 {
             }
         },
     }
+}
+
+fn reopen_f(s: &mut Session, spec: &CommandSpec, argv: &[String]) -> i32 {
+    let (mut ro, mut rw) = (false, false);
+    let mut cache: Option<(bool, bool)> = None;
+    let pos = tri!(options(s, spec, argv, "c:o:rw", |c, arg| {
+        match c {
+            'c' => {
+                let mode = arg.unwrap_or_default();
+                match parse_cache_mode(&mode) {
+                    Some(m) => cache = Some(m),
+                    None => {
+                        s.report(&format!("Invalid cache option: {mode}"));
+                        return Err(EINVAL);
+                    }
+                }
+            }
+            'o' => {
+                s.report("reopen -o is not supported by this engine");
+                return Err(-libc::ENOTSUP);
+            }
+            'r' if rw => {
+                s.report("Only one -r/-w option may be given");
+                return Err(EINVAL);
+            }
+            'w' if ro => {
+                s.report("Only one -r/-w option may be given");
+                return Err(EINVAL);
+            }
+            'r' => ro = true,
+            'w' => rw = true,
+            _ => {}
+        }
+        Ok(())
+    }));
+    if !pos.is_empty() {
+        s.usage(spec);
+        return EINVAL;
+    }
+    let b = blk(s);
+    if ro {
+        b.read_only.set(true);
+    } else if rw {
+        b.read_only.set(false);
+    }
+    if let Some((writethrough, _)) = cache {
+        b.writethrough.set(writethrough);
+    }
+    0
 }

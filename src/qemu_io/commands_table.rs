@@ -406,7 +406,7 @@ pub static COMMANDS: [CommandSpec; 32] = [
         nofile_ok: false,
         needs_write: false,
         needs_resize: false,
-        supported: false,
+        supported: true,
         help: Some(concat!(
             "\n",
             " Changes the open options of an already opened image\n",

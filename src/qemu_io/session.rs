@@ -88,7 +88,8 @@ impl Session {
             Ok(root) => {
                 self.blk = Some(Rc::new(BlockBackend {
                     root,
-                    writethrough: req.writethrough,
+                    writethrough: std::cell::Cell::new(req.writethrough),
+                    read_only: std::cell::Cell::new(req.read_only),
                 }));
                 true
             }
@@ -191,7 +192,7 @@ impl Session {
             self.err(&format!("blockfault: qemu-io command \"{}\" is not supported by this engine\n", spec.name));
             return -libc::ENOTSUP;
         }
-        if spec.needs_write && self.blk.as_ref().is_some_and(|b| b.root.flags.read_only) {
+        if spec.needs_write && self.blk.as_ref().is_some_and(|b| b.read_only.get()) {
             self.report("Block node is read-only");
             return -libc::EPERM;
         }
