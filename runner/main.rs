@@ -24,9 +24,12 @@ use std::rc::Rc;
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     let status = match cli.command {
-        Some(cli::Command::Io { args }) => {
-            blockfault::qemu_io::main(&args, Path::new("."), streams(), &mut std::io::stdin().lock())
-        }
+        Some(cli::Command::Io { args }) => blockfault::qemu_io::main(
+            &args,
+            Path::new("."),
+            streams(),
+            &mut std::io::stdin().lock(),
+        ),
         Some(cli::Command::Img { args }) => blockfault::img::run(&args, Path::new("."), streams()),
         Some(cli::Command::Schema) => {
             print!("{}", schema::json());

@@ -22,15 +22,15 @@ async fn join2<A: Future, B: Future>(a: A, b: B) -> (A::Output, B::Output) {
     let mut ra = None;
     let mut rb = None;
     std::future::poll_fn(move |cx| {
-        if ra.is_none() {
-            if let Poll::Ready(v) = a.as_mut().poll(cx) {
-                ra = Some(v);
-            }
+        if ra.is_none()
+            && let Poll::Ready(v) = a.as_mut().poll(cx)
+        {
+            ra = Some(v);
         }
-        if rb.is_none() {
-            if let Poll::Ready(v) = b.as_mut().poll(cx) {
-                rb = Some(v);
-            }
+        if rb.is_none()
+            && let Poll::Ready(v) = b.as_mut().poll(cx)
+        {
+            rb = Some(v);
         }
         if ra.is_some() && rb.is_some() {
             Poll::Ready((ra.take().unwrap(), rb.take().unwrap()))
@@ -51,17 +51,20 @@ fn ret_of(r: &IoResult) -> i32 {
 
 impl BlkVerifyDriver {
     fn raw<'a>(&self, node: &'a Node) -> &'a Rc<Node> {
-        node.child("raw").expect("blkverify is opened with a raw child")
+        node.child("raw")
+            .expect("blkverify is opened with a raw child")
     }
     fn test<'a>(&self, node: &'a Node) -> &'a Rc<Node> {
-        node.child("test").expect("blkverify is opened with a test child")
+        node.child("test")
+            .expect("blkverify is opened with a test child")
     }
 
     /// Reports a failed verification and ends the process.
     fn fail(&self, write: bool, offset: u64, bytes: u64, what: &str) -> i32 {
         let op = if write { "write" } else { "read" };
-        self.console
-            .err(&format!("blkverify: {op} offset={offset} bytes={bytes} {what}\n"));
+        self.console.err(&format!(
+            "blkverify: {op} offset={offset} bytes={bytes} {what}\n"
+        ));
         self.console.exit(1);
         libc::EIO
     }
@@ -86,7 +89,12 @@ impl BlockDriver for BlkVerifyDriver {
         }
     }
 
-    fn preadv<'a>(&'a self, node: &'a Node, offset: u64, buf: &'a mut [u8]) -> BoxFut<'a, IoResult> {
+    fn preadv<'a>(
+        &'a self,
+        node: &'a Node,
+        offset: u64,
+        buf: &'a mut [u8],
+    ) -> BoxFut<'a, IoResult> {
         Box::pin(async move {
             let bytes = buf.len() as u64;
             let mut raw_buf = buf.to_vec();
@@ -99,11 +107,11 @@ impl BlockDriver for BlkVerifyDriver {
                 let what = format!("return value mismatch {} != {}", ret_of(&t), ret_of(&r));
                 return Err(self.fail(false, offset, bytes, &what));
             }
-            if t.is_ok() {
-                if let Some(i) = buf.iter().zip(&raw_buf).position(|(a, b)| a != b) {
-                    let what = format!("contents mismatch at offset {}", offset + i as u64);
-                    return Err(self.fail(false, offset, bytes, &what));
-                }
+            if t.is_ok()
+                && let Some(i) = buf.iter().zip(&raw_buf).position(|(a, b)| a != b)
+            {
+                let what = format!("contents mismatch at offset {}", offset + i as u64);
+                return Err(self.fail(false, offset, bytes, &what));
             }
             t
         })
@@ -121,7 +129,8 @@ impl BlockDriver for BlkVerifyDriver {
             let raw = self.raw(node);
             let raw_end = raw.getlength()?.div_ceil(512) * 512;
             if offset + bytes > raw_end {
-                let what = "goes past the end of the raw image (QEMU 10.0.2 aborts on an assertion here)";
+                let what =
+                    "goes past the end of the raw image (QEMU 10.0.2 aborts on an assertion here)";
                 return Err(self.fail(true, offset, bytes, what));
             }
             let (t, r) = join2(

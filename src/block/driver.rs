@@ -114,7 +114,8 @@ pub trait BlockDriver {
     }
     fn capabilities(&self) -> Capabilities;
 
-    fn preadv<'a>(&'a self, node: &'a Node, offset: u64, buf: &'a mut [u8]) -> BoxFut<'a, IoResult>;
+    fn preadv<'a>(&'a self, node: &'a Node, offset: u64, buf: &'a mut [u8])
+    -> BoxFut<'a, IoResult>;
     fn pwritev<'a>(
         &'a self,
         node: &'a Node,

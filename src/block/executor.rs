@@ -73,7 +73,10 @@ impl Executor {
     pub fn spawn(&self, fut: impl Future<Output = ()> + 'static) -> TaskId {
         let id = self.inner.next_id.get();
         self.inner.next_id.set(id + 1);
-        self.inner.tasks.borrow_mut().push((id, Some(Box::pin(fut))));
+        self.inner
+            .tasks
+            .borrow_mut()
+            .push((id, Some(Box::pin(fut))));
         self.poll_task(id);
         id
     }
@@ -104,7 +107,10 @@ impl Executor {
             queue: self.inner.ready.clone(),
         }));
         let outer = CURRENT_TASK.with(|c| c.replace(Some(id)));
-        let done = fut.as_mut().poll(&mut Context::from_waker(&waker)).is_ready();
+        let done = fut
+            .as_mut()
+            .poll(&mut Context::from_waker(&waker))
+            .is_ready();
         CURRENT_TASK.with(|c| c.set(outer));
         let mut tasks = self.inner.tasks.borrow_mut();
         if let Some(pos) = tasks.iter().position(|(t, _)| *t == id) {
@@ -117,7 +123,12 @@ impl Executor {
     }
 
     fn pop_ready(&self) -> Option<TaskId> {
-        let mut ids = self.inner.ready.ids.lock().unwrap_or_else(|e| e.into_inner());
+        let mut ids = self
+            .inner
+            .ready
+            .ids
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         ids.pop_front()
     }
 

@@ -26,7 +26,10 @@ impl FileDriver {
             .write(!read_only)
             .open(path)
             .map_err(|e| {
-                format!("Could not open '{shown_name}': {}", crate::errno::strerror(errno_of(&e)))
+                format!(
+                    "Could not open '{shown_name}': {}",
+                    crate::errno::strerror(errno_of(&e))
+                )
             })?;
         if file.metadata().map(|m| m.is_dir()).unwrap_or(false) {
             return Err(format!("'{shown_name}' is a directory"));
@@ -35,7 +38,10 @@ impl FileDriver {
     }
 
     fn len(&self) -> IoResult<u64> {
-        self.file.metadata().map(|m| m.len()).map_err(|e| errno_of(&e))
+        self.file
+            .metadata()
+            .map(|m| m.len())
+            .map_err(|e| errno_of(&e))
     }
 
     fn read_full(&self, offset: u64, buf: &mut [u8]) -> IoResult {
@@ -99,7 +105,12 @@ impl BlockDriver for FileDriver {
         }
     }
 
-    fn preadv<'a>(&'a self, _node: &'a Node, offset: u64, buf: &'a mut [u8]) -> BoxFut<'a, IoResult> {
+    fn preadv<'a>(
+        &'a self,
+        _node: &'a Node,
+        offset: u64,
+        buf: &'a mut [u8],
+    ) -> BoxFut<'a, IoResult> {
         Box::pin(async move {
             let ret = self.read_full(offset, buf);
             yield_now().await;
@@ -115,7 +126,10 @@ impl BlockDriver for FileDriver {
         flags: ReqFlags,
     ) -> BoxFut<'a, IoResult> {
         Box::pin(async move {
-            let mut ret = self.file.write_all_at(buf, offset).map_err(|e| errno_of(&e));
+            let mut ret = self
+                .file
+                .write_all_at(buf, offset)
+                .map_err(|e| errno_of(&e));
             // FUA as file-posix does it: a data sync after the write.
             if ret.is_ok() && flags.has(ReqFlags::FUA) {
                 ret = self.fdatasync();
@@ -143,7 +157,9 @@ impl BlockDriver for FileDriver {
         Box::pin(async move {
             let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
             // SAFETY: fallocate on an fd we own.
-            let r = unsafe { libc::fallocate(self.file.as_raw_fd(), mode, offset as i64, bytes as i64) };
+            let r = unsafe {
+                libc::fallocate(self.file.as_raw_fd(), mode, offset as i64, bytes as i64)
+            };
             yield_now().await;
             // Discard is advisory: a host that cannot punch holes just keeps the data.
             if r == 0 { Ok(()) } else { Err(libc::ENOTSUP) }
@@ -181,16 +197,28 @@ impl BlockDriver for FileDriver {
             let data = unsafe { libc::lseek(fd, offset as i64, libc::SEEK_DATA) };
             let (flags, pnum) = if data < 0 || data as u64 > offset {
                 // A hole (or everything past here is one) up to the next data.
-                let end = if data < 0 { offset + bytes } else { data as u64 };
+                let end = if data < 0 {
+                    offset + bytes
+                } else {
+                    data as u64
+                };
                 (status::ZERO, (end - offset).min(bytes))
             } else {
                 // SAFETY: as above.
                 let hole = unsafe { libc::lseek(fd, offset as i64, libc::SEEK_HOLE) };
-                let end = if hole < 0 { offset + bytes } else { hole as u64 };
+                let end = if hole < 0 {
+                    offset + bytes
+                } else {
+                    hole as u64
+                };
                 (status::DATA, (end - offset).clamp(1, bytes))
             };
             let align = node.limits.request_alignment;
-            let pnum = if pnum < bytes { (pnum / align * align).max(align) } else { pnum };
+            let pnum = if pnum < bytes {
+                (pnum / align * align).max(align)
+            } else {
+                pnum
+            };
             Ok(BlockStatus {
                 flags: flags | status::OFFSET_VALID,
                 pnum,
@@ -202,9 +230,12 @@ impl BlockDriver for FileDriver {
 
     fn truncate<'a>(&'a self, _node: &'a Node, size: u64) -> BoxFut<'a, Result<(), String>> {
         Box::pin(async move {
-            self.file
-                .set_len(size)
-                .map_err(|e| format!("Failed to resize file: {}", crate::errno::strerror(errno_of(&e))))
+            self.file.set_len(size).map_err(|e| {
+                format!(
+                    "Failed to resize file: {}",
+                    crate::errno::strerror(errno_of(&e))
+                )
+            })
         })
     }
 

@@ -4,7 +4,7 @@
 //! node that receives a request.
 
 use super::blkdebug::events::Event;
-use super::driver::{status, BlockStatus, IoResult, ReqFlags};
+use super::driver::{BlockStatus, IoResult, ReqFlags, status};
 use super::executor::Gate;
 use super::node::Node;
 use std::rc::Rc;
@@ -85,7 +85,7 @@ pub async fn preadv(node: &Node, offset: u64, buf: &mut [u8]) -> IoResult {
     let bytes = buf.len() as u64;
     check_request32(offset, bytes)?;
     let align = node.limits.request_alignment;
-    if bytes == 0 && offset % align != 0 {
+    if bytes == 0 && !offset.is_multiple_of(align) {
         return Ok(());
     }
     match Padding::of(offset, bytes, align) {
@@ -152,7 +152,13 @@ pub async fn pwrite_zeroes(node: &Node, offset: u64, bytes: u64, mut flags: ReqF
     if !node.flags.unmap {
         flags = flags.without(ReqFlags::MAY_UNMAP);
     }
-    write_request(node, offset, WriteData::Zeroes(bytes), flags.with(ReqFlags::ZERO_WRITE)).await
+    write_request(
+        node,
+        offset,
+        WriteData::Zeroes(bytes),
+        flags.with(ReqFlags::ZERO_WRITE),
+    )
+    .await
 }
 
 async fn write_request(node: &Node, offset: u64, data: WriteData<'_>, flags: ReqFlags) -> IoResult {
@@ -164,10 +170,10 @@ async fn write_request(node: &Node, offset: u64, data: WriteData<'_>, flags: Req
         check_request32(offset, bytes)?;
     }
     let align = node.limits.request_alignment;
-    if flags.has(ReqFlags::NO_FALLBACK) && ((offset | bytes) % align != 0) {
+    if flags.has(ReqFlags::NO_FALLBACK) && !(offset | bytes).is_multiple_of(align) {
         return Err(libc::ENOTSUP);
     }
-    if bytes == 0 && offset % align != 0 {
+    if bytes == 0 && !offset.is_multiple_of(align) {
         return Ok(());
     }
     if zero {
@@ -207,7 +213,10 @@ async fn rmw_read(node: &Node, start: u64, pad: &Padding, bytes: u64, align: u64
         if merge_reads && pad.tail != 0 {
             node.debug_event(Event::PwritevRmwTail).await;
         }
-        if aligned_preadv(node, start, &mut buf[..n], align).await.is_err() {
+        if aligned_preadv(node, start, &mut buf[..n], align)
+            .await
+            .is_err()
+        {
             return buf;
         }
         if pad.head != 0 {
@@ -224,7 +233,10 @@ async fn rmw_read(node: &Node, start: u64, pad: &Padding, bytes: u64, align: u64
         node.debug_event(Event::PwritevRmwTail).await;
         let tail_unit = start + pad.head + bytes + pad.tail - align;
         let at = buf.len() - a;
-        if aligned_preadv(node, tail_unit, &mut buf[at..], align).await.is_ok() {
+        if aligned_preadv(node, tail_unit, &mut buf[at..], align)
+            .await
+            .is_ok()
+        {
             node.debug_event(Event::PwritevRmwAfterTail).await;
         }
     }
@@ -244,7 +256,14 @@ async fn zero_pwritev(node: &Node, mut offset: u64, mut bytes: u64, flags: ReqFl
         padbuf[pad.head as usize..(buf_len - pad.tail) as usize].fill(0);
         if pad.head != 0 || merge_reads {
             let n = if merge_reads { buf_len } else { align };
-            aligned_pwritev(node, start, WriteData::Buf(&padbuf[..n as usize]), plain, align).await?;
+            aligned_pwritev(
+                node,
+                start,
+                WriteData::Buf(&padbuf[..n as usize]),
+                plain,
+                align,
+            )
+            .await?;
             if merge_reads {
                 return Ok(());
             }
@@ -321,10 +340,13 @@ async fn aligned_pwritev(
 
 /// Calls the driver's write, emulating FUA with a flush where the driver lacks it.
 async fn driver_pwritev(node: &Node, offset: u64, buf: &[u8], flags: ReqFlags) -> IoResult {
-    let emulate_fua =
-        flags.has(ReqFlags::FUA) && !node.supported_write_flags.has(ReqFlags::FUA);
+    let emulate_fua = flags.has(ReqFlags::FUA) && !node.supported_write_flags.has(ReqFlags::FUA);
     let flags = flags
-        .without(ReqFlags::FUA.and(if emulate_fua { ReqFlags::FUA } else { ReqFlags::NONE }))
+        .without(ReqFlags::FUA.and(if emulate_fua {
+            ReqFlags::FUA
+        } else {
+            ReqFlags::NONE
+        }))
         .and(node.supported_write_flags);
     node.driver.pwritev(node, offset, buf, flags).await?;
     if emulate_fua {
@@ -335,12 +357,23 @@ async fn driver_pwritev(node: &Node, offset: u64, buf: &[u8], flags: ReqFlags) -
 
 /// Writes zeroes through the driver, falling back to writing a zeroed buffer (QEMU's
 /// bdrv_co_do_pwrite_zeroes).
-async fn do_pwrite_zeroes(node: &Node, mut offset: u64, mut bytes: u64, flags: ReqFlags) -> IoResult {
+async fn do_pwrite_zeroes(
+    node: &Node,
+    mut offset: u64,
+    mut bytes: u64,
+    flags: ReqFlags,
+) -> IoResult {
     let l = &node.limits;
     let alignment = l.pwrite_zeroes_alignment.max(l.request_alignment);
     let max_xfer = min_non_zero(l.max_transfer, MAX_BOUNCE_BUFFER);
-    let max_write_zeroes = align_down(min_non_zero(l.max_pwrite_zeroes, i64::MAX as u64), alignment);
-    if flags.without(node.supported_zero_flags).has(ReqFlags::NO_FALLBACK) {
+    let max_write_zeroes = align_down(
+        min_non_zero(l.max_pwrite_zeroes, i64::MAX as u64),
+        alignment,
+    );
+    if flags
+        .without(node.supported_zero_flags)
+        .has(ReqFlags::NO_FALLBACK)
+    {
         return Err(libc::ENOTSUP);
     }
     let mut head = offset % alignment;
@@ -412,14 +445,14 @@ pub async fn pdiscard(node: &Node, mut offset: u64, mut bytes: u64) -> IoResult 
         let mut num = bytes;
         if head != 0 {
             num = bytes.min(align - head);
-            if num % ra != 0 {
+            if !num.is_multiple_of(ra) {
                 num %= ra;
             }
             head = (head + num) % align;
         } else if tail != 0 {
             if num > align {
                 num -= tail;
-            } else if tail % ra != 0 && tail > ra {
+            } else if !tail.is_multiple_of(ra) && tail > ra {
                 tail %= ra;
                 num -= tail;
             }
@@ -585,7 +618,10 @@ pub async fn is_allocated(node: &Rc<Node>, offset: u64, bytes: u64) -> IoResult<
 pub fn truncate(node: &Node, size: u64) -> super::driver::BoxFut<'_, Result<(), String>> {
     Box::pin(async move {
         if size > MAX_LENGTH {
-            return Err("Required too big image size, it must be not greater than 9223372035781033984".into());
+            return Err(
+                "Required too big image size, it must be not greater than 9223372035781033984"
+                    .into(),
+            );
         }
         if node.flags.read_only {
             return Err("Image is read-only".into());

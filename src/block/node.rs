@@ -63,7 +63,10 @@ impl Node {
     }
 
     pub fn child(&self, name: &str) -> Option<&Rc<Node>> {
-        self.children.iter().find(|c| c.name == name).map(|c| &c.node)
+        self.children
+            .iter()
+            .find(|c| c.name == name)
+            .map(|c| &c.node)
     }
 
     /// The primary child (QEMU's `bs->file`): format drivers and filters send their I/O there.

@@ -7,7 +7,7 @@ use super::blkverify::BlkVerifyDriver;
 use super::driver::{Limits, ReqFlags};
 use super::file::FileDriver;
 use super::node::{Child, Node, OpenFlags};
-use super::raw::{probes_as_other_format, RawDriver, PROBE_BUF_SIZE};
+use super::raw::{PROBE_BUF_SIZE, RawDriver, probes_as_other_format};
 use crate::output::Console;
 use serde_json::{Map, Value};
 use std::path::{Path, PathBuf};
@@ -27,7 +27,11 @@ pub struct OpenContext {
 impl OpenContext {
     pub fn resolve(&self, name: &str) -> PathBuf {
         let p = Path::new(name);
-        if p.is_absolute() { p.to_path_buf() } else { self.base_dir.join(p) }
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base_dir.join(p)
+        }
     }
 }
 
@@ -125,7 +129,11 @@ fn parse_json_filename(text: &str) -> Result<Options, String> {
     let value: Value = serde_json::from_str(text).map_err(|e| {
         // QEMU's own JSON lexer words its errors differently; the common case is input that
         // ends early.
-        let why = if e.is_eof() { "premature EOI".to_string() } else { e.to_string() };
+        let why = if e.is_eof() {
+            "premature EOI".to_string()
+        } else {
+            e.to_string()
+        };
         format!("Could not parse the JSON options: JSON parse error, {why}")
     })?;
     match value {
@@ -194,12 +202,11 @@ fn open_node(
         }
         filename = None;
     }
-    if filename.is_none() {
-        if let Some(Value::String(f)) = opts.get("filename") {
-            if !opts.contains_key("driver") || !probe {
-                filename = Some(f.clone());
-            }
-        }
+    if filename.is_none()
+        && let Some(Value::String(f)) = opts.get("filename")
+        && (!opts.contains_key("driver") || !probe)
+    {
+        filename = Some(f.clone());
     }
     let driver = match opts.remove("driver") {
         Some(v) => Some(scalar_string(&v).ok_or("Parameter 'driver' expects a string")?),
@@ -237,7 +244,7 @@ fn open_node(
                 }
             });
             if probes_as_other_format(&head) {
-                return Err(format!("Unknown driver 'qcow2'"));
+                return Err("Unknown driver 'qcow2'".to_string());
             }
             ctx.console.err(&format!(
                 "WARNING: Image format was not specified for '{name}' and probing guessed raw.\n         Automatically detecting the format is dangerous for raw images, write operations on block 0 will be restricted.\n         Specify the 'raw' format explicitly to remove the restrictions.\n"
@@ -248,7 +255,11 @@ fn open_node(
 }
 
 /// Opens the node a filename's protocol prefix names, with no format probing.
-fn open_protocol(filename: Option<String>, opts: Options, ctx: &OpenContext) -> Result<Rc<Node>, String> {
+fn open_protocol(
+    filename: Option<String>,
+    opts: Options,
+    ctx: &OpenContext,
+) -> Result<Rc<Node>, String> {
     let name = filename.clone().unwrap_or_default();
     match protocol_of(&name)? {
         Some("blkdebug") => open_blkdebug(filename, opts, ctx),
@@ -261,8 +272,12 @@ fn open_protocol(filename: Option<String>, opts: Options, ctx: &OpenContext) -> 
 fn reject_unknown(opts: &Options, kind: &str, name: &str) -> Result<(), String> {
     match opts.keys().next() {
         None => Ok(()),
-        Some(k) if kind == "format" => Err(format!("Block format '{name}' does not support the option '{k}'")),
-        Some(k) => Err(format!("Block protocol '{name}' doesn't support the option '{k}'")),
+        Some(k) if kind == "format" => Err(format!(
+            "Block format '{name}' does not support the option '{k}'"
+        )),
+        Some(k) => Err(format!(
+            "Block protocol '{name}' doesn't support the option '{k}'"
+        )),
     }
 }
 
@@ -280,7 +295,11 @@ fn finish(mut node: Node, ctx: &OpenContext, own: Limits) -> Rc<Node> {
     Rc::new(node)
 }
 
-fn open_file(filename: Option<String>, mut opts: Options, ctx: &OpenContext) -> Result<Rc<Node>, String> {
+fn open_file(
+    filename: Option<String>,
+    mut opts: Options,
+    ctx: &OpenContext,
+) -> Result<Rc<Node>, String> {
     let explicit = opts.remove("filename");
     let name = match (explicit, filename) {
         (Some(Value::String(s)), _) => s,
@@ -291,7 +310,13 @@ fn open_file(filename: Option<String>, mut opts: Options, ctx: &OpenContext) -> 
     if name.is_empty() {
         return Err("The 'file' block driver requires a file name".into());
     }
-    for k in ["aio", "locking", "cache.direct", "cache.no-flush", "discard"] {
+    for k in [
+        "aio",
+        "locking",
+        "cache.direct",
+        "cache.no-flush",
+        "discard",
+    ] {
         opts.remove(k);
     }
     reject_unknown(&opts, "protocol", "file")?;
@@ -328,12 +353,21 @@ fn wrap_raw(file: Rc<Node>, probed: bool, ctx: &OpenContext) -> Result<Rc<Node>,
     let name = file.filename.clone();
     let mut node = Node::new(
         Box::new(RawDriver { probed }),
-        vec![Child { name: "file", node: file.clone(), writable: true, primary: true }],
+        vec![Child {
+            name: "file",
+            node: file.clone(),
+            writable: true,
+            primary: true,
+        }],
         name,
     );
-    node.supported_write_flags = ReqFlags::WRITE_UNCHANGED.with(ReqFlags::FUA.and(file.supported_write_flags));
+    node.supported_write_flags =
+        ReqFlags::WRITE_UNCHANGED.with(ReqFlags::FUA.and(file.supported_write_flags));
     node.supported_zero_flags = ReqFlags::WRITE_UNCHANGED.with(
-        ReqFlags::FUA.with(ReqFlags::MAY_UNMAP).with(ReqFlags::NO_FALLBACK).and(file.supported_zero_flags),
+        ReqFlags::FUA
+            .with(ReqFlags::MAY_UNMAP)
+            .with(ReqFlags::NO_FALLBACK)
+            .and(file.supported_zero_flags),
     );
     let mut limits = Limits::default();
     // Probed raw images are kept to whole sectors so the first one can be protected.
@@ -343,7 +377,12 @@ fn wrap_raw(file: Rc<Node>, probed: bool, ctx: &OpenContext) -> Result<Rc<Node>,
     Ok(finish(node, ctx, limits))
 }
 
-fn open_format_raw(filename: Option<String>, mut opts: Options, probed: bool, ctx: &OpenContext) -> Result<Rc<Node>, String> {
+fn open_format_raw(
+    filename: Option<String>,
+    mut opts: Options,
+    probed: bool,
+    ctx: &OpenContext,
+) -> Result<Rc<Node>, String> {
     let file_opt = opts.remove("file");
     opts.remove("filename");
     let file = open_child(file_opt, filename, "file", false, ctx)?;
@@ -351,14 +390,22 @@ fn open_format_raw(filename: Option<String>, mut opts: Options, probed: bool, ct
     wrap_raw(file, probed, ctx)
 }
 
-fn open_blkdebug(filename: Option<String>, mut opts: Options, ctx: &OpenContext) -> Result<Rc<Node>, String> {
+fn open_blkdebug(
+    filename: Option<String>,
+    mut opts: Options,
+    ctx: &OpenContext,
+) -> Result<Rc<Node>, String> {
     let mut image_name = None;
-    if let Some(f) = filename.as_deref().and_then(|f| f.strip_prefix("blkdebug:")) {
+    if let Some(f) = filename
+        .as_deref()
+        .and_then(|f| f.strip_prefix("blkdebug:"))
+    {
         let (config, image) = f
             .split_once(':')
             .ok_or("blkdebug requires both config file and image path")?;
         if !config.is_empty() {
-            opts.entry("config").or_insert(Value::String(config.to_string()));
+            opts.entry("config")
+                .or_insert(Value::String(config.to_string()));
         }
         image_name = Some(image.to_string());
     }
@@ -379,15 +426,28 @@ fn open_blkdebug(filename: Option<String>, mut opts: Options, ctx: &OpenContext)
     }
     let limits = setup.limits(&image)?;
     reject_unknown(&opts, "protocol", "blkdebug")?;
-    let name = format!("blkdebug:{}:{}", config.as_deref().unwrap_or(""), image.filename);
+    let name = format!(
+        "blkdebug:{}:{}",
+        config.as_deref().unwrap_or(""),
+        image.filename
+    );
     let mut node = Node::new(
         Box::new(BlkDebugDriver { state }),
-        vec![Child { name: "image", node: image.clone(), writable: true, primary: true }],
+        vec![Child {
+            name: "image",
+            node: image.clone(),
+            writable: true,
+            primary: true,
+        }],
         name,
     );
-    node.supported_write_flags = ReqFlags::WRITE_UNCHANGED.with(ReqFlags::FUA.and(image.supported_write_flags));
+    node.supported_write_flags =
+        ReqFlags::WRITE_UNCHANGED.with(ReqFlags::FUA.and(image.supported_write_flags));
     node.supported_zero_flags = ReqFlags::WRITE_UNCHANGED.with(
-        ReqFlags::FUA.with(ReqFlags::MAY_UNMAP).with(ReqFlags::NO_FALLBACK).and(image.supported_zero_flags),
+        ReqFlags::FUA
+            .with(ReqFlags::MAY_UNMAP)
+            .with(ReqFlags::NO_FALLBACK)
+            .and(image.supported_zero_flags),
     );
     let node = finish(node, ctx, limits);
     // `none` fires once the node is complete, so rules on it are active from the first request.
@@ -398,9 +458,16 @@ fn open_blkdebug(filename: Option<String>, mut opts: Options, ctx: &OpenContext)
     Ok(node)
 }
 
-fn open_blkverify(filename: Option<String>, mut opts: Options, ctx: &OpenContext) -> Result<Rc<Node>, String> {
+fn open_blkverify(
+    filename: Option<String>,
+    mut opts: Options,
+    ctx: &OpenContext,
+) -> Result<Rc<Node>, String> {
     let (mut raw_name, mut test_name) = (None, None);
-    if let Some(f) = filename.as_deref().and_then(|f| f.strip_prefix("blkverify:")) {
+    if let Some(f) = filename
+        .as_deref()
+        .and_then(|f| f.strip_prefix("blkverify:"))
+    {
         let (raw, test) = f
             .split_once(':')
             .ok_or("blkverify requires raw copy and original image path")?;
@@ -418,10 +485,22 @@ fn open_blkverify(filename: Option<String>, mut opts: Options, ctx: &OpenContext
     reject_unknown(&opts, "protocol", "blkverify")?;
     let name = format!("blkverify:{}:{}", raw.filename, test.filename);
     let mut node = Node::new(
-        Box::new(BlkVerifyDriver { console: ctx.console.clone() }),
+        Box::new(BlkVerifyDriver {
+            console: ctx.console.clone(),
+        }),
         vec![
-            Child { name: "raw", node: raw, writable: true, primary: true },
-            Child { name: "test", node: test, writable: true, primary: false },
+            Child {
+                name: "raw",
+                node: raw,
+                writable: true,
+                primary: true,
+            },
+            Child {
+                name: "test",
+                node: test,
+                writable: true,
+                primary: false,
+            },
         ],
         name,
     );
@@ -436,7 +515,8 @@ mod tests {
 
     #[test]
     fn dotted_keys_nest_and_merge_with_nested_ones() {
-        let flat = parse_keyval("driver=raw,file.driver=blkdebug,file.image.filename=a,,b").unwrap();
+        let flat =
+            parse_keyval("driver=raw,file.driver=blkdebug,file.image.filename=a,,b").unwrap();
         assert_eq!(
             Value::Object(flat),
             serde_json::json!({"driver": "raw", "file": {"driver": "blkdebug", "image": {"filename": "a,b"}}})
@@ -447,6 +527,9 @@ mod tests {
     fn protocol_prefixes() {
         assert_eq!(protocol_of("a/b:c"), Ok(None));
         assert_eq!(protocol_of("blkdebug::x"), Ok(Some("blkdebug")));
-        assert_eq!(protocol_of("bogus:x"), Err("Unknown protocol 'bogus'".to_string()));
+        assert_eq!(
+            protocol_of("bogus:x"),
+            Err("Unknown protocol 'bogus'".to_string())
+        );
     }
 }

@@ -32,7 +32,12 @@ impl BlockDriver for RawDriver {
         }
     }
 
-    fn preadv<'a>(&'a self, node: &'a Node, offset: u64, buf: &'a mut [u8]) -> BoxFut<'a, IoResult> {
+    fn preadv<'a>(
+        &'a self,
+        node: &'a Node,
+        offset: u64,
+        buf: &'a mut [u8],
+    ) -> BoxFut<'a, IoResult> {
         Box::pin(async move {
             node.file().debug_event(Event::ReadAio).await;
             io::preadv(node.file(), offset, buf).await

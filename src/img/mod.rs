@@ -4,7 +4,7 @@
 use crate::block::driver::status;
 use crate::block::executor::block_on;
 use crate::block::node::{Node, OpenFlags};
-use crate::block::open::{open_drive, OpenContext, Options};
+use crate::block::open::{OpenContext, Options, open_drive};
 use crate::output::{Console, SharedSink};
 use crate::qemu_io::format::cvtstr;
 use crate::qemu_io::getopt::Getopt;
@@ -16,10 +16,14 @@ use std::rc::Rc;
 /// returns qemu-img's exit status.
 pub fn run(args: &[String], base_dir: &Path, sink: SharedSink) -> i32 {
     let console = Console::new(sink);
-    let img = Img { console: console.clone(), base_dir };
+    let img = Img {
+        console: console.clone(),
+        base_dir,
+    };
     let Some(cmd) = args.first() else {
         img.error("Not enough arguments");
-        img.console.err("Try 'qemu-img --help' for more information\n");
+        img.console
+            .err("Try 'qemu-img --help' for more information\n");
         return 1;
     };
     let mut argv = vec![cmd.clone()];
@@ -38,6 +42,9 @@ pub fn run(args: &[String], base_dir: &Path, sink: SharedSink) -> i32 {
     console.exited().unwrap_or(status)
 }
 
+/// A subcommand's options (letter, argument) and its positional arguments.
+type ParsedArgs = (Vec<(char, String)>, Vec<String>);
+
 struct Img<'a> {
     console: Rc<Console>,
     base_dir: &'a Path,
@@ -49,7 +56,7 @@ impl Img<'_> {
     }
 
     /// getopt over a subcommand's argv; Err(status) after qemu-img's message.
-    fn opts(&self, argv: &[String], optstring: &str) -> Result<(Vec<(char, String)>, Vec<String>), i32> {
+    fn opts(&self, argv: &[String], optstring: &str) -> Result<ParsedArgs, i32> {
         let mut g = Getopt::new(argv, optstring);
         let mut opts = Vec::new();
         for item in g.by_ref() {
@@ -71,7 +78,11 @@ impl Img<'_> {
         let ctx = OpenContext {
             base_dir: self.base_dir.to_path_buf(),
             console: self.console.clone(),
-            flags: OpenFlags { read_only, unmap: true, no_flush: false },
+            flags: OpenFlags {
+                read_only,
+                unmap: true,
+                no_flush: false,
+            },
         };
         open_drive(Some(name), Options::new(), format, &ctx).map_err(|e| {
             self.error(&format!("Could not open '{name}': {e}"));
@@ -80,7 +91,9 @@ impl Img<'_> {
     }
 
     fn create(&self, argv: &[String]) -> i32 {
-        let Ok((opts, pos)) = self.opts(argv, "F:b:f:ho:qu") else { return 1 };
+        let Ok((opts, pos)) = self.opts(argv, "F:b:f:ho:qu") else {
+            return 1;
+        };
         let mut fmt = "raw".to_string();
         let mut quiet = false;
         let mut size_opt = None;
@@ -125,7 +138,8 @@ impl Img<'_> {
             return 1;
         };
         if !quiet {
-            self.console.out(&format!("Formatting '{name}', fmt={fmt} size={size}\n"));
+            self.console
+                .out(&format!("Formatting '{name}', fmt={fmt} size={size}\n"));
         }
         let path = self.base_dir.join(name);
         let made = std::fs::OpenOptions::new()
@@ -136,14 +150,19 @@ impl Img<'_> {
             .and_then(|f| f.set_len(size));
         if let Err(e) = made {
             let errno = e.raw_os_error().unwrap_or(libc::EIO);
-            self.error(&format!("{name}: Could not create '{name}': {}", crate::errno::strerror(errno)));
+            self.error(&format!(
+                "{name}: Could not create '{name}': {}",
+                crate::errno::strerror(errno)
+            ));
             return 1;
         }
         0
     }
 
     fn check(&self, argv: &[String]) -> i32 {
-        let Ok((opts, pos)) = self.opts(argv, "hf:r:T:qU") else { return 1 };
+        let Ok((opts, pos)) = self.opts(argv, "hf:r:T:qU") else {
+            return 1;
+        };
         let fmt = opts.iter().find(|(c, _)| *c == 'f').map(|(_, a)| a.clone());
         let Some(name) = pos.first() else {
             self.error("Expecting one image file name");
@@ -170,20 +189,31 @@ impl Img<'_> {
     }
 
     fn compare(&self, argv: &[String]) -> i32 {
-        let Ok((opts, pos)) = self.opts(argv, "hf:F:T:pqsU") else { return 1 };
-        let f1 = opts.iter().find(|(c, _)| *c == 'f').map(|(_, a)| a.as_str());
+        let Ok((opts, pos)) = self.opts(argv, "hf:F:T:pqsU") else {
+            return 1;
+        };
+        let f1 = opts
+            .iter()
+            .find(|(c, _)| *c == 'f')
+            .map(|(_, a)| a.as_str());
         let quiet = opts.iter().any(|(c, _)| *c == 'q');
         let say = |text: &str| {
             if !quiet {
                 self.console.out(text);
             }
         };
-        let f2 = opts.iter().find(|(c, _)| *c == 'F').map(|(_, a)| a.as_str());
+        let f2 = opts
+            .iter()
+            .find(|(c, _)| *c == 'F')
+            .map(|(_, a)| a.as_str());
         if pos.len() != 2 {
             self.error("Expecting two image file names");
             return 1;
         }
-        let (a, b) = match (self.open(&pos[0], f1.or(Some("raw")), true), self.open(&pos[1], f2.or(Some("raw")), true)) {
+        let (a, b) = match (
+            self.open(&pos[0], f1.or(Some("raw")), true),
+            self.open(&pos[1], f2.or(Some("raw")), true),
+        ) {
             (Ok(a), Ok(b)) => (a, b),
             _ => return 2,
         };
@@ -194,7 +224,11 @@ impl Img<'_> {
         let common = da.len().min(db.len());
         // qemu-img compares sector by sector and names the first differing sector.
         let sector = |i: usize| i / 512 * 512;
-        if let Some(i) = da[..common].iter().zip(&db[..common]).position(|(x, y)| x != y) {
+        if let Some(i) = da[..common]
+            .iter()
+            .zip(&db[..common])
+            .position(|(x, y)| x != y)
+        {
             say(&format!("Content mismatch at offset {}!\n", sector(i)));
             return 1;
         }
@@ -202,7 +236,10 @@ impl Img<'_> {
             say("Warning: Image size mismatch!\n");
             let longer = if da.len() > db.len() { &da } else { &db };
             if let Some(i) = longer[common..].iter().position(|&x| x != 0) {
-                say(&format!("Content mismatch at offset {}!\n", sector(common + i)));
+                say(&format!(
+                    "Content mismatch at offset {}!\n",
+                    sector(common + i)
+                ));
                 return 1;
             }
         }
@@ -211,8 +248,13 @@ impl Img<'_> {
     }
 
     fn info(&self, argv: &[String]) -> i32 {
-        let Ok((opts, pos)) = self.opts(argv, "f:hU") else { return 1 };
-        let fmt = opts.iter().find(|(c, _)| *c == 'f').map(|(_, a)| a.as_str());
+        let Ok((opts, pos)) = self.opts(argv, "f:hU") else {
+            return 1;
+        };
+        let fmt = opts
+            .iter()
+            .find(|(c, _)| *c == 'f')
+            .map(|(_, a)| a.as_str());
         let Some(name) = pos.first() else {
             self.error("Expecting one image file name");
             return 1;
@@ -225,7 +267,9 @@ impl Img<'_> {
         let disk = std::fs::metadata(self.base_dir.join(name))
             .map(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512)
             .unwrap_or(0);
-        let file_len = std::fs::metadata(self.base_dir.join(name)).map(|m| m.len()).unwrap_or(0);
+        let file_len = std::fs::metadata(self.base_dir.join(name))
+            .map(|m| m.len())
+            .unwrap_or(0);
         self.console.out(&format!(
             "image: {name}\nfile format: {}\nvirtual size: {} ({len} bytes)\ndisk size: {}\nChild node '/file':\n    filename: {name}\n    protocol type: file\n    file length: {} ({file_len} bytes)\n    disk size: {}\n",
             node.driver.format_name(),
@@ -247,8 +291,13 @@ impl Img<'_> {
                 _ => args.push(a.clone()),
             }
         }
-        let Ok((opts, pos)) = self.opts(&args, "f:hU") else { return 1 };
-        let fmt = opts.iter().find(|(c, _)| *c == 'f').map(|(_, a)| a.as_str());
+        let Ok((opts, pos)) = self.opts(&args, "f:hU") else {
+            return 1;
+        };
+        let fmt = opts
+            .iter()
+            .find(|(c, _)| *c == 'f')
+            .map(|(_, a)| a.as_str());
         let Some(name) = pos.first() else {
             self.error("Expecting one image file name");
             return 1;
@@ -269,7 +318,11 @@ impl Img<'_> {
                 }
                 let flags = st.flags & (status::DATA | status::ZERO);
                 match out.last_mut() {
-                    Some(last) if last.2 == flags && last.0 + last.1 == offset && last.3 + last.1 == st.map => {
+                    Some(last)
+                        if last.2 == flags
+                            && last.0 + last.1 == offset
+                            && last.3 + last.1 == st.map =>
+                    {
                         last.1 += st.pnum
                     }
                     _ => out.push((offset, st.pnum, flags, st.map)),
@@ -298,10 +351,18 @@ impl Img<'_> {
                 .collect();
             self.console.out(&format!("[{}]\n", rows.join(",\n")));
         } else {
-            self.console.out(&format!("{:<16}{:<16}{:<16}{}\n", "Offset", "Length", "Mapped to", "File"));
+            self.console.out(&format!(
+                "{:<16}{:<16}{:<16}{}\n",
+                "Offset", "Length", "Mapped to", "File"
+            ));
             for (start, len, flags, map) in extents {
                 if flags & status::DATA != 0 {
-                    self.console.out(&format!("{:<16}{:<16}{:<16}{name}\n", hex(start), hex(len), hex(map)));
+                    self.console.out(&format!(
+                        "{:<16}{:<16}{:<16}{name}\n",
+                        hex(start),
+                        hex(len),
+                        hex(map)
+                    ));
                 }
             }
         }
@@ -311,5 +372,9 @@ impl Img<'_> {
 
 /// C's `%#x`: `0x` prefix except for zero.
 fn hex(v: u64) -> String {
-    if v == 0 { "0".into() } else { format!("{v:#x}") }
+    if v == 0 {
+        "0".into()
+    } else {
+        format!("{v:#x}")
+    }
 }

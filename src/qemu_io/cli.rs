@@ -1,8 +1,8 @@
 //! qemu-io's own command line (`-f -t -c --image-opts -r -n ...`) and its interactive loop.
 
-use super::session::{parse_cache_mode, OpenRequest, Session};
 use super::Invocation;
-use crate::block::open::{parse_keyval, Options};
+use super::session::{OpenRequest, Session, parse_cache_mode};
+use crate::block::open::{Options, parse_keyval};
 use crate::output::{Console, SharedSink};
 use std::io::BufRead;
 use std::path::Path;
@@ -18,7 +18,9 @@ fn parse_args(args: &[String], console: &Console) -> Result<(Invocation, bool), 
     while let Some(a) = it.next() {
         let mut value = |name: &str| -> Result<String, i32> {
             it.next().cloned().ok_or_else(|| {
-                console.err(&format!("qemu-io: option requires an argument -- '{name}'\n{USAGE_HINT}"));
+                console.err(&format!(
+                    "qemu-io: option requires an argument -- '{name}'\n{USAGE_HINT}"
+                ));
                 1
             })
         };
@@ -43,7 +45,9 @@ fn parse_args(args: &[String], console: &Console) -> Result<(Invocation, bool), 
         }
     }
     if positionals.len() > 1 {
-        console.err(&format!("qemu-io: only one image may be given\n{USAGE_HINT}"));
+        console.err(&format!(
+            "qemu-io: only one image may be given\n{USAGE_HINT}"
+        ));
         return Err(1);
     }
     inv.drive = positionals.pop();
@@ -58,7 +62,12 @@ pub fn main(args: &[String], base_dir: &Path, sink: SharedSink, stdin: &mut dyn 
     }
 }
 
-pub fn run_invocation(inv: &Invocation, base_dir: &Path, sink: SharedSink, stdin: Option<&mut dyn BufRead>) -> i32 {
+pub fn run_invocation(
+    inv: &Invocation,
+    base_dir: &Path,
+    sink: SharedSink,
+    stdin: Option<&mut dyn BufRead>,
+) -> i32 {
     run_with(inv, base_dir, Console::new(sink), false, stdin)
 }
 

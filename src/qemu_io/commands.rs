@@ -3,8 +3,8 @@
 use super::commands_table::{self, CommandSpec};
 use super::format::{cvtstr, dump_buffer, report_duration};
 use super::getopt::Getopt;
-use super::numbers::{cvtnum, parse_pattern, parse_sleep_ms, NumError};
-use super::session::{parse_cache_mode, OpenRequest, Session};
+use super::numbers::{NumError, cvtnum, parse_pattern, parse_sleep_ms};
+use super::session::{OpenRequest, Session, parse_cache_mode};
 use crate::block::backend::BlockBackend;
 use crate::block::driver::ReqFlags;
 use crate::block::io::{self, REQUEST_MAX_BYTES};
@@ -64,7 +64,9 @@ pub fn dispatch(s: &mut Session, spec: &'static CommandSpec, argv: &[String]) ->
 }
 
 fn blk(s: &Session) -> Rc<BlockBackend> {
-    s.blk.clone().expect("commands that need a file are only dispatched with one open")
+    s.blk
+        .clone()
+        .expect("commands that need a file are only dispatched with one open")
 }
 
 /// `cvtnum` with qemu-io's message on failure.
@@ -110,7 +112,9 @@ fn report(s: &Session, op: &str, t: Duration, offset: i64, count: i64, total: i6
 
 fn check_len(s: &Session, count: i64, arg: &str, extra: &str) -> Result<(), i32> {
     if count as u64 > REQUEST_MAX_BYTES {
-        s.out(&format!("length cannot exceed {REQUEST_MAX_BYTES}{extra}, given {arg}\n"));
+        s.out(&format!(
+            "length cannot exceed {REQUEST_MAX_BYTES}{extra}, given {arg}\n"
+        ));
         return Err(EINVAL);
     }
     Ok(())
@@ -118,11 +122,15 @@ fn check_len(s: &Session, count: i64, arg: &str, extra: &str) -> Result<(), i32>
 
 fn sector_aligned(s: &Session, offset: i64, count: i64) -> Result<(), i32> {
     if offset % 512 != 0 {
-        s.out(&format!("{offset} is not a sector-aligned value for 'offset'\n"));
+        s.out(&format!(
+            "{offset} is not a sector-aligned value for 'offset'\n"
+        ));
         return Err(EINVAL);
     }
     if count % 512 != 0 {
-        s.out(&format!("{count} is not a sector-aligned value for 'count'\n"));
+        s.out(&format!(
+            "{count} is not a sector-aligned value for 'count'\n"
+        ));
         return Err(EINVAL);
     }
     Ok(())
@@ -230,11 +238,15 @@ fn iovec_len(s: &Session, args: &[String]) -> Result<i64, i32> {
     for arg in args {
         let len = num(s, arg)?;
         if len as u64 > REQUEST_MAX_BYTES {
-            s.out(&format!("Argument '{arg}' exceeds maximum size {REQUEST_MAX_BYTES}\n"));
+            s.out(&format!(
+                "Argument '{arg}' exceeds maximum size {REQUEST_MAX_BYTES}\n"
+            ));
             return Err(EINVAL);
         }
         if total as u64 > REQUEST_MAX_BYTES - len as u64 {
-            s.out(&format!("The total number of bytes exceed the maximum size {REQUEST_MAX_BYTES}\n"));
+            s.out(&format!(
+                "The total number of bytes exceed the maximum size {REQUEST_MAX_BYTES}\n"
+            ));
             return Err(EINVAL);
         }
         total += len;
@@ -278,11 +290,13 @@ fn readv_f(s: &mut Session, spec: &CommandSpec, argv: &[String]) -> i32 {
         }
     };
     let mut rc = 0;
-    if let Some(p) = pat {
-        if buf.iter().any(|&b| b != p) {
-            s.out(&format!("Pattern verification failed at offset {offset}, {count} bytes\n"));
-            rc = EINVAL;
-        }
+    if let Some(p) = pat
+        && buf.iter().any(|&b| b != p)
+    {
+        s.out(&format!(
+            "Pattern verification failed at offset {offset}, {count} bytes\n"
+        ));
+        rc = EINVAL;
     }
     if quiet {
         return rc;
@@ -299,7 +313,10 @@ fn buffer_from_file(s: &Session, name: &str, len: usize) -> Option<Vec<u8>> {
     let path = s.base_dir.join(name);
     match std::fs::read(&path) {
         Err(e) => {
-            s.err(&format!("{name}: {}\n", strerror(e.raw_os_error().unwrap_or(libc::EIO))));
+            s.err(&format!(
+                "{name}: {}\n",
+                strerror(e.raw_os_error().unwrap_or(libc::EIO))
+            ));
             None
         }
         Ok(data) if data.is_empty() => {
@@ -311,7 +328,8 @@ fn buffer_from_file(s: &Session, name: &str, len: usize) -> Option<Vec<u8>> {
 }
 
 fn write_f(s: &mut Session, spec: &CommandSpec, argv: &[String]) -> i32 {
-    let (mut bflag, mut compressed, mut compact, mut fua, mut nofallback) = (false, false, false, false, false);
+    let (mut bflag, mut compressed, mut compact, mut fua, mut nofallback) =
+        (false, false, false, false, false);
     let (mut quiet, mut registered, mut unmap, mut zflag) = (false, false, false, false);
     let mut pat: Option<u8> = None;
     let mut source: Option<String> = None;
@@ -485,10 +503,12 @@ fn aio_read_f(s: &mut Session, spec: &CommandSpec, argv: &[String]) -> i32 {
             console.out(&format!("readv failed: {}\n", strerror(e)));
             return;
         }
-        if let Some(p) = pat {
-            if buf.iter().any(|&b| b != p) {
-                console.out(&format!("Pattern verification failed at offset {offset}, {count} bytes\n"));
-            }
+        if let Some(p) = pat
+            && buf.iter().any(|&b| b != p)
+        {
+            console.out(&format!(
+                "Pattern verification failed at offset {offset}, {count} bytes\n"
+            ));
         }
         if quiet {
             return;
@@ -496,7 +516,9 @@ fn aio_read_f(s: &mut Session, spec: &CommandSpec, argv: &[String]) -> i32 {
         if verbose {
             console.out(&dump_buffer(&buf, offset as u64));
         }
-        console.out(&report_duration("read", elapsed, offset, count, count, 1, compact));
+        console.out(&report_duration(
+            "read", elapsed, offset, count, count, 1, compact,
+        ));
     });
     0
 }
@@ -536,7 +558,11 @@ fn aio_write_f(s: &mut Session, spec: &CommandSpec, argv: &[String]) -> i32 {
         return EINVAL;
     }
     let offset = tri!(num(s, &pos[0]));
-    let count = if zflag { tri!(num(s, &pos[1])) } else { tri!(iovec_len(s, &pos[1..])) };
+    let count = if zflag {
+        tri!(num(s, &pos[1]))
+    } else {
+        tri!(iovec_len(s, &pos[1..]))
+    };
     if invalid {
         s.out("injecting invalid write request\n");
         return 0;
@@ -552,7 +578,8 @@ fn aio_write_f(s: &mut Session, spec: &CommandSpec, argv: &[String]) -> i32 {
         let ret = if zflag {
             b.pwrite_zeroes(offset as u64, count as u64, flags).await
         } else {
-            b.pwrite(offset as u64, &vec![pat; count as usize], flags).await
+            b.pwrite(offset as u64, &vec![pat; count as usize], flags)
+                .await
         };
         let elapsed = t0.elapsed();
         if let Err(e) = ret {
@@ -560,7 +587,9 @@ fn aio_write_f(s: &mut Session, spec: &CommandSpec, argv: &[String]) -> i32 {
             return;
         }
         if !quiet {
-            console.out(&report_duration("wrote", elapsed, offset, count, count, 1, compact));
+            console.out(&report_duration(
+                "wrote", elapsed, offset, count, count, 1, compact,
+            ));
         }
     });
     0
@@ -666,8 +695,14 @@ fn info_f(s: &mut Session) -> i32 {
             _ => break Default::default(),
         }
     };
-    s.out(&format!("cluster size: {}\n", cvtstr(info.cluster_size as f64)));
-    s.out(&format!("vm state offset: {}\n", cvtstr(info.vm_state_offset as f64)));
+    s.out(&format!(
+        "cluster size: {}\n",
+        cvtstr(info.cluster_size as f64)
+    ));
+    s.out(&format!(
+        "vm state offset: {}\n",
+        cvtstr(info.vm_state_offset as f64)
+    ));
     if !info.specific.is_empty() {
         s.out("Format specific information:\n");
         for line in &info.specific {
@@ -725,7 +760,11 @@ fn map_f(s: &mut Session) -> i32 {
                     s.report("Unexpected end of image");
                     return -libc::EIO;
                 }
-                let what = if allocated { "    allocated" } else { "not allocated" };
+                let what = if allocated {
+                    "    allocated"
+                } else {
+                    "not allocated"
+                };
                 s.out(&format!(
                     "{} (0x{n:x}) bytes {what} at offset {} (0x{offset:x})\n",
                     cvtstr(n as f64),
@@ -739,10 +778,15 @@ fn map_f(s: &mut Session) -> i32 {
 
 fn alloc_f(s: &mut Session, argv: &[String]) -> i32 {
     let start = tri!(num(s, &argv[1]));
-    let count = if argv.len() == 3 { tri!(num(s, &argv[2])) } else { 512 };
+    let count = if argv.len() == 3 {
+        tri!(num(s, &argv[2]))
+    } else {
+        512
+    };
     let root = blk(s).root.clone();
     let Some(result) = s.run_sync(async move {
-        let (mut offset, mut remaining, mut count, mut sum) = (start as u64, count as u64, count, 0u64);
+        let (mut offset, mut remaining, mut count, mut sum) =
+            (start as u64, count as u64, count, 0u64);
         while remaining > 0 {
             let (a, n) = io::is_allocated(&root, offset, remaining).await?;
             offset += n;
@@ -765,7 +809,10 @@ fn alloc_f(s: &mut Session, argv: &[String]) -> i32 {
             -e
         }
         Ok((sum, count)) => {
-            s.out(&format!("{sum}/{count} bytes allocated at offset {}\n", cvtstr(start as f64)));
+            s.out(&format!(
+                "{sum}/{count} bytes allocated at offset {}\n",
+                cvtstr(start as f64)
+            ));
             0
         }
     }
@@ -779,7 +826,10 @@ fn debug_node(s: &Session) -> Option<Rc<crate::block::node::Node>> {
 fn break_f(s: &mut Session, argv: &[String]) -> i32 {
     let ret = match debug_node(s) {
         None => Err(libc::ENOTSUP),
-        Some(n) => n.driver.as_blkdebug().map_or(Err(libc::ENOTSUP), |d| d.add_breakpoint(&argv[1], &argv[2])),
+        Some(n) => n
+            .driver
+            .as_blkdebug()
+            .map_or(Err(libc::ENOTSUP), |d| d.add_breakpoint(&argv[1], &argv[2])),
     };
     match ret {
         Ok(()) => 0,
@@ -792,7 +842,9 @@ fn break_f(s: &mut Session, argv: &[String]) -> i32 {
 
 /// Resumes one request suspended with `tag`, re-entering it at once.
 fn resume_one(s: &mut Session, node: &crate::block::node::Node, tag: &str) -> bool {
-    let Some(d) = node.driver.as_blkdebug() else { return false };
+    let Some(d) = node.driver.as_blkdebug() else {
+        return false;
+    };
     match d.resume_one(tag) {
         None => false,
         Some(task) => {
@@ -808,7 +860,11 @@ fn resume_f(s: &mut Session, argv: &[String]) -> i32 {
     let ret = match debug_node(s) {
         None => Err(libc::ENOTSUP),
         Some(n) => {
-            if resume_one(s, &n, &argv[1]) { Ok(()) } else { Err(libc::ENOENT) }
+            if resume_one(s, &n, &argv[1]) {
+                Ok(())
+            } else {
+                Err(libc::ENOENT)
+            }
         }
     };
     match ret {
@@ -824,7 +880,10 @@ fn remove_break_f(s: &mut Session, argv: &[String]) -> i32 {
     let ret = match debug_node(s) {
         None => Err(libc::ENOTSUP),
         Some(n) => {
-            let removed = n.driver.as_blkdebug().is_some_and(|d| d.remove_breakpoints(&argv[1]));
+            let removed = n
+                .driver
+                .as_blkdebug()
+                .is_some_and(|d| d.remove_breakpoints(&argv[1]));
             while resume_one(s, &n, &argv[1]) {}
             if removed { Ok(()) } else { Err(libc::ENOENT) }
         }
@@ -832,7 +891,11 @@ fn remove_break_f(s: &mut Session, argv: &[String]) -> i32 {
     match ret {
         Ok(()) => 0,
         Err(e) => {
-            s.out(&format!("Could not remove breakpoint {}: {}\n", argv[1], strerror(e)));
+            s.out(&format!(
+                "Could not remove breakpoint {}: {}\n",
+                argv[1],
+                strerror(e)
+            ));
             -e
         }
     }
@@ -876,11 +939,20 @@ fn sigraise_f(s: &mut Session, argv: &[String]) -> i32 {
         }
     };
     if sig > 65 {
-        s.out(&format!("signal argument '{}' is too large to be a valid signal\n", argv[1]));
+        s.out(&format!(
+            "signal argument '{}' is too large to be a valid signal\n",
+            argv[1]
+        ));
         return EINVAL;
     }
     // Signals whose default action is to do nothing leave the process running.
-    const IGNORED: [i64; 5] = [0, libc::SIGCHLD as i64, libc::SIGCONT as i64, libc::SIGURG as i64, libc::SIGWINCH as i64];
+    const IGNORED: [i64; 5] = [
+        0,
+        libc::SIGCHLD as i64,
+        libc::SIGCONT as i64,
+        libc::SIGURG as i64,
+        libc::SIGWINCH as i64,
+    ];
     if !IGNORED.contains(&sig) {
         s.console.exit(128 + sig as i32);
     }

@@ -1,12 +1,12 @@
 //! The qemu-io command language.
 
+pub mod cli;
+pub mod commands;
 pub mod commands_table;
 pub mod format;
 pub mod getopt;
 pub mod numbers;
 pub mod session;
-pub mod commands;
-pub mod cli;
 
 use crate::output::SharedSink;
 use std::path::Path;
@@ -33,6 +33,11 @@ pub fn run(inv: &Invocation, base_dir: &Path, sink: SharedSink) -> i32 {
 
 /// `blockfault io ARGS...`: qemu-io's own command line (argv without the program name); without
 /// `-c`, commands are read from `stdin` as qemu-io's interactive mode does.
-pub fn main(args: &[String], base_dir: &Path, sink: SharedSink, stdin: &mut dyn std::io::BufRead) -> i32 {
+pub fn main(
+    args: &[String],
+    base_dir: &Path,
+    sink: SharedSink,
+    stdin: &mut dyn std::io::BufRead,
+) -> i32 {
     cli::main(args, base_dir, sink, stdin)
 }

@@ -5,7 +5,7 @@ use super::commands_table::{self, CommandSpec};
 use crate::block::backend::BlockBackend;
 use crate::block::executor::{Executor, TaskId};
 use crate::block::node::OpenFlags;
-use crate::block::open::{open_drive, OpenContext, Options};
+use crate::block::open::{OpenContext, Options, open_drive};
 use crate::output::Console;
 use std::cell::RefCell;
 use std::future::Future;
@@ -125,10 +125,14 @@ impl Session {
         let what = if tags.is_empty() {
             "a request can never complete".to_string()
         } else {
-            format!("a request is suspended at breakpoint '{}' and nothing will resume it", tags.join("', '"))
+            format!(
+                "a request is suspended at breakpoint '{}' and nothing will resume it",
+                tags.join("', '")
+            )
         };
-        self.console
-            .err(&format!("blockfault: {what}; qemu-io would hang here forever\n"));
+        self.console.err(&format!(
+            "blockfault: {what}; qemu-io would hang here forever\n"
+        ));
         self.console.exit(1);
     }
 
@@ -136,7 +140,12 @@ impl Session {
         self.blk
             .as_ref()
             .and_then(|b| b.root.find_blkdebug())
-            .map(|n| n.driver.as_blkdebug().map(|d| d.suspended_tags()).unwrap_or_default())
+            .map(|n| {
+                n.driver
+                    .as_blkdebug()
+                    .map(|d| d.suspended_tags())
+                    .unwrap_or_default()
+            })
             .unwrap_or_default()
     }
 
@@ -171,7 +180,11 @@ impl Session {
 
     /// Runs one command line; returns its result as QEMU's int (negative = failure).
     pub fn command(&mut self, line: &str) -> i32 {
-        let argv: Vec<String> = line.split(' ').filter(|t| !t.is_empty()).map(str::to_string).collect();
+        let argv: Vec<String> = line
+            .split(' ')
+            .filter(|t| !t.is_empty())
+            .map(str::to_string)
+            .collect();
         let Some(name) = argv.first() else {
             return 0;
         };
@@ -185,11 +198,17 @@ impl Session {
         }
         let nargs = argv.len() - 1;
         if !commands_table::argc_ok(spec, nargs) {
-            self.err(&format!("{}\n", commands_table::bad_argc_message(spec, name, nargs)));
+            self.err(&format!(
+                "{}\n",
+                commands_table::bad_argc_message(spec, name, nargs)
+            ));
             return -libc::EINVAL;
         }
         if !spec.supported {
-            self.err(&format!("blockfault: qemu-io command \"{}\" is not supported by this engine\n", spec.name));
+            self.err(&format!(
+                "blockfault: qemu-io command \"{}\" is not supported by this engine\n",
+                spec.name
+            ));
             return -libc::ENOTSUP;
         }
         if spec.needs_write && self.blk.as_ref().is_some_and(|b| b.read_only.get()) {

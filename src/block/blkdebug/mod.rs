@@ -8,10 +8,8 @@ pub mod limits;
 pub mod rules;
 pub mod setup;
 
-use super::driver::{
-    BlockDriver, BlockStatus, BoxFut, Capabilities, IoResult, ReqFlags, status,
-};
-use super::executor::{yield_now, TaskId};
+use super::driver::{BlockDriver, BlockStatus, BoxFut, Capabilities, IoResult, ReqFlags, status};
+use super::executor::{TaskId, yield_now};
 use super::io;
 use super::node::Node;
 use crate::output::Console;
@@ -247,7 +245,13 @@ impl BlkDebug {
     /// `break EVENT TAG`: Err(ENOENT) for an unknown event name.
     pub fn add_breakpoint(&self, event_name: &str, tag: &str) -> IoResult {
         let event = Event::from_name(event_name).ok_or(libc::ENOENT)?;
-        self.add_rule(event, 0, Action::Suspend { tag: tag.to_string() });
+        self.add_rule(
+            event,
+            0,
+            Action::Suspend {
+                tag: tag.to_string(),
+            },
+        );
         Ok(())
     }
 
@@ -258,10 +262,10 @@ impl BlkDebug {
         let s = self.suspended.borrow_mut().remove(pos);
         self.say(format!("blkdebug: Resuming request '{tag}'\n"));
         s.resumes.granted.set(s.resumes.granted.get() + 1);
-        if s.task.is_none() {
-            if let Some(w) = s.resumes.waker.borrow_mut().take() {
-                w.wake();
-            }
+        if s.task.is_none()
+            && let Some(w) = s.resumes.waker.borrow_mut().take()
+        {
+            w.wake();
         }
         Some(s.task)
     }
@@ -286,7 +290,11 @@ impl BlkDebug {
 
     /// Tags of requests still suspended (closing with one would hang QEMU).
     pub fn suspended_tags(&self) -> Vec<String> {
-        self.suspended.borrow().iter().map(|s| s.tag.clone()).collect()
+        self.suspended
+            .borrow()
+            .iter()
+            .map(|s| s.tag.clone())
+            .collect()
     }
 }
 
@@ -335,9 +343,18 @@ impl BlockDriver for BlkDebugDriver {
         }
     }
 
-    fn preadv<'a>(&'a self, node: &'a Node, offset: u64, buf: &'a mut [u8]) -> BoxFut<'a, IoResult> {
+    fn preadv<'a>(
+        &'a self,
+        node: &'a Node,
+        offset: u64,
+        buf: &'a mut [u8],
+    ) -> BoxFut<'a, IoResult> {
         Box::pin(async move {
-            if !self.state.check(offset, buf.len() as u64, iotype::READ).await? {
+            if !self
+                .state
+                .check(offset, buf.len() as u64, iotype::READ)
+                .await?
+            {
                 return Ok(());
             }
             io::preadv(node.file(), offset, buf).await
@@ -352,7 +369,11 @@ impl BlockDriver for BlkDebugDriver {
         flags: ReqFlags,
     ) -> BoxFut<'a, IoResult> {
         Box::pin(async move {
-            if !self.state.check(offset, buf.len() as u64, iotype::WRITE).await? {
+            if !self
+                .state
+                .check(offset, buf.len() as u64, iotype::WRITE)
+                .await?
+            {
                 return Ok(());
             }
             io::pwritev(node.file(), offset, buf, flags).await
@@ -367,12 +388,19 @@ impl BlockDriver for BlkDebugDriver {
         flags: ReqFlags,
     ) -> BoxFut<'a, IoResult> {
         Box::pin(async move {
-            let align = node.limits.request_alignment.max(node.limits.pwrite_zeroes_alignment);
+            let align = node
+                .limits
+                .request_alignment
+                .max(node.limits.pwrite_zeroes_alignment);
             // Small requests take the fallback path on purpose, so that it gets tested.
             if bytes < align {
                 return Err(libc::ENOTSUP);
             }
-            if !self.state.check(offset, bytes, iotype::WRITE_ZEROES).await? {
+            if !self
+                .state
+                .check(offset, bytes, iotype::WRITE_ZEROES)
+                .await?
+            {
                 return Ok(());
             }
             io::pwrite_zeroes(node.file(), offset, bytes, flags).await
@@ -410,9 +438,16 @@ impl BlockDriver for BlkDebugDriver {
         Box::pin(async move {
             // A negative errno "succeeds" with a positive return, which QEMU then reads as
             // status bits; report the range as plain data in that odd case.
-            let passed = self.state.check(offset, bytes, iotype::BLOCK_STATUS).await?;
+            let passed = self
+                .state
+                .check(offset, bytes, iotype::BLOCK_STATUS)
+                .await?;
             Ok(BlockStatus {
-                flags: if passed { status::RAW | status::OFFSET_VALID } else { status::DATA },
+                flags: if passed {
+                    status::RAW | status::OFFSET_VALID
+                } else {
+                    status::DATA
+                },
                 pnum: bytes,
                 map: offset,
                 file: passed.then(|| node.file().clone()),
@@ -430,7 +465,13 @@ impl BlockDriver for BlkDebugDriver {
 
     fn debug_event(&self, _node: &Node, event: Event) -> Option<BoxFut<'static, ()>> {
         let resumes = self.state.process_event(event)?;
-        let needed = self.state.suspended.borrow().iter().filter(|s| Rc::ptr_eq(&s.resumes, &resumes)).count();
+        let needed = self
+            .state
+            .suspended
+            .borrow()
+            .iter()
+            .filter(|s| Rc::ptr_eq(&s.resumes, &resumes))
+            .count();
         Some(Box::pin(WaitResumes { resumes, needed }))
     }
 

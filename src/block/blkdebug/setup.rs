@@ -1,8 +1,8 @@
 //! Applying parsed configuration to a blkdebug node at open time, in QEMU's order: the config
 //! file's rules, then the option rules, then (once the image child is open) the I/O limits.
 
-use super::limits::{limits_from_options, LIMIT_KEYS};
-use super::rules::{option_left_unconsumed, read_config, OpenFailure, RuleSpec};
+use super::limits::{LIMIT_KEYS, limits_from_options};
+use super::rules::{OpenFailure, RuleSpec, option_left_unconsumed, read_config};
 use super::{BlkDebug, InjectError};
 use crate::block::driver::Limits;
 use crate::block::node::Node;
@@ -10,7 +10,8 @@ use crate::block::open::{OpenContext, Options};
 use std::rc::Rc;
 
 /// Why QEMU would abort (an error set twice on one error variable): we fail the open instead.
-const DOUBLE_ERROR: &str = "blkdebug: two errors at once while opening (QEMU 10.0.2 aborts on an assertion here)";
+const DOUBLE_ERROR: &str =
+    "blkdebug: two errors at once while opening (QEMU 10.0.2 aborts on an assertion here)";
 
 /// What is left to do once the image child is open.
 pub struct Setup {
@@ -47,26 +48,37 @@ pub fn configure(
     };
     let inject = take("inject-error");
     let set_state = take("set-state");
-    let set = read_config(text.as_deref(), inject.as_ref(), set_state.as_ref()).map_err(|f| match f {
-        OpenFailure::Error(e) => e,
-        OpenFailure::ErrpAssertion => DOUBLE_ERROR.to_string(),
-    })?;
+    let set =
+        read_config(text.as_deref(), inject.as_ref(), set_state.as_ref()).map_err(|f| match f {
+            OpenFailure::Error(e) => e,
+            OpenFailure::ErrpAssertion => DOUBLE_ERROR.to_string(),
+        })?;
     for rule in set.rules {
         match rule {
-            RuleSpec::InjectError { event, state: s, iotype_mask, errno, offset, once, immediately } => {
-                state.add_inject_error(
-                    event,
-                    s,
-                    InjectError {
-                        errno,
-                        offset: (offset != -1).then_some(offset as u64),
-                        once,
-                        immediately,
-                        iotype_mask: iotype_mask.0,
-                    },
-                )
-            }
-            RuleSpec::SetState { event, state: s, new_state } => state.add_set_state(event, s, new_state),
+            RuleSpec::InjectError {
+                event,
+                state: s,
+                iotype_mask,
+                errno,
+                offset,
+                once,
+                immediately,
+            } => state.add_inject_error(
+                event,
+                s,
+                InjectError {
+                    errno,
+                    offset: (offset != -1).then_some(offset as u64),
+                    once,
+                    immediately,
+                    iotype_mask: iotype_mask.0,
+                },
+            ),
+            RuleSpec::SetState {
+                event,
+                state: s,
+                new_state,
+            } => state.add_set_state(event, s, new_state),
         }
     }
     let mut limit_options = Options::new();
@@ -75,7 +87,10 @@ pub fn configure(
             limit_options.insert(k.to_string(), v);
         }
     }
-    Ok(Setup { limit_options, pending_error: set.pending_error })
+    Ok(Setup {
+        limit_options,
+        pending_error: set.pending_error,
+    })
 }
 
 impl Setup {
