@@ -28,7 +28,11 @@ const ERRNOS: &[u32] = &[5, 28, 0];
 fn generate(i: usize) -> String {
     let event = EVENTS[i % EVENTS.len()];
     let errno = ERRNOS[(i / 2) % ERRNOS.len()];
-    let once = if (i / 6) % 2 == 0 { "on" } else { "off" };
+    let once = if (i / 6).is_multiple_of(2) {
+        "on"
+    } else {
+        "off"
+    };
     let off = (i % 8) * 512;
     format!(
         "description: generated {i}\nfiles:\n  rules.cfg: |\n    [inject-error]\n    event = \"{event}\"\n    errno = \"{errno}\"\n    once = \"{once}\"\n    sector = \"{}\"\nimages:\n  - {{name: t.img, format: raw, size: 1M}}\nsteps:\n  - qemu-io:\n      drive: \"blkdebug:rules.cfg:t.img\"\n      format: raw\n      commands: [write -P {} {off} 4k, read -P {} {off} 4k, read 0 512, write 64k 512]\n",
