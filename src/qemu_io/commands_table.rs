@@ -929,7 +929,7 @@ mod tests {
         for c in &COMMANDS {
             assert_eq!(
                 c.supported,
-                !c.name.starts_with("zone_") && c.name != "reopen",
+                !c.name.starts_with("zone_"),
                 "{}",
                 c.name
             );
