@@ -12,6 +12,9 @@ use std::path::Path;
 
 pub struct FileDriver {
     file: File,
+    /// the file's size, kept as QEMU keeps total_sectors: asking the host on every request
+    /// would cost a syscall per layer per request
+    len: std::cell::Cell<Option<u64>>,
 }
 
 fn errno_of(e: &io::Error) -> i32 {
@@ -34,14 +37,36 @@ impl FileDriver {
         if file.metadata().map(|m| m.is_dir()).unwrap_or(false) {
             return Err(format!("'{shown_name}' is a directory"));
         }
-        Ok(Self { file })
+        Ok(Self {
+            file,
+            len: std::cell::Cell::new(None),
+        })
     }
 
     fn len(&self) -> IoResult<u64> {
-        self.file
+        if let Some(len) = self.len.get() {
+            return Ok(len);
+        }
+        let len = self
+            .file
             .metadata()
             .map(|m| m.len())
-            .map_err(|e| errno_of(&e))
+            .map_err(|e| errno_of(&e))?;
+        self.len.set(Some(len));
+        Ok(len)
+    }
+
+    /// Forgets the cached size after something that may have changed it.
+    fn size_changed(&self) {
+        self.len.set(None);
+    }
+
+    fn grew_to(&self, end: u64) {
+        if let Some(len) = self.len.get() {
+            if end > len {
+                self.len.set(Some(end));
+            }
+        }
     }
 
     fn read_full(&self, offset: u64, buf: &mut [u8]) -> IoResult {
@@ -130,6 +155,11 @@ impl BlockDriver for FileDriver {
                 .file
                 .write_all_at(buf, offset)
                 .map_err(|e| errno_of(&e));
+            if ret.is_ok() {
+                self.grew_to(offset + buf.len() as u64);
+            } else {
+                self.size_changed();
+            }
             // FUA as file-posix does it: a data sync after the write.
             if ret.is_ok() && flags.has(ReqFlags::FUA) {
                 ret = self.fdatasync();
@@ -148,6 +178,7 @@ impl BlockDriver for FileDriver {
     ) -> BoxFut<'a, IoResult> {
         Box::pin(async move {
             let ret = self.zero_range(offset, bytes, flags.has(ReqFlags::MAY_UNMAP));
+            self.size_changed();
             yield_now().await;
             ret
         })

@@ -927,12 +927,7 @@ mod tests {
             .collect();
         assert_eq!(resize, ["truncate"]);
         for c in &COMMANDS {
-            assert_eq!(
-                c.supported,
-                !c.name.starts_with("zone_"),
-                "{}",
-                c.name
-            );
+            assert_eq!(c.supported, !c.name.starts_with("zone_"), "{}", c.name);
         }
     }
 }

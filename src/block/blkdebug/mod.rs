@@ -144,35 +144,39 @@ impl BlkDebug {
 
     /// Processes event `event`: returns how many breakpoints suspended the current request.
     fn process_event(&self, event: Event) -> Option<Rc<Resumes>> {
-        let list = self.rules.borrow()[event.index()].clone();
+        let rules = self.rules.borrow();
+        let list = &rules[event.index()];
         if list.is_empty() {
             return None;
         }
         let old_state = self.state.get();
         let mut new_state = old_state;
-        let mut injects = 0;
+        // QEMU resets the active list at the first matching inject-error rule of the event and
+        // inserts each at the head while walking newest-first: the result is definition order.
+        let mut armed: Option<Vec<Rc<Rule>>> = None;
         let mut suspends = Vec::new();
-        for rule in &list {
+        for rule in list {
             if rule.state != 0 && rule.state != old_state {
                 continue;
             }
             match &rule.action {
-                Action::InjectError(_) => {
-                    injects += 1;
-                    let mut active = self.active.borrow_mut();
-                    if injects == 1 {
-                        active.clear();
-                    }
-                    // Head insertion while walking a newest-first list: definition order.
-                    active.insert(0, rule.clone());
-                }
+                Action::InjectError(_) => armed.get_or_insert_with(Vec::new).push(rule.clone()),
                 Action::SetState { new_state: n } => new_state = *n,
-                Action::Suspend { tag } => {
-                    self.remove_rule(rule.id);
-                    suspends.push(tag.clone());
-                }
+                Action::Suspend { tag } => suspends.push((rule.id, tag.clone())),
             }
         }
+        drop(rules);
+        if let Some(mut armed) = armed {
+            armed.reverse();
+            *self.active.borrow_mut() = armed;
+        }
+        let suspends: Vec<String> = suspends
+            .into_iter()
+            .map(|(id, tag)| {
+                self.remove_rule(id);
+                tag
+            })
+            .collect();
         self.state.set(new_state);
         if suspends.is_empty() {
             return None;
