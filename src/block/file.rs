@@ -261,6 +261,7 @@ impl BlockDriver for FileDriver {
 
     fn truncate<'a>(&'a self, _node: &'a Node, size: u64) -> BoxFut<'a, Result<(), String>> {
         Box::pin(async move {
+            self.size_changed();
             self.file.set_len(size).map_err(|e| {
                 format!(
                     "Failed to resize file: {}",
