@@ -62,10 +62,10 @@ impl FileDriver {
     }
 
     fn grew_to(&self, end: u64) {
-        if let Some(len) = self.len.get() {
-            if end > len {
-                self.len.set(Some(end));
-            }
+        if let Some(len) = self.len.get()
+            && end > len
+        {
+            self.len.set(Some(end));
         }
     }
 
