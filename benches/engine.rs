@@ -27,6 +27,7 @@ fn open(dir: &Path, drive: &str) -> Rc<BlockBackend> {
             unmap: true,
             no_flush: false,
         },
+        skip_host_sync: false,
     };
     let root =
         open_drive(Some(drive), Options::new(), Some("raw"), &ctx).expect("bench drive opens");

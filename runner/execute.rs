@@ -166,6 +166,8 @@ fn invocation(q: &QemuIoStep) -> blockfault::qemu_io::Invocation {
         image_opts: q.image_opts,
         commands: q.commands.clone(),
         drive: q.drive.as_ref().map(drive_string),
+        // Scratch directories are deleted afterwards: their durability is not worth a sync.
+        skip_host_sync: true,
     }
 }
 
@@ -194,6 +196,29 @@ struct Scratch {
     keep: bool,
 }
 
+/// Where scratch directories go: `BLOCKFAULT_SCRATCH` if set, else `/dev/shm` where it is a
+/// writable directory (creating and deleting small sparse images on a disk file system costs
+/// more than running a whole scenario on the builtin engine), else the system temp dir.
+fn scratch_root() -> PathBuf {
+    static ROOT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    ROOT.get_or_init(|| {
+        if let Some(dir) = std::env::var_os("BLOCKFAULT_SCRATCH").filter(|d| !d.is_empty()) {
+            return PathBuf::from(dir);
+        }
+        let shm = Path::new("/dev/shm");
+        let probe = shm.join(format!("blockfault-probe-{}", std::process::id()));
+        let writable = std::fs::create_dir(&probe)
+            .and_then(|()| std::fs::remove_dir(&probe))
+            .is_ok();
+        if writable {
+            shm.to_path_buf()
+        } else {
+            std::env::temp_dir()
+        }
+    })
+    .clone()
+}
+
 impl Scratch {
     fn new(name: &str) -> std::io::Result<Scratch> {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
@@ -203,8 +228,7 @@ impl Scratch {
             .collect();
         loop {
             let n = NEXT.fetch_add(1, Ordering::Relaxed);
-            let path =
-                std::env::temp_dir().join(format!("blockfault-{}-{n}-{tag}", std::process::id()));
+            let path = scratch_root().join(format!("blockfault-{}-{n}-{tag}", std::process::id()));
             match std::fs::create_dir(&path) {
                 Ok(()) => return Ok(Scratch { path, keep: false }),
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,

@@ -12,6 +12,8 @@ use std::path::Path;
 
 pub struct FileDriver {
     file: File,
+    /// whether flushes and FUA writes reach the host disk (fdatasync)
+    sync: bool,
     /// the file's size, kept as QEMU keeps total_sectors: asking the host on every request
     /// would cost a syscall per layer per request
     len: std::cell::Cell<Option<u64>>,
@@ -23,7 +25,12 @@ fn errno_of(e: &io::Error) -> i32 {
 
 impl FileDriver {
     /// Opens `path` (already resolved against the caller's directory). The error is QEMU's text.
-    pub fn open(path: &Path, shown_name: &str, read_only: bool) -> Result<Self, String> {
+    pub fn open(
+        path: &Path,
+        shown_name: &str,
+        read_only: bool,
+        sync: bool,
+    ) -> Result<Self, String> {
         let file = OpenOptions::new()
             .read(true)
             .write(!read_only)
@@ -39,6 +46,7 @@ impl FileDriver {
         }
         Ok(Self {
             file,
+            sync,
             len: std::cell::Cell::new(None),
         })
     }
@@ -87,6 +95,9 @@ impl FileDriver {
     }
 
     fn fdatasync(&self) -> IoResult {
+        if !self.sync {
+            return Ok(());
+        }
         self.file.sync_data().map_err(|e| errno_of(&e))
     }
 

@@ -22,6 +22,8 @@ pub struct OpenContext {
     pub base_dir: PathBuf,
     pub console: Rc<Console>,
     pub flags: OpenFlags,
+    /// see [`crate::qemu_io::Invocation::skip_host_sync`]
+    pub skip_host_sync: bool,
 }
 
 impl OpenContext {
@@ -320,7 +322,12 @@ fn open_file(
         opts.remove(k);
     }
     reject_unknown(&opts, "protocol", "file")?;
-    let driver = FileDriver::open(&ctx.resolve(&name), &name, ctx.flags.read_only)?;
+    let driver = FileDriver::open(
+        &ctx.resolve(&name),
+        &name,
+        ctx.flags.read_only,
+        !ctx.skip_host_sync,
+    )?;
     let mut node = Node::new(Box::new(driver), Vec::new(), name);
     node.supported_write_flags = ReqFlags::FUA;
     node.supported_zero_flags = ReqFlags::MAY_UNMAP.with(ReqFlags::NO_FALLBACK);

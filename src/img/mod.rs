@@ -83,6 +83,7 @@ impl Img<'_> {
                 unmap: true,
                 no_flush: false,
             },
+            skip_host_sync: false,
         };
         open_drive(Some(name), Options::new(), format, &ctx).map_err(|e| {
             self.error(&format!("Could not open '{name}': {e}"));

@@ -91,6 +91,7 @@ fn run_with(
         }
     };
     let mut session = Session::new(console.clone(), base_dir.to_path_buf());
+    session.skip_host_sync = inv.skip_host_sync;
     if let Some(drive) = &inv.drive {
         let (name, options) = if inv.image_opts {
             match parse_keyval(drive) {

@@ -24,6 +24,10 @@ pub struct Invocation {
     pub commands: Vec<String>,
     /// the positional filename, if any
     pub drive: Option<String>,
+    /// Skip the host's fdatasync for flushes and FUA writes. Every flush event and blkdebug
+    /// rule still applies; only durability of the host file is given up, which a scratch
+    /// directory that is deleted afterwards does not need.
+    pub skip_host_sync: bool,
 }
 
 /// Runs an invocation with relative paths resolved against `base_dir`; returns qemu-io's exit status.

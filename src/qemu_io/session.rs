@@ -31,6 +31,8 @@ pub struct Session {
     pub last_error: bool,
     /// `quit` was given
     pub quit: bool,
+    /// see [`super::Invocation::skip_host_sync`]
+    pub skip_host_sync: bool,
 }
 
 /// How a drive is opened (qemu-io's `openfile` parameters).
@@ -53,6 +55,7 @@ impl Session {
             base_dir,
             last_error: false,
             quit: false,
+            skip_host_sync: false,
         }
     }
 
@@ -83,6 +86,7 @@ impl Session {
                 unmap: true,
                 no_flush: req.no_flush,
             },
+            skip_host_sync: self.skip_host_sync,
         };
         match open_drive(req.name, req.options, None, &ctx) {
             Ok(root) => {
