@@ -2,6 +2,7 @@
 //! semantics (rule lists newest-first, the active list, state applied after all rules of an
 //! event, sticky and `once` rules, breakpoints that suspend requests until resumed).
 
+mod active;
 pub mod config;
 pub mod events;
 pub mod limits;
@@ -79,7 +80,11 @@ pub struct BlkDebug {
     /// per event, head first: QEMU inserts new rules at the head
     rules: RefCell<Vec<Vec<Rc<Rule>>>>,
     /// inject-error rules armed by the last event that had some, in match order
-    active: RefCell<Vec<Rc<Rule>>>,
+    active: RefCell<active::ActiveRules>,
+    /// bumped whenever a rule list changes
+    rules_version: Cell<u64>,
+    /// per event, how many of its rules are not inject-error rules
+    other_rules: RefCell<Vec<usize>>,
     /// head first (most recent)
     suspended: RefCell<Vec<Suspended>>,
     next_id: Cell<u64>,
@@ -100,7 +105,9 @@ impl BlkDebug {
         Self {
             state: Cell::new(1),
             rules: RefCell::new(vec![Vec::new(); Event::ALL.len()]),
-            active: RefCell::new(Vec::new()),
+            active: RefCell::new(active::ActiveRules::default()),
+            rules_version: Cell::new(0),
+            other_rules: RefCell::new(vec![0; Event::ALL.len()]),
             suspended: RefCell::new(Vec::new()),
             next_id: Cell::new(0),
             config_file,
@@ -111,7 +118,11 @@ impl BlkDebug {
     fn add_rule(&self, event: Event, state: i32, action: Action) {
         let id = self.next_id.get();
         self.next_id.set(id + 1);
+        if !matches!(action, Action::InjectError(_)) {
+            self.other_rules.borrow_mut()[event.index()] += 1;
+        }
         self.rules.borrow_mut()[event.index()].insert(0, Rc::new(Rule { id, state, action }));
+        self.rules_version.set(self.rules_version.get() + 1);
     }
 
     /// Adds an inject-error rule (rules are added in definition order).
@@ -137,9 +148,17 @@ impl BlkDebug {
     }
 
     fn remove_rule(&self, id: u64) {
-        for list in self.rules.borrow_mut().iter_mut() {
-            list.retain(|r| r.id != id);
+        let mut others = self.other_rules.borrow_mut();
+        for (event, list) in self.rules.borrow_mut().iter_mut().enumerate() {
+            list.retain(|r| {
+                let keep = r.id != id;
+                if !keep && !matches!(r.action, Action::InjectError(_)) {
+                    others[event] -= 1;
+                }
+                keep
+            });
         }
+        self.rules_version.set(self.rules_version.get() + 1);
     }
 
     /// Processes event `event`: returns how many breakpoints suspended the current request.
@@ -150,6 +169,14 @@ impl BlkDebug {
             return None;
         }
         let old_state = self.state.get();
+        let source = (event.index(), old_state, self.rules_version.get());
+        // The same event in the same state with the same rules arms the same list again; when
+        // that is all the event does, there is nothing to redo.
+        if self.other_rules.borrow()[event.index()] == 0
+            && self.active.borrow().source() == Some(source)
+        {
+            return None;
+        }
         let mut new_state = old_state;
         // QEMU resets the active list at the first matching inject-error rule of the event and
         // inserts each at the head while walking newest-first: the result is definition order.
@@ -168,7 +195,7 @@ impl BlkDebug {
         drop(rules);
         if let Some(mut armed) = armed {
             armed.reverse();
-            *self.active.borrow_mut() = armed;
+            self.active.borrow_mut().replace(armed, source);
         }
         let suspends: Vec<String> = suspends
             .into_iter()
@@ -199,20 +226,13 @@ impl BlkDebug {
 
     fn rule_check(&self, offset: u64, bytes: u64, kind: u8) -> (Check, bool) {
         let mut active = self.active.borrow_mut();
-        let hit = active.iter().position(|r| {
-            let Action::InjectError(ie) = &r.action else {
-                return false;
-            };
-            let at = match ie.offset {
-                None => true,
-                Some(o) => bytes != 0 && o >= offset && o < offset + bytes,
-            };
-            at && ie.iotype_mask & kind != 0
-        });
-        let Some(pos) = hit else {
+        if active.is_empty() {
+            return (Check::Pass, true);
+        }
+        let Some(pos) = active.first_match(offset, bytes, kind) else {
             return (Check::Pass, true);
         };
-        let Action::InjectError(ie) = active[pos].action.clone() else {
+        let Action::InjectError(ie) = active.get(pos).action.clone() else {
             unreachable!("the active list holds only inject-error rules")
         };
         if ie.errno == 0 {
@@ -277,15 +297,18 @@ impl BlkDebug {
     /// Deletes every breakpoint with `tag`; true if one existed. (Resuming the requests
     /// suspended with that tag is the caller's part, as it must re-enter each.)
     pub fn remove_breakpoints(&self, tag: &str) -> bool {
-        let mut found = false;
-        for list in self.rules.borrow_mut().iter_mut() {
-            list.retain(|r| {
-                let hit = matches!(&r.action, Action::Suspend { tag: t } if t == tag);
-                found |= hit;
-                !hit
-            });
+        let ids: Vec<u64> = self
+            .rules
+            .borrow()
+            .iter()
+            .flatten()
+            .filter(|r| matches!(&r.action, Action::Suspend { tag: t } if t == tag))
+            .map(|r| r.id)
+            .collect();
+        for &id in &ids {
+            self.remove_rule(id);
         }
-        found
+        !ids.is_empty()
     }
 
     pub fn is_suspended(&self, tag: &str) -> bool {
