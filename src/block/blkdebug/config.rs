@@ -406,60 +406,17 @@ pub(crate) enum StrtoError {
     Range,
 }
 
-/// `strtoull(s, &end, 0)` requiring `*end == '\0'`, with QEMU's error mapping.
+/// `strtoull(s, &end, 0)` requiring `*end == '\0'`, with QEMU's error mapping: unparsed
+/// text is checked before strtoull's ERANGE.
 fn strtou64_base0(s: &str) -> Result<u64, StrtoError> {
-    let b = s.as_bytes();
-    let mut pos = skip_space(b, 0);
-    let negative = match b.get(pos) {
-        Some(b'-') => {
-            pos += 1;
-            true
-        }
-        Some(b'+') => {
-            pos += 1;
-            false
-        }
-        _ => false,
-    };
-    let (radix, digits_start) = if b.get(pos) == Some(&b'0') {
-        let hex_digit_follows = b.get(pos + 2).is_some_and(|c| c.is_ascii_hexdigit());
-        if matches!(b.get(pos + 1), Some(b'x' | b'X')) && hex_digit_follows {
-            (16, pos + 2)
-        } else {
-            // "0x" without hex digits parses as "0" and stops at the "x".
-            (8, pos)
-        }
-    } else {
-        (10, pos)
-    };
-    let mut end = digits_start;
-    let mut value: u64 = 0;
-    let mut overflow = false;
-    while let Some(d) = b.get(end).and_then(|&c| (c as char).to_digit(radix)) {
-        match value
-            .checked_mul(u64::from(radix))
-            .and_then(|v| v.checked_add(u64::from(d)))
-        {
-            Some(v) => value = v,
-            None => overflow = true,
-        }
-        end += 1;
-    }
-    if end == digits_start {
+    let r = crate::qemu_io::numbers::strtoull(s, 0);
+    if r.end == 0 || r.end != s.len() {
         return Err(StrtoError::Invalid);
     }
-    // QEMU checks for unparsed text before it looks at strtoull's ERANGE.
-    if end != b.len() {
-        return Err(StrtoError::Invalid);
-    }
-    if overflow {
+    if r.erange {
         return Err(StrtoError::Range);
     }
-    Ok(if negative {
-        value.wrapping_neg()
-    } else {
-        value
-    })
+    Ok(r.value)
 }
 
 /// QEMU's QDict bucket for a key (`tdb_hash(key) % 512`).

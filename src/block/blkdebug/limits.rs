@@ -9,8 +9,9 @@
 
 use serde_json::{Map, Value};
 
-use super::config::{self, StrtoError};
+use super::config;
 use super::rules::qnum_to_string;
+use crate::qemu_io::numbers::{NumError, strtosz};
 
 /// The overrides, in bytes; 0 = not set (QEMU treats 0 and absent alike).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -119,205 +120,17 @@ pub fn limits_from_options(
 /// A QemuOpts size value (`qemu_strtosz`), with QEMU's messages. The second line of the
 /// syntax-error message is QEMU's hint, printed on its own line.
 pub fn parse_size(name: &str, value: &str) -> Result<u64, String> {
+    // QemuOpts sizes and qemu-io numbers are the same qemu_strtosz.
     match strtosz(value) {
         Ok(v) => Ok(v),
-        Err(StrtoError::Range) => Err(format!(
+        Err(NumError::TooLarge) => Err(format!(
             "Value '{value}' is out of range for parameter '{name}'"
         )),
-        Err(StrtoError::Invalid) => Err(format!(
+        Err(NumError::Invalid) => Err(format!(
             "Parameter '{name}' expects a non-negative number below 2^64\n\
              Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\n\
              and exabytes, respectively."
         )),
-    }
-}
-
-fn is_space(b: u8) -> bool {
-    matches!(b, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r')
-}
-
-/// `strtoull(s + start, &end, radix)`: (value, end, overflowed); `None` when nothing converts.
-fn strtoull(s: &[u8], start: usize, radix: u32) -> Option<(u64, usize, bool, bool)> {
-    let mut pos = start;
-    while pos < s.len() && is_space(s[pos]) {
-        pos += 1;
-    }
-    let negative = s.get(pos) == Some(&b'-');
-    if matches!(s.get(pos), Some(b'-' | b'+')) {
-        pos += 1;
-    }
-    if radix == 16
-        && s.get(pos) == Some(&b'0')
-        && matches!(s.get(pos + 1), Some(b'x' | b'X'))
-        && s.get(pos + 2).is_some_and(|c| c.is_ascii_hexdigit())
-    {
-        pos += 2;
-    }
-    let first = pos;
-    let mut value: u64 = 0;
-    let mut overflow = false;
-    while let Some(d) = s.get(pos).and_then(|&c| (c as char).to_digit(radix)) {
-        match value
-            .checked_mul(u64::from(radix))
-            .and_then(|v| v.checked_add(u64::from(d)))
-        {
-            Some(v) => value = v,
-            None => overflow = true,
-        }
-        pos += 1;
-    }
-    (pos > first).then_some((value, pos, overflow, negative))
-}
-
-/// glibc `strtod` on text without an exponent (QEMU cuts at the first `e`/`E`): returns the value
-/// and the bytes consumed, or `None` for no conversion or a non-finite result.
-fn strtod_no_exponent(s: &[u8]) -> Option<(f64, usize)> {
-    let mut pos = 0;
-    while pos < s.len() && is_space(s[pos]) {
-        pos += 1;
-    }
-    let num_start = pos;
-    if matches!(s.get(pos), Some(b'-' | b'+')) {
-        pos += 1;
-    }
-    let int_start = pos;
-    while s.get(pos).is_some_and(u8::is_ascii_digit) {
-        pos += 1;
-    }
-    let mut digits = pos - int_start;
-    if s.get(pos) == Some(&b'.') {
-        let frac_start = pos + 1;
-        let mut end = frac_start;
-        while s.get(end).is_some_and(u8::is_ascii_digit) {
-            end += 1;
-        }
-        if digits + (end - frac_start) > 0 {
-            digits += end - frac_start;
-            pos = end;
-        }
-    }
-    if digits == 0 {
-        // `inf`/`nan` would parse but are not finite: QEMU rejects them too.
-        return None;
-    }
-    let text = std::str::from_utf8(&s[num_start..pos]).ok()?;
-    let text = text.strip_suffix('.').unwrap_or(text);
-    let text = if text.starts_with('.') || text.starts_with("-.") || text.starts_with("+.") {
-        text.replacen('.', "0.", 1)
-    } else {
-        text.to_string()
-    };
-    text.parse::<f64>().ok().map(|v| (v, pos))
-}
-
-/// Multiplier of a size suffix (case-insensitive), as QEMU's `suffix_mul` with unit 1024.
-fn suffix_mul(c: Option<&u8>) -> Option<u64> {
-    let shift = match c?.to_ascii_uppercase() {
-        b'B' => 0,
-        b'K' => 10,
-        b'M' => 20,
-        b'G' => 30,
-        b'T' => 40,
-        b'P' => 50,
-        b'E' => 60,
-        _ => return None,
-    };
-    Some(1u64 << shift)
-}
-
-/// `qemu_strtosz(value, NULL, &result)`: decimal (or `0x` hex) integer, optional fraction that
-/// then needs a suffix, optional `B K M G T P E` suffix; no negatives; nothing may follow.
-fn strtosz(value: &str) -> Result<u64, StrtoError> {
-    let s = value.as_bytes();
-    // Any unparsed text turns an error (even ERANGE) or a success into EINVAL.
-    let finish = |result: Result<u64, StrtoError>, end: usize| {
-        if end < s.len() {
-            Err(StrtoError::Invalid)
-        } else {
-            result
-        }
-    };
-
-    // parse_uint(nptr, &end, 10): strtoull, then reject a leading '-'.
-    let (mut val, mut end, retval) = match strtoull(s, 0, 10) {
-        None => (0, 0, Err(StrtoError::Invalid)),
-        Some((_, e, true, _)) => return finish(Err(StrtoError::Range), e),
-        Some((_, e, false, true)) => return finish(Err(StrtoError::Range), e),
-        Some((v, e, false, false)) => (v, e, Ok(())),
-    };
-    let mut valf: u64 = 0;
-    if retval.is_ok() && val == 0 && matches!(s.get(end), Some(b'x' | b'X')) {
-        // Looks like hex: reparse, and allow neither a fraction nor a suffix.
-        match strtoull(s, 0, 16) {
-            Some((_, e, true, _)) => return finish(Err(StrtoError::Range), e),
-            Some((v, e, false, _)) => {
-                val = v;
-                end = e;
-            }
-            None => return Err(StrtoError::Invalid),
-        }
-        if s.get(end) == Some(&b'.') || suffix_mul(s.get(end)).is_some() {
-            return Err(StrtoError::Invalid);
-        }
-    } else if s.get(end) == Some(&b'.') || (end == 0 && s.contains(&b'.')) {
-        let fraction;
-        if retval.is_ok() && !s.get(end + 1).is_some_and(u8::is_ascii_digit) {
-            // "1." and "1.k": a bare point.
-            fraction = 0.0;
-            end += 1;
-        } else {
-            let rest = &s[end..];
-            let cut = rest
-                .iter()
-                .position(|&c| c == b'e' || c == b'E')
-                .unwrap_or(rest.len());
-            match strtod_no_exponent(&rest[..cut]) {
-                Some((f, used)) => {
-                    if f.is_sign_negative() {
-                        return finish(Err(StrtoError::Range), end + used);
-                    }
-                    fraction = f;
-                    end += used;
-                }
-                None => return Err(StrtoError::Invalid),
-            }
-        }
-        if fraction == 1.0 {
-            // Rounded up from .999...: carry into the integer part.
-            val = val.checked_add(1).ok_or(StrtoError::Range)?;
-        } else {
-            // 64-bit fixed-point fraction; any non-zero fraction stays non-zero.
-            valf = (fraction * 18_446_744_073_709_551_616.0) as u64;
-            if valf == 0 && fraction > 0.0 {
-                valf = 1;
-            }
-        }
-    } else {
-        retval?;
-    }
-
-    let mul = match suffix_mul(s.get(end)) {
-        Some(m) => {
-            end += 1;
-            m
-        }
-        None => 1,
-    };
-    if mul == 1 {
-        // A fraction needs a scaling suffix.
-        if valf != 0 {
-            return Err(StrtoError::Invalid);
-        }
-        return finish(Ok(val), end);
-    }
-    // 64.64 fixed point times the multiplier, rounding half up.
-    let whole = u128::from(val) * u128::from(mul);
-    let frac = u128::from(valf) * u128::from(mul);
-    let round = (frac >> 63) & 1;
-    let total = whole + (frac >> 64) + round;
-    match u64::try_from(total) {
-        Ok(v) => finish(Ok(v), end),
-        Err(_) => finish(Err(StrtoError::Range), end),
     }
 }
 
@@ -377,7 +190,7 @@ mod tests {
             "0x10000000000000000",
         ];
         for s in range {
-            assert_eq!(strtosz(s), Err(StrtoError::Range), "{s:?}");
+            assert_eq!(strtosz(s), Err(NumError::TooLarge), "{s:?}");
         }
         let invalid = [
             "",
@@ -402,7 +215,7 @@ mod tests {
             "-.5k",
         ];
         for s in invalid {
-            assert_eq!(strtosz(s), Err(StrtoError::Invalid), "{s:?}");
+            assert_eq!(strtosz(s), Err(NumError::Invalid), "{s:?}");
         }
     }
 
