@@ -1,0 +1,767 @@
+//! The cases. Every image starts zeroed (see `harness::populate`): `img.raw`, `raw.img` (1 MiB),
+//! `half.img` (512 KiB), `test.img` (1 MiB, byte 700 = 1), `src.bin`, `empty.bin`.
+//!
+//! Cases whose QEMU output depends on timing (two aio requests in flight whose completions race)
+//! or where QEMU aborts are not here: see `ours.rs`.
+
+use crate::harness::{case, Case};
+
+/// blkdebug rules from config files and the inject-error/set-state/align/... options are being
+/// wired into the engine on another branch; until that is merged, the cases that need them differ.
+/// Set to false once merged: the suite then fails on any such case that still differs.
+const RULES_PENDING: bool = true;
+const RULES_REASON: &str = "blkdebug rules/options not wired into the engine yet (lead's branch)";
+
+trait Pending {
+    fn pending(self) -> Self;
+}
+
+impl Pending for Case {
+    fn pending(self) -> Self {
+        if RULES_PENDING { self.ignore(RULES_REASON) } else { self }
+    }
+}
+
+/// `qemu-io -f raw -c CMD... img.raw`
+fn raw(name: &str, cmds: &[&str]) -> Case {
+    on(name, &["-f", "raw"], cmds, "img.raw")
+}
+
+/// `qemu-io OPTS -c CMD... DRIVE`
+fn on(name: &str, opts: &[&str], cmds: &[&str], drive: &str) -> Case {
+    let mut args: Vec<&str> = opts.to_vec();
+    for c in cmds {
+        args.push("-c");
+        args.push(c);
+    }
+    args.push(drive);
+    case(name, &args)
+}
+
+/// `qemu-io -c CMD...` without an image (the commands `open` one)
+fn no_drive(name: &str, cmds: &[&str]) -> Case {
+    let mut args = Vec::new();
+    for c in cmds {
+        args.push("-c");
+        args.push(c);
+    }
+    case(name, &args)
+}
+
+/// raw over blkdebug with `d.conf`: `qemu-io -f raw -c CMD... blkdebug:d.conf:img.raw`
+fn dbg(name: &str, conf: &str, cmds: &[&str]) -> Case {
+    on(name, &["-f", "raw"], cmds, "blkdebug:d.conf:img.raw").file("d.conf", conf)
+}
+
+/// raw over blkdebug without config, for breakpoints
+fn bp(name: &str, cmds: &[&str]) -> Case {
+    on(name, &["-f", "raw"], cmds, "blkdebug::img.raw")
+}
+
+/// A rule on event `none` (armed from open on) failing the given iotype, then one request of
+/// every kind.
+fn iotype_case(iotype: &str) -> Case {
+    let conf = format!("[inject-error]\nevent = \"none\"\niotype = \"{iotype}\"\n");
+    dbg(
+        &format!("blkdebug_iotype_{}", iotype.replace('-', "_")),
+        &conf,
+        &[
+            "read 0 512",
+            "write 0 512",
+            "write -z 0 4k",
+            "discard 0 4k",
+            "flush",
+            "map",
+            "alloc 0 4k",
+            "aio_read 0 512",
+            "aio_flush",
+        ],
+    )
+    .pending()
+}
+
+/// `json:{"driver":"raw","file":{"driver":"blkdebug",<blkdebug>,"image":{"driver":"file","filename":"img.raw"}}}`
+fn json_dbg(blkdebug: &str) -> String {
+    let sep = if blkdebug.is_empty() { "" } else { "," };
+    format!(
+        r#"json:{{"driver":"raw","file":{{"driver":"blkdebug"{sep}{blkdebug},"image":{{"driver":"file","filename":"img.raw"}}}}}}"#
+    )
+}
+
+pub fn all() -> Vec<Case> {
+    let mut v = Vec::new();
+    v.extend(basic());
+    v.extend(numbers());
+    v.extend(usage());
+    v.extend(open_close());
+    v.extend(rules());
+    v.extend(options());
+    v.extend(breakpoints());
+    v.extend(blkverify());
+    v.extend(open_errors());
+    v
+}
+
+fn basic() -> Vec<Case> {
+    vec![
+        raw(
+            "read_write_pattern",
+            &["write -P 0xab 0 4k", "read -P 0xab 0 4k", "read -P 0xcd 512 512", "read -v 0 20"],
+        ),
+        raw(
+            "read_pattern_range",
+            &[
+                "write -P 0xab 0 1k",
+                "read -P 0xab -s 100 -l 28 0 512",
+                "read -P 0xab -s 600 0 512",
+                "read -P 0xab -s 500 -l 13 0 512",
+                "read -q -P 0 0 512",
+                "read -q -P 1 0 512",
+                "read -C 0 512",
+            ],
+        ),
+        raw("read_s_without_p", &["read -s 1 0 512", "read -l 1 0 512"]),
+        raw("read_invalid_option_a", &["read -a 0 512", "read -p 0 512"]),
+        raw(
+            "read_dump_ascii",
+            &["write -s src.bin 0 40", "read -v 0 40", "read -v 3 17", "read -v 100 4", "read -qv 0 1"],
+        ),
+        raw("read_vmstate", &["read -b 0 512", "read -b 1 512", "read -b 512 100", "read -b -r 0 512"]),
+        raw("read_permuted_and_clustered", &["read 0 16 -v", "write -P0x41 0 16", "read -vq 0 16", "read -- 0 16"]),
+        raw("zero_length", &["read 0 0", "write 0 0", "readv 0 0", "writev 0 0", "discard 0 0"]),
+        raw(
+            "past_end",
+            &["read 1M 512", "read 1020k 8k", "write 1M 512", "write 1023k 2k", "discard 1M 512", "readv 1M 1", "alloc 1M"],
+        ),
+        raw(
+            "readv_writev",
+            &[
+                "writev -P 0x22 8k 512 1k",
+                "readv -P 0x22 8k 1536",
+                "readv -P 0x23 8k 512 512",
+                "readv -v 8k 16 16",
+                "readv -q 0 512",
+                "readv -C 0 512",
+                "writev -q -P 1 0 512",
+                "writev -f -C -P 2 512 512 512",
+                "readv -P 1 0 512",
+            ],
+        ),
+        raw("readv_writev_errors", &["readv -b 0 512", "writev -z 0 512", "writev", "readv 0 x", "writev 0 1 2x"]),
+        raw(
+            "write_zeroes",
+            &["write -P 1 0 16k", "write -z 0 4k", "write -z -u 4k 4k", "write -z -n 8k 4k", "read -P 0 0 12k", "read -P 1 12k 4k"],
+        ),
+        raw(
+            "write_flag_conflicts",
+            &[
+                "write -n 0 512",
+                "write -u 0 512",
+                "write -b -z 0 512",
+                "write -f -b 0 512",
+                "write -f -c 0 512",
+                "write -z -P 1 0 512",
+                "write -P 1 -s src.bin 0 512",
+                "write -z -s src.bin 0 512",
+                "write -z -r 0 512",
+            ],
+        ),
+        raw("write_unsupported", &["write -b 0 512", "write -c 0 512", "write -f 0 512", "read -P 0xcd 0 512"]),
+        raw("write_quiet_csv", &["write -q -P 3 0 512", "write -C -P 4 512 512", "read -P 3 0 512", "read -P 4 512 512"]),
+        raw(
+            "write_source_file",
+            &["write -s src.bin 0 100", "read -v 0 100", "write -s nonexist.bin 0 1", "write -s empty.bin 0 1", "write -s src.bin -q 1k 3"],
+        ),
+        raw(
+            "aio_read_write",
+            &[
+                "aio_write -P 0x11 0 64k",
+                "aio_flush",
+                "aio_read -P 0x11 0 64k",
+                "aio_flush",
+                "aio_read -P 0x12 0 512",
+                "aio_flush",
+                "aio_read -v 0 16",
+                "aio_flush",
+                "aio_read -q -P 0x11 0 512",
+                "aio_flush",
+                "aio_read -C 0 512",
+                "aio_flush",
+            ],
+        ),
+        raw(
+            "aio_vectors",
+            &["aio_write -P 5 0 512 1k", "aio_flush", "aio_read -P 5 0 1k 512", "aio_flush", "aio_write -q -C -P 6 2k 512", "aio_flush"],
+        ),
+        raw(
+            "aio_write_zeroes",
+            &["write -P 9 0 8k", "aio_write -z 0 4k", "aio_flush", "aio_write -z -u 4k 4k", "aio_flush", "read -P 0 0 8k"],
+        ),
+        raw(
+            "aio_write_errors",
+            &[
+                "aio_write -z 0 512 512",
+                "aio_write -u 0 512",
+                "aio_write -z -r 0 512",
+                "aio_write -f 0 512",
+                "aio_flush",
+                "aio_write 1M 512",
+                "aio_flush",
+                "aio_read 1M 512",
+                "aio_flush",
+                "aio_read -b 0 512",
+                "aio_write 0",
+            ],
+        ),
+        raw("aio_pattern_mismatch_exit_status", &["aio_read -P 1 0 512", "aio_flush"]),
+        raw("flush_length_info", &["flush", "length", "info", "f", "l", "i"]),
+        raw(
+            "discard_map_alloc",
+            &["discard 0 64k", "discard -q 0 4k", "discard -C 4k 4k", "map", "alloc 0 4k", "alloc 0", "alloc 4k 1k", "a 1M", "alloc 0 2M"],
+        ),
+        raw(
+            "truncate",
+            &[
+                "truncate 512k",
+                "length",
+                "map",
+                "truncate -m off 2M",
+                "length",
+                "truncate -m full 3M",
+                "length",
+                "truncate -m falloc 3M",
+                "truncate -m bogus 1M",
+                "truncate -m",
+                "truncate 1 2 3 4",
+                "read -P 0 2M 4k",
+            ],
+        ),
+        raw("truncate_metadata", &["truncate -m metadata 2M", "length"]),
+        raw("sleep", &["sleep 10", "sleep 0", "sleep -1", "sleep abc", "sleep 0x5", "sleep 1 2"]),
+        raw("help", &["help"]),
+        raw(
+            "help_commands",
+            &["help read", "help ?", "help write", "help aio_write", "help map", "help open", "help bogus", "help a b", "? q"],
+        ),
+        raw("help_each", &["help truncate", "help sigraise", "help sleep", "help break", "help readv", "help alloc"]),
+        raw("quit_stops", &["write -P 1 0 512", "quit", "write -P 2 0 512"]),
+        raw("quit_after_failure", &["read 1M 1", "q"]),
+        raw("sigraise_term", &["write -P 1 0 512", "sigraise 15", "read 0 512"]),
+        raw("sigraise_errors", &["sigraise 100", "sigraise abc", "sigraise 66", "sigraise"]),
+        raw("abort_command", &["read -q 0 512", "abort", "read 0 512"]),
+        on("cache_writeback", &["-f", "raw", "-t", "writeback"], &["write -f -P 8 0 4k", "flush", "read -P 8 0 4k"], "img.raw"),
+        on("cache_unsafe", &["-f", "raw", "-t", "unsafe"], &["write -P 8 0 4k", "flush"], "img.raw"),
+        on("cache_invalid", &["-f", "raw", "-t", "bogus"], &["read 0 1"], "img.raw"),
+        on("probed_raw_warning", &[], &["write -P 3 0 512", "read -P 3 0 512"], "img.raw"),
+        on("probed_raw_block0_restricted", &[], &["write -P 3 0 512", "write -z 0 512", "read -P 0 0 512"], "img.raw"),
+    ]
+}
+
+fn numbers() -> Vec<Case> {
+    vec![
+        raw(
+            "numbers_accepted",
+            &["read 010 0x10", "read 1.5k .5k", "read 1.k 1.b", "read +1 0.0001k", "read 12.75k 1b", "read 0X10 0x0"],
+        ),
+        raw(
+            "numbers_rejected",
+            &["read 0 4x", "read 0 1.5", "read 0 1.9999b", "read 0 0x1k", "read 0 1e3", "read 0 1kb", "read 0 1KiB", "read 0 0x", "read 0 abc", "read 0 ''"],
+        ),
+        raw(
+            "numbers_too_large",
+            &["read 0 8E", "read 0 99999999999999999999", "read 0 2G", "write 0 1E", "write -n 0 3G", "discard 0 4G", "read 0 2147483136", "read 1E 512"],
+        ),
+        raw("numbers_negative", &["read 0 -1", "read -1 1", "read -- -1 1", "write -- 0 -5"]),
+        raw(
+            "numbers_vectors",
+            &["readv 0 3G", "readv 0 1G 1G 1G", "writev 0 2147483137", "aio_read 0 3G", "aio_write 0 1G 1G 1G"],
+        ),
+        raw(
+            "numbers_pattern",
+            &["read -P 256 0 1", "read -P 0x100 0 1", "read -P -1 0 1", "read -P 010 0 1", "read -P 0x 0 1", "write -P 1x 0 1", "read -P 0377 0 1", "write -P 0xff 0 1", "read -P 255 0 1"],
+        ),
+        raw("numbers_alloc_discard", &["alloc 1k", "alloc x", "alloc 0 0", "discard x 1", "truncate x", "truncate 1.5"]),
+    ]
+}
+
+fn usage() -> Vec<Case> {
+    vec![
+        raw(
+            "argument_counts",
+            &["read 0", "read", "write 0", "flush 1", "length x", "map x", "info 1", "alloc", "alloc 1 2 3", "truncate", "discard 0", "aio_flush x", "close x", "sleep"],
+        ),
+        raw("argument_counts_breakpoints", &["break A", "break", "resume", "resume A B", "remove_break", "wait_break", "break a b c"]),
+        raw("unknown_commands", &["bogus", "", "READ 0 1", "write -P 1 0 512"]),
+        raw(
+            "zone_commands_unsupported",
+            &[
+                "zone_report 0 1",
+                "zrp 2M 0",
+                "zone_open 0 512",
+                "zone_close 2M 1",
+                "zone_finish 0 1M",
+                "zone_reset x 1",
+                "zrs 0 x",
+                "zone_append 0 1 512",
+                "zap 0 x 1",
+                "zap 0 0 x",
+                "zap -p 0 2M 512",
+                "zap -x 0 0 1",
+                "zap 0 1",
+            ],
+        ),
+        raw("reopen_read_only", &["reopen -r", "write 0 1", "reopen -w", "write 0 1"])
+            .ignore("reopen is not implemented (qemu_io/commands.rs prints 'not supported by this engine')"),
+        raw(
+            "getopt_errors",
+            &["read -x 0 1", "read -P", "write -Q 0 1", "readv -z 0 1", "aio_read -z 0 1", "discard -v 0 1", "truncate -x 1", "write -s", "aio_write -P"],
+        ),
+        raw("usage_extra_positional", &["read 0 1 2", "write 0 1 2", "discard 0 1 2"]),
+        raw("failure_then_success_exit_status", &["read 0 x", "read 0 512"]),
+        raw("only_success", &["read 0 512", "write 0 512"]),
+        on("image_opts_and_format", &["-f", "raw", "--image-opts"], &["read 0 1"], "driver=file,filename=img.raw"),
+    ]
+}
+
+fn open_close() -> Vec<Case> {
+    vec![
+        case("no_file", &["-c", "read 0 512", "-c", "length"]),
+        case(
+            "open_in_c",
+            &["-c", "open -o driver=raw img.raw", "-c", "write -P 4 0 512", "-c", "read -P 4 0 512", "-c", "close", "-c", "read 0 512"],
+        ),
+        raw("open_when_open", &["open img.raw", "close", "open -r -o driver=raw img.raw", "write 0 512", "read 0 512", "close", "close"]),
+        case("open_errors", &["-c", "open", "-c", "open -f raw img.raw", "-c", "open nonexist.raw", "-c", "open -o driver=bogus img.raw"]),
+        case("open_flags", &["-c", "open -n -o driver=raw img.raw", "-c", "write -P 1 0 512", "-c", "close", "-c", "open -C -t writeback -d unmap -o driver=raw img.raw", "-c", "read -P 1 0 512"]),
+        case("open_bad_cache_discard", &["-c", "open -t bogus img.raw", "-c", "open -d bogus img.raw", "-c", "open -i bogus img.raw"]),
+        case("open_probed", &["-c", "open img.raw", "-c", "info"]),
+        case("open_snapshot", &["-c", "open -s -o driver=raw img.raw", "-c", "write -P 5 0 512", "-c", "read -P 5 0 512"])
+            .ignore("open -s: QEMU writes to a temporary qcow2 overlay and leaves the image alone; open.rs has no snapshot overlay"),
+        case("open_probed_read_only", &["-c", "open -r img.raw", "-c", "read 0 512", "-c", "close", "-c", "open img.raw"])
+            .ignore("raw_open only prints the probing WARNING for writable nodes; open.rs prints it for read-only ones too"),
+        case("open_two_paths", &["-c", "open img.raw raw.img"]),
+        on("image_opts_open_o", &["--image-opts"], &["open -o driver=raw img.raw", "read 0 512"], "driver=raw,file.filename=img.raw"),
+        on("image_opts_file", &["--image-opts"], &["write -P 2 0 512", "read -P 2 0 512", "info"], "driver=raw,file.driver=file,file.filename=img.raw"),
+        raw("close_twice_then_commands", &["close", "close", "flush", "help flush"]),
+    ]
+}
+
+const RD: &str = "[inject-error]\nevent = \"read_aio\"\nerrno = \"5\"\n";
+const STATE: &str = "[set-state]\nevent = \"write_aio\"\nstate = \"1\"\nnew_state = \"2\"\n\n[inject-error]\nevent = \"write_aio\"\nstate = \"2\"\nerrno = \"5\"\n";
+
+fn rules() -> Vec<Case> {
+    let mut v = vec![
+        dbg("blkdebug_read_aio_sticky", RD, &["read 0 512", "write 0 512", "read 0 512", "flush"]).pending(),
+        dbg("blkdebug_rule_leaks_after_write", RD, &["write 0 512", "read 0 512", "write -z 0 4k", "discard 0 4k"]).pending(),
+        dbg("blkdebug_set_state", STATE, &["write 0 512", "write 0 512", "read 0 512"]).pending(),
+        dbg(
+            "blkdebug_set_state_chain",
+            "[set-state]\nevent = \"write_aio\"\nstate = \"1\"\nnew_state = \"2\"\n[set-state]\nevent = \"write_aio\"\nstate = \"2\"\nnew_state = \"3\"\n[inject-error]\nevent = \"read_aio\"\nstate = \"3\"\nerrno = \"28\"\n",
+            &["read 0 512", "write 0 512", "read 0 512", "write 0 512", "read 0 512", "write 0 512", "read 0 512"],
+        )
+        .pending(),
+        dbg(
+            "blkdebug_state_applied_after_all_rules",
+            "[set-state]\nevent = \"read_aio\"\nstate = \"1\"\nnew_state = \"2\"\n[inject-error]\nevent = \"read_aio\"\nstate = \"2\"\nerrno = \"28\"\n",
+            &["read 0 512", "read 0 512", "read 0 512"],
+        )
+        .pending(),
+        dbg(
+            "blkdebug_set_state_default_new_state",
+            "[set-state]\nevent = \"write_aio\"\n[inject-error]\nevent = \"read_aio\"\nstate = \"1\"\n",
+            &["read 0 512", "write 0 512", "read 0 512", "write 0 512"],
+        )
+        .pending(),
+        dbg(
+            "blkdebug_state_any",
+            "[set-state]\nevent = \"read_aio\"\nnew_state = \"7\"\n[inject-error]\nevent = \"write_aio\"\nstate = \"0\"\nerrno = \"28\"\nonce = \"on\"\n",
+            &["write 0 512", "read 0 512", "write 0 512", "write 0 512"],
+        )
+        .pending(),
+        dbg(
+            "blkdebug_once",
+            "[inject-error]\nevent = \"write_aio\"\nerrno = \"28\"\nonce = \"on\"\n",
+            &["write 0 512", "write 0 512", "write 0 512"],
+        )
+        .pending(),
+        dbg(
+            "blkdebug_once_then_sticky",
+            "[inject-error]\nevent = \"read_aio\"\nerrno = \"28\"\nonce = \"on\"\n[inject-error]\nevent = \"read_aio\"\nerrno = \"5\"\n",
+            &["read 0 512", "read 0 512", "read 0 512"],
+        )
+        .pending(),
+        dbg(
+            "blkdebug_sector_boundaries",
+            "[inject-error]\nevent = \"read_aio\"\nsector = \"1\"\n",
+            &["read 0 512", "read 512 512", "read 0 513", "read 1023 1", "read 1024 512", "read 511 1", "readv 0 256 256"],
+        )
+        .pending(),
+        dbg(
+            "blkdebug_sector_first_match_wins",
+            "[inject-error]\nevent = \"read_aio\"\nsector = \"0\"\nerrno = \"28\"\n[inject-error]\nevent = \"read_aio\"\nerrno = \"5\"\n",
+            &["read 0 512", "read 512 512", "read 0 1k"],
+        )
+        .pending(),
+        dbg(
+            "blkdebug_sector_order_reversed",
+            "[inject-error]\nevent = \"read_aio\"\nerrno = \"5\"\n[inject-error]\nevent = \"read_aio\"\nsector = \"0\"\nerrno = \"28\"\n",
+            &["read 0 512", "read 512 512"],
+        )
+        .pending(),
+        dbg(
+            "blkdebug_errno_zero_shadows",
+            "[inject-error]\nevent = \"read_aio\"\nsector = \"0\"\nerrno = \"0\"\n[inject-error]\nevent = \"read_aio\"\nerrno = \"5\"\n",
+            &["read 0 512", "read 512 512", "read 0 1k"],
+        )
+        .pending(),
+        dbg(
+            "blkdebug_errno_negative",
+            "[inject-error]\nevent = \"read_aio\"\nerrno = \"-5\"\n",
+            &["write -P 0x5a 0 512", "read -v 0 32", "read -P 0x5a 0 512"],
+        )
+        .pending(),
+        dbg(
+            "blkdebug_errno_values",
+            "[inject-error]\nevent = \"read_aio\"\nerrno = \"1000\"\nonce = \"on\"\n[inject-error]\nevent = \"read_aio\"\nerrno = \"0x1c\"\nonce = \"on\"\n[inject-error]\nevent = \"read_aio\"\nerrno = \"95\"\n",
+            &["read 0 512", "read 0 512", "read 0 512"],
+        )
+        .pending(),
+        dbg(
+            "blkdebug_immediately",
+            "[inject-error]\nevent = \"write_aio\"\nerrno = \"28\"\nimmediately = \"on\"\n",
+            &["write 0 512", "aio_write 0 512", "aio_flush"],
+        )
+        .pending(),
+        dbg(
+            "blkdebug_once_immediately_off",
+            "[inject-error]\nevent = \"write_aio\"\nerrno = \"5\"\nimmediately = \"off\"\nonce = \"yes\"\n",
+            &["aio_write -P 1 0 512", "aio_flush", "aio_write -P 2 0 512", "aio_flush", "read -P 2 0 512"],
+        )
+        .pending(),
+        dbg(
+            "blkdebug_comments_and_ids",
+            "# a comment\n\n[inject-error \"id1\"]\n  event   =   \"read_aio\"\n\terrno=  \"28\"\n[set-state \"s\"]\nevent = \"none\"\nnew_state = \"1\"\n",
+            &["read 0 512"],
+        )
+        .pending(),
+        dbg(
+            "blkdebug_pwritev_event",
+            "[inject-error]\nevent = \"pwritev\"\nerrno = \"28\"\nonce = \"on\"\n",
+            &["write 0 512", "write 0 512", "write -z 0 4k"],
+        )
+        .pending(),
+        dbg(
+            "blkdebug_pwritev_zero_event",
+            "[inject-error]\nevent = \"pwritev_zero\"\niotype = \"write-zeroes\"\nerrno = \"28\"\n",
+            &["write -z 0 4k", "write 0 4k", "aio_write -z 0 4k", "aio_flush"],
+        )
+        .pending(),
+        dbg(
+            "blkdebug_flush_to_disk_event",
+            "[inject-error]\nevent = \"flush_to_disk\"\niotype = \"flush\"\n",
+            &["flush", "write -z 0 4k", "flush", "write 0 512"],
+        )
+        ,
+    ];
+    for t in ["read", "write", "write-zeroes", "discard", "flush", "block-status"] {
+        v.push(iotype_case(t));
+    }
+    v
+}
+
+fn options() -> Vec<Case> {
+    let json = |name: &str, blkdebug: &str, cmds: &[&str]| on(name, &[], cmds, &json_dbg(blkdebug));
+    vec![
+        json("json_blkdebug_plain", "", &["write -P 1 0 512", "read -P 1 0 512", "info"]),
+        json("json_inject_error", r#""inject-error":[{"event":"read_aio","once":true}]"#, &["read 0 512", "read 0 512"]).pending(),
+        json(
+            "json_inject_error_all_keys",
+            r#""inject-error":[{"event":"read_aio","state":1,"errno":28,"sector":1,"once":false,"immediately":true,"iotype":"read"}]"#,
+            &["read 0 512", "read 512 512", "write 512 512"],
+        )
+        .pending(),
+        json(
+            "json_set_state",
+            r#""inject-error":[{"event":"read_aio","state":2,"errno":"28"}],"set-state":[{"event":"write_aio","state":1,"new_state":2}]"#,
+            &["read 0 512", "write 0 512", "read 0 512"],
+        )
+        .pending(),
+        json("json_errno_string", r#""inject-error":[{"event":"read_aio","errno":"abc"}]"#, &["read 0 1"]).pending(),
+        json("json_iotype_bogus", r#""inject-error":[{"event":"read_aio","iotype":"bogus"}]"#, &["read 0 1"]).pending(),
+        json("json_event_missing", r#""inject-error":[{"errno":5}]"#, &["read 0 1"]).pending(),
+        json("json_event_bogus", r#""inject-error":[{"event":"bogus"}]"#, &["read 0 1"]).pending(),
+        json("json_rule_unknown_key", r#""inject-error":[{"event":"read_aio","foo":1}]"#, &["read 0 1"]).pending(),
+        json("json_once_bad_bool", r#""inject-error":[{"event":"read_aio","once":"TRUE"}]"#, &["read 0 1"]).pending(),
+        json("json_align_3", r#""align":3"#, &["read 0 1"]).pending(),
+        json("json_align_negative", r#""align":-1"#, &["read 0 1"]).pending(),
+        json("json_unknown_option", r#""bogus":1"#, &["read 0 1"]),
+        json("json_take_child_perms_bogus", r#""take-child-perms":["bogus"]"#, &["read 0 1"]).pending(),
+        json("json_align_4k_rmw", r#""align":4096"#, &["write -P 1 100 200", "read -P 1 100 200", "read -P 0 0 100", "map"]),
+        json("json_max_transfer_bad", r#""align":4096,"max-transfer":1000"#, &["read 0 1"]).pending(),
+        json("json_max_transfer_ok_unaligned", r#""max-transfer":1000"#, &["write -P 1 0 4k", "read -P 1 0 4k"]),
+        json(
+            "json_max_transfer_split_once",
+            r#""max-transfer":4096,"inject-error":[{"event":"read_aio","sector":8,"once":true}]"#,
+            &["read 0 4k", "read 0 16k", "read 0 16k"],
+        )
+        .pending(),
+        json("json_opt_write_zero_bad", r#""align":4096,"opt-write-zero":1000"#, &["read 0 1"]).pending(),
+        json("json_max_write_zero_bad", r#""opt-write-zero":4096,"max-write-zero":6144"#, &["read 0 1"]).pending(),
+        json(
+            "json_opt_write_zero_fallback",
+            r#""opt-write-zero":4096,"max-write-zero":8192,"inject-error":[{"event":"none","iotype":"write-zeroes"}]"#,
+            &["write -P 1 0 8k", "write -z 0 512", "write -z 0 4k", "write -z 0 16k", "read -P 0 0 512"],
+        )
+        .pending(),
+        json("json_opt_discard_bad", r#""align":4096,"opt-discard":512"#, &["read 0 1"]).pending(),
+        json("json_max_discard_bad", r#""opt-discard":4096,"max-discard":5000"#, &["read 0 1"]).pending(),
+        json(
+            "json_discard_limits",
+            r#""opt-discard":4096,"max-discard":8192,"inject-error":[{"event":"none","iotype":"discard"}]"#,
+            &["discard 0 512", "discard 0 4k", "discard 0 64k"],
+        )
+        .pending(),
+        on(
+            "image_opts_inject_error",
+            &["--image-opts"],
+            &["read 0 512", "read 0 512", "write 0 512"],
+            "driver=raw,file.driver=blkdebug,file.inject-error.0.event=read_aio,file.inject-error.0.errno=28,file.inject-error.0.once=on,file.image.driver=file,file.image.filename=img.raw",
+        )
+        .pending(),
+        on(
+            "image_opts_inject_error_unindexed",
+            &["--image-opts"],
+            &["read 0 512", "read 0 512"],
+            "driver=raw,file.driver=blkdebug,file.inject-error.event=read_aio,file.image.filename=img.raw",
+        )
+        .pending(),
+        on(
+            "image_opts_set_state",
+            &["--image-opts"],
+            &["read 0 512", "write 0 512", "read 0 512"],
+            "driver=raw,file.driver=blkdebug,file.set-state.0.event=write_aio,file.set-state.0.new_state=2,file.inject-error.0.event=read_aio,file.inject-error.0.state=2,file.image.filename=img.raw",
+        )
+        .pending(),
+        on(
+            "image_opts_inject_error_mixed",
+            &["--image-opts"],
+            &["read 0 1"],
+            "driver=raw,file.driver=blkdebug,file.inject-error.event=read_aio,file.inject-error.0.event=read_aio,file.image.filename=img.raw",
+        )
+        .pending(),
+        on(
+            "image_opts_inject_error_gap",
+            &["--image-opts"],
+            &["read 0 1"],
+            "driver=raw,file.driver=blkdebug,file.inject-error.0.event=read_aio,file.inject-error.2.event=read_aio,file.image.filename=img.raw",
+        )
+        .pending(),
+        on(
+            "image_opts_align_limits",
+            &["--image-opts"],
+            &["write -P 1 100 200", "read -P 1 100 200"],
+            "driver=raw,file.driver=blkdebug,file.align=4k,file.max-transfer=64k,file.opt-write-zero=8k,file.max-write-zero=16k,file.opt-discard=8k,file.max-discard=16k,file.image.filename=img.raw",
+        )
+        ,
+        no_drive(
+            "open_o_align_limits",
+            &["open -o driver=raw,file.align=4k,file.max-discard=12k,file.opt-discard=4k blkdebug::img.raw", "discard 0 64k", "write -z 100 8k", "read -P 0 0 16k"],
+        )
+        .ignore("open.rs: with file.* options, the filename blkdebug::img.raw must go to the file child (which parses its prefix); it is opened as driver 'file' without a filename"),
+        on("top_level_blkdebug_emits_no_format_events", &[], &["read 0 512"], r#"json:{"driver":"blkdebug","inject-error":[{"event":"read_aio"}],"image":{"driver":"file","filename":"img.raw"}}"#).pending(),
+        on("top_level_blkdebug_info", &[], &["info", "length", "map"], "blkdebug::img.raw"),
+    ]
+}
+
+fn breakpoints() -> Vec<Case> {
+    vec![
+        bp("break_basic", &["break write_aio A", "aio_write -P 0x33 0 512", "wait_break A", "resume A", "aio_flush", "read -P 0x33 0 512"]),
+        bp("break_errors", &["break bogus A", "resume X", "remove_break X", "wait_break"]),
+        raw("break_without_blkdebug", &["break write_aio A", "resume A", "remove_break A"]),
+        bp(
+            "break_two_on_one_request",
+            &["break write_aio A", "break write_aio B", "aio_write -P 0x33 0 512", "wait_break A", "resume B", "resume A", "aio_flush"],
+        ),
+        bp(
+            "break_two_on_one_request_resume_a_first",
+            &["break write_aio A", "break write_aio B", "aio_write -P 0x33 0 512", "resume A", "resume B", "aio_flush"],
+        ),
+        bp(
+            "break_same_tag_twice",
+            &["break write_aio A", "break write_aio A", "aio_write 0 512", "resume A", "resume A", "resume A", "aio_flush"],
+        ),
+        bp(
+            "break_event_sequence",
+            &["break pwritev A", "break pwritev_done B", "aio_write 0 512", "wait_break A", "resume A", "wait_break B", "resume B", "aio_flush"],
+        ),
+        bp(
+            "break_write_aio_then_pwritev",
+            &["break pwritev A", "break write_aio A", "aio_write 0 512", "wait_break A", "resume A", "wait_break A", "resume A", "aio_flush"],
+        ),
+        bp("remove_break_pending", &["break write_aio A", "remove_break A", "aio_write 0 512", "aio_flush", "remove_break A"]),
+        bp("remove_break_suspended_only", &["break write_aio A", "aio_write -P 7 0 512", "wait_break A", "remove_break A", "aio_flush", "read -P 7 0 512"]),
+        bp(
+            "remove_break_rule_and_suspended",
+            &["break write_aio A", "aio_write 0 512", "break pwritev A", "remove_break A", "aio_flush"],
+        ),
+        bp(
+            "remove_break_two_suspended",
+            &["break write_aio A", "break write_aio A", "aio_write 0 512", "remove_break A", "aio_flush"],
+        ),
+        bp("break_sleep", &["break write_aio A", "aio_write 0 512", "sleep 10", "resume A", "sleep 50", "aio_flush"]),
+        bp("break_read", &["break read_aio R", "aio_read -P 0 0 512", "wait_break R", "resume R", "aio_flush"]),
+        bp("break_write_zero", &["break pwritev_zero Z", "aio_write -z 0 4k", "wait_break Z", "resume Z", "aio_flush"]),
+        bp("break_flush_to_os", &["break flush_to_os F", "aio_write -z 0 4k", "wait_break F", "resume F", "aio_flush"]),
+        bp(
+            "break_events_never_hit",
+            &["break flush_to_disk D", "break none N", "break read_aio R", "write 0 512", "aio_write 0 512", "aio_flush", "remove_break D", "remove_break N", "remove_break R"],
+        ),
+        bp("break_unaligned_write", &["break pwritev A", "aio_write -P 2 100 200", "wait_break A", "resume A", "aio_flush", "read -P 2 100 200"]),
+        bp(
+            "break_rearm",
+            &["break write_aio A", "aio_write -P 1 0 512", "wait_break A", "resume A", "aio_flush", "break write_aio A", "aio_write -P 2 512 512", "wait_break A", "resume A", "aio_flush", "read -P 1 0 512", "read -P 2 512 512"],
+        ),
+        bp("break_wait_twice", &["break write_aio A", "aio_write 0 512", "wait_break A", "wait_break A", "resume A", "resume A", "aio_flush"]),
+        bp(
+            "break_other_request_completes_meanwhile",
+            &["break write_aio A", "aio_write -P 1 0 512", "aio_read -P 0 4k 512", "sleep 200", "resume A", "aio_flush"],
+        ),
+        bp("break_aio_write_fails_later", &["break write_aio A", "aio_write 1M 512", "aio_flush"]),
+        on(
+            "break_rmw_events_align_4k",
+            &[],
+            &[
+                "break pwritev_rmw_head A",
+                "break pwritev_rmw_after_head B",
+                "break pwritev_rmw_tail C",
+                "break pwritev_rmw_after_tail D",
+                "aio_write -P 1 100 200",
+                "wait_break A",
+                "resume A",
+                "wait_break B",
+                "resume B",
+                "wait_break C",
+                "resume C",
+                "wait_break D",
+                "resume D",
+                "aio_flush",
+                "read -P 1 100 200",
+            ],
+            &json_dbg(r#""align":4096"#),
+        )
+        .pending(),
+        on(
+            "break_rmw_two_blocks_align_4k",
+            &[],
+            &[
+                "break pwritev_rmw_head A",
+                "break pwritev_rmw_tail B",
+                "break pwritev C",
+                "aio_write -P 1 4000 5000",
+                "wait_break A",
+                "resume A",
+                "wait_break B",
+                "resume B",
+                "wait_break C",
+                "resume C",
+                "aio_flush",
+                "read -P 1 4000 5000",
+                "break pwritev_rmw_head X",
+                "write -P 2 0 4k",
+                "remove_break X",
+            ],
+            &json_dbg(r#""align":4096"#),
+        )
+        .pending(),
+    ]
+}
+
+fn blkverify() -> Vec<Case> {
+    let bv = |name: &str, drive: &str, cmds: &[&str]| on(name, &["-f", "raw"], cmds, drive);
+    vec![
+        bv("blkverify_match", "blkverify:raw.img:img.raw", &["write -P 7 0 4k", "read -P 7 0 4k", "readv 0 512 512", "aio_read 0 4k", "aio_flush"]),
+        bv("blkverify_contents_mismatch", "blkverify:raw.img:test.img", &["read 0 512", "read 0 4k", "read 0 1"]),
+        bv("blkverify_mismatch_offset", "blkverify:raw.img:test.img", &["read -v 1k 16", "read 512 512"]),
+        bv("blkverify_mismatch_readv", "blkverify:raw.img:test.img", &["readv 600 50 100"]),
+        bv("blkverify_mismatch_aio", "blkverify:raw.img:test.img", &["aio_read 0 1k", "aio_flush", "read 0 1"]),
+        bv("blkverify_overwrite_then_match", "blkverify:raw.img:test.img", &["write -P 0 512 512", "read 0 4k"]),
+        bv("blkverify_unaligned_write", "blkverify:raw.img:img.raw", &["write -P 3 100 1000", "read -P 3 100 1000", "read 0 2k"]),
+        bv("blkverify_discard_flush", "blkverify:raw.img:img.raw", &["write -P 1 0 4k", "discard 0 4k", "read -P 1 0 4k", "flush", "length"]),
+        bv("blkverify_info_map", "blkverify:raw.img:img.raw", &["info", "map", "alloc 0 4k"]),
+        bv("blkverify_truncate", "blkverify:raw.img:img.raw", &["truncate 512k", "length", "read 0 4k"]),
+        bv("blkverify_raw_shorter", "blkverify:half.img:img.raw", &["read 600k 512", "read -P 0 1020k 4k", "length"]),
+        bv("blkverify_test_shorter", "blkverify:raw.img:half.img", &["read 600k 512", "length", "read 0 512"]),
+        on("blkverify_probed", &[], &["read 0 512"], "blkverify:raw.img:img.raw"),
+        bv(
+            "blkverify_return_value_mismatch",
+            "blkverify:raw.img:blkdebug:wv.conf:img.raw",
+            &["write 0 512", "read 0 512"],
+        )
+        .file("wv.conf", "[inject-error]\nevent = \"write_aio\"\nerrno = \"28\"\n")
+        .pending(),
+        bv(
+            "blkverify_read_return_value_mismatch",
+            "blkverify:raw.img:blkdebug:rv.conf:img.raw",
+            &["write 0 512", "read 0 512"],
+        )
+        .file("rv.conf", "[inject-error]\nevent = \"read_aio\"\n")
+        .pending(),
+        bv("blkverify_over_blkdebug_breakpoint", "blkverify:raw.img:blkdebug::img.raw", &["break read_aio A", "aio_read 0 512", "aio_flush", "resume A"]),
+        bv("blkverify_missing_test", "blkverify:raw.img", &["read 0 1"]),
+        bv("blkverify_reverse_nesting", "blkverify:blkdebug::raw.img:img.raw", &["read 0 1"]),
+        bv("blkverify_nonexistent", "blkverify:raw.img:nonexist.img", &["read 0 1"]),
+        on(
+            "blkverify_json",
+            &[],
+            &["read 0 512", "read 0 1k"],
+            r#"json:{"driver":"blkverify","raw":{"driver":"file","filename":"raw.img"},"test":{"driver":"file","filename":"test.img"}}"#,
+        ),
+        on("blkverify_json_missing_test", &[], &["read 0 1"], r#"json:{"driver":"blkverify","raw":{"driver":"file","filename":"raw.img"}}"#),
+        on(
+            "blkverify_image_opts",
+            &["--image-opts"],
+            &["write -P 9 0 512", "read -P 9 0 512", "info"],
+            "driver=blkverify,raw.driver=file,raw.filename=raw.img,test.driver=file,test.filename=img.raw",
+        ),
+    ]
+}
+
+fn open_errors() -> Vec<Case> {
+    let conf = |name: &str, content: &str| dbg(name, content, &["read 0 1"]).pending();
+    vec![
+        on("open_nonexistent", &["-f", "raw"], &["read 0 1"], "nonexist.raw"),
+        on("open_unknown_format", &["-f", "bogus"], &["read 0 1"], "img.raw"),
+        on("open_json_bad", &[], &["read 0 1"], "json:{")
+            .ignore("JSON syntax errors: open.rs reports serde_json's message, QEMU says 'JSON parse error, premature EOI'"),
+        on("open_json_not_object", &[], &["read 0 1"], "json:[1]"),
+        on("open_json_unknown_driver", &[], &["read 0 1"], r#"json:{"driver":"bogus"}"#),
+        on("open_json_file_missing_filename", &[], &["read 0 1"], r#"json:{"driver":"file"}"#),
+        on("open_json_raw_file", &[], &["write -P 1 0 512", "read -P 1 0 512"], r#"json:{"driver":"raw","file":{"driver":"file","filename":"img.raw"}}"#),
+        on("open_json_unknown_option", &[], &["read 0 1"], r#"json:{"driver":"raw","bogus":1,"file":{"driver":"file","filename":"img.raw"}}"#),
+        on("image_opts_missing_filename", &["--image-opts"], &["read 0 1"], "driver=file"),
+        on("image_opts_bad_syntax", &["--image-opts"], &["read 0 1"], "driver=raw,,=x"),
+        on("image_opts_unknown_driver", &["--image-opts"], &["read 0 1"], "driver=bogus,filename=img.raw"),
+        on("blkdebug_one_colon", &[], &["read 0 1"], "blkdebug:img.raw"),
+        on("blkdebug_bare", &[], &["read 0 1"], "blkdebug:"),
+        on("blkdebug_probed_warning", &[], &["read 0 512"], "blkdebug::img.raw"),
+        on("blkdebug_missing_image", &["-f", "raw"], &["read 0 1"], "blkdebug::nonexist.raw"),
+        on("blkdebug_missing_config", &["-f", "raw"], &["read 0 1"], "blkdebug:nonexist.conf:img.raw").pending(),
+        conf("config_unknown_event", "[inject-error]\nevent = \"bogus\"\n"),
+        conf("config_missing_event", "[inject-error]\nerrno = \"5\"\n"),
+        conf("config_unquoted_value", "[inject-error]\nevent = read_aio\n"),
+        conf("config_unquoted_errno", "[inject-error]\nevent = \"read_aio\"\nerrno = 28\n"),
+        conf("config_unknown_key", "[inject-error]\nevent = \"read_aio\"\nfoo = \"1\"\n"),
+        conf("config_no_spaces", "[inject-error]\nevent=\"read_aio\"\n"),
+        conf("config_unknown_group", "[bogus]\nevent = \"read_aio\"\n"),
+        conf("config_no_group", "event = \"read_aio\"\n"),
+        conf("config_garbage_line", "garbage line\n"),
+        conf("config_whitespace_line", "[inject-error]\n   \nevent = \"read_aio\"\n"),
+        conf("config_duplicate_id", "[inject-error \"id1\"]\nevent = \"read_aio\"\n[inject-error \"id1\"]\nevent = \"write_aio\"\n"),
+        conf("config_dotted_event", "[inject-error]\nevent = \"l1_grow.alloc_table\"\n"),
+        conf("config_bool_uppercase", "[inject-error]\nevent = \"read_aio\"\nonce = \"TRUE\"\n"),
+        conf("config_errno_not_number", "[inject-error]\nevent = \"read_aio\"\nerrno = \"abc\"\n"),
+        conf("config_state_not_number", "[set-state]\nevent = \"read_aio\"\nstate = \"x\"\n"),
+        conf("config_iotype_bogus", "[inject-error]\nevent = \"read_aio\"\niotype = \"bogus\"\n"),
+        dbg("config_empty_file", "", &["read 0 1"]),
+    ]
+}

@@ -1,0 +1,239 @@
+//! The machinery of the differential suite: setting up a scratch directory, running the real
+//! qemu-io and our engine on it, and the iotests output filter.
+
+use blockfault::output::Capture;
+use blockfault::qemu_io::{self, Invocation};
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::rc::Rc;
+
+/// Size of every standard image: small enough to write quickly, big enough for `map` to be
+/// interesting.
+pub const IMG_SIZE: u64 = 1 << 20;
+
+/// Byte offset at which `test.img` differs from `raw.img` (blkverify's contents mismatch).
+pub const TEST_IMG_DIFF_AT: u64 = 700;
+
+/// One command sequence, run with the same arguments through qemu-io and through our engine.
+pub struct Case {
+    pub name: String,
+    /// qemu-io's argv without the program name
+    pub args: Vec<String>,
+    /// extra files (blkdebug configs, ...) written next to the standard images
+    pub files: Vec<(String, Vec<u8>)>,
+    /// why the case is currently expected to fail (it is then reported as ignored)
+    pub ignore: Option<String>,
+}
+
+/// `case("name", &["-f", "raw", "-c", "read 0 512", "img.raw"])`
+pub fn case(name: &str, args: &[&str]) -> Case {
+    Case {
+        name: name.to_string(),
+        args: args.iter().map(|s| s.to_string()).collect(),
+        files: Vec::new(),
+        ignore: None,
+    }
+}
+
+impl Case {
+    pub fn file(mut self, name: &str, content: &str) -> Self {
+        self.files.push((name.to_string(), content.as_bytes().to_vec()));
+        self
+    }
+
+    pub fn ignore(mut self, reason: &str) -> Self {
+        self.ignore = Some(reason.to_string());
+        self
+    }
+}
+
+/// Writes the files every case starts with. The images are sparse and zeroed, like
+/// `qemu-img create -f raw`, so every run starts from the same data.
+pub fn populate(dir: &Path, extra: &[(String, Vec<u8>)]) {
+    let sized = |name: &str, size: u64| {
+        let f = fs::File::create(dir.join(name)).unwrap();
+        f.set_len(size).unwrap();
+    };
+    // The image most cases use, and blkverify's raw reference.
+    sized("img.raw", IMG_SIZE);
+    sized("raw.img", IMG_SIZE);
+    // A reference shorter than the test image: reads past its end see zeroes.
+    sized("half.img", IMG_SIZE / 2);
+    // blkverify's test image: equal to raw.img except for one byte.
+    let mut test = vec![0u8; IMG_SIZE as usize];
+    test[TEST_IMG_DIFF_AT as usize] = 1;
+    fs::write(dir.join("test.img"), test).unwrap();
+    // `write -s` sources: printable and non-printable bytes, for the -v ASCII column too.
+    fs::write(dir.join("src.bin"), b"blockfault write -s source\x01\x7f~Z9\n").unwrap();
+    fs::write(dir.join("empty.bin"), b"").unwrap();
+    for (name, content) in extra {
+        fs::write(dir.join(name), content).unwrap();
+    }
+}
+
+/// Contents of every file of a scratch directory, to check both programs left the same data.
+pub fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (e.file_name().to_string_lossy().into_owned(), fs::read(e.path()).unwrap())
+        })
+        .collect()
+}
+
+/// Why the real programs can't be run, if they can't.
+pub fn missing_tools() -> Option<String> {
+    for tool in ["qemu-io", "stdbuf", "timeout"] {
+        let found = std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+            .unwrap_or(false);
+        if !found {
+            return Some(format!("`{tool}` is not in PATH"));
+        }
+    }
+    None
+}
+
+/// Runs the real qemu-io as the iotests do (`stdbuf -oL qemu-io ARGS 2>&1`, stdin null) in `dir`;
+/// returns the combined output and the exit status (128 + signal for a signal death, like a shell).
+pub fn run_qemu(dir: &Path, args: &[String]) -> (String, i32) {
+    // stdbuf makes stdout line-buffered so that the interleaving with stderr is causal, which is
+    // what our engine models; `timeout` keeps a case that hangs from hanging the suite.
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg("exec timeout -s KILL 10 stdbuf -oL qemu-io \"$@\" 2>&1")
+        .arg("sh")
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("running qemu-io");
+    use std::os::unix::process::ExitStatusExt;
+    let status = out
+        .status
+        .code()
+        .or_else(|| out.status.signal().map(|s| 128 + s))
+        .unwrap();
+    (String::from_utf8_lossy(&out.stdout).into_owned(), status)
+}
+
+/// The subset of qemu-io's command line the cases use, as an [`Invocation`].
+pub fn invocation(args: &[String]) -> Invocation {
+    let mut inv = Invocation::default();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "-f" => inv.format = it.next().cloned(),
+            "-t" => inv.cache = it.next().cloned(),
+            "-c" => inv.commands.push(it.next().cloned().unwrap()),
+            "--image-opts" => inv.image_opts = true,
+            _ => {
+                assert!(inv.drive.is_none(), "a case has more than one positional argument");
+                inv.drive = Some(a.clone());
+            }
+        }
+    }
+    inv
+}
+
+/// Runs our engine in-process on `dir`.
+pub fn run_ours(dir: &Path, args: &[String]) -> (String, i32) {
+    let cap = Rc::new(RefCell::new(Capture::default()));
+    let status = qemu_io::run(&invocation(args), dir, cap.clone());
+    let out = cap.borrow().combined.clone();
+    (out, status)
+}
+
+/// `_filter_qemu_io` and `_filter_testdir`, plus one addition of ours for the `-C` one-line
+/// report, which has timings too (the iotests never use `-C`).
+pub fn filter(text: &str, test_dir: &Path) -> String {
+    let text = text.replace('\r', "").replace(&*test_dir.to_string_lossy(), "TEST_DIR");
+    let mut out = String::with_capacity(text.len());
+    for line in text.split_inclusive('\n') {
+        let (body, nl) = match line.strip_suffix('\n') {
+            Some(b) => (b, "\n"),
+            None => (line, ""),
+        };
+        let body = body.replace("qemu-io> ", "");
+        let body = filter_stats(&body).unwrap_or_else(|| filter_csv(&body).unwrap_or(body));
+        out.push_str(&body);
+        out.push_str(nl);
+    }
+    out
+}
+
+/// The first stats match, as sed's
+/// `s/[0-9]* ops\; [0-9/:. sec]* ([0-9/.inf]* [EPTGMKiBbytes]*\/sec and [0-9/.inf]* ops\/sec)/X ops\; XX:XX:XX.X (XXX YYY\/sec and XXX ops\/sec)/`.
+/// Every character class is followed by a character outside it, so greedy scanning without
+/// backtracking matches exactly what the regex matches.
+fn filter_stats(line: &str) -> Option<String> {
+    let b = line.as_bytes();
+    let mut search = 0;
+    while let Some(rel) = line[search..].find(" ops; ") {
+        let ops = search + rel;
+        search = ops + 1;
+        let mut start = ops;
+        while start > 0 && b[start - 1].is_ascii_digit() {
+            start -= 1;
+        }
+        let span = |from: usize, class: &dyn Fn(u8) -> bool| {
+            let mut i = from;
+            while i < b.len() && class(b[i]) {
+                i += 1;
+            }
+            i
+        };
+        let num = |c: u8| c.is_ascii_digit() || b"/.inf".contains(&c);
+        let lit = |at: usize, s: &str| line[at..].starts_with(s).then_some(at + s.len());
+        let i = span(ops + 6, &|c| c.is_ascii_digit() || b"/:. sec".contains(&c));
+        let Some(i) = lit(i, "(") else { continue };
+        let i = span(i, &num);
+        let Some(i) = lit(i, " ") else { continue };
+        let i = span(i, &|c| b"EPTGMKiBbytes".contains(&c));
+        let Some(i) = lit(i, "/sec and ") else { continue };
+        let i = span(i, &num);
+        let Some(end) = lit(i, " ops/sec)") else { continue };
+        return Some(format!(
+            "{}X ops; XX:XX:XX.X (XXX YYY/sec and XXX ops/sec){}",
+            &line[..start],
+            &line[end..]
+        ));
+    }
+    None
+}
+
+/// `-C` reports: `<total>,<count>,<H:MM:SS.ss>,<bytes/sec>,<ops/sec>`; keep the first two.
+fn filter_csv(line: &str) -> Option<String> {
+    let f: Vec<&str> = line.split(',').collect();
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit());
+    let rate = |s: &str| !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit() || b".inf-".contains(&c));
+    let time = |s: &str| !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit() || b":.".contains(&c));
+    (f.len() == 5 && digits(f[0]) && digits(f[1]) && time(f[2]) && rate(f[3]) && rate(f[4]))
+        .then(|| format!("{},{},X:XX:XX.XX,XXX,XXX", f[0], f[1]))
+}
+
+/// The filter's own examples (run as a trial of the suite, which has no libtest harness).
+pub fn filter_self_check() {
+    let d = Path::new("/tmp/x");
+    assert_eq!(
+        filter("4 KiB, 1 ops; 00.00 sec (3.403 MiB/sec and 871.2684 ops/sec)\n", d),
+        "4 KiB, X ops; XX:XX:XX.X (XXX YYY/sec and XXX ops/sec)\n"
+    );
+    assert_eq!(
+        filter("512 bytes, 1 ops; 0:37:15.32 (1.832397 bytes/sec and 0.0004 ops/sec)", d),
+        "512 bytes, X ops; XX:XX:XX.X (XXX YYY/sec and XXX ops/sec)"
+    );
+    assert_eq!(
+        filter("0 bytes, 1 ops; 00.00 sec (0 bytes/sec and inf ops/sec)\n", d),
+        "0 bytes, X ops; XX:XX:XX.X (XXX YYY/sec and XXX ops/sec)\n"
+    );
+    assert_eq!(filter("512,1,0:00:00.00,8056141.234,15734.651\n", d), "512,1,X:XX:XX.XX,XXX,XXX\n");
+    assert_eq!(filter("qemu-io> open /tmp/x/a\n", d), "open TEST_DIR/a\n");
+    // Not a stats line: left alone.
+    assert_eq!(filter("read 512/512 bytes at offset 0\n", d), "read 512/512 bytes at offset 0\n");
+}

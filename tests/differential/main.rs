@@ -1,0 +1,148 @@
+//! Differential suite: every case runs through the real `qemu-io` (QEMU 10.0.2) and through our
+//! engine, in fresh scratch directories holding the same files, and must give byte-identical
+//! output after the iotests filters, the same exit status and the same files afterwards.
+//!
+//! Environment:
+//! - `BLOCKFAULT_QEMU_RUNS=N` runs qemu-io N times per case and fails the case if its output is
+//!   not stable (used to vet new cases: a timing-dependent case must not be kept).
+//!
+//! Cases marked ignored still run: a marked case that differs is reported as ignored with its
+//! reason, and one that matches fails, so that stale marks get noticed.
+
+mod cases;
+mod harness;
+mod ours;
+
+use harness::{filter, missing_tools, populate, run_ours, run_qemu, snapshot, Case};
+use libtest_mimic::{Arguments, Completion, Failed, Trial};
+use std::collections::{BTreeMap, HashSet};
+
+fn main() {
+    let args = Arguments::from_args();
+    let mut trials = vec![Trial::test("filter_self_check", || {
+        harness::filter_self_check();
+        Ok(())
+    })];
+    // Our own expectations where we deliberately differ from QEMU need no qemu-io.
+    trials.extend(ours::trials());
+    match missing_tools() {
+        Some(why) => eprintln!("differential: skipping the qemu-io comparisons: {why}"),
+        None => {
+            let cases = cases::all();
+            let mut names = HashSet::new();
+            for c in &cases {
+                assert!(names.insert(c.name.clone()), "duplicate case name {}", c.name);
+            }
+            trials.extend(cases.into_iter().map(trial));
+        }
+    }
+    libtest_mimic::run(&args, trials).exit();
+}
+
+fn trial(case: Case) -> Trial {
+    Trial::ignorable_test(format!("diff::{}", case.name), move || {
+        match (compare(&case), &case.ignore) {
+            (Ok(()), None) => Ok(Completion::Completed),
+            (Err(e), None) => Err(e.into()),
+            (Err(_), Some(reason)) => Ok(Completion::ignored_with(reason)),
+            (Ok(()), Some(reason)) => Err(Failed::from(format!(
+                "case is marked ignored ({reason}) but now matches qemu-io: remove the mark"
+            ))),
+        }
+    })
+}
+
+/// What one program run leaves: filtered output, exit status, files.
+#[derive(PartialEq)]
+struct Outcome {
+    output: String,
+    status: i32,
+    files: BTreeMap<String, Vec<u8>>,
+}
+
+fn run_in_scratch(case: &Case, run: fn(&std::path::Path, &[String]) -> (String, i32)) -> Outcome {
+    let dir = tempfile::tempdir().unwrap();
+    populate(dir.path(), &case.files);
+    let (output, status) = run(dir.path(), &case.args);
+    Outcome {
+        output: filter(&output, dir.path()),
+        status,
+        files: snapshot(dir.path()),
+    }
+}
+
+fn compare(case: &Case) -> Result<(), String> {
+    let runs: usize = std::env::var("BLOCKFAULT_QEMU_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
+        .max(1);
+    let qemu = run_in_scratch(case, run_qemu);
+    for _ in 1..runs {
+        let again = run_in_scratch(case, run_qemu);
+        if again != qemu {
+            return Err(format!(
+                "qemu-io itself is not stable on this case:\n{}",
+                diff(&qemu.output, &again.output, "first run", "later run")
+            ));
+        }
+    }
+    let ours = run_in_scratch(case, run_ours);
+    let mut problems = String::new();
+    if ours.output != qemu.output {
+        problems += &format!("output differs:\n{}", diff(&qemu.output, &ours.output, "qemu-io", "blockfault"));
+    }
+    if ours.status != qemu.status {
+        problems += &format!("exit status: qemu-io {}, blockfault {}\n", qemu.status, ours.status);
+    }
+    for name in qemu.files.keys().chain(ours.files.keys()).collect::<std::collections::BTreeSet<_>>() {
+        let (q, o) = (qemu.files.get(name), ours.files.get(name));
+        if q != o {
+            let describe = |f: Option<&Vec<u8>>| match f {
+                None => "missing".to_string(),
+                Some(d) => format!("{} bytes", d.len()),
+            };
+            let first = match (q, o) {
+                (Some(q), Some(o)) => q
+                    .iter()
+                    .zip(o)
+                    .position(|(a, b)| a != b)
+                    .map(|i| format!(", first difference at byte {i}"))
+                    .unwrap_or_default(),
+                _ => String::new(),
+            };
+            problems += &format!(
+                "file {name} differs afterwards: qemu-io {}, blockfault {}{first}\n",
+                describe(q),
+                describe(o)
+            );
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("qemu-io {}\n{problems}", shell_words(&case.args)))
+    }
+}
+
+fn diff(a: &str, b: &str, an: &str, bn: &str) -> String {
+    similar::TextDiff::from_lines(a, b)
+        .unified_diff()
+        .header(an, bn)
+        .missing_newline_hint(true)
+        .to_string()
+}
+
+/// The command line, quoted for pasting into a shell.
+fn shell_words(args: &[String]) -> String {
+    args.iter()
+        .map(|a| {
+            if a.bytes().all(|c| c.is_ascii_alphanumeric() || b"-_./:=,".contains(&c)) {
+                a.clone()
+            } else {
+                format!("'{}'", a.replace('\'', "'\\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
