@@ -638,6 +638,7 @@ fn discard_f(s: &mut Session, spec: &CommandSpec, argv: &[String]) -> i32 {
 }
 
 fn truncate_f(s: &mut Session, spec: &CommandSpec, argv: &[String]) -> i32 {
+    let mut prealloc = "off".to_string();
     let pos = tri!(options(s, spec, argv, "m:", |c, arg| {
         if c == 'm' {
             let mode = arg.unwrap_or_default();
@@ -645,6 +646,7 @@ fn truncate_f(s: &mut Session, spec: &CommandSpec, argv: &[String]) -> i32 {
                 s.report(&format!("Invalid preallocation mode '{mode}'"));
                 return Err(EINVAL);
             }
+            prealloc = mode;
         }
         Ok(())
     }));
@@ -654,7 +656,7 @@ fn truncate_f(s: &mut Session, spec: &CommandSpec, argv: &[String]) -> i32 {
     }
     let size = tri!(num(s, &pos[0]));
     let b = blk(s);
-    match s.run_sync(async move { b.truncate(size as u64).await }) {
+    match s.run_sync(async move { b.truncate_prealloc(size as u64, &prealloc).await }) {
         Some(Ok(())) => 0,
         Some(Err(msg)) => {
             s.report(&msg);
