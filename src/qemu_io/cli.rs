@@ -92,6 +92,7 @@ fn run_with(
     };
     let mut session = Session::new(console.clone(), base_dir.to_path_buf());
     session.skip_host_sync = inv.skip_host_sync;
+    session.image_opts = inv.image_opts;
     if let Some(drive) = &inv.drive {
         let (name, options) = if inv.image_opts {
             match parse_keyval(drive) {
@@ -114,6 +115,7 @@ fn run_with(
             read_only,
             writethrough,
             no_flush,
+            unmap: true,
             image_opts: inv.image_opts,
         });
         if !opened {

@@ -577,7 +577,7 @@ pub static COMMANDS: [CommandSpec; 32] = [
         nofile_ok: false,
         needs_write: false,
         needs_resize: false,
-        supported: false,
+        supported: true,
         help: None,
     },
     CommandSpec {
@@ -591,7 +591,7 @@ pub static COMMANDS: [CommandSpec; 32] = [
         nofile_ok: false,
         needs_write: false,
         needs_resize: false,
-        supported: false,
+        supported: true,
         help: None,
     },
     CommandSpec {
@@ -605,7 +605,7 @@ pub static COMMANDS: [CommandSpec; 32] = [
         nofile_ok: false,
         needs_write: false,
         needs_resize: false,
-        supported: false,
+        supported: true,
         help: None,
     },
     CommandSpec {
@@ -619,7 +619,7 @@ pub static COMMANDS: [CommandSpec; 32] = [
         nofile_ok: false,
         needs_write: false,
         needs_resize: false,
-        supported: false,
+        supported: true,
         help: None,
     },
     CommandSpec {
@@ -633,7 +633,7 @@ pub static COMMANDS: [CommandSpec; 32] = [
         nofile_ok: false,
         needs_write: false,
         needs_resize: false,
-        supported: false,
+        supported: true,
         help: None,
     },
     CommandSpec {
@@ -647,7 +647,7 @@ pub static COMMANDS: [CommandSpec; 32] = [
         nofile_ok: false,
         needs_write: false,
         needs_resize: false,
-        supported: false,
+        supported: true,
         help: None,
     },
 ];
@@ -927,7 +927,8 @@ mod tests {
             .collect();
         assert_eq!(resize, ["truncate"]);
         for c in &COMMANDS {
-            assert_eq!(c.supported, !c.name.starts_with("zone_"), "{}", c.name);
+            // zone commands fail like QEMU's on a non-zoned node; reopen is implemented
+            assert!(c.supported, "{}", c.name);
         }
     }
 }

@@ -33,6 +33,8 @@ pub struct Session {
     pub quit: bool,
     /// see [`super::Invocation::skip_host_sync`]
     pub skip_host_sync: bool,
+    /// qemu-io was started with `--image-opts` (then `open -o` is refused)
+    pub image_opts: bool,
 }
 
 /// How a drive is opened (qemu-io's `openfile` parameters).
@@ -42,6 +44,8 @@ pub struct OpenRequest<'a> {
     pub read_only: bool,
     pub writethrough: bool,
     pub no_flush: bool,
+    /// `discard=unmap` (qemu-io's default; `-d ignore` turns it off)
+    pub unmap: bool,
     /// `--image-opts`: errors say `can't open:` with no device name
     pub image_opts: bool,
 }
@@ -56,6 +60,7 @@ impl Session {
             last_error: false,
             quit: false,
             skip_host_sync: false,
+            image_opts: false,
         }
     }
 
@@ -83,7 +88,7 @@ impl Session {
             console: self.console.clone(),
             flags: OpenFlags {
                 read_only: req.read_only,
-                unmap: true,
+                unmap: req.unmap,
                 no_flush: req.no_flush,
             },
             skip_host_sync: self.skip_host_sync,
