@@ -4,7 +4,7 @@
 //! Cases whose QEMU output depends on timing (two aio requests in flight whose completions race)
 //! or where QEMU aborts are not here: see `ours.rs`.
 
-use crate::harness::{case, Case};
+use crate::harness::{Case, case};
 
 /// blkdebug rules from config files and the inject-error/set-state/align/... options are being
 /// wired into the engine on another branch; until that is merged, the cases that need them differ.
@@ -18,7 +18,11 @@ trait Pending {
 
 impl Pending for Case {
     fn pending(self) -> Self {
-        if RULES_PENDING { self.ignore(RULES_REASON) } else { self }
+        if RULES_PENDING {
+            self.ignore(RULES_REASON)
+        } else {
+            self
+        }
     }
 }
 
@@ -106,7 +110,12 @@ fn basic() -> Vec<Case> {
     vec![
         raw(
             "read_write_pattern",
-            &["write -P 0xab 0 4k", "read -P 0xab 0 4k", "read -P 0xcd 512 512", "read -v 0 20"],
+            &[
+                "write -P 0xab 0 4k",
+                "read -P 0xab 0 4k",
+                "read -P 0xcd 512 512",
+                "read -v 0 20",
+            ],
         ),
         raw(
             "read_pattern_range",
@@ -124,14 +133,53 @@ fn basic() -> Vec<Case> {
         raw("read_invalid_option_a", &["read -a 0 512", "read -p 0 512"]),
         raw(
             "read_dump_ascii",
-            &["write -s src.bin 0 40", "read -v 0 40", "read -v 3 17", "read -v 100 4", "read -qv 0 1"],
+            &[
+                "write -s src.bin 0 40",
+                "read -v 0 40",
+                "read -v 3 17",
+                "read -v 100 4",
+                "read -qv 0 1",
+            ],
         ),
-        raw("read_vmstate", &["read -b 0 512", "read -b 1 512", "read -b 512 100", "read -b -r 0 512"]),
-        raw("read_permuted_and_clustered", &["read 0 16 -v", "write -P0x41 0 16", "read -vq 0 16", "read -- 0 16"]),
-        raw("zero_length", &["read 0 0", "write 0 0", "readv 0 0", "writev 0 0", "discard 0 0"]),
+        raw(
+            "read_vmstate",
+            &[
+                "read -b 0 512",
+                "read -b 1 512",
+                "read -b 512 100",
+                "read -b -r 0 512",
+            ],
+        ),
+        raw(
+            "read_permuted_and_clustered",
+            &[
+                "read 0 16 -v",
+                "write -P0x41 0 16",
+                "read -vq 0 16",
+                "read -- 0 16",
+            ],
+        ),
+        raw(
+            "zero_length",
+            &[
+                "read 0 0",
+                "write 0 0",
+                "readv 0 0",
+                "writev 0 0",
+                "discard 0 0",
+            ],
+        ),
         raw(
             "past_end",
-            &["read 1M 512", "read 1020k 8k", "write 1M 512", "write 1023k 2k", "discard 1M 512", "readv 1M 1", "alloc 1M"],
+            &[
+                "read 1M 512",
+                "read 1020k 8k",
+                "write 1M 512",
+                "write 1023k 2k",
+                "discard 1M 512",
+                "readv 1M 1",
+                "alloc 1M",
+            ],
         ),
         raw(
             "readv_writev",
@@ -147,10 +195,26 @@ fn basic() -> Vec<Case> {
                 "readv -P 1 0 512",
             ],
         ),
-        raw("readv_writev_errors", &["readv -b 0 512", "writev -z 0 512", "writev", "readv 0 x", "writev 0 1 2x"]),
+        raw(
+            "readv_writev_errors",
+            &[
+                "readv -b 0 512",
+                "writev -z 0 512",
+                "writev",
+                "readv 0 x",
+                "writev 0 1 2x",
+            ],
+        ),
         raw(
             "write_zeroes",
-            &["write -P 1 0 16k", "write -z 0 4k", "write -z -u 4k 4k", "write -z -n 8k 4k", "read -P 0 0 12k", "read -P 1 12k 4k"],
+            &[
+                "write -P 1 0 16k",
+                "write -z 0 4k",
+                "write -z -u 4k 4k",
+                "write -z -n 8k 4k",
+                "read -P 0 0 12k",
+                "read -P 1 12k 4k",
+            ],
         ),
         raw(
             "write_flag_conflicts",
@@ -166,11 +230,33 @@ fn basic() -> Vec<Case> {
                 "write -z -r 0 512",
             ],
         ),
-        raw("write_unsupported", &["write -b 0 512", "write -c 0 512", "write -f 0 512", "read -P 0xcd 0 512"]),
-        raw("write_quiet_csv", &["write -q -P 3 0 512", "write -C -P 4 512 512", "read -P 3 0 512", "read -P 4 512 512"]),
+        raw(
+            "write_unsupported",
+            &[
+                "write -b 0 512",
+                "write -c 0 512",
+                "write -f 0 512",
+                "read -P 0xcd 0 512",
+            ],
+        ),
+        raw(
+            "write_quiet_csv",
+            &[
+                "write -q -P 3 0 512",
+                "write -C -P 4 512 512",
+                "read -P 3 0 512",
+                "read -P 4 512 512",
+            ],
+        ),
         raw(
             "write_source_file",
-            &["write -s src.bin 0 100", "read -v 0 100", "write -s nonexist.bin 0 1", "write -s empty.bin 0 1", "write -s src.bin -q 1k 3"],
+            &[
+                "write -s src.bin 0 100",
+                "read -v 0 100",
+                "write -s nonexist.bin 0 1",
+                "write -s empty.bin 0 1",
+                "write -s src.bin -q 1k 3",
+            ],
         ),
         raw(
             "aio_read_write",
@@ -191,11 +277,25 @@ fn basic() -> Vec<Case> {
         ),
         raw(
             "aio_vectors",
-            &["aio_write -P 5 0 512 1k", "aio_flush", "aio_read -P 5 0 1k 512", "aio_flush", "aio_write -q -C -P 6 2k 512", "aio_flush"],
+            &[
+                "aio_write -P 5 0 512 1k",
+                "aio_flush",
+                "aio_read -P 5 0 1k 512",
+                "aio_flush",
+                "aio_write -q -C -P 6 2k 512",
+                "aio_flush",
+            ],
         ),
         raw(
             "aio_write_zeroes",
-            &["write -P 9 0 8k", "aio_write -z 0 4k", "aio_flush", "aio_write -z -u 4k 4k", "aio_flush", "read -P 0 0 8k"],
+            &[
+                "write -P 9 0 8k",
+                "aio_write -z 0 4k",
+                "aio_flush",
+                "aio_write -z -u 4k 4k",
+                "aio_flush",
+                "read -P 0 0 8k",
+            ],
         ),
         raw(
             "aio_write_errors",
@@ -213,11 +313,27 @@ fn basic() -> Vec<Case> {
                 "aio_write 0",
             ],
         ),
-        raw("aio_pattern_mismatch_exit_status", &["aio_read -P 1 0 512", "aio_flush"]),
-        raw("flush_length_info", &["flush", "length", "info", "f", "l", "i"]),
+        raw(
+            "aio_pattern_mismatch_exit_status",
+            &["aio_read -P 1 0 512", "aio_flush"],
+        ),
+        raw(
+            "flush_length_info",
+            &["flush", "length", "info", "f", "l", "i"],
+        ),
         raw(
             "discard_map_alloc",
-            &["discard 0 64k", "discard -q 0 4k", "discard -C 4k 4k", "map", "alloc 0 4k", "alloc 0", "alloc 4k 1k", "a 1M", "alloc 0 2M"],
+            &[
+                "discard 0 64k",
+                "discard -q 0 4k",
+                "discard -C 4k 4k",
+                "map",
+                "alloc 0 4k",
+                "alloc 0",
+                "alloc 4k 1k",
+                "a 1M",
+                "alloc 0 2M",
+            ],
         ),
         raw(
             "truncate",
@@ -237,23 +353,87 @@ fn basic() -> Vec<Case> {
             ],
         ),
         raw("truncate_metadata", &["truncate -m metadata 2M", "length"]),
-        raw("sleep", &["sleep 10", "sleep 0", "sleep -1", "sleep abc", "sleep 0x5", "sleep 1 2"]),
+        raw(
+            "sleep",
+            &[
+                "sleep 10",
+                "sleep 0",
+                "sleep -1",
+                "sleep abc",
+                "sleep 0x5",
+                "sleep 1 2",
+            ],
+        ),
         raw("help", &["help"]),
         raw(
             "help_commands",
-            &["help read", "help ?", "help write", "help aio_write", "help map", "help open", "help bogus", "help a b", "? q"],
+            &[
+                "help read",
+                "help ?",
+                "help write",
+                "help aio_write",
+                "help map",
+                "help open",
+                "help bogus",
+                "help a b",
+                "? q",
+            ],
         ),
-        raw("help_each", &["help truncate", "help sigraise", "help sleep", "help break", "help readv", "help alloc"]),
-        raw("quit_stops", &["write -P 1 0 512", "quit", "write -P 2 0 512"]),
+        raw(
+            "help_each",
+            &[
+                "help truncate",
+                "help sigraise",
+                "help sleep",
+                "help break",
+                "help readv",
+                "help alloc",
+            ],
+        ),
+        raw(
+            "quit_stops",
+            &["write -P 1 0 512", "quit", "write -P 2 0 512"],
+        ),
         raw("quit_after_failure", &["read 1M 1", "q"]),
-        raw("sigraise_term", &["write -P 1 0 512", "sigraise 15", "read 0 512"]),
-        raw("sigraise_errors", &["sigraise 100", "sigraise abc", "sigraise 66", "sigraise"]),
+        raw(
+            "sigraise_term",
+            &["write -P 1 0 512", "sigraise 15", "read 0 512"],
+        ),
+        raw(
+            "sigraise_errors",
+            &["sigraise 100", "sigraise abc", "sigraise 66", "sigraise"],
+        ),
         raw("abort_command", &["read -q 0 512", "abort", "read 0 512"]),
-        on("cache_writeback", &["-f", "raw", "-t", "writeback"], &["write -f -P 8 0 4k", "flush", "read -P 8 0 4k"], "img.raw"),
-        on("cache_unsafe", &["-f", "raw", "-t", "unsafe"], &["write -P 8 0 4k", "flush"], "img.raw"),
-        on("cache_invalid", &["-f", "raw", "-t", "bogus"], &["read 0 1"], "img.raw"),
-        on("probed_raw_warning", &[], &["write -P 3 0 512", "read -P 3 0 512"], "img.raw"),
-        on("probed_raw_block0_restricted", &[], &["write -P 3 0 512", "write -z 0 512", "read -P 0 0 512"], "img.raw"),
+        on(
+            "cache_writeback",
+            &["-f", "raw", "-t", "writeback"],
+            &["write -f -P 8 0 4k", "flush", "read -P 8 0 4k"],
+            "img.raw",
+        ),
+        on(
+            "cache_unsafe",
+            &["-f", "raw", "-t", "unsafe"],
+            &["write -P 8 0 4k", "flush"],
+            "img.raw",
+        ),
+        on(
+            "cache_invalid",
+            &["-f", "raw", "-t", "bogus"],
+            &["read 0 1"],
+            "img.raw",
+        ),
+        on(
+            "probed_raw_warning",
+            &[],
+            &["write -P 3 0 512", "read -P 3 0 512"],
+            "img.raw",
+        ),
+        on(
+            "probed_raw_block0_restricted",
+            &[],
+            &["write -P 3 0 512", "write -z 0 512", "read -P 0 0 512"],
+            "img.raw",
+        ),
     ]
 }
 
@@ -261,26 +441,82 @@ fn numbers() -> Vec<Case> {
     vec![
         raw(
             "numbers_accepted",
-            &["read 010 0x10", "read 1.5k .5k", "read 1.k 1.b", "read +1 0.0001k", "read 12.75k 1b", "read 0X10 0x0"],
+            &[
+                "read 010 0x10",
+                "read 1.5k .5k",
+                "read 1.k 1.b",
+                "read +1 0.0001k",
+                "read 12.75k 1b",
+                "read 0X10 0x0",
+            ],
         ),
         raw(
             "numbers_rejected",
-            &["read 0 4x", "read 0 1.5", "read 0 1.9999b", "read 0 0x1k", "read 0 1e3", "read 0 1kb", "read 0 1KiB", "read 0 0x", "read 0 abc", "read 0 ''"],
+            &[
+                "read 0 4x",
+                "read 0 1.5",
+                "read 0 1.9999b",
+                "read 0 0x1k",
+                "read 0 1e3",
+                "read 0 1kb",
+                "read 0 1KiB",
+                "read 0 0x",
+                "read 0 abc",
+                "read 0 ''",
+            ],
         ),
         raw(
             "numbers_too_large",
-            &["read 0 8E", "read 0 99999999999999999999", "read 0 2G", "write 0 1E", "write -n 0 3G", "discard 0 4G", "read 0 2147483136", "read 1E 512"],
+            &[
+                "read 0 8E",
+                "read 0 99999999999999999999",
+                "read 0 2G",
+                "write 0 1E",
+                "write -n 0 3G",
+                "discard 0 4G",
+                "read 0 2147483136",
+                "read 1E 512",
+            ],
         ),
-        raw("numbers_negative", &["read 0 -1", "read -1 1", "read -- -1 1", "write -- 0 -5"]),
+        raw(
+            "numbers_negative",
+            &["read 0 -1", "read -1 1", "read -- -1 1", "write -- 0 -5"],
+        ),
         raw(
             "numbers_vectors",
-            &["readv 0 3G", "readv 0 1G 1G 1G", "writev 0 2147483137", "aio_read 0 3G", "aio_write 0 1G 1G 1G"],
+            &[
+                "readv 0 3G",
+                "readv 0 1G 1G 1G",
+                "writev 0 2147483137",
+                "aio_read 0 3G",
+                "aio_write 0 1G 1G 1G",
+            ],
         ),
         raw(
             "numbers_pattern",
-            &["read -P 256 0 1", "read -P 0x100 0 1", "read -P -1 0 1", "read -P 010 0 1", "read -P 0x 0 1", "write -P 1x 0 1", "read -P 0377 0 1", "write -P 0xff 0 1", "read -P 255 0 1"],
+            &[
+                "read -P 256 0 1",
+                "read -P 0x100 0 1",
+                "read -P -1 0 1",
+                "read -P 010 0 1",
+                "read -P 0x 0 1",
+                "write -P 1x 0 1",
+                "read -P 0377 0 1",
+                "write -P 0xff 0 1",
+                "read -P 255 0 1",
+            ],
         ),
-        raw("numbers_alloc_discard", &["alloc 1k", "alloc x", "alloc 0 0", "discard x 1", "truncate x", "truncate 1.5"]),
+        raw(
+            "numbers_alloc_discard",
+            &[
+                "alloc 1k",
+                "alloc x",
+                "alloc 0 0",
+                "discard x 1",
+                "truncate x",
+                "truncate 1.5",
+            ],
+        ),
     ]
 }
 
@@ -288,10 +524,39 @@ fn usage() -> Vec<Case> {
     vec![
         raw(
             "argument_counts",
-            &["read 0", "read", "write 0", "flush 1", "length x", "map x", "info 1", "alloc", "alloc 1 2 3", "truncate", "discard 0", "aio_flush x", "close x", "sleep"],
+            &[
+                "read 0",
+                "read",
+                "write 0",
+                "flush 1",
+                "length x",
+                "map x",
+                "info 1",
+                "alloc",
+                "alloc 1 2 3",
+                "truncate",
+                "discard 0",
+                "aio_flush x",
+                "close x",
+                "sleep",
+            ],
         ),
-        raw("argument_counts_breakpoints", &["break A", "break", "resume", "resume A B", "remove_break", "wait_break", "break a b c"]),
-        raw("unknown_commands", &["bogus", "", "READ 0 1", "write -P 1 0 512"]),
+        raw(
+            "argument_counts_breakpoints",
+            &[
+                "break A",
+                "break",
+                "resume",
+                "resume A B",
+                "remove_break",
+                "wait_break",
+                "break a b c",
+            ],
+        ),
+        raw(
+            "unknown_commands",
+            &["bogus", "", "READ 0 1", "write -P 1 0 512"],
+        ),
         raw(
             "zone_commands_unsupported",
             &[
@@ -310,16 +575,42 @@ fn usage() -> Vec<Case> {
                 "zap 0 1",
             ],
         ),
-        raw("reopen_read_only", &["reopen -r", "write 0 1", "reopen -w", "write 0 1"])
-            .ignore("reopen is not implemented (qemu_io/commands.rs prints 'not supported by this engine')"),
+        raw(
+            "reopen_read_only",
+            &["reopen -r", "write 0 1", "reopen -w", "write 0 1"],
+        )
+        .ignore(
+            "reopen is not implemented (qemu_io/commands.rs prints 'not supported by this engine')",
+        ),
         raw(
             "getopt_errors",
-            &["read -x 0 1", "read -P", "write -Q 0 1", "readv -z 0 1", "aio_read -z 0 1", "discard -v 0 1", "truncate -x 1", "write -s", "aio_write -P"],
+            &[
+                "read -x 0 1",
+                "read -P",
+                "write -Q 0 1",
+                "readv -z 0 1",
+                "aio_read -z 0 1",
+                "discard -v 0 1",
+                "truncate -x 1",
+                "write -s",
+                "aio_write -P",
+            ],
         ),
-        raw("usage_extra_positional", &["read 0 1 2", "write 0 1 2", "discard 0 1 2"]),
-        raw("failure_then_success_exit_status", &["read 0 x", "read 0 512"]),
+        raw(
+            "usage_extra_positional",
+            &["read 0 1 2", "write 0 1 2", "discard 0 1 2"],
+        ),
+        raw(
+            "failure_then_success_exit_status",
+            &["read 0 x", "read 0 512"],
+        ),
         raw("only_success", &["read 0 512", "write 0 512"]),
-        on("image_opts_and_format", &["-f", "raw", "--image-opts"], &["read 0 1"], "driver=file,filename=img.raw"),
+        on(
+            "image_opts_and_format",
+            &["-f", "raw", "--image-opts"],
+            &["read 0 1"],
+            "driver=file,filename=img.raw",
+        ),
     ]
 }
 
@@ -463,7 +754,14 @@ fn rules() -> Vec<Case> {
         )
         ,
     ];
-    for t in ["read", "write", "write-zeroes", "discard", "flush", "block-status"] {
+    for t in [
+        "read",
+        "write",
+        "write-zeroes",
+        "discard",
+        "flush",
+        "block-status",
+    ] {
         v.push(iotype_case(t));
     }
     v
@@ -575,58 +873,237 @@ fn options() -> Vec<Case> {
 
 fn breakpoints() -> Vec<Case> {
     vec![
-        bp("break_basic", &["break write_aio A", "aio_write -P 0x33 0 512", "wait_break A", "resume A", "aio_flush", "read -P 0x33 0 512"]),
-        bp("break_errors", &["break bogus A", "resume X", "remove_break X", "wait_break"]),
-        raw("break_without_blkdebug", &["break write_aio A", "resume A", "remove_break A"]),
+        bp(
+            "break_basic",
+            &[
+                "break write_aio A",
+                "aio_write -P 0x33 0 512",
+                "wait_break A",
+                "resume A",
+                "aio_flush",
+                "read -P 0x33 0 512",
+            ],
+        ),
+        bp(
+            "break_errors",
+            &["break bogus A", "resume X", "remove_break X", "wait_break"],
+        ),
+        raw(
+            "break_without_blkdebug",
+            &["break write_aio A", "resume A", "remove_break A"],
+        ),
         bp(
             "break_two_on_one_request",
-            &["break write_aio A", "break write_aio B", "aio_write -P 0x33 0 512", "wait_break A", "resume B", "resume A", "aio_flush"],
+            &[
+                "break write_aio A",
+                "break write_aio B",
+                "aio_write -P 0x33 0 512",
+                "wait_break A",
+                "resume B",
+                "resume A",
+                "aio_flush",
+            ],
         ),
         bp(
             "break_two_on_one_request_resume_a_first",
-            &["break write_aio A", "break write_aio B", "aio_write -P 0x33 0 512", "resume A", "resume B", "aio_flush"],
+            &[
+                "break write_aio A",
+                "break write_aio B",
+                "aio_write -P 0x33 0 512",
+                "resume A",
+                "resume B",
+                "aio_flush",
+            ],
         ),
         bp(
             "break_same_tag_twice",
-            &["break write_aio A", "break write_aio A", "aio_write 0 512", "resume A", "resume A", "resume A", "aio_flush"],
+            &[
+                "break write_aio A",
+                "break write_aio A",
+                "aio_write 0 512",
+                "resume A",
+                "resume A",
+                "resume A",
+                "aio_flush",
+            ],
         ),
         bp(
             "break_event_sequence",
-            &["break pwritev A", "break pwritev_done B", "aio_write 0 512", "wait_break A", "resume A", "wait_break B", "resume B", "aio_flush"],
+            &[
+                "break pwritev A",
+                "break pwritev_done B",
+                "aio_write 0 512",
+                "wait_break A",
+                "resume A",
+                "wait_break B",
+                "resume B",
+                "aio_flush",
+            ],
         ),
         bp(
             "break_write_aio_then_pwritev",
-            &["break pwritev A", "break write_aio A", "aio_write 0 512", "wait_break A", "resume A", "wait_break A", "resume A", "aio_flush"],
+            &[
+                "break pwritev A",
+                "break write_aio A",
+                "aio_write 0 512",
+                "wait_break A",
+                "resume A",
+                "wait_break A",
+                "resume A",
+                "aio_flush",
+            ],
         ),
-        bp("remove_break_pending", &["break write_aio A", "remove_break A", "aio_write 0 512", "aio_flush", "remove_break A"]),
-        bp("remove_break_suspended_only", &["break write_aio A", "aio_write -P 7 0 512", "wait_break A", "remove_break A", "aio_flush", "read -P 7 0 512"]),
+        bp(
+            "remove_break_pending",
+            &[
+                "break write_aio A",
+                "remove_break A",
+                "aio_write 0 512",
+                "aio_flush",
+                "remove_break A",
+            ],
+        ),
+        bp(
+            "remove_break_suspended_only",
+            &[
+                "break write_aio A",
+                "aio_write -P 7 0 512",
+                "wait_break A",
+                "remove_break A",
+                "aio_flush",
+                "read -P 7 0 512",
+            ],
+        ),
         bp(
             "remove_break_rule_and_suspended",
-            &["break write_aio A", "aio_write 0 512", "break pwritev A", "remove_break A", "aio_flush"],
+            &[
+                "break write_aio A",
+                "aio_write 0 512",
+                "break pwritev A",
+                "remove_break A",
+                "aio_flush",
+            ],
         ),
         bp(
             "remove_break_two_suspended",
-            &["break write_aio A", "break write_aio A", "aio_write 0 512", "remove_break A", "aio_flush"],
+            &[
+                "break write_aio A",
+                "break write_aio A",
+                "aio_write 0 512",
+                "remove_break A",
+                "aio_flush",
+            ],
         ),
-        bp("break_sleep", &["break write_aio A", "aio_write 0 512", "sleep 10", "resume A", "sleep 50", "aio_flush"]),
-        bp("break_read", &["break read_aio R", "aio_read -P 0 0 512", "wait_break R", "resume R", "aio_flush"]),
-        bp("break_write_zero", &["break pwritev_zero Z", "aio_write -z 0 4k", "wait_break Z", "resume Z", "aio_flush"]),
-        bp("break_flush_to_os", &["break flush_to_os F", "aio_write -z 0 4k", "wait_break F", "resume F", "aio_flush"]),
+        bp(
+            "break_sleep",
+            &[
+                "break write_aio A",
+                "aio_write 0 512",
+                "sleep 10",
+                "resume A",
+                "sleep 50",
+                "aio_flush",
+            ],
+        ),
+        bp(
+            "break_read",
+            &[
+                "break read_aio R",
+                "aio_read -P 0 0 512",
+                "wait_break R",
+                "resume R",
+                "aio_flush",
+            ],
+        ),
+        bp(
+            "break_write_zero",
+            &[
+                "break pwritev_zero Z",
+                "aio_write -z 0 4k",
+                "wait_break Z",
+                "resume Z",
+                "aio_flush",
+            ],
+        ),
+        bp(
+            "break_flush_to_os",
+            &[
+                "break flush_to_os F",
+                "aio_write -z 0 4k",
+                "wait_break F",
+                "resume F",
+                "aio_flush",
+            ],
+        ),
         bp(
             "break_events_never_hit",
-            &["break flush_to_disk D", "break none N", "break read_aio R", "write 0 512", "aio_write 0 512", "aio_flush", "remove_break D", "remove_break N", "remove_break R"],
+            &[
+                "break flush_to_disk D",
+                "break none N",
+                "break read_aio R",
+                "write 0 512",
+                "aio_write 0 512",
+                "aio_flush",
+                "remove_break D",
+                "remove_break N",
+                "remove_break R",
+            ],
         ),
-        bp("break_unaligned_write", &["break pwritev A", "aio_write -P 2 100 200", "wait_break A", "resume A", "aio_flush", "read -P 2 100 200"]),
+        bp(
+            "break_unaligned_write",
+            &[
+                "break pwritev A",
+                "aio_write -P 2 100 200",
+                "wait_break A",
+                "resume A",
+                "aio_flush",
+                "read -P 2 100 200",
+            ],
+        ),
         bp(
             "break_rearm",
-            &["break write_aio A", "aio_write -P 1 0 512", "wait_break A", "resume A", "aio_flush", "break write_aio A", "aio_write -P 2 512 512", "wait_break A", "resume A", "aio_flush", "read -P 1 0 512", "read -P 2 512 512"],
+            &[
+                "break write_aio A",
+                "aio_write -P 1 0 512",
+                "wait_break A",
+                "resume A",
+                "aio_flush",
+                "break write_aio A",
+                "aio_write -P 2 512 512",
+                "wait_break A",
+                "resume A",
+                "aio_flush",
+                "read -P 1 0 512",
+                "read -P 2 512 512",
+            ],
         ),
-        bp("break_wait_twice", &["break write_aio A", "aio_write 0 512", "wait_break A", "wait_break A", "resume A", "resume A", "aio_flush"]),
+        bp(
+            "break_wait_twice",
+            &[
+                "break write_aio A",
+                "aio_write 0 512",
+                "wait_break A",
+                "wait_break A",
+                "resume A",
+                "resume A",
+                "aio_flush",
+            ],
+        ),
         bp(
             "break_other_request_completes_meanwhile",
-            &["break write_aio A", "aio_write -P 1 0 512", "aio_read -P 0 4k 512", "sleep 200", "resume A", "aio_flush"],
+            &[
+                "break write_aio A",
+                "aio_write -P 1 0 512",
+                "aio_read -P 0 4k 512",
+                "sleep 200",
+                "resume A",
+                "aio_flush",
+            ],
         ),
-        bp("break_aio_write_fails_later", &["break write_aio A", "aio_write 1M 512", "aio_flush"]),
+        bp(
+            "break_aio_write_fails_later",
+            &["break write_aio A", "aio_write 1M 512", "aio_flush"],
+        ),
         on(
             "break_rmw_events_align_4k",
             &[],
@@ -679,25 +1156,93 @@ fn breakpoints() -> Vec<Case> {
 fn blkverify() -> Vec<Case> {
     let bv = |name: &str, drive: &str, cmds: &[&str]| on(name, &["-f", "raw"], cmds, drive);
     vec![
-        bv("blkverify_match", "blkverify:raw.img:img.raw", &["write -P 7 0 4k", "read -P 7 0 4k", "readv 0 512 512", "aio_read 0 4k", "aio_flush"]),
-        bv("blkverify_contents_mismatch", "blkverify:raw.img:test.img", &["read 0 512", "read 0 4k", "read 0 1"]),
-        bv("blkverify_mismatch_offset", "blkverify:raw.img:test.img", &["read -v 1k 16", "read 512 512"]),
-        bv("blkverify_mismatch_readv", "blkverify:raw.img:test.img", &["readv 600 50 100"]),
-        bv("blkverify_mismatch_aio", "blkverify:raw.img:test.img", &["aio_read 0 1k", "aio_flush", "read 0 1"]),
-        bv("blkverify_overwrite_then_match", "blkverify:raw.img:test.img", &["write -P 0 512 512", "read 0 4k"]),
-        bv("blkverify_unaligned_write", "blkverify:raw.img:img.raw", &["write -P 3 100 1000", "read -P 3 100 1000", "read 0 2k"]),
-        bv("blkverify_discard_flush", "blkverify:raw.img:img.raw", &["write -P 1 0 4k", "discard 0 4k", "read -P 1 0 4k", "flush", "length"]),
-        bv("blkverify_info_map", "blkverify:raw.img:img.raw", &["info", "map", "alloc 0 4k"]),
-        bv("blkverify_truncate", "blkverify:raw.img:img.raw", &["truncate 512k", "length", "read 0 4k"]),
-        bv("blkverify_raw_shorter", "blkverify:half.img:img.raw", &["read 600k 512", "read -P 0 1020k 4k", "length"]),
-        bv("blkverify_test_shorter", "blkverify:raw.img:half.img", &["read 600k 512", "length", "read 0 512"]),
-        on("blkverify_probed", &[], &["read 0 512"], "blkverify:raw.img:img.raw"),
+        bv(
+            "blkverify_match",
+            "blkverify:raw.img:img.raw",
+            &[
+                "write -P 7 0 4k",
+                "read -P 7 0 4k",
+                "readv 0 512 512",
+                "aio_read 0 4k",
+                "aio_flush",
+            ],
+        ),
+        bv(
+            "blkverify_contents_mismatch",
+            "blkverify:raw.img:test.img",
+            &["read 0 512", "read 0 4k", "read 0 1"],
+        ),
+        bv(
+            "blkverify_mismatch_offset",
+            "blkverify:raw.img:test.img",
+            &["read -v 1k 16", "read 512 512"],
+        ),
+        bv(
+            "blkverify_mismatch_readv",
+            "blkverify:raw.img:test.img",
+            &["readv 600 50 100"],
+        ),
+        bv(
+            "blkverify_mismatch_aio",
+            "blkverify:raw.img:test.img",
+            &["aio_read 0 1k", "aio_flush", "read 0 1"],
+        ),
+        bv(
+            "blkverify_overwrite_then_match",
+            "blkverify:raw.img:test.img",
+            &["write -P 0 512 512", "read 0 4k"],
+        ),
+        bv(
+            "blkverify_unaligned_write",
+            "blkverify:raw.img:img.raw",
+            &["write -P 3 100 1000", "read -P 3 100 1000", "read 0 2k"],
+        ),
+        bv(
+            "blkverify_discard_flush",
+            "blkverify:raw.img:img.raw",
+            &[
+                "write -P 1 0 4k",
+                "discard 0 4k",
+                "read -P 1 0 4k",
+                "flush",
+                "length",
+            ],
+        ),
+        bv(
+            "blkverify_info_map",
+            "blkverify:raw.img:img.raw",
+            &["info", "map", "alloc 0 4k"],
+        ),
+        bv(
+            "blkverify_truncate",
+            "blkverify:raw.img:img.raw",
+            &["truncate 512k", "length", "read 0 4k"],
+        ),
+        bv(
+            "blkverify_raw_shorter",
+            "blkverify:half.img:img.raw",
+            &["read 600k 512", "read -P 0 1020k 4k", "length"],
+        ),
+        bv(
+            "blkverify_test_shorter",
+            "blkverify:raw.img:half.img",
+            &["read 600k 512", "length", "read 0 512"],
+        ),
+        on(
+            "blkverify_probed",
+            &[],
+            &["read 0 512"],
+            "blkverify:raw.img:img.raw",
+        ),
         bv(
             "blkverify_return_value_mismatch",
             "blkverify:raw.img:blkdebug:wv.conf:img.raw",
             &["write 0 512", "read 0 512"],
         )
-        .file("wv.conf", "[inject-error]\nevent = \"write_aio\"\nerrno = \"28\"\n")
+        .file(
+            "wv.conf",
+            "[inject-error]\nevent = \"write_aio\"\nerrno = \"28\"\n",
+        )
         .pending(),
         bv(
             "blkverify_read_return_value_mismatch",
@@ -706,17 +1251,39 @@ fn blkverify() -> Vec<Case> {
         )
         .file("rv.conf", "[inject-error]\nevent = \"read_aio\"\n")
         .pending(),
-        bv("blkverify_over_blkdebug_breakpoint", "blkverify:raw.img:blkdebug::img.raw", &["break read_aio A", "aio_read 0 512", "aio_flush", "resume A"]),
+        bv(
+            "blkverify_over_blkdebug_breakpoint",
+            "blkverify:raw.img:blkdebug::img.raw",
+            &[
+                "break read_aio A",
+                "aio_read 0 512",
+                "aio_flush",
+                "resume A",
+            ],
+        ),
         bv("blkverify_missing_test", "blkverify:raw.img", &["read 0 1"]),
-        bv("blkverify_reverse_nesting", "blkverify:blkdebug::raw.img:img.raw", &["read 0 1"]),
-        bv("blkverify_nonexistent", "blkverify:raw.img:nonexist.img", &["read 0 1"]),
+        bv(
+            "blkverify_reverse_nesting",
+            "blkverify:blkdebug::raw.img:img.raw",
+            &["read 0 1"],
+        ),
+        bv(
+            "blkverify_nonexistent",
+            "blkverify:raw.img:nonexist.img",
+            &["read 0 1"],
+        ),
         on(
             "blkverify_json",
             &[],
             &["read 0 512", "read 0 1k"],
             r#"json:{"driver":"blkverify","raw":{"driver":"file","filename":"raw.img"},"test":{"driver":"file","filename":"test.img"}}"#,
         ),
-        on("blkverify_json_missing_test", &[], &["read 0 1"], r#"json:{"driver":"blkverify","raw":{"driver":"file","filename":"raw.img"}}"#),
+        on(
+            "blkverify_json_missing_test",
+            &[],
+            &["read 0 1"],
+            r#"json:{"driver":"blkverify","raw":{"driver":"file","filename":"raw.img"}}"#,
+        ),
         on(
             "blkverify_image_opts",
             &["--image-opts"],

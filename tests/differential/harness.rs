@@ -40,7 +40,8 @@ pub fn case(name: &str, args: &[&str]) -> Case {
 
 impl Case {
     pub fn file(mut self, name: &str, content: &str) -> Self {
-        self.files.push((name.to_string(), content.as_bytes().to_vec()));
+        self.files
+            .push((name.to_string(), content.as_bytes().to_vec()));
         self
     }
 
@@ -67,7 +68,11 @@ pub fn populate(dir: &Path, extra: &[(String, Vec<u8>)]) {
     test[TEST_IMG_DIFF_AT as usize] = 1;
     fs::write(dir.join("test.img"), test).unwrap();
     // `write -s` sources: printable and non-printable bytes, for the -v ASCII column too.
-    fs::write(dir.join("src.bin"), b"blockfault write -s source\x01\x7f~Z9\n").unwrap();
+    fs::write(
+        dir.join("src.bin"),
+        b"blockfault write -s source\x01\x7f~Z9\n",
+    )
+    .unwrap();
     fs::write(dir.join("empty.bin"), b"").unwrap();
     for (name, content) in extra {
         fs::write(dir.join(name), content).unwrap();
@@ -80,7 +85,10 @@ pub fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
         .unwrap()
         .map(|e| {
             let e = e.unwrap();
-            (e.file_name().to_string_lossy().into_owned(), fs::read(e.path()).unwrap())
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                fs::read(e.path()).unwrap(),
+            )
         })
         .collect()
 }
@@ -133,7 +141,10 @@ pub fn invocation(args: &[String]) -> Invocation {
             "-c" => inv.commands.push(it.next().cloned().unwrap()),
             "--image-opts" => inv.image_opts = true,
             _ => {
-                assert!(inv.drive.is_none(), "a case has more than one positional argument");
+                assert!(
+                    inv.drive.is_none(),
+                    "a case has more than one positional argument"
+                );
                 inv.drive = Some(a.clone());
             }
         }
@@ -152,7 +163,9 @@ pub fn run_ours(dir: &Path, args: &[String]) -> (String, i32) {
 /// `_filter_qemu_io` and `_filter_testdir`, plus one addition of ours for the `-C` one-line
 /// report, which has timings too (the iotests never use `-C`).
 pub fn filter(text: &str, test_dir: &Path) -> String {
-    let text = text.replace('\r', "").replace(&*test_dir.to_string_lossy(), "TEST_DIR");
+    let text = text
+        .replace('\r', "")
+        .replace(&*test_dir.to_string_lossy(), "TEST_DIR");
     let mut out = String::with_capacity(text.len());
     for line in text.split_inclusive('\n') {
         let (body, nl) = match line.strip_suffix('\n') {
@@ -195,9 +208,13 @@ fn filter_stats(line: &str) -> Option<String> {
         let i = span(i, &num);
         let Some(i) = lit(i, " ") else { continue };
         let i = span(i, &|c| b"EPTGMKiBbytes".contains(&c));
-        let Some(i) = lit(i, "/sec and ") else { continue };
+        let Some(i) = lit(i, "/sec and ") else {
+            continue;
+        };
         let i = span(i, &num);
-        let Some(end) = lit(i, " ops/sec)") else { continue };
+        let Some(end) = lit(i, " ops/sec)") else {
+            continue;
+        };
         return Some(format!(
             "{}X ops; XX:XX:XX.X (XXX YYY/sec and XXX ops/sec){}",
             &line[..start],
@@ -211,8 +228,13 @@ fn filter_stats(line: &str) -> Option<String> {
 fn filter_csv(line: &str) -> Option<String> {
     let f: Vec<&str> = line.split(',').collect();
     let digits = |s: &str| !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit());
-    let rate = |s: &str| !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit() || b".inf-".contains(&c));
-    let time = |s: &str| !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit() || b":.".contains(&c));
+    let rate = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|c| c.is_ascii_digit() || b".inf-".contains(&c))
+    };
+    let time =
+        |s: &str| !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit() || b":.".contains(&c));
     (f.len() == 5 && digits(f[0]) && digits(f[1]) && time(f[2]) && rate(f[3]) && rate(f[4]))
         .then(|| format!("{},{},X:XX:XX.XX,XXX,XXX", f[0], f[1]))
 }
@@ -221,19 +243,34 @@ fn filter_csv(line: &str) -> Option<String> {
 pub fn filter_self_check() {
     let d = Path::new("/tmp/x");
     assert_eq!(
-        filter("4 KiB, 1 ops; 00.00 sec (3.403 MiB/sec and 871.2684 ops/sec)\n", d),
+        filter(
+            "4 KiB, 1 ops; 00.00 sec (3.403 MiB/sec and 871.2684 ops/sec)\n",
+            d
+        ),
         "4 KiB, X ops; XX:XX:XX.X (XXX YYY/sec and XXX ops/sec)\n"
     );
     assert_eq!(
-        filter("512 bytes, 1 ops; 0:37:15.32 (1.832397 bytes/sec and 0.0004 ops/sec)", d),
+        filter(
+            "512 bytes, 1 ops; 0:37:15.32 (1.832397 bytes/sec and 0.0004 ops/sec)",
+            d
+        ),
         "512 bytes, X ops; XX:XX:XX.X (XXX YYY/sec and XXX ops/sec)"
     );
     assert_eq!(
-        filter("0 bytes, 1 ops; 00.00 sec (0 bytes/sec and inf ops/sec)\n", d),
+        filter(
+            "0 bytes, 1 ops; 00.00 sec (0 bytes/sec and inf ops/sec)\n",
+            d
+        ),
         "0 bytes, X ops; XX:XX:XX.X (XXX YYY/sec and XXX ops/sec)\n"
     );
-    assert_eq!(filter("512,1,0:00:00.00,8056141.234,15734.651\n", d), "512,1,X:XX:XX.XX,XXX,XXX\n");
+    assert_eq!(
+        filter("512,1,0:00:00.00,8056141.234,15734.651\n", d),
+        "512,1,X:XX:XX.XX,XXX,XXX\n"
+    );
     assert_eq!(filter("qemu-io> open /tmp/x/a\n", d), "open TEST_DIR/a\n");
     // Not a stats line: left alone.
-    assert_eq!(filter("read 512/512 bytes at offset 0\n", d), "read 512/512 bytes at offset 0\n");
+    assert_eq!(
+        filter("read 512/512 bytes at offset 0\n", d),
+        "read 512/512 bytes at offset 0\n"
+    );
 }

@@ -13,7 +13,7 @@ mod cases;
 mod harness;
 mod ours;
 
-use harness::{filter, missing_tools, populate, run_ours, run_qemu, snapshot, Case};
+use harness::{Case, filter, missing_tools, populate, run_ours, run_qemu, snapshot};
 use libtest_mimic::{Arguments, Completion, Failed, Trial};
 use std::collections::{BTreeMap, HashSet};
 
@@ -31,7 +31,11 @@ fn main() {
             let cases = cases::all();
             let mut names = HashSet::new();
             for c in &cases {
-                assert!(names.insert(c.name.clone()), "duplicate case name {}", c.name);
+                assert!(
+                    names.insert(c.name.clone()),
+                    "duplicate case name {}",
+                    c.name
+                );
             }
             trials.extend(cases.into_iter().map(trial));
         }
@@ -43,8 +47,10 @@ fn trial(case: Case) -> Trial {
     Trial::ignorable_test(format!("diff::{}", case.name), move || {
         match (compare(&case), &case.ignore) {
             (Ok(()), None) => Ok(Completion::Completed),
-            (Err(e), None) => Err(e.into()),
-            (Err(_), Some(reason)) => Ok(Completion::ignored_with(reason)),
+            // An unstable case is unusable whether or not it is marked.
+            (Err(Mismatch::Unstable(e)), _) => Err(e.into()),
+            (Err(Mismatch::Differs(e)), None) => Err(e.into()),
+            (Err(Mismatch::Differs(_)), Some(reason)) => Ok(Completion::ignored_with(reason)),
             (Ok(()), Some(reason)) => Err(Failed::from(format!(
                 "case is marked ignored ({reason}) but now matches qemu-io: remove the mark"
             ))),
@@ -71,7 +77,14 @@ fn run_in_scratch(case: &Case, run: fn(&std::path::Path, &[String]) -> (String, 
     }
 }
 
-fn compare(case: &Case) -> Result<(), String> {
+enum Mismatch {
+    /// qemu-io gave different results on identical runs
+    Unstable(String),
+    /// our engine differs from qemu-io
+    Differs(String),
+}
+
+fn compare(case: &Case) -> Result<(), Mismatch> {
     let runs: usize = std::env::var("BLOCKFAULT_QEMU_RUNS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -81,21 +94,34 @@ fn compare(case: &Case) -> Result<(), String> {
     for _ in 1..runs {
         let again = run_in_scratch(case, run_qemu);
         if again != qemu {
-            return Err(format!(
-                "qemu-io itself is not stable on this case:\n{}",
+            return Err(Mismatch::Unstable(format!(
+                "qemu-io itself is not stable on this case (status {} vs {}):\n{}",
+                qemu.status,
+                again.status,
                 diff(&qemu.output, &again.output, "first run", "later run")
-            ));
+            )));
         }
     }
     let ours = run_in_scratch(case, run_ours);
     let mut problems = String::new();
     if ours.output != qemu.output {
-        problems += &format!("output differs:\n{}", diff(&qemu.output, &ours.output, "qemu-io", "blockfault"));
+        problems += &format!(
+            "output differs:\n{}",
+            diff(&qemu.output, &ours.output, "qemu-io", "blockfault")
+        );
     }
     if ours.status != qemu.status {
-        problems += &format!("exit status: qemu-io {}, blockfault {}\n", qemu.status, ours.status);
+        problems += &format!(
+            "exit status: qemu-io {}, blockfault {}\n",
+            qemu.status, ours.status
+        );
     }
-    for name in qemu.files.keys().chain(ours.files.keys()).collect::<std::collections::BTreeSet<_>>() {
+    for name in qemu
+        .files
+        .keys()
+        .chain(ours.files.keys())
+        .collect::<std::collections::BTreeSet<_>>()
+    {
         let (q, o) = (qemu.files.get(name), ours.files.get(name));
         if q != o {
             let describe = |f: Option<&Vec<u8>>| match f {
@@ -121,7 +147,10 @@ fn compare(case: &Case) -> Result<(), String> {
     if problems.is_empty() {
         Ok(())
     } else {
-        Err(format!("qemu-io {}\n{problems}", shell_words(&case.args)))
+        Err(Mismatch::Differs(format!(
+            "qemu-io {}\n{problems}",
+            shell_words(&case.args)
+        )))
     }
 }
 
@@ -137,7 +166,9 @@ fn diff(a: &str, b: &str, an: &str, bn: &str) -> String {
 fn shell_words(args: &[String]) -> String {
     args.iter()
         .map(|a| {
-            if a.bytes().all(|c| c.is_ascii_alphanumeric() || b"-_./:=,".contains(&c)) {
+            if a.bytes()
+                .all(|c| c.is_ascii_alphanumeric() || b"-_./:=,".contains(&c))
+            {
                 a.clone()
             } else {
                 format!("'{}'", a.replace('\'', "'\\''"))
