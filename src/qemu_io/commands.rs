@@ -1014,47 +1014,43 @@ fn zone_append_f(s: &mut Session, argv: &[String]) -> i32 {
 fn open_f(s: &mut Session, spec: &CommandSpec, argv: &[String]) -> i32 {
     let (mut read_only, mut writethrough, mut no_flush, mut unmap) = (false, true, false, true);
     let mut opts_text: Option<String> = None;
-    // QEMU stops at the first bad option value, inside its getopt loop.
-    let mut failure: Option<Box<dyn FnOnce(&Session)>> = None;
     let image_opts = s.image_opts;
-    let parsed = options(s, spec, argv, "snCro:ki:t:d:U", |c, arg| {
+    // QEMU stops at the first bad option value, from inside its getopt loop.
+    let pos = tri!(options(s, spec, argv, "snCro:ki:t:d:U", |c, arg| {
         let value = arg.unwrap_or_default();
-        let mut fail = |f: Box<dyn FnOnce(&Session)>| {
-            failure = Some(f);
-            Err(EINVAL)
-        };
         match c {
             'r' => read_only = true,
             'n' => writethrough = false,
             'o' if image_opts => {
-                return fail(Box::new(|s| s.out("--image-opts and 'open -o' are mutually exclusive\n")));
+                s.out("--image-opts and 'open -o' are mutually exclusive\n");
+                return Err(EINVAL);
             }
             'o' => opts_text = Some(value),
             't' => match parse_cache_mode(&value) {
                 Some((wt, nf)) => (writethrough, no_flush) = (wt, nf),
-                None => return fail(Box::new(move |s| s.report(&format!("Invalid cache option: {value}")))),
+                None => {
+                    s.report(&format!("Invalid cache option: {value}"));
+                    return Err(EINVAL);
+                }
             },
             // bdrv_parse_discard_flags
             'd' => match value.as_str() {
                 "off" | "ignore" => unmap = false,
                 "on" | "unmap" => unmap = true,
-                _ => return fail(Box::new(move |s| s.report(&format!("Invalid discard option: {value}")))),
-            },
-            // bdrv_parse_aio: the mode only changes how the file is accessed, not what is seen
-            'i' => {
-                if !["threads", "native", "io_uring"].contains(&value.as_str()) {
-                    return fail(Box::new(move |s| s.report(&format!("Invalid aio option: {value}"))));
+                _ => {
+                    s.report(&format!("Invalid discard option: {value}"));
+                    return Err(EINVAL);
                 }
+            },
+            // bdrv_parse_aio: the mode changes how the file is accessed, not what is seen
+            'i' if !["threads", "native", "io_uring"].contains(&value.as_str()) => {
+                s.report(&format!("Invalid aio option: {value}"));
+                return Err(EINVAL);
             }
             _ => {}
         }
         Ok(())
-    });
-    if let Some(report) = failure {
-        report(s);
-        return EINVAL;
-    }
-    let pos = tri!(parsed);
+    }));
     let options = match opts_text.as_deref().map(parse_keyval).transpose() {
         Ok(o) => o.unwrap_or_default(),
         Err(e) => {

@@ -6,26 +6,6 @@
 
 use crate::harness::{Case, case};
 
-/// blkdebug rules from config files and the inject-error/set-state/align/... options are being
-/// wired into the engine on another branch; until that is merged, the cases that need them differ.
-/// Set to false once merged: the suite then fails on any such case that still differs.
-const RULES_PENDING: bool = true;
-const RULES_REASON: &str = "blkdebug rules/options not wired into the engine yet (lead's branch)";
-
-trait Pending {
-    fn pending(self) -> Self;
-}
-
-impl Pending for Case {
-    fn pending(self) -> Self {
-        if RULES_PENDING {
-            self.ignore(RULES_REASON)
-        } else {
-            self
-        }
-    }
-}
-
 /// `qemu-io -f raw -c CMD... img.raw`
 fn raw(name: &str, cmds: &[&str]) -> Case {
     on(name, &["-f", "raw"], cmds, "img.raw")
@@ -81,7 +61,6 @@ fn iotype_case(iotype: &str) -> Case {
             "aio_flush",
         ],
     )
-    .pending()
 }
 
 /// `json:{"driver":"raw","file":{"driver":"blkdebug",<blkdebug>,"image":{"driver":"file","filename":"img.raw"}}}`
@@ -577,10 +556,16 @@ fn usage() -> Vec<Case> {
         ),
         raw(
             "reopen_read_only",
-            &["reopen -r", "write 0 1", "reopen -w", "write 0 1"],
-        )
-        .ignore(
-            "reopen is not implemented (qemu_io/commands.rs prints 'not supported by this engine')",
+            &[
+                "reopen -r",
+                "write 0 1",
+                "reopen -w",
+                "write 0 1",
+                "reopen -c none",
+                "reopen -c bogus",
+                "reopen x",
+                "reopen -x",
+            ],
         ),
         raw(
             "getopt_errors",
@@ -642,117 +627,138 @@ const STATE: &str = "[set-state]\nevent = \"write_aio\"\nstate = \"1\"\nnew_stat
 
 fn rules() -> Vec<Case> {
     let mut v = vec![
-        dbg("blkdebug_read_aio_sticky", RD, &["read 0 512", "write 0 512", "read 0 512", "flush"]).pending(),
-        dbg("blkdebug_rule_leaks_after_write", RD, &["write 0 512", "read 0 512", "write -z 0 4k", "discard 0 4k"]).pending(),
-        dbg("blkdebug_set_state", STATE, &["write 0 512", "write 0 512", "read 0 512"]).pending(),
+        dbg(
+            "blkdebug_read_aio_sticky",
+            RD,
+            &["read 0 512", "write 0 512", "read 0 512", "flush"],
+        ),
+        dbg(
+            "blkdebug_rule_leaks_after_write",
+            RD,
+            &["write 0 512", "read 0 512", "write -z 0 4k", "discard 0 4k"],
+        ),
+        dbg(
+            "blkdebug_set_state",
+            STATE,
+            &["write 0 512", "write 0 512", "read 0 512"],
+        ),
         dbg(
             "blkdebug_set_state_chain",
             "[set-state]\nevent = \"write_aio\"\nstate = \"1\"\nnew_state = \"2\"\n[set-state]\nevent = \"write_aio\"\nstate = \"2\"\nnew_state = \"3\"\n[inject-error]\nevent = \"read_aio\"\nstate = \"3\"\nerrno = \"28\"\n",
-            &["read 0 512", "write 0 512", "read 0 512", "write 0 512", "read 0 512", "write 0 512", "read 0 512"],
-        )
-        .pending(),
+            &[
+                "read 0 512",
+                "write 0 512",
+                "read 0 512",
+                "write 0 512",
+                "read 0 512",
+                "write 0 512",
+                "read 0 512",
+            ],
+        ),
         dbg(
             "blkdebug_state_applied_after_all_rules",
             "[set-state]\nevent = \"read_aio\"\nstate = \"1\"\nnew_state = \"2\"\n[inject-error]\nevent = \"read_aio\"\nstate = \"2\"\nerrno = \"28\"\n",
             &["read 0 512", "read 0 512", "read 0 512"],
-        )
-        .pending(),
+        ),
         dbg(
             "blkdebug_set_state_default_new_state",
             "[set-state]\nevent = \"write_aio\"\n[inject-error]\nevent = \"read_aio\"\nstate = \"1\"\n",
             &["read 0 512", "write 0 512", "read 0 512", "write 0 512"],
-        )
-        .pending(),
+        ),
         dbg(
             "blkdebug_state_any",
             "[set-state]\nevent = \"read_aio\"\nnew_state = \"7\"\n[inject-error]\nevent = \"write_aio\"\nstate = \"0\"\nerrno = \"28\"\nonce = \"on\"\n",
             &["write 0 512", "read 0 512", "write 0 512", "write 0 512"],
-        )
-        .pending(),
+        ),
         dbg(
             "blkdebug_once",
             "[inject-error]\nevent = \"write_aio\"\nerrno = \"28\"\nonce = \"on\"\n",
             &["write 0 512", "write 0 512", "write 0 512"],
-        )
-        .pending(),
+        ),
         dbg(
             "blkdebug_once_then_sticky",
             "[inject-error]\nevent = \"read_aio\"\nerrno = \"28\"\nonce = \"on\"\n[inject-error]\nevent = \"read_aio\"\nerrno = \"5\"\n",
             &["read 0 512", "read 0 512", "read 0 512"],
-        )
-        .pending(),
+        ),
         dbg(
             "blkdebug_sector_boundaries",
             "[inject-error]\nevent = \"read_aio\"\nsector = \"1\"\n",
-            &["read 0 512", "read 512 512", "read 0 513", "read 1023 1", "read 1024 512", "read 511 1", "readv 0 256 256"],
-        )
-        .pending(),
+            &[
+                "read 0 512",
+                "read 512 512",
+                "read 0 513",
+                "read 1023 1",
+                "read 1024 512",
+                "read 511 1",
+                "readv 0 256 256",
+            ],
+        ),
         dbg(
             "blkdebug_sector_first_match_wins",
             "[inject-error]\nevent = \"read_aio\"\nsector = \"0\"\nerrno = \"28\"\n[inject-error]\nevent = \"read_aio\"\nerrno = \"5\"\n",
             &["read 0 512", "read 512 512", "read 0 1k"],
-        )
-        .pending(),
+        ),
         dbg(
             "blkdebug_sector_order_reversed",
             "[inject-error]\nevent = \"read_aio\"\nerrno = \"5\"\n[inject-error]\nevent = \"read_aio\"\nsector = \"0\"\nerrno = \"28\"\n",
             &["read 0 512", "read 512 512"],
-        )
-        .pending(),
+        ),
         dbg(
             "blkdebug_errno_zero_shadows",
             "[inject-error]\nevent = \"read_aio\"\nsector = \"0\"\nerrno = \"0\"\n[inject-error]\nevent = \"read_aio\"\nerrno = \"5\"\n",
             &["read 0 512", "read 512 512", "read 0 1k"],
-        )
-        .pending(),
+        ),
         dbg(
             "blkdebug_errno_negative",
             "[inject-error]\nevent = \"read_aio\"\nerrno = \"-5\"\n",
             &["write -P 0x5a 0 512", "read -v 0 32", "read -P 0x5a 0 512"],
-        )
-        .pending(),
+        ),
         dbg(
             "blkdebug_errno_values",
             "[inject-error]\nevent = \"read_aio\"\nerrno = \"1000\"\nonce = \"on\"\n[inject-error]\nevent = \"read_aio\"\nerrno = \"0x1c\"\nonce = \"on\"\n[inject-error]\nevent = \"read_aio\"\nerrno = \"95\"\n",
             &["read 0 512", "read 0 512", "read 0 512"],
-        )
-        .pending(),
+        ),
         dbg(
             "blkdebug_immediately",
             "[inject-error]\nevent = \"write_aio\"\nerrno = \"28\"\nimmediately = \"on\"\n",
             &["write 0 512", "aio_write 0 512", "aio_flush"],
-        )
-        .pending(),
+        ),
         dbg(
             "blkdebug_once_immediately_off",
             "[inject-error]\nevent = \"write_aio\"\nerrno = \"5\"\nimmediately = \"off\"\nonce = \"yes\"\n",
-            &["aio_write -P 1 0 512", "aio_flush", "aio_write -P 2 0 512", "aio_flush", "read -P 2 0 512"],
-        )
-        .pending(),
+            &[
+                "aio_write -P 1 0 512",
+                "aio_flush",
+                "aio_write -P 2 0 512",
+                "aio_flush",
+                "read -P 2 0 512",
+            ],
+        ),
         dbg(
             "blkdebug_comments_and_ids",
             "# a comment\n\n[inject-error \"id1\"]\n  event   =   \"read_aio\"\n\terrno=  \"28\"\n[set-state \"s\"]\nevent = \"none\"\nnew_state = \"1\"\n",
             &["read 0 512"],
-        )
-        .pending(),
+        ),
         dbg(
             "blkdebug_pwritev_event",
             "[inject-error]\nevent = \"pwritev\"\nerrno = \"28\"\nonce = \"on\"\n",
             &["write 0 512", "write 0 512", "write -z 0 4k"],
-        )
-        .pending(),
+        ),
         dbg(
             "blkdebug_pwritev_zero_event",
             "[inject-error]\nevent = \"pwritev_zero\"\niotype = \"write-zeroes\"\nerrno = \"28\"\n",
-            &["write -z 0 4k", "write 0 4k", "aio_write -z 0 4k", "aio_flush"],
-        )
-        .pending(),
+            &[
+                "write -z 0 4k",
+                "write 0 4k",
+                "aio_write -z 0 4k",
+                "aio_flush",
+            ],
+        ),
         dbg(
             "blkdebug_flush_to_disk_event",
             "[inject-error]\nevent = \"flush_to_disk\"\niotype = \"flush\"\n",
             &["flush", "write -z 0 4k", "flush", "write 0 512"],
-        )
-        ,
+        ),
     ];
     for t in [
         "read",
@@ -771,89 +777,79 @@ fn options() -> Vec<Case> {
     let json = |name: &str, blkdebug: &str, cmds: &[&str]| on(name, &[], cmds, &json_dbg(blkdebug));
     vec![
         json("json_blkdebug_plain", "", &["write -P 1 0 512", "read -P 1 0 512", "info"]),
-        json("json_inject_error", r#""inject-error":[{"event":"read_aio","once":true}]"#, &["read 0 512", "read 0 512"]).pending(),
+        json("json_inject_error", r#""inject-error":[{"event":"read_aio","once":true}]"#, &["read 0 512", "read 0 512"]),
         json(
             "json_inject_error_all_keys",
             r#""inject-error":[{"event":"read_aio","state":1,"errno":28,"sector":1,"once":false,"immediately":true,"iotype":"read"}]"#,
             &["read 0 512", "read 512 512", "write 512 512"],
-        )
-        .pending(),
+        ),
         json(
             "json_set_state",
             r#""inject-error":[{"event":"read_aio","state":2,"errno":"28"}],"set-state":[{"event":"write_aio","state":1,"new_state":2}]"#,
             &["read 0 512", "write 0 512", "read 0 512"],
-        )
-        .pending(),
-        json("json_errno_string", r#""inject-error":[{"event":"read_aio","errno":"abc"}]"#, &["read 0 1"]).pending(),
-        json("json_iotype_bogus", r#""inject-error":[{"event":"read_aio","iotype":"bogus"}]"#, &["read 0 1"]).pending(),
-        json("json_event_missing", r#""inject-error":[{"errno":5}]"#, &["read 0 1"]).pending(),
-        json("json_event_bogus", r#""inject-error":[{"event":"bogus"}]"#, &["read 0 1"]).pending(),
-        json("json_rule_unknown_key", r#""inject-error":[{"event":"read_aio","foo":1}]"#, &["read 0 1"]).pending(),
-        json("json_once_bad_bool", r#""inject-error":[{"event":"read_aio","once":"TRUE"}]"#, &["read 0 1"]).pending(),
-        json("json_align_3", r#""align":3"#, &["read 0 1"]).pending(),
-        json("json_align_negative", r#""align":-1"#, &["read 0 1"]).pending(),
+        ),
+        json("json_errno_string", r#""inject-error":[{"event":"read_aio","errno":"abc"}]"#, &["read 0 1"]),
+        json("json_iotype_bogus", r#""inject-error":[{"event":"read_aio","iotype":"bogus"}]"#, &["read 0 1"]),
+        json("json_event_missing", r#""inject-error":[{"errno":5}]"#, &["read 0 1"]),
+        json("json_event_bogus", r#""inject-error":[{"event":"bogus"}]"#, &["read 0 1"]),
+        json("json_rule_unknown_key", r#""inject-error":[{"event":"read_aio","foo":1}]"#, &["read 0 1"]),
+        json("json_once_bad_bool", r#""inject-error":[{"event":"read_aio","once":"TRUE"}]"#, &["read 0 1"]),
+        json("json_align_3", r#""align":3"#, &["read 0 1"]),
+        json("json_align_negative", r#""align":-1"#, &["read 0 1"]),
         json("json_unknown_option", r#""bogus":1"#, &["read 0 1"]),
-        json("json_take_child_perms_bogus", r#""take-child-perms":["bogus"]"#, &["read 0 1"]).pending(),
+        json("json_take_child_perms_bogus", r#""take-child-perms":["bogus"]"#, &["read 0 1"]),
         json("json_align_4k_rmw", r#""align":4096"#, &["write -P 1 100 200", "read -P 1 100 200", "read -P 0 0 100", "map"]),
-        json("json_max_transfer_bad", r#""align":4096,"max-transfer":1000"#, &["read 0 1"]).pending(),
+        json("json_max_transfer_bad", r#""align":4096,"max-transfer":1000"#, &["read 0 1"]),
         json("json_max_transfer_ok_unaligned", r#""max-transfer":1000"#, &["write -P 1 0 4k", "read -P 1 0 4k"]),
         json(
             "json_max_transfer_split_once",
             r#""max-transfer":4096,"inject-error":[{"event":"read_aio","sector":8,"once":true}]"#,
             &["read 0 4k", "read 0 16k", "read 0 16k"],
-        )
-        .pending(),
-        json("json_opt_write_zero_bad", r#""align":4096,"opt-write-zero":1000"#, &["read 0 1"]).pending(),
-        json("json_max_write_zero_bad", r#""opt-write-zero":4096,"max-write-zero":6144"#, &["read 0 1"]).pending(),
+        ),
+        json("json_opt_write_zero_bad", r#""align":4096,"opt-write-zero":1000"#, &["read 0 1"]),
+        json("json_max_write_zero_bad", r#""opt-write-zero":4096,"max-write-zero":6144"#, &["read 0 1"]),
         json(
             "json_opt_write_zero_fallback",
             r#""opt-write-zero":4096,"max-write-zero":8192,"inject-error":[{"event":"none","iotype":"write-zeroes"}]"#,
             &["write -P 1 0 8k", "write -z 0 512", "write -z 0 4k", "write -z 0 16k", "read -P 0 0 512"],
-        )
-        .pending(),
-        json("json_opt_discard_bad", r#""align":4096,"opt-discard":512"#, &["read 0 1"]).pending(),
-        json("json_max_discard_bad", r#""opt-discard":4096,"max-discard":5000"#, &["read 0 1"]).pending(),
+        ),
+        json("json_opt_discard_bad", r#""align":4096,"opt-discard":512"#, &["read 0 1"]),
+        json("json_max_discard_bad", r#""opt-discard":4096,"max-discard":5000"#, &["read 0 1"]),
         json(
             "json_discard_limits",
             r#""opt-discard":4096,"max-discard":8192,"inject-error":[{"event":"none","iotype":"discard"}]"#,
             &["discard 0 512", "discard 0 4k", "discard 0 64k"],
-        )
-        .pending(),
+        ),
         on(
             "image_opts_inject_error",
             &["--image-opts"],
             &["read 0 512", "read 0 512", "write 0 512"],
             "driver=raw,file.driver=blkdebug,file.inject-error.0.event=read_aio,file.inject-error.0.errno=28,file.inject-error.0.once=on,file.image.driver=file,file.image.filename=img.raw",
-        )
-        .pending(),
+        ),
         on(
             "image_opts_inject_error_unindexed",
             &["--image-opts"],
             &["read 0 512", "read 0 512"],
             "driver=raw,file.driver=blkdebug,file.inject-error.event=read_aio,file.image.filename=img.raw",
-        )
-        .pending(),
+        ),
         on(
             "image_opts_set_state",
             &["--image-opts"],
             &["read 0 512", "write 0 512", "read 0 512"],
             "driver=raw,file.driver=blkdebug,file.set-state.0.event=write_aio,file.set-state.0.new_state=2,file.inject-error.0.event=read_aio,file.inject-error.0.state=2,file.image.filename=img.raw",
-        )
-        .pending(),
+        ),
         on(
             "image_opts_inject_error_mixed",
             &["--image-opts"],
             &["read 0 1"],
             "driver=raw,file.driver=blkdebug,file.inject-error.event=read_aio,file.inject-error.0.event=read_aio,file.image.filename=img.raw",
-        )
-        .pending(),
+        ),
         on(
             "image_opts_inject_error_gap",
             &["--image-opts"],
             &["read 0 1"],
             "driver=raw,file.driver=blkdebug,file.inject-error.0.event=read_aio,file.inject-error.2.event=read_aio,file.image.filename=img.raw",
-        )
-        .pending(),
+        ),
         on(
             "image_opts_align_limits",
             &["--image-opts"],
@@ -866,7 +862,7 @@ fn options() -> Vec<Case> {
             &["open -o driver=raw,file.align=4k,file.max-discard=12k,file.opt-discard=4k blkdebug::img.raw", "discard 0 64k", "write -z 100 8k", "read -P 0 0 16k"],
         )
         .ignore("open.rs: with file.* options, the filename blkdebug::img.raw must go to the file child (which parses its prefix); it is opened as driver 'file' without a filename"),
-        on("top_level_blkdebug_emits_no_format_events", &[], &["read 0 512"], r#"json:{"driver":"blkdebug","inject-error":[{"event":"read_aio"}],"image":{"driver":"file","filename":"img.raw"}}"#).pending(),
+        on("top_level_blkdebug_emits_no_format_events", &[], &["read 0 512"], r#"json:{"driver":"blkdebug","inject-error":[{"event":"read_aio"}],"image":{"driver":"file","filename":"img.raw"}}"#),
         on("top_level_blkdebug_info", &[], &["info", "length", "map"], "blkdebug::img.raw"),
     ]
 }
@@ -1113,20 +1109,20 @@ fn breakpoints() -> Vec<Case> {
                 "break pwritev_rmw_tail C",
                 "break pwritev_rmw_after_tail D",
                 "aio_write -P 1 100 200",
+                // QEMU raises head and tail before the padding reads complete
                 "wait_break A",
                 "resume A",
-                "wait_break B",
-                "resume B",
                 "wait_break C",
                 "resume C",
+                "wait_break B",
+                "resume B",
                 "wait_break D",
                 "resume D",
                 "aio_flush",
                 "read -P 1 100 200",
             ],
             &json_dbg(r#""align":4096"#),
-        )
-        .pending(),
+        ),
         on(
             "break_rmw_two_blocks_align_4k",
             &[],
@@ -1148,8 +1144,7 @@ fn breakpoints() -> Vec<Case> {
                 "remove_break X",
             ],
             &json_dbg(r#""align":4096"#),
-        )
-        .pending(),
+        ),
     ]
 }
 
@@ -1242,15 +1237,13 @@ fn blkverify() -> Vec<Case> {
         .file(
             "wv.conf",
             "[inject-error]\nevent = \"write_aio\"\nerrno = \"28\"\n",
-        )
-        .pending(),
+        ),
         bv(
             "blkverify_read_return_value_mismatch",
             "blkverify:raw.img:blkdebug:rv.conf:img.raw",
             &["write 0 512", "read 0 512"],
         )
-        .file("rv.conf", "[inject-error]\nevent = \"read_aio\"\n")
-        .pending(),
+        .file("rv.conf", "[inject-error]\nevent = \"read_aio\"\n"),
         bv(
             "blkverify_over_blkdebug_breakpoint",
             "blkverify:raw.img:blkdebug::img.raw",
@@ -1294,41 +1287,133 @@ fn blkverify() -> Vec<Case> {
 }
 
 fn open_errors() -> Vec<Case> {
-    let conf = |name: &str, content: &str| dbg(name, content, &["read 0 1"]).pending();
+    let conf = |name: &str, content: &str| dbg(name, content, &["read 0 1"]);
     vec![
-        on("open_nonexistent", &["-f", "raw"], &["read 0 1"], "nonexist.raw"),
-        on("open_unknown_format", &["-f", "bogus"], &["read 0 1"], "img.raw"),
-        on("open_json_bad", &[], &["read 0 1"], "json:{")
-            .ignore("JSON syntax errors: open.rs reports serde_json's message, QEMU says 'JSON parse error, premature EOI'"),
+        on(
+            "open_nonexistent",
+            &["-f", "raw"],
+            &["read 0 1"],
+            "nonexist.raw",
+        ),
+        on(
+            "open_unknown_format",
+            &["-f", "bogus"],
+            &["read 0 1"],
+            "img.raw",
+        ),
+        on("open_json_bad", &[], &["read 0 1"], "json:{"),
         on("open_json_not_object", &[], &["read 0 1"], "json:[1]"),
-        on("open_json_unknown_driver", &[], &["read 0 1"], r#"json:{"driver":"bogus"}"#),
-        on("open_json_file_missing_filename", &[], &["read 0 1"], r#"json:{"driver":"file"}"#),
-        on("open_json_raw_file", &[], &["write -P 1 0 512", "read -P 1 0 512"], r#"json:{"driver":"raw","file":{"driver":"file","filename":"img.raw"}}"#),
-        on("open_json_unknown_option", &[], &["read 0 1"], r#"json:{"driver":"raw","bogus":1,"file":{"driver":"file","filename":"img.raw"}}"#),
-        on("image_opts_missing_filename", &["--image-opts"], &["read 0 1"], "driver=file"),
-        on("image_opts_bad_syntax", &["--image-opts"], &["read 0 1"], "driver=raw,,=x"),
-        on("image_opts_unknown_driver", &["--image-opts"], &["read 0 1"], "driver=bogus,filename=img.raw"),
+        on(
+            "open_json_unknown_driver",
+            &[],
+            &["read 0 1"],
+            r#"json:{"driver":"bogus"}"#,
+        ),
+        on(
+            "open_json_file_missing_filename",
+            &[],
+            &["read 0 1"],
+            r#"json:{"driver":"file"}"#,
+        ),
+        on(
+            "open_json_raw_file",
+            &[],
+            &["write -P 1 0 512", "read -P 1 0 512"],
+            r#"json:{"driver":"raw","file":{"driver":"file","filename":"img.raw"}}"#,
+        ),
+        on(
+            "open_json_unknown_option",
+            &[],
+            &["read 0 1"],
+            r#"json:{"driver":"raw","bogus":1,"file":{"driver":"file","filename":"img.raw"}}"#,
+        ),
+        on(
+            "image_opts_missing_filename",
+            &["--image-opts"],
+            &["read 0 1"],
+            "driver=file",
+        ),
+        on(
+            "image_opts_bad_syntax",
+            &["--image-opts"],
+            &["read 0 1"],
+            "driver=raw,,=x",
+        ),
+        on(
+            "image_opts_unknown_driver",
+            &["--image-opts"],
+            &["read 0 1"],
+            "driver=bogus,filename=img.raw",
+        ),
         on("blkdebug_one_colon", &[], &["read 0 1"], "blkdebug:img.raw"),
         on("blkdebug_bare", &[], &["read 0 1"], "blkdebug:"),
-        on("blkdebug_probed_warning", &[], &["read 0 512"], "blkdebug::img.raw"),
-        on("blkdebug_missing_image", &["-f", "raw"], &["read 0 1"], "blkdebug::nonexist.raw"),
-        on("blkdebug_missing_config", &["-f", "raw"], &["read 0 1"], "blkdebug:nonexist.conf:img.raw").pending(),
-        conf("config_unknown_event", "[inject-error]\nevent = \"bogus\"\n"),
+        on(
+            "blkdebug_probed_warning",
+            &[],
+            &["read 0 512"],
+            "blkdebug::img.raw",
+        ),
+        on(
+            "blkdebug_missing_image",
+            &["-f", "raw"],
+            &["read 0 1"],
+            "blkdebug::nonexist.raw",
+        ),
+        on(
+            "blkdebug_missing_config",
+            &["-f", "raw"],
+            &["read 0 1"],
+            "blkdebug:nonexist.conf:img.raw",
+        ),
+        conf(
+            "config_unknown_event",
+            "[inject-error]\nevent = \"bogus\"\n",
+        ),
         conf("config_missing_event", "[inject-error]\nerrno = \"5\"\n"),
-        conf("config_unquoted_value", "[inject-error]\nevent = read_aio\n"),
-        conf("config_unquoted_errno", "[inject-error]\nevent = \"read_aio\"\nerrno = 28\n"),
-        conf("config_unknown_key", "[inject-error]\nevent = \"read_aio\"\nfoo = \"1\"\n"),
+        conf(
+            "config_unquoted_value",
+            "[inject-error]\nevent = read_aio\n",
+        ),
+        conf(
+            "config_unquoted_errno",
+            "[inject-error]\nevent = \"read_aio\"\nerrno = 28\n",
+        ),
+        conf(
+            "config_unknown_key",
+            "[inject-error]\nevent = \"read_aio\"\nfoo = \"1\"\n",
+        ),
         conf("config_no_spaces", "[inject-error]\nevent=\"read_aio\"\n"),
         conf("config_unknown_group", "[bogus]\nevent = \"read_aio\"\n"),
         conf("config_no_group", "event = \"read_aio\"\n"),
         conf("config_garbage_line", "garbage line\n"),
-        conf("config_whitespace_line", "[inject-error]\n   \nevent = \"read_aio\"\n"),
-        conf("config_duplicate_id", "[inject-error \"id1\"]\nevent = \"read_aio\"\n[inject-error \"id1\"]\nevent = \"write_aio\"\n"),
-        conf("config_dotted_event", "[inject-error]\nevent = \"l1_grow.alloc_table\"\n"),
-        conf("config_bool_uppercase", "[inject-error]\nevent = \"read_aio\"\nonce = \"TRUE\"\n"),
-        conf("config_errno_not_number", "[inject-error]\nevent = \"read_aio\"\nerrno = \"abc\"\n"),
-        conf("config_state_not_number", "[set-state]\nevent = \"read_aio\"\nstate = \"x\"\n"),
-        conf("config_iotype_bogus", "[inject-error]\nevent = \"read_aio\"\niotype = \"bogus\"\n"),
+        conf(
+            "config_whitespace_line",
+            "[inject-error]\n   \nevent = \"read_aio\"\n",
+        ),
+        conf(
+            "config_duplicate_id",
+            "[inject-error \"id1\"]\nevent = \"read_aio\"\n[inject-error \"id1\"]\nevent = \"write_aio\"\n",
+        ),
+        conf(
+            "config_dotted_event",
+            "[inject-error]\nevent = \"l1_grow.alloc_table\"\n",
+        ),
+        conf(
+            "config_bool_uppercase",
+            "[inject-error]\nevent = \"read_aio\"\nonce = \"TRUE\"\n",
+        ),
+        conf(
+            "config_errno_not_number",
+            "[inject-error]\nevent = \"read_aio\"\nerrno = \"abc\"\n",
+        ),
+        conf(
+            "config_state_not_number",
+            "[set-state]\nevent = \"read_aio\"\nstate = \"x\"\n",
+        ),
+        conf(
+            "config_iotype_bogus",
+            "[inject-error]\nevent = \"read_aio\"\niotype = \"bogus\"\n",
+        ),
         dbg("config_empty_file", "", &["read 0 1"]),
     ]
 }
