@@ -1327,6 +1327,16 @@ fn open_errors() -> Vec<Case> {
             &["read 0 1"],
             r#"json:{"driver":"raw","bogus":1,"file":{"driver":"file","filename":"img.raw"}}"#,
         ),
+        on("image_opts_empty", &["--image-opts"], &["length"], "").ignore(
+            "open.rs: with no driver and no filename QEMU's bdrv_open says 'Must specify either driver or file'",
+        ),
+        on("image_opts_short_form_boolean", &["--image-opts"], &["length"], "driver=raw,file.filename=img.raw,ro").ignore(
+            "--image-opts is QemuOpts syntax: a bare key is a deprecated short-form boolean (warning, then key=on); parse_keyval (open.rs) rejects it",
+        ),
+        on("image_opts_id", &["--image-opts"], &["length"], "id=x1,driver=raw,file.filename=img.raw"),
+        on("image_opts_bad_id", &["--image-opts"], &["length"], "id=1x,driver=raw").ignore(
+            "--image-opts is QemuOpts syntax: an invalid `id` is refused before opening ('Parameter 'id' expects an identifier')",
+        ),
         on(
             "image_opts_missing_filename",
             &["--image-opts"],
