@@ -76,9 +76,20 @@ fn insert_path(map: &mut Options, key: &str, value: Value) {
     }
 }
 
-/// Parses `k=v,k=v` as `--image-opts` and `open -o` take it (`,,` is a literal comma).
-pub fn parse_keyval(text: &str) -> Result<Options, String> {
-    let mut opts = Options::new();
+/// Options parsed from `k=v,k=v` text, with the deprecation warnings QEMU prints for them.
+#[derive(Debug, Default, PartialEq)]
+pub struct Keyval {
+    pub options: Options,
+    /// lines to print on stderr (after the program-name prefix), in order
+    pub warnings: Vec<String>,
+}
+
+/// Parses `k=v,k=v` as `--image-opts` and `open -o` take it (QEMU's QemuOpts syntax): `,,` is
+/// a literal comma, a bare `key` is a deprecated short form of `key=on` (`nokey`: `key=off`),
+/// and `id` must be an identifier.
+pub fn parse_keyval(text: &str) -> Result<Keyval, String> {
+    let mut parsed = Keyval::default();
+    let mut flat = Options::new();
     let mut chars = text.chars().peekable();
     while chars.peek().is_some() {
         let mut key = String::new();
@@ -89,25 +100,48 @@ pub fn parse_keyval(text: &str) -> Result<Options, String> {
             key.push(c);
             chars.next();
         }
-        if chars.peek() != Some(&'=') {
-            return Err(format!("Invalid parameter '{key}'"));
-        }
-        chars.next();
-        let mut value = String::new();
-        while let Some(c) = chars.next() {
-            if c == ',' {
-                if chars.peek() == Some(&',') {
-                    chars.next();
-                    value.push(',');
-                    continue;
+        let value = if chars.peek() == Some(&'=') {
+            chars.next();
+            let mut value = String::new();
+            while let Some(c) = chars.next() {
+                if c == ',' {
+                    if chars.peek() == Some(&',') {
+                        chars.next();
+                        value.push(',');
+                        continue;
+                    }
+                    break;
                 }
-                break;
+                value.push(c);
             }
-            value.push(c);
+            value
+        } else {
+            chars.next();
+            let (name, value) = match key.strip_prefix("no") {
+                Some(rest) => (rest.to_string(), "off"),
+                None => (key.clone(), "on"),
+            };
+            parsed.warnings.push(format!(
+                "warning: short-form boolean option '{key}' deprecated\nPlease use {name}={value} instead"
+            ));
+            key = name;
+            value.to_string()
+        };
+        // QemuOpts checks the id's form; the id itself then reaches the driver like any option.
+        if key == "id" && !is_identifier(&value) {
+            return Err("Parameter 'id' expects an identifier\nIdentifiers consist of letters, digits, '-', '.', '_', starting with a letter.".into());
         }
-        opts.insert(key, Value::String(value));
+        flat.insert(key, Value::String(value));
     }
-    Ok(nest_dotted(opts))
+    parsed.options = nest_dotted(flat);
+    Ok(parsed)
+}
+
+/// QEMU's id_wellformed: a letter, then letters, digits, `-`, `.` or `_`.
+fn is_identifier(id: &str) -> bool {
+    let mut chars = id.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
 }
 
 /// blkdebug's `take-child-perms`/`unshare-child-perms`: a list of permission names.
@@ -221,10 +255,13 @@ fn open_node(
         Some("blkverify") => open_blkverify(filename, opts, ctx),
         Some(other) => Err(format!("Unknown driver '{other}'")),
         None => {
-            let name = filename.clone().unwrap_or_default();
             if let Some(Value::String(f)) = opts.remove("filename") {
                 filename = Some(f);
             }
+            if filename.is_none() {
+                return Err("Must specify either driver or file".into());
+            }
+            let name = filename.clone().unwrap_or_default();
             let proto_node = open_protocol(filename.clone(), opts, ctx)?;
             if !probe {
                 return Ok(proto_node);
@@ -248,9 +285,12 @@ fn open_node(
             if probes_as_other_format(&head) {
                 return Err("Unknown driver 'qcow2'".to_string());
             }
-            ctx.console.err(&format!(
+            // QEMU warns only where writes would be restricted.
+            if !ctx.flags.read_only {
+                ctx.console.err(&format!(
                 "WARNING: Image format was not specified for '{name}' and probing guessed raw.\n         Automatically detecting the format is dangerous for raw images, write operations on block 0 will be restricted.\n         Specify the 'raw' format explicitly to remove the restrictions.\n"
-            ));
+                ));
+            }
             wrap_raw(proto_node, true, ctx)
         }
     }
@@ -344,7 +384,8 @@ fn open_child(
     ctx: &OpenContext,
 ) -> Result<Rc<Node>, String> {
     match value {
-        Some(Value::Object(m)) => open_node(None, m, probe, ctx),
+        // A filename given beside the child's options is the child's own (`-o file.align=4k`).
+        Some(Value::Object(m)) => open_node(filename, m, probe, ctx),
         Some(Value::String(reference)) => Err(format!(
             "Cannot find device='{reference}' nor node-name='{reference}'"
         )),
@@ -524,10 +565,33 @@ mod tests {
     fn dotted_keys_nest_and_merge_with_nested_ones() {
         let flat =
             parse_keyval("driver=raw,file.driver=blkdebug,file.image.filename=a,,b").unwrap();
+        assert!(flat.warnings.is_empty());
         assert_eq!(
-            Value::Object(flat),
+            Value::Object(flat.options),
             serde_json::json!({"driver": "raw", "file": {"driver": "blkdebug", "image": {"filename": "a,b"}}})
         );
+    }
+
+    #[test]
+    fn bare_keys_are_deprecated_booleans_and_ids_must_be_identifiers() {
+        let parsed = parse_keyval("ro,nocache=x,noauto").unwrap();
+        assert_eq!(
+            Value::Object(parsed.options),
+            serde_json::json!({"ro": "on", "nocache": "x", "auto": "off"})
+        );
+        assert_eq!(
+            parsed.warnings,
+            [
+                "warning: short-form boolean option 'ro' deprecated\nPlease use ro=on instead",
+                "warning: short-form boolean option 'noauto' deprecated\nPlease use auto=off instead",
+            ]
+        );
+        assert!(
+            parse_keyval("id=1x")
+                .unwrap_err()
+                .starts_with("Parameter 'id' expects an identifier")
+        );
+        assert!(parse_keyval("id=x1").is_ok());
     }
 
     #[test]

@@ -96,7 +96,12 @@ fn run_with(
     if let Some(drive) = &inv.drive {
         let (name, options) = if inv.image_opts {
             match parse_keyval(drive) {
-                Ok(o) => (None, o),
+                Ok(o) => {
+                    for w in &o.warnings {
+                        console.err(&format!("qemu-io: {w}\n"));
+                    }
+                    (None, o.options)
+                }
                 Err(e) => {
                     console.err(&format!("qemu-io: {e}\n"));
                     return 1;

@@ -1052,7 +1052,13 @@ fn open_f(s: &mut Session, spec: &CommandSpec, argv: &[String]) -> i32 {
         Ok(())
     }));
     let options = match opts_text.as_deref().map(parse_keyval).transpose() {
-        Ok(o) => o.unwrap_or_default(),
+        Ok(o) => {
+            let o = o.unwrap_or_default();
+            for w in &o.warnings {
+                s.report(w);
+            }
+            o.options
+        }
         Err(e) => {
             s.report(&e);
             return EINVAL;

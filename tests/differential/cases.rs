@@ -613,8 +613,7 @@ fn open_close() -> Vec<Case> {
         case("open_probed", &["-c", "open img.raw", "-c", "info"]),
         case("open_snapshot", &["-c", "open -s -o driver=raw img.raw", "-c", "write -P 5 0 512", "-c", "read -P 5 0 512"])
             .ignore("open -s: QEMU writes to a temporary qcow2 overlay and leaves the image alone; open.rs has no snapshot overlay"),
-        case("open_probed_read_only", &["-c", "open -r img.raw", "-c", "read 0 512", "-c", "close", "-c", "open img.raw"])
-            .ignore("raw_open only prints the probing WARNING for writable nodes; open.rs prints it for read-only ones too"),
+        case("open_probed_read_only", &["-c", "open -r img.raw", "-c", "read 0 512", "-c", "close", "-c", "open img.raw"]),
         case("open_two_paths", &["-c", "open img.raw raw.img"]),
         on("image_opts_open_o", &["--image-opts"], &["open -o driver=raw img.raw", "read 0 512"], "driver=raw,file.filename=img.raw"),
         on("image_opts_file", &["--image-opts"], &["write -P 2 0 512", "read -P 2 0 512", "info"], "driver=raw,file.driver=file,file.filename=img.raw"),
@@ -776,8 +775,16 @@ fn rules() -> Vec<Case> {
 fn options() -> Vec<Case> {
     let json = |name: &str, blkdebug: &str, cmds: &[&str]| on(name, &[], cmds, &json_dbg(blkdebug));
     vec![
-        json("json_blkdebug_plain", "", &["write -P 1 0 512", "read -P 1 0 512", "info"]),
-        json("json_inject_error", r#""inject-error":[{"event":"read_aio","once":true}]"#, &["read 0 512", "read 0 512"]),
+        json(
+            "json_blkdebug_plain",
+            "",
+            &["write -P 1 0 512", "read -P 1 0 512", "info"],
+        ),
+        json(
+            "json_inject_error",
+            r#""inject-error":[{"event":"read_aio","once":true}]"#,
+            &["read 0 512", "read 0 512"],
+        ),
         json(
             "json_inject_error_all_keys",
             r#""inject-error":[{"event":"read_aio","state":1,"errno":28,"sector":1,"once":false,"immediately":true,"iotype":"read"}]"#,
@@ -788,33 +795,100 @@ fn options() -> Vec<Case> {
             r#""inject-error":[{"event":"read_aio","state":2,"errno":"28"}],"set-state":[{"event":"write_aio","state":1,"new_state":2}]"#,
             &["read 0 512", "write 0 512", "read 0 512"],
         ),
-        json("json_errno_string", r#""inject-error":[{"event":"read_aio","errno":"abc"}]"#, &["read 0 1"]),
-        json("json_iotype_bogus", r#""inject-error":[{"event":"read_aio","iotype":"bogus"}]"#, &["read 0 1"]),
-        json("json_event_missing", r#""inject-error":[{"errno":5}]"#, &["read 0 1"]),
-        json("json_event_bogus", r#""inject-error":[{"event":"bogus"}]"#, &["read 0 1"]),
-        json("json_rule_unknown_key", r#""inject-error":[{"event":"read_aio","foo":1}]"#, &["read 0 1"]),
-        json("json_once_bad_bool", r#""inject-error":[{"event":"read_aio","once":"TRUE"}]"#, &["read 0 1"]),
+        json(
+            "json_errno_string",
+            r#""inject-error":[{"event":"read_aio","errno":"abc"}]"#,
+            &["read 0 1"],
+        ),
+        json(
+            "json_iotype_bogus",
+            r#""inject-error":[{"event":"read_aio","iotype":"bogus"}]"#,
+            &["read 0 1"],
+        ),
+        json(
+            "json_event_missing",
+            r#""inject-error":[{"errno":5}]"#,
+            &["read 0 1"],
+        ),
+        json(
+            "json_event_bogus",
+            r#""inject-error":[{"event":"bogus"}]"#,
+            &["read 0 1"],
+        ),
+        json(
+            "json_rule_unknown_key",
+            r#""inject-error":[{"event":"read_aio","foo":1}]"#,
+            &["read 0 1"],
+        ),
+        json(
+            "json_once_bad_bool",
+            r#""inject-error":[{"event":"read_aio","once":"TRUE"}]"#,
+            &["read 0 1"],
+        ),
         json("json_align_3", r#""align":3"#, &["read 0 1"]),
         json("json_align_negative", r#""align":-1"#, &["read 0 1"]),
         json("json_unknown_option", r#""bogus":1"#, &["read 0 1"]),
-        json("json_take_child_perms_bogus", r#""take-child-perms":["bogus"]"#, &["read 0 1"]),
-        json("json_align_4k_rmw", r#""align":4096"#, &["write -P 1 100 200", "read -P 1 100 200", "read -P 0 0 100", "map"]),
-        json("json_max_transfer_bad", r#""align":4096,"max-transfer":1000"#, &["read 0 1"]),
-        json("json_max_transfer_ok_unaligned", r#""max-transfer":1000"#, &["write -P 1 0 4k", "read -P 1 0 4k"]),
+        json(
+            "json_take_child_perms_bogus",
+            r#""take-child-perms":["bogus"]"#,
+            &["read 0 1"],
+        ),
+        json(
+            "json_align_4k_rmw",
+            r#""align":4096"#,
+            &[
+                "write -P 1 100 200",
+                "read -P 1 100 200",
+                "read -P 0 0 100",
+                "map",
+            ],
+        ),
+        json(
+            "json_max_transfer_bad",
+            r#""align":4096,"max-transfer":1000"#,
+            &["read 0 1"],
+        ),
+        json(
+            "json_max_transfer_ok_unaligned",
+            r#""max-transfer":1000"#,
+            &["write -P 1 0 4k", "read -P 1 0 4k"],
+        ),
         json(
             "json_max_transfer_split_once",
             r#""max-transfer":4096,"inject-error":[{"event":"read_aio","sector":8,"once":true}]"#,
             &["read 0 4k", "read 0 16k", "read 0 16k"],
         ),
-        json("json_opt_write_zero_bad", r#""align":4096,"opt-write-zero":1000"#, &["read 0 1"]),
-        json("json_max_write_zero_bad", r#""opt-write-zero":4096,"max-write-zero":6144"#, &["read 0 1"]),
+        json(
+            "json_opt_write_zero_bad",
+            r#""align":4096,"opt-write-zero":1000"#,
+            &["read 0 1"],
+        ),
+        json(
+            "json_max_write_zero_bad",
+            r#""opt-write-zero":4096,"max-write-zero":6144"#,
+            &["read 0 1"],
+        ),
         json(
             "json_opt_write_zero_fallback",
             r#""opt-write-zero":4096,"max-write-zero":8192,"inject-error":[{"event":"none","iotype":"write-zeroes"}]"#,
-            &["write -P 1 0 8k", "write -z 0 512", "write -z 0 4k", "write -z 0 16k", "read -P 0 0 512"],
+            &[
+                "write -P 1 0 8k",
+                "write -z 0 512",
+                "write -z 0 4k",
+                "write -z 0 16k",
+                "read -P 0 0 512",
+            ],
         ),
-        json("json_opt_discard_bad", r#""align":4096,"opt-discard":512"#, &["read 0 1"]),
-        json("json_max_discard_bad", r#""opt-discard":4096,"max-discard":5000"#, &["read 0 1"]),
+        json(
+            "json_opt_discard_bad",
+            r#""align":4096,"opt-discard":512"#,
+            &["read 0 1"],
+        ),
+        json(
+            "json_max_discard_bad",
+            r#""opt-discard":4096,"max-discard":5000"#,
+            &["read 0 1"],
+        ),
         json(
             "json_discard_limits",
             r#""opt-discard":4096,"max-discard":8192,"inject-error":[{"event":"none","iotype":"discard"}]"#,
@@ -855,15 +929,28 @@ fn options() -> Vec<Case> {
             &["--image-opts"],
             &["write -P 1 100 200", "read -P 1 100 200"],
             "driver=raw,file.driver=blkdebug,file.align=4k,file.max-transfer=64k,file.opt-write-zero=8k,file.max-write-zero=16k,file.opt-discard=8k,file.max-discard=16k,file.image.filename=img.raw",
-        )
-        ,
+        ),
         no_drive(
             "open_o_align_limits",
-            &["open -o driver=raw,file.align=4k,file.max-discard=12k,file.opt-discard=4k blkdebug::img.raw", "discard 0 64k", "write -z 100 8k", "read -P 0 0 16k"],
-        )
-        .ignore("open.rs: with file.* options, the filename blkdebug::img.raw must go to the file child (which parses its prefix); it is opened as driver 'file' without a filename"),
-        on("top_level_blkdebug_emits_no_format_events", &[], &["read 0 512"], r#"json:{"driver":"blkdebug","inject-error":[{"event":"read_aio"}],"image":{"driver":"file","filename":"img.raw"}}"#),
-        on("top_level_blkdebug_info", &[], &["info", "length", "map"], "blkdebug::img.raw"),
+            &[
+                "open -o driver=raw,file.align=4k,file.max-discard=12k,file.opt-discard=4k blkdebug::img.raw",
+                "discard 0 64k",
+                "write -z 100 8k",
+                "read -P 0 0 16k",
+            ],
+        ),
+        on(
+            "top_level_blkdebug_emits_no_format_events",
+            &[],
+            &["read 0 512"],
+            r#"json:{"driver":"blkdebug","inject-error":[{"event":"read_aio"}],"image":{"driver":"file","filename":"img.raw"}}"#,
+        ),
+        on(
+            "top_level_blkdebug_info",
+            &[],
+            &["info", "length", "map"],
+            "blkdebug::img.raw",
+        ),
     ]
 }
 
@@ -1327,15 +1414,24 @@ fn open_errors() -> Vec<Case> {
             &["read 0 1"],
             r#"json:{"driver":"raw","bogus":1,"file":{"driver":"file","filename":"img.raw"}}"#,
         ),
-        on("image_opts_empty", &["--image-opts"], &["length"], "").ignore(
-            "open.rs: with no driver and no filename QEMU's bdrv_open says 'Must specify either driver or file'",
+        on("image_opts_empty", &["--image-opts"], &["length"], ""),
+        on(
+            "image_opts_short_form_boolean",
+            &["--image-opts"],
+            &["length"],
+            "driver=raw,file.filename=img.raw,ro",
         ),
-        on("image_opts_short_form_boolean", &["--image-opts"], &["length"], "driver=raw,file.filename=img.raw,ro").ignore(
-            "--image-opts is QemuOpts syntax: a bare key is a deprecated short-form boolean (warning, then key=on); parse_keyval (open.rs) rejects it",
+        on(
+            "image_opts_id",
+            &["--image-opts"],
+            &["length"],
+            "id=x1,driver=raw,file.filename=img.raw",
         ),
-        on("image_opts_id", &["--image-opts"], &["length"], "id=x1,driver=raw,file.filename=img.raw"),
-        on("image_opts_bad_id", &["--image-opts"], &["length"], "id=1x,driver=raw").ignore(
-            "--image-opts is QemuOpts syntax: an invalid `id` is refused before opening ('Parameter 'id' expects an identifier')",
+        on(
+            "image_opts_bad_id",
+            &["--image-opts"],
+            &["length"],
+            "id=1x,driver=raw",
         ),
         on(
             "image_opts_missing_filename",
