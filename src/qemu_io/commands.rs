@@ -10,6 +10,7 @@ use crate::block::driver::ReqFlags;
 use crate::block::io::{self, REQUEST_MAX_BYTES};
 use crate::block::open::parse_keyval;
 use crate::errno::strerror;
+use crate::output::Console;
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -257,25 +258,83 @@ fn iovec_len(s: &Session, args: &[String]) -> Result<i64, i32> {
     Ok(total)
 }
 
-fn readv_f(s: &mut Session, spec: &CommandSpec, argv: &[String]) -> i32 {
-    let (mut compact, mut quiet, mut verbose) = (false, false, false);
+/// A vectored read as `readv` and `aio_read` take it: `[-Ciqrv] [-P pattern] off len [len..]`.
+struct VectorRead {
+    offset: i64,
+    count: i64,
+    pattern: Option<u8>,
+    compact: bool,
+    quiet: bool,
+    verbose: bool,
+    /// `aio_read -i`: account an invalid request and do nothing
+    invalid: bool,
+}
+
+fn parse_vector_read(
+    s: &Session,
+    spec: &CommandSpec,
+    argv: &[String],
+    optstring: &str,
+) -> Result<VectorRead, i32> {
+    let (mut compact, mut quiet, mut verbose, mut invalid) = (false, false, false, false);
     let mut pat = None;
-    let pos = tri!(options(s, spec, argv, "CP:qrv", |c, arg| {
+    let pos = options(s, spec, argv, optstring, |c, arg| {
         match c {
             'C' => compact = true,
             'P' => pat = Some(pattern(s, &arg.unwrap_or_default())?),
+            'i' => invalid = true,
             'q' => quiet = true,
             'v' => verbose = true,
             _ => {}
         }
         Ok(())
-    }));
+    })?;
     if pos.len() < 2 {
         s.usage(spec);
-        return EINVAL;
+        return Err(EINVAL);
     }
-    let offset = tri!(num(s, &pos[0]));
-    let count = tri!(iovec_len(s, &pos[1..]));
+    Ok(VectorRead {
+        offset: num(s, &pos[0])?,
+        count: iovec_len(s, &pos[1..])?,
+        pattern: pat,
+        compact,
+        quiet,
+        verbose,
+        invalid,
+    })
+}
+
+impl VectorRead {
+    /// Prints what a finished vectored read prints; false when the pattern did not match.
+    fn report(&self, console: &Console, buf: &[u8], elapsed: Duration) -> bool {
+        let (offset, count) = (self.offset, self.count);
+        let matched = self.pattern.is_none_or(|p| buf.iter().all(|&b| b == p));
+        if !matched {
+            console.out(&format!(
+                "Pattern verification failed at offset {offset}, {count} bytes\n"
+            ));
+        }
+        if !self.quiet {
+            if self.verbose {
+                console.out(&dump_buffer(buf, offset as u64));
+            }
+            console.out(&report_duration(
+                "read",
+                elapsed,
+                offset,
+                count,
+                count,
+                1,
+                self.compact,
+            ));
+        }
+        matched
+    }
+}
+
+fn readv_f(s: &mut Session, spec: &CommandSpec, argv: &[String]) -> i32 {
+    let req = tri!(parse_vector_read(s, spec, argv, "CP:qrv"));
+    let (offset, count) = (req.offset, req.count);
     let b = blk(s);
     let t0 = Instant::now();
     let Some(ret) = s.run_sync(async move {
@@ -285,30 +344,14 @@ fn readv_f(s: &mut Session, spec: &CommandSpec, argv: &[String]) -> i32 {
         return EINVAL;
     };
     let elapsed = t0.elapsed();
-    let buf = match ret {
-        Ok(buf) => buf,
+    match ret {
         Err(e) => {
             s.out(&format!("readv failed: {}\n", strerror(e)));
-            return -e;
+            -e
         }
-    };
-    let mut rc = 0;
-    if let Some(p) = pat
-        && buf.iter().any(|&b| b != p)
-    {
-        s.out(&format!(
-            "Pattern verification failed at offset {offset}, {count} bytes\n"
-        ));
-        rc = EINVAL;
+        Ok(buf) if req.report(&s.console, &buf, elapsed) => 0,
+        Ok(_) => EINVAL,
     }
-    if quiet {
-        return rc;
-    }
-    if verbose {
-        s.out(&dump_buffer(&buf, offset as u64));
-    }
-    report(s, "read", elapsed, offset, count, count, compact);
-    rc
 }
 
 /// Fills a write buffer cyclically from a file (`write -s`); None after QEMU's message.
@@ -472,26 +515,8 @@ fn writev_f(s: &mut Session, spec: &CommandSpec, argv: &[String]) -> i32 {
 }
 
 fn aio_read_f(s: &mut Session, spec: &CommandSpec, argv: &[String]) -> i32 {
-    let (mut compact, mut quiet, mut verbose, mut invalid) = (false, false, false, false);
-    let mut pat = None;
-    let pos = tri!(options(s, spec, argv, "CP:iqrv", |c, arg| {
-        match c {
-            'C' => compact = true,
-            'P' => pat = Some(pattern(s, &arg.unwrap_or_default())?),
-            'i' => invalid = true,
-            'q' => quiet = true,
-            'v' => verbose = true,
-            _ => {}
-        }
-        Ok(())
-    }));
-    if pos.len() < 2 {
-        s.usage(spec);
-        return EINVAL;
-    }
-    let offset = tri!(num(s, &pos[0]));
-    let count = tri!(iovec_len(s, &pos[1..]));
-    if invalid {
+    let req = tri!(parse_vector_read(s, spec, argv, "CP:iqrv"));
+    if req.invalid {
         s.out("injecting invalid read request\n");
         return 0;
     }
@@ -499,29 +524,16 @@ fn aio_read_f(s: &mut Session, spec: &CommandSpec, argv: &[String]) -> i32 {
     let console = s.console.clone();
     let t0 = Instant::now();
     s.spawn(async move {
-        let mut buf = vec![0xabu8; count as usize];
-        let ret = b.pread(offset as u64, &mut buf).await;
+        let mut buf = vec![0xabu8; req.count as usize];
+        let ret = b.pread(req.offset as u64, &mut buf).await;
         let elapsed = t0.elapsed();
-        if let Err(e) = ret {
-            console.out(&format!("readv failed: {}\n", strerror(e)));
-            return;
+        match ret {
+            Err(e) => console.out(&format!("readv failed: {}\n", strerror(e))),
+            // A pattern mismatch in an aio read does not change the exit status.
+            Ok(()) => {
+                req.report(&console, &buf, elapsed);
+            }
         }
-        if let Some(p) = pat
-            && buf.iter().any(|&b| b != p)
-        {
-            console.out(&format!(
-                "Pattern verification failed at offset {offset}, {count} bytes\n"
-            ));
-        }
-        if quiet {
-            return;
-        }
-        if verbose {
-            console.out(&dump_buffer(&buf, offset as u64));
-        }
-        console.out(&report_duration(
-            "read", elapsed, offset, count, count, 1, compact,
-        ));
     });
     0
 }
