@@ -45,6 +45,33 @@ impl BlockBackend {
         io::pwritev(&self.root, offset, buf, self.write_flags(flags)).await
     }
 
+    /// qemu-io `write -c` (QEMU's blk_pwrite_compressed): no FUA emulation for these.
+    pub async fn pwrite_compressed(&self, offset: u64, buf: &[u8]) -> IoResult {
+        self.check(offset, buf.len() as u64)?;
+        let flags = self.write_flags(ReqFlags::WRITE_COMPRESSED);
+        io::pwritev(&self.root, offset, buf, flags).await
+    }
+
+    /// qemu-io `write -b` (QEMU's blk_save_vmstate): past the disk, flushed in writethrough.
+    pub async fn save_vmstate(&self, pos: u64, buf: &[u8]) -> IoResult {
+        if pos > io::MAX_LENGTH || buf.len() as u64 > io::REQUEST_MAX_BYTES {
+            return Err(libc::EIO);
+        }
+        self.root.driver.save_vmstate(&self.root, pos, buf).await?;
+        if self.writethrough.get() {
+            io::flush(&self.root).await?;
+        }
+        Ok(())
+    }
+
+    /// qemu-io `read -b` (QEMU's blk_load_vmstate).
+    pub async fn load_vmstate(&self, pos: u64, buf: &mut [u8]) -> IoResult {
+        if pos > io::MAX_LENGTH || buf.len() as u64 > io::REQUEST_MAX_BYTES {
+            return Err(libc::EIO);
+        }
+        self.root.driver.load_vmstate(&self.root, pos, buf).await
+    }
+
     pub async fn pwrite_zeroes(&self, offset: u64, bytes: u64, flags: ReqFlags) -> IoResult {
         self.check(offset, bytes)?;
         io::pwrite_zeroes(&self.root, offset, bytes, self.write_flags(flags)).await

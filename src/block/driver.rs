@@ -123,6 +123,39 @@ pub trait BlockDriver {
         buf: &'a [u8],
         flags: ReqFlags,
     ) -> BoxFut<'a, IoResult>;
+    /// A compressed write (QEMU's bdrv_co_pwritev_compressed); only formats that compress.
+    fn pwritev_compressed<'a>(
+        &'a self,
+        _node: &'a Node,
+        _offset: u64,
+        _buf: &'a [u8],
+    ) -> BoxFut<'a, IoResult> {
+        Box::pin(async { Err(libc::ENOTSUP) })
+    }
+    /// VM state write (QEMU's bdrv_co_writev_vmstate): drivers without their own forward it
+    /// to their primary child, as QEMU does.
+    fn save_vmstate<'a>(&'a self, node: &'a Node, pos: u64, buf: &'a [u8]) -> BoxFut<'a, IoResult> {
+        Box::pin(async move {
+            match node.primary_child() {
+                Some(c) => c.driver.save_vmstate(c, pos, buf).await,
+                None => Err(libc::ENOTSUP),
+            }
+        })
+    }
+    /// VM state read (QEMU's bdrv_co_readv_vmstate), forwarded like `save_vmstate`.
+    fn load_vmstate<'a>(
+        &'a self,
+        node: &'a Node,
+        pos: u64,
+        buf: &'a mut [u8],
+    ) -> BoxFut<'a, IoResult> {
+        Box::pin(async move {
+            match node.primary_child() {
+                Some(c) => c.driver.load_vmstate(c, pos, buf).await,
+                None => Err(libc::ENOTSUP),
+            }
+        })
+    }
     fn pwrite_zeroes<'a>(
         &'a self,
         _node: &'a Node,

@@ -306,7 +306,7 @@ async fn aligned_pwritev(
                 do_pwrite_zeroes(node, offset, bytes, flags).await
             }
             WriteData::Buf(buf) if flags.has(ReqFlags::WRITE_COMPRESSED) => {
-                node.driver.pwritev(node, offset, buf, flags).await
+                node.driver.pwritev_compressed(node, offset, buf).await
             }
             WriteData::Buf(buf) => {
                 node.debug_event(Event::Pwritev).await;

@@ -10,4 +10,5 @@ pub mod io;
 pub mod node;
 pub mod open;
 pub mod options;
+pub mod qcow2;
 pub mod raw;

@@ -250,6 +250,7 @@ fn open_node(
     };
     match driver.as_deref() {
         Some("raw") => open_format_raw(filename, opts, false, ctx),
+        Some("qcow2") => open_qcow2(filename, opts, ctx),
         Some("file") => open_file(filename, opts, ctx),
         Some("blkdebug") => open_blkdebug(filename, opts, ctx),
         Some("blkverify") => open_blkverify(filename, opts, ctx),
@@ -282,6 +283,9 @@ fn open_node(
                     head[..len].copy_from_slice(&buf);
                 }
             });
+            if probes_as_qcow2(&head) {
+                return qcow2_on(proto_node, Options::new(), None, ctx);
+            }
             if probes_as_other_format(&head) {
                 return Err("Unknown driver 'qcow2'".to_string());
             }
@@ -436,6 +440,120 @@ fn open_format_raw(
     let file = open_child(file_opt, filename, "file", false, ctx)?;
     reject_unknown(&opts, "format", "raw")?;
     wrap_raw(file, probed, ctx)
+}
+
+/// QEMU's qcow2_probe: the magic and a version of at least 2 in the first 104 bytes.
+fn probes_as_qcow2(head: &[u8]) -> bool {
+    head.len() >= 104
+        && head.starts_with(b"QFI\xfb")
+        && u32::from_be_bytes([head[4], head[5], head[6], head[7]]) >= 2
+}
+
+fn open_qcow2(
+    filename: Option<String>,
+    mut opts: Options,
+    ctx: &OpenContext,
+) -> Result<Rc<Node>, String> {
+    let file_opt = opts.remove("file");
+    opts.remove("filename");
+    let backing_opt = opts.remove("backing");
+    let file = open_child(file_opt, filename, "file", false, ctx)?;
+    qcow2_on(file, opts, backing_opt, ctx)
+}
+
+/// The directory part of a filename as QEMU's path_combine keeps it (up to the last '/').
+fn dir_prefix(name: &str) -> &str {
+    match name.rfind('/') {
+        Some(i) => &name[..=i],
+        None => "",
+    }
+}
+
+/// The filename of the protocol node at the bottom of a chain of primary children.
+fn bottom_filename(node: &Rc<Node>) -> String {
+    let mut n = node.clone();
+    while let Some(c) = n.primary_child().cloned() {
+        n = c;
+    }
+    n.filename.clone()
+}
+
+/// Opens qcow2 on top of an opened file node, then its backing file (read-only).
+fn qcow2_on(
+    file: Rc<Node>,
+    mut opts: Options,
+    backing_opt: Option<Value>,
+    ctx: &OpenContext,
+) -> Result<Rc<Node>, String> {
+    let opened = super::qcow2::open_image(&file, &mut opts, ctx)?;
+    reject_unknown(&opts, "format", "qcow2")?;
+    let bctx = OpenContext {
+        base_dir: ctx.base_dir.clone(),
+        console: ctx.console.clone(),
+        flags: OpenFlags {
+            read_only: true,
+            ..ctx.flags
+        },
+        skip_host_sync: ctx.skip_host_sync,
+    };
+    let backing = match backing_opt {
+        Some(Value::Null) => None,
+        Some(Value::String(s)) if s.is_empty() => None,
+        Some(Value::Object(m)) => Some(
+            open_node(None, m, true, &bctx)
+                .map_err(|e| format!("Could not open backing file: {e}"))?,
+        ),
+        Some(Value::String(r)) => {
+            return Err(format!("Cannot find device='{r}' nor node-name='{r}'"));
+        }
+        Some(_) => return Err("Invalid type for option 'backing'".into()),
+        None => match &opened.backing {
+            None => None,
+            Some((name, fmt)) => {
+                let path = if name.starts_with('/') || protocol_of(name).ok().flatten().is_some() {
+                    name.clone()
+                } else {
+                    format!("{}{}", dir_prefix(&bottom_filename(&file)), name)
+                };
+                let mut o = Options::new();
+                if let Some(f) = fmt {
+                    o.insert("driver".into(), Value::String(f.clone()));
+                }
+                Some(
+                    open_node(Some(path), o, true, &bctx)
+                        .map_err(|e| format!("Could not open backing file: {e}"))?,
+                )
+            }
+        },
+    };
+    let mut children = vec![Child {
+        name: "file",
+        node: file.clone(),
+        writable: !ctx.flags.read_only,
+        primary: true,
+    }];
+    if let Some(b) = backing {
+        children.push(Child {
+            name: "backing",
+            node: b,
+            writable: false,
+            primary: false,
+        });
+    }
+    let cs = opened.cluster_size;
+    let v3 = opened.version >= 3;
+    let mut node = Node::new(Box::new(opened.driver), children, file.filename.clone());
+    node.supported_zero_flags = if v3 {
+        ReqFlags::MAY_UNMAP.with(ReqFlags::NO_FALLBACK)
+    } else {
+        ReqFlags::NONE
+    };
+    let limits = Limits {
+        pwrite_zeroes_alignment: cs,
+        pdiscard_alignment: cs,
+        ..Limits::default()
+    };
+    Ok(finish(node, ctx, limits))
 }
 
 fn open_blkdebug(

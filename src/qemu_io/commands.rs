@@ -198,11 +198,12 @@ fn read_f(s: &mut Session, spec: &CommandSpec, argv: &[String]) -> i32 {
     let ret = {
         let buf = buf.clone();
         s.run_sync(async move {
-            if bflag {
-                return Err(libc::ENOTSUP);
-            }
             let mut data = buf.take();
-            let r = b.pread(offset as u64, &mut data).await;
+            let r = if bflag {
+                b.load_vmstate(offset as u64, &mut data).await
+            } else {
+                b.pread(offset as u64, &mut data).await
+            };
             *buf.borrow_mut() = data;
             r
         })
@@ -456,6 +457,8 @@ fn write_f(s: &mut Session, spec: &CommandSpec, argv: &[String]) -> i32 {
     let t0 = Instant::now();
     let Some(ret) = s.run_sync(async move {
         match data {
+            Some(buf) if bflag => b.save_vmstate(offset as u64, &buf).await,
+            Some(buf) if compressed => b.pwrite_compressed(offset as u64, &buf).await,
             _ if bflag || compressed => Err(libc::ENOTSUP),
             None if count as u64 > i32::MAX as u64 && !nofallback => Err(libc::ERANGE),
             None => b.pwrite_zeroes(offset as u64, count as u64, flags).await,

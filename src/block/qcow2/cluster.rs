@@ -1,0 +1,766 @@
+//! L1/L2 lookup and allocation (QEMU's qcow2-cluster.c): host offsets for reads, L2 table
+//! allocation, L1 growth, and the cluster allocation of a write (handle_copied/handle_alloc)
+//! with the L2Meta records that link or abort it.
+
+use super::Qcow2;
+use super::cache::CacheKind;
+use super::state::{
+    ClusterType, DiscardType, L1E_OFFSET_MASK, L2E_OFFSET_MASK, L2Meta, OFLAG_COPIED, cluster_type,
+};
+use crate::block::blkdebug::events::Event;
+use crate::block::driver::IoResult;
+use crate::block::io;
+use crate::block::node::Node;
+
+/// QEMU's INV_OFFSET: no host offset required yet.
+pub const INV_OFFSET: u64 = u64::MAX;
+const REQUEST_MAX_BYTES: u64 = 0x7fff_fe00;
+
+impl Qcow2 {
+    /// Where `bytes` at guest `offset` live: (bytes sharing the answer, host offset or the
+    /// compressed L2 entry, type). QEMU's qcow2_get_host_offset; called with the lock held.
+    pub async fn get_host_offset(
+        &self,
+        node: &Node,
+        offset: u64,
+        bytes: u64,
+    ) -> IoResult<(u64, u64, ClusterType)> {
+        let (oic, mut needed, l1_index, l2_index, cs_bits) = {
+            let st = self.st.borrow();
+            let oic = st.offset_into_cluster(offset);
+            let needed = bytes + oic;
+            let avail = (st.l2_size - st.l2_index(offset) as u64) << st.cluster_bits;
+            (
+                oic,
+                needed.min(avail),
+                st.l1_index(offset),
+                st.l2_index(offset),
+                st.cluster_bits,
+            )
+        };
+        let l2_offset = {
+            let st = self.st.borrow();
+            st.l1
+                .get(l1_index as usize)
+                .map_or(0, |e| e & L1E_OFFSET_MASK)
+        };
+        if l2_offset == 0 {
+            return Ok((needed - oic, 0, ClusterType::Unallocated));
+        }
+        if self.st.borrow().offset_into_cluster(l2_offset) != 0 {
+            self.signal_corruption(
+                node,
+                true,
+                &format!("L2 table offset {l2_offset:#x} unaligned (L1 index: {l1_index:#x})"),
+            )
+            .await;
+            return Err(libc::EIO);
+        }
+        let slot = self.cache_get(node, CacheKind::L2, l2_offset, true).await?;
+        let (entry, version, nb_clusters) = {
+            let st = self.st.borrow();
+            (
+                st.caches[0].be64(slot, l2_index),
+                st.hdr.version,
+                st.size_to_clusters(needed),
+            )
+        };
+        let ty = cluster_type(entry);
+        let mut host = 0;
+        let fail = |msg: String| async move {
+            self.cache_put(CacheKind::L2, slot);
+            self.signal_corruption(node, true, &msg).await;
+            Err(libc::EIO)
+        };
+        if version < 3 && ty.reads_zero() {
+            return fail(format!(
+                "Zero cluster entry found in pre-v3 image (L2 offset: {l2_offset:#x}, L2 index: {l2_index:#x})"
+            ))
+            .await;
+        }
+        match ty {
+            ClusterType::Compressed => host = entry,
+            ClusterType::Normal | ClusterType::ZeroAlloc => {
+                let hc = entry & L2E_OFFSET_MASK;
+                host = hc + oic;
+                if self.st.borrow().offset_into_cluster(hc) != 0 {
+                    return fail(format!(
+                        "Cluster allocation offset {hc:#x} unaligned (L2 offset: {l2_offset:#x}, L2 index: {l2_index:#x})"
+                    ))
+                    .await;
+                }
+            }
+            _ => {}
+        }
+        let count = {
+            let st = self.st.borrow();
+            let c = &st.caches[0];
+            if ty == ClusterType::Compressed {
+                1
+            } else {
+                let check = matches!(ty, ClusterType::Normal | ClusterType::ZeroAlloc);
+                let mut expected = entry & L2E_OFFSET_MASK;
+                let mut n = 1u64;
+                while n < nb_clusters {
+                    let e = c.be64(slot, l2_index + n as usize);
+                    if cluster_type(e) != ty {
+                        break;
+                    }
+                    if check {
+                        expected += st.cluster_size;
+                        if expected != e & L2E_OFFSET_MASK {
+                            break;
+                        }
+                    }
+                    n += 1;
+                }
+                n
+            }
+        };
+        self.cache_put(CacheKind::L2, slot);
+        needed = needed.min(count << cs_bits);
+        Ok((needed - oic, host, ty))
+    }
+
+    /// Writes the L1 entry (padded to the file's alignment) with a sync write.
+    pub async fn write_l1_entry(&self, node: &Node, l1_index: u64) -> IoResult {
+        let (offset, buf) = {
+            let st = self.st.borrow();
+            let align = node.file().limits.request_alignment.min(st.cluster_size);
+            let bufsize = align.max(8);
+            let n = bufsize / 8;
+            let start = l1_index / n * n;
+            let mut buf = vec![0u8; bufsize as usize];
+            for i in 0..n.min(st.l1.len() as u64 - start) {
+                let e = st.l1[(start + i) as usize];
+                buf[(i * 8) as usize..(i * 8 + 8) as usize].copy_from_slice(&e.to_be_bytes());
+            }
+            (st.l1_offset + 8 * start, buf)
+        };
+        node.file().debug_event(Event::L1Update).await;
+        self.pwrite_sync(node, offset, &buf).await
+    }
+
+    /// Grows the L1 table to at least `min_size` entries (QEMU's qcow2_grow_l1_table).
+    pub async fn grow_l1_table(&self, node: &Node, min_size: u64, exact: bool) -> IoResult {
+        let (cur, old) = {
+            let st = self.st.borrow();
+            (st.l1.len() as u64, st.l1.clone())
+        };
+        if min_size <= cur {
+            return Ok(());
+        }
+        if min_size > (i32::MAX as u64) / 8 {
+            return Err(libc::EFBIG);
+        }
+        let new_size = if exact {
+            min_size
+        } else {
+            let mut n = cur.max(1);
+            while min_size > n {
+                n = (n * 3).div_ceil(2);
+            }
+            n
+        };
+        if new_size > super::header::MAX_L1_SIZE / 8 {
+            return Err(libc::EFBIG);
+        }
+        let mut table = old;
+        table.resize(new_size as usize, 0);
+        let bytes2 = new_size * 8;
+        node.file().debug_event(Event::L1GrowAllocTable).await;
+        let new_offset = self.alloc_clusters(node, bytes2).await?;
+        let r: IoResult = async {
+            self.cache_flush(node, CacheKind::Refcount).await?;
+            node.file().debug_event(Event::L1GrowWriteTable).await;
+            let raw: Vec<u8> = table.iter().flat_map(|e| e.to_be_bytes()).collect();
+            self.pwrite_sync(node, new_offset, &raw).await?;
+            node.file().debug_event(Event::L1GrowActivateTable).await;
+            let mut data = [0u8; 12];
+            data[..4].copy_from_slice(&(new_size as u32).to_be_bytes());
+            data[4..].copy_from_slice(&new_offset.to_be_bytes());
+            self.pwrite_sync(node, 36, &data).await
+        }
+        .await;
+        if let Err(e) = r {
+            self.free_clusters(node, new_offset, bytes2, DiscardType::Other)
+                .await;
+            return Err(e);
+        }
+        let (old_offset, old_size) = {
+            let mut st = self.st.borrow_mut();
+            let old = (st.l1_offset, st.l1.len() as u64);
+            st.l1 = table;
+            st.l1_offset = new_offset;
+            st.hdr.l1_size = new_size as u32;
+            st.hdr.l1_table_offset = new_offset;
+            old
+        };
+        self.free_clusters(node, old_offset, old_size * 8, DiscardType::Other)
+            .await;
+        Ok(())
+    }
+
+    /// Allocates a new L2 table for `l1_index`, copying the old one if there was one.
+    async fn l2_allocate(&self, node: &Node, l1_index: u64) -> IoResult {
+        let (old, cs) = {
+            let st = self.st.borrow();
+            (st.l1[l1_index as usize], st.cluster_size)
+        };
+        let l2_offset = self.alloc_clusters(node, cs).await?;
+        let mut held: Option<usize> = None;
+        let r: IoResult = async {
+            if l2_offset == 0 {
+                self.signal_corruption(
+                    node,
+                    true,
+                    "Preventing invalid allocation of L2 table at offset 0",
+                )
+                .await;
+                return Err(libc::EIO);
+            }
+            self.cache_flush(node, CacheKind::Refcount).await?;
+            let slot = self
+                .cache_get(node, CacheKind::L2, l2_offset, false)
+                .await?;
+            held = Some(slot);
+            if old & L1E_OFFSET_MASK == 0 {
+                self.st
+                    .borrow_mut()
+                    .cache(CacheKind::L2)
+                    .table_mut(slot)
+                    .fill(0);
+            } else {
+                node.file().debug_event(Event::L2AllocCowRead).await;
+                let os = self
+                    .cache_get(node, CacheKind::L2, old & L1E_OFFSET_MASK, true)
+                    .await?;
+                let mut st = self.st.borrow_mut();
+                let c = st.cache(CacheKind::L2);
+                let copy = c.table(os).to_vec();
+                c.table_mut(slot).copy_from_slice(&copy);
+                c.put(os);
+            }
+            node.file().debug_event(Event::L2AllocWrite).await;
+            {
+                let mut st = self.st.borrow_mut();
+                let c = st.cache(CacheKind::L2);
+                c.mark_dirty(slot);
+                c.put(slot);
+            }
+            held = None;
+            self.cache_flush(node, CacheKind::L2).await?;
+            self.st.borrow_mut().l1[l1_index as usize] = l2_offset | OFLAG_COPIED;
+            self.write_l1_entry(node, l1_index).await
+        }
+        .await;
+        if let Err(e) = r {
+            if let Some(s) = held {
+                self.cache_put(CacheKind::L2, s);
+            }
+            self.st.borrow_mut().l1[l1_index as usize] = old;
+            self.free_clusters(node, l2_offset, cs, DiscardType::Always)
+                .await;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Loads (allocating if needed) the L2 table of a guest offset: (cache slot, L2 index).
+    pub async fn get_cluster_table(&self, node: &Node, offset: u64) -> IoResult<(usize, usize)> {
+        let (l1_index, l2_index, l1_len) = {
+            let st = self.st.borrow();
+            (st.l1_index(offset), st.l2_index(offset), st.l1.len() as u64)
+        };
+        if l1_index >= l1_len {
+            self.grow_l1_table(node, l1_index + 1, false).await?;
+        }
+        let (entry, cs) = {
+            let st = self.st.borrow();
+            (st.l1[l1_index as usize], st.cluster_size)
+        };
+        let mut l2_offset = entry & L1E_OFFSET_MASK;
+        if l2_offset & (cs - 1) != 0 {
+            self.signal_corruption(
+                node,
+                true,
+                &format!("L2 table offset {l2_offset:#x} unaligned (L1 index: {l1_index:#x})"),
+            )
+            .await;
+            return Err(libc::EIO);
+        }
+        if entry & OFLAG_COPIED == 0 {
+            self.l2_allocate(node, l1_index).await?;
+            if l2_offset != 0 {
+                self.free_clusters(node, l2_offset, cs, DiscardType::Other)
+                    .await;
+            }
+            l2_offset = self.st.borrow().l1[l1_index as usize] & L1E_OFFSET_MASK;
+        }
+        let slot = self.cache_get(node, CacheKind::L2, l2_offset, true).await?;
+        Ok((slot, l2_index))
+    }
+
+    /// Records an allocation's COW regions (QEMU's calculate_l2_meta); None when no metadata
+    /// change or COW is needed.
+    fn calculate_l2_meta(
+        &self,
+        host_cluster: u64,
+        guest_offset: u64,
+        bytes: u64,
+        slot: usize,
+        keep_old: bool,
+    ) -> Option<L2Meta> {
+        let mut st = self.st.borrow_mut();
+        let l2_index = st.l2_index(guest_offset);
+        let cow_start_to = st.offset_into_cluster(guest_offset);
+        let cow_end_from = cow_start_to + bytes;
+        let nb = st.size_to_clusters(cow_end_from);
+        let cs = st.cluster_size;
+        let c = &st.caches[0];
+        if keep_old
+            && (0..nb)
+                .all(|i| cluster_type(c.be64(slot, l2_index + i as usize)) == ClusterType::Normal)
+        {
+            return None;
+        }
+        let first = cluster_type(c.be64(slot, l2_index));
+        let last = cluster_type(c.be64(slot, l2_index + nb as usize - 1));
+        let cow_start_from = if keep_old && first == ClusterType::Normal {
+            cow_start_to
+        } else {
+            0
+        };
+        let cow_end_to = if keep_old && last == ClusterType::Normal {
+            cow_end_from
+        } else {
+            cow_end_from.div_ceil(cs) * cs
+        };
+        let id = st.next_alloc_id;
+        st.next_alloc_id += 1;
+        let m = L2Meta {
+            id,
+            offset: guest_offset & !(cs - 1),
+            alloc_offset: host_cluster,
+            nb_clusters: nb,
+            keep_old,
+            cow_start: (cow_start_from, cow_start_to - cow_start_from),
+            cow_end: (cow_end_from, cow_end_to - cow_end_from),
+            skip_cow: false,
+            merged: false,
+        };
+        st.allocs.insert(
+            0,
+            super::state::InFlight {
+                id,
+                cow_start: m.cow_start_abs(),
+                cow_end: m.cow_end_abs(),
+                keep_old,
+                waiters: Vec::new(),
+            },
+        );
+        Some(m)
+    }
+
+    /// Waits for an overlapping in-flight allocation (QEMU's handle_dependencies): Ok(None)
+    /// means it waited and the caller must start over; Ok(Some(n)) the usable byte count.
+    async fn handle_dependencies(
+        &self,
+        guest_offset: u64,
+        bytes: u64,
+        have_meta: bool,
+    ) -> Option<u64> {
+        let mut bytes = bytes;
+        let gate = {
+            let mut st = self.st.borrow_mut();
+            let cs = st.cluster_size;
+            let mut gate = None;
+            for a in st.allocs.iter_mut() {
+                let start = guest_offset;
+                let end = start + bytes;
+                let old_start = a.cow_start & !(cs - 1);
+                let old_end = a.cow_end.div_ceil(cs) * cs;
+                if end <= old_start || start >= old_end {
+                    continue;
+                }
+                if a.keep_old && (end <= a.cow_start || start >= a.cow_end) {
+                    continue;
+                }
+                bytes = old_start.saturating_sub(start);
+                if bytes == 0 && have_meta {
+                    return Some(0);
+                }
+                if bytes == 0 {
+                    let g = crate::block::executor::Gate::new();
+                    a.waiters.push(g.clone());
+                    gate = Some(g);
+                    break;
+                }
+            }
+            gate
+        };
+        match gate {
+            Some(g) => {
+                self.lock.unlock();
+                g.wait().await;
+                self.lock.lock().await;
+                None
+            }
+            None => Some(bytes),
+        }
+    }
+
+    /// In-place writable clusters at `guest_offset` (QEMU's handle_copied).
+    async fn handle_copied(
+        &self,
+        node: &Node,
+        guest_offset: u64,
+        host_offset: &mut u64,
+        bytes: &mut u64,
+        metas: &mut Vec<L2Meta>,
+    ) -> IoResult<bool> {
+        let (nb, cs) = {
+            let st = self.st.borrow();
+            let nb = st
+                .size_to_clusters(st.offset_into_cluster(guest_offset) + *bytes)
+                .min(st.l2_size - st.l2_index(guest_offset) as u64)
+                .min(REQUEST_MAX_BYTES >> st.cluster_bits);
+            (nb, st.cluster_size)
+        };
+        let (slot, l2_index) = self.get_cluster_table(node, guest_offset).await?;
+        let entry = self.st.borrow().caches[0].be64(slot, l2_index);
+        let cluster_offset = entry & L2E_OFFSET_MASK;
+        let oic = guest_offset & (cs - 1);
+        let mut ret = Ok(false);
+        if !needs_new_alloc(entry) {
+            if cluster_offset & (cs - 1) != 0 {
+                let what = if entry & 1 != 0 {
+                    "Preallocated zero"
+                } else {
+                    "Data"
+                };
+                self.signal_corruption(
+                    node,
+                    true,
+                    &format!("{what} cluster offset {cluster_offset:#x} unaligned (guest offset: {guest_offset:#x})"),
+                )
+                .await;
+                ret = Err(libc::EIO);
+            } else if *host_offset != INV_OFFSET && cluster_offset != *host_offset {
+                *bytes = 0;
+            } else {
+                let keep = {
+                    let st = self.st.borrow();
+                    count_single_write(&st.caches[0], slot, l2_index, nb, false, cs)
+                };
+                *bytes = (*bytes).min(keep * cs - oic);
+                if let Some(m) =
+                    self.calculate_l2_meta(cluster_offset, guest_offset, *bytes, slot, true)
+                {
+                    metas.push(m);
+                }
+                ret = Ok(true);
+            }
+        }
+        self.cache_put(CacheKind::L2, slot);
+        if ret == Ok(true) {
+            *host_offset = cluster_offset + oic;
+        }
+        ret
+    }
+
+    /// New clusters for the rest of a write (QEMU's handle_alloc).
+    async fn handle_alloc(
+        &self,
+        node: &Node,
+        guest_offset: u64,
+        host_offset: &mut u64,
+        bytes: &mut u64,
+        metas: &mut Vec<L2Meta>,
+    ) -> IoResult<bool> {
+        let (nb, cs, bits) = {
+            let st = self.st.borrow();
+            let nb = st
+                .size_to_clusters(st.offset_into_cluster(guest_offset) + *bytes)
+                .min(st.l2_size - st.l2_index(guest_offset) as u64)
+                .min(REQUEST_MAX_BYTES >> st.cluster_bits);
+            (nb, st.cluster_size, st.cluster_bits)
+        };
+        let (slot, l2_index) = self.get_cluster_table(node, guest_offset).await?;
+        let mut nb = {
+            let st = self.st.borrow();
+            count_single_write(&st.caches[0], slot, l2_index, nb, true, cs)
+        };
+        let r: IoResult<bool> = async {
+            let alloc = if *host_offset == INV_OFFSET {
+                self.alloc_clusters(node, nb * cs).await?
+            } else {
+                let at = *host_offset & !(cs - 1);
+                nb = self.alloc_clusters_at(node, at, nb).await?;
+                at
+            };
+            if nb == 0 {
+                *bytes = 0;
+                return Ok(false);
+            }
+            let oic = guest_offset & (cs - 1);
+            let requested = *bytes + oic;
+            let avail = nb << bits;
+            let nb_bytes = requested.min(avail);
+            *host_offset = alloc + oic;
+            *bytes = (*bytes).min(nb_bytes - oic);
+            if let Some(m) = self.calculate_l2_meta(alloc, guest_offset, *bytes, slot, false) {
+                metas.push(m);
+            }
+            Ok(true)
+        }
+        .await;
+        self.cache_put(CacheKind::L2, slot);
+        r
+    }
+
+    /// Maps (allocating as needed) the start of a write: (host offset, bytes mapped
+    /// contiguously). QEMU's qcow2_alloc_host_offset; lock held.
+    pub async fn alloc_host_offset(
+        &self,
+        node: &Node,
+        offset: u64,
+        bytes: u64,
+        metas: &mut Vec<L2Meta>,
+    ) -> IoResult<(u64, u64)> {
+        'again: loop {
+            let mut start = offset;
+            let mut remaining = bytes;
+            let mut cluster_offset = INV_OFFSET;
+            let mut host_offset = INV_OFFSET;
+            let mut cur = 0u64;
+            loop {
+                if host_offset == INV_OFFSET && cluster_offset != INV_OFFSET {
+                    host_offset = cluster_offset;
+                }
+                start += cur;
+                remaining -= cur;
+                if cluster_offset != INV_OFFSET {
+                    cluster_offset += cur;
+                }
+                if remaining == 0 {
+                    break;
+                }
+                cur = remaining;
+                match self
+                    .handle_dependencies(start, cur, !metas.is_empty())
+                    .await
+                {
+                    None => continue 'again,
+                    Some(0) => break,
+                    Some(n) => cur = n,
+                }
+                if self
+                    .handle_copied(node, start, &mut cluster_offset, &mut cur, metas)
+                    .await?
+                {
+                    continue;
+                } else if cur == 0 {
+                    break;
+                }
+                if self
+                    .handle_alloc(node, start, &mut cluster_offset, &mut cur, metas)
+                    .await?
+                {
+                    continue;
+                }
+                break;
+            }
+            return Ok((host_offset, bytes - remaining));
+        }
+    }
+
+    /// Copies the untouched parts of newly allocated clusters (QEMU's perform_cow); with
+    /// `data` the guest data goes out in the same write. Lock held on entry and exit.
+    async fn perform_cow(&self, node: &Node, m: &L2Meta, data: Option<&[u8]>) -> IoResult {
+        let (start, end) = (m.cow_start, m.cow_end);
+        if (start.1 == 0 && end.1 == 0) || m.skip_cow {
+            return Ok(());
+        }
+        let data_bytes = end.0 - (start.0 + start.1);
+        let merge_reads = start.1 != 0 && end.1 != 0 && data_bytes <= 16384;
+        self.lock.unlock();
+        let r: IoResult = async {
+            let (start_buf, end_buf) = if merge_reads {
+                let mut b = vec![0u8; (start.1 + data_bytes + end.1) as usize];
+                self.cow_read(node, m.offset + start.0, &mut b).await?;
+                let e = b[(start.1 + data_bytes) as usize..].to_vec();
+                b.truncate(start.1 as usize);
+                (b, e)
+            } else {
+                let mut s = vec![0u8; start.1 as usize];
+                self.cow_read(node, m.offset + start.0, &mut s).await?;
+                let mut e = vec![0u8; end.1 as usize];
+                self.cow_read(node, m.offset + end.0, &mut e).await?;
+                (s, e)
+            };
+            match data {
+                Some(d) => {
+                    let mut all = start_buf;
+                    all.extend_from_slice(d);
+                    all.extend_from_slice(&end_buf);
+                    node.file().debug_event(Event::WriteAio).await;
+                    self.cow_write(node, m.alloc_offset + start.0, &all).await
+                }
+                None => {
+                    self.cow_write(node, m.alloc_offset + start.0, &start_buf)
+                        .await?;
+                    self.cow_write(node, m.alloc_offset + end.0, &end_buf).await
+                }
+            }
+        }
+        .await;
+        self.lock.lock().await;
+        if r.is_ok() {
+            self.st.borrow_mut().cache(CacheKind::L2).depends_on_flush = true;
+        }
+        r
+    }
+
+    async fn cow_read(&self, node: &Node, offset: u64, buf: &mut [u8]) -> IoResult {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        node.file().debug_event(Event::CowRead).await;
+        self.do_preadv(node, offset, buf).await
+    }
+
+    async fn cow_write(&self, node: &Node, offset: u64, buf: &[u8]) -> IoResult {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        node.file().debug_event(Event::CowWrite).await;
+        io::pwritev(
+            node.file(),
+            offset,
+            buf,
+            crate::block::driver::ReqFlags::NONE,
+        )
+        .await
+    }
+
+    /// Points the L2 entries at the new clusters (QEMU's qcow2_alloc_cluster_link_l2).
+    pub async fn link_l2(&self, node: &Node, m: &L2Meta, data: Option<&[u8]>) -> IoResult {
+        self.perform_cow(node, m, data).await?;
+        if self.st.borrow().use_lazy_refcounts {
+            let _ = self.mark_dirty(node).await;
+        }
+        if self.st.borrow().need_accurate_refcounts() {
+            let _ = self
+                .set_dependency(node, CacheKind::L2, CacheKind::Refcount)
+                .await;
+        }
+        let (slot, l2_index) = self.get_cluster_table(node, m.offset).await?;
+        let old = {
+            let mut st = self.st.borrow_mut();
+            let cs = st.cluster_size;
+            let c = st.cache(CacheKind::L2);
+            c.mark_dirty(slot);
+            let mut old = Vec::new();
+            for i in 0..m.nb_clusters as usize {
+                let e = c.be64(slot, l2_index + i);
+                if e != 0 {
+                    old.push(e);
+                }
+                c.set_be64(
+                    slot,
+                    l2_index + i,
+                    (m.alloc_offset + i as u64 * cs) | OFLAG_COPIED,
+                );
+            }
+            c.put(slot);
+            old
+        };
+        if !m.keep_old {
+            for e in old {
+                self.free_any_cluster(node, e, DiscardType::Never).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Frees the clusters of an allocation that will not be linked.
+    pub async fn alloc_cluster_abort(&self, node: &Node, m: &L2Meta) {
+        if !m.keep_old {
+            let bits = self.st.borrow().cluster_bits;
+            self.free_clusters(
+                node,
+                m.alloc_offset,
+                m.nb_clusters << bits,
+                DiscardType::Never,
+            )
+            .await;
+        }
+    }
+
+    /// Links (or aborts) allocations newest first, as QEMU walks its list; on a link failure
+    /// the failed and remaining ones stay in `metas`.
+    pub async fn handle_l2meta(
+        &self,
+        node: &Node,
+        metas: &mut Vec<L2Meta>,
+        link: bool,
+        data: &[u8],
+    ) -> IoResult {
+        while let Some(m) = metas.last().cloned() {
+            if link {
+                let d = m.merged.then_some(data);
+                self.link_l2(node, &m, d).await?;
+            } else {
+                self.alloc_cluster_abort(node, &m).await;
+            }
+            metas.pop();
+            let waiters = {
+                let mut st = self.st.borrow_mut();
+                match st.allocs.iter().position(|a| a.id == m.id) {
+                    Some(p) => st.allocs.remove(p).waiters,
+                    None => Vec::new(),
+                }
+            };
+            for g in waiters {
+                g.open();
+            }
+        }
+        Ok(())
+    }
+}
+
+/// QEMU's cluster_needs_new_alloc.
+pub fn needs_new_alloc(entry: u64) -> bool {
+    match cluster_type(entry) {
+        ClusterType::Normal | ClusterType::ZeroAlloc => entry & OFLAG_COPIED == 0,
+        _ => true,
+    }
+}
+
+/// QEMU's count_single_write_clusters.
+fn count_single_write(
+    c: &super::cache::Cache,
+    slot: usize,
+    l2_index: usize,
+    nb: u64,
+    new_alloc: bool,
+    cs: u64,
+) -> u64 {
+    let mut expected = c.be64(slot, l2_index) & L2E_OFFSET_MASK;
+    let mut i = 0;
+    while i < nb {
+        let e = c.be64(slot, l2_index + i as usize);
+        if needs_new_alloc(e) != new_alloc {
+            break;
+        }
+        if !new_alloc {
+            if expected != e & L2E_OFFSET_MASK {
+                break;
+            }
+            expected += cs;
+        }
+        i += 1;
+    }
+    i
+}

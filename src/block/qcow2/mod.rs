@@ -1,0 +1,316 @@
+//! The qcow2 format driver: QEMU 10.0.2's allocation strategy, metadata caches and blkdebug
+//! event points, so that fault-injection scenarios mean the same thing on this engine and on
+//! QEMU and the images it leaves pass real `qemu-img check`.
+//!
+//! Files: `header` (cluster 0), `state` (in-memory state), `cache` (table caches),
+//! `refcount` (cache I/O, refcounts, allocators), `cluster` (L1/L2 and write allocation),
+//! `write` (guest writes, zero writes, discard, compression), `read` (guest reads),
+//! `open` (opening with QEMU's checks), `compress` (zlib).
+
+pub mod cache;
+pub mod cluster;
+pub mod compress;
+pub mod header;
+mod lock;
+pub mod open;
+mod read;
+pub mod refcount;
+pub mod state;
+mod write;
+
+use crate::block::blkdebug::events::Event;
+use crate::block::driver::{
+    BlockDriver, BlockStatus, BoxFut, Capabilities, DriverInfo, IoResult, ReqFlags, status,
+};
+use crate::block::io;
+use crate::block::node::Node;
+use crate::output::Console;
+use cache::CacheKind;
+use header::{HeaderImage, INCOMPAT_CORRUPT, INCOMPAT_DIRTY};
+use lock::CoMutex;
+use state::State;
+use std::cell::RefCell;
+use std::rc::Rc;
+
+pub use open::open_image;
+
+pub struct Qcow2 {
+    pub(crate) st: RefCell<State>,
+    pub(crate) lock: CoMutex,
+    pub(crate) console: Rc<Console>,
+    pub(crate) read_only: bool,
+}
+
+impl Qcow2 {
+    fn check_alive(&self) -> IoResult {
+        if self.st.borrow().dead {
+            return Err(libc::ENOMEDIUM);
+        }
+        Ok(())
+    }
+
+    /// QEMU's qcow2_signal_corruption: report, and for fatal ones on a writable image set
+    /// the corrupt bit and stop serving requests.
+    pub async fn signal_corruption(&self, node: &Node, fatal: bool, msg: &str) {
+        let fatal = fatal && !self.read_only;
+        {
+            let st = self.st.borrow();
+            if st.corruption_reported && (!fatal || st.incompat & INCOMPAT_CORRUPT != 0) {
+                return;
+            }
+        }
+        if fatal {
+            self.console.err(&format!(
+                "qcow2: Marking image as corrupt: {msg}; further corruption events will be suppressed\n"
+            ));
+            let v = {
+                let mut st = self.st.borrow_mut();
+                st.incompat |= INCOMPAT_CORRUPT;
+                st.hdr.incompatible_features = st.incompat;
+                st.incompat
+            };
+            let _ = self.pwrite_sync(node, 72, &v.to_be_bytes()).await;
+            self.st.borrow_mut().dead = true;
+        } else {
+            self.console.err(&format!(
+                "qcow2: Image is corrupt: {msg}; further non-fatal corruption events will be suppressed\n"
+            ));
+        }
+        self.st.borrow_mut().corruption_reported = true;
+    }
+
+    /// Sets the dirty bit before the first refcount-less L2 update (lazy refcounts).
+    pub async fn mark_dirty(&self, node: &Node) -> IoResult {
+        let v = {
+            let st = self.st.borrow();
+            if st.incompat & INCOMPAT_DIRTY != 0 {
+                return Ok(());
+            }
+            st.incompat | INCOMPAT_DIRTY
+        };
+        self.pwrite_sync(node, 72, &v.to_be_bytes()).await?;
+        let mut st = self.st.borrow_mut();
+        st.incompat |= INCOMPAT_DIRTY;
+        st.hdr.incompatible_features = st.incompat;
+        Ok(())
+    }
+
+    async fn mark_clean(&self, node: &Node) -> IoResult {
+        if self.st.borrow().incompat & INCOMPAT_DIRTY == 0 {
+            return Ok(());
+        }
+        {
+            let mut st = self.st.borrow_mut();
+            st.incompat &= !INCOMPAT_DIRTY;
+            st.hdr.incompatible_features = st.incompat;
+        }
+        self.flush_caches(node).await?;
+        self.update_header(node).await
+    }
+
+    /// Rewrites cluster 0 (QEMU's qcow2_update_header).
+    pub async fn update_header(&self, node: &Node) -> IoResult {
+        let buf = {
+            let mut st = self.st.borrow_mut();
+            st.hdr.incompatible_features = st.incompat;
+            st.hdr.compatible_features = st.compat;
+            st.hdr.autoclear_features = st.autoclear;
+            let st = &*st;
+            // QEMU keeps unknown extensions in a list it prepends to while reading.
+            let exts: Vec<(u32, Vec<u8>)> = st.unknown_exts.iter().rev().cloned().collect();
+            header::build(&HeaderImage {
+                h: &st.hdr,
+                cluster_size: st.cluster_size as usize,
+                unknown_fields: &st.unknown_fields,
+                backing_format: st.backing_format.as_deref(),
+                backing_file: st.backing_file.as_deref(),
+                unknown_exts: &exts,
+            })
+        };
+        let buf = buf.ok_or(libc::ENOSPC)?;
+        io::pwritev(node.file(), 0, &buf, ReqFlags::NONE).await
+    }
+
+    /// Close-time write-back with QEMU's messages (qcow2_inactivate).
+    async fn inactivate(&self, node: &Node) {
+        if self.read_only || self.st.borrow().dead {
+            return;
+        }
+        let mut ok = true;
+        if let Err(e) = self.cache_flush(node, CacheKind::L2).await {
+            ok = false;
+            self.console.err(&format!(
+                "qemu-io: Failed to flush the L2 table cache: {}\n",
+                crate::errno::strerror(e)
+            ));
+        }
+        if let Err(e) = self.cache_flush(node, CacheKind::Refcount).await {
+            ok = false;
+            self.console.err(&format!(
+                "qemu-io: Failed to flush the refcount block cache: {}\n",
+                crate::errno::strerror(e)
+            ));
+        }
+        if ok {
+            let _ = self.mark_clean(node).await;
+        }
+    }
+
+    pub fn cluster_size(&self) -> u64 {
+        self.st.borrow().cluster_size
+    }
+
+    async fn save_vmstate_impl(&self, node: &Node, pos: u64, buf: &[u8]) -> IoResult {
+        node.file().debug_event(Event::VmstateSave).await;
+        let off = self.st.borrow().vm_state_offset();
+        self.do_pwritev(node, off + pos, buf).await
+    }
+
+    async fn load_vmstate_impl(&self, node: &Node, pos: u64, buf: &mut [u8]) -> IoResult {
+        node.file().debug_event(Event::VmstateLoad).await;
+        let off = self.st.borrow().vm_state_offset();
+        self.do_preadv(node, off + pos, buf).await
+    }
+
+    fn specific_info(&self) -> Vec<String> {
+        let st = self.st.borrow();
+        if st.hdr.version == 2 {
+            return vec![
+                "compat: 0.10".into(),
+                "compression type: zlib".into(),
+                format!("refcount bits: {}", 1u32 << st.refcount_order),
+            ];
+        }
+        vec![
+            "compat: 1.1".into(),
+            "compression type: zlib".into(),
+            format!(
+                "lazy refcounts: {}",
+                st.compat & header::COMPAT_LAZY_REFCOUNTS != 0
+            ),
+            format!("refcount bits: {}", 1u32 << st.refcount_order),
+            format!("corrupt: {}", st.incompat & INCOMPAT_CORRUPT != 0),
+            "extended l2: false".into(),
+        ]
+    }
+}
+
+impl BlockDriver for Qcow2 {
+    fn format_name(&self) -> &'static str {
+        "qcow2"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            pwrite_zeroes: true,
+            pdiscard: true,
+            flush_to_os: true,
+            block_status: true,
+            ..Capabilities::default()
+        }
+    }
+
+    fn preadv<'a>(
+        &'a self,
+        node: &'a Node,
+        offset: u64,
+        buf: &'a mut [u8],
+    ) -> BoxFut<'a, IoResult> {
+        Box::pin(async move { self.do_preadv(node, offset, buf).await })
+    }
+
+    fn pwritev<'a>(
+        &'a self,
+        node: &'a Node,
+        offset: u64,
+        buf: &'a [u8],
+        _flags: ReqFlags,
+    ) -> BoxFut<'a, IoResult> {
+        Box::pin(async move { self.do_pwritev(node, offset, buf).await })
+    }
+
+    fn pwritev_compressed<'a>(
+        &'a self,
+        node: &'a Node,
+        offset: u64,
+        buf: &'a [u8],
+    ) -> BoxFut<'a, IoResult> {
+        Box::pin(async move { self.do_pwritev_compressed(node, offset, buf).await })
+    }
+
+    fn pwrite_zeroes<'a>(
+        &'a self,
+        node: &'a Node,
+        offset: u64,
+        bytes: u64,
+        flags: ReqFlags,
+    ) -> BoxFut<'a, IoResult> {
+        Box::pin(async move { self.do_pwrite_zeroes(node, offset, bytes, flags).await })
+    }
+
+    fn pdiscard<'a>(&'a self, node: &'a Node, offset: u64, bytes: u64) -> BoxFut<'a, IoResult> {
+        Box::pin(async move { self.do_pdiscard(node, offset, bytes).await })
+    }
+
+    fn flush_to_os<'a>(&'a self, node: &'a Node) -> BoxFut<'a, IoResult> {
+        Box::pin(async move {
+            self.check_alive()?;
+            self.lock.lock().await;
+            let r = self.write_caches(node).await;
+            self.lock.unlock();
+            r
+        })
+    }
+
+    fn block_status<'a>(
+        &'a self,
+        node: &'a Node,
+        _want_zero: bool,
+        offset: u64,
+        bytes: u64,
+    ) -> BoxFut<'a, IoResult<BlockStatus>> {
+        Box::pin(async move {
+            let (flags, pnum, map) = self.driver_status(node, offset, bytes).await?;
+            let file = (flags & status::OFFSET_VALID != 0).then(|| node.file().clone());
+            Ok(BlockStatus {
+                flags,
+                pnum,
+                map,
+                file,
+            })
+        })
+    }
+
+    fn getlength(&self, _node: &Node) -> IoResult<u64> {
+        Ok(self.st.borrow().size)
+    }
+
+    fn save_vmstate<'a>(&'a self, node: &'a Node, pos: u64, buf: &'a [u8]) -> BoxFut<'a, IoResult> {
+        Box::pin(async move { self.save_vmstate_impl(node, pos, buf).await })
+    }
+
+    fn load_vmstate<'a>(
+        &'a self,
+        node: &'a Node,
+        pos: u64,
+        buf: &'a mut [u8],
+    ) -> BoxFut<'a, IoResult> {
+        Box::pin(async move { self.load_vmstate_impl(node, pos, buf).await })
+    }
+
+    fn info(&self, _node: &Node) -> Option<DriverInfo> {
+        let st = self.st.borrow();
+        Some(DriverInfo {
+            cluster_size: st.cluster_size,
+            vm_state_offset: st.vm_state_offset(),
+            specific: {
+                drop(st);
+                self.specific_info()
+            },
+        })
+    }
+
+    fn close<'a>(&'a self, node: &'a Node) -> BoxFut<'a, ()> {
+        Box::pin(async move { self.inactivate(node).await })
+    }
+}

@@ -1,0 +1,559 @@
+//! Guest writes (QEMU's qcow2_co_pwritev_part and its task), zero writes, discards and
+//! compressed writes, and the zero-fill shortcut for COW regions that read as zero anyway.
+
+use super::Qcow2;
+use super::cache::CacheKind;
+use super::state::{
+    ClusterType, DiscardType, L2E_OFFSET_MASK, L2Meta, OFLAG_COMPRESSED, OFLAG_ZERO, cluster_type,
+};
+use crate::block::blkdebug::events::Event;
+use crate::block::driver::{IoResult, ReqFlags, status};
+use crate::block::io;
+use crate::block::node::Node;
+
+impl Qcow2 {
+    pub async fn do_pwritev(&self, node: &Node, mut offset: u64, buf: &[u8]) -> IoResult {
+        self.check_alive()?;
+        let mut pos = 0usize;
+        self.lock.lock().await;
+        while pos < buf.len() {
+            let want = ((buf.len() - pos) as u64).min(i32::MAX as u64);
+            let mut metas = Vec::new();
+            let (host, cur) = match self.alloc_host_offset(node, offset, want, &mut metas).await {
+                Ok(v) => v,
+                Err(e) => {
+                    let _ = self.handle_l2meta(node, &mut metas, false, &[]).await;
+                    self.lock.unlock();
+                    return Err(e);
+                }
+            };
+            self.lock.unlock();
+            let data = &buf[pos..pos + cur as usize];
+            self.pwritev_task(node, host, offset, data, metas).await?;
+            pos += cur as usize;
+            offset += cur;
+            self.lock.lock().await;
+        }
+        self.lock.unlock();
+        Ok(())
+    }
+
+    /// One mapped chunk of a write: zero-fill or COW, the data, then the L2 link.
+    async fn pwritev_task(
+        &self,
+        node: &Node,
+        host: u64,
+        offset: u64,
+        data: &[u8],
+        mut metas: Vec<L2Meta>,
+    ) -> IoResult {
+        let mut r = self.handle_alloc_space(node, &mut metas).await;
+        if r.is_ok() && !merge_cow(offset, data.len() as u64, &mut metas) {
+            node.file().debug_event(Event::WriteAio).await;
+            r = io::pwritev(node.file(), host, data, ReqFlags::NONE).await;
+        }
+        self.lock.lock().await;
+        if r.is_ok() {
+            r = self.handle_l2meta(node, &mut metas, true, data).await;
+        }
+        let _ = self.handle_l2meta(node, &mut metas, false, data).await;
+        self.lock.unlock();
+        r
+    }
+
+    /// Zero-fills whole new clusters whose COW regions read as zero (QEMU's
+    /// handle_alloc_space), so no COW is needed.
+    async fn handle_alloc_space(&self, node: &Node, metas: &mut [L2Meta]) -> IoResult {
+        if !node.file().supported_zero_flags.has(ReqFlags::NO_FALLBACK) {
+            return Ok(());
+        }
+        for i in (0..metas.len()).rev() {
+            let m = metas[i].clone();
+            if m.cow_start.1 == 0 && m.cow_end.1 == 0 {
+                continue;
+            }
+            if !self
+                .is_unallocated(node, m.offset + m.cow_start.0, m.cow_start.1)
+                .await
+                || !self
+                    .is_unallocated(node, m.offset + m.cow_end.0, m.cow_end.1)
+                    .await
+            {
+                continue;
+            }
+            let start = m.alloc_offset + m.cow_start.0;
+            let nb = m.cow_end.0 + m.cow_end.1;
+            node.file().debug_event(Event::ClusterAllocSpace).await;
+            match io::pwrite_zeroes(node.file(), start, nb, ReqFlags::NO_FALLBACK).await {
+                Ok(()) => metas[i].skip_cow = true,
+                Err(libc::ENOTSUP) | Err(libc::EAGAIN) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Unallocated in this image and its whole backing chain (QEMU's is_unallocated).
+    async fn is_unallocated(&self, node: &Node, offset: u64, bytes: u64) -> bool {
+        if bytes == 0 {
+            return true;
+        }
+        match self.block_status_above(node, false, offset, bytes).await {
+            Ok((flags, pnum)) => flags & status::ALLOCATED == 0 && pnum == bytes,
+            Err(_) => false,
+        }
+    }
+
+    /// Block status through the backing chain (QEMU's bdrv_co_common_block_status_above
+    /// with no base): (flags, bytes).
+    pub async fn block_status_above(
+        &self,
+        node: &Node,
+        want_zero: bool,
+        offset: u64,
+        bytes: u64,
+    ) -> IoResult<(u32, u64)> {
+        let (mut flags, mut pnum) = self.own_status(node, offset, bytes).await?;
+        if flags & status::ALLOCATED != 0 || pnum == 0 {
+            return Ok((flags, pnum));
+        }
+        let eof = (flags & status::EOF != 0).then_some(offset + pnum);
+        let mut bytes = pnum;
+        let mut p = node.child("backing").cloned();
+        while let Some(b) = p {
+            let st = io::block_status(&b, want_zero, offset, bytes).await?;
+            flags = st.flags;
+            pnum = st.pnum;
+            if pnum == 0 {
+                pnum = bytes;
+                flags = status::ZERO | status::ALLOCATED;
+                break;
+            }
+            if flags & status::ALLOCATED != 0 {
+                flags &= !status::EOF;
+                break;
+            }
+            bytes = pnum;
+            p = b.child("backing").cloned();
+        }
+        if Some(offset + pnum) == eof {
+            flags |= status::EOF;
+        }
+        Ok((flags, pnum))
+    }
+
+    /// This layer's status, as the generic layer would report it for the qcow2 node.
+    async fn own_status(&self, node: &Node, offset: u64, bytes: u64) -> IoResult<(u32, u64)> {
+        let total = self.st.borrow().size;
+        if offset >= total {
+            return Ok((status::EOF, 0));
+        }
+        let bytes = bytes.min(total - offset);
+        let (mut flags, n, _) = self.driver_status(node, offset, bytes).await?;
+        if flags & (status::DATA | status::ZERO) != 0 {
+            flags |= status::ALLOCATED;
+        }
+        if offset + n == total {
+            flags |= status::EOF;
+        }
+        Ok((flags, n))
+    }
+
+    /// QEMU's qcow2_co_block_status: (flags, bytes, host offset).
+    pub async fn driver_status(
+        &self,
+        node: &Node,
+        offset: u64,
+        bytes: u64,
+    ) -> IoResult<(u32, u64, u64)> {
+        self.check_alive()?;
+        self.lock.lock().await;
+        let r = self
+            .get_host_offset(node, offset, bytes.min(i32::MAX as u64))
+            .await;
+        self.lock.unlock();
+        let (n, host, ty) = r?;
+        let mut flags = 0;
+        if matches!(ty, ClusterType::Normal | ClusterType::ZeroAlloc) {
+            flags |= status::OFFSET_VALID;
+        }
+        if ty.reads_zero() {
+            flags |= status::ZERO;
+        } else if ty != ClusterType::Unallocated {
+            flags |= status::DATA;
+        }
+        Ok((flags, n, host))
+    }
+
+    /// Whether a range reads as zero through the whole chain (QEMU's is_zero in qcow2.c).
+    async fn is_zero(&self, node: &Node, mut offset: u64, mut bytes: u64) -> bool {
+        let total = self.st.borrow().size;
+        if offset + bytes > total {
+            bytes = total.saturating_sub(offset);
+        }
+        if bytes == 0 {
+            return true;
+        }
+        loop {
+            match self.block_status_above(node, true, offset, bytes).await {
+                Ok((flags, nr)) => {
+                    offset += nr;
+                    bytes -= nr;
+                    if flags & status::ZERO == 0 {
+                        return false;
+                    }
+                    if nr == 0 || bytes == 0 {
+                        return bytes == 0;
+                    }
+                }
+                Err(_) => return false,
+            }
+        }
+    }
+
+    /// QEMU's qcow2_co_pwrite_zeroes: ENOTSUP makes the generic layer write zero buffers.
+    pub async fn do_pwrite_zeroes(
+        &self,
+        node: &Node,
+        mut offset: u64,
+        mut bytes: u64,
+        flags: ReqFlags,
+    ) -> IoResult {
+        self.check_alive()?;
+        let (cs, total) = {
+            let st = self.st.borrow();
+            (st.cluster_size, st.size)
+        };
+        let head = offset & (cs - 1);
+        let mut tail = (offset + bytes).div_ceil(cs) * cs - (offset + bytes);
+        if offset + bytes == total {
+            tail = 0;
+        }
+        if head != 0 || tail != 0 {
+            if !(self.is_zero(node, offset - head, head).await
+                && self.is_zero(node, offset + bytes, tail).await)
+            {
+                return Err(libc::ENOTSUP);
+            }
+            self.lock.lock().await;
+            offset -= head;
+            bytes = cs;
+            let r = self.get_host_offset(node, offset, cs).await;
+            match r {
+                Ok((_, _, ty)) if ty == ClusterType::Unallocated || ty.reads_zero() => {}
+                Ok(_) => {
+                    self.lock.unlock();
+                    return Err(libc::ENOTSUP);
+                }
+                Err(e) => {
+                    self.lock.unlock();
+                    return Err(e);
+                }
+            }
+        } else {
+            self.lock.lock().await;
+        }
+        let r = self.subcluster_zeroize(node, offset, bytes, flags).await;
+        self.lock.unlock();
+        r
+    }
+
+    /// QEMU's qcow2_subcluster_zeroize without subclusters.
+    async fn subcluster_zeroize(
+        &self,
+        node: &Node,
+        offset: u64,
+        bytes: u64,
+        flags: ReqFlags,
+    ) -> IoResult {
+        let (version, cs, total) = {
+            let st = self.st.borrow();
+            (st.hdr.version, st.cluster_size, st.size)
+        };
+        if version < 3 {
+            if node.child("backing").is_none() {
+                return self
+                    .cluster_discard(node, offset, bytes, DiscardType::Request, false)
+                    .await;
+            }
+            return Err(libc::ENOTSUP);
+        }
+        let end = offset + bytes;
+        let mut offset = offset;
+        let end_aligned = if end >= total { end } else { end & !(cs - 1) };
+        self.st.borrow_mut().cache_discards = true;
+        let mut nb = (end_aligned.saturating_sub(offset)).div_ceil(cs);
+        let mut ret = Ok(());
+        while nb > 0 {
+            match self.zero_in_l2_slice(node, offset, nb, flags).await {
+                Ok(n) => {
+                    nb -= n;
+                    offset += n * cs;
+                }
+                Err(e) => {
+                    ret = Err(e);
+                    break;
+                }
+            }
+        }
+        self.st.borrow_mut().cache_discards = false;
+        self.process_discards(node, ret.is_ok()).await;
+        ret
+    }
+
+    async fn zero_in_l2_slice(
+        &self,
+        node: &Node,
+        offset: u64,
+        nb: u64,
+        flags: ReqFlags,
+    ) -> IoResult<u64> {
+        let (slot, l2_index) = self.get_cluster_table(node, offset).await?;
+        let nb = nb.min(self.st.borrow().l2_size - l2_index as u64);
+        for i in 0..nb as usize {
+            let (old, unmap, new) = {
+                let st = self.st.borrow();
+                let old = st.caches[0].be64(slot, l2_index + i);
+                let ty = cluster_type(old);
+                let unmap = ty == ClusterType::Compressed
+                    || (flags.has(ReqFlags::MAY_UNMAP) && ty.is_allocated());
+                let keep_ref = st.discard_no_unref && ty != ClusterType::Compressed;
+                let mut new = old;
+                if unmap && !keep_ref {
+                    new = 0;
+                }
+                new |= OFLAG_ZERO;
+                (old, unmap && !keep_ref, new)
+            };
+            if old == new {
+                continue;
+            }
+            {
+                let mut st = self.st.borrow_mut();
+                let c = st.cache(CacheKind::L2);
+                c.mark_dirty(slot);
+                c.set_be64(slot, l2_index + i, new);
+            }
+            if unmap {
+                self.free_any_cluster(node, old, DiscardType::Request).await;
+            }
+        }
+        self.cache_put(CacheKind::L2, slot);
+        Ok(nb)
+    }
+
+    /// QEMU's qcow2_cluster_discard.
+    pub async fn cluster_discard(
+        &self,
+        node: &Node,
+        mut offset: u64,
+        bytes: u64,
+        dtype: DiscardType,
+        full: bool,
+    ) -> IoResult {
+        let cs = self.st.borrow().cluster_size;
+        let mut nb = bytes.div_ceil(cs);
+        self.st.borrow_mut().cache_discards = true;
+        let mut ret = Ok(());
+        while nb > 0 {
+            match self
+                .discard_in_l2_slice(node, offset, nb, dtype, full)
+                .await
+            {
+                Ok(n) => {
+                    nb -= n;
+                    offset += n * cs;
+                }
+                Err(e) => {
+                    ret = Err(e);
+                    break;
+                }
+            }
+        }
+        self.st.borrow_mut().cache_discards = false;
+        self.process_discards(node, ret.is_ok()).await;
+        ret
+    }
+
+    async fn discard_in_l2_slice(
+        &self,
+        node: &Node,
+        offset: u64,
+        nb: u64,
+        dtype: DiscardType,
+        full: bool,
+    ) -> IoResult<u64> {
+        let (slot, l2_index) = self.get_cluster_table(node, offset).await?;
+        let has_backing = node.child("backing").is_some();
+        let nb = nb.min(self.st.borrow().l2_size - l2_index as u64);
+        for i in 0..nb as usize {
+            let (old, new, keep_ref) = {
+                let st = self.st.borrow();
+                let old = st.caches[0].be64(slot, l2_index + i);
+                let ty = cluster_type(old);
+                let keep_ref = ty != ClusterType::Compressed
+                    && !full
+                    && st.discard_no_unref
+                    && dtype == DiscardType::Request;
+                let mut new = old;
+                if full {
+                    new = 0;
+                } else if has_backing || ty.is_allocated() {
+                    if st.hdr.version >= 3 {
+                        new = if keep_ref {
+                            old | OFLAG_ZERO
+                        } else {
+                            OFLAG_ZERO
+                        };
+                    } else {
+                        new = 0;
+                    }
+                }
+                (old, new, keep_ref)
+            };
+            if old == new {
+                continue;
+            }
+            {
+                let mut st = self.st.borrow_mut();
+                let c = st.cache(CacheKind::L2);
+                c.mark_dirty(slot);
+                c.set_be64(slot, l2_index + i, new);
+            }
+            if !keep_ref {
+                self.free_any_cluster(node, old, dtype).await;
+            } else if self.st.borrow().discard_passthrough[dtype as usize]
+                && matches!(
+                    cluster_type(old),
+                    ClusterType::Normal | ClusterType::ZeroAlloc
+                )
+            {
+                let cs = self.st.borrow().cluster_size;
+                let _ = io::pdiscard(node.file(), old & L2E_OFFSET_MASK, cs).await;
+            }
+        }
+        self.cache_put(CacheKind::L2, slot);
+        Ok(nb)
+    }
+
+    /// QEMU's qcow2_co_pdiscard: partial clusters are not discarded.
+    pub async fn do_pdiscard(&self, node: &Node, offset: u64, bytes: u64) -> IoResult {
+        self.check_alive()?;
+        let (cs, total) = {
+            let st = self.st.borrow();
+            (st.cluster_size, st.size)
+        };
+        if !(offset | bytes).is_multiple_of(cs)
+            && (!offset.is_multiple_of(cs) || offset + bytes != total)
+        {
+            return Err(libc::ENOTSUP);
+        }
+        self.lock.lock().await;
+        let r = self
+            .cluster_discard(node, offset, bytes, DiscardType::Request, false)
+            .await;
+        self.lock.unlock();
+        r
+    }
+
+    /// QEMU's qcow2_co_pwritev_compressed_part and its per-cluster task.
+    pub async fn do_pwritev_compressed(&self, node: &Node, offset: u64, buf: &[u8]) -> IoResult {
+        self.check_alive()?;
+        let (cs, total) = {
+            let st = self.st.borrow();
+            (st.cluster_size, st.size)
+        };
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let bytes = buf.len() as u64;
+        if offset & (cs - 1) != 0 {
+            return Err(libc::EINVAL);
+        }
+        if bytes & (cs - 1) != 0 && offset + bytes != total {
+            return Err(libc::EINVAL);
+        }
+        let mut pos = 0u64;
+        while pos < bytes {
+            let chunk = (bytes - pos).min(cs);
+            let data = &buf[pos as usize..(pos + chunk) as usize];
+            self.compressed_task(node, offset + pos, data).await?;
+            pos += chunk;
+        }
+        Ok(())
+    }
+
+    async fn compressed_task(&self, node: &Node, offset: u64, data: &[u8]) -> IoResult {
+        let cs = self.st.borrow().cluster_size as usize;
+        let mut input = vec![0u8; cs];
+        input[..data.len()].copy_from_slice(data);
+        let Some(out) = super::compress::compress(&input, cs - 1) else {
+            // does not shrink: written as a normal cluster
+            return self.do_pwritev(node, offset, data).await;
+        };
+        self.lock.lock().await;
+        let r = self
+            .alloc_compressed_cluster_offset(node, offset, out.len() as u64)
+            .await;
+        self.lock.unlock();
+        let host = r?;
+        node.file().debug_event(Event::WriteCompressed).await;
+        io::pwritev(node.file(), host, &out, ReqFlags::NONE).await
+    }
+
+    /// QEMU's qcow2_alloc_compressed_cluster_offset.
+    async fn alloc_compressed_cluster_offset(
+        &self,
+        node: &Node,
+        offset: u64,
+        size: u64,
+    ) -> IoResult<u64> {
+        let (slot, l2_index) = self.get_cluster_table(node, offset).await?;
+        if self.st.borrow().caches[0].be64(slot, l2_index) & L2E_OFFSET_MASK != 0 {
+            self.cache_put(CacheKind::L2, slot);
+            return Err(libc::EIO);
+        }
+        let host = match self.alloc_bytes(node, size).await {
+            Ok(h) => h,
+            Err(e) => {
+                self.cache_put(CacheKind::L2, slot);
+                return Err(e);
+            }
+        };
+        let entry = {
+            let st = self.st.borrow();
+            let nb_csectors = (host + size - 1) / 512 - host / 512;
+            host | OFLAG_COMPRESSED | (nb_csectors << st.csize_shift)
+        };
+        node.file().debug_event(Event::L2UpdateCompressed).await;
+        {
+            let mut st = self.st.borrow_mut();
+            let c = st.cache(CacheKind::L2);
+            c.mark_dirty(slot);
+            c.set_be64(slot, l2_index, entry);
+            c.put(slot);
+        }
+        Ok(host)
+    }
+}
+
+/// Lets the guest data go out with the COW regions in one write when they are adjacent.
+fn merge_cow(offset: u64, bytes: u64, metas: &mut [L2Meta]) -> bool {
+    for m in metas.iter_mut().rev() {
+        if m.cow_start.1 == 0 && m.cow_end.1 == 0 {
+            continue;
+        }
+        if m.skip_cow {
+            continue;
+        }
+        if m.cow_start_abs() + m.cow_start.1 != offset {
+            continue;
+        }
+        if m.offset + m.cow_end.0 != offset + bytes {
+            continue;
+        }
+        m.merged = true;
+        return true;
+    }
+    false
+}
