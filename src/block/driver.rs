@@ -108,6 +108,11 @@ pub trait BlockDriver {
     fn protocol_name(&self) -> Option<&'static str> {
         None
     }
+    /// formats with backing files (QEMU's supports_backing): their unallocated areas read as
+    /// zero when there is no backing file, or past its end
+    fn supports_backing(&self) -> bool {
+        false
+    }
     /// filters pass block status and truncate through to their filtered child (`file`)
     fn is_filter(&self) -> bool {
         false

@@ -599,6 +599,18 @@ pub fn block_status(
         }
         if r.flags & (status::DATA | status::ZERO) != 0 {
             r.flags |= status::ALLOCATED;
+        } else if node.driver.supports_backing() {
+            // QEMU's bdrv_co_do_block_status: unallocated without a backing file (or past
+            // its end) reads as zero
+            match node.child("backing") {
+                None => r.flags |= status::ZERO,
+                Some(b) if want_zero => {
+                    if b.getlength().is_ok_and(|len| offset >= len) {
+                        r.flags |= status::ZERO;
+                    }
+                }
+                Some(_) => {}
+            }
         }
         if offset + r.pnum == total {
             r.flags |= status::EOF;

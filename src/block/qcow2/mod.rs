@@ -200,6 +200,10 @@ impl BlockDriver for Qcow2 {
         "qcow2"
     }
 
+    fn supports_backing(&self) -> bool {
+        true
+    }
+
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             pwrite_zeroes: true,

@@ -73,10 +73,10 @@ impl Qcow2 {
                 continue;
             }
             if !self
-                .is_unallocated(node, m.offset + m.cow_start.0, m.cow_start.1)
+                .is_zero_fast(node, m.offset + m.cow_start.0, m.cow_start.1)
                 .await
                 || !self
-                    .is_unallocated(node, m.offset + m.cow_end.0, m.cow_end.1)
+                    .is_zero_fast(node, m.offset + m.cow_end.0, m.cow_end.1)
                     .await
             {
                 continue;
@@ -93,13 +93,14 @@ impl Qcow2 {
         Ok(())
     }
 
-    /// Unallocated in this image and its whole backing chain (QEMU's is_unallocated).
-    async fn is_unallocated(&self, node: &Node, offset: u64, bytes: u64) -> bool {
+    /// Reads as zero by block status alone (QEMU's bdrv_co_is_zero_fast, used by
+    /// is_zero_cow): false negatives are fine, it only picks the cheaper path.
+    async fn is_zero_fast(&self, node: &Node, offset: u64, bytes: u64) -> bool {
         if bytes == 0 {
             return true;
         }
         match self.block_status_above(node, false, offset, bytes).await {
-            Ok((flags, pnum)) => flags & status::ALLOCATED == 0 && pnum == bytes,
+            Ok((flags, pnum)) => flags & status::ZERO != 0 && pnum == bytes,
             Err(_) => false,
         }
     }
@@ -113,7 +114,7 @@ impl Qcow2 {
         offset: u64,
         bytes: u64,
     ) -> IoResult<(u32, u64)> {
-        let (mut flags, mut pnum) = self.own_status(node, offset, bytes).await?;
+        let (mut flags, mut pnum) = self.own_status(node, want_zero, offset, bytes).await?;
         if flags & status::ALLOCATED != 0 || pnum == 0 {
             return Ok((flags, pnum));
         }
@@ -143,7 +144,13 @@ impl Qcow2 {
     }
 
     /// This layer's status, as the generic layer would report it for the qcow2 node.
-    async fn own_status(&self, node: &Node, offset: u64, bytes: u64) -> IoResult<(u32, u64)> {
+    async fn own_status(
+        &self,
+        node: &Node,
+        want_zero: bool,
+        offset: u64,
+        bytes: u64,
+    ) -> IoResult<(u32, u64)> {
         let total = self.st.borrow().size;
         if offset >= total {
             return Ok((status::EOF, 0));
@@ -152,6 +159,17 @@ impl Qcow2 {
         let (mut flags, n, _) = self.driver_status(node, offset, bytes).await?;
         if flags & (status::DATA | status::ZERO) != 0 {
             flags |= status::ALLOCATED;
+        } else {
+            // the generic layer's rule for formats with backing files
+            match node.child("backing") {
+                None => flags |= status::ZERO,
+                Some(b) if want_zero => {
+                    if b.getlength().is_ok_and(|len| offset >= len) {
+                        flags |= status::ZERO;
+                    }
+                }
+                Some(_) => {}
+            }
         }
         if offset + n == total {
             flags |= status::EOF;

@@ -1,0 +1,394 @@
+//! qcow2 blkdebug event order, measured the same way on real qemu-io and on our engine.
+//!
+//! Position tracer (shared/reference/qcow2-events.md §6): the blkdebug config counts events
+//! with set-state rules (every event moves state s to s+1) and arms, for one probed position
+//! i, an inject-error rule per event with a distinct errno. The first error text in the
+//! output names the event at position i. Comparing the named sequences of both engines
+//! position by position checks that every event fires at the same point and in the same
+//! order. Skipped (with a printed reason) when qemu-io or qemu-img is missing.
+//!
+//! `QCOW2_EVENTS_PRINT=1` prints both sequences of every case.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const EVENTS: [&str; 48] = [
+    "l1_update",
+    "l1_grow_alloc_table",
+    "l1_grow_write_table",
+    "l1_grow_activate_table",
+    "l2_load",
+    "l2_update",
+    "l2_update_compressed",
+    "l2_alloc_cow_read",
+    "l2_alloc_write",
+    "read_aio",
+    "read_backing_aio",
+    "read_compressed",
+    "write_aio",
+    "write_compressed",
+    "vmstate_load",
+    "vmstate_save",
+    "cow_read",
+    "cow_write",
+    "reftable_load",
+    "reftable_grow",
+    "reftable_update",
+    "refblock_load",
+    "refblock_update",
+    "refblock_update_part",
+    "refblock_alloc",
+    "refblock_alloc_hookup",
+    "refblock_alloc_write",
+    "refblock_alloc_write_blocks",
+    "refblock_alloc_write_table",
+    "refblock_alloc_switch_table",
+    "cluster_alloc",
+    "cluster_alloc_bytes",
+    "cluster_free",
+    "flush_to_os",
+    "flush_to_disk",
+    "pwritev_rmw_head",
+    "pwritev_rmw_after_head",
+    "pwritev_rmw_tail",
+    "pwritev_rmw_after_tail",
+    "pwritev",
+    "pwritev_zero",
+    "pwritev_done",
+    "empty_image_prepare",
+    "l1_shrink_write_table",
+    "l1_shrink_free_l2_clusters",
+    "cor_write",
+    "cluster_alloc_space",
+    "none",
+];
+
+/// Distinct errnos nobody else produces: 60..=94 and 96..=108 (95 is ENOTSUP).
+fn errno_of(i: usize) -> i32 {
+    let e = 60 + i as i32;
+    if e >= 95 { e + 1 } else { e }
+}
+
+fn strerror(e: i32) -> String {
+    // SAFETY: strerror returns a pointer to a static or thread-local NUL-terminated string.
+    unsafe { std::ffi::CStr::from_ptr(libc::strerror(e)) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn have(tool: &str) -> bool {
+    Command::new(tool)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn run(cmd: &mut Command) -> String {
+    let o = cmd.output().expect("run");
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn config(k: usize, probe: usize) -> String {
+    let mut c = String::new();
+    for (i, e) in EVENTS.iter().enumerate() {
+        c.push_str(&format!(
+            "[inject-error]\nevent = \"{e}\"\nstate = \"{probe}\"\nonce = \"off\"\nerrno = \"{}\"\n\n",
+            errno_of(i)
+        ));
+    }
+    for s in 1..=k {
+        for e in EVENTS {
+            c.push_str(&format!(
+                "[set-state]\nevent = \"{e}\"\nstate = \"{s}\"\nnew_state = \"{}\"\n\n",
+                s + 1
+            ));
+        }
+    }
+    c
+}
+
+/// Which event the first error message of a run names.
+fn first_event(out: &str, texts: &[String]) -> Option<&'static str> {
+    let mut best: Option<(usize, usize, usize)> = None;
+    for (i, t) in texts.iter().enumerate() {
+        if let Some(p) = out.find(t.as_str()) {
+            let cand = (p, usize::MAX - t.len(), i);
+            if best.is_none_or(|b| cand < b) {
+                best = Some(cand);
+            }
+        }
+    }
+    best.map(|b| EVENTS[b.2])
+}
+
+struct Case {
+    name: &'static str,
+    /// shell commands that prepare the images in the case directory (real qemu-img/qemu-io)
+    setup: &'static str,
+    /// the image opened through blkdebug
+    image: &'static str,
+    commands: &'static [&'static str],
+    cache: &'static str,
+}
+
+enum Engine {
+    Qemu,
+    Ours,
+}
+
+fn trace(engine: &Engine, case: &Case, work: &Path, texts: &[String]) -> Vec<Option<&'static str>> {
+    let golden = work.join("golden");
+    let mut seq = Vec::new();
+    let mut silent = 0;
+    let k = 90;
+    for probe in 1..=k {
+        let dir = work.join(format!("p{probe}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in std::fs::read_dir(&golden).unwrap() {
+            let f = f.unwrap();
+            std::fs::copy(f.path(), dir.join(f.file_name())).unwrap();
+        }
+        std::fs::write(dir.join("t.conf"), config(k + 1, probe)).unwrap();
+        let mut cmd = match engine {
+            Engine::Qemu => Command::new("qemu-io"),
+            Engine::Ours => {
+                let mut c = Command::new(env!("CARGO_BIN_EXE_blockfault"));
+                c.arg("io");
+                c
+            }
+        };
+        cmd.current_dir(&dir)
+            .args(["--cache", case.cache, "-f", "qcow2"]);
+        for c in case.commands {
+            cmd.args(["-c", c]);
+        }
+        cmd.arg(format!("blkdebug:t.conf:{}", case.image));
+        let out = run(&mut cmd);
+        let ev = first_event(&out, texts);
+        seq.push(ev);
+        let _ = std::fs::remove_dir_all(&dir);
+        if ev.is_none() {
+            silent += 1;
+            if silent >= 4 {
+                break;
+            }
+        } else {
+            silent = 0;
+        }
+    }
+    while seq.last() == Some(&None) {
+        seq.pop();
+    }
+    seq
+}
+
+fn check(case: &Case) -> Result<(), String> {
+    let work = std::env::temp_dir().join(format!(
+        "bf-qcow2-events-{}-{}",
+        case.name,
+        std::process::id()
+    ));
+    let golden = work.join("golden");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&golden).unwrap();
+    let st = Command::new("sh")
+        .arg("-c")
+        .arg(case.setup)
+        .current_dir(&golden)
+        .status()
+        .unwrap();
+    assert!(st.success(), "setup of {} failed", case.name);
+    let texts: Vec<String> = (0..EVENTS.len()).map(|i| strerror(errno_of(i))).collect();
+    let q = trace(&Engine::Qemu, case, &work, &texts);
+    let o = trace(&Engine::Ours, case, &work, &texts);
+    let _ = std::fs::remove_dir_all(&work);
+    let fmt = |s: &[Option<&str>]| {
+        s.iter()
+            .enumerate()
+            .map(|(i, e)| format!("{} {}", i + 1, e.unwrap_or("-")))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    if std::env::var_os("QCOW2_EVENTS_PRINT").is_some() {
+        eprintln!(
+            "{} qemu: {}\n{} ours: {}",
+            case.name,
+            fmt(&q),
+            case.name,
+            fmt(&o)
+        );
+    }
+    if q != o {
+        let first = q
+            .iter()
+            .zip(o.iter())
+            .position(|(a, b)| a != b)
+            .unwrap_or(q.len().min(o.len()));
+        return Err(format!(
+            "{}: sequences differ from position {}\n qemu: {}\n ours: {}",
+            case.name,
+            first + 1,
+            fmt(&q),
+            fmt(&o)
+        ));
+    }
+    Ok(())
+}
+
+const BASE64K: &str =
+    "qemu-img create -q -f qcow2 -o cluster_size=65536,refcount_bits=16,compat=1.1 s.qcow2 64M";
+const PLUS4K: &str = "qemu-img create -q -f qcow2 -o cluster_size=65536,refcount_bits=16,compat=1.1 s.qcow2 64M && qemu-io -f qcow2 -c 'write -P 0x11 0 4k' s.qcow2 >/dev/null";
+
+const CASES: &[Case] = &[
+    Case {
+        name: "a_first_write",
+        setup: BASE64K,
+        image: "s.qcow2",
+        commands: &["write -P 0xaa 0 4k", "read -P 0xaa 0 4k"],
+        cache: "writethrough",
+    },
+    Case {
+        name: "a2_full_cluster",
+        setup: BASE64K,
+        image: "s.qcow2",
+        commands: &["write 0 64k", "read 0 4k"],
+        cache: "writethrough",
+    },
+    Case {
+        name: "b_same_cluster",
+        setup: PLUS4K,
+        image: "s.qcow2",
+        commands: &["write -P 0xbb 4k 4k", "read -P 0x11 0 4k"],
+        cache: "writethrough",
+    },
+    Case {
+        name: "c_new_cluster",
+        setup: PLUS4K,
+        image: "s.qcow2",
+        commands: &["write -P 0xcc 64k 4k", "read -P 0x11 0 4k"],
+        cache: "writethrough",
+    },
+    Case {
+        name: "d_reads",
+        setup: PLUS4K,
+        image: "s.qcow2",
+        commands: &["read 0 4k", "read 1M 4k", "read 0 128k", "write 0 4k"],
+        cache: "writethrough",
+    },
+    Case {
+        name: "e_writeback_flush",
+        setup: PLUS4K,
+        image: "s.qcow2",
+        commands: &["write 64k 4k", "flush", "read -P 0x11 0 4k"],
+        cache: "writeback",
+    },
+    Case {
+        name: "e_writethrough_flush",
+        setup: PLUS4K,
+        image: "s.qcow2",
+        commands: &["write 64k 4k", "flush", "read -P 0x11 0 4k"],
+        cache: "writethrough",
+    },
+    Case {
+        name: "g_backing_cow",
+        setup: "qemu-img create -q -f qcow2 base.qcow2 64M && qemu-io -f qcow2 -c 'write -P 0x55 0 1M' base.qcow2 >/dev/null && qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 ov.qcow2 64M",
+        image: "ov.qcow2",
+        commands: &[
+            "write -P 0xdd 4k 4k",
+            "write 1052672 4k",
+            "read -P 0x55 0 4k",
+            "read -P 0xdd 4k 4k",
+        ],
+        cache: "writethrough",
+    },
+    Case {
+        name: "h_zero_writes",
+        setup: PLUS4K,
+        image: "s.qcow2",
+        commands: &[
+            "write -z 0 64k",
+            "write -z 64k 64k",
+            "write -z 4k 4k",
+            "write -z 132k 4k",
+            "read 0 4k",
+        ],
+        cache: "writethrough",
+    },
+    Case {
+        name: "h_zero_unmap",
+        setup: PLUS4K,
+        image: "s.qcow2",
+        commands: &["write -z -u 0 64k", "write 0 4k"],
+        cache: "writethrough",
+    },
+    Case {
+        name: "h_discard",
+        setup: PLUS4K,
+        image: "s.qcow2",
+        commands: &["discard 0 64k", "discard 0 4k", "write 128k 4k"],
+        cache: "writethrough",
+    },
+    Case {
+        name: "i_compressed",
+        setup: BASE64K,
+        image: "s.qcow2",
+        commands: &[
+            "write -c 64k 64k",
+            "read 64k 4k",
+            "write 64k 4k",
+            "read 64k 4k",
+        ],
+        cache: "writethrough",
+    },
+    Case {
+        name: "j_lazy_refcounts",
+        setup: "qemu-img create -q -f qcow2 -o lazy_refcounts=on s.qcow2 64M",
+        image: "s.qcow2",
+        commands: &["write -P 0xaa 0 4k", "read 0 4k"],
+        cache: "writethrough",
+    },
+    Case {
+        name: "vmstate_l1_growth_1k",
+        setup: "qemu-img create -q -f qcow2 -o cluster_size=1024 s.qcow2 1G",
+        image: "s.qcow2",
+        commands: &["write -b 0 64k", "read -b 0 4k"],
+        cache: "writethrough",
+    },
+    Case {
+        name: "write_128k_1k_clusters",
+        setup: "qemu-img create -q -f qcow2 -o cluster_size=1024 s.qcow2 1G && qemu-io -f qcow2 -c 'write 0 512' s.qcow2 >/dev/null",
+        image: "s.qcow2",
+        commands: &["write 0 128k", "read 0 4k"],
+        cache: "writethrough",
+    },
+    Case {
+        name: "f1_refblock_alloc_512",
+        setup: "qemu-img create -q -f qcow2 -o cluster_size=512 s.qcow2 64M && qemu-io -f qcow2 -c 'write 0 96k' s.qcow2 >/dev/null",
+        image: "s.qcow2",
+        commands: &["write 96k 32k", "read 0 4k"],
+        cache: "writethrough",
+    },
+];
+
+#[test]
+fn qcow2_event_positions_match_qemu() {
+    if !have("qemu-io") || !have("qemu-img") {
+        eprintln!("skipped: qemu-io/qemu-img 10.0.2 not installed");
+        return;
+    }
+    let only = std::env::var("QCOW2_EVENTS_CASE").ok();
+    let failures: Vec<String> = CASES
+        .iter()
+        .filter(|c| only.as_deref().is_none_or(|o| c.name.contains(o)))
+        .filter_map(|c| check(c).err())
+        .collect();
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[allow(dead_code)]
+fn unused(_: PathBuf) {}
