@@ -110,25 +110,21 @@ impl Qcow2 {
         offset: u64,
         read: bool,
     ) -> IoResult<usize> {
-        let (lookup, table_size) = {
-            let st = self.st.borrow();
-            let cache = &st.caches[c.idx()];
-            if offset % cache.table_size as u64 != 0 {
-                drop(st);
-                let name = match c {
-                    CacheKind::L2 => "L2 table",
-                    CacheKind::Refcount => "refcount block",
-                };
-                self.signal_corruption(
-                    node,
-                    true,
-                    &format!("Cannot get entry from {name} cache: Offset {offset:#x} is unaligned"),
-                )
-                .await;
-                return Err(libc::EIO);
-            }
-            (cache.lookup(offset), cache.table_size)
-        };
+        let table_size = self.st.borrow().caches[c.idx()].table_size;
+        if !offset.is_multiple_of(table_size as u64) {
+            let name = match c {
+                CacheKind::L2 => "L2 table",
+                CacheKind::Refcount => "refcount block",
+            };
+            self.signal_corruption(
+                node,
+                true,
+                &format!("Cannot get entry from {name} cache: Offset {offset:#x} is unaligned"),
+            )
+            .await;
+            return Err(libc::EIO);
+        }
+        let lookup = self.st.borrow().caches[c.idx()].lookup(offset);
         let i = match lookup {
             Some(Lookup::Hit(i)) => i,
             Some(Lookup::Miss(i)) => {
@@ -164,32 +160,33 @@ impl Qcow2 {
 
     /// A cluster's refcount, read through the refcount cache without an event.
     pub async fn get_refcount(&self, node: &Node, cluster_index: u64) -> IoResult<u64> {
-        let (block_offset, idx, order) = {
+        let (ti, off, idx, order) = {
             let st = self.st.borrow();
             let ti = cluster_index >> st.refcount_block_bits;
             if ti >= st.reftable.len() as u64 {
                 return Ok(0);
             }
             let off = st.reftable[ti as usize] & REFT_OFFSET_MASK;
-            if off == 0 {
-                return Ok(0);
-            }
-            if st.offset_into_cluster(off) != 0 {
-                drop(st);
-                self.signal_corruption(
-                    node,
-                    true,
-                    &format!("Refblock offset {off:#x} unaligned (reftable index: {ti:#x})"),
-                )
-                .await;
-                return Err(libc::EIO);
-            }
             (
+                ti,
                 off,
                 (cluster_index & (st.refcount_block_size() - 1)) as usize,
                 st.refcount_order,
             )
         };
+        if off == 0 {
+            return Ok(0);
+        }
+        if self.st.borrow().offset_into_cluster(off) != 0 {
+            self.signal_corruption(
+                node,
+                true,
+                &format!("Refblock offset {off:#x} unaligned (reftable index: {ti:#x})"),
+            )
+            .await;
+            return Err(libc::EIO);
+        }
+        let block_offset = off;
         let slot = self
             .cache_get(node, CacheKind::Refcount, block_offset, true)
             .await?;
