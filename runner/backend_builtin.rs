@@ -6,7 +6,7 @@ use std::path::Path;
 use std::rc::Rc;
 
 /// Image formats the engine can create and open. qcow2 joins when the qcow2 issue lands.
-const FORMATS: &[&str] = &["raw", "file", "blkdebug", "blkverify"];
+const FORMATS: &[&str] = &["raw", "file", "blkdebug", "blkverify", "qcow2"];
 
 /// Whether a `requires:` entry is met: the engine has both tools built in.
 pub fn has(requirement: &str) -> bool {
