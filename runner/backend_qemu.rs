@@ -51,12 +51,30 @@ fn formats() -> &'static [String] {
         else {
             return Vec::new();
         };
-        let text = String::from_utf8_lossy(&out.stdout);
-        text.lines()
-            .find_map(|l| l.strip_prefix("Supported formats:"))
-            .map(|l| l.split_whitespace().map(str::to_string).collect())
-            .unwrap_or_default()
+        parse_formats(&String::from_utf8_lossy(&out.stdout))
     })
+}
+
+/// The format list of `qemu-img --help`: older versions print `Supported formats: a b c` on one
+/// line, 10.x prints `Supported image formats:` and the names on the indented lines below it.
+fn parse_formats(help: &str) -> Vec<String> {
+    let mut lines = help.lines();
+    let Some(first) = lines.find_map(|l| {
+        l.strip_prefix("Supported formats:")
+            .or_else(|| l.strip_prefix("Supported image formats:"))
+    }) else {
+        return Vec::new();
+    };
+    let mut words: Vec<String> = first.split_whitespace().map(str::to_string).collect();
+    // The list goes on over indented lines, possibly after one blank line.
+    let first_was_empty = words.is_empty();
+    for l in lines.skip_while(|l| l.trim().is_empty() && first_was_empty) {
+        if !l.starts_with(' ') || l.trim().is_empty() {
+            break;
+        }
+        words.extend(l.split_whitespace().map(str::to_string));
+    }
+    words
 }
 
 /// Runs `tool args...` in `dir`; returns its combined output and exit status. A missing tool or a
@@ -127,4 +145,20 @@ fn exit_code(status: std::process::ExitStatus) -> i32 {
     status
         .code()
         .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_formats;
+
+    #[test]
+    fn both_help_layouts_list_formats() {
+        assert_eq!(
+            parse_formats("x\nSupported formats: raw qcow2\n"),
+            ["raw", "qcow2"]
+        );
+        let v10 =
+            "Supported image formats:\n\n  blkdebug raw\n  qcow2 vmdk\n\nSee <https://qemu.org>\n";
+        assert_eq!(parse_formats(v10), ["blkdebug", "raw", "qcow2", "vmdk"]);
+    }
 }
