@@ -8,9 +8,11 @@ use crate::block::open::{OpenContext, Options, open_drive};
 use crate::output::{Console, SharedSink};
 use crate::qemu_io::format::cvtstr;
 use crate::qemu_io::getopt::Getopt;
-use crate::qemu_io::numbers::strtosz;
 use std::path::Path;
 use std::rc::Rc;
+
+mod create;
+pub mod qcow2;
 
 /// `qemu-img ARGS...` (argv without the program name), relative paths resolved against `base_dir`;
 /// returns qemu-img's exit status.
@@ -89,75 +91,6 @@ impl Img<'_> {
             self.error(&format!("Could not open '{name}': {e}"));
             1
         })
-    }
-
-    fn create(&self, argv: &[String]) -> i32 {
-        let Ok((opts, pos)) = self.opts(argv, "F:b:f:ho:qu") else {
-            return 1;
-        };
-        let mut fmt = "raw".to_string();
-        let mut quiet = false;
-        let mut size_opt = None;
-        let mut bad_option = None;
-        for (c, a) in opts {
-            match c {
-                'f' => fmt = a,
-                'q' => quiet = true,
-                'o' => {
-                    for kv in a.split(',') {
-                        match kv.split_once('=') {
-                            Some(("size", v)) => size_opt = Some(v.to_string()),
-                            _ => {
-                                let key = kv.split_once('=').map_or(kv, |(k, _)| k);
-                                bad_option.get_or_insert(key.to_string());
-                            }
-                        }
-                    }
-                }
-                _ => {}
-            }
-        }
-        let Some(name) = pos.first() else {
-            self.error("Expecting image file name");
-            return 1;
-        };
-        if fmt != "raw" {
-            self.error(&format!("{name}: Unknown file format '{fmt}'"));
-            return 1;
-        }
-        if let Some(key) = bad_option {
-            self.error(&format!("{name}: Invalid parameter '{key}'"));
-            return 1;
-        }
-        let size_text = pos.get(1).cloned().or(size_opt);
-        let Some(size_text) = size_text else {
-            self.error(&format!("{name}: Image creation needs a size parameter"));
-            return 1;
-        };
-        let Ok(size) = strtosz(&size_text) else {
-            self.error(&format!("Invalid image size specified: '{size_text}'."));
-            return 1;
-        };
-        if !quiet {
-            self.console
-                .out(&format!("Formatting '{name}', fmt={fmt} size={size}\n"));
-        }
-        let path = self.base_dir.join(name);
-        let made = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .and_then(|f| f.set_len(size));
-        if let Err(e) = made {
-            let errno = e.raw_os_error().unwrap_or(libc::EIO);
-            self.error(&format!(
-                "{name}: Could not create '{name}': {}",
-                crate::errno::strerror(errno)
-            ));
-            return 1;
-        }
-        0
     }
 
     fn check(&self, argv: &[String]) -> i32 {
