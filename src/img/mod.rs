@@ -11,6 +11,7 @@ use crate::qemu_io::getopt::Getopt;
 use std::path::Path;
 use std::rc::Rc;
 
+mod check;
 mod create;
 pub mod qcow2;
 
@@ -91,24 +92,6 @@ impl Img<'_> {
             self.error(&format!("Could not open '{name}': {e}"));
             1
         })
-    }
-
-    fn check(&self, argv: &[String]) -> i32 {
-        let Ok((opts, pos)) = self.opts(argv, "hf:r:T:qU") else {
-            return 1;
-        };
-        let fmt = opts.iter().find(|(c, _)| *c == 'f').map(|(_, a)| a.clone());
-        let Some(name) = pos.first() else {
-            self.error("Expecting one image file name");
-            return 1;
-        };
-        let node = match self.open(name, Some(fmt.as_deref().unwrap_or("raw")), true) {
-            Ok(n) => n,
-            Err(s) => return s,
-        };
-        let _ = node;
-        self.error("This image format does not support checks");
-        63
     }
 
     fn read_all(node: &Rc<Node>) -> Result<Vec<u8>, i32> {
