@@ -6,13 +6,13 @@ use crate::block::executor::block_on;
 use crate::block::node::{Node, OpenFlags};
 use crate::block::open::{OpenContext, Options, open_drive};
 use crate::output::{Console, SharedSink};
-use crate::qemu_io::format::cvtstr;
 use crate::qemu_io::getopt::Getopt;
 use std::path::Path;
 use std::rc::Rc;
 
 mod check;
 mod create;
+mod info;
 pub mod qcow2;
 
 /// `qemu-img ARGS...` (argv without the program name), relative paths resolved against `base_dir`;
@@ -161,40 +161,6 @@ impl Img<'_> {
             }
         }
         say("Images are identical.\n");
-        0
-    }
-
-    fn info(&self, argv: &[String]) -> i32 {
-        let Ok((opts, pos)) = self.opts(argv, "f:hU") else {
-            return 1;
-        };
-        let fmt = opts
-            .iter()
-            .find(|(c, _)| *c == 'f')
-            .map(|(_, a)| a.as_str());
-        let Some(name) = pos.first() else {
-            self.error("Expecting one image file name");
-            return 1;
-        };
-        let node = match self.open(name, fmt, true) {
-            Ok(n) => n,
-            Err(s) => return s,
-        };
-        let len = node.getlength().unwrap_or(0);
-        let disk = std::fs::metadata(self.base_dir.join(name))
-            .map(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512)
-            .unwrap_or(0);
-        let file_len = std::fs::metadata(self.base_dir.join(name))
-            .map(|m| m.len())
-            .unwrap_or(0);
-        self.console.out(&format!(
-            "image: {name}\nfile format: {}\nvirtual size: {} ({len} bytes)\ndisk size: {}\nChild node '/file':\n    filename: {name}\n    protocol type: file\n    file length: {} ({file_len} bytes)\n    disk size: {}\n",
-            node.driver.format_name(),
-            cvtstr(len as f64),
-            cvtstr(disk as f64),
-            cvtstr(file_len as f64),
-            cvtstr(disk as f64),
-        ));
         0
     }
 

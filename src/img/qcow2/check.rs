@@ -79,7 +79,7 @@ fn table(bytes: &[u8]) -> Vec<u64> {
 impl Image {
     /// Opens `file` as `qcow2_do_open` would for `qemu-img check`; the error is QEMU's message.
     pub fn open(file: File, writable: bool) -> Result<Image, String> {
-        let header = read_header(&file).map_err(|e| e.0)?;
+        let header = read_header_for(&file, true).map_err(|e| e.0)?;
         let cs = header.cluster_size();
         let overflow = |off: u64, n: u64, esz: u64| {
             n.checked_mul(esz)

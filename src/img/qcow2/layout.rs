@@ -185,7 +185,33 @@ pub fn io_msg(e: &std::io::Error) -> String {
 }
 
 /// Parses and validates the header the way `qcow2_do_open` does, with its messages.
+/// `qcow2_validate_table`.
+fn validate_table(
+    offset: u64,
+    entries: u64,
+    entry_len: u64,
+    max_bytes: u64,
+    cs: u64,
+    name: &str,
+) -> Result<(), OpenError> {
+    if entries > max_bytes / entry_len {
+        return Err(OpenError(format!("{name} too large")));
+    }
+    if (i64::MAX as u64) - entries * entry_len < offset || !offset.is_multiple_of(cs) {
+        return Err(OpenError(format!("{name} offset invalid")));
+    }
+    Ok(())
+}
+
+/// Parses and validates the header the way `qcow2_do_open` does, with its messages.
+/// `for_check` is QEMU's `BDRV_O_CHECK` (some problems are left for the check to report).
 pub fn read_header(file: &File) -> Result<Header, OpenError> {
+    read_header_for(file, false)
+}
+
+/// [`read_header`]; `for_check` is QEMU's `BDRV_O_CHECK` (some problems are left for the check
+/// to report).
+pub fn read_header_for(file: &File, for_check: bool) -> Result<Header, OpenError> {
     let file_len = file.metadata().map(|m| m.len()).unwrap_or(0);
     let mut fixed = [0u8; 104];
     if file_len < 72 {
@@ -268,7 +294,7 @@ pub fn read_header(file: &File) -> Result<Header, OpenError> {
             break;
         }
         if len > ext_end - off {
-            return Err(OpenError("Invalid extension length".into()));
+            return Err(OpenError("Header extension too large".into()));
         }
         let mut data = vec![0u8; len as usize];
         read_exact_at(file, &mut data, off)?;
@@ -277,6 +303,9 @@ pub fn read_header(file: &File) -> Result<Header, OpenError> {
         }
         h.extensions.push(Extension { magic, data });
         off += len.div_ceil(8) * 8;
+    }
+    if h.backing_file_offset > cs {
+        return Err(OpenError("Invalid backing file offset".into()));
     }
     if h.backing_file_offset != 0 {
         if h.backing_file_size > 1023
@@ -303,32 +332,43 @@ pub fn read_header(file: &File) -> Result<Header, OpenError> {
     if h.incompatible_features & INCOMPAT_CORRUPT != 0 {
         // qemu-img check/info open read-only and accept corrupt images.
     }
-    if u64::from(h.refcount_table_clusters) * cs > MAX_REFTABLE_SIZE {
-        return Err(OpenError("Reference count table too large".into()));
-    }
-    if h.refcount_table_clusters == 0 {
+    let l2_bits = h.cluster_bits - if h.extended_l2() { 4 } else { 3 };
+    let shift = h.cluster_bits + l2_bits;
+    if h.refcount_table_clusters == 0 && !for_check {
         return Err(OpenError(
             "Image does not contain a reference count table".into(),
         ));
     }
-    if !h.refcount_table_offset.is_multiple_of(cs) {
-        return Err(OpenError("Invalid reference count table offset".into()));
-    }
-    if u64::from(h.l1_size) * 8 > MAX_L1_SIZE {
+    validate_table(
+        h.refcount_table_offset,
+        u64::from(h.refcount_table_clusters),
+        cs,
+        MAX_REFTABLE_SIZE,
+        cs,
+        "Reference count table",
+    )?;
+    if u64::from(h.l1_size) > MAX_L1_SIZE / 8 {
         return Err(OpenError("Active L1 table too large".into()));
     }
-    let l2_bits = h.cluster_bits - if h.extended_l2() { 4 } else { 3 };
-    let shift = h.cluster_bits + l2_bits;
-    let min_l1 = if shift >= 64 {
-        1
-    } else {
-        h.size.div_ceil(1u64 << shift)
-    };
-    if min_l1 > u64::from(h.l1_size) && h.size > 0 {
-        return Err(OpenError("L1 table is too small".into()));
+    validate_table(
+        h.l1_table_offset,
+        u64::from(h.l1_size),
+        8,
+        MAX_L1_SIZE,
+        cs,
+        "Active L1 table",
+    )?;
+    if h.size > i64::MAX as u64 {
+        return Err(OpenError(
+            "Could not refresh total sector count: File too large".into(),
+        ));
     }
-    if h.l1_size > 0 && !h.l1_table_offset.is_multiple_of(cs) {
-        return Err(OpenError("Invalid L1 table offset".into()));
+    let min_l1 = h.size.div_ceil(1u64 << shift);
+    if min_l1 > i32::MAX as u64 {
+        return Err(OpenError("Image is too big".into()));
+    }
+    if min_l1 > u64::from(h.l1_size) {
+        return Err(OpenError("L1 table is too small".into()));
     }
     Ok(h)
 }

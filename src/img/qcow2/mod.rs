@@ -3,4 +3,5 @@
 
 pub mod check;
 pub mod create;
+pub mod info;
 pub mod layout;
