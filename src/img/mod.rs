@@ -6,11 +6,14 @@ use crate::block::executor::block_on;
 use crate::block::node::{Node, OpenFlags};
 use crate::block::open::{OpenContext, Options, open_drive};
 use crate::output::{Console, SharedSink};
-use crate::qemu_io::format::cvtstr;
 use crate::qemu_io::getopt::Getopt;
-use crate::qemu_io::numbers::strtosz;
 use std::path::Path;
 use std::rc::Rc;
+
+mod check;
+mod create;
+mod info;
+pub mod qcow2;
 
 /// `qemu-img ARGS...` (argv without the program name), relative paths resolved against `base_dir`;
 /// returns qemu-img's exit status.
@@ -91,93 +94,6 @@ impl Img<'_> {
         })
     }
 
-    fn create(&self, argv: &[String]) -> i32 {
-        let Ok((opts, pos)) = self.opts(argv, "F:b:f:ho:qu") else {
-            return 1;
-        };
-        let mut fmt = "raw".to_string();
-        let mut quiet = false;
-        let mut size_opt = None;
-        let mut bad_option = None;
-        for (c, a) in opts {
-            match c {
-                'f' => fmt = a,
-                'q' => quiet = true,
-                'o' => {
-                    for kv in a.split(',') {
-                        match kv.split_once('=') {
-                            Some(("size", v)) => size_opt = Some(v.to_string()),
-                            _ => {
-                                let key = kv.split_once('=').map_or(kv, |(k, _)| k);
-                                bad_option.get_or_insert(key.to_string());
-                            }
-                        }
-                    }
-                }
-                _ => {}
-            }
-        }
-        let Some(name) = pos.first() else {
-            self.error("Expecting image file name");
-            return 1;
-        };
-        if fmt != "raw" {
-            self.error(&format!("{name}: Unknown file format '{fmt}'"));
-            return 1;
-        }
-        if let Some(key) = bad_option {
-            self.error(&format!("{name}: Invalid parameter '{key}'"));
-            return 1;
-        }
-        let size_text = pos.get(1).cloned().or(size_opt);
-        let Some(size_text) = size_text else {
-            self.error(&format!("{name}: Image creation needs a size parameter"));
-            return 1;
-        };
-        let Ok(size) = strtosz(&size_text) else {
-            self.error(&format!("Invalid image size specified: '{size_text}'."));
-            return 1;
-        };
-        if !quiet {
-            self.console
-                .out(&format!("Formatting '{name}', fmt={fmt} size={size}\n"));
-        }
-        let path = self.base_dir.join(name);
-        let made = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .and_then(|f| f.set_len(size));
-        if let Err(e) = made {
-            let errno = e.raw_os_error().unwrap_or(libc::EIO);
-            self.error(&format!(
-                "{name}: Could not create '{name}': {}",
-                crate::errno::strerror(errno)
-            ));
-            return 1;
-        }
-        0
-    }
-
-    fn check(&self, argv: &[String]) -> i32 {
-        let Ok((opts, pos)) = self.opts(argv, "hf:r:T:qU") else {
-            return 1;
-        };
-        let fmt = opts.iter().find(|(c, _)| *c == 'f').map(|(_, a)| a.clone());
-        let Some(name) = pos.first() else {
-            self.error("Expecting one image file name");
-            return 1;
-        };
-        let node = match self.open(name, Some(fmt.as_deref().unwrap_or("raw")), true) {
-            Ok(n) => n,
-            Err(s) => return s,
-        };
-        let _ = node;
-        self.error("This image format does not support checks");
-        63
-    }
-
     fn read_all(node: &Rc<Node>) -> Result<Vec<u8>, i32> {
         let n = node.clone();
         block_on(async move {
@@ -245,40 +161,6 @@ impl Img<'_> {
             }
         }
         say("Images are identical.\n");
-        0
-    }
-
-    fn info(&self, argv: &[String]) -> i32 {
-        let Ok((opts, pos)) = self.opts(argv, "f:hU") else {
-            return 1;
-        };
-        let fmt = opts
-            .iter()
-            .find(|(c, _)| *c == 'f')
-            .map(|(_, a)| a.as_str());
-        let Some(name) = pos.first() else {
-            self.error("Expecting one image file name");
-            return 1;
-        };
-        let node = match self.open(name, fmt, true) {
-            Ok(n) => n,
-            Err(s) => return s,
-        };
-        let len = node.getlength().unwrap_or(0);
-        let disk = std::fs::metadata(self.base_dir.join(name))
-            .map(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512)
-            .unwrap_or(0);
-        let file_len = std::fs::metadata(self.base_dir.join(name))
-            .map(|m| m.len())
-            .unwrap_or(0);
-        self.console.out(&format!(
-            "image: {name}\nfile format: {}\nvirtual size: {} ({len} bytes)\ndisk size: {}\nChild node '/file':\n    filename: {name}\n    protocol type: file\n    file length: {} ({file_len} bytes)\n    disk size: {}\n",
-            node.driver.format_name(),
-            cvtstr(len as f64),
-            cvtstr(disk as f64),
-            cvtstr(file_len as f64),
-            cvtstr(disk as f64),
-        ));
         0
     }
 

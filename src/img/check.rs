@@ -1,0 +1,217 @@
+//! `qemu-img check`: qcow2 images are checked by `qcow2::check` on the file itself; other
+//! formats have no check, as in QEMU.
+
+use super::Img;
+use super::qcow2::check::{CheckResult, FIX_ERRORS, FIX_LEAKS, Image};
+use super::qcow2::layout;
+use crate::errno::strerror;
+use std::os::unix::fs::FileExt;
+
+/// `dump_human_image_check`.
+pub fn human_report(c: &CheckResult) -> String {
+    let mut out = String::new();
+    if c.corruptions == 0 && c.leaks == 0 && c.check_errors == 0 {
+        out.push_str("No errors were found on the image.\n");
+    } else {
+        if c.corruptions != 0 {
+            out.push_str(&format!(
+                "\n{} errors were found on the image.\nData may be corrupted, or further writes to the image may corrupt it.\n",
+                c.corruptions
+            ));
+        }
+        if c.leaks != 0 {
+            out.push_str(&format!(
+                "\n{} leaked clusters were found on the image.\nThis means waste of disk space, but no harm to data.\n",
+                c.leaks
+            ));
+        }
+        if c.check_errors != 0 {
+            out.push_str(&format!(
+                "\n{} internal errors have occurred during the check.\n",
+                c.check_errors
+            ));
+        }
+    }
+    if c.total_clusters != 0 && c.allocated_clusters != 0 {
+        let a = c.allocated_clusters as f64;
+        out.push_str(&format!(
+            "{}/{} = {:.2}% allocated, {:.2}% fragmented, {:.2}% compressed clusters\n",
+            c.allocated_clusters,
+            c.total_clusters,
+            a * 100.0 / c.total_clusters as f64,
+            c.fragmented_clusters as f64 * 100.0 / a,
+            c.compressed_clusters as f64 * 100.0 / a
+        ));
+    }
+    if c.image_end_offset != 0 {
+        out.push_str(&format!("Image end offset: {}\n", c.image_end_offset));
+    }
+    out
+}
+
+/// Whether the file starts with the qcow2 magic (format probing).
+pub fn is_qcow2(path: &std::path::Path) -> bool {
+    let mut m = [0u8; 4];
+    std::fs::File::open(path)
+        .and_then(|f| f.read_exact_at(&mut m, 0))
+        .is_ok()
+        && layout::be32(&m, 0) == layout::MAGIC
+}
+
+impl Img<'_> {
+    pub(super) fn check(&self, argv: &[String]) -> i32 {
+        let mut args = Vec::new();
+        for a in argv {
+            match a.as_str() {
+                "--output=human" => {}
+                "--output=json" => {
+                    self.error("blockfault: --output=json is not supported for check");
+                    return 1;
+                }
+                _ => args.push(a.clone()),
+            }
+        }
+        let Ok((opts, pos)) = self.opts(&args, "hf:r:T:qU") else {
+            return 1;
+        };
+        let mut fmt = None;
+        let mut fix = 0;
+        let mut quiet = false;
+        for (c, a) in opts {
+            match c {
+                'f' => fmt = Some(a),
+                'q' => quiet = true,
+                'r' => match a.as_str() {
+                    "leaks" => fix = FIX_LEAKS,
+                    "all" => fix = FIX_LEAKS | FIX_ERRORS,
+                    _ => {
+                        self.error(&format!("--repair (-r) expects 'leaks' or 'all' not '{a}'"));
+                        self.console
+                            .err("Try 'qemu-img check --help' for more info\n");
+                        return 1;
+                    }
+                },
+                _ => {}
+            }
+        }
+        let Some(name) = pos.first() else {
+            self.error("Expecting one image file name");
+            self.console
+                .err("Try 'qemu-img check --help' for more info\n");
+            return 1;
+        };
+        let path = self.base_dir.join(name);
+        let qcow2 = match fmt.as_deref() {
+            Some("qcow2") => true,
+            Some(_) => false,
+            None => is_qcow2(&path),
+        };
+        if !qcow2 {
+            if let Err(s) = self.open(name, Some(fmt.as_deref().unwrap_or("raw")), true) {
+                return s;
+            }
+            self.error("This image format does not support checks");
+            return 63;
+        }
+        let file = match std::fs::OpenOptions::new()
+            .read(true)
+            .write(fix != 0)
+            .open(&path)
+        {
+            Ok(f) => f,
+            Err(e) => {
+                self.error(&format!(
+                    "Could not open '{name}': Could not open '{name}': {}",
+                    strerror(e.raw_os_error().unwrap_or(libc::EIO))
+                ));
+                return 1;
+            }
+        };
+        let mut img = match Image::open(file, fix != 0) {
+            Ok(i) => i,
+            Err(msg) => {
+                self.error(&format!("Could not open '{name}': {msg}"));
+                return 1;
+            }
+        };
+        let say = |text: &str| {
+            if !quiet {
+                self.console.out(text);
+            }
+        };
+        let (mut result, mut ret) = img.check(fix);
+        self.flush_log(&mut img);
+        if ret.is_ok() && fix != 0 && result.check_errors == 0 && result.corruptions == 0 {
+            let _ = img.mark_clean();
+        }
+        if ret.is_ok() && (result.corruptions_fixed != 0 || result.leaks_fixed != 0) {
+            say(&format!(
+                "The following inconsistencies were found and repaired:\n\n    {} leaked clusters\n    {} corruptions\n\nDouble checking the fixed image now...\n",
+                result.leaks_fixed, result.corruptions_fixed
+            ));
+            let (again, r) = img.check(0);
+            self.flush_log(&mut img);
+            result = CheckResult {
+                leaks_fixed: result.leaks_fixed,
+                corruptions_fixed: result.corruptions_fixed,
+                ..again
+            };
+            ret = r;
+        }
+        if ret.is_ok() {
+            say(&human_report(&result));
+        }
+        if let Err(e) = ret {
+            self.error(&format!("Check failed: {}", strerror(e)));
+            return 1;
+        }
+        if result.check_errors != 0 {
+            self.error("Check failed");
+            return 1;
+        }
+        if result.corruptions != 0 {
+            2
+        } else if result.leaks != 0 {
+            3
+        } else {
+            0
+        }
+    }
+
+    fn flush_log(&self, img: &mut Image) {
+        for line in img.take_log() {
+            self.console.err(&format!("{line}\n"));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_blocks() {
+        let clean = CheckResult {
+            image_end_offset: 262144,
+            ..CheckResult::default()
+        };
+        assert_eq!(
+            human_report(&clean),
+            "No errors were found on the image.\nImage end offset: 262144\n"
+        );
+        let bad = CheckResult {
+            corruptions: 3,
+            leaks: 1,
+            total_clusters: 1024,
+            allocated_clusters: 5,
+            fragmented_clusters: 1,
+            compressed_clusters: 1,
+            image_end_offset: 655360,
+            ..CheckResult::default()
+        };
+        assert_eq!(
+            human_report(&bad),
+            "\n3 errors were found on the image.\nData may be corrupted, or further writes to the image may corrupt it.\n\n1 leaked clusters were found on the image.\nThis means waste of disk space, but no harm to data.\n5/1024 = 0.49% allocated, 20.00% fragmented, 20.00% compressed clusters\nImage end offset: 655360\n"
+        );
+    }
+}

@@ -1,0 +1,201 @@
+//! The qcow2 parts of `qemu-img info`: the header fields it shows, the snapshot list and the
+//! `Format specific information:` block (`ImageInfoSpecificQCow2`).
+
+use super::layout::*;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+
+/// One snapshot table entry as `info` lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotInfo {
+    pub id: String,
+    pub name: String,
+    pub date_sec: u32,
+    pub date_nsec: u32,
+    pub vm_clock_nsec: u64,
+    pub vm_state_size: u64,
+    pub icount: Option<u64>,
+}
+
+/// Reads up to `nb` snapshot entries (bounded by the file; a short table yields what was read).
+pub fn snapshots(file: &File, h: &Header) -> Vec<SnapshotInfo> {
+    let mut out = Vec::new();
+    let mut off = h.snapshots_offset;
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    for _ in 0..h.nb_snapshots.min(65536) {
+        off = off.div_ceil(8) * 8;
+        let mut hd = [0u8; 40];
+        if off >= len || file.read_exact_at(&mut hd, off).is_err() {
+            break;
+        }
+        let id_len = u64::from(be16(&hd, 12));
+        let name_len = u64::from(be16(&hd, 14));
+        let extra_len = u64::from(be32(&hd, 36)).min(1024);
+        let mut extra = vec![0u8; extra_len as usize];
+        let _ = file.read_exact_at(&mut extra, off + 40);
+        let mut vm_state_size = u64::from(be32(&hd, 32));
+        if extra_len >= 8 {
+            vm_state_size = be64(&extra, 0);
+        }
+        let icount = (extra_len >= 24)
+            .then(|| be64(&extra, 16))
+            .filter(|v| *v != u64::MAX);
+        off += 40 + extra_len;
+        let mut id = vec![0u8; id_len as usize];
+        let _ = file.read_exact_at(&mut id, off);
+        off += id_len;
+        let mut name = vec![0u8; name_len as usize];
+        let _ = file.read_exact_at(&mut name, off);
+        off += name_len;
+        out.push(SnapshotInfo {
+            id: String::from_utf8_lossy(&id).into_owned(),
+            name: String::from_utf8_lossy(&name).into_owned(),
+            date_sec: be32(&hd, 16),
+            date_nsec: be32(&hd, 20),
+            vm_clock_nsec: be64(&hd, 24),
+            vm_state_size,
+            icount,
+        });
+    }
+    out
+}
+
+/// `Format specific information:` lines (indented by four spaces, each ending in a newline).
+pub fn format_specific(h: &Header) -> String {
+    let mut s = String::new();
+    let compat = if h.version >= 3 { "1.1" } else { "0.10" };
+    s.push_str(&format!("    compat: {compat}\n"));
+    let ct = if h.compression_type == 1 {
+        "zstd"
+    } else {
+        "zlib"
+    };
+    s.push_str(&format!("    compression type: {ct}\n"));
+    if h.version >= 3 {
+        s.push_str(&format!("    lazy refcounts: {}\n", h.lazy_refcounts()));
+    }
+    s.push_str(&format!(
+        "    refcount bits: {}\n",
+        1u64 << h.refcount_order
+    ));
+    if h.version >= 3 {
+        s.push_str(&format!(
+            "    corrupt: {}\n",
+            h.incompatible_features & INCOMPAT_CORRUPT != 0
+        ));
+        s.push_str(&format!("    extended l2: {}\n", h.extended_l2()));
+    }
+    s
+}
+
+/// `bdrv_snapshot_dump` for one entry (no newline), times in the local time zone.
+pub fn snapshot_line(sn: &SnapshotInfo) -> String {
+    let date = local_date(i64::from(sn.date_sec));
+    let secs = sn.vm_clock_nsec / 1_000_000_000;
+    let clock = format!(
+        "{:04}:{:02}:{:02}.{:03}",
+        secs / 3600,
+        (secs / 60) % 60,
+        secs % 60,
+        (sn.vm_clock_nsec / 1_000_000) % 1000
+    );
+    let icount = sn.icount.map(|v| v.to_string()).unwrap_or_default();
+    format!(
+        "{:<7} {:<16} {:>8} {:>19} {:>15} {:>10}",
+        sn.id,
+        sn.name,
+        size_to_str(sn.vm_state_size),
+        date,
+        clock,
+        icount
+    )
+}
+
+pub const SNAPSHOT_HEADER: &str =
+    "ID      TAG               VM_SIZE                DATE        VM_CLOCK     ICOUNT";
+
+fn local_date(t: i64) -> String {
+    // SAFETY: localtime_r writes into the tm we own; strftime stays within the buffer size.
+    unsafe {
+        let tt: libc::time_t = t as libc::time_t;
+        let mut tm: libc::tm = std::mem::zeroed();
+        if libc::localtime_r(&tt, &mut tm).is_null() {
+            return String::new();
+        }
+        let mut buf = [0u8; 64];
+        let fmt = c"%Y-%m-%d %H:%M:%S";
+        let n = libc::strftime(buf.as_mut_ptr().cast(), buf.len(), fmt.as_ptr(), &tm);
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+}
+
+/// QEMU's `size_to_str`: three significant digits and a binary unit (`64 MiB`, `0.977 MiB`,
+/// `588 KiB`, `0 B`).
+pub fn size_to_str(val: u64) -> String {
+    const SUFFIXES: [&str; 7] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    let x = val as f64 / (1000.0 / 1024.0);
+    // frexp exponent: x = m * 2^e with 0.5 <= m < 1.
+    let e = if x == 0.0 {
+        0
+    } else {
+        x.log2().floor() as i32 + 1
+    };
+    let i = ((e - 1).max(0) / 10) as usize;
+    let div = (1u64 << (i * 10)) as f64;
+    format!("{} {}", c_g3(val as f64 / div), SUFFIXES[i.min(6)])
+}
+
+/// C's `%0.3g`.
+fn c_g3(v: f64) -> String {
+    if v == 0.0 {
+        return "0".into();
+    }
+    let sci = format!("{v:.2e}");
+    let (_, exp) = sci.split_once('e').unwrap_or(("", "0"));
+    let exp: i32 = exp.parse().unwrap_or(0);
+    if !(-4..3).contains(&exp) {
+        let (m, _) = sci.split_once('e').unwrap_or(("0", ""));
+        let m = m.trim_end_matches('0').trim_end_matches('.');
+        return format!("{m}e{}{:02}", if exp < 0 { '-' } else { '+' }, exp.abs());
+    }
+    let decimals = (2 - exp).max(0) as usize;
+    let s = format!("{v:.decimals$}");
+    if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_like_qemu() {
+        assert_eq!(size_to_str(0), "0 B");
+        assert_eq!(size_to_str(64 << 20), "64 MiB");
+        assert_eq!(size_to_str(1_024_000), "0.977 MiB");
+        assert_eq!(size_to_str(588 * 1024), "588 KiB");
+        assert_eq!(size_to_str(197120), "192 KiB");
+        assert_eq!(size_to_str(1 << 40), "1 TiB");
+        assert_eq!(size_to_str(512), "512 B");
+        assert_eq!(size_to_str(1000), "0.977 KiB");
+    }
+
+    #[test]
+    fn format_specific_v2_and_v3() {
+        let mut h = Header {
+            version: 2,
+            refcount_order: 4,
+            ..Header::default()
+        };
+        assert_eq!(
+            format_specific(&h),
+            "    compat: 0.10\n    compression type: zlib\n    refcount bits: 16\n"
+        );
+        h.version = 3;
+        h.compatible_features = 1;
+        assert!(format_specific(&h).contains("    lazy refcounts: true\n"));
+    }
+}
