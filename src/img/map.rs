@@ -40,12 +40,12 @@ impl Img<'_> {
                 if st.pnum == 0 {
                     break;
                 }
-                let flags = st.flags & (status::DATA | status::ZERO);
+                let flags = st.flags & (status::DATA | status::ZERO | status::OFFSET_VALID);
                 match out.last_mut() {
                     Some(last)
                         if last.2 == flags
                             && last.0 + last.1 == offset
-                            && last.3 + last.1 == st.map =>
+                            && (flags & status::OFFSET_VALID == 0 || last.3 + last.1 == st.map) =>
                     {
                         last.1 += st.pnum
                     }
@@ -66,8 +66,13 @@ impl Img<'_> {
             let rows: Vec<String> = extents
                 .iter()
                 .map(|(start, len, flags, map)| {
+                    let offset = if flags & status::OFFSET_VALID != 0 {
+                        format!(", \"offset\": {map}")
+                    } else {
+                        String::new()
+                    };
                     format!(
-                        "{{ \"start\": {start}, \"length\": {len}, \"depth\": 0, \"present\": true, \"zero\": {}, \"data\": {}, \"compressed\": false, \"offset\": {map}}}",
+                        "{{ \"start\": {start}, \"length\": {len}, \"depth\": 0, \"present\": true, \"zero\": {}, \"data\": {}, \"compressed\": false{offset}}}",
                         flags & status::ZERO != 0,
                         flags & status::DATA != 0
                     )
@@ -80,7 +85,13 @@ impl Img<'_> {
                 "Offset", "Length", "Mapped to", "File"
             ));
             for (start, len, flags, map) in extents {
-                if flags & status::DATA != 0 {
+                // dump_map_entry: data without a host offset (compressed, encrypted, external)
+                // cannot be shown; zero extents are not listed.
+                if flags & status::DATA != 0 && flags & status::OFFSET_VALID == 0 {
+                    self.error("File contains external, encrypted or compressed clusters.");
+                    return 1;
+                }
+                if flags & status::DATA != 0 && flags & status::ZERO == 0 {
                     self.console.out(&format!(
                         "{:<16}{:<16}{:<16}{name}\n",
                         hex(start),
