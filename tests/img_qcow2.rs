@@ -1,0 +1,602 @@
+//! Differential tests of `blockfault img` against the real qemu-img 10.0.2 for qcow2: create
+//! (bytes of the image, the Formatting line, errors), check (reports, stderr lines, exit codes,
+//! repaired images), info, and hostile headers. Skipped, saying so, without qemu-img.
+
+use blockfault::output::{Sink, Stream};
+use std::cell::RefCell;
+use std::path::Path;
+use std::process::Command;
+use std::rc::Rc;
+
+#[derive(Default)]
+struct Split {
+    out: String,
+    err: String,
+}
+
+impl Sink for Split {
+    fn write(&mut self, stream: Stream, text: &str) {
+        match stream {
+            Stream::Stdout => self.out.push_str(text),
+            Stream::Stderr => self.err.push_str(text),
+        }
+    }
+}
+
+type Outcome = (String, String, i32);
+
+fn ours(args: &[&str], dir: &Path) -> Outcome {
+    let sink = Rc::new(RefCell::new(Split::default()));
+    let argv: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let rc = blockfault::img::run(&argv, dir, sink.clone());
+    let s = sink.borrow();
+    (s.out.clone(), s.err.clone(), rc)
+}
+
+fn tool(prog: &str, args: &[&str], dir: &Path) -> Outcome {
+    let o = Command::new(prog)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run tool");
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+        o.status.code().unwrap_or(-1),
+    )
+}
+
+fn have_qemu() -> bool {
+    let ok = ["qemu-img", "qemu-io"].iter().all(|p| {
+        Command::new(p)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    if !ok {
+        eprintln!("skipped: qemu-img/qemu-io 10.0.2 not installed (apt-get install qemu-utils)");
+    }
+    ok
+}
+
+fn poke(path: &Path, offset: u64, width: usize, value: u64) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    let bytes = value.to_be_bytes();
+    f.write_all_at(&bytes[8 - width..], offset).unwrap();
+}
+
+/// Runs `qemu-img create -f qcow2 ARGS` and ours on the same name; outputs, status, and the image
+/// bytes (or its absence) must be identical.
+fn create_case(dir: &Path, args: &[&str]) -> Option<String> {
+    let img = dir.join("q.img");
+    let mut full = vec!["create", "-f", "qcow2"];
+    full.extend_from_slice(args);
+    let _ = std::fs::remove_file(&img);
+    let theirs = tool("qemu-img", &full, dir);
+    let their_img = std::fs::read(&img).ok();
+    let _ = std::fs::remove_file(&img);
+    let mine = ours(&full, dir);
+    let my_img = std::fs::read(&img).ok();
+    let _ = std::fs::remove_file(&img);
+    if theirs != mine {
+        return Some(format!("{args:?}: qemu-img {theirs:?}\n  ours {mine:?}"));
+    }
+    if their_img != my_img {
+        return Some(format!(
+            "{args:?}: images differ (lengths {:?} / {:?})",
+            their_img.map(|v| v.len()),
+            my_img.map(|v| v.len())
+        ));
+    }
+    None
+}
+
+fn assert_all(failures: Vec<String>, total: usize) {
+    assert!(
+        failures.is_empty(),
+        "{} of {total} cases differ:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn create_geometry_matrix_is_byte_identical() {
+    if !have_qemu() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut failures = Vec::new();
+    let mut total = 0;
+    for cs in ["512", "1024", "4096", "65536", "2M"] {
+        for rb in ["1", "4", "16", "64"] {
+            for size in ["0", "1M", "1G", "100G"] {
+                // 512-byte clusters at 100G take seconds in QEMU too: one width is enough.
+                if cs == "512" && size == "100G" && rb != "16" {
+                    continue;
+                }
+                let o = format!("cluster_size={cs},refcount_bits={rb}");
+                total += 1;
+                failures.extend(create_case(dir.path(), &["-o", &o, "q.img", size]));
+            }
+        }
+    }
+    // Several TB, and L1/refcount-table growth limits.
+    for (o, size) in [
+        ("cluster_size=2M", "4P"),
+        ("cluster_size=2M", "4E"),
+        ("cluster_size=512", "128G"),
+        ("cluster_size=512", "129G"),
+        ("cluster_size=512,refcount_bits=64", "16G"),
+        ("cluster_size=65536", "8T"),
+    ] {
+        total += 1;
+        failures.extend(create_case(dir.path(), &["-o", o, "q.img", size]));
+    }
+    assert_all(failures, total);
+}
+
+#[test]
+fn create_options_and_errors_match() {
+    if !have_qemu() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    assert_eq!(
+        tool(
+            "qemu-img",
+            &["create", "-q", "-f", "raw", "base.raw", "5M"],
+            d
+        )
+        .2,
+        0
+    );
+    assert_eq!(
+        tool(
+            "qemu-img",
+            &["create", "-q", "-f", "qcow2", "base.qcow2", "7M"],
+            d
+        )
+        .2,
+        0
+    );
+    let cases: &[&[&str]] = &[
+        &["q.img", "64M"],
+        &["-q", "q.img", "64M"],
+        &["-o", "compat=0.10", "q.img", "64M"],
+        &["-o", "compat=v2", "q.img", "1G"],
+        &["-o", "compat=1.1,lazy_refcounts=on", "q.img", "64M"],
+        &["-o", "compat=0.10,lazy_refcounts=on", "q.img", "64M"],
+        &["-o", "compat=0.10,refcount_bits=8", "q.img", "64M"],
+        &["-o", "extended_l2=on", "q.img", "64M"],
+        &["-o", "extended_l2=on,cluster_size=4k", "q.img", "64M"],
+        &["-o", "compression_type=zstd", "q.img", "64M"],
+        &["-o", "compression_type=foo", "q.img", "64M"],
+        &["-o", "preallocation=off,nocow=on", "q.img", "64M"],
+        &["-o", "preallocation=bogus", "q.img", "64M"],
+        &["-o", "compat=9", "q.img", "64M"],
+        &["-o", "x=1", "q.img", "64M"],
+        &["-o", "cluster_size=1000", "q.img", "64M"],
+        &["-o", "cluster_size=abc", "q.img", "64M"],
+        &["-o", "refcount_bits=3", "q.img", "64M"],
+        &[
+            "-o",
+            "refcount_bits=0x10,lazy_refcounts=yes",
+            "q.img",
+            "64M",
+        ],
+        &["-o", "lazy_refcounts=maybe", "q.img", "64M"],
+        &["-o", "nolazy_refcounts", "q.img", "64M"],
+        &["-o", "size=1G", "q.img", "1M"],
+        &["-o", "size=1.5k", "q.img"],
+        &["-o", "size=20E", "q.img"],
+        &[
+            "-o",
+            "cluster_size=4k",
+            "-o",
+            "cluster_size=8k",
+            "q.img",
+            "1M",
+        ],
+        &["-o", ",,", "q.img", "1M"],
+        &["q.img", "1000"],
+        &["q.img", "9E"],
+        &["q.img", "10E"],
+        &["q.img", "1Q"],
+        &["q.img", "9223372036854775296"],
+        &["q.img", "1M", "2M"],
+        &["q.img"],
+        &[],
+        &["-b", "base.raw", "-F", "raw", "q.img"],
+        &["-b", "base.qcow2", "-F", "qcow2", "q.img"],
+        &[
+            "-b",
+            "base.qcow2",
+            "-F",
+            "qcow2",
+            "-o",
+            "cluster_size=512",
+            "q.img",
+            "1G",
+        ],
+        &[
+            "-b",
+            "base.qcow2",
+            "-F",
+            "qcow2",
+            "-o",
+            "compat=0.10",
+            "q.img",
+        ],
+        &["-b", "base.raw", "q.img"],
+        &["-b", "base.raw", "-F", "qcow2", "q.img"],
+        &["-b", "nonexist", "-F", "raw", "q.img"],
+        &["-u", "-b", "nonexist", "-F", "raw", "q.img", "1M"],
+        &["-u", "-b", "nonexist", "q.img", "1M"],
+        &["-u", "-b", "nonexist", "-F", "raw", "q.img"],
+        &["-b", "q.img", "-F", "raw", "q.img"],
+        &["-F", "raw", "q.img", "1M"],
+        &["-b", "base.qcow2", "-F", "foo", "q.img"],
+        &["-u", "-b", "base.qcow2", "-F", "foo", "q.img", "1M"],
+        &[
+            "-u",
+            "-o",
+            "cluster_size=512",
+            "-b",
+            &"x".repeat(400),
+            "-F",
+            "raw",
+            "q.img",
+            "1M",
+        ],
+    ];
+    let mut failures = Vec::new();
+    for c in cases {
+        failures.extend(create_case(d, c));
+    }
+    // A failing create deletes a file that was there before, as QEMU does.
+    std::fs::write(d.join("q.img"), b"old").unwrap();
+    let r = ours(
+        &[
+            "create",
+            "-f",
+            "qcow2",
+            "-o",
+            "compat=0.10,refcount_bits=8",
+            "q.img",
+            "1M",
+        ],
+        d,
+    );
+    assert_eq!(r.2, 1);
+    assert!(!d.join("q.img").exists());
+    assert_all(failures, cases.len());
+}
+
+/// qemu-img check and ours on copies of `img` (with `args`); also compares the images after.
+fn check_case(dir: &Path, img: &str, args: &[&str]) -> Option<String> {
+    let (a, b) = (format!("q-{img}"), format!("b-{img}"));
+    std::fs::copy(dir.join(img), dir.join(&a)).unwrap();
+    std::fs::copy(dir.join(img), dir.join(&b)).unwrap();
+    let mut qa = vec!["check"];
+    qa.extend_from_slice(args);
+    let mut ba = qa.clone();
+    qa.push(&a);
+    ba.push(&b);
+    let (o1, e1, r1) = tool("qemu-img", &qa, dir);
+    let (o2, e2, r2) = ours(&ba, dir);
+    let theirs = (o1.replace(&a, "IMG"), e1.replace(&a, "IMG"), r1);
+    let mine = (o2.replace(&b, "IMG"), e2.replace(&b, "IMG"), r2);
+    let same_img = std::fs::read(dir.join(&a)).unwrap() == std::fs::read(dir.join(&b)).unwrap();
+    if theirs != mine {
+        return Some(format!(
+            "{img} {args:?}:\n  qemu-img {theirs:?}\n  ours     {mine:?}"
+        ));
+    }
+    if !same_img {
+        return Some(format!("{img} {args:?}: repaired images differ"));
+    }
+    None
+}
+
+#[test]
+fn check_reports_and_repairs_match() {
+    if !have_qemu() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let q = |args: &[&str]| assert_eq!(tool("qemu-img", args, d).2, 0, "{args:?}");
+    q(&["create", "-q", "-f", "qcow2", "d.qcow2", "64M"]);
+    let io = tool(
+        "qemu-io",
+        &[
+            "-c",
+            "write -P 1 0 200k",
+            "-c",
+            "write -c 1M 64k",
+            "-c",
+            "write -z 2M 64k",
+            "-c",
+            "write 3M 512",
+            "d.qcow2",
+        ],
+        d,
+    );
+    assert_eq!(io.2, 0, "{io:?}");
+    // d.qcow2: header 0, reftable 0x10000, refblock 0x20000, L1 0x30000, L2 0x40000, data 0x50000..
+    let variants: &[&[(u64, usize, u64)]] = &[
+        &[],
+        &[(0x40000, 8, 0)],                     // data cluster leaked
+        &[(0x2000a, 2, 0)],                     // referenced cluster with refcount 0 (rebuild)
+        &[(0x2000a, 2, 2)],                     // refcount 2: leak + OFLAG_COPIED
+        &[(0x20008, 2, 2)],                     // L2 refcount 2
+        &[(0x40000, 8, 0x50000)],               // COPIED missing
+        &[(0x30000, 8, 0x8000_0000_00f0_0000)], // L2 table past EOF
+        &[(0x40000, 8, 0x8100_0000_0005_0000)], // reserved bits in an L2 entry
+        &[(0x10000, 8, 0x20001)],               // reserved bits in a reftable entry
+        &[(0x10000, 8, 0x20200)],               // unaligned refcount block
+        &[(0x40000, 8, 0x8000_0000_0005_0200)], // unaligned data cluster
+        &[(0x20100, 2, 1)],                     // refcount past EOF: no leak
+        &[(0x40000, 8, 0x8000_0000_0100_0000)], // data past EOF
+        &[(0x30000, 8, 0x8000_0000_0004_0200)], // unaligned L2 table
+        &[(0x10008, 8, 0x700_0000)],            // refcount block outside the image
+        &[(0x2000c, 2, 0xffff)],                // maximal refcount
+        &[(0x20000, 2, 0)],                     // header refcount 0
+        &[(0x20006, 2, 0), (0x2000a, 2, 0), (0x2000c, 2, 0)],
+    ];
+    let mut failures = Vec::new();
+    let mut total = 0;
+    for (i, pokes) in variants.iter().enumerate() {
+        let name = format!("v{i}.qcow2");
+        std::fs::copy(d.join("d.qcow2"), d.join(&name)).unwrap();
+        for &(off, w, v) in pokes.iter() {
+            poke(&d.join(&name), off, w, v);
+        }
+        for args in [&[][..], &["-r", "leaks"], &["-r", "all"], &["-q"]] {
+            total += 1;
+            failures.extend(check_case(d, &name, args));
+        }
+    }
+    // Other geometries, snapshots, v2.
+    q(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        "cluster_size=512,refcount_bits=4",
+        "e.qcow2",
+        "1G",
+    ]);
+    tool(
+        "qemu-io",
+        &["-c", "write 0 300k", "-c", "write -c 500M 1k", "e.qcow2"],
+        d,
+    );
+    std::fs::copy(d.join("d.qcow2"), d.join("s.qcow2")).unwrap();
+    q(&["snapshot", "-c", "s1", "s.qcow2"]);
+    tool("qemu-io", &["-c", "write -P 2 0 64k", "s.qcow2"], d);
+    q(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        "compat=0.10",
+        "v2.qcow2",
+        "1G",
+    ]);
+    tool(
+        "qemu-io",
+        &["-c", "write 0 1M", "-c", "write 100M 10k", "v2.qcow2"],
+        d,
+    );
+    for img in ["e.qcow2", "s.qcow2", "v2.qcow2"] {
+        for args in [&[][..], &["-r", "all"]] {
+            total += 1;
+            failures.extend(check_case(d, img, args));
+        }
+    }
+    std::fs::copy(d.join("e.qcow2"), d.join("e1.qcow2")).unwrap();
+    poke(&d.join("e1.qcow2"), 0x208, 8, 0);
+    for args in [&[][..], &["-r", "leaks"], &["-r", "all"]] {
+        total += 1;
+        failures.extend(check_case(d, "e1.qcow2", args));
+    }
+    for args in [&["-r", "foo"][..], &["-f", "raw"]] {
+        total += 1;
+        failures.extend(check_case(d, "d.qcow2", args));
+    }
+    assert_all(failures, total);
+}
+
+#[test]
+fn info_matches() {
+    if !have_qemu() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let q = |args: &[&str]| assert_eq!(tool("qemu-img", args, d).2, 0, "{args:?}");
+    q(&["create", "-q", "-f", "qcow2", "d.qcow2", "64M"]);
+    tool("qemu-io", &["-c", "write 0 200k", "d.qcow2"], d);
+    q(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        "compat=0.10",
+        "-b",
+        "d.qcow2",
+        "-F",
+        "qcow2",
+        "o.qcow2",
+    ]);
+    q(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        "lazy_refcounts=on,refcount_bits=1,extended_l2=on,compression_type=zstd",
+        "z.qcow2",
+        "1T",
+    ]);
+    std::fs::create_dir(d.join("sub")).unwrap();
+    q(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        "../d.qcow2",
+        "-F",
+        "qcow2",
+        "sub/x.qcow2",
+    ]);
+    q(&["create", "-q", "-f", "raw", "r.raw", "1000k"]);
+    std::fs::copy(d.join("d.qcow2"), d.join("dirty.qcow2")).unwrap();
+    poke(&d.join("dirty.qcow2"), 72, 8, 1);
+    let cases: &[&[&str]] = &[
+        &["d.qcow2"],
+        &["o.qcow2"],
+        &["--backing-chain", "o.qcow2"],
+        &["z.qcow2"],
+        &["sub/x.qcow2"],
+        &["--backing-chain", "sub/x.qcow2"],
+        &["dirty.qcow2"],
+        &["r.raw"],
+        &["-f", "qcow2", "r.raw"],
+        &["nonexist"],
+    ];
+    let mut failures = Vec::new();
+    for c in cases {
+        let mut a = vec!["info"];
+        a.extend_from_slice(c);
+        let (theirs, mine) = (tool("qemu-img", &a, d), ours(&a, d));
+        if theirs != mine {
+            failures.push(format!(
+                "{c:?}:\n  qemu-img {theirs:?}\n  ours     {mine:?}"
+            ));
+        }
+    }
+    assert_all(failures, cases.len());
+}
+
+#[test]
+fn hostile_headers_error_like_qemu_and_never_panic() {
+    if !have_qemu() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    assert_eq!(
+        tool(
+            "qemu-img",
+            &["create", "-q", "-f", "qcow2", "d.qcow2", "64M"],
+            d
+        )
+        .2,
+        0
+    );
+    tool("qemu-io", &["-c", "write 0 200k", "d.qcow2"], d);
+    let fields: &[(u64, usize, u64)] = &[
+        (4, 4, 4),
+        (20, 4, 8),
+        (20, 4, 30),
+        (36, 4, 0xffff_ffff),
+        (36, 4, 0x40_0000),
+        (40, 8, 0x123),
+        (48, 8, 0x123),
+        (56, 4, 0),
+        (56, 4, 0x10000),
+        (24, 8, u64::MAX),
+        (24, 8, 0x7fff_ffff_ffff_ff00),
+        (96, 4, 7),
+        (72, 8, 0x100),
+        (100, 4, 50),
+        (100, 4, 0x20000),
+        (40, 8, 0x7fff_0000_0000_0000),
+        (48, 8, 0x0fff_ffff_ffff_0000),
+    ];
+    let mut failures = Vec::new();
+    for (i, &(off, w, v)) in fields.iter().enumerate() {
+        let name = format!("h{i}.qcow2");
+        std::fs::copy(d.join("d.qcow2"), d.join(&name)).unwrap();
+        poke(&d.join(&name), off, w, v);
+        for cmd in ["check", "info"] {
+            let (theirs, mine) = (tool("qemu-img", &[cmd, &name], d), ours(&[cmd, &name], d));
+            if theirs != mine {
+                failures.push(format!(
+                    "{cmd} {off}={v:#x}:\n  qemu-img {theirs:?}\n  ours     {mine:?}"
+                ));
+            }
+        }
+    }
+    // Random header bytes: any answer but a panic (a panic fails the test).
+    let orig = std::fs::read(d.join("d.qcow2")).unwrap();
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    for _ in 0..300 {
+        let mut img = orig.clone();
+        for _ in 0..4 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let at = (seed % 0x210) as usize;
+            img[at] = (seed >> 32) as u8;
+        }
+        std::fs::write(d.join("m.qcow2"), &img).unwrap();
+        let _ = ours(&["check", "m.qcow2"], d);
+        let _ = ours(&["info", "m.qcow2"], d);
+    }
+    assert_all(failures, fields.len() * 2);
+}
+
+#[test]
+#[ignore = "needs the qcow2 driver"]
+fn map_matches_for_qcow2() {
+    if !have_qemu() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    tool(
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", "b.qcow2", "64M"],
+        d,
+    );
+    tool(
+        "qemu-io",
+        &[
+            "-c",
+            "write 0 200k",
+            "-c",
+            "write -c 1M 64k",
+            "-c",
+            "write -z 2M 64k",
+            "b.qcow2",
+        ],
+        d,
+    );
+    tool(
+        "qemu-img",
+        &[
+            "create", "-q", "-f", "qcow2", "-b", "b.qcow2", "-F", "qcow2", "t.qcow2",
+        ],
+        d,
+    );
+    tool("qemu-io", &["-c", "write 64k 64k", "t.qcow2"], d);
+    for args in [
+        &["map", "b.qcow2"][..],
+        &["map", "--output=json", "b.qcow2"],
+        &["map", "t.qcow2"],
+        &["map", "--output=json", "t.qcow2"],
+        &["compare", "b.qcow2", "t.qcow2"],
+    ] {
+        assert_eq!(tool("qemu-img", args, d), ours(args, d), "{args:?}");
+    }
+}
