@@ -631,18 +631,19 @@ pub fn block_status(
             }
         }
         let recurse = status::RECURSE | status::DATA | status::OFFSET_VALID;
-        if want_zero && r.flags & (recurse | status::ZERO) == recurse {
-            if let Some(file) = r.file.clone().filter(|f| !std::ptr::eq(&**f, node)) {
-                // Only extra information: errors are ignored.
-                if let Ok(f) = block_status(&file, want_zero, r.map, r.pnum).await {
-                    if f.flags & status::EOF != 0 && (f.pnum == 0 || f.flags & status::ZERO != 0) {
-                        // a format may read past the end of its file: that reads as zero
-                        r.flags |= status::ZERO;
-                    } else {
-                        r.pnum = f.pnum;
-                        r.flags |= f.flags & status::ZERO;
-                    }
-                }
+        let file = r.file.clone().filter(|f| !std::ptr::eq(&**f, node));
+        if want_zero
+            && r.flags & (recurse | status::ZERO) == recurse
+            && let Some(file) = file
+            // Only extra information: errors are ignored.
+            && let Ok(f) = block_status(&file, want_zero, r.map, r.pnum).await
+        {
+            if f.flags & status::EOF != 0 && (f.pnum == 0 || f.flags & status::ZERO != 0) {
+                // a format may read past the end of its file: that reads as zero
+                r.flags |= status::ZERO;
+            } else {
+                r.pnum = f.pnum;
+                r.flags |= f.flags & status::ZERO;
             }
         }
         if offset + r.pnum == total {

@@ -12,7 +12,7 @@ mod check;
 mod compare;
 mod create;
 mod info;
-mod json;
+pub mod json;
 mod map;
 pub mod qcow2;
 
@@ -45,6 +45,9 @@ pub fn run(args: &[String], base_dir: &Path, sink: SharedSink) -> i32 {
     };
     console.exited().unwrap_or(status)
 }
+
+/// Long options without a short form, as (name, argument).
+type LongOnly = Vec<(String, String)>;
 
 /// A subcommand's options (letter, argument) and its positional arguments.
 type ParsedArgs = (Vec<(char, String)>, Vec<String>);
@@ -87,7 +90,7 @@ impl Img<'_> {
         argv: &[String],
         optstring: &str,
         longs: &[(&str, char, bool)],
-    ) -> Result<(Vec<String>, Vec<(String, String)>), i32> {
+    ) -> Result<(Vec<String>, LongOnly), i32> {
         let cmd = &argv[0];
         let fail = |msg: String| {
             self.console.err(&format!(
