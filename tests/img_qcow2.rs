@@ -355,7 +355,15 @@ fn check_reports_and_repairs_match() {
         for &(off, w, v) in pokes.iter() {
             poke(&d.join(&name), off, w, v);
         }
-        for args in [&[][..], &["-r", "leaks"], &["-r", "all"], &["-q"]] {
+        for args in [
+            &[][..],
+            &["-r", "leaks"],
+            &["-r", "all"],
+            &["-q"],
+            &["--output=json"],
+            &["--output=json", "-r", "leaks"],
+            &["--output", "json", "-r", "all"],
+        ] {
             total += 1;
             failures.extend(check_case(d, &name, args));
         }
