@@ -72,6 +72,7 @@ pub mod status {
     pub const ALLOCATED: u32 = 0x10;
     pub const EOF: u32 = 0x20;
     pub const RECURSE: u32 = 0x40;
+    pub const COMPRESSED: u32 = 0x80;
 }
 
 /// What a driver reports for the start of a range.
@@ -82,6 +83,8 @@ pub struct BlockStatus {
     pub pnum: u64,
     /// host offset in `file`, when OFFSET_VALID
     pub map: u64,
+    /// the node `map` refers to (QEMU's `*file`); `None` with OFFSET_VALID means the queried
+    /// node itself (a protocol node reporting its own offsets)
     pub file: Option<Rc<Node>>,
 }
 
@@ -195,6 +198,24 @@ pub trait BlockDriver {
         Box::pin(async { Err("Image format driver does not support resize".to_string()) })
     }
     fn getlength(&self, node: &Node) -> IoResult<u64>;
+
+    /// Bytes the node takes on the host (QEMU's bdrv_co_get_allocated_file_size): protocol
+    /// drivers without their own answer have none, filters pass the question to their child,
+    /// formats sum their storage children.
+    fn allocated_file_size(&self, node: &Node) -> IoResult<u64> {
+        if self.protocol_name().is_some() {
+            Err(libc::ENOTSUP)
+        } else if self.is_filter() {
+            let c = node.file();
+            c.driver.allocated_file_size(c)
+        } else {
+            let mut sum = 0;
+            for c in node.children.iter().filter(|c| c.name != "backing") {
+                sum += c.node.driver.allocated_file_size(&c.node)?;
+            }
+            Ok(sum)
+        }
+    }
 
     /// Processes a blkdebug event; returns a future only when the request must suspend.
     fn debug_event(&self, _node: &Node, _event: Event) -> Option<BoxFut<'static, ()>> {

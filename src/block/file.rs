@@ -285,4 +285,12 @@ impl BlockDriver for FileDriver {
     fn getlength(&self, _node: &Node) -> IoResult<u64> {
         self.len()
     }
+
+    fn allocated_file_size(&self, _node: &Node) -> IoResult<u64> {
+        use std::os::unix::fs::MetadataExt;
+        self.file
+            .metadata()
+            .map(|m| m.blocks() * 512)
+            .map_err(|e| errno_of(&e))
+    }
 }

@@ -532,16 +532,33 @@ async fn flush_locked(node: &Node, current_gen: u64) -> IoResult {
     ret
 }
 
+/// A node's length as the block layer sees it (QEMU's bdrv_co_getlength): whole sectors.
+pub fn getlength(node: &Node) -> IoResult<u64> {
+    node.getlength().map(|l| align_up(l, 512))
+}
+
+/// The next node down a backing chain (QEMU's bdrv_filter_or_cow_bs): a filter's child or a
+/// format's backing file.
+pub fn filter_or_cow(node: &Node) -> Option<&Rc<Node>> {
+    if node.driver.is_filter() {
+        node.primary_child()
+    } else if node.driver.supports_backing() {
+        node.child("backing")
+    } else {
+        None
+    }
+}
+
 /// Block status of `[offset, offset+bytes)` on one node (QEMU's bdrv_co_block_status), following
-/// RAW answers down to the node that really knows.
+/// RAW answers down to the node that really knows, and RECURSE answers to the file for zeroes.
 pub fn block_status(
-    node: &Rc<Node>,
+    node: &Node,
     want_zero: bool,
     offset: u64,
     bytes: u64,
 ) -> super::driver::BoxFut<'_, IoResult<BlockStatus>> {
     Box::pin(async move {
-        let total = node.getlength()?;
+        let total = getlength(node)?;
         let mut st = BlockStatus {
             flags: 0,
             pnum: 0,
@@ -566,7 +583,6 @@ pub fn block_status(
             if node.driver.protocol_name().is_some() {
                 st.flags |= status::OFFSET_VALID;
                 st.map = offset;
-                st.file = Some(node.clone());
             }
             return Ok(st);
         }
@@ -592,6 +608,9 @@ pub fn block_status(
         if r.flags & status::RAW != 0 {
             let file = r.file.clone().expect("RAW status names the node to ask");
             let mut inner = block_status(&file, want_zero, r.map, r.pnum).await?;
+            if inner.flags & status::OFFSET_VALID != 0 && inner.file.is_none() {
+                inner.file = Some(file);
+            }
             if offset + inner.pnum == total {
                 inner.flags |= status::EOF;
             }
@@ -600,16 +619,31 @@ pub fn block_status(
         if r.flags & (status::DATA | status::ZERO) != 0 {
             r.flags |= status::ALLOCATED;
         } else if node.driver.supports_backing() {
-            // QEMU's bdrv_co_do_block_status: unallocated without a backing file (or past
-            // its end) reads as zero
+            // unallocated without a backing file (or past its end) reads as zero
             match node.child("backing") {
                 None => r.flags |= status::ZERO,
                 Some(b) if want_zero => {
-                    if b.getlength().is_ok_and(|len| offset >= len) {
+                    if getlength(b).is_ok_and(|len| offset >= len) {
                         r.flags |= status::ZERO;
                     }
                 }
                 Some(_) => {}
+            }
+        }
+        let recurse = status::RECURSE | status::DATA | status::OFFSET_VALID;
+        let file = r.file.clone().filter(|f| !std::ptr::eq(&**f, node));
+        if want_zero
+            && r.flags & (recurse | status::ZERO) == recurse
+            && let Some(file) = file
+            // Only extra information: errors are ignored.
+            && let Ok(f) = block_status(&file, want_zero, r.map, r.pnum).await
+        {
+            if f.flags & status::EOF != 0 && (f.pnum == 0 || f.flags & status::ZERO != 0) {
+                // a format may read past the end of its file: that reads as zero
+                r.flags |= status::ZERO;
+            } else {
+                r.pnum = f.pnum;
+                r.flags |= f.flags & status::ZERO;
             }
         }
         if offset + r.pnum == total {
@@ -619,9 +653,70 @@ pub fn block_status(
     })
 }
 
+/// Block status through the backing chain down to (not including) `base`, or to its end
+/// (QEMU's bdrv_co_common_block_status_above without include_base): the status and the
+/// depth of the layer that answered (1 = `node` itself).
+pub async fn block_status_above(
+    node: &Node,
+    base: Option<&Node>,
+    want_zero: bool,
+    offset: u64,
+    bytes: u64,
+) -> IoResult<(BlockStatus, u32)> {
+    let is_base = |n: &Node| base.is_some_and(|b| std::ptr::eq(b, n));
+    if is_base(node) {
+        let st = BlockStatus {
+            flags: 0,
+            pnum: bytes,
+            map: 0,
+            file: None,
+        };
+        return Ok((st, 0));
+    }
+    let mut st = block_status(node, want_zero, offset, bytes).await?;
+    let mut depth = 1;
+    if st.pnum == 0 || st.flags & status::ALLOCATED != 0 {
+        return Ok((st, depth));
+    }
+    let eof = (st.flags & status::EOF != 0).then_some(offset + st.pnum);
+    let mut bytes = st.pnum;
+    let mut p = filter_or_cow(node).cloned();
+    while let Some(layer) = p {
+        if is_base(&layer) {
+            break;
+        }
+        let mut s = block_status(&layer, want_zero, offset, bytes).await?;
+        depth += 1;
+        if s.flags & status::OFFSET_VALID != 0 && s.file.is_none() {
+            s.file = Some(layer.clone());
+        }
+        if s.pnum == 0 {
+            // a short layer: the zeroes past its end count as allocated here
+            st = BlockStatus {
+                flags: status::ZERO | status::ALLOCATED,
+                pnum: bytes,
+                map: s.map,
+                file: Some(layer.clone()),
+            };
+            break;
+        }
+        st = s;
+        if st.flags & status::ALLOCATED != 0 {
+            st.flags &= !status::EOF;
+            break;
+        }
+        bytes = st.pnum;
+        p = filter_or_cow(&layer).cloned();
+    }
+    if Some(offset + st.pnum) == eof {
+        st.flags |= status::EOF;
+    }
+    Ok((st, depth))
+}
+
 /// Whether `[offset, offset+bytes)` is allocated at this node (QEMU's bdrv_is_allocated): the
 /// answer and how many bytes share it.
-pub async fn is_allocated(node: &Rc<Node>, offset: u64, bytes: u64) -> IoResult<(bool, u64)> {
+pub async fn is_allocated(node: &Node, offset: u64, bytes: u64) -> IoResult<(bool, u64)> {
     let st = block_status(node, false, offset, bytes).await?;
     Ok((st.flags & status::ALLOCATED != 0, st.pnum))
 }

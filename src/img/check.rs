@@ -2,6 +2,7 @@
 //! formats have no check, as in QEMU.
 
 use super::Img;
+use super::json::{Json, dict, pretty};
 use super::qcow2::check::{CheckResult, FIX_ERRORS, FIX_LEAKS, Image};
 use super::qcow2::layout;
 use crate::errno::strerror;
@@ -49,6 +50,26 @@ pub fn human_report(c: &CheckResult) -> String {
     out
 }
 
+/// `dump_json_image_check`: QEMU's ImageCheck, members that are zero left out.
+pub fn json_report(c: &CheckResult, filename: &str, format: &str) -> String {
+    let opt = |v: u64| (v != 0).then_some(Json::Int(v as i64));
+    let v = dict(vec![
+        ("filename", Some(Json::Str(filename.to_string()))),
+        ("format", Some(Json::Str(format.to_string()))),
+        ("check-errors", Some(Json::Int(c.check_errors as i64))),
+        ("image-end-offset", opt(c.image_end_offset)),
+        ("corruptions", opt(c.corruptions)),
+        ("leaks", opt(c.leaks)),
+        ("corruptions-fixed", opt(c.corruptions_fixed)),
+        ("leaks-fixed", opt(c.leaks_fixed)),
+        ("total-clusters", opt(c.total_clusters)),
+        ("allocated-clusters", opt(c.allocated_clusters)),
+        ("fragmented-clusters", opt(c.fragmented_clusters)),
+        ("compressed-clusters", opt(c.compressed_clusters)),
+    ]);
+    format!("{}\n", pretty(&v))
+}
+
 /// Whether the file starts with the qcow2 magic (format probing).
 pub fn is_qcow2(path: &std::path::Path) -> bool {
     let mut m = [0u8; 4];
@@ -60,17 +81,23 @@ pub fn is_qcow2(path: &std::path::Path) -> bool {
 
 impl Img<'_> {
     pub(super) fn check(&self, argv: &[String]) -> i32 {
-        let mut args = Vec::new();
-        for a in argv {
-            match a.as_str() {
-                "--output=human" => {}
-                "--output=json" => {
-                    self.error("blockfault: --output=json is not supported for check");
-                    return 1;
-                }
-                _ => args.push(a.clone()),
-            }
-        }
+        const LONGS: &[(&str, char, bool)] = &[
+            ("help", 'h', false),
+            ("format", 'f', true),
+            ("repair", 'r', true),
+            ("output", '\0', true),
+            ("object", '\0', true),
+            ("image-opts", '\0', false),
+            ("force-share", 'U', false),
+        ];
+        let Ok((args, extra)) = self.long_opts(argv, "hf:r:T:qU", LONGS) else {
+            return 1;
+        };
+        let json = extra
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "output")
+            .is_some_and(|(_, v)| v == "json");
         let Ok((opts, pos)) = self.opts(&args, "hf:r:T:qU") else {
             return 1;
         };
@@ -145,10 +172,12 @@ impl Img<'_> {
             let _ = img.mark_clean();
         }
         if ret.is_ok() && (result.corruptions_fixed != 0 || result.leaks_fixed != 0) {
-            say(&format!(
-                "The following inconsistencies were found and repaired:\n\n    {} leaked clusters\n    {} corruptions\n\nDouble checking the fixed image now...\n",
-                result.leaks_fixed, result.corruptions_fixed
-            ));
+            if !json {
+                say(&format!(
+                    "The following inconsistencies were found and repaired:\n\n    {} leaked clusters\n    {} corruptions\n\nDouble checking the fixed image now...\n",
+                    result.leaks_fixed, result.corruptions_fixed
+                ));
+            }
             let (again, r) = img.check(0);
             self.flush_log(&mut img);
             result = CheckResult {
@@ -159,7 +188,11 @@ impl Img<'_> {
             ret = r;
         }
         if ret.is_ok() {
-            say(&human_report(&result));
+            if json {
+                say(&json_report(&result, name, "qcow2"));
+            } else {
+                say(&human_report(&result));
+            }
         }
         if let Err(e) = ret {
             self.error(&format!("Check failed: {}", strerror(e)));

@@ -39,10 +39,7 @@ impl Img<'_> {
             self.error("Expecting two image file names");
             return 1;
         }
-        let (a, b) = match (
-            self.open(&pos[0], f1.or(Some("raw")), true),
-            self.open(&pos[1], f2.or(Some("raw")), true),
-        ) {
+        let (a, b) = match (self.open(&pos[0], f1, true), self.open(&pos[1], f2, true)) {
             (Ok(a), Ok(b)) => (a, b),
             _ => return 2,
         };

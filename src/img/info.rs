@@ -4,26 +4,34 @@
 use super::Img;
 use super::check::is_qcow2;
 use super::create::backing_path;
-use super::qcow2::info::{SNAPSHOT_HEADER, format_specific, size_to_str, snapshot_line, snapshots};
+use super::json::{Json, dict, pretty};
+use super::qcow2::info::{
+    SNAPSHOT_HEADER, format_specific, format_specific_json, size_to_str, snapshot_line, snapshots,
+};
 use super::qcow2::layout::{INCOMPAT_DIRTY, read_header};
 use crate::errno::strerror;
 use std::os::unix::fs::MetadataExt;
 
 impl Img<'_> {
     pub(super) fn info(&self, argv: &[String]) -> i32 {
-        let mut chain = false;
-        let mut args = Vec::new();
-        for a in argv {
-            match a.as_str() {
-                "--backing-chain" => chain = true,
-                "--output=human" => {}
-                "--output=json" => {
-                    self.error("blockfault: --output=json is not supported for info");
-                    return 1;
-                }
-                _ => args.push(a.clone()),
-            }
-        }
+        const LONGS: &[(&str, char, bool)] = &[
+            ("help", 'h', false),
+            ("format", 'f', true),
+            ("output", '\0', true),
+            ("backing-chain", '\0', false),
+            ("object", '\0', true),
+            ("image-opts", '\0', false),
+            ("force-share", 'U', false),
+        ];
+        let Ok((args, extra)) = self.long_opts(argv, "f:hU", LONGS) else {
+            return 1;
+        };
+        let json = extra
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "output")
+            .is_some_and(|(_, v)| v == "json");
+        let chain = extra.iter().any(|(k, _)| k == "backing-chain");
         let Ok((opts, pos)) = self.opts(&args, "f:hU") else {
             return 1;
         };
@@ -37,11 +45,13 @@ impl Img<'_> {
             return 1;
         };
         let mut text = String::new();
+        let mut infos = Vec::new();
         let (mut name, mut fmt) = (name, fmt);
         loop {
             match self.describe(&name, fmt.as_deref()) {
-                Ok((block, backing)) => {
+                Ok((block, info, backing)) => {
                     text.push_str(&block);
+                    infos.push(info);
                     match backing {
                         Some((b, bfmt)) if chain => {
                             text.push('\n');
@@ -54,17 +64,26 @@ impl Img<'_> {
                 Err(()) => return 1,
             }
         }
+        if json {
+            let v = if chain {
+                Json::List(infos)
+            } else {
+                infos.swap_remove(0)
+            };
+            text = format!("{}\n", pretty(&v));
+        }
         self.console.out(&text);
         0
     }
 
-    /// One image's block of output and, for a chain, its backing image (path, format).
+    /// One image's block of human output, its JSON (BlockGraphInfo) and, for a chain, its
+    /// backing image (path, format).
     #[allow(clippy::type_complexity)]
     fn describe(
         &self,
         name: &str,
         fmt: Option<&str>,
-    ) -> Result<(String, Option<(String, Option<String>)>), ()> {
+    ) -> Result<(String, Json, Option<(String, Option<String>)>), ()> {
         let path = self.base_dir.join(name);
         let qcow2 = match fmt {
             Some(f) => f == "qcow2",
@@ -77,6 +96,27 @@ impl Img<'_> {
             .as_ref()
             .map(|m| m.len().div_ceil(512) * 512)
             .unwrap_or(0);
+        let child_json = Json::List(vec![dict(vec![
+            ("name", Some(Json::Str("file".into()))),
+            (
+                "info",
+                Some(dict(vec![
+                    ("filename", Some(Json::Str(name.to_string()))),
+                    ("format", Some(Json::Str("file".into()))),
+                    ("dirty-flag", Some(Json::Bool(false))),
+                    ("actual-size", Some(Json::Int(disk as i64))),
+                    ("virtual-size", Some(Json::Int(file_len as i64))),
+                    (
+                        "format-specific",
+                        Some(dict(vec![
+                            ("type", Some(Json::Str("file".into()))),
+                            ("data", Some(Json::Dict(vec![]))),
+                        ])),
+                    ),
+                    ("children", Some(Json::List(vec![]))),
+                ])),
+            ),
+        ])]);
         let child = format!(
             "Child node '/file':\n    filename: {name}\n    protocol type: file\n    file length: {} ({file_len} bytes)\n    disk size: {}\n",
             size_to_str(file_len),
@@ -87,7 +127,15 @@ impl Img<'_> {
             let node = self
                 .open(name, Some(fmt.unwrap_or("raw")), true)
                 .map_err(|_| ())?;
-            let len = node.getlength().unwrap_or(0);
+            let len = crate::block::io::getlength(&node).unwrap_or(0);
+            let info = dict(vec![
+                ("filename", Some(Json::Str(name.to_string()))),
+                ("format", Some(Json::Str(node.driver.format_name().into()))),
+                ("dirty-flag", Some(Json::Bool(false))),
+                ("actual-size", Some(Json::Int(disk as i64))),
+                ("virtual-size", Some(Json::Int(len as i64))),
+                ("children", Some(child_json)),
+            ]);
             return Ok((
                 format!(
                     "image: {name}\nfile format: {}\nvirtual size: {} ({len} bytes)\ndisk size: {}\n{child}",
@@ -95,6 +143,7 @@ impl Img<'_> {
                     size_to_str(len),
                     size_to_str(disk),
                 ),
+                info,
                 None,
             ));
         }
@@ -143,6 +192,61 @@ impl Img<'_> {
         s.push_str("Format specific information:\n");
         s.push_str(&format_specific(&h));
         s.push_str(&child);
-        Ok((s, backing))
+        let str_ = |v: &str| Some(Json::Str(v.to_string()));
+        let full_backing = h.backing_file.as_ref().map(|b| backing_path(name, b));
+        let snapshot_list = sns
+            .iter()
+            .map(|sn| {
+                dict(vec![
+                    ("id", str_(&sn.id)),
+                    ("name", str_(&sn.name)),
+                    ("vm-state-size", Some(Json::Int(sn.vm_state_size as i64))),
+                    ("date-sec", Some(Json::Int(i64::from(sn.date_sec)))),
+                    ("date-nsec", Some(Json::Int(i64::from(sn.date_nsec)))),
+                    (
+                        "vm-clock-sec",
+                        Some(Json::Int((sn.vm_clock_nsec / 1_000_000_000) as i64)),
+                    ),
+                    (
+                        "vm-clock-nsec",
+                        Some(Json::Int((sn.vm_clock_nsec % 1_000_000_000) as i64)),
+                    ),
+                    ("icount", sn.icount.map(|i| Json::Int(i as i64))),
+                ])
+            })
+            .collect::<Vec<_>>();
+        let info = dict(vec![
+            ("filename", str_(name)),
+            ("format", str_("qcow2")),
+            (
+                "dirty-flag",
+                Some(Json::Bool(h.incompatible_features & INCOMPAT_DIRTY != 0)),
+            ),
+            ("actual-size", Some(Json::Int(disk as i64))),
+            ("virtual-size", Some(Json::Int(h.size as i64))),
+            ("cluster-size", Some(Json::Int(h.cluster_size() as i64))),
+            ("backing-filename", h.backing_file.as_deref().and_then(str_)),
+            (
+                "full-backing-filename",
+                full_backing.as_deref().and_then(str_),
+            ),
+            (
+                "backing-filename-format",
+                h.backing_format.as_deref().and_then(str_),
+            ),
+            (
+                "snapshots",
+                (!snapshot_list.is_empty()).then_some(Json::List(snapshot_list)),
+            ),
+            (
+                "format-specific",
+                Some(dict(vec![
+                    ("type", str_("qcow2")),
+                    ("data", Some(format_specific_json(&h))),
+                ])),
+            ),
+            ("children", Some(child_json)),
+        ]);
+        Ok((s, info, backing))
     }
 }

@@ -12,6 +12,7 @@ mod check;
 mod compare;
 mod create;
 mod info;
+pub mod json;
 mod map;
 pub mod qcow2;
 
@@ -45,6 +46,9 @@ pub fn run(args: &[String], base_dir: &Path, sink: SharedSink) -> i32 {
     console.exited().unwrap_or(status)
 }
 
+/// Long options without a short form, as (name, argument).
+type LongOnly = Vec<(String, String)>;
+
 /// A subcommand's options (letter, argument) and its positional arguments.
 type ParsedArgs = (Vec<(char, String)>, Vec<String>);
 
@@ -75,6 +79,104 @@ impl Img<'_> {
             }
         }
         Ok((opts, g.positionals().to_vec()))
+    }
+
+    /// getopt_long's long options, before `opts` sees the short ones: each `(name, letter,
+    /// takes an argument)` with a letter becomes that short option; those with '\0' are
+    /// returned as (name, value). Unique prefixes are accepted, as getopt_long accepts them.
+    /// `--output` is checked here, as qemu-img checks it while parsing.
+    fn long_opts(
+        &self,
+        argv: &[String],
+        optstring: &str,
+        longs: &[(&str, char, bool)],
+    ) -> Result<(Vec<String>, LongOnly), i32> {
+        let cmd = &argv[0];
+        let fail = |msg: String| {
+            self.console.err(&format!(
+                "qemu-img {cmd}: {msg}\nTry 'qemu-img {cmd} --help' for more info\n"
+            ));
+            Err(1)
+        };
+        let mut out = vec![cmd.clone()];
+        let mut extra = Vec::new();
+        let mut i = 1;
+        while i < argv.len() {
+            let a = &argv[i];
+            i += 1;
+            if a == "--" {
+                out.extend_from_slice(&argv[i - 1..]);
+                break;
+            }
+            if let Some(body) = a.strip_prefix("--") {
+                let (key, val) = match body.split_once('=') {
+                    Some((k, v)) => (k, Some(v.to_string())),
+                    None => (body, None),
+                };
+                let exact = longs.iter().find(|l| l.0 == key);
+                let matches: Vec<_> = longs.iter().filter(|l| l.0.starts_with(key)).collect();
+                let opt = match (exact, matches.as_slice()) {
+                    (Some(l), _) => l,
+                    (None, [l]) => l,
+                    (None, []) => return fail(format!("unrecognized option '{a}'")),
+                    (None, many) => {
+                        let names: Vec<String> =
+                            many.iter().map(|l| format!("'--{}'", l.0)).collect();
+                        return fail(format!(
+                            "option '{a}' is ambiguous; possibilities: {}",
+                            names.join(" ")
+                        ));
+                    }
+                };
+                let value = if opt.2 {
+                    match val.or_else(|| {
+                        i += 1;
+                        argv.get(i - 1).cloned()
+                    }) {
+                        Some(v) => v,
+                        None => {
+                            return fail(format!("option '--{}' requires an argument", opt.0));
+                        }
+                    }
+                } else if val.is_some() {
+                    return fail(format!("option '--{}' doesn't allow an argument", opt.0));
+                } else {
+                    String::new()
+                };
+                if opt.0 == "output" && value != "human" && value != "json" {
+                    self.error(&format!("--output expects 'human' or 'json' not '{value}'"));
+                    self.console
+                        .err(&format!("Try 'qemu-img {cmd} --help' for more info\n"));
+                    return Err(1);
+                }
+                if opt.1 == '\0' {
+                    extra.push((opt.0.to_string(), value));
+                } else {
+                    out.push(format!("-{}", opt.1));
+                    if opt.2 {
+                        out.push(value);
+                    }
+                }
+                continue;
+            }
+            out.push(a.clone());
+            // a short option cluster whose last letter takes an argument swallows the next word
+            if let Some(cluster) = a.strip_prefix('-') {
+                for (k, c) in cluster.char_indices() {
+                    if let Some(p) = optstring.find(c)
+                        && c != ':'
+                        && optstring[p + 1..].starts_with(':')
+                    {
+                        if k + c.len_utf8() == cluster.len() && i < argv.len() {
+                            out.push(argv[i].clone());
+                            i += 1;
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+        Ok((out, extra))
     }
 
     fn open(&self, name: &str, format: Option<&str>, read_only: bool) -> Result<Rc<Node>, i32> {

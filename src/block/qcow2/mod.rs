@@ -39,6 +39,8 @@ pub struct Qcow2 {
     pub(crate) lock: CoMutex,
     pub(crate) console: Rc<Console>,
     pub(crate) read_only: bool,
+    /// QEMU's metadata_preallocation, decided at the first block-status query
+    pub(crate) metadata_prealloc: std::cell::Cell<Option<bool>>,
 }
 
 impl Qcow2 {

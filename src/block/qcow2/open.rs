@@ -449,6 +449,7 @@ fn open_inner(file: &Rc<Node>, opts: &mut Options, ctx: &OpenContext) -> Result<
         lock: CoMutex::default(),
         console: ctx.console.clone(),
         read_only,
+        metadata_prealloc: std::cell::Cell::new(None),
     };
     if update_header {
         // the header rewrite goes straight to the file: the node is not built yet

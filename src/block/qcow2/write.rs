@@ -114,67 +114,8 @@ impl Qcow2 {
         offset: u64,
         bytes: u64,
     ) -> IoResult<(u32, u64)> {
-        let (mut flags, mut pnum) = self.own_status(node, want_zero, offset, bytes).await?;
-        if flags & status::ALLOCATED != 0 || pnum == 0 {
-            return Ok((flags, pnum));
-        }
-        let eof = (flags & status::EOF != 0).then_some(offset + pnum);
-        let mut bytes = pnum;
-        let mut p = node.child("backing").cloned();
-        while let Some(b) = p {
-            let st = io::block_status(&b, want_zero, offset, bytes).await?;
-            flags = st.flags;
-            pnum = st.pnum;
-            if pnum == 0 {
-                pnum = bytes;
-                flags = status::ZERO | status::ALLOCATED;
-                break;
-            }
-            if flags & status::ALLOCATED != 0 {
-                flags &= !status::EOF;
-                break;
-            }
-            bytes = pnum;
-            p = b.child("backing").cloned();
-        }
-        if Some(offset + pnum) == eof {
-            flags |= status::EOF;
-        }
-        Ok((flags, pnum))
-    }
-
-    /// This layer's status, as the generic layer would report it for the qcow2 node.
-    async fn own_status(
-        &self,
-        node: &Node,
-        want_zero: bool,
-        offset: u64,
-        bytes: u64,
-    ) -> IoResult<(u32, u64)> {
-        let total = self.st.borrow().size;
-        if offset >= total {
-            return Ok((status::EOF, 0));
-        }
-        let bytes = bytes.min(total - offset);
-        let (mut flags, n, _) = self.driver_status(node, offset, bytes).await?;
-        if flags & (status::DATA | status::ZERO) != 0 {
-            flags |= status::ALLOCATED;
-        } else {
-            // the generic layer's rule for formats with backing files
-            match node.child("backing") {
-                None => flags |= status::ZERO,
-                Some(b) if want_zero => {
-                    if b.getlength().is_ok_and(|len| offset >= len) {
-                        flags |= status::ZERO;
-                    }
-                }
-                Some(_) => {}
-            }
-        }
-        if offset + n == total {
-            flags |= status::EOF;
-        }
-        Ok((flags, n))
+        let (st, _) = io::block_status_above(node, None, want_zero, offset, bytes).await?;
+        Ok((st.flags, st.pnum))
     }
 
     /// QEMU's qcow2_co_block_status: (flags, bytes, host offset).
@@ -186,6 +127,10 @@ impl Qcow2 {
     ) -> IoResult<(u32, u64, u64)> {
         self.check_alive()?;
         self.lock.lock().await;
+        if self.metadata_prealloc.get().is_none() {
+            let found = self.detect_metadata_preallocation(node).await;
+            self.metadata_prealloc.set(Some(found == Ok(true)));
+        }
         let r = self
             .get_host_offset(node, offset, bytes.min(i32::MAX as u64))
             .await;
@@ -200,7 +145,34 @@ impl Qcow2 {
         } else if ty != ClusterType::Unallocated {
             flags |= status::DATA;
         }
+        let data_at = status::DATA | status::OFFSET_VALID;
+        if self.metadata_prealloc.get() == Some(true) && flags & data_at == data_at {
+            flags |= status::RECURSE;
+        }
+        if ty == ClusterType::Compressed {
+            flags |= status::COMPRESSED;
+        }
         Ok((flags, n, host))
+    }
+
+    /// Whether the image looks metadata-preallocated (QEMU's
+    /// qcow2_detect_metadata_preallocation): more clusters in use than the file has blocks
+    /// for. Block status then asks the file whether data clusters read as zero.
+    async fn detect_metadata_preallocation(&self, node: &Node) -> IoResult<bool> {
+        let file = node.file();
+        let file_length = io::getlength(file)?;
+        let real_clusters = file.driver.allocated_file_size(file)? / self.st.borrow().cluster_size;
+        let threshold = (real_clusters * 10 / 9).max(real_clusters + 2);
+        let end_cluster = self.st.borrow().size_to_clusters(file_length);
+        let mut count = 0;
+        let mut i = 0;
+        while i < end_cluster && count < threshold {
+            if self.get_refcount(node, i).await? != 0 {
+                count += 1;
+            }
+            i += 1;
+        }
+        Ok(count >= threshold)
     }
 
     /// Whether a range reads as zero through the whole chain (QEMU's is_zero in qcow2.c).

@@ -88,6 +88,34 @@ pub fn format_specific(h: &Header) -> String {
     s
 }
 
+/// `ImageInfoSpecificQCow2` as JSON.
+pub fn format_specific_json(h: &Header) -> crate::img::json::Json {
+    use crate::img::json::{Json, dict};
+    let v3 = h.version >= 3;
+    let ct = if h.compression_type == 1 {
+        "zstd"
+    } else {
+        "zlib"
+    };
+    dict(vec![
+        (
+            "compat",
+            Some(Json::Str(if v3 { "1.1" } else { "0.10" }.into())),
+        ),
+        ("extended-l2", v3.then_some(Json::Bool(h.extended_l2()))),
+        (
+            "lazy-refcounts",
+            v3.then_some(Json::Bool(h.lazy_refcounts())),
+        ),
+        (
+            "corrupt",
+            v3.then_some(Json::Bool(h.incompatible_features & INCOMPAT_CORRUPT != 0)),
+        ),
+        ("refcount-bits", Some(Json::Int(1i64 << h.refcount_order))),
+        ("compression-type", Some(Json::Str(ct.into()))),
+    ])
+}
+
 /// `bdrv_snapshot_dump` for one entry (no newline), times in the local time zone.
 pub fn snapshot_line(sn: &SnapshotInfo) -> String {
     let date = local_date(i64::from(sn.date_sec));
