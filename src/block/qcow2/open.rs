@@ -416,6 +416,12 @@ fn open_inner(file: &Rc<Node>, opts: &mut Options, ctx: &OpenContext) -> Result<
             libc::EINVAL,
         ));
     }
+    if no_unref == Some(true) && h.version < 3 {
+        return Err((
+            "discard-no-unref is only supported since qcow2 version 3".into(),
+            libc::EINVAL,
+        ));
+    }
     let max_l2_cache = (h.size.div_ceil(cs) * 8).div_ceil(cs) * cs;
     let (l2_bytes, rc_bytes) = match (cache_size, l2_cache_size, rc_cache_size) {
         (Some(total), l2, rc) => {

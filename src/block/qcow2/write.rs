@@ -454,13 +454,18 @@ impl Qcow2 {
         Ok(nb)
     }
 
-    /// QEMU's qcow2_co_pdiscard: partial clusters are not discarded.
+    /// QEMU's qcow2_co_pdiscard: partial clusters are not discarded, and a v2 image with a
+    /// backing file discards nothing (without the zero flag the backing data would show).
+    /// Both refusals are `-ENOTSUP`, which the generic layer reports as success.
     pub async fn do_pdiscard(&self, node: &Node, offset: u64, bytes: u64) -> IoResult {
         self.check_alive()?;
-        let (cs, total) = {
+        let (cs, total, version) = {
             let st = self.st.borrow();
-            (st.cluster_size, st.size)
+            (st.cluster_size, st.size, st.hdr.version)
         };
+        if version < 3 && node.child("backing").is_some() {
+            return Err(libc::ENOTSUP);
+        }
         if !(offset | bytes).is_multiple_of(cs)
             && (!offset.is_multiple_of(cs) || offset + bytes != total)
         {
