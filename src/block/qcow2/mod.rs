@@ -8,6 +8,7 @@
 //! `open` (opening with QEMU's checks, repairing a dirty image), `check` (the refcount
 //! checker/repairer, shared with `qemu-img check`), `compress` (zlib).
 
+mod aio_task;
 pub mod cache;
 pub mod check;
 pub mod cluster;
