@@ -6,7 +6,8 @@
 //! `refcount` (cache I/O, refcounts, allocators), `cluster` (L1/L2 and write allocation),
 //! `write` (guest writes, zero writes, discard, compression), `read` (guest reads),
 //! `open` (opening with QEMU's checks, repairing a dirty image), `check` (the refcount
-//! checker/repairer, shared with `qemu-img check`), `compress` (zlib).
+//! checker/repairer, shared with `qemu-img check`), `aio_task` (the parallel chunk tasks of
+//! one write), `compress` (zlib).
 
 mod aio_task;
 pub mod cache;
