@@ -133,6 +133,8 @@ struct Case {
     image: &'static str,
     commands: &'static [&'static str],
     cache: &'static str,
+    /// how many event positions to probe at most
+    max_events: usize,
 }
 
 enum Engine {
@@ -144,7 +146,7 @@ fn trace(engine: &Engine, case: &Case, work: &Path, texts: &[String]) -> Vec<Opt
     let golden = work.join("golden");
     let mut seq = Vec::new();
     let mut silent = 0;
-    let k = 90;
+    let k = case.max_events;
     for probe in 1..=k {
         let dir = work.join(format!("p{probe}"));
         let _ = std::fs::remove_dir_all(&dir);
@@ -251,6 +253,7 @@ const CASES: &[Case] = &[
         image: "s.qcow2",
         commands: &["write -P 0xaa 0 4k", "read -P 0xaa 0 4k"],
         cache: "writethrough",
+        max_events: 90,
     },
     Case {
         name: "a2_full_cluster",
@@ -258,6 +261,7 @@ const CASES: &[Case] = &[
         image: "s.qcow2",
         commands: &["write 0 64k", "read 0 4k"],
         cache: "writethrough",
+        max_events: 90,
     },
     Case {
         name: "b_same_cluster",
@@ -265,6 +269,7 @@ const CASES: &[Case] = &[
         image: "s.qcow2",
         commands: &["write -P 0xbb 4k 4k", "read -P 0x11 0 4k"],
         cache: "writethrough",
+        max_events: 90,
     },
     Case {
         name: "c_new_cluster",
@@ -272,6 +277,7 @@ const CASES: &[Case] = &[
         image: "s.qcow2",
         commands: &["write -P 0xcc 64k 4k", "read -P 0x11 0 4k"],
         cache: "writethrough",
+        max_events: 90,
     },
     Case {
         name: "d_reads",
@@ -279,6 +285,7 @@ const CASES: &[Case] = &[
         image: "s.qcow2",
         commands: &["read 0 4k", "read 1M 4k", "read 0 128k", "write 0 4k"],
         cache: "writethrough",
+        max_events: 90,
     },
     Case {
         name: "e_writeback_flush",
@@ -286,6 +293,7 @@ const CASES: &[Case] = &[
         image: "s.qcow2",
         commands: &["write 64k 4k", "flush", "read -P 0x11 0 4k"],
         cache: "writeback",
+        max_events: 90,
     },
     Case {
         name: "e_writethrough_flush",
@@ -293,6 +301,7 @@ const CASES: &[Case] = &[
         image: "s.qcow2",
         commands: &["write 64k 4k", "flush", "read -P 0x11 0 4k"],
         cache: "writethrough",
+        max_events: 90,
     },
     Case {
         name: "g_backing_cow",
@@ -305,6 +314,7 @@ const CASES: &[Case] = &[
             "read -P 0xdd 4k 4k",
         ],
         cache: "writethrough",
+        max_events: 90,
     },
     Case {
         name: "h_zero_writes",
@@ -318,6 +328,7 @@ const CASES: &[Case] = &[
             "read 0 4k",
         ],
         cache: "writethrough",
+        max_events: 90,
     },
     Case {
         name: "h_zero_unmap",
@@ -325,6 +336,7 @@ const CASES: &[Case] = &[
         image: "s.qcow2",
         commands: &["write -z -u 0 64k", "write 0 4k"],
         cache: "writethrough",
+        max_events: 90,
     },
     Case {
         name: "h_discard",
@@ -332,6 +344,7 @@ const CASES: &[Case] = &[
         image: "s.qcow2",
         commands: &["discard 0 64k", "discard 0 4k", "write 128k 4k"],
         cache: "writethrough",
+        max_events: 90,
     },
     Case {
         name: "i_compressed",
@@ -344,6 +357,7 @@ const CASES: &[Case] = &[
             "read 64k 4k",
         ],
         cache: "writethrough",
+        max_events: 90,
     },
     Case {
         name: "j_lazy_refcounts",
@@ -351,6 +365,7 @@ const CASES: &[Case] = &[
         image: "s.qcow2",
         commands: &["write -P 0xaa 0 4k", "read 0 4k"],
         cache: "writethrough",
+        max_events: 90,
     },
     Case {
         name: "vmstate_l1_growth_1k",
@@ -358,6 +373,7 @@ const CASES: &[Case] = &[
         image: "s.qcow2",
         commands: &["write -b 0 64k", "read -b 0 4k"],
         cache: "writethrough",
+        max_events: 90,
     },
     Case {
         name: "write_128k_1k_clusters",
@@ -365,6 +381,7 @@ const CASES: &[Case] = &[
         image: "s.qcow2",
         commands: &["write 0 128k", "read 0 4k"],
         cache: "writethrough",
+        max_events: 90,
     },
     Case {
         name: "f1_refblock_alloc_512",
@@ -372,6 +389,45 @@ const CASES: &[Case] = &[
         image: "s.qcow2",
         commands: &["write 96k 32k", "read 0 4k"],
         cache: "writethrough",
+        max_events: 90,
+    },
+    // One guest write spanning 8 L2 slices: 8 chunks run as parallel aio tasks, their
+    // events interleave (the data writes of earlier chunks complete while later chunks
+    // allocate their L2 tables).
+    Case {
+        name: "parallel_write_1m_1k_clusters",
+        setup: "qemu-img create -q -f qcow2 -o cluster_size=1024 s.qcow2 1G",
+        image: "s.qcow2",
+        commands: &["write 0 1M", "read 0 4k"],
+        cache: "writethrough",
+        max_events: 400,
+    },
+    // The same write within one L2 slice: a single chunk, no task pool.
+    Case {
+        name: "parallel_write_1m_64k_clusters",
+        setup: BASE64K,
+        image: "s.qcow2",
+        commands: &["write 0 1M", "read 0 4k"],
+        cache: "writethrough",
+        max_events: 90,
+    },
+    // 026's l2_update case with -b: the vmstate write splits into 2 chunks (the existing
+    // cluster extended in place, then a new allocation) that run as parallel tasks.
+    Case {
+        name: "parallel_vmstate_write_128k_after_512",
+        setup: "qemu-img create -q -f qcow2 -o cluster_size=1024 s.qcow2 1G && qemu-io -f qcow2 -c 'write -b 0 512' s.qcow2 >/dev/null",
+        image: "s.qcow2",
+        commands: &["write -b 0 128k", "read -b 0 4k"],
+        cache: "writethrough",
+        max_events: 90,
+    },
+    Case {
+        name: "parallel_vmstate_write_128k_after_plain_512",
+        setup: "qemu-img create -q -f qcow2 -o cluster_size=1024 s.qcow2 1G && qemu-io -f qcow2 -c 'write 0 512' s.qcow2 >/dev/null",
+        image: "s.qcow2",
+        commands: &["write -b 0 128k", "read -b 0 4k"],
+        cache: "writethrough",
+        max_events: 120,
     },
 ];
 

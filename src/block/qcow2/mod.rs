@@ -5,9 +5,13 @@
 //! Files: `header` (cluster 0), `state` (in-memory state), `cache` (table caches),
 //! `refcount` (cache I/O, refcounts, allocators), `cluster` (L1/L2 and write allocation),
 //! `write` (guest writes, zero writes, discard, compression), `read` (guest reads),
-//! `open` (opening with QEMU's checks), `compress` (zlib).
+//! `open` (opening with QEMU's checks, repairing a dirty image), `check` (the refcount
+//! checker/repairer, shared with `qemu-img check`), `aio_task` (the parallel chunk tasks of
+//! one write), `compress` (zlib).
 
+mod aio_task;
 pub mod cache;
+pub mod check;
 pub mod cluster;
 pub mod compress;
 pub mod header;

@@ -4,11 +4,13 @@
 
 use super::Qcow2;
 use super::cache::Cache;
+use super::check::{CheckFile, Checker, FIX_ERRORS, FIX_LEAKS, Geometry};
 use super::header::{self, Header, OpenError};
 use super::lock::CoMutex;
 use super::refcount::max_used_index;
 use super::state::State;
 use crate::block::blkdebug::events::Event;
+use crate::block::driver::ReqFlags;
 use crate::block::executor::block_on;
 use crate::block::io;
 use crate::block::node::Node;
@@ -181,6 +183,87 @@ pub fn open_image(
     open_inner(file, opts, ctx).map_err(|(m, _)| m)
 }
 
+/// The image file node as the refcount checker uses it (synchronous, as the rest of open).
+struct NodeFile(Rc<Node>);
+
+impl CheckFile for NodeFile {
+    fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>, i32> {
+        read(&self.0, offset, len)
+    }
+
+    fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), i32> {
+        let (f, data) = (self.0.clone(), data.to_vec());
+        block_on(async move { io::pwritev(&f, offset, &data, ReqFlags::NONE).await })
+            .unwrap_or(Err(libc::EIO))
+    }
+
+    fn file_len(&self) -> u64 {
+        self.0.getlength().unwrap_or(0)
+    }
+
+    fn set_len(&self, len: u64) -> Result<(), i32> {
+        let f = self.0.clone();
+        block_on(async move { io::truncate(&f, len).await })
+            .unwrap_or(Err(String::new()))
+            .map_err(|_| libc::EIO)
+    }
+
+    fn discard(&self, offset: u64, len: u64) {
+        let f = self.0.clone();
+        let _ = block_on(async move { io::pdiscard(&f, offset, len).await });
+    }
+}
+
+/// QEMU's "Repair image if dirty" step of qcow2_do_open: `qcow2_check_refcounts` with
+/// `BDRV_FIX_ERRORS | BDRV_FIX_LEAKS` (its stderr lines included), then — if no corruption is
+/// left — the dirty bit is cleared (the caller rewrites the header). The in-memory header,
+/// L1 table and refcount table are refreshed from what the repair wrote. Ok(true) = cleaned.
+fn repair_dirty(
+    file: &Rc<Node>,
+    ctx: &OpenContext,
+    h: &mut Header,
+    l1: &mut Vec<u64>,
+    reftable: &mut Vec<u64>,
+) -> Result<bool, OpenError> {
+    let failed = |e: i32| (with_errno("Could not repair dirty image", e), e);
+    let geo = Geometry {
+        version: h.version,
+        cluster_bits: h.cluster_bits,
+        size: h.size,
+        l1_table_offset: h.l1_table_offset,
+        l1_size: h.l1_size,
+        refcount_table_offset: h.refcount_table_offset,
+        refcount_table_clusters: h.refcount_table_clusters,
+        nb_snapshots: h.nb_snapshots,
+        snapshots_offset: h.snapshots_offset,
+        incompatible_features: h.incompatible_features,
+        refcount_order: h.refcount_order,
+    };
+    let mut checker =
+        Checker::new(NodeFile(file.clone()), geo, true).map_err(|_| failed(libc::EIO))?;
+    let (res, ret) = checker.check(FIX_ERRORS | FIX_LEAKS);
+    for line in checker.take_log() {
+        ctx.console.err(&format!("{line}\n"));
+    }
+    if let Err(e) = ret {
+        return Err(failed(e));
+    }
+    if res.check_errors != 0 {
+        return Err(failed(libc::EIO));
+    }
+    let g = checker.geometry();
+    h.refcount_table_offset = g.refcount_table_offset;
+    h.refcount_table_clusters = g.refcount_table_clusters;
+    h.incompatible_features = g.incompatible_features;
+    *l1 = checker.l1().to_vec();
+    *reftable = checker.reftable().to_vec();
+    if res.corruptions != 0 {
+        return Ok(false);
+    }
+    h.incompatible_features &= !header::INCOMPAT_DIRTY;
+    Ok(true)
+}
+
 fn open_inner(file: &Rc<Node>, opts: &mut Options, ctx: &OpenContext) -> Result<Opened, OpenError> {
     let read_only = ctx.flags.read_only;
     let hb = read(file, 0, header::HEADER_SIZE)
@@ -333,6 +416,12 @@ fn open_inner(file: &Rc<Node>, opts: &mut Options, ctx: &OpenContext) -> Result<
             libc::EINVAL,
         ));
     }
+    if no_unref == Some(true) && h.version < 3 {
+        return Err((
+            "discard-no-unref is only supported since qcow2 version 3".into(),
+            libc::EINVAL,
+        ));
+    }
     let max_l2_cache = (h.size.div_ceil(cs) * 8).div_ceil(cs) * cs;
     let (l2_bytes, rc_bytes) = match (cache_size, l2_cache_size, rc_cache_size) {
         (Some(total), l2, rc) => {
@@ -375,16 +464,16 @@ fn open_inner(file: &Rc<Node>, opts: &mut Options, ctx: &OpenContext) -> Result<
         let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
         backing_file = Some(String::from_utf8_lossy(&b[..end]).into_owned());
     }
+    let mut h = h;
+    let mut reftable = reftable;
+    // QEMU repairs a dirty image (lazy refcounts) before serving it read-write.
+    let cleaned = h.incompatible_features & header::INCOMPAT_DIRTY != 0
+        && !read_only
+        && repair_dirty(file, ctx, &mut h, &mut l1, &mut reftable)?;
     let incompat = h.incompatible_features;
-    if incompat & header::INCOMPAT_DIRTY != 0 && !read_only {
-        return Err((
-            "qcow2: repairing a dirty image (lazy refcounts) is not supported by this engine"
-                .into(),
-            libc::ENOTSUP,
-        ));
-    }
     let autoclear_known = header::AUTOCLEAR_DATA_FILE_RAW;
-    let update_header = !read_only && h.autoclear_features & !autoclear_known != 0;
+    let clear_autoclear = !read_only && h.autoclear_features & !autoclear_known != 0;
+    let update_header = clear_autoclear || cleaned;
     let csize_shift = 62 - (h.cluster_bits - 8);
     let max_idx = max_used_index(&reftable);
     let st = State {
@@ -413,7 +502,7 @@ fn open_inner(file: &Rc<Node>, opts: &mut Options, ctx: &OpenContext) -> Result<
         free_byte_offset: 0,
         incompat,
         compat: h.compatible_features,
-        autoclear: if update_header {
+        autoclear: if clear_autoclear {
             h.autoclear_features & autoclear_known
         } else {
             h.autoclear_features
@@ -471,11 +560,9 @@ fn open_inner(file: &Rc<Node>, opts: &mut Options, ctx: &OpenContext) -> Result<
             libc::ENOSPC,
         ))?;
         let f = file.clone();
-        block_on(
-            async move { io::pwritev(&f, 0, &buf, crate::block::driver::ReqFlags::NONE).await },
-        )
-        .unwrap_or(Err(libc::EIO))
-        .map_err(|e| (with_errno("Could not update qcow2 header", e), e))?;
+        block_on(async move { io::pwritev(&f, 0, &buf, ReqFlags::NONE).await })
+            .unwrap_or(Err(libc::EIO))
+            .map_err(|e| (with_errno("Could not update qcow2 header", e), e))?;
     }
     Ok(Opened {
         driver,

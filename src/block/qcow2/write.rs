@@ -2,6 +2,7 @@
 //! compressed writes, and the zero-fill shortcut for COW regions that read as zero anyway.
 
 use super::Qcow2;
+use super::aio_task::TaskPool;
 use super::cache::CacheKind;
 use super::state::{
     ClusterType, DiscardType, L2E_OFFSET_MASK, L2Meta, OFLAG_COMPRESSED, OFLAG_ZERO, cluster_type,
@@ -10,32 +11,63 @@ use crate::block::blkdebug::events::Event;
 use crate::block::driver::{IoResult, ReqFlags, status};
 use crate::block::io;
 use crate::block::node::Node;
+use std::rc::Rc;
 
 impl Qcow2 {
-    pub async fn do_pwritev(&self, node: &Node, mut offset: u64, buf: &[u8]) -> IoResult {
+    /// QEMU's qcow2_co_pwritev_part: each chunk the allocator maps (at most one L2 slice) is
+    /// written by its own task; when the request needs more than one chunk the tasks run in
+    /// parallel (an AioTaskPool of up to 8), started in order while the next chunk is being
+    /// mapped, and no new chunk starts once a task has failed.
+    pub async fn do_pwritev(&self, node: &Node, offset: u64, buf: &[u8]) -> IoResult {
         self.check_alive()?;
+        let pool = TaskPool::new();
+        let main = self.pwritev_main(node, offset, buf, pool.clone());
+        pool.run(main).await
+    }
+
+    async fn pwritev_main<'a>(
+        &'a self,
+        node: &'a Node,
+        mut offset: u64,
+        buf: &'a [u8],
+        pool: Rc<TaskPool<'a>>,
+    ) -> IoResult {
         let mut pos = 0usize;
-        self.lock.lock().await;
-        while pos < buf.len() {
+        let mut parallel = false;
+        let mut ret = Ok(());
+        while pos < buf.len() && pool.status().is_ok() {
             let want = ((buf.len() - pos) as u64).min(i32::MAX as u64);
             let mut metas = Vec::new();
+            self.lock.lock().await;
             let (host, cur) = match self.alloc_host_offset(node, offset, want, &mut metas).await {
                 Ok(v) => v,
                 Err(e) => {
                     let _ = self.handle_l2meta(node, &mut metas, false, &[]).await;
                     self.lock.unlock();
-                    return Err(e);
+                    ret = Err(e);
+                    break;
                 }
             };
             self.lock.unlock();
             let data = &buf[pos..pos + cur as usize];
-            self.pwritev_task(node, host, offset, data, metas).await?;
+            if !parallel && cur as usize == buf.len() - pos {
+                // a single chunk runs in the request's own coroutine
+                self.pwritev_task(node, host, offset, data, metas).await?;
+            } else {
+                parallel = true;
+                pool.start(Box::pin(self.pwritev_task(node, host, offset, data, metas)))
+                    .await;
+            }
             pos += cur as usize;
             offset += cur;
-            self.lock.lock().await;
         }
-        self.lock.unlock();
-        Ok(())
+        if ret.is_ok() {
+            // the (empty) l2meta hand-back under the lock, as QEMU's out_locked path
+            self.lock.lock().await;
+            self.lock.unlock();
+        }
+        pool.wait_all().await;
+        ret.and(pool.status())
     }
 
     /// One mapped chunk of a write: zero-fill or COW, the data, then the L2 link.
@@ -426,13 +458,18 @@ impl Qcow2 {
         Ok(nb)
     }
 
-    /// QEMU's qcow2_co_pdiscard: partial clusters are not discarded.
+    /// QEMU's qcow2_co_pdiscard: partial clusters are not discarded, and a v2 image with a
+    /// backing file discards nothing (without the zero flag the backing data would show).
+    /// Both refusals are `-ENOTSUP`, which the generic layer reports as success.
     pub async fn do_pdiscard(&self, node: &Node, offset: u64, bytes: u64) -> IoResult {
         self.check_alive()?;
-        let (cs, total) = {
+        let (cs, total, version) = {
             let st = self.st.borrow();
-            (st.cluster_size, st.size)
+            (st.cluster_size, st.size, st.hdr.version)
         };
+        if version < 3 && node.child("backing").is_some() {
+            return Err(libc::ENOTSUP);
+        }
         if !(offset | bytes).is_multiple_of(cs)
             && (!offset.is_multiple_of(cs) || offset + bytes != total)
         {

@@ -1,1089 +1,120 @@
 //! `qemu-img check` for qcow2, working on the file directly (an fsck must not trust the driver):
-//! QEMU 10.0.2's `qcow2_check_refcounts` — count every reference (header, L1/L2 tables, data
-//! and compressed clusters, snapshot tables, refcount table and blocks) into an in-memory
-//! refcount array, compare it with the on-disk refcounts, optionally repair leaks and
-//! over-/under-counts, then check `OFLAG_COPIED` — with QEMU's stderr lines and counters.
+//! the checker itself is the driver's ([`crate::block::qcow2::check`], also used to repair a
+//! dirty image at open); this is its qemu-img side — the file, opened as `qcow2_do_open` with
+//! `BDRV_O_CHECK` would, and the header as parsed for `check`.
 
-use super::layout::*;
-use crate::errno::strerror;
-use std::collections::HashMap;
+use super::layout::{Header, read_header_for};
+use crate::block::qcow2::check::{CheckFile, Checker, Geometry};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 
-pub const FIX_LEAKS: u32 = 1;
-pub const FIX_ERRORS: u32 = 2;
+pub use crate::block::qcow2::check::{CheckResult, FIX_ERRORS, FIX_LEAKS, RefArray};
+pub use crate::block::qcow2::state::ClusterType;
 
-/// `BdrvCheckResult`.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct CheckResult {
-    pub corruptions: u64,
-    pub leaks: u64,
-    pub check_errors: u64,
-    pub corruptions_fixed: u64,
-    pub leaks_fixed: u64,
-    pub image_end_offset: u64,
-    pub total_clusters: u64,
-    pub allocated_clusters: u64,
-    pub fragmented_clusters: u64,
-    pub compressed_clusters: u64,
+/// The image file, read and written with plain positioned I/O.
+struct PlainFile(File);
+
+fn errno_of(e: &std::io::Error) -> i32 {
+    e.raw_os_error().unwrap_or(libc::EIO)
 }
 
-/// A snapshot's L1 table as listed in the snapshot table.
-#[derive(Clone, Debug)]
-struct Snapshot {
-    l1_table_offset: u64,
-    l1_size: u32,
-    id: String,
-    name: String,
-}
+impl CheckFile for PlainFile {
+    fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>, i32> {
+        let mut buf = vec![0u8; len];
+        let mut done = 0;
+        while done < len {
+            match self.0.read_at(&mut buf[done..], offset + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(errno_of(&e)),
+            }
+        }
+        Ok(buf)
+    }
 
-/// The image as the checker sees it: header, active L1 and refcount table in memory, refcount
-/// blocks read on demand (reads past EOF give zeros, as QEMU's file driver does).
-pub struct Image {
-    file: File,
-    pub header: Header,
-    l1: Vec<u64>,
-    reftable: Vec<u64>,
-    refblocks: HashMap<u64, Vec<u8>>,
-    snapshots: Vec<Snapshot>,
-    snapshots_size: u64,
-    writable: bool,
-    signaled: bool,
-    /// `stderr` lines, in order.
-    log: Vec<String>,
-}
+    fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), i32> {
+        self.0.write_all_at(data, offset).map_err(|e| errno_of(&e))
+    }
 
-const CHECK_FRAG_INFO: u32 = 2;
-/// Refuse refcount arrays that would need more memory than this many clusters (QEMU's limit is
-/// `INT_MAX` clusters of file; the file itself bounds what is counted).
-const MAX_CHECK_CLUSTERS: u64 = i32::MAX as u64;
+    fn file_len(&self) -> u64 {
+        self.0.metadata().map(|m| m.len()).unwrap_or(0)
+    }
 
-fn read_zero_filled(file: &File, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
-    let mut buf = vec![0u8; len];
-    let mut done = 0;
-    while done < len {
-        match file.read_at(&mut buf[done..], offset + done as u64) {
-            Ok(0) => break,
-            Ok(n) => done += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+    fn set_len(&self, len: u64) -> Result<(), i32> {
+        self.0.set_len(len).map_err(|e| errno_of(&e))
+    }
+
+    fn discard(&self, offset: u64, len: u64) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: fallocate on a valid descriptor we own; failure only leaves the bytes in place.
+        unsafe {
+            libc::fallocate(
+                self.0.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                offset as libc::off_t,
+                len as libc::off_t,
+            );
         }
     }
-    Ok(buf)
 }
 
-fn table(bytes: &[u8]) -> Vec<u64> {
-    bytes.chunks_exact(8).map(|c| be64(c, 0)).collect()
+/// The checker's view of a header parsed by qemu-img.
+pub fn geometry(h: &Header) -> Geometry {
+    Geometry {
+        version: h.version,
+        cluster_bits: h.cluster_bits,
+        size: h.size,
+        l1_table_offset: h.l1_table_offset,
+        l1_size: h.l1_size,
+        refcount_table_offset: h.refcount_table_offset,
+        refcount_table_clusters: h.refcount_table_clusters,
+        nb_snapshots: h.nb_snapshots,
+        snapshots_offset: h.snapshots_offset,
+        incompatible_features: h.incompatible_features,
+        refcount_order: h.refcount_order,
+    }
+}
+
+/// An image opened for `qemu-img check`.
+pub struct Image {
+    /// the header as read at open
+    pub header: Header,
+    checker: Checker<PlainFile>,
 }
 
 impl Image {
     /// Opens `file` as `qcow2_do_open` would for `qemu-img check`; the error is QEMU's message.
     pub fn open(file: File, writable: bool) -> Result<Image, String> {
         let header = read_header_for(&file, true).map_err(|e| e.0)?;
-        let cs = header.cluster_size();
-        let overflow = |off: u64, n: u64, esz: u64| {
-            n.checked_mul(esz)
-                .and_then(|b| off.checked_add(b))
-                .is_none_or(|end| end > i64::MAX as u64)
-        };
-        if overflow(
-            header.refcount_table_offset,
-            u64::from(header.refcount_table_clusters),
-            cs,
-        ) {
-            return Err("Invalid reference count table offset".into());
-        }
-        let rt_bytes = header.reftable_entries() * 8;
-        let reftable = table(
-            &read_zero_filled(&file, header.refcount_table_offset, rt_bytes as usize)
-                .map_err(|e| format!("Could not read refcount table: {}", io_msg(&e)))?,
-        );
-        if header.nb_snapshots > 65536 {
-            return Err("Too many snapshots".into());
-        }
-        if header.nb_snapshots > 0
-            && (header.snapshots_offset % cs != 0 || header.snapshots_offset > i64::MAX as u64)
-        {
-            return Err("Invalid snapshot table offset".into());
-        }
-        if overflow(header.l1_table_offset, u64::from(header.l1_size), 8) {
-            return Err("Invalid L1 table offset".into());
-        }
-        let l1 = table(
-            &read_zero_filled(&file, header.l1_table_offset, header.l1_size as usize * 8)
-                .map_err(|e| format!("Could not read L1 table: {}", io_msg(&e)))?,
-        );
-        let mut img = Image {
-            file,
-            header,
-            l1,
-            reftable,
-            refblocks: HashMap::new(),
-            snapshots: Vec::new(),
-            snapshots_size: 0,
-            writable,
-            signaled: false,
-            log: Vec::new(),
-        };
-        img.read_snapshots()?;
-        Ok(img)
-    }
-
-    fn read_snapshots(&mut self) -> Result<(), String> {
-        let mut off = self.header.snapshots_offset;
-        let file_len = self.file_len();
-        for _ in 0..self.header.nb_snapshots {
-            off = off.div_ceil(8) * 8;
-            if off >= file_len {
-                return Err("Failed to read snapshot table: Input/output error".into());
-            }
-            let h = read_zero_filled(&self.file, off, 40).map_err(|e| io_msg(&e))?;
-            let l1_table_offset = be64(&h, 0);
-            let l1_size = be32(&h, 8);
-            let id_len = u64::from(be16(&h, 12));
-            let name_len = u64::from(be16(&h, 14));
-            let extra = u64::from(be32(&h, 36));
-            if extra > 1024 {
-                return Err("Failed to read snapshot table: Too much extra metadata in snapshot table entry 0".into());
-            }
-            off += 40 + extra;
-            let id = read_zero_filled(&self.file, off, id_len as usize).map_err(|e| io_msg(&e))?;
-            off += id_len;
-            let name =
-                read_zero_filled(&self.file, off, name_len as usize).map_err(|e| io_msg(&e))?;
-            off += name_len;
-            self.snapshots.push(Snapshot {
-                l1_table_offset,
-                l1_size,
-                id: String::from_utf8_lossy(&id).into_owned(),
-                name: String::from_utf8_lossy(&name).into_owned(),
-            });
-        }
-        self.snapshots_size = off - self.header.snapshots_offset;
-        Ok(())
+        let checker = Checker::new(PlainFile(file), geometry(&header), writable)?;
+        Ok(Image { header, checker })
     }
 
     pub fn file_len(&self) -> u64 {
-        self.file.metadata().map(|m| m.len()).unwrap_or(0)
-    }
-
-    fn cs(&self) -> u64 {
-        self.header.cluster_size()
-    }
-
-    fn order(&self) -> u32 {
-        self.header.refcount_order
-    }
-
-    fn refblock(&mut self, offset: u64) -> std::io::Result<&mut Vec<u8>> {
-        if !self.refblocks.contains_key(&offset) {
-            let b = read_zero_filled(&self.file, offset, self.cs() as usize)?;
-            self.refblocks.insert(offset, b);
-        }
-        Ok(self.refblocks.get_mut(&offset).expect("just loaded"))
-    }
-
-    /// `qcow2_get_refcount`; Err is a negative errno.
-    fn get_refcount(&mut self, cluster: u64) -> Result<u64, i32> {
-        let per_block = self.header.refblock_entries();
-        let idx = cluster / per_block;
-        let Some(&entry) = self.reftable.get(idx as usize) else {
-            return Ok(0);
-        };
-        let off = entry & REFT_OFFSET_MASK;
-        if off == 0 {
-            return Ok(0);
-        }
-        if !off.is_multiple_of(self.cs()) {
-            self.signal_corruption(&format!(
-                "Refblock offset {} unaligned (reftable index: {})",
-                c_hex(off),
-                c_hex(idx)
-            ));
-            return Err(libc::EIO);
-        }
-        let order = self.order();
-        let b = self.refblock(off).map_err(|_| libc::EIO)?;
-        Ok(get_refcount(b, order, cluster % per_block))
-    }
-
-    /// `qcow2_signal_corruption`: the first event is reported; on a writable image the corrupt
-    /// bit is set.
-    fn signal_corruption(&mut self, what: &str) {
-        if self.signaled {
-            return;
-        }
-        self.signaled = true;
-        if self.writable {
-            self.err(format!(
-                "qcow2: Marking image as corrupt: {what}; further corruption events will be suppressed"
-            ));
-            if self.header.version >= 3 {
-                self.header.incompatible_features |= INCOMPAT_CORRUPT;
-                let _ = self
-                    .file
-                    .write_all_at(&self.header.incompatible_features.to_be_bytes(), 72);
-            }
-        } else {
-            self.err(format!(
-                "qcow2: Image is corrupt: {what}; further non-fatal corruption events will be suppressed"
-            ));
-        }
-    }
-
-    /// Changes one cluster's on-disk refcount (repair); the refcount block is written back at
-    /// once. A cluster whose refcount drops to 0 is discarded, as QEMU's `DISCARD_ALWAYS` does.
-    fn update_refcount(&mut self, cluster: u64, diff: u64, decrease: bool) -> Result<(), i32> {
-        let per_block = self.header.refblock_entries();
-        let idx = cluster / per_block;
-        let off = self
-            .reftable
-            .get(idx as usize)
-            .map(|e| e & REFT_OFFSET_MASK)
-            .unwrap_or(0);
-        if off == 0 {
-            return Err(libc::EIO);
-        }
-        let order = self.order();
-        let b = self.refblock(off).map_err(|_| libc::EIO)?;
-        let old = get_refcount(b, order, cluster % per_block);
-        let new = if decrease {
-            old.checked_sub(diff)
-        } else {
-            old.checked_add(diff).filter(|v| *v <= refcount_max(order))
-        }
-        .ok_or(libc::EINVAL)?;
-        set_refcount(b, order, cluster % per_block, new);
-        let data = b.clone();
-        self.file.write_all_at(&data, off).map_err(|_| libc::EIO)?;
-        if new == 0 {
-            punch_hole(&self.file, cluster * self.cs(), self.cs());
-        }
-        Ok(())
-    }
-
-    fn err(&mut self, line: String) {
-        self.log.push(line);
-    }
-
-    /// `qcow2_inc_refcounts_imrt`.
-    fn inc_refcounts(
-        &mut self,
-        res: &mut CheckResult,
-        rt: &mut RefArray,
-        offset: u64,
-        size: u64,
-    ) -> Result<(), i32> {
-        if size == 0 {
-            return Ok(());
-        }
-        let file_len = self.file_len();
-        let cs = self.cs();
-        if (offset as i128 + size as i128 - file_len as i128) >= cs as i128 {
-            self.err(format!(
-                "ERROR: counting reference for region exceeding the end of the file by one cluster or more: offset {offset:#x} size {size:#x}"
-            ));
-            res.corruptions += 1;
-            return Ok(());
-        }
-        let start = offset & !(cs - 1);
-        let last = (offset + size - 1) & !(cs - 1);
-        let mut c = start;
-        while c <= last {
-            let k = c / cs;
-            if k >= rt.len {
-                if k + 1 > MAX_CHECK_CLUSTERS {
-                    res.check_errors += 1;
-                    return Err(libc::ENOMEM);
-                }
-                rt.grow(k + 1);
-            }
-            let r = rt.get(k);
-            if r == refcount_max(self.order()) {
-                self.err(format!("ERROR: overflow cluster offset={c:#x}"));
-                self.err("Use qemu-img amend to increase the refcount entry width or qemu-img convert to create a clean copy if the image cannot be opened for writing".into());
-                res.corruptions += 1;
-            } else {
-                rt.set(k, r + 1);
-            }
-            c += cs;
-        }
-        Ok(())
-    }
-
-    fn l2_entry(&self, l2: &[u8], i: usize) -> (u64, u64) {
-        if self.header.extended_l2() {
-            (be64(l2, i * 16), be64(l2, i * 16 + 8))
-        } else {
-            (be64(l2, i * 8), 0)
-        }
-    }
-
-    /// Splits a compressed L2 entry into host offset and byte count.
-    fn compressed(&self, entry: u64) -> (u64, u64) {
-        let shift = 62 - (self.header.cluster_bits - 8);
-        let mask = (1u64 << (self.header.cluster_bits - 8)) - 1;
-        let coffset = entry & ((1u64 << shift) - 1);
-        let sectors = ((entry >> shift) & mask) + 1;
-        (coffset, sectors * 512 - (coffset & 511))
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn check_l2(
-        &mut self,
-        res: &mut CheckResult,
-        rt: &mut RefArray,
-        l2_offset: u64,
-        flags: u32,
-    ) -> Result<(), i32> {
-        let cs = self.cs();
-        let l2 = read_zero_filled(&self.file, l2_offset, cs as usize).map_err(|_| {
-            res.check_errors += 1;
-            libc::EIO
-        })?;
-        let mut next_contiguous = 0u64;
-        for i in 0..self.header.l2_entries() as usize {
-            let (mut entry, bitmap) = self.l2_entry(&l2, i);
-            let ty = cluster_type(entry, self.header.extended_l2());
-            if ty != ClusterType::Compressed && entry & 0x3f00_0000_0000_01fe != 0 {
-                self.err(format!(
-                    "ERROR found l2 entry with reserved bits set: {entry:x}"
-                ));
-                res.corruptions += 1;
-            }
-            match ty {
-                ClusterType::Compressed => {
-                    if entry & OFLAG_COPIED != 0 {
-                        let (coff, _) = self.compressed(entry);
-                        self.err(format!(
-                            "ERROR: coffset=0x{coff:x}: copied flag must never be set for compressed clusters"
-                        ));
-                        entry &= !OFLAG_COPIED;
-                        res.corruptions += 1;
-                    }
-                    if bitmap != 0 {
-                        self.err(format!(
-                            "ERROR compressed cluster {i} with non-zero subcluster allocation bitmap, entry=0x{entry:x}"
-                        ));
-                        res.corruptions += 1;
-                        continue;
-                    }
-                    let (coff, csize) = self.compressed(entry);
-                    self.inc_refcounts(res, rt, coff, csize)?;
-                    if flags & CHECK_FRAG_INFO != 0 {
-                        res.allocated_clusters += 1;
-                        res.compressed_clusters += 1;
-                        res.fragmented_clusters += 1;
-                    }
-                }
-                ClusterType::ZeroAlloc | ClusterType::Normal => {
-                    let offset = entry & L2E_OFFSET_MASK;
-                    if (bitmap >> 32) & bitmap != 0 {
-                        res.corruptions += 1;
-                        self.err(format!(
-                            "ERROR offset={offset:x}: Allocated cluster has corrupted subcluster allocation bitmap"
-                        ));
-                    }
-                    if !offset.is_multiple_of(cs) {
-                        res.corruptions += 1;
-                        let contains_data = if self.header.extended_l2() {
-                            bitmap & 0xffff_ffff != 0
-                        } else {
-                            entry & OFLAG_ZERO == 0
-                        };
-                        if contains_data {
-                            self.err(format!(
-                                "ERROR offset={offset:x}: Data cluster is not properly aligned; L2 entry corrupted."
-                            ));
-                        } else {
-                            self.err(format!(
-                                "ERROR offset={offset:x}: Preallocated cluster is not properly aligned; L2 entry corrupted."
-                            ));
-                        }
-                    }
-                    if flags & CHECK_FRAG_INFO != 0 {
-                        res.allocated_clusters += 1;
-                        if next_contiguous != 0 && offset != next_contiguous {
-                            res.fragmented_clusters += 1;
-                        }
-                        next_contiguous = offset + cs;
-                    }
-                    self.inc_refcounts(res, rt, offset, cs)?;
-                }
-                ClusterType::ZeroPlain => {}
-                ClusterType::Unallocated => {
-                    if bitmap & 0xffff_ffff != 0 {
-                        res.corruptions += 1;
-                        self.err(
-                            "ERROR: Unallocated cluster has non-zero subcluster allocation bitmap"
-                                .into(),
-                        );
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn check_l1(
-        &mut self,
-        res: &mut CheckResult,
-        rt: &mut RefArray,
-        l1_offset: u64,
-        l1_size: u32,
-        flags: u32,
-        active: bool,
-    ) -> Result<(), i32> {
-        if l1_size == 0 {
-            return Ok(());
-        }
-        let bytes = u64::from(l1_size) * 8;
-        self.inc_refcounts(res, rt, l1_offset, bytes)?;
-        let l1 = if active {
-            self.l1.clone()
-        } else {
-            match read_zero_filled(&self.file, l1_offset, bytes as usize) {
-                Ok(b) => table(&b),
-                Err(_) => {
-                    self.err("ERROR: I/O error in check_refcounts_l1".into());
-                    res.check_errors += 1;
-                    return Err(libc::EIO);
-                }
-            }
-        };
-        for e in l1 {
-            if e == 0 {
-                continue;
-            }
-            if e & 0x7f00_0000_0000_01ff != 0 {
-                self.err(format!(
-                    "ERROR found L1 entry with reserved bits set: {e:x}"
-                ));
-                res.corruptions += 1;
-            }
-            let l2_offset = e & L1E_OFFSET_MASK;
-            self.inc_refcounts(res, rt, l2_offset, self.cs())?;
-            if !l2_offset.is_multiple_of(self.cs()) {
-                self.err(format!(
-                    "ERROR l2_offset={l2_offset:x}: Table is not cluster aligned; L1 entry corrupted"
-                ));
-                res.corruptions += 1;
-            }
-            self.check_l2(res, rt, l2_offset, flags)?;
-        }
-        Ok(())
-    }
-
-    /// `calculate_refcounts`.
-    fn calculate_refcounts(
-        &mut self,
-        res: &mut CheckResult,
-        fix: u32,
-        rebuild: &mut bool,
-        rt: &mut RefArray,
-    ) -> Result<(), i32> {
-        let cs = self.cs();
-        self.inc_refcounts(res, rt, 0, cs)?;
-        let (l1o, l1s) = (self.header.l1_table_offset, self.header.l1_size);
-        self.check_l1(res, rt, l1o, l1s, CHECK_FRAG_INFO, true)?;
-        for sn in self.snapshots.clone() {
-            if sn.l1_table_offset % cs != 0 {
-                self.err(format!(
-                    "ERROR snapshot {} ({}) l1_offset={:#x}: L1 table is not cluster aligned; snapshot table entry corrupted",
-                    sn.id, sn.name, sn.l1_table_offset
-                ));
-                res.corruptions += 1;
-                continue;
-            }
-            if u64::from(sn.l1_size) > MAX_L1_SIZE / 8 {
-                self.err(format!(
-                    "ERROR snapshot {} ({}) l1_size={:#x}: L1 table is too large; snapshot table entry corrupted",
-                    sn.id, sn.name, sn.l1_size
-                ));
-                res.corruptions += 1;
-                continue;
-            }
-            self.check_l1(res, rt, sn.l1_table_offset, sn.l1_size, 0, false)?;
-        }
-        let (so, ss) = (self.header.snapshots_offset, self.snapshots_size);
-        self.inc_refcounts(res, rt, so, ss)?;
-        let (ro, rs) = (
-            self.header.refcount_table_offset,
-            self.reftable.len() as u64 * 8,
-        );
-        self.inc_refcounts(res, rt, ro, rs)?;
-        self.check_refblocks(res, fix, rebuild, rt)
-    }
-
-    fn check_refblocks(
-        &mut self,
-        res: &mut CheckResult,
-        fix: u32,
-        rebuild: &mut bool,
-        rt: &mut RefArray,
-    ) -> Result<(), i32> {
-        let cs = self.cs();
-        for i in 0..self.reftable.len() {
-            let entry = self.reftable[i];
-            let offset = entry & REFT_OFFSET_MASK;
-            let cluster = offset / cs;
-            if entry & 0x1ff != 0 {
-                self.err(format!(
-                    "ERROR refcount table entry {i} has reserved bits set"
-                ));
-                res.corruptions += 1;
-                *rebuild = true;
-                continue;
-            }
-            if !offset.is_multiple_of(cs) {
-                self.err(format!(
-                    "ERROR refcount block {i} is not cluster aligned; refcount table entry corrupted"
-                ));
-                res.corruptions += 1;
-                *rebuild = true;
-                continue;
-            }
-            if cluster >= rt.len {
-                res.corruptions += 1;
-                let repairing = fix & FIX_ERRORS != 0;
-                self.err(format!(
-                    "{} refcount block {i} is outside image",
-                    if repairing { "Repairing" } else { "ERROR" }
-                ));
-                if repairing {
-                    // Grow the file to cover the block, as QEMU does (within sane bounds).
-                    let end = offset.checked_add(cs).filter(|e| *e <= 1 << 40);
-                    let resized = end.is_some_and(|end| self.file.set_len(end).is_ok());
-                    if resized {
-                        rt.grow(self.file_len().div_ceil(cs));
-                        res.corruptions -= 1;
-                        res.corruptions_fixed += 1;
-                        self.inc_refcounts(res, rt, offset, cs)?;
-                        continue;
-                    }
-                    *rebuild = true;
-                    self.err(format!(
-                        "ERROR could not resize image: {}",
-                        strerror(libc::EFBIG)
-                    ));
-                }
-                continue;
-            }
-            if offset != 0 {
-                self.inc_refcounts(res, rt, offset, cs)?;
-                let r = rt.get(cluster);
-                if r != 1 {
-                    self.err(format!("ERROR refcount block {i} refcount={r}"));
-                    res.corruptions += 1;
-                    *rebuild = true;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// `compare_refcounts`; returns the highest cluster with any refcount.
-    fn compare_refcounts(
-        &mut self,
-        res: &mut CheckResult,
-        fix: u32,
-        rebuild: &mut bool,
-        rt: &RefArray,
-    ) -> u64 {
-        let mut highest = 0;
-        for i in 0..rt.len {
-            let r1 = match self.get_refcount(i) {
-                Ok(r) => r,
-                Err(e) => {
-                    self.err(format!(
-                        "Can't get refcount for cluster {i}: {}",
-                        strerror(e)
-                    ));
-                    res.check_errors += 1;
-                    continue;
-                }
-            };
-            let r2 = rt.get(i);
-            if r1 > 0 || r2 > 0 {
-                highest = i;
-            }
-            if r1 == r2 {
-                continue;
-            }
-            #[derive(PartialEq)]
-            enum Fix {
-                No,
-                Leak,
-                Corruption,
-            }
-            let mut how = Fix::No;
-            if r1 == 0 {
-                *rebuild = true;
-            } else if r1 > r2 && fix & FIX_LEAKS != 0 {
-                how = Fix::Leak;
-            } else if r1 < r2 && fix & FIX_ERRORS != 0 {
-                how = Fix::Corruption;
-            }
-            let word = if how != Fix::No {
-                "Repairing"
-            } else if r1 < r2 {
-                "ERROR"
-            } else {
-                "Leaked"
-            };
-            self.err(format!("{word} cluster {i} refcount={r1} reference={r2}"));
-            if how != Fix::No && self.writable {
-                let ok = self.update_refcount(i, r1.abs_diff(r2), r1 > r2).is_ok();
-                if ok {
-                    match how {
-                        Fix::Leak => res.leaks_fixed += 1,
-                        _ => res.corruptions_fixed += 1,
-                    }
-                    continue;
-                }
-            }
-            if r1 < r2 {
-                res.corruptions += 1;
-            } else {
-                res.leaks += 1;
-            }
-        }
-        highest
-    }
-
-    fn check_oflag_copied(&mut self, res: &mut CheckResult, fix: u32) -> Result<(), i32> {
-        let repair = if fix & FIX_ERRORS != 0 {
-            true
-        } else if fix & FIX_LEAKS != 0 {
-            res.check_errors == 0 && res.corruptions == 0 && res.leaks == 0
-        } else {
-            false
-        } && self.writable;
-        let cs = self.cs();
-        for i in 0..self.l1.len() {
-            let l1e = self.l1[i];
-            let l2_offset = l1e & L1E_OFFSET_MASK;
-            if l2_offset == 0 {
-                continue;
-            }
-            let Ok(refcount) = self.get_refcount(l2_offset / cs) else {
-                continue;
-            };
-            if (refcount == 1) != (l1e & OFLAG_COPIED != 0) {
-                res.corruptions += 1;
-                self.err(format!(
-                    "{} OFLAG_COPIED L2 cluster: l1_index={i} l1_entry={l1e:x} refcount={refcount}",
-                    if repair { "Repairing" } else { "ERROR" }
-                ));
-                if repair {
-                    let new = if refcount == 1 {
-                        l1e | OFLAG_COPIED
-                    } else {
-                        l1e & !OFLAG_COPIED
-                    };
-                    self.l1[i] = new;
-                    let at = self.header.l1_table_offset + i as u64 * 8;
-                    if self.file.write_all_at(&new.to_be_bytes(), at).is_err() {
-                        res.check_errors += 1;
-                        return Err(libc::EIO);
-                    }
-                    res.corruptions -= 1;
-                    res.corruptions_fixed += 1;
-                }
-            }
-            let mut l2 = match read_zero_filled(&self.file, l2_offset, cs as usize) {
-                Ok(b) => b,
-                Err(e) => {
-                    self.err(format!("ERROR: Could not read L2 table: {}", io_msg(&e)));
-                    res.check_errors += 1;
-                    return Err(libc::EIO);
-                }
-            };
-            let mut dirty = 0;
-            for j in 0..self.header.l2_entries() as usize {
-                let (entry, _) = self.l2_entry(&l2, j);
-                let ty = cluster_type(entry, self.header.extended_l2());
-                if !matches!(ty, ClusterType::Normal | ClusterType::ZeroAlloc) {
-                    continue;
-                }
-                let Ok(refcount) = self.get_refcount((entry & L2E_OFFSET_MASK) / cs) else {
-                    continue;
-                };
-                if (refcount == 1) != (entry & OFLAG_COPIED != 0) {
-                    res.corruptions += 1;
-                    self.err(format!(
-                        "{} OFLAG_COPIED data cluster: l2_entry={entry:x} refcount={refcount}",
-                        if repair { "Repairing" } else { "ERROR" }
-                    ));
-                    if repair {
-                        let new = if refcount == 1 {
-                            entry | OFLAG_COPIED
-                        } else {
-                            entry & !OFLAG_COPIED
-                        };
-                        let at = j * self.header.l2_entry_size() as usize;
-                        put64(&mut l2, at, new);
-                        dirty += 1;
-                    }
-                }
-            }
-            if dirty > 0 {
-                if let Err(e) = self.file.write_all_at(&l2, l2_offset) {
-                    self.err(format!("ERROR: Could not write L2 table: {}", io_msg(&e)));
-                    res.check_errors += 1;
-                    return Err(libc::EIO);
-                }
-                res.corruptions -= dirty;
-                res.corruptions_fixed += dirty;
-            }
-        }
-        Ok(())
+        self.checker.file_len()
     }
 
     /// `qcow2_check_refcounts`; Err is a negative errno (the check failed).
     pub fn check(&mut self, fix: u32) -> (CheckResult, Result<(), i32>) {
-        let mut res = CheckResult::default();
-        let r = self.check_inner(&mut res, fix);
-        (res, r)
-    }
-
-    fn check_inner(&mut self, res: &mut CheckResult, fix: u32) -> Result<(), i32> {
-        let cs = self.cs();
-        let size = self.file_len();
-        let nb_clusters = size.div_ceil(cs);
-        if nb_clusters > i32::MAX as u64 {
-            res.check_errors += 1;
-            return Err(libc::EFBIG);
-        }
-        res.total_clusters = self.header.size.div_ceil(cs);
-        let mut rt = RefArray::new(self.order(), nb_clusters);
-        let mut rebuild = false;
-        self.calculate_refcounts(res, fix, &mut rebuild, &mut rt)?;
-        let pre_compare = res.clone();
-        let mut highest = self.compare_refcounts(res, 0, &mut rebuild, &rt);
-        if rebuild && fix & FIX_ERRORS != 0 && self.writable {
-            let old = res.clone();
-            let mut fresh_leaks = 0;
-            self.err("Rebuilding refcount structure".into());
-            if let Err((e, msg)) = self.rebuild_refcount_structure(&mut rt) {
-                res.check_errors += 1;
-                self.err(format!("qemu-img: {msg}: {}", strerror(e)));
-                return Err(e);
-            }
-            res.corruptions = 0;
-            res.leaks = 0;
-            rebuild = false;
-            let mut rt = RefArray::new(self.order(), rt.len);
-            self.calculate_refcounts(res, 0, &mut rebuild, &mut rt)?;
-            if fix & FIX_LEAKS != 0 {
-                let saved = res.clone();
-                *res = CheckResult::default();
-                highest = self.compare_refcounts(res, FIX_LEAKS, &mut rebuild, &rt);
-                if rebuild {
-                    self.err("ERROR rebuilt refcount structure is still broken".into());
-                }
-                fresh_leaks = res.leaks;
-                *res = saved;
-            }
-            if res.corruptions < old.corruptions {
-                res.corruptions_fixed += old.corruptions - res.corruptions;
-            }
-            if res.leaks < old.leaks {
-                res.leaks_fixed += old.leaks - res.leaks;
-            }
-            res.leaks += fresh_leaks;
-        } else if fix != 0 {
-            if rebuild {
-                self.err("ERROR need to rebuild refcount structures".into());
-                res.check_errors += 1;
-                return Err(libc::EIO);
-            }
-            if res.leaks != 0 || res.corruptions != 0 {
-                *res = pre_compare;
-                highest = self.compare_refcounts(res, fix, &mut rebuild, &rt);
-            }
-        }
-        self.check_oflag_copied(res, fix)?;
-        res.image_end_offset = (highest + 1) * cs;
-        Ok(())
-    }
-
-    /// `alloc_clusters_imrt`: `count` contiguous clusters free in the in-memory refcounts,
-    /// searched from `*first_free`, appended past the end if need be; marked used.
-    fn alloc_clusters_imrt(&self, count: u64, rt: &mut RefArray, first_free: &mut u64) -> u64 {
-        let mut cluster = *first_free;
-        let mut contiguous = 0;
-        let mut first_gap = true;
-        while cluster < rt.len && contiguous < count {
-            if rt.get(cluster) == 0 {
-                contiguous += 1;
-                if first_gap {
-                    *first_free = cluster;
-                    first_gap = false;
-                }
-            } else {
-                contiguous = 0;
-            }
-            cluster += 1;
-        }
-        if contiguous < count {
-            rt.grow(cluster + count - contiguous);
-        }
-        cluster -= contiguous;
-        for i in 0..count {
-            rt.set(cluster + i, 1);
-        }
-        cluster * self.cs()
-    }
-
-    /// `rebuild_refcounts_write_refblocks`: Ok(true) if the reftable grew.
-    fn write_refblocks(
-        &mut self,
-        rt: &mut RefArray,
-        first: u64,
-        end: u64,
-        reftable: &mut Vec<u64>,
-    ) -> Result<bool, (i32, &'static str)> {
-        let cs = self.cs();
-        let per_block = self.header.refblock_entries();
-        let mut first_free = 0;
-        let mut grown = false;
-        let mut end = end;
-        let mut cluster = first;
-        while cluster < end {
-            if rt.get(cluster) == 0 {
-                cluster += 1;
-                continue;
-            }
-            let index = cluster / per_block;
-            let start = index * per_block;
-            let offset = match reftable.get(index as usize) {
-                Some(&o) if o != 0 => o,
-                _ => {
-                    first_free = first_free.max(start);
-                    let off = self.alloc_clusters_imrt(1, rt, &mut first_free);
-                    if off / cs >= end {
-                        end = off / cs + 1;
-                    }
-                    if reftable.len() as u64 <= index {
-                        let entries = ((index + 1) * 8).div_ceil(cs) * cs / 8;
-                        reftable.resize(entries as usize, 0);
-                        grown = true;
-                    }
-                    reftable[index as usize] = off;
-                    off
-                }
-            };
-            if self.overlaps_metadata(offset, cs) {
-                self.signal_corruption(
-                    "Preventing invalid write on metadata (overlaps with refcount block)",
-                );
-                return Err((libc::EIO, "ERROR writing refblock"));
-            }
-            let slice = rt.slice(index * cs, cs);
-            self.file
-                .write_all_at(&slice, offset)
-                .map_err(|_| (libc::EIO, "ERROR writing refblock"))?;
-            cluster = start + per_block;
-        }
-        Ok(grown)
-    }
-
-    /// Whether a write would hit the header, the refcount table or a refcount block (the
-    /// overlap checks that matter while rebuilding).
-    fn overlaps_metadata(&self, offset: u64, len: u64) -> bool {
-        let cs = self.cs();
-        let hit = |start: u64, size: u64| start < offset + len && offset < start + size;
-        if hit(0, cs)
-            || hit(
-                self.header.refcount_table_offset,
-                self.reftable.len() as u64 * 8,
-            )
-        {
-            return true;
-        }
-        self.reftable
-            .iter()
-            .map(|e| e & REFT_OFFSET_MASK)
-            .any(|b| b != 0 && hit(b, cs))
-    }
-
-    /// `rebuild_refcount_structure`: new refcount blocks and table from the in-memory refcounts.
-    fn rebuild_refcount_structure(&mut self, rt: &mut RefArray) -> Result<(), (i32, &'static str)> {
-        let cs = self.cs();
-        self.refblocks.clear();
-        let mut reftable = Vec::new();
-        let end = rt.len;
-        self.write_refblocks(rt, 0, end, &mut reftable)?;
-        let (mut rt_offset, mut rt_clusters);
-        loop {
-            let length = reftable.len() as u64 * 8;
-            rt_clusters = length.div_ceil(cs);
-            let mut first_free = 0;
-            rt_offset = self.alloc_clusters_imrt(rt_clusters, rt, &mut first_free);
-            let start = rt_offset / cs;
-            if !self.write_refblocks(rt, start, start + rt_clusters, &mut reftable)? {
-                break;
-            }
-        }
-        let mut bytes = Vec::with_capacity(reftable.len() * 8);
-        for e in &reftable {
-            bytes.extend_from_slice(&e.to_be_bytes());
-        }
-        if self.overlaps_metadata(rt_offset, bytes.len() as u64) {
-            self.signal_corruption(
-                "Preventing invalid write on metadata (overlaps with refcount block)",
-            );
-            return Err((libc::EIO, "ERROR writing reftable"));
-        }
-        self.file
-            .write_all_at(&bytes, rt_offset)
-            .map_err(|_| (libc::EIO, "ERROR writing reftable"))?;
-        let mut hdr = rt_offset.to_be_bytes().to_vec();
-        hdr.extend_from_slice(&(rt_clusters as u32).to_be_bytes());
-        self.file
-            .write_all_at(&hdr, 48)
-            .map_err(|_| (libc::EIO, "ERROR setting reftable"))?;
-        self.header.refcount_table_offset = rt_offset;
-        self.header.refcount_table_clusters = rt_clusters as u32;
-        self.reftable = reftable;
-        Ok(())
+        self.checker.check(fix)
     }
 
     /// The stderr lines produced so far (and forget them).
     pub fn take_log(&mut self) -> Vec<String> {
-        std::mem::take(&mut self.log)
+        self.checker.take_log()
     }
 
     /// Clears the dirty and corrupt bits after a successful repair (`qcow2_mark_clean`,
     /// `qcow2_mark_consistent`): only the incompatible-features field changes.
     pub fn mark_clean(&mut self) -> std::io::Result<()> {
-        let bits = INCOMPAT_DIRTY | INCOMPAT_CORRUPT;
-        if self.header.version >= 3 && self.header.incompatible_features & bits != 0 {
-            self.header.incompatible_features &= !bits;
-            self.file
-                .write_all_at(&self.header.incompatible_features.to_be_bytes(), 72)?;
-        }
-        Ok(())
+        self.checker
+            .mark_clean()
+            .map_err(std::io::Error::from_raw_os_error)
     }
-}
-
-/// C's `%#x`: no `0x` for zero.
-fn c_hex(v: u64) -> String {
-    if v == 0 {
-        "0".into()
-    } else {
-        format!("{v:#x}")
-    }
-}
-
-fn punch_hole(file: &File, offset: u64, len: u64) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: fallocate on a valid descriptor we own; failure only leaves the bytes in place.
-    unsafe {
-        libc::fallocate(
-            file.as_raw_fd(),
-            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-            offset as libc::off_t,
-            len as libc::off_t,
-        );
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ClusterType {
-    Unallocated,
-    ZeroPlain,
-    ZeroAlloc,
-    Normal,
-    Compressed,
 }
 
 /// `qcow2_get_cluster_type` (no external data file).
 pub fn cluster_type(entry: u64, extended_l2: bool) -> ClusterType {
-    if entry & OFLAG_COMPRESSED != 0 {
-        ClusterType::Compressed
-    } else if entry & OFLAG_ZERO != 0 && !extended_l2 {
-        if entry & L2E_OFFSET_MASK != 0 {
-            ClusterType::ZeroAlloc
-        } else {
-            ClusterType::ZeroPlain
-        }
-    } else if entry & L2E_OFFSET_MASK == 0 {
-        ClusterType::Unallocated
-    } else {
-        ClusterType::Normal
-    }
-}
-
-/// The in-memory refcount array: entries of the image's refcount width, so it overflows where
-/// QEMU's does.
-pub struct RefArray {
-    order: u32,
-    len: u64,
-    data: Vec<u8>,
-}
-
-impl RefArray {
-    fn new(order: u32, len: u64) -> Self {
-        let mut a = RefArray {
-            order,
-            len: 0,
-            data: Vec::new(),
-        };
-        a.grow(len);
-        a
-    }
-    fn grow(&mut self, len: u64) {
-        let bytes = ((len << self.order).div_ceil(8)) as usize;
-        if bytes > self.data.len() {
-            self.data.resize(bytes, 0);
-        }
-        self.len = self.len.max(len);
-    }
-    fn get(&self, i: u64) -> u64 {
-        get_refcount(&self.data, self.order, i)
-    }
-    fn set(&mut self, i: u64, v: u64) {
-        set_refcount(&mut self.data, self.order, i, v)
-    }
-    /// `len` bytes of the packed array from byte `start`, zero past its end.
-    fn slice(&self, start: u64, len: u64) -> Vec<u8> {
-        let mut out = vec![0u8; len as usize];
-        let s = (start as usize).min(self.data.len());
-        let e = ((start + len) as usize).min(self.data.len());
-        out[..e - s].copy_from_slice(&self.data[s..e]);
-        out
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cluster_types() {
-        assert_eq!(cluster_type(0, false), ClusterType::Unallocated);
-        assert_eq!(cluster_type(1, false), ClusterType::ZeroPlain);
-        assert_eq!(cluster_type(0x50001, false), ClusterType::ZeroAlloc);
-        assert_eq!(
-            cluster_type(0x50000 | OFLAG_COPIED, false),
-            ClusterType::Normal
-        );
-        assert_eq!(
-            cluster_type(OFLAG_COMPRESSED | 5, false),
-            ClusterType::Compressed
-        );
-        assert_eq!(cluster_type(1, true), ClusterType::Unallocated);
-    }
-
-    #[test]
-    fn ref_array_grows_and_packs() {
-        let mut a = RefArray::new(0, 3);
-        a.set(2, 1);
-        a.grow(100);
-        assert_eq!(a.get(2), 1);
-        assert_eq!(a.get(99), 0);
-        assert_eq!(a.len, 100);
-    }
+    crate::block::qcow2::check::l2_cluster_type(entry, extended_l2)
 }

@@ -1,0 +1,1151 @@
+//! The refcount checker and repairer shared by `qemu-img check` and the driver's repair of a
+//! dirty image at open (QEMU's `qcow2_check_refcounts`): count every reference (header, L1/L2
+//! tables, data and compressed clusters, snapshot tables, refcount table and blocks) into an
+//! in-memory refcount array, compare it with the on-disk refcounts, optionally repair leaks and
+//! over-/under-counts, then check `OFLAG_COPIED` — with QEMU's stderr lines and counters.
+//!
+//! It works on the image file through [`CheckFile`] (an fsck must not trust the driver's
+//! caches): qemu-img gives it the file itself, the driver its file node.
+
+use super::state::{
+    ClusterType, L1E_OFFSET_MASK, L2E_OFFSET_MASK, OFLAG_COPIED, OFLAG_ZERO, REFT_OFFSET_MASK,
+    cluster_type, rc_get, rc_set,
+};
+use crate::errno::strerror;
+use std::collections::HashMap;
+
+pub const FIX_LEAKS: u32 = 1;
+pub const FIX_ERRORS: u32 = 2;
+
+const INCOMPAT_DIRTY: u64 = super::header::INCOMPAT_DIRTY;
+const INCOMPAT_CORRUPT: u64 = super::header::INCOMPAT_CORRUPT;
+const INCOMPAT_EXTL2: u64 = super::header::INCOMPAT_EXTL2;
+const MAX_L1_SIZE: u64 = super::header::MAX_L1_SIZE;
+
+/// The image file as the checker uses it; errors are errno values.
+pub trait CheckFile {
+    /// `len` bytes at `offset`, zeros past the end of the file.
+    fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>, i32>;
+    fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), i32>;
+    fn file_len(&self) -> u64;
+    fn set_len(&self, len: u64) -> Result<(), i32>;
+    /// Best effort (a freed cluster): failure leaves the bytes in place.
+    fn discard(&self, offset: u64, len: u64);
+}
+
+/// The header fields the checker needs.
+#[derive(Clone, Debug, Default)]
+pub struct Geometry {
+    pub version: u32,
+    pub cluster_bits: u32,
+    pub size: u64,
+    pub l1_table_offset: u64,
+    pub l1_size: u32,
+    pub refcount_table_offset: u64,
+    pub refcount_table_clusters: u32,
+    pub nb_snapshots: u32,
+    pub snapshots_offset: u64,
+    pub incompatible_features: u64,
+    pub refcount_order: u32,
+}
+
+impl Geometry {
+    pub fn cluster_size(&self) -> u64 {
+        1 << self.cluster_bits
+    }
+    pub fn extended_l2(&self) -> bool {
+        self.incompatible_features & INCOMPAT_EXTL2 != 0
+    }
+    fn l2_entry_size(&self) -> u64 {
+        if self.extended_l2() { 16 } else { 8 }
+    }
+    fn l2_entries(&self) -> u64 {
+        self.cluster_size() / self.l2_entry_size()
+    }
+    fn refblock_entries(&self) -> u64 {
+        (self.cluster_size() * 8) >> self.refcount_order
+    }
+    fn reftable_entries(&self) -> u64 {
+        u64::from(self.refcount_table_clusters) * self.cluster_size() / 8
+    }
+}
+
+/// `BdrvCheckResult`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CheckResult {
+    pub corruptions: u64,
+    pub leaks: u64,
+    pub check_errors: u64,
+    pub corruptions_fixed: u64,
+    pub leaks_fixed: u64,
+    pub image_end_offset: u64,
+    pub total_clusters: u64,
+    pub allocated_clusters: u64,
+    pub fragmented_clusters: u64,
+    pub compressed_clusters: u64,
+}
+
+/// A snapshot's L1 table as listed in the snapshot table.
+#[derive(Clone, Debug)]
+struct Snapshot {
+    l1_table_offset: u64,
+    l1_size: u32,
+    id: String,
+    name: String,
+}
+
+/// The image as the checker sees it: header fields, active L1 and refcount table in memory,
+/// refcount blocks read on demand.
+pub struct Checker<F: CheckFile> {
+    file: F,
+    header: Geometry,
+    l1: Vec<u64>,
+    reftable: Vec<u64>,
+    refblocks: HashMap<u64, Vec<u8>>,
+    snapshots: Vec<Snapshot>,
+    snapshots_size: u64,
+    writable: bool,
+    signaled: bool,
+    /// `stderr` lines, in order.
+    log: Vec<String>,
+}
+
+const CHECK_FRAG_INFO: u32 = 2;
+/// Refuse refcount arrays that would need more memory than this many clusters (QEMU's limit is
+/// `INT_MAX` clusters of file; the file itself bounds what is counted).
+const MAX_CHECK_CLUSTERS: u64 = i32::MAX as u64;
+
+fn be16(b: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([b[at], b[at + 1]])
+}
+fn be32(b: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+fn be64(b: &[u8], at: usize) -> u64 {
+    u64::from_be_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+fn put64(b: &mut [u8], at: usize, v: u64) {
+    b[at..at + 8].copy_from_slice(&v.to_be_bytes());
+}
+fn get_refcount(block: &[u8], order: u32, index: u64) -> u64 {
+    rc_get(block, order, index as usize)
+}
+fn set_refcount(block: &mut [u8], order: u32, index: u64, value: u64) {
+    rc_set(block, order, index as usize, value)
+}
+/// Largest refcount a `1 << order`-bit entry holds.
+fn refcount_max(order: u32) -> u64 {
+    if order >= 6 {
+        u64::MAX
+    } else {
+        (1u64 << (1 << order)) - 1
+    }
+}
+
+fn table(bytes: &[u8]) -> Vec<u64> {
+    bytes.chunks_exact(8).map(|c| be64(c, 0)).collect()
+}
+
+impl<F: CheckFile> Checker<F> {
+    /// Reads the refcount table, the active L1 table and the snapshot table of an image whose
+    /// header was already validated; the error is QEMU's message.
+    pub fn new(file: F, header: Geometry, writable: bool) -> Result<Self, String> {
+        let cs = header.cluster_size();
+        let overflow = |off: u64, n: u64, esz: u64| {
+            n.checked_mul(esz)
+                .and_then(|b| off.checked_add(b))
+                .is_none_or(|end| end > i64::MAX as u64)
+        };
+        if overflow(
+            header.refcount_table_offset,
+            u64::from(header.refcount_table_clusters),
+            cs,
+        ) {
+            return Err("Invalid reference count table offset".into());
+        }
+        let rt_bytes = header.reftable_entries() * 8;
+        let reftable = table(
+            &file
+                .read_at(header.refcount_table_offset, rt_bytes as usize)
+                .map_err(|e| format!("Could not read refcount table: {}", strerror(e)))?,
+        );
+        if header.nb_snapshots > 65536 {
+            return Err("Too many snapshots".into());
+        }
+        if header.nb_snapshots > 0
+            && (!header.snapshots_offset.is_multiple_of(cs)
+                || header.snapshots_offset > i64::MAX as u64)
+        {
+            return Err("Invalid snapshot table offset".into());
+        }
+        if overflow(header.l1_table_offset, u64::from(header.l1_size), 8) {
+            return Err("Invalid L1 table offset".into());
+        }
+        let l1 = table(
+            &file
+                .read_at(header.l1_table_offset, header.l1_size as usize * 8)
+                .map_err(|e| format!("Could not read L1 table: {}", strerror(e)))?,
+        );
+        let mut img = Checker {
+            file,
+            header,
+            l1,
+            reftable,
+            refblocks: HashMap::new(),
+            snapshots: Vec::new(),
+            snapshots_size: 0,
+            writable,
+            signaled: false,
+            log: Vec::new(),
+        };
+        img.read_snapshots()?;
+        Ok(img)
+    }
+
+    /// The header fields as they are now (a rebuild moves the refcount table).
+    pub fn geometry(&self) -> &Geometry {
+        &self.header
+    }
+
+    /// The active L1 table as it is now (repairs set or clear `OFLAG_COPIED`).
+    pub fn l1(&self) -> &[u64] {
+        &self.l1
+    }
+
+    /// The refcount table as it is now.
+    pub fn reftable(&self) -> &[u64] {
+        &self.reftable
+    }
+
+    fn read_snapshots(&mut self) -> Result<(), String> {
+        let mut off = self.header.snapshots_offset;
+        let file_len = self.file_len();
+        for _ in 0..self.header.nb_snapshots {
+            off = off.div_ceil(8) * 8;
+            if off >= file_len {
+                return Err("Failed to read snapshot table: Input/output error".into());
+            }
+            let h = self.file.read_at(off, 40).map_err(strerror)?;
+            let l1_table_offset = be64(&h, 0);
+            let l1_size = be32(&h, 8);
+            let id_len = u64::from(be16(&h, 12));
+            let name_len = u64::from(be16(&h, 14));
+            let extra = u64::from(be32(&h, 36));
+            if extra > 1024 {
+                return Err("Failed to read snapshot table: Too much extra metadata in snapshot table entry 0".into());
+            }
+            off += 40 + extra;
+            let id = self.file.read_at(off, id_len as usize).map_err(strerror)?;
+            off += id_len;
+            let name = self
+                .file
+                .read_at(off, name_len as usize)
+                .map_err(strerror)?;
+            off += name_len;
+            self.snapshots.push(Snapshot {
+                l1_table_offset,
+                l1_size,
+                id: String::from_utf8_lossy(&id).into_owned(),
+                name: String::from_utf8_lossy(&name).into_owned(),
+            });
+        }
+        self.snapshots_size = off - self.header.snapshots_offset;
+        Ok(())
+    }
+
+    pub fn file_len(&self) -> u64 {
+        self.file.file_len()
+    }
+
+    fn cs(&self) -> u64 {
+        self.header.cluster_size()
+    }
+
+    fn order(&self) -> u32 {
+        self.header.refcount_order
+    }
+
+    fn refblock(&mut self, offset: u64) -> Result<&mut Vec<u8>, i32> {
+        if !self.refblocks.contains_key(&offset) {
+            let b = self.file.read_at(offset, self.cs() as usize)?;
+            self.refblocks.insert(offset, b);
+        }
+        Ok(self.refblocks.get_mut(&offset).expect("just loaded"))
+    }
+
+    /// `qcow2_get_refcount`; Err is a negative errno.
+    fn get_refcount(&mut self, cluster: u64) -> Result<u64, i32> {
+        let per_block = self.header.refblock_entries();
+        let idx = cluster / per_block;
+        let Some(&entry) = self.reftable.get(idx as usize) else {
+            return Ok(0);
+        };
+        let off = entry & REFT_OFFSET_MASK;
+        if off == 0 {
+            return Ok(0);
+        }
+        if !off.is_multiple_of(self.cs()) {
+            self.signal_corruption(&format!(
+                "Refblock offset {} unaligned (reftable index: {})",
+                c_hex(off),
+                c_hex(idx)
+            ));
+            return Err(libc::EIO);
+        }
+        let order = self.order();
+        let b = self.refblock(off).map_err(|_| libc::EIO)?;
+        Ok(get_refcount(b, order, cluster % per_block))
+    }
+
+    /// `qcow2_signal_corruption`: the first event is reported; on a writable image the corrupt
+    /// bit is set.
+    fn signal_corruption(&mut self, what: &str) {
+        if self.signaled {
+            return;
+        }
+        self.signaled = true;
+        if self.writable {
+            self.err(format!(
+                "qcow2: Marking image as corrupt: {what}; further corruption events will be suppressed"
+            ));
+            if self.header.version >= 3 {
+                self.header.incompatible_features |= INCOMPAT_CORRUPT;
+                let _ = self
+                    .file
+                    .write_at(72, &self.header.incompatible_features.to_be_bytes());
+            }
+        } else {
+            self.err(format!(
+                "qcow2: Image is corrupt: {what}; further non-fatal corruption events will be suppressed"
+            ));
+        }
+    }
+
+    /// Changes one cluster's on-disk refcount (repair); the refcount block is written back at
+    /// once. A cluster whose refcount drops to 0 is discarded, as QEMU's `DISCARD_ALWAYS` does.
+    fn update_refcount(&mut self, cluster: u64, diff: u64, decrease: bool) -> Result<(), i32> {
+        let per_block = self.header.refblock_entries();
+        let idx = cluster / per_block;
+        let off = self
+            .reftable
+            .get(idx as usize)
+            .map(|e| e & REFT_OFFSET_MASK)
+            .unwrap_or(0);
+        if off == 0 {
+            return Err(libc::EIO);
+        }
+        let order = self.order();
+        let b = self.refblock(off).map_err(|_| libc::EIO)?;
+        let old = get_refcount(b, order, cluster % per_block);
+        let new = if decrease {
+            old.checked_sub(diff)
+        } else {
+            old.checked_add(diff).filter(|v| *v <= refcount_max(order))
+        }
+        .ok_or(libc::EINVAL)?;
+        set_refcount(b, order, cluster % per_block, new);
+        let data = b.clone();
+        self.file.write_at(off, &data).map_err(|_| libc::EIO)?;
+        if new == 0 {
+            self.file.discard(cluster * self.cs(), self.cs());
+        }
+        Ok(())
+    }
+
+    fn err(&mut self, line: String) {
+        self.log.push(line);
+    }
+
+    /// `qcow2_inc_refcounts_imrt`.
+    fn inc_refcounts(
+        &mut self,
+        res: &mut CheckResult,
+        rt: &mut RefArray,
+        offset: u64,
+        size: u64,
+    ) -> Result<(), i32> {
+        if size == 0 {
+            return Ok(());
+        }
+        let file_len = self.file_len();
+        let cs = self.cs();
+        if (offset as i128 + size as i128 - file_len as i128) >= cs as i128 {
+            self.err(format!(
+                "ERROR: counting reference for region exceeding the end of the file by one cluster or more: offset {offset:#x} size {size:#x}"
+            ));
+            res.corruptions += 1;
+            return Ok(());
+        }
+        let start = offset & !(cs - 1);
+        let last = (offset + size - 1) & !(cs - 1);
+        let mut c = start;
+        while c <= last {
+            let k = c / cs;
+            if k >= rt.len {
+                if k + 1 > MAX_CHECK_CLUSTERS {
+                    res.check_errors += 1;
+                    return Err(libc::ENOMEM);
+                }
+                rt.grow(k + 1);
+            }
+            let r = rt.get(k);
+            if r == refcount_max(self.order()) {
+                self.err(format!("ERROR: overflow cluster offset={c:#x}"));
+                self.err("Use qemu-img amend to increase the refcount entry width or qemu-img convert to create a clean copy if the image cannot be opened for writing".into());
+                res.corruptions += 1;
+            } else {
+                rt.set(k, r + 1);
+            }
+            c += cs;
+        }
+        Ok(())
+    }
+
+    fn l2_entry(&self, l2: &[u8], i: usize) -> (u64, u64) {
+        if self.header.extended_l2() {
+            (be64(l2, i * 16), be64(l2, i * 16 + 8))
+        } else {
+            (be64(l2, i * 8), 0)
+        }
+    }
+
+    /// Splits a compressed L2 entry into host offset and byte count.
+    fn compressed(&self, entry: u64) -> (u64, u64) {
+        let shift = 62 - (self.header.cluster_bits - 8);
+        let mask = (1u64 << (self.header.cluster_bits - 8)) - 1;
+        let coffset = entry & ((1u64 << shift) - 1);
+        let sectors = ((entry >> shift) & mask) + 1;
+        (coffset, sectors * 512 - (coffset & 511))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn check_l2(
+        &mut self,
+        res: &mut CheckResult,
+        rt: &mut RefArray,
+        l2_offset: u64,
+        flags: u32,
+    ) -> Result<(), i32> {
+        let cs = self.cs();
+        let l2 = self.file.read_at(l2_offset, cs as usize).map_err(|_| {
+            res.check_errors += 1;
+            libc::EIO
+        })?;
+        let mut next_contiguous = 0u64;
+        for i in 0..self.header.l2_entries() as usize {
+            let (mut entry, bitmap) = self.l2_entry(&l2, i);
+            let ty = l2_cluster_type(entry, self.header.extended_l2());
+            if ty != ClusterType::Compressed && entry & 0x3f00_0000_0000_01fe != 0 {
+                self.err(format!(
+                    "ERROR found l2 entry with reserved bits set: {entry:x}"
+                ));
+                res.corruptions += 1;
+            }
+            match ty {
+                ClusterType::Compressed => {
+                    if entry & OFLAG_COPIED != 0 {
+                        let (coff, _) = self.compressed(entry);
+                        self.err(format!(
+                            "ERROR: coffset=0x{coff:x}: copied flag must never be set for compressed clusters"
+                        ));
+                        entry &= !OFLAG_COPIED;
+                        res.corruptions += 1;
+                    }
+                    if bitmap != 0 {
+                        self.err(format!(
+                            "ERROR compressed cluster {i} with non-zero subcluster allocation bitmap, entry=0x{entry:x}"
+                        ));
+                        res.corruptions += 1;
+                        continue;
+                    }
+                    let (coff, csize) = self.compressed(entry);
+                    self.inc_refcounts(res, rt, coff, csize)?;
+                    if flags & CHECK_FRAG_INFO != 0 {
+                        res.allocated_clusters += 1;
+                        res.compressed_clusters += 1;
+                        res.fragmented_clusters += 1;
+                    }
+                }
+                ClusterType::ZeroAlloc | ClusterType::Normal => {
+                    let offset = entry & L2E_OFFSET_MASK;
+                    if (bitmap >> 32) & bitmap != 0 {
+                        res.corruptions += 1;
+                        self.err(format!(
+                            "ERROR offset={offset:x}: Allocated cluster has corrupted subcluster allocation bitmap"
+                        ));
+                    }
+                    if !offset.is_multiple_of(cs) {
+                        res.corruptions += 1;
+                        let contains_data = if self.header.extended_l2() {
+                            bitmap & 0xffff_ffff != 0
+                        } else {
+                            entry & OFLAG_ZERO == 0
+                        };
+                        if contains_data {
+                            self.err(format!(
+                                "ERROR offset={offset:x}: Data cluster is not properly aligned; L2 entry corrupted."
+                            ));
+                        } else {
+                            self.err(format!(
+                                "ERROR offset={offset:x}: Preallocated cluster is not properly aligned; L2 entry corrupted."
+                            ));
+                        }
+                    }
+                    if flags & CHECK_FRAG_INFO != 0 {
+                        res.allocated_clusters += 1;
+                        if next_contiguous != 0 && offset != next_contiguous {
+                            res.fragmented_clusters += 1;
+                        }
+                        next_contiguous = offset + cs;
+                    }
+                    self.inc_refcounts(res, rt, offset, cs)?;
+                }
+                ClusterType::ZeroPlain => {}
+                ClusterType::Unallocated => {
+                    if bitmap & 0xffff_ffff != 0 {
+                        res.corruptions += 1;
+                        self.err(
+                            "ERROR: Unallocated cluster has non-zero subcluster allocation bitmap"
+                                .into(),
+                        );
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn check_l1(
+        &mut self,
+        res: &mut CheckResult,
+        rt: &mut RefArray,
+        l1_offset: u64,
+        l1_size: u32,
+        flags: u32,
+        active: bool,
+    ) -> Result<(), i32> {
+        if l1_size == 0 {
+            return Ok(());
+        }
+        let bytes = u64::from(l1_size) * 8;
+        self.inc_refcounts(res, rt, l1_offset, bytes)?;
+        let l1 = if active {
+            self.l1.clone()
+        } else {
+            match self.file.read_at(l1_offset, bytes as usize) {
+                Ok(b) => table(&b),
+                Err(_) => {
+                    self.err("ERROR: I/O error in check_refcounts_l1".into());
+                    res.check_errors += 1;
+                    return Err(libc::EIO);
+                }
+            }
+        };
+        for e in l1 {
+            if e == 0 {
+                continue;
+            }
+            if e & 0x7f00_0000_0000_01ff != 0 {
+                self.err(format!(
+                    "ERROR found L1 entry with reserved bits set: {e:x}"
+                ));
+                res.corruptions += 1;
+            }
+            let l2_offset = e & L1E_OFFSET_MASK;
+            self.inc_refcounts(res, rt, l2_offset, self.cs())?;
+            if !l2_offset.is_multiple_of(self.cs()) {
+                self.err(format!(
+                    "ERROR l2_offset={l2_offset:x}: Table is not cluster aligned; L1 entry corrupted"
+                ));
+                res.corruptions += 1;
+            }
+            self.check_l2(res, rt, l2_offset, flags)?;
+        }
+        Ok(())
+    }
+
+    /// `calculate_refcounts`.
+    fn calculate_refcounts(
+        &mut self,
+        res: &mut CheckResult,
+        fix: u32,
+        rebuild: &mut bool,
+        rt: &mut RefArray,
+    ) -> Result<(), i32> {
+        let cs = self.cs();
+        self.inc_refcounts(res, rt, 0, cs)?;
+        let (l1o, l1s) = (self.header.l1_table_offset, self.header.l1_size);
+        self.check_l1(res, rt, l1o, l1s, CHECK_FRAG_INFO, true)?;
+        for sn in self.snapshots.clone() {
+            if sn.l1_table_offset % cs != 0 {
+                self.err(format!(
+                    "ERROR snapshot {} ({}) l1_offset={:#x}: L1 table is not cluster aligned; snapshot table entry corrupted",
+                    sn.id, sn.name, sn.l1_table_offset
+                ));
+                res.corruptions += 1;
+                continue;
+            }
+            if u64::from(sn.l1_size) > MAX_L1_SIZE / 8 {
+                self.err(format!(
+                    "ERROR snapshot {} ({}) l1_size={:#x}: L1 table is too large; snapshot table entry corrupted",
+                    sn.id, sn.name, sn.l1_size
+                ));
+                res.corruptions += 1;
+                continue;
+            }
+            self.check_l1(res, rt, sn.l1_table_offset, sn.l1_size, 0, false)?;
+        }
+        let (so, ss) = (self.header.snapshots_offset, self.snapshots_size);
+        self.inc_refcounts(res, rt, so, ss)?;
+        let (ro, rs) = (
+            self.header.refcount_table_offset,
+            self.reftable.len() as u64 * 8,
+        );
+        self.inc_refcounts(res, rt, ro, rs)?;
+        self.check_refblocks(res, fix, rebuild, rt)
+    }
+
+    fn check_refblocks(
+        &mut self,
+        res: &mut CheckResult,
+        fix: u32,
+        rebuild: &mut bool,
+        rt: &mut RefArray,
+    ) -> Result<(), i32> {
+        let cs = self.cs();
+        for i in 0..self.reftable.len() {
+            let entry = self.reftable[i];
+            let offset = entry & REFT_OFFSET_MASK;
+            let cluster = offset / cs;
+            if entry & 0x1ff != 0 {
+                self.err(format!(
+                    "ERROR refcount table entry {i} has reserved bits set"
+                ));
+                res.corruptions += 1;
+                *rebuild = true;
+                continue;
+            }
+            if !offset.is_multiple_of(cs) {
+                self.err(format!(
+                    "ERROR refcount block {i} is not cluster aligned; refcount table entry corrupted"
+                ));
+                res.corruptions += 1;
+                *rebuild = true;
+                continue;
+            }
+            if cluster >= rt.len {
+                res.corruptions += 1;
+                let repairing = fix & FIX_ERRORS != 0;
+                self.err(format!(
+                    "{} refcount block {i} is outside image",
+                    if repairing { "Repairing" } else { "ERROR" }
+                ));
+                if repairing {
+                    // Grow the file to cover the block, as QEMU does (within sane bounds).
+                    let end = offset.checked_add(cs).filter(|e| *e <= 1 << 40);
+                    let resized = end.is_some_and(|end| self.file.set_len(end).is_ok());
+                    if resized {
+                        rt.grow(self.file_len().div_ceil(cs));
+                        res.corruptions -= 1;
+                        res.corruptions_fixed += 1;
+                        self.inc_refcounts(res, rt, offset, cs)?;
+                        continue;
+                    }
+                    *rebuild = true;
+                    self.err(format!(
+                        "ERROR could not resize image: {}",
+                        strerror(libc::EFBIG)
+                    ));
+                }
+                continue;
+            }
+            if offset != 0 {
+                self.inc_refcounts(res, rt, offset, cs)?;
+                let r = rt.get(cluster);
+                if r != 1 {
+                    self.err(format!("ERROR refcount block {i} refcount={r}"));
+                    res.corruptions += 1;
+                    *rebuild = true;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `compare_refcounts`; returns the highest cluster with any refcount.
+    fn compare_refcounts(
+        &mut self,
+        res: &mut CheckResult,
+        fix: u32,
+        rebuild: &mut bool,
+        rt: &RefArray,
+    ) -> u64 {
+        let mut highest = 0;
+        for i in 0..rt.len {
+            let r1 = match self.get_refcount(i) {
+                Ok(r) => r,
+                Err(e) => {
+                    self.err(format!(
+                        "Can't get refcount for cluster {i}: {}",
+                        strerror(e)
+                    ));
+                    res.check_errors += 1;
+                    continue;
+                }
+            };
+            let r2 = rt.get(i);
+            if r1 > 0 || r2 > 0 {
+                highest = i;
+            }
+            if r1 == r2 {
+                continue;
+            }
+            #[derive(PartialEq)]
+            enum Fix {
+                No,
+                Leak,
+                Corruption,
+            }
+            let mut how = Fix::No;
+            if r1 == 0 {
+                *rebuild = true;
+            } else if r1 > r2 && fix & FIX_LEAKS != 0 {
+                how = Fix::Leak;
+            } else if r1 < r2 && fix & FIX_ERRORS != 0 {
+                how = Fix::Corruption;
+            }
+            let word = if how != Fix::No {
+                "Repairing"
+            } else if r1 < r2 {
+                "ERROR"
+            } else {
+                "Leaked"
+            };
+            self.err(format!("{word} cluster {i} refcount={r1} reference={r2}"));
+            if how != Fix::No && self.writable {
+                let ok = self.update_refcount(i, r1.abs_diff(r2), r1 > r2).is_ok();
+                if ok {
+                    match how {
+                        Fix::Leak => res.leaks_fixed += 1,
+                        _ => res.corruptions_fixed += 1,
+                    }
+                    continue;
+                }
+            }
+            if r1 < r2 {
+                res.corruptions += 1;
+            } else {
+                res.leaks += 1;
+            }
+        }
+        highest
+    }
+
+    fn check_oflag_copied(&mut self, res: &mut CheckResult, fix: u32) -> Result<(), i32> {
+        let repair = if fix & FIX_ERRORS != 0 {
+            true
+        } else if fix & FIX_LEAKS != 0 {
+            res.check_errors == 0 && res.corruptions == 0 && res.leaks == 0
+        } else {
+            false
+        } && self.writable;
+        let cs = self.cs();
+        for i in 0..self.l1.len() {
+            let l1e = self.l1[i];
+            let l2_offset = l1e & L1E_OFFSET_MASK;
+            if l2_offset == 0 {
+                continue;
+            }
+            let Ok(refcount) = self.get_refcount(l2_offset / cs) else {
+                continue;
+            };
+            if (refcount == 1) != (l1e & OFLAG_COPIED != 0) {
+                res.corruptions += 1;
+                self.err(format!(
+                    "{} OFLAG_COPIED L2 cluster: l1_index={i} l1_entry={l1e:x} refcount={refcount}",
+                    if repair { "Repairing" } else { "ERROR" }
+                ));
+                if repair {
+                    let new = if refcount == 1 {
+                        l1e | OFLAG_COPIED
+                    } else {
+                        l1e & !OFLAG_COPIED
+                    };
+                    self.l1[i] = new;
+                    let at = self.header.l1_table_offset + i as u64 * 8;
+                    if self.file.write_at(at, &new.to_be_bytes()).is_err() {
+                        res.check_errors += 1;
+                        return Err(libc::EIO);
+                    }
+                    res.corruptions -= 1;
+                    res.corruptions_fixed += 1;
+                }
+            }
+            let mut l2 = match self.file.read_at(l2_offset, cs as usize) {
+                Ok(b) => b,
+                Err(e) => {
+                    self.err(format!("ERROR: Could not read L2 table: {}", strerror(e)));
+                    res.check_errors += 1;
+                    return Err(libc::EIO);
+                }
+            };
+            let mut dirty = 0;
+            for j in 0..self.header.l2_entries() as usize {
+                let (entry, _) = self.l2_entry(&l2, j);
+                let ty = l2_cluster_type(entry, self.header.extended_l2());
+                if !matches!(ty, ClusterType::Normal | ClusterType::ZeroAlloc) {
+                    continue;
+                }
+                let Ok(refcount) = self.get_refcount((entry & L2E_OFFSET_MASK) / cs) else {
+                    continue;
+                };
+                if (refcount == 1) != (entry & OFLAG_COPIED != 0) {
+                    res.corruptions += 1;
+                    self.err(format!(
+                        "{} OFLAG_COPIED data cluster: l2_entry={entry:x} refcount={refcount}",
+                        if repair { "Repairing" } else { "ERROR" }
+                    ));
+                    if repair {
+                        let new = if refcount == 1 {
+                            entry | OFLAG_COPIED
+                        } else {
+                            entry & !OFLAG_COPIED
+                        };
+                        let at = j * self.header.l2_entry_size() as usize;
+                        put64(&mut l2, at, new);
+                        dirty += 1;
+                    }
+                }
+            }
+            if dirty > 0 {
+                if let Err(e) = self.file.write_at(l2_offset, &l2) {
+                    self.err(format!("ERROR: Could not write L2 table: {}", strerror(e)));
+                    res.check_errors += 1;
+                    return Err(libc::EIO);
+                }
+                res.corruptions -= dirty;
+                res.corruptions_fixed += dirty;
+            }
+        }
+        Ok(())
+    }
+
+    /// `qcow2_check_refcounts`; Err is a negative errno (the check failed).
+    pub fn check(&mut self, fix: u32) -> (CheckResult, Result<(), i32>) {
+        let mut res = CheckResult::default();
+        let r = self.check_inner(&mut res, fix);
+        (res, r)
+    }
+
+    fn check_inner(&mut self, res: &mut CheckResult, fix: u32) -> Result<(), i32> {
+        let cs = self.cs();
+        let size = self.file_len();
+        let nb_clusters = size.div_ceil(cs);
+        if nb_clusters > i32::MAX as u64 {
+            res.check_errors += 1;
+            return Err(libc::EFBIG);
+        }
+        res.total_clusters = self.header.size.div_ceil(cs);
+        let mut rt = RefArray::new(self.order(), nb_clusters);
+        let mut rebuild = false;
+        self.calculate_refcounts(res, fix, &mut rebuild, &mut rt)?;
+        let pre_compare = res.clone();
+        let mut highest = self.compare_refcounts(res, 0, &mut rebuild, &rt);
+        if rebuild && fix & FIX_ERRORS != 0 && self.writable {
+            let old = res.clone();
+            let mut fresh_leaks = 0;
+            self.err("Rebuilding refcount structure".into());
+            if let Err((e, msg)) = self.rebuild_refcount_structure(&mut rt) {
+                res.check_errors += 1;
+                self.err(format!("qemu-img: {msg}: {}", strerror(e)));
+                return Err(e);
+            }
+            res.corruptions = 0;
+            res.leaks = 0;
+            rebuild = false;
+            let mut rt = RefArray::new(self.order(), rt.len);
+            self.calculate_refcounts(res, 0, &mut rebuild, &mut rt)?;
+            if fix & FIX_LEAKS != 0 {
+                let saved = res.clone();
+                *res = CheckResult::default();
+                highest = self.compare_refcounts(res, FIX_LEAKS, &mut rebuild, &rt);
+                if rebuild {
+                    self.err("ERROR rebuilt refcount structure is still broken".into());
+                }
+                fresh_leaks = res.leaks;
+                *res = saved;
+            }
+            if res.corruptions < old.corruptions {
+                res.corruptions_fixed += old.corruptions - res.corruptions;
+            }
+            if res.leaks < old.leaks {
+                res.leaks_fixed += old.leaks - res.leaks;
+            }
+            res.leaks += fresh_leaks;
+        } else if fix != 0 {
+            if rebuild {
+                self.err("ERROR need to rebuild refcount structures".into());
+                res.check_errors += 1;
+                return Err(libc::EIO);
+            }
+            if res.leaks != 0 || res.corruptions != 0 {
+                *res = pre_compare;
+                highest = self.compare_refcounts(res, fix, &mut rebuild, &rt);
+            }
+        }
+        self.check_oflag_copied(res, fix)?;
+        res.image_end_offset = (highest + 1) * cs;
+        Ok(())
+    }
+
+    /// `alloc_clusters_imrt`: `count` contiguous clusters free in the in-memory refcounts,
+    /// searched from `*first_free`, appended past the end if need be; marked used.
+    fn alloc_clusters_imrt(&self, count: u64, rt: &mut RefArray, first_free: &mut u64) -> u64 {
+        let mut cluster = *first_free;
+        let mut contiguous = 0;
+        let mut first_gap = true;
+        while cluster < rt.len && contiguous < count {
+            if rt.get(cluster) == 0 {
+                contiguous += 1;
+                if first_gap {
+                    *first_free = cluster;
+                    first_gap = false;
+                }
+            } else {
+                contiguous = 0;
+            }
+            cluster += 1;
+        }
+        if contiguous < count {
+            rt.grow(cluster + count - contiguous);
+        }
+        cluster -= contiguous;
+        for i in 0..count {
+            rt.set(cluster + i, 1);
+        }
+        cluster * self.cs()
+    }
+
+    /// `rebuild_refcounts_write_refblocks`: Ok(true) if the reftable grew.
+    fn write_refblocks(
+        &mut self,
+        rt: &mut RefArray,
+        first: u64,
+        end: u64,
+        reftable: &mut Vec<u64>,
+    ) -> Result<bool, (i32, &'static str)> {
+        let cs = self.cs();
+        let per_block = self.header.refblock_entries();
+        let mut first_free = 0;
+        let mut grown = false;
+        let mut end = end;
+        let mut cluster = first;
+        while cluster < end {
+            if rt.get(cluster) == 0 {
+                cluster += 1;
+                continue;
+            }
+            let index = cluster / per_block;
+            let start = index * per_block;
+            let offset = match reftable.get(index as usize) {
+                Some(&o) if o != 0 => o,
+                _ => {
+                    first_free = first_free.max(start);
+                    let off = self.alloc_clusters_imrt(1, rt, &mut first_free);
+                    if off / cs >= end {
+                        end = off / cs + 1;
+                    }
+                    if reftable.len() as u64 <= index {
+                        let entries = ((index + 1) * 8).div_ceil(cs) * cs / 8;
+                        reftable.resize(entries as usize, 0);
+                        grown = true;
+                    }
+                    reftable[index as usize] = off;
+                    off
+                }
+            };
+            if self.overlaps_metadata(offset, cs) {
+                self.signal_corruption(
+                    "Preventing invalid write on metadata (overlaps with refcount block)",
+                );
+                return Err((libc::EIO, "ERROR writing refblock"));
+            }
+            let slice = rt.slice(index * cs, cs);
+            self.file
+                .write_at(offset, &slice)
+                .map_err(|_| (libc::EIO, "ERROR writing refblock"))?;
+            cluster = start + per_block;
+        }
+        Ok(grown)
+    }
+
+    /// Whether a write would hit the header, the refcount table or a refcount block (the
+    /// overlap checks that matter while rebuilding).
+    fn overlaps_metadata(&self, offset: u64, len: u64) -> bool {
+        let cs = self.cs();
+        let hit = |start: u64, size: u64| start < offset + len && offset < start + size;
+        if hit(0, cs)
+            || hit(
+                self.header.refcount_table_offset,
+                self.reftable.len() as u64 * 8,
+            )
+        {
+            return true;
+        }
+        self.reftable
+            .iter()
+            .map(|e| e & REFT_OFFSET_MASK)
+            .any(|b| b != 0 && hit(b, cs))
+    }
+
+    /// `rebuild_refcount_structure`: new refcount blocks and table from the in-memory refcounts.
+    fn rebuild_refcount_structure(&mut self, rt: &mut RefArray) -> Result<(), (i32, &'static str)> {
+        let cs = self.cs();
+        self.refblocks.clear();
+        let mut reftable = Vec::new();
+        let end = rt.len;
+        self.write_refblocks(rt, 0, end, &mut reftable)?;
+        let (mut rt_offset, mut rt_clusters);
+        loop {
+            let length = reftable.len() as u64 * 8;
+            rt_clusters = length.div_ceil(cs);
+            let mut first_free = 0;
+            rt_offset = self.alloc_clusters_imrt(rt_clusters, rt, &mut first_free);
+            let start = rt_offset / cs;
+            if !self.write_refblocks(rt, start, start + rt_clusters, &mut reftable)? {
+                break;
+            }
+        }
+        let mut bytes = Vec::with_capacity(reftable.len() * 8);
+        for e in &reftable {
+            bytes.extend_from_slice(&e.to_be_bytes());
+        }
+        if self.overlaps_metadata(rt_offset, bytes.len() as u64) {
+            self.signal_corruption(
+                "Preventing invalid write on metadata (overlaps with refcount block)",
+            );
+            return Err((libc::EIO, "ERROR writing reftable"));
+        }
+        self.file
+            .write_at(rt_offset, &bytes)
+            .map_err(|_| (libc::EIO, "ERROR writing reftable"))?;
+        let mut hdr = rt_offset.to_be_bytes().to_vec();
+        hdr.extend_from_slice(&(rt_clusters as u32).to_be_bytes());
+        self.file
+            .write_at(48, &hdr)
+            .map_err(|_| (libc::EIO, "ERROR setting reftable"))?;
+        self.header.refcount_table_offset = rt_offset;
+        self.header.refcount_table_clusters = rt_clusters as u32;
+        self.reftable = reftable;
+        Ok(())
+    }
+
+    /// The stderr lines produced so far (and forget them).
+    pub fn take_log(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.log)
+    }
+
+    /// Clears the dirty and corrupt bits after a successful repair (`qcow2_mark_clean`,
+    /// `qcow2_mark_consistent`): only the incompatible-features field changes.
+    pub fn mark_clean(&mut self) -> Result<(), i32> {
+        let bits = INCOMPAT_DIRTY | INCOMPAT_CORRUPT;
+        if self.header.version >= 3 && self.header.incompatible_features & bits != 0 {
+            self.header.incompatible_features &= !bits;
+            self.file
+                .write_at(72, &self.header.incompatible_features.to_be_bytes())?;
+        }
+        Ok(())
+    }
+}
+
+/// C's `%#x`: no `0x` for zero.
+fn c_hex(v: u64) -> String {
+    if v == 0 {
+        "0".into()
+    } else {
+        format!("{v:#x}")
+    }
+}
+
+/// `qcow2_get_cluster_type` (no external data file); with extended L2 entries bit 0 is not a
+/// zero flag.
+pub fn l2_cluster_type(entry: u64, extended_l2: bool) -> ClusterType {
+    if extended_l2 {
+        cluster_type(entry & !OFLAG_ZERO)
+    } else {
+        cluster_type(entry)
+    }
+}
+
+/// The in-memory refcount array: entries of the image's refcount width, so it overflows where
+/// QEMU's does.
+pub struct RefArray {
+    order: u32,
+    len: u64,
+    data: Vec<u8>,
+}
+
+impl RefArray {
+    fn new(order: u32, len: u64) -> Self {
+        let mut a = RefArray {
+            order,
+            len: 0,
+            data: Vec::new(),
+        };
+        a.grow(len);
+        a
+    }
+    fn grow(&mut self, len: u64) {
+        let bytes = ((len << self.order).div_ceil(8)) as usize;
+        if bytes > self.data.len() {
+            self.data.resize(bytes, 0);
+        }
+        self.len = self.len.max(len);
+    }
+    fn get(&self, i: u64) -> u64 {
+        get_refcount(&self.data, self.order, i)
+    }
+    fn set(&mut self, i: u64, v: u64) {
+        set_refcount(&mut self.data, self.order, i, v)
+    }
+    /// `len` bytes of the packed array from byte `start`, zero past its end.
+    fn slice(&self, start: u64, len: u64) -> Vec<u8> {
+        let mut out = vec![0u8; len as usize];
+        let s = (start as usize).min(self.data.len());
+        let e = ((start + len) as usize).min(self.data.len());
+        out[..e - s].copy_from_slice(&self.data[s..e]);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::state::OFLAG_COMPRESSED;
+    use super::*;
+
+    #[test]
+    fn cluster_types() {
+        assert_eq!(l2_cluster_type(0, false), ClusterType::Unallocated);
+        assert_eq!(l2_cluster_type(1, false), ClusterType::ZeroPlain);
+        assert_eq!(l2_cluster_type(0x50001, false), ClusterType::ZeroAlloc);
+        assert_eq!(
+            l2_cluster_type(0x50000 | OFLAG_COPIED, false),
+            ClusterType::Normal
+        );
+        assert_eq!(
+            l2_cluster_type(OFLAG_COMPRESSED | 5, false),
+            ClusterType::Compressed
+        );
+        assert_eq!(l2_cluster_type(1, true), ClusterType::Unallocated);
+    }
+
+    #[test]
+    fn ref_array_grows_and_packs() {
+        let mut a = RefArray::new(0, 3);
+        a.set(2, 1);
+        a.grow(100);
+        assert_eq!(a.get(2), 1);
+        assert_eq!(a.get(99), 0);
+        assert_eq!(a.len, 100);
+    }
+}
