@@ -62,10 +62,6 @@ fn run(blk: &Rc<BlockBackend>, write: bool, size: usize, total: u64) -> f64 {
     total as f64 / t0.elapsed().as_secs_f64()
 }
 
-fn best_of(n: usize, mut f: impl FnMut() -> f64) -> f64 {
-    (0..n).map(|_| f()).fold(0.0, f64::max)
-}
-
 fn qemu_img_bench(dir: &Path, write: bool, size: usize, total: u64) -> Option<f64> {
     let count = (total / size as u64).to_string();
     let mut cmd = Command::new("qemu-img");
@@ -133,13 +129,17 @@ fn main() {
     );
     for (write, op) in [(false, "read"), (true, "write")] {
         for size in [4096usize, 65536] {
-            let mut base = 0.0;
-            for (name, drive) in drives {
-                let blk = open(d, drive);
-                let rate = best_of(3, || run(&blk, write, size, total));
-                if base == 0.0 {
-                    base = rate;
+            // Rounds interleave the drives, so drift in the machine (page cache, clock speed,
+            // the other core's load) falls on every row alike; each row keeps its best round.
+            let blks: Vec<_> = drives.iter().map(|(_, drive)| open(d, drive)).collect();
+            let mut best = vec![0.0f64; drives.len()];
+            for _ in 0..7 {
+                for (i, blk) in blks.iter().enumerate() {
+                    best[i] = best[i].max(run(blk, write, size, total));
                 }
+            }
+            let base = best[0];
+            for ((name, _), rate) in drives.iter().zip(&best) {
                 println!(
                     "{name:<32} {op:>6} {:>6} {:>12.1} {:>8.3}",
                     size,
