@@ -17,6 +17,16 @@ pub struct FileDriver {
     /// the file's size, kept as QEMU keeps total_sectors: asking the host on every request
     /// would cost a syscall per layer per request
     len: std::cell::Cell<Option<u64>>,
+    /// a temporary file (a snapshot overlay) that goes away with the node
+    temporary: Option<std::path::PathBuf>,
+}
+
+impl Drop for FileDriver {
+    fn drop(&mut self) {
+        if let Some(path) = &self.temporary {
+            let _ = std::fs::remove_file(path);
+        }
+    }
 }
 
 fn errno_of(e: &io::Error) -> i32 {
@@ -48,7 +58,14 @@ impl FileDriver {
             file,
             sync,
             len: std::cell::Cell::new(None),
+            temporary: None,
         })
+    }
+
+    /// Deletes the file when the node is dropped (QEMU's BDRV_O_TEMPORARY).
+    pub fn delete_on_close(mut self, path: std::path::PathBuf) -> Self {
+        self.temporary = Some(path);
+        self
     }
 
     fn len(&self) -> IoResult<u64> {

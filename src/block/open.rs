@@ -478,6 +478,51 @@ fn bottom_filename(node: &Rc<Node>) -> String {
     n.filename.clone()
 }
 
+/// `-s` (QEMU's BDRV_O_SNAPSHOT): the drive opened read-only under a temporary qcow2 overlay
+/// that takes every write and is deleted at close. QEMU puts it in the host's temp directory;
+/// we keep it beside the image's directory (`base_dir`), so nothing is written elsewhere.
+pub fn open_temp_snapshot(root: Rc<Node>, ctx: &OpenContext) -> Result<Rc<Node>, String> {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let size = root
+        .getlength()
+        .map_err(|e| format!("Could not get image size: {}", crate::errno::strerror(e)))?;
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = format!(".blockfault-snapshot-{}-{n}.qcow2", std::process::id());
+    let path = ctx.resolve(&name);
+    let spec = crate::img::qcow2::create::CreateSpec {
+        size,
+        ..Default::default()
+    };
+    let image = crate::img::qcow2::create::build(&spec)
+        .map_err(|e| format!("Could not create temporary overlay: {e:?}"))?;
+    std::fs::File::create(&path)
+        .and_then(|f| image.write_to(&f))
+        .map_err(|e| format!("Could not create temporary overlay: {e}"))?;
+    // The overlay is scratch space: QEMU opens it with cache.no-flush.
+    let octx = OpenContext {
+        base_dir: ctx.base_dir.clone(),
+        console: ctx.console.clone(),
+        flags: OpenFlags {
+            read_only: false,
+            no_flush: true,
+            ..ctx.flags
+        },
+        skip_host_sync: true,
+    };
+    let driver = FileDriver::open(&path, &name, false, false)
+        .map(|d| d.delete_on_close(path.clone()))
+        .inspect_err(|_| {
+            let _ = std::fs::remove_file(&path);
+        })?;
+    let mut file = Node::new(Box::new(driver), Vec::new(), name);
+    file.supported_write_flags = ReqFlags::FUA;
+    file.supported_zero_flags = ReqFlags::MAY_UNMAP.with(ReqFlags::NO_FALLBACK);
+    let file = finish(file, &octx, Limits::default());
+    let mut opts = Options::new();
+    let opened = super::qcow2::open_image(&file, &mut opts, &octx)?;
+    qcow2_assemble(file, opened, Some(root), &octx)
+}
+
 /// Opens qcow2 on top of an opened file node, then its backing file (read-only).
 fn qcow2_on(
     file: Rc<Node>,
@@ -526,6 +571,16 @@ fn qcow2_on(
             }
         },
     };
+    qcow2_assemble(file, opened, backing, ctx)
+}
+
+/// The qcow2 node over its file and, if any, its backing node.
+fn qcow2_assemble(
+    file: Rc<Node>,
+    opened: super::qcow2::open::Opened,
+    backing: Option<Rc<Node>>,
+    ctx: &OpenContext,
+) -> Result<Rc<Node>, String> {
     let mut children = vec![Child {
         name: "file",
         node: file.clone(),

@@ -7,12 +7,19 @@ use crate::output::{Console, SharedSink};
 use std::io::BufRead;
 use std::path::Path;
 
+/// qemu-io's `-r` and `-s`, which the runner's [`Invocation`] does not carry.
+#[derive(Clone, Copy, Debug, Default)]
+struct OpenMode {
+    read_only: bool,
+    snapshot: bool,
+}
+
 const USAGE_HINT: &str = "Try 'qemu-io --help' for more information.\n";
 
 /// Parses qemu-io's argv; Err(exit status) after printing QEMU's message.
-fn parse_args(args: &[String], console: &Console) -> Result<(Invocation, bool), i32> {
+fn parse_args(args: &[String], console: &Console) -> Result<(Invocation, OpenMode), i32> {
     let mut inv = Invocation::default();
-    let mut read_only = false;
+    let mut mode = OpenMode::default();
     let mut it = args.iter().peekable();
     let mut positionals = Vec::new();
     while let Some(a) = it.next() {
@@ -29,7 +36,8 @@ fn parse_args(args: &[String], console: &Console) -> Result<(Invocation, bool), 
             "-f" | "--format" => inv.format = Some(value("f")?),
             "-t" | "--cache" => inv.cache = Some(value("t")?),
             "--image-opts" => inv.image_opts = true,
-            "-r" | "--read-only" => read_only = true,
+            "-r" | "--read-only" => mode.read_only = true,
+            "-s" | "--snapshot" => mode.snapshot = true,
             "-n" | "--nocache" => inv.cache = Some("none".into()),
             "--" => positionals.extend(it.by_ref().cloned()),
             s if s.starts_with("-c") && s.len() > 2 => inv.commands.push(s[2..].to_string()),
@@ -51,14 +59,14 @@ fn parse_args(args: &[String], console: &Console) -> Result<(Invocation, bool), 
         return Err(1);
     }
     inv.drive = positionals.pop();
-    Ok((inv, read_only))
+    Ok((inv, mode))
 }
 
 pub fn main(args: &[String], base_dir: &Path, sink: SharedSink, stdin: &mut dyn BufRead) -> i32 {
     let console = Console::new(sink.clone());
     match parse_args(args, &console) {
         Err(status) => status,
-        Ok((inv, read_only)) => run_with(&inv, base_dir, console, read_only, Some(stdin)),
+        Ok((inv, mode)) => run_with(&inv, base_dir, console, mode, Some(stdin)),
     }
 }
 
@@ -68,14 +76,20 @@ pub fn run_invocation(
     sink: SharedSink,
     stdin: Option<&mut dyn BufRead>,
 ) -> i32 {
-    run_with(inv, base_dir, Console::new(sink), false, stdin)
+    run_with(
+        inv,
+        base_dir,
+        Console::new(sink),
+        OpenMode::default(),
+        stdin,
+    )
 }
 
 fn run_with(
     inv: &Invocation,
     base_dir: &Path,
     console: std::rc::Rc<Console>,
-    read_only: bool,
+    mode: OpenMode,
     stdin: Option<&mut dyn BufRead>,
 ) -> i32 {
     if inv.image_opts && inv.format.is_some() {
@@ -117,7 +131,8 @@ fn run_with(
         let opened = session.open(OpenRequest {
             name,
             options,
-            read_only,
+            read_only: mode.read_only,
+            snapshot: mode.snapshot,
             writethrough,
             no_flush,
             unmap: true,
@@ -151,5 +166,50 @@ fn interactive(session: &mut Session, stdin: &mut dyn BufRead) {
         if session.command(cmd) < 0 {
             session.last_error = true;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::output::Capture;
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    #[test]
+    fn snapshot_mode_leaves_the_image_alone_and_the_directory_clean() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("t.img"), vec![0u8; 65536]).unwrap();
+        let sink = Rc::new(RefCell::new(Capture::default()));
+        let args: Vec<String> = [
+            "-s",
+            "-f",
+            "raw",
+            "-c",
+            "write -P 9 0 512",
+            "-c",
+            "read -P 9 0 512",
+            "t.img",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let status = main(&args, dir.path(), sink.clone(), &mut std::io::empty());
+        assert_eq!(status, 0, "{}", sink.borrow().combined);
+        assert!(
+            !sink
+                .borrow()
+                .combined
+                .contains("Pattern verification failed")
+        );
+        assert_eq!(
+            std::fs::read(dir.path().join("t.img")).unwrap(),
+            vec![0u8; 65536]
+        );
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["t.img"], "the overlay is deleted at close");
     }
 }

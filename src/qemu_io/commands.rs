@@ -1028,6 +1028,7 @@ fn zone_append_f(s: &mut Session, argv: &[String]) -> i32 {
 
 fn open_f(s: &mut Session, spec: &CommandSpec, argv: &[String]) -> i32 {
     let (mut read_only, mut writethrough, mut no_flush, mut unmap) = (false, true, false, true);
+    let mut snapshot = false;
     let mut opts_text: Option<String> = None;
     let image_opts = s.image_opts;
     // QEMU stops at the first bad option value, from inside its getopt loop.
@@ -1035,6 +1036,7 @@ fn open_f(s: &mut Session, spec: &CommandSpec, argv: &[String]) -> i32 {
         let value = arg.unwrap_or_default();
         match c {
             'r' => read_only = true,
+            's' => snapshot = true,
             'n' => writethrough = false,
             'o' if image_opts => {
                 s.out("--image-opts and 'open -o' are mutually exclusive\n");
@@ -1087,6 +1089,7 @@ fn open_f(s: &mut Session, spec: &CommandSpec, argv: &[String]) -> i32 {
         name: pos.first().map(String::as_str),
         options,
         read_only,
+        snapshot,
         writethrough,
         no_flush,
         unmap,

@@ -42,6 +42,8 @@ pub struct OpenRequest<'a> {
     pub name: Option<&'a str>,
     pub options: Options,
     pub read_only: bool,
+    /// `-s`: writes go to a temporary overlay, the image stays as it was
+    pub snapshot: bool,
     pub writethrough: bool,
     pub no_flush: bool,
     /// `discard=unmap` (qemu-io's default; `-d ignore` turns it off)
@@ -87,13 +89,21 @@ impl Session {
             base_dir: self.base_dir.clone(),
             console: self.console.clone(),
             flags: OpenFlags {
-                read_only: req.read_only,
+                // Under a snapshot overlay the image itself is only read.
+                read_only: req.read_only || req.snapshot,
                 unmap: req.unmap,
                 no_flush: req.no_flush,
             },
             skip_host_sync: self.skip_host_sync,
         };
-        match open_drive(req.name, req.options, None, &ctx) {
+        let opened = open_drive(req.name, req.options, None, &ctx).and_then(|root| {
+            if req.snapshot {
+                crate::block::open::open_temp_snapshot(root, &ctx)
+            } else {
+                Ok(root)
+            }
+        });
+        match opened {
             Ok(root) => {
                 self.blk = Some(Rc::new(BlockBackend {
                     root,

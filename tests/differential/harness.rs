@@ -45,6 +45,8 @@ impl Case {
         self
     }
 
+    /// Marks a known difference while it is being fixed (no case carries one today).
+    #[allow(dead_code)]
     pub fn ignore(mut self, reason: &str) -> Self {
         self.ignore = Some(reason.to_string());
         self
