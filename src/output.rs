@@ -56,14 +56,28 @@ impl Sink for ProcessStreams {
 pub struct Console {
     sink: SharedSink,
     exit_status: std::cell::Cell<Option<i32>>,
+    /// the program name QEMU's error_report puts before its messages
+    program: &'static str,
 }
 
 impl Console {
+    /// A console for qemu-io.
     pub fn new(sink: SharedSink) -> Rc<Self> {
+        Self::for_program(sink, "qemu-io")
+    }
+
+    /// A console for `program` (`qemu-io`, `qemu-img`).
+    pub fn for_program(sink: SharedSink, program: &'static str) -> Rc<Self> {
         Rc::new(Self {
             sink,
             exit_status: std::cell::Cell::new(None),
+            program,
         })
+    }
+
+    /// QEMU's error_report: `<program>: <message>` on stderr.
+    pub fn report(&self, message: &str) {
+        self.err(&format!("{}: {message}\n", self.program));
     }
 
     pub fn write(&self, stream: Stream, text: &str) {

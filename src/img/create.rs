@@ -361,7 +361,7 @@ impl Img<'_> {
         ) {
             Ok(()) => 0,
             Err(msg) => {
-                self.console.err(&format!("qemu-img: {filename}: {msg}\n"));
+                self.console.report(&format!("{filename}: {msg}"));
                 1
             }
         }

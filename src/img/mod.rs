@@ -19,7 +19,7 @@ pub mod qcow2;
 /// `qemu-img ARGS...` (argv without the program name), relative paths resolved against `base_dir`;
 /// returns qemu-img's exit status.
 pub fn run(args: &[String], base_dir: &Path, sink: SharedSink) -> i32 {
-    let console = Console::new(sink);
+    let console = Console::for_program(sink, "qemu-img");
     let img = Img {
         console: console.clone(),
         base_dir,
@@ -59,7 +59,7 @@ struct Img<'a> {
 
 impl Img<'_> {
     fn error(&self, msg: &str) {
-        self.console.err(&format!("qemu-img: {msg}\n"));
+        self.console.report(msg);
     }
 
     /// getopt over a subcommand's argv; Err(status) after qemu-img's message.

@@ -76,7 +76,7 @@ impl Session {
 
     /// `error_report`: stderr with the program-name prefix.
     pub fn report(&self, text: &str) {
-        self.console.err(&format!("qemu-io: {text}\n"));
+        self.console.report(text);
     }
 
     /// Opens the drive; false (after printing QEMU's message) on failure.

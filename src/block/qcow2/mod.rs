@@ -145,15 +145,15 @@ impl Qcow2 {
         let mut ok = true;
         if let Err(e) = self.cache_flush(node, CacheKind::L2).await {
             ok = false;
-            self.console.err(&format!(
-                "qemu-io: Failed to flush the L2 table cache: {}\n",
+            self.console.report(&format!(
+                "Failed to flush the L2 table cache: {}",
                 crate::errno::strerror(e)
             ));
         }
         if let Err(e) = self.cache_flush(node, CacheKind::Refcount).await {
             ok = false;
-            self.console.err(&format!(
-                "qemu-io: Failed to flush the refcount block cache: {}\n",
+            self.console.report(&format!(
+                "Failed to flush the refcount block cache: {}",
                 crate::errno::strerror(e)
             ));
         }
