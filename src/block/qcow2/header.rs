@@ -197,7 +197,7 @@ pub fn unsupported_features_message(table: &[Feature], mut mask: u64) -> String 
 }
 
 /// QEMU 10.0.2's own feature table, written into v3 headers of images with clusters > 4 KiB.
-const FEATURES: [(u8, u8, &str); 8] = [
+pub const FEATURES: [(u8, u8, &str); 8] = [
     (0, 0, "dirty bit"),
     (0, 1, "corrupt bit"),
     (0, 2, "external data file"),

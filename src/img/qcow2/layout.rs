@@ -5,47 +5,17 @@
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 
-pub const MAGIC: u32 = 0x5146_49fb;
-pub const MIN_CLUSTER_BITS: u32 = 9;
-pub const MAX_CLUSTER_BITS: u32 = 21;
-/// QEMU's `QCOW_MAX_REFTABLE_SIZE` and `QCOW_MAX_L1_SIZE`, in bytes.
-pub const MAX_REFTABLE_SIZE: u64 = 8 << 20;
-pub const MAX_L1_SIZE: u64 = 32 << 20;
-/// `QCOW_MAX_CLUSTER_OFFSET`: host offsets must fit in 56 bits.
-pub const MAX_CLUSTER_OFFSET: u64 = (1 << 56) - 1;
-
-pub const OFLAG_COPIED: u64 = 1 << 63;
-pub const OFLAG_COMPRESSED: u64 = 1 << 62;
-pub const OFLAG_ZERO: u64 = 1;
-pub const L1E_OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
-pub const L2E_OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
-pub const REFT_OFFSET_MASK: u64 = 0xffff_ffff_ffff_fe00;
-
-pub const INCOMPAT_DIRTY: u64 = 1;
-pub const INCOMPAT_CORRUPT: u64 = 2;
-pub const INCOMPAT_DATA_FILE: u64 = 4;
-pub const INCOMPAT_COMPRESSION: u64 = 8;
-pub const INCOMPAT_EXTL2: u64 = 16;
-pub const COMPAT_LAZY_REFCOUNTS: u64 = 1;
-
-pub const EXT_END: u32 = 0;
-pub const EXT_BACKING_FORMAT: u32 = 0xe279_2aca;
-pub const EXT_FEATURE_TABLE: u32 = 0x6803_f857;
-pub const EXT_BITMAPS: u32 = 0x2385_2875;
-pub const EXT_CRYPTO: u32 = 0x0537_be77;
-pub const EXT_DATA_FILE: u32 = 0x4441_5441;
-
-/// The feature table QEMU 10.0.2 writes: (type, bit, name).
-pub const FEATURES: [(u8, u8, &str); 8] = [
-    (0, 0, "dirty bit"),
-    (0, 1, "corrupt bit"),
-    (0, 2, "external data file"),
-    (0, 3, "compression type"),
-    (0, 4, "extended L2 entries"),
-    (1, 0, "lazy refcounts"),
-    (2, 0, "bitmaps"),
-    (2, 1, "raw external data"),
-];
+// The format's constants are the driver's: one definition for both readers of the format.
+pub use crate::block::qcow2::header::{
+    COMPAT_LAZY_REFCOUNTS, EXT_BACKING_FORMAT, EXT_BITMAPS, EXT_CRYPTO_HEADER as EXT_CRYPTO,
+    EXT_DATA_FILE, EXT_END, EXT_FEATURE_TABLE, FEATURES, INCOMPAT_COMPRESSION, INCOMPAT_CORRUPT,
+    INCOMPAT_DATA_FILE, INCOMPAT_DIRTY, INCOMPAT_EXTL2, MAGIC, MAX_CLUSTER_BITS, MAX_L1_SIZE,
+    MAX_REFTABLE_SIZE, MIN_CLUSTER_BITS,
+};
+pub use crate::block::qcow2::state::{
+    L1E_OFFSET_MASK, L2E_OFFSET_MASK, MAX_CLUSTER_OFFSET, OFLAG_COMPRESSED, OFLAG_COPIED,
+    OFLAG_ZERO, REFT_OFFSET_MASK,
+};
 
 pub fn be16(b: &[u8], at: usize) -> u16 {
     u16::from_be_bytes([b[at], b[at + 1]])
