@@ -1,10 +1,10 @@
 //! `qemu-img check`: qcow2 images are checked by `qcow2::check` on the file itself; other
 //! formats have no check, as in QEMU.
 
-use super::Img;
 use super::json::{Json, dict, pretty};
 use super::qcow2::check::{CheckResult, FIX_ERRORS, FIX_LEAKS, Image};
 use super::qcow2::layout;
+use super::{Img, output_json};
 use crate::errno::strerror;
 use std::os::unix::fs::FileExt;
 
@@ -90,17 +90,10 @@ impl Img<'_> {
             ("image-opts", '\0', false),
             ("force-share", 'U', false),
         ];
-        let Ok((args, extra)) = self.long_opts(argv, "hf:r:T:qU", LONGS) else {
+        let Ok(((opts, pos), extra)) = self.subcommand_args(argv, "hf:r:T:qU", LONGS) else {
             return 1;
         };
-        let json = extra
-            .iter()
-            .rev()
-            .find(|(k, _)| k == "output")
-            .is_some_and(|(_, v)| v == "json");
-        let Ok((opts, pos)) = self.opts(&args, "hf:r:T:qU") else {
-            return 1;
-        };
+        let json = output_json(&extra);
         let mut fmt = None;
         let mut fix = 0;
         let mut quiet = false;

@@ -1,7 +1,6 @@
 //! `qemu-img info` (human output): qcow2 images are described from their header (format
 //! specific block, snapshots, backing file), other formats through the block layer.
 
-use super::Img;
 use super::check::is_qcow2;
 use super::create::backing_path;
 use super::json::{Json, dict, pretty};
@@ -9,6 +8,7 @@ use super::qcow2::info::{
     SNAPSHOT_HEADER, format_specific, format_specific_json, size_to_str, snapshot_line, snapshots,
 };
 use super::qcow2::layout::{INCOMPAT_DIRTY, read_header};
+use super::{Img, output_json};
 use crate::errno::strerror;
 use std::os::unix::fs::MetadataExt;
 
@@ -23,18 +23,11 @@ impl Img<'_> {
             ("image-opts", '\0', false),
             ("force-share", 'U', false),
         ];
-        let Ok((args, extra)) = self.long_opts(argv, "f:hU", LONGS) else {
+        let Ok(((opts, pos), extra)) = self.subcommand_args(argv, "f:hU", LONGS) else {
             return 1;
         };
-        let json = extra
-            .iter()
-            .rev()
-            .find(|(k, _)| k == "output")
-            .is_some_and(|(_, v)| v == "json");
+        let json = output_json(&extra);
         let chain = extra.iter().any(|(k, _)| k == "backing-chain");
-        let Ok((opts, pos)) = self.opts(&args, "f:hU") else {
-            return 1;
-        };
         let fmt = opts
             .iter()
             .rev()

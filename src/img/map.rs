@@ -1,7 +1,7 @@
 //! `qemu-img map` (human and `--output=json`): each extent's status from the first layer of
 //! the backing chain that knows it, merged as qemu-img merges them.
 
-use super::Img;
+use super::{Img, output_json};
 use crate::block::driver::status;
 use crate::block::executor::block_on;
 use crate::block::io;
@@ -125,17 +125,10 @@ impl Img<'_> {
             ("start-offset", 's', true),
             ("max-length", 'l', true),
         ];
-        let Ok((args, extra)) = self.long_opts(argv, "f:s:l:hU", LONGS) else {
+        let Ok(((opts, pos), extra)) = self.subcommand_args(argv, "f:s:l:hU", LONGS) else {
             return 1;
         };
-        let json = extra
-            .iter()
-            .rev()
-            .find(|(k, _)| k == "output")
-            .is_some_and(|(_, v)| v == "json");
-        let Ok((opts, pos)) = self.opts(&args, "f:s:l:hU") else {
-            return 1;
-        };
+        let json = output_json(&extra);
         let mut fmt = None;
         let mut start_offset = 0;
         let mut max_length = None;

@@ -52,6 +52,15 @@ type LongOnly = Vec<(String, String)>;
 /// A subcommand's options (letter, argument) and its positional arguments.
 type ParsedArgs = (Vec<(char, String)>, Vec<String>);
 
+/// Whether `--output=json` was given (the last `--output` wins).
+fn output_json(extra: &LongOnly) -> bool {
+    extra
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "output")
+        .is_some_and(|(_, v)| v == "json")
+}
+
 struct Img<'a> {
     console: Rc<Console>,
     base_dir: &'a Path,
@@ -85,6 +94,18 @@ impl Img<'_> {
     /// takes an argument)` with a letter becomes that short option; those with '\0' are
     /// returned as (name, value). Unique prefixes are accepted, as getopt_long accepts them.
     /// `--output` is checked here, as qemu-img checks it while parsing.
+    /// A subcommand's arguments: long options first (qemu-img's getopt_long), then the short
+    /// options and positionals, plus the long-only options it saw.
+    fn subcommand_args(
+        &self,
+        argv: &[String],
+        optstring: &str,
+        longs: &[(&str, char, bool)],
+    ) -> Result<(ParsedArgs, LongOnly), i32> {
+        let (args, extra) = self.long_opts(argv, optstring, longs)?;
+        Ok((self.opts(&args, optstring)?, extra))
+    }
+
     fn long_opts(
         &self,
         argv: &[String],
