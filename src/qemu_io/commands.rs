@@ -6,7 +6,7 @@ use super::getopt::Getopt;
 use super::numbers::{NumError, cvtnum, parse_pattern, parse_sleep_ms};
 use super::session::{OpenRequest, Session, parse_cache_mode};
 use crate::block::backend::BlockBackend;
-use crate::block::driver::ReqFlags;
+use crate::block::driver::{IoResult, ReqFlags};
 use crate::block::io::{self, REQUEST_MAX_BYTES};
 use crate::block::open::parse_keyval;
 use crate::errno::strerror;
@@ -108,6 +108,52 @@ fn options<'a>(
         }
     }
     Ok(g.positionals().to_vec())
+}
+
+/// The end of a synchronous request that only reports: `<name> failed: <err>` and its error, or
+/// the statistics (unless `-q`) and 0.
+struct Done {
+    name: &'static str,
+    op: &'static str,
+    offset: i64,
+    count: i64,
+    quiet: bool,
+    compact: bool,
+}
+
+impl Done {
+    /// Runs the request (timed, as qemu-io brackets it with clock_gettime) and reports.
+    fn run(
+        self,
+        s: &mut Session,
+        fut: impl std::future::Future<Output = IoResult> + 'static,
+    ) -> i32 {
+        let t0 = Instant::now();
+        let Some(ret) = s.run_sync(fut) else {
+            return EINVAL;
+        };
+        let elapsed = t0.elapsed();
+        match ret {
+            Err(e) => {
+                s.out(&format!("{} failed: {}\n", self.name, strerror(e)));
+                -e
+            }
+            Ok(()) => {
+                if !self.quiet {
+                    report(
+                        s,
+                        self.op,
+                        elapsed,
+                        self.offset,
+                        self.count,
+                        self.count,
+                        self.compact,
+                    );
+                }
+                0
+            }
+        }
+    }
 }
 
 fn report(s: &Session, op: &str, t: Duration, offset: i64, count: i64, total: i64, compact: bool) {
@@ -454,8 +500,15 @@ fn write_f(s: &mut Session, spec: &CommandSpec, argv: &[String]) -> i32 {
         Some(vec![pat.unwrap_or(0xcd); count as usize])
     };
     let b = blk(s);
-    let t0 = Instant::now();
-    let Some(ret) = s.run_sync(async move {
+    let done = Done {
+        name: "write",
+        op: "wrote",
+        offset,
+        count,
+        quiet,
+        compact,
+    };
+    done.run(s, async move {
         match data {
             Some(buf) if bflag => b.save_vmstate(offset as u64, &buf).await,
             Some(buf) if compressed => b.pwrite_compressed(offset as u64, &buf).await,
@@ -464,18 +517,7 @@ fn write_f(s: &mut Session, spec: &CommandSpec, argv: &[String]) -> i32 {
             None => b.pwrite_zeroes(offset as u64, count as u64, flags).await,
             Some(buf) => b.pwrite(offset as u64, &buf, flags).await,
         }
-    }) else {
-        return EINVAL;
-    };
-    let elapsed = t0.elapsed();
-    if let Err(e) = ret {
-        s.out(&format!("write failed: {}\n", strerror(e)));
-        return -e;
-    }
-    if !quiet {
-        report(s, "wrote", elapsed, offset, count, count, compact);
-    }
-    0
+    })
 }
 
 fn writev_f(s: &mut Session, spec: &CommandSpec, argv: &[String]) -> i32 {
@@ -499,22 +541,18 @@ fn writev_f(s: &mut Session, spec: &CommandSpec, argv: &[String]) -> i32 {
     let count = tri!(iovec_len(s, &pos[1..]));
     let flags = if fua { ReqFlags::FUA } else { ReqFlags::NONE };
     let b = blk(s);
-    let t0 = Instant::now();
-    let Some(ret) = s.run_sync(async move {
+    let done = Done {
+        name: "writev",
+        op: "wrote",
+        offset,
+        count,
+        quiet,
+        compact,
+    };
+    done.run(s, async move {
         let buf = vec![pat; count as usize];
         b.pwrite(offset as u64, &buf, flags).await
-    }) else {
-        return EINVAL;
-    };
-    let elapsed = t0.elapsed();
-    if let Err(e) = ret {
-        s.out(&format!("writev failed: {}\n", strerror(e)));
-        return -e;
-    }
-    if !quiet {
-        report(s, "wrote", elapsed, offset, count, count, compact);
-    }
-    0
+    })
 }
 
 fn aio_read_f(s: &mut Session, spec: &CommandSpec, argv: &[String]) -> i32 {
@@ -640,19 +678,18 @@ fn discard_f(s: &mut Session, spec: &CommandSpec, argv: &[String]) -> i32 {
     let bytes = tri!(num(s, &pos[1]));
     tri!(check_len(s, bytes, &pos[1], ""));
     let b = blk(s);
-    let t0 = Instant::now();
-    let Some(ret) = s.run_sync(async move { b.pdiscard(offset as u64, bytes as u64).await }) else {
-        return EINVAL;
+    let done = Done {
+        name: "discard",
+        op: "discard",
+        offset,
+        count: bytes,
+        quiet,
+        compact,
     };
-    let elapsed = t0.elapsed();
-    if let Err(e) = ret {
-        s.out(&format!("discard failed: {}\n", strerror(e)));
-        return -e;
-    }
-    if !quiet {
-        report(s, "discard", elapsed, offset, bytes, bytes, compact);
-    }
-    0
+    done.run(
+        s,
+        async move { b.pdiscard(offset as u64, bytes as u64).await },
+    )
 }
 
 fn truncate_f(s: &mut Session, spec: &CommandSpec, argv: &[String]) -> i32 {
