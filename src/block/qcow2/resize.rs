@@ -131,15 +131,17 @@ impl Qcow2 {
                 .await
                 .map_err(|e| with_errno("Failed to flush the preallocated area to disk", e))?;
         }
-        self.pwrite_sync(node, 24, &offset.to_be_bytes())
-            .await
-            .map_err(|e| with_errno("Failed to update the image size", e))?;
+        // the new length is in effect even if the header write below fails (QEMU sets
+        // total_sectors first)
         {
             let mut st = self.st.borrow_mut();
             st.size = offset;
             st.hdr.size = offset;
-            st.l1_vm_state_index = new_l1_size;
         }
+        self.pwrite_sync(node, 24, &offset.to_be_bytes())
+            .await
+            .map_err(|e| with_errno("Failed to update the image size", e))?;
+        self.st.borrow_mut().l1_vm_state_index = new_l1_size;
         self.recreate_caches(node).await
     }
 
