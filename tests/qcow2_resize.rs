@@ -151,6 +151,24 @@ const CASES: &[Case] = &[
         runs: &[&["truncate 2M", "length"], &["truncate 512k"]],
         args: &[],
     },
+    // Growing over a longer backing file: the new area must read as zeros, not backing data
+    // (bdrv_co_truncate's zero-write flag: zero clusters plus an explicit head write).
+    Case {
+        name: "backing_longer_than_overlay",
+        setup: "qemu-img create -q -f qcow2 base.qcow2 4M && qemu-io -f qcow2 -c 'write -P 0x55 0 4M' base.qcow2 >/dev/null && qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 t.qcow2 1M",
+        runs: &[
+            &["truncate 3M", "read -P 0x55 0 1M", "read -P 0 1M 2M", "map"],
+            &["truncate 1536k", "truncate 6M", "read -P 0 1M 5M", "map"],
+        ],
+        args: &[],
+    },
+    // v3 with an internal snapshot may be resized; shared clusters keep their other reference.
+    Case {
+        name: "v3_with_snapshot",
+        setup: "qemu-img create -q -f qcow2 t.qcow2 8M && qemu-io -f qcow2 -c 'write -P 1 0 1M' t.qcow2 >/dev/null && qemu-img snapshot -c s1 t.qcow2",
+        runs: &[&["truncate 16M", "truncate 512k", "read -P 1 0 512k", "map"]],
+        args: &[],
+    },
     Case {
         name: "read_only",
         setup: V3_64K,
@@ -179,7 +197,10 @@ fn check(case: &Case) -> Result<(), String> {
     std::fs::create_dir_all(&q).unwrap();
     std::fs::create_dir_all(&o).unwrap();
     sh(&q, case.setup);
-    std::fs::copy(q.join("t.qcow2"), o.join("t.qcow2")).unwrap();
+    for f in std::fs::read_dir(&q).unwrap() {
+        let f = f.unwrap();
+        std::fs::copy(f.path(), o.join(f.file_name())).unwrap();
+    }
     let mut args: Vec<&str> = vec!["-f", "qcow2"];
     args.extend_from_slice(case.args);
     args.push("t.qcow2");
