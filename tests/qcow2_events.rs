@@ -429,6 +429,75 @@ const CASES: &[Case] = &[
         cache: "writethrough",
         max_events: 120,
     },
+    // Resize. Growing past the L1 table: l1_grow_* with an exact-size table, the header's
+    // size field, then the caches are flushed and replaced (the sentinel read loads L2 again).
+    Case {
+        name: "resize_grow_l1",
+        setup: PLUS4K,
+        image: "s.qcow2",
+        commands: &["truncate 1G", "read -P 0x11 0 4k", "write 600M 4k"],
+        cache: "writethrough",
+        max_events: 90,
+    },
+    Case {
+        name: "resize_grow_within_l1",
+        setup: PLUS4K,
+        image: "s.qcow2",
+        commands: &["truncate 100M", "read -P 0x11 0 4k"],
+        cache: "writethrough",
+        max_events: 90,
+    },
+    // Shrinking: discard of the cropped clusters, l1_shrink_write_table (write-zeroes of the
+    // dropped L1 entries), l1_shrink_free_l2_clusters (their L2 tables freed), the reftable
+    // rewrite, the size field.
+    Case {
+        name: "resize_shrink_l1",
+        setup: "qemu-img create -q -f qcow2 -o cluster_size=65536,refcount_bits=16,compat=1.1 s.qcow2 2G && qemu-io -f qcow2 -c 'write -P 0x11 0 4k' -c 'write -P 0x22 1G 128k' -c 'write 1536M 64k' s.qcow2 >/dev/null",
+        image: "s.qcow2",
+        commands: &["truncate 64M", "read -P 0x11 0 4k"],
+        cache: "writethrough",
+        max_events: 90,
+    },
+    Case {
+        name: "resize_shrink_within_l2",
+        setup: PLUS4K,
+        image: "s.qcow2",
+        commands: &["write 1M 64k", "truncate 512k", "read -P 0x11 0 4k"],
+        cache: "writethrough",
+        max_events: 90,
+    },
+    Case {
+        name: "resize_shrink_1k_clusters",
+        setup: "qemu-img create -q -f qcow2 -o cluster_size=1024 s.qcow2 64M && qemu-io -f qcow2 -c 'write 0 1M' -c 'write 32M 2M' s.qcow2 >/dev/null",
+        image: "s.qcow2",
+        commands: &["truncate 512k", "read 0 4k"],
+        cache: "writethrough",
+        max_events: 200,
+    },
+    Case {
+        name: "resize_prealloc_metadata",
+        setup: PLUS4K,
+        image: "s.qcow2",
+        commands: &["truncate -m metadata 66M", "read -P 0x11 0 4k"],
+        cache: "writethrough",
+        max_events: 90,
+    },
+    Case {
+        name: "resize_prealloc_full",
+        setup: PLUS4K,
+        image: "s.qcow2",
+        commands: &["truncate -m full 65M", "read -P 0x11 0 4k"],
+        cache: "writethrough",
+        max_events: 90,
+    },
+    Case {
+        name: "resize_prealloc_falloc_l1_growth",
+        setup: "qemu-img create -q -f qcow2 -o cluster_size=1024 s.qcow2 1M && qemu-io -f qcow2 -c 'write 0 4k' s.qcow2 >/dev/null",
+        image: "s.qcow2",
+        commands: &["truncate -m falloc 2M", "read 0 4k"],
+        cache: "writethrough",
+        max_events: 200,
+    },
 ];
 
 #[test]

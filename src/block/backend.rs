@@ -95,6 +95,9 @@ impl BlockBackend {
     /// shrinking and does not know `metadata`, in that order; `falloc`/`full` only differ from
     /// `off` in allocation, which reads cannot see.
     pub async fn truncate_prealloc(&self, size: u64, prealloc: &str) -> Result<(), String> {
+        if self.root.caps.truncate_prealloc {
+            return io::truncate_prealloc(&self.root, size, prealloc).await;
+        }
         if prealloc != "off" {
             let current = self.root.getlength().map_err(crate::errno::strerror)?;
             if current > size {

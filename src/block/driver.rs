@@ -99,6 +99,8 @@ pub struct Capabilities {
     pub flush_to_os: bool,
     pub block_status: bool,
     pub truncate: bool,
+    /// `truncate` honours preallocation modes itself (`truncate_prealloc`)
+    pub truncate_prealloc: bool,
     /// raises blkdebug events (only blkdebug does)
     pub debug_events: bool,
 }
@@ -196,6 +198,16 @@ pub trait BlockDriver {
     }
     fn truncate<'a>(&'a self, _node: &'a Node, _size: u64) -> BoxFut<'a, Result<(), String>> {
         Box::pin(async { Err("Image format driver does not support resize".to_string()) })
+    }
+    /// Resize with a preallocation mode (`off`, `metadata`, `falloc`, `full`); only drivers
+    /// with the `truncate_prealloc` capability are asked, the others get `truncate`.
+    fn truncate_prealloc<'a>(
+        &'a self,
+        node: &'a Node,
+        size: u64,
+        _prealloc: &'a str,
+    ) -> BoxFut<'a, Result<(), String>> {
+        self.truncate(node, size)
     }
     fn getlength(&self, node: &Node) -> IoResult<u64>;
 

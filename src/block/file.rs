@@ -154,6 +154,7 @@ impl BlockDriver for FileDriver {
             flush_to_disk: true,
             block_status: true,
             truncate: true,
+            truncate_prealloc: true,
             ..Capabilities::default()
         }
     }
@@ -296,6 +297,67 @@ impl BlockDriver for FileDriver {
                     crate::errno::strerror(errno_of(&e))
                 )
             })
+        })
+    }
+
+    /// QEMU's raw_regular_truncate: `falloc` reserves the new range, `full` writes zeros.
+    fn truncate_prealloc<'a>(
+        &'a self,
+        node: &'a Node,
+        size: u64,
+        prealloc: &'a str,
+    ) -> BoxFut<'a, Result<(), String>> {
+        Box::pin(async move {
+            if prealloc == "off" {
+                return self.truncate(node, size).await;
+            }
+            self.size_changed();
+            let current = self.len().map_err(crate::errno::strerror)?;
+            if current > size {
+                return Err("Cannot use preallocation for shrinking files".into());
+            }
+            let fail = |msg: &str, e: i32| format!("{msg}: {}", crate::errno::strerror(e));
+            let r = match prealloc {
+                "falloc" => {
+                    if size == current {
+                        Ok(())
+                    } else {
+                        // SAFETY: plain syscall on our own descriptor.
+                        let e = unsafe {
+                            libc::posix_fallocate(
+                                self.file.as_raw_fd(),
+                                current as libc::off_t,
+                                (size - current) as libc::off_t,
+                            )
+                        };
+                        if e == 0 {
+                            Ok(())
+                        } else {
+                            Err(fail("Could not preallocate new data", e))
+                        }
+                    }
+                }
+                "full" => (|| {
+                    self.file
+                        .set_len(size)
+                        .map_err(|e| fail("Could not resize file", errno_of(&e)))?;
+                    let zeros = vec![0u8; 65536];
+                    let mut off = current;
+                    while off < size {
+                        let n = (size - off).min(zeros.len() as u64) as usize;
+                        self.file.write_all_at(&zeros[..n], off).map_err(|e| {
+                            fail("Could not write zeros for preallocation", errno_of(&e))
+                        })?;
+                        off += n as u64;
+                    }
+                    self.file
+                        .sync_all()
+                        .map_err(|e| fail("Could not flush file to disk", errno_of(&e)))
+                })(),
+                _ => Err(format!("Unsupported preallocation mode: {prealloc}")),
+            };
+            self.size_changed();
+            r
         })
     }
 

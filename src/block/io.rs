@@ -727,6 +727,15 @@ pub async fn is_allocated(node: &Node, offset: u64, bytes: u64) -> IoResult<(boo
 
 /// Resizes a node (QEMU's bdrv_co_truncate): filters without their own callback pass it on.
 pub fn truncate(node: &Node, size: u64) -> super::driver::BoxFut<'_, Result<(), String>> {
+    truncate_prealloc(node, size, "off")
+}
+
+/// `truncate` with a preallocation mode, for drivers that implement the modes themselves.
+pub fn truncate_prealloc<'a>(
+    node: &'a Node,
+    size: u64,
+    prealloc: &'a str,
+) -> super::driver::BoxFut<'a, Result<(), String>> {
     Box::pin(async move {
         if size > MAX_LENGTH {
             return Err(
@@ -738,9 +747,13 @@ pub fn truncate(node: &Node, size: u64) -> super::driver::BoxFut<'_, Result<(), 
             return Err("Image is read-only".into());
         }
         let ret = if node.caps.truncate {
-            node.driver.truncate(node, size).await
+            if node.caps.truncate_prealloc {
+                node.driver.truncate_prealloc(node, size, prealloc).await
+            } else {
+                node.driver.truncate(node, size).await
+            }
         } else if node.driver.is_filter() {
-            truncate(node.file(), size).await
+            truncate_prealloc(node.file(), size, prealloc).await
         } else {
             Err("Image format driver does not support resize".into())
         };

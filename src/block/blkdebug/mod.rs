@@ -368,6 +368,7 @@ impl BlockDriver for BlkDebugDriver {
             flush_to_disk: true,
             block_status: true,
             truncate: true,
+            truncate_prealloc: true,
             debug_events: true,
             ..Capabilities::default()
         }
@@ -487,6 +488,15 @@ impl BlockDriver for BlkDebugDriver {
 
     fn truncate<'a>(&'a self, node: &'a Node, size: u64) -> BoxFut<'a, Result<(), String>> {
         Box::pin(async move { io::truncate(node.file(), size).await })
+    }
+
+    fn truncate_prealloc<'a>(
+        &'a self,
+        node: &'a Node,
+        size: u64,
+        prealloc: &'a str,
+    ) -> BoxFut<'a, Result<(), String>> {
+        Box::pin(async move { io::truncate_prealloc(node.file(), size, prealloc).await })
     }
 
     fn getlength(&self, node: &Node) -> IoResult<u64> {

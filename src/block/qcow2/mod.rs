@@ -7,7 +7,7 @@
 //! `write` (guest writes, zero writes, discard, compression), `read` (guest reads),
 //! `open` (opening with QEMU's checks, repairing a dirty image), `check` (the refcount
 //! checker/repairer, shared with `qemu-img check`), `aio_task` (the parallel chunk tasks of
-//! one write), `compress` (zlib).
+//! one write), `compress` (zlib), `resize` (truncate: growing, shrinking, preallocation).
 
 mod aio_task;
 pub mod cache;
@@ -19,6 +19,7 @@ mod lock;
 pub mod open;
 mod read;
 pub mod refcount;
+mod resize;
 pub mod state;
 mod write;
 
@@ -216,6 +217,8 @@ impl BlockDriver for Qcow2 {
             pdiscard: true,
             flush_to_os: true,
             block_status: true,
+            truncate: true,
+            truncate_prealloc: true,
             ..Capabilities::default()
         }
     }
@@ -289,6 +292,19 @@ impl BlockDriver for Qcow2 {
                 file,
             })
         })
+    }
+
+    fn truncate<'a>(&'a self, node: &'a Node, size: u64) -> BoxFut<'a, Result<(), String>> {
+        Box::pin(async move { self.do_truncate(node, size, "off").await })
+    }
+
+    fn truncate_prealloc<'a>(
+        &'a self,
+        node: &'a Node,
+        size: u64,
+        prealloc: &'a str,
+    ) -> BoxFut<'a, Result<(), String>> {
+        Box::pin(async move { self.do_truncate(node, size, prealloc).await })
     }
 
     fn getlength(&self, _node: &Node) -> IoResult<u64> {

@@ -422,21 +422,8 @@ fn open_inner(file: &Rc<Node>, opts: &mut Options, ctx: &OpenContext) -> Result<
             libc::EINVAL,
         ));
     }
-    let max_l2_cache = (h.size.div_ceil(cs) * 8).div_ceil(cs) * cs;
-    let (l2_bytes, rc_bytes) = match (cache_size, l2_cache_size, rc_cache_size) {
-        (Some(total), l2, rc) => {
-            let l2 =
-                l2.unwrap_or_else(|| total.saturating_sub(rc.unwrap_or(4 * cs)).min(max_l2_cache));
-            (l2, rc.unwrap_or(total.saturating_sub(l2)))
-        }
-        (None, l2, rc) => (
-            l2.unwrap_or(max_l2_cache.min(32 << 20)),
-            rc.unwrap_or(4 * cs),
-        ),
-    };
-    // bounded: QEMU's own limits keep a hostile size from costing more than this
-    let l2_entries = ((l2_bytes / cs).max(2)).min((32u64 << 20) / cs).max(2) as usize;
-    let rc_entries = (rc_bytes / cs).clamp(4, (32u64 << 20) / cs) as usize;
+    let cache_opts = [cache_size, l2_cache_size, rc_cache_size];
+    let (l2_entries, rc_entries) = cache_entries(h.size, cs, cache_opts);
     // refcount init
     let reftable_entries = (u64::from(h.refcount_table_clusters) << (h.cluster_bits - 3)) as usize;
     event(file, Event::ReftableLoad);
@@ -511,6 +498,7 @@ fn open_inner(file: &Rc<Node>, opts: &mut Options, ctx: &OpenContext) -> Result<
             Cache::new(l2_entries, cs as usize),
             Cache::new(rc_entries, cs as usize),
         ],
+        cache_opts,
         allocs: Vec::new(),
         next_alloc_id: 0,
         discards: Vec::new(),
@@ -570,4 +558,26 @@ fn open_inner(file: &Rc<Node>, opts: &mut Options, ctx: &OpenContext) -> Result<
         version: h.version,
         cluster_size: cs,
     })
+}
+
+/// Cache sizes in entries from the disk size and the cache options `[cache-size,
+/// l2-cache-size, refcount-cache-size]` (QEMU's read_cache_sizes, default entry size).
+pub fn cache_entries(size: u64, cs: u64, opts: [Option<u64>; 3]) -> (usize, usize) {
+    let [cache_size, l2_cache_size, rc_cache_size] = opts;
+    let max_l2_cache = (size.div_ceil(cs) * 8).div_ceil(cs) * cs;
+    let (l2_bytes, rc_bytes) = match (cache_size, l2_cache_size, rc_cache_size) {
+        (Some(total), l2, rc) => {
+            let l2 =
+                l2.unwrap_or_else(|| total.saturating_sub(rc.unwrap_or(4 * cs)).min(max_l2_cache));
+            (l2, rc.unwrap_or(total.saturating_sub(l2)))
+        }
+        (None, l2, rc) => (
+            l2.unwrap_or(max_l2_cache.min(32 << 20)),
+            rc.unwrap_or(4 * cs),
+        ),
+    };
+    // bounded: QEMU's own limits keep a hostile size from costing more than this
+    let l2_entries = ((l2_bytes / cs).max(2)).min((32u64 << 20) / cs).max(2) as usize;
+    let rc_entries = (rc_bytes / cs).clamp(4, (32u64 << 20) / cs) as usize;
+    (l2_entries, rc_entries)
 }

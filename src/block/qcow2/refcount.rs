@@ -796,7 +796,7 @@ pub fn max_used_index(table: &[u64]) -> u64 {
 }
 
 /// Queues a discard, merging it with an adjacent queued region.
-fn update_refcount_discard(list: &mut Vec<(u64, u64)>, offset: u64, length: u64) {
+pub(crate) fn update_refcount_discard(list: &mut Vec<(u64, u64)>, offset: u64, length: u64) {
     let mut found = None;
     for (i, d) in list.iter_mut().enumerate() {
         let new_start = offset.min(d.0);

@@ -118,6 +118,8 @@ pub struct State {
     pub compat: u64,
     pub autoclear: u64,
     pub caches: [Cache; 2],
+    /// the cache-size options the caches were sized from (resized again after a resize)
+    pub cache_opts: [Option<u64>; 3],
     pub allocs: Vec<InFlight>,
     pub next_alloc_id: u64,
     pub discards: Vec<(u64, u64)>,

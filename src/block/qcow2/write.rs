@@ -281,7 +281,7 @@ impl Qcow2 {
     }
 
     /// QEMU's qcow2_subcluster_zeroize without subclusters.
-    async fn subcluster_zeroize(
+    pub(crate) async fn subcluster_zeroize(
         &self,
         node: &Node,
         offset: u64,
