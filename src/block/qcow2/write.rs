@@ -301,13 +301,29 @@ impl Qcow2 {
             return Err(libc::ENOTSUP);
         }
         let end = offset + bytes;
-        let mut offset = offset;
         let end_aligned = if end >= total { end } else { end & !(cs - 1) };
+        let nb = (end_aligned.saturating_sub(offset)).div_ceil(cs);
+        self.over_l2_slices(node, offset, nb, async |off, n| {
+            self.zero_in_l2_slice(node, off, n, flags).await
+        })
+        .await
+    }
+
+    /// Applies `per_slice` to `nb` clusters from `offset`, one L2 slice at a time (it returns
+    /// how many clusters it handled), with the discards it queues sent in one batch at the end,
+    /// as QEMU's cluster zeroize and discard loops do. The first error stops the walk.
+    async fn over_l2_slices(
+        &self,
+        node: &Node,
+        mut offset: u64,
+        mut nb: u64,
+        mut per_slice: impl AsyncFnMut(u64, u64) -> IoResult<u64>,
+    ) -> IoResult {
+        let cs = self.st.borrow().cluster_size;
         self.st.borrow_mut().cache_discards = true;
-        let mut nb = (end_aligned.saturating_sub(offset)).div_ceil(cs);
         let mut ret = Ok(());
         while nb > 0 {
-            match self.zero_in_l2_slice(node, offset, nb, flags).await {
+            match per_slice(offset, nb).await {
                 Ok(n) => {
                     nb -= n;
                     offset += n * cs;
@@ -368,33 +384,16 @@ impl Qcow2 {
     pub async fn cluster_discard(
         &self,
         node: &Node,
-        mut offset: u64,
+        offset: u64,
         bytes: u64,
         dtype: DiscardType,
         full: bool,
     ) -> IoResult {
-        let cs = self.st.borrow().cluster_size;
-        let mut nb = bytes.div_ceil(cs);
-        self.st.borrow_mut().cache_discards = true;
-        let mut ret = Ok(());
-        while nb > 0 {
-            match self
-                .discard_in_l2_slice(node, offset, nb, dtype, full)
-                .await
-            {
-                Ok(n) => {
-                    nb -= n;
-                    offset += n * cs;
-                }
-                Err(e) => {
-                    ret = Err(e);
-                    break;
-                }
-            }
-        }
-        self.st.borrow_mut().cache_discards = false;
-        self.process_discards(node, ret.is_ok()).await;
-        ret
+        let nb = bytes.div_ceil(self.st.borrow().cluster_size);
+        self.over_l2_slices(node, offset, nb, async |off, n| {
+            self.discard_in_l2_slice(node, off, n, dtype, full).await
+        })
+        .await
     }
 
     async fn discard_in_l2_slice(
