@@ -204,10 +204,6 @@ impl Gate {
         }
     }
 
-    pub fn is_open(&self) -> bool {
-        self.open.get()
-    }
-
     /// Waits until the gate is opened.
     pub fn wait(self: &Rc<Self>) -> GateWait {
         GateWait { gate: self.clone() }

@@ -110,8 +110,3 @@ impl Node {
         }
     }
 }
-
-/// Raises an event on a child of a format driver (QEMU's BLKDBG_EVENT(bs->file, ev)).
-pub async fn event_on(child: &Rc<Node>, event: Event) {
-    child.debug_event(event).await
-}

@@ -637,7 +637,7 @@ fn open_blkdebug(
         Some(v) => Some(scalar_string(&v).ok_or("Parameter 'config' expects a string")?),
         None => None,
     };
-    let state = BlkDebug::new(config.clone(), ctx.console.clone());
+    let state = BlkDebug::new(ctx.console.clone());
     let setup = super::blkdebug::setup::configure(&state, config.as_deref(), &mut opts, ctx)?;
     let image = open_child(opts.remove("image"), image_name, "image", false, ctx)?;
     for k in ["take-child-perms", "unshare-child-perms"] {

@@ -3,7 +3,7 @@
 use super::commands;
 use super::commands_table::{self, CommandSpec};
 use crate::block::backend::BlockBackend;
-use crate::block::executor::{Executor, TaskId};
+use crate::block::executor::Executor;
 use crate::block::node::OpenFlags;
 use crate::block::open::{OpenContext, Options, open_drive};
 use crate::output::Console;
@@ -127,19 +127,19 @@ impl Session {
     pub fn run_sync<T: 'static>(&mut self, fut: impl Future<Output = T> + 'static) -> Option<T> {
         let slot = Rc::new(RefCell::new(None));
         let out = slot.clone();
-        let id = self.exec.spawn(async move {
+        self.exec.spawn(async move {
             *out.borrow_mut() = Some(fut.await);
         });
         self.exec.run_until(|| slot.borrow().is_some());
         let result = slot.take();
         if result.is_none() {
-            self.hang(id);
+            self.hang();
         }
         result
     }
 
     /// Ends the session where QEMU would wait forever.
-    fn hang(&mut self, _id: TaskId) {
+    fn hang(&mut self) {
         let tags = self.suspended_tags();
         let what = if tags.is_empty() {
             "a request can never complete".to_string()
@@ -177,7 +177,7 @@ impl Session {
     pub fn drain(&mut self) -> bool {
         self.exec.run_until_idle();
         if self.exec.live_tasks() > 0 {
-            self.hang(0);
+            self.hang();
             return false;
         }
         true

@@ -88,7 +88,6 @@ pub struct BlkDebug {
     /// head first (most recent)
     suspended: RefCell<Vec<Suspended>>,
     next_id: Cell<u64>,
-    config_file: Option<String>,
     console: Rc<Console>,
 }
 
@@ -101,7 +100,7 @@ enum Check {
 }
 
 impl BlkDebug {
-    pub fn new(config_file: Option<String>, console: Rc<Console>) -> Self {
+    pub fn new(console: Rc<Console>) -> Self {
         Self {
             state: Cell::new(1),
             rules: RefCell::new(vec![Vec::new(); Event::ALL.len()]),
@@ -110,7 +109,6 @@ impl BlkDebug {
             other_rules: RefCell::new(vec![0; Event::ALL.len()]),
             suspended: RefCell::new(Vec::new()),
             next_id: Cell::new(0),
-            config_file,
             console,
         }
     }
@@ -133,14 +131,6 @@ impl BlkDebug {
     /// Adds a set-state rule.
     pub fn add_set_state(&self, event: Event, state: i32, new_state: i32) {
         self.add_rule(event, state, Action::SetState { new_state });
-    }
-
-    pub fn config_file(&self) -> Option<&str> {
-        self.config_file.as_deref()
-    }
-
-    pub fn state(&self) -> i32 {
-        self.state.get()
     }
 
     fn say(&self, text: String) {

@@ -343,21 +343,6 @@ pub fn read_header_for(file: &File, for_check: bool) -> Result<Header, OpenError
     Ok(h)
 }
 
-/// Contiguous table of big-endian u64 entries, read in bounded chunks: never more than the file
-/// holds (a table past EOF reads as an error).
-pub fn read_u64_table(file: &File, offset: u64, entries: u64) -> std::io::Result<Vec<u64>> {
-    let file_len = file.metadata()?.len();
-    let bytes = entries
-        .checked_mul(8)
-        .ok_or(std::io::ErrorKind::InvalidData)?;
-    if offset.checked_add(bytes).is_none_or(|end| end > file_len) {
-        return Err(std::io::Error::from_raw_os_error(libc::EIO));
-    }
-    let mut buf = vec![0u8; bytes as usize];
-    file.read_exact_at(&mut buf, offset)?;
-    Ok(buf.chunks_exact(8).map(|c| be64(c, 0)).collect())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
