@@ -286,8 +286,9 @@ fn open_node(
             if probes_as_qcow2(&head) {
                 return qcow2_on(proto_node, Options::new(), None, ctx);
             }
+            // The same magic with version 1 is QEMU's old `qcow` format, which we do not have.
             if probes_as_other_format(&head) {
-                return Err("Unknown driver 'qcow2'".to_string());
+                return Err("qcow (version 1) images are not supported by this engine".into());
             }
             // QEMU warns only where writes would be restricted.
             if !ctx.flags.read_only {
@@ -765,6 +766,27 @@ mod tests {
                 .starts_with("Parameter 'id' expects an identifier")
         );
         assert!(parse_keyval("id=x1").is_ok());
+    }
+
+    #[test]
+    fn qcow_version_1_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut head = vec![0u8; 4096];
+        head[..8].copy_from_slice(b"QFI\xfb\0\0\0\x01");
+        std::fs::write(dir.path().join("v1.qcow"), head).unwrap();
+        let ctx = OpenContext {
+            base_dir: dir.path().to_path_buf(),
+            console: Console::new(std::rc::Rc::new(std::cell::RefCell::new(
+                crate::output::Capture::default(),
+            ))),
+            flags: OpenFlags::default(),
+            skip_host_sync: true,
+        };
+        let err = open_drive(Some("v1.qcow"), Options::new(), None, &ctx).err();
+        assert_eq!(
+            err.as_deref(),
+            Some("qcow (version 1) images are not supported by this engine")
+        );
     }
 
     #[test]
