@@ -80,6 +80,9 @@ impl BlockDriver for BlkVerifyDriver {
     fn is_filter(&self) -> bool {
         true
     }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             flush_all: true,

@@ -124,6 +124,10 @@ pub trait BlockDriver {
     }
     fn capabilities(&self) -> Capabilities;
 
+    /// The driver as `Any`, for code that knows which driver a node has (a format's own
+    /// coroutines reaching their driver state through an `Rc<Node>`).
+    fn as_any(&self) -> &dyn std::any::Any;
+
     fn preadv<'a>(&'a self, node: &'a Node, offset: u64, buf: &'a mut [u8])
     -> BoxFut<'a, IoResult>;
     fn pwritev<'a>(

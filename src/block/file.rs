@@ -2,7 +2,7 @@
 //! one executor turn, as QEMU's thread-pool I/O completes through a bottom half.
 
 use super::driver::{BlockDriver, BlockStatus, BoxFut, Capabilities, IoResult, ReqFlags, status};
-use super::executor::yield_now;
+use super::executor::pool_job;
 use super::node::Node;
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -14,9 +14,6 @@ pub struct FileDriver {
     file: File,
     /// whether flushes and FUA writes reach the host disk (fdatasync)
     sync: bool,
-    /// the file's size, kept as QEMU keeps total_sectors: asking the host on every request
-    /// would cost a syscall per layer per request
-    len: std::cell::Cell<Option<u64>>,
     /// a temporary file (a snapshot overlay) that goes away with the node
     temporary: Option<std::path::PathBuf>,
 }
@@ -57,7 +54,6 @@ impl FileDriver {
         Ok(Self {
             file,
             sync,
-            len: std::cell::Cell::new(None),
             temporary: None,
         })
     }
@@ -68,30 +64,12 @@ impl FileDriver {
         self
     }
 
+    /// The host file's size (the node keeps the block layer's own idea of the length).
     fn len(&self) -> IoResult<u64> {
-        if let Some(len) = self.len.get() {
-            return Ok(len);
-        }
-        let len = self
-            .file
+        self.file
             .metadata()
             .map(|m| m.len())
-            .map_err(|e| errno_of(&e))?;
-        self.len.set(Some(len));
-        Ok(len)
-    }
-
-    /// Forgets the cached size after something that may have changed it.
-    fn size_changed(&self) {
-        self.len.set(None);
-    }
-
-    fn grew_to(&self, end: u64) {
-        if let Some(len) = self.len.get()
-            && end > len
-        {
-            self.len.set(Some(end));
-        }
+            .map_err(|e| errno_of(&e))
     }
 
     fn read_full(&self, offset: u64, buf: &mut [u8]) -> IoResult {
@@ -147,6 +125,9 @@ impl BlockDriver for FileDriver {
     fn protocol_name(&self) -> Option<&'static str> {
         Some("file")
     }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             pwrite_zeroes: true,
@@ -167,7 +148,7 @@ impl BlockDriver for FileDriver {
     ) -> BoxFut<'a, IoResult> {
         Box::pin(async move {
             let ret = self.read_full(offset, buf);
-            yield_now().await;
+            pool_job().await;
             ret
         })
     }
@@ -180,20 +161,17 @@ impl BlockDriver for FileDriver {
         flags: ReqFlags,
     ) -> BoxFut<'a, IoResult> {
         Box::pin(async move {
-            let mut ret = self
+            let ret = self
                 .file
                 .write_all_at(buf, offset)
                 .map_err(|e| errno_of(&e));
-            if ret.is_ok() {
-                self.grew_to(offset + buf.len() as u64);
-            } else {
-                self.size_changed();
-            }
-            // FUA as file-posix does it: a data sync after the write.
+            pool_job().await;
+            // FUA as file-posix does it with thread-pool I/O: a second job, a data sync.
             if ret.is_ok() && flags.has(ReqFlags::FUA) {
-                ret = self.fdatasync();
+                let ret = self.fdatasync();
+                pool_job().await;
+                return ret;
             }
-            yield_now().await;
             ret
         })
     }
@@ -207,8 +185,7 @@ impl BlockDriver for FileDriver {
     ) -> BoxFut<'a, IoResult> {
         Box::pin(async move {
             let ret = self.zero_range(offset, bytes, flags.has(ReqFlags::MAY_UNMAP));
-            self.size_changed();
-            yield_now().await;
+            pool_job().await;
             ret
         })
     }
@@ -220,7 +197,7 @@ impl BlockDriver for FileDriver {
             let r = unsafe {
                 libc::fallocate(self.file.as_raw_fd(), mode, offset as i64, bytes as i64)
             };
-            yield_now().await;
+            pool_job().await;
             // Discard is advisory: a host that cannot punch holes just keeps the data.
             if r == 0 { Ok(()) } else { Err(libc::ENOTSUP) }
         })
@@ -229,7 +206,7 @@ impl BlockDriver for FileDriver {
     fn flush_to_disk<'a>(&'a self, _node: &'a Node) -> BoxFut<'a, IoResult> {
         Box::pin(async move {
             let ret = self.fdatasync();
-            yield_now().await;
+            pool_job().await;
             ret
         })
     }
@@ -290,13 +267,14 @@ impl BlockDriver for FileDriver {
 
     fn truncate<'a>(&'a self, _node: &'a Node, size: u64) -> BoxFut<'a, Result<(), String>> {
         Box::pin(async move {
-            self.size_changed();
-            self.file.set_len(size).map_err(|e| {
+            let ret = self.file.set_len(size).map_err(|e| {
                 format!(
                     "Failed to resize file: {}",
                     crate::errno::strerror(errno_of(&e))
                 )
-            })
+            });
+            pool_job().await;
+            ret
         })
     }
 
@@ -311,7 +289,6 @@ impl BlockDriver for FileDriver {
             if prealloc == "off" {
                 return self.truncate(node, size).await;
             }
-            self.size_changed();
             let current = self.len().map_err(crate::errno::strerror)?;
             if current > size {
                 return Err("Cannot use preallocation for shrinking files".into());
@@ -356,7 +333,7 @@ impl BlockDriver for FileDriver {
                 })(),
                 _ => Err(format!("Unsupported preallocation mode: {prealloc}")),
             };
-            self.size_changed();
+            pool_job().await;
             r
         })
     }

@@ -12,3 +12,4 @@ pub mod open;
 pub mod options;
 pub mod qcow2;
 pub mod raw;
+pub mod tracked;

@@ -5,7 +5,7 @@ use super::blkdebug::events::Event;
 use super::driver::{BlockDriver, Capabilities, IoResult, Limits, ReqFlags};
 use super::executor::Gate;
 use std::cell::{Cell, RefCell};
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 
 /// A named edge to a child node (`file`, `image`, `raw`, `test`, `backing`).
 pub struct Child {
@@ -41,6 +41,14 @@ pub struct Node {
     pub(crate) flushed_gen: Cell<u64>,
     pub(crate) flush_active: Cell<bool>,
     pub(crate) flush_waiters: RefCell<Vec<Rc<Gate>>>,
+    /// the node's own `Rc` (see [`Node::into_rc`]), for coroutines that outlive a borrow
+    self_ref: Weak<Node>,
+    /// the length in sectors the block layer believes (QEMU's `bs->total_sectors`): read
+    /// from the driver at open and after a resize, raised by writes that end past it
+    pub(crate) total_sectors: Cell<u64>,
+    /// requests in flight on this node, newest first (see `tracked`)
+    pub(crate) tracked: RefCell<Vec<Rc<super::tracked::Tracked>>>,
+    pub(crate) serialising_in_flight: Cell<usize>,
 }
 
 impl Node {
@@ -59,7 +67,38 @@ impl Node {
             flushed_gen: Cell::new(0),
             flush_active: Cell::new(false),
             flush_waiters: RefCell::new(Vec::new()),
+            self_ref: Weak::new(),
+            total_sectors: Cell::new(0),
+            tracked: RefCell::new(Vec::new()),
+            serialising_in_flight: Cell::new(0),
         }
+    }
+
+    /// Asks the driver for the length again (QEMU's bdrv_refresh_total_sectors).
+    pub fn refresh_total_sectors(&self) -> IoResult<u64> {
+        let len = self.driver.getlength(self)?;
+        self.total_sectors.set(len.div_ceil(512));
+        Ok(len)
+    }
+
+    /// Puts a finished node into the graph's `Rc`, remembering it for [`Node::rc`].
+    pub fn into_rc(mut self) -> Rc<Node> {
+        Rc::new_cyclic(|me| {
+            self.self_ref = me.clone();
+            self
+        })
+    }
+
+    /// This node's `Rc`: a request's own coroutines (qcow2's parallel tasks) hold it.
+    pub fn rc(&self) -> Rc<Node> {
+        self.self_ref
+            .upgrade()
+            .expect("nodes are created with Node::into_rc")
+    }
+
+    /// The driver, when it is a `T`.
+    pub fn driver_as<T: 'static>(&self) -> Option<&T> {
+        self.driver.as_any().downcast_ref()
     }
 
     pub fn child(&self, name: &str) -> Option<&Rc<Node>> {
@@ -84,8 +123,9 @@ impl Node {
         self.caps
     }
 
+    /// The length as the block layer sees it: whole sectors (QEMU's bdrv_co_getlength).
     pub fn getlength(&self) -> IoResult<u64> {
-        self.driver.getlength(self)
+        Ok(self.total_sectors.get() * 512)
     }
 
     /// Raises a blkdebug event on this node (QEMU's bdrv_co_debug_event): only a driver with a

@@ -267,22 +267,30 @@ fn open_node(
             if !probe {
                 return Ok(proto_node);
             }
-            // Probe the format of what the protocol node holds.
+            // Probe the format of what the protocol node holds (QEMU's find_image_format):
+            // an empty image is raw, and a probe read that fails fails the open.
             let mut head = vec![0u8; PROBE_BUF_SIZE as usize];
-            let len = proto_node.getlength().unwrap_or(0).min(PROBE_BUF_SIZE) as usize;
-            let _ = crate::block::executor::block_on({
+            if proto_node.getlength().unwrap_or(0) > 0 {
                 let n = proto_node.clone();
-                async move {
-                    let mut buf = vec![0u8; len];
-                    let r = super::io::preadv(&n, 0, &mut buf).await;
-                    (r, buf)
+                let read = crate::block::executor::block_on(async move {
+                    let mut buf = vec![0u8; PROBE_BUF_SIZE as usize];
+                    super::io::preadv(&n, 0, &mut buf).await.map(|()| buf)
+                });
+                match read {
+                    Some(Ok(buf)) => head = buf,
+                    Some(Err(e)) => {
+                        return Err(format!(
+                            "Could not read image for determining its format: {}",
+                            crate::errno::strerror(e)
+                        ));
+                    }
+                    None => {
+                        return Err(
+                            "the format probe read can never complete; QEMU would hang here".into(),
+                        );
+                    }
                 }
-            })
-            .map(|(r, buf)| {
-                if r.is_ok() {
-                    head[..len].copy_from_slice(&buf);
-                }
-            });
+            }
             if probes_as_qcow2(&head) {
                 return qcow2_on(proto_node, Options::new(), None, ctx);
             }
@@ -339,7 +347,9 @@ fn finish(mut node: Node, ctx: &OpenContext, own: Limits) -> Rc<Node> {
         }
     }
     node.limits = limits;
-    Rc::new(node)
+    let node = node.into_rc();
+    let _ = node.refresh_total_sectors();
+    node
 }
 
 fn open_file(

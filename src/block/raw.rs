@@ -22,6 +22,9 @@ impl BlockDriver for RawDriver {
     fn format_name(&self) -> &'static str {
         "raw"
     }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             pwrite_zeroes: true,

@@ -564,18 +564,23 @@ fn aio_read_f(s: &mut Session, spec: &CommandSpec, argv: &[String]) -> i32 {
     let b = blk(s);
     let console = s.console.clone();
     let t0 = Instant::now();
-    s.spawn(async move {
-        let mut buf = vec![0xabu8; req.count as usize];
-        let ret = b.pread(req.offset as u64, &mut buf).await;
-        let elapsed = t0.elapsed();
-        match ret {
-            Err(e) => console.out(&format!("readv failed: {}\n", strerror(e))),
-            // A pattern mismatch in an aio read does not change the exit status.
-            Ok(()) => {
-                req.report(&console, &buf, elapsed);
+    s.submit_aio(
+        async move {
+            let mut buf = vec![0xabu8; req.count as usize];
+            let ret = b.pread(req.offset as u64, &mut buf).await;
+            (ret, buf)
+        },
+        move |(ret, buf)| {
+            let elapsed = t0.elapsed();
+            match ret {
+                Err(e) => console.out(&format!("readv failed: {}\n", strerror(e))),
+                // A pattern mismatch in an aio read does not change the exit status.
+                Ok(()) => {
+                    req.report(&console, &buf, elapsed);
+                }
             }
-        }
-    });
+        },
+    );
     0
 }
 
@@ -630,24 +635,28 @@ fn aio_write_f(s: &mut Session, spec: &CommandSpec, argv: &[String]) -> i32 {
     let b = blk(s);
     let console = s.console.clone();
     let t0 = Instant::now();
-    s.spawn(async move {
-        let ret = if zflag {
-            b.pwrite_zeroes(offset as u64, count as u64, flags).await
-        } else {
-            b.pwrite(offset as u64, &vec![pat; count as usize], flags)
-                .await
-        };
-        let elapsed = t0.elapsed();
-        if let Err(e) = ret {
-            console.out(&format!("aio_write failed: {}\n", strerror(e)));
-            return;
-        }
-        if !quiet {
-            console.out(&report_duration(
-                "wrote", elapsed, offset, count, count, 1, compact,
-            ));
-        }
-    });
+    s.submit_aio(
+        async move {
+            if zflag {
+                b.pwrite_zeroes(offset as u64, count as u64, flags).await
+            } else {
+                b.pwrite(offset as u64, &vec![pat; count as usize], flags)
+                    .await
+            }
+        },
+        move |ret| {
+            let elapsed = t0.elapsed();
+            if let Err(e) = ret {
+                console.out(&format!("aio_write failed: {}\n", strerror(e)));
+                return;
+            }
+            if !quiet {
+                console.out(&report_duration(
+                    "wrote", elapsed, offset, count, count, 1, compact,
+                ));
+            }
+        },
+    );
     0
 }
 
@@ -906,7 +915,7 @@ fn resume_one(s: &mut Session, node: &crate::block::node::Node, tag: &str) -> bo
         None => false,
         Some(task) => {
             if let Some(id) = task {
-                s.exec.poll_task(id);
+                s.exec.enter(id);
             }
             true
         }
@@ -966,7 +975,7 @@ fn wait_break_f(s: &mut Session, argv: &[String]) -> i32 {
             .and_then(|n| n.driver.as_blkdebug().map(|d| d.is_suspended(&tag)))
             .unwrap_or(false)
     };
-    if !s.exec.run_until(suspended) {
+    if !s.exec.poll_while(suspended) {
         s.err(&format!(
             "blockfault: wait_break {}: no request can reach that breakpoint; qemu-io would wait here forever\n",
             argv[1]

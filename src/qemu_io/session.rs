@@ -35,6 +35,8 @@ pub struct Session {
     pub skip_host_sync: bool,
     /// qemu-io was started with `--image-opts` (then `open -o` is refused)
     pub image_opts: bool,
+    /// aio requests submitted and not yet reported (QEMU's BlockBackend in_flight)
+    in_flight: Rc<std::cell::Cell<usize>>,
 }
 
 /// How a drive is opened (qemu-io's `openfile` parameters).
@@ -63,6 +65,7 @@ impl Session {
             quit: false,
             skip_host_sync: false,
             image_opts: false,
+            in_flight: Rc::default(),
         }
     }
 
@@ -122,20 +125,20 @@ impl Session {
         }
     }
 
-    /// Runs a request to completion, as qemu-io's synchronous commands poll until theirs is
-    /// done. None when it can never finish (it waits at a breakpoint): QEMU would hang there.
+    /// Runs a request to completion as QEMU's synchronous wrappers do: the request's coroutine
+    /// is entered, and the main loop polls only if it yielded (`bdrv_poll_co`). None when it
+    /// can never finish (it waits at a breakpoint): QEMU would hang there.
     pub fn run_sync<T: 'static>(&mut self, fut: impl Future<Output = T> + 'static) -> Option<T> {
         let slot = Rc::new(RefCell::new(None));
         let out = slot.clone();
         self.exec.spawn(async move {
             *out.borrow_mut() = Some(fut.await);
         });
-        self.exec.run_until(|| slot.borrow().is_some());
-        let result = slot.take();
-        if result.is_none() {
+        if !self.exec.poll_while(|| slot.borrow().is_some()) {
             self.hang();
+            return None;
         }
-        result
+        slot.take()
     }
 
     /// Ends the session where QEMU would wait forever.
@@ -168,15 +171,57 @@ impl Session {
             .unwrap_or_default()
     }
 
-    /// Submits an aio request: it runs until it first waits, then the command returns.
-    pub fn spawn(&self, fut: impl Future<Output = ()> + 'static) {
-        self.exec.spawn(fut);
+    /// Submits an aio request (QEMU's `blk_aio_prwv`): its coroutine runs until it first
+    /// yields. `done` reports the result: at the end of the coroutine, or, when the request
+    /// finished before submission returned, from a bottom half at the next poll.
+    pub fn submit_aio<T: 'static>(
+        &self,
+        request: impl Future<Output = T> + 'static,
+        done: impl FnOnce(T) + 'static,
+    ) {
+        struct Aio<T> {
+            has_returned: std::cell::Cell<bool>,
+            result: RefCell<Option<T>>,
+            done: RefCell<Option<Box<dyn FnOnce(T)>>>,
+        }
+        let aio = Rc::new(Aio {
+            has_returned: std::cell::Cell::new(false),
+            result: RefCell::new(None),
+            done: RefCell::new(Some(Box::new(done))),
+        });
+        let in_flight = self.in_flight.clone();
+        in_flight.set(in_flight.get() + 1);
+        let complete = {
+            let (aio, in_flight) = (aio.clone(), in_flight.clone());
+            move |r: T| {
+                let done = aio.done.borrow_mut().take();
+                if let Some(done) = done {
+                    done(r);
+                }
+                in_flight.set(in_flight.get() - 1);
+            }
+        };
+        let a = aio.clone();
+        let complete_in_co = complete.clone();
+        self.exec.spawn(async move {
+            let r = request.await;
+            if a.has_returned.get() {
+                complete_in_co(r);
+            } else {
+                *a.result.borrow_mut() = Some(r);
+            }
+        });
+        aio.has_returned.set(true);
+        let finished = aio.result.borrow_mut().take();
+        if let Some(r) = finished {
+            self.exec.bh_oneshot(move || complete(r));
+        }
     }
 
-    /// Waits for all in-flight requests (QEMU's drain); false if some can never finish.
+    /// Waits for all in-flight aio requests (QEMU's drain); false if some can never finish.
     pub fn drain(&mut self) -> bool {
-        self.exec.run_until_idle();
-        if self.exec.live_tasks() > 0 {
+        let in_flight = self.in_flight.clone();
+        if !self.exec.poll_while(|| in_flight.get() == 0) {
             self.hang();
             return false;
         }

@@ -351,6 +351,9 @@ impl BlockDriver for BlkDebugDriver {
     fn is_filter(&self) -> bool {
         true
     }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             pwrite_zeroes: true,

@@ -46,9 +46,36 @@ pub struct Qcow2 {
     pub(crate) read_only: bool,
     /// QEMU's metadata_preallocation, decided at the first block-status query
     pub(crate) metadata_prealloc: std::cell::Cell<Option<bool>>,
+    /// (de)compression jobs in the thread pool, and who waits for a free one
+    pub(crate) threads: std::cell::Cell<usize>,
+    pub(crate) thread_queue: crate::block::executor::CoQueue,
 }
 
+/// QCOW2_MAX_THREADS: (de)compression jobs one image runs at once.
+const MAX_THREADS: usize = 4;
+
 impl Qcow2 {
+    /// QEMU's qcow2_co_process: (de)compression runs as a thread-pool job, at most
+    /// `MAX_THREADS` at once, counted under the metadata lock.
+    pub(crate) async fn in_thread<T>(&self, work: impl FnOnce() -> T) -> T {
+        self.lock.lock().await;
+        while self.threads.get() >= MAX_THREADS {
+            let woken = self.thread_queue.wait();
+            self.lock.unlock();
+            woken.await;
+            self.lock.lock().await;
+        }
+        self.threads.set(self.threads.get() + 1);
+        self.lock.unlock();
+        let out = work();
+        crate::block::executor::pool_job().await;
+        self.lock.lock().await;
+        self.threads.set(self.threads.get() - 1);
+        self.thread_queue.next();
+        self.lock.unlock();
+        out
+    }
+
     fn check_alive(&self) -> IoResult {
         if self.st.borrow().dead {
             return Err(libc::ENOMEDIUM);
@@ -211,6 +238,9 @@ impl BlockDriver for Qcow2 {
         true
     }
 
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             pwrite_zeroes: true,

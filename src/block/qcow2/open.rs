@@ -527,6 +527,8 @@ fn open_inner(file: &Rc<Node>, opts: &mut Options, ctx: &OpenContext) -> Result<
         console: ctx.console.clone(),
         read_only,
         metadata_prealloc: std::cell::Cell::new(None),
+        threads: std::cell::Cell::new(0),
+        thread_queue: crate::block::executor::CoQueue::new(),
     };
     if update_header {
         // the header rewrite goes straight to the file: the node is not built yet

@@ -18,24 +18,12 @@ impl Qcow2 {
     /// written by its own task; when the request needs more than one chunk the tasks run in
     /// parallel (an AioTaskPool of up to 8), started in order while the next chunk is being
     /// mapped, and no new chunk starts once a task has failed.
-    pub async fn do_pwritev(&self, node: &Node, offset: u64, buf: &[u8]) -> IoResult {
+    pub async fn do_pwritev(&self, node: &Node, mut offset: u64, buf: &[u8]) -> IoResult {
         self.check_alive()?;
-        let pool = TaskPool::new();
-        let main = self.pwritev_main(node, offset, buf, pool.clone());
-        pool.run(main).await
-    }
-
-    async fn pwritev_main<'a>(
-        &'a self,
-        node: &'a Node,
-        mut offset: u64,
-        buf: &'a [u8],
-        pool: Rc<TaskPool<'a>>,
-    ) -> IoResult {
+        let mut pool: Option<Rc<TaskPool>> = None;
         let mut pos = 0usize;
-        let mut parallel = false;
         let mut ret = Ok(());
-        while pos < buf.len() && pool.status().is_ok() {
+        while pos < buf.len() && pool.as_ref().map_or(Ok(()), |p| p.status()).is_ok() {
             let want = ((buf.len() - pos) as u64).min(i32::MAX as u64);
             let mut metas = Vec::new();
             self.lock.lock().await;
@@ -50,13 +38,20 @@ impl Qcow2 {
             };
             self.lock.unlock();
             let data = &buf[pos..pos + cur as usize];
-            if !parallel && cur as usize == buf.len() - pos {
+            if pool.is_none() && cur as usize != buf.len() - pos {
+                pool = Some(TaskPool::new());
+            }
+            match &pool {
                 // a single chunk runs in the request's own coroutine
-                self.pwritev_task(node, host, offset, data, metas).await?;
-            } else {
-                parallel = true;
-                pool.start(Box::pin(self.pwritev_task(node, host, offset, data, metas)))
+                None => self.pwritev_task(node, host, offset, data, metas).await?,
+                Some(pool) => {
+                    let (node, data) = (node.rc(), data.to_vec());
+                    pool.start(async move {
+                        let q: &Qcow2 = node.driver_as().expect("a qcow2 node");
+                        q.pwritev_task(&node, host, offset, &data, metas).await
+                    })
                     .await;
+                }
             }
             pos += cur as usize;
             offset += cur;
@@ -66,8 +61,13 @@ impl Qcow2 {
             self.lock.lock().await;
             self.lock.unlock();
         }
-        pool.wait_all().await;
-        ret.and(pool.status())
+        match pool {
+            Some(pool) => {
+                pool.wait_all().await;
+                ret.and(pool.status())
+            }
+            None => ret,
+        }
     }
 
     /// One mapped chunk of a write: zero-fill or COW, the data, then the L2 link.
@@ -482,7 +482,8 @@ impl Qcow2 {
         r
     }
 
-    /// QEMU's qcow2_co_pwritev_compressed_part and its per-cluster task.
+    /// QEMU's qcow2_co_pwritev_compressed_part: one task per cluster, in parallel when there
+    /// is more than one, so a failing cluster does not keep the others from being written.
     pub async fn do_pwritev_compressed(&self, node: &Node, offset: u64, buf: &[u8]) -> IoResult {
         self.check_alive()?;
         let (cs, total) = {
@@ -499,21 +500,50 @@ impl Qcow2 {
         if bytes & (cs - 1) != 0 && offset + bytes != total {
             return Err(libc::EINVAL);
         }
+        let mut pool: Option<Rc<TaskPool>> = None;
         let mut pos = 0u64;
-        while pos < bytes {
+        let mut ret = Ok(());
+        while pos < bytes && pool.as_ref().map_or(Ok(()), |p| p.status()).is_ok() {
             let chunk = (bytes - pos).min(cs);
             let data = &buf[pos as usize..(pos + chunk) as usize];
-            self.compressed_task(node, offset + pos, data).await?;
+            if pool.is_none() && chunk != bytes - pos {
+                pool = Some(TaskPool::new());
+            }
+            match &pool {
+                None => {
+                    ret = self.compressed_task(node, offset + pos, data).await;
+                    if ret.is_err() {
+                        break;
+                    }
+                }
+                Some(pool) => {
+                    let (node, data, at) = (node.rc(), data.to_vec(), offset + pos);
+                    pool.start(async move {
+                        let q: &Qcow2 = node.driver_as().expect("a qcow2 node");
+                        q.compressed_task(&node, at, &data).await
+                    })
+                    .await;
+                }
+            }
             pos += chunk;
         }
-        Ok(())
+        match pool {
+            Some(pool) => {
+                pool.wait_all().await;
+                ret.and(pool.status())
+            }
+            None => ret,
+        }
     }
 
     async fn compressed_task(&self, node: &Node, offset: u64, data: &[u8]) -> IoResult {
         let cs = self.st.borrow().cluster_size as usize;
         let mut input = vec![0u8; cs];
         input[..data.len()].copy_from_slice(data);
-        let Some(out) = super::compress::compress(&input, cs - 1) else {
+        let compressed = self
+            .in_thread(|| super::compress::compress(&input, cs - 1))
+            .await;
+        let Some(out) = compressed else {
             // does not shrink: written as a normal cluster
             return self.do_pwritev(node, offset, data).await;
         };
