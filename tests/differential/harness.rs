@@ -97,7 +97,7 @@ pub fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
 
 /// Why the real programs can't be run, if they can't.
 pub fn missing_tools() -> Option<String> {
-    for tool in ["qemu-io", "stdbuf", "timeout"] {
+    for tool in ["qemu-io", "qemu-img", "stdbuf", "timeout"] {
         let found = std::env::var_os("PATH")
             .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
             .unwrap_or(false);

@@ -11,6 +11,7 @@
 
 mod cases;
 mod harness;
+mod no_lost_writes;
 mod ours;
 
 use harness::{Case, filter, missing_tools, populate, run_ours, run_qemu, snapshot};
@@ -28,7 +29,8 @@ fn main() {
     match missing_tools() {
         Some(why) => eprintln!("differential: skipping the qemu-io comparisons: {why}"),
         None => {
-            let cases = cases::all();
+            let mut cases = cases::all();
+            cases.extend(no_lost_writes::all());
             let mut names = HashSet::new();
             for c in &cases {
                 assert!(

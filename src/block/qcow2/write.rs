@@ -491,7 +491,9 @@ impl Qcow2 {
             (st.cluster_size, st.size)
         };
         if buf.is_empty() {
-            return Ok(());
+            // QEMU's way to end a compressed image: its file is padded to whole sectors.
+            let len = io::getlength(node.file())?;
+            return io::truncate(node.file(), len).await.map_err(|_| libc::EIO);
         }
         let bytes = buf.len() as u64;
         if offset & (cs - 1) != 0 {
