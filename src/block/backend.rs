@@ -15,7 +15,9 @@ pub struct BlockBackend {
 }
 
 impl BlockBackend {
-    fn check(&self, offset: u64, bytes: u64) -> IoResult {
+    /// QEMU's blk_check_byte_request: the range must lie within the device. Callers check
+    /// before they allocate a buffer, so a request that fails here costs nothing.
+    pub fn check(&self, offset: u64, bytes: u64) -> IoResult {
         let len = self.root.getlength()?;
         if offset > len || len - offset < bytes {
             return Err(libc::EIO);
@@ -52,11 +54,17 @@ impl BlockBackend {
         io::pwritev(&self.root, offset, buf, flags).await
     }
 
-    /// qemu-io `write -b` (QEMU's blk_save_vmstate): past the disk, flushed in writethrough.
-    pub async fn save_vmstate(&self, pos: u64, buf: &[u8]) -> IoResult {
-        if pos > io::MAX_LENGTH || buf.len() as u64 > io::REQUEST_MAX_BYTES {
+    /// The checks of a VM state request (positions past the disk are fine).
+    pub fn check_vmstate(&self, pos: u64, bytes: u64) -> IoResult {
+        if pos > io::MAX_LENGTH || bytes > io::REQUEST_MAX_BYTES {
             return Err(libc::EIO);
         }
+        Ok(())
+    }
+
+    /// qemu-io `write -b` (QEMU's blk_save_vmstate): past the disk, flushed in writethrough.
+    pub async fn save_vmstate(&self, pos: u64, buf: &[u8]) -> IoResult {
+        self.check_vmstate(pos, buf.len() as u64)?;
         self.root.driver.save_vmstate(&self.root, pos, buf).await?;
         if self.writethrough.get() {
             io::flush(&self.root).await?;
@@ -66,9 +74,7 @@ impl BlockBackend {
 
     /// qemu-io `read -b` (QEMU's blk_load_vmstate).
     pub async fn load_vmstate(&self, pos: u64, buf: &mut [u8]) -> IoResult {
-        if pos > io::MAX_LENGTH || buf.len() as u64 > io::REQUEST_MAX_BYTES {
-            return Err(libc::EIO);
-        }
+        self.check_vmstate(pos, buf.len() as u64)?;
         self.root.driver.load_vmstate(&self.root, pos, buf).await
     }
 

@@ -110,6 +110,22 @@ fn options<'a>(
     Ok(g.positionals().to_vec())
 }
 
+/// What a write writes: a pattern, made into a buffer only once the request passes its
+/// checks, or bytes read from a file (`write -s`).
+enum Payload {
+    Pattern(u8),
+    Bytes(Vec<u8>),
+}
+
+impl Payload {
+    fn into_bytes(self, count: usize) -> Vec<u8> {
+        match self {
+            Payload::Pattern(p) => vec![p; count],
+            Payload::Bytes(b) => b,
+        }
+    }
+}
+
 /// The end of a synchronous request that only reports: `<name> failed: <err>` and its error, or
 /// the statistics (unless `-q`) and 0.
 struct Done {
@@ -239,12 +255,17 @@ fn read_f(s: &mut Session, spec: &CommandSpec, argv: &[String]) -> i32 {
         }
     }
     let b = blk(s);
-    let buf = Rc::new(RefCell::new(vec![0xabu8; count as usize]));
+    let buf = Rc::new(RefCell::new(Vec::new()));
     let t0 = Instant::now();
     let ret = {
         let buf = buf.clone();
         s.run_sync(async move {
-            let mut data = buf.take();
+            if bflag {
+                b.check_vmstate(offset as u64, count as u64)?;
+            } else {
+                b.check(offset as u64, count as u64)?;
+            }
+            let mut data = vec![0xabu8; count as usize];
             let r = if bflag {
                 b.load_vmstate(offset as u64, &mut data).await
             } else {
@@ -385,6 +406,7 @@ fn readv_f(s: &mut Session, spec: &CommandSpec, argv: &[String]) -> i32 {
     let b = blk(s);
     let t0 = Instant::now();
     let Some(ret) = s.run_sync(async move {
+        b.check(offset as u64, count as u64)?;
         let mut buf = vec![0xabu8; count as usize];
         b.pread(offset as u64, &mut buf).await.map(|_| buf)
     }) else {
@@ -493,11 +515,11 @@ fn write_f(s: &mut Session, spec: &CommandSpec, argv: &[String]) -> i32 {
         None
     } else if let Some(name) = &source {
         match buffer_from_file(s, name, count as usize) {
-            Some(b) => Some(b),
+            Some(b) => Some(Payload::Bytes(b)),
             None => return EINVAL,
         }
     } else {
-        Some(vec![pat.unwrap_or(0xcd); count as usize])
+        Some(Payload::Pattern(pat.unwrap_or(0xcd)))
     };
     let b = blk(s);
     let done = Done {
@@ -509,6 +531,18 @@ fn write_f(s: &mut Session, spec: &CommandSpec, argv: &[String]) -> i32 {
         compact,
     };
     done.run(s, async move {
+        let (at, len) = (offset as u64, count as u64);
+        let data = match data {
+            Some(payload) => {
+                if bflag {
+                    b.check_vmstate(at, len)?;
+                } else {
+                    b.check(at, len)?;
+                }
+                Some(payload.into_bytes(count as usize))
+            }
+            None => None,
+        };
         match data {
             Some(buf) if bflag => b.save_vmstate(offset as u64, &buf).await,
             Some(buf) if compressed => b.pwrite_compressed(offset as u64, &buf).await,
@@ -550,6 +584,7 @@ fn writev_f(s: &mut Session, spec: &CommandSpec, argv: &[String]) -> i32 {
         compact,
     };
     done.run(s, async move {
+        b.check(offset as u64, count as u64)?;
         let buf = vec![pat; count as usize];
         b.pwrite(offset as u64, &buf, flags).await
     })
@@ -566,6 +601,9 @@ fn aio_read_f(s: &mut Session, spec: &CommandSpec, argv: &[String]) -> i32 {
     let t0 = Instant::now();
     s.submit_aio(
         async move {
+            if let Err(e) = b.check(req.offset as u64, req.count as u64) {
+                return (Err(e), Vec::new());
+            }
             let mut buf = vec![0xabu8; req.count as usize];
             let ret = b.pread(req.offset as u64, &mut buf).await;
             (ret, buf)
@@ -640,6 +678,7 @@ fn aio_write_f(s: &mut Session, spec: &CommandSpec, argv: &[String]) -> i32 {
             if zflag {
                 b.pwrite_zeroes(offset as u64, count as u64, flags).await
             } else {
+                b.check(offset as u64, count as u64)?;
                 b.pwrite(offset as u64, &vec![pat; count as usize], flags)
                     .await
             }

@@ -138,6 +138,7 @@ impl Qcow2 {
             st.size = offset;
             st.hdr.size = offset;
         }
+        node.total_sectors.set(offset / 512);
         self.pwrite_sync(node, 24, &offset.to_be_bytes())
             .await
             .map_err(|e| with_errno("Failed to update the image size", e))?;
