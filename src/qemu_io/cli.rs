@@ -523,6 +523,23 @@ mod tests {
     }
 
     #[test]
+    fn version_names_qemu_and_blockfault() {
+        let dir = Path::new("/nonexistent");
+        for arg in ["-V", "--version", "--v"] {
+            let (out, end) = qemu_io(dir, &[arg, "-c", "read 0 1"], "");
+            assert_eq!(end, Termination::Exited(0));
+            let first = out.lines().next().unwrap();
+            assert_eq!(
+                first,
+                format!(
+                    "qemu-io version 10.0.2 (blockfault {})",
+                    env!("CARGO_PKG_VERSION")
+                )
+            );
+        }
+    }
+
+    #[test]
     fn interactive_prompts_until_end_of_input() {
         let dir = Path::new("/nonexistent");
         let (out, end) = qemu_io(dir, &[], "help quit\n\nhelp q");
