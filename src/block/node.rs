@@ -25,6 +25,10 @@ pub struct OpenFlags {
     pub unmap: bool,
     /// cache=unsafe: flushes never reach the disk
     pub no_flush: bool,
+    /// `cache.direct=on` (O_DIRECT). Requests do not depend on it here; opening checks it.
+    pub direct: bool,
+    /// `aio=native` (qemu-io `-k`, `-i native`), which the file driver refuses without O_DIRECT
+    pub native_aio: bool,
 }
 
 pub struct Node {

@@ -367,13 +367,12 @@ fn open_file(
     if name.is_empty() {
         return Err("The 'file' block driver requires a file name".into());
     }
-    for k in [
-        "aio",
-        "locking",
-        "cache.direct",
-        "cache.no-flush",
-        "discard",
-    ] {
+    // aio=native (an option, or the flag qemu-io's -k/-i give) needs O_DIRECT.
+    let native_aio = match opts.remove("aio") {
+        Some(Value::String(mode)) => mode == "native",
+        _ => ctx.flags.native_aio,
+    };
+    for k in ["locking", "cache.direct", "cache.no-flush", "discard"] {
         opts.remove(k);
     }
     reject_unknown(&opts, "protocol", "file")?;
@@ -383,6 +382,13 @@ fn open_file(
         ctx.flags.read_only,
         !ctx.skip_host_sync,
     )?;
+    if native_aio && !ctx.flags.direct {
+        return Err(
+            "aio=native was specified, but it requires cache.direct=on, which was not \
+                    specified."
+                .into(),
+        );
+    }
     let mut node = Node::new(Box::new(driver), Vec::new(), name);
     node.supported_write_flags = ReqFlags::FUA;
     node.supported_zero_flags = ReqFlags::MAY_UNMAP.with(ReqFlags::NO_FALLBACK);

@@ -4,7 +4,7 @@ use super::commands_table::{self, CommandSpec};
 use super::format::{cvtstr, dump_buffer, report_duration};
 use super::getopt::Getopt;
 use super::numbers::{NumError, cvtnum, parse_pattern, parse_sleep_ms};
-use super::session::{OpenRequest, Session, parse_cache_mode};
+use super::session::{AioMode, CacheMode, OpenRequest, Session, parse_cache_mode, parse_discard};
 use crate::block::backend::BlockBackend;
 use crate::block::driver::{IoResult, ReqFlags};
 use crate::block::io::{self, REQUEST_MAX_BYTES};
@@ -42,7 +42,7 @@ pub fn dispatch(s: &mut Session, spec: &'static CommandSpec, argv: &[String]) ->
         "wait_break" => wait_break_f(s, argv),
         "sleep" => sleep_f(s, argv),
         "abort" => {
-            s.console.exit(134);
+            s.console.raise(libc::SIGABRT);
             0
         }
         "sigraise" => sigraise_f(s, argv),
@@ -1050,17 +1050,8 @@ fn sigraise_f(s: &mut Session, argv: &[String]) -> i32 {
         ));
         return EINVAL;
     }
-    // Signals whose default action is to do nothing leave the process running.
-    const IGNORED: [i64; 5] = [
-        0,
-        libc::SIGCHLD as i64,
-        libc::SIGCONT as i64,
-        libc::SIGURG as i64,
-        libc::SIGWINCH as i64,
-    ];
-    if !IGNORED.contains(&sig) {
-        s.console.exit(128 + sig as i32);
-    }
+    // Whether the signal ends the process is the console's to say (output::signal_effect).
+    s.console.raise(sig as i32);
     0
 }
 
@@ -1112,8 +1103,10 @@ fn zone_append_f(s: &mut Session, argv: &[String]) -> i32 {
 }
 
 fn open_f(s: &mut Session, spec: &CommandSpec, argv: &[String]) -> i32 {
-    let (mut read_only, mut writethrough, mut no_flush, mut unmap) = (false, true, false, true);
-    let mut snapshot = false;
+    let (mut read_only, mut snapshot, mut unmap) = (false, false, true);
+    let (mut copy_on_read, mut force_share) = (false, false);
+    let mut cache = CacheMode::DEFAULT;
+    let mut aio = AioMode::default();
     let mut opts_text: Option<String> = None;
     let image_opts = s.image_opts;
     // QEMU stops at the first bad option value, from inside its getopt loop.
@@ -1122,33 +1115,36 @@ fn open_f(s: &mut Session, spec: &CommandSpec, argv: &[String]) -> i32 {
         match c {
             'r' => read_only = true,
             's' => snapshot = true,
-            'n' => writethrough = false,
+            'n' => cache = cache.nocache(),
+            'C' => copy_on_read = true,
+            'U' => force_share = true,
+            'k' => aio = AioMode::Native,
             'o' if image_opts => {
                 s.out("--image-opts and 'open -o' are mutually exclusive\n");
                 return Err(EINVAL);
             }
             'o' => opts_text = Some(value),
-            't' => match parse_cache_mode(&value) {
-                Some((wt, nf)) => (writethrough, no_flush) = (wt, nf),
+            't' => match CacheMode::parse(&value) {
+                Some(mode) => cache = mode,
                 None => {
                     s.report(&format!("Invalid cache option: {value}"));
                     return Err(EINVAL);
                 }
             },
-            // bdrv_parse_discard_flags
-            'd' => match value.as_str() {
-                "off" | "ignore" => unmap = false,
-                "on" | "unmap" => unmap = true,
-                _ => {
+            'd' => match parse_discard(&value) {
+                Some(u) => unmap = u,
+                None => {
                     s.report(&format!("Invalid discard option: {value}"));
                     return Err(EINVAL);
                 }
             },
-            // bdrv_parse_aio: the mode changes how the file is accessed, not what is seen
-            'i' if !["threads", "native", "io_uring"].contains(&value.as_str()) => {
-                s.report(&format!("Invalid aio option: {value}"));
-                return Err(EINVAL);
-            }
+            'i' => match aio.apply(&value) {
+                Some(mode) => aio = mode,
+                None => {
+                    s.report(&format!("Invalid aio option: {value}"));
+                    return Err(EINVAL);
+                }
+            },
             _ => {}
         }
         Ok(())
@@ -1175,10 +1171,14 @@ fn open_f(s: &mut Session, spec: &CommandSpec, argv: &[String]) -> i32 {
         options,
         read_only,
         snapshot,
-        writethrough,
-        no_flush,
+        writethrough: cache.writethrough,
+        no_flush: cache.no_flush,
+        direct: cache.direct,
         unmap,
         image_opts: false,
+        aio,
+        copy_on_read,
+        force_share,
     });
     if ok { 0 } else { EINVAL }
 }

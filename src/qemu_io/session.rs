@@ -12,13 +12,86 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::rc::Rc;
 
+/// A cache mode (`-t`, `-n`, `open -t`): QEMU's `bdrv_parse_cache_mode`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CacheMode {
+    /// every write is FUA (the BlockBackend's write cache is off)
+    pub writethrough: bool,
+    /// `cache.direct`: the file is opened with O_DIRECT
+    pub direct: bool,
+    /// `cache.no-flush`: flushes never reach the disk
+    pub no_flush: bool,
+}
+
+impl CacheMode {
+    /// qemu-io's default: writethrough, through the host's page cache.
+    pub const DEFAULT: CacheMode = CacheMode {
+        writethrough: true,
+        direct: false,
+        no_flush: false,
+    };
+
+    pub fn parse(mode: &str) -> Option<CacheMode> {
+        let (writethrough, direct, no_flush) = match mode {
+            "none" | "off" => (false, true, false),
+            "directsync" => (true, true, false),
+            "writeback" => (false, false, false),
+            "unsafe" => (false, false, true),
+            "writethrough" => (true, false, false),
+            _ => return None,
+        };
+        Some(CacheMode {
+            writethrough,
+            direct,
+            no_flush,
+        })
+    }
+
+    /// `-n` after this mode: O_DIRECT and writeback, `no_flush` kept.
+    pub fn nocache(self) -> CacheMode {
+        CacheMode {
+            writethrough: false,
+            direct: true,
+            ..self
+        }
+    }
+}
+
 /// Cache modes as `-t` names them: (writethrough, no_flush).
 pub fn parse_cache_mode(mode: &str) -> Option<(bool, bool)> {
+    CacheMode::parse(mode).map(|m| (m.writethrough, m.no_flush))
+}
+
+/// QEMU's `bdrv_parse_discard_flags`: whether discards unmap (`-d`).
+pub fn parse_discard(mode: &str) -> Option<bool> {
     match mode {
-        "writethrough" => Some((true, false)),
-        "writeback" | "none" | "directsync" => Some((mode == "directsync", false)),
-        "unsafe" => Some((false, true)),
+        "off" | "ignore" => Some(false),
+        "on" | "unmap" => Some(true),
         _ => None,
+    }
+}
+
+/// How the file driver submits I/O (`-i`, `-k`). Only `native` is visible here: it needs
+/// O_DIRECT, and opening fails without it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AioMode {
+    #[default]
+    Threads,
+    Native,
+    IoUring,
+}
+
+impl AioMode {
+    /// QEMU's `bdrv_parse_aio`, which only ever adds a flag: `threads` changes nothing, and
+    /// `native` wins over `io_uring` whatever their order.
+    pub fn apply(self, mode: &str) -> Option<AioMode> {
+        match (self, mode) {
+            (_, "threads") => Some(self),
+            (_, "native") => Some(AioMode::Native),
+            (AioMode::Native, "io_uring") => Some(AioMode::Native),
+            (_, "io_uring") => Some(AioMode::IoUring),
+            _ => None,
+        }
     }
 }
 
@@ -37,6 +110,8 @@ pub struct Session {
     pub image_opts: bool,
     /// aio requests submitted and not yet reported (QEMU's BlockBackend in_flight)
     in_flight: Rc<std::cell::Cell<usize>>,
+    /// the `--object`s created at startup (secrets, for encrypted images)
+    pub objects: super::objects::Objects,
 }
 
 /// How a drive is opened (qemu-io's `openfile` parameters).
@@ -48,10 +123,17 @@ pub struct OpenRequest<'a> {
     pub snapshot: bool,
     pub writethrough: bool,
     pub no_flush: bool,
+    /// `cache.direct` (`-n`, `-t none`): O_DIRECT
+    pub direct: bool,
     /// `discard=unmap` (qemu-io's default; `-d ignore` turns it off)
     pub unmap: bool,
     /// `--image-opts`: errors say `can't open:` with no device name
     pub image_opts: bool,
+    pub aio: AioMode,
+    /// `-C`: reads copy what they find in backing files into the top image
+    pub copy_on_read: bool,
+    /// `-U`: `force-share=on`, no image locking (which this engine does not do)
+    pub force_share: bool,
 }
 
 impl Session {
@@ -66,6 +148,7 @@ impl Session {
             skip_host_sync: false,
             image_opts: false,
             in_flight: Rc::default(),
+            objects: Default::default(),
         }
     }
 
@@ -83,35 +166,32 @@ impl Session {
     }
 
     /// Opens the drive; false (after printing QEMU's message) on failure.
-    pub fn open(&mut self, req: OpenRequest<'_>) -> bool {
+    pub fn open(&mut self, mut req: OpenRequest<'_>) -> bool {
         if self.blk.is_some() {
             self.report("file open already, try 'help close'");
             return false;
         }
-        let ctx = OpenContext {
-            base_dir: self.base_dir.clone(),
-            console: self.console.clone(),
-            flags: OpenFlags {
-                // Under a snapshot overlay the image itself is only read.
-                read_only: req.read_only || req.snapshot,
-                unmap: req.unmap,
-                no_flush: req.no_flush,
-            },
-            skip_host_sync: self.skip_host_sync,
-        };
-        let opened = open_drive(req.name, req.options, None, &ctx).and_then(|root| {
-            if req.snapshot {
-                crate::block::open::open_temp_snapshot(root, &ctx)
-            } else {
-                Ok(root)
+        // qemu-io's openfile: -U asks for force-share=on, which the options must not contradict.
+        if req.force_share {
+            match req.options.get("force-share") {
+                Some(serde_json::Value::String(v)) if v != "on" => {
+                    self.report("-U conflicts with image options");
+                    return false;
+                }
+                _ => {}
             }
-        });
+        }
+        let opened = match generic_open_options(&mut req) {
+            Ok(()) => self.open_tree(&req),
+            Err(e) => Err(e),
+        };
         match opened {
             Ok(root) => {
                 self.blk = Some(Rc::new(BlockBackend {
                     root,
                     writethrough: std::cell::Cell::new(req.writethrough),
                     read_only: std::cell::Cell::new(req.read_only),
+                    copy_on_read: req.copy_on_read,
                 }));
                 true
             }
@@ -122,6 +202,33 @@ impl Session {
                 }
                 false
             }
+        }
+    }
+
+    fn open_tree(&self, req: &OpenRequest<'_>) -> Result<Rc<crate::block::node::Node>, String> {
+        let ctx = OpenContext {
+            base_dir: self.base_dir.clone(),
+            console: self.console.clone(),
+            flags: OpenFlags {
+                // Under a snapshot overlay the image itself is only read.
+                read_only: req.read_only || req.snapshot,
+                unmap: req.unmap,
+                no_flush: req.no_flush,
+                direct: req.direct,
+                native_aio: req.aio == AioMode::Native,
+            },
+            skip_host_sync: self.skip_host_sync,
+        };
+        let root = open_drive(req.name, req.options.clone(), None, &ctx)?;
+        // bdrv_open_common refuses copy-on-read on the read-only top node (the overlay's
+        // under -s), once its children are open.
+        if req.copy_on_read && req.read_only {
+            return Err("Can't use copy-on-read on read-only device".into());
+        }
+        if req.snapshot {
+            crate::block::open::open_temp_snapshot(root, &ctx)
+        } else {
+            Ok(root)
         }
     }
 
@@ -310,6 +417,29 @@ impl Session {
             None => i32::from(self.last_error),
         }
     }
+}
+
+/// The block layer's own options that the drivers do not take, checked before anything opens
+/// as `bdrv_open_inherit` does. Only `force-share` is handled here: this engine locks nothing,
+/// so all it changes is which opens are refused.
+fn generic_open_options(req: &mut OpenRequest<'_>) -> Result<(), String> {
+    let mut force_share = req.force_share;
+    if let Some(v) = req.options.remove("force-share") {
+        force_share = match &v {
+            serde_json::Value::Bool(b) => *b,
+            serde_json::Value::String(s) => match s.as_str() {
+                "on" | "yes" | "true" | "y" => true,
+                "off" | "no" | "false" | "n" => false,
+                _ => return Err("Parameter 'force-share' expects 'on' or 'off'".into()),
+            },
+            _ => return Err("Invalid parameter type for 'force-share', expected: boolean".into()),
+        };
+    }
+    // The image under a snapshot overlay is opened read-only whatever -r says.
+    if force_share && !req.read_only && !req.snapshot {
+        return Err("force-share=on can only be used with read-only images".into());
+    }
+    Ok(())
 }
 
 /// Lets every driver in the tree write back what it caches (children after their parents).

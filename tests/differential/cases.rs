@@ -82,6 +82,7 @@ pub fn all() -> Vec<Case> {
     v.extend(breakpoints());
     v.extend(blkverify());
     v.extend(open_errors());
+    v.extend(command_line());
     v
 }
 
@@ -1629,4 +1630,618 @@ fn open_errors() -> Vec<Case> {
         ),
         dbg("config_empty_file", "", &["read 0 1"]),
     ]
+}
+
+// ==== qemu-io's own command line (every option of QEMU 10.0.2's qemu-io) ======================
+
+/// `qemu-io ARGS` exactly as written.
+fn argv(name: &str, args: &[&str]) -> Case {
+    case(name, args)
+}
+
+/// A secret for `--object` tests, and a trace events file.
+const EVENTS_FILE: &str = "foo\n\n# comment\nbdrv_open_common\n-baz\nbdrv_*\n  sp  \nlast";
+
+fn command_line() -> Vec<Case> {
+    let mut v = vec![
+        // --help, usage on errors, getopt_long's messages
+        argv("cli_help", &["--help"]),
+        argv("cli_help_short", &["-h", "-c", "read 0 1"]),
+        argv("cli_help_abbreviated", &["--he"]),
+        argv("cli_two_images", &["-c", "read 0 1", "img.raw", "raw.img"]),
+        argv("cli_unknown_long", &["--foo"]),
+        argv("cli_unknown_long_value", &["--foo=bar", "img.raw"]),
+        argv("cli_unknown_short", &["-x"]),
+        argv("cli_unknown_in_cluster", &["-rx", "img.raw"]),
+        argv("cli_removed_growable", &["-g", "img.raw"]),
+        argv("cli_ambiguous_c", &["--c", "x"]),
+        argv("cli_ambiguous_n", &["--n"]),
+        argv("cli_ambiguous_f", &["--f=raw"]),
+        argv("cli_ambiguous_empty_name", &["--=x"]),
+        argv("cli_flag_with_value", &["--read-only=1", "img.raw"]),
+        argv(
+            "cli_long_missing_argument",
+            &["-f", "raw", "img.raw", "--cmd"],
+        ),
+        argv("cli_short_missing_argument", &["img.raw", "-c"]),
+        argv("cli_first_error_wins", &["-t", "bogus", "--foo", "-d", "x"]),
+        // the forms an option and its argument can take
+        argv(
+            "cli_iotests_options",
+            &[
+                "--cache",
+                "writeback",
+                "--aio",
+                "threads",
+                "-f",
+                "raw",
+                "-c",
+                "write -P 1 0 4k",
+                "-c",
+                "read -P 1 0 4k",
+                "img.raw",
+            ],
+        ),
+        argv(
+            "cli_equals_forms",
+            &[
+                "--format=raw",
+                "--cmd=write -P 2 0 512",
+                "--cache=none",
+                "--aio=io_uring",
+                "--discard=unmap",
+                "--cmd=read -P 2 0 512",
+                "img.raw",
+            ],
+        ),
+        argv(
+            "cli_attached_short_arguments",
+            &[
+                "-fraw",
+                "-twriteback",
+                "-iio_uring",
+                "-dignore",
+                "-cread 0 512",
+                "img.raw",
+            ],
+        ),
+        argv(
+            "cli_abbreviations",
+            &[
+                "--form",
+                "raw",
+                "--cm",
+                "read 0 512",
+                "--rea",
+                "--dis",
+                "off",
+                "img.raw",
+            ],
+        ),
+        argv(
+            "cli_clustered_flags",
+            &["-rnm", "-f", "raw", "-c", "read 0 512", "img.raw"],
+        ),
+        argv(
+            "cli_clustered_with_argument",
+            &["-rfraw", "-mc", "read -v 0 16", "img.raw"],
+        ),
+        argv(
+            "cli_image_first",
+            &["img.raw", "-f", "raw", "-c", "write -P 3 0 1"],
+        ),
+        argv(
+            "cli_double_dash",
+            &["-f", "raw", "-c", "read 0 1", "--", "img.raw"],
+        ),
+        argv(
+            "cli_double_dash_dash_image",
+            &["-c", "read 0 1", "--", "-r"],
+        ),
+        argv("cli_empty_command", &["--cmd=", "-f", "raw", "img.raw"]),
+        argv("cli_interactive_eof", &["-f", "raw", "img.raw"]),
+        argv("cli_interactive_no_image", &[]),
+        argv("cli_image_opts_and_format", &["-f", "raw", "--image-opts"]),
+        argv(
+            "cli_image_opts_abbreviated",
+            &["--im", "-c", "read 0 1", "driver=raw,file.filename=img.raw"],
+        ),
+        // cache modes
+        on(
+            "cli_cache_bogus",
+            &["-t", "bogus"],
+            &["read 0 1"],
+            "img.raw",
+        ),
+        on(
+            "cli_cache_off_name",
+            &["-t", "off", "-f", "raw"],
+            &["write -P 4 0 512", "read -P 4 0 512"],
+            "img.raw",
+        ),
+        on(
+            "cli_cache_directsync",
+            &["-t", "directsync", "-f", "raw"],
+            &["write 0 512", "flush"],
+            "img.raw",
+        ),
+        on(
+            "cli_cache_unsafe_nocache",
+            &["-t", "unsafe", "-n", "-f", "raw"],
+            &["write 0 512", "flush"],
+            "img.raw",
+        ),
+        // discard modes
+        on(
+            "cli_discard_ignore",
+            &["-d", "ignore", "-f", "raw"],
+            &["write -P 5 0 64k", "discard 0 64k", "read -P 5 0 64k"],
+            "img.raw",
+        ),
+        on(
+            "cli_discard_off",
+            &["-d", "off", "-f", "raw"],
+            &["write -P 5 0 64k", "discard 0 64k", "read -P 0 0 64k"],
+            "img.raw",
+        ),
+        on(
+            "cli_discard_on",
+            &["-d", "on", "-f", "raw"],
+            &["write -P 5 0 64k", "discard 0 64k", "read -P 0 0 64k"],
+            "img.raw",
+        ),
+        on(
+            "cli_discard_last_wins",
+            &["-d", "off", "-d", "unmap", "-f", "raw"],
+            &["write -P 5 0 64k", "discard 0 64k", "read -P 0 0 64k"],
+            "img.raw",
+        ),
+        on(
+            "cli_discard_bogus",
+            &["-d", "1", "-f", "raw"],
+            &["read 0 1"],
+            "img.raw",
+        ),
+        // aio modes
+        on(
+            "cli_aio_native_needs_direct",
+            &["-i", "native", "-f", "raw"],
+            &["read 0 1"],
+            "img.raw",
+        ),
+        on(
+            "cli_native_aio_flag",
+            &["-k", "-f", "raw"],
+            &["read 0 1"],
+            "img.raw",
+        ),
+        on(
+            "cli_aio_native_direct",
+            &["-t", "none", "-i", "native", "-f", "raw"],
+            &["read 0 1"],
+            "img.raw",
+        ),
+        on(
+            "cli_aio_native_nocache",
+            &["-n", "-k", "-f", "raw"],
+            &["write 0 4k", "read 0 4k"],
+            "img.raw",
+        ),
+        on(
+            "cli_aio_threads_keeps_native",
+            &["-i", "native", "-i", "threads", "-f", "raw"],
+            &["read 0 1"],
+            "img.raw",
+        ),
+        on(
+            "cli_aio_io_uring",
+            &["-i", "io_uring", "-f", "raw"],
+            &["write -P 6 0 512", "read -P 6 0 512"],
+            "img.raw",
+        ),
+        on(
+            "cli_aio_bogus",
+            &["-i", "bogus", "-f", "raw"],
+            &["read 0 1"],
+            "img.raw",
+        ),
+        on(
+            "cli_aio_native_missing_file",
+            &["-i", "native", "-f", "raw"],
+            &["read 0 1"],
+            "nonexistent.raw",
+        ),
+        on(
+            "cli_aio_native_blkdebug",
+            &["-k"],
+            &["read 0 1"],
+            "blkdebug::img.raw",
+        ),
+        no_drive(
+            "cli_open_aio_native",
+            &[
+                "open -k -o driver=raw img.raw",
+                "open -n -i native -o driver=raw img.raw",
+                "read 0 1",
+            ],
+        ),
+        // -U, -C, -m, -r, -s
+        on(
+            "cli_force_share_read_write",
+            &["-U", "-f", "raw"],
+            &["read 0 1"],
+            "img.raw",
+        ),
+        on(
+            "cli_force_share_read_only",
+            &["-r", "-U", "-f", "raw"],
+            &["read 0 1"],
+            "img.raw",
+        ),
+        on(
+            "cli_force_share_snapshot",
+            &["-s", "-U", "-f", "raw"],
+            &["write 0 1"],
+            "img.raw",
+        ),
+        on(
+            "cli_force_share_conflict",
+            &["-r", "-U", "--image-opts"],
+            &["read 0 1"],
+            "driver=raw,file.filename=img.raw,force-share=off",
+        ),
+        on(
+            "cli_force_share_agrees",
+            &["-r", "-U", "--image-opts"],
+            &["read 0 1"],
+            "driver=raw,file.filename=img.raw,force-share=on",
+        ),
+        on(
+            "cli_force_share_option_yes",
+            &["-r", "--image-opts"],
+            &["read 0 1"],
+            "driver=raw,file.filename=img.raw,force-share=yes",
+        ),
+        on(
+            "cli_force_share_option_bogus",
+            &["-r", "--image-opts"],
+            &["read 0 1"],
+            "driver=raw,file.filename=img.raw,force-share=maybe",
+        ),
+        on(
+            "cli_force_share_option_read_write",
+            &["--image-opts"],
+            &["read 0 1"],
+            "driver=raw,file.filename=img.raw,force-share=on",
+        ),
+        no_drive(
+            "cli_open_force_share",
+            &[
+                "open -U -o driver=raw img.raw",
+                "open -r -U -o driver=raw,force-share=off img.raw",
+                "open -r -U -o driver=raw img.raw",
+                "read 0 1",
+            ],
+        ),
+        on(
+            "cli_copy_on_read",
+            &["-C", "-f", "raw"],
+            &["write -P 7 0 512", "read -P 7 0 512"],
+            "img.raw",
+        ),
+        on(
+            "cli_copy_on_read_read_only",
+            &["-C", "-r", "-f", "raw"],
+            &["read 0 1"],
+            "img.raw",
+        ),
+        on(
+            "cli_copy_on_read_snapshot_read_only",
+            &["-C", "-s", "-r", "-f", "raw"],
+            &["read 0 1"],
+            "img.raw",
+        ),
+        on(
+            "cli_copy_on_read_missing_file",
+            &["-C", "-r", "-f", "raw"],
+            &["read 0 1"],
+            "nonexistent.raw",
+        ),
+        on(
+            "cli_misalign",
+            &["-m", "-f", "raw"],
+            &["write -P 8 1 511", "read -v 0 16"],
+            "img.raw",
+        ),
+        on(
+            "cli_read_only_write",
+            &["-r", "-f", "raw"],
+            &["write 0 1", "read 0 1"],
+            "img.raw",
+        ),
+        // -T
+        on(
+            "cli_trace_unknown_event",
+            &["-T", "foo", "-f", "raw"],
+            &["read 0 1"],
+            "img.raw",
+        ),
+        on(
+            "cli_trace_event_names",
+            &[
+                "-T",
+                "bdrv_co_preadv_part_not_really",
+                "-T",
+                "enable=qcow2_writev_done_req",
+                "-f",
+                "raw",
+            ],
+            &["read 0 1"],
+            "img.raw",
+        ),
+        on(
+            "cli_trace_pattern",
+            &["-T", "foo*", "-T", "-nothing", "-f", "raw"],
+            &["read 0 1"],
+            "img.raw",
+        ),
+        argv("cli_trace_help", &["-T", "help", "-c", "read 0 1"]),
+        argv(
+            "cli_trace_enable_help_after_warning",
+            &["-T", "foo", "--trace", "enable=?"],
+        ),
+        argv("cli_trace_options_help", &["-T", "foo,help"]),
+        argv("cli_trace_bad_parameter", &["-T", "bogus=1"]),
+        argv("cli_trace_short_form_flag", &["-T", "a,nob"]),
+        argv("cli_trace_bad_id", &["-T", "foo,x,id=1"]),
+        argv(
+            "cli_trace_comma_escape",
+            &["-T", "a,,b", "-T", "id=x,enable=y", "-T", ""],
+        ),
+        argv(
+            "cli_trace_missing_events_file",
+            &["-T", "foo,events=nonexistent.txt"],
+        ),
+        argv("cli_trace_empty_events_file_name", &["-T", "events="]),
+        argv(
+            "cli_trace_empty_log_file_name",
+            &["-T", "file=", "-c", "read 0 1"],
+        ),
+        argv(
+            "cli_trace_events_directory",
+            &["-T", "events=.", "-c", "read 0 1"],
+        ),
+        argv(
+            "cli_object_secret_empty_file_name",
+            &["--object", "secret,id=s,file="],
+        ),
+        argv(
+            "cli_object_secret_directory",
+            &["--object", "secret,id=s,file=."],
+        ),
+        argv(
+            "cli_trace_events_file",
+            &["-T", "events=ev.txt", "-c", "read 0 1"],
+        )
+        .file("ev.txt", EVENTS_FILE),
+        argv("cli_trace_events_file_help", &["-T", "events=ev.txt"]).file("ev.txt", "help\n"),
+        argv(
+            "cli_trace_log_file",
+            &[
+                "-T",
+                "file=trace.log",
+                "-f",
+                "raw",
+                "-c",
+                "read 0 1",
+                "img.raw",
+            ],
+        ),
+        argv(
+            "cli_trace_log_file_truncated",
+            &["-T", "file=src.bin", "-c", "read 0 1"],
+        ),
+        argv(
+            "cli_trace_log_file_reset",
+            &["-T", "file=a.log", "-T", "foo", "-c", "read 0 1"],
+        ),
+        argv(
+            "cli_trace_log_file_bad_dir",
+            &["-T", "file=nodir/x.log", "-c", "read 0 1"],
+        ),
+        argv(
+            "cli_trace_log_file_template",
+            &["-T", "file=x%s.log", "-c", "read 0 1"],
+        ),
+        argv(
+            "cli_trace_log_file_after_usage",
+            &["-T", "file=nodir/x", "a", "b"],
+        ),
+        // --object
+        on(
+            "cli_object_secret",
+            &[
+                "--object",
+                "secret,id=sec0,data=hunter0",
+                "--object",
+                "secret,id=sec1,data=YWJj,format=base64",
+                "-f",
+                "raw",
+            ],
+            &["read 0 1"],
+            "img.raw",
+        ),
+        argv(
+            "cli_object_secret_file",
+            &["--object", "secret,id=s,file=src.bin", "-c", "read 0 1"],
+        ),
+        argv("cli_object_help", &["--object", "help"]),
+        argv("cli_object_type_help", &["--object", "secret,help"]),
+        argv("cli_object_unknown_type_help", &["--object", "foo,help"]),
+        argv("cli_object_unknown_type", &["--object", "foo"]),
+        argv("cli_object_no_type", &["--object", "id=x"]),
+        argv("cli_object_no_id", &["--object", "secret,format=foo"]),
+        argv("cli_object_no_data", &["--object", "secret,id=x"]),
+        argv("cli_object_bad_id", &["--object", "secret,id=0bad,data=1"]),
+        argv(
+            "cli_object_escaped_comma_in_id",
+            &["--object", "secret,id=s,,data=a"],
+        ),
+        argv(
+            "cli_object_unexpected",
+            &["--object", "secret,id=s,data=a,bogus=1"],
+        ),
+        argv(
+            "cli_object_unexpected_nested",
+            &["--object", "secret,id=s,data=a,a.b=1"],
+        ),
+        argv(
+            "cli_object_inconsistent",
+            &["--object", "secret,id=s,data=a,id.x=1"],
+        ),
+        argv(
+            "cli_object_inconsistent_later",
+            &["--object", "secret,id=s,data.x=1,data=a"],
+        ),
+        argv("cli_object_member_as_dict", &["--object", "secret,id.a=1"]),
+        argv("cli_object_bad_key", &["--object", "secret,1=2"]),
+        argv("cli_object_no_equals", &["--object", "secret,id"]),
+        argv("cli_object_empty_key", &["--object", "secret,,id=s"]),
+        argv(
+            "cli_object_bad_format",
+            &["--object", "secret,id=s,data=a,format=foo"],
+        ),
+        argv(
+            "cli_object_bad_base64",
+            &["--object", "secret,id=s,data=!!,format=base64"],
+        ),
+        argv(
+            "cli_object_file_and_data",
+            &["--object", "secret,id=s,data=a,file=src.bin"],
+        ),
+        argv(
+            "cli_object_missing_file",
+            &["--object", "secret,id=s,file=nonexistent.txt"],
+        ),
+        argv(
+            "cli_object_duplicate_id",
+            &[
+                "--object",
+                "secret,id=s,data=a",
+                "--object",
+                "secret,id=s,data=b",
+            ],
+        ),
+        argv(
+            "cli_object_keyid_self",
+            &["--object", "secret,id=s,data=a,keyid=s"],
+        ),
+        argv(
+            "cli_object_keyid_missing",
+            &["--object", "secret,id=s,data=a,keyid=nope"],
+        ),
+        argv(
+            "cli_object_keyid_short_key",
+            &[
+                "--object",
+                "secret,id=k,data=abc",
+                "--object",
+                "secret,id=s,data=a,keyid=k",
+            ],
+        ),
+        argv(
+            "cli_object_keyid_no_iv",
+            &[
+                "--object",
+                "secret,id=k,data=0123456789abcdef0123456789abcdef",
+                "--object",
+                "secret,id=s,data=a,keyid=k",
+            ],
+        ),
+        argv(
+            "cli_object_keyid_short_iv",
+            &[
+                "--object",
+                "secret,id=k,data=0123456789abcdef0123456789abcdef",
+                "--object",
+                "secret,id=s,data=a,keyid=k,iv=AAAA",
+            ],
+        ),
+        argv(
+            "cli_object_keyid_odd_length",
+            &[
+                "--object",
+                "secret,id=k,data=0123456789abcdef0123456789abcdef",
+                "--object",
+                "secret,id=s,data=a,keyid=k,iv=AAAAAAAAAAAAAAAAAAAAAA==",
+            ],
+        ),
+        argv(
+            "cli_object_last_value_wins",
+            &[
+                "--object",
+                "secret,id=s,data=a,id=t",
+                "--object",
+                "secret,id=s,data=b",
+                "-c",
+                "read 0 1",
+            ],
+        ),
+        argv(
+            "cli_object_then_bad_cache",
+            &["--object", "secret,id=s,data=a", "-t", "bogus"],
+        ),
+        argv(
+            "cli_bad_cache_then_object",
+            &["-t", "bogus", "--object", "foo"],
+        ),
+        // sigraise and abort end the process by their signal
+        raw(
+            "cli_sigraise_kill",
+            &["write -P 1 0 512", "sigraise 9", "read 0 512"],
+        ),
+        raw(
+            "cli_sigraise_ignored",
+            &[
+                "sigraise 13",
+                "sigraise 10",
+                "sigraise 14",
+                "sigraise 28",
+                "sigraise 32",
+                "sigraise 65",
+                "read 0 512",
+            ],
+        ),
+        raw("cli_sigraise_hup", &["sigraise 1", "read 0 512"]),
+        raw("cli_sigraise_realtime", &["sigraise 40", "read 0 512"]),
+        raw("cli_abort", &["write -P 1 0 512", "abort"]),
+    ];
+    // Every option's long name, spelled out in full, on a working command line.
+    v.push(argv(
+        "cli_every_long_name",
+        &[
+            "--format",
+            "raw",
+            "--read-only",
+            "--snapshot",
+            "--nocache",
+            "--misalign",
+            "--native-aio",
+            "--aio",
+            "threads",
+            "--discard",
+            "unmap",
+            "--cache",
+            "none",
+            "--trace",
+            "nothing*",
+            "--object",
+            "secret,id=s,data=x",
+            "--force-share",
+            "--cmd",
+            "read 0 512",
+            "img.raw",
+        ],
+    ));
+    v
 }

@@ -132,33 +132,72 @@ pub fn run_qemu(dir: &Path, args: &[String]) -> (String, i32) {
     (String::from_utf8_lossy(&out.stdout).into_owned(), status)
 }
 
-/// The subset of qemu-io's command line the cases use, as an [`Invocation`].
-pub fn invocation(args: &[String]) -> Invocation {
+/// A case's argv as an [`Invocation`], when it is written in the plain forms (`-f X`, `-r`,
+/// `--object X`, ..., one image) that the runner's API spells out; None otherwise (clustered
+/// or abbreviated options, errors, `--help`...). Options that can fail must come in the order
+/// [`qemu_io::run`] applies them (`-t -d -i --object -T`).
+pub fn invocation(args: &[String]) -> Option<Invocation> {
+    use blockfault::qemu_io::session::AioMode;
     let mut inv = Invocation::default();
+    let mut aio = AioMode::default();
     let mut it = args.iter();
     while let Some(a) = it.next() {
+        let mut value = || it.next().cloned();
         match a.as_str() {
-            "-f" => inv.format = it.next().cloned(),
-            "-t" => inv.cache = it.next().cloned(),
-            "-c" => inv.commands.push(it.next().cloned().unwrap()),
-            "--image-opts" => inv.image_opts = true,
-            _ => {
-                assert!(
-                    inv.drive.is_none(),
-                    "a case has more than one positional argument"
-                );
-                inv.drive = Some(a.clone());
+            "-f" => inv.format = Some(value()?),
+            "-t" => {
+                inv.cache = Some(value()?);
+                inv.nocache = false;
             }
+            "-c" => inv.commands.push(value()?),
+            "--image-opts" => inv.image_opts = true,
+            "-r" => inv.read_only = true,
+            "-s" => inv.snapshot = true,
+            "-n" => inv.nocache = true,
+            "-C" => inv.copy_on_read = true,
+            "-U" => inv.force_share = true,
+            "-m" => {}
+            "-d" => inv.discard = Some(value()?),
+            "-k" => aio = AioMode::Native,
+            "-i" => aio = aio.apply(&value()?)?,
+            "-T" => inv.trace.push(value()?),
+            "--object" => inv.objects.push(value()?),
+            _ if a.starts_with('-') || inv.drive.is_some() => return None,
+            _ => inv.drive = Some(a.clone()),
         }
     }
-    inv
+    inv.aio = match aio {
+        AioMode::Threads => None,
+        AioMode::Native => Some("native".into()),
+        AioMode::IoUring => Some("io_uring".into()),
+    };
+    Some(inv)
 }
 
-/// Runs our engine in-process on `dir`.
+/// Runs our engine in-process on `dir` as `qemu-io ARGS </dev/null`. Where the runner's API
+/// can express the arguments, it runs them that way too, in a copy of `dir` made first, and the
+/// two must agree: the API and the command line are the same qemu-io.
 pub fn run_ours(dir: &Path, args: &[String]) -> (String, i32) {
+    let twin = invocation(args).map(|inv| {
+        let copy = tempfile::tempdir().unwrap();
+        for (name, data) in snapshot(dir) {
+            fs::write(copy.path().join(name), data).unwrap();
+        }
+        (inv, copy)
+    });
     let cap = Rc::new(RefCell::new(Capture::default()));
-    let status = qemu_io::run(&invocation(args), dir, cap.clone());
+    let status = qemu_io::main(args, dir, cap.clone(), &mut std::io::empty());
     let out = cap.borrow().combined.clone();
+    if let Some((inv, copy)) = twin {
+        let cap = Rc::new(RefCell::new(Capture::default()));
+        let api_status = qemu_io::run(&inv, copy.path(), cap.clone());
+        let api_out = filter(&cap.borrow().combined, copy.path());
+        assert_eq!(
+            (filter(&out, dir), status),
+            (api_out, api_status),
+            "the command line (left) and qemu_io::run on {inv:?} (right) differ"
+        );
+    }
     (out, status)
 }
 
