@@ -896,10 +896,10 @@ impl<F: ImageFile> Checker<F> {
                     off
                 }
             };
-            if self.overlaps_metadata(offset, cs) {
-                self.signal_corruption(
-                    "Preventing invalid write on metadata (overlaps with refcount block)",
-                );
+            if let Some(what) = self.overlapped_metadata(offset, cs) {
+                self.signal_corruption(&format!(
+                    "Preventing invalid write on metadata (overlaps with {what})"
+                ));
                 return Err((libc::EIO, "ERROR writing refblock"));
             }
             let slice = rt.slice(index * cs, cs);
@@ -911,23 +911,52 @@ impl<F: ImageFile> Checker<F> {
         Ok(grown)
     }
 
-    /// Whether a write would hit the header, the refcount table or a refcount block (the
-    /// overlap checks that matter while rebuilding).
-    fn overlaps_metadata(&self, offset: u64, len: u64) -> bool {
+    /// QEMU's qcow2_check_metadata_overlap with its default checks: the first metadata
+    /// structure, in QEMU's order and words, that a write of `len` bytes at `offset` would hit
+    /// (the range is widened to whole clusters first, as QEMU does).
+    fn overlapped_metadata(&self, offset: u64, len: u64) -> Option<&'static str> {
         let cs = self.cs();
-        let hit = |start: u64, size: u64| start < offset + len && offset < start + size;
-        if hit(0, cs)
-            || hit(
-                self.header.refcount_table_offset,
-                self.reftable.len() as u64 * 8,
-            )
-        {
-            return true;
+        if len == 0 {
+            return None;
         }
-        self.reftable
+        if offset < cs {
+            return Some("qcow2_header");
+        }
+        let start = offset & !(cs - 1);
+        let end = (offset.saturating_add(len)).div_ceil(cs).saturating_mul(cs);
+        let hit = |at: u64, size: u64| size != 0 && at < end && start < at.saturating_add(size);
+        let (l1_offset, reftable_offset) = (
+            self.header.l1_table_offset,
+            self.header.refcount_table_offset,
+        );
+        if hit(l1_offset, self.l1.len() as u64 * 8) {
+            return Some("active L1 table");
+        }
+        if hit(reftable_offset, self.reftable.len() as u64 * 8) {
+            return Some("refcount table");
+        }
+        if hit(self.header.snapshots_offset, self.snapshots_size) {
+            return Some("snapshot table");
+        }
+        if self
+            .snapshots
             .iter()
-            .map(|e| e & REFT_OFFSET_MASK)
-            .any(|b| b != 0 && hit(b, cs))
+            .any(|sn| hit(sn.l1_table_offset, u64::from(sn.l1_size) * 8))
+        {
+            return Some("inactive L1 table");
+        }
+        let hits_table = |e: &u64, mask: u64| e & mask != 0 && hit(e & mask, cs);
+        if self.l1.iter().any(|e| hits_table(e, L1E_OFFSET_MASK)) {
+            return Some("active L2 table");
+        }
+        if self
+            .reftable
+            .iter()
+            .any(|e| hits_table(e, REFT_OFFSET_MASK))
+        {
+            return Some("refcount block");
+        }
+        None
     }
 
     /// `rebuild_refcount_structure`: new refcount blocks and table from the in-memory refcounts.
@@ -952,10 +981,10 @@ impl<F: ImageFile> Checker<F> {
         for e in &reftable {
             bytes.extend_from_slice(&e.to_be_bytes());
         }
-        if self.overlaps_metadata(rt_offset, bytes.len() as u64) {
-            self.signal_corruption(
-                "Preventing invalid write on metadata (overlaps with refcount block)",
-            );
+        if let Some(what) = self.overlapped_metadata(rt_offset, bytes.len() as u64) {
+            self.signal_corruption(&format!(
+                "Preventing invalid write on metadata (overlaps with {what})"
+            ));
             return Err((libc::EIO, "ERROR writing reftable"));
         }
         self.file
