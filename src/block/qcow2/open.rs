@@ -91,7 +91,9 @@ pub struct Metadata {
 /// qcow2_do_open for qemu-img, which only reads metadata: the same reads and checks as
 /// [`open_image`], in the same order, up to the backing file name, then the block layer's
 /// size check. The L1 and refcount tables are not read here (only an I/O error could fail
-/// there, and the checker reads its own copies); nothing needed to serve I/O is set up.
+/// there, and the checker reads its own copies); nothing needed to serve I/O is set up. Not
+/// yet as QEMU: a writable open (`check -r`) does not rewrite the header to clear unknown
+/// autoclear bits.
 pub fn open_metadata(
     file: &impl ImageFile,
     check: bool,
