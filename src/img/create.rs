@@ -4,7 +4,9 @@
 
 use super::Img;
 use super::qcow2::create::{CreateError, CreateSpec, build, validate};
-use super::qcow2::layout;
+use crate::block::qcow2::header::{MAGIC, be32};
+use crate::block::qcow2::image_file::PlainFile;
+use crate::block::qcow2::open::open_metadata;
 use crate::qemu_io::numbers::{strtosz, strtoull};
 use std::path::Path;
 
@@ -223,7 +225,7 @@ pub fn probe_backing(
         None => {
             let mut m = [0u8; 4];
             use std::os::unix::fs::FileExt;
-            if file.read_exact_at(&mut m, 0).is_ok() && layout::be32(&m, 0) == layout::MAGIC {
+            if file.read_exact_at(&mut m, 0).is_ok() && be32(&m, 0) == MAGIC {
                 "qcow2".into()
             } else {
                 "raw".into()
@@ -233,8 +235,8 @@ pub fn probe_backing(
     match fmt.as_str() {
         "raw" | "file" => Ok((fmt, len)),
         "qcow2" => {
-            let h = layout::read_header(&file).map_err(|e| e.0)?;
-            Ok((fmt, h.size))
+            let md = open_metadata(&PlainFile(file), false, false).map_err(|(msg, _)| msg)?;
+            Ok((fmt, md.h.size))
         }
         other => Err(format!("Unknown driver '{other}'")),
     }

@@ -6,8 +6,9 @@
 //! `refcount` (cache I/O, refcounts, allocators), `cluster` (L1/L2 and write allocation),
 //! `write` (guest writes, zero writes, discard, compression), `read` (guest reads),
 //! `open` (opening with QEMU's checks, repairing a dirty image), `check` (the refcount
-//! checker/repairer, shared with `qemu-img check`), `aio_task` (the parallel chunk tasks of
-//! one write), `compress` (zlib), `resize` (truncate: growing, shrinking, preallocation).
+//! checker/repairer, shared with `qemu-img check`), `image_file` (the file as open and the
+//! checker reach it), `aio_task` (the parallel chunk tasks of one write), `compress` (zlib),
+//! `resize` (truncate: growing, shrinking, preallocation).
 
 mod aio_task;
 pub mod cache;
@@ -15,6 +16,7 @@ pub mod check;
 pub mod cluster;
 pub mod compress;
 pub mod header;
+pub mod image_file;
 mod lock;
 pub mod open;
 mod read;

@@ -209,6 +209,15 @@ pub fn rc_set(data: &mut [u8], order: u32, idx: usize, v: u64) {
     }
 }
 
+/// The largest refcount a `1 << order`-bit entry holds.
+pub fn refcount_max(order: u32) -> u64 {
+    if order >= 6 {
+        u64::MAX
+    } else {
+        (1u64 << (1 << order)) - 1
+    }
+}
+
 /// QEMU's qcow2_refcount_metadata_size: how many refblocks cover `clusters` clusters plus the
 /// refcount structures themselves (with 50 % headroom for the table when `generous`).
 pub fn refcount_metadata_blocks(
@@ -262,6 +271,9 @@ mod tests {
     fn reftable_growth_size_matches_the_measured_512_byte_case() {
         // §3 (f2): 16640 clusters before the new area -> 66 refblocks
         assert_eq!(refcount_metadata_blocks(16640, 512, 4, true), 66);
+        assert_eq!(refcount_metadata_blocks(0, 65536, 4, false), 0);
+        assert_eq!(refcount_metadata_blocks(3, 65536, 4, false), 1);
+        assert_eq!(refcount_metadata_blocks(32768, 65536, 4, false), 2);
     }
 
     #[test]
