@@ -7,6 +7,7 @@ pub mod driver;
 pub mod executor;
 pub mod file;
 pub mod io;
+pub mod json;
 pub mod node;
 pub mod open;
 pub mod options;
