@@ -6,6 +6,7 @@ use super::blkdebug::{BlkDebug, BlkDebugDriver};
 use super::blkverify::BlkVerifyDriver;
 use super::driver::{Limits, ReqFlags};
 use super::file::FileDriver;
+use super::json_filename;
 use super::node::{Child, Node, OpenFlags};
 use super::raw::{PROBE_BUF_SIZE, RawDriver, probes_as_other_format};
 use crate::output::Console;
@@ -161,23 +162,6 @@ fn check_permissions(v: &Value) -> Result<(), String> {
     Ok(())
 }
 
-fn parse_json_filename(text: &str) -> Result<Options, String> {
-    let value: Value = serde_json::from_str(text).map_err(|e| {
-        // QEMU's own JSON lexer words its errors differently; the common case is input that
-        // ends early.
-        let why = if e.is_eof() {
-            "premature EOI".to_string()
-        } else {
-            e.to_string()
-        };
-        format!("Could not parse the JSON options: JSON parse error, {why}")
-    })?;
-    match value {
-        Value::Object(m) => Ok(nest_dotted(m)),
-        _ => Err("Invalid JSON object given".to_string()),
-    }
-}
-
 /// A scalar option as QEMU sees it after converting JSON scalars to strings.
 fn scalar_string(v: &Value) -> Option<String> {
     match v {
@@ -232,10 +216,7 @@ fn open_node(
 ) -> Result<Rc<Node>, String> {
     let mut filename = filename;
     if let Some(json) = filename.as_deref().and_then(|f| f.strip_prefix("json:")) {
-        let parsed = parse_json_filename(json)?;
-        for (k, v) in parsed {
-            opts.entry(k).or_insert(v);
-        }
+        json_filename::join(&mut opts, json_filename::parse(json)?);
         filename = None;
     }
     if filename.is_none()
