@@ -304,7 +304,7 @@ fn child_options(v: Value) -> Options {
 }
 
 /// QEMU's `path_has_protocol`: a `:` before any `/`.
-fn has_protocol(name: &str) -> bool {
+pub fn has_protocol(name: &str) -> bool {
     name.find([':', '/'])
         .is_some_and(|i| name.as_bytes()[i] == b':')
 }
