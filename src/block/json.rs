@@ -31,6 +31,8 @@ pub enum QObject {
 
 /// Parses one JSON value as `qobject_from_json` does. The error is QEMU's message.
 pub fn parse(input: &[u8]) -> Result<QObject, String> {
+    // QEMU reads the text as a C string.
+    let input = input.split(|&b| b == 0).next().unwrap_or_default();
     let mut lexer = Lexer { input, pos: 0 };
     let mut streamer = Streamer::default();
     let first = loop {
@@ -830,6 +832,12 @@ mod tests {
         let most = MAX_TOKEN_COUNT / 2 - 2;
         assert!(matches!(ok(&list(most)), List(items) if items.len() == most + 1));
         assert_eq!(err(&list(most + 1)), "JSON token count limit exceeded");
+    }
+
+    #[test]
+    fn the_text_ends_at_a_nul() {
+        assert_eq!(parse(b"{}\0garbage"), Ok(Dict(vec![])));
+        assert_eq!(parse(b"\0{}").unwrap_err(), "Expecting a JSON value");
     }
 
     #[test]

@@ -881,6 +881,14 @@ mod tests {
     }
 
     #[test]
+    fn path_has_protocol() {
+        assert!(has_protocol("json:{'a': 'b/c'}"));
+        assert!(has_protocol("foo:bar"));
+        assert!(!has_protocol("a/json:{}"));
+        assert!(!has_protocol("plain.img"));
+    }
+
+    #[test]
     fn protocol_prefixes() {
         assert_eq!(protocol_of("a/b:c"), Ok(None));
         assert_eq!(protocol_of("blkdebug::x"), Ok(Some("blkdebug")));
