@@ -180,8 +180,17 @@ fn scalar_string(v: &Value) -> Option<String> {
     }
 }
 
-fn take_string(opts: &mut Options, key: &str) -> Option<String> {
-    opts.remove(key).and_then(|v| scalar_string(&v))
+/// Takes a QemuOpts option as text: a JSON scalar is converted (see [`scalar_string`]), while
+/// null and empty objects or lists are taken and dropped unread, as qemu_opts_absorb_qdict
+/// does. A non-empty object or list stays: QEMU flattened it into keys nothing takes.
+pub(crate) fn take_string(opts: &mut Options, key: &str) -> Option<String> {
+    match opts.remove(key)? {
+        v if is_nonempty_value(&v) => {
+            opts.insert(key.to_string(), v);
+            None
+        }
+        v => scalar_string(&v),
+    }
 }
 
 /// The protocol a filename names by its prefix (`blkdebug:`, `blkverify:`), or None for a path.
@@ -722,10 +731,7 @@ fn open_blkdebug(
     if let Some(x) = take_string(&mut opts, "x-image") {
         image_name = Some(x);
     }
-    let config = match opts.remove("config") {
-        Some(v) => Some(scalar_string(&v).ok_or("Parameter 'config' expects a string")?),
-        None => None,
-    };
+    let config = take_string(&mut opts, "config");
     let state = BlkDebug::new(ctx.console.clone());
     let setup = super::blkdebug::setup::configure(&state, config.as_deref(), &mut opts, ctx)?;
     let image = open_child(opts.remove("image"), image_name, "image", false, ctx)?;

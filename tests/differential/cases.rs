@@ -1840,6 +1840,9 @@ fn json_dialect() -> Vec<Case> {
             "jsond_perms_ok",
             &json_dbg(r#""take-child-perms":["resize"]"#),
         ),
+        json("jsond_config_null", &json_dbg(r#""config":null"#)),
+        json("jsond_config_object", &json_dbg(r#""config":{"a":1}"#)),
+        json("jsond_config_number", &json_dbg(r#""config":5"#)),
         json(
             "jsond_filename_number",
             r#"json:{"driver":"raw","file":{"driver":"file","filename":5}}"#,
@@ -1910,6 +1913,42 @@ fn json_dialect() -> Vec<Case> {
             r#"json:{"driver":"qcow2","file":{"driver":"file","filename":"ov.qcow2"},"backing":5}"#,
         )
         .bytes("ov.qcow2", qcow2_with_backing("img.raw")),
+        // qcow2's runtime options: JSON scalars become text, then QemuOpts types apply.
+        json(
+            "jsond_qcow2_bool_word",
+            r#"json:{"driver":"qcow2","file":{"driver":"file","filename":"ov.qcow2"},"backing":null,"lazy-refcounts":"yes","pass-discard-request":true}"#,
+        )
+        .bytes("ov.qcow2", qcow2_with_backing("nonexist.img")),
+        json(
+            "jsond_qcow2_bool_number",
+            r#"json:{"driver":"qcow2","file":{"driver":"file","filename":"ov.qcow2"},"backing":null,"lazy-refcounts":1}"#,
+        )
+        .bytes("ov.qcow2", qcow2_with_backing("nonexist.img")),
+        json(
+            "jsond_qcow2_bool_null",
+            r#"json:{"driver":"qcow2","file":{"driver":"file","filename":"ov.qcow2"},"backing":null,"lazy-refcounts":null}"#,
+        )
+        .bytes("ov.qcow2", qcow2_with_backing("nonexist.img")),
+        json(
+            "jsond_qcow2_size_double",
+            r#"json:{"driver":"qcow2","file":{"driver":"file","filename":"ov.qcow2"},"backing":null,"l2-cache-size":1048576.0}"#,
+        )
+        .bytes("ov.qcow2", qcow2_with_backing("nonexist.img")),
+        json(
+            "jsond_qcow2_size_bool",
+            r#"json:{"driver":"qcow2","file":{"driver":"file","filename":"ov.qcow2"},"backing":null,"l2-cache-size":true}"#,
+        )
+        .bytes("ov.qcow2", qcow2_with_backing("nonexist.img")),
+        json(
+            "jsond_qcow2_size_negative",
+            r#"json:{"driver":"qcow2","file":{"driver":"file","filename":"ov.qcow2"},"backing":null,"refcount-cache-size":-1}"#,
+        )
+        .bytes("ov.qcow2", qcow2_with_backing("nonexist.img")),
+        json(
+            "jsond_qcow2_interval_fraction",
+            r#"json:{"driver":"qcow2","file":{"driver":"file","filename":"ov.qcow2"},"backing":null,"cache-clean-interval":1.5}"#,
+        )
+        .bytes("ov.qcow2", qcow2_with_backing("nonexist.img")),
         json(
             "jsond_backing_null_on_raw",
             r#"json:{"driver":"raw","file":{"driver":"file","filename":"img.raw"},"backing":null}"#,
