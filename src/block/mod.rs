@@ -7,6 +7,8 @@ pub mod driver;
 pub mod executor;
 pub mod file;
 pub mod io;
+pub mod json;
+pub mod json_filename;
 pub mod node;
 pub mod open;
 pub mod options;

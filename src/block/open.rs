@@ -2,10 +2,13 @@
 //! `json:{...}`), structured blockdev options with QEMU's key names, format probing and its
 //! WARNING, and QEMU's error messages. Builds the node graph.
 
+use super::blkdebug::config::qdict_order;
+use super::blkdebug::rules::qnum_to_string;
 use super::blkdebug::{BlkDebug, BlkDebugDriver};
 use super::blkverify::BlkVerifyDriver;
 use super::driver::{Limits, ReqFlags};
 use super::file::FileDriver;
+use super::json_filename;
 use super::node::{Child, Node, OpenFlags};
 use super::raw::{PROBE_BUF_SIZE, RawDriver, probes_as_other_format};
 use crate::output::Console;
@@ -144,15 +147,21 @@ fn is_identifier(id: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
 }
 
-/// blkdebug's `take-child-perms`/`unshare-child-perms`: a list of permission names.
+/// blkdebug's `take-child-perms`/`unshare-child-perms`: a non-empty list of permission names.
 fn check_permissions(v: &Value) -> Result<(), String> {
     const PERMS: [&str; 4] = ["consistent-read", "write", "write-unchanged", "resize"];
-    let items = match v {
-        Value::Array(a) => a.clone(),
-        other => vec![other.clone()],
+    let items: Vec<&Value> = match v {
+        Value::Array(a) => a.iter().collect(),
+        // `take-child-perms.0=write` as --image-opts gives it.
+        Value::Object(m) => m.values().collect(),
+        other => vec![other],
     };
-    for item in items {
-        let name = scalar_string(&item).unwrap_or_default();
+    for (i, item) in items.into_iter().enumerate() {
+        let Value::String(name) = item else {
+            return Err(format!(
+                "Invalid parameter type for '[{i}]', expected: string"
+            ));
+        };
         if !PERMS.contains(&name.as_str()) {
             // QEMU's list visitor has no name for the element, hence 'null'.
             return Err(format!("Parameter 'null' does not accept value '{name}'"));
@@ -161,35 +170,27 @@ fn check_permissions(v: &Value) -> Result<(), String> {
     Ok(())
 }
 
-fn parse_json_filename(text: &str) -> Result<Options, String> {
-    let value: Value = serde_json::from_str(text).map_err(|e| {
-        // QEMU's own JSON lexer words its errors differently; the common case is input that
-        // ends early.
-        let why = if e.is_eof() {
-            "premature EOI".to_string()
-        } else {
-            e.to_string()
-        };
-        format!("Could not parse the JSON options: JSON parse error, {why}")
-    })?;
-    match value {
-        Value::Object(m) => Ok(nest_dotted(m)),
-        _ => Err("Invalid JSON object given".to_string()),
-    }
-}
-
 /// A scalar option as QEMU sees it after converting JSON scalars to strings.
 fn scalar_string(v: &Value) -> Option<String> {
     match v {
         Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
+        Value::Number(n) => Some(qnum_to_string(n)),
         Value::Bool(b) => Some(if *b { "on" } else { "off" }.to_string()),
         _ => None,
     }
 }
 
-fn take_string(opts: &mut Options, key: &str) -> Option<String> {
-    opts.remove(key).and_then(|v| scalar_string(&v))
+/// Takes a QemuOpts option as text: a JSON scalar is converted (see [`scalar_string`]), while
+/// null and empty objects or lists are taken and dropped unread, as qemu_opts_absorb_qdict
+/// does. A non-empty object or list stays: QEMU flattened it into keys nothing takes.
+pub(crate) fn take_string(opts: &mut Options, key: &str) -> Option<String> {
+    match opts.remove(key)? {
+        v if is_nonempty_value(&v) => {
+            opts.insert(key.to_string(), v);
+            None
+        }
+        v => scalar_string(&v),
+    }
 }
 
 /// The protocol a filename names by its prefix (`blkdebug:`, `blkverify:`), or None for a path.
@@ -232,22 +233,39 @@ fn open_node(
 ) -> Result<Rc<Node>, String> {
     let mut filename = filename;
     if let Some(json) = filename.as_deref().and_then(|f| f.strip_prefix("json:")) {
-        let parsed = parse_json_filename(json)?;
-        for (k, v) in parsed {
-            opts.entry(k).or_insert(v);
-        }
+        json_filename::join(&mut opts, json_filename::parse(json)?);
         filename = None;
     }
     if filename.is_none()
+        && !probe
         && let Some(Value::String(f)) = opts.get("filename")
-        && (!opts.contains_key("driver") || !probe)
     {
         filename = Some(f.clone());
     }
+    // Only a string names a driver. QEMU ignores any other value, except that a non-empty
+    // object or list stays behind as options nothing takes (`driver.0`).
     let driver = match opts.remove("driver") {
-        Some(v) => Some(scalar_string(&v).ok_or("Parameter 'driver' expects a string")?),
-        None => None,
+        Some(Value::String(s)) => Some(s),
+        Some(v) if is_nonempty_value(&v) => {
+            opts.insert("driver".into(), v);
+            None
+        }
+        _ => None,
     };
+    if let Some(other) = driver.as_deref().filter(|d| !DRIVERS.contains(d)) {
+        return Err(format!("Unknown driver '{other}'"));
+    }
+    // `"backing": null` (or the deprecated "") means no backing file, whatever the driver.
+    if opts.get("backing").and_then(Value::as_str) == Some("") {
+        ctx.console.report(
+            "warning: Use of \"backing\": \"\" is deprecated; use \"backing\": null instead",
+        );
+        opts.insert("backing".into(), Value::Null);
+    }
+    let may_have_backing = driver.as_deref() == Some("qcow2") || (driver.is_none() && probe);
+    if !may_have_backing && opts.get("backing") == Some(&Value::Null) {
+        opts.remove("backing");
+    }
     match driver.as_deref() {
         Some("raw") => open_format_raw(filename, opts, false, ctx),
         Some("qcow2") => open_qcow2(filename, opts, ctx),
@@ -255,6 +273,7 @@ fn open_node(
         Some("blkdebug") => open_blkdebug(filename, opts, ctx),
         Some("blkverify") => open_blkverify(filename, opts, ctx),
         Some(other) => Err(format!("Unknown driver '{other}'")),
+        None if probe => open_probed(filename, opts, ctx),
         None => {
             if let Some(Value::String(f)) = opts.remove("filename") {
                 filename = Some(f);
@@ -262,51 +281,104 @@ fn open_node(
             if filename.is_none() {
                 return Err("Must specify either driver or file".into());
             }
-            let name = filename.clone().unwrap_or_default();
-            let proto_node = open_protocol(filename.clone(), opts, ctx)?;
-            if !probe {
-                return Ok(proto_node);
-            }
-            // Probe the format of what the protocol node holds (QEMU's find_image_format):
-            // an empty image is raw, and a probe read that fails fails the open.
-            let mut head = vec![0u8; PROBE_BUF_SIZE as usize];
-            if proto_node.getlength().unwrap_or(0) > 0 {
-                let n = proto_node.clone();
-                let read = crate::block::executor::block_on(async move {
-                    let mut buf = vec![0u8; PROBE_BUF_SIZE as usize];
-                    super::io::preadv(&n, 0, &mut buf).await.map(|()| buf)
-                });
-                match read {
-                    Some(Ok(buf)) => head = buf,
-                    Some(Err(e)) => {
-                        return Err(format!(
-                            "Could not read image for determining its format: {}",
-                            crate::errno::strerror(e)
-                        ));
-                    }
-                    None => {
-                        return Err(
-                            "the format probe read can never complete; QEMU would hang here".into(),
-                        );
-                    }
-                }
-            }
-            if probes_as_qcow2(&head) {
-                return qcow2_on(proto_node, Options::new(), None, ctx);
-            }
-            // The same magic with version 1 is QEMU's old `qcow` format, which we do not have.
-            if probes_as_other_format(&head) {
-                return Err("qcow (version 1) images are not supported by this engine".into());
-            }
-            // QEMU warns only where writes would be restricted.
-            if !ctx.flags.read_only {
-                ctx.console.err(&format!(
-                "WARNING: Image format was not specified for '{name}' and probing guessed raw.\n         Automatically detecting the format is dangerous for raw images, write operations on block 0 will be restricted.\n         Specify the 'raw' format explicitly to remove the restrictions.\n"
-                ));
-            }
-            wrap_raw(proto_node, true, ctx)
+            open_protocol(filename, opts, ctx)
         }
     }
+}
+
+/// The drivers the engine has.
+const DRIVERS: [&str; 5] = ["raw", "qcow2", "file", "blkdebug", "blkverify"];
+
+/// A non-empty object or list: what QEMU's flattening turns into `key.sub` options.
+fn is_nonempty_value(v: &Value) -> bool {
+    match v {
+        Value::Object(m) => !m.is_empty(),
+        Value::Array(a) => !a.is_empty(),
+        _ => false,
+    }
+}
+
+/// A child's options given as an object, or as a list, whose elements QEMU's flattening turns
+/// into options `0`, `1`, ...
+fn child_options(v: Value) -> Options {
+    match v {
+        Value::Object(m) => m,
+        Value::Array(items) => items
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| (i.to_string(), v))
+            .collect(),
+        _ => Options::new(),
+    }
+}
+
+/// QEMU's `path_has_protocol`: a `:` before any `/`.
+pub fn has_protocol(name: &str) -> bool {
+    name.find([':', '/'])
+        .is_some_and(|i| name.as_bytes()[i] == b':')
+}
+
+/// A format node without a driver: QEMU opens its file child (from the `file` options, else
+/// the filename) and probes what it holds; the remaining options are the probed format's.
+fn open_probed(
+    filename: Option<String>,
+    mut opts: Options,
+    ctx: &OpenContext,
+) -> Result<Rc<Node>, String> {
+    opts.remove("filename");
+    let file_opt = opts.remove("file");
+    let names_a_child = filename.is_some()
+        || file_opt
+            .as_ref()
+            .is_some_and(|v| v.is_string() || is_nonempty_value(v));
+    if !names_a_child {
+        return Err("Must specify either driver or file".into());
+    }
+    let file = open_child(file_opt, filename, "file", false, ctx)?;
+    // QEMU's find_image_format: an empty image is raw, and a probe read that fails fails the
+    // open.
+    let mut head = vec![0u8; PROBE_BUF_SIZE as usize];
+    if file.getlength().unwrap_or(0) > 0 {
+        let n = file.clone();
+        let read = crate::block::executor::block_on(async move {
+            let mut buf = vec![0u8; PROBE_BUF_SIZE as usize];
+            super::io::preadv(&n, 0, &mut buf).await.map(|()| buf)
+        });
+        match read {
+            Some(Ok(buf)) => head = buf,
+            Some(Err(e)) => {
+                return Err(format!(
+                    "Could not read image for determining its format: {}",
+                    crate::errno::strerror(e)
+                ));
+            }
+            None => {
+                return Err(
+                    "the format probe read can never complete; QEMU would hang here".into(),
+                );
+            }
+        }
+    }
+    if probes_as_qcow2(&head) {
+        let backing = opts.remove("backing");
+        return qcow2_on(file, opts, backing, ctx);
+    }
+    // The same magic with version 1 is QEMU's old `qcow` format, which we do not have.
+    if probes_as_other_format(&head) {
+        return Err("qcow (version 1) images are not supported by this engine".into());
+    }
+    // QEMU warns only where writes would be restricted.
+    if !ctx.flags.read_only {
+        ctx.console.err(&format!(
+            "WARNING: Image format was not specified for '{}' and probing guessed raw.\n         Automatically detecting the format is dangerous for raw images, write operations on block 0 will be restricted.\n         Specify the 'raw' format explicitly to remove the restrictions.\n",
+            file.filename
+        ));
+    }
+    if opts.get("backing") == Some(&Value::Null) {
+        opts.remove("backing");
+    }
+    reject_unknown(&opts, "format", "raw")?;
+    wrap_raw(file, true, ctx)
 }
 
 /// Opens the node a filename's protocol prefix names, with no format probing.
@@ -324,8 +396,15 @@ fn open_protocol(
     }
 }
 
+/// Fails on the options nothing took. QEMU's options are flat (`a.b`, `a.0`), and it names the
+/// first one its QDict iterates.
 fn reject_unknown(opts: &Options, kind: &str, name: &str) -> Result<(), String> {
-    match opts.keys().next() {
+    let mut keys = Vec::new();
+    for (k, v) in opts {
+        flat_keys(k, v, &mut keys);
+    }
+    let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+    match qdict_order(&refs).first().map(|&i| refs[i]) {
         None => Ok(()),
         Some(k) if kind == "format" => Err(format!(
             "Block format '{name}' does not support the option '{k}'"
@@ -333,6 +412,23 @@ fn reject_unknown(opts: &Options, kind: &str, name: &str) -> Result<(), String> 
         Some(k) => Err(format!(
             "Block protocol '{name}' doesn't support the option '{k}'"
         )),
+    }
+}
+
+/// The flat keys of an option: itself, or for a non-empty object or list its members'.
+fn flat_keys(key: &str, value: &Value, out: &mut Vec<String>) {
+    match value {
+        Value::Object(m) if !m.is_empty() => {
+            for (k, v) in m {
+                flat_keys(&format!("{key}.{k}"), v, out);
+            }
+        }
+        Value::Array(a) if !a.is_empty() => {
+            for (i, v) in a.iter().enumerate() {
+                flat_keys(&format!("{key}.{i}"), v, out);
+            }
+        }
+        _ => out.push(key.to_string()),
     }
 }
 
@@ -405,13 +501,13 @@ fn open_child(
     ctx: &OpenContext,
 ) -> Result<Rc<Node>, String> {
     match value {
-        // A filename given beside the child's options is the child's own (`-o file.align=4k`).
-        Some(Value::Object(m)) => open_node(filename, m, probe, ctx),
         Some(Value::String(reference)) => Err(format!(
             "Cannot find device='{reference}' nor node-name='{reference}'"
         )),
-        Some(_) => Err(format!("Invalid type for option '{child}'")),
-        None => match filename {
+        // A filename given beside the child's options is the child's own (`-o file.align=4k`).
+        Some(v) if is_nonempty_value(&v) => open_node(filename, child_options(v), probe, ctx),
+        // Anything else (null, a number, `{}`) is neither options nor a reference.
+        _ => match filename {
             Some(f) => open_node(Some(f), Options::new(), probe, ctx),
             None => Err(format!("A block device must be specified for \"{child}\"")),
         },
@@ -560,19 +656,21 @@ fn qcow2_on(
     };
     let backing = match backing_opt {
         Some(Value::Null) => None,
-        Some(Value::String(s)) if s.is_empty() => None,
-        Some(Value::Object(m)) => Some(
-            open_node(None, m, true, &bctx)
+        Some(Value::String(r)) => {
+            return Err(format!(
+                "Could not open backing file: Cannot find device='{r}' nor node-name='{r}'"
+            ));
+        }
+        Some(v) if is_nonempty_value(&v) => Some(
+            open_node(None, child_options(v), true, &bctx)
                 .map_err(|e| format!("Could not open backing file: {e}"))?,
         ),
-        Some(Value::String(r)) => {
-            return Err(format!("Cannot find device='{r}' nor node-name='{r}'"));
-        }
-        Some(_) => return Err("Invalid type for option 'backing'".into()),
-        None => match &opened.backing {
+        // Anything else (`{}`, a number) is no backing option: the image's backing file is used.
+        _ => match &opened.backing {
             None => None,
             Some((name, fmt)) => {
-                let path = if name.starts_with('/') || protocol_of(name).ok().flatten().is_some() {
+                // A name with a protocol prefix (`json:{...}` too) is used as it is.
+                let path = if name.starts_with('/') || has_protocol(name) {
                     name.clone()
                 } else {
                     format!("{}{}", dir_prefix(&bottom_filename(&file)), name)
@@ -650,15 +748,15 @@ fn open_blkdebug(
     if let Some(x) = take_string(&mut opts, "x-image") {
         image_name = Some(x);
     }
-    let config = match opts.remove("config") {
-        Some(v) => Some(scalar_string(&v).ok_or("Parameter 'config' expects a string")?),
-        None => None,
-    };
+    let config = take_string(&mut opts, "config");
     let state = BlkDebug::new(ctx.console.clone());
     let setup = super::blkdebug::setup::configure(&state, config.as_deref(), &mut opts, ctx)?;
     let image = open_child(opts.remove("image"), image_name, "image", false, ctx)?;
     for k in ["take-child-perms", "unshare-child-perms"] {
-        if let Some(v) = opts.remove(k) {
+        // Only a non-empty list is read; anything else is left over as an unknown option.
+        if opts.get(k).is_some_and(is_nonempty_value)
+            && let Some(v) = opts.remove(k)
+        {
             check_permissions(&v)?;
         }
     }
@@ -803,6 +901,14 @@ mod tests {
             err.as_deref(),
             Some("qcow (version 1) images are not supported by this engine")
         );
+    }
+
+    #[test]
+    fn path_has_protocol() {
+        assert!(has_protocol("json:{'a': 'b/c'}"));
+        assert!(has_protocol("foo:bar"));
+        assert!(!has_protocol("a/json:{}"));
+        assert!(!has_protocol("plain.img"));
     }
 
     #[test]

@@ -83,6 +83,7 @@ pub fn all() -> Vec<Case> {
     v.extend(blkverify());
     v.extend(open_errors());
     v.extend(command_line());
+    v.extend(json_dialect());
     v
 }
 
@@ -1632,7 +1633,7 @@ fn open_errors() -> Vec<Case> {
     ]
 }
 
-// ==== qemu-io's own command line (every option of QEMU 10.0.2's qemu-io) ======================
+// ==== qemu-io's own command line (every option of QEMU 10.0.2's qemu-io) ===============
 
 /// `qemu-io ARGS` exactly as written.
 fn argv(name: &str, args: &[&str]) -> Case {
@@ -2243,5 +2244,328 @@ fn command_line() -> Vec<Case> {
             "img.raw",
         ],
     ));
+=======
+// ---- json: filenames in QEMU's JSON dialect --------------------------------------------------
+// How QEMU parses, flattens and types the options of a `json:` filename: each parser error
+// text, the accepted extensions (single quotes, `\'`, whitespace and newlines), which of a dotted
+// and a nested spelling wins, and what JSON types QEMU takes where strings are expected.
+
+/// `json:{"driver":"raw","file":{"driver":"file","filename":<filename>}}`
+fn json_file(filename: &str) -> String {
+    format!(r#"json:{{"driver":"raw","file":{{"driver":"file","filename":{filename}}}}}"#)
+}
+
+/// A 1 MiB qcow2 image (no data) whose header names `backing` as its backing file.
+fn qcow2_with_backing(backing: &str) -> Vec<u8> {
+    use blockfault::img::qcow2::create::{CreateSpec, build};
+    let spec = CreateSpec {
+        size: 1 << 20,
+        backing_file: Some(backing.to_string()),
+        ..CreateSpec::default()
+    };
+    let file = tempfile::tempfile().unwrap();
+    build(&spec).unwrap().write_to(&file).unwrap();
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::BufReader::new(&file), &mut bytes).unwrap();
+    bytes
+}
+
+fn json_dialect() -> Vec<Case> {
+    let json = |name: &str, drive: &str| on(name, &[], &["read -P 0 0 512"], drive);
+    let mut v = vec![
+        // Accepted forms.
+        json(
+            "jsond_single_quotes",
+            "json:{'driver':'raw','file':{'driver':'file','filename':'img.raw'}}",
+        ),
+        json(
+            "jsond_whitespace_and_newlines",
+            "json:\n {\t\"driver\" :\r\n'raw' ,\n \"file\": {\"driver\": \"file\",\n  \"filename\": \"img.raw\"}\n}\n\t ",
+        ),
+        json("jsond_escape_unicode", &json_file(r#""img\u002eraw""#)),
+        json("jsond_escape_solidus", &json_file(r#""img\/raw""#)),
+        json("jsond_escape_apostrophe", &json_file(r"'img\'.raw'")),
+        json("jsond_escape_apostrophe_dq", &json_file(r#""img\'.raw""#)),
+        json("jsond_quote_in_single_quotes", &json_file(r#"'im"g.raw'"#)),
+        json("jsond_escape_controls", &json_file(r#""a\tb\n\r\b\f""#)),
+        json("jsond_escape_pair", &json_file(r#""\uD83D\uDE00\u00e9""#)),
+        json("jsond_raw_utf8", &json_file("\"é😀\"")),
+        json("jsond_percent", &json_file(r#""100%d""#)),
+        // Parse errors, each of QEMU's texts.
+        json("jsond_empty", "json:"),
+        json("jsond_blank", "json: \n\t"),
+        json("jsond_eoi_object", r#"json:{"driver":"raw""#),
+        json("jsond_eoi_list", r#"json:{"a":[1,"#),
+        json("jsond_eoi_string", r#"json:{"a":"abc"#),
+        json(
+            "jsond_trailing_garbage",
+            &format!("{} x", json_file(r#""img.raw""#)),
+        ),
+        json("jsond_trailing_brace", r#"json:{"a":1}}"#),
+        json("jsond_second_value", r#"json:{} {}"#),
+        json("jsond_not_object_list", "json:[1]"),
+        json("jsond_not_object_string", "json:'x'"),
+        json("jsond_not_object_null", "json:null"),
+        json("jsond_stray_char", r#"json:{"a":@}"#),
+        json("jsond_stray_capital", r#"json:{"a":True}"#),
+        json("jsond_stray_interpolation", r#"json:{"a":%d}"#),
+        json("jsond_stray_leading_zero", r#"json:{"a":01}"#),
+        json("jsond_stray_sign", r#"json:{"a":-}"#),
+        json("jsond_stray_plus", r#"json:{"a":+1}"#),
+        json("jsond_stray_point", r#"json:{"a":1.}"#),
+        json("jsond_stray_exponent", r#"json:{"a":1e}"#),
+        json("jsond_stray_control_in_string", "json:{\"a\":\"a\tb\"}"),
+        json("jsond_zero_exponent", r#"json:{"a":[0e5]}"#),
+        json("jsond_invalid_keyword", r#"json:{"a":tru}"#),
+        json("jsond_missing_colon", r#"json:{"a" 1}"#),
+        json("jsond_key_not_string", r#"json:{1:1}"#),
+        json("jsond_expected_separator_dict", r#"json:{"a":1 "b":2}"#),
+        json("jsond_expected_separator_list", r#"json:{"a":[1 2]}"#),
+        json("jsond_expecting_value", r#"json:{"a":[1,]}"#),
+        json("jsond_expecting_value_close", "json:}"),
+        json("jsond_open_bracket_close_brace", r#"json:{"a":[} 1"#),
+        json(
+            "jsond_duplicate_key",
+            &json_file(r#""img.raw","filename":"x""#),
+        ),
+        json("jsond_invalid_escape", &json_file(r#""\x""#)),
+        json("jsond_short_unicode_escape", &json_file(r#""\u12""#)),
+        json("jsond_lone_surrogate", &json_file(r#""\uD800\u0041""#)),
+        json("jsond_noncharacter_escape", &json_file(r#""\uFFFE""#)),
+        json("jsond_noncharacter_raw", &json_file("\"\u{FDD0}\"")),
+        json(
+            "jsond_nesting_1024",
+            &format!(r#"json:{{"a":{}{}}}"#, "[".repeat(1023), "]".repeat(1023)),
+        ),
+        json(
+            "jsond_nesting_1025",
+            &format!(r#"json:{{"a":{}{}}}"#, "[".repeat(1024), "]".repeat(1024)),
+        ),
+        // Numbers: -0 is the integer 0, doubles print as %.17g, huge ones are doubles.
+        json("jsond_align_minus_zero", &json_dbg(r#""align":-0"#)),
+        json("jsond_align_double", &json_dbg(r#""align":5.12e2"#)),
+        json("jsond_align_fraction", &json_dbg(r#""align":0.1"#)),
+        json("jsond_align_infinite", &json_dbg(r#""align":1e400"#)),
+        json(
+            "jsond_align_above_u64",
+            &json_dbg(r#""align":18446744073709551616"#),
+        ),
+        json(
+            "jsond_align_u64_max",
+            &json_dbg(r#""align":18446744073709551615"#),
+        ),
+        json("jsond_align_bool", &json_dbg(r#""align":true"#)),
+        json(
+            "jsond_errno_double",
+            &json_dbg(r#""inject-error":[{"event":"read_aio","errno":2.8e1}]"#),
+        ),
+        // Flattening: which spelling wins.
+        json(
+            "jsond_nested_beats_dotted_after",
+            r#"json:{"driver":"raw","file":{"driver":"file","filename":"img.raw"},"file.filename":"nonexist"}"#,
+        ),
+        json(
+            "jsond_nested_beats_dotted_before",
+            r#"json:{"driver":"raw","file.driver":"blkdebug","file":{"driver":"file","filename":"img.raw"}}"#,
+        ),
+        json(
+            "jsond_dotted_into_list",
+            &json_dbg(r#""inject-error":[{"event":"read_aio"}],"inject-error.0.errno":"28""#),
+        ),
+        json(
+            "jsond_dotted_beside_list_hash_order",
+            &json_dbg(
+                r#""inject-error.0.errno":"28","inject-error":[{"event":"read_aio","errno":"5"}]"#,
+            ),
+        ),
+        json(
+            "jsond_dotted_child_keys",
+            r#"json:{"driver":"raw","file.driver":"blkdebug","file.inject-error":[{"event":"read_aio"}],"file.image.driver":"file","file.image.filename":"img.raw"}"#,
+        ),
+        // Unknown options are named by their flat key, the first in QDict order.
+        json(
+            "jsond_unknown_nested",
+            r#"json:{"driver":"raw","file":{"driver":"file","filename":"img.raw"},"foo":{"x":1}}"#,
+        ),
+        json(
+            "jsond_unknown_list",
+            r#"json:{"driver":"raw","file":{"driver":"file","filename":"img.raw"},"foo":[1,2]}"#,
+        ),
+        json(
+            "jsond_unknown_hash_order",
+            r#"json:{"driver":"raw","file":{"driver":"file","filename":"img.raw"},"bar":1,"foo":2}"#,
+        ),
+        json(
+            "jsond_unknown_empty_object",
+            r#"json:{"driver":"raw","file":{"driver":"file","filename":"img.raw"},"foo":{}}"#,
+        ),
+        // Types where a driver, child or reference is expected.
+        json(
+            "jsond_driver_number",
+            r#"json:{"driver":5,"file":{"driver":"file","filename":"img.raw"}}"#,
+        ),
+        json(
+            "jsond_driver_null",
+            r#"json:{"driver":null,"file":{"driver":"file","filename":"img.raw"}}"#,
+        ),
+        json(
+            "jsond_driver_empty_object",
+            r#"json:{"driver":{},"file":{"driver":"file","filename":"img.raw"}}"#,
+        ),
+        json(
+            "jsond_driver_list",
+            r#"json:{"driver":["raw"],"file":{"driver":"file","filename":"img.raw"}}"#,
+        ),
+        json(
+            "jsond_child_driver_number",
+            r#"json:{"driver":"raw","file":{"driver":5,"filename":"img.raw"}}"#,
+        ),
+        json(
+            "jsond_no_driver_file_child",
+            r#"json:{"file":{"driver":"file","filename":"img.raw"}}"#,
+        ),
+        json("jsond_no_driver_filename", r#"json:{"filename":"img.raw"}"#),
+        json(
+            "jsond_file_empty_object",
+            r#"json:{"driver":"raw","file":{}}"#,
+        ),
+        json("jsond_file_number", r#"json:{"driver":"raw","file":5}"#),
+        json("jsond_file_null", r#"json:{"driver":"raw","file":null}"#),
+        json(
+            "jsond_file_list",
+            r#"json:{"driver":"raw","file":[{"driver":"file","filename":"img.raw"}]}"#,
+        ),
+        json(
+            "jsond_image_number",
+            r#"json:{"driver":"raw","file":{"driver":"blkdebug","image":5}}"#,
+        ),
+        json(
+            "jsond_blkverify_test_number",
+            r#"json:{"driver":"raw","file":{"driver":"blkverify","raw":{"driver":"file","filename":"img.raw"},"test":5}}"#,
+        ),
+        json(
+            "jsond_perms_string",
+            &json_dbg(r#""take-child-perms":"resize""#),
+        ),
+        json("jsond_perms_empty", &json_dbg(r#""take-child-perms":[]"#)),
+        json("jsond_perms_number", &json_dbg(r#""take-child-perms":[5]"#)),
+        json(
+            "jsond_perms_ok",
+            &json_dbg(r#""take-child-perms":["resize"]"#),
+        ),
+        json("jsond_config_null", &json_dbg(r#""config":null"#)),
+        json("jsond_config_object", &json_dbg(r#""config":{"a":1}"#)),
+        json("jsond_config_number", &json_dbg(r#""config":5"#)),
+        json(
+            "jsond_filename_number",
+            r#"json:{"driver":"raw","file":{"driver":"file","filename":5}}"#,
+        ),
+        // Options given directly win over the filename's, key by key.
+        on(
+            "jsond_format_option_wins",
+            &["-f", "raw"],
+            &["read 0 512"],
+            r#"json:{"driver":"bogus","file":{"driver":"file","filename":"img.raw"}}"#,
+        ),
+        no_drive(
+            "jsond_open_options_merge",
+            &[
+                r#"open -o driver=raw json:{"file.filename":"img.raw"}"#,
+                "read 0 512",
+            ],
+        ),
+        no_drive(
+            "jsond_open_options_win",
+            &[
+                r#"open -o driver=raw json:{"driver":"qcow2","file.filename":"img.raw"}"#,
+                "read 0 512",
+            ],
+        ),
+        no_drive(
+            "jsond_open_child_options_merge",
+            &[
+                r#"open -o file.driver=blkdebug json:{"driver":"raw","file.image.filename":"img.raw"}"#,
+                "read 0 512",
+            ],
+        ),
+    ];
+    // Backing file names in an image header are json: filenames too (multi-line ones as well).
+    let overlay = |name: &str, backing: &str| {
+        on(name, &[], &["read -P 0 0 512"], "ov.qcow2")
+            .bytes("ov.qcow2", qcow2_with_backing(backing))
+    };
+    v.extend([
+        overlay(
+            "jsond_backing_name",
+            r#"json:{"driver":"raw","file":{"driver":"file","filename":"img.raw"}}"#,
+        ),
+        overlay(
+            "jsond_backing_name_multiline",
+            "json:{'driver': 'raw',\n    'file': {\n        'driver': 'file',\n        'filename': 'img.raw'}}",
+        ),
+        overlay("jsond_backing_name_malformed", r#"json:{"driver":"raw""#),
+        overlay("jsond_backing_name_not_object", "json:[]"),
+        overlay("jsond_backing_name_unknown_protocol", "foo:bar"),
+        json(
+            "jsond_backing_null",
+            r#"json:{"driver":"qcow2","file":{"driver":"file","filename":"ov.qcow2"},"backing":null}"#,
+        )
+        .bytes("ov.qcow2", qcow2_with_backing("nonexist.img")),
+        json(
+            "jsond_backing_empty_string",
+            r#"json:{"driver":"qcow2","file":{"driver":"file","filename":"ov.qcow2"},"backing":""}"#,
+        )
+        .bytes("ov.qcow2", qcow2_with_backing("nonexist.img")),
+        json(
+            "jsond_backing_reference",
+            r#"json:{"driver":"qcow2","file":{"driver":"file","filename":"ov.qcow2"},"backing":"x"}"#,
+        )
+        .bytes("ov.qcow2", qcow2_with_backing("img.raw")),
+        json(
+            "jsond_backing_number",
+            r#"json:{"driver":"qcow2","file":{"driver":"file","filename":"ov.qcow2"},"backing":5}"#,
+        )
+        .bytes("ov.qcow2", qcow2_with_backing("img.raw")),
+        // qcow2's runtime options: JSON scalars become text, then QemuOpts types apply.
+        json(
+            "jsond_qcow2_bool_word",
+            r#"json:{"driver":"qcow2","file":{"driver":"file","filename":"ov.qcow2"},"backing":null,"lazy-refcounts":"yes","pass-discard-request":true}"#,
+        )
+        .bytes("ov.qcow2", qcow2_with_backing("nonexist.img")),
+        json(
+            "jsond_qcow2_bool_number",
+            r#"json:{"driver":"qcow2","file":{"driver":"file","filename":"ov.qcow2"},"backing":null,"lazy-refcounts":1}"#,
+        )
+        .bytes("ov.qcow2", qcow2_with_backing("nonexist.img")),
+        json(
+            "jsond_qcow2_bool_null",
+            r#"json:{"driver":"qcow2","file":{"driver":"file","filename":"ov.qcow2"},"backing":null,"lazy-refcounts":null}"#,
+        )
+        .bytes("ov.qcow2", qcow2_with_backing("nonexist.img")),
+        json(
+            "jsond_qcow2_size_double",
+            r#"json:{"driver":"qcow2","file":{"driver":"file","filename":"ov.qcow2"},"backing":null,"l2-cache-size":1048576.0}"#,
+        )
+        .bytes("ov.qcow2", qcow2_with_backing("nonexist.img")),
+        json(
+            "jsond_qcow2_size_bool",
+            r#"json:{"driver":"qcow2","file":{"driver":"file","filename":"ov.qcow2"},"backing":null,"l2-cache-size":true}"#,
+        )
+        .bytes("ov.qcow2", qcow2_with_backing("nonexist.img")),
+        json(
+            "jsond_qcow2_size_negative",
+            r#"json:{"driver":"qcow2","file":{"driver":"file","filename":"ov.qcow2"},"backing":null,"refcount-cache-size":-1}"#,
+        )
+        .bytes("ov.qcow2", qcow2_with_backing("nonexist.img")),
+        json(
+            "jsond_qcow2_interval_fraction",
+            r#"json:{"driver":"qcow2","file":{"driver":"file","filename":"ov.qcow2"},"backing":null,"cache-clean-interval":1.5}"#,
+        )
+        .bytes("ov.qcow2", qcow2_with_backing("nonexist.img")),
+        json(
+            "jsond_backing_null_on_raw",
+            r#"json:{"driver":"raw","file":{"driver":"file","filename":"img.raw"},"backing":null}"#,
+        ),
+    ]);
     v
 }

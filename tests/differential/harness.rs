@@ -39,9 +39,13 @@ pub fn case(name: &str, args: &[&str]) -> Case {
 }
 
 impl Case {
-    pub fn file(mut self, name: &str, content: &str) -> Self {
-        self.files
-            .push((name.to_string(), content.as_bytes().to_vec()));
+    pub fn file(self, name: &str, content: &str) -> Self {
+        self.bytes(name, content.as_bytes().to_vec())
+    }
+
+    /// An extra file with binary contents (an image).
+    pub fn bytes(mut self, name: &str, content: Vec<u8>) -> Self {
+        self.files.push((name.to_string(), content));
         self
     }
 

@@ -12,13 +12,14 @@ use super::image_file::{ImageFile, NodeFile};
 use super::lock::CoMutex;
 use super::refcount::max_used_index;
 use super::state::{State, refcount_max};
+use crate::block::blkdebug::config::{parse_bool, parse_number};
 use crate::block::blkdebug::events::Event;
+use crate::block::blkdebug::limits::parse_size;
 use crate::block::driver::ReqFlags;
 use crate::block::executor::block_on;
 use crate::block::io;
 use crate::block::node::Node;
-use crate::block::open::{OpenContext, Options};
-use serde_json::Value;
+use crate::block::open::{OpenContext, Options, take_string};
 use std::cell::RefCell;
 use std::rc::Rc;
 
@@ -37,38 +38,15 @@ fn event(file: &Rc<Node>, ev: Event) {
 }
 
 fn take_bool(opts: &mut Options, key: &str) -> Result<Option<bool>, String> {
-    match opts.remove(key) {
-        None => Ok(None),
-        Some(Value::Bool(b)) => Ok(Some(b)),
-        Some(Value::String(s)) if s == "on" || s == "true" => Ok(Some(true)),
-        Some(Value::String(s)) if s == "off" || s == "false" => Ok(Some(false)),
-        Some(_) => Err(format!("Parameter '{key}' expects 'on' or 'off'")),
-    }
+    take_string(opts, key)
+        .map(|t| parse_bool(key, &t))
+        .transpose()
 }
 
 fn take_size(opts: &mut Options, key: &str) -> Result<Option<u64>, String> {
-    let v = match opts.remove(key) {
-        None => return Ok(None),
-        Some(Value::Number(n)) => {
-            return n.as_u64().map(Some).ok_or(format!(
-                "Parameter '{key}' expects a non-negative number below 2^64"
-            ));
-        }
-        Some(Value::String(s)) => s,
-        Some(_) => return Err(format!("Parameter '{key}' expects a size")),
-    };
-    let (num, mult) = match v.chars().last() {
-        Some('k' | 'K') => (&v[..v.len() - 1], 1u64 << 10),
-        Some('M') => (&v[..v.len() - 1], 1 << 20),
-        Some('G') => (&v[..v.len() - 1], 1 << 30),
-        Some('T') => (&v[..v.len() - 1], 1 << 40),
-        _ => (v.as_str(), 1),
-    };
-    num.parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(mult))
-        .map(Some)
-        .ok_or(format!("Parameter '{key}' expects a non-negative number below 2^64\nOptional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\nand exabytes, respectively.\n"))
+    take_string(opts, key)
+        .map(|t| parse_size(key, &t))
+        .transpose()
 }
 
 /// Opens the qcow2 image in `file`. `opts` holds the qcow2 runtime options (consumed).
@@ -196,11 +174,10 @@ fn open_inner(file: &Rc<Node>, opts: &mut Options, ctx: &OpenContext) -> Result<
             libc::ENOTSUP,
         ));
     }
-    for k in [
-        "cache-clean-interval",
-        "overlap-check",
-        "overlap-check.template",
-    ] {
+    if let Some(t) = take_string(opts, "cache-clean-interval") {
+        parse_number("cache-clean-interval", &t).map_err(bad)?;
+    }
+    for k in ["overlap-check", "overlap-check.template"] {
         opts.remove(k);
     }
     let use_lazy = lazy.unwrap_or(h.compatible_features & header::COMPAT_LAZY_REFCOUNTS != 0);
