@@ -2244,7 +2244,9 @@ fn command_line() -> Vec<Case> {
             "img.raw",
         ],
     ));
-=======
+    v
+}
+
 // ---- json: filenames in QEMU's JSON dialect --------------------------------------------------
 // How QEMU parses, flattens and types the options of a `json:` filename: each parser error
 // text, the accepted extensions (single quotes, `\'`, whitespace and newlines), which of a dotted
