@@ -187,11 +187,12 @@ impl Session {
         };
         match opened {
             Ok(root) => {
+                // bdrv_enable_copy_on_read on the top node only: children never copy
+                root.copy_on_read.set(req.copy_on_read);
                 self.blk = Some(Rc::new(BlockBackend {
                     root,
                     writethrough: std::cell::Cell::new(req.writethrough),
                     read_only: std::cell::Cell::new(req.read_only),
-                    copy_on_read: req.copy_on_read,
                 }));
                 true
             }
