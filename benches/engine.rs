@@ -37,7 +37,6 @@ fn open(dir: &Path, drive: &str) -> Rc<BlockBackend> {
         root,
         writethrough: Cell::new(false),
         read_only: Cell::new(false),
-        copy_on_read: false,
     })
 }
 

@@ -53,7 +53,6 @@ fn open(dir: &Path) -> Rc<BlockBackend> {
         root,
         writethrough: Cell::new(false),
         read_only: Cell::new(false),
-        copy_on_read: false,
     })
 }
 

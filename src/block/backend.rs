@@ -12,9 +12,6 @@ pub struct BlockBackend {
     pub writethrough: std::cell::Cell<bool>,
     /// `reopen -r`: commands that write are refused
     pub read_only: std::cell::Cell<bool>,
-    /// qemu-io `-C`/`open -C` (QEMU's BDRV_O_COPY_ON_READ on the top node). Carried here for
-    /// the read path, which does not act on it yet: reads do not copy backing data up.
-    pub copy_on_read: bool,
 }
 
 impl BlockBackend {

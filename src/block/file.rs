@@ -10,7 +10,35 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
+/// Which of file-posix's drivers a node is: they differ in the kind of host file they take.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostKind {
+    File,
+    HostDevice,
+    HostCdrom,
+}
+
+impl HostKind {
+    pub fn from_driver(name: &str) -> Option<Self> {
+        match name {
+            "file" => Some(Self::File),
+            "host_device" => Some(Self::HostDevice),
+            "host_cdrom" => Some(Self::HostCdrom),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::File => "file",
+            Self::HostDevice => "host_device",
+            Self::HostCdrom => "host_cdrom",
+        }
+    }
+}
+
 pub struct FileDriver {
+    kind: HostKind,
     file: File,
     /// whether flushes and FUA writes reach the host disk (fdatasync)
     sync: bool,
@@ -33,6 +61,7 @@ fn errno_of(e: &io::Error) -> i32 {
 impl FileDriver {
     /// Opens `path` (already resolved against the caller's directory). The error is QEMU's text.
     pub fn open(
+        kind: HostKind,
         path: &Path,
         shown_name: &str,
         read_only: bool,
@@ -48,10 +77,34 @@ impl FileDriver {
                     crate::errno::strerror(errno_of(&e))
                 )
             })?;
-        if file.metadata().map(|m| m.is_dir()).unwrap_or(false) {
-            return Err(format!("'{shown_name}' is a directory"));
+        let ft = file
+            .metadata()
+            .map_err(|e| {
+                format!(
+                    "Could not open '{shown_name}': {}",
+                    crate::errno::strerror(errno_of(&e))
+                )
+            })?
+            .file_type();
+        use std::os::unix::fs::FileTypeExt;
+        match kind {
+            HostKind::File if !ft.is_file() => {
+                return Err(format!(
+                    "'file' driver requires '{shown_name}' to be a regular file"
+                ));
+            }
+            HostKind::HostDevice | HostKind::HostCdrom
+                if !ft.is_block_device() && !ft.is_char_device() =>
+            {
+                return Err(format!(
+                    "'{}' driver requires '{shown_name}' to be either a character or block device",
+                    kind.name()
+                ));
+            }
+            _ => {}
         }
         Ok(Self {
+            kind,
             file,
             sync,
             temporary: None,
@@ -120,10 +173,10 @@ impl FileDriver {
 
 impl BlockDriver for FileDriver {
     fn format_name(&self) -> &'static str {
-        "file"
+        self.kind.name()
     }
     fn protocol_name(&self) -> Option<&'static str> {
-        Some("file")
+        Some(self.kind.name())
     }
     fn as_any(&self) -> &dyn std::any::Any {
         self

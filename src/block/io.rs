@@ -83,16 +83,29 @@ impl Padding {
 
 /// Reads `buf.len()` bytes at `offset` from `node` (QEMU's bdrv_co_preadv_part).
 pub async fn preadv(node: &Node, offset: u64, buf: &mut [u8]) -> IoResult {
+    preadv_flags(node, offset, buf, ReqFlags::NONE).await
+}
+
+/// A read with request flags (copy-on-read, prefetch).
+pub async fn preadv_flags(
+    node: &Node,
+    offset: u64,
+    buf: &mut [u8],
+    mut flags: ReqFlags,
+) -> IoResult {
     let bytes = buf.len() as u64;
     check_request32(offset, bytes)?;
     let align = node.limits.request_alignment;
     if bytes == 0 && !offset.is_multiple_of(align) {
         return Ok(());
     }
+    if node.copy_on_read.get() {
+        flags = flags.with(ReqFlags::COPY_ON_READ);
+    }
     match Padding::of(offset, bytes, align) {
         None => {
             let req = tracked::begin(node, offset, bytes, Kind::Read);
-            let r = aligned_preadv(node, &req, offset, buf, align).await;
+            let r = aligned_preadv(node, &req, offset, buf, align, flags).await;
             tracked::end(node, &req);
             r
         }
@@ -101,7 +114,7 @@ pub async fn preadv(node: &Node, offset: u64, buf: &mut [u8]) -> IoResult {
             let (h, t) = (pad.head as usize, pad.tail as usize);
             let mut padded = vec![0u8; h + buf.len() + t];
             let req = tracked::begin(node, start, padded.len() as u64, Kind::Read);
-            let r = aligned_preadv(node, &req, start, &mut padded, align).await;
+            let r = aligned_preadv(node, &req, start, &mut padded, align, flags).await;
             tracked::end(node, &req);
             // QEMU reads head and tail into its padding buffer, the rest into the caller's.
             let mut padbuf = pad_buffer(pad.buf_len(bytes, align) as usize);
@@ -140,9 +153,23 @@ async fn aligned_preadv(
     offset: u64,
     buf: &mut [u8],
     align: u64,
+    flags: ReqFlags,
 ) -> IoResult {
-    tracked::wait_serialising(node, req).await;
     let bytes = buf.len() as u64;
+    if flags.has(ReqFlags::COPY_ON_READ) {
+        // Touching the same cluster counts as an overlap: the copy's read and write must not
+        // interleave with other writes there.
+        tracked::make_serialising(node, req, cluster_size(node)).await;
+        let (allocated, pnum) = is_allocated(node, offset, bytes).await?;
+        if !allocated || pnum != bytes {
+            return copy_on_readv(node, offset, buf, flags).await;
+        }
+        if flags.has(ReqFlags::PREFETCH) {
+            return Ok(());
+        }
+    } else {
+        tracked::wait_serialising(node, req).await;
+    }
     let total = node.getlength()?;
     let max_xfer = max_transfer(node, align);
     let mut max_bytes = align_up(total.saturating_sub(offset), align);
@@ -163,6 +190,87 @@ async fn aligned_preadv(
             rest.fill(0);
             done = bytes;
         }
+    }
+    Ok(())
+}
+
+/// QEMU's bdrv_get_info: a driver's own answer, else its filtered child's.
+pub fn get_info(node: &Node) -> Option<super::driver::DriverInfo> {
+    let mut node = node;
+    loop {
+        if let Some(i) = node.driver.info(node) {
+            return Some(i);
+        }
+        match (node.driver.is_filter(), node.primary_child()) {
+            (true, Some(c)) => node = c,
+            _ => return None,
+        }
+    }
+}
+
+/// QEMU's bdrv_get_cluster_size: the format's cluster, else the request alignment.
+fn cluster_size(node: &Node) -> u64 {
+    get_info(node)
+        .map(|i| i.cluster_size)
+        .filter(|&c| c != 0)
+        .unwrap_or(node.limits.request_alignment)
+}
+
+/// Copy-on-read (QEMU's bdrv_co_do_copy_on_readv): the range, widened to whole clusters, is
+/// read piece by piece; what is not allocated here is read from below and written into this
+/// node (zeroes as a zero write) before the caller gets its part.
+async fn copy_on_readv(node: &Node, offset: u64, buf: &mut [u8], flags: ReqFlags) -> IoResult {
+    let bytes = buf.len() as u64;
+    let max_xfer = min_non_zero(node.limits.max_transfer, REQUEST_MAX_BYTES);
+    let cs = cluster_size(node);
+    let mut align_offset = align_down(offset, cs);
+    let mut align_bytes = align_up(offset + bytes, cs) - align_offset;
+    let mut skip = offset - align_offset;
+    let mut progress = 0u64;
+    let mut bounce: Vec<u8> = Vec::new();
+    while align_bytes > 0 {
+        let want = align_bytes.min(max_xfer);
+        let (allocated, mut pnum) = match is_allocated(node, align_offset, want).await {
+            Ok(v) => v,
+            // treated as unallocated: the read will fail with a better errno if it must
+            Err(_) => (false, want),
+        };
+        if !allocated && pnum == 0 {
+            // the image ends inside the cluster
+            break;
+        }
+        if !allocated {
+            pnum = pnum.min(MAX_BOUNCE_BUFFER);
+            if bounce.is_empty() {
+                let need = pnum.max(align_bytes - pnum);
+                bounce = vec![0u8; need.min(max_xfer.min(MAX_BOUNCE_BUFFER)) as usize];
+            }
+            let data = &mut bounce[..pnum as usize];
+            node.driver.preadv(node, align_offset, data).await?;
+            node.debug_event(Event::CorWrite).await;
+            let data = &bounce[..pnum as usize];
+            if node.caps.pwrite_zeroes && data.iter().all(|&b| b == 0) {
+                do_pwrite_zeroes(node, align_offset, pnum, ReqFlags::WRITE_UNCHANGED).await?;
+            } else {
+                // not new data: no flush needed even in writethrough mode
+                driver_pwritev(node, align_offset, data, ReqFlags::WRITE_UNCHANGED).await?;
+            }
+            if !flags.has(ReqFlags::PREFETCH) {
+                let n = (pnum - skip).min(bytes - progress) as usize;
+                let at = progress as usize;
+                buf[at..at + n].copy_from_slice(&bounce[skip as usize..skip as usize + n]);
+            }
+        } else if !flags.has(ReqFlags::PREFETCH) {
+            let n = (pnum - skip).min(bytes - progress) as usize;
+            let at = progress as usize;
+            node.driver
+                .preadv(node, offset + progress, &mut buf[at..at + n])
+                .await?;
+        }
+        align_offset += pnum;
+        align_bytes -= pnum;
+        progress += pnum - skip;
+        skip = 0;
     }
     Ok(())
 }
@@ -277,7 +385,7 @@ async fn rmw_read(
             node.debug_event(Event::PwritevRmwTail).await;
         }
         let mut unit = vec![0u8; n];
-        if aligned_preadv(node, req, start, &mut unit, align)
+        if aligned_preadv(node, req, start, &mut unit, align, ReqFlags::NONE)
             .await
             .is_err()
         {
@@ -298,7 +406,7 @@ async fn rmw_read(
         node.debug_event(Event::PwritevRmwTail).await;
         let tail_unit = start + pad.head + bytes + pad.tail - align;
         let mut unit = vec![0u8; a];
-        if aligned_preadv(node, req, tail_unit, &mut unit, align)
+        if aligned_preadv(node, req, tail_unit, &mut unit, align, ReqFlags::NONE)
             .await
             .is_ok()
         {

@@ -3,6 +3,8 @@
 pub mod backend;
 pub mod blkdebug;
 pub mod blkverify;
+pub mod compress;
+pub mod copy_on_read;
 pub mod driver;
 pub mod executor;
 pub mod file;

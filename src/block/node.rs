@@ -53,6 +53,8 @@ pub struct Node {
     /// requests in flight on this node, newest first (see `tracked`)
     pub(crate) tracked: RefCell<Vec<Rc<super::tracked::Tracked>>>,
     pub(crate) serialising_in_flight: Cell<usize>,
+    /// reads here copy what they find below (QEMU's bs->copy_on_read, qemu-io's `-C`)
+    pub copy_on_read: Cell<bool>,
 }
 
 impl Node {
@@ -75,6 +77,7 @@ impl Node {
             total_sectors: Cell::new(0),
             tracked: RefCell::new(Vec::new()),
             serialising_in_flight: Cell::new(0),
+            copy_on_read: Cell::new(false),
         }
     }
 

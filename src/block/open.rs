@@ -7,7 +7,7 @@ use super::blkdebug::rules::qnum_to_string;
 use super::blkdebug::{BlkDebug, BlkDebugDriver};
 use super::blkverify::BlkVerifyDriver;
 use super::driver::{Limits, ReqFlags};
-use super::file::FileDriver;
+use super::file::{FileDriver, HostKind};
 use super::json_filename;
 use super::node::{Child, Node, OpenFlags};
 use super::raw::{PROBE_BUF_SIZE, RawDriver, probes_as_other_format};
@@ -269,7 +269,11 @@ fn open_node(
     match driver.as_deref() {
         Some("raw") => open_format_raw(filename, opts, false, ctx),
         Some("qcow2") => open_qcow2(filename, opts, ctx),
-        Some("file") => open_file(filename, opts, ctx),
+        Some(f @ ("copy-on-read" | "compress")) => open_filter(f, filename, opts, ctx),
+        Some(d @ ("file" | "host_device" | "host_cdrom")) => {
+            let kind = HostKind::from_driver(d).expect("one of file-posix's drivers");
+            open_file(kind, filename, opts, ctx)
+        }
         Some("blkdebug") => open_blkdebug(filename, opts, ctx),
         Some("blkverify") => open_blkverify(filename, opts, ctx),
         Some(other) => Err(format!("Unknown driver '{other}'")),
@@ -391,8 +395,13 @@ fn open_protocol(
     match protocol_of(&name)? {
         Some("blkdebug") => open_blkdebug(filename, opts, ctx),
         Some("blkverify") => open_blkverify(filename, opts, ctx),
-        Some(_) => open_file(name.strip_prefix("file:").map(str::to_string), opts, ctx),
-        None => open_file(filename, opts, ctx),
+        Some(_) => open_file(
+            HostKind::File,
+            name.strip_prefix("file:").map(str::to_string),
+            opts,
+            ctx,
+        ),
+        None => open_file(HostKind::File, filename, opts, ctx),
     }
 }
 
@@ -449,6 +458,7 @@ fn finish(mut node: Node, ctx: &OpenContext, own: Limits) -> Rc<Node> {
 }
 
 fn open_file(
+    kind: HostKind,
     filename: Option<String>,
     mut opts: Options,
     ctx: &OpenContext,
@@ -473,6 +483,7 @@ fn open_file(
     }
     reject_unknown(&opts, "protocol", "file")?;
     let driver = FileDriver::open(
+        kind,
         &ctx.resolve(&name),
         &name,
         ctx.flags.read_only,
@@ -555,6 +566,66 @@ fn open_format_raw(
     wrap_raw(file, probed, ctx)
 }
 
+/// The `copy-on-read` and `compress` filters: one `file` child, which they pass everything
+/// to (with their one change).
+fn open_filter(
+    driver: &str,
+    filename: Option<String>,
+    mut opts: Options,
+    ctx: &OpenContext,
+) -> Result<Rc<Node>, String> {
+    let file_opt = opts.remove("file");
+    opts.remove("filename");
+    let bottom = take_string(&mut opts, "bottom");
+    let file = open_child(file_opt, filename, "file", false, ctx)?;
+    reject_unknown(&opts, "format", driver)?;
+    let mut limits = Limits::default();
+    let node_driver: Box<dyn super::driver::BlockDriver> = if driver == "compress" {
+        if !file.capabilities().pwritev_compressed {
+            return Err(format!(
+                "Compression is not supported for underlying format: {}",
+                file.driver.format_name()
+            ));
+        }
+        // whole clusters: the generic layer pads writes before they are compressed
+        if let Some(info) = super::io::get_info(&file)
+            && info.cluster_size != 0
+        {
+            limits.request_alignment = info.cluster_size;
+        }
+        Box::new(super::compress::CompressDriver)
+    } else {
+        // the copy reaches into the child, so the filter must be writable
+        if ctx.flags.read_only {
+            return Err("Block node is read-only".into());
+        }
+        if let Some(b) = bottom {
+            // nodes have no names here, so no node can be the bottom one
+            return Err(format!("Bottom node '{b}' not found"));
+        }
+        Box::new(super::copy_on_read::CopyOnReadDriver)
+    };
+    let mut node = Node::new(
+        node_driver,
+        vec![Child {
+            name: "file",
+            node: file.clone(),
+            writable: true,
+            primary: true,
+        }],
+        file.filename.clone(),
+    );
+    node.supported_write_flags =
+        ReqFlags::WRITE_UNCHANGED.with(ReqFlags::FUA.and(file.supported_write_flags));
+    node.supported_zero_flags = ReqFlags::WRITE_UNCHANGED.with(
+        ReqFlags::FUA
+            .with(ReqFlags::MAY_UNMAP)
+            .with(ReqFlags::NO_FALLBACK)
+            .and(file.supported_zero_flags),
+    );
+    Ok(finish(node, ctx, limits))
+}
+
 /// QEMU's qcow2_probe: the magic and a version of at least 2 in the first 104 bytes.
 fn probes_as_qcow2(head: &[u8]) -> bool {
     head.len() >= 104
@@ -622,7 +693,7 @@ pub fn open_temp_snapshot(root: Rc<Node>, ctx: &OpenContext) -> Result<Rc<Node>,
         },
         skip_host_sync: true,
     };
-    let driver = FileDriver::open(&path, &name, false, false)
+    let driver = FileDriver::open(HostKind::File, &path, &name, false, false)
         .map(|d| d.delete_on_close(path.clone()))
         .inspect_err(|_| {
             let _ = std::fs::remove_file(&path);
@@ -732,18 +803,21 @@ fn open_blkdebug(
     ctx: &OpenContext,
 ) -> Result<Rc<Node>, String> {
     let mut image_name = None;
-    if let Some(f) = filename
-        .as_deref()
-        .and_then(|f| f.strip_prefix("blkdebug:"))
-    {
-        let (config, image) = f
-            .split_once(':')
-            .ok_or("blkdebug requires both config file and image path")?;
-        if !config.is_empty() {
-            opts.entry("config")
-                .or_insert(Value::String(config.to_string()));
+    if let Some(f) = filename.as_deref() {
+        match f.strip_prefix("blkdebug:") {
+            Some(f) => {
+                let (config, image) = f
+                    .split_once(':')
+                    .ok_or("blkdebug requires both config file and image path")?;
+                if !config.is_empty() {
+                    opts.entry("config")
+                        .or_insert(Value::String(config.to_string()));
+                }
+                image_name = Some(image.to_string());
+            }
+            // Without the prefix the whole filename is the image's (QEMU's x-image).
+            None => image_name = Some(f.to_string()),
         }
-        image_name = Some(image.to_string());
     }
     if let Some(x) = take_string(&mut opts, "x-image") {
         image_name = Some(x);
@@ -800,15 +874,18 @@ fn open_blkverify(
     ctx: &OpenContext,
 ) -> Result<Rc<Node>, String> {
     let (mut raw_name, mut test_name) = (None, None);
-    if let Some(f) = filename
-        .as_deref()
-        .and_then(|f| f.strip_prefix("blkverify:"))
-    {
-        let (raw, test) = f
-            .split_once(':')
-            .ok_or("blkverify requires raw copy and original image path")?;
-        raw_name = Some(raw.to_string());
-        test_name = Some(test.to_string());
+    if let Some(f) = filename.as_deref() {
+        match f.strip_prefix("blkverify:") {
+            Some(f) => {
+                let (raw, test) = f
+                    .split_once(':')
+                    .ok_or("blkverify requires raw copy and original image path")?;
+                raw_name = Some(raw.to_string());
+                test_name = Some(test.to_string());
+            }
+            // Without the prefix the whole filename is the test image's (QEMU's x-image).
+            None => test_name = Some(f.to_string()),
+        }
     }
     if let Some(x) = take_string(&mut opts, "x-raw") {
         raw_name = Some(x);

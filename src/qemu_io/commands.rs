@@ -788,18 +788,13 @@ fn info_f(s: &mut Session) -> i32 {
     if let Some(p) = root.driver.protocol_name() {
         s.out(&format!("format name: {p}\n"));
     }
-    // QEMU asks the driver, or for filters their filtered child; the file protocol has nothing.
-    let mut node = root.clone();
-    // Filters answer with their filtered child's details; raw and file have none (zeroes).
-    let info = loop {
-        if let Some(i) = node.driver.info(&node) {
-            break i;
-        }
-        match (node.driver.is_filter(), node.primary_child()) {
-            (true, Some(c)) => node = c.clone(),
-            _ => break Default::default(),
-        }
-    };
+    // Filters answer with their filtered child's details (raw and file have none: zeroes),
+    // but format-specific information comes only from the node's own driver.
+    let own = root.driver.info(&root).is_some();
+    let mut info = io::get_info(&root).unwrap_or_default();
+    if !own {
+        info.specific.clear();
+    }
     s.out(&format!(
         "cluster size: {}\n",
         cvtstr(info.cluster_size as f64)

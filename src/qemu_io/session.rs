@@ -187,11 +187,12 @@ impl Session {
         };
         match opened {
             Ok(root) => {
+                // bdrv_enable_copy_on_read on the top node only: children never copy
+                root.copy_on_read.set(req.copy_on_read);
                 self.blk = Some(Rc::new(BlockBackend {
                     root,
                     writethrough: std::cell::Cell::new(req.writethrough),
                     read_only: std::cell::Cell::new(req.read_only),
-                    copy_on_read: req.copy_on_read,
                 }));
                 true
             }
@@ -286,10 +287,11 @@ impl Session {
         request: impl Future<Output = T> + 'static,
         done: impl FnOnce(T) + 'static,
     ) {
+        type Report<T> = Box<dyn FnOnce(T)>;
         struct Aio<T> {
             has_returned: std::cell::Cell<bool>,
             result: RefCell<Option<T>>,
-            done: RefCell<Option<Box<dyn FnOnce(T)>>>,
+            done: RefCell<Option<Report<T>>>,
         }
         let aio = Rc::new(Aio {
             has_returned: std::cell::Cell::new(false),
