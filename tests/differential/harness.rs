@@ -119,7 +119,7 @@ pub fn run_qemu(dir: &Path, args: &[String]) -> (String, i32) {
     // what our engine models; `timeout` keeps a case that hangs from hanging the suite.
     let out = Command::new("sh")
         .arg("-c")
-        .arg("exec timeout -s KILL 10 stdbuf -oL qemu-io \"$@\" 2>&1")
+        .arg("exec timeout -s KILL 60 stdbuf -oL qemu-io \"$@\" 2>&1")
         .arg("sh")
         .args(args)
         .current_dir(dir)
