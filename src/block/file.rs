@@ -371,6 +371,15 @@ impl BlockDriver for FileDriver {
                     self.file
                         .set_len(size)
                         .map_err(|e| fail("Could not resize file", errno_of(&e)))?;
+                    // file-posix writes the zeroes from a plain malloc'ed buffer, which
+                    // O_DIRECT refuses: the file gets its old length back.
+                    if node.flags.direct && size > current {
+                        let _ = self.file.set_len(current);
+                        return Err(fail(
+                            "Could not write zeros for preallocation",
+                            libc::EINVAL,
+                        ));
+                    }
                     let zeros = vec![0u8; 65536];
                     let mut off = current;
                     while off < size {

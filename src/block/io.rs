@@ -537,7 +537,11 @@ fn write_req_finish(node: &Node, kind: Kind, offset: u64, bytes: u64, ok: bool) 
 }
 
 /// Calls the driver's write, emulating FUA with a flush where the driver lacks it.
-async fn driver_pwritev(node: &Node, offset: u64, buf: &[u8], flags: ReqFlags) -> IoResult {
+async fn driver_pwritev(node: &Node, offset: u64, buf: &[u8], mut flags: ReqFlags) -> IoResult {
+    // cache=unsafe: a FUA write is a plain write (QEMU's bdrv_driver_pwritev)
+    if node.flags.no_flush {
+        flags = flags.without(ReqFlags::FUA);
+    }
     let emulate_fua = flags.has(ReqFlags::FUA) && !node.supported_write_flags.has(ReqFlags::FUA);
     let flags = flags
         .without(ReqFlags::FUA.and(if emulate_fua {

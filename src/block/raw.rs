@@ -31,6 +31,7 @@ impl BlockDriver for RawDriver {
             pdiscard: true,
             block_status: true,
             truncate: true,
+            truncate_prealloc: true,
             ..Capabilities::default()
         }
     }
@@ -96,6 +97,16 @@ impl BlockDriver for RawDriver {
 
     fn truncate<'a>(&'a self, node: &'a Node, size: u64) -> BoxFut<'a, Result<(), String>> {
         Box::pin(async move { io::truncate(node.file(), size).await })
+    }
+
+    /// raw_co_truncate: the preallocation mode is the file's business.
+    fn truncate_prealloc<'a>(
+        &'a self,
+        node: &'a Node,
+        size: u64,
+        prealloc: &'a str,
+    ) -> BoxFut<'a, Result<(), String>> {
+        Box::pin(async move { io::truncate_prealloc(node.file(), size, prealloc).await })
     }
 
     fn getlength(&self, node: &Node) -> IoResult<u64> {
