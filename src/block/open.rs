@@ -291,7 +291,17 @@ fn open_node(
 }
 
 /// The drivers the engine has.
-const DRIVERS: [&str; 5] = ["raw", "qcow2", "file", "blkdebug", "blkverify"];
+const DRIVERS: [&str; 9] = [
+    "raw",
+    "qcow2",
+    "file",
+    "host_device",
+    "host_cdrom",
+    "blkdebug",
+    "blkverify",
+    "copy-on-read",
+    "compress",
+];
 
 /// A non-empty object or list: what QEMU's flattening turns into `key.sub` options.
 fn is_nonempty_value(v: &Value) -> bool {

@@ -10,6 +10,7 @@
 //! reason, and one that matches fails, so that stale marks get noticed.
 
 mod cases;
+mod drivers;
 mod harness;
 mod no_lost_writes;
 mod ours;
@@ -31,6 +32,7 @@ fn main() {
         None => {
             let mut cases = cases::all();
             cases.extend(no_lost_writes::all());
+            cases.extend(drivers::all());
             let mut names = HashSet::new();
             for c in &cases {
                 assert!(
