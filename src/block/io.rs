@@ -95,12 +95,30 @@ pub async fn preadv(node: &Node, offset: u64, buf: &mut [u8]) -> IoResult {
         }
         None => aligned_preadv(node, offset, buf, align).await,
         Some(pad) => {
+            if padding_aborts_in_qemu(offset, buf, &pad, align) {
+                return Err(libc::EIO);
+            }
             let mut padded = vec![0u8; (pad.head + bytes + pad.tail) as usize];
             aligned_preadv(node, offset - pad.head, &mut padded, align).await?;
             buf.copy_from_slice(&padded[pad.head as usize..(pad.head + bytes) as usize]);
             Ok(())
         }
     }
+}
+
+/// Where QEMU 10.0.2 aborts padding a vectored request (see `iovec`): one line saying so, and
+/// the process ends.
+fn padding_aborts_in_qemu(offset: u64, buf: &[u8], pad: &Padding, align: u64) -> bool {
+    let Some((console, why)) = super::iovec::padding_aborts(buf, pad.head != 0, pad.tail != 0)
+    else {
+        return false;
+    };
+    console.err(&format!(
+        "blockfault: padding the request at offset {offset} ({} bytes) to {align}-byte alignment meets {why}; QEMU 10.0.2 aborts on an assertion here (bdrv_create_padded_qiov)\n",
+        buf.len()
+    ));
+    console.exit(1);
+    true
 }
 
 /// Forwards an aligned read to the driver, splitting at max-transfer and zero-filling past EOF.
@@ -189,6 +207,9 @@ async fn write_request(node: &Node, offset: u64, data: WriteData<'_>, flags: Req
     match Padding::of(offset, bytes, align) {
         None => aligned_pwritev(node, offset, WriteData::Buf(buf), flags, align).await,
         Some(pad) => {
+            if padding_aborts_in_qemu(offset, buf, &pad, align) {
+                return Err(libc::EIO);
+            }
             let start = offset - pad.head;
             let padbuf = rmw_read(node, start, &pad, bytes, align).await;
             let (h, t) = (pad.head as usize, pad.tail as usize);
@@ -339,6 +360,9 @@ async fn aligned_pwritev(
     };
     node.debug_event(Event::PwritevDone).await;
     node.write_gen.set(node.write_gen.get() + 1);
+    if ret.is_ok() {
+        node.note_write_end(offset + bytes);
+    }
     ret
 }
 
@@ -758,6 +782,15 @@ pub fn truncate_prealloc<'a>(
             Err("Image format driver does not support resize".into())
         };
         node.write_gen.set(node.write_gen.get() + 1);
+        // The size is asked again even after a failure: drivers that got as far as changing
+        // it (qcow2 before its header write) have set QEMU's total_sectors themselves.
+        let refreshed = node.refresh_length();
+        if let (Ok(()), Err(e)) = (&ret, refreshed) {
+            return Err(format!(
+                "Could not refresh total sector count: {}",
+                crate::errno::strerror(e)
+            ));
+        }
         ret
     })
 }

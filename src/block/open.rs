@@ -6,7 +6,8 @@ use super::blkdebug::{BlkDebug, BlkDebugDriver};
 use super::blkverify::BlkVerifyDriver;
 use super::driver::{Limits, ReqFlags};
 use super::file::FileDriver;
-use super::node::{Child, Node, OpenFlags};
+use super::node::{Child, ChildRole, Node, OpenFlags};
+use super::perms::Perms;
 use super::raw::{PROBE_BUF_SIZE, RawDriver, probes_as_other_format};
 use crate::output::Console;
 use serde_json::{Map, Value};
@@ -144,21 +145,25 @@ fn is_identifier(id: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
 }
 
-/// blkdebug's `take-child-perms`/`unshare-child-perms`: a list of permission names.
-fn check_permissions(v: &Value) -> Result<(), String> {
+/// blkdebug's `take-child-perms`/`unshare-child-perms`: a list of permission names; what of
+/// them matters here.
+fn parse_permissions(v: &Value) -> Result<Perms, String> {
     const PERMS: [&str; 4] = ["consistent-read", "write", "write-unchanged", "resize"];
     let items = match v {
         Value::Array(a) => a.clone(),
         other => vec![other.clone()],
     };
+    let mut perms = Perms::NONE;
     for item in items {
         let name = scalar_string(&item).unwrap_or_default();
         if !PERMS.contains(&name.as_str()) {
             // QEMU's list visitor has no name for the element, hence 'null'.
             return Err(format!("Parameter 'null' does not accept value '{name}'"));
         }
+        perms.write |= name.starts_with("write");
+        perms.resize |= name == "resize";
     }
-    Ok(())
+    Ok(perms)
 }
 
 fn parse_json_filename(text: &str) -> Result<Options, String> {
@@ -330,13 +335,24 @@ fn reject_unknown(opts: &Options, kind: &str, name: &str) -> Result<(), String> 
 
 fn finish(mut node: Node, ctx: &OpenContext, own: Limits) -> Rc<Node> {
     node.flags = ctx.flags;
-    // Some limits default to the primary child's (QEMU's bdrv_refresh_limits).
+    // Some limits default to the children's (QEMU's bdrv_refresh_limits with
+    // bdrv_merge_limits: the largest discard alignment, the smallest transfer limit), and the
+    // driver's own setting overrides them.
     let mut limits = own;
-    if let Some(file) = node.primary_child() {
-        // The driver's own setting overrides the inherited one.
-        if limits.max_transfer == 0 {
-            limits.max_transfer = file.limits.max_transfer;
-        }
+    let (mut discard_alignment, mut max_transfer) = (0, 0);
+    for child in &node.children {
+        let l = &child.node.limits;
+        discard_alignment = discard_alignment.max(l.pdiscard_alignment);
+        max_transfer = match (max_transfer, l.max_transfer) {
+            (0, m) | (m, 0) => m,
+            (a, b) => a.min(b),
+        };
+    }
+    if limits.max_transfer == 0 {
+        limits.max_transfer = max_transfer;
+    }
+    if limits.pdiscard_alignment == 0 {
+        limits.pdiscard_alignment = discard_alignment;
     }
     node.limits = limits;
     Rc::new(node)
@@ -372,11 +388,16 @@ fn open_file(
         &name,
         ctx.flags.read_only,
         !ctx.skip_host_sync,
+        ctx.flags.nocache,
     )?;
+    let limits = Limits {
+        request_alignment: driver.request_alignment(),
+        ..Limits::default()
+    };
     let mut node = Node::new(Box::new(driver), Vec::new(), name);
     node.supported_write_flags = ReqFlags::FUA;
     node.supported_zero_flags = ReqFlags::MAY_UNMAP.with(ReqFlags::NO_FALLBACK);
-    Ok(finish(node, ctx, Limits::default()))
+    Ok(finish(node, ctx, limits))
 }
 
 /// Opens a child given by a nested options object or a filename, in the protocol role unless
@@ -411,6 +432,8 @@ fn wrap_raw(file: Rc<Node>, probed: bool, ctx: &OpenContext) -> Result<Rc<Node>,
             node: file.clone(),
             writable: true,
             primary: true,
+            role: ChildRole::Filtered,
+            extra_perms: Perms::NONE,
         }],
         name,
     );
@@ -510,7 +533,9 @@ pub fn open_temp_snapshot(root: Rc<Node>, ctx: &OpenContext) -> Result<Rc<Node>,
         },
         skip_host_sync: true,
     };
-    let driver = FileDriver::open(&path, &name, false, false)
+    // QEMU's overlay inherits cache.direct, but its alignment is invisible in a file that is
+    // deleted at close.
+    let driver = FileDriver::open(&path, &name, false, false, false)
         .map(|d| d.delete_on_close(path.clone()))
         .inspect_err(|_| {
             let _ = std::fs::remove_file(&path);
@@ -587,6 +612,8 @@ fn qcow2_assemble(
         node: file.clone(),
         writable: !ctx.flags.read_only,
         primary: true,
+        role: ChildRole::Image,
+        extra_perms: Perms::NONE,
     }];
     if let Some(b) = backing {
         children.push(Child {
@@ -594,6 +621,8 @@ fn qcow2_assemble(
             node: b,
             writable: false,
             primary: false,
+            role: ChildRole::Cow,
+            extra_perms: Perms::NONE,
         });
     }
     let cs = opened.cluster_size;
@@ -641,9 +670,13 @@ fn open_blkdebug(
     let state = BlkDebug::new(ctx.console.clone());
     let setup = super::blkdebug::setup::configure(&state, config.as_deref(), &mut opts, ctx)?;
     let image = open_child(opts.remove("image"), image_name, "image", false, ctx)?;
+    let mut taken = Perms::NONE;
     for k in ["take-child-perms", "unshare-child-perms"] {
         if let Some(v) = opts.remove(k) {
-            check_permissions(&v)?;
+            let perms = parse_permissions(&v)?;
+            if k == "take-child-perms" {
+                taken = perms;
+            }
         }
     }
     let limits = setup.limits(&image)?;
@@ -660,6 +693,8 @@ fn open_blkdebug(
             node: image.clone(),
             writable: true,
             primary: true,
+            role: ChildRole::Filtered,
+            extra_perms: taken,
         }],
         name,
     );
@@ -716,12 +751,16 @@ fn open_blkverify(
                 node: raw,
                 writable: true,
                 primary: true,
+                role: ChildRole::Filtered,
+                extra_perms: Perms::NONE,
             },
             Child {
                 name: "test",
                 node: test,
                 writable: true,
                 primary: false,
+                role: ChildRole::Data,
+                extra_perms: Perms::NONE,
             },
         ],
         name,

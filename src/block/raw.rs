@@ -28,6 +28,7 @@ impl BlockDriver for RawDriver {
             pdiscard: true,
             block_status: true,
             truncate: true,
+            truncate_prealloc: true,
             ..Capabilities::default()
         }
     }
@@ -93,6 +94,17 @@ impl BlockDriver for RawDriver {
 
     fn truncate<'a>(&'a self, node: &'a Node, size: u64) -> BoxFut<'a, Result<(), String>> {
         Box::pin(async move { io::truncate(node.file(), size).await })
+    }
+
+    /// The mode goes down with the size: the file below decides against its exact length
+    /// (a sector-rounded one would refuse growing a 1000-byte file to 1010 bytes).
+    fn truncate_prealloc<'a>(
+        &'a self,
+        node: &'a Node,
+        size: u64,
+        prealloc: &'a str,
+    ) -> BoxFut<'a, Result<(), String>> {
+        Box::pin(async move { io::truncate_prealloc(node.file(), size, prealloc).await })
     }
 
     fn getlength(&self, node: &Node) -> IoResult<u64> {

@@ -1,7 +1,7 @@
 //! qemu-io's own command line (`-f -t -c --image-opts -r -n ...`) and its interactive loop.
 
 use super::Invocation;
-use super::session::{OpenRequest, Session, parse_cache_mode};
+use super::session::{OpenRequest, Session, cache_mode_direct, parse_cache_mode};
 use crate::block::open::{Options, parse_keyval};
 use crate::output::{Console, SharedSink};
 use std::io::BufRead;
@@ -135,6 +135,7 @@ fn run_with(
             snapshot: mode.snapshot,
             writethrough,
             no_flush,
+            nocache: inv.cache.as_deref().is_some_and(cache_mode_direct),
             unmap: true,
             image_opts: inv.image_opts,
         });

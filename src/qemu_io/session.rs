@@ -6,20 +6,26 @@ use crate::block::backend::BlockBackend;
 use crate::block::executor::Executor;
 use crate::block::node::OpenFlags;
 use crate::block::open::{OpenContext, Options, open_drive};
+use crate::block::perms::{self, Perms};
 use crate::output::Console;
 use std::cell::RefCell;
 use std::future::Future;
 use std::path::PathBuf;
 use std::rc::Rc;
 
-/// Cache modes as `-t` names them: (writethrough, no_flush).
+/// Cache modes as `-t` names them (QEMU's bdrv_parse_cache_mode): (writethrough, no_flush).
 pub fn parse_cache_mode(mode: &str) -> Option<(bool, bool)> {
     match mode {
         "writethrough" => Some((true, false)),
-        "writeback" | "none" | "directsync" => Some((mode == "directsync", false)),
+        "writeback" | "none" | "off" | "directsync" => Some((mode == "directsync", false)),
         "unsafe" => Some((false, true)),
         _ => None,
     }
+}
+
+/// Whether a cache mode bypasses the host cache (O_DIRECT).
+pub fn cache_mode_direct(mode: &str) -> bool {
+    matches!(mode, "none" | "off" | "directsync")
 }
 
 pub struct Session {
@@ -46,6 +52,8 @@ pub struct OpenRequest<'a> {
     pub snapshot: bool,
     pub writethrough: bool,
     pub no_flush: bool,
+    /// cache.direct: O_DIRECT on the image files
+    pub nocache: bool,
     /// `discard=unmap` (qemu-io's default; `-d ignore` turns it off)
     pub unmap: bool,
     /// `--image-opts`: errors say `can't open:` with no device name
@@ -93,22 +101,32 @@ impl Session {
                 read_only: req.read_only || req.snapshot,
                 unmap: req.unmap,
                 no_flush: req.no_flush,
+                nocache: req.nocache,
             },
             skip_host_sync: self.skip_host_sync,
         };
-        let opened = open_drive(req.name, req.options, None, &ctx).and_then(|root| {
-            if req.snapshot {
-                crate::block::open::open_temp_snapshot(root, &ctx)
-            } else {
-                Ok(root)
-            }
-        });
+        // The user takes WRITE unless read-only; the graph must grant it (blk_new_open).
+        let held = if req.read_only {
+            Perms::NONE
+        } else {
+            Perms::WRITE
+        };
+        let opened = open_drive(req.name, req.options, None, &ctx)
+            .and_then(|root| {
+                if req.snapshot {
+                    crate::block::open::open_temp_snapshot(root, &ctx)
+                } else {
+                    Ok(root)
+                }
+            })
+            .and_then(|root| perms::refresh(&root, held, req.read_only).map(|()| root));
         match opened {
             Ok(root) => {
                 self.blk = Some(Rc::new(BlockBackend {
                     root,
                     writethrough: std::cell::Cell::new(req.writethrough),
                     read_only: std::cell::Cell::new(req.read_only),
+                    perms: std::cell::Cell::new(held),
                 }));
                 true
             }
@@ -230,11 +248,31 @@ impl Session {
             ));
             return -libc::ENOTSUP;
         }
-        if spec.needs_write && self.blk.as_ref().is_some_and(|b| b.read_only.get()) {
-            self.report("Block node is read-only");
+        if let Err(e) = self.take_perms(spec) {
+            self.report(&e);
             return -libc::EPERM;
         }
         commands::dispatch(self, spec, &argv)
+    }
+
+    /// Takes, for good, the permissions a command needs (qemu-io's blk_set_perm before the
+    /// command runs), checking the whole graph again.
+    fn take_perms(&self, spec: &CommandSpec) -> Result<(), String> {
+        let Some(b) = &self.blk else {
+            return Ok(());
+        };
+        let wanted = Perms {
+            write: spec.needs_write,
+            resize: spec.needs_resize,
+        };
+        let held = b.perms.get();
+        if held.contains(wanted) {
+            return Ok(());
+        }
+        let new = held.union(wanted);
+        perms::refresh(&b.root, new, b.read_only.get())?;
+        b.perms.set(new);
+        Ok(())
     }
 
     pub fn usage(&self, spec: &CommandSpec) {
