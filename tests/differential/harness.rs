@@ -2,7 +2,7 @@
 //! qemu-io and our engine on it, and the iotests output filter.
 
 use blockfault::output::Capture;
-use blockfault::qemu_io::{self, Invocation};
+use blockfault::qemu_io;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::fs;
@@ -26,6 +26,9 @@ pub struct Case {
     pub files: Vec<(String, Vec<u8>)>,
     /// why the case is currently expected to fail (it is then reported as ignored)
     pub ignore: Option<String>,
+    /// run in a scratch directory under this folder, where it exists (default: the system's
+    /// temp folder)
+    pub scratch_parent: Option<&'static str>,
 }
 
 /// `case("name", &["-f", "raw", "-c", "read 0 512", "img.raw"])`
@@ -35,6 +38,7 @@ pub fn case(name: &str, args: &[&str]) -> Case {
         args: args.iter().map(|s| s.to_string()).collect(),
         files: Vec::new(),
         ignore: None,
+        scratch_parent: None,
     }
 }
 
@@ -43,6 +47,29 @@ impl Case {
         self.files
             .push((name.to_string(), content.as_bytes().to_vec()));
         self
+    }
+
+    /// A file with arbitrary bytes (an image made by the engine's qemu-img, a short raw file).
+    pub fn bytes(mut self, name: &str, content: Vec<u8>) -> Self {
+        self.files.push((name.to_string(), content));
+        self
+    }
+
+    /// Runs in tmpfs (`/dev/shm`, where scenarios run) when the machine has it: O_DIRECT
+    /// behaves differently there than on a disk filesystem.
+    pub fn on_tmpfs(mut self) -> Self {
+        self.scratch_parent = Some("/dev/shm");
+        self
+    }
+
+    /// A fresh scratch directory for this case.
+    pub fn scratch(&self) -> tempfile::TempDir {
+        match self.scratch_parent {
+            Some(parent) if std::path::Path::new(parent).is_dir() => {
+                tempfile::tempdir_in(parent).unwrap()
+            }
+            _ => tempfile::tempdir().unwrap(),
+        }
     }
 
     /// Marks a known difference while it is being fixed (no case carries one today).
@@ -132,32 +159,11 @@ pub fn run_qemu(dir: &Path, args: &[String]) -> (String, i32) {
     (String::from_utf8_lossy(&out.stdout).into_owned(), status)
 }
 
-/// The subset of qemu-io's command line the cases use, as an [`Invocation`].
-pub fn invocation(args: &[String]) -> Invocation {
-    let mut inv = Invocation::default();
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "-f" => inv.format = it.next().cloned(),
-            "-t" => inv.cache = it.next().cloned(),
-            "-c" => inv.commands.push(it.next().cloned().unwrap()),
-            "--image-opts" => inv.image_opts = true,
-            _ => {
-                assert!(
-                    inv.drive.is_none(),
-                    "a case has more than one positional argument"
-                );
-                inv.drive = Some(a.clone());
-            }
-        }
-    }
-    inv
-}
-
 /// Runs our engine in-process on `dir`.
 pub fn run_ours(dir: &Path, args: &[String]) -> (String, i32) {
     let cap = Rc::new(RefCell::new(Capture::default()));
-    let status = qemu_io::run(&invocation(args), dir, cap.clone());
+    // qemu-io's own command line parser, as `blockfault io` runs it, with stdin closed.
+    let status = qemu_io::main(args, dir, cap.clone(), &mut std::io::empty());
     let out = cap.borrow().combined.clone();
     (out, status)
 }
