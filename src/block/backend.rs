@@ -12,6 +12,9 @@ pub struct BlockBackend {
     pub writethrough: std::cell::Cell<bool>,
     /// `reopen -r`: commands that write are refused
     pub read_only: std::cell::Cell<bool>,
+    /// what the user holds on the root: WRITE from a read-write open, the rest as commands
+    /// took them
+    pub perms: std::cell::Cell<super::perms::Perms>,
 }
 
 impl BlockBackend {

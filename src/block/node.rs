@@ -4,6 +4,7 @@
 use super::blkdebug::events::Event;
 use super::driver::{BlockDriver, Capabilities, IoResult, Limits, ReqFlags};
 use super::executor::Gate;
+use super::perms::Perms;
 use std::cell::{Cell, RefCell};
 use std::rc::{Rc, Weak};
 
@@ -15,6 +16,24 @@ pub struct Child {
     pub writable: bool,
     /// QEMU's primary child: `bs->file` of formats and filters; flush events are raised on it
     pub primary: bool,
+    /// what the parent uses the child for, which decides the permissions it takes on it
+    pub role: ChildRole,
+    /// permissions taken on the child whatever the parent's own (blkdebug's take-child-perms)
+    pub extra_perms: Perms,
+}
+
+/// QEMU's BdrvChildRole, as far as permissions and limits go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChildRole {
+    /// a filter's child (raw without offset/size, blkdebug, blkverify's raw): the parent's
+    /// permissions pass through unchanged
+    Filtered,
+    /// guest data only (blkverify's test): writing it may grow it
+    Data,
+    /// a format's image file (qcow2's file): data and metadata
+    Image,
+    /// a backing file: only ever read
+    Cow,
 }
 
 /// Node-level open flags that change request handling.
@@ -41,6 +60,8 @@ pub struct Node {
     /// the filename QEMU would show for this node
     pub filename: String,
     pub(crate) caps: Capabilities,
+    /// the permissions the node's parents hold on it, as of the last refresh
+    pub perms: Cell<Perms>,
     pub(crate) write_gen: Cell<u64>,
     pub(crate) flushed_gen: Cell<u64>,
     pub(crate) flush_active: Cell<bool>,
@@ -69,6 +90,7 @@ impl Node {
             flags: OpenFlags::default(),
             filename,
             caps,
+            perms: Cell::new(Perms::NONE),
             write_gen: Cell::new(0),
             flushed_gen: Cell::new(0),
             flush_active: Cell::new(false),

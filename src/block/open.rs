@@ -9,7 +9,8 @@ use super::blkverify::BlkVerifyDriver;
 use super::driver::{Limits, ReqFlags};
 use super::file::{FileDriver, HostKind};
 use super::json_filename;
-use super::node::{Child, Node, OpenFlags};
+use super::node::{Child, ChildRole, Node, OpenFlags};
+use super::perms::Perms;
 use super::raw::{PROBE_BUF_SIZE, RawDriver, probes_as_other_format};
 use crate::output::Console;
 use serde_json::{Map, Value};
@@ -147,8 +148,9 @@ fn is_identifier(id: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
 }
 
-/// blkdebug's `take-child-perms`/`unshare-child-perms`: a non-empty list of permission names.
-fn check_permissions(v: &Value) -> Result<(), String> {
+/// blkdebug's `take-child-perms`/`unshare-child-perms`: a non-empty list of permission names;
+/// what of them matters here.
+fn parse_permissions(v: &Value) -> Result<Perms, String> {
     const PERMS: [&str; 4] = ["consistent-read", "write", "write-unchanged", "resize"];
     let items: Vec<&Value> = match v {
         Value::Array(a) => a.iter().collect(),
@@ -156,6 +158,7 @@ fn check_permissions(v: &Value) -> Result<(), String> {
         Value::Object(m) => m.values().collect(),
         other => vec![other],
     };
+    let mut perms = Perms::NONE;
     for (i, item) in items.into_iter().enumerate() {
         let Value::String(name) = item else {
             return Err(format!(
@@ -166,8 +169,10 @@ fn check_permissions(v: &Value) -> Result<(), String> {
             // QEMU's list visitor has no name for the element, hence 'null'.
             return Err(format!("Parameter 'null' does not accept value '{name}'"));
         }
+        perms.write |= name.starts_with("write");
+        perms.resize |= name == "resize";
     }
-    Ok(())
+    Ok(perms)
 }
 
 /// A scalar option as QEMU sees it after converting JSON scalars to strings.
@@ -453,13 +458,24 @@ fn flat_keys(key: &str, value: &Value, out: &mut Vec<String>) {
 
 fn finish(mut node: Node, ctx: &OpenContext, own: Limits) -> Rc<Node> {
     node.flags = ctx.flags;
-    // Some limits default to the primary child's (QEMU's bdrv_refresh_limits).
+    // Some limits default to the children's (QEMU's bdrv_refresh_limits with
+    // bdrv_merge_limits: the largest discard alignment, the smallest transfer limit), and the
+    // driver's own setting overrides them.
     let mut limits = own;
-    if let Some(file) = node.primary_child() {
-        // The driver's own setting overrides the inherited one.
-        if limits.max_transfer == 0 {
-            limits.max_transfer = file.limits.max_transfer;
-        }
+    let (mut discard_alignment, mut max_transfer) = (0, 0);
+    for child in &node.children {
+        let l = &child.node.limits;
+        discard_alignment = discard_alignment.max(l.pdiscard_alignment);
+        max_transfer = match (max_transfer, l.max_transfer) {
+            (0, m) | (m, 0) => m,
+            (a, b) => a.min(b),
+        };
+    }
+    if limits.max_transfer == 0 {
+        limits.max_transfer = max_transfer;
+    }
+    if limits.pdiscard_alignment == 0 {
+        limits.pdiscard_alignment = discard_alignment;
     }
     node.limits = limits;
     let node = node.into_rc();
@@ -498,6 +514,7 @@ fn open_file(
         &name,
         ctx.flags.read_only,
         !ctx.skip_host_sync,
+        ctx.flags.direct,
     )?;
     if native_aio && !ctx.flags.direct {
         return Err(
@@ -506,10 +523,14 @@ fn open_file(
                 .into(),
         );
     }
+    let limits = Limits {
+        request_alignment: driver.request_alignment(),
+        ..Limits::default()
+    };
     let mut node = Node::new(Box::new(driver), Vec::new(), name);
     node.supported_write_flags = ReqFlags::FUA;
     node.supported_zero_flags = ReqFlags::MAY_UNMAP.with(ReqFlags::NO_FALLBACK);
-    Ok(finish(node, ctx, Limits::default()))
+    Ok(finish(node, ctx, limits))
 }
 
 /// Opens a child given by a nested options object or a filename, in the protocol role unless
@@ -544,6 +565,8 @@ fn wrap_raw(file: Rc<Node>, probed: bool, ctx: &OpenContext) -> Result<Rc<Node>,
             node: file.clone(),
             writable: true,
             primary: true,
+            role: ChildRole::Filtered,
+            extra_perms: Perms::NONE,
         }],
         name,
     );
@@ -622,6 +645,8 @@ fn open_filter(
             node: file.clone(),
             writable: true,
             primary: true,
+            role: ChildRole::Filtered,
+            extra_perms: Perms::NONE,
         }],
         file.filename.clone(),
     );
@@ -703,7 +728,9 @@ pub fn open_temp_snapshot(root: Rc<Node>, ctx: &OpenContext) -> Result<Rc<Node>,
         },
         skip_host_sync: true,
     };
-    let driver = FileDriver::open(HostKind::File, &path, &name, false, false)
+    // QEMU's overlay inherits cache.direct, but its alignment is invisible in a file that is
+    // deleted at close.
+    let driver = FileDriver::open(HostKind::File, &path, &name, false, false, false)
         .map(|d| d.delete_on_close(path.clone()))
         .inspect_err(|_| {
             let _ = std::fs::remove_file(&path);
@@ -782,6 +809,8 @@ fn qcow2_assemble(
         node: file.clone(),
         writable: !ctx.flags.read_only,
         primary: true,
+        role: ChildRole::Image,
+        extra_perms: Perms::NONE,
     }];
     if let Some(b) = backing {
         children.push(Child {
@@ -789,6 +818,8 @@ fn qcow2_assemble(
             node: b,
             writable: false,
             primary: false,
+            role: ChildRole::Cow,
+            extra_perms: Perms::NONE,
         });
     }
     let cs = opened.cluster_size;
@@ -836,12 +867,16 @@ fn open_blkdebug(
     let state = BlkDebug::new(ctx.console.clone());
     let setup = super::blkdebug::setup::configure(&state, config.as_deref(), &mut opts, ctx)?;
     let image = open_child(opts.remove("image"), image_name, "image", false, ctx)?;
+    let mut taken = Perms::NONE;
     for k in ["take-child-perms", "unshare-child-perms"] {
         // Only a non-empty list is read; anything else is left over as an unknown option.
         if opts.get(k).is_some_and(is_nonempty_value)
             && let Some(v) = opts.remove(k)
         {
-            check_permissions(&v)?;
+            let perms = parse_permissions(&v)?;
+            if k == "take-child-perms" {
+                taken = perms;
+            }
         }
     }
     let limits = setup.limits(&image)?;
@@ -858,6 +893,8 @@ fn open_blkdebug(
             node: image.clone(),
             writable: true,
             primary: true,
+            role: ChildRole::Filtered,
+            extra_perms: taken,
         }],
         name,
     );
@@ -917,12 +954,16 @@ fn open_blkverify(
                 node: raw,
                 writable: true,
                 primary: true,
+                role: ChildRole::Filtered,
+                extra_perms: Perms::NONE,
             },
             Child {
                 name: "test",
                 node: test,
                 writable: true,
                 primary: false,
+                role: ChildRole::Data,
+                extra_perms: Perms::NONE,
             },
         ],
         name,

@@ -99,7 +99,8 @@ impl BlockDriver for RawDriver {
         Box::pin(async move { io::truncate(node.file(), size).await })
     }
 
-    /// raw_co_truncate: the preallocation mode is the file's business.
+    /// The mode goes down with the size: the file below decides against its exact length
+    /// (a sector-rounded one would refuse growing a 1000-byte file to 1010 bytes).
     fn truncate_prealloc<'a>(
         &'a self,
         node: &'a Node,

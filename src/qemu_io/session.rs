@@ -6,6 +6,7 @@ use crate::block::backend::BlockBackend;
 use crate::block::executor::Executor;
 use crate::block::node::OpenFlags;
 use crate::block::open::{OpenContext, Options, open_drive};
+use crate::block::perms::{self, Perms};
 use crate::output::Console;
 use std::cell::RefCell;
 use std::future::Future;
@@ -181,10 +182,17 @@ impl Session {
                 _ => {}
             }
         }
+        // The user takes WRITE unless read-only; the graph must grant it (blk_new_open).
+        let held = if req.read_only {
+            Perms::NONE
+        } else {
+            Perms::WRITE
+        };
         let opened = match generic_open_options(&mut req) {
             Ok(()) => self.open_tree(&req),
             Err(e) => Err(e),
-        };
+        }
+        .and_then(|root| perms::refresh(&root, held, req.read_only).map(|()| root));
         match opened {
             Ok(root) => {
                 // bdrv_enable_copy_on_read on the top node only: children never copy
@@ -193,6 +201,7 @@ impl Session {
                     root,
                     writethrough: std::cell::Cell::new(req.writethrough),
                     read_only: std::cell::Cell::new(req.read_only),
+                    perms: std::cell::Cell::new(held),
                 }));
                 true
             }
@@ -384,11 +393,31 @@ impl Session {
             ));
             return -libc::ENOTSUP;
         }
-        if spec.needs_write && self.blk.as_ref().is_some_and(|b| b.read_only.get()) {
-            self.report("Block node is read-only");
+        if let Err(e) = self.take_perms(spec) {
+            self.report(&e);
             return -libc::EPERM;
         }
         commands::dispatch(self, spec, &argv)
+    }
+
+    /// Takes, for good, the permissions a command needs (qemu-io's blk_set_perm before the
+    /// command runs), checking the whole graph again.
+    fn take_perms(&self, spec: &CommandSpec) -> Result<(), String> {
+        let Some(b) = &self.blk else {
+            return Ok(());
+        };
+        let wanted = Perms {
+            write: spec.needs_write,
+            resize: spec.needs_resize,
+        };
+        let held = b.perms.get();
+        if held.contains(wanted) {
+            return Ok(());
+        }
+        let new = held.union(wanted);
+        perms::refresh(&b.root, new, b.read_only.get())?;
+        b.perms.set(new);
+        Ok(())
     }
 
     pub fn usage(&self, spec: &CommandSpec) {

@@ -84,6 +84,12 @@ pub fn all() -> Vec<Case> {
     v.extend(open_errors());
     v.extend(command_line());
     v.extend(json_dialect());
+    v.extend(permissions());
+    v.extend(sector_sizes());
+    v.extend(blkverify_resize());
+    v.extend(map_errors());
+    v.extend(padding_survivors());
+    v.extend(direct_io());
     v
 }
 
@@ -1633,8 +1639,7 @@ fn open_errors() -> Vec<Case> {
     ]
 }
 
-// ==== qemu-io's own command line (every option of QEMU 10.0.2's qemu-io) ===============
-
+// ==== qemu-io's own command line (every option of QEMU 10.0.2's qemu-io) ========
 /// `qemu-io ARGS` exactly as written.
 fn argv(name: &str, args: &[&str]) -> Case {
     case(name, args)
@@ -2570,4 +2575,440 @@ fn json_dialect() -> Vec<Case> {
         ),
     ]);
     v
+}
+
+/// Bytes that are not zero, so that zeroes read past the end of a file show.
+pub fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i % 251) as u8 + 1).collect()
+}
+
+/// A fresh qcow2 image as `qemu-img create -f qcow2 -o cluster_size=CS` makes it.
+pub fn qcow2_image(size: u64, cluster_size: u64) -> Vec<u8> {
+    use blockfault::img::qcow2::create::{CreateSpec, build};
+    let spec = CreateSpec {
+        size,
+        cluster_size,
+        ..CreateSpec::default()
+    };
+    build(&spec).expect("a valid qcow2 spec").flatten()
+}
+
+/// `json:` for raw over blkdebug (with `blkdebug`'s keys) over the file `image`.
+pub fn json_dbg_on(blkdebug: &str, image: &str) -> String {
+    format!(
+        r#"json:{{"driver":"raw","file":{{"driver":"blkdebug",{blkdebug},"image":{{"driver":"file","filename":"{image}"}}}}}}"#
+    )
+}
+
+/// Issue 7.9: a node written without the resize permission must have a size its request
+/// alignment divides; read-only nodes cannot be written at all.
+fn permissions() -> Vec<Case> {
+    let five = || vec![0u8; 5120];
+    let align = json_dbg_on(r#""align":4096"#, "five.img");
+    vec![
+        on("perm_unaligned_size_refused", &[], &["read 0 512"], &align).bytes("five.img", five()),
+        on(
+            "perm_unaligned_size_read_only",
+            &["-r"],
+            &["read 0 512", "read 4k 1k", "write 0 512", "length"],
+            &align,
+        )
+        .bytes("five.img", five()),
+        // The image is only read under the overlay.
+        on(
+            "perm_unaligned_size_snapshot",
+            &["-s"],
+            &["write -P 3 0 512", "read -P 3 0 512", "read -P 0 4k 1k"],
+            &align,
+        )
+        .bytes("five.img", five()),
+        on(
+            "perm_aligned_size",
+            &[],
+            &["write -P 3 100 100", "read -P 3 100 100", "length"],
+            &json_dbg_on(r#""align":4096"#, "img.raw"),
+        ),
+        // truncate takes RESIZE for good; the padded write then grows the file past the size
+        // raw keeps.
+        on(
+            "perm_truncate_takes_resize",
+            &[],
+            &[
+                "truncate 5120",
+                "length",
+                "write -P 4 4096 1024",
+                "length",
+                "read -P 4 4096 1024",
+                "truncate 8192",
+                "length",
+            ],
+            &json_dbg_on(r#""align":4096"#, "four.img"),
+        )
+        .bytes("four.img", vec![0; 4096]),
+        on(
+            "perm_take_child_perms_write_read_only",
+            &["-r"],
+            &["read 0 512"],
+            &json_dbg_on(r#""take-child-perms":["write"]"#, "img.raw"),
+        ),
+        on(
+            "perm_take_child_perms_write",
+            &[],
+            &["write 0 512"],
+            &json_dbg_on(r#""take-child-perms":["write"]"#, "img.raw"),
+        ),
+        // RESIZE taken on blkdebug's child lets the inner node's alignment pass...
+        on(
+            "perm_take_child_perms_resize_inner",
+            &[],
+            &["write -P 5 0 512", "read -P 5 0 512", "length"],
+            r#"json:{"driver":"raw","file":{"driver":"blkdebug","take-child-perms":["resize"],"image":{"driver":"blkdebug","align":4096,"image":{"driver":"file","filename":"five.img"}}}}"#,
+        )
+        .bytes("five.img", five()),
+        // ...but not the blkdebug node's own.
+        on(
+            "perm_take_child_perms_resize_outer",
+            &[],
+            &["read 0 512"],
+            &json_dbg_on(r#""take-child-perms":["resize"],"align":4096"#, "five.img"),
+        )
+        .bytes("five.img", five()),
+        // qcow2 holds RESIZE on its file, whatever its length.
+        on(
+            "perm_qcow2_over_aligned_blkdebug",
+            &[],
+            &["write -P 6 0 1k", "read -P 6 0 1k", "map"],
+            r#"json:{"driver":"qcow2","file":{"driver":"blkdebug","align":4096,"image":{"driver":"file","filename":"q.qcow2"}}}"#,
+        )
+        .bytes("q.qcow2", qcow2_image(1 << 20, 512)),
+    ]
+}
+
+/// Issue 7.10: sizes in whole sectors. A 1000-byte file is 1 KiB long; its last 24 bytes read
+/// as zeroes, and writing them grows the file.
+fn sector_sizes() -> Vec<Case> {
+    let short = |name: &str, opts: &[&str], cmds: &[&str]| {
+        on(name, opts, cmds, "short.img").bytes("short.img", pattern(1000))
+    };
+    vec![
+        short(
+            "short_file_sector_rounding",
+            &["-f", "raw"],
+            &[
+                "length",
+                "read -v 990 34",
+                "write -P 7 1000 24",
+                "length",
+                "read -P 7 1000 24",
+                "map",
+                "info",
+            ],
+        ),
+        short(
+            "short_file_write_past_last_sector",
+            &["-f", "raw"],
+            &[
+                "write 1000 100",
+                "write -P 9 1000 10",
+                "length",
+                "read -v 1000 24",
+            ],
+        ),
+        short(
+            "short_file_probed",
+            &[],
+            &["write -P 8 1000 24", "read -v 992 32", "length"],
+        ),
+        short(
+            "short_file_truncate",
+            &["-f", "raw"],
+            &[
+                "truncate 1500",
+                "length",
+                "read -v 1490 40",
+                "truncate -m falloc 1510",
+                "length",
+                "truncate -m falloc 1400",
+                "truncate -m full 1536",
+                "length",
+                "truncate 1000",
+                "length",
+            ],
+        ),
+        // iotest 101: reading past the end of a 320-byte file gives zeroes.
+        on(
+            "short_file_iotest_101",
+            &[],
+            &["read -P 0 0 512"],
+            "tiny.img",
+        )
+        .bytes("tiny.img", vec![0; 320]),
+        // qcow2 over a file with a partial sector at its end.
+        on(
+            "short_file_under_qcow2",
+            &[],
+            &[
+                "write -P 1 8k 4k",
+                "read -P 1 8k 4k",
+                "map",
+                "truncate 2M",
+                "length",
+            ],
+            "q.qcow2",
+        )
+        .bytes("q.qcow2", {
+            let mut q = qcow2_image(1 << 20, 512);
+            q.extend(pattern(100));
+            q
+        }),
+    ]
+}
+
+/// Issue 7.11: blkverify's truncate resizes the raw child only; `truncate` takes RESIZE for
+/// good, so a write past the raw end is fine afterwards (before it, QEMU aborts: `ours.rs`).
+fn blkverify_resize() -> Vec<Case> {
+    let bv = |name: &str, drive: &str, cmds: &[&str]| on(name, &["-f", "raw"], cmds, drive);
+    vec![
+        bv(
+            "blkverify_truncate_shrink_then_write_past",
+            "blkverify:raw.img:img.raw",
+            &[
+                "truncate 512k",
+                "length",
+                "read 600k 512",
+                "write -P 5 600k 512",
+                "read -P 5 600k 512",
+            ],
+        ),
+        bv(
+            "blkverify_truncate_grow",
+            "blkverify:raw.img:img.raw",
+            &[
+                "truncate 2M",
+                "length",
+                "write -P 5 1020k 4k",
+                "read -P 5 1020k 4k",
+                "read 1M 512",
+            ],
+        ),
+        bv(
+            "blkverify_short_raw_after_truncate",
+            "blkverify:half.img:img.raw",
+            &["truncate 512k", "write -P 6 600k 512", "read -P 6 600k 512"],
+        ),
+        // The permission is taken before the command runs, even when it then fails.
+        bv(
+            "blkverify_failed_truncate_keeps_resize",
+            "blkverify:half.img:img.raw",
+            &["truncate -m falloc 256k", "write -P 6 600k 512"],
+        ),
+    ]
+}
+
+/// Issue 7.12: `map` prints the extents found before a failing query, then the error.
+fn map_errors() -> Vec<Case> {
+    // The second L2 table load fails; the first image has its tables on disk, not in a cache.
+    let conf = "[set-state]\nevent = \"l2_load\"\nstate = \"1\"\nnew_state = \"2\"\n\n[inject-error]\nevent = \"l2_load\"\nstate = \"2\"\n";
+    vec![
+        no_drive(
+            "map_error_after_extents",
+            &[
+                "open q.qcow2",
+                "write 0 1k",
+                "write 64k 1k",
+                "write 200k 1k",
+                "close",
+                "open blkdebug:l2.conf:q.qcow2",
+                "map",
+                "map",
+            ],
+        )
+        .file("l2.conf", conf)
+        .bytes("q.qcow2", qcow2_image(1 << 20, 512)),
+    ]
+}
+
+/// Issue 7.13, the neighbours of QEMU's crashes that it survives (the crashes: `ours.rs`).
+fn padding_survivors() -> Vec<Case> {
+    let align4k = json_dbg(r#""align":4096"#);
+    let align512 = json_dbg(r#""align":512"#);
+    let ones = std::iter::repeat_n("1", 1023).collect::<Vec<_>>().join(" ");
+    vec![
+        // An empty element after the last byte is not counted; an aligned request is not padded.
+        on(
+            "padding_trailing_empty_element",
+            &[],
+            &[
+                "readv 24k 2560 4096 0",
+                "writev -P 2 24k 2560 4096 0",
+                "readv -P 2 24k 0 4096",
+                "readv 1k 0",
+                "aio_read 1k 1k 0",
+                "aio_flush",
+            ],
+            &align4k,
+        ),
+        on(
+            "padding_aligned_empty_elements",
+            &[],
+            &["readv 0 0 512", "writev 512 512 0 512", "readv 0 0 0 2048"],
+            &align512,
+        ),
+        on(
+            "padding_probed_raw_empty_elements",
+            &[],
+            &["readv 0 0 512", "readv 100 512 0", "writev 512 0 512"],
+            "img.raw",
+        ),
+        // 1 + 1024 + 1 elements: the first three merge into one, the empty one among them.
+        on(
+            "padding_iov_max_collapse",
+            &[],
+            &[&format!("readv 1 0 {ones}")],
+            &align512,
+        ),
+        on(
+            "discard_blkdebug_align_with_opt_discard",
+            &[],
+            &["discard 227k 10955", "discard 4095 1", "discard 4k 4097"],
+            &json_dbg(r#""align":4096,"opt-discard":8192"#),
+        ),
+        on(
+            "discard_blkdebug_align_aligned",
+            &[],
+            &["discard 4k 4k", "discard 0 1M"],
+            &align4k,
+        ),
+        // Over qcow2, blkdebug takes qcow2's cluster size as its discard alignment.
+        on(
+            "discard_blkdebug_align_over_qcow2",
+            &[],
+            &["write 0 64k", "discard 1k 1k", "discard 0 8k", "map"],
+            r#"json:{"driver":"raw","file":{"driver":"blkdebug","align":4096,"image":{"driver":"qcow2","file":{"driver":"file","filename":"q.qcow2"}}}}"#,
+        )
+        .bytes("q.qcow2", qcow2_image(1 << 20, 512)),
+    ]
+}
+
+/// Issue 7.14: cache=none (O_DIRECT). The request alignment is what file-posix probes, which
+/// depends on the filesystem and on whether the file's first block holds data; both programs
+/// run on the same files in the same kind of directory.
+fn direct_io() -> Vec<Case> {
+    let cmds: &[&str] = &[
+        "write -P 1 100 1000",
+        "read -P 1 100 1000",
+        "read -v 0 16",
+        "write -z 5000 100",
+        "discard 0 100",
+        "map",
+        "length",
+    ];
+    vec![
+        on(
+            "nocache_sparse_raw",
+            &["-f", "raw", "-t", "none"],
+            cmds,
+            "img.raw",
+        ),
+        on(
+            "nocache_data_raw",
+            &["-f", "raw", "-t", "none"],
+            cmds,
+            "data.img",
+        )
+        .bytes("data.img", pattern(64 << 10)),
+        on(
+            "nocache_short_file",
+            &["-f", "raw", "-t", "none"],
+            &["length", "write -P 2 1000 24", "length"],
+            "short.img",
+        )
+        .bytes("short.img", pattern(1000)),
+        on(
+            "nocache_short_file_read_only",
+            &["-r", "-f", "raw", "-t", "none"],
+            &["length", "read -v 992 32"],
+            "short.img",
+        )
+        .bytes("short.img", pattern(1000)),
+        // The padded write grows the file past the size raw keeps.
+        on(
+            "nocache_truncate_unaligned",
+            &["-f", "raw", "-t", "none"],
+            &[
+                "truncate 3000",
+                "length",
+                "write -P 3 2900 100",
+                "length",
+                "read -v 2990 20",
+            ],
+            "img.raw",
+        ),
+        // The padded write at qcow2's unaligned end of file decides where the file ends.
+        on(
+            "nocache_qcow2_padded_end",
+            &["-t", "none"],
+            &[
+                "aio_write 1112064 3310",
+                "aio_flush",
+                "discard 0 512",
+                "write -P 7 0 512",
+                "map",
+            ],
+            "q.qcow2",
+        )
+        .bytes("q.qcow2", qcow2_image(64 << 20, 512)),
+        // In tmpfs any direct read size works, so QEMU takes 4096 whatever the file holds.
+        on(
+            "nocache_qcow2_padded_end_tmpfs",
+            &["-t", "none"],
+            &[
+                "aio_write 1112064 3310",
+                "aio_flush",
+                "discard 0 512",
+                "write -P 7 0 512",
+                "map",
+            ],
+            "q.qcow2",
+        )
+        .bytes("q.qcow2", qcow2_image(64 << 20, 512))
+        .on_tmpfs(),
+        on(
+            "nocache_short_file_tmpfs",
+            &["-f", "raw", "-t", "none"],
+            &["length", "write -P 2 1000 24", "length"],
+            "short.img",
+        )
+        .bytes("short.img", pattern(1000))
+        .on_tmpfs(),
+        on(
+            "nocache_data_raw_tmpfs",
+            &["-f", "raw", "-t", "none"],
+            cmds,
+            "data.img",
+        )
+        .bytes("data.img", pattern(64 << 10))
+        .on_tmpfs(),
+        no_drive(
+            "nocache_open_command",
+            &[
+                "open -n img.raw",
+                "write -P 4 100 10",
+                "close",
+                "open -t none -o driver=raw img.raw",
+                "write -P 5 200 10",
+                "read -v 96 120",
+                "close",
+                "open -t off -o driver=raw img.raw",
+                "read -P 4 100 10",
+            ],
+        ),
+        // blkdebug's limits are checked against its child's O_DIRECT alignment.
+        on(
+            "nocache_blkdebug_max_transfer",
+            &["-t", "none"],
+            &["read 0 1"],
+            &json_dbg(r#""max-transfer":1000"#),
+        ),
+    ]
 }
