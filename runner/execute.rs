@@ -18,6 +18,8 @@ pub enum Outcome {
         /// Scratch directories left behind by `--keep`.
         kept: Vec<PathBuf>,
     },
+    /// A SIGINT or SIGTERM stopped it part-way: its output means nothing.
+    Interrupted,
 }
 
 /// Why this scenario does not run on `backend`, if it does not.
@@ -54,6 +56,9 @@ pub fn run(s: &Scenario, cases: &[Case], name: &str, backend: BackendKind, keep:
     let mut output = String::new();
     let mut kept = Vec::new();
     for case in cases {
+        if crate::interrupt::requested().is_some() {
+            return Outcome::Interrupted;
+        }
         if let Some(h) = case.header() {
             output.push_str(&h);
             output.push('\n');
@@ -69,6 +74,9 @@ pub fn run(s: &Scenario, cases: &[Case], name: &str, backend: BackendKind, keep:
                 "[setup failed: cannot create a scratch directory: {e}]\n"
             )),
         }
+    }
+    if crate::interrupt::requested().is_some() {
+        return Outcome::Interrupted;
     }
     Outcome::Ran {
         output,
@@ -109,8 +117,12 @@ fn run_case(case: &Case, dir: &Path, backend: BackendKind) -> String {
         }
     }
     for step in &case.steps {
+        if crate::interrupt::requested().is_some() {
+            break;
+        }
         match step {
             Step::Echo(text) => {
+                panic_on_purpose(text);
                 out.push_str(text);
                 out.push('\n');
             }
@@ -129,6 +141,14 @@ fn run_case(case: &Case, dir: &Path, backend: BackendKind) -> String {
         }
     }
     out
+}
+
+/// The test hook proving that a panic fails only its own scenario: with
+/// `BLOCKFAULT_TEST_PANIC=TEXT` set, an `echo: TEXT` step panics.
+fn panic_on_purpose(text: &str) {
+    if std::env::var_os("BLOCKFAULT_TEST_PANIC").is_some_and(|t| t == text) {
+        panic!("test hook: echo {text:?} panics on purpose");
+    }
 }
 
 fn tool(backend: BackendKind, tool: &str, args: &[String], dir: &Path) -> (String, i32) {

@@ -7,6 +7,7 @@ mod discovery;
 mod execute;
 mod filters;
 mod golden;
+mod interrupt;
 mod junit;
 mod matrix;
 mod report;

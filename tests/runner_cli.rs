@@ -34,13 +34,37 @@ impl Project {
     }
 
     fn run(&self, args: &[&str]) -> Run {
-        let out = Command::new(env!("CARGO_BIN_EXE_blockfault"))
-            .args(args)
+        self.run_with(args, &[])
+    }
+
+    /// The binary in the project folder, with a scratch root of the project's own (so that
+    /// what is left behind can be seen) and these extra environment variables.
+    fn command(&self, args: &[&str], env: &[(&str, &str)]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_blockfault"));
+        std::fs::create_dir_all(self.path("scratch")).unwrap();
+        c.args(args)
             .current_dir(self.dir.path())
             .env("NO_COLOR", "1")
-            .output()
-            .expect("runs");
-        Run::from(out)
+            .env("BLOCKFAULT_SCRATCH", self.path("scratch"));
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c
+    }
+
+    fn run_with(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
+        Run::from(self.command(args, env).output().expect("runs"))
+    }
+
+    /// Scratch directories left in the project's scratch root.
+    fn scratch_left(&self) -> Vec<String> {
+        std::fs::read_dir(self.path("scratch"))
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     fn read(&self, rel: &str) -> Option<String> {
@@ -439,5 +463,113 @@ fn io_and_img_pass_arguments_through() {
             !stderr.contains("Usage: blockfault"),
             "clap must not parse {sub}'s arguments: {stderr}"
         );
+    }
+}
+
+#[test]
+fn a_panic_fails_its_scenario_only_and_the_run_goes_on() {
+    let p = Project::new();
+    p.echo("a/boom", "boom");
+    p.write("golden/a/boom.out", "boom\n");
+    for n in ["b", "c", "d"] {
+        p.echo(&format!("a/{n}"), n);
+        p.write(&format!("golden/a/{n}.out"), &format!("{n}\n"));
+    }
+    let r = p.run_with(
+        &["-j", "2", "--junit", "report.xml", "scenarios"],
+        &[("BLOCKFAULT_TEST_PANIC", "boom")],
+    );
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    let report = untimed(&r.stdout);
+    let at = report.find("execute.rs:").expect("the panic's place") + "execute.rs:".len();
+    let end = at + report[at..].find(": ").unwrap();
+    let report = format!("{}LINE{}", &report[..at], &report[end..]);
+    insta::assert_snapshot!(report, @r#"
+    pass a/b (T)
+    FAIL a/boom (T)
+        panicked at runner/execute.rs:LINE: test hook: echo "boom" panics on purpose
+    pass a/c (T)
+    pass a/d (T)
+    3 passed, 1 failed, 0 skipped
+    "#);
+    assert_eq!(r.stderr, "", "the panic is in the report, not on stderr");
+    let xml = p.read("report.xml").expect("the JUnit file is written");
+    assert!(xml.contains(r#"tests="4" failures="1""#), "{xml}");
+    assert!(p.scratch_left().is_empty(), "{:?}", p.scratch_left());
+}
+
+/// SIGINT and SIGTERM stop the run: QEMU's children die with it, scratch directories go, the
+/// report so far is printed, and the status is 128 + the signal.
+#[test]
+fn signals_stop_the_run_kill_children_and_clean_up() {
+    for (signal, code, name) in [
+        (libc::SIGINT, 130, "SIGINT"),
+        (libc::SIGTERM, 143, "SIGTERM"),
+    ] {
+        let p = Project::new();
+        p.echo("a/first", "first");
+        p.write("golden/a/first.out", "first\n");
+        p.write(
+            "scenarios/b/hang.yaml",
+            "description: a step that never ends\nsteps:\n  - qemu-io:\n      commands: [sleep 1000000]\n",
+        );
+        p.echo("c/never", "never");
+        // A stand-in for qemu-io that says where it is, then waits forever.
+        p.write(
+            "fake-qemu-io",
+            &format!(
+                "#!/bin/sh\necho $$ > {}\nexec sleep 1000000\n",
+                p.path("child.pid").display()
+            ),
+        );
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(
+            p.path("fake-qemu-io"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+        let fake = p.path("fake-qemu-io");
+        let child = p
+            .command(
+                &["-j", "1", "--backend", "qemu", "scenarios"],
+                &[("QEMU_IO", fake.to_str().unwrap())],
+            )
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid_file = p.path("child.pid");
+        let mut waited = 0;
+        while p.read("child.pid").is_none_or(|t| !t.ends_with('\n')) {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            waited += 1;
+            assert!(waited < 3000, "the fake qemu-io never started");
+        }
+        let qemu_pid: i32 = std::fs::read_to_string(&pid_file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        unsafe { libc::kill(child.id() as i32, signal) };
+        let r = Run::from(child.wait_with_output().unwrap());
+        assert_eq!(r.code, code, "{name}: {}{}", r.stdout, r.stderr);
+        assert_eq!(
+            untimed(&r.stdout),
+            format!(
+                "pass a/first (T)\n1 passed, 0 failed, 0 skipped\ninterrupted by {name}: 2 of 3 scenarios not run"
+            )
+        );
+        // The child is gone (kill(pid, 0) fails), not reparented to init.
+        let alive = unsafe { libc::kill(qemu_pid, 0) } == 0;
+        assert!(
+            !alive,
+            "{name}: the qemu-io stand-in {qemu_pid} outlived the run"
+        );
+        assert!(
+            p.scratch_left().is_empty(),
+            "{name}: {:?}",
+            p.scratch_left()
+        );
+        assert!(!p.path("golden/b").exists(), "nothing is judged");
     }
 }

@@ -17,6 +17,8 @@ mod execute;
 mod filters;
 #[path = "../runner/golden.rs"]
 mod golden;
+#[path = "../runner/interrupt.rs"]
+mod interrupt;
 #[path = "../runner/matrix.rs"]
 mod matrix;
 #[path = "../runner/report.rs"]
@@ -60,6 +62,7 @@ fn run(path: &Path, backend: BackendKind) -> Result<Result<String, String>, Fail
     Ok(match execute::run(&s, &cases, &name, backend, false) {
         Outcome::Skipped(reason) => Err(reason),
         Outcome::Ran { output, .. } => Ok(output),
+        Outcome::Interrupted => return Err("interrupted".into()),
     })
 }
 

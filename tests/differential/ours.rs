@@ -39,6 +39,8 @@ fn expect(case: Case, output: &str, status: i32) -> Expect {
 const ABORT: i32 = 128 + libc::SIGABRT;
 /// SIGFPE: a division by zero.
 const FPE: i32 = 128 + libc::SIGFPE;
+/// SIGSEGV: memory read outside a buffer.
+const SEGV: i32 = 128 + libc::SIGSEGV;
 
 impl Expect {
     fn qemu_dies_with(mut self, status: i32) -> Self {
@@ -196,6 +198,18 @@ fn crashes() -> Vec<Expect> {
             1,
         )
         .qemu_dies_with(FPE),
+        // `read -s -l` whose sum overflows int64 passes QEMU's range check, then the pattern
+        // check reads far outside the buffer (issue 10: this was a panic here).
+        expect(
+            on(
+                "read_pattern_range_overflow_sigsegv",
+                &["read -s 9223372036854775807 -l 1 -P 1 0 512"],
+                "json:{\"driver\":\"raw\",\"file\":{\"driver\":\"file\",\"filename\":\"img.raw\"}}",
+            ),
+            "blockfault: read: pattern range -s 9223372036854775807 -l 1 overflows; QEMU 10.0.2 dies of SIGSEGV here (reading outside the buffer)\n",
+            1,
+        )
+        .qemu_dies_with(SEGV),
     ]
 }
 
