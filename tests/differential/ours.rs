@@ -221,6 +221,17 @@ fn hang(tag: &str) -> String {
 
 fn cases() -> Vec<Expect> {
     vec![
+        // Issue 10: a config file longer than blockfault holds, valid in its first megabyte
+        // (QEMU would read on; /dev/zero is the differential case `blkdebug_config_dev_zero`).
+        expect(
+            case(
+                "blkdebug_config_too_long",
+                &["-f", "raw", "-c", "read 0 512", "blkdebug:long.cfg:img.raw"],
+            )
+            .file("long.cfg", &"# comment\n".repeat(120_000)),
+            "qemu-io: can't open device blkdebug:long.cfg:img.raw: blockfault: the blkdebug config file is longer than 1048576 bytes, the most blockfault reads\n",
+            1,
+        ),
         // QEMU: blkverify has supported_zero_flags but no pwrite_zeroes callback, so
         // bdrv_co_do_pwrite_zeroes asserts (exit 134). We fail the request the blkverify way.
         expect(
