@@ -573,3 +573,90 @@ fn signals_stop_the_run_kill_children_and_clean_up() {
         assert!(!p.path("golden/b").exists(), "nothing is judged");
     }
 }
+
+#[test]
+fn names_and_golden_paths_do_not_depend_on_the_working_directory() {
+    let p = Project::new();
+    p.echo("mine/x", "hi");
+    let inside = |args: &[&str]| {
+        let out = p
+            .command(args, &[])
+            .current_dir(p.path("scenarios/mine"))
+            .output()
+            .unwrap();
+        Run::from(out)
+    };
+    let r = inside(&["--bless", "."]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert_eq!(
+        untimed(&r.stdout),
+        "bless mine/x (T)\n1 passed, 0 failed, 0 skipped"
+    );
+    assert_eq!(p.files("golden"), ["mine/x.out"]);
+    assert!(!p.path("scenarios/mine/golden").exists());
+    let r = inside(&["x.yaml"]);
+    assert_eq!(
+        untimed(&r.stdout),
+        "pass mine/x (T)\n1 passed, 0 failed, 0 skipped"
+    );
+    let r = p.run(&["scenarios/mine/../mine/./x.yaml", "scenarios"]);
+    assert_eq!(
+        untimed(&r.stdout),
+        "pass mine/x (T)\n1 passed, 0 failed, 0 skipped"
+    );
+}
+
+/// A checkout whose golden folder is read-only: passing scenarios pass, a failing one shows its
+/// diff. Needs a read-only mount (a private mount namespace as root), else chmod (not root).
+#[test]
+fn a_read_only_golden_folder_fails_only_what_fails() {
+    let p = Project::new();
+    p.echo("ok", "same");
+    p.write("golden/ok.out", "same\n");
+    p.echo("bad", "new");
+    p.write("golden/bad.out", "old\n");
+    let bin = env!("CARGO_BIN_EXE_blockfault");
+    let golden = p.path("golden");
+    let r = if unsafe { libc::geteuid() } == 0 {
+        let probe = Command::new("unshare")
+            .args(["-m", "sh", "-c", "mount --bind -o ro \"$0\" \"$0\""])
+            .arg(&golden)
+            .output();
+        if !probe.is_ok_and(|o| o.status.success()) {
+            eprintln!("skipped: no private read-only mount here (unshare -m)");
+            return;
+        }
+        let script = "mount --bind -o ro \"$0\" \"$0\" && shift && exec \"$@\"";
+        let c = p.command(&[], &[]);
+        let out = Command::new("unshare")
+            .args(["-m", "sh", "-c", script])
+            .arg(&golden)
+            .arg("unused")
+            .arg(bin)
+            .arg("scenarios")
+            .current_dir(p.dir.path())
+            .envs(c.get_envs().filter_map(|(k, v)| Some((k, v?))))
+            .output()
+            .unwrap();
+        Run::from(out)
+    } else {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&golden, std::fs::Permissions::from_mode(0o555)).unwrap();
+        let r = p.run(&["scenarios"]);
+        std::fs::set_permissions(&golden, std::fs::Permissions::from_mode(0o755)).unwrap();
+        r
+    };
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    insta::assert_snapshot!(untimed(&r.stdout), @r"
+    FAIL bad (T)
+        says new
+        --- golden/bad.out
+        +++ actual
+        @@ -1 +1 @@
+        -old
+        +new
+    pass ok (T)
+    1 passed, 1 failed, 0 skipped
+    ");
+    assert_eq!(p.files("golden"), ["bad.out", "ok.out"]);
+}
