@@ -240,6 +240,27 @@ fn scratch_root() -> PathBuf {
     .clone()
 }
 
+/// Whether scratch directories can be made, checked once before anything runs: an unusable
+/// `BLOCKFAULT_SCRATCH` is one error about the environment, not a failure of every scenario.
+pub fn check_scratch_root() -> Result<(), String> {
+    let probe = Scratch::new("probe").map_err(|e| {
+        let root = scratch_root();
+        let e = blockfault::errno::strerror(e.raw_os_error().unwrap_or(libc::EIO));
+        match std::env::var_os("BLOCKFAULT_SCRATCH").filter(|d| !d.is_empty()) {
+            Some(_) => format!(
+                "BLOCKFAULT_SCRATCH={}: cannot create a scratch directory there: {e}",
+                root.display()
+            ),
+            None => format!(
+                "cannot create a scratch directory in {}: {e} (set BLOCKFAULT_SCRATCH=DIR)",
+                root.display()
+            ),
+        }
+    })?;
+    drop(probe);
+    Ok(())
+}
+
 impl Scratch {
     fn new(name: &str) -> std::io::Result<Scratch> {
         static NEXT: AtomicUsize = AtomicUsize::new(0);

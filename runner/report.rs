@@ -8,6 +8,8 @@ use std::time::Duration;
 #[derive(Debug, Clone)]
 pub struct Record {
     pub name: String,
+    /// The scenario file, as found (JUnit's `file=`).
+    pub file: String,
     /// The scenario's one-line description, shown with a failure.
     pub description: String,
     pub golden: String,

@@ -17,7 +17,7 @@ pub struct Scenario {
     #[serde(default)]
     pub matrix: OrderedMap<Vec<Scalar>>,
     /// Text files written into the scratch directory before anything else (name: contents).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "unique_keys")]
     pub files: BTreeMap<String, String>,
     /// Images created as by `qemu-img create -q` before the steps.
     #[serde(default)]
@@ -93,14 +93,88 @@ pub struct QemuIoStep {
 }
 
 /// A qemu-io drive: a filename, or json: options given as a mapping.
-#[derive(Clone, Debug, Deserialize, JsonSchema)]
-#[serde(
-    untagged,
-    expecting = "a filename string or a mapping of json: block options"
-)]
+#[derive(Clone, Debug, JsonSchema)]
+#[serde(untagged)]
 pub enum Drive {
     Filename(String),
     Json(serde_json::Map<String, serde_json::Value>),
+}
+
+impl<'de> Deserialize<'de> for Drive {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match d.deserialize_any(UniqueJson)? {
+            serde_json::Value::String(s) => Ok(Drive::Filename(s)),
+            serde_json::Value::Object(m) => Ok(Drive::Json(m)),
+            _ => Err(serde::de::Error::custom(
+                "expected a filename string or a mapping of json: block options",
+            )),
+        }
+    }
+}
+
+/// A JSON value from YAML, with a key given twice in any mapping an error (serde_json's own
+/// Value would keep the last one silently).
+struct UniqueJson;
+
+impl<'de> serde::de::DeserializeSeed<'de> for UniqueJson {
+    type Value = serde_json::Value;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for UniqueJson {
+    type Value = serde_json::Value;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a filename string or a mapping of json: block options")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(serde_json::Value::Null, Into::into))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(serde_json::Value::Null)
+    }
+    fn visit_none<E>(self) -> Result<Self::Value, E> {
+        Ok(serde_json::Value::Null)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+        let mut v = Vec::new();
+        while let Some(x) = a.next_element_seed(UniqueJson)? {
+            v.push(x);
+        }
+        Ok(serde_json::Value::Array(v))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
+        let mut out = serde_json::Map::new();
+        while let Some(k) = m.next_key::<String>()? {
+            if out.contains_key(&k) {
+                return Err(serde::de::Error::custom(format!("duplicate key `{k}`")));
+            }
+            let v = m.next_value_seed(UniqueJson)?;
+            out.insert(k, v);
+        }
+        Ok(serde_json::Value::Object(out))
+    }
+}
+
+/// A mapping in which a key given twice is an error, not a silent overwrite.
+fn unique_keys<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, String>, D::Error> {
+    let OrderedMap(pairs) = OrderedMap::<String>::deserialize(d)?;
+    Ok(pairs.into_iter().collect())
 }
 
 /// Which engine runs the steps.
@@ -296,5 +370,95 @@ fn check(s: &Scenario) -> Result<(), String> {
             return Err(format!("matrix: `{name}` has no values"));
         }
     }
+    for r in &s.requires.0 {
+        if !KNOWN_REQUIREMENTS.contains(&r.as_str()) {
+            let hint = KNOWN_REQUIREMENTS
+                .iter()
+                .map(|k| (edit_distance(r, k), k))
+                .filter(|(d, _)| *d <= 2)
+                .min()
+                .map(|(_, k)| format!(" (did you mean `{k}`?)"))
+                .unwrap_or_default();
+            return Err(format!(
+                "requires: unknown `{r}`{hint}: expected `qemu-io`, `qemu-img` or an image format QEMU 10.0.2 knows (`raw`, `qcow2`, ...: see `qemu-img --help`)"
+            ));
+        }
+    }
     Ok(())
 }
+
+/// Edit distance counting a swap of neighbours as one edit (optimal string alignment), for
+/// "did you mean".
+fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for j in 0..=b.len() {
+        d[0][j] = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut best = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = best;
+        }
+    }
+    d[a.len()][b.len()]
+}
+
+/// What `requires:` may name: the tools, then QEMU 10.0.2's formats as `qemu-img --help` lists
+/// them. A fixed list, so that a typo is an error on every machine and backend rather than a
+/// scenario skipped forever.
+const KNOWN_REQUIREMENTS: &[&str] = &[
+    "qemu-io",
+    "qemu-img",
+    "blkdebug",
+    "blklogwrites",
+    "blkverify",
+    "bochs",
+    "cloop",
+    "compress",
+    "copy-before-write",
+    "copy-on-read",
+    "dmg",
+    "file",
+    "ftp",
+    "ftps",
+    "gluster",
+    "host_cdrom",
+    "host_device",
+    "http",
+    "https",
+    "iscsi",
+    "iser",
+    "luks",
+    "nbd",
+    "nfs",
+    "null-aio",
+    "null-co",
+    "nvme",
+    "parallels",
+    "preallocate",
+    "qcow",
+    "qcow2",
+    "qed",
+    "quorum",
+    "raw",
+    "rbd",
+    "replication",
+    "snapshot-access",
+    "ssh",
+    "throttle",
+    "vdi",
+    "vhdx",
+    "vmdk",
+    "vpc",
+    "vvfat",
+];

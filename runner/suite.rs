@@ -52,13 +52,22 @@ fn prepare(args: &RunArgs) -> Result<Option<Vec<Job>>, Vec<String>> {
         return Err(one("no scenario files (*.yaml) found".into()));
     }
     let selected = discovery::select(entries, &args.filters, shard);
+    if selected.is_empty() && !args.filters.is_empty() {
+        let patterns: Vec<String> = args.filters.iter().map(|f| format!("`{f}`")).collect();
+        return Err(one(format!(
+            "no scenario name matches -k {} (names look like `blkdebug/once`; --list shows them)",
+            patterns.join(", -k ")
+        )));
+    }
     if args.list {
         for e in &selected {
             println!("{}", e.name);
         }
         return Ok(None);
     }
-    load_all(selected).map(Some)
+    let jobs = load_all(selected)?;
+    execute::check_scratch_root().map_err(one)?;
+    Ok(Some(jobs))
 }
 
 fn roots(args: &RunArgs) -> Vec<PathBuf> {
@@ -99,6 +108,7 @@ pub fn load_all(entries: Vec<Entry>) -> Result<Vec<Job>, Vec<String>> {
 pub fn run_job(job: &Job, backend: BackendKind, bless: bool, keep: bool) -> Option<Record> {
     let mut record = Record {
         name: job.entry.name.clone(),
+        file: job.entry.path.display().to_string(),
         description: job.scenario.description.clone(),
         golden: job.entry.golden.display().to_string(),
         status: Status::Pass,

@@ -367,13 +367,13 @@ fn skips_say_why_and_count() {
     );
     p.write(
         "scenarios/r.yaml",
-        "description: r\nrequires: [qcow9]\nsteps: []\n",
+        "description: r\nrequires: [vmdk]\nsteps: []\n",
     );
     let r = p.run(&["scenarios"]);
     assert_eq!(r.code, 0);
     insta::assert_snapshot!(r.stdout, @r"
     skip q: not for the builtin backend: only QEMU does this
-    skip r: requires qcow9
+    skip r: requires vmdk
     skip s: not today
     0 passed, 0 failed, 3 skipped
     ");
@@ -659,4 +659,66 @@ fn a_read_only_golden_folder_fails_only_what_fails() {
     1 passed, 1 failed, 0 skipped
     ");
     assert_eq!(p.files("golden"), ["bad.out", "ok.out"]);
+}
+
+#[test]
+fn typos_in_requires_and_duplicate_keys_are_input_errors() {
+    let p = Project::new();
+    p.write(
+        "scenarios/req.yaml",
+        "description: x\nrequires: [qcwo2]\nsteps:\n  - echo: x\n",
+    );
+    p.write(
+        "scenarios/files.yaml",
+        "description: x\nfiles:\n  a.cfg: one\n  a.cfg: two\nsteps:\n  - echo: x\n",
+    );
+    p.write(
+        "scenarios/drive.yaml",
+        "description: x\nsteps:\n  - qemu-io:\n      drive: {driver: raw, file: {driver: file, filename: a, filename: b}}\n      commands: [read 0 1]\n",
+    );
+    let r = p.run(&["scenarios"]);
+    assert_eq!(r.code, 2);
+    assert_eq!(r.stdout, "");
+    insta::assert_snapshot!(r.stderr, @r"
+    error: scenarios/drive.yaml:4:34: steps[0].qemu-io.drive.file: duplicate key `filename`
+    error: scenarios/files.yaml:3:3: files: duplicate key `a.cfg`
+    error: scenarios/req.yaml: requires: unknown `qcwo2` (did you mean `qcow2`?): expected `qemu-io`, `qemu-img` or an image format QEMU 10.0.2 knows (`raw`, `qcow2`, ...: see `qemu-img --help`)
+    ");
+}
+
+#[test]
+fn a_filter_that_matches_nothing_is_an_error() {
+    let p = Project::new();
+    p.echo("a/one", "x");
+    let r = p.run(&["-k", "nomatch", "-k", "b/*", "scenarios"]);
+    assert_eq!(r.code, 2);
+    assert_eq!(r.stdout, "");
+    insta::assert_snapshot!(r.stderr, @"error: no scenario name matches -k `nomatch`, -k `b/*` (names look like `blkdebug/once`; --list shows them)");
+}
+
+#[test]
+fn an_unusable_scratch_root_is_one_error_and_nothing_is_written() {
+    let p = Project::new();
+    p.echo("a", "x");
+    p.echo("b", "y");
+    p.write("golden/a.out", "x\n");
+    let r = p.run_with(&["scenarios"], &[("BLOCKFAULT_SCRATCH", "/nonexistent")]);
+    assert_eq!(r.code, 2);
+    assert_eq!(r.stdout, "");
+    insta::assert_snapshot!(r.stderr, @"error: BLOCKFAULT_SCRATCH=/nonexistent: cannot create a scratch directory there: No such file or directory");
+    assert_eq!(p.files("golden"), ["a.out"]);
+}
+
+#[test]
+fn junit_file_is_the_scenario_path() {
+    let p = Project::new();
+    p.echo("a/ok", "x");
+    p.write("golden/a/ok.out", "x\n");
+    let r = p.run(&["--junit", "report.xml", "scenarios"]);
+    assert_eq!(r.code, 0);
+    let xml = p.read("report.xml").unwrap();
+    assert!(
+        xml.contains(r#"name="ok" file="scenarios/a/ok.yaml""#),
+        "{xml}"
+    );
 }
