@@ -62,7 +62,7 @@ fn main() {
         .map(|i| {
             let s = scenario::parse(&generate(i), Path::new("generated.yaml"))
                 .expect("generated scenarios parse");
-            let cases = matrix::expand(&s).expect("no matrix");
+            let cases = matrix::expand(&s, matrix::DEFAULT_MAX_CASES).expect("no matrix");
             (s, cases)
         })
         .collect();

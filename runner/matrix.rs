@@ -30,8 +30,33 @@ impl Case {
     }
 }
 
-/// All cases of a scenario, last matrix key varying fastest.
-pub fn expand(s: &Scenario) -> Result<Vec<Case>, String> {
+/// How many cases a matrix may make unless `--max-cases` says otherwise.
+pub const DEFAULT_MAX_CASES: usize = 10_000;
+
+/// All cases of a scenario, last matrix key varying fastest; more than `max` is an error, found
+/// before any case is built.
+pub fn expand(s: &Scenario, max: usize) -> Result<Vec<Case>, String> {
+    let count = s
+        .matrix
+        .0
+        .iter()
+        .try_fold(1usize, |n, (_, values)| n.checked_mul(values.len()));
+    match count {
+        Some(n) if n <= max => {}
+        _ => {
+            let sizes: Vec<String> = s
+                .matrix
+                .0
+                .iter()
+                .map(|(_, v)| v.len().to_string())
+                .collect();
+            let total = count.map_or("more than 2^64".to_string(), |n| n.to_string());
+            return Err(format!(
+                "matrix: {} values make {total} cases, more than the {max} allowed (--max-cases N raises it)",
+                sizes.join(" x ")
+            ));
+        }
+    }
     let mut combos: Vec<Vec<(String, String)>> = vec![Vec::new()];
     for (name, values) in &s.matrix.0 {
         combos = combos

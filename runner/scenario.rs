@@ -313,15 +313,119 @@ impl std::fmt::Display for LoadError {
     }
 }
 
+/// The largest scenario file: real ones are a few KiB.
+pub const MAX_FILE_BYTES: usize = 1 << 20;
+
+/// The deepest nesting of flow collections (`[`, `{`): the YAML parser's time grows with the
+/// square of it, and no scenario needs more than a handful.
+pub const MAX_FLOW_DEPTH: usize = 64;
+
 /// Reads and parses one scenario file.
 pub fn load(path: &Path) -> Result<Scenario, LoadError> {
-    let text =
-        std::fs::read_to_string(path).map_err(|e| LoadError(format!("{}: {e}", path.display())))?;
+    use std::io::Read;
+    let at = |e: std::io::Error| LoadError(format!("{}: {e}", path.display()));
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_FILE_BYTES as u64 + 1).read_to_end(&mut bytes))
+        .map_err(at)?;
+    if bytes.len() > MAX_FILE_BYTES {
+        return Err(LoadError(format!(
+            "{}: larger than {MAX_FILE_BYTES} bytes, the most a scenario file may be",
+            path.display()
+        )));
+    }
+    let text = String::from_utf8(bytes).map_err(|e| {
+        let (line, column) = line_column(e.as_bytes(), e.utf8_error().valid_up_to());
+        LoadError(format!(
+            "{}:{line}:{column}: not UTF-8 text",
+            path.display()
+        ))
+    })?;
     parse(&text, path)
+}
+
+/// 1-based line and column (in characters) of byte `offset`.
+fn line_column(text: &[u8], offset: usize) -> (usize, usize) {
+    let before = &text[..offset];
+    let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+    let start = before
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |i| i + 1);
+    let column = String::from_utf8_lossy(&before[start..]).chars().count() + 1;
+    (line, column)
+}
+
+/// Finds flow collections nested deeper than [`MAX_FLOW_DEPTH`], in one pass. A YAML lexer in
+/// miniature: quoted scalars and comments are skipped, and so are plain words (`a[b` is a
+/// word; inside a flow collection a word ends at `,[]{}`).
+fn check_flow_depth(text: &str) -> Result<(), (usize, String)> {
+    let b = text.as_bytes();
+    let mut depth = 0usize;
+    let mut in_word = false;
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        if matches!(c, b' ' | b'\t' | b'\n' | b'\r') {
+            in_word = false;
+            i += 1;
+            continue;
+        }
+        if in_word && !(depth > 0 && matches!(c, b',' | b'[' | b']' | b'{' | b'}')) {
+            i += 1;
+            continue;
+        }
+        in_word = false;
+        match c {
+            b'#' => {
+                while i < b.len() && b[i] != b'\n' {
+                    i += 1;
+                }
+                continue;
+            }
+            b'"' => {
+                i += 1;
+                while i < b.len() && b[i] != b'"' {
+                    i += if b[i] == b'\\' { 2 } else { 1 };
+                }
+            }
+            b'\'' => {
+                i += 1;
+                while i < b.len() {
+                    if b[i] == b'\'' {
+                        if b.get(i + 1) == Some(&b'\'') {
+                            i += 1;
+                        } else {
+                            break;
+                        }
+                    }
+                    i += 1;
+                }
+            }
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_FLOW_DEPTH {
+                    return Err((
+                        i,
+                        format!("`[` and `{{` nested more than {MAX_FLOW_DEPTH} deep"),
+                    ));
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            b',' | b':' | b'-' | b'?' | b'|' | b'>' | b'&' | b'*' | b'!' => {}
+            _ => in_word = true,
+        }
+        i += 1;
+    }
+    Ok(())
 }
 
 /// Parses scenario text; errors read `file:line:column: message`.
 pub fn parse(text: &str, path: &Path) -> Result<Scenario, LoadError> {
+    check_flow_depth(text).map_err(|(offset, message)| {
+        let (line, column) = line_column(text.as_bytes(), offset);
+        LoadError(format!("{}:{line}:{column}: {message}", path.display()))
+    })?;
     let scenario: Scenario = yaml_serde::from_str(text).map_err(|e| {
         let message = strip_location(&e.to_string());
         match e.location() {

@@ -65,7 +65,7 @@ fn prepare(args: &RunArgs) -> Result<Option<Vec<Job>>, Vec<String>> {
         }
         return Ok(None);
     }
-    let jobs = load_all(selected)?;
+    let jobs = load_all(selected, args.max_cases)?;
     execute::check_scratch_root().map_err(one)?;
     Ok(Some(jobs))
 }
@@ -79,12 +79,13 @@ fn roots(args: &RunArgs) -> Vec<PathBuf> {
 }
 
 /// Parses and expands every scenario, collecting all errors rather than stopping at the first.
-pub fn load_all(entries: Vec<Entry>) -> Result<Vec<Job>, Vec<String>> {
+pub fn load_all(entries: Vec<Entry>, max_cases: usize) -> Result<Vec<Job>, Vec<String>> {
     let mut jobs = Vec::new();
     let mut errors = Vec::new();
     for entry in entries {
         let loaded = scenario::load(&entry.path).map_err(|e| e.0).and_then(|s| {
-            let cases = matrix::expand(&s).map_err(|m| format!("{}: {m}", entry.path.display()))?;
+            let cases = matrix::expand(&s, max_cases)
+                .map_err(|m| format!("{}: {m}", entry.path.display()))?;
             Ok((s, cases))
         });
         match loaded {

@@ -722,3 +722,70 @@ fn junit_file_is_the_scenario_path() {
         "{xml}"
     );
 }
+
+/// Hostile YAML is refused at once, before the parser can spend quadratic time on it.
+#[test]
+fn oversized_and_deeply_nested_yaml_are_clear_errors() {
+    let p = Project::new();
+    p.write(
+        "scenarios/deep.yaml",
+        &format!("description: x\nsteps: {}", "[".repeat(1 << 19)),
+    );
+    p.write(
+        "scenarios/deepmap.yaml",
+        &format!("description: x\nfiles: {}", "{a: ".repeat(100_000)),
+    );
+    p.write(
+        "scenarios/big.yaml",
+        &format!(
+            "description: x\nsteps:\n{}",
+            "  - echo: x\n".repeat(100_000)
+        ),
+    );
+    // `[` in quotes, comments and words is not nesting.
+    p.write(
+        "scenarios/fine.yaml",
+        &format!(
+            "description: \"{}\" # {}\nsteps:\n  - echo: a{}\n",
+            "[".repeat(100),
+            "{".repeat(100),
+            "[".repeat(100)
+        ),
+    );
+    std::fs::write(
+        p.path("scenarios/latin1.yaml"),
+        b"description: caf\xe9\nsteps: []\n",
+    )
+    .unwrap();
+    let r = p.run(&["scenarios"]);
+    assert_eq!(r.code, 2);
+    insta::assert_snapshot!(r.stderr, @r"
+    error: scenarios/big.yaml: larger than 1048576 bytes, the most a scenario file may be
+    error: scenarios/deep.yaml:2:72: `[` and `{` nested more than 64 deep
+    error: scenarios/deepmap.yaml:2:264: `[` and `{` nested more than 64 deep
+    error: scenarios/latin1.yaml:1:17: not UTF-8 text
+    ");
+}
+
+#[test]
+fn matrix_case_count_is_limited_and_the_limit_can_be_raised() {
+    let p = Project::new();
+    let values: Vec<String> = (0..1000).map(|i| i.to_string()).collect();
+    let list = values.join(", ");
+    p.write(
+        "scenarios/huge.yaml",
+        &format!("description: x\nmatrix:\n  a: [{list}]\n  b: [{list}]\n  c: [{list}]\nsteps:\n  - echo: x\n"),
+    );
+    p.write(
+        "scenarios/small.yaml",
+        "description: x\nmatrix:\n  a: [1, 2]\n  b: [1, 2, 3]\nsteps:\n  - echo: ${a}${b}\n",
+    );
+    let r = p.run(&["scenarios"]);
+    assert_eq!(r.code, 2);
+    insta::assert_snapshot!(r.stderr, @"error: scenarios/huge.yaml: matrix: 1000 x 1000 x 1000 values make 1000000000 cases, more than the 10000 allowed (--max-cases N raises it)");
+    let r = p.run(&["--max-cases", "5", "scenarios/small.yaml"]);
+    assert_eq!(r.code, 2);
+    insta::assert_snapshot!(r.stderr, @"error: scenarios/small.yaml: matrix: 2 x 3 values make 6 cases, more than the 5 allowed (--max-cases N raises it)");
+    let r = p.run(&["--max-cases", "6", "--bless", "scenarios/small.yaml"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+}

@@ -53,7 +53,7 @@ fn main() {
 /// Runs a scenario on one backend; Ok(None) when it is skipped there (with the reason).
 fn run(path: &Path, backend: BackendKind) -> Result<Result<String, String>, Failed> {
     let s = scenario::load(path).map_err(|e| e.0)?;
-    let cases = matrix::expand(&s)?;
+    let cases = matrix::expand(&s, matrix::DEFAULT_MAX_CASES)?;
     let name = path
         .file_stem()
         .unwrap_or_default()
