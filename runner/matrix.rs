@@ -1,7 +1,7 @@
 //! Expands a scenario's `matrix:` into concrete cases, substituting `${name}`, and checks that
 //! every path a case writes stays inside its scratch directory.
 
-use crate::scenario::{Drive, Image, QemuIoStep, Scalar, Scenario, Step};
+use crate::scenario::{Condition, Drive, Image, QemuIoStep, Scalar, Scenario, Step};
 use std::collections::BTreeMap;
 use std::path::{Component, Path};
 
@@ -95,7 +95,8 @@ fn case(s: &Scenario, bindings: Vec<(String, String)>) -> Result<Case, String> {
     let steps = s
         .steps
         .iter()
-        .map(|st| step(st, &sub))
+        .filter(|e| e.condition.as_ref().is_none_or(|c| holds(c, &bindings)))
+        .map(|e| step(&e.step, &sub))
         .collect::<Result<Vec<_>, String>>()?;
     for name in files.keys() {
         check_relative("files", name)?;
@@ -108,6 +109,15 @@ fn case(s: &Scenario, bindings: Vec<(String, String)>) -> Result<Case, String> {
         files,
         images,
         steps,
+    })
+}
+
+/// Whether a step's `if:` holds in the case with these bindings.
+fn holds(condition: &Condition, bindings: &[(String, String)]) -> bool {
+    condition.0.iter().all(|(key, wanted)| {
+        bindings
+            .iter()
+            .any(|(k, v)| k == key && wanted.0.iter().any(|w| &w.0 == v))
     })
 }
 

@@ -23,9 +23,7 @@ pub struct Scenario {
     #[serde(default)]
     pub images: Vec<Image>,
     /// What to run, in order; the scenario's output is all the steps' output concatenated.
-    // Steps are written `- echo: text`, a one-key mapping, not YAML's `!echo text` tag form.
-    #[serde(deserialize_with = "yaml_serde::with::singleton_map_recursive::deserialize")]
-    pub steps: Vec<Step>,
+    pub steps: Vec<StepEntry>,
     /// Tools (`qemu-io`, `qemu-img`) or image formats (`raw`, `qcow2`, ...) the scenario needs;
     /// it is skipped, saying why, where one is missing.
     #[serde(default)]
@@ -57,18 +55,134 @@ pub struct Image {
 }
 
 /// One step of a scenario.
-#[derive(Clone, Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[derive(Clone, Debug)]
 pub enum Step {
     /// Print this text and a newline.
-    #[serde(rename = "echo")]
     Echo(String),
     /// One qemu-io process's worth of work.
-    #[serde(rename = "qemu-io")]
     QemuIo(QemuIoStep),
     /// qemu-img's argv, without the program name.
-    #[serde(rename = "qemu-img")]
     QemuImg(Vec<Scalar>),
+}
+
+/// A step as written: `- echo: text`, `- qemu-io: {...}` or `- qemu-img: [...]`, a mapping
+/// with that one key, plus `if:` to run it only in some matrix cases.
+#[derive(Clone, Debug)]
+pub struct StepEntry {
+    pub condition: Option<Condition>,
+    pub step: Step,
+}
+
+/// `if: {key: value}` or `if: {key: [value, ...]}`: the step runs in the matrix cases where every
+/// key named has one of the values given.
+pub type Condition = OrderedMap<OneOrManyScalars>;
+
+/// One matrix value or a list of them.
+#[derive(Clone, Debug, JsonSchema)]
+#[schemars(with = "OneOrManyScalarsRepr")]
+pub struct OneOrManyScalars(pub Vec<Scalar>);
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(untagged, expecting = "a matrix value or a list of them")]
+enum OneOrManyScalarsRepr {
+    One(Scalar),
+    Many(Vec<Scalar>),
+}
+
+impl<'de> Deserialize<'de> for OneOrManyScalars {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(match OneOrManyScalarsRepr::deserialize(d)? {
+            OneOrManyScalarsRepr::One(v) => OneOrManyScalars(vec![v]),
+            OneOrManyScalarsRepr::Many(v) => OneOrManyScalars(v),
+        })
+    }
+}
+
+const STEP_KEYS: &str = "`echo`, `qemu-io`, `qemu-img`, `if`";
+
+impl<'de> Deserialize<'de> for StepEntry {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = StepEntry;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                write!(
+                    f,
+                    "a step: a mapping with one of `echo`, `qemu-io`, `qemu-img` (and optionally `if`)"
+                )
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> Result<StepEntry, A::Error> {
+                use serde::de::Error;
+                let mut condition = None;
+                let mut step: Option<Step> = None;
+                while let Some(key) = m.next_key::<String>()? {
+                    let parsed = match key.as_str() {
+                        "if" => {
+                            if condition.is_some() {
+                                return Err(A::Error::custom("duplicate key `if`"));
+                            }
+                            condition = Some(m.next_value::<Condition>()?);
+                            continue;
+                        }
+                        "echo" => Step::Echo(m.next_value()?),
+                        "qemu-io" => Step::QemuIo(m.next_value()?),
+                        "qemu-img" => Step::QemuImg(m.next_value()?),
+                        other => {
+                            return Err(A::Error::custom(format!(
+                                "unknown step `{other}`, expected one of {STEP_KEYS}"
+                            )));
+                        }
+                    };
+                    if step.is_some() {
+                        return Err(A::Error::custom(format!(
+                            "a step does one thing: `{key}` is a second one; start another `- ` item"
+                        )));
+                    }
+                    step = Some(parsed);
+                }
+                let step = step.ok_or_else(|| {
+                    A::Error::custom("a step needs one of `echo`, `qemu-io`, `qemu-img`")
+                })?;
+                Ok(StepEntry { condition, step })
+            }
+        }
+        d.deserialize_map(Visit)
+    }
+}
+
+impl JsonSchema for StepEntry {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "StepEntry".into()
+    }
+    fn json_schema(g: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let condition = g.subschema_for::<Condition>();
+        let variant = |key: &str, doc: &str, value: schemars::Schema| {
+            schemars::json_schema!({
+                "type": "object",
+                "description": doc,
+                "properties": {
+                    key: value,
+                    "if": {
+                        "description": "Run this step only in the matrix cases where each key named has the value given (or one of the values listed).",
+                        "allOf": [condition.clone()],
+                    },
+                },
+                "required": [key],
+                "additionalProperties": false,
+            })
+        };
+        schemars::json_schema!({
+            "description": "One step: a mapping with one of `echo`, `qemu-io`, `qemu-img`, and optionally `if`.",
+            "oneOf": [
+                variant("echo", "Print this text and a newline.", g.subschema_for::<String>()),
+                variant("qemu-io", "One qemu-io process's worth of work.", g.subschema_for::<QemuIoStep>()),
+                variant("qemu-img", "qemu-img's argv, without the program name.", g.subschema_for::<Vec<Scalar>>()),
+            ],
+        })
+    }
 }
 
 /// `qemu-io [-f F] [-t C] [--image-opts] -c ... DRIVE`.
@@ -472,6 +586,36 @@ fn check(s: &Scenario) -> Result<(), String> {
     for (name, values) in &s.matrix.0 {
         if values.is_empty() {
             return Err(format!("matrix: `{name}` has no values"));
+        }
+    }
+    for (i, entry) in s.steps.iter().enumerate() {
+        let Some(condition) = &entry.condition else {
+            continue;
+        };
+        for (key, wanted) in &condition.0 {
+            let Some((_, values)) = s.matrix.0.iter().find(|(k, _)| k == key) else {
+                let keys: Vec<String> = s.matrix.0.iter().map(|(k, _)| format!("`{k}`")).collect();
+                return Err(if keys.is_empty() {
+                    format!(
+                        "steps[{i}].if: `{key}` is not a matrix key (the scenario has no matrix)"
+                    )
+                } else {
+                    format!(
+                        "steps[{i}].if: `{key}` is not a matrix key (the matrix has {})",
+                        keys.join(", ")
+                    )
+                });
+            };
+            for w in &wanted.0 {
+                if !values.contains(w) {
+                    let all: Vec<&str> = values.iter().map(|v| v.0.as_str()).collect();
+                    return Err(format!(
+                        "steps[{i}].if: `{key}` is never `{}` (its values are {})",
+                        w.0,
+                        all.join(", ")
+                    ));
+                }
+            }
         }
     }
     for r in &s.requires.0 {

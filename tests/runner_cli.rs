@@ -789,3 +789,66 @@ fn matrix_case_count_is_limited_and_the_limit_can_be_raised() {
     let r = p.run(&["--max-cases", "6", "--bless", "scenarios/small.yaml"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
 }
+
+#[test]
+fn if_runs_a_step_only_in_the_matrix_cases_it_names() {
+    let p = Project::new();
+    p.write(
+        "scenarios/m.yaml",
+        "description: x\nmatrix:\n  event: [a, b, c]\n  n: [1, 2]\nsteps:\n  - echo: always ${event}${n}\n  - if: {event: b}\n    echo: only b\n  - echo: b or c with 2\n    if: {event: [b, c], n: 2}\n",
+    );
+    let r = p.run(&["--bless", "scenarios"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    insta::assert_snapshot!(p.read("golden/m.out").unwrap(), @r"
+    [case event=a n=1]
+    always a1
+    [case event=a n=2]
+    always a2
+    [case event=b n=1]
+    always b1
+    only b
+    [case event=b n=2]
+    always b2
+    only b
+    b or c with 2
+    [case event=c n=1]
+    always c1
+    [case event=c n=2]
+    always c2
+    b or c with 2
+    ");
+}
+
+#[test]
+fn if_names_only_matrix_keys_and_values() {
+    let p = Project::new();
+    p.write(
+        "scenarios/key.yaml",
+        "description: x\nmatrix: {event: [a, b]}\nsteps:\n  - {if: {evnt: a}, echo: x}\n",
+    );
+    p.write(
+        "scenarios/value.yaml",
+        "description: x\nmatrix: {event: [a, b]}\nsteps:\n  - {if: {event: [a, z]}, echo: x}\n",
+    );
+    p.write(
+        "scenarios/nomatrix.yaml",
+        "description: x\nsteps:\n  - {if: {event: a}, echo: x}\n",
+    );
+    p.write(
+        "scenarios/two.yaml",
+        "description: x\nsteps:\n  - echo: x\n    qemu-img: [info]\n",
+    );
+    p.write(
+        "scenarios/none.yaml",
+        "description: x\nmatrix: {e: [a]}\nsteps:\n  - if: {e: a}\n",
+    );
+    let r = p.run(&["scenarios"]);
+    assert_eq!(r.code, 2);
+    insta::assert_snapshot!(r.stderr, @r"
+    error: scenarios/key.yaml: steps[0].if: `evnt` is not a matrix key (the matrix has `event`)
+    error: scenarios/nomatrix.yaml: steps[0].if: `event` is not a matrix key (the scenario has no matrix)
+    error: scenarios/none.yaml:4:5: steps[0]: a step needs one of `echo`, `qemu-io`, `qemu-img`
+    error: scenarios/two.yaml:3:5: steps[0]: a step does one thing: `qemu-img` is a second one; start another `- ` item
+    error: scenarios/value.yaml: steps[0].if: `event` is never `z` (its values are a, b)
+    ");
+}
