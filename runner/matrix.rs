@@ -13,6 +13,8 @@ pub struct Case {
     pub files: BTreeMap<String, String>,
     pub images: Vec<Image>,
     pub steps: Vec<Step>,
+    /// For each step, its 1-based place among the scenario's `steps:` (some are left out by `if:`).
+    pub step_numbers: Vec<usize>,
 }
 
 impl Case {
@@ -92,11 +94,17 @@ fn case(s: &Scenario, bindings: Vec<(String, String)>) -> Result<Case, String> {
             })
         })
         .collect::<Result<Vec<_>, String>>()?;
-    let steps = s
+    let chosen: Vec<(usize, &Step)> = s
         .steps
         .iter()
-        .filter(|e| e.condition.as_ref().is_none_or(|c| holds(c, &bindings)))
-        .map(|e| step(&e.step, &sub))
+        .enumerate()
+        .filter(|(_, e)| e.condition.as_ref().is_none_or(|c| holds(c, &bindings)))
+        .map(|(i, e)| (i + 1, &e.step))
+        .collect();
+    let step_numbers = chosen.iter().map(|(n, _)| *n).collect();
+    let steps = chosen
+        .into_iter()
+        .map(|(_, st)| step(st, &sub))
         .collect::<Result<Vec<_>, String>>()?;
     for name in files.keys() {
         check_relative("files", name)?;
@@ -109,6 +117,7 @@ fn case(s: &Scenario, bindings: Vec<(String, String)>) -> Result<Case, String> {
         files,
         images,
         steps,
+        step_numbers,
     })
 }
 

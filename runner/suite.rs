@@ -116,6 +116,7 @@ pub fn run_job(job: &Job, backend: BackendKind, bless: bool, keep: bool) -> Opti
         elapsed: Duration::ZERO,
         actual: String::new(),
         kept: Vec::new(),
+        origins: Vec::new(),
     };
     let start = std::time::Instant::now();
     let ran =
@@ -135,7 +136,9 @@ pub fn run_job(job: &Job, backend: BackendKind, bless: bool, keep: bool) -> Opti
             output,
             elapsed,
             kept,
+            origins,
         } => {
+            record.origins = origins;
             record.elapsed = elapsed;
             record.kept = kept.iter().map(|k| k.display().to_string()).collect();
             record.status = match golden::judge(&job.entry.golden, &output, bless) {

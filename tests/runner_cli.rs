@@ -852,3 +852,33 @@ fn if_names_only_matrix_keys_and_values() {
     error: scenarios/value.yaml: steps[0].if: `event` is never `z` (its values are a, b)
     ");
 }
+
+#[test]
+fn a_failure_names_the_case_and_step_of_its_first_differing_line() {
+    let p = Project::new();
+    p.write(
+        "scenarios/m.yaml",
+        "description: m\nmatrix:\n  e: [a, b]\nsteps:\n  - echo: x ${e}\n  - if: {e: b}\n    echo: only b\n  - echo: tail\n",
+    );
+    p.write(
+        "golden/m.out",
+        "[case e=a]\nx a\ntail\n[case e=b]\nx b\nonly b\ntayl\n",
+    );
+    let r = p.run(&["scenarios"]);
+    assert_eq!(r.code, 1);
+    insta::assert_snapshot!(untimed(&r.stdout), @r"
+    FAIL m (T)
+        m
+        first difference at line 7: [case e=b] step 3 (echo)
+        --- golden/m.out
+        +++ actual
+        @@ -4,4 +4,4 @@
+         [case e=b]
+         x b
+         only b
+        -tayl
+        +tail
+        actual output kept in golden/m.out.new
+    0 passed, 1 failed, 0 skipped
+    ");
+}
