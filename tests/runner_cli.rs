@@ -650,6 +650,7 @@ fn a_read_only_golden_folder_fails_only_what_fails() {
     insta::assert_snapshot!(untimed(&r.stdout), @r"
     FAIL bad (T)
         says new
+        first difference at line 1: step 1 (echo)
         --- golden/bad.out
         +++ actual
         @@ -1 +1 @@
