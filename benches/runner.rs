@@ -12,6 +12,8 @@ mod backend_qemu;
 mod execute;
 #[path = "../runner/filters.rs"]
 mod filters;
+#[path = "../runner/interrupt.rs"]
+mod interrupt;
 #[path = "../runner/matrix.rs"]
 mod matrix;
 #[path = "../runner/scenario.rs"]
@@ -48,6 +50,7 @@ fn run_all(scenarios: &[(scenario::Scenario, Vec<matrix::Case>)], backend: Backe
         match execute::run(s, cases, "bench", backend, false) {
             execute::Outcome::Ran { output, .. } => assert!(!output.is_empty()),
             execute::Outcome::Skipped(r) => panic!("generated scenario skipped: {r}"),
+            execute::Outcome::Interrupted => panic!("no signal is sent here"),
         }
     }
     scenarios.len() as f64 / start.elapsed().as_secs_f64()
