@@ -883,3 +883,18 @@ fn a_failure_names_the_case_and_step_of_its_first_differing_line() {
     0 passed, 1 failed, 0 skipped
     ");
 }
+
+#[test]
+fn io_refuses_non_utf8_arguments_with_one_line() {
+    use std::os::unix::ffi::OsStrExt;
+    let p = Project::new();
+    let out = Command::new(env!("CARGO_BIN_EXE_blockfault"))
+        .args(["io", "-f", "raw", "-c", "read 0 1"])
+        .arg(std::ffi::OsStr::from_bytes(b"n\xffm.img"))
+        .current_dir(p.dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.stdout, b"");
+    insta::assert_snapshot!(String::from_utf8_lossy(&out.stderr), @r#"blockfault: argument 5 ("n\xFFm.img") is not UTF-8; `blockfault io` takes UTF-8 arguments and filenames only (QEMU takes any bytes)"#);
+}
