@@ -8,141 +8,11 @@ use super::driver::{Limits, ReqFlags};
 use super::file::FileDriver;
 use super::node::{Child, Node, OpenFlags};
 use super::raw::{PROBE_BUF_SIZE, RawDriver, probes_as_other_format};
-use crate::output::Console;
-use serde_json::{Map, Value};
-use std::path::{Path, PathBuf};
+use serde_json::Value;
 use std::rc::Rc;
 
-/// Blockdev options: a JSON object with QEMU's key names, nested (`{"file": {"driver": ...}}`).
-pub type Options = Map<String, Value>;
-
-/// Everything opening needs besides the options.
-pub struct OpenContext {
-    /// relative filenames are resolved against this directory
-    pub base_dir: PathBuf,
-    pub console: Rc<Console>,
-    pub flags: OpenFlags,
-    /// see [`crate::qemu_io::Invocation::skip_host_sync`]
-    pub skip_host_sync: bool,
-}
-
-impl OpenContext {
-    pub fn resolve(&self, name: &str) -> PathBuf {
-        let p = Path::new(name);
-        if p.is_absolute() {
-            p.to_path_buf()
-        } else {
-            self.base_dir.join(p)
-        }
-    }
-}
-
-/// Turns `a.b.c=v` keys into nested objects, as QEMU's option parsing accepts both spellings.
-pub fn nest_dotted(flat: Options) -> Options {
-    let mut out = Options::new();
-    for (key, value) in flat {
-        let value = match value {
-            Value::Object(m) => Value::Object(nest_dotted(m)),
-            v => v,
-        };
-        insert_path(&mut out, &key, value);
-    }
-    out
-}
-
-fn insert_path(map: &mut Options, key: &str, value: Value) {
-    match key.split_once('.') {
-        None => match (map.get_mut(key), value) {
-            (Some(Value::Object(existing)), Value::Object(new)) => {
-                for (k, v) in new {
-                    insert_path(existing, &k, v);
-                }
-            }
-            (_, value) => {
-                map.insert(key.to_string(), value);
-            }
-        },
-        Some((head, rest)) => {
-            let entry = map
-                .entry(head.to_string())
-                .or_insert_with(|| Value::Object(Options::new()));
-            if !entry.is_object() {
-                *entry = Value::Object(Options::new());
-            }
-            if let Value::Object(m) = entry {
-                insert_path(m, rest, value);
-            }
-        }
-    }
-}
-
-/// Options parsed from `k=v,k=v` text, with the deprecation warnings QEMU prints for them.
-#[derive(Debug, Default, PartialEq)]
-pub struct Keyval {
-    pub options: Options,
-    /// lines to print on stderr (after the program-name prefix), in order
-    pub warnings: Vec<String>,
-}
-
-/// Parses `k=v,k=v` as `--image-opts` and `open -o` take it (QEMU's QemuOpts syntax): `,,` is
-/// a literal comma, a bare `key` is a deprecated short form of `key=on` (`nokey`: `key=off`),
-/// and `id` must be an identifier.
-pub fn parse_keyval(text: &str) -> Result<Keyval, String> {
-    let mut parsed = Keyval::default();
-    let mut flat = Options::new();
-    let mut chars = text.chars().peekable();
-    while chars.peek().is_some() {
-        let mut key = String::new();
-        while let Some(&c) = chars.peek() {
-            if c == '=' || c == ',' {
-                break;
-            }
-            key.push(c);
-            chars.next();
-        }
-        let value = if chars.peek() == Some(&'=') {
-            chars.next();
-            let mut value = String::new();
-            while let Some(c) = chars.next() {
-                if c == ',' {
-                    if chars.peek() == Some(&',') {
-                        chars.next();
-                        value.push(',');
-                        continue;
-                    }
-                    break;
-                }
-                value.push(c);
-            }
-            value
-        } else {
-            chars.next();
-            let (name, value) = match key.strip_prefix("no") {
-                Some(rest) => (rest.to_string(), "off"),
-                None => (key.clone(), "on"),
-            };
-            parsed.warnings.push(format!(
-                "warning: short-form boolean option '{key}' deprecated\nPlease use {name}={value} instead"
-            ));
-            key = name;
-            value.to_string()
-        };
-        // QemuOpts checks the id's form; the id itself then reaches the driver like any option.
-        if key == "id" && !is_identifier(&value) {
-            return Err("Parameter 'id' expects an identifier\nIdentifiers consist of letters, digits, '-', '.', '_', starting with a letter.".into());
-        }
-        flat.insert(key, Value::String(value));
-    }
-    parsed.options = nest_dotted(flat);
-    Ok(parsed)
-}
-
-/// QEMU's id_wellformed: a letter, then letters, digits, `-`, `.` or `_`.
-fn is_identifier(id: &str) -> bool {
-    let mut chars = id.chars();
-    chars.next().is_some_and(|c| c.is_ascii_alphabetic())
-        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
-}
+use super::options::scalar_string;
+pub use super::options::{Keyval, OpenContext, Options, nest_dotted, parse_keyval};
 
 /// blkdebug's `take-child-perms`/`unshare-child-perms`: a list of permission names.
 fn check_permissions(v: &Value) -> Result<(), String> {
@@ -175,16 +45,6 @@ fn parse_json_filename(text: &str) -> Result<Options, String> {
     match value {
         Value::Object(m) => Ok(nest_dotted(m)),
         _ => Err("Invalid JSON object given".to_string()),
-    }
-}
-
-/// A scalar option as QEMU sees it after converting JSON scalars to strings.
-fn scalar_string(v: &Value) -> Option<String> {
-    match v {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        Value::Bool(b) => Some(if *b { "on" } else { "off" }.to_string()),
-        _ => None,
     }
 }
 
@@ -752,39 +612,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn dotted_keys_nest_and_merge_with_nested_ones() {
-        let flat =
-            parse_keyval("driver=raw,file.driver=blkdebug,file.image.filename=a,,b").unwrap();
-        assert!(flat.warnings.is_empty());
-        assert_eq!(
-            Value::Object(flat.options),
-            serde_json::json!({"driver": "raw", "file": {"driver": "blkdebug", "image": {"filename": "a,b"}}})
-        );
-    }
-
-    #[test]
-    fn bare_keys_are_deprecated_booleans_and_ids_must_be_identifiers() {
-        let parsed = parse_keyval("ro,nocache=x,noauto").unwrap();
-        assert_eq!(
-            Value::Object(parsed.options),
-            serde_json::json!({"ro": "on", "nocache": "x", "auto": "off"})
-        );
-        assert_eq!(
-            parsed.warnings,
-            [
-                "warning: short-form boolean option 'ro' deprecated\nPlease use ro=on instead",
-                "warning: short-form boolean option 'noauto' deprecated\nPlease use auto=off instead",
-            ]
-        );
-        assert!(
-            parse_keyval("id=1x")
-                .unwrap_err()
-                .starts_with("Parameter 'id' expects an identifier")
-        );
-        assert!(parse_keyval("id=x1").is_ok());
-    }
-
-    #[test]
     fn qcow_version_1_is_refused_by_name() {
         let dir = tempfile::tempdir().unwrap();
         let mut head = vec![0u8; 4096];
@@ -792,7 +619,7 @@ mod tests {
         std::fs::write(dir.path().join("v1.qcow"), head).unwrap();
         let ctx = OpenContext {
             base_dir: dir.path().to_path_buf(),
-            console: Console::new(std::rc::Rc::new(std::cell::RefCell::new(
+            console: crate::output::Console::new(std::rc::Rc::new(std::cell::RefCell::new(
                 crate::output::Capture::default(),
             ))),
             flags: OpenFlags::default(),

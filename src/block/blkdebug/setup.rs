@@ -6,7 +6,7 @@ use super::rules::{OpenFailure, RuleSpec, option_left_unconsumed, read_config};
 use super::{BlkDebug, InjectError};
 use crate::block::driver::Limits;
 use crate::block::node::Node;
-use crate::block::open::{OpenContext, Options};
+use crate::block::options::{OpenContext, Options};
 use std::rc::Rc;
 
 /// Why QEMU would abort (an error set twice on one error variable): we fail the open instead.

@@ -17,7 +17,7 @@ use crate::block::driver::ReqFlags;
 use crate::block::executor::block_on;
 use crate::block::io;
 use crate::block::node::Node;
-use crate::block::open::{OpenContext, Options};
+use crate::block::options::{OpenContext, Options};
 use serde_json::Value;
 use std::cell::RefCell;
 use std::rc::Rc;
