@@ -268,7 +268,7 @@ pub fn scalar_string(v: &Value) -> Option<String> {
 /// A non-empty object or list: what QEMU's flattening turns into `key.sub` options.
 pub fn is_nonempty_container(v: &Value) -> bool {
     match v {
-        Value::Object(m) => !m.is_empty() && !(m.len() == 1 && m.contains_key("")),
+        Value::Object(m) => m.keys().any(|k| !k.is_empty()),
         Value::Array(a) => !a.is_empty(),
         _ => false,
     }
