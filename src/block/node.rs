@@ -17,6 +17,20 @@ pub struct Child {
     pub primary: bool,
 }
 
+/// QEMU's BdrvChildRole: what a parent uses a child for, which decides what the child
+/// inherits from it and whether its format is probed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChildRole {
+    /// a filter's child (blkdebug's image, blkverify's raw): probed as its parent was
+    Filtered,
+    /// data of a node that is no format (blkverify's test): probed
+    Data,
+    /// a format's image file (qcow2's and raw's file): a protocol node, never probed
+    Image,
+    /// a backing file: read-only unless told otherwise, probed
+    Cow,
+}
+
 /// Node-level open flags that change request handling.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct OpenFlags {
@@ -29,6 +43,18 @@ pub struct OpenFlags {
     pub direct: bool,
     /// `aio=native` (qemu-io `-k`, `-i native`), which the file driver refuses without O_DIRECT
     pub native_aio: bool,
+    /// qemu-io `-C` (QEMU's BDRV_O_COPY_ON_READ): only the top node has it
+    pub copy_on_read: bool,
+}
+
+/// The `detect-zeroes` option: writes of a zeroed buffer become zero writes (`unmap`: that may
+/// unmap), decided per node in QEMU's bdrv_aligned_pwritev.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DetectZeroes {
+    #[default]
+    Off,
+    On,
+    Unmap,
 }
 
 pub struct Node {
@@ -40,6 +66,9 @@ pub struct Node {
     pub flags: OpenFlags,
     /// the filename QEMU would show for this node
     pub filename: String,
+    /// the `node-name` option, if given
+    pub node_name: Option<String>,
+    pub detect_zeroes: DetectZeroes,
     pub(crate) caps: Capabilities,
     pub(crate) write_gen: Cell<u64>,
     pub(crate) flushed_gen: Cell<u64>,
@@ -66,6 +95,8 @@ impl Node {
             supported_zero_flags: ReqFlags::NONE,
             flags: OpenFlags::default(),
             filename,
+            node_name: None,
+            detect_zeroes: DetectZeroes::Off,
             caps,
             write_gen: Cell::new(0),
             flushed_gen: Cell::new(0),

@@ -8,7 +8,7 @@
 //! text of `--image-opts` and `open -o`, and QemuOpts' typing of option values (bool, number,
 //! size) with QEMU's messages, in QDict iteration order where QEMU validates in that order.
 
-use super::node::OpenFlags;
+use super::node::{ChildRole, Node, OpenFlags};
 use crate::output::Console;
 use crate::qemu_io::numbers::{NumError, strtosz};
 use serde_json::{Map, Number, Value};
@@ -19,6 +19,7 @@ use std::rc::Rc;
 pub type Options = Map<String, Value>;
 
 /// Everything opening needs besides the options.
+#[derive(Clone)]
 pub struct OpenContext {
     /// relative filenames are resolved against this directory
     pub base_dir: PathBuf,
@@ -38,6 +39,20 @@ impl OpenContext {
             self.base_dir.join(p)
         }
     }
+}
+
+/// Opens a node's children for its driver (QEMU's bdrv_open_child): drivers get one, so they
+/// need not know how the graph is built.
+pub trait OpenChild {
+    /// The child `key`: from its options (`key.*`) or a node reference (`key=NAME`) in `opts`,
+    /// else from `filename`. Consumes what it used.
+    fn open_child(
+        &self,
+        opts: &mut Options,
+        key: &str,
+        filename: Option<String>,
+        role: ChildRole,
+    ) -> Result<Rc<Node>, String>;
 }
 
 /// Turns `a.b.c=v` keys into nested objects, as QEMU's option parsing accepts both spellings.

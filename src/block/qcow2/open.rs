@@ -13,10 +13,10 @@ use super::lock::CoMutex;
 use super::refcount::max_used_index;
 use super::state::{State, refcount_max};
 use crate::block::blkdebug::events::Event;
-use crate::block::driver::ReqFlags;
+use crate::block::driver::{Limits, ReqFlags};
 use crate::block::executor::block_on;
 use crate::block::io;
-use crate::block::node::Node;
+use crate::block::node::{Child, Node};
 use crate::block::options::{OpenContext, Options};
 use serde_json::Value;
 use std::cell::RefCell;
@@ -69,6 +69,39 @@ fn take_size(opts: &mut Options, key: &str) -> Result<Option<u64>, String> {
         .and_then(|n| n.checked_mul(mult))
         .map(Some)
         .ok_or(format!("Parameter '{key}' expects a non-negative number below 2^64\nOptional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\nand exabytes, respectively.\n"))
+}
+
+/// The backing file an image names, and its format (backing format extension).
+pub type BackingName = Option<(String, Option<String>)>;
+
+/// Opens a qcow2 node over its file (QEMU's qcow2_open): the node, whose backing child is the
+/// caller's to add, its limits and the backing file the image names.
+pub fn open_node(
+    file: Rc<Node>,
+    opts: &mut Options,
+    ctx: &OpenContext,
+) -> Result<(Node, Limits, BackingName), String> {
+    let opened = open_image(&file, opts, ctx)?;
+    let children = vec![Child {
+        name: "file",
+        node: file.clone(),
+        writable: !ctx.flags.read_only,
+        primary: true,
+    }];
+    let cs = opened.cluster_size;
+    let v3 = opened.version >= 3;
+    let mut node = Node::new(Box::new(opened.driver), children, file.filename.clone());
+    node.supported_zero_flags = if v3 {
+        ReqFlags::MAY_UNMAP.with(ReqFlags::NO_FALLBACK)
+    } else {
+        ReqFlags::NONE
+    };
+    let limits = Limits {
+        pwrite_zeroes_alignment: cs,
+        pdiscard_alignment: cs,
+        ..Limits::default()
+    };
+    Ok((node, limits, opened.backing))
 }
 
 /// Opens the qcow2 image in `file`. `opts` holds the qcow2 runtime options (consumed).
