@@ -291,10 +291,11 @@ impl Session {
         request: impl Future<Output = T> + 'static,
         done: impl FnOnce(T) + 'static,
     ) {
+        type Done<T> = Box<dyn FnOnce(T)>;
         struct Aio<T> {
             has_returned: std::cell::Cell<bool>,
             result: RefCell<Option<T>>,
-            done: RefCell<Option<Box<dyn FnOnce(T)>>>,
+            done: RefCell<Option<Done<T>>>,
         }
         let aio = Rc::new(Aio {
             has_returned: std::cell::Cell::new(false),

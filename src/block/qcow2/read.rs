@@ -11,6 +11,9 @@ use crate::block::node::Node;
 use std::cell::RefCell;
 use std::rc::Rc;
 
+/// A chunk a parallel read task read: where it goes in the caller's buffer, and the bytes.
+type ReadPart = (usize, Vec<u8>);
+
 impl Qcow2 {
     /// QEMU's qcow2_co_preadv_part: zero and unallocated chunks are filled in place; every
     /// other chunk is read by a task, in parallel (an AioTaskPool) when the request needs
@@ -19,7 +22,7 @@ impl Qcow2 {
         self.check_alive()?;
         let mut pool: Option<Rc<TaskPool>> = None;
         // what the parallel tasks read, copied into `buf` once they are all done
-        let parts: Rc<RefCell<Vec<(usize, Vec<u8>)>>> = Rc::default();
+        let parts: Rc<RefCell<Vec<ReadPart>>> = Rc::default();
         let mut done = 0usize;
         let mut ret = Ok(());
         while done < buf.len() && pool.as_ref().map_or(Ok(()), |p| p.status()).is_ok() {
