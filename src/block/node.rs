@@ -4,6 +4,7 @@
 use super::blkdebug::events::Event;
 use super::driver::{BlockDriver, Capabilities, IoResult, Limits, ReqFlags};
 use super::executor::Gate;
+use super::perms::Perms;
 use std::cell::{Cell, RefCell};
 use std::rc::{Rc, Weak};
 
@@ -15,19 +16,24 @@ pub struct Child {
     pub writable: bool,
     /// QEMU's primary child: `bs->file` of formats and filters; flush events are raised on it
     pub primary: bool,
+    /// what the parent uses the child for, which decides the permissions it takes on it
+    pub role: ChildRole,
+    /// permissions taken on the child whatever the parent's own (blkdebug's take-child-perms)
+    pub extra_perms: Perms,
 }
 
-/// QEMU's BdrvChildRole: what a parent uses a child for, which decides what the child
-/// inherits from it and whether its format is probed.
+/// QEMU's BdrvChildRole: what a parent uses a child for, which decides the permissions it
+/// takes on it, what the child inherits from it and whether its format is probed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ChildRole {
-    /// a filter's child (blkdebug's image, blkverify's raw): probed as its parent was
+    /// a filter's child (raw without offset/size, blkdebug's image, blkverify's raw): the
+    /// parent's permissions pass through unchanged; probed as its parent was
     Filtered,
-    /// data of a node that is no format (blkverify's test): probed
+    /// guest data only (blkverify's test): writing it may grow it; probed
     Data,
-    /// a format's image file (qcow2's and raw's file): a protocol node, never probed
+    /// a format's image file (qcow2's file): data and metadata; a protocol node, never probed
     Image,
-    /// a backing file: read-only unless told otherwise, probed
+    /// a backing file: only ever read; read-only unless told otherwise, probed
     Cow,
 }
 
@@ -70,6 +76,8 @@ pub struct Node {
     pub node_name: Option<String>,
     pub detect_zeroes: DetectZeroes,
     pub(crate) caps: Capabilities,
+    /// the permissions the node's parents hold on it, as of the last refresh
+    pub perms: Cell<Perms>,
     pub(crate) write_gen: Cell<u64>,
     pub(crate) flushed_gen: Cell<u64>,
     pub(crate) flush_active: Cell<bool>,
@@ -82,6 +90,8 @@ pub struct Node {
     /// requests in flight on this node, newest first (see `tracked`)
     pub(crate) tracked: RefCell<Vec<Rc<super::tracked::Tracked>>>,
     pub(crate) serialising_in_flight: Cell<usize>,
+    /// reads here copy what they find below (QEMU's bs->copy_on_read, qemu-io's `-C`)
+    pub copy_on_read: Cell<bool>,
 }
 
 impl Node {
@@ -98,6 +108,7 @@ impl Node {
             node_name: None,
             detect_zeroes: DetectZeroes::Off,
             caps,
+            perms: Cell::new(Perms::NONE),
             write_gen: Cell::new(0),
             flushed_gen: Cell::new(0),
             flush_active: Cell::new(false),
@@ -106,6 +117,7 @@ impl Node {
             total_sectors: Cell::new(0),
             tracked: RefCell::new(Vec::new()),
             serialising_in_flight: Cell::new(0),
+            copy_on_read: Cell::new(false),
         }
     }
 

@@ -13,12 +13,14 @@
 
 use super::blkdebug::events::Event;
 use super::driver::{Limits, ReqFlags};
-use super::file::FileDriver;
+use super::file::{FileDriver, HostKind};
+use super::json_filename;
 use super::node::{Child, ChildRole, DetectZeroes, Node, OpenFlags};
 use super::options::{
     OpenChild, OptType, absorb, copy_default, first_leftover, get_flat, put_flat, set_default,
     take_flat,
 };
+use super::perms::Perms;
 use super::raw::{PROBE_BUF_SIZE, probes_as_other_format};
 use serde_json::Value;
 use std::cell::RefCell;
@@ -30,20 +32,28 @@ pub use super::options::{Keyval, OpenContext, Options, nest_dotted, parse_keyval
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Driver {
     File,
+    HostDevice,
+    HostCdrom,
     Raw,
     Qcow2,
     Blkdebug,
     Blkverify,
+    CopyOnRead,
+    Compress,
 }
 
 impl Driver {
     fn by_name(name: &str) -> Option<Driver> {
         Some(match name {
             "file" => Driver::File,
+            "host_device" => Driver::HostDevice,
+            "host_cdrom" => Driver::HostCdrom,
             "raw" => Driver::Raw,
             "qcow2" => Driver::Qcow2,
             "blkdebug" => Driver::Blkdebug,
             "blkverify" => Driver::Blkverify,
+            "copy-on-read" => Driver::CopyOnRead,
+            "compress" => Driver::Compress,
             _ => return None,
         })
     }
@@ -51,16 +61,32 @@ impl Driver {
     fn name(self) -> &'static str {
         match self {
             Driver::File => "file",
+            Driver::HostDevice => "host_device",
+            Driver::HostCdrom => "host_cdrom",
             Driver::Raw => "raw",
             Driver::Qcow2 => "qcow2",
             Driver::Blkdebug => "blkdebug",
             Driver::Blkverify => "blkverify",
+            Driver::CopyOnRead => "copy-on-read",
+            Driver::Compress => "compress",
         }
     }
 
     /// Opened as a protocol node (QEMU's drivers with bdrv_file_open).
     fn is_protocol(self) -> bool {
-        matches!(self, Driver::File | Driver::Blkdebug | Driver::Blkverify)
+        matches!(
+            self,
+            Driver::File
+                | Driver::HostDevice
+                | Driver::HostCdrom
+                | Driver::Blkdebug
+                | Driver::Blkverify
+        )
+    }
+
+    /// file-posix's drivers, which need a filename (bdrv_needs_filename).
+    fn host_kind(self) -> Option<HostKind> {
+        HostKind::from_driver(self.name())
     }
 
     fn is_format(self) -> bool {
@@ -78,11 +104,12 @@ impl Driver {
             put_flat(opts, key, Value::String(v.to_string()));
         };
         match self {
-            Driver::File => {
+            Driver::File | Driver::HostDevice | Driver::HostCdrom => {
+                let prefix = format!("{}:", self.name());
                 put(
                     opts,
                     "filename",
-                    filename.strip_prefix("file:").unwrap_or(filename),
+                    filename.strip_prefix(&prefix).unwrap_or(filename),
                 );
                 return Ok(());
             }
@@ -108,7 +135,7 @@ impl Driver {
                     put(opts, "x-image", test);
                 }
             },
-            Driver::Raw | Driver::Qcow2 => return Ok(()),
+            Driver::Raw | Driver::Qcow2 | Driver::CopyOnRead | Driver::Compress => return Ok(()),
         }
         take_flat(opts, "filename");
         Ok(())
@@ -143,21 +170,10 @@ fn protocol_of(filename: &str) -> Result<Option<&'static str>, String> {
     }
 }
 
-fn parse_json_filename(text: &str) -> Result<Options, String> {
-    let value: Value = serde_json::from_str(text).map_err(|e| {
-        // QEMU's own JSON lexer words its errors differently; the common case is input that
-        // ends early.
-        let why = if e.is_eof() {
-            "premature EOI".to_string()
-        } else {
-            e.to_string()
-        };
-        format!("Could not parse the JSON options: JSON parse error, {why}")
-    })?;
-    match value {
-        Value::Object(m) => Ok(nest_dotted(m)),
-        _ => Err("Invalid JSON object given".to_string()),
-    }
+/// QEMU's `path_has_protocol`: a `:` before any `/`.
+pub fn has_protocol(name: &str) -> bool {
+    name.find([':', '/'])
+        .is_some_and(|i| name.as_bytes()[i] == b':')
 }
 
 /// The block layer's own options, taken before the driver's (QEMU's bdrv_runtime_opts).
@@ -328,10 +344,7 @@ impl Walk<'_> {
         let mut filename = filename;
         // json: options count as given beside the filename, with lower priority.
         if let Some(json) = filename.as_deref().and_then(|f| f.strip_prefix("json:")) {
-            let parsed = parse_json_filename(json)?;
-            for (k, v) in parsed {
-                opts.entry(k).or_insert(v);
-            }
+            json_filename::join(&mut opts, json_filename::parse(json)?);
             filename = None;
         }
         let mut flags = match &parent {
@@ -436,10 +449,13 @@ impl Walk<'_> {
         }
         let shown_name = match &file {
             Some(f) => Some(f.filename.clone()),
-            None => given_filename.filter(|_| driver == Driver::File),
+            None => given_filename,
         };
-        if driver == Driver::File && shown_name.as_deref().is_none_or(str::is_empty) {
-            return Err("The 'file' block driver requires a file name".into());
+        if driver.host_kind().is_some() && shown_name.as_deref().is_none_or(str::is_empty) {
+            return Err(format!(
+                "The '{}' block driver requires a file name",
+                driver.name()
+            ));
         }
         if flags.node.copy_on_read && flags.node.read_only {
             return Err("Can't use copy-on-read on read-only device".into());
@@ -473,11 +489,21 @@ impl Walk<'_> {
         };
         let missing_file = || "A block device must be specified for \"file\"".to_string();
         let (mut node, limits, backing_name) = match driver {
-            Driver::File => (
-                super::file::open_node(&mut opts, &flags.node, &nctx)?,
-                Limits::default(),
-                None,
-            ),
+            Driver::File | Driver::HostDevice | Driver::HostCdrom => {
+                let kind = driver.host_kind().expect("one of file-posix's drivers");
+                let (node, limits) = super::file::open_node(kind, &mut opts, &flags.node, &nctx)?;
+                (node, limits, None)
+            }
+            Driver::CopyOnRead => {
+                let file = file.ok_or_else(missing_file)?;
+                let node = super::copy_on_read::open_node(file, &mut opts, flags.node.read_only)?;
+                (node, Limits::default(), None)
+            }
+            Driver::Compress => {
+                let file = file.ok_or_else(missing_file)?;
+                let (node, limits) = super::compress::open_node(file)?;
+                (node, limits, None)
+            }
             Driver::Raw => {
                 let file = file.ok_or_else(missing_file)?;
                 let (node, limits) = super::raw::open_node(
@@ -520,6 +546,8 @@ impl Walk<'_> {
                     node: b,
                     writable: false,
                     primary: false,
+                    role: ChildRole::Cow,
+                    extra_perms: Perms::NONE,
                 });
             }
         }
@@ -585,7 +613,8 @@ impl Walk<'_> {
             return Ok(None);
         } else {
             image_backing.as_ref().map(|(name, _)| {
-                if name.starts_with('/') || protocol_of(name).ok().flatten().is_some() {
+                // A name with a protocol prefix (`json:{...}` too) is used as it is.
+                if name.starts_with('/') || has_protocol(name) {
                     name.clone()
                 } else {
                     format!("{}{}", dir_prefix(&bottom_filename(node)), name)
@@ -697,15 +726,25 @@ pub fn open_drive(
     walk.open(filename.map(str::to_string), None, options, None)
 }
 
-/// The end of QEMU's bdrv_open_driver: the node's limits (some default to its primary
-/// child's, as bdrv_refresh_limits has it) and its length.
+/// The end of QEMU's bdrv_open_driver: the node's limits and its length. Some limits default
+/// to the children's (QEMU's bdrv_refresh_limits with bdrv_merge_limits: the largest discard
+/// alignment, the smallest transfer limit), and the driver's own setting overrides them.
 fn finish(mut node: Node, own: Limits) -> Rc<Node> {
     let mut limits = own;
-    if let Some(file) = node.primary_child() {
-        // The driver's own setting overrides the inherited one.
-        if limits.max_transfer == 0 {
-            limits.max_transfer = file.limits.max_transfer;
-        }
+    let (mut discard_alignment, mut max_transfer) = (0, 0);
+    for child in &node.children {
+        let l = &child.node.limits;
+        discard_alignment = discard_alignment.max(l.pdiscard_alignment);
+        max_transfer = match (max_transfer, l.max_transfer) {
+            (0, m) | (m, 0) => m,
+            (a, b) => a.min(b),
+        };
+    }
+    if limits.max_transfer == 0 {
+        limits.max_transfer = max_transfer;
+    }
+    if limits.pdiscard_alignment == 0 {
+        limits.pdiscard_alignment = discard_alignment;
     }
     node.limits = limits;
     let node = node.into_rc();
@@ -764,7 +803,9 @@ pub fn open_temp_snapshot(root: Rc<Node>, ctx: &OpenContext) -> Result<Rc<Node>,
         skip_host_sync: true,
         ..ctx.clone()
     };
-    let driver = FileDriver::open(&path, &name, false, false)
+    // QEMU's overlay inherits cache.direct, but its alignment is invisible in a file that is
+    // deleted at close.
+    let driver = FileDriver::open(HostKind::File, &path, &name, false, false, false)
         .map(|d| d.delete_on_close(path.clone()))
         .inspect_err(|_| {
             let _ = std::fs::remove_file(&path);
@@ -784,6 +825,8 @@ pub fn open_temp_snapshot(root: Rc<Node>, ctx: &OpenContext) -> Result<Rc<Node>,
         node: root,
         writable: false,
         primary: false,
+        role: ChildRole::Cow,
+        extra_perms: Perms::NONE,
     });
     Ok(finish(node, limits))
 }
@@ -811,6 +854,14 @@ mod tests {
             err.as_deref(),
             Some("qcow (version 1) images are not supported by this engine")
         );
+    }
+
+    #[test]
+    fn path_has_protocol() {
+        assert!(has_protocol("json:{'a': 'b/c'}"));
+        assert!(has_protocol("foo:bar"));
+        assert!(!has_protocol("a/json:{}"));
+        assert!(!has_protocol("plain.img"));
     }
 
     #[test]

@@ -6,8 +6,9 @@ use super::driver::{
     BlockDriver, BlockStatus, BoxFut, Capabilities, IoResult, Limits, ReqFlags, status,
 };
 use super::io;
-use super::node::{Child, Node};
+use super::node::{Child, ChildRole, Node};
 use super::options::{OptType, Options, absorb};
+use super::perms::Perms;
 use crate::output::Console;
 use std::cell::Cell;
 use std::rc::Rc;
@@ -98,6 +99,9 @@ pub fn open_node(
             node: file.clone(),
             writable: true,
             primary: true,
+            // raw passes on what its parents hold, with or without offset and size
+            role: ChildRole::Filtered,
+            extra_perms: Perms::NONE,
         }],
         name,
     );
@@ -135,6 +139,7 @@ impl BlockDriver for RawDriver {
             pdiscard: true,
             block_status: true,
             truncate: true,
+            truncate_prealloc: true,
             ..Capabilities::default()
         }
     }
@@ -207,6 +212,18 @@ impl BlockDriver for RawDriver {
     }
 
     fn truncate<'a>(&'a self, node: &'a Node, size: u64) -> BoxFut<'a, Result<(), String>> {
+        self.truncate_prealloc(node, size, "off")
+    }
+
+    /// QEMU's raw_co_truncate: only an image without a fixed size grows or shrinks, its file
+    /// moving by the offset. The mode goes down with the size: the file below decides against
+    /// its exact length (a sector-rounded one would refuse growing a 1000-byte file to 1010).
+    fn truncate_prealloc<'a>(
+        &'a self,
+        node: &'a Node,
+        size: u64,
+        prealloc: &'a str,
+    ) -> BoxFut<'a, Result<(), String>> {
         Box::pin(async move {
             if self.has_size {
                 return Err("Cannot resize fixed-size raw disks".into());
@@ -216,7 +233,7 @@ impl BlockDriver for RawDriver {
                 .filter(|&v| v <= i64::MAX as u64)
                 .ok_or("Disk size too large for the chosen offset")?;
             self.size.set(size);
-            io::truncate(node.file(), at).await
+            io::truncate_prealloc(node.file(), at, prealloc).await
         })
     }
 

@@ -6,6 +6,7 @@ use crate::block::backend::BlockBackend;
 use crate::block::executor::Executor;
 use crate::block::node::OpenFlags;
 use crate::block::open::{OpenContext, Options, open_drive};
+use crate::block::perms::{self, Perms};
 use crate::output::Console;
 use std::cell::RefCell;
 use std::future::Future;
@@ -185,16 +186,27 @@ impl Session {
             req.options
                 .insert("force-share".into(), serde_json::Value::Bool(true));
         }
-        let opened = self.open_tree(&req);
+        // The user takes WRITE unless read-only; the graph must grant it (blk_new_open).
+        let held = if req.read_only {
+            Perms::NONE
+        } else {
+            Perms::WRITE
+        };
+        let opened = self.open_tree(&req).and_then(|root| {
+            // qemu-io asks the node: `-r` with `read-only=off` is writable.
+            let read_only = root.flags.read_only;
+            perms::refresh(&root, held, read_only).map(|()| root)
+        });
         match opened {
             Ok(root) => {
-                // qemu-io asks the node: `-r` with `read-only=off` is writable.
+                // bdrv_enable_copy_on_read on the top node only: children never copy
+                root.copy_on_read.set(req.copy_on_read);
                 let read_only = root.flags.read_only;
                 self.blk = Some(Rc::new(BlockBackend {
                     root,
                     writethrough: std::cell::Cell::new(req.writethrough),
                     read_only: std::cell::Cell::new(read_only),
-                    copy_on_read: req.copy_on_read,
+                    perms: std::cell::Cell::new(held),
                 }));
                 true
             }
@@ -291,11 +303,11 @@ impl Session {
         request: impl Future<Output = T> + 'static,
         done: impl FnOnce(T) + 'static,
     ) {
-        type Done<T> = Box<dyn FnOnce(T)>;
+        type Report<T> = Box<dyn FnOnce(T)>;
         struct Aio<T> {
             has_returned: std::cell::Cell<bool>,
             result: RefCell<Option<T>>,
-            done: RefCell<Option<Done<T>>>,
+            done: RefCell<Option<Report<T>>>,
         }
         let aio = Rc::new(Aio {
             has_returned: std::cell::Cell::new(false),
@@ -388,11 +400,31 @@ impl Session {
             ));
             return -libc::ENOTSUP;
         }
-        if spec.needs_write && self.blk.as_ref().is_some_and(|b| b.read_only.get()) {
-            self.report("Block node is read-only");
+        if let Err(e) = self.take_perms(spec) {
+            self.report(&e);
             return -libc::EPERM;
         }
         commands::dispatch(self, spec, &argv)
+    }
+
+    /// Takes, for good, the permissions a command needs (qemu-io's blk_set_perm before the
+    /// command runs), checking the whole graph again.
+    fn take_perms(&self, spec: &CommandSpec) -> Result<(), String> {
+        let Some(b) = &self.blk else {
+            return Ok(());
+        };
+        let wanted = Perms {
+            write: spec.needs_write,
+            resize: spec.needs_resize,
+        };
+        let held = b.perms.get();
+        if held.contains(wanted) {
+            return Ok(());
+        }
+        let new = held.union(wanted);
+        perms::refresh(&b.root, new, b.read_only.get())?;
+        b.perms.set(new);
+        Ok(())
     }
 
     pub fn usage(&self, spec: &CommandSpec) {

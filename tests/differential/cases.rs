@@ -83,6 +83,13 @@ pub fn all() -> Vec<Case> {
     v.extend(blkverify());
     v.extend(open_errors());
     v.extend(command_line());
+    v.extend(json_dialect());
+    v.extend(permissions());
+    v.extend(sector_sizes());
+    v.extend(blkverify_resize());
+    v.extend(map_errors());
+    v.extend(padding_survivors());
+    v.extend(direct_io());
     v.extend(open_options());
     v
 }
@@ -1633,8 +1640,7 @@ fn open_errors() -> Vec<Case> {
     ]
 }
 
-// ==== qemu-io's own command line (every option of QEMU 10.0.2's qemu-io) ======================
-
+// ==== qemu-io's own command line (every option of QEMU 10.0.2's qemu-io) ========
 /// `qemu-io ARGS` exactly as written.
 fn argv(name: &str, args: &[&str]) -> Case {
     case(name, args)
@@ -2245,6 +2251,767 @@ fn command_line() -> Vec<Case> {
         ],
     ));
     v
+}
+
+// ---- json: filenames in QEMU's JSON dialect --------------------------------------------------
+// How QEMU parses, flattens and types the options of a `json:` filename: each parser error
+// text, the accepted extensions (single quotes, `\'`, whitespace and newlines), which of a dotted
+// and a nested spelling wins, and what JSON types QEMU takes where strings are expected.
+
+/// `json:{"driver":"raw","file":{"driver":"file","filename":<filename>}}`
+fn json_file(filename: &str) -> String {
+    format!(r#"json:{{"driver":"raw","file":{{"driver":"file","filename":{filename}}}}}"#)
+}
+
+/// A 1 MiB qcow2 image (no data) whose header names `backing` as its backing file.
+fn qcow2_with_backing(backing: &str) -> Vec<u8> {
+    use blockfault::img::qcow2::create::{CreateSpec, build};
+    let spec = CreateSpec {
+        size: 1 << 20,
+        backing_file: Some(backing.to_string()),
+        ..CreateSpec::default()
+    };
+    let file = tempfile::tempfile().unwrap();
+    build(&spec).unwrap().write_to(&file).unwrap();
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::BufReader::new(&file), &mut bytes).unwrap();
+    bytes
+}
+
+fn json_dialect() -> Vec<Case> {
+    let json = |name: &str, drive: &str| on(name, &[], &["read -P 0 0 512"], drive);
+    let mut v = vec![
+        // Accepted forms.
+        json(
+            "jsond_single_quotes",
+            "json:{'driver':'raw','file':{'driver':'file','filename':'img.raw'}}",
+        ),
+        json(
+            "jsond_whitespace_and_newlines",
+            "json:\n {\t\"driver\" :\r\n'raw' ,\n \"file\": {\"driver\": \"file\",\n  \"filename\": \"img.raw\"}\n}\n\t ",
+        ),
+        json("jsond_escape_unicode", &json_file(r#""img\u002eraw""#)),
+        json("jsond_escape_solidus", &json_file(r#""img\/raw""#)),
+        json("jsond_escape_apostrophe", &json_file(r"'img\'.raw'")),
+        json("jsond_escape_apostrophe_dq", &json_file(r#""img\'.raw""#)),
+        json("jsond_quote_in_single_quotes", &json_file(r#"'im"g.raw'"#)),
+        json("jsond_escape_controls", &json_file(r#""a\tb\n\r\b\f""#)),
+        json("jsond_escape_pair", &json_file(r#""\uD83D\uDE00\u00e9""#)),
+        json("jsond_raw_utf8", &json_file("\"é😀\"")),
+        json("jsond_percent", &json_file(r#""100%d""#)),
+        // Parse errors, each of QEMU's texts.
+        json("jsond_empty", "json:"),
+        json("jsond_blank", "json: \n\t"),
+        json("jsond_eoi_object", r#"json:{"driver":"raw""#),
+        json("jsond_eoi_list", r#"json:{"a":[1,"#),
+        json("jsond_eoi_string", r#"json:{"a":"abc"#),
+        json(
+            "jsond_trailing_garbage",
+            &format!("{} x", json_file(r#""img.raw""#)),
+        ),
+        json("jsond_trailing_brace", r#"json:{"a":1}}"#),
+        json("jsond_second_value", r#"json:{} {}"#),
+        json("jsond_not_object_list", "json:[1]"),
+        json("jsond_not_object_string", "json:'x'"),
+        json("jsond_not_object_null", "json:null"),
+        json("jsond_stray_char", r#"json:{"a":@}"#),
+        json("jsond_stray_capital", r#"json:{"a":True}"#),
+        json("jsond_stray_interpolation", r#"json:{"a":%d}"#),
+        json("jsond_stray_leading_zero", r#"json:{"a":01}"#),
+        json("jsond_stray_sign", r#"json:{"a":-}"#),
+        json("jsond_stray_plus", r#"json:{"a":+1}"#),
+        json("jsond_stray_point", r#"json:{"a":1.}"#),
+        json("jsond_stray_exponent", r#"json:{"a":1e}"#),
+        json("jsond_stray_control_in_string", "json:{\"a\":\"a\tb\"}"),
+        json("jsond_zero_exponent", r#"json:{"a":[0e5]}"#),
+        json("jsond_invalid_keyword", r#"json:{"a":tru}"#),
+        json("jsond_missing_colon", r#"json:{"a" 1}"#),
+        json("jsond_key_not_string", r#"json:{1:1}"#),
+        json("jsond_expected_separator_dict", r#"json:{"a":1 "b":2}"#),
+        json("jsond_expected_separator_list", r#"json:{"a":[1 2]}"#),
+        json("jsond_expecting_value", r#"json:{"a":[1,]}"#),
+        json("jsond_expecting_value_close", "json:}"),
+        json("jsond_open_bracket_close_brace", r#"json:{"a":[} 1"#),
+        json(
+            "jsond_duplicate_key",
+            &json_file(r#""img.raw","filename":"x""#),
+        ),
+        json("jsond_invalid_escape", &json_file(r#""\x""#)),
+        json("jsond_short_unicode_escape", &json_file(r#""\u12""#)),
+        json("jsond_lone_surrogate", &json_file(r#""\uD800\u0041""#)),
+        json("jsond_noncharacter_escape", &json_file(r#""\uFFFE""#)),
+        json("jsond_noncharacter_raw", &json_file("\"\u{FDD0}\"")),
+        json(
+            "jsond_nesting_1024",
+            &format!(r#"json:{{"a":{}{}}}"#, "[".repeat(1023), "]".repeat(1023)),
+        ),
+        json(
+            "jsond_nesting_1025",
+            &format!(r#"json:{{"a":{}{}}}"#, "[".repeat(1024), "]".repeat(1024)),
+        ),
+        // Numbers: -0 is the integer 0, doubles print as %.17g, huge ones are doubles.
+        json("jsond_align_minus_zero", &json_dbg(r#""align":-0"#)),
+        json("jsond_align_double", &json_dbg(r#""align":5.12e2"#)),
+        json("jsond_align_fraction", &json_dbg(r#""align":0.1"#)),
+        json("jsond_align_infinite", &json_dbg(r#""align":1e400"#)),
+        json(
+            "jsond_align_above_u64",
+            &json_dbg(r#""align":18446744073709551616"#),
+        ),
+        json(
+            "jsond_align_u64_max",
+            &json_dbg(r#""align":18446744073709551615"#),
+        ),
+        json("jsond_align_bool", &json_dbg(r#""align":true"#)),
+        json(
+            "jsond_errno_double",
+            &json_dbg(r#""inject-error":[{"event":"read_aio","errno":2.8e1}]"#),
+        ),
+        // Flattening: which spelling wins.
+        json(
+            "jsond_nested_beats_dotted_after",
+            r#"json:{"driver":"raw","file":{"driver":"file","filename":"img.raw"},"file.filename":"nonexist"}"#,
+        ),
+        json(
+            "jsond_nested_beats_dotted_before",
+            r#"json:{"driver":"raw","file.driver":"blkdebug","file":{"driver":"file","filename":"img.raw"}}"#,
+        ),
+        json(
+            "jsond_dotted_into_list",
+            &json_dbg(r#""inject-error":[{"event":"read_aio"}],"inject-error.0.errno":"28""#),
+        ),
+        json(
+            "jsond_dotted_beside_list_hash_order",
+            &json_dbg(
+                r#""inject-error.0.errno":"28","inject-error":[{"event":"read_aio","errno":"5"}]"#,
+            ),
+        ),
+        json(
+            "jsond_dotted_child_keys",
+            r#"json:{"driver":"raw","file.driver":"blkdebug","file.inject-error":[{"event":"read_aio"}],"file.image.driver":"file","file.image.filename":"img.raw"}"#,
+        ),
+        // Unknown options are named by their flat key, the first in QDict order.
+        json(
+            "jsond_unknown_nested",
+            r#"json:{"driver":"raw","file":{"driver":"file","filename":"img.raw"},"foo":{"x":1}}"#,
+        ),
+        json(
+            "jsond_unknown_list",
+            r#"json:{"driver":"raw","file":{"driver":"file","filename":"img.raw"},"foo":[1,2]}"#,
+        ),
+        json(
+            "jsond_unknown_hash_order",
+            r#"json:{"driver":"raw","file":{"driver":"file","filename":"img.raw"},"bar":1,"foo":2}"#,
+        ),
+        json(
+            "jsond_unknown_empty_object",
+            r#"json:{"driver":"raw","file":{"driver":"file","filename":"img.raw"},"foo":{}}"#,
+        ),
+        // Types where a driver, child or reference is expected.
+        json(
+            "jsond_driver_number",
+            r#"json:{"driver":5,"file":{"driver":"file","filename":"img.raw"}}"#,
+        ),
+        json(
+            "jsond_driver_null",
+            r#"json:{"driver":null,"file":{"driver":"file","filename":"img.raw"}}"#,
+        ),
+        json(
+            "jsond_driver_empty_object",
+            r#"json:{"driver":{},"file":{"driver":"file","filename":"img.raw"}}"#,
+        ),
+        json(
+            "jsond_driver_list",
+            r#"json:{"driver":["raw"],"file":{"driver":"file","filename":"img.raw"}}"#,
+        ),
+        json(
+            "jsond_child_driver_number",
+            r#"json:{"driver":"raw","file":{"driver":5,"filename":"img.raw"}}"#,
+        ),
+        json(
+            "jsond_no_driver_file_child",
+            r#"json:{"file":{"driver":"file","filename":"img.raw"}}"#,
+        ),
+        json("jsond_no_driver_filename", r#"json:{"filename":"img.raw"}"#),
+        json(
+            "jsond_file_empty_object",
+            r#"json:{"driver":"raw","file":{}}"#,
+        ),
+        json("jsond_file_number", r#"json:{"driver":"raw","file":5}"#),
+        json("jsond_file_null", r#"json:{"driver":"raw","file":null}"#),
+        json(
+            "jsond_file_list",
+            r#"json:{"driver":"raw","file":[{"driver":"file","filename":"img.raw"}]}"#,
+        ),
+        json(
+            "jsond_image_number",
+            r#"json:{"driver":"raw","file":{"driver":"blkdebug","image":5}}"#,
+        ),
+        json(
+            "jsond_blkverify_test_number",
+            r#"json:{"driver":"raw","file":{"driver":"blkverify","raw":{"driver":"file","filename":"img.raw"},"test":5}}"#,
+        ),
+        json(
+            "jsond_perms_string",
+            &json_dbg(r#""take-child-perms":"resize""#),
+        ),
+        json("jsond_perms_empty", &json_dbg(r#""take-child-perms":[]"#)),
+        json("jsond_perms_number", &json_dbg(r#""take-child-perms":[5]"#)),
+        json(
+            "jsond_perms_ok",
+            &json_dbg(r#""take-child-perms":["resize"]"#),
+        ),
+        json("jsond_config_null", &json_dbg(r#""config":null"#)),
+        json("jsond_config_object", &json_dbg(r#""config":{"a":1}"#)),
+        json("jsond_config_number", &json_dbg(r#""config":5"#)),
+        json(
+            "jsond_filename_number",
+            r#"json:{"driver":"raw","file":{"driver":"file","filename":5}}"#,
+        ),
+        // Options given directly win over the filename's, key by key.
+        on(
+            "jsond_format_option_wins",
+            &["-f", "raw"],
+            &["read 0 512"],
+            r#"json:{"driver":"bogus","file":{"driver":"file","filename":"img.raw"}}"#,
+        ),
+        no_drive(
+            "jsond_open_options_merge",
+            &[
+                r#"open -o driver=raw json:{"file.filename":"img.raw"}"#,
+                "read 0 512",
+            ],
+        ),
+        no_drive(
+            "jsond_open_options_win",
+            &[
+                r#"open -o driver=raw json:{"driver":"qcow2","file.filename":"img.raw"}"#,
+                "read 0 512",
+            ],
+        ),
+        no_drive(
+            "jsond_open_child_options_merge",
+            &[
+                r#"open -o file.driver=blkdebug json:{"driver":"raw","file.image.filename":"img.raw"}"#,
+                "read 0 512",
+            ],
+        ),
+    ];
+    // Backing file names in an image header are json: filenames too (multi-line ones as well).
+    let overlay = |name: &str, backing: &str| {
+        on(name, &[], &["read -P 0 0 512"], "ov.qcow2")
+            .bytes("ov.qcow2", qcow2_with_backing(backing))
+    };
+    v.extend([
+        overlay(
+            "jsond_backing_name",
+            r#"json:{"driver":"raw","file":{"driver":"file","filename":"img.raw"}}"#,
+        ),
+        overlay(
+            "jsond_backing_name_multiline",
+            "json:{'driver': 'raw',\n    'file': {\n        'driver': 'file',\n        'filename': 'img.raw'}}",
+        ),
+        overlay("jsond_backing_name_malformed", r#"json:{"driver":"raw""#),
+        overlay("jsond_backing_name_not_object", "json:[]"),
+        overlay("jsond_backing_name_unknown_protocol", "foo:bar"),
+        json(
+            "jsond_backing_null",
+            r#"json:{"driver":"qcow2","file":{"driver":"file","filename":"ov.qcow2"},"backing":null}"#,
+        )
+        .bytes("ov.qcow2", qcow2_with_backing("nonexist.img")),
+        json(
+            "jsond_backing_empty_string",
+            r#"json:{"driver":"qcow2","file":{"driver":"file","filename":"ov.qcow2"},"backing":""}"#,
+        )
+        .bytes("ov.qcow2", qcow2_with_backing("nonexist.img")),
+        json(
+            "jsond_backing_reference",
+            r#"json:{"driver":"qcow2","file":{"driver":"file","filename":"ov.qcow2"},"backing":"x"}"#,
+        )
+        .bytes("ov.qcow2", qcow2_with_backing("img.raw")),
+        json(
+            "jsond_backing_number",
+            r#"json:{"driver":"qcow2","file":{"driver":"file","filename":"ov.qcow2"},"backing":5}"#,
+        )
+        .bytes("ov.qcow2", qcow2_with_backing("img.raw")),
+        // qcow2's runtime options: JSON scalars become text, then QemuOpts types apply.
+        json(
+            "jsond_qcow2_bool_word",
+            r#"json:{"driver":"qcow2","file":{"driver":"file","filename":"ov.qcow2"},"backing":null,"lazy-refcounts":"yes","pass-discard-request":true}"#,
+        )
+        .bytes("ov.qcow2", qcow2_with_backing("nonexist.img")),
+        json(
+            "jsond_qcow2_bool_number",
+            r#"json:{"driver":"qcow2","file":{"driver":"file","filename":"ov.qcow2"},"backing":null,"lazy-refcounts":1}"#,
+        )
+        .bytes("ov.qcow2", qcow2_with_backing("nonexist.img")),
+        json(
+            "jsond_qcow2_bool_null",
+            r#"json:{"driver":"qcow2","file":{"driver":"file","filename":"ov.qcow2"},"backing":null,"lazy-refcounts":null}"#,
+        )
+        .bytes("ov.qcow2", qcow2_with_backing("nonexist.img")),
+        json(
+            "jsond_qcow2_size_double",
+            r#"json:{"driver":"qcow2","file":{"driver":"file","filename":"ov.qcow2"},"backing":null,"l2-cache-size":1048576.0}"#,
+        )
+        .bytes("ov.qcow2", qcow2_with_backing("nonexist.img")),
+        json(
+            "jsond_qcow2_size_bool",
+            r#"json:{"driver":"qcow2","file":{"driver":"file","filename":"ov.qcow2"},"backing":null,"l2-cache-size":true}"#,
+        )
+        .bytes("ov.qcow2", qcow2_with_backing("nonexist.img")),
+        json(
+            "jsond_qcow2_size_negative",
+            r#"json:{"driver":"qcow2","file":{"driver":"file","filename":"ov.qcow2"},"backing":null,"refcount-cache-size":-1}"#,
+        )
+        .bytes("ov.qcow2", qcow2_with_backing("nonexist.img")),
+        json(
+            "jsond_qcow2_interval_fraction",
+            r#"json:{"driver":"qcow2","file":{"driver":"file","filename":"ov.qcow2"},"backing":null,"cache-clean-interval":1.5}"#,
+        )
+        .bytes("ov.qcow2", qcow2_with_backing("nonexist.img")),
+        json(
+            "jsond_backing_null_on_raw",
+            r#"json:{"driver":"raw","file":{"driver":"file","filename":"img.raw"},"backing":null}"#,
+        ),
+    ]);
+    v
+}
+
+/// Bytes that are not zero, so that zeroes read past the end of a file show.
+pub fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i % 251) as u8 + 1).collect()
+}
+
+/// A fresh qcow2 image as `qemu-img create -f qcow2 -o cluster_size=CS` makes it.
+pub fn qcow2_image(size: u64, cluster_size: u64) -> Vec<u8> {
+    use blockfault::img::qcow2::create::{CreateSpec, build};
+    let spec = CreateSpec {
+        size,
+        cluster_size,
+        ..CreateSpec::default()
+    };
+    build(&spec).expect("a valid qcow2 spec").flatten()
+}
+
+/// `json:` for raw over blkdebug (with `blkdebug`'s keys) over the file `image`.
+pub fn json_dbg_on(blkdebug: &str, image: &str) -> String {
+    format!(
+        r#"json:{{"driver":"raw","file":{{"driver":"blkdebug",{blkdebug},"image":{{"driver":"file","filename":"{image}"}}}}}}"#
+    )
+}
+
+/// Issue 7.9: a node written without the resize permission must have a size its request
+/// alignment divides; read-only nodes cannot be written at all.
+fn permissions() -> Vec<Case> {
+    let five = || vec![0u8; 5120];
+    let align = json_dbg_on(r#""align":4096"#, "five.img");
+    vec![
+        on("perm_unaligned_size_refused", &[], &["read 0 512"], &align).bytes("five.img", five()),
+        on(
+            "perm_unaligned_size_read_only",
+            &["-r"],
+            &["read 0 512", "read 4k 1k", "write 0 512", "length"],
+            &align,
+        )
+        .bytes("five.img", five()),
+        // The image is only read under the overlay.
+        on(
+            "perm_unaligned_size_snapshot",
+            &["-s"],
+            &["write -P 3 0 512", "read -P 3 0 512", "read -P 0 4k 1k"],
+            &align,
+        )
+        .bytes("five.img", five()),
+        on(
+            "perm_aligned_size",
+            &[],
+            &["write -P 3 100 100", "read -P 3 100 100", "length"],
+            &json_dbg_on(r#""align":4096"#, "img.raw"),
+        ),
+        // truncate takes RESIZE for good; the padded write then grows the file past the size
+        // raw keeps.
+        on(
+            "perm_truncate_takes_resize",
+            &[],
+            &[
+                "truncate 5120",
+                "length",
+                "write -P 4 4096 1024",
+                "length",
+                "read -P 4 4096 1024",
+                "truncate 8192",
+                "length",
+            ],
+            &json_dbg_on(r#""align":4096"#, "four.img"),
+        )
+        .bytes("four.img", vec![0; 4096]),
+        on(
+            "perm_take_child_perms_write_read_only",
+            &["-r"],
+            &["read 0 512"],
+            &json_dbg_on(r#""take-child-perms":["write"]"#, "img.raw"),
+        ),
+        on(
+            "perm_take_child_perms_write",
+            &[],
+            &["write 0 512"],
+            &json_dbg_on(r#""take-child-perms":["write"]"#, "img.raw"),
+        ),
+        // RESIZE taken on blkdebug's child lets the inner node's alignment pass...
+        on(
+            "perm_take_child_perms_resize_inner",
+            &[],
+            &["write -P 5 0 512", "read -P 5 0 512", "length"],
+            r#"json:{"driver":"raw","file":{"driver":"blkdebug","take-child-perms":["resize"],"image":{"driver":"blkdebug","align":4096,"image":{"driver":"file","filename":"five.img"}}}}"#,
+        )
+        .bytes("five.img", five()),
+        // ...but not the blkdebug node's own.
+        on(
+            "perm_take_child_perms_resize_outer",
+            &[],
+            &["read 0 512"],
+            &json_dbg_on(r#""take-child-perms":["resize"],"align":4096"#, "five.img"),
+        )
+        .bytes("five.img", five()),
+        // qcow2 holds RESIZE on its file, whatever its length.
+        on(
+            "perm_qcow2_over_aligned_blkdebug",
+            &[],
+            &["write -P 6 0 1k", "read -P 6 0 1k", "map"],
+            r#"json:{"driver":"qcow2","file":{"driver":"blkdebug","align":4096,"image":{"driver":"file","filename":"q.qcow2"}}}"#,
+        )
+        .bytes("q.qcow2", qcow2_image(1 << 20, 512)),
+    ]
+}
+
+/// Issue 7.10: sizes in whole sectors. A 1000-byte file is 1 KiB long; its last 24 bytes read
+/// as zeroes, and writing them grows the file.
+fn sector_sizes() -> Vec<Case> {
+    let short = |name: &str, opts: &[&str], cmds: &[&str]| {
+        on(name, opts, cmds, "short.img").bytes("short.img", pattern(1000))
+    };
+    vec![
+        short(
+            "short_file_sector_rounding",
+            &["-f", "raw"],
+            &[
+                "length",
+                "read -v 990 34",
+                "write -P 7 1000 24",
+                "length",
+                "read -P 7 1000 24",
+                "map",
+                "info",
+            ],
+        ),
+        short(
+            "short_file_write_past_last_sector",
+            &["-f", "raw"],
+            &[
+                "write 1000 100",
+                "write -P 9 1000 10",
+                "length",
+                "read -v 1000 24",
+            ],
+        ),
+        short(
+            "short_file_probed",
+            &[],
+            &["write -P 8 1000 24", "read -v 992 32", "length"],
+        ),
+        short(
+            "short_file_truncate",
+            &["-f", "raw"],
+            &[
+                "truncate 1500",
+                "length",
+                "read -v 1490 40",
+                "truncate -m falloc 1510",
+                "length",
+                "truncate -m falloc 1400",
+                "truncate -m full 1536",
+                "length",
+                "truncate 1000",
+                "length",
+            ],
+        ),
+        // iotest 101: reading past the end of a 320-byte file gives zeroes.
+        on(
+            "short_file_iotest_101",
+            &[],
+            &["read -P 0 0 512"],
+            "tiny.img",
+        )
+        .bytes("tiny.img", vec![0; 320]),
+        // qcow2 over a file with a partial sector at its end.
+        on(
+            "short_file_under_qcow2",
+            &[],
+            &[
+                "write -P 1 8k 4k",
+                "read -P 1 8k 4k",
+                "map",
+                "truncate 2M",
+                "length",
+            ],
+            "q.qcow2",
+        )
+        .bytes("q.qcow2", {
+            let mut q = qcow2_image(1 << 20, 512);
+            q.extend(pattern(100));
+            q
+        }),
+    ]
+}
+
+/// Issue 7.11: blkverify's truncate resizes the raw child only; `truncate` takes RESIZE for
+/// good, so a write past the raw end is fine afterwards (before it, QEMU aborts: `ours.rs`).
+fn blkverify_resize() -> Vec<Case> {
+    let bv = |name: &str, drive: &str, cmds: &[&str]| on(name, &["-f", "raw"], cmds, drive);
+    vec![
+        bv(
+            "blkverify_truncate_shrink_then_write_past",
+            "blkverify:raw.img:img.raw",
+            &[
+                "truncate 512k",
+                "length",
+                "read 600k 512",
+                "write -P 5 600k 512",
+                "read -P 5 600k 512",
+            ],
+        ),
+        bv(
+            "blkverify_truncate_grow",
+            "blkverify:raw.img:img.raw",
+            &[
+                "truncate 2M",
+                "length",
+                "write -P 5 1020k 4k",
+                "read -P 5 1020k 4k",
+                "read 1M 512",
+            ],
+        ),
+        bv(
+            "blkverify_short_raw_after_truncate",
+            "blkverify:half.img:img.raw",
+            &["truncate 512k", "write -P 6 600k 512", "read -P 6 600k 512"],
+        ),
+        // The permission is taken before the command runs, even when it then fails.
+        bv(
+            "blkverify_failed_truncate_keeps_resize",
+            "blkverify:half.img:img.raw",
+            &["truncate -m falloc 256k", "write -P 6 600k 512"],
+        ),
+    ]
+}
+
+/// Issue 7.12: `map` prints the extents found before a failing query, then the error.
+fn map_errors() -> Vec<Case> {
+    // The second L2 table load fails; the first image has its tables on disk, not in a cache.
+    let conf = "[set-state]\nevent = \"l2_load\"\nstate = \"1\"\nnew_state = \"2\"\n\n[inject-error]\nevent = \"l2_load\"\nstate = \"2\"\n";
+    vec![
+        no_drive(
+            "map_error_after_extents",
+            &[
+                "open q.qcow2",
+                "write 0 1k",
+                "write 64k 1k",
+                "write 200k 1k",
+                "close",
+                "open blkdebug:l2.conf:q.qcow2",
+                "map",
+                "map",
+            ],
+        )
+        .file("l2.conf", conf)
+        .bytes("q.qcow2", qcow2_image(1 << 20, 512)),
+    ]
+}
+
+/// Issue 7.13, the neighbours of QEMU's crashes that it survives (the crashes: `ours.rs`).
+fn padding_survivors() -> Vec<Case> {
+    let align4k = json_dbg(r#""align":4096"#);
+    let align512 = json_dbg(r#""align":512"#);
+    let ones = std::iter::repeat_n("1", 1023).collect::<Vec<_>>().join(" ");
+    vec![
+        // An empty element after the last byte is not counted; an aligned request is not padded.
+        on(
+            "padding_trailing_empty_element",
+            &[],
+            &[
+                "readv 24k 2560 4096 0",
+                "writev -P 2 24k 2560 4096 0",
+                "readv -P 2 24k 0 4096",
+                "readv 1k 0",
+                "aio_read 1k 1k 0",
+                "aio_flush",
+            ],
+            &align4k,
+        ),
+        on(
+            "padding_aligned_empty_elements",
+            &[],
+            &["readv 0 0 512", "writev 512 512 0 512", "readv 0 0 0 2048"],
+            &align512,
+        ),
+        on(
+            "padding_probed_raw_empty_elements",
+            &[],
+            &["readv 0 0 512", "readv 100 512 0", "writev 512 0 512"],
+            "img.raw",
+        ),
+        // 1 + 1024 + 1 elements: the first three merge into one, the empty one among them.
+        on(
+            "padding_iov_max_collapse",
+            &[],
+            &[&format!("readv 1 0 {ones}")],
+            &align512,
+        ),
+        on(
+            "discard_blkdebug_align_with_opt_discard",
+            &[],
+            &["discard 227k 10955", "discard 4095 1", "discard 4k 4097"],
+            &json_dbg(r#""align":4096,"opt-discard":8192"#),
+        ),
+        on(
+            "discard_blkdebug_align_aligned",
+            &[],
+            &["discard 4k 4k", "discard 0 1M"],
+            &align4k,
+        ),
+        // Over qcow2, blkdebug takes qcow2's cluster size as its discard alignment.
+        on(
+            "discard_blkdebug_align_over_qcow2",
+            &[],
+            &["write 0 64k", "discard 1k 1k", "discard 0 8k", "map"],
+            r#"json:{"driver":"raw","file":{"driver":"blkdebug","align":4096,"image":{"driver":"qcow2","file":{"driver":"file","filename":"q.qcow2"}}}}"#,
+        )
+        .bytes("q.qcow2", qcow2_image(1 << 20, 512)),
+    ]
+}
+
+/// Issue 7.14: cache=none (O_DIRECT). The request alignment is what file-posix probes, which
+/// depends on the filesystem and on whether the file's first block holds data; both programs
+/// run on the same files in the same kind of directory.
+fn direct_io() -> Vec<Case> {
+    let cmds: &[&str] = &[
+        "write -P 1 100 1000",
+        "read -P 1 100 1000",
+        "read -v 0 16",
+        "write -z 5000 100",
+        "discard 0 100",
+        "map",
+        "length",
+    ];
+    vec![
+        on(
+            "nocache_sparse_raw",
+            &["-f", "raw", "-t", "none"],
+            cmds,
+            "img.raw",
+        ),
+        on(
+            "nocache_data_raw",
+            &["-f", "raw", "-t", "none"],
+            cmds,
+            "data.img",
+        )
+        .bytes("data.img", pattern(64 << 10)),
+        on(
+            "nocache_short_file",
+            &["-f", "raw", "-t", "none"],
+            &["length", "write -P 2 1000 24", "length"],
+            "short.img",
+        )
+        .bytes("short.img", pattern(1000)),
+        on(
+            "nocache_short_file_read_only",
+            &["-r", "-f", "raw", "-t", "none"],
+            &["length", "read -v 992 32"],
+            "short.img",
+        )
+        .bytes("short.img", pattern(1000)),
+        // The padded write grows the file past the size raw keeps.
+        on(
+            "nocache_truncate_unaligned",
+            &["-f", "raw", "-t", "none"],
+            &[
+                "truncate 3000",
+                "length",
+                "write -P 3 2900 100",
+                "length",
+                "read -v 2990 20",
+            ],
+            "img.raw",
+        ),
+        // The padded write at qcow2's unaligned end of file decides where the file ends.
+        on(
+            "nocache_qcow2_padded_end",
+            &["-t", "none"],
+            &[
+                "aio_write 1112064 3310",
+                "aio_flush",
+                "discard 0 512",
+                "write -P 7 0 512",
+                "map",
+            ],
+            "q.qcow2",
+        )
+        .bytes("q.qcow2", qcow2_image(64 << 20, 512)),
+        // In tmpfs any direct read size works, so QEMU takes 4096 whatever the file holds.
+        on(
+            "nocache_qcow2_padded_end_tmpfs",
+            &["-t", "none"],
+            &[
+                "aio_write 1112064 3310",
+                "aio_flush",
+                "discard 0 512",
+                "write -P 7 0 512",
+                "map",
+            ],
+            "q.qcow2",
+        )
+        .bytes("q.qcow2", qcow2_image(64 << 20, 512))
+        .on_tmpfs(),
+        on(
+            "nocache_short_file_tmpfs",
+            &["-f", "raw", "-t", "none"],
+            &["length", "write -P 2 1000 24", "length"],
+            "short.img",
+        )
+        .bytes("short.img", pattern(1000))
+        .on_tmpfs(),
+        on(
+            "nocache_data_raw_tmpfs",
+            &["-f", "raw", "-t", "none"],
+            cmds,
+            "data.img",
+        )
+        .bytes("data.img", pattern(64 << 10))
+        .on_tmpfs(),
+        no_drive(
+            "nocache_open_command",
+            &[
+                "open -n img.raw",
+                "write -P 4 100 10",
+                "close",
+                "open -t none -o driver=raw img.raw",
+                "write -P 5 200 10",
+                "read -v 96 120",
+                "close",
+                "open -t off -o driver=raw img.raw",
+                "read -P 4 100 10",
+            ],
+        ),
+        // blkdebug's limits are checked against its child's O_DIRECT alignment.
+        on(
+            "nocache_blkdebug_max_transfer",
+            &["-t", "none"],
+            &["read 0 1"],
+            &json_dbg(r#""max-transfer":1000"#),
+        ),
+    ]
 }
 
 // =============================================================================================

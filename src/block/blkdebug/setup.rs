@@ -10,6 +10,7 @@ use crate::block::node::{Child, Node};
 use crate::block::options::{
     OpenChild, OpenContext, Options, is_nonempty_container, scalar_string,
 };
+use crate::block::perms::Perms;
 use serde_json::Value;
 use std::rc::Rc;
 
@@ -25,9 +26,16 @@ pub fn open_node(
     let state = BlkDebug::new(ctx.console.clone());
     let setup = configure(&state, config.as_deref(), opts, ctx)?;
     let image = children.open_child(opts, "image", image_name, ChildRole::Filtered)?;
+    let mut taken = Perms::NONE;
     for k in ["take-child-perms", "unshare-child-perms"] {
-        if let Some(v) = opts.shift_remove(k) {
-            check_permissions(&v)?;
+        // Only a non-empty list is read; anything else is left over as an unknown option.
+        if opts.get(k).is_some_and(is_nonempty_container)
+            && let Some(v) = opts.shift_remove(k)
+        {
+            let perms = parse_permissions(&v)?;
+            if k == "take-child-perms" {
+                taken = perms;
+            }
         }
     }
     let limits = setup.limits(&image)?;
@@ -43,6 +51,8 @@ pub fn open_node(
             node: image.clone(),
             writable: true,
             primary: true,
+            role: ChildRole::Filtered,
+            extra_perms: taken,
         }],
         name,
     );
@@ -66,21 +76,31 @@ fn take_text(opts: &mut Options, key: &str) -> Option<String> {
     }
 }
 
-/// `take-child-perms`/`unshare-child-perms`: a list of permission names.
-fn check_permissions(v: &Value) -> Result<(), String> {
+/// `take-child-perms`/`unshare-child-perms`: a non-empty list of permission names; what of
+/// them matters here.
+fn parse_permissions(v: &Value) -> Result<Perms, String> {
     const PERMS: [&str; 4] = ["consistent-read", "write", "write-unchanged", "resize"];
-    let items = match v {
-        Value::Array(a) => a.clone(),
-        other => vec![other.clone()],
+    let items: Vec<&Value> = match v {
+        Value::Array(a) => a.iter().collect(),
+        // `take-child-perms.0=write` as --image-opts gives it.
+        Value::Object(m) => m.values().collect(),
+        other => vec![other],
     };
-    for item in items {
-        let name = scalar_string(&item).unwrap_or_default();
+    let mut perms = Perms::NONE;
+    for (i, item) in items.into_iter().enumerate() {
+        let Value::String(name) = item else {
+            return Err(format!(
+                "Invalid parameter type for '[{i}]', expected: string"
+            ));
+        };
         if !PERMS.contains(&name.as_str()) {
             // QEMU's list visitor has no name for the element, hence 'null'.
             return Err(format!("Parameter 'null' does not accept value '{name}'"));
         }
+        perms.write |= name.starts_with("write");
+        perms.resize |= name == "resize";
     }
-    Ok(())
+    Ok(perms)
 }
 
 /// Why QEMU would abort (an error set twice on one error variable): we fail the open instead.

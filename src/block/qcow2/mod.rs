@@ -247,6 +247,7 @@ impl BlockDriver for Qcow2 {
     }
     fn capabilities(&self) -> Capabilities {
         Capabilities {
+            pwritev_compressed: true,
             pwrite_zeroes: true,
             pdiscard: true,
             flush_to_os: true,

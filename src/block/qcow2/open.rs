@@ -17,8 +17,9 @@ use crate::block::blkdebug::events::Event;
 use crate::block::driver::{Limits, ReqFlags};
 use crate::block::executor::block_on;
 use crate::block::io;
-use crate::block::node::{Child, Node};
+use crate::block::node::{Child, ChildRole, Node};
 use crate::block::options::{OpenContext, Options};
+use crate::block::perms::Perms;
 use std::cell::RefCell;
 use std::rc::Rc;
 
@@ -52,6 +53,8 @@ pub fn open_node(
         node: file.clone(),
         writable: !ctx.flags.read_only,
         primary: true,
+        role: ChildRole::Image,
+        extra_perms: Perms::NONE,
     }];
     let cs = opened.cluster_size;
     let v3 = opened.version >= 3;
