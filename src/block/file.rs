@@ -1,9 +1,12 @@
 //! The `file` protocol driver: positional I/O on a host file. Every request completes after
 //! one executor turn, as QEMU's thread-pool I/O completes through a bottom half.
 
-use super::driver::{BlockDriver, BlockStatus, BoxFut, Capabilities, IoResult, ReqFlags, status};
+use super::driver::{
+    BlockDriver, BlockStatus, BoxFut, Capabilities, IoResult, Limits, ReqFlags, status,
+};
 use super::executor::pool_job;
-use super::node::Node;
+use super::node::{Node, OpenFlags};
+use super::options::{OpenContext, OptType, Options, absorb};
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
@@ -132,6 +135,67 @@ impl Drop for FileDriver {
 
 fn errno_of(e: &io::Error) -> i32 {
     e.raw_os_error().unwrap_or(libc::EIO)
+}
+
+/// The options of the `file` driver (QEMU's raw_runtime_opts in file-posix).
+const RUNTIME_OPTS: [(&str, OptType); 7] = [
+    ("filename", OptType::String),
+    ("aio", OptType::String),
+    ("aio-max-batch", OptType::Number),
+    ("locking", OptType::String),
+    ("pr-manager", OptType::String),
+    ("drop-cache", OptType::Bool),
+    ("x-check-cache-dropped", OptType::Bool),
+];
+
+/// Opens a file-posix node (`file`, `host_device`, `host_cdrom`) from its options (QEMU's
+/// raw_open_common): `filename` is there, the generic layer checked that it is not empty.
+/// The limits give file-posix's request alignment.
+pub fn open_node(
+    kind: HostKind,
+    opts: &mut Options,
+    flags: &OpenFlags,
+    ctx: &OpenContext,
+) -> Result<(Node, Limits), String> {
+    let o = absorb(opts, &RUNTIME_OPTS)?;
+    let name = o.string("filename").unwrap_or_default().to_string();
+    // aio=native (an option, or the flag qemu-io's -k/-i give) needs O_DIRECT.
+    let native_aio = match o.string("aio") {
+        None => flags.native_aio,
+        Some("native") => true,
+        Some("threads" | "io_uring") => false,
+        Some(other) => return Err(format!("invalid parameter value: {other}")),
+    };
+    if let Some(mode) = o.string("locking")
+        && !matches!(mode, "on" | "off" | "auto")
+    {
+        return Err(format!("invalid parameter value: {mode}"));
+    }
+    if let Some(id) = o.string("pr-manager") {
+        return Err(format!("No persistent reservation manager with id '{id}'"));
+    }
+    let driver = FileDriver::open(
+        kind,
+        &ctx.resolve(&name),
+        &name,
+        flags.read_only,
+        !ctx.skip_host_sync,
+        flags.direct,
+    )?;
+    if native_aio && !flags.direct {
+        return Err(
+            "aio=native was specified, but it requires cache.direct=on, which was not specified."
+                .into(),
+        );
+    }
+    let limits = Limits {
+        request_alignment: driver.request_alignment(),
+        ..Limits::default()
+    };
+    let mut node = Node::new(Box::new(driver), Vec::new(), name);
+    node.supported_write_flags = ReqFlags::FUA;
+    node.supported_zero_flags = ReqFlags::MAY_UNMAP.with(ReqFlags::NO_FALLBACK);
+    Ok((node, limits))
 }
 
 impl FileDriver {
