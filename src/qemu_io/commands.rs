@@ -1085,6 +1085,8 @@ fn sigraise_f(s: &mut Session, argv: &[String]) -> i32 {
         ));
         return EINVAL;
     }
+    // qemu-io flushes its streams before raising: what stdout held back is not lost.
+    s.console.flush();
     // Whether the signal ends the process is the console's to say (output::signal_effect).
     s.console.raise(sig as i32);
     0
