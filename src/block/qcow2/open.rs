@@ -262,7 +262,7 @@ fn open_inner(file: &Rc<Node>, opts: &mut Options, ctx: &OpenContext) -> Result<
         cache_opts,
         allocs: Vec::new(),
         next_alloc_id: 0,
-        discards: Vec::new(),
+        discards: Default::default(),
         cache_discards: false,
         discard_passthrough: [
             false,

@@ -5,7 +5,6 @@
 
 use super::Qcow2;
 use super::cache::{Cache, CacheKind};
-use super::refcount::update_refcount_discard;
 use super::state::{DiscardType, L1E_OFFSET_MASK, REFT_OFFSET_MASK, rc_get, rc_set};
 use crate::block::blkdebug::events::Event;
 use crate::block::driver::{IoResult, ReqFlags};
@@ -302,7 +301,7 @@ impl Qcow2 {
             st.cache(CacheKind::Refcount).discard(i);
         }
         let len = st.cluster_size;
-        update_refcount_discard(&mut st.discards, block, len);
+        st.discards.queue(block, len);
         Ok(())
     }
 

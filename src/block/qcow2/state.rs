@@ -122,7 +122,7 @@ pub struct State {
     pub cache_opts: [Option<u64>; 3],
     pub allocs: Vec<InFlight>,
     pub next_alloc_id: u64,
-    pub discards: Vec<(u64, u64)>,
+    pub discards: super::refcount::DiscardQueue,
     pub cache_discards: bool,
     pub discard_passthrough: [bool; 5],
     pub discard_no_unref: bool,
