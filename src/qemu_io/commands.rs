@@ -1,5 +1,6 @@
 //! The qemu-io command handlers: option parsing, checks and messages as QEMU 10.0.2 has them.
 
+use super::buffers;
 use super::commands_table::{self, CommandSpec};
 use super::format::{cvtstr, dump_buffer, report_duration};
 use super::getopt::Getopt;
@@ -120,7 +121,7 @@ enum Payload {
 impl Payload {
     fn into_bytes(self, count: usize) -> Vec<u8> {
         match self {
-            Payload::Pattern(p) => vec![p; count],
+            Payload::Pattern(p) => buffers::filled(count, p),
             Payload::Bytes(b) => b,
         }
     }
@@ -265,7 +266,7 @@ fn read_f(s: &mut Session, spec: &CommandSpec, argv: &[String]) -> i32 {
             } else {
                 b.check(offset as u64, count as u64)?;
             }
-            let mut data = vec![0xabu8; count as usize];
+            let mut data = buffers::filled(count as usize, 0xab);
             let r = if bflag {
                 b.load_vmstate(offset as u64, &mut data).await
             } else {
@@ -294,13 +295,13 @@ fn read_f(s: &mut Session, spec: &CommandSpec, argv: &[String]) -> i32 {
             rc = EINVAL;
         }
     }
-    if quiet {
-        return rc;
+    if !quiet {
+        if verbose {
+            s.out(&dump_buffer(&buf, offset as u64));
+        }
+        report(s, "read", elapsed, offset, count, count, compact);
     }
-    if verbose {
-        s.out(&dump_buffer(&buf, offset as u64));
-    }
-    report(s, "read", elapsed, offset, count, count, compact);
+    buffers::recycle(buf);
     rc
 }
 
@@ -407,7 +408,7 @@ fn readv_f(s: &mut Session, spec: &CommandSpec, argv: &[String]) -> i32 {
     let t0 = Instant::now();
     let Some(ret) = s.run_sync(async move {
         b.check(offset as u64, count as u64)?;
-        let mut buf = vec![0xabu8; count as usize];
+        let mut buf = buffers::filled(count as usize, 0xab);
         b.pread(offset as u64, &mut buf).await.map(|_| buf)
     }) else {
         return EINVAL;
@@ -418,8 +419,11 @@ fn readv_f(s: &mut Session, spec: &CommandSpec, argv: &[String]) -> i32 {
             s.out(&format!("readv failed: {}\n", strerror(e)));
             -e
         }
-        Ok(buf) if req.report(&s.console, &buf, elapsed) => 0,
-        Ok(_) => EINVAL,
+        Ok(buf) => {
+            let ok = req.report(&s.console, &buf, elapsed);
+            buffers::recycle(buf);
+            if ok { 0 } else { EINVAL }
+        }
     }
 }
 
@@ -543,14 +547,16 @@ fn write_f(s: &mut Session, spec: &CommandSpec, argv: &[String]) -> i32 {
             }
             None => None,
         };
-        match data {
-            Some(buf) if bflag => b.save_vmstate(offset as u64, &buf).await,
-            Some(buf) if compressed => b.pwrite_compressed(offset as u64, &buf).await,
+        let r = match &data {
+            Some(buf) if bflag => b.save_vmstate(offset as u64, buf).await,
+            Some(buf) if compressed => b.pwrite_compressed(offset as u64, buf).await,
             _ if bflag || compressed => Err(libc::ENOTSUP),
             None if count as u64 > i32::MAX as u64 && !nofallback => Err(libc::ERANGE),
             None => b.pwrite_zeroes(offset as u64, count as u64, flags).await,
-            Some(buf) => b.pwrite(offset as u64, &buf, flags).await,
-        }
+            Some(buf) => b.pwrite(offset as u64, buf, flags).await,
+        };
+        data.map(buffers::recycle);
+        r
     })
 }
 
@@ -585,8 +591,10 @@ fn writev_f(s: &mut Session, spec: &CommandSpec, argv: &[String]) -> i32 {
     };
     done.run(s, async move {
         b.check(offset as u64, count as u64)?;
-        let buf = vec![pat; count as usize];
-        b.pwrite(offset as u64, &buf, flags).await
+        let buf = buffers::filled(count as usize, pat);
+        let r = b.pwrite(offset as u64, &buf, flags).await;
+        buffers::recycle(buf);
+        r
     })
 }
 
@@ -604,7 +612,7 @@ fn aio_read_f(s: &mut Session, spec: &CommandSpec, argv: &[String]) -> i32 {
             if let Err(e) = b.check(req.offset as u64, req.count as u64) {
                 return (Err(e), Vec::new());
             }
-            let mut buf = vec![0xabu8; req.count as usize];
+            let mut buf = buffers::filled(req.count as usize, 0xab);
             let ret = b.pread(req.offset as u64, &mut buf).await;
             (ret, buf)
         },
@@ -615,6 +623,7 @@ fn aio_read_f(s: &mut Session, spec: &CommandSpec, argv: &[String]) -> i32 {
                 // A pattern mismatch in an aio read does not change the exit status.
                 Ok(()) => {
                     req.report(&console, &buf, elapsed);
+                    buffers::recycle(buf);
                 }
             }
         },
@@ -679,8 +688,10 @@ fn aio_write_f(s: &mut Session, spec: &CommandSpec, argv: &[String]) -> i32 {
                 b.pwrite_zeroes(offset as u64, count as u64, flags).await
             } else {
                 b.check(offset as u64, count as u64)?;
-                b.pwrite(offset as u64, &vec![pat; count as usize], flags)
-                    .await
+                let buf = buffers::filled(count as usize, pat);
+                let r = b.pwrite(offset as u64, &buf, flags).await;
+                buffers::recycle(buf);
+                r
             }
         },
         move |ret| {

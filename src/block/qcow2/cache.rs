@@ -8,7 +8,8 @@
 //! answers come from indexes kept beside the slots: the slot of each cached offset, the dirty
 //! slots, and the unreferenced slots ordered as QEMU's victim scan would rank them.
 
-use std::collections::{BTreeMap, HashMap};
+use crate::block::int_map::IntMap;
+use std::collections::VecDeque;
 use std::rc::Rc;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -109,13 +110,15 @@ pub struct Cache {
     pub depends_on_flush: bool,
     lru_counter: u64,
     /// the slot of every cached (non-zero) offset
-    slots: HashMap<u64, usize>,
+    slots: IntMap<u64, usize>,
     dirty: SlotSet,
     /// unreferenced slots never used since they were created or discarded (LRU stamp 0): the
     /// scan's first choice, ties going to the first one in scan order
     unused: SlotSet,
-    /// the other unreferenced slots by LRU stamp (stamps are unique)
-    by_lru: BTreeMap<u64, usize>,
+    /// (LRU stamp, slot) of the other unreferenced slots, oldest first. Stamps only grow, so
+    /// a put appends; an entry whose slot was referenced, stamped again or discarded since is
+    /// stale and skipped (and dropped when it reaches the front, or at a compaction).
+    by_lru: VecDeque<(u64, usize)>,
     /// an evicted table's memory, for the next table read
     spare: Option<Vec<u8>>,
 }
@@ -134,10 +137,10 @@ impl Cache {
             depends: None,
             depends_on_flush: false,
             lru_counter: 0,
-            slots: HashMap::new(),
+            slots: IntMap::default(),
             dirty: SlotSet::new(size, false),
             unused: SlotSet::new(size, true),
-            by_lru: BTreeMap::new(),
+            by_lru: VecDeque::new(),
             spare: None,
         }
     }
@@ -150,7 +153,7 @@ impl Cache {
 
     /// What QEMU's scan from the start slot finds: the slot holding `offset`, else the
     /// unreferenced slot with the oldest LRU stamp (the first in scan order among equals).
-    pub fn lookup(&self, offset: u64) -> Option<Lookup> {
+    pub fn lookup(&mut self, offset: u64) -> Option<Lookup> {
         let start = self.start_slot(offset);
         let hit = if offset == 0 {
             // empty slots hold offset 0: the first one in scan order is the hit
@@ -168,47 +171,59 @@ impl Cache {
             .unused
             .next_in(start, self.entries.len())
             .or_else(|| self.unused.next_in(0, start))
-            .or_else(|| self.by_lru.first_key_value().map(|(_, &i)| i));
+            .or_else(|| self.oldest_stamped());
         victim.map(Lookup::Miss)
     }
 
-    /// Takes slot `i` out of the victim indexes before its refs or LRU stamp change.
-    fn unlist(&mut self, i: usize) {
+    fn is_current(&self, (stamp, i): (u64, usize)) -> bool {
         let e = &self.entries[i];
-        if e.refs == 0 {
-            if e.lru == 0 {
-                self.unused.remove(i);
-            } else {
-                self.by_lru.remove(&e.lru);
-            }
-        }
+        e.refs == 0 && e.lru == stamp
     }
 
-    /// Puts slot `i` back into the victim indexes after its refs or LRU stamp changed.
+    /// The unreferenced slot with the oldest non-zero stamp.
+    fn oldest_stamped(&mut self) -> Option<usize> {
+        while let Some(&front) = self.by_lru.front() {
+            if self.is_current(front) {
+                return Some(front.1);
+            }
+            self.by_lru.pop_front();
+        }
+        None
+    }
+
+    /// Records slot `i` as unreferenced with its stamp, or as unused without one.
     fn relist(&mut self, i: usize) {
         let e = &self.entries[i];
-        if e.refs == 0 {
-            if e.lru == 0 {
-                self.unused.insert(i);
-            } else {
-                self.by_lru.insert(e.lru, i);
-            }
+        if e.refs != 0 {
+            return;
+        }
+        if e.lru == 0 {
+            self.unused.insert(i);
+            return;
+        }
+        self.by_lru.push_back((e.lru, i));
+        if self.by_lru.len() > 2 * self.entries.len() + 16 {
+            // stale records of busy slots pile up behind an old one: keep the current ones
+            let mut queue = std::mem::take(&mut self.by_lru);
+            queue.retain(|&r| self.is_current(r));
+            self.by_lru = queue;
         }
     }
 
     /// Takes a reference to slot `i` (it stops being a victim).
     pub fn take_ref(&mut self, i: usize) {
-        self.unlist(i);
+        // a stamped record of the slot goes stale by itself
+        self.unused.remove(i);
         self.entries[i].refs += 1;
     }
 
     pub fn put(&mut self, i: usize) {
-        self.unlist(i);
         let e = &mut self.entries[i];
         e.refs = e.refs.saturating_sub(1);
         if e.refs == 0 {
             self.lru_counter += 1;
             e.lru = self.lru_counter;
+            self.unused.remove(i);
         }
         self.relist(i);
     }
@@ -255,7 +270,6 @@ impl Cache {
 
     /// Drops a table whose cluster was freed (QEMU's qcow2_cache_discard).
     pub fn discard(&mut self, i: usize) {
-        self.unlist(i);
         self.set_offset(i, 0);
         self.entries[i].lru = 0;
         self.dirty.remove(i);

@@ -128,7 +128,7 @@ impl Qcow2 {
             .await;
             return Err(libc::EIO);
         }
-        let lookup = self.st.borrow().caches[c.idx()].lookup(offset);
+        let lookup = self.st.borrow_mut().cache(c).lookup(offset);
         let i = match lookup {
             Some(Lookup::Hit(i)) => i,
             Some(Lookup::Miss(i)) => {
