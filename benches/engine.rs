@@ -37,6 +37,7 @@ fn open(dir: &Path, drive: &str) -> Rc<BlockBackend> {
         root,
         writethrough: Cell::new(false),
         read_only: Cell::new(false),
+        perms: Cell::new(blockfault::block::perms::Perms::WRITE),
     })
 }
 

@@ -84,6 +84,7 @@ fn open(dir: &Path) -> Rc<BlockBackend> {
         root,
         writethrough: Cell::new(false),
         read_only: Cell::new(false),
+        perms: Cell::new(blockfault::block::perms::Perms::WRITE),
     })
 }
 

@@ -57,6 +57,7 @@ mod tests {
         assert!(b.iter().all(|&x| x == 0x22));
         // small buffers are not kept
         recycle(vec![0u8; 4096]);
-        assert_ne!(filled(4096, 0).as_ptr(), b.as_ptr());
+        let small = filled(4096, 0);
+        assert_ne!(small.as_ptr(), b.as_ptr());
     }
 }

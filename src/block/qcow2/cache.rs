@@ -3,13 +3,18 @@
 //! QEMU's do. The I/O side (entry flush, dependency flush) lives in `refcount.rs`, which owns
 //! the driver state; this file is the pure bookkeeping.
 //!
+//! A cache may have very many slots (`l2-cache-size` up to the whole disk's tables, in 512-byte
+//! slices): QEMU allocates them lazily, and so do we. Only slots that were ever used are kept;
+//! one never used is an empty slot, as QEMU's zeroed ones are.
+//!
 //! QEMU scans every slot on each lookup and each cache write; a 1 GiB image with 512-byte
 //! clusters has 32768 L2 slots, so those scans dominated metadata-heavy work. Here the same
-//! answers come from indexes kept beside the slots: the slot of each cached offset, the dirty
-//! slots, and the unreferenced slots ordered as QEMU's victim scan would rank them.
+//! answers come from indexes kept beside the slots, all as sparse as the slots themselves: the
+//! slot of each cached offset, the dirty slots, the slots that are not fresh, and the
+//! unreferenced slots ordered as QEMU's victim scan would rank them.
 
 use crate::block::int_map::IntMap;
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::rc::Rc;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,65 +49,66 @@ struct Entry {
     lru: u64,
 }
 
-/// A fixed-size set of slot numbers.
-struct SlotSet {
-    words: Vec<u64>,
+impl Entry {
+    /// Taken by nothing and never used since it was emptied: QEMU's scan takes the first of
+    /// these it meets as the victim, as nothing has a smaller LRU counter.
+    fn is_fresh(&self) -> bool {
+        self.refs == 0 && self.lru == 0
+    }
+}
+
+/// A set of slot numbers, stored by 64-slot word, only the words with a member kept.
+#[derive(Default)]
+struct SparseSlots {
+    words: IntMap<usize, u64>,
     len: usize,
 }
 
-impl SlotSet {
-    fn new(n: usize, full: bool) -> Self {
-        let mut words = vec![if full { u64::MAX } else { 0 }; n.div_ceil(64)];
-        if full && !n.is_multiple_of(64) {
-            *words.last_mut().expect("n > 0") = (1u64 << (n % 64)) - 1;
-        }
-        Self {
-            words,
-            len: if full { n } else { 0 },
-        }
-    }
-
-    fn contains(&self, i: usize) -> bool {
-        self.words[i / 64] & (1 << (i % 64)) != 0
-    }
-
+impl SparseSlots {
     fn insert(&mut self, i: usize) {
-        if !self.contains(i) {
-            self.words[i / 64] |= 1 << (i % 64);
+        let w = self.words.entry(i / 64).or_default();
+        let bit = 1u64 << (i % 64);
+        if *w & bit == 0 {
+            *w |= bit;
             self.len += 1;
         }
     }
 
     fn remove(&mut self, i: usize) {
-        if self.contains(i) {
-            self.words[i / 64] &= !(1 << (i % 64));
-            self.len -= 1;
+        if let Some(w) = self.words.get_mut(&(i / 64)) {
+            let bit = 1u64 << (i % 64);
+            if *w & bit != 0 {
+                *w &= !bit;
+                self.len -= 1;
+                if *w == 0 {
+                    self.words.remove(&(i / 64));
+                }
+            }
         }
     }
 
-    /// The smallest member in `from..end`.
-    fn next_in(&self, from: usize, end: usize) -> Option<usize> {
-        if self.len == 0 || from >= end {
-            return None;
-        }
-        let mut w = from / 64;
-        let mut bits = self.words[w] & (u64::MAX << (from % 64));
-        loop {
-            if bits != 0 {
-                let i = w * 64 + bits.trailing_zeros() as usize;
-                return (i < end).then_some(i);
+    /// The smallest non-member in `from..end`. Each word looked at is either absent (the
+    /// answer is in it) or holds a member, so this costs at most one look per kept word.
+    fn next_absent(&self, from: usize, end: usize) -> Option<usize> {
+        let mut i = from;
+        while i < end {
+            let w = self.words.get(&(i / 64)).copied().unwrap_or(0);
+            let free = !w & (u64::MAX << (i % 64));
+            if free != 0 {
+                let found = (i / 64) * 64 + free.trailing_zeros() as usize;
+                return (found < end).then_some(found);
             }
-            w += 1;
-            if w * 64 >= end {
-                return None;
-            }
-            bits = self.words[w];
+            i = (i / 64 + 1) * 64;
         }
+        None
     }
 }
 
 pub struct Cache {
-    entries: Vec<Entry>,
+    /// the number of slots
+    size: usize,
+    /// the slots ever used
+    entries: IntMap<usize, Entry>,
     pub table_size: usize,
     /// the other cache must be flushed before any entry of this one is written
     pub depends: Option<CacheKind>,
@@ -111,13 +117,14 @@ pub struct Cache {
     lru_counter: u64,
     /// the slot of every cached (non-zero) offset
     slots: IntMap<u64, usize>,
-    dirty: SlotSet,
-    /// unreferenced slots never used since they were created or discarded (LRU stamp 0): the
-    /// scan's first choice, ties going to the first one in scan order
-    unused: SlotSet,
-    /// (LRU stamp, slot) of the other unreferenced slots, oldest first. Stamps only grow, so
-    /// a put appends; an entry whose slot was referenced, stamped again or discarded since is
-    /// stale and skipped (and dropped when it reaches the front, or at a compaction).
+    /// dirty slots, in slot order as QEMU's write loop visits them
+    dirty: BTreeSet<usize>,
+    /// slots that are not fresh (referenced, or used since they were created or discarded);
+    /// every other slot is the scan's first choice, ties going to the first in scan order
+    stale: SparseSlots,
+    /// (LRU stamp, slot) of the unreferenced slots with a stamp, oldest first. Stamps only
+    /// grow, so a put appends; an entry whose slot was referenced, stamped again or discarded
+    /// since is outdated and skipped (and dropped when it reaches the front, or at a compaction).
     by_lru: VecDeque<(u64, usize)>,
     /// an evicted table's memory, for the next table read
     spare: Option<Vec<u8>>,
@@ -132,52 +139,71 @@ pub enum Lookup {
 impl Cache {
     pub fn new(size: usize, table_size: usize) -> Self {
         Self {
-            entries: (0..size).map(|_| Entry::default()).collect(),
+            size,
+            entries: IntMap::default(),
             table_size,
             depends: None,
             depends_on_flush: false,
             lru_counter: 0,
             slots: IntMap::default(),
-            dirty: SlotSet::new(size, false),
-            unused: SlotSet::new(size, true),
+            dirty: BTreeSet::new(),
+            stale: SparseSlots::default(),
             by_lru: VecDeque::new(),
             spare: None,
         }
     }
 
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
     /// QEMU's slot for an offset's scan to start at: hits and the choice among equally old
     /// victims depend on it.
     fn start_slot(&self, offset: u64) -> usize {
-        ((offset / self.table_size as u64).wrapping_mul(4) % self.entries.len() as u64) as usize
+        ((offset / self.table_size as u64).wrapping_mul(4) % self.size as u64) as usize
+    }
+
+    fn slot_offset(&self, i: usize) -> u64 {
+        self.entries.get(&i).map_or(0, |e| e.offset)
+    }
+
+    /// The first slot in scan order from `start` holding offset 0 (empty).
+    fn first_empty(&self, start: usize) -> Option<usize> {
+        (start..self.size)
+            .chain(0..start)
+            .find(|&i| self.slot_offset(i) == 0)
     }
 
     /// What QEMU's scan from the start slot finds: the slot holding `offset`, else the
     /// unreferenced slot with the oldest LRU stamp (the first in scan order among equals).
     pub fn lookup(&mut self, offset: u64) -> Option<Lookup> {
+        if self.size == 0 {
+            return None;
+        }
         let start = self.start_slot(offset);
         let hit = if offset == 0 {
             // empty slots hold offset 0: the first one in scan order is the hit
-            let n = self.entries.len();
-            (start..n)
-                .chain(0..start)
-                .find(|&i| self.entries[i].offset == 0)
+            self.first_empty(start)
         } else {
             self.slots.get(&offset).copied()
         };
         if let Some(i) = hit {
             return Some(Lookup::Hit(i));
         }
-        let victim = self
-            .unused
-            .next_in(start, self.entries.len())
-            .or_else(|| self.unused.next_in(0, start))
-            .or_else(|| self.oldest_stamped());
-        victim.map(Lookup::Miss)
+        let victim = if self.stale.len < self.size {
+            self.stale
+                .next_absent(start, self.size)
+                .or_else(|| self.stale.next_absent(0, start))
+        } else {
+            None
+        };
+        victim.or_else(|| self.oldest_stamped()).map(Lookup::Miss)
     }
 
     fn is_current(&self, (stamp, i): (u64, usize)) -> bool {
-        let e = &self.entries[i];
-        e.refs == 0 && e.lru == stamp
+        self.entries
+            .get(&i)
+            .is_some_and(|e| e.refs == 0 && e.lru == stamp)
     }
 
     /// The unreferenced slot with the oldest non-zero stamp.
@@ -191,49 +217,57 @@ impl Cache {
         None
     }
 
-    /// Records slot `i` as unreferenced with its stamp, or as unused without one.
+    /// Files slot `i` in the indexes after its references or stamp changed.
     fn relist(&mut self, i: usize) {
-        let e = &self.entries[i];
-        if e.refs != 0 {
+        let (fresh, refs, lru) = self
+            .entries
+            .get(&i)
+            .map_or((true, 0, 0), |e| (e.is_fresh(), e.refs, e.lru));
+        if fresh {
+            self.stale.remove(i);
             return;
         }
-        if e.lru == 0 {
-            self.unused.insert(i);
+        self.stale.insert(i);
+        if refs != 0 {
+            // a stamped record of the slot goes stale by itself
             return;
         }
-        self.by_lru.push_back((e.lru, i));
+        self.by_lru.push_back((lru, i));
         if self.by_lru.len() > 2 * self.entries.len() + 16 {
-            // stale records of busy slots pile up behind an old one: keep the current ones
+            // outdated records of busy slots pile up behind an old one: keep the current ones
             let mut queue = std::mem::take(&mut self.by_lru);
             queue.retain(|&r| self.is_current(r));
             self.by_lru = queue;
         }
     }
 
+    fn entry_mut(&mut self, i: usize) -> &mut Entry {
+        self.entries.entry(i).or_default()
+    }
+
     /// Takes a reference to slot `i` (it stops being a victim).
     pub fn take_ref(&mut self, i: usize) {
-        // a stamped record of the slot goes stale by itself
-        self.unused.remove(i);
-        self.entries[i].refs += 1;
+        self.entry_mut(i).refs += 1;
+        self.stale.insert(i);
     }
 
     pub fn put(&mut self, i: usize) {
-        let e = &mut self.entries[i];
+        let counter = self.lru_counter + 1;
+        let e = self.entry_mut(i);
         e.refs = e.refs.saturating_sub(1);
         if e.refs == 0 {
-            self.lru_counter += 1;
-            e.lru = self.lru_counter;
-            self.unused.remove(i);
+            e.lru = counter;
+            self.lru_counter = counter;
         }
         self.relist(i);
     }
 
     pub fn offset(&self, i: usize) -> u64 {
-        self.entries[i].offset
+        self.slot_offset(i)
     }
 
     fn set_offset(&mut self, i: usize, offset: u64) {
-        let old = std::mem::replace(&mut self.entries[i].offset, offset);
+        let old = std::mem::replace(&mut self.entry_mut(i).offset, offset);
         if old != 0 && self.slots.get(&old) == Some(&i) {
             self.slots.remove(&old);
         }
@@ -248,22 +282,22 @@ impl Cache {
     }
 
     pub fn is_dirty(&self, i: usize) -> bool {
-        self.dirty.contains(i)
+        self.dirty.contains(&i)
     }
 
     pub fn clear_dirty(&mut self, i: usize) {
-        self.dirty.remove(i);
+        self.dirty.remove(&i);
     }
 
     /// The first dirty slot at or after `from`, as QEMU's slot-order write loop reaches it.
     pub fn next_dirty(&self, from: usize) -> Option<usize> {
-        self.dirty.next_in(from, self.entries.len())
+        self.dirty.range(from..).next().copied()
     }
 
     /// The first slot holding `offset` (QEMU's qcow2_cache_is_table_offset).
     pub fn find(&self, offset: u64) -> Option<usize> {
         if offset == 0 {
-            return self.entries.iter().position(|e| e.offset == 0);
+            return self.first_empty(0);
         }
         self.slots.get(&offset).copied()
     }
@@ -271,8 +305,8 @@ impl Cache {
     /// Drops a table whose cluster was freed (QEMU's qcow2_cache_discard).
     pub fn discard(&mut self, i: usize) {
         self.set_offset(i, 0);
-        self.entries[i].lru = 0;
-        self.dirty.remove(i);
+        self.entry_mut(i).lru = 0;
+        self.dirty.remove(&i);
         self.relist(i);
     }
 
@@ -281,7 +315,8 @@ impl Cache {
     /// Contents are unspecified: the caller reads or fills the whole table.
     pub fn begin_load(&mut self, i: usize) -> Vec<u8> {
         self.set_offset(i, 0);
-        let own = self.entries[i]
+        let own = self
+            .entry_mut(i)
             .data
             .take()
             .and_then(|t| Rc::try_unwrap(t).ok());
@@ -296,21 +331,24 @@ impl Cache {
 
     /// Installs a loaded table in slot `i` under `offset` (0 when the load failed).
     pub fn end_load(&mut self, i: usize, table: Vec<u8>, offset: u64) {
-        self.entries[i].data = Some(Rc::new(table));
+        self.entry_mut(i).data = Some(Rc::new(table));
         self.set_offset(i, offset);
     }
 
     /// The table of slot `i`, shared, for writing it out.
     pub fn shared_table(&self, i: usize) -> Option<Table> {
-        self.entries[i].data.clone()
+        self.entries.get(&i).and_then(|e| e.data.clone())
     }
 
     pub fn table(&self, i: usize) -> &[u8] {
-        self.entries[i].data.as_deref().map_or(&[], |t| t)
+        self.entries
+            .get(&i)
+            .and_then(|e| e.data.as_deref())
+            .map_or(&[], |t| t)
     }
 
     pub fn table_mut(&mut self, i: usize) -> &mut [u8] {
-        match &mut self.entries[i].data {
+        match self.entries.get_mut(&i).and_then(|e| e.data.as_mut()) {
             Some(t) => Rc::make_mut(t).as_mut_slice(),
             None => &mut [],
         }
@@ -337,6 +375,13 @@ mod tests {
         c.end_load(i, buf, offset);
     }
 
+    /// Loads `offset` into slot `i` and uses it once (it gets the next LRU stamp).
+    fn occupy(c: &mut Cache, i: usize, offset: u64) {
+        load(c, i, offset);
+        c.take_ref(i);
+        c.put(i);
+    }
+
     #[test]
     fn lookup_starts_at_the_offset_slot_and_picks_the_oldest_free_victim() {
         let mut c = Cache::new(4, 512);
@@ -347,9 +392,7 @@ mod tests {
         }
         // stamps: slot 3 -> 1, slot 1 -> 2, slot 0 -> 3; slot 2 stays referenced
         for (i, off) in [(3, 2048), (1, 4096), (0, 512)] {
-            load(&mut c, i, off);
-            c.take_ref(i);
-            c.put(i);
+            occupy(&mut c, i, off);
         }
         load(&mut c, 2, 8192);
         c.take_ref(2);
@@ -364,14 +407,41 @@ mod tests {
     }
 
     #[test]
+    fn empty_slots_are_found_from_the_start_slot_on() {
+        let mut c = Cache::new(8, 512);
+        // offset 1024 -> start (2*4)%8 = 0; slots 0 and 1 taken -> 2
+        occupy(&mut c, 0, 4096);
+        occupy(&mut c, 1, 4608);
+        assert!(matches!(c.lookup(1024), Some(Lookup::Miss(2))));
+        // the scan wraps: start 4 (offset 512), slots 4..7 taken -> 2
+        for i in 4..8 {
+            occupy(&mut c, i, 8192 + 512 * i as u64);
+        }
+        assert!(matches!(c.lookup(512), Some(Lookup::Miss(2))));
+        // a discarded slot is empty again
+        c.discard(5);
+        assert!(matches!(c.lookup(512), Some(Lookup::Miss(5))));
+    }
+
+    #[test]
+    fn a_huge_cache_costs_only_what_it_holds() {
+        let mut c = Cache::new(1 << 31, 512);
+        occupy(&mut c, 0, 512 * 7);
+        assert!(matches!(c.lookup(512 * 7), Some(Lookup::Hit(0))));
+        assert!(matches!(c.lookup(0x1000_0000), Some(Lookup::Miss(_))));
+        assert_eq!(c.entries.len(), 1);
+        assert!(c.stale.words.len() <= 1);
+    }
+
+    #[test]
     fn put_updates_lru_only_when_the_last_reference_goes() {
         let mut c = Cache::new(2, 512);
         c.take_ref(0);
         c.take_ref(0);
         c.put(0);
-        assert_eq!(c.entries[0].lru, 0);
+        assert_eq!(c.entries[&0].lru, 0);
         c.put(0);
-        assert_eq!(c.entries[0].lru, 1);
+        assert_eq!(c.entries[&0].lru, 1);
     }
 
     #[test]
@@ -388,6 +458,21 @@ mod tests {
             i = d + 1;
         }
         assert_eq!(seen, [3, 64, 129]);
+    }
+
+    #[test]
+    fn sparse_slots_find_the_first_gap() {
+        let mut s = SparseSlots::default();
+        for i in (0..130).chain([200]) {
+            s.insert(i);
+        }
+        assert_eq!(s.next_absent(0, 1000), Some(130));
+        assert_eq!(s.next_absent(190, 1000), Some(190));
+        assert_eq!(s.next_absent(200, 1000), Some(201));
+        assert_eq!(s.next_absent(0, 100), None);
+        s.remove(64);
+        assert_eq!(s.next_absent(0, 100), Some(64));
+        assert_eq!(s.len, 130);
     }
 
     /// QEMU's cache bookkeeping as it is written there: a scan of every slot.
@@ -428,16 +513,16 @@ mod tests {
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
             4 => (0u64..24).prop_map(Op::Get),
-            3 => (0usize..8).prop_map(Op::Put),
-            2 => (0usize..8).prop_map(Op::Dirty),
-            1 => (0usize..8).prop_map(Op::Clean),
+            3 => (0usize..200).prop_map(Op::Put),
+            2 => (0usize..200).prop_map(Op::Dirty),
+            1 => (0usize..200).prop_map(Op::Clean),
             1 => (0u64..24).prop_map(Op::Discard),
         ]
     }
 
     proptest! {
         #[test]
-        fn indexes_answer_as_the_full_scan(size in 1usize..8, ops in proptest::collection::vec(op(), 0..200)) {
+        fn indexes_answer_as_the_full_scan(size in prop_oneof![1usize..8, 60usize..140], ops in proptest::collection::vec(op(), 0..300)) {
             let ts = 512u64;
             let mut c = Cache::new(size, ts as usize);
             let mut s = vec![Scan::default(); size];

@@ -5,6 +5,7 @@
 
 use super::Qcow2;
 use super::cache::{CacheKind, Lookup};
+use super::state::c_hex;
 use super::state::{DiscardType, REFT_OFFSET_MASK, rc_get, rc_set, refcount_metadata_blocks};
 use crate::block::blkdebug::events::Event;
 use crate::block::driver::{BoxFut, IoResult, ReqFlags};
@@ -41,6 +42,16 @@ impl Qcow2 {
             io::flush(node.file()).await?;
             self.st.borrow_mut().cache(c).depends_on_flush = false;
         }
+        let (ign, table_size) = {
+            let st = self.st.borrow();
+            let ign = match c {
+                CacheKind::Refcount => super::overlap::REFCOUNT_BLOCK,
+                CacheKind::L2 => super::overlap::ACTIVE_L2,
+            };
+            (ign, st.caches[c.idx()].table_size as u64)
+        };
+        self.pre_write_overlap_check(node, ign, offset, table_size)
+            .await?;
         let ev = match c {
             CacheKind::Refcount => Event::RefblockUpdatePart,
             CacheKind::L2 => Event::L2Update,
@@ -123,7 +134,10 @@ impl Qcow2 {
             self.signal_corruption(
                 node,
                 true,
-                &format!("Cannot get entry from {name} cache: Offset {offset:#x} is unaligned"),
+                &format!(
+                    "Cannot get entry from {name} cache: Offset {} is unaligned",
+                    c_hex(offset)
+                ),
             )
             .await;
             return Err(libc::EIO);
@@ -180,7 +194,11 @@ impl Qcow2 {
             self.signal_corruption(
                 node,
                 true,
-                &format!("Refblock offset {off:#x} unaligned (reftable index: {ti:#x})"),
+                &format!(
+                    "Refblock offset {} unaligned (reftable index: {})",
+                    c_hex(off),
+                    c_hex(ti)
+                ),
             )
             .await;
             return Err(libc::EIO);
@@ -223,7 +241,11 @@ impl Qcow2 {
                 self.signal_corruption(
                     node,
                     true,
-                    &format!("Refblock offset {existing:#x} unaligned (reftable index: {ti:#x})"),
+                    &format!(
+                        "Refblock offset {} unaligned (reftable index: {})",
+                        c_hex(existing),
+                        c_hex(ti)
+                    ),
                 )
                 .await;
                 return Err(plain(libc::EIO));
@@ -766,7 +788,7 @@ impl Qcow2 {
                     self.signal_corruption(
                         node,
                         false,
-                        &format!("Cannot free unaligned cluster {off:#x}"),
+                        &format!("Cannot free unaligned cluster {}", c_hex(off)),
                     )
                     .await;
                 }
