@@ -325,7 +325,7 @@ impl Qcow2 {
                 return Err(plain(e));
             }
             let mut st = self.st.borrow_mut();
-            st.reftable[ti as usize] = new_block;
+            st.reftable.set(ti as usize, new_block);
             st.max_reftable_index = st.max_reftable_index.max(ti);
             return Err(fail(libc::EAGAIN));
         }
@@ -461,7 +461,7 @@ impl Qcow2 {
         let (old_offset, old_size) = {
             let mut st = self.st.borrow_mut();
             let old = (st.reftable_offset, st.reftable.len() as u64);
-            st.reftable = new_table;
+            st.reftable = super::overlap::PointerTable::reftable(new_table);
             st.reftable_offset = table_offset;
             st.hdr.refcount_table_offset = table_offset;
             st.hdr.refcount_table_clusters = table_clusters as u32;

@@ -196,8 +196,8 @@ impl Qcow2 {
         .await;
         if let Err(e) = r {
             let mut st = self.st.borrow_mut();
-            for x in &mut st.l1[new_size as usize..] {
-                *x = 0;
+            for i in new_size as usize..st.l1.len() {
+                st.l1.set(i, 0);
             }
             return Err(e);
         }
@@ -209,7 +209,7 @@ impl Qcow2 {
                 continue;
             }
             self.free_clusters(node, l2, cs, DiscardType::Always).await;
-            self.st.borrow_mut().l1[i as usize] = 0;
+            self.st.borrow_mut().l1.set(i as usize, 0);
         }
         Ok(())
     }
@@ -220,7 +220,7 @@ impl Qcow2 {
         let (table, cs, order, rbs) = {
             let st = self.st.borrow();
             (
-                st.reftable.clone(),
+                st.reftable.to_vec(),
                 st.cluster_size,
                 st.refcount_order,
                 st.refcount_block_size(),
@@ -253,7 +253,7 @@ impl Qcow2 {
                         .discard_refcount_block(node, table[i] & REFT_OFFSET_MASK)
                         .await;
                 }
-                self.st.borrow_mut().reftable[i] = 0;
+                self.st.borrow_mut().reftable.set(i, 0);
             }
         }
         if !self.st.borrow().cache_discards {
