@@ -4,7 +4,9 @@
 //! Data rows (writeback): sequential 64 KiB writes then reads over a 1 GiB image and random
 //! 4 KiB writes, as throughput; ours runs in this process, QEMU as `qemu-img bench -d 1` (the
 //! sequential rows) or one qemu-io process with the same seeded `write -q` commands (the random
-//! row), so QEMU's figures include its start-up there. Target: ours/QEMU >= 1.
+//! row), so QEMU's figures include its start-up there. Target: ours/QEMU >= 1. The last
+//! column compares CPU time (QEMU's over ours: ours is this process's during the requests,
+//! QEMU's the child's), steadier than throughput when other work shares the machine.
 //!
 //! Metadata rows: the same qemu-io command line through `blockfault io` and through `qemu-io`,
 //! both as processes from the same prepared image (preparation untimed), rounds interleaved,
@@ -28,7 +30,7 @@ use std::cell::{Cell, RefCell};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 const IMAGE: u64 = 1 << 30;
 const OURS: &str = env!("CARGO_BIN_EXE_blockfault");
@@ -64,7 +66,10 @@ fn qemu_img(dir: &Path, args: &[&str]) {
 
 fn create(dir: &Path, opts: &str, size: &str) {
     let _ = std::fs::remove_file(dir.join("t.qcow2"));
-    qemu_img(dir, &["create", "-q", "-f", "qcow2", "-o", opts, "t.qcow2", size]);
+    qemu_img(
+        dir,
+        &["create", "-q", "-f", "qcow2", "-o", opts, "t.qcow2", size],
+    );
 }
 
 fn open(dir: &Path) -> Rc<BlockBackend> {
@@ -88,9 +93,20 @@ fn open(dir: &Path) -> Rc<BlockBackend> {
     })
 }
 
-/// Runs our requests in this process, and the close-time flush; returns the elapsed time.
-fn in_process(dir: &Path, write: bool, size: usize, offsets: Vec<u64>) -> Duration {
+/// CPU time (user + system) this process has used so far.
+fn own_cpu() -> f64 {
+    // SAFETY: an all-zero rusage is a valid value; getrusage fills it in.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: writes only the local.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
+}
+
+/// Runs our requests in this process, and the close-time flush; returns what it cost.
+fn in_process(dir: &Path, write: bool, size: usize, offsets: Vec<u64>) -> Cost {
     let blk = open(dir);
+    let cpu0 = own_cpu();
     let t0 = Instant::now();
     block_on(async move {
         let mut buf = vec![0x5au8; size];
@@ -108,7 +124,10 @@ fn in_process(dir: &Path, write: bool, size: usize, offsets: Vec<u64>) -> Durati
         root.driver.close(&root).await;
     })
     .expect("benchmark requests complete");
-    t0.elapsed()
+    Cost {
+        wall: t0.elapsed().as_secs_f64(),
+        cpu: own_cpu() - cpu0,
+    }
 }
 
 /// What one process cost: wall time, and the CPU time the kernel accounted to it.
@@ -149,20 +168,17 @@ fn measure(cmd: &mut Command) -> Option<Cost> {
     })
 }
 
-fn timed(cmd: &mut Command) -> Option<Duration> {
-    measure(cmd).map(|c| Duration::from_secs_f64(c.wall))
-}
-
-fn data_row(name: &str, bytes: u64, ours: Duration, qemu: Option<Duration>) {
-    let mib = |d: Duration| bytes as f64 / 1048576.0 / d.as_secs_f64();
+fn data_row(name: &str, bytes: u64, ours: Cost, qemu: Option<Cost>) {
+    let mib = |secs: f64| bytes as f64 / 1048576.0 / secs;
     match qemu {
         Some(q) => println!(
-            "{name:<44} {:>10.1} {:>10.1} {:>8.2}",
-            mib(ours),
-            mib(q),
-            mib(ours) / mib(q)
+            "{name:<44} {:>10.1} {:>10.1} {:>8.2} {:>9.2}",
+            mib(ours.wall),
+            mib(q.wall),
+            mib(ours.wall) / mib(q.wall),
+            q.cpu / ours.cpu
         ),
-        None => println!("{name:<44} {:>10.1} {:>10} {:>8}", mib(ours), "-", "-"),
+        None => println!("{name:<44} {:>10.1} {:>10} {:>8}", mib(ours.wall), "-", "-"),
     }
 }
 
@@ -172,8 +188,8 @@ fn data_rows(d: &Path, seq_bytes: u64, random: u64) {
     let seq: Vec<u64> = (0..count).map(|i| i * size as u64).collect();
     let rand = lcg_offsets(random, IMAGE / 4096, 4096);
     println!(
-        "{:<44} {:>10} {:>10} {:>8}",
-        "data rows (qcow2, writeback)", "ours MiB/s", "QEMU MiB/s", "ours/QEMU"
+        "{:<44} {:>10} {:>10} {:>8} {:>9}",
+        "data rows (qcow2, writeback)", "ours MiB/s", "QEMU MiB/s", "ours/QEMU", "×cpu"
     );
     let bench = |extra: &[&str]| {
         let mut c = Command::new("qemu-img");
@@ -198,9 +214,9 @@ fn data_rows(d: &Path, seq_bytes: u64, random: u64) {
     create(d, "cluster_size=65536", "1G");
     let w_ours = in_process(d, true, size, seq.clone());
     create(d, "cluster_size=65536", "1G");
-    let w_qemu = timed(&mut bench(&["-w"]));
+    let w_qemu = measure(&mut bench(&["-w"]));
     let r_ours = in_process(d, false, size, seq);
-    let r_qemu = timed(&mut bench(&[]));
+    let r_qemu = measure(&mut bench(&[]));
     data_row("sequential 64 KiB writes", seq_bytes, w_ours, w_qemu);
     data_row("sequential 64 KiB reads", seq_bytes, r_ours, r_qemu);
 
@@ -213,7 +229,7 @@ fn data_rows(d: &Path, seq_bytes: u64, random: u64) {
         io.arg("-c").arg(format!("write -q {off} 4k"));
     }
     io.arg("t.qcow2");
-    let rw_qemu = timed(&mut io);
+    let rw_qemu = measure(&mut io);
     data_row(
         "random 4 KiB writes (QEMU: one process)",
         random * 4096,
@@ -382,11 +398,7 @@ fn metadata_rows(d: &Path, rounds: u64, only: Option<&str>) {
             q.cpu,
             q.cpu / o.cpu,
             net,
-            if identical {
-                ""
-            } else {
-                "  (images differ!)"
-            }
+            if identical { "" } else { "  (images differ!)" }
         );
         if let (Some(os), Some(qs)) = (ours_start, qemu_start) {
             println!(
