@@ -354,6 +354,13 @@ impl Cache {
         }
     }
 
+    /// Copies the table of slot `from` over the table of slot `to`.
+    pub fn copy_table(&mut self, from: usize, to: usize) {
+        if let Some(src) = self.shared_table(from) {
+            self.table_mut(to).copy_from_slice(&src);
+        }
+    }
+
     pub fn be64(&self, i: usize, idx: usize) -> u64 {
         let d = &self.table(i)[idx * 8..idx * 8 + 8];
         u64::from_be_bytes(d.try_into().expect("8 bytes"))

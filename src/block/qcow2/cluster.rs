@@ -258,8 +258,7 @@ impl Qcow2 {
                     let os = self.cache_get(node, CacheKind::L2, old_slice, true).await?;
                     let mut st = self.st.borrow_mut();
                     let c = st.cache(CacheKind::L2);
-                    let copy = c.table(os).to_vec();
-                    c.table_mut(slot).copy_from_slice(&copy);
+                    c.copy_table(os, slot);
                     c.put(os);
                 }
                 node.file().debug_event(Event::L2AllocWrite).await;
