@@ -6,7 +6,7 @@
 use super::blkdebug::events::Event;
 use super::driver::{BlockStatus, IoResult, ReqFlags, status};
 use super::executor::{self, Gate};
-use super::node::Node;
+use super::node::{DetectZeroes, Node};
 use super::tracked::{self, Kind, Tracked};
 use std::rc::Rc;
 
@@ -506,6 +506,7 @@ async fn aligned_pwritev(
         Err(libc::EPERM)
     } else {
         tracked::wait_serialising(node, req).await;
+        let (data, flags) = detect_zeroes(node, data, flags);
         match data {
             WriteData::Zeroes(_) => {
                 node.debug_event(Event::PwritevZero).await;
@@ -542,6 +543,29 @@ async fn aligned_pwritev(
     node.debug_event(Event::PwritevDone).await;
     write_req_finish(node, req.kind, offset, bytes, ret.is_ok());
     ret
+}
+
+/// `detect-zeroes`: a buffer of zeroes is written as zeroes, where the driver can write them
+/// (`unmap`: and may unmap them), as QEMU's bdrv_aligned_pwritev decides.
+fn detect_zeroes<'a>(
+    node: &Node,
+    data: WriteData<'a>,
+    flags: ReqFlags,
+) -> (WriteData<'a>, ReqFlags) {
+    match data {
+        WriteData::Buf(buf)
+            if node.detect_zeroes != DetectZeroes::Off
+                && node.caps.pwrite_zeroes
+                && buf.iter().all(|&b| b == 0) =>
+        {
+            let mut flags = flags.with(ReqFlags::ZERO_WRITE);
+            if node.detect_zeroes == DetectZeroes::Unmap {
+                flags = flags.with(ReqFlags::MAY_UNMAP);
+            }
+            (WriteData::Zeroes(buf.len() as u64), flags)
+        }
+        data => (data, flags),
+    }
 }
 
 /// After a write, discard or resize (QEMU's bdrv_co_write_req_finish): the write generation

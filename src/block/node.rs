@@ -22,17 +22,18 @@ pub struct Child {
     pub extra_perms: Perms,
 }
 
-/// QEMU's BdrvChildRole, as far as permissions and limits go.
+/// QEMU's BdrvChildRole: what a parent uses a child for, which decides the permissions it
+/// takes on it, what the child inherits from it and whether its format is probed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ChildRole {
-    /// a filter's child (raw without offset/size, blkdebug, blkverify's raw): the parent's
-    /// permissions pass through unchanged
+    /// a filter's child (raw without offset/size, blkdebug's image, blkverify's raw): the
+    /// parent's permissions pass through unchanged; probed as its parent was
     Filtered,
-    /// guest data only (blkverify's test): writing it may grow it
+    /// guest data only (blkverify's test): writing it may grow it; probed
     Data,
-    /// a format's image file (qcow2's file): data and metadata
+    /// a format's image file (qcow2's file): data and metadata; a protocol node, never probed
     Image,
-    /// a backing file: only ever read
+    /// a backing file: only ever read; read-only unless told otherwise, probed
     Cow,
 }
 
@@ -48,6 +49,18 @@ pub struct OpenFlags {
     pub direct: bool,
     /// `aio=native` (qemu-io `-k`, `-i native`), which the file driver refuses without O_DIRECT
     pub native_aio: bool,
+    /// qemu-io `-C` (QEMU's BDRV_O_COPY_ON_READ): only the top node has it
+    pub copy_on_read: bool,
+}
+
+/// The `detect-zeroes` option: writes of a zeroed buffer become zero writes (`unmap`: that may
+/// unmap), decided per node in QEMU's bdrv_aligned_pwritev.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DetectZeroes {
+    #[default]
+    Off,
+    On,
+    Unmap,
 }
 
 pub struct Node {
@@ -59,6 +72,9 @@ pub struct Node {
     pub flags: OpenFlags,
     /// the filename QEMU would show for this node
     pub filename: String,
+    /// the `node-name` option, if given
+    pub node_name: Option<String>,
+    pub detect_zeroes: DetectZeroes,
     pub(crate) caps: Capabilities,
     /// the permissions the node's parents hold on it, as of the last refresh
     pub perms: Cell<Perms>,
@@ -89,6 +105,8 @@ impl Node {
             supported_zero_flags: ReqFlags::NONE,
             flags: OpenFlags::default(),
             filename,
+            node_name: None,
+            detect_zeroes: DetectZeroes::Off,
             caps,
             perms: Cell::new(Perms::NONE),
             write_gen: Cell::new(0),

@@ -19,9 +19,11 @@ pub mod header;
 pub mod image_file;
 mod lock;
 pub mod open;
+mod overlap;
 mod read;
 pub mod refcount;
 mod resize;
+pub mod runtime;
 pub mod state;
 mod write;
 
