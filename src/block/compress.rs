@@ -9,6 +9,10 @@ use super::node::Node;
 pub struct CompressDriver;
 
 impl BlockDriver for CompressDriver {
+    /// QEMU 10.0.2's filter has no bdrv_reopen_prepare.
+    fn can_reopen(&self) -> bool {
+        false
+    }
     fn format_name(&self) -> &'static str {
         "compress"
     }

@@ -8,6 +8,10 @@ use super::node::Node;
 pub struct CopyOnReadDriver;
 
 impl BlockDriver for CopyOnReadDriver {
+    /// QEMU 10.0.2's filter has no bdrv_reopen_prepare.
+    fn can_reopen(&self) -> bool {
+        false
+    }
     fn format_name(&self) -> &'static str {
         "copy-on-read"
     }

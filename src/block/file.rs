@@ -1,14 +1,17 @@
 //! The `file` protocol driver: positional I/O on a host file. Every request completes after
 //! one executor turn, as QEMU's thread-pool I/O completes through a bottom half.
 
-use super::driver::{BlockDriver, BlockStatus, BoxFut, Capabilities, IoResult, ReqFlags, status};
+use super::driver::{
+    BlockDriver, BlockStatus, BoxFut, Capabilities, IoResult, ReopenState, ReqFlags, status,
+};
 use super::executor::pool_job;
-use super::node::Node;
+use super::node::{Node, OpenFlags};
+use std::cell::{Cell, Ref, RefCell};
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Which of file-posix's drivers a node is: they differ in the kind of host file they take.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,11 +42,17 @@ impl HostKind {
 
 pub struct FileDriver {
     kind: HostKind,
-    file: File,
+    /// the descriptor; a reopen that changes the access mode or O_DIRECT replaces it
+    file: RefCell<File>,
+    /// where the file is (for a reopen), and its name as QEMU shows it
+    path: PathBuf,
+    shown_name: String,
+    /// how the descriptor is open: (writable, O_DIRECT)
+    mode: Cell<(bool, bool)>,
     /// whether flushes and FUA writes reach the host disk (fdatasync)
     sync: bool,
     /// a temporary file (a snapshot overlay) that goes away with the node
-    temporary: Option<std::path::PathBuf>,
+    temporary: Option<PathBuf>,
 }
 
 impl Drop for FileDriver {
@@ -58,6 +67,25 @@ fn errno_of(e: &io::Error) -> i32 {
     e.raw_os_error().unwrap_or(libc::EIO)
 }
 
+/// Opens the host file as file-posix does, with QEMU's message on failure.
+fn open_host_file(path: &Path, shown_name: &str, writable: bool) -> Result<File, String> {
+    OpenOptions::new()
+        .read(true)
+        .write(writable)
+        .open(path)
+        .map_err(|e| {
+            format!(
+                "Could not open '{shown_name}': {}",
+                crate::errno::strerror(errno_of(&e))
+            )
+        })
+}
+
+/// A prepared reopen: the descriptor the new flags need, when they need another one.
+struct Reopen {
+    new_file: Option<(File, (bool, bool))>,
+}
+
 impl FileDriver {
     /// Opens `path` (already resolved against the caller's directory). The error is QEMU's text.
     pub fn open(
@@ -67,16 +95,7 @@ impl FileDriver {
         read_only: bool,
         sync: bool,
     ) -> Result<Self, String> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(!read_only)
-            .open(path)
-            .map_err(|e| {
-                format!(
-                    "Could not open '{shown_name}': {}",
-                    crate::errno::strerror(errno_of(&e))
-                )
-            })?;
+        let file = open_host_file(path, shown_name, !read_only)?;
         let ft = file
             .metadata()
             .map_err(|e| {
@@ -105,10 +124,24 @@ impl FileDriver {
         }
         Ok(Self {
             kind,
-            file,
+            file: RefCell::new(file),
+            path: path.to_path_buf(),
+            shown_name: shown_name.to_string(),
+            mode: Cell::new((!read_only, false)),
             sync,
             temporary: None,
         })
+    }
+
+    fn file(&self) -> Ref<'_, File> {
+        self.file.borrow()
+    }
+
+    /// Records how the descriptor was opened with respect to O_DIRECT (`cache.direct`), which a
+    /// reopen compares against.
+    pub fn with_direct(self, direct: bool) -> Self {
+        self.mode.set((self.mode.get().0, direct));
+        self
     }
 
     /// Deletes the file when the node is dropped (QEMU's BDRV_O_TEMPORARY).
@@ -119,7 +152,7 @@ impl FileDriver {
 
     /// The host file's size (the node keeps the block layer's own idea of the length).
     fn len(&self) -> IoResult<u64> {
-        self.file
+        self.file()
             .metadata()
             .map(|m| m.len())
             .map_err(|e| errno_of(&e))
@@ -128,7 +161,7 @@ impl FileDriver {
     fn read_full(&self, offset: u64, buf: &mut [u8]) -> IoResult {
         let mut done = 0;
         while done < buf.len() {
-            match self.file.read_at(&mut buf[done..], offset + done as u64) {
+            match self.file().read_at(&mut buf[done..], offset + done as u64) {
                 // Past the end of the file reads as zeroes, as file-posix pads short reads.
                 Ok(0) => {
                     buf[done..].fill(0);
@@ -146,11 +179,11 @@ impl FileDriver {
         if !self.sync {
             return Ok(());
         }
-        self.file.sync_data().map_err(|e| errno_of(&e))
+        self.file().sync_data().map_err(|e| errno_of(&e))
     }
 
     fn zero_range(&self, offset: u64, bytes: u64, unmap: bool) -> IoResult {
-        let fd = self.file.as_raw_fd();
+        let fd = self.file().as_raw_fd();
         let end = offset + bytes;
         let len = self.len()?;
         // Punching a hole keeps the size, so it only serves the part inside the file.
@@ -215,7 +248,7 @@ impl BlockDriver for FileDriver {
     ) -> BoxFut<'a, IoResult> {
         Box::pin(async move {
             let ret = self
-                .file
+                .file()
                 .write_all_at(buf, offset)
                 .map_err(|e| errno_of(&e));
             pool_job().await;
@@ -248,7 +281,7 @@ impl BlockDriver for FileDriver {
             let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
             // SAFETY: fallocate on an fd we own.
             let r = unsafe {
-                libc::fallocate(self.file.as_raw_fd(), mode, offset as i64, bytes as i64)
+                libc::fallocate(self.file().as_raw_fd(), mode, offset as i64, bytes as i64)
             };
             pool_job().await;
             // Discard is advisory: a host that cannot punch holes just keeps the data.
@@ -282,7 +315,7 @@ impl BlockDriver for FileDriver {
                     file: None,
                 });
             }
-            let fd = self.file.as_raw_fd();
+            let fd = self.file().as_raw_fd();
             // SAFETY: lseek on an fd we own; it does not touch memory.
             let data = unsafe { libc::lseek(fd, offset as i64, libc::SEEK_DATA) };
             let (flags, pnum) = if data < 0 || data as u64 > offset {
@@ -320,7 +353,7 @@ impl BlockDriver for FileDriver {
 
     fn truncate<'a>(&'a self, _node: &'a Node, size: u64) -> BoxFut<'a, Result<(), String>> {
         Box::pin(async move {
-            let ret = self.file.set_len(size).map_err(|e| {
+            let ret = self.file().set_len(size).map_err(|e| {
                 format!(
                     "Failed to resize file: {}",
                     crate::errno::strerror(errno_of(&e))
@@ -355,7 +388,7 @@ impl BlockDriver for FileDriver {
                         // SAFETY: plain syscall on our own descriptor.
                         let e = unsafe {
                             libc::posix_fallocate(
-                                self.file.as_raw_fd(),
+                                self.file().as_raw_fd(),
                                 current as libc::off_t,
                                 (size - current) as libc::off_t,
                             )
@@ -368,13 +401,13 @@ impl BlockDriver for FileDriver {
                     }
                 }
                 "full" => (|| {
-                    self.file
-                        .set_len(size)
+                    let file = self.file();
+                    file.set_len(size)
                         .map_err(|e| fail("Could not resize file", errno_of(&e)))?;
                     // file-posix writes the zeroes from a plain malloc'ed buffer, which
                     // O_DIRECT refuses: the file gets its old length back.
-                    if node.flags.direct && size > current {
-                        let _ = self.file.set_len(current);
+                    if node.flags().direct && size > current {
+                        let _ = file.set_len(current);
                         return Err(fail(
                             "Could not write zeros for preallocation",
                             libc::EINVAL,
@@ -384,13 +417,12 @@ impl BlockDriver for FileDriver {
                     let mut off = current;
                     while off < size {
                         let n = (size - off).min(zeros.len() as u64) as usize;
-                        self.file.write_all_at(&zeros[..n], off).map_err(|e| {
+                        file.write_all_at(&zeros[..n], off).map_err(|e| {
                             fail("Could not write zeros for preallocation", errno_of(&e))
                         })?;
                         off += n as u64;
                     }
-                    self.file
-                        .sync_all()
+                    file.sync_all()
                         .map_err(|e| fail("Could not flush file to disk", errno_of(&e)))
                 })(),
                 _ => Err(format!("Unsupported preallocation mode: {prealloc}")),
@@ -400,13 +432,74 @@ impl BlockDriver for FileDriver {
         })
     }
 
+    /// file-posix's reopen takes `drop-cache` and `x-check-cache-dropped` (page-cache
+    /// details with nothing to do here); `filename`, `aio`, `locking` and the rest cannot change.
+    fn reopen_prepare<'a>(
+        &'a self,
+        _node: &'a Node,
+        opts: &'a mut crate::block::open::Options,
+        _flags: OpenFlags,
+    ) -> BoxFut<'a, Result<Option<ReopenState>, String>> {
+        Box::pin(async move {
+            for key in ["drop-cache", "x-check-cache-dropped"] {
+                if let Some(v) = opts.remove(key) {
+                    crate::block::reopen::parse_bool(key, &v)?;
+                }
+            }
+            Ok(Some(Box::new(Reopen { new_file: None }) as ReopenState))
+        })
+    }
+
+    /// QEMU's raw_reconfigure_getfd: a new access mode or O_DIRECT setting needs the file opened
+    /// again by name, which fails for a temporary file (already unlinked in QEMU).
+    fn reopen_check_perm(
+        &self,
+        _node: &Node,
+        state: &mut Option<ReopenState>,
+        flags: OpenFlags,
+    ) -> Result<(), String> {
+        let mode = (!flags.read_only, flags.direct);
+        if mode == self.mode.get() {
+            return Ok(());
+        }
+        if self.temporary.is_some() {
+            return Err(format!(
+                "Could not open '{}': {}",
+                self.shown_name,
+                crate::errno::strerror(libc::ENOENT)
+            ));
+        }
+        let file = open_host_file(&self.path, &self.shown_name, mode.0)?;
+        if let Some(r) = state.as_mut().and_then(|s| s.downcast_mut::<Reopen>()) {
+            r.new_file = Some((file, mode));
+        }
+        Ok(())
+    }
+
+    /// A new descriptor brings its mode along. Keeping the old one, QEMU 10.0.2's
+    /// raw_reopen_commit still overwrites the recorded open flags with a zeroed value
+    /// (read-only, no O_DIRECT): the next reopen of a writable node opens the file by name
+    /// again, which only shows for a temporary file.
+    fn reopen_commit(&self, _node: &Node, state: Option<ReopenState>) {
+        let Some(Ok(r)) = state.map(|s| s.downcast::<Reopen>()) else {
+            return;
+        };
+        match r.new_file {
+            Some((file, mode)) => {
+                *self.file.borrow_mut() = file;
+                self.mode.set(mode);
+            }
+            None => self.mode.set((false, false)),
+        }
+    }
+
     fn getlength(&self, _node: &Node) -> IoResult<u64> {
         self.len()
     }
 
     fn allocated_file_size(&self, _node: &Node) -> IoResult<u64> {
         use std::os::unix::fs::MetadataExt;
-        self.file
+        self.file()
             .metadata()
             .map(|m| m.blocks() * 512)
             .map_err(|e| errno_of(&e))

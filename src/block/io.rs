@@ -298,7 +298,7 @@ pub async fn pwritev(node: &Node, offset: u64, buf: &[u8], flags: ReqFlags) -> I
 
 /// Writes zeroes (QEMU's bdrv_co_pwrite_zeroes).
 pub async fn pwrite_zeroes(node: &Node, offset: u64, bytes: u64, mut flags: ReqFlags) -> IoResult {
-    if !node.flags.unmap {
+    if !node.flags().unmap {
         flags = flags.without(ReqFlags::MAY_UNMAP);
     }
     write_request(
@@ -481,7 +481,7 @@ async fn aligned_pwritev(
 ) -> IoResult {
     let bytes = data.len();
     let max_xfer = max_transfer(node, align);
-    let ret = if node.flags.read_only {
+    let ret = if node.flags().read_only {
         Err(libc::EPERM)
     } else {
         tracked::wait_serialising(node, req).await;
@@ -539,7 +539,7 @@ fn write_req_finish(node: &Node, kind: Kind, offset: u64, bytes: u64, ok: bool) 
 /// Calls the driver's write, emulating FUA with a flush where the driver lacks it.
 async fn driver_pwritev(node: &Node, offset: u64, buf: &[u8], mut flags: ReqFlags) -> IoResult {
     // cache=unsafe: a FUA write is a plain write (QEMU's bdrv_driver_pwritev)
-    if node.flags.no_flush {
+    if node.flags().no_flush {
         flags = flags.without(ReqFlags::FUA);
     }
     let emulate_fua = flags.has(ReqFlags::FUA) && !node.supported_write_flags.has(ReqFlags::FUA);
@@ -629,11 +629,11 @@ async fn do_pwrite_zeroes(
 /// Discards a range (QEMU's bdrv_co_pdiscard): advisory, so unsupported parts are skipped.
 pub async fn pdiscard(node: &Node, offset: u64, bytes: u64) -> IoResult {
     check_request(offset, bytes)?;
-    if !node.flags.unmap || !node.caps.pdiscard {
+    if !node.flags().unmap || !node.caps.pdiscard {
         return Ok(());
     }
     let req = tracked::begin(node, offset, bytes, Kind::Discard);
-    let ret = if node.flags.read_only {
+    let ret = if node.flags().read_only {
         Err(libc::EPERM)
     } else {
         tracked::wait_serialising(node, &req).await;
@@ -687,7 +687,7 @@ async fn discard_pieces(node: &Node, mut offset: u64, mut bytes: u64) -> IoResul
 /// children (QEMU's bdrv_co_flush).
 pub fn flush(node: &Node) -> super::driver::BoxFut<'_, IoResult> {
     Box::pin(async move {
-        if node.flags.read_only {
+        if node.flags().read_only {
             return Ok(());
         }
         let current_gen = node.write_gen.get();
@@ -725,7 +725,7 @@ async fn flush_locked(node: &Node, current_gen: u64) -> IoResult {
     if node.caps.flush_to_os {
         node.driver.flush_to_os(node).await?;
     }
-    if !node.flags.no_flush && node.flushed_gen.get() != current_gen {
+    if !node.flags().no_flush && node.flushed_gen.get() != current_gen {
         if let Some(p) = &primary {
             p.debug_event(Event::FlushToDisk).await;
         }
@@ -958,7 +958,7 @@ pub fn truncate_prealloc<'a>(
                 crate::errno::strerror(e)
             )
         })?;
-        if node.flags.read_only {
+        if node.flags().read_only {
             return Err("Image is read-only".into());
         }
         let new_bytes = size.saturating_sub(old_size);

@@ -16,4 +16,5 @@ pub mod open;
 pub mod options;
 pub mod qcow2;
 pub mod raw;
+pub mod reopen;
 pub mod tracked;

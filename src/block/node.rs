@@ -4,6 +4,7 @@
 use super::blkdebug::events::Event;
 use super::driver::{BlockDriver, Capabilities, IoResult, Limits, ReqFlags};
 use super::executor::Gate;
+use super::open::Options;
 use std::cell::{Cell, RefCell};
 use std::rc::{Rc, Weak};
 
@@ -18,7 +19,7 @@ pub struct Child {
 }
 
 /// Node-level open flags that change request handling.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct OpenFlags {
     pub read_only: bool,
     /// `discard=unmap` (qemu-io's default); without it discards are silently dropped
@@ -37,7 +38,16 @@ pub struct Node {
     pub limits: Limits,
     pub supported_write_flags: ReqFlags,
     pub supported_zero_flags: ReqFlags,
-    pub flags: OpenFlags,
+    /// the open flags; `reopen` changes them (see [`Node::flags`])
+    flags: Cell<OpenFlags>,
+    /// QEMU's `bs->options`: what the node was opened (or last reopened) with, children's
+    /// options excluded, with the driver and filename the block layer filled in
+    pub(crate) options: RefCell<Options>,
+    /// QEMU's `bs->explicit_options`: the part of `options` given for this node itself, which
+    /// outranks what a reopen inherits from the parent
+    pub(crate) explicit_options: RefCell<Options>,
+    /// QEMU's node-name: given with `node-name`, else generated once the drive is open
+    pub(crate) node_name: RefCell<String>,
     /// the filename QEMU would show for this node
     pub filename: String,
     pub(crate) caps: Capabilities,
@@ -66,7 +76,10 @@ impl Node {
             limits: Limits::default(),
             supported_write_flags: ReqFlags::NONE,
             supported_zero_flags: ReqFlags::NONE,
-            flags: OpenFlags::default(),
+            flags: Cell::new(OpenFlags::default()),
+            options: RefCell::new(Options::new()),
+            explicit_options: RefCell::new(Options::new()),
+            node_name: RefCell::new(String::new()),
             filename,
             caps,
             write_gen: Cell::new(0),
@@ -79,6 +92,20 @@ impl Node {
             serialising_in_flight: Cell::new(0),
             copy_on_read: Cell::new(false),
         }
+    }
+
+    /// The open flags in force (QEMU's `bs->open_flags`).
+    pub fn flags(&self) -> OpenFlags {
+        self.flags.get()
+    }
+
+    pub fn set_flags(&self, flags: OpenFlags) {
+        self.flags.set(flags);
+    }
+
+    /// The name errors give this node (QEMU's `bdrv_get_node_name`).
+    pub fn node_name(&self) -> String {
+        self.node_name.borrow().clone()
     }
 
     /// Asks the driver for the length again (QEMU's bdrv_refresh_total_sectors).

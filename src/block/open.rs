@@ -221,10 +221,13 @@ pub fn open_drive(
     if let Some(fmt) = format {
         options.insert("driver".into(), Value::String(fmt.to_string()));
     }
-    open_node(filename.map(str::to_string), options, true, ctx)
+    let root = open_node(filename.map(str::to_string), options, true, ctx)?;
+    check_unique_names(&root)?;
+    Ok(root)
 }
 
-/// QEMU's bdrv_open: `probe` is false for children opened in the protocol role.
+/// QEMU's bdrv_open: `probe` is false for children opened in the protocol role. The node
+/// keeps the options it was opened with, as `reopen` compares against them.
 fn open_node(
     filename: Option<String>,
     mut opts: Options,
@@ -236,6 +239,107 @@ fn open_node(
         json_filename::join(&mut opts, json_filename::parse(json)?);
         filename = None;
     }
+    let mut explicit = opts.clone();
+    let node_name = match opts.remove("node-name") {
+        Some(v) => Some(check_node_name(v)?),
+        None => None,
+    };
+    let node = open_node_as(filename.clone(), opts, probe, ctx)?;
+    for c in &node.children {
+        explicit.shift_remove(c.name);
+    }
+    explicit.shift_remove("backing");
+    let mut effective = explicit.clone();
+    if !effective.contains_key("driver") {
+        effective.insert("driver".into(), node.driver.format_name().into());
+    }
+    if let Some(f) = &filename {
+        for (k, v) in filename_options(node.driver.format_name(), f) {
+            effective.entry(k).or_insert(v);
+        }
+    }
+    *node.options.borrow_mut() = effective;
+    *node.explicit_options.borrow_mut() = explicit;
+    if let Some(name) = node_name {
+        *node.node_name.borrow_mut() = name;
+    }
+    Ok(node)
+}
+
+/// QEMU's bdrv_assign_node_name checks.
+fn check_node_name(v: Value) -> Result<String, String> {
+    let name = scalar_string(&v).ok_or("Parameter 'node-name' expects a string")?;
+    if !is_identifier(&name) {
+        return Err(format!("Invalid node-name: '{name}'"));
+    }
+    if name.len() >= 32 {
+        return Err("Node name too long".into());
+    }
+    Ok(name)
+}
+
+/// The options QEMU derives from a protocol filename (bdrv_fill_options and the drivers'
+/// parse_filename), which become part of the node's options.
+fn filename_options(driver: &str, filename: &str) -> Options {
+    let mut o = Options::new();
+    let mut put = |k: &str, v: &str| {
+        o.insert(k.into(), Value::String(v.into()));
+    };
+    match driver {
+        "file" => put(
+            "filename",
+            filename.strip_prefix("file:").unwrap_or(filename),
+        ),
+        "blkdebug" => {
+            if let Some((config, image)) = filename
+                .strip_prefix("blkdebug:")
+                .and_then(|f| f.split_once(':'))
+            {
+                if !config.is_empty() {
+                    put("config", config);
+                }
+                put("x-image", image);
+            }
+        }
+        "blkverify" => {
+            if let Some((raw, test)) = filename
+                .strip_prefix("blkverify:")
+                .and_then(|f| f.split_once(':'))
+            {
+                put("x-raw", raw);
+                put("x-image", test);
+            }
+        }
+        _ => {}
+    }
+    o
+}
+
+/// Every node-name in the tree must be unique (QEMU checks as it names each node).
+fn check_unique_names(root: &Rc<Node>) -> Result<(), String> {
+    fn walk(node: &Rc<Node>, seen: &mut Vec<String>) -> Result<(), String> {
+        for c in &node.children {
+            walk(&c.node, seen)?;
+        }
+        let name = node.node_name();
+        if !name.is_empty() {
+            if seen.contains(&name) {
+                return Err(format!("Duplicate nodes with node-name='{name}'"));
+            }
+            seen.push(name);
+        }
+        Ok(())
+    }
+    walk(root, &mut Vec::new())
+}
+
+/// open_node once the json: filename is merged into the options.
+fn open_node_as(
+    mut filename: Option<String>,
+    mut opts: Options,
+    probe: bool,
+    ctx: &OpenContext,
+) -> Result<Rc<Node>, String> {
     if filename.is_none()
         && !probe
         && let Some(Value::String(f)) = opts.get("filename")
@@ -452,7 +556,7 @@ fn flat_keys(key: &str, value: &Value, out: &mut Vec<String>) {
 }
 
 fn finish(mut node: Node, ctx: &OpenContext, own: Limits) -> Rc<Node> {
-    node.flags = ctx.flags;
+    node.set_flags(ctx.flags);
     // Some limits default to the primary child's (QEMU's bdrv_refresh_limits).
     let mut limits = own;
     if let Some(file) = node.primary_child() {
@@ -498,7 +602,8 @@ fn open_file(
         &name,
         ctx.flags.read_only,
         !ctx.skip_host_sync,
-    )?;
+    )?
+    .with_direct(ctx.flags.direct);
     if native_aio && !ctx.flags.direct {
         return Err(
             "aio=native was specified, but it requires cache.direct=on, which was not \
@@ -675,7 +780,12 @@ fn bottom_filename(node: &Rc<Node>) -> String {
 /// `-s` (QEMU's BDRV_O_SNAPSHOT): the drive opened read-only under a temporary qcow2 overlay
 /// that takes every write and is deleted at close. QEMU puts it in the host's temp directory;
 /// we keep it beside the image's directory (`base_dir`), so nothing is written elsewhere.
-pub fn open_temp_snapshot(root: Rc<Node>, ctx: &OpenContext) -> Result<Rc<Node>, String> {
+/// `read_only` (`-r`) makes the overlay read-only too.
+pub fn open_temp_snapshot(
+    root: Rc<Node>,
+    read_only: bool,
+    ctx: &OpenContext,
+) -> Result<Rc<Node>, String> {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let size = root
         .getlength()
@@ -697,14 +807,17 @@ pub fn open_temp_snapshot(root: Rc<Node>, ctx: &OpenContext) -> Result<Rc<Node>,
         base_dir: ctx.base_dir.clone(),
         console: ctx.console.clone(),
         flags: OpenFlags {
-            read_only: false,
+            read_only,
             no_flush: true,
             ..ctx.flags
         },
         skip_host_sync: true,
     };
-    let driver = FileDriver::open(HostKind::File, &path, &name, false, false)
-        .map(|d| d.delete_on_close(path.clone()))
+    let driver = FileDriver::open(HostKind::File, &path, &name, read_only, false)
+        .map(|d| {
+            d.with_direct(ctx.flags.direct)
+                .delete_on_close(path.clone())
+        })
         .inspect_err(|_| {
             let _ = std::fs::remove_file(&path);
         })?;
@@ -714,7 +827,17 @@ pub fn open_temp_snapshot(root: Rc<Node>, ctx: &OpenContext) -> Result<Rc<Node>,
     let file = finish(file, &octx, Limits::default());
     let mut opts = Options::new();
     let opened = super::qcow2::open_image(&file, &mut opts, &octx)?;
-    qcow2_assemble(file, opened, Some(root), &octx)
+    // The options QEMU opens its overlay with (driver qcow2 on a file), for reopen.
+    let named = |pairs: &[(&str, &str)]| -> Options {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), Value::String(v.to_string())))
+            .collect()
+    };
+    *file.options.borrow_mut() = named(&[("driver", "file"), ("filename", &file.filename)]);
+    let overlay = qcow2_assemble(file, opened, Some(root), &octx)?;
+    *overlay.options.borrow_mut() = named(&[("driver", "qcow2")]);
+    Ok(overlay)
 }
 
 /// Opens qcow2 on top of an opened file node, then its backing file (read-only).
@@ -742,30 +865,41 @@ fn qcow2_on(
                 "Could not open backing file: Cannot find device='{r}' nor node-name='{r}'"
             ));
         }
-        Some(v) if is_nonempty_value(&v) => Some(
-            open_node(None, child_options(v), true, &bctx)
-                .map_err(|e| format!("Could not open backing file: {e}"))?,
-        ),
-        // Anything else (`{}`, a number) is no backing option: the image's backing file is used.
-        _ => match &opened.backing {
-            None => None,
-            Some((name, fmt)) => {
-                // A name with a protocol prefix (`json:{...}` too) is used as it is.
-                let path = if name.starts_with('/') || has_protocol(name) {
-                    name.clone()
-                } else {
-                    format!("{}{}", dir_prefix(&bottom_filename(&file)), name)
-                };
-                let mut o = Options::new();
-                if let Some(f) = fmt {
-                    o.insert("driver".into(), Value::String(f.clone()));
-                }
-                Some(
-                    open_node(Some(path), o, true, &bctx)
+        v => {
+            // Anything but a non-empty object or list (`{}`, a number) is no option.
+            let given = v.filter(is_nonempty_value).map(child_options);
+            // QEMU's bdrv_open_backing_file: `backing.*` options apply to the backing file
+            // the image names, unless they name a file themselves.
+            let names_file = given.as_ref().is_some_and(|m| {
+                m.contains_key("filename")
+                    || matches!(m.get("file"), Some(Value::Object(f)) if f.contains_key("filename"))
+            });
+            match (&opened.backing, given) {
+                (None, None) => None,
+                (None, Some(m)) => Some(
+                    open_node(None, m, true, &bctx)
                         .map_err(|e| format!("Could not open backing file: {e}"))?,
-                )
+                ),
+                (Some((name, fmt)), given) => {
+                    // A name with a protocol prefix (`json:{...}` too) is used as it is.
+                    let path = (!names_file).then(|| {
+                        if name.starts_with('/') || has_protocol(name) {
+                            name.clone()
+                        } else {
+                            format!("{}{}", dir_prefix(&bottom_filename(&file)), name)
+                        }
+                    });
+                    let mut o = given.unwrap_or_default();
+                    if let Some(f) = fmt {
+                        o.entry("driver").or_insert(Value::String(f.clone()));
+                    }
+                    Some(
+                        open_node(path, o, true, &bctx)
+                            .map_err(|e| format!("Could not open backing file: {e}"))?,
+                    )
+                }
             }
-        },
+        }
     };
     qcow2_assemble(file, opened, backing, ctx)
 }

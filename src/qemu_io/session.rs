@@ -57,11 +57,6 @@ impl CacheMode {
     }
 }
 
-/// Cache modes as `-t` names them: (writethrough, no_flush).
-pub fn parse_cache_mode(mode: &str) -> Option<(bool, bool)> {
-    CacheMode::parse(mode).map(|m| (m.writethrough, m.no_flush))
-}
-
 /// QEMU's `bdrv_parse_discard_flags`: whether discards unmap (`-d`).
 pub fn parse_discard(mode: &str) -> Option<bool> {
     match mode {
@@ -112,6 +107,13 @@ pub struct Session {
     in_flight: Rc<std::cell::Cell<usize>>,
     /// the `--object`s created at startup (secrets, for encrypted images)
     pub objects: super::objects::Objects,
+    /// generated node names so far (QEMU's `#block` counter, process-wide)
+    node_names: u64,
+    /// the open drive is `-s`'s temporary overlay (its backing node is not its own)
+    pub temp_overlay: bool,
+    /// `reopen -o` options kept from a `reopen` that failed before using them (QEMU's
+    /// reopen_opts list, which some of its errors leave filled)
+    pub reopen_opts: crate::block::open::Options,
 }
 
 /// How a drive is opened (qemu-io's `openfile` parameters).
@@ -149,6 +151,9 @@ impl Session {
             image_opts: false,
             in_flight: Rc::default(),
             objects: Default::default(),
+            node_names: 0,
+            temp_overlay: false,
+            reopen_opts: Default::default(),
         }
     }
 
@@ -189,10 +194,18 @@ impl Session {
             Ok(root) => {
                 // bdrv_enable_copy_on_read on the top node only: children never copy
                 root.copy_on_read.set(req.copy_on_read);
+                crate::block::reopen::assign_node_names(&root, &mut self.node_names);
+                if req.force_share {
+                    // qemu-io asks for force-share as an option of the top node.
+                    root.options
+                        .borrow_mut()
+                        .insert("force-share".into(), serde_json::Value::Bool(true));
+                }
+                self.temp_overlay = req.snapshot;
                 self.blk = Some(Rc::new(BlockBackend {
                     root,
                     writethrough: std::cell::Cell::new(req.writethrough),
-                    read_only: std::cell::Cell::new(req.read_only),
+                    write_perm: std::cell::Cell::new(!req.read_only),
                 }));
                 true
             }
@@ -227,7 +240,7 @@ impl Session {
             return Err("Can't use copy-on-read on read-only device".into());
         }
         if req.snapshot {
-            crate::block::open::open_temp_snapshot(root, &ctx)
+            crate::block::open::open_temp_snapshot(root, req.read_only, &ctx)
         } else {
             Ok(root)
         }
@@ -384,9 +397,17 @@ impl Session {
             ));
             return -libc::ENOTSUP;
         }
-        if spec.needs_write && self.blk.as_ref().is_some_and(|b| b.read_only.get()) {
-            self.report("Block node is read-only");
-            return -libc::EPERM;
+        // qemu-io's command(): a command that writes takes the write permission first, which
+        // a read-only node refuses.
+        if spec.needs_write
+            && let Some(b) = self.blk.as_ref()
+            && !b.write_perm.get()
+        {
+            if b.root.flags().read_only {
+                self.report("Block node is read-only");
+                return -libc::EPERM;
+            }
+            b.write_perm.set(true);
         }
         commands::dispatch(self, spec, &argv)
     }

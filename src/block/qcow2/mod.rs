@@ -21,6 +21,7 @@ mod lock;
 pub mod open;
 mod read;
 pub mod refcount;
+mod reopen;
 mod resize;
 pub mod state;
 mod write;
@@ -45,7 +46,6 @@ pub struct Qcow2 {
     pub(crate) st: RefCell<State>,
     pub(crate) lock: CoMutex,
     pub(crate) console: Rc<Console>,
-    pub(crate) read_only: bool,
     /// QEMU's metadata_preallocation, decided at the first block-status query
     pub(crate) metadata_prealloc: std::cell::Cell<Option<bool>>,
     /// (de)compression jobs in the thread pool, and who waits for a free one
@@ -88,7 +88,7 @@ impl Qcow2 {
     /// QEMU's qcow2_signal_corruption: report, and for fatal ones on a writable image set
     /// the corrupt bit and stop serving requests.
     pub async fn signal_corruption(&self, node: &Node, fatal: bool, msg: &str) {
-        let fatal = fatal && !self.read_only;
+        let fatal = fatal && !node.flags().read_only;
         {
             let st = self.st.borrow();
             if st.corruption_reported && (!fatal || st.incompat & INCOMPAT_CORRUPT != 0) {
@@ -169,7 +169,7 @@ impl Qcow2 {
 
     /// Close-time write-back with QEMU's messages (qcow2_inactivate).
     async fn inactivate(&self, node: &Node) {
-        if self.read_only || self.st.borrow().dead {
+        if node.flags().read_only || self.st.borrow().dead {
             return;
         }
         let mut ok = true;
@@ -367,6 +367,19 @@ impl BlockDriver for Qcow2 {
                 self.specific_info()
             },
         })
+    }
+
+    fn reopen_prepare<'a>(
+        &'a self,
+        node: &'a Node,
+        opts: &'a mut crate::block::open::Options,
+        flags: crate::block::node::OpenFlags,
+    ) -> BoxFut<'a, Result<Option<crate::block::driver::ReopenState>, String>> {
+        Box::pin(async move { self.reopen_prepare_impl(node, opts, flags).await })
+    }
+
+    fn reopen_commit(&self, _node: &Node, state: Option<crate::block::driver::ReopenState>) {
+        self.reopen_commit_impl(state);
     }
 
     fn close<'a>(&'a self, node: &'a Node) -> BoxFut<'a, ()> {

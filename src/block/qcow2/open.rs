@@ -157,45 +157,13 @@ fn open_inner(file: &Rc<Node>, opts: &mut Options, ctx: &OpenContext) -> Result<
     }
     // Runtime options (QEMU's qcow2_update_options).
     let bad = |m: String| (m, libc::EINVAL);
-    let lazy = take_bool(opts, "lazy-refcounts").map_err(bad)?;
-    let pass_req = take_bool(opts, "pass-discard-request").map_err(bad)?;
-    let pass_snap = take_bool(opts, "pass-discard-snapshot").map_err(bad)?;
-    let pass_other = take_bool(opts, "pass-discard-other").map_err(bad)?;
-    let no_unref = take_bool(opts, "discard-no-unref").map_err(bad)?;
-    let cache_size = take_size(opts, "cache-size").map_err(bad)?;
-    let l2_cache_size = take_size(opts, "l2-cache-size").map_err(bad)?;
-    let rc_cache_size = take_size(opts, "refcount-cache-size").map_err(bad)?;
-    if let Some(es) = take_size(opts, "l2-cache-entry-size").map_err(bad)?
-        && es != cs
-    {
-        return Err((
-            "l2-cache-entry-size other than the cluster size is not supported by this engine"
-                .into(),
-            libc::ENOTSUP,
-        ));
-    }
-    if let Some(t) = take_string(opts, "cache-clean-interval") {
-        parse_number("cache-clean-interval", &t).map_err(bad)?;
-    }
-    for k in ["overlap-check", "overlap-check.template"] {
-        opts.remove(k);
-    }
-    let use_lazy = lazy.unwrap_or(h.compatible_features & header::COMPAT_LAZY_REFCOUNTS != 0);
-    if use_lazy && h.version < 3 {
-        return Err((
-            "Lazy refcounts require a qcow2 image with at least qemu 1.1 compatibility level"
-                .into(),
-            libc::EINVAL,
-        ));
-    }
-    if no_unref == Some(true) && h.version < 3 {
-        return Err((
-            "discard-no-unref is only supported since qcow2 version 3".into(),
-            libc::EINVAL,
-        ));
-    }
+    let runtime = RuntimeOptions::take(opts, cs)?;
+    let use_lazy = runtime
+        .lazy_refcounts(h.version, h.compatible_features)
+        .map_err(bad)?;
+    let no_unref = runtime.discard_no_unref(h.version).map_err(bad)?;
     header::check_encryption(&h)?;
-    let cache_opts = [cache_size, l2_cache_size, rc_cache_size];
+    let cache_opts = runtime.cache_opts;
     let (l2_entries, rc_entries) = cache_entries(h.size, cs, cache_opts);
     // refcount init
     let reftable_entries = (u64::from(h.refcount_table_clusters) << (h.cluster_bits - 3)) as usize;
@@ -264,14 +232,8 @@ fn open_inner(file: &Rc<Node>, opts: &mut Options, ctx: &OpenContext) -> Result<
         next_alloc_id: 0,
         discards: Vec::new(),
         cache_discards: false,
-        discard_passthrough: [
-            false,
-            true,
-            pass_req.unwrap_or(ctx.flags.unmap),
-            pass_snap.unwrap_or(true),
-            pass_other.unwrap_or(false),
-        ],
-        discard_no_unref: no_unref.unwrap_or(false),
+        discard_passthrough: runtime.discard_passthrough(ctx.flags.unmap),
+        discard_no_unref: no_unref,
         use_lazy_refcounts: use_lazy,
         has_backing: backing.is_some(),
         unknown_fields,
@@ -286,7 +248,6 @@ fn open_inner(file: &Rc<Node>, opts: &mut Options, ctx: &OpenContext) -> Result<
         st: RefCell::new(st),
         lock: CoMutex::default(),
         console: ctx.console.clone(),
-        read_only,
         metadata_prealloc: std::cell::Cell::new(None),
         threads: std::cell::Cell::new(0),
         thread_queue: crate::block::executor::CoQueue::new(),
@@ -322,6 +283,90 @@ fn open_inner(file: &Rc<Node>, opts: &mut Options, ctx: &OpenContext) -> Result<
         version: h.version,
         cluster_size: cs,
     })
+}
+
+/// The driver's runtime options (QEMU's qcow2_update_options), read the same way when the image
+/// is opened and when it is reopened: [`RuntimeOptions::take`] takes them from the options,
+/// and the methods resolve them against the image, each check where QEMU makes it.
+pub struct RuntimeOptions {
+    lazy_refcounts: Option<bool>,
+    /// pass-discard-request, -snapshot, -other
+    pass_discard: [Option<bool>; 3],
+    discard_no_unref: Option<bool>,
+    /// cache-size, l2-cache-size, refcount-cache-size
+    pub cache_opts: [Option<u64>; 3],
+}
+
+impl RuntimeOptions {
+    /// Takes the options out of `opts`, with the type and cache-size errors (the part of
+    /// qcow2_update_options_prepare before the old caches are written back).
+    pub fn take(opts: &mut Options, cluster_size: u64) -> Result<Self, (String, i32)> {
+        let bad = |m: String| (m, libc::EINVAL);
+        let lazy_refcounts = take_bool(opts, "lazy-refcounts").map_err(bad)?;
+        let pass_req = take_bool(opts, "pass-discard-request").map_err(bad)?;
+        let pass_snap = take_bool(opts, "pass-discard-snapshot").map_err(bad)?;
+        let pass_other = take_bool(opts, "pass-discard-other").map_err(bad)?;
+        let discard_no_unref = take_bool(opts, "discard-no-unref").map_err(bad)?;
+        let cache_size = take_size(opts, "cache-size").map_err(bad)?;
+        let l2_cache_size = take_size(opts, "l2-cache-size").map_err(bad)?;
+        let rc_cache_size = take_size(opts, "refcount-cache-size").map_err(bad)?;
+        if let Some(es) = take_size(opts, "l2-cache-entry-size").map_err(bad)?
+            && es != cluster_size
+        {
+            return Err((
+                "l2-cache-entry-size other than the cluster size is not supported by this engine"
+                    .into(),
+                libc::ENOTSUP,
+            ));
+        }
+        if let Some(t) = take_string(opts, "cache-clean-interval") {
+            parse_number("cache-clean-interval", &t).map_err(bad)?;
+        }
+        for k in ["overlap-check", "overlap-check.template"] {
+            opts.remove(k);
+        }
+        Ok(Self {
+            lazy_refcounts,
+            pass_discard: [pass_req, pass_snap, pass_other],
+            discard_no_unref,
+            cache_opts: [cache_size, l2_cache_size, rc_cache_size],
+        })
+    }
+
+    /// Whether lazy refcounts are used: the option, else the image's compat bit.
+    pub fn lazy_refcounts(&self, version: u32, compat: u64) -> Result<bool, String> {
+        let lazy = self
+            .lazy_refcounts
+            .unwrap_or(compat & header::COMPAT_LAZY_REFCOUNTS != 0);
+        if lazy && version < 3 {
+            return Err(
+                "Lazy refcounts require a qcow2 image with at least qemu 1.1 compatibility level"
+                    .into(),
+            );
+        }
+        Ok(lazy)
+    }
+
+    pub fn discard_no_unref(&self, version: u32) -> Result<bool, String> {
+        let no_unref = self.discard_no_unref.unwrap_or(false);
+        if no_unref && version < 3 {
+            return Err("discard-no-unref is only supported since qcow2 version 3".into());
+        }
+        Ok(no_unref)
+    }
+
+    /// Which frees pass a discard down to the file, by [`super::state::DiscardType`];
+    /// requests follow the node's `discard` setting unless told otherwise.
+    pub fn discard_passthrough(&self, unmap: bool) -> [bool; 5] {
+        let [req, snap, other] = self.pass_discard;
+        [
+            false,
+            true,
+            req.unwrap_or(unmap),
+            snap.unwrap_or(true),
+            other.unwrap_or(false),
+        ]
+    }
 }
 
 /// Cache sizes in entries from the disk size and the cache options `[cache-size,
