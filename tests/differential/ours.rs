@@ -93,6 +93,27 @@ fn cases() -> Vec<Expect> {
             &format!("blkdebug: Suspended request 'A'\n{}", hang("A")),
             1,
         ),
+        // QEMU: reopen drains first, and waits forever for the suspended request.
+        expect(
+            case(
+                "reopen_with_suspended_request_hangs_in_qemu",
+                &[
+                    "-f",
+                    "raw",
+                    "-c",
+                    "break write_aio A",
+                    "-c",
+                    "aio_write 0 512",
+                    "-c",
+                    "reopen -o foo=bar",
+                    "-c",
+                    "read 0 1",
+                    "blkdebug::img.raw",
+                ],
+            ),
+            &format!("blkdebug: Suspended request 'A'\n{}", hang("A")),
+            1,
+        ),
         // QEMU: aio_flush (a drain) waits forever for the suspended request.
         expect(
             case(
