@@ -52,7 +52,7 @@ fn open(dir: &Path) -> Rc<BlockBackend> {
     Rc::new(BlockBackend {
         root,
         writethrough: Cell::new(false),
-        read_only: Cell::new(false),
+        write_perm: Cell::new(true),
     })
 }
 

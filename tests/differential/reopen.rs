@@ -200,6 +200,20 @@ fn errors() -> Vec<Case> {
             &["reopen", "reopen -r", "read 0 512"],
             "blkverify:raw.img:img.raw",
         ),
+        // Nor can the copy-on-read and compress filters.
+        io(
+            "reopen_filters_unsupported",
+            &[],
+            &["reopen", "reopen -r", "write 0 512"],
+            r#"json:{"driver":"copy-on-read","file":{"driver":"raw","file":{"driver":"file","filename":"img.raw"}}}"#,
+        ),
+        on_qcow2(
+            "reopen_compress_filter_unsupported",
+            "compat=1.1",
+            &[],
+            &["reopen -o foo=1", "write 0 64k"],
+            r#"json:{"driver":"compress","file":{"driver":"qcow2","file":{"driver":"file","filename":"t.qcow2"}}}"#,
+        ),
         io(
             "reopen_copy_on_read_refuses_read_only",
             &["-f", "raw", "-C"],
