@@ -262,6 +262,12 @@ pub trait BlockDriver {
         true
     }
 
+    /// The driver stopped serving the node (QEMU sets `bs->drv` to NULL: qcow2 after a fatal
+    /// corruption).
+    fn has_stopped(&self) -> bool {
+        false
+    }
+
     /// QEMU's bdrv_reopen_prepare: takes the options the driver applies on reopen out of
     /// `opts`, checks them for the node's new `flags`, and returns what commit applies. Options
     /// left in `opts` must be unchanged (the generic layer refuses the others).

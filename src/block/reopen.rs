@@ -310,6 +310,12 @@ fn check_child_reference(node: &Node, root: &Rc<Node>, key: &str, v: &Value) -> 
     ))
 }
 
+/// A node under `root` whose driver stopped: QEMU 10.0.2's reopen dereferences its missing
+/// driver (a segmentation fault).
+pub fn stopped_node(root: &Rc<Node>) -> bool {
+    root.driver.has_stopped() || root.children.iter().any(|c| stopped_node(&c.node))
+}
+
 /// The node named `name` in the tree under `root`.
 pub fn find_node(root: &Rc<Node>, name: &str) -> Option<Rc<Node>> {
     if root.node_name() == name {

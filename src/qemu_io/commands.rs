@@ -1295,6 +1295,11 @@ fn reopen_f(s: &mut Session, spec: &CommandSpec, argv: &[String]) -> i32 {
     if !s.drain() {
         return EINVAL;
     }
+    if crate::block::reopen::stopped_node(&b.root) {
+        s.err("blockfault: reopen of an image whose driver stopped after a fatal corruption; QEMU 10.0.2 crashes here (segmentation fault)\n");
+        s.console.exit(1);
+        return EINVAL;
+    }
     let req = crate::block::reopen::Request {
         options: opts,
         blk_writes: b.write_perm.get(),

@@ -378,6 +378,10 @@ impl BlockDriver for Qcow2 {
         Box::pin(async move { self.reopen_prepare_impl(node, opts, flags).await })
     }
 
+    fn has_stopped(&self) -> bool {
+        self.st.borrow().dead
+    }
+
     fn reopen_commit(&self, _node: &Node, state: Option<crate::block::driver::ReopenState>) {
         self.reopen_commit_impl(state);
     }
