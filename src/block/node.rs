@@ -41,7 +41,8 @@ pub struct Node {
     /// the open flags; `reopen` changes them (see [`Node::flags`])
     flags: Cell<OpenFlags>,
     /// QEMU's `bs->options`: what the node was opened (or last reopened) with, children's
-    /// options excluded, with the driver and filename the block layer filled in
+    /// options excluded, with the driver and filename the block layer filled in (nested, or
+    /// flat with `a.b` keys: readers flatten them)
     pub(crate) options: RefCell<Options>,
     /// QEMU's `bs->explicit_options`: the part of `options` given for this node itself, which
     /// outranks what a reopen inherits from the parent

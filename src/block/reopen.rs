@@ -80,8 +80,9 @@ pub async fn reopen(root: &Rc<Node>, req: Request) -> Result<(), String> {
         }
         options.shift_remove("backing");
         explicit.shift_remove("backing");
-        *e.node.options.borrow_mut() = nest_dotted(options);
-        *e.node.explicit_options.borrow_mut() = nest_dotted(explicit);
+        // Kept flat: `a=x` and `a.b=y` may both be options, which nesting would merge.
+        *e.node.options.borrow_mut() = options;
+        *e.node.explicit_options.borrow_mut() = explicit;
         let _ = e.node.refresh_total_sectors();
     }
     Ok(())
