@@ -52,7 +52,7 @@ fn open(dir: &Path) -> Rc<BlockBackend> {
     Rc::new(BlockBackend {
         root,
         writethrough: Cell::new(false),
-        write_perm: Cell::new(true),
+        perms: Cell::new(blockfault::block::perms::Perms::WRITE),
     })
 }
 

@@ -10,9 +10,9 @@ pub struct BlockBackend {
     pub root: Rc<Node>,
     /// cache mode writethrough: every write is FUA (`reopen -c` changes it)
     pub writethrough: std::cell::Cell<bool>,
-    /// the BlockBackend holds the write permission on its node (QEMU's BLK_PERM_WRITE): taken
-    /// at a read-write open and by the first command that writes, dropped by `reopen -r`
-    pub write_perm: std::cell::Cell<bool>,
+    /// what the user holds on the root (QEMU's BLK_PERM_*): WRITE from a read-write open, the
+    /// rest as commands took them; `reopen -r` drops WRITE
+    pub perms: std::cell::Cell<super::perms::Perms>,
 }
 
 impl BlockBackend {

@@ -2,11 +2,57 @@
 //! write to its child, and its request alignment is the child's cluster size, so the generic
 //! layer widens writes to whole clusters first.
 
-use super::driver::{BlockDriver, BoxFut, Capabilities, IoResult, ReqFlags};
+use super::driver::{BlockDriver, BoxFut, Capabilities, IoResult, Limits, ReqFlags};
 use super::io;
-use super::node::Node;
+use super::node::{Child, ChildRole, Node};
+use super::perms::Perms;
+use std::rc::Rc;
 
 pub struct CompressDriver;
+
+/// Opens the filter over its file child (QEMU's compress_open): the child must compress, and
+/// the filter's alignment is its cluster size.
+pub fn open_node(file: Rc<Node>) -> Result<(Node, Limits), String> {
+    if !file.capabilities().pwritev_compressed {
+        return Err(format!(
+            "Compression is not supported for underlying format: {}",
+            file.driver.format_name()
+        ));
+    }
+    let mut limits = Limits::default();
+    // whole clusters: the generic layer pads writes before they are compressed
+    if let Some(info) = io::get_info(&file)
+        && info.cluster_size != 0
+    {
+        limits.request_alignment = info.cluster_size;
+    }
+    Ok((filter_node(Box::new(CompressDriver), file), limits))
+}
+
+/// A filter node over `file`, passing it the request flags it supports.
+pub(crate) fn filter_node(driver: Box<dyn BlockDriver>, file: Rc<Node>) -> Node {
+    let mut node = Node::new(
+        driver,
+        vec![Child {
+            name: "file",
+            node: file.clone(),
+            writable: true,
+            primary: true,
+            role: ChildRole::Filtered,
+            extra_perms: Perms::NONE,
+        }],
+        file.filename.clone(),
+    );
+    node.supported_write_flags =
+        ReqFlags::WRITE_UNCHANGED.with(ReqFlags::FUA.and(file.supported_write_flags));
+    node.supported_zero_flags = ReqFlags::WRITE_UNCHANGED.with(
+        ReqFlags::FUA
+            .with(ReqFlags::MAY_UNMAP)
+            .with(ReqFlags::NO_FALLBACK)
+            .and(file.supported_zero_flags),
+    );
+    node
+}
 
 impl BlockDriver for CompressDriver {
     /// QEMU 10.0.2's filter has no bdrv_reopen_prepare.

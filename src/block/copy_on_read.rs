@@ -4,8 +4,27 @@
 use super::driver::{BlockDriver, BoxFut, Capabilities, IoResult, ReqFlags};
 use super::io;
 use super::node::Node;
+use super::options::{OptType, Options, absorb};
+use std::rc::Rc;
 
 pub struct CopyOnReadDriver;
+
+/// Opens the filter over its file child (QEMU's cor_open).
+pub fn open_node(file: Rc<Node>, opts: &mut Options, read_only: bool) -> Result<Node, String> {
+    let bottom = absorb(opts, &[("bottom", OptType::String)])?;
+    if let Some(b) = bottom.string("bottom") {
+        // The filter never stops copying at a bottom node here, so none is ever found.
+        return Err(format!("Bottom node '{b}' not found"));
+    }
+    // the copy reaches into the child, so the filter must be writable
+    if read_only {
+        return Err("Block node is read-only".into());
+    }
+    Ok(super::compress::filter_node(
+        Box::new(CopyOnReadDriver),
+        file,
+    ))
+}
 
 impl BlockDriver for CopyOnReadDriver {
     /// QEMU 10.0.2's filter has no bdrv_reopen_prepare.

@@ -7,8 +7,9 @@
 
 use super::driver::ReopenState;
 use super::io;
-use super::node::{Node, OpenFlags};
+use super::node::{DetectZeroes, Node, OpenFlags};
 use super::open::{Options, nest_dotted};
+use super::perms::{self, Perms};
 use crate::errno::strerror;
 use serde_json::Value;
 use std::rc::Rc;
@@ -18,8 +19,8 @@ pub struct Request {
     /// the options for the top node, `child.key` for its children (nested or dotted), with the
     /// `read-only`, `cache.direct` and `cache.no-flush` qemu-io adds
     pub options: Options,
-    /// the BlockBackend holds the write permission: the top node must stay writable
-    pub blk_writes: bool,
+    /// what the BlockBackend holds on the top node (with WRITE, it must stay writable)
+    pub blk_perms: Perms,
     /// the top node is the temporary overlay of `-s`, whose backing node it did not open
     pub temp_overlay: bool,
 }
@@ -39,8 +40,9 @@ struct Entry {
     /// the part given for this node itself (kept as its explicit options)
     explicit: Options,
     flags: OpenFlags,
-    /// what the driver's prepare returned; Some once the node is prepared
-    prepared: Option<Option<ReopenState>>,
+    /// what the driver's prepare returned, and the new detect-zeroes mode; Some once the node
+    /// is prepared
+    prepared: Option<(Option<ReopenState>, DetectZeroes)>,
 }
 
 /// Reopens the tree under `root` (QEMU's bdrv_reopen with keep_old_opts). The caller drains
@@ -63,15 +65,19 @@ pub async fn reopen(root: &Rc<Node>, req: Request) -> Result<(), String> {
             }
         }
     }
-    if let Err(msg) = check_permissions(&mut queue, &req) {
-        abort(queue);
-        return Err(msg);
-    }
+    let new_perms = match check_permissions(&mut queue, &req) {
+        Ok(p) => p,
+        Err(msg) => {
+            abort(queue);
+            return Err(msg);
+        }
+    };
     // Commit children first, as QEMU walks its queue backwards.
     for e in queue.into_iter().rev() {
-        let state = e.prepared.flatten();
+        let (state, detect_zeroes) = e.prepared.expect("every queued node is prepared");
         e.node.driver.reopen_commit(&e.node, state);
         e.node.set_flags(e.flags);
+        e.node.detect_zeroes.set(detect_zeroes);
         let mut options = e.options;
         let mut explicit = e.explicit;
         for c in &e.node.children {
@@ -85,12 +91,13 @@ pub async fn reopen(root: &Rc<Node>, req: Request) -> Result<(), String> {
         *e.node.explicit_options.borrow_mut() = explicit;
         let _ = e.node.refresh_total_sectors();
     }
+    perms::apply(new_perms);
     Ok(())
 }
 
 fn abort(queue: Vec<Entry>) {
     for e in queue {
-        if let Some(state) = e.prepared {
+        if let Some((state, _)) = e.prepared {
             e.node.driver.reopen_abort(&e.node, state);
         }
     }
@@ -124,6 +131,7 @@ fn queue_node(
         set_default(&mut options, "discard", "unmap");
         flags = OpenFlags {
             native_aio: flags.native_aio,
+            copy_on_read: flags.copy_on_read,
             ..parent_flags
         };
     }
@@ -192,7 +200,10 @@ fn flags_from_options(flags: &mut OpenFlags, options: &Options) {
 }
 
 /// QEMU's bdrv_reopen_prepare for one node.
-async fn prepare(e: &Entry, root: &Rc<Node>) -> Result<Option<ReopenState>, String> {
+async fn prepare(
+    e: &Entry,
+    root: &Rc<Node>,
+) -> Result<(Option<ReopenState>, DetectZeroes), String> {
     let node = &e.node;
     let mut options = e.options.clone();
     // The block layer's own options (bdrv_runtime_opts), in the order QEMU's dictionary
@@ -211,10 +222,7 @@ async fn prepare(e: &Entry, root: &Rc<Node>) -> Result<Option<ReopenState>, Stri
             .and_then(parse_discard_str)
             .ok_or("Invalid discard option")?;
     }
-    if let Some(v) = options.shift_remove("detect-zeroes") {
-        let old = node.options.borrow().get("detect-zeroes").cloned();
-        check_detect_zeroes(&v, e.flags.unmap, old.as_ref())?;
-    }
+    let detect_zeroes = parse_detect_zeroes(options.shift_remove("detect-zeroes"), e.flags.unmap)?;
     if e.flags.read_only && node.copy_on_read.get() {
         return Err(format!(
             "Can't set node '{}' to r/o with copy-on-read enabled",
@@ -238,7 +246,7 @@ async fn prepare(e: &Entry, root: &Rc<Node>) -> Result<Option<ReopenState>, Stri
         node.driver.reopen_abort(node, state);
         return Err(msg);
     }
-    Ok(state)
+    Ok((state, detect_zeroes))
 }
 
 /// The options QEMU's bdrv_reopen_prepare absorbs as booleans and applies as flags.
@@ -326,16 +334,17 @@ pub fn find_node(root: &Rc<Node>, name: &str) -> Option<Rc<Node>> {
 }
 
 /// bdrv_list_refresh_perms: a read-only node must have no parent that writes to it (the
-/// BlockBackend on the top node, a writable format on its `file`, and through filters), then
-/// the file driver gets the descriptors the new flags need.
-fn check_permissions(queue: &mut [Entry], req: &Request) -> Result<(), String> {
+/// BlockBackend on the top node, a writable format on its `file`, and through filters), the
+/// rest of the permission checks pass with the new flags, then the file driver gets the
+/// descriptors the new flags need. Returns the permissions each node gets at commit.
+fn check_permissions(queue: &mut [Entry], req: &Request) -> Result<Vec<(Rc<Node>, Perms)>, String> {
     let new_flags = |node: &Rc<Node>| {
         queue
             .iter()
             .find(|e| Rc::ptr_eq(&e.node, node))
             .map_or(node.flags(), |e| e.flags)
     };
-    let mut writers = vec![(queue[0].node.clone(), req.blk_writes)];
+    let mut writers = vec![(queue[0].node.clone(), req.blk_perms.write)];
     while let Some((node, written)) = writers.pop() {
         let flags = new_flags(&node);
         if written && flags.read_only {
@@ -355,12 +364,22 @@ fn check_permissions(queue: &mut [Entry], req: &Request) -> Result<(), String> {
             writers.push((c.node.clone(), child_written));
         }
     }
+    let root = queue[0].node.clone();
+    let own_read_only = |node: &Node| {
+        queue
+            .iter()
+            .find(|e| std::ptr::eq(Rc::as_ptr(&e.node), node))
+            .map_or(node.flags(), |e| e.flags)
+            .read_only
+    };
+    let root_read_only = own_read_only(&root);
+    let planned = perms::plan(&root, req.blk_perms, root_read_only, &own_read_only)?;
     for e in queue.iter_mut() {
-        if let Some(state) = e.prepared.as_mut() {
+        if let Some((state, _)) = e.prepared.as_mut() {
             e.node.driver.reopen_check_perm(&e.node, state, e.flags)?;
         }
     }
-    Ok(())
+    Ok(planned)
 }
 
 /// QEMU's boolean option parsing (qapi_bool_parse), with its message.
@@ -391,22 +410,25 @@ fn parse_discard_str(mode: &str) -> Option<bool> {
     }
 }
 
-/// QEMU's bdrv_parse_detect_zeroes. Reopen keeps what the node was opened with; changing the
-/// setting is refused with one line, as zero detection cannot be switched on a node here.
-fn check_detect_zeroes(v: &Value, unmap: bool, old: Option<&Value>) -> Result<(), String> {
-    let mode = scalar(v).unwrap_or_default();
-    let old = old.and_then(scalar).unwrap_or_else(|| "off".into());
-    match mode.as_str() {
-        "off" | "on" | "unmap" if mode == old => Ok(()),
-        "unmap" if !unmap => Err(
+/// QEMU's bdrv_parse_detect_zeroes: off unless given.
+fn parse_detect_zeroes(v: Option<Value>, unmap: bool) -> Result<DetectZeroes, String> {
+    let mode = match v.as_ref().and_then(scalar) {
+        None => return Ok(DetectZeroes::Off),
+        Some(m) => m,
+    };
+    let parsed = match mode.as_str() {
+        "off" => DetectZeroes::Off,
+        "on" => DetectZeroes::On,
+        "unmap" => DetectZeroes::Unmap,
+        other => return Err(format!("invalid parameter value: {other}")),
+    };
+    if parsed == DetectZeroes::Unmap && !unmap {
+        return Err(
             "setting detect-zeroes to unmap is not allowed without setting discard operation to unmap"
                 .into(),
-        ),
-        "off" | "on" | "unmap" => Err(format!(
-            "blockfault: reopen cannot change detect-zeroes ({old} to {mode}) on this engine"
-        )),
-        other => Err(format!("invalid parameter value: {other}")),
+        );
     }
+    Ok(parsed)
 }
 
 fn scalar(v: &Value) -> Option<String> {
@@ -418,13 +440,18 @@ fn scalar(v: &Value) -> Option<String> {
     }
 }
 
-/// Nested options as QEMU's qdict_flatten has them: `a.b` keys, list items as `a.0.b`.
+/// Nested options as QEMU's qdict_flatten has them: `a.b` keys, list items as `a.0.b`, and a
+/// prefix's own value (kept under the empty key, see [`super::options`]) as `a`.
 pub fn flatten(options: &Options) -> Options {
     fn walk(prefix: &str, v: &Value, out: &mut Options) {
         match v {
             Value::Object(m) => {
                 for (k, v) in m {
-                    walk(&format!("{prefix}{k}."), v, out);
+                    if k.is_empty() {
+                        walk(prefix, v, out);
+                    } else {
+                        walk(&format!("{prefix}{k}."), v, out);
+                    }
                 }
             }
             Value::Array(a) => {
@@ -536,6 +563,8 @@ mod tests {
             flat.keys().collect::<Vec<_>>(),
             ["a.b", "a.c.0.d", "e", "f"]
         );
+        let own = flatten(&opts(json!({"o": {"": "none", "t": "all"}})));
+        assert_eq!(own, opts(json!({"o": "none", "o.t": "all"})));
         assert_eq!(
             nest_dotted(flatten(&opts(json!({"x": {"y": "z"}})))),
             opts(json!({"x": {"y": "z"}}))

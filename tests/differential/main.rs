@@ -73,7 +73,7 @@ struct Outcome {
 }
 
 fn run_in_scratch(case: &Case, run: fn(&std::path::Path, &[String]) -> (String, i32)) -> Outcome {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = case.scratch();
     populate(dir.path(), &case.files);
     let (output, status) = run(dir.path(), &case.args);
     Outcome {

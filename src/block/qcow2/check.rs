@@ -11,7 +11,7 @@ use super::header::{Header, INCOMPAT_CORRUPT, INCOMPAT_DIRTY, MAX_L1_SIZE, be16,
 use super::image_file::ImageFile;
 use super::state::{
     ClusterType, L1E_OFFSET_MASK, L2E_OFFSET_MASK, OFLAG_COPIED, OFLAG_ZERO, REFT_OFFSET_MASK,
-    cluster_type, rc_get, rc_set, refcount_max,
+    c_hex, cluster_type, rc_get, rc_set, refcount_max,
 };
 use crate::errno::strerror;
 use std::collections::HashMap;
@@ -1020,14 +1020,6 @@ impl<F: ImageFile> Checker<F> {
 }
 
 /// C's `%#x`: no `0x` for zero.
-fn c_hex(v: u64) -> String {
-    if v == 0 {
-        "0".into()
-    } else {
-        format!("{v:#x}")
-    }
-}
-
 /// `qcow2_get_cluster_type` (no external data file); with extended L2 entries bit 0 is not a
 /// zero flag.
 pub fn l2_cluster_type(entry: u64, extended_l2: bool) -> ClusterType {

@@ -19,10 +19,12 @@ pub mod header;
 pub mod image_file;
 mod lock;
 pub mod open;
+mod overlap;
 mod read;
 pub mod refcount;
 mod reopen;
 mod resize;
+pub mod runtime;
 pub mod state;
 mod write;
 

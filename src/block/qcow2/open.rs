@@ -11,15 +11,15 @@ use super::header::{self, Header, OpenError, OpenMode, with_errno};
 use super::image_file::{ImageFile, NodeFile};
 use super::lock::CoMutex;
 use super::refcount::max_used_index;
+use super::runtime;
 use super::state::{State, refcount_max};
-use crate::block::blkdebug::config::{parse_bool, parse_number};
 use crate::block::blkdebug::events::Event;
-use crate::block::blkdebug::limits::parse_size;
-use crate::block::driver::ReqFlags;
+use crate::block::driver::{Limits, ReqFlags};
 use crate::block::executor::block_on;
 use crate::block::io;
-use crate::block::node::Node;
-use crate::block::open::{OpenContext, Options, take_string};
+use crate::block::node::{Child, ChildRole, Node};
+use crate::block::options::{OpenContext, Options};
+use crate::block::perms::Perms;
 use std::cell::RefCell;
 use std::rc::Rc;
 
@@ -37,16 +37,39 @@ fn event(file: &Rc<Node>, ev: Event) {
     block_on(async move { f.debug_event(ev).await });
 }
 
-fn take_bool(opts: &mut Options, key: &str) -> Result<Option<bool>, String> {
-    take_string(opts, key)
-        .map(|t| parse_bool(key, &t))
-        .transpose()
-}
+/// The backing file an image names, and its format (backing format extension).
+pub type BackingName = Option<(String, Option<String>)>;
 
-fn take_size(opts: &mut Options, key: &str) -> Result<Option<u64>, String> {
-    take_string(opts, key)
-        .map(|t| parse_size(key, &t))
-        .transpose()
+/// Opens a qcow2 node over its file (QEMU's qcow2_open): the node, whose backing child is the
+/// caller's to add, its limits and the backing file the image names.
+pub fn open_node(
+    file: Rc<Node>,
+    opts: &mut Options,
+    ctx: &OpenContext,
+) -> Result<(Node, Limits, BackingName), String> {
+    let opened = open_image(&file, opts, ctx)?;
+    let children = vec![Child {
+        name: "file",
+        node: file.clone(),
+        writable: !ctx.flags.read_only,
+        primary: true,
+        role: ChildRole::Image,
+        extra_perms: Perms::NONE,
+    }];
+    let cs = opened.cluster_size;
+    let v3 = opened.version >= 3;
+    let mut node = Node::new(Box::new(opened.driver), children, file.filename.clone());
+    node.supported_zero_flags = if v3 {
+        ReqFlags::MAY_UNMAP.with(ReqFlags::NO_FALLBACK)
+    } else {
+        ReqFlags::NONE
+    };
+    let limits = Limits {
+        pwrite_zeroes_alignment: cs,
+        pdiscard_alignment: cs,
+        ..Limits::default()
+    };
+    Ok((node, limits, opened.backing))
 }
 
 /// Opens the qcow2 image in `file`. `opts` holds the qcow2 runtime options (consumed).
@@ -156,15 +179,15 @@ fn open_inner(file: &Rc<Node>, opts: &mut Options, ctx: &OpenContext) -> Result<
             .collect();
     }
     // Runtime options (QEMU's qcow2_update_options).
-    let bad = |m: String| (m, libc::EINVAL);
-    let runtime = RuntimeOptions::take(opts, cs)?;
-    let use_lazy = runtime
-        .lazy_refcounts(h.version, h.compatible_features)
-        .map_err(bad)?;
-    let no_unref = runtime.discard_no_unref(h.version).map_err(bad)?;
+    let facts = runtime::ImageFacts {
+        version: h.version,
+        cluster_size: cs,
+        disk_size: h.size / 512 * 512,
+        lazy_refcounts_bit: h.compatible_features & header::COMPAT_LAZY_REFCOUNTS != 0,
+    };
+    let rt = runtime::parse(opts, &facts, ctx.flags.unmap, h.crypt_method != 0)
+        .map_err(|m| (m, libc::EINVAL))?;
     header::check_encryption(&h)?;
-    let cache_opts = runtime.cache_opts;
-    let (l2_entries, rc_entries) = cache_entries(h.size, cs, cache_opts);
     // refcount init
     let reftable_entries = (u64::from(h.refcount_table_clusters) << (h.cluster_bits - 3)) as usize;
     event(file, Event::ReftableLoad);
@@ -184,6 +207,7 @@ fn open_inner(file: &Rc<Node>, opts: &mut Options, ctx: &OpenContext) -> Result<
     }
     let backing_file = header::read_backing_name(&node_file, &h)?;
     let backing = header::backing_of(backing_file.as_deref(), ex.backing_format.as_deref());
+    let (snapshots, snapshots_size) = read_snapshots(&node_file, &h)?;
     let mut h = h;
     let mut reftable = reftable;
     // QEMU repairs a dirty image (lazy refcounts) before serving it read-write.
@@ -201,6 +225,7 @@ fn open_inner(file: &Rc<Node>, opts: &mut Options, ctx: &OpenContext) -> Result<
         cluster_size: cs,
         l2_bits,
         l2_size: 1 << l2_bits,
+        l2_slice_size: rt.sizes.l2_entry_size / 8,
         refcount_order: h.refcount_order,
         refcount_block_bits,
         refcount_max: refcount_max(h.refcount_order),
@@ -224,17 +249,22 @@ fn open_inner(file: &Rc<Node>, opts: &mut Options, ctx: &OpenContext) -> Result<
             h.autoclear_features
         },
         caches: [
-            Cache::new(l2_entries, cs as usize),
-            Cache::new(rc_entries, cs as usize),
+            Cache::new(rt.sizes.l2_tables as usize, rt.sizes.l2_entry_size as usize),
+            Cache::new(rt.sizes.refcount_tables as usize, cs as usize),
         ],
-        cache_opts,
+        overlap_check: rt.overlap_check,
+        snapshots,
+        snapshots_offset: h.snapshots_offset,
+        snapshots_size,
+        bitmap_directory: None,
         allocs: Vec::new(),
         next_alloc_id: 0,
         discards: Vec::new(),
         cache_discards: false,
-        discard_passthrough: runtime.discard_passthrough(ctx.flags.unmap),
-        discard_no_unref: no_unref,
-        use_lazy_refcounts: use_lazy,
+        discard_passthrough: rt.discard_passthrough,
+        discard_no_unref: rt.discard_no_unref,
+        use_lazy_refcounts: rt.lazy_refcounts,
+        runtime: rt,
         has_backing: backing.is_some(),
         unknown_fields,
         backing_file,
@@ -285,108 +315,43 @@ fn open_inner(file: &Rc<Node>, opts: &mut Options, ctx: &OpenContext) -> Result<
     })
 }
 
-/// The driver's runtime options (QEMU's qcow2_update_options), read the same way when the image
-/// is opened and when it is reopened: [`RuntimeOptions::take`] takes them from the options,
-/// and the methods resolve them against the image, each check where QEMU makes it.
-pub struct RuntimeOptions {
-    lazy_refcounts: Option<bool>,
-    /// pass-discard-request, -snapshot, -other
-    pass_discard: [Option<bool>; 3],
-    discard_no_unref: Option<bool>,
-    /// cache-size, l2-cache-size, refcount-cache-size
-    pub cache_opts: [Option<u64>; 3],
-}
-
-impl RuntimeOptions {
-    /// Takes the options out of `opts`, with the type and cache-size errors (the part of
-    /// qcow2_update_options_prepare before the old caches are written back).
-    pub fn take(opts: &mut Options, cluster_size: u64) -> Result<Self, (String, i32)> {
-        let bad = |m: String| (m, libc::EINVAL);
-        let lazy_refcounts = take_bool(opts, "lazy-refcounts").map_err(bad)?;
-        let pass_req = take_bool(opts, "pass-discard-request").map_err(bad)?;
-        let pass_snap = take_bool(opts, "pass-discard-snapshot").map_err(bad)?;
-        let pass_other = take_bool(opts, "pass-discard-other").map_err(bad)?;
-        let discard_no_unref = take_bool(opts, "discard-no-unref").map_err(bad)?;
-        let cache_size = take_size(opts, "cache-size").map_err(bad)?;
-        let l2_cache_size = take_size(opts, "l2-cache-size").map_err(bad)?;
-        let rc_cache_size = take_size(opts, "refcount-cache-size").map_err(bad)?;
-        if let Some(es) = take_size(opts, "l2-cache-entry-size").map_err(bad)?
-            && es != cluster_size
-        {
+/// QEMU's qcow2_read_snapshots, as far as the driver needs the table: each snapshot's L1
+/// table, and the table's size. Reads past the end of the file read zeroes.
+fn read_snapshots(file: &NodeFile, h: &Header) -> Result<(Vec<(u64, u32)>, u64), OpenError> {
+    /// QEMU's QCOW_MAX_SNAPSHOT_EXTRA_DATA and QCOW_MAX_SNAPSHOTS_SIZE.
+    const MAX_EXTRA_DATA: u64 = 1024;
+    const MAX_TABLE_SIZE: u64 = 1024 * 65536;
+    let failed = |e: i32| (with_errno("Failed to read snapshot table", e), e);
+    let mut snapshots = Vec::new();
+    let mut offset = h.snapshots_offset;
+    for i in 0..h.nb_snapshots {
+        offset = offset.div_ceil(8) * 8;
+        let head = file.read_at(offset, 40).map_err(failed)?;
+        let be32 = |at: usize| u32::from_be_bytes(head[at..at + 4].try_into().expect("4"));
+        let be16 = |at: usize| u16::from_be_bytes(head[at..at + 2].try_into().expect("2"));
+        let l1_offset = u64::from_be_bytes(head[..8].try_into().expect("8"));
+        let l1_size = be32(8);
+        let (id_len, name_len) = (u64::from(be16(12)), u64::from(be16(14)));
+        let extra = u64::from(be32(36));
+        if extra > MAX_EXTRA_DATA {
             return Err((
-                "l2-cache-entry-size other than the cluster size is not supported by this engine"
-                    .into(),
-                libc::ENOTSUP,
+                format!(
+                    "Too much extra metadata in snapshot table entry {i}\nYou can force-remove this extra metadata with qemu-img check -r all"
+                ),
+                libc::EFBIG,
             ));
         }
-        if let Some(t) = take_string(opts, "cache-clean-interval") {
-            parse_number("cache-clean-interval", &t).map_err(bad)?;
+        offset += 40 + extra + id_len + name_len;
+        snapshots.push((l1_offset, l1_size));
+        if offset - h.snapshots_offset > MAX_TABLE_SIZE {
+            return Err((
+                format!(
+                    "Snapshot table is too big\nYou can force-remove all {} overhanging snapshots with qemu-img check -r all",
+                    h.nb_snapshots - i
+                ),
+                libc::EFBIG,
+            ));
         }
-        for k in ["overlap-check", "overlap-check.template"] {
-            opts.remove(k);
-        }
-        Ok(Self {
-            lazy_refcounts,
-            pass_discard: [pass_req, pass_snap, pass_other],
-            discard_no_unref,
-            cache_opts: [cache_size, l2_cache_size, rc_cache_size],
-        })
     }
-
-    /// Whether lazy refcounts are used: the option, else the image's compat bit.
-    pub fn lazy_refcounts(&self, version: u32, compat: u64) -> Result<bool, String> {
-        let lazy = self
-            .lazy_refcounts
-            .unwrap_or(compat & header::COMPAT_LAZY_REFCOUNTS != 0);
-        if lazy && version < 3 {
-            return Err(
-                "Lazy refcounts require a qcow2 image with at least qemu 1.1 compatibility level"
-                    .into(),
-            );
-        }
-        Ok(lazy)
-    }
-
-    pub fn discard_no_unref(&self, version: u32) -> Result<bool, String> {
-        let no_unref = self.discard_no_unref.unwrap_or(false);
-        if no_unref && version < 3 {
-            return Err("discard-no-unref is only supported since qcow2 version 3".into());
-        }
-        Ok(no_unref)
-    }
-
-    /// Which frees pass a discard down to the file, by [`super::state::DiscardType`];
-    /// requests follow the node's `discard` setting unless told otherwise.
-    pub fn discard_passthrough(&self, unmap: bool) -> [bool; 5] {
-        let [req, snap, other] = self.pass_discard;
-        [
-            false,
-            true,
-            req.unwrap_or(unmap),
-            snap.unwrap_or(true),
-            other.unwrap_or(false),
-        ]
-    }
-}
-
-/// Cache sizes in entries from the disk size and the cache options `[cache-size,
-/// l2-cache-size, refcount-cache-size]` (QEMU's read_cache_sizes, default entry size).
-pub fn cache_entries(size: u64, cs: u64, opts: [Option<u64>; 3]) -> (usize, usize) {
-    let [cache_size, l2_cache_size, rc_cache_size] = opts;
-    let max_l2_cache = (size.div_ceil(cs) * 8).div_ceil(cs) * cs;
-    let (l2_bytes, rc_bytes) = match (cache_size, l2_cache_size, rc_cache_size) {
-        (Some(total), l2, rc) => {
-            let l2 =
-                l2.unwrap_or_else(|| total.saturating_sub(rc.unwrap_or(4 * cs)).min(max_l2_cache));
-            (l2, rc.unwrap_or(total.saturating_sub(l2)))
-        }
-        (None, l2, rc) => (
-            l2.unwrap_or(max_l2_cache.min(32 << 20)),
-            rc.unwrap_or(4 * cs),
-        ),
-    };
-    // bounded: QEMU's own limits keep a hostile size from costing more than this
-    let l2_entries = ((l2_bytes / cs).max(2)).min((32u64 << 20) / cs).max(2) as usize;
-    let rc_entries = (rc_bytes / cs).clamp(4, (32u64 << 20) / cs) as usize;
-    (l2_entries, rc_entries)
+    Ok((snapshots, offset - h.snapshots_offset))
 }

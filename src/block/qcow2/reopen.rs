@@ -4,7 +4,8 @@
 
 use super::Qcow2;
 use super::cache::{Cache, CacheKind};
-use super::open::{RuntimeOptions, cache_entries};
+use super::header::COMPAT_LAZY_REFCOUNTS;
+use super::runtime::{self, ImageFacts, Runtime};
 use crate::block::driver::ReopenState;
 use crate::block::io;
 use crate::block::node::{Node, OpenFlags};
@@ -14,56 +15,49 @@ use crate::errno::strerror;
 /// What commit installs (QEMU's Qcow2ReopenState).
 struct Prepared {
     caches: [Cache; 2],
-    cache_opts: [Option<u64>; 3],
-    use_lazy_refcounts: bool,
-    discard_passthrough: [bool; 5],
-    discard_no_unref: bool,
+    runtime: Runtime,
 }
 
 impl Qcow2 {
-    /// QEMU's qcow2_reopen_prepare, with qcow2_update_options_prepare's steps in its order:
-    /// option errors, then the old caches written back, then the feature checks.
+    /// QEMU's qcow2_reopen_prepare: the runtime options parsed as at open (the same code, so
+    /// the same messages), the old caches written back, lazy refcounts turned off where asked
+    /// (which needs accurate refcounts on disk first), and an image going read-only flushed
+    /// and marked clean.
     pub(super) async fn reopen_prepare_impl(
         &self,
         node: &Node,
         opts: &mut Options,
         flags: OpenFlags,
     ) -> Result<Option<ReopenState>, String> {
-        let (cs, size, version, compat, lazy_now) = {
+        let (facts, encrypted, lazy_now) = {
             let st = self.st.borrow();
-            (
-                st.cluster_size,
-                st.size,
-                st.hdr.version,
-                st.compat,
-                st.use_lazy_refcounts,
-            )
+            let facts = ImageFacts {
+                version: st.hdr.version,
+                cluster_size: st.cluster_size,
+                disk_size: st.size / 512 * 512,
+                lazy_refcounts_bit: st.compat & COMPAT_LAZY_REFCOUNTS != 0,
+            };
+            (facts, st.hdr.crypt_method != 0, st.use_lazy_refcounts)
         };
-        let runtime = RuntimeOptions::take(opts, cs).map_err(|(msg, _)| msg)?;
-        let (l2_entries, rc_entries) = cache_entries(size, cs, runtime.cache_opts);
+        let rt = runtime::parse(opts, &facts, flags.unmap, encrypted)?;
         self.cache_flush(node, CacheKind::L2)
             .await
             .map_err(|e| format!("Failed to flush the L2 table cache: {}", strerror(e)))?;
         self.cache_flush(node, CacheKind::Refcount)
             .await
             .map_err(|e| format!("Failed to flush the refcount block cache: {}", strerror(e)))?;
-        let use_lazy_refcounts = runtime.lazy_refcounts(version, compat)?;
-        // Turning lazy refcounts off needs accurate refcounts on disk first.
-        if lazy_now && !use_lazy_refcounts {
+        if lazy_now && !rt.lazy_refcounts {
             self.mark_clean(node)
                 .await
                 .map_err(|e| format!("Failed to disable lazy refcounts: {}", strerror(e)))?;
         }
-        let discard_no_unref = runtime.discard_no_unref(version)?;
+        let cs = facts.cluster_size as usize;
         let prepared = Prepared {
             caches: [
-                Cache::new(l2_entries, cs as usize),
-                Cache::new(rc_entries, cs as usize),
+                Cache::new(rt.sizes.l2_tables as usize, rt.sizes.l2_entry_size as usize),
+                Cache::new(rt.sizes.refcount_tables as usize, cs),
             ],
-            cache_opts: runtime.cache_opts,
-            use_lazy_refcounts,
-            discard_passthrough: runtime.discard_passthrough(flags.unmap),
-            discard_no_unref,
+            runtime: rt,
         };
         // Going read-only: everything cached reaches the file and the image is marked clean.
         // QEMU gives no reason of its own when these fail.
@@ -82,9 +76,11 @@ impl Qcow2 {
         };
         let mut st = self.st.borrow_mut();
         st.caches = p.caches;
-        st.cache_opts = p.cache_opts;
-        st.use_lazy_refcounts = p.use_lazy_refcounts;
-        st.discard_passthrough = p.discard_passthrough;
-        st.discard_no_unref = p.discard_no_unref;
+        st.l2_slice_size = p.runtime.sizes.l2_entry_size / 8;
+        st.overlap_check = p.runtime.overlap_check;
+        st.use_lazy_refcounts = p.runtime.lazy_refcounts;
+        st.discard_passthrough = p.runtime.discard_passthrough;
+        st.discard_no_unref = p.runtime.discard_no_unref;
+        st.runtime = p.runtime;
     }
 }
