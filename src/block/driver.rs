@@ -297,6 +297,13 @@ pub trait BlockDriver {
     /// Drops a prepared reopen that will not be applied (QEMU's bdrv_reopen_abort).
     fn reopen_abort(&self, _node: &Node, _state: Option<ReopenState>) {}
 
+    /// The drive is open read-write, or was reopened so: on-disk state the engine does not
+    /// keep up to date is invalidated here, once nothing can fail the open any more (qcow2:
+    /// persistent dirty bitmaps).
+    fn start_writing<'a>(&'a self, _node: &'a Node) -> BoxFut<'a, Result<(), String>> {
+        Box::pin(async { Ok(()) })
+    }
+
     /// Called once when the drive is closed (caches are written back here).
     fn close<'a>(&'a self, _node: &'a Node) -> BoxFut<'a, ()> {
         Box::pin(async {})

@@ -740,7 +740,28 @@ pub fn open_drive(
         ctx,
         names: RefCell::new(Vec::new()),
     };
-    walk.open(filename.map(str::to_string), None, options, None)
+    let root = walk.open(filename.map(str::to_string), None, options, None)?;
+    let r = root.clone();
+    crate::block::executor::block_on(async move { start_writing(&r).await })
+        .unwrap_or_else(|| Err("blockfault: a header update at open can never complete".into()))?;
+    Ok(root)
+}
+
+/// Tells every writable node of the tree that it is open for writing (see
+/// [`super::driver::BlockDriver::start_writing`]), children first.
+pub async fn start_writing(root: &Rc<Node>) -> Result<(), String> {
+    fn collect(node: &Rc<Node>, out: &mut Vec<Rc<Node>>) {
+        for c in &node.children {
+            collect(&c.node, out);
+        }
+        out.push(node.clone());
+    }
+    let mut nodes = Vec::new();
+    collect(root, &mut nodes);
+    for node in nodes.iter().filter(|n| !n.flags().read_only) {
+        node.driver.start_writing(node).await?;
+    }
+    Ok(())
 }
 
 /// The end of QEMU's bdrv_open_driver: the node's limits and its length. Some limits default
@@ -888,6 +909,39 @@ mod tests {
             err.as_deref(),
             Some("qcow (version 1) images are not supported by this engine")
         );
+    }
+
+    /// The bitmaps autoclear bit is dropped only once a read-write open has succeeded.
+    #[test]
+    fn bitmaps_bit_survives_a_failed_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = crate::img::qcow2::create::CreateSpec {
+            size: 1 << 20,
+            ..Default::default()
+        };
+        let mut image = crate::img::qcow2::create::build(&spec).unwrap().flatten();
+        image[95] |= 1;
+        let path = dir.path().join("t.qcow2");
+        std::fs::write(&path, &image).unwrap();
+        let ctx = OpenContext {
+            base_dir: dir.path().to_path_buf(),
+            console: crate::output::Console::new(std::rc::Rc::new(std::cell::RefCell::new(
+                crate::output::Capture::default(),
+            ))),
+            flags: OpenFlags::default(),
+            skip_host_sync: true,
+        };
+        let mut bogus = Options::new();
+        bogus.insert("bogus".into(), Value::from(1));
+        let err = open_drive(Some("t.qcow2"), bogus, Some("qcow2"), &ctx).err();
+        assert_eq!(
+            err.as_deref(),
+            Some("Block format 'qcow2' does not support the option 'bogus'")
+        );
+        assert_eq!(std::fs::read(&path).unwrap(), image);
+        let node = open_drive(Some("t.qcow2"), Options::new(), Some("qcow2"), &ctx).unwrap();
+        drop(node);
+        assert_eq!(std::fs::read(&path).unwrap()[95] & 1, 0);
     }
 
     #[test]

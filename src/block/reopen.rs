@@ -92,7 +92,7 @@ pub async fn reopen(root: &Rc<Node>, req: Request) -> Result<(), String> {
         let _ = e.node.refresh_total_sectors();
     }
     perms::apply(new_perms);
-    Ok(())
+    super::open::start_writing(root).await
 }
 
 fn abort(queue: Vec<Entry>) {
@@ -113,12 +113,12 @@ fn queue_node(
     req: &Request,
 ) {
     let mut options = given;
-    join_defaults(&mut options, &flatten(&node.explicit_options.borrow()));
+    join_options(node, &mut options, flatten(&node.explicit_options.borrow()));
     let mut explicit = options.clone();
     let mut flags = node.flags();
     if let Some((parent_options, parent_flags, role)) = parent {
         // QEMU's bdrv_inherited_options.
-        for key in ["cache.direct", "cache.no-flush"] {
+        for key in ["cache.direct", "cache.no-flush", "force-share"] {
             copy_default(&mut options, parent_options, key);
         }
         if role == Role::Backing {
@@ -135,7 +135,7 @@ fn queue_node(
             ..parent_flags
         };
     }
-    join_defaults(&mut options, &flatten(&node.options.borrow()));
+    join_options(node, &mut options, flatten(&node.options.borrow()));
     flags_from_options(&mut flags, &options);
     let index = queue.len();
     queue.push(Entry {
@@ -480,8 +480,18 @@ pub fn flatten(options: &Options) -> Options {
     out
 }
 
-/// Adds every option of `defaults` that `options` lacks (QEMU's bdrv_join_options).
-fn join_defaults(options: &mut Options, defaults: &Options) {
+/// Adds every option of `old` that `options` lacks (QEMU's bdrv_join_options), as the node's
+/// driver joins them: qcow2 drops old options that new ones override as a group.
+fn join_options(node: &Node, options: &mut Options, mut old: Options) {
+    if node.driver.format_name() == "qcow2" {
+        super::qcow2::reopen::join_options(options, &mut old);
+    } else {
+        join_defaults(options, &old);
+    }
+}
+
+/// Adds every option of `defaults` that `options` lacks (QEMU's qdict_join).
+pub(crate) fn join_defaults(options: &mut Options, defaults: &Options) {
     for (k, v) in defaults {
         if !options.contains_key(k) {
             options.insert(k.clone(), v.clone());

@@ -96,6 +96,7 @@ pub fn all() -> Vec<Case> {
     v.extend(flushes());
     v.extend(qcow2_state());
     v.extend(children());
+    v.extend(joins_and_modes());
     v
 }
 
@@ -759,5 +760,70 @@ fn children() -> Vec<Case> {
             ],
             "img.raw",
         ),
+    ]
+}
+
+fn joins_and_modes() -> Vec<Case> {
+    let zero_writes_fail = "[inject-error]\niotype = \"write-zeroes\"\n";
+    vec![
+        // qcow2 joins old and new options its own way (iotest 137): a new overlap template
+        // replaces every old overlap option...
+        on_qcow2(
+            "reopen_qcow2_new_overlap_template_replaces_old",
+            "compat=1.1",
+            &[],
+            &[
+                "reopen -o overlap-check=constant",
+                "reopen -o overlap-check.template=all",
+                "reopen -o overlap-check.main-header=off",
+                "reopen -o overlap-check=none,overlap-check.template=all",
+                "write 0 512",
+            ],
+            "t.qcow2",
+        ),
+        // ...and a new total cache size the old partial sizes, while an old total size goes
+        // once partial sizes are given.
+        on_qcow2(
+            "reopen_qcow2_cache_size_join",
+            "compat=1.1",
+            &[],
+            &[
+                "reopen -o cache-size=1M",
+                "reopen -o l2-cache-size=512k",
+                "reopen -o refcount-cache-size=256k",
+                "reopen -o cache-size=128k",
+                "reopen -o cache-size=2M,l2-cache-size=4M",
+                "reopen -o cache-size=1M,l2-cache-size=512k,refcount-cache-size=64k",
+                "write 0 512",
+            ],
+            "t.qcow2",
+        ),
+        // detect-zeroes may change on reopen: zeroed writes become zero writes, and back.
+        io(
+            "reopen_detect_zeroes_switches",
+            &["-f", "raw"],
+            &[
+                "write -P 0 0 4k",
+                "reopen -o detect-zeroes=on",
+                "write -P 0 0 4k",
+                "write -P 1 0 4k",
+                "reopen -o detect-zeroes=off",
+                "write -P 0 0 4k",
+            ],
+            "blkdebug:d.conf:img.raw",
+        )
+        .file("d.conf", zero_writes_fail),
+        io(
+            "reopen_detect_zeroes_errors",
+            &["-f", "raw"],
+            &[
+                "reopen -o detect-zeroes=bogus",
+                "reopen -o discard=ignore,detect-zeroes=unmap",
+                "reopen -o detect-zeroes=unmap",
+                "write -P 0 0 4k",
+            ],
+            "blkdebug:d.conf:img.raw",
+        )
+        .file("d.conf", zero_writes_fail),
     ]
 }

@@ -22,7 +22,7 @@ pub mod open;
 mod overlap;
 mod read;
 pub mod refcount;
-mod reopen;
+pub(crate) mod reopen;
 mod resize;
 pub mod runtime;
 pub mod state;
@@ -378,6 +378,28 @@ impl BlockDriver for Qcow2 {
         flags: crate::block::node::OpenFlags,
     ) -> BoxFut<'a, Result<Option<crate::block::driver::ReopenState>, String>> {
         Box::pin(async move { self.reopen_prepare_impl(node, opts, flags).await })
+    }
+
+    /// This engine does not maintain persistent dirty bitmaps: before the first write it clears
+    /// their autoclear bit, as a program lacking bitmap support does, so that QEMU treats them as
+    /// inconsistent. (QEMU itself keeps the bit and marks the bitmaps in use.) A failed open
+    /// never gets here and leaves the bit alone.
+    fn start_writing<'a>(&'a self, node: &'a Node) -> BoxFut<'a, Result<(), String>> {
+        Box::pin(async move {
+            {
+                let mut st = self.st.borrow_mut();
+                if st.dead || st.autoclear & header::AUTOCLEAR_BITMAPS == 0 {
+                    return Ok(());
+                }
+                st.autoclear &= !header::AUTOCLEAR_BITMAPS;
+            }
+            self.update_header(node).await.map_err(|e| {
+                format!(
+                    "Could not update qcow2 header: {}",
+                    crate::errno::strerror(e)
+                )
+            })
+        })
     }
 
     fn has_stopped(&self) -> bool {

@@ -5,12 +5,43 @@
 use super::Qcow2;
 use super::cache::{Cache, CacheKind};
 use super::header::COMPAT_LAZY_REFCOUNTS;
+use super::overlap::OPTION_NAMES;
 use super::runtime::{self, ImageFacts, Runtime};
 use crate::block::driver::ReopenState;
 use crate::block::io;
 use crate::block::node::{Node, OpenFlags};
 use crate::block::open::Options;
 use crate::errno::strerror;
+
+/// QEMU's qcow2_join_options, on flat options: a new overlap template replaces every old
+/// overlap option (but `bitmap-directory`, which QEMU 10.0.2 leaves out), a new total cache
+/// size the old L2 and refcount sizes; after joining, an old total size goes once any cache
+/// size is set, so that new partial sizes do not clash with it.
+pub fn join_options(options: &mut Options, old: &mut Options) {
+    let new_template =
+        options.contains_key("overlap-check") || options.contains_key("overlap-check.template");
+    let new_total = options.contains_key("cache-size");
+    if new_template {
+        for key in ["overlap-check", "overlap-check.template"]
+            .into_iter()
+            .chain(OPTION_NAMES)
+            .filter(|k| *k != "overlap-check.bitmap-directory")
+        {
+            old.shift_remove(key);
+        }
+    }
+    if new_total {
+        old.shift_remove("l2-cache-size");
+        old.shift_remove("refcount-cache-size");
+    }
+    crate::block::reopen::join_defaults(options, old);
+    let any_cache_size = ["cache-size", "l2-cache-size", "refcount-cache-size"]
+        .iter()
+        .any(|k| options.contains_key(*k));
+    if any_cache_size && !new_total {
+        options.shift_remove("cache-size");
+    }
+}
 
 /// What commit installs (QEMU's Qcow2ReopenState).
 struct Prepared {
