@@ -291,6 +291,15 @@ pub trait BlockDriver {
         Ok(())
     }
 
+    /// A permission refresh outside a reopen reaches the node (QEMU's bdrv_check_perm):
+    /// file-posix may need another descriptor for the node's flags.
+    fn check_perm(&self, _node: &Node) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// The refresh [`BlockDriver::check_perm`] accepted is applied (QEMU's bdrv_set_perm).
+    fn set_perm(&self, _node: &Node) {}
+
     /// Applies a prepared reopen (QEMU's bdrv_reopen_commit).
     fn reopen_commit(&self, _node: &Node, _state: Option<ReopenState>) {}
 

@@ -50,6 +50,8 @@ pub struct FileDriver {
     shown_name: String,
     /// how the descriptor is open: (writable, O_DIRECT)
     mode: Cell<(bool, bool)>,
+    /// the descriptor a permission refresh opened, installed when it is applied
+    perm_change: RefCell<Option<NewFile>>,
     /// whether flushes and FUA writes reach the host disk (fdatasync)
     sync: bool,
     /// a temporary file (a snapshot overlay) that goes away with the node
@@ -158,9 +160,12 @@ fn open_host_file(path: &Path, shown_name: &str, writable: bool) -> Result<File,
         })
 }
 
+/// A descriptor opened for new flags, with its mode (writable, O_DIRECT).
+type NewFile = (File, (bool, bool));
+
 /// A prepared reopen: the descriptor the new flags need, when they need another one.
 struct Reopen {
-    new_file: Option<(File, (bool, bool))>,
+    new_file: Option<NewFile>,
 }
 
 /// The options of the `file` driver (QEMU's raw_runtime_opts in file-posix).
@@ -288,6 +293,7 @@ impl FileDriver {
             mode: Cell::new((!read_only, direct)),
             sync,
             temporary: None,
+            perm_change: RefCell::new(None),
             request_alignment,
         })
     }
@@ -306,6 +312,24 @@ impl FileDriver {
     /// The request alignment file-posix gives the node: 1, or under O_DIRECT what the probe found.
     pub fn request_alignment(&self) -> u64 {
         self.request_alignment
+    }
+
+    /// QEMU's raw_reconfigure_getfd: the descriptor `flags` need when it is not the one open
+    /// (None: the current one does).
+    fn reconfigure(&self, flags: OpenFlags) -> Result<Option<NewFile>, String> {
+        let mode = (!flags.read_only, flags.direct);
+        if mode == self.mode.get() {
+            return Ok(None);
+        }
+        if self.temporary.is_some() {
+            return Err(format!(
+                "Could not open '{}': {}",
+                self.shown_name,
+                crate::errno::strerror(libc::ENOENT)
+            ));
+        }
+        let file = open_host_file(&self.path, &self.shown_name, mode.0)?;
+        Ok(Some((file, mode)))
     }
 
     /// Deletes the file when the node is dropped (QEMU's BDRV_O_TEMPORARY).
@@ -622,22 +646,27 @@ impl BlockDriver for FileDriver {
         state: &mut Option<ReopenState>,
         flags: OpenFlags,
     ) -> Result<(), String> {
-        let mode = (!flags.read_only, flags.direct);
-        if mode == self.mode.get() {
-            return Ok(());
-        }
-        if self.temporary.is_some() {
-            return Err(format!(
-                "Could not open '{}': {}",
-                self.shown_name,
-                crate::errno::strerror(libc::ENOENT)
-            ));
-        }
-        let file = open_host_file(&self.path, &self.shown_name, mode.0)?;
-        if let Some(r) = state.as_mut().and_then(|s| s.downcast_mut::<Reopen>()) {
-            r.new_file = Some((file, mode));
+        if let Some(file) = self.reconfigure(flags)?
+            && let Some(r) = state.as_mut().and_then(|s| s.downcast_mut::<Reopen>())
+        {
+            r.new_file = Some(file);
         }
         Ok(())
+    }
+
+    /// raw_check_perm: the node's flags against the recorded mode, which a reopen may have
+    /// zeroed (see reopen_commit).
+    fn check_perm(&self, node: &Node) -> Result<(), String> {
+        *self.perm_change.borrow_mut() = self.reconfigure(node.flags())?;
+        Ok(())
+    }
+
+    /// raw_set_perm: the new descriptor, if one was needed, replaces the old.
+    fn set_perm(&self, _node: &Node) {
+        if let Some((file, mode)) = self.perm_change.borrow_mut().take() {
+            *self.file.borrow_mut() = file;
+            self.mode.set(mode);
+        }
     }
 
     /// A new descriptor brings its mode along. Keeping the old one, QEMU 10.0.2's

@@ -74,6 +74,12 @@ fn child_perms(child: &Child, held: Perms, parent_writable: bool) -> Perms {
 /// their own read-only flag. On failure no node's permissions change.
 pub fn refresh(root: &Rc<Node>, held: Perms, read_only: bool) -> Result<(), String> {
     let planned = plan(root, held, read_only, &|n| n.flags().read_only)?;
+    for (node, _) in &planned {
+        node.driver.check_perm(node)?;
+    }
+    for (node, _) in &planned {
+        node.driver.set_perm(node);
+    }
     apply(planned);
     Ok(())
 }

@@ -825,5 +825,29 @@ fn joins_and_modes() -> Vec<Case> {
             "blkdebug:d.conf:img.raw",
         )
         .file("d.conf", zero_writes_fail),
+        // raw takes a new offset and size on reopen, checked as at open.
+        io(
+            "reopen_raw_offset_and_size",
+            &["-f", "raw"],
+            &[
+                "write -P 7 0 1k",
+                "reopen -o offset=512",
+                "read -P 7 0 512",
+                "read -P 0 512 512",
+                "reopen -o size=4096",
+                "read 0 512",
+                "read 4096 1",
+                "reopen -o size=1000",
+                "reopen -o offset=2M",
+                "reopen -o size=1M",
+                "reopen -o offset=foo",
+                "truncate 8192",
+                "reopen -o offset=0",
+                "length",
+                "write -P 5 0 512",
+                "map",
+            ],
+            r#"json:{"driver":"raw","file":{"driver":"file","filename":"img.raw"}}"#,
+        ),
     ]
 }
