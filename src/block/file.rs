@@ -160,8 +160,36 @@ fn open_host_file(path: &Path, shown_name: &str, writable: bool) -> Result<File,
         })
 }
 
-/// A descriptor opened for new flags, with its mode (writable, O_DIRECT).
-type NewFile = (File, (bool, bool));
+/// A descriptor opened for new flags, with its mode (writable, O_DIRECT) and the request
+/// alignment that mode gives.
+type NewFile = (File, (bool, bool), u64);
+
+/// The request alignment QEMU finds for the file under O_DIRECT (see [`probe_direct_alignment`]),
+/// with its messages when there is none.
+fn direct_alignment(path: &Path, shown_name: &str, writable: bool) -> Result<u64, String> {
+    let direct_file = open_direct(path, shown_name, writable)?;
+    probe_direct_alignment(&direct_file)
+        .ok_or_else(|| "Could not find working O_DIRECT alignment\nTry cache.direct=off".into())
+}
+
+/// The file opened with O_DIRECT, with QEMU's messages when that fails.
+fn open_direct(path: &Path, shown_name: &str, writable: bool) -> Result<File, String> {
+    OpenOptions::new()
+        .read(true)
+        .write(writable)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+        .map_err(|e| {
+            if errno_of(&e) == libc::EINVAL {
+                format!("Could not open '{shown_name}': filesystem does not support O_DIRECT")
+            } else {
+                format!(
+                    "Could not open '{shown_name}': {}",
+                    crate::errno::strerror(errno_of(&e))
+                )
+            }
+        })
+}
 
 /// A prepared reopen: the descriptor the new flags need, when they need another one.
 struct Reopen {
@@ -273,15 +301,7 @@ impl FileDriver {
             _ => {}
         }
         let request_alignment = if direct {
-            let direct_file = open(libc::O_DIRECT).map_err(|e| {
-                if errno_of(&e) == libc::EINVAL {
-                    format!("Could not open '{shown_name}': filesystem does not support O_DIRECT")
-                } else {
-                    could_not(&e)
-                }
-            })?;
-            probe_direct_alignment(&direct_file)
-                .ok_or("Could not find working O_DIRECT alignment\nTry cache.direct=off")?
+            direct_alignment(path, shown_name, !read_only)?
         } else {
             1
         };
@@ -329,7 +349,27 @@ impl FileDriver {
             ));
         }
         let file = open_host_file(&self.path, &self.shown_name, mode.0)?;
-        Ok(Some((file, mode)))
+        // QEMU 10.0.2 probes the alignment on the descriptor still in use, not the new one
+        // (a one-byte read works there: a page, unless the host says otherwise).
+        let align = if mode.1 {
+            open_direct(&self.path, &self.shown_name, mode.0)?;
+            probe_direct_alignment(&self.file())
+                .ok_or("Could not find working O_DIRECT alignment\nTry cache.direct=off")?
+        } else {
+            1
+        };
+        Ok(Some((file, mode, align)))
+    }
+
+    /// A new descriptor replaces the old, with its mode and the node's request alignment
+    /// (QEMU's raw_refresh_limits).
+    fn install(&self, node: &Node, (file, mode, align): NewFile) {
+        *self.file.borrow_mut() = file;
+        self.mode.set(mode);
+        node.set_limits(Limits {
+            request_alignment: align,
+            ..node.limits()
+        });
     }
 
     /// Deletes the file when the node is dropped (QEMU's BDRV_O_TEMPORARY).
@@ -524,7 +564,7 @@ impl BlockDriver for FileDriver {
                 };
                 (status::DATA, (end - offset).clamp(1, bytes))
             };
-            let align = node.limits.request_alignment;
+            let align = node.limits().request_alignment;
             let pnum = if pnum < bytes {
                 (pnum / align * align).max(align)
             } else {
@@ -662,10 +702,9 @@ impl BlockDriver for FileDriver {
     }
 
     /// raw_set_perm: the new descriptor, if one was needed, replaces the old.
-    fn set_perm(&self, _node: &Node) {
-        if let Some((file, mode)) = self.perm_change.borrow_mut().take() {
-            *self.file.borrow_mut() = file;
-            self.mode.set(mode);
+    fn set_perm(&self, node: &Node) {
+        if let Some(new) = self.perm_change.borrow_mut().take() {
+            self.install(node, new);
         }
     }
 
@@ -673,15 +712,12 @@ impl BlockDriver for FileDriver {
     /// raw_reopen_commit still overwrites the recorded open flags with a zeroed value
     /// (read-only, no O_DIRECT): the next reopen of a writable node opens the file by name
     /// again, which only shows for a temporary file.
-    fn reopen_commit(&self, _node: &Node, state: Option<ReopenState>) {
+    fn reopen_commit(&self, node: &Node, state: Option<ReopenState>) {
         let Some(Ok(r)) = state.map(|s| s.downcast::<Reopen>()) else {
             return;
         };
         match r.new_file {
-            Some((file, mode)) => {
-                *self.file.borrow_mut() = file;
-                self.mode.set(mode);
-            }
+            Some(new) => self.install(node, new),
             None => self.mode.set((false, false)),
         }
     }

@@ -50,7 +50,7 @@ fn min_non_zero(a: u64, b: u64) -> u64 {
 }
 
 fn max_transfer(node: &Node, align: u64) -> u64 {
-    align_down(min_non_zero(node.limits.max_transfer, INT_MAX), align)
+    align_down(min_non_zero(node.limits().max_transfer, INT_MAX), align)
 }
 
 /// Head and tail padding needed to align `[offset, offset+bytes)` to `align`.
@@ -95,7 +95,7 @@ pub async fn preadv_flags(
 ) -> IoResult {
     let bytes = buf.len() as u64;
     check_request32(offset, bytes)?;
-    let align = node.limits.request_alignment;
+    let align = node.limits().request_alignment;
     if bytes == 0 && !offset.is_multiple_of(align) {
         return Ok(());
     }
@@ -231,7 +231,7 @@ fn cluster_size(node: &Node) -> u64 {
     get_info(node)
         .map(|i| i.cluster_size)
         .filter(|&c| c != 0)
-        .unwrap_or(node.limits.request_alignment)
+        .unwrap_or(node.limits().request_alignment)
 }
 
 /// Copy-on-read (QEMU's bdrv_co_do_copy_on_readv): the range, widened to whole clusters, is
@@ -239,7 +239,7 @@ fn cluster_size(node: &Node) -> u64 {
 /// node (zeroes as a zero write) before the caller gets its part.
 async fn copy_on_readv(node: &Node, offset: u64, buf: &mut [u8], flags: ReqFlags) -> IoResult {
     let bytes = buf.len() as u64;
-    let max_xfer = min_non_zero(node.limits.max_transfer, REQUEST_MAX_BYTES);
+    let max_xfer = min_non_zero(node.limits().max_transfer, REQUEST_MAX_BYTES);
     let cs = cluster_size(node);
     let mut align_offset = align_down(offset, cs);
     let mut align_bytes = align_up(offset + bytes, cs) - align_offset;
@@ -336,7 +336,7 @@ async fn write_request(node: &Node, offset: u64, data: WriteData<'_>, flags: Req
     } else {
         check_request32(offset, bytes)?;
     }
-    let align = node.limits.request_alignment;
+    let align = node.limits().request_alignment;
     if flags.has(ReqFlags::NO_FALLBACK) && !(offset | bytes).is_multiple_of(align) {
         return Err(libc::ENOTSUP);
     }
@@ -448,7 +448,7 @@ async fn zero_pwritev(
     mut bytes: u64,
     flags: ReqFlags,
 ) -> IoResult {
-    let align = node.limits.request_alignment;
+    let align = node.limits().request_alignment;
     let plain = flags.without(ReqFlags::ZERO_WRITE);
     let mut padbuf: Option<Vec<u8>> = None;
     let mut ret = Ok(());
@@ -610,7 +610,7 @@ async fn do_pwrite_zeroes(
     mut bytes: u64,
     flags: ReqFlags,
 ) -> IoResult {
-    let l = &node.limits;
+    let l = node.limits();
     let alignment = l.pwrite_zeroes_alignment.max(l.request_alignment);
     let max_xfer = min_non_zero(l.max_transfer, MAX_BOUNCE_BUFFER);
     let max_write_zeroes = align_down(
@@ -691,7 +691,7 @@ pub async fn pdiscard(node: &Node, offset: u64, bytes: u64) -> IoResult {
 
 /// The discard loop: pieces aligned as the driver wants them.
 async fn discard_pieces(node: &Node, mut offset: u64, mut bytes: u64) -> IoResult {
-    let l = &node.limits;
+    let l = node.limits();
     let ra = l.request_alignment;
     let align = l.pdiscard_alignment.max(ra);
     let mut head = offset % align;
@@ -842,7 +842,7 @@ pub fn block_status(
             }
             return Ok(st);
         }
-        let align = node.limits.request_alignment;
+        let align = node.limits().request_alignment;
         let aligned_offset = align_down(offset, align);
         let aligned_bytes = align_up(offset + bytes, align) - aligned_offset;
         let mut r = if caps.block_status {

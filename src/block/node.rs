@@ -67,7 +67,9 @@ pub enum DetectZeroes {
 pub struct Node {
     pub driver: Box<dyn BlockDriver>,
     pub children: Vec<Child>,
-    pub limits: Limits,
+    /// QEMU's bs->bl: set at open, the file's request alignment again by a reopen that
+    /// switches O_DIRECT
+    limits: Cell<Limits>,
     pub supported_write_flags: ReqFlags,
     pub supported_zero_flags: ReqFlags,
     /// the open flags; `reopen` changes them (see [`Node::flags`])
@@ -110,7 +112,7 @@ impl Node {
         Self {
             driver,
             children,
-            limits: Limits::default(),
+            limits: Cell::new(Limits::default()),
             supported_write_flags: ReqFlags::NONE,
             supported_zero_flags: ReqFlags::NONE,
             flags: Cell::new(OpenFlags::default()),
@@ -131,6 +133,14 @@ impl Node {
             serialising_in_flight: Cell::new(0),
             copy_on_read: Cell::new(false),
         }
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.limits.get()
+    }
+
+    pub fn set_limits(&self, limits: Limits) {
+        self.limits.set(limits);
     }
 
     /// The open flags in force (QEMU's `bs->open_flags`).

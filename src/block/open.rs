@@ -767,11 +767,11 @@ pub async fn start_writing(root: &Rc<Node>) -> Result<(), String> {
 /// The end of QEMU's bdrv_open_driver: the node's limits and its length. Some limits default
 /// to the children's (QEMU's bdrv_refresh_limits with bdrv_merge_limits: the largest discard
 /// alignment, the smallest transfer limit), and the driver's own setting overrides them.
-fn finish(mut node: Node, own: Limits) -> Rc<Node> {
+fn finish(node: Node, own: Limits) -> Rc<Node> {
     let mut limits = own;
     let (mut discard_alignment, mut max_transfer) = (0, 0);
     for child in &node.children {
-        let l = &child.node.limits;
+        let l = child.node.limits();
         discard_alignment = discard_alignment.max(l.pdiscard_alignment);
         max_transfer = match (max_transfer, l.max_transfer) {
             (0, m) | (m, 0) => m,
@@ -784,7 +784,7 @@ fn finish(mut node: Node, own: Limits) -> Rc<Node> {
     if limits.pdiscard_alignment == 0 {
         limits.pdiscard_alignment = discard_alignment;
     }
-    node.limits = limits;
+    node.set_limits(limits);
     let node = node.into_rc();
     let _ = node.refresh_total_sectors();
     node

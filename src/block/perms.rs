@@ -135,7 +135,7 @@ fn check(node: &Node, held: Perms, read_only: bool) -> Result<(), String> {
         return Err("Block node is read-only".into());
     }
     // QEMU compares the size in whole sectors, as the block layer keeps it.
-    let align = node.limits.request_alignment;
+    let align = node.limits().request_alignment;
     if !held.resize
         && let Ok(len) = io::getlength(node)
         && !len.is_multiple_of(align)

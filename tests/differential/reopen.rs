@@ -849,5 +849,34 @@ fn joins_and_modes() -> Vec<Case> {
             ],
             r#"json:{"driver":"raw","file":{"driver":"file","filename":"img.raw"}}"#,
         ),
+        // Switching O_DIRECT on gives the file the alignment QEMU probes (on its old
+        // descriptor: a page), which a size of 1 MiB + 512 does not fit once a writer needs it.
+        io(
+            "reopen_direct_realigns_the_file",
+            &["-f", "raw"],
+            &[
+                "reopen -c none",
+                "write -P 1 0 512",
+                "reopen -c writeback",
+                "write -P 2 0 512",
+                "truncate 1M",
+                "reopen -c writeback",
+                "write -P 3 0 512",
+            ],
+            "odd.img",
+        )
+        .bytes("odd.img", vec![0; (1 << 20) + 512]),
+        io(
+            "reopen_direct_off_aligns_to_bytes",
+            &["-f", "raw", "-t", "none"],
+            &[
+                "reopen -c writeback",
+                "write -P 1 0 512",
+                "reopen -c none",
+                "write -P 2 0 512",
+            ],
+            "odd.img",
+        )
+        .bytes("odd.img", vec![0; (1 << 20) + 512]),
     ]
 }
