@@ -226,7 +226,7 @@ pub fn configure(
 impl Setup {
     /// The node's limits, validated against the image child's alignment.
     pub fn limits(&self, image: &Rc<Node>) -> Result<Limits, String> {
-        let parsed = limits_from_options(&self.limit_options, image.limits.request_alignment);
+        let parsed = limits_from_options(&self.limit_options, image.limits().request_alignment);
         match (&self.pending_error, parsed) {
             (Some(_), Err(_)) => Err(DOUBLE_ERROR.to_string()),
             (Some(pending), Ok(_)) => Err(pending.clone()),
