@@ -228,8 +228,8 @@ fn cases() -> Vec<Expect> {
                 "blkdebug_config_too_long",
                 &["-f", "raw", "-c", "read 0 512", "blkdebug:long.cfg:img.raw"],
             )
-            .file("long.cfg", &"# comment\n".repeat(120_000)),
-            "qemu-io: can't open device blkdebug:long.cfg:img.raw: blockfault: the blkdebug config file is longer than 1048576 bytes, the most blockfault reads\n",
+            .file("long.cfg", &"# comment\n".repeat(1_700_000)),
+            "qemu-io: can't open device blkdebug:long.cfg:img.raw: blockfault: the blkdebug config file is longer than 16777216 bytes, the most blockfault reads\n",
             1,
         ),
         // QEMU: blkverify has supported_zero_flags but no pwrite_zeroes callback, so

@@ -107,8 +107,9 @@ fn parse_permissions(v: &Value) -> Result<Perms, String> {
 const DOUBLE_ERROR: &str =
     "blkdebug: two errors at once while opening (QEMU 10.0.2 aborts on an assertion here)";
 
-/// The longest blkdebug config file read (rule files are a few lines; /dev/zero is endless).
-const CONFIG_MAX: usize = 1 << 20;
+/// The longest blkdebug config file read: generated rule files (a set-state chain per event)
+/// reach megabytes; /dev/zero is endless.
+const CONFIG_MAX: usize = 16 << 20;
 
 enum Bounded {
     Whole(Vec<u8>),
