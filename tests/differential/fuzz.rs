@@ -26,6 +26,7 @@ mod exclusions;
 mod exec;
 mod generate;
 mod rng;
+mod self_check;
 mod shrink;
 
 use case::{FuzzCase, Layer};
@@ -41,6 +42,9 @@ use std::time::{Duration, Instant};
 pub const CI_CASES: u64 = 600;
 /// Candidate runs a minimisation may spend.
 const MINIMISE_BUDGET: usize = 250;
+/// In a long run, differences that look alike (same kind, format and first differing lines)
+/// are minimised this many times, then only counted.
+const MINIMISE_PER_CLASS: u64 = 6;
 
 struct Config {
     base_seed: u64,
@@ -117,12 +121,14 @@ fn with_stats(f: impl FnOnce(&mut Stats)) {
 
 pub fn trials() -> Vec<Trial> {
     let cfg = std::sync::Arc::new(config());
-    (0..cfg.batches)
-        .map(|k| {
-            let cfg = cfg.clone();
-            Trial::test(format!("fuzz::batch_{k}"), move || batch(&cfg, k))
-        })
-        .collect()
+    let mut trials = vec![Trial::test("fuzz::self_check", || {
+        self_check::check().map_err(Failed::from)
+    })];
+    trials.extend((0..cfg.batches).map(|k| {
+        let cfg = cfg.clone();
+        Trial::test(format!("fuzz::batch_{k}"), move || batch(&cfg, k))
+    }));
+    trials
 }
 
 /// The summary of the whole run (nothing if no batch ran).
@@ -164,11 +170,13 @@ pub fn print_summary() {
 }
 
 fn qemu_runs(case: &FuzzCase) -> usize {
-    // Timing can only show where requests run concurrently.
-    let timing = case
-        .commands
-        .iter()
-        .any(|c| c.is_aio() || matches!(c.name, "sleep" | "break" | "resume" | "wait_break"));
+    // Timing can only show where requests run concurrently: aio, breakpoints, and qcow2's
+    // compressed writes (clusters compressed in parallel by the thread pool).
+    let timing = case.commands.iter().any(|c| {
+        c.is_aio()
+            || matches!(c.name, "sleep" | "break" | "resume" | "wait_break")
+            || c.args.contains(&case::Tok::Flag("-c"))
+    });
     if timing { 3 } else { 2 }
 }
 
@@ -210,9 +218,14 @@ fn batch(cfg: &Config, k: u64) -> Result<(), Failed> {
             }
         }
         if cfg.verbose {
+            let images: Vec<String> = case
+                .images()
+                .iter()
+                .map(|a| format!("qemu-img {}; ", case::shell_words(a)))
+                .collect();
             eprintln!(
-                "fuzz: seed 0x{seed:x}: qemu-img {}; qemu-io {}",
-                case::shell_words(&case.image.create_args()),
+                "fuzz: seed 0x{seed:x}: {}qemu-io {}",
+                images.concat(),
                 case::shell_words(&case.args())
             );
         }
@@ -273,7 +286,9 @@ fn missing_tools() -> Option<String> {
 fn report(cfg: &Config, case: &FuzzCase, d: &Difference) -> String {
     let kind = d.kind;
     let rough = format!(
-        "{kind:?} {} {}",
+        "{kind:?} {} {} {} {}",
+        case.image.format.name(),
+        what_differs(d),
         blur(&d.first_lines.0),
         blur(&d.first_lines.1)
     );
@@ -286,9 +301,9 @@ fn report(cfg: &Config, case: &FuzzCase, d: &Difference) -> String {
         });
         n
     };
-    // A stuck engine thread can't be run again and again; a rough class minimised three times
-    // already is not worth a fourth in a long run.
-    let minimise = kind != Kind::OursBroken && (!cfg.keep_going || seen < 3);
+    // A stuck engine thread can't be run again and again; a rough class minimised several times
+    // already is not worth another in a long run.
+    let minimise = kind != Kind::OursBroken && (!cfg.keep_going || seen < MINIMISE_PER_CLASS);
     let quick = kind != Kind::OursNondeterministic;
     let (small, tried) = if minimise {
         shrink::minimise(case, MINIMISE_BUDGET, |c| {
@@ -392,20 +407,11 @@ fn class_of(case: &FuzzCase, d: &Difference) -> String {
         .map(|r| r.event().name())
         .collect();
     let commands: Vec<&str> = case.commands.iter().map(|c| c.name).collect();
-    let what_differs = {
-        let mut w = Vec::new();
-        if let Some(o) = &d.ours {
-            if o.output != d.qemu.output {
-                w.push("output");
-            }
-            if o.status != d.qemu.status {
-                w.push("status");
-            }
-            if o.files != d.qemu.files {
-                w.push("files");
-            }
-        }
-        w.join("+")
+    let what_differs = what_differs(d);
+    let layer = if case.blkverify {
+        format!("blkverify over {layer}")
+    } else {
+        layer
     };
     format!(
         "{kind:?} [{what_differs}] {fmt} {layer} cache={cache} events=[{events}] cmds=[{commands}] qemu: {q:?} ours: {o:?}",
@@ -417,6 +423,23 @@ fn class_of(case: &FuzzCase, d: &Difference) -> String {
         q = blur(&d.first_lines.0),
         o = blur(&d.first_lines.1),
     )
+}
+
+/// `output+status+files`, or the part of it that differs.
+fn what_differs(d: &Difference) -> String {
+    let mut w = Vec::new();
+    if let Some(o) = &d.ours {
+        if o.output != d.qemu.output {
+            w.push("output");
+        }
+        if o.status != d.qemu.status {
+            w.push("status");
+        }
+        if o.files != d.qemu.files {
+            w.push("files");
+        }
+    }
+    w.join("+")
 }
 
 /// `s` with every run of digits replaced by `N`.

@@ -6,6 +6,8 @@ use std::fmt::Write;
 
 /// Name of the blkdebug config file, when a case has one.
 pub const RULES_FILE: &str = "rules.cfg";
+/// blkverify's raw reference image.
+pub const REFERENCE_IMAGE: &str = "ref.img";
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct FuzzCase {
@@ -15,6 +17,9 @@ pub struct FuzzCase {
     /// pass `-f FMT` (or `"driver"` in a json: filename); otherwise qemu-io probes
     pub explicit_format: bool,
     pub layer: Layer,
+    /// `blkverify:ref.img:DRIVE`, with `ref.img` a raw image of the same virtual size (only over
+    /// a plain or `blkdebug:` drive; the format on top is then raw)
+    pub blkverify: bool,
     /// `-t MODE`
     pub cache: Option<&'static str>,
     pub commands: Vec<Command>,
@@ -53,6 +58,14 @@ impl Image {
         match self.format {
             Format::Raw => "t.img",
             Format::Qcow2 => "t.qcow2",
+        }
+    }
+
+    /// The virtual size qemu-img gives the image (qcow2 rounds up to a sector).
+    pub fn virtual_size(&self) -> u64 {
+        match self.format {
+            Format::Raw => self.size,
+            Format::Qcow2 => self.size.next_multiple_of(512),
         }
     }
 
@@ -305,7 +318,45 @@ impl Command {
 }
 
 impl FuzzCase {
+    /// `qemu-img create` argument lists: the image, and blkverify's reference.
+    pub fn images(&self) -> Vec<Vec<String>> {
+        let mut v = vec![self.image.create_args()];
+        if self.blkverify {
+            v.push(
+                [
+                    "create",
+                    "-q",
+                    "-f",
+                    "raw",
+                    REFERENCE_IMAGE,
+                    &self.image.virtual_size().to_string(),
+                ]
+                .map(String::from)
+                .to_vec(),
+            );
+        }
+        v
+    }
+
+    /// The format driver on top.
+    pub fn top_format(&self) -> &'static str {
+        if self.blkverify {
+            "raw"
+        } else {
+            self.image.format.name()
+        }
+    }
+
     pub fn drive(&self) -> String {
+        let inner = self.inner_drive();
+        if self.blkverify {
+            format!("blkverify:{REFERENCE_IMAGE}:{inner}")
+        } else {
+            inner
+        }
+    }
+
+    fn inner_drive(&self) -> String {
         let img = self.image.file_name();
         match &self.layer {
             Layer::Plain => img.to_string(),
@@ -346,7 +397,7 @@ impl FuzzCase {
         let mut a = Vec::new();
         if self.explicit_format && !matches!(self.layer, Layer::Json { .. }) {
             a.push("-f".to_string());
-            a.push(self.image.format.name().to_string());
+            a.push(self.top_format().to_string());
         }
         if let Some(c) = self.cache {
             a.push("-t".to_string());
@@ -374,7 +425,9 @@ impl FuzzCase {
     /// A shell script that sets up a scratch directory and runs the case on real QEMU.
     pub fn script(&self) -> String {
         let mut s = String::from("cd \"$(mktemp -d)\"\n");
-        writeln!(s, "qemu-img {}", shell_words(&self.image.create_args())).unwrap();
+        for args in self.images() {
+            writeln!(s, "qemu-img {}", shell_words(&args)).unwrap();
+        }
         for (name, content) in self.files() {
             writeln!(
                 s,

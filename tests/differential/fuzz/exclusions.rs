@@ -194,6 +194,40 @@ pub const EXCLUSIONS: &[Exclusion] = &[
                 })
         }),
     },
+    Exclusion {
+        name: "full preallocation under O_DIRECT",
+        waits_for: "finding N8: `truncate -m full` with O_DIRECT fails in QEMU (EINVAL)",
+        action: Action::Skip(|c| {
+            direct(c)
+                && c.commands.iter().any(|cmd| {
+                    cmd.name == "truncate" && cmd.args.contains(&Tok::OptWord("-m", "full"))
+                })
+        }),
+    },
+    Exclusion {
+        name: "qcow2 write over several L2 slices with rules",
+        waits_for: "finding N9: when one chunk of a qcow2 write fails, QEMU's parallel write \
+                    tasks have allocated and written more of the others",
+        action: Action::Skip(|c| {
+            let cs = c.image.cluster_size;
+            let slice = cs.min(4096) / 8 * cs;
+            c.image.format == Format::Qcow2
+                && has_inject_rules(c)
+                && c.commands.iter().any(|cmd| {
+                    let mut n = numbers(cmd);
+                    let offset = n.next().unwrap_or(0);
+                    let end = offset + n.sum::<u64>();
+                    writes_data(cmd) && end > 0 && offset / slice != (end - 1) / slice
+                })
+        }),
+    },
+    Exclusion {
+        name: "blkverify + truncate",
+        waits_for: "issue 7: blkverify truncate",
+        action: Action::Skip(|c| {
+            c.blkverify && c.commands.iter().any(|cmd| cmd.name == "truncate")
+        }),
+    },
 ];
 
 /// Applies the exclusions to `case`: `Err(name)` when one skips it, else the names of those that

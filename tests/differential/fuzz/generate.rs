@@ -76,7 +76,7 @@ pub fn generate(seed: u64) -> FuzzCase {
         breaks: Vec::new(),
     };
     let image = g.image();
-    g.size = effective_size(&image);
+    g.size = image.virtual_size();
     g.format = image.format;
     g.cluster = if image.format == Format::Qcow2 {
         image.cluster_size
@@ -92,6 +92,7 @@ pub fn generate(seed: u64) -> FuzzCase {
     g.align = layer.align();
     g.max_transfer = layer.max_transfer();
     let explicit_format = !g.rng.chance(12);
+    let blkverify = !matches!(layer, Layer::Json { .. }) && g.rng.chance(10);
     let n = g.rng.range(1, 14);
     let commands = (0..n).map(|_| g.command(layer.has_blkdebug())).collect();
     FuzzCase {
@@ -99,16 +100,9 @@ pub fn generate(seed: u64) -> FuzzCase {
         image,
         explicit_format,
         layer,
+        blkverify,
         cache,
         commands,
-    }
-}
-
-/// The virtual size qemu-img gives the image (qcow2 rounds up to a sector).
-pub fn effective_size(image: &Image) -> u64 {
-    match image.format {
-        Format::Raw => image.size,
-        Format::Qcow2 => image.size.next_multiple_of(512),
     }
 }
 
@@ -463,7 +457,33 @@ impl Gen {
         }
     }
 
+    /// `read -b` / `write -b`: the VM state area (qcow2), sector-aligned mostly.
+    fn vmstate(&mut self, name: &'static str) -> Command {
+        let mut off = self.offset();
+        let mut len = self.length(off).min(1 << 20);
+        if self.rng.chance(80) {
+            off = off / 512 * 512;
+            len = len.next_multiple_of(512);
+        }
+        let mut args = vec![Tok::Flag("-b")];
+        if self.rng.chance(60) {
+            args.push(Tok::Opt(
+                "-P",
+                if name == "write" {
+                    self.pattern()
+                } else {
+                    self.expected_pattern()
+                },
+            ));
+        }
+        args.extend([Tok::Num(off), Tok::Num(len)]);
+        Command::new(name, args)
+    }
+
     fn read(&mut self) -> Command {
+        if self.rng.chance(4) {
+            return self.vmstate("read");
+        }
         let off = self.offset();
         let mut len = self.length(off);
         let mut args = Vec::new();
@@ -483,6 +503,9 @@ impl Gen {
     }
 
     fn write(&mut self) -> Command {
+        if self.rng.chance(4) {
+            return self.vmstate("write");
+        }
         let mut off = self.offset();
         let mut args = Vec::new();
         let mut len = None;

@@ -95,6 +95,9 @@ fn layer_simplifications(c: &FuzzCase) -> Vec<FuzzCase> {
 /// Options back to their defaults, the image smaller.
 fn option_simplifications(c: &FuzzCase) -> Vec<FuzzCase> {
     let mut out = Vec::new();
+    if c.blkverify {
+        out.push(variant(c, |x| x.blkverify = false));
+    }
     if c.cache.is_some() {
         out.push(variant(c, |x| x.cache = None));
     }
