@@ -111,11 +111,16 @@ pub fn missing_tools() -> Option<String> {
 /// Runs the real qemu-io as the iotests do (`stdbuf -oL qemu-io ARGS 2>&1`, stdin null) in `dir`;
 /// returns the combined output and the exit status (128 + signal for a signal death, like a shell).
 pub fn run_qemu(dir: &Path, args: &[String]) -> (String, i32) {
-    run_qemu_with_timeout(dir, args, 10)
+    run_qemu_with_timeout(dir, args, std::time::Duration::from_secs(10))
 }
 
-/// [`run_qemu`], killing qemu-io with SIGKILL after `secs` seconds (the status is then 137).
-pub fn run_qemu_with_timeout(dir: &Path, args: &[String], secs: u32) -> (String, i32) {
+/// [`run_qemu`], killing qemu-io with SIGKILL after `timeout` (the status is then 137).
+pub fn run_qemu_with_timeout(
+    dir: &Path,
+    args: &[String],
+    timeout: std::time::Duration,
+) -> (String, i32) {
+    let secs = timeout.as_secs_f64();
     // stdbuf makes stdout line-buffered so that the interleaving with stderr is causal, which is
     // what our engine models; `timeout` keeps a case that hangs from hanging the suite.
     let out = Command::new("sh")

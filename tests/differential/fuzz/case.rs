@@ -51,6 +51,8 @@ pub struct Image {
     pub v3: bool,
     /// qcow2 v3 only
     pub lazy_refcounts: bool,
+    /// qcow2 v3 only; 0 = the default (16)
+    pub refcount_bits: u64,
 }
 
 impl Image {
@@ -81,6 +83,9 @@ impl Image {
             );
             if self.lazy_refcounts {
                 o += ",lazy_refcounts=on";
+            }
+            if self.refcount_bits != 0 {
+                o += &format!(",refcount_bits={}", self.refcount_bits);
             }
             a.push("-o".into());
             a.push(o);

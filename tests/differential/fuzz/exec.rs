@@ -2,7 +2,7 @@
 //! a fresh scratch directory for every run; qemu-io runs several times, our engine twice.
 
 use super::case::FuzzCase;
-use crate::harness::{filter, run_ours, run_qemu_with_timeout, snapshot};
+use crate::harness::{filter, run_ours, run_qemu_with_timeout};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::Path;
@@ -10,10 +10,11 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-/// qemu-io is killed after this long; a case runs in milliseconds unless it hangs.
-const QEMU_TIMEOUT_SECS: u32 = 2;
+/// qemu-io is killed after this long; a case runs in milliseconds unless it hangs (hangs are
+/// common: a synchronous request at a breakpoint), so this is what a hang costs, twice.
+const QEMU_TIMEOUT: Duration = Duration::from_millis(1500);
 /// Before calling a hang that our engine does not report a difference, QEMU gets this long.
-const QEMU_CONFIRM_TIMEOUT_SECS: u32 = 20;
+const QEMU_CONFIRM_TIMEOUT: Duration = Duration::from_secs(20);
 /// `timeout -s KILL` makes the status 128 + 9.
 const KILLED_BY_TIMEOUT: i32 = 137;
 /// Extra qemu-io runs a difference must agree with before it is reported.
@@ -25,7 +26,54 @@ const OURS_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct Outcome {
     pub output: String,
     pub status: i32,
-    pub files: BTreeMap<String, Vec<u8>>,
+    pub files: BTreeMap<String, FileState>,
+}
+
+/// A file afterwards: its length and a digest, and its bytes when small enough to keep (a
+/// preallocated image can be hundreds of MiB, and a case keeps a dozen outcomes).
+#[derive(PartialEq, Clone, Debug)]
+pub struct FileState {
+    pub len: u64,
+    pub digest: u64,
+    pub bytes: Option<Vec<u8>>,
+}
+
+/// Files up to this size are kept whole, for reporting where they differ.
+const KEEP_BYTES: u64 = 4 << 20;
+
+/// Every file of `dir`, read in pieces.
+fn snapshot(dir: &Path) -> BTreeMap<String, FileState> {
+    use std::hash::Hasher;
+    use std::io::Read;
+    let mut files = BTreeMap::new();
+    for e in fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        let mut f = fs::File::open(e.path()).unwrap();
+        let len = f.metadata().unwrap().len();
+        // SipHash with fixed keys: the same bytes give the same digest within a run.
+        let mut hasher = std::hash::DefaultHasher::new();
+        let mut bytes = (len <= KEEP_BYTES).then(Vec::new);
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = f.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            hasher.write(&buf[..n]);
+            if let Some(b) = &mut bytes {
+                b.extend_from_slice(&buf[..n]);
+            }
+        }
+        files.insert(
+            e.file_name().to_string_lossy().into_owned(),
+            FileState {
+                len,
+                digest: hasher.finish(),
+                bytes,
+            },
+        );
+    }
+    files
 }
 
 /// How a case ended.
@@ -91,12 +139,14 @@ pub fn execute(case: &FuzzCase, qemu_runs: usize, quick: bool) -> Verdict {
         fs::write(origin.path().join(name), content).unwrap();
     }
     let args = case.args();
-    let qemu_once = |secs: u32| {
-        in_scratch(origin.path(), |d| Ok(run_qemu_with_timeout(d, &args, secs)))
-            .expect("qemu-io runs")
+    let qemu_once = |timeout: Duration| {
+        in_scratch(origin.path(), |d| {
+            Ok(run_qemu_with_timeout(d, &args, timeout))
+        })
+        .expect("qemu-io runs")
     };
     let ours_once = || in_scratch(origin.path(), |d| run_ours_guarded(d, &args));
-    let first = qemu_once(QEMU_TIMEOUT_SECS);
+    let first = qemu_once(QEMU_TIMEOUT);
     let ours = match ours_once() {
         Ok(o) => o,
         Err(e) => return broken(e, first),
@@ -112,7 +162,7 @@ pub fn execute(case: &FuzzCase, qemu_runs: usize, quick: bool) -> Verdict {
         qemu_runs.max(2)
     };
     for _ in 1..runs {
-        if qemu_once(QEMU_TIMEOUT_SECS) != first {
+        if qemu_once(QEMU_TIMEOUT) != first {
             return Verdict::QemuUnstable;
         }
     }
@@ -138,7 +188,7 @@ pub fn execute(case: &FuzzCase, qemu_runs: usize, quick: bool) -> Verdict {
         && d.kind == Kind::Differs
     {
         for _ in 0..CONFIRM_RUNS {
-            if qemu_once(QEMU_TIMEOUT_SECS) != first {
+            if qemu_once(QEMU_TIMEOUT) != first {
                 return Verdict::QemuUnstable;
             }
         }
@@ -147,7 +197,7 @@ pub fn execute(case: &FuzzCase, qemu_runs: usize, quick: bool) -> Verdict {
         && d.kind == Kind::HangNotReported
     {
         // A loaded machine can stall qemu-io: give it much longer before blaming ours.
-        if qemu_once(QEMU_CONFIRM_TIMEOUT_SECS).status != KILLED_BY_TIMEOUT {
+        if qemu_once(QEMU_CONFIRM_TIMEOUT).status != KILLED_BY_TIMEOUT {
             return Verdict::QemuUnstable;
         }
     }
@@ -366,25 +416,34 @@ pub fn describe_differences(a: &Outcome, b: &Outcome, an: &str, bn: &str) -> Str
         if x == y {
             continue;
         }
-        let describe = |f: Option<&Vec<u8>>| match f {
+        let describe = |f: Option<&FileState>| match f {
             None => "missing".to_string(),
-            Some(d) => format!("{} bytes", d.len()),
+            Some(f) => format!("{} bytes", f.len),
         };
         let mut line = format!(
             "file {name} differs afterwards: {an} {}, {bn} {}",
             describe(x),
             describe(y)
         );
-        if let (Some(x), Some(y)) = (x, y) {
-            let differing: Vec<usize> = (0..x.len().max(y.len()))
-                .filter(|&i| x.get(i) != y.get(i))
-                .collect();
-            if let (Some(first), Some(last)) = (differing.first(), differing.last()) {
-                line += &format!(
-                    "; {} bytes differ, from byte {first} (0x{first:x}) to {last} (0x{last:x})",
-                    differing.len()
-                );
+        match (
+            x.and_then(|f| f.bytes.as_ref()),
+            y.and_then(|f| f.bytes.as_ref()),
+        ) {
+            (Some(x), Some(y)) => {
+                let differing: Vec<usize> = (0..x.len().max(y.len()))
+                    .filter(|&i| x.get(i) != y.get(i))
+                    .collect();
+                if let (Some(first), Some(last)) = (differing.first(), differing.last()) {
+                    line += &format!(
+                        "; {} bytes differ, from byte {first} (0x{first:x}) to {last} (0x{last:x})",
+                        differing.len()
+                    );
+                }
             }
+            _ if x.is_some() && y.is_some() => {
+                line += "; contents differ (too big to compare byte by byte)"
+            }
+            _ => {}
         }
         s += &line;
         s.push('\n');

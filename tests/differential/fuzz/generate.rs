@@ -18,6 +18,8 @@ const IOTYPES: [&str; 6] = [
 ];
 /// Largest request length generated: enough for two 2 MiB clusters.
 const MAX_LEN: u64 = 4 << 20;
+/// Largest size a truncate may give a file whose bytes it writes (raw, preallocation).
+const MAX_WRITTEN_SIZE: u64 = 16 << 20;
 
 /// Events the generic block layer and the raw driver raise on blkdebug.
 const RAW_EVENTS: [&str; 13] = [
@@ -146,6 +148,7 @@ impl Gen {
                 cluster_size: 0,
                 v3: false,
                 lazy_refcounts: false,
+                refcount_bits: 0,
             }
         } else {
             let bits = match r.weighted(&[3, 2, 4, 2, 5]) {
@@ -171,6 +174,11 @@ impl Gen {
                 cluster_size,
                 v3,
                 lazy_refcounts: v3 && r.chance(30),
+                refcount_bits: if v3 && r.chance(25) {
+                    1 << r.range(0, 6)
+                } else {
+                    0
+                },
             }
         }
     }
@@ -597,19 +605,21 @@ impl Gen {
                 self.jitter(v)
             }
         };
-        let cap = if self.cluster != 0 {
+        let mut args = Vec::new();
+        let mode = self
+            .rng
+            .chance(15)
+            .then(|| self.rng.pick(&["off", "metadata", "falloc", "full"]));
+        if let Some(m) = mode {
+            args.push(Tok::OptWord("-m", m));
+        }
+        // Preallocation and raw growth write real bytes: keep the files small.
+        let cap = if self.cluster != 0 && matches!(mode, None | Some("off")) {
             max_qcow2_size(self.cluster)
         } else {
-            256 << 20
+            MAX_WRITTEN_SIZE
         };
         let new = new.min(cap);
-        let mut args = Vec::new();
-        if self.rng.chance(15) {
-            args.push(Tok::OptWord(
-                "-m",
-                self.rng.pick(&["off", "metadata", "falloc", "full"]),
-            ));
-        }
         args.push(Tok::Num(new));
         self.size = new;
         Command::new("truncate", args)

@@ -38,6 +38,7 @@ fn coverage() -> Result<(), String> {
             seen.insert(format!("cluster_size {}", c.image.cluster_size));
             seen.insert(format!("v3 {}", c.image.v3));
             seen.insert(format!("lazy_refcounts {}", c.image.lazy_refcounts));
+            seen.insert(format!("refcount_bits {}", c.image.refcount_bits));
         }
         seen.insert(format!("cache {}", c.cache.unwrap_or("default")));
         seen.insert(format!("explicit format {}", c.explicit_format));
@@ -92,6 +93,7 @@ fn coverage() -> Result<(), String> {
     expected.extend(["raw", "qcow2"].map(|f| format!("format {f}")));
     expected.extend((9..=21).map(|b| format!("cluster_size {}", 1u64 << b)));
     expected.extend(["v3 true", "v3 false", "lazy_refcounts true"].map(String::from));
+    expected.extend((0..=6).map(|b| format!("refcount_bits {}", 1u64 << b)));
     expected.extend(
         [
             "default",

@@ -105,6 +105,9 @@ fn option_simplifications(c: &FuzzCase) -> Vec<FuzzCase> {
         out.push(variant(c, |x| x.explicit_format = true));
     }
     let img = &c.image;
+    if img.refcount_bits != 0 {
+        out.push(variant(c, |x| x.image.refcount_bits = 0));
+    }
     if img.lazy_refcounts {
         out.push(variant(c, |x| x.image.lazy_refcounts = false));
     }
