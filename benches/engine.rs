@@ -26,6 +26,7 @@ fn open(dir: &Path, drive: &str) -> Rc<BlockBackend> {
             read_only: false,
             unmap: true,
             no_flush: false,
+            ..OpenFlags::default()
         },
         skip_host_sync: false,
     };
@@ -36,6 +37,7 @@ fn open(dir: &Path, drive: &str) -> Rc<BlockBackend> {
         root,
         writethrough: Cell::new(false),
         read_only: Cell::new(false),
+        perms: Cell::new(blockfault::block::perms::Perms::WRITE),
     })
 }
 

@@ -44,6 +44,7 @@ fn open(dir: &Path) -> Rc<BlockBackend> {
             read_only: false,
             unmap: true,
             no_flush: false,
+            ..OpenFlags::default()
         },
         skip_host_sync: false,
     };
@@ -52,6 +53,7 @@ fn open(dir: &Path) -> Rc<BlockBackend> {
         root,
         writethrough: Cell::new(false),
         read_only: Cell::new(false),
+        perms: Cell::new(blockfault::block::perms::Perms::WRITE),
     })
 }
 

@@ -168,6 +168,7 @@ fn invocation(q: &QemuIoStep) -> blockfault::qemu_io::Invocation {
         drive: q.drive.as_ref().map(drive_string),
         // Scratch directories are deleted afterwards: their durability is not worth a sync.
         skip_host_sync: true,
+        ..Default::default()
     }
 }
 

@@ -319,6 +319,7 @@ fn run_seed(seed: u64, qemu_img: Option<&Path>, loose_compare: bool) -> Result<(
             commands: p.setup.clone(),
             drive: Some("t.qcow2".into()),
             skip_host_sync: true,
+            ..Default::default()
         };
         // may fail: write -c onto an allocated cluster is EIO in QEMU too
         let sink = Rc::new(RefCell::new(Split::default()));
@@ -333,6 +334,7 @@ fn run_seed(seed: u64, qemu_img: Option<&Path>, loose_compare: bool) -> Result<(
         commands: p.commands.clone(),
         drive: Some("blkdebug:rules.cfg:t.qcow2".into()),
         skip_host_sync: true,
+        ..Default::default()
     };
     let _ = blockfault::qemu_io::run(&inv, dir, io_sink.clone());
     let io_out = {

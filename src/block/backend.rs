@@ -12,10 +12,15 @@ pub struct BlockBackend {
     pub writethrough: std::cell::Cell<bool>,
     /// `reopen -r`: commands that write are refused
     pub read_only: std::cell::Cell<bool>,
+    /// what the user holds on the root: WRITE from a read-write open, the rest as commands
+    /// took them
+    pub perms: std::cell::Cell<super::perms::Perms>,
 }
 
 impl BlockBackend {
-    fn check(&self, offset: u64, bytes: u64) -> IoResult {
+    /// QEMU's blk_check_byte_request: the range must lie within the device. Callers check
+    /// before they allocate a buffer, so a request that fails here costs nothing.
+    pub fn check(&self, offset: u64, bytes: u64) -> IoResult {
         let len = self.root.getlength()?;
         if offset > len || len - offset < bytes {
             return Err(libc::EIO);
@@ -52,11 +57,17 @@ impl BlockBackend {
         io::pwritev(&self.root, offset, buf, flags).await
     }
 
-    /// qemu-io `write -b` (QEMU's blk_save_vmstate): past the disk, flushed in writethrough.
-    pub async fn save_vmstate(&self, pos: u64, buf: &[u8]) -> IoResult {
-        if pos > io::MAX_LENGTH || buf.len() as u64 > io::REQUEST_MAX_BYTES {
+    /// The checks of a VM state request (positions past the disk are fine).
+    pub fn check_vmstate(&self, pos: u64, bytes: u64) -> IoResult {
+        if pos > io::MAX_LENGTH || bytes > io::REQUEST_MAX_BYTES {
             return Err(libc::EIO);
         }
+        Ok(())
+    }
+
+    /// qemu-io `write -b` (QEMU's blk_save_vmstate): past the disk, flushed in writethrough.
+    pub async fn save_vmstate(&self, pos: u64, buf: &[u8]) -> IoResult {
+        self.check_vmstate(pos, buf.len() as u64)?;
         self.root.driver.save_vmstate(&self.root, pos, buf).await?;
         if self.writethrough.get() {
             io::flush(&self.root).await?;
@@ -66,9 +77,7 @@ impl BlockBackend {
 
     /// qemu-io `read -b` (QEMU's blk_load_vmstate).
     pub async fn load_vmstate(&self, pos: u64, buf: &mut [u8]) -> IoResult {
-        if pos > io::MAX_LENGTH || buf.len() as u64 > io::REQUEST_MAX_BYTES {
-            return Err(libc::EIO);
-        }
+        self.check_vmstate(pos, buf.len() as u64)?;
         self.root.driver.load_vmstate(&self.root, pos, buf).await
     }
 
@@ -90,23 +99,9 @@ impl BlockBackend {
         io::truncate(&self.root, size).await
     }
 
-    /// Truncate with a preallocation mode (`off`, `metadata`, `falloc`, `full`). Every chain this
-    /// engine builds ends in file-posix, whose raw_co_truncate refuses preallocation when
-    /// shrinking and does not know `metadata`, in that order; `falloc`/`full` only differ from
-    /// `off` in allocation, which reads cannot see.
+    /// Truncate with a preallocation mode (`off`, `metadata`, `falloc`, `full`): the drivers
+    /// pass it down to the one that implements it (qcow2, or file-posix at the bottom).
     pub async fn truncate_prealloc(&self, size: u64, prealloc: &str) -> Result<(), String> {
-        if self.root.caps.truncate_prealloc {
-            return io::truncate_prealloc(&self.root, size, prealloc).await;
-        }
-        if prealloc != "off" {
-            let current = self.root.getlength().map_err(crate::errno::strerror)?;
-            if current > size {
-                return Err("Cannot use preallocation for shrinking files".into());
-            }
-            if !["falloc", "full"].contains(&prealloc) {
-                return Err(format!("Unsupported preallocation mode: {prealloc}"));
-            }
-        }
-        self.truncate(size).await
+        io::truncate_prealloc(&self.root, size, prealloc).await
     }
 }

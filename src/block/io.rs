@@ -5,8 +5,9 @@
 
 use super::blkdebug::events::Event;
 use super::driver::{BlockStatus, IoResult, ReqFlags, status};
-use super::executor::Gate;
-use super::node::Node;
+use super::executor::{self, Gate};
+use super::node::{DetectZeroes, Node};
+use super::tracked::{self, Kind, Tracked};
 use std::rc::Rc;
 
 /// Largest single request (QEMU's BDRV_REQUEST_MAX_BYTES).
@@ -80,32 +81,113 @@ impl Padding {
     }
 }
 
-/// Reads `buf.len()` bytes at `offset` from `node`.
+/// Reads `buf.len()` bytes at `offset` from `node` (QEMU's bdrv_co_preadv_part).
 pub async fn preadv(node: &Node, offset: u64, buf: &mut [u8]) -> IoResult {
+    preadv_flags(node, offset, buf, ReqFlags::NONE).await
+}
+
+/// A read with request flags (copy-on-read, prefetch).
+pub async fn preadv_flags(
+    node: &Node,
+    offset: u64,
+    buf: &mut [u8],
+    mut flags: ReqFlags,
+) -> IoResult {
     let bytes = buf.len() as u64;
     check_request32(offset, bytes)?;
     let align = node.limits.request_alignment;
     if bytes == 0 && !offset.is_multiple_of(align) {
         return Ok(());
     }
+    if node.copy_on_read.get() {
+        flags = flags.with(ReqFlags::COPY_ON_READ);
+    }
     match Padding::of(offset, bytes, align) {
-        // The common case goes straight to the driver: one future less per layer.
-        None if offset + bytes <= node.getlength()? && bytes <= max_transfer(node, align) => {
-            node.driver.preadv(node, offset, buf).await
+        None => {
+            let req = tracked::begin(node, offset, bytes, Kind::Read);
+            let r = aligned_preadv(node, &req, offset, buf, align, flags).await;
+            tracked::end(node, &req);
+            r
         }
-        None => aligned_preadv(node, offset, buf, align).await,
         Some(pad) => {
-            let mut padded = vec![0u8; (pad.head + bytes + pad.tail) as usize];
-            aligned_preadv(node, offset - pad.head, &mut padded, align).await?;
-            buf.copy_from_slice(&padded[pad.head as usize..(pad.head + bytes) as usize]);
-            Ok(())
+            if padding_aborts_in_qemu(offset, buf, &pad, align) {
+                return Err(libc::EIO);
+            }
+            let start = offset - pad.head;
+            let (h, t) = (pad.head as usize, pad.tail as usize);
+            let mut padded = vec![0u8; h + buf.len() + t];
+            let req = tracked::begin(node, start, padded.len() as u64, Kind::Read);
+            let r = aligned_preadv(node, &req, start, &mut padded, align, flags).await;
+            tracked::end(node, &req);
+            // QEMU reads head and tail into its padding buffer, the rest into the caller's.
+            let mut padbuf = pad_buffer(pad.buf_len(bytes, align) as usize);
+            if r.is_ok() {
+                let n = padbuf.len();
+                padbuf[..h].copy_from_slice(&padded[..h]);
+                padbuf[n - t..].copy_from_slice(&padded[h + buf.len()..]);
+                buf.copy_from_slice(&padded[h..h + buf.len()]);
+            }
+            free_pad_buffer(padbuf);
+            r
         }
     }
 }
 
-/// Forwards an aligned read to the driver, splitting at max-transfer and zero-filling past EOF.
-async fn aligned_preadv(node: &Node, offset: u64, buf: &mut [u8], align: u64) -> IoResult {
+/// A padding buffer as QEMU's `qemu_blockalign` returns it: the allocator hands back the
+/// memory the last padding buffer of that size had, contents and all. A padding read that
+/// fails leaves those contents to be written back, so they must be what QEMU's would be.
+fn pad_buffer(len: usize) -> Vec<u8> {
+    executor::current()
+        .and_then(|e| e.take_freed(len))
+        .unwrap_or_else(|| vec![0u8; len])
+}
+
+fn free_pad_buffer(buf: Vec<u8>) {
+    if let Some(e) = executor::current() {
+        e.put_freed(buf);
+    }
+}
+
+/// Where QEMU 10.0.2 aborts padding a vectored request (see `iovec`): one line saying so, and
+/// the process ends.
+fn padding_aborts_in_qemu(offset: u64, buf: &[u8], pad: &Padding, align: u64) -> bool {
+    let Some((console, why)) = super::iovec::padding_aborts(buf, pad.head != 0, pad.tail != 0)
+    else {
+        return false;
+    };
+    console.err(&format!(
+        "blockfault: padding the request at offset {offset} ({} bytes) to {align}-byte alignment meets {why}; QEMU 10.0.2 aborts on an assertion here (bdrv_create_padded_qiov)\n",
+        buf.len()
+    ));
+    console.exit(1);
+    true
+}
+
+/// Forwards an aligned read to the driver, splitting at max-transfer and zero-filling past EOF
+/// (QEMU's bdrv_aligned_preadv).
+async fn aligned_preadv(
+    node: &Node,
+    req: &Rc<Tracked>,
+    offset: u64,
+    buf: &mut [u8],
+    align: u64,
+    flags: ReqFlags,
+) -> IoResult {
     let bytes = buf.len() as u64;
+    if flags.has(ReqFlags::COPY_ON_READ) {
+        // Touching the same cluster counts as an overlap: the copy's read and write must not
+        // interleave with other writes there.
+        tracked::make_serialising(node, req, cluster_size(node)).await;
+        let (allocated, pnum) = is_allocated(node, offset, bytes).await?;
+        if !allocated || pnum != bytes {
+            return copy_on_readv(node, offset, buf, flags).await;
+        }
+        if flags.has(ReqFlags::PREFETCH) {
+            return Ok(());
+        }
+    } else {
+        tracked::wait_serialising(node, req).await;
+    }
     let total = node.getlength()?;
     let max_xfer = max_transfer(node, align);
     let mut max_bytes = align_up(total.saturating_sub(offset), align);
@@ -126,6 +208,87 @@ async fn aligned_preadv(node: &Node, offset: u64, buf: &mut [u8], align: u64) ->
             rest.fill(0);
             done = bytes;
         }
+    }
+    Ok(())
+}
+
+/// QEMU's bdrv_get_info: a driver's own answer, else its filtered child's.
+pub fn get_info(node: &Node) -> Option<super::driver::DriverInfo> {
+    let mut node = node;
+    loop {
+        if let Some(i) = node.driver.info(node) {
+            return Some(i);
+        }
+        match (node.driver.is_filter(), node.primary_child()) {
+            (true, Some(c)) => node = c,
+            _ => return None,
+        }
+    }
+}
+
+/// QEMU's bdrv_get_cluster_size: the format's cluster, else the request alignment.
+fn cluster_size(node: &Node) -> u64 {
+    get_info(node)
+        .map(|i| i.cluster_size)
+        .filter(|&c| c != 0)
+        .unwrap_or(node.limits.request_alignment)
+}
+
+/// Copy-on-read (QEMU's bdrv_co_do_copy_on_readv): the range, widened to whole clusters, is
+/// read piece by piece; what is not allocated here is read from below and written into this
+/// node (zeroes as a zero write) before the caller gets its part.
+async fn copy_on_readv(node: &Node, offset: u64, buf: &mut [u8], flags: ReqFlags) -> IoResult {
+    let bytes = buf.len() as u64;
+    let max_xfer = min_non_zero(node.limits.max_transfer, REQUEST_MAX_BYTES);
+    let cs = cluster_size(node);
+    let mut align_offset = align_down(offset, cs);
+    let mut align_bytes = align_up(offset + bytes, cs) - align_offset;
+    let mut skip = offset - align_offset;
+    let mut progress = 0u64;
+    let mut bounce: Vec<u8> = Vec::new();
+    while align_bytes > 0 {
+        let want = align_bytes.min(max_xfer);
+        let (allocated, mut pnum) = match is_allocated(node, align_offset, want).await {
+            Ok(v) => v,
+            // treated as unallocated: the read will fail with a better errno if it must
+            Err(_) => (false, want),
+        };
+        if !allocated && pnum == 0 {
+            // the image ends inside the cluster
+            break;
+        }
+        if !allocated {
+            pnum = pnum.min(MAX_BOUNCE_BUFFER);
+            if bounce.is_empty() {
+                let need = pnum.max(align_bytes - pnum);
+                bounce = vec![0u8; need.min(max_xfer.min(MAX_BOUNCE_BUFFER)) as usize];
+            }
+            let data = &mut bounce[..pnum as usize];
+            node.driver.preadv(node, align_offset, data).await?;
+            node.debug_event(Event::CorWrite).await;
+            let data = &bounce[..pnum as usize];
+            if node.caps.pwrite_zeroes && data.iter().all(|&b| b == 0) {
+                do_pwrite_zeroes(node, align_offset, pnum, ReqFlags::WRITE_UNCHANGED).await?;
+            } else {
+                // not new data: no flush needed even in writethrough mode
+                driver_pwritev(node, align_offset, data, ReqFlags::WRITE_UNCHANGED).await?;
+            }
+            if !flags.has(ReqFlags::PREFETCH) {
+                let n = (pnum - skip).min(bytes - progress) as usize;
+                let at = progress as usize;
+                buf[at..at + n].copy_from_slice(&bounce[skip as usize..skip as usize + n]);
+            }
+        } else if !flags.has(ReqFlags::PREFETCH) {
+            let n = (pnum - skip).min(bytes - progress) as usize;
+            let at = progress as usize;
+            node.driver
+                .preadv(node, offset + progress, &mut buf[at..at + n])
+                .await?;
+        }
+        align_offset += pnum;
+        align_bytes -= pnum;
+        progress += pnum - skip;
+        skip = 0;
     }
     Ok(())
 }
@@ -181,33 +344,58 @@ async fn write_request(node: &Node, offset: u64, data: WriteData<'_>, flags: Req
         return Ok(());
     }
     if zero {
-        return zero_pwritev(node, offset, bytes, flags).await;
+        let req = tracked::begin(node, offset, bytes, Kind::Write);
+        let r = zero_pwritev(node, &req, offset, bytes, flags).await;
+        tracked::end(node, &req);
+        return r;
     }
     let WriteData::Buf(buf) = data else {
         unreachable!("only zero writes come without a buffer")
     };
     match Padding::of(offset, bytes, align) {
-        None => aligned_pwritev(node, offset, WriteData::Buf(buf), flags, align).await,
+        None => {
+            let req = tracked::begin(node, offset, bytes, Kind::Write);
+            let r = aligned_pwritev(node, &req, offset, WriteData::Buf(buf), flags, align).await;
+            tracked::end(node, &req);
+            r
+        }
         Some(pad) => {
+            if padding_aborts_in_qemu(offset, buf, &pad, align) {
+                return Err(libc::EIO);
+            }
             let start = offset - pad.head;
-            let padbuf = rmw_read(node, start, &pad, bytes, align).await;
             let (h, t) = (pad.head as usize, pad.tail as usize);
+            let req = tracked::begin(node, start, (h + buf.len() + t) as u64, Kind::Write);
+            // The widened range is read, then written back: nothing may overlap meanwhile.
+            tracked::make_serialising(node, &req, align).await;
+            let padbuf = rmw_read(node, &req, start, &pad, bytes, align).await;
             let mut padded = Vec::with_capacity(h + buf.len() + t);
             padded.extend_from_slice(&padbuf[..h]);
             padded.extend_from_slice(buf);
             padded.extend_from_slice(&padbuf[padbuf.len() - t..]);
-            aligned_pwritev(node, start, WriteData::Buf(&padded), flags, align).await
+            let r = aligned_pwritev(node, &req, start, WriteData::Buf(&padded), flags, align).await;
+            free_pad_buffer(padbuf);
+            tracked::end(node, &req);
+            r
         }
     }
 }
 
 /// Reads the head and tail alignment units around an unaligned write into one padding buffer
 /// (one unit, or two when head and tail fall in different units), raising the RMW events.
-/// Like QEMU, a failed padding read does not fail the write: the padding stays as read so far.
-async fn rmw_read(node: &Node, start: u64, pad: &Padding, bytes: u64, align: u64) -> Vec<u8> {
+/// Like QEMU, a failed padding read does not fail the write: the padding buffer keeps what it
+/// held before (see `pad_buffer`).
+async fn rmw_read(
+    node: &Node,
+    req: &Rc<Tracked>,
+    start: u64,
+    pad: &Padding,
+    bytes: u64,
+    align: u64,
+) -> Vec<u8> {
     let buf_len = pad.buf_len(bytes, align);
     let merge_reads = pad.head + bytes + pad.tail == buf_len;
-    let mut buf = vec![0u8; buf_len as usize];
+    let mut buf = pad_buffer(buf_len as usize);
     let a = align as usize;
     if pad.head != 0 || merge_reads {
         let n = if merge_reads { buf_len as usize } else { a };
@@ -217,12 +405,14 @@ async fn rmw_read(node: &Node, start: u64, pad: &Padding, bytes: u64, align: u64
         if merge_reads && pad.tail != 0 {
             node.debug_event(Event::PwritevRmwTail).await;
         }
-        if aligned_preadv(node, start, &mut buf[..n], align)
+        let mut unit = vec![0u8; n];
+        if aligned_preadv(node, req, start, &mut unit, align, ReqFlags::NONE)
             .await
             .is_err()
         {
             return buf;
         }
+        buf[..n].copy_from_slice(&unit);
         if pad.head != 0 {
             node.debug_event(Event::PwritevRmwAfterHead).await;
         }
@@ -236,64 +426,75 @@ async fn rmw_read(node: &Node, start: u64, pad: &Padding, bytes: u64, align: u64
     if pad.tail != 0 {
         node.debug_event(Event::PwritevRmwTail).await;
         let tail_unit = start + pad.head + bytes + pad.tail - align;
-        let at = buf.len() - a;
-        if aligned_preadv(node, tail_unit, &mut buf[at..], align)
+        let mut unit = vec![0u8; a];
+        if aligned_preadv(node, req, tail_unit, &mut unit, align, ReqFlags::NONE)
             .await
             .is_ok()
         {
+            let at = buf.len() - a;
+            buf[at..].copy_from_slice(&unit);
             node.debug_event(Event::PwritevRmwAfterTail).await;
         }
     }
     buf
 }
 
-/// Zero writes align themselves: unaligned head and tail become plain RMW writes of zeroes.
-async fn zero_pwritev(node: &Node, mut offset: u64, mut bytes: u64, flags: ReqFlags) -> IoResult {
+/// Zero writes align themselves: unaligned head and tail become plain RMW writes of zeroes
+/// (QEMU's bdrv_co_do_zero_pwritev).
+async fn zero_pwritev(
+    node: &Node,
+    req: &Rc<Tracked>,
+    mut offset: u64,
+    mut bytes: u64,
+    flags: ReqFlags,
+) -> IoResult {
     let align = node.limits.request_alignment;
     let plain = flags.without(ReqFlags::ZERO_WRITE);
-    let mut tail_unit: Option<Vec<u8>> = None;
+    let mut padbuf: Option<Vec<u8>> = None;
+    let mut ret = Ok(());
     if let Some(pad) = Padding::of(offset, bytes, align) {
+        tracked::make_serialising(node, req, align).await;
         let start = offset - pad.head;
         let buf_len = pad.buf_len(bytes, align);
         let merge_reads = pad.head + bytes + pad.tail == buf_len;
-        let mut padbuf = rmw_read(node, start, &pad, bytes, align).await;
-        padbuf[pad.head as usize..(buf_len - pad.tail) as usize].fill(0);
+        let mut buf = rmw_read(node, req, start, &pad, bytes, align).await;
+        buf[pad.head as usize..(buf_len - pad.tail) as usize].fill(0);
         if pad.head != 0 || merge_reads {
             let n = if merge_reads { buf_len } else { align };
-            aligned_pwritev(
-                node,
-                start,
-                WriteData::Buf(&padbuf[..n as usize]),
-                plain,
-                align,
-            )
-            .await?;
-            if merge_reads {
-                return Ok(());
+            let data = WriteData::Buf(&buf[..n as usize]);
+            ret = aligned_pwritev(node, req, start, data, plain, align).await;
+            if ret.is_ok() && !merge_reads {
+                offset += n - pad.head;
+                bytes -= n - pad.head;
+            } else {
+                bytes = 0;
             }
-            offset += n - pad.head;
-            bytes -= n - pad.head;
         }
-        if pad.tail != 0 {
-            tail_unit = Some(padbuf[(buf_len - align) as usize..].to_vec());
-        }
+        padbuf = Some(buf);
     }
-    if bytes >= align {
+    if ret.is_ok() && bytes >= align {
         let aligned = bytes / align * align;
-        aligned_pwritev(node, offset, WriteData::Zeroes(aligned), flags, align).await?;
+        ret = aligned_pwritev(node, req, offset, WriteData::Zeroes(aligned), flags, align).await;
         bytes -= aligned;
         offset += aligned;
     }
-    if bytes != 0 {
-        let tail = tail_unit.expect("an unaligned end always has tail padding");
-        aligned_pwritev(node, offset, WriteData::Buf(&tail), plain, align).await?;
+    if ret.is_ok() && bytes != 0 {
+        let buf = padbuf
+            .as_ref()
+            .expect("an unaligned end always has tail padding");
+        let tail = &buf[buf.len() - align as usize..];
+        ret = aligned_pwritev(node, req, offset, WriteData::Buf(tail), plain, align).await;
     }
-    Ok(())
+    if let Some(buf) = padbuf {
+        free_pad_buffer(buf);
+    }
+    ret
 }
 
 /// Forwards an aligned write to the driver (QEMU's bdrv_aligned_pwritev).
 async fn aligned_pwritev(
     node: &Node,
+    req: &Rc<Tracked>,
     offset: u64,
     data: WriteData<'_>,
     flags: ReqFlags,
@@ -304,6 +505,8 @@ async fn aligned_pwritev(
     let ret = if node.flags.read_only {
         Err(libc::EPERM)
     } else {
+        tracked::wait_serialising(node, req).await;
+        let (data, flags) = detect_zeroes(node, data, flags);
         match data {
             WriteData::Zeroes(_) => {
                 node.debug_event(Event::PwritevZero).await;
@@ -338,12 +541,52 @@ async fn aligned_pwritev(
         }
     };
     node.debug_event(Event::PwritevDone).await;
-    node.write_gen.set(node.write_gen.get() + 1);
+    write_req_finish(node, req.kind, offset, bytes, ret.is_ok());
     ret
 }
 
+/// `detect-zeroes`: a buffer of zeroes is written as zeroes, where the driver can write them
+/// (`unmap`: and may unmap them), as QEMU's bdrv_aligned_pwritev decides.
+fn detect_zeroes<'a>(
+    node: &Node,
+    data: WriteData<'a>,
+    flags: ReqFlags,
+) -> (WriteData<'a>, ReqFlags) {
+    match data {
+        WriteData::Buf(buf)
+            if node.detect_zeroes != DetectZeroes::Off
+                && node.caps.pwrite_zeroes
+                && buf.iter().all(|&b| b == 0) =>
+        {
+            let mut flags = flags.with(ReqFlags::ZERO_WRITE);
+            if node.detect_zeroes == DetectZeroes::Unmap {
+                flags = flags.with(ReqFlags::MAY_UNMAP);
+            }
+            (WriteData::Zeroes(buf.len() as u64), flags)
+        }
+        data => (data, flags),
+    }
+}
+
+/// After a write, discard or resize (QEMU's bdrv_co_write_req_finish): the write generation
+/// moves on, and a successful write past the end makes the node that much longer.
+fn write_req_finish(node: &Node, kind: Kind, offset: u64, bytes: u64, ok: bool) {
+    node.write_gen.set(node.write_gen.get() + 1);
+    let end_sector = (offset + bytes).div_ceil(512);
+    if ok
+        && (kind == Kind::Truncate || end_sector > node.total_sectors.get())
+        && kind != Kind::Discard
+    {
+        node.total_sectors.set(end_sector);
+    }
+}
+
 /// Calls the driver's write, emulating FUA with a flush where the driver lacks it.
-async fn driver_pwritev(node: &Node, offset: u64, buf: &[u8], flags: ReqFlags) -> IoResult {
+async fn driver_pwritev(node: &Node, offset: u64, buf: &[u8], mut flags: ReqFlags) -> IoResult {
+    // cache=unsafe: a FUA write is a plain write (QEMU's bdrv_driver_pwritev)
+    if node.flags.no_flush {
+        flags = flags.without(ReqFlags::FUA);
+    }
     let emulate_fua = flags.has(ReqFlags::FUA) && !node.supported_write_flags.has(ReqFlags::FUA);
     let flags = flags
         .without(ReqFlags::FUA.and(if emulate_fua {
@@ -429,15 +672,25 @@ async fn do_pwrite_zeroes(
 }
 
 /// Discards a range (QEMU's bdrv_co_pdiscard): advisory, so unsupported parts are skipped.
-pub async fn pdiscard(node: &Node, mut offset: u64, mut bytes: u64) -> IoResult {
+pub async fn pdiscard(node: &Node, offset: u64, bytes: u64) -> IoResult {
     check_request(offset, bytes)?;
     if !node.flags.unmap || !node.caps.pdiscard {
         return Ok(());
     }
-    if node.flags.read_only {
-        node.write_gen.set(node.write_gen.get() + 1);
-        return Err(libc::EPERM);
-    }
+    let req = tracked::begin(node, offset, bytes, Kind::Discard);
+    let ret = if node.flags.read_only {
+        Err(libc::EPERM)
+    } else {
+        tracked::wait_serialising(node, &req).await;
+        discard_pieces(node, offset, bytes).await
+    };
+    write_req_finish(node, Kind::Discard, offset, bytes, ret.is_ok());
+    tracked::end(node, &req);
+    ret
+}
+
+/// The discard loop: pieces aligned as the driver wants them.
+async fn discard_pieces(node: &Node, mut offset: u64, mut bytes: u64) -> IoResult {
     let l = &node.limits;
     let ra = l.request_alignment;
     let align = l.pdiscard_alignment.max(ra);
@@ -472,7 +725,6 @@ pub async fn pdiscard(node: &Node, mut offset: u64, mut bytes: u64) -> IoResult 
         offset += num;
         bytes -= num;
     }
-    node.write_gen.set(node.write_gen.get() + 1);
     ret
 }
 
@@ -730,7 +982,9 @@ pub fn truncate(node: &Node, size: u64) -> super::driver::BoxFut<'_, Result<(), 
     truncate_prealloc(node, size, "off")
 }
 
-/// `truncate` with a preallocation mode, for drivers that implement the modes themselves.
+/// `truncate` with a preallocation mode, for drivers that implement the modes themselves
+/// (QEMU's bdrv_co_truncate): growth serialises against requests into the new area, and the
+/// node's length is read again from the driver afterwards.
 pub fn truncate_prealloc<'a>(
     node: &'a Node,
     size: u64,
@@ -743,9 +997,21 @@ pub fn truncate_prealloc<'a>(
                     .into(),
             );
         }
+        let old_size = getlength(node).map_err(|e| {
+            format!(
+                "Could not get current image size: {}",
+                crate::errno::strerror(e)
+            )
+        })?;
         if node.flags.read_only {
             return Err("Image is read-only".into());
         }
+        let new_bytes = size.saturating_sub(old_size);
+        let req = tracked::begin(node, size - new_bytes, new_bytes, Kind::Truncate);
+        if new_bytes > 0 {
+            tracked::make_serialising(node, &req, 1).await;
+        }
+        tracked::wait_serialising(node, &req).await;
         let ret = if node.caps.truncate {
             if node.caps.truncate_prealloc {
                 node.driver.truncate_prealloc(node, size, prealloc).await
@@ -757,7 +1023,24 @@ pub fn truncate_prealloc<'a>(
         } else {
             Err("Image format driver does not support resize".into())
         };
-        node.write_gen.set(node.write_gen.get() + 1);
+        let ret = ret.and_then(|()| {
+            node.refresh_total_sectors().map_err(|e| {
+                format!(
+                    "Could not refresh total sector count: {}",
+                    crate::errno::strerror(e)
+                )
+            })?;
+            let end = node.total_sectors.get() * 512;
+            write_req_finish(
+                node,
+                Kind::Truncate,
+                end - new_bytes.min(end),
+                new_bytes.min(end),
+                true,
+            );
+            Ok(())
+        });
+        tracked::end(node, &req);
         ret
     })
 }

@@ -1,10 +1,13 @@
-//! `qemu-img check`: qcow2 images are checked by `qcow2::check` on the file itself; other
-//! formats have no check, as in QEMU.
+//! `qemu-img check`: a qcow2 image is opened as `qcow2_do_open` with `BDRV_O_CHECK` opens it
+//! and checked by the driver's checker, both on the file itself (an fsck must not trust the
+//! driver's caches); other formats have no check, as in QEMU.
 
 use super::json::{Json, dict, pretty};
-use super::qcow2::check::{CheckResult, FIX_ERRORS, FIX_LEAKS, Image};
-use super::qcow2::layout;
 use super::{Img, output_json};
+use crate::block::qcow2::check::{CheckResult, Checker, FIX_ERRORS, FIX_LEAKS};
+use crate::block::qcow2::header::{MAGIC, be32};
+use crate::block::qcow2::image_file::PlainFile;
+use crate::block::qcow2::open::open_metadata;
 use crate::errno::strerror;
 use std::os::unix::fs::FileExt;
 
@@ -76,7 +79,7 @@ pub fn is_qcow2(path: &std::path::Path) -> bool {
     std::fs::File::open(path)
         .and_then(|f| f.read_exact_at(&mut m, 0))
         .is_ok()
-        && layout::be32(&m, 0) == layout::MAGIC
+        && be32(&m, 0) == MAGIC
 }
 
 impl Img<'_> {
@@ -147,7 +150,11 @@ impl Img<'_> {
                 return 1;
             }
         };
-        let mut img = match Image::open(file, fix != 0) {
+        let file = PlainFile(file);
+        let opened = open_metadata(&file, true, fix != 0)
+            .map_err(|(msg, _)| msg)
+            .and_then(|md| Checker::new(file, md.h, fix != 0));
+        let mut img = match opened {
             Ok(i) => i,
             Err(msg) => {
                 self.error(&format!("Could not open '{name}': {msg}"));
@@ -204,7 +211,7 @@ impl Img<'_> {
         }
     }
 
-    fn flush_log(&self, img: &mut Image) {
+    fn flush_log(&self, img: &mut Checker<PlainFile>) {
         for line in img.take_log() {
             self.console.err(&format!("{line}\n"));
         }

@@ -7,8 +7,10 @@ use super::json::{Json, dict, pretty};
 use super::qcow2::info::{
     SNAPSHOT_HEADER, format_specific, format_specific_json, size_to_str, snapshot_line, snapshots,
 };
-use super::qcow2::layout::{INCOMPAT_DIRTY, read_header};
 use super::{Img, output_json};
+use crate::block::qcow2::header::INCOMPAT_DIRTY;
+use crate::block::qcow2::image_file::PlainFile;
+use crate::block::qcow2::open::open_metadata;
 use crate::errno::strerror;
 use std::os::unix::fs::MetadataExt;
 
@@ -146,9 +148,11 @@ impl Img<'_> {
                 strerror(e.raw_os_error().unwrap_or(libc::EIO))
             ));
         })?;
-        let h = read_header(&file).map_err(|e| {
-            self.error(&format!("Could not open '{name}': {}", e.0));
+        let file = PlainFile(file);
+        let md = open_metadata(&file, false, false).map_err(|(msg, _)| {
+            self.error(&format!("Could not open '{name}': {msg}"));
         })?;
+        let h = &md.h;
         let mut s = format!(
             "image: {name}\nfile format: qcow2\nvirtual size: {} ({} bytes)\ndisk size: {}\ncluster_size: {}\n",
             size_to_str(h.size),
@@ -160,19 +164,19 @@ impl Img<'_> {
             s.push_str("cleanly shut down: no\n");
         }
         let mut backing = None;
-        if let Some(b) = &h.backing_file {
+        if let Some((b, bfmt)) = &md.backing {
             let full = backing_path(name, b);
             s.push_str(&format!("backing file: {b}"));
             if &full != b {
                 s.push_str(&format!(" (actual path: {full})"));
             }
             s.push('\n');
-            if let Some(f) = &h.backing_format {
+            if let Some(f) = bfmt {
                 s.push_str(&format!("backing file format: {f}\n"));
             }
-            backing = Some((full, h.backing_format.clone()));
+            backing = Some((full, bfmt.clone()));
         }
-        let sns = snapshots(&file, &h);
+        let sns = snapshots(&file.0, h);
         if !sns.is_empty() {
             s.push_str("Snapshot list:\n");
             s.push_str(SNAPSHOT_HEADER);
@@ -183,10 +187,12 @@ impl Img<'_> {
             }
         }
         s.push_str("Format specific information:\n");
-        s.push_str(&format_specific(&h));
+        s.push_str(&format_specific(h));
         s.push_str(&child);
         let str_ = |v: &str| Some(Json::Str(v.to_string()));
-        let full_backing = h.backing_file.as_ref().map(|b| backing_path(name, b));
+        let backing_file = md.backing.as_ref().map(|(b, _)| b.as_str());
+        let backing_format = md.backing.as_ref().and_then(|(_, f)| f.as_deref());
+        let full_backing = backing_file.map(|b| backing_path(name, b));
         let snapshot_list = sns
             .iter()
             .map(|sn| {
@@ -218,15 +224,12 @@ impl Img<'_> {
             ("actual-size", Some(Json::Int(disk as i64))),
             ("virtual-size", Some(Json::Int(h.size as i64))),
             ("cluster-size", Some(Json::Int(h.cluster_size() as i64))),
-            ("backing-filename", h.backing_file.as_deref().and_then(str_)),
+            ("backing-filename", backing_file.and_then(str_)),
             (
                 "full-backing-filename",
                 full_backing.as_deref().and_then(str_),
             ),
-            (
-                "backing-filename-format",
-                h.backing_format.as_deref().and_then(str_),
-            ),
+            ("backing-filename-format", backing_format.and_then(str_)),
             (
                 "snapshots",
                 (!snapshot_list.is_empty()).then_some(Json::List(snapshot_list)),
@@ -235,7 +238,7 @@ impl Img<'_> {
                 "format-specific",
                 Some(dict(vec![
                     ("type", str_("qcow2")),
-                    ("data", Some(format_specific_json(&h))),
+                    ("data", Some(format_specific_json(h))),
                 ])),
             ),
             ("children", Some(child_json)),

@@ -208,6 +208,7 @@ impl Img<'_> {
                 read_only,
                 unmap: true,
                 no_flush: false,
+                ..OpenFlags::default()
             },
             skip_host_sync: false,
         };

@@ -4,10 +4,11 @@ use super::commands_table::{self, CommandSpec};
 use super::format::{cvtstr, dump_buffer, report_duration};
 use super::getopt::Getopt;
 use super::numbers::{NumError, cvtnum, parse_pattern, parse_sleep_ms};
-use super::session::{OpenRequest, Session, parse_cache_mode};
+use super::session::{AioMode, CacheMode, OpenRequest, Session, parse_cache_mode, parse_discard};
 use crate::block::backend::BlockBackend;
 use crate::block::driver::{IoResult, ReqFlags};
 use crate::block::io::{self, REQUEST_MAX_BYTES};
+use crate::block::iovec;
 use crate::block::open::parse_keyval;
 use crate::errno::strerror;
 use crate::output::Console;
@@ -42,7 +43,7 @@ pub fn dispatch(s: &mut Session, spec: &'static CommandSpec, argv: &[String]) ->
         "wait_break" => wait_break_f(s, argv),
         "sleep" => sleep_f(s, argv),
         "abort" => {
-            s.console.exit(134);
+            s.console.raise(libc::SIGABRT);
             0
         }
         "sigraise" => sigraise_f(s, argv),
@@ -108,6 +109,22 @@ fn options<'a>(
         }
     }
     Ok(g.positionals().to_vec())
+}
+
+/// What a write writes: a pattern, made into a buffer only once the request passes its
+/// checks, or bytes read from a file (`write -s`).
+enum Payload {
+    Pattern(u8),
+    Bytes(Vec<u8>),
+}
+
+impl Payload {
+    fn into_bytes(self, count: usize) -> Vec<u8> {
+        match self {
+            Payload::Pattern(p) => vec![p; count],
+            Payload::Bytes(b) => b,
+        }
+    }
 }
 
 /// The end of a synchronous request that only reports: `<name> failed: <err>` and its error, or
@@ -239,12 +256,17 @@ fn read_f(s: &mut Session, spec: &CommandSpec, argv: &[String]) -> i32 {
         }
     }
     let b = blk(s);
-    let buf = Rc::new(RefCell::new(vec![0xabu8; count as usize]));
+    let buf = Rc::new(RefCell::new(Vec::new()));
     let t0 = Instant::now();
     let ret = {
         let buf = buf.clone();
         s.run_sync(async move {
-            let mut data = buf.take();
+            if bflag {
+                b.check_vmstate(offset as u64, count as u64)?;
+            } else {
+                b.check(offset as u64, count as u64)?;
+            }
+            let mut data = vec![0xabu8; count as usize];
             let r = if bflag {
                 b.load_vmstate(offset as u64, &mut data).await
             } else {
@@ -305,10 +327,19 @@ fn iovec_len(s: &Session, args: &[String]) -> Result<i64, i32> {
     Ok(total)
 }
 
+/// The element lengths of a vector whose arguments `iovec_len` accepted.
+fn iovec_elements(args: &[String]) -> Vec<u64> {
+    args.iter()
+        .map(|a| cvtnum(a).map_or(0, |n| n as u64))
+        .collect()
+}
+
 /// A vectored read as `readv` and `aio_read` take it: `[-Ciqrv] [-P pattern] off len [len..]`.
 struct VectorRead {
     offset: i64,
     count: i64,
+    /// the vector's element lengths
+    elements: Vec<u64>,
     pattern: Option<u8>,
     compact: bool,
     quiet: bool,
@@ -343,6 +374,7 @@ fn parse_vector_read(
     Ok(VectorRead {
         offset: num(s, &pos[0])?,
         count: iovec_len(s, &pos[1..])?,
+        elements: iovec_elements(&pos[1..]),
         pattern: pat,
         compact,
         quiet,
@@ -383,9 +415,13 @@ fn readv_f(s: &mut Session, spec: &CommandSpec, argv: &[String]) -> i32 {
     let req = tri!(parse_vector_read(s, spec, argv, "CP:qrv"));
     let (offset, count) = (req.offset, req.count);
     let b = blk(s);
+    let console = s.console.clone();
+    let elements = req.elements.clone();
     let t0 = Instant::now();
     let Some(ret) = s.run_sync(async move {
+        b.check(offset as u64, count as u64)?;
         let mut buf = vec![0xabu8; count as usize];
+        let _layout = iovec::register(&buf, &elements, &console);
         b.pread(offset as u64, &mut buf).await.map(|_| buf)
     }) else {
         return EINVAL;
@@ -493,11 +529,11 @@ fn write_f(s: &mut Session, spec: &CommandSpec, argv: &[String]) -> i32 {
         None
     } else if let Some(name) = &source {
         match buffer_from_file(s, name, count as usize) {
-            Some(b) => Some(b),
+            Some(b) => Some(Payload::Bytes(b)),
             None => return EINVAL,
         }
     } else {
-        Some(vec![pat.unwrap_or(0xcd); count as usize])
+        Some(Payload::Pattern(pat.unwrap_or(0xcd)))
     };
     let b = blk(s);
     let done = Done {
@@ -509,6 +545,18 @@ fn write_f(s: &mut Session, spec: &CommandSpec, argv: &[String]) -> i32 {
         compact,
     };
     done.run(s, async move {
+        let (at, len) = (offset as u64, count as u64);
+        let data = match data {
+            Some(payload) => {
+                if bflag {
+                    b.check_vmstate(at, len)?;
+                } else {
+                    b.check(at, len)?;
+                }
+                Some(payload.into_bytes(count as usize))
+            }
+            None => None,
+        };
         match data {
             Some(buf) if bflag => b.save_vmstate(offset as u64, &buf).await,
             Some(buf) if compressed => b.pwrite_compressed(offset as u64, &buf).await,
@@ -539,8 +587,10 @@ fn writev_f(s: &mut Session, spec: &CommandSpec, argv: &[String]) -> i32 {
     }
     let offset = tri!(num(s, &pos[0]));
     let count = tri!(iovec_len(s, &pos[1..]));
+    let elements = iovec_elements(&pos[1..]);
     let flags = if fua { ReqFlags::FUA } else { ReqFlags::NONE };
     let b = blk(s);
+    let console = s.console.clone();
     let done = Done {
         name: "writev",
         op: "wrote",
@@ -550,7 +600,9 @@ fn writev_f(s: &mut Session, spec: &CommandSpec, argv: &[String]) -> i32 {
         compact,
     };
     done.run(s, async move {
+        b.check(offset as u64, count as u64)?;
         let buf = vec![pat; count as usize];
+        let _layout = iovec::register(&buf, &elements, &console);
         b.pwrite(offset as u64, &buf, flags).await
     })
 }
@@ -564,18 +616,30 @@ fn aio_read_f(s: &mut Session, spec: &CommandSpec, argv: &[String]) -> i32 {
     let b = blk(s);
     let console = s.console.clone();
     let t0 = Instant::now();
-    s.spawn(async move {
-        let mut buf = vec![0xabu8; req.count as usize];
-        let ret = b.pread(req.offset as u64, &mut buf).await;
-        let elapsed = t0.elapsed();
-        match ret {
-            Err(e) => console.out(&format!("readv failed: {}\n", strerror(e))),
-            // A pattern mismatch in an aio read does not change the exit status.
-            Ok(()) => {
-                req.report(&console, &buf, elapsed);
+    let layout_console = console.clone();
+    let elements = req.elements.clone();
+    s.submit_aio(
+        async move {
+            if let Err(e) = b.check(req.offset as u64, req.count as u64) {
+                return (Err(e), Vec::new());
             }
-        }
-    });
+            let mut buf = vec![0xabu8; req.count as usize];
+            let layout = iovec::register(&buf, &elements, &layout_console);
+            let ret = b.pread(req.offset as u64, &mut buf).await;
+            drop(layout);
+            (ret, buf)
+        },
+        move |(ret, buf)| {
+            let elapsed = t0.elapsed();
+            match ret {
+                Err(e) => console.out(&format!("readv failed: {}\n", strerror(e))),
+                // A pattern mismatch in an aio read does not change the exit status.
+                Ok(()) => {
+                    req.report(&console, &buf, elapsed);
+                }
+            }
+        },
+    );
     0
 }
 
@@ -630,24 +694,32 @@ fn aio_write_f(s: &mut Session, spec: &CommandSpec, argv: &[String]) -> i32 {
     let b = blk(s);
     let console = s.console.clone();
     let t0 = Instant::now();
-    s.spawn(async move {
-        let ret = if zflag {
-            b.pwrite_zeroes(offset as u64, count as u64, flags).await
-        } else {
-            b.pwrite(offset as u64, &vec![pat; count as usize], flags)
-                .await
-        };
-        let elapsed = t0.elapsed();
-        if let Err(e) = ret {
-            console.out(&format!("aio_write failed: {}\n", strerror(e)));
-            return;
-        }
-        if !quiet {
-            console.out(&report_duration(
-                "wrote", elapsed, offset, count, count, 1, compact,
-            ));
-        }
-    });
+    let elements = iovec_elements(&pos[1..]);
+    let layout_console = console.clone();
+    s.submit_aio(
+        async move {
+            if zflag {
+                b.pwrite_zeroes(offset as u64, count as u64, flags).await
+            } else {
+                b.check(offset as u64, count as u64)?;
+                let buf = vec![pat; count as usize];
+                let _layout = iovec::register(&buf, &elements, &layout_console);
+                b.pwrite(offset as u64, &buf, flags).await
+            }
+        },
+        move |ret| {
+            let elapsed = t0.elapsed();
+            if let Err(e) = ret {
+                console.out(&format!("aio_write failed: {}\n", strerror(e)));
+                return;
+            }
+            if !quiet {
+                console.out(&report_duration(
+                    "wrote", elapsed, offset, count, count, 1, compact,
+                ));
+            }
+        },
+    );
     0
 }
 
@@ -740,18 +812,13 @@ fn info_f(s: &mut Session) -> i32 {
     if let Some(p) = root.driver.protocol_name() {
         s.out(&format!("format name: {p}\n"));
     }
-    // QEMU asks the driver, or for filters their filtered child; the file protocol has nothing.
-    let mut node = root.clone();
-    // Filters answer with their filtered child's details; raw and file have none (zeroes).
-    let info = loop {
-        if let Some(i) = node.driver.info(&node) {
-            break i;
-        }
-        match (node.driver.is_filter(), node.primary_child()) {
-            (true, Some(c)) => node = c.clone(),
-            _ => break Default::default(),
-        }
-    };
+    // Filters answer with their filtered child's details (raw and file have none: zeroes),
+    // but format-specific information comes only from the node's own driver.
+    let own = root.driver.info(&root).is_some();
+    let mut info = io::get_info(&root).unwrap_or_default();
+    if !own {
+        info.specific.clear();
+    }
     s.out(&format!(
         "cluster size: {}\n",
         cvtstr(info.cluster_size as f64)
@@ -779,58 +846,74 @@ fn map_f(s: &mut Session) -> i32 {
         }
     };
     let root = b.root.clone();
-    let Some(result) = s.run_sync(async move {
-        let mut lines = Vec::new();
-        let (mut offset, mut bytes) = (0u64, total);
-        while bytes > 0 {
-            // Merge runs with the same answer, as qemu-io's map_is_allocated does.
-            let (first, mut n) = io::is_allocated(&root, offset, bytes).await?;
-            let (mut o, mut rest) = (offset + n, bytes - n);
-            while rest > 0 {
-                let (a, m) = io::is_allocated(&root, o, rest).await?;
-                if a != first || m == 0 {
-                    break;
-                }
+    let (mut offset, mut bytes) = (0u64, total);
+    // Each line is printed as soon as it is known: an error further on ends the listing
+    // after the lines before it, as in qemu-io.
+    while bytes > 0 {
+        let (allocated, n) = match map_is_allocated(s, &root, offset, bytes) {
+            None => return EINVAL,
+            Some(Err(e)) => {
+                s.report(&format!("Failed to get allocation status: {}", strerror(e)));
+                return -e;
+            }
+            Some(Ok(r)) => r,
+        };
+        if n == 0 {
+            s.report("Unexpected end of image");
+            return -libc::EIO;
+        }
+        let what = if allocated {
+            "    allocated"
+        } else {
+            "not allocated"
+        };
+        s.out(&format!(
+            "{} (0x{n:x}) bytes {what} at offset {} (0x{offset:x})\n",
+            cvtstr(n as f64),
+            cvtstr(offset as f64)
+        ));
+        offset += n;
+        bytes -= n;
+    }
+    0
+}
+
+/// One run of equal answers from `offset` (qemu-io's map_is_allocated): the first query's
+/// error is the run's; a later query that fails or answers differently just ends the run.
+/// None when a query can never finish.
+fn map_is_allocated(
+    s: &mut Session,
+    root: &Rc<crate::block::node::Node>,
+    offset: u64,
+    bytes: u64,
+) -> Option<IoResult<(bool, u64)>> {
+    let (first, mut n) = match is_allocated(s, root, offset, bytes)? {
+        Err(e) => return Some(Err(e)),
+        Ok(r) => r,
+    };
+    let (mut o, mut rest) = (offset + n, bytes - n);
+    while rest > 0 {
+        match is_allocated(s, root, o, rest)? {
+            Ok((a, m)) if a == first && m != 0 => {
                 n += m;
                 o += m;
                 rest -= m;
             }
-            lines.push((first, n, offset));
-            if n == 0 {
-                break;
-            }
-            offset += n;
-            bytes -= n;
-        }
-        Ok::<_, i32>(lines)
-    }) else {
-        return EINVAL;
-    };
-    match result {
-        Err(e) => {
-            s.report(&format!("Failed to get allocation status: {}", strerror(e)));
-            -e
-        }
-        Ok(lines) => {
-            for (allocated, n, offset) in lines {
-                if n == 0 {
-                    s.report("Unexpected end of image");
-                    return -libc::EIO;
-                }
-                let what = if allocated {
-                    "    allocated"
-                } else {
-                    "not allocated"
-                };
-                s.out(&format!(
-                    "{} (0x{n:x}) bytes {what} at offset {} (0x{offset:x})\n",
-                    cvtstr(n as f64),
-                    cvtstr(offset as f64)
-                ));
-            }
-            0
+            _ => break,
         }
     }
+    Some(Ok((first, n)))
+}
+
+/// One synchronous bdrv_is_allocated, polled to completion as qemu-io does.
+fn is_allocated(
+    s: &mut Session,
+    root: &Rc<crate::block::node::Node>,
+    offset: u64,
+    bytes: u64,
+) -> Option<IoResult<(bool, u64)>> {
+    let root = root.clone();
+    s.run_sync(async move { io::is_allocated(&root, offset, bytes).await })
 }
 
 fn alloc_f(s: &mut Session, argv: &[String]) -> i32 {
@@ -906,7 +989,7 @@ fn resume_one(s: &mut Session, node: &crate::block::node::Node, tag: &str) -> bo
         None => false,
         Some(task) => {
             if let Some(id) = task {
-                s.exec.poll_task(id);
+                s.exec.enter(id);
             }
             true
         }
@@ -966,7 +1049,7 @@ fn wait_break_f(s: &mut Session, argv: &[String]) -> i32 {
             .and_then(|n| n.driver.as_blkdebug().map(|d| d.is_suspended(&tag)))
             .unwrap_or(false)
     };
-    if !s.exec.run_until(suspended) {
+    if !s.exec.poll_while(suspended) {
         s.err(&format!(
             "blockfault: wait_break {}: no request can reach that breakpoint; qemu-io would wait here forever\n",
             argv[1]
@@ -1002,17 +1085,8 @@ fn sigraise_f(s: &mut Session, argv: &[String]) -> i32 {
         ));
         return EINVAL;
     }
-    // Signals whose default action is to do nothing leave the process running.
-    const IGNORED: [i64; 5] = [
-        0,
-        libc::SIGCHLD as i64,
-        libc::SIGCONT as i64,
-        libc::SIGURG as i64,
-        libc::SIGWINCH as i64,
-    ];
-    if !IGNORED.contains(&sig) {
-        s.console.exit(128 + sig as i32);
-    }
+    // Whether the signal ends the process is the console's to say (output::signal_effect).
+    s.console.raise(sig as i32);
     0
 }
 
@@ -1064,8 +1138,10 @@ fn zone_append_f(s: &mut Session, argv: &[String]) -> i32 {
 }
 
 fn open_f(s: &mut Session, spec: &CommandSpec, argv: &[String]) -> i32 {
-    let (mut read_only, mut writethrough, mut no_flush, mut unmap) = (false, true, false, true);
-    let mut snapshot = false;
+    let (mut read_only, mut snapshot, mut unmap) = (false, false, true);
+    let (mut copy_on_read, mut force_share) = (false, false);
+    let mut cache = CacheMode::DEFAULT;
+    let mut aio = AioMode::default();
     let mut opts_text: Option<String> = None;
     let image_opts = s.image_opts;
     // QEMU stops at the first bad option value, from inside its getopt loop.
@@ -1074,33 +1150,36 @@ fn open_f(s: &mut Session, spec: &CommandSpec, argv: &[String]) -> i32 {
         match c {
             'r' => read_only = true,
             's' => snapshot = true,
-            'n' => writethrough = false,
+            'n' => cache = cache.nocache(),
+            'C' => copy_on_read = true,
+            'U' => force_share = true,
+            'k' => aio = AioMode::Native,
             'o' if image_opts => {
                 s.out("--image-opts and 'open -o' are mutually exclusive\n");
                 return Err(EINVAL);
             }
             'o' => opts_text = Some(value),
-            't' => match parse_cache_mode(&value) {
-                Some((wt, nf)) => (writethrough, no_flush) = (wt, nf),
+            't' => match CacheMode::parse(&value) {
+                Some(mode) => cache = mode,
                 None => {
                     s.report(&format!("Invalid cache option: {value}"));
                     return Err(EINVAL);
                 }
             },
-            // bdrv_parse_discard_flags
-            'd' => match value.as_str() {
-                "off" | "ignore" => unmap = false,
-                "on" | "unmap" => unmap = true,
-                _ => {
+            'd' => match parse_discard(&value) {
+                Some(u) => unmap = u,
+                None => {
                     s.report(&format!("Invalid discard option: {value}"));
                     return Err(EINVAL);
                 }
             },
-            // bdrv_parse_aio: the mode changes how the file is accessed, not what is seen
-            'i' if !["threads", "native", "io_uring"].contains(&value.as_str()) => {
-                s.report(&format!("Invalid aio option: {value}"));
-                return Err(EINVAL);
-            }
+            'i' => match aio.apply(&value) {
+                Some(mode) => aio = mode,
+                None => {
+                    s.report(&format!("Invalid aio option: {value}"));
+                    return Err(EINVAL);
+                }
+            },
             _ => {}
         }
         Ok(())
@@ -1127,10 +1206,14 @@ fn open_f(s: &mut Session, spec: &CommandSpec, argv: &[String]) -> i32 {
         options,
         read_only,
         snapshot,
-        writethrough,
-        no_flush,
+        writethrough: cache.writethrough,
+        no_flush: cache.no_flush,
+        direct: cache.direct,
         unmap,
         image_opts: false,
+        aio,
+        copy_on_read,
+        force_share,
     });
     if ok { 0 } else { EINVAL }
 }
@@ -1194,6 +1277,11 @@ fn reopen_f(s: &mut Session, spec: &CommandSpec, argv: &[String]) -> i32 {
     let b = blk(s);
     if ro {
         b.read_only.set(true);
+        // qemu-io gives up its write permission before reopening read-only
+        b.perms.set(crate::block::perms::Perms {
+            write: false,
+            ..b.perms.get()
+        });
     } else if rw {
         b.read_only.set(false);
     }

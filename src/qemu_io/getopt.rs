@@ -9,7 +9,10 @@
 //!   element (`-P 0x41`), whatever that element looks like (`-P --` takes `--`);
 //! * `--` ends the options, everything after it is positional; a lone `-` is positional;
 //! * `-1` is an option cluster, so negative numbers are option errors (`invalid option -- '1'`);
-//! * `--foo` is not a long option here: it is the cluster `-`, `f`, `o`, `o`.
+//! * `--foo` is not a long option here: it is the cluster `-`, `f`, `o`, `o`, unless long options
+//!   are given ([`Getopt::with_long`], GNU `getopt_long` as qemu-io's own command line uses it):
+//!   then `--name` or any unambiguous prefix of a name is that option, with its argument attached
+//!   (`--cache=none`) or in the next element (`--cache none`).
 //!
 //! Handlers pull options in order and usually stop at the first problem, so errors are yielded
 //! in sequence, interleaved with valid options exactly where getopt reports them.
@@ -33,6 +36,16 @@ pub struct Getopt<'a, S: AsRef<str>> {
     /// Non-options seen so far, in order.
     positionals: Vec<String>,
     done: bool,
+    longopts: &'a [LongOpt],
+}
+
+/// One entry of `getopt_long`'s option table. Options with no short form get a `val` outside
+/// the option string (QEMU uses values from 256 up; any `char` not in the string does here).
+#[derive(Clone, Copy, Debug)]
+pub struct LongOpt {
+    pub name: &'static str,
+    pub takes_arg: bool,
+    pub val: char,
 }
 
 impl<'a, S: AsRef<str>> Getopt<'a, S> {
@@ -46,6 +59,16 @@ impl<'a, S: AsRef<str>> Getopt<'a, S> {
             nextchar: None,
             positionals: Vec::new(),
             done: false,
+            longopts: &[],
+        }
+    }
+
+    /// As `getopt_long` with this option table, which is searched in order (the order of the
+    /// candidates an ambiguous abbreviation's message lists).
+    pub fn with_long(argv: &'a [S], optstring: &'a str, longopts: &'a [LongOpt]) -> Self {
+        Getopt {
+            longopts,
+            ..Getopt::new(argv, optstring)
         }
     }
 
@@ -75,6 +98,65 @@ impl<'a, S: AsRef<str>> Getopt<'a, S> {
     }
 }
 
+impl<S: AsRef<str>> Getopt<'_, S> {
+    /// glibc's long option lookup for `--text` (`optind` already past it): an exact name, else
+    /// the only name `text` abbreviates. Messages name the option as typed when it is unknown
+    /// or ambiguous, by its full name otherwise.
+    fn long_option(&mut self, text: &str) -> GetoptItem {
+        let cmd = self.cmd().to_owned();
+        let (name, attached) = match text.split_once('=') {
+            Some((n, v)) => (n, Some(v)),
+            None => (text, None),
+        };
+        let found = match self.longopts.iter().find(|o| o.name == name) {
+            Some(o) => *o,
+            None => {
+                let candidates: Vec<&LongOpt> = self
+                    .longopts
+                    .iter()
+                    .filter(|o| o.name.starts_with(name))
+                    .collect();
+                let Some(&first) = candidates.first() else {
+                    return Err(format!("{cmd}: unrecognized option '--{text}'"));
+                };
+                // Abbreviating several names is fine if they all mean the same option; else
+                // glibc lists the first and every one that differs from it.
+                let differ = |o: &&LongOpt| o.val != first.val || o.takes_arg != first.takes_arg;
+                if !candidates.iter().any(differ) {
+                    *first
+                } else {
+                    let names: String = std::iter::once(first)
+                        .chain(candidates.iter().copied().filter(differ))
+                        .map(|o| format!(" '--{}'", o.name))
+                        .collect();
+                    return Err(format!(
+                        "{cmd}: option '--{text}' is ambiguous; possibilities:{names}"
+                    ));
+                }
+            }
+        };
+        match (attached, found.takes_arg) {
+            (Some(value), true) => Ok((found.val, Some(value.to_owned()))),
+            (Some(_), false) => Err(format!(
+                "{cmd}: option '--{}' doesn't allow an argument",
+                found.name
+            )),
+            (None, false) => Ok((found.val, None)),
+            (None, true) => match self.argv.get(self.optind) {
+                Some(next) => {
+                    let value = next.as_ref().to_owned();
+                    self.optind += 1;
+                    Ok((found.val, Some(value)))
+                }
+                None => Err(format!(
+                    "{cmd}: option '--{}' requires an argument",
+                    found.name
+                )),
+            },
+        }
+    }
+}
+
 impl<S: AsRef<str>> Iterator for Getopt<'_, S> {
     type Item = GetoptItem;
 
@@ -100,6 +182,9 @@ impl<S: AsRef<str>> Iterator for Getopt<'_, S> {
                     self.optind = self.argv.len();
                     self.done = true;
                     return None;
+                }
+                if !self.longopts.is_empty() && arg.len() > 2 && arg.starts_with("--") {
+                    return Some(self.long_option(&arg[2..]));
                 }
                 if arg.len() > 1 && arg.starts_with('-') {
                     break 1;
@@ -315,6 +400,160 @@ mod tests {
                 (items, rest)
             }
         }
+
+        /// As [`getopt`], with a long option table; an error item carries `optopt` (0 for an
+        /// unknown or ambiguous long option).
+        #[allow(clippy::type_complexity)]
+        pub fn getopt_long(
+            argv: &[String],
+            optstring: &str,
+            longopts: &[super::LongOpt],
+        ) -> (Vec<Result<(char, Option<String>), u32>>, Vec<String>) {
+            let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+            let owned: Vec<CString> = argv
+                .iter()
+                .map(|a| CString::new(a.as_str()).unwrap())
+                .collect();
+            let mut ptrs: Vec<*mut c_char> =
+                owned.iter().map(|c| c.as_ptr() as *mut c_char).collect();
+            ptrs.push(std::ptr::null_mut());
+            let names: Vec<CString> = longopts
+                .iter()
+                .map(|o| CString::new(o.name).unwrap())
+                .collect();
+            let mut table: Vec<libc::option> = longopts
+                .iter()
+                .zip(&names)
+                .map(|(o, n)| libc::option {
+                    name: n.as_ptr(),
+                    has_arg: c_int::from(o.takes_arg),
+                    flag: std::ptr::null_mut(),
+                    val: o.val as c_int,
+                })
+                .collect();
+            table.push(libc::option {
+                name: std::ptr::null(),
+                has_arg: 0,
+                flag: std::ptr::null_mut(),
+                val: 0,
+            });
+            let opts = CString::new(optstring).unwrap();
+            let mut items = Vec::new();
+            // SAFETY: as for getopt; the option table and its names outlive the calls.
+            unsafe {
+                optind = 0;
+                opterr = 0;
+                loop {
+                    let c = libc::getopt_long(
+                        ptrs.len() as c_int - 1,
+                        ptrs.as_ptr(),
+                        opts.as_ptr(),
+                        table.as_ptr(),
+                        std::ptr::null_mut(),
+                    );
+                    if c == -1 {
+                        break;
+                    }
+                    if c == '?' as c_int {
+                        items.push(Err(optopt as u32));
+                    } else {
+                        let arg = (!optarg.is_null())
+                            .then(|| CStr::from_ptr(optarg).to_string_lossy().into_owned());
+                        items.push(Ok((char::from_u32(c as u32).unwrap(), arg)));
+                    }
+                    optarg = std::ptr::null_mut();
+                }
+                let rest = ptrs[optind as usize..ptrs.len() - 1]
+                    .iter()
+                    .map(|&p| CStr::from_ptr(p).to_string_lossy().into_owned())
+                    .collect();
+                (items, rest)
+            }
+        }
+    }
+
+    /// A table shaped like qemu-io's: long-only options, prefixes shared by several names.
+    const LONG: [LongOpt; 6] = [
+        LongOpt {
+            name: "help",
+            takes_arg: false,
+            val: 'h',
+        },
+        LongOpt {
+            name: "cmd",
+            takes_arg: true,
+            val: 'c',
+        },
+        LongOpt {
+            name: "copy-on-read",
+            takes_arg: false,
+            val: 'C',
+        },
+        LongOpt {
+            name: "cache",
+            takes_arg: true,
+            val: 't',
+        },
+        LongOpt {
+            name: "object",
+            takes_arg: true,
+            val: '\u{100}',
+        },
+        LongOpt {
+            name: "image-opts",
+            takes_arg: false,
+            val: '\u{101}',
+        },
+    ];
+    const LONG_SHORTS: &str = "hc:Ct:r";
+
+    /// Every item and the positionals of `getopt_long` over `qemu-io ARGS`.
+    fn run_long(args: &[&str]) -> (Vec<GetoptItem>, Vec<String>) {
+        let argv: Vec<String> = std::iter::once("qemu-io")
+            .chain(args.iter().copied())
+            .map(str::to_owned)
+            .collect();
+        let mut g = Getopt::with_long(&argv, LONG_SHORTS, &LONG);
+        let items: Vec<_> = g.by_ref().collect();
+        (items, g.positionals().to_vec())
+    }
+
+    /// Messages as glibc 2.36's getopt_long prints them (checked against qemu-io 10.0.2).
+    #[test]
+    fn long_options_and_their_messages() {
+        let (items, pos) = run_long(&["--cm", "x", "img", "--cache=none", "--im", "--obj", "o"]);
+        assert_eq!(
+            items,
+            vec![
+                opt('c', Some("x")),
+                opt('t', Some("none")),
+                opt('\u{101}', None),
+                opt('\u{100}', Some("o")),
+            ]
+        );
+        assert_eq!(pos, strings(&["img"]));
+        let err = |args: &[&str]| run_long(args).0.into_iter().find_map(Result::err).unwrap();
+        assert_eq!(
+            err(&["--c"]),
+            "qemu-io: option '--c' is ambiguous; possibilities: '--cmd' '--copy-on-read' '--cache'"
+        );
+        assert_eq!(
+            err(&["--co=1"]),
+            "qemu-io: option '--copy-on-read' doesn't allow an argument"
+        );
+        assert_eq!(
+            err(&["--foo=bar"]),
+            "qemu-io: unrecognized option '--foo=bar'"
+        );
+        assert_eq!(
+            err(&["--ca"]),
+            "qemu-io: option '--cache' requires an argument"
+        );
+        assert_eq!(err(&["-t"]), "qemu-io: option requires an argument -- 't'");
+        assert_eq!(err(&["-rx"]), "qemu-io: invalid option -- 'x'");
+        // An exact name wins over longer names it abbreviates; `--cmd=` is an empty argument.
+        let (items, _) = run_long(&["--cmd=", "--help"]);
+        assert_eq!(items, vec![opt('c', Some("")), opt('h', None)]);
     }
 
     proptest! {
@@ -348,6 +587,45 @@ mod tests {
                             format!("read: invalid option -- '{c}'")
                         };
                         prop_assert_eq!(msg, &want);
+                    }
+                    _ => prop_assert!(false, "{:?} vs {:?}", ours, theirs),
+                }
+            }
+            prop_assert_eq!(g.positionals(), &want_rest[..]);
+        }
+
+        /// Same options, arguments, error kinds and positionals as glibc's getopt_long.
+        #[test]
+        fn long_agrees_with_glibc(args in prop::collection::vec(
+            prop::sample::select(vec!["-", "--", "--c", "--cm", "--cmd", "--cmd=", "--cmd=x",
+                "--ca", "--cache=none", "--co", "--co=1", "--help", "--help=1", "--h", "--foo",
+                "--foo=bar", "--=x", "--obj", "--object=o", "--i", "--image-opts", "-rc", "-cx",
+                "-C", "-t", "-x", "x", "-r-"]), 0..8)) {
+            let mut argv = vec!["qemu-io".to_owned()];
+            argv.extend(args.iter().map(|s| s.to_string()));
+            let (want_items, want_rest) = glibc::getopt_long(&argv, LONG_SHORTS, &LONG);
+            let mut g = Getopt::with_long(&argv, LONG_SHORTS, &LONG);
+            let items: Vec<_> = g.by_ref().collect();
+            prop_assert_eq!(items.len(), want_items.len());
+            for (ours, theirs) in items.iter().zip(&want_items) {
+                match (ours, theirs) {
+                    (Ok(a), Ok(b)) => prop_assert_eq!(a, b),
+                    (Err(msg), Err(0)) => prop_assert!(
+                        msg.contains("unrecognized option") || msg.contains("is ambiguous"),
+                        "{}", msg
+                    ),
+                    (Err(msg), Err(c)) => {
+                        let c = char::from_u32(*c).unwrap();
+                        let long = LONG.iter().find(|o| o.val == c);
+                        let expected = [
+                            format!("qemu-io: invalid option -- '{c}'"),
+                            format!("qemu-io: option requires an argument -- '{c}'"),
+                            format!("qemu-io: option '--{}' doesn't allow an argument",
+                                long.map_or("", |o| o.name)),
+                            format!("qemu-io: option '--{}' requires an argument",
+                                long.map_or("", |o| o.name)),
+                        ];
+                        prop_assert!(expected.contains(msg), "{} for optopt {:?}", msg, c);
                     }
                     _ => prop_assert!(false, "{:?} vs {:?}", ours, theirs),
                 }

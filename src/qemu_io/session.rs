@@ -6,19 +6,93 @@ use crate::block::backend::BlockBackend;
 use crate::block::executor::Executor;
 use crate::block::node::OpenFlags;
 use crate::block::open::{OpenContext, Options, open_drive};
+use crate::block::perms::{self, Perms};
 use crate::output::Console;
 use std::cell::RefCell;
 use std::future::Future;
 use std::path::PathBuf;
 use std::rc::Rc;
 
+/// A cache mode (`-t`, `-n`, `open -t`): QEMU's `bdrv_parse_cache_mode`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CacheMode {
+    /// every write is FUA (the BlockBackend's write cache is off)
+    pub writethrough: bool,
+    /// `cache.direct`: the file is opened with O_DIRECT
+    pub direct: bool,
+    /// `cache.no-flush`: flushes never reach the disk
+    pub no_flush: bool,
+}
+
+impl CacheMode {
+    /// qemu-io's default: writethrough, through the host's page cache.
+    pub const DEFAULT: CacheMode = CacheMode {
+        writethrough: true,
+        direct: false,
+        no_flush: false,
+    };
+
+    pub fn parse(mode: &str) -> Option<CacheMode> {
+        let (writethrough, direct, no_flush) = match mode {
+            "none" | "off" => (false, true, false),
+            "directsync" => (true, true, false),
+            "writeback" => (false, false, false),
+            "unsafe" => (false, false, true),
+            "writethrough" => (true, false, false),
+            _ => return None,
+        };
+        Some(CacheMode {
+            writethrough,
+            direct,
+            no_flush,
+        })
+    }
+
+    /// `-n` after this mode: O_DIRECT and writeback, `no_flush` kept.
+    pub fn nocache(self) -> CacheMode {
+        CacheMode {
+            writethrough: false,
+            direct: true,
+            ..self
+        }
+    }
+}
+
 /// Cache modes as `-t` names them: (writethrough, no_flush).
 pub fn parse_cache_mode(mode: &str) -> Option<(bool, bool)> {
+    CacheMode::parse(mode).map(|m| (m.writethrough, m.no_flush))
+}
+
+/// QEMU's `bdrv_parse_discard_flags`: whether discards unmap (`-d`).
+pub fn parse_discard(mode: &str) -> Option<bool> {
     match mode {
-        "writethrough" => Some((true, false)),
-        "writeback" | "none" | "directsync" => Some((mode == "directsync", false)),
-        "unsafe" => Some((false, true)),
+        "off" | "ignore" => Some(false),
+        "on" | "unmap" => Some(true),
         _ => None,
+    }
+}
+
+/// How the file driver submits I/O (`-i`, `-k`). Only `native` is visible here: it needs
+/// O_DIRECT, and opening fails without it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AioMode {
+    #[default]
+    Threads,
+    Native,
+    IoUring,
+}
+
+impl AioMode {
+    /// QEMU's `bdrv_parse_aio`, which only ever adds a flag: `threads` changes nothing, and
+    /// `native` wins over `io_uring` whatever their order.
+    pub fn apply(self, mode: &str) -> Option<AioMode> {
+        match (self, mode) {
+            (_, "threads") => Some(self),
+            (_, "native") => Some(AioMode::Native),
+            (AioMode::Native, "io_uring") => Some(AioMode::Native),
+            (_, "io_uring") => Some(AioMode::IoUring),
+            _ => None,
+        }
     }
 }
 
@@ -35,6 +109,10 @@ pub struct Session {
     pub skip_host_sync: bool,
     /// qemu-io was started with `--image-opts` (then `open -o` is refused)
     pub image_opts: bool,
+    /// aio requests submitted and not yet reported (QEMU's BlockBackend in_flight)
+    in_flight: Rc<std::cell::Cell<usize>>,
+    /// the `--object`s created at startup (secrets, for encrypted images)
+    pub objects: super::objects::Objects,
 }
 
 /// How a drive is opened (qemu-io's `openfile` parameters).
@@ -46,10 +124,17 @@ pub struct OpenRequest<'a> {
     pub snapshot: bool,
     pub writethrough: bool,
     pub no_flush: bool,
+    /// `cache.direct` (`-n`, `-t none`): O_DIRECT
+    pub direct: bool,
     /// `discard=unmap` (qemu-io's default; `-d ignore` turns it off)
     pub unmap: bool,
     /// `--image-opts`: errors say `can't open:` with no device name
     pub image_opts: bool,
+    pub aio: AioMode,
+    /// `-C`: reads copy what they find in backing files into the top image
+    pub copy_on_read: bool,
+    /// `-U`: `force-share=on`, no image locking (which this engine does not do)
+    pub force_share: bool,
 }
 
 impl Session {
@@ -63,6 +148,8 @@ impl Session {
             quit: false,
             skip_host_sync: false,
             image_opts: false,
+            in_flight: Rc::default(),
+            objects: Default::default(),
         }
     }
 
@@ -80,35 +167,46 @@ impl Session {
     }
 
     /// Opens the drive; false (after printing QEMU's message) on failure.
-    pub fn open(&mut self, req: OpenRequest<'_>) -> bool {
+    pub fn open(&mut self, mut req: OpenRequest<'_>) -> bool {
         if self.blk.is_some() {
             self.report("file open already, try 'help close'");
             return false;
         }
-        let ctx = OpenContext {
-            base_dir: self.base_dir.clone(),
-            console: self.console.clone(),
-            flags: OpenFlags {
-                // Under a snapshot overlay the image itself is only read.
-                read_only: req.read_only || req.snapshot,
-                unmap: req.unmap,
-                no_flush: req.no_flush,
-            },
-            skip_host_sync: self.skip_host_sync,
-        };
-        let opened = open_drive(req.name, req.options, None, &ctx).and_then(|root| {
-            if req.snapshot {
-                crate::block::open::open_temp_snapshot(root, &ctx)
-            } else {
-                Ok(root)
+        // qemu-io's openfile: -U asks for force-share=on, which the options must not contradict.
+        if req.force_share {
+            match req.options.get("force-share") {
+                Some(serde_json::Value::String(v)) if v != "on" => {
+                    self.report("-U conflicts with image options");
+                    return false;
+                }
+                _ => {}
             }
+        }
+        if req.force_share {
+            req.options
+                .insert("force-share".into(), serde_json::Value::Bool(true));
+        }
+        // The user takes WRITE unless read-only; the graph must grant it (blk_new_open).
+        let held = if req.read_only {
+            Perms::NONE
+        } else {
+            Perms::WRITE
+        };
+        let opened = self.open_tree(&req).and_then(|root| {
+            // qemu-io asks the node: `-r` with `read-only=off` is writable.
+            let read_only = root.flags.read_only;
+            perms::refresh(&root, held, read_only).map(|()| root)
         });
         match opened {
             Ok(root) => {
+                // bdrv_enable_copy_on_read on the top node only: children never copy
+                root.copy_on_read.set(req.copy_on_read);
+                let read_only = root.flags.read_only;
                 self.blk = Some(Rc::new(BlockBackend {
                     root,
                     writethrough: std::cell::Cell::new(req.writethrough),
-                    read_only: std::cell::Cell::new(req.read_only),
+                    read_only: std::cell::Cell::new(read_only),
+                    perms: std::cell::Cell::new(held),
                 }));
                 true
             }
@@ -122,20 +220,49 @@ impl Session {
         }
     }
 
-    /// Runs a request to completion, as qemu-io's synchronous commands poll until theirs is
-    /// done. None when it can never finish (it waits at a breakpoint): QEMU would hang there.
+    fn open_tree(&self, req: &OpenRequest<'_>) -> Result<Rc<crate::block::node::Node>, String> {
+        let ctx = OpenContext {
+            base_dir: self.base_dir.clone(),
+            console: self.console.clone(),
+            flags: OpenFlags {
+                // Under a snapshot overlay the image itself is only read.
+                read_only: req.read_only || req.snapshot,
+                unmap: req.unmap,
+                no_flush: req.no_flush,
+                direct: req.direct,
+                native_aio: req.aio == AioMode::Native,
+                // Under -s the overlay has copy-on-read, not the image (QEMU's
+                // bdrv_temp_snapshot_options).
+                copy_on_read: req.copy_on_read && !req.snapshot,
+            },
+            skip_host_sync: self.skip_host_sync,
+        };
+        let root = open_drive(req.name, req.options.clone(), None, &ctx)?;
+        // Under -s, copy-on-read is the overlay's, which -r makes read-only too.
+        if req.snapshot && req.copy_on_read && req.read_only {
+            return Err("Can't use copy-on-read on read-only device".into());
+        }
+        if req.snapshot {
+            crate::block::open::open_temp_snapshot(root, &ctx)
+        } else {
+            Ok(root)
+        }
+    }
+
+    /// Runs a request to completion as QEMU's synchronous wrappers do: the request's coroutine
+    /// is entered, and the main loop polls only if it yielded (`bdrv_poll_co`). None when it
+    /// can never finish (it waits at a breakpoint): QEMU would hang there.
     pub fn run_sync<T: 'static>(&mut self, fut: impl Future<Output = T> + 'static) -> Option<T> {
         let slot = Rc::new(RefCell::new(None));
         let out = slot.clone();
         self.exec.spawn(async move {
             *out.borrow_mut() = Some(fut.await);
         });
-        self.exec.run_until(|| slot.borrow().is_some());
-        let result = slot.take();
-        if result.is_none() {
+        if !self.exec.poll_while(|| slot.borrow().is_some()) {
             self.hang();
+            return None;
         }
-        result
+        slot.take()
     }
 
     /// Ends the session where QEMU would wait forever.
@@ -168,15 +295,58 @@ impl Session {
             .unwrap_or_default()
     }
 
-    /// Submits an aio request: it runs until it first waits, then the command returns.
-    pub fn spawn(&self, fut: impl Future<Output = ()> + 'static) {
-        self.exec.spawn(fut);
+    /// Submits an aio request (QEMU's `blk_aio_prwv`): its coroutine runs until it first
+    /// yields. `done` reports the result: at the end of the coroutine, or, when the request
+    /// finished before submission returned, from a bottom half at the next poll.
+    pub fn submit_aio<T: 'static>(
+        &self,
+        request: impl Future<Output = T> + 'static,
+        done: impl FnOnce(T) + 'static,
+    ) {
+        type Report<T> = Box<dyn FnOnce(T)>;
+        struct Aio<T> {
+            has_returned: std::cell::Cell<bool>,
+            result: RefCell<Option<T>>,
+            done: RefCell<Option<Report<T>>>,
+        }
+        let aio = Rc::new(Aio {
+            has_returned: std::cell::Cell::new(false),
+            result: RefCell::new(None),
+            done: RefCell::new(Some(Box::new(done))),
+        });
+        let in_flight = self.in_flight.clone();
+        in_flight.set(in_flight.get() + 1);
+        let complete = {
+            let (aio, in_flight) = (aio.clone(), in_flight.clone());
+            move |r: T| {
+                let done = aio.done.borrow_mut().take();
+                if let Some(done) = done {
+                    done(r);
+                }
+                in_flight.set(in_flight.get() - 1);
+            }
+        };
+        let a = aio.clone();
+        let complete_in_co = complete.clone();
+        self.exec.spawn(async move {
+            let r = request.await;
+            if a.has_returned.get() {
+                complete_in_co(r);
+            } else {
+                *a.result.borrow_mut() = Some(r);
+            }
+        });
+        aio.has_returned.set(true);
+        let finished = aio.result.borrow_mut().take();
+        if let Some(r) = finished {
+            self.exec.bh_oneshot(move || complete(r));
+        }
     }
 
-    /// Waits for all in-flight requests (QEMU's drain); false if some can never finish.
+    /// Waits for all in-flight aio requests (QEMU's drain); false if some can never finish.
     pub fn drain(&mut self) -> bool {
-        self.exec.run_until_idle();
-        if self.exec.live_tasks() > 0 {
+        let in_flight = self.in_flight.clone();
+        if !self.exec.poll_while(|| in_flight.get() == 0) {
             self.hang();
             return false;
         }
@@ -230,11 +400,31 @@ impl Session {
             ));
             return -libc::ENOTSUP;
         }
-        if spec.needs_write && self.blk.as_ref().is_some_and(|b| b.read_only.get()) {
-            self.report("Block node is read-only");
+        if let Err(e) = self.take_perms(spec) {
+            self.report(&e);
             return -libc::EPERM;
         }
         commands::dispatch(self, spec, &argv)
+    }
+
+    /// Takes, for good, the permissions a command needs (qemu-io's blk_set_perm before the
+    /// command runs), checking the whole graph again.
+    fn take_perms(&self, spec: &CommandSpec) -> Result<(), String> {
+        let Some(b) = &self.blk else {
+            return Ok(());
+        };
+        let wanted = Perms {
+            write: spec.needs_write,
+            resize: spec.needs_resize,
+        };
+        let held = b.perms.get();
+        if held.contains(wanted) {
+            return Ok(());
+        }
+        let new = held.union(wanted);
+        perms::refresh(&b.root, new, b.read_only.get())?;
+        b.perms.set(new);
+        Ok(())
     }
 
     pub fn usage(&self, spec: &CommandSpec) {

@@ -26,6 +26,9 @@ pub struct Case {
     pub files: Vec<(String, Vec<u8>)>,
     /// why the case is currently expected to fail (it is then reported as ignored)
     pub ignore: Option<String>,
+    /// run in a scratch directory under this folder, where it exists (default: the system's
+    /// temp folder)
+    pub scratch_parent: Option<&'static str>,
 }
 
 /// `case("name", &["-f", "raw", "-c", "read 0 512", "img.raw"])`
@@ -35,14 +38,36 @@ pub fn case(name: &str, args: &[&str]) -> Case {
         args: args.iter().map(|s| s.to_string()).collect(),
         files: Vec::new(),
         ignore: None,
+        scratch_parent: None,
     }
 }
 
 impl Case {
-    pub fn file(mut self, name: &str, content: &str) -> Self {
-        self.files
-            .push((name.to_string(), content.as_bytes().to_vec()));
+    pub fn file(self, name: &str, content: &str) -> Self {
+        self.bytes(name, content.as_bytes().to_vec())
+    }
+
+    /// An extra file with binary contents (an image).
+    pub fn bytes(mut self, name: &str, content: Vec<u8>) -> Self {
+        self.files.push((name.to_string(), content));
         self
+    }
+
+    /// Runs in tmpfs (`/dev/shm`, where scenarios run) when the machine has it: O_DIRECT
+    /// behaves differently there than on a disk filesystem.
+    pub fn on_tmpfs(mut self) -> Self {
+        self.scratch_parent = Some("/dev/shm");
+        self
+    }
+
+    /// A fresh scratch directory for this case.
+    pub fn scratch(&self) -> tempfile::TempDir {
+        match self.scratch_parent {
+            Some(parent) if std::path::Path::new(parent).is_dir() => {
+                tempfile::tempdir_in(parent).unwrap()
+            }
+            _ => tempfile::tempdir().unwrap(),
+        }
     }
 
     /// Marks a known difference while it is being fixed (no case carries one today).
@@ -97,7 +122,7 @@ pub fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
 
 /// Why the real programs can't be run, if they can't.
 pub fn missing_tools() -> Option<String> {
-    for tool in ["qemu-io", "stdbuf", "timeout"] {
+    for tool in ["qemu-io", "qemu-img", "stdbuf", "timeout"] {
         let found = std::env::var_os("PATH")
             .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
             .unwrap_or(false);
@@ -111,7 +136,7 @@ pub fn missing_tools() -> Option<String> {
 /// Runs the real qemu-io as the iotests do (`stdbuf -oL qemu-io ARGS 2>&1`, stdin null) in `dir`;
 /// returns the combined output and the exit status (128 + signal for a signal death, like a shell).
 pub fn run_qemu(dir: &Path, args: &[String]) -> (String, i32) {
-    run_qemu_with_timeout(dir, args, std::time::Duration::from_secs(10))
+    run_qemu_with_timeout(dir, args, std::time::Duration::from_secs(60))
 }
 
 /// [`run_qemu`], killing qemu-io with SIGKILL after `timeout` (the status is then 137).
@@ -144,33 +169,76 @@ pub fn run_qemu_with_timeout(
     (String::from_utf8_lossy(&out.stdout).into_owned(), status)
 }
 
-/// The subset of qemu-io's command line the cases use, as an [`Invocation`].
-pub fn invocation(args: &[String]) -> Invocation {
+/// A case's argv as an [`Invocation`], when it is written in the plain forms (`-f X`, `-r`,
+/// `--object X`, ..., one image) that the runner's API spells out; None otherwise (clustered
+/// or abbreviated options, errors, `--help`...). Options that can fail must come in the order
+/// [`qemu_io::run`] applies them (`-t -d -i --object -T`).
+pub fn invocation(args: &[String]) -> Option<Invocation> {
+    use blockfault::qemu_io::session::AioMode;
     let mut inv = Invocation::default();
+    let mut aio = AioMode::default();
     let mut it = args.iter();
     while let Some(a) = it.next() {
+        let mut value = || it.next().cloned();
         match a.as_str() {
-            "-f" => inv.format = it.next().cloned(),
-            "-t" => inv.cache = it.next().cloned(),
-            "-c" => inv.commands.push(it.next().cloned().unwrap()),
-            "--image-opts" => inv.image_opts = true,
-            _ => {
-                assert!(
-                    inv.drive.is_none(),
-                    "a case has more than one positional argument"
-                );
-                inv.drive = Some(a.clone());
+            "-f" => inv.format = Some(value()?),
+            "-t" => {
+                inv.cache = Some(value()?);
+                inv.nocache = false;
             }
+            "-c" => inv.commands.push(value()?),
+            "--image-opts" => inv.image_opts = true,
+            "-r" => inv.read_only = true,
+            "-s" => inv.snapshot = true,
+            "-n" => inv.nocache = true,
+            "-C" => inv.copy_on_read = true,
+            "-U" => inv.force_share = true,
+            "-m" => {}
+            "-d" => inv.discard = Some(value()?),
+            "-k" => aio = AioMode::Native,
+            "-i" => aio = aio.apply(&value()?)?,
+            "-T" => inv.trace.push(value()?),
+            "--object" => inv.objects.push(value()?),
+            _ if a.starts_with('-') || inv.drive.is_some() => return None,
+            _ => inv.drive = Some(a.clone()),
         }
     }
-    inv
+    inv.aio = match aio {
+        AioMode::Threads => None,
+        AioMode::Native => Some("native".into()),
+        AioMode::IoUring => Some("io_uring".into()),
+    };
+    Some(inv)
 }
 
-/// Runs our engine in-process on `dir`.
+/// Runs our engine in-process on `dir` as `qemu-io ARGS </dev/null`. Where the runner's API
+/// can express the arguments, it runs them that way too, in a copy of `dir` made first, and the
+/// two must agree: the API and the command line are the same qemu-io.
 pub fn run_ours(dir: &Path, args: &[String]) -> (String, i32) {
+    let twin = invocation(args).map(|inv| {
+        // beside the original: the filesystem decides O_DIRECT's alignment
+        let copy = match dir.parent() {
+            Some(parent) => tempfile::tempdir_in(parent).unwrap(),
+            None => tempfile::tempdir().unwrap(),
+        };
+        for (name, data) in snapshot(dir) {
+            fs::write(copy.path().join(name), data).unwrap();
+        }
+        (inv, copy)
+    });
     let cap = Rc::new(RefCell::new(Capture::default()));
-    let status = qemu_io::run(&invocation(args), dir, cap.clone());
+    let status = qemu_io::main(args, dir, cap.clone(), &mut std::io::empty());
     let out = cap.borrow().combined.clone();
+    if let Some((inv, copy)) = twin {
+        let cap = Rc::new(RefCell::new(Capture::default()));
+        let api_status = qemu_io::run(&inv, copy.path(), cap.clone());
+        let api_out = filter(&cap.borrow().combined, copy.path());
+        assert_eq!(
+            (filter(&out, dir), status),
+            (api_out, api_status),
+            "the command line (left) and qemu_io::run on {inv:?} (right) differ"
+        );
+    }
     (out, status)
 }
 

@@ -12,8 +12,10 @@
 //! reason, and one that matches fails, so that stale marks get noticed.
 
 mod cases;
+mod drivers;
 mod fuzz;
 mod harness;
+mod no_lost_writes;
 mod ours;
 
 use harness::{Case, filter, missing_tools, populate, run_ours, run_qemu, snapshot};
@@ -33,7 +35,9 @@ fn main() {
     match missing_tools() {
         Some(why) => eprintln!("differential: skipping the qemu-io comparisons: {why}"),
         None => {
-            let cases = cases::all();
+            let mut cases = cases::all();
+            cases.extend(no_lost_writes::all());
+            cases.extend(drivers::all());
             let mut names = HashSet::new();
             for c in &cases {
                 assert!(
@@ -74,7 +78,7 @@ struct Outcome {
 }
 
 fn run_in_scratch(case: &Case, run: fn(&std::path::Path, &[String]) -> (String, i32)) -> Outcome {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = case.scratch();
     populate(dir.path(), &case.files);
     let (output, status) = run(dir.path(), &case.args);
     Outcome {

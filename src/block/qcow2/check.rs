@@ -4,71 +4,20 @@
 //! in-memory refcount array, compare it with the on-disk refcounts, optionally repair leaks and
 //! over-/under-counts, then check `OFLAG_COPIED` — with QEMU's stderr lines and counters.
 //!
-//! It works on the image file through [`CheckFile`] (an fsck must not trust the driver's
+//! It works on the image file through [`ImageFile`] (an fsck must not trust the driver's
 //! caches): qemu-img gives it the file itself, the driver its file node.
 
+use super::header::{Header, INCOMPAT_CORRUPT, INCOMPAT_DIRTY, MAX_L1_SIZE, be16, be32, be64};
+use super::image_file::ImageFile;
 use super::state::{
     ClusterType, L1E_OFFSET_MASK, L2E_OFFSET_MASK, OFLAG_COPIED, OFLAG_ZERO, REFT_OFFSET_MASK,
-    cluster_type, rc_get, rc_set,
+    c_hex, cluster_type, rc_get, rc_set, refcount_max,
 };
 use crate::errno::strerror;
 use std::collections::HashMap;
 
 pub const FIX_LEAKS: u32 = 1;
 pub const FIX_ERRORS: u32 = 2;
-
-const INCOMPAT_DIRTY: u64 = super::header::INCOMPAT_DIRTY;
-const INCOMPAT_CORRUPT: u64 = super::header::INCOMPAT_CORRUPT;
-const INCOMPAT_EXTL2: u64 = super::header::INCOMPAT_EXTL2;
-const MAX_L1_SIZE: u64 = super::header::MAX_L1_SIZE;
-
-/// The image file as the checker uses it; errors are errno values.
-pub trait CheckFile {
-    /// `len` bytes at `offset`, zeros past the end of the file.
-    fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>, i32>;
-    fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), i32>;
-    fn file_len(&self) -> u64;
-    fn set_len(&self, len: u64) -> Result<(), i32>;
-    /// Best effort (a freed cluster): failure leaves the bytes in place.
-    fn discard(&self, offset: u64, len: u64);
-}
-
-/// The header fields the checker needs.
-#[derive(Clone, Debug, Default)]
-pub struct Geometry {
-    pub version: u32,
-    pub cluster_bits: u32,
-    pub size: u64,
-    pub l1_table_offset: u64,
-    pub l1_size: u32,
-    pub refcount_table_offset: u64,
-    pub refcount_table_clusters: u32,
-    pub nb_snapshots: u32,
-    pub snapshots_offset: u64,
-    pub incompatible_features: u64,
-    pub refcount_order: u32,
-}
-
-impl Geometry {
-    pub fn cluster_size(&self) -> u64 {
-        1 << self.cluster_bits
-    }
-    pub fn extended_l2(&self) -> bool {
-        self.incompatible_features & INCOMPAT_EXTL2 != 0
-    }
-    fn l2_entry_size(&self) -> u64 {
-        if self.extended_l2() { 16 } else { 8 }
-    }
-    fn l2_entries(&self) -> u64 {
-        self.cluster_size() / self.l2_entry_size()
-    }
-    fn refblock_entries(&self) -> u64 {
-        (self.cluster_size() * 8) >> self.refcount_order
-    }
-    fn reftable_entries(&self) -> u64 {
-        u64::from(self.refcount_table_clusters) * self.cluster_size() / 8
-    }
-}
 
 /// `BdrvCheckResult`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -96,9 +45,9 @@ struct Snapshot {
 
 /// The image as the checker sees it: header fields, active L1 and refcount table in memory,
 /// refcount blocks read on demand.
-pub struct Checker<F: CheckFile> {
+pub struct Checker<F: ImageFile> {
     file: F,
-    header: Geometry,
+    header: Header,
     l1: Vec<u64>,
     reftable: Vec<u64>,
     refblocks: HashMap<u64, Vec<u8>>,
@@ -115,15 +64,6 @@ const CHECK_FRAG_INFO: u32 = 2;
 /// `INT_MAX` clusters of file; the file itself bounds what is counted).
 const MAX_CHECK_CLUSTERS: u64 = i32::MAX as u64;
 
-fn be16(b: &[u8], at: usize) -> u16 {
-    u16::from_be_bytes([b[at], b[at + 1]])
-}
-fn be32(b: &[u8], at: usize) -> u32 {
-    u32::from_be_bytes(b[at..at + 4].try_into().expect("4 bytes"))
-}
-fn be64(b: &[u8], at: usize) -> u64 {
-    u64::from_be_bytes(b[at..at + 8].try_into().expect("8 bytes"))
-}
 fn put64(b: &mut [u8], at: usize, v: u64) {
     b[at..at + 8].copy_from_slice(&v.to_be_bytes());
 }
@@ -133,23 +73,15 @@ fn get_refcount(block: &[u8], order: u32, index: u64) -> u64 {
 fn set_refcount(block: &mut [u8], order: u32, index: u64, value: u64) {
     rc_set(block, order, index as usize, value)
 }
-/// Largest refcount a `1 << order`-bit entry holds.
-fn refcount_max(order: u32) -> u64 {
-    if order >= 6 {
-        u64::MAX
-    } else {
-        (1u64 << (1 << order)) - 1
-    }
-}
 
 fn table(bytes: &[u8]) -> Vec<u64> {
     bytes.chunks_exact(8).map(|c| be64(c, 0)).collect()
 }
 
-impl<F: CheckFile> Checker<F> {
+impl<F: ImageFile> Checker<F> {
     /// Reads the refcount table, the active L1 table and the snapshot table of an image whose
     /// header was already validated; the error is QEMU's message.
-    pub fn new(file: F, header: Geometry, writable: bool) -> Result<Self, String> {
+    pub fn new(file: F, header: Header, writable: bool) -> Result<Self, String> {
         let cs = header.cluster_size();
         let overflow = |off: u64, n: u64, esz: u64| {
             n.checked_mul(esz)
@@ -203,7 +135,7 @@ impl<F: CheckFile> Checker<F> {
     }
 
     /// The header fields as they are now (a rebuild moves the refcount table).
-    pub fn geometry(&self) -> &Geometry {
+    pub fn header(&self) -> &Header {
         &self.header
     }
 
@@ -964,10 +896,10 @@ impl<F: CheckFile> Checker<F> {
                     off
                 }
             };
-            if self.overlaps_metadata(offset, cs) {
-                self.signal_corruption(
-                    "Preventing invalid write on metadata (overlaps with refcount block)",
-                );
+            if let Some(what) = self.overlapped_metadata(offset, cs) {
+                self.signal_corruption(&format!(
+                    "Preventing invalid write on metadata (overlaps with {what})"
+                ));
                 return Err((libc::EIO, "ERROR writing refblock"));
             }
             let slice = rt.slice(index * cs, cs);
@@ -979,23 +911,52 @@ impl<F: CheckFile> Checker<F> {
         Ok(grown)
     }
 
-    /// Whether a write would hit the header, the refcount table or a refcount block (the
-    /// overlap checks that matter while rebuilding).
-    fn overlaps_metadata(&self, offset: u64, len: u64) -> bool {
+    /// QEMU's qcow2_check_metadata_overlap with its default checks: the first metadata
+    /// structure, in QEMU's order and words, that a write of `len` bytes at `offset` would hit
+    /// (the range is widened to whole clusters first, as QEMU does).
+    fn overlapped_metadata(&self, offset: u64, len: u64) -> Option<&'static str> {
         let cs = self.cs();
-        let hit = |start: u64, size: u64| start < offset + len && offset < start + size;
-        if hit(0, cs)
-            || hit(
-                self.header.refcount_table_offset,
-                self.reftable.len() as u64 * 8,
-            )
-        {
-            return true;
+        if len == 0 {
+            return None;
         }
-        self.reftable
+        if offset < cs {
+            return Some("qcow2_header");
+        }
+        let start = offset & !(cs - 1);
+        let end = (offset.saturating_add(len)).div_ceil(cs).saturating_mul(cs);
+        let hit = |at: u64, size: u64| size != 0 && at < end && start < at.saturating_add(size);
+        let (l1_offset, reftable_offset) = (
+            self.header.l1_table_offset,
+            self.header.refcount_table_offset,
+        );
+        if hit(l1_offset, self.l1.len() as u64 * 8) {
+            return Some("active L1 table");
+        }
+        if hit(reftable_offset, self.reftable.len() as u64 * 8) {
+            return Some("refcount table");
+        }
+        if hit(self.header.snapshots_offset, self.snapshots_size) {
+            return Some("snapshot table");
+        }
+        if self
+            .snapshots
             .iter()
-            .map(|e| e & REFT_OFFSET_MASK)
-            .any(|b| b != 0 && hit(b, cs))
+            .any(|sn| hit(sn.l1_table_offset, u64::from(sn.l1_size) * 8))
+        {
+            return Some("inactive L1 table");
+        }
+        let hits_table = |e: &u64, mask: u64| e & mask != 0 && hit(e & mask, cs);
+        if self.l1.iter().any(|e| hits_table(e, L1E_OFFSET_MASK)) {
+            return Some("active L2 table");
+        }
+        if self
+            .reftable
+            .iter()
+            .any(|e| hits_table(e, REFT_OFFSET_MASK))
+        {
+            return Some("refcount block");
+        }
+        None
     }
 
     /// `rebuild_refcount_structure`: new refcount blocks and table from the in-memory refcounts.
@@ -1020,10 +981,10 @@ impl<F: CheckFile> Checker<F> {
         for e in &reftable {
             bytes.extend_from_slice(&e.to_be_bytes());
         }
-        if self.overlaps_metadata(rt_offset, bytes.len() as u64) {
-            self.signal_corruption(
-                "Preventing invalid write on metadata (overlaps with refcount block)",
-            );
+        if let Some(what) = self.overlapped_metadata(rt_offset, bytes.len() as u64) {
+            self.signal_corruption(&format!(
+                "Preventing invalid write on metadata (overlaps with {what})"
+            ));
             return Err((libc::EIO, "ERROR writing reftable"));
         }
         self.file
@@ -1059,14 +1020,6 @@ impl<F: CheckFile> Checker<F> {
 }
 
 /// C's `%#x`: no `0x` for zero.
-fn c_hex(v: u64) -> String {
-    if v == 0 {
-        "0".into()
-    } else {
-        format!("{v:#x}")
-    }
-}
-
 /// `qcow2_get_cluster_type` (no external data file); with extended L2 entries bit 0 is not a
 /// zero flag.
 pub fn l2_cluster_type(entry: u64, extended_l2: bool) -> ClusterType {

@@ -1,5 +1,11 @@
-//! The qcow2 header (cluster 0): parsing with QEMU's validation order and messages, and the
-//! whole-cluster rewrite QEMU's qcow2_update_header does.
+//! The qcow2 header (cluster 0): reading it as QEMU's qcow2_do_open does — the fixed fields,
+//! the checks on them in QEMU's order and words, the header extensions and the backing file
+//! name — and the whole-cluster rewrite qcow2_update_header does. The driver's open and
+//! qemu-img's metadata-only opens (`info`, `check`, `create`'s backing probe) both read it here,
+//! so a format bug has one place to be fixed.
+
+use super::image_file::ImageFile;
+use crate::errno::strerror;
 
 pub const MAGIC: u32 = 0x5146_49fb;
 pub const MIN_CLUSTER_BITS: u32 = 9;
@@ -53,10 +59,41 @@ pub struct Header {
     pub compression_type: u8,
 }
 
-fn be32(b: &[u8], at: usize) -> u32 {
+impl Header {
+    pub fn cluster_size(&self) -> u64 {
+        1 << self.cluster_bits
+    }
+    pub fn extended_l2(&self) -> bool {
+        self.incompatible_features & INCOMPAT_EXTL2 != 0
+    }
+    /// Bytes per L2 entry.
+    pub fn l2_entry_size(&self) -> u64 {
+        if self.extended_l2() { 16 } else { 8 }
+    }
+    /// Entries per L2 table.
+    pub fn l2_entries(&self) -> u64 {
+        self.cluster_size() / self.l2_entry_size()
+    }
+    /// Refcount entries per refcount block.
+    pub fn refblock_entries(&self) -> u64 {
+        (self.cluster_size() * 8) >> self.refcount_order
+    }
+    pub fn reftable_entries(&self) -> u64 {
+        u64::from(self.refcount_table_clusters) * self.cluster_size() / 8
+    }
+    pub fn lazy_refcounts(&self) -> bool {
+        self.compatible_features & COMPAT_LAZY_REFCOUNTS != 0
+    }
+}
+
+/// Big-endian fields, as every qcow2 structure stores them.
+pub fn be16(b: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([b[at], b[at + 1]])
+}
+pub fn be32(b: &[u8], at: usize) -> u32 {
     u32::from_be_bytes(b[at..at + 4].try_into().expect("4 bytes"))
 }
-fn be64(b: &[u8], at: usize) -> u64 {
+pub fn be64(b: &[u8], at: usize) -> u64 {
     u64::from_be_bytes(b[at..at + 8].try_into().expect("8 bytes"))
 }
 
@@ -125,8 +162,9 @@ pub fn parse(b: &[u8]) -> Result<Header, OpenError> {
     Ok(h)
 }
 
-/// QEMU's validate_compression_type; zstd is refused here because we do not implement it.
-pub fn check_compression(h: &Header) -> Result<(), OpenError> {
+/// QEMU's validate_compression_type; zstd is refused when the engine would have to serve the
+/// image (we do not implement it), accepted when only its metadata is read.
+pub fn check_compression(h: &Header, serve: bool) -> Result<(), OpenError> {
     match h.compression_type {
         0 => {
             if h.incompatible_features & INCOMPAT_COMPRESSION != 0 {
@@ -143,6 +181,9 @@ pub fn check_compression(h: &Header) -> Result<(), OpenError> {
                     "qcow2: Compression type incompatible feature bit must be set".into(),
                     libc::EINVAL,
                 ));
+            }
+            if !serve {
+                return Ok(());
             }
             Err((
                 "qcow2: zstd compression is not supported by this engine".into(),
@@ -194,6 +235,310 @@ pub fn unsupported_features_message(table: &[Feature], mut mask: u64) -> String 
         parts.push(format!("Unknown incompatible feature: {mask:x}"));
     }
     format!("Unsupported qcow2 feature(s): {}", parts.join(", "))
+}
+
+/// The open flags that change what qcow2_do_open accepts.
+#[derive(Clone, Copy, Debug)]
+pub struct OpenMode {
+    /// QEMU's BDRV_O_CHECK (`qemu-img check`): what the check reports is not refused at open
+    pub check: bool,
+    /// QEMU's BDRV_O_RDWR
+    pub writable: bool,
+    /// the engine will serve guest I/O from the image, so it refuses the features it does not
+    /// implement (zstd, extended L2 entries, external data files); qemu-img's metadata-only
+    /// opens describe such images as QEMU does
+    pub serve: bool,
+}
+
+/// The header as qcow2_do_open knows it once the L1 table's size is checked.
+pub struct Opening {
+    pub h: Header,
+    /// the header fields past QEMU's sizeof(QCowHeader), kept for the rewrite
+    pub unknown_fields: Vec<u8>,
+    /// where the extensions end: at the backing file name, else at the end of cluster 0
+    pub ext_end: u64,
+    /// QEMU's l1_vm_state_index: the L1 entries the virtual size needs
+    pub l1_vm_state_index: u64,
+}
+
+/// QEMU's error_setg_errno: the message, then the errno's text.
+pub fn with_errno(msg: &str, e: i32) -> String {
+    format!("{msg}: {}", strerror(e))
+}
+
+/// QEMU's qcow2_validate_table.
+fn validate_table(
+    offset: u64,
+    entries: u64,
+    entry_len: u64,
+    max: u64,
+    cs: u64,
+    name: &str,
+) -> Result<(), OpenError> {
+    if entries > max / entry_len {
+        return Err((format!("{name} too large"), libc::EFBIG));
+    }
+    if (i64::MAX as u64) - entries * entry_len < offset || offset & (cs - 1) != 0 {
+        return Err((format!("{name} offset invalid"), libc::EINVAL));
+    }
+    Ok(())
+}
+
+/// qcow2_do_open from reading the header to checking the L1 table's size: every check on the
+/// header fields, in QEMU's order and words, with the engine's own refusals (`mode.serve`)
+/// where QEMU would set the feature up.
+pub fn read(file: &impl ImageFile, mode: OpenMode) -> Result<Opening, OpenError> {
+    let hb = file
+        .read_at(0, HEADER_SIZE)
+        .map_err(|e| (with_errno("Could not read qcow2 header", e), e))?;
+    let h = parse(&hb)?;
+    let cs = h.cluster_size();
+    let mut unknown_fields = Vec::new();
+    if h.header_length as usize > HEADER_SIZE {
+        unknown_fields = file
+            .read_at(HEADER_SIZE as u64, h.header_length as usize - HEADER_SIZE)
+            .map_err(|e| {
+                (
+                    with_errno("Could not read unknown qcow2 header fields", e),
+                    e,
+                )
+            })?;
+    }
+    let ext_end = if h.backing_file_offset != 0 {
+        h.backing_file_offset
+    } else {
+        cs
+    };
+    check_compression(&h, mode.serve)?;
+    if h.incompatible_features & !INCOMPAT_MASK != 0 {
+        let ex = read_extensions(file, &h, u64::from(h.header_length), ext_end).unwrap_or_default();
+        return Err((
+            unsupported_features_message(
+                &ex.feature_table,
+                h.incompatible_features & !INCOMPAT_MASK,
+            ),
+            libc::ENOTSUP,
+        ));
+    }
+    if h.incompatible_features & INCOMPAT_CORRUPT != 0 && mode.writable && !mode.check {
+        return Err((
+            "qcow2: Image is corrupt; cannot be opened read/write".into(),
+            libc::EACCES,
+        ));
+    }
+    // Features QEMU supports but this engine does not: refused by name, never half-served.
+    if mode.serve && h.extended_l2() {
+        return Err((
+            "qcow2: extended L2 entries are not supported by this engine".into(),
+            libc::ENOTSUP,
+        ));
+    }
+    if mode.serve && h.incompatible_features & INCOMPAT_DATA_FILE != 0 {
+        return Err((
+            "qcow2: external data files are not supported by this engine".into(),
+            libc::ENOTSUP,
+        ));
+    }
+    // 32 subclusters per cluster with extended L2 entries, each at least 512 bytes
+    if h.extended_l2() && cs / 32 < 1 << MIN_CLUSTER_BITS {
+        return Err((
+            format!("Unsupported subcluster size: {}", cs / 32),
+            libc::EINVAL,
+        ));
+    }
+    if h.refcount_order > 6 {
+        return Err((
+            "Reference count entry width too large; may not exceed 64 bits".into(),
+            libc::EINVAL,
+        ));
+    }
+    if h.refcount_table_clusters == 0 && !mode.check {
+        return Err((
+            "Image does not contain a reference count table".into(),
+            libc::EINVAL,
+        ));
+    }
+    validate_table(
+        h.refcount_table_offset,
+        u64::from(h.refcount_table_clusters),
+        cs,
+        MAX_REFTABLE_SIZE,
+        cs,
+        "Reference count table",
+    )?;
+    // A check does not read the snapshot table at open (it checks it itself).
+    if !mode.check {
+        validate_table(
+            h.snapshots_offset,
+            u64::from(h.nb_snapshots),
+            SNAPSHOT_HEADER_SIZE,
+            SNAPSHOT_HEADER_SIZE * MAX_SNAPSHOTS,
+            cs,
+            "Snapshot table",
+        )?;
+    }
+    validate_table(
+        h.l1_table_offset,
+        u64::from(h.l1_size),
+        8,
+        MAX_L1_SIZE,
+        cs,
+        "Active L1 table",
+    )?;
+    let l2_bits = h.cluster_bits - if h.extended_l2() { 4 } else { 3 };
+    let shift = h.cluster_bits + l2_bits;
+    // QEMU's size_to_l1 adds in unsigned 64 bits: a size within one L1 entry of 2^64 wraps to
+    // 0 here and is refused after the open instead ([`check_total_sectors`]).
+    let l1_vm_state_index = h.size.wrapping_add((1 << shift) - 1) >> shift;
+    if l1_vm_state_index > i32::MAX as u64 {
+        return Err(("Image is too big".into(), libc::EFBIG));
+    }
+    if u64::from(h.l1_size) < l1_vm_state_index {
+        return Err(("L1 table is too small".into(), libc::EINVAL));
+    }
+    Ok(Opening {
+        h,
+        unknown_fields,
+        ext_end,
+        l1_vm_state_index,
+    })
+}
+
+/// The encryption method, checked where QEMU sets encryption up (with the runtime options,
+/// once the L1 table is read): an unknown method is QEMU's error; AES and LUKS images this
+/// engine refuses by name, for qemu-img too (their `info` describes the encryption).
+pub fn check_encryption(h: &Header) -> Result<(), OpenError> {
+    match h.crypt_method {
+        0 => Ok(()),
+        1 | 2 => Err((
+            "qcow2: encrypted images are not supported by this engine".into(),
+            libc::ENOTSUP,
+        )),
+        m => Err((
+            format!("Unsupported encryption method {}", m as i32),
+            libc::EINVAL,
+        )),
+    }
+}
+
+/// The header extensions as qcow2_read_extensions keeps them.
+#[derive(Default)]
+pub struct Extensions {
+    pub backing_format: Option<String>,
+    pub feature_table: Vec<Feature>,
+    pub data_file: bool,
+    /// extensions the rewrite keeps as they are, in the order found
+    pub unknown: Vec<(u32, Vec<u8>)>,
+}
+
+/// QEMU's qcow2_read_extensions over `start..end`: one read per extension header, then its
+/// data.
+pub fn read_extensions(
+    file: &impl ImageFile,
+    h: &Header,
+    start: u64,
+    end: u64,
+) -> Result<Extensions, OpenError> {
+    let mut ex = Extensions::default();
+    let mut offset = start;
+    while offset < end {
+        let b = file.read_at(offset, 8).map_err(|e| {
+            (
+                with_errno(
+                    &format!("qcow2_read_extension: ERROR: pread fail from offset {offset}"),
+                    e,
+                ),
+                libc::EINVAL,
+            )
+        })?;
+        let magic = be32(&b, 0);
+        let len = u64::from(be32(&b, 4));
+        offset += 8;
+        if offset > end || len > end - offset {
+            return Err(("Header extension too large".into(), libc::EINVAL));
+        }
+        let data = || {
+            file.read_at(offset, len as usize).map_err(|e| {
+                (
+                    with_errno("ERROR: ext_read: Failed to read header extension", e),
+                    libc::EINVAL,
+                )
+            })
+        };
+        match magic {
+            EXT_END => return Ok(ex),
+            EXT_BACKING_FORMAT => {
+                if len >= 16 {
+                    return Err((
+                        format!("ERROR: ext_backing_format: len={len} too large (>=16)"),
+                        libc::EINVAL,
+                    ));
+                }
+                ex.backing_format = Some(c_string(&data()?));
+            }
+            EXT_FEATURE_TABLE => ex.feature_table = parse_feature_table(&data()?),
+            EXT_CRYPTO_HEADER => {
+                if h.crypt_method != 2 {
+                    return Err((
+                        "CRYPTO header extension only expected with LUKS encryption method".into(),
+                        libc::EINVAL,
+                    ));
+                }
+                ex.unknown.push((magic, data()?));
+            }
+            EXT_DATA_FILE => {
+                ex.data_file = true;
+                ex.unknown.push((magic, data()?));
+            }
+            _ => ex.unknown.push((magic, data()?)),
+        }
+        offset += len.div_ceil(8) * 8;
+    }
+    Ok(ex)
+}
+
+/// Bytes up to the first NUL, as C reads a name stored without its terminator.
+fn c_string(b: &[u8]) -> String {
+    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+    String::from_utf8_lossy(&b[..end]).into_owned()
+}
+
+/// qcow2_do_open's "read the backing file name" step.
+pub fn read_backing_name(file: &impl ImageFile, h: &Header) -> Result<Option<String>, OpenError> {
+    if h.backing_file_offset == 0 {
+        return Ok(None);
+    }
+    let len = u64::from(h.backing_file_size);
+    if len > 1023u64.min(h.cluster_size() - h.backing_file_offset) || len >= 4096 {
+        return Err(("Backing file name too long".into(), libc::EINVAL));
+    }
+    let b = file
+        .read_at(h.backing_file_offset, len as usize)
+        .map_err(|e| (with_errno("Could not read backing file name", e), e))?;
+    Ok(Some(c_string(&b)))
+}
+
+/// The backing file and its format as the block layer uses them (QEMU's C strings
+/// bs->backing_file and bs->backing_format): an empty name means no backing file, an empty
+/// format means probing it. The header rewrite keeps what was read, empty or not.
+pub fn backing_of(file: Option<&str>, format: Option<&str>) -> Option<(String, Option<String>)> {
+    let file = file.filter(|f| !f.is_empty())?;
+    let format = format.filter(|f| !f.is_empty());
+    Some((file.to_string(), format.map(str::to_string)))
+}
+
+/// The block layer's check once the driver has opened the image (QEMU's
+/// bdrv_refresh_total_sectors): the virtual size, in whole sectors, may not exceed
+/// BDRV_MAX_LENGTH (INT64_MAX aligned down to 1 GiB).
+pub fn check_total_sectors(size: u64) -> Result<(), OpenError> {
+    const BDRV_MAX_LENGTH: u64 = i64::MAX as u64 & !((1 << 30) - 1);
+    if size / 512 * 512 > BDRV_MAX_LENGTH {
+        return Err((
+            with_errno("Could not refresh total sector count", libc::EFBIG),
+            libc::EFBIG,
+        ));
+    }
+    Ok(())
 }
 
 /// QEMU 10.0.2's own feature table, written into v3 headers of images with clusters > 4 KiB.
@@ -318,6 +663,129 @@ mod tests {
         assert_eq!(
             parse(&b).unwrap_err().0,
             "qcow2 header exceeds cluster size"
+        );
+    }
+
+    /// An image file in memory, read as QEMU's file protocol reads (zeros past the end).
+    struct Mem(Vec<u8>);
+
+    impl ImageFile for Mem {
+        fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>, i32> {
+            let mut out = vec![0u8; len];
+            let start = (offset as usize).min(self.0.len());
+            let end = (offset as usize).saturating_add(len).min(self.0.len());
+            out[..end - start].copy_from_slice(&self.0[start..end]);
+            Ok(out)
+        }
+        fn write_at(&self, _: u64, _: &[u8]) -> Result<(), i32> {
+            Err(libc::EROFS)
+        }
+        fn file_len(&self) -> u64 {
+            self.0.len() as u64
+        }
+        fn set_len(&self, _: u64) -> Result<(), i32> {
+            Err(libc::EROFS)
+        }
+        fn discard(&self, _: u64, _: u64) {}
+    }
+
+    const METADATA: OpenMode = OpenMode {
+        check: false,
+        writable: false,
+        serve: false,
+    };
+    const SERVE: OpenMode = OpenMode {
+        serve: true,
+        ..METADATA
+    };
+
+    /// A v3 image with 64 KiB clusters: reftable at cluster 1, `size` bytes, L1 as needed.
+    fn image(size: u64) -> Vec<u8> {
+        let mut b = v3(16);
+        b.resize(1 << 16, 0);
+        b[24..32].copy_from_slice(&size.to_be_bytes());
+        let l1 = size.div_ceil(1 << 29).min(1 << 20) as u32;
+        b[36..40].copy_from_slice(&l1.to_be_bytes());
+        b[40..48].copy_from_slice(&(3u64 << 16).to_be_bytes());
+        b[48..56].copy_from_slice(&(1u64 << 16).to_be_bytes());
+        b[56..60].copy_from_slice(&1u32.to_be_bytes());
+        b
+    }
+
+    fn read_err(b: Vec<u8>, mode: OpenMode) -> String {
+        match read(&Mem(b), mode) {
+            Ok(_) => "opened".into(),
+            Err((msg, _)) => msg,
+        }
+    }
+
+    #[test]
+    fn a_header_cut_short_reads_as_zeros() {
+        let mut b = image(1 << 20);
+        b.truncate(80);
+        assert_eq!(read_err(b, METADATA), "qcow2 header too short");
+    }
+
+    #[test]
+    fn the_l1_size_check_wraps_as_qemus_size_to_l1_does() {
+        assert_eq!(read_err(image(1 << 63), METADATA), "Image is too big");
+        // within one L1 entry of 2^64 the sum wraps: the block layer refuses the size later
+        let o = read(&Mem(image(u64::MAX)), METADATA).unwrap();
+        assert_eq!(o.l1_vm_state_index, 0);
+        assert_eq!(
+            check_total_sectors(o.h.size).unwrap_err().0,
+            "Could not refresh total sector count: File too large"
+        );
+        assert!(check_total_sectors(1 << 40).is_ok());
+    }
+
+    #[test]
+    fn only_serving_refuses_what_the_engine_lacks() {
+        let mut b = image(1 << 20);
+        b[72..80].copy_from_slice(&(INCOMPAT_EXTL2 | INCOMPAT_COMPRESSION).to_be_bytes());
+        b[104] = 1;
+        assert_eq!(read_err(b.clone(), METADATA), "opened");
+        assert_eq!(
+            read_err(b, SERVE),
+            "qcow2: zstd compression is not supported by this engine"
+        );
+        // extended L2 entries need 32 subclusters of at least 512 bytes
+        let mut b = image(1 << 20);
+        b[20..24].copy_from_slice(&13u32.to_be_bytes());
+        b[72..80].copy_from_slice(&INCOMPAT_EXTL2.to_be_bytes());
+        assert_eq!(read_err(b, METADATA), "Unsupported subcluster size: 256");
+    }
+
+    #[test]
+    fn encryption_is_qemus_error_or_refused_by_name() {
+        let mut h = parse(&v3(16)).unwrap();
+        h.crypt_method = 0xffff_ffff;
+        assert_eq!(
+            check_encryption(&h).unwrap_err().0,
+            "Unsupported encryption method -1"
+        );
+        h.crypt_method = 2;
+        assert_eq!(check_encryption(&h).unwrap_err().1, libc::ENOTSUP);
+    }
+
+    #[test]
+    fn extensions_and_backing_name_stop_at_nul_and_empty_means_none() {
+        let mut b = image(1 << 20);
+        b[112..116].copy_from_slice(&EXT_BACKING_FORMAT.to_be_bytes());
+        b[116..120].copy_from_slice(&6u32.to_be_bytes());
+        b[120..126].copy_from_slice(b"raw\0xy");
+        b[8..16].copy_from_slice(&0x200u64.to_be_bytes());
+        b[16..20].copy_from_slice(&4u32.to_be_bytes());
+        b[0x200..0x204].copy_from_slice(b"b\0cd");
+        let f = Mem(b);
+        let o = read(&f, METADATA).unwrap();
+        let ex = read_extensions(&f, &o.h, 112, o.ext_end).unwrap();
+        assert_eq!(ex.backing_format.as_deref(), Some("raw"));
+        assert_eq!(read_backing_name(&f, &o.h).unwrap().as_deref(), Some("b"));
+        assert_eq!(backing_of(Some(""), Some("raw")), None);
+        assert_eq!(
+            backing_of(Some("b"), Some("")),
+            Some(("b".to_string(), None))
         );
     }
 

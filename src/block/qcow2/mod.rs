@@ -6,8 +6,9 @@
 //! `refcount` (cache I/O, refcounts, allocators), `cluster` (L1/L2 and write allocation),
 //! `write` (guest writes, zero writes, discard, compression), `read` (guest reads),
 //! `open` (opening with QEMU's checks, repairing a dirty image), `check` (the refcount
-//! checker/repairer, shared with `qemu-img check`), `aio_task` (the parallel chunk tasks of
-//! one write), `compress` (zlib), `resize` (truncate: growing, shrinking, preallocation).
+//! checker/repairer, shared with `qemu-img check`), `image_file` (the file as open and the
+//! checker reach it), `aio_task` (the parallel chunk tasks of one write), `compress` (zlib),
+//! `resize` (truncate: growing, shrinking, preallocation).
 
 mod aio_task;
 pub mod cache;
@@ -15,11 +16,14 @@ pub mod check;
 pub mod cluster;
 pub mod compress;
 pub mod header;
+pub mod image_file;
 mod lock;
 pub mod open;
+mod overlap;
 mod read;
 pub mod refcount;
 mod resize;
+pub mod runtime;
 pub mod state;
 mod write;
 
@@ -46,9 +50,36 @@ pub struct Qcow2 {
     pub(crate) read_only: bool,
     /// QEMU's metadata_preallocation, decided at the first block-status query
     pub(crate) metadata_prealloc: std::cell::Cell<Option<bool>>,
+    /// (de)compression jobs in the thread pool, and who waits for a free one
+    pub(crate) threads: std::cell::Cell<usize>,
+    pub(crate) thread_queue: crate::block::executor::CoQueue,
 }
 
+/// QCOW2_MAX_THREADS: (de)compression jobs one image runs at once.
+const MAX_THREADS: usize = 4;
+
 impl Qcow2 {
+    /// QEMU's qcow2_co_process: (de)compression runs as a thread-pool job, at most
+    /// `MAX_THREADS` at once, counted under the metadata lock.
+    pub(crate) async fn in_thread<T>(&self, work: impl FnOnce() -> T) -> T {
+        self.lock.lock().await;
+        while self.threads.get() >= MAX_THREADS {
+            let woken = self.thread_queue.wait();
+            self.lock.unlock();
+            woken.await;
+            self.lock.lock().await;
+        }
+        self.threads.set(self.threads.get() + 1);
+        self.lock.unlock();
+        let out = work();
+        crate::block::executor::pool_job().await;
+        self.lock.lock().await;
+        self.threads.set(self.threads.get() - 1);
+        self.thread_queue.next();
+        self.lock.unlock();
+        out
+    }
+
     fn check_alive(&self) -> IoResult {
         if self.st.borrow().dead {
             return Err(libc::ENOMEDIUM);
@@ -211,8 +242,12 @@ impl BlockDriver for Qcow2 {
         true
     }
 
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
     fn capabilities(&self) -> Capabilities {
         Capabilities {
+            pwritev_compressed: true,
             pwrite_zeroes: true,
             pdiscard: true,
             flush_to_os: true,

@@ -1,22 +1,25 @@
-//! Opening an image (QEMU's qcow2_do_open): the header checks in QEMU's order and words,
-//! bounded table sizes, the refcount table, header extensions and the backing file name.
-//! Nothing is written unless QEMU would write (clearing unknown autoclear bits).
+//! Opening an image (QEMU's qcow2_do_open): the header as `header` reads and checks it, the L1
+//! and refcount tables, the runtime options, the repair of a dirty image and the header
+//! rewrite. Nothing is written unless QEMU would write (clearing unknown autoclear bits, a
+//! repair). qemu-img's `info` and `check` open the same way without serving I/O
+//! ([`open_metadata`]).
 
 use super::Qcow2;
 use super::cache::Cache;
-use super::check::{CheckFile, Checker, FIX_ERRORS, FIX_LEAKS, Geometry};
-use super::header::{self, Header, OpenError};
+use super::check::{Checker, FIX_ERRORS, FIX_LEAKS};
+use super::header::{self, Header, OpenError, OpenMode, with_errno};
+use super::image_file::{ImageFile, NodeFile};
 use super::lock::CoMutex;
 use super::refcount::max_used_index;
-use super::state::State;
+use super::runtime;
+use super::state::{State, refcount_max};
 use crate::block::blkdebug::events::Event;
-use crate::block::driver::ReqFlags;
+use crate::block::driver::{Limits, ReqFlags};
 use crate::block::executor::block_on;
 use crate::block::io;
-use crate::block::node::Node;
-use crate::block::open::{OpenContext, Options};
-use crate::errno::strerror;
-use serde_json::Value;
+use crate::block::node::{Child, ChildRole, Node};
+use crate::block::options::{OpenContext, Options};
+use crate::block::perms::Perms;
 use std::cell::RefCell;
 use std::rc::Rc;
 
@@ -29,149 +32,44 @@ pub struct Opened {
     pub cluster_size: u64,
 }
 
-fn with_errno(msg: &str, e: i32) -> String {
-    format!("{msg}: {}", strerror(e))
-}
-
-fn read(file: &Rc<Node>, offset: u64, len: usize) -> Result<Vec<u8>, i32> {
-    let f = file.clone();
-    block_on(async move {
-        let mut buf = vec![0u8; len];
-        io::preadv(&f, offset, &mut buf).await.map(|_| buf)
-    })
-    .unwrap_or(Err(libc::EIO))
-}
-
 fn event(file: &Rc<Node>, ev: Event) {
     let f = file.clone();
     block_on(async move { f.debug_event(ev).await });
 }
 
-/// QEMU's qcow2_validate_table.
-fn validate_table(
-    offset: u64,
-    entries: u64,
-    entry_len: u64,
-    max: u64,
-    cs: u64,
-    name: &str,
-) -> Result<(), OpenError> {
-    if entries > max / entry_len {
-        return Err((format!("{name} too large"), libc::EFBIG));
-    }
-    if (i64::MAX as u64) - entries * entry_len < offset || offset & (cs - 1) != 0 {
-        return Err((format!("{name} offset invalid"), libc::EINVAL));
-    }
-    Ok(())
-}
+/// The backing file an image names, and its format (backing format extension).
+pub type BackingName = Option<(String, Option<String>)>;
 
-/// Parsed header extensions.
-#[derive(Default)]
-struct Exts {
-    backing_format: Option<String>,
-    feature_table: Vec<header::Feature>,
-    data_file: bool,
-    unknown: Vec<(u32, Vec<u8>)>,
-}
-
-/// QEMU's qcow2_read_extensions: one read per extension header, then its data.
-fn read_extensions(file: &Rc<Node>, start: u64, end: u64, h: &Header) -> Result<Exts, OpenError> {
-    let mut ex = Exts::default();
-    let mut offset = start;
-    while offset < end {
-        let b = read(file, offset, 8).map_err(|e| {
-            (
-                with_errno(
-                    &format!("qcow2_read_extension: ERROR: pread fail from offset {offset}"),
-                    e,
-                ),
-                libc::EINVAL,
-            )
-        })?;
-        let magic = u32::from_be_bytes(b[0..4].try_into().expect("4"));
-        let len = u64::from(u32::from_be_bytes(b[4..8].try_into().expect("4")));
-        offset += 8;
-        if offset > end || len > end - offset {
-            return Err(("Header extension too large".into(), libc::EINVAL));
-        }
-        let data = || {
-            read(file, offset, len as usize).map_err(|e| {
-                (
-                    with_errno("ERROR: ext_read: Failed to read header extension", e),
-                    libc::EINVAL,
-                )
-            })
-        };
-        match magic {
-            header::EXT_END => return Ok(ex),
-            header::EXT_BACKING_FORMAT => {
-                if len >= 16 {
-                    return Err((
-                        format!("ERROR: ext_backing_format: len={len} too large (>=16)"),
-                        libc::EINVAL,
-                    ));
-                }
-                let d = data()?;
-                ex.backing_format = Some(
-                    String::from_utf8_lossy(&d)
-                        .trim_end_matches('\0')
-                        .to_string(),
-                );
-            }
-            header::EXT_FEATURE_TABLE => ex.feature_table = header::parse_feature_table(&data()?),
-            header::EXT_CRYPTO_HEADER => {
-                if h.crypt_method != 2 {
-                    return Err((
-                        "CRYPTO header extension only expected with LUKS encryption method".into(),
-                        libc::EINVAL,
-                    ));
-                }
-                ex.unknown.push((magic, data()?));
-            }
-            header::EXT_DATA_FILE => {
-                ex.data_file = true;
-                ex.unknown.push((magic, data()?));
-            }
-            _ => ex.unknown.push((magic, data()?)),
-        }
-        offset += len.div_ceil(8) * 8;
-    }
-    Ok(ex)
-}
-
-fn take_bool(opts: &mut Options, key: &str) -> Result<Option<bool>, String> {
-    match opts.remove(key) {
-        None => Ok(None),
-        Some(Value::Bool(b)) => Ok(Some(b)),
-        Some(Value::String(s)) if s == "on" || s == "true" => Ok(Some(true)),
-        Some(Value::String(s)) if s == "off" || s == "false" => Ok(Some(false)),
-        Some(_) => Err(format!("Parameter '{key}' expects 'on' or 'off'")),
-    }
-}
-
-fn take_size(opts: &mut Options, key: &str) -> Result<Option<u64>, String> {
-    let v = match opts.remove(key) {
-        None => return Ok(None),
-        Some(Value::Number(n)) => {
-            return n.as_u64().map(Some).ok_or(format!(
-                "Parameter '{key}' expects a non-negative number below 2^64"
-            ));
-        }
-        Some(Value::String(s)) => s,
-        Some(_) => return Err(format!("Parameter '{key}' expects a size")),
+/// Opens a qcow2 node over its file (QEMU's qcow2_open): the node, whose backing child is the
+/// caller's to add, its limits and the backing file the image names.
+pub fn open_node(
+    file: Rc<Node>,
+    opts: &mut Options,
+    ctx: &OpenContext,
+) -> Result<(Node, Limits, BackingName), String> {
+    let opened = open_image(&file, opts, ctx)?;
+    let children = vec![Child {
+        name: "file",
+        node: file.clone(),
+        writable: !ctx.flags.read_only,
+        primary: true,
+        role: ChildRole::Image,
+        extra_perms: Perms::NONE,
+    }];
+    let cs = opened.cluster_size;
+    let v3 = opened.version >= 3;
+    let mut node = Node::new(Box::new(opened.driver), children, file.filename.clone());
+    node.supported_zero_flags = if v3 {
+        ReqFlags::MAY_UNMAP.with(ReqFlags::NO_FALLBACK)
+    } else {
+        ReqFlags::NONE
     };
-    let (num, mult) = match v.chars().last() {
-        Some('k' | 'K') => (&v[..v.len() - 1], 1u64 << 10),
-        Some('M') => (&v[..v.len() - 1], 1 << 20),
-        Some('G') => (&v[..v.len() - 1], 1 << 30),
-        Some('T') => (&v[..v.len() - 1], 1 << 40),
-        _ => (v.as_str(), 1),
+    let limits = Limits {
+        pwrite_zeroes_alignment: cs,
+        pdiscard_alignment: cs,
+        ..Limits::default()
     };
-    num.parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(mult))
-        .map(Some)
-        .ok_or(format!("Parameter '{key}' expects a non-negative number below 2^64\nOptional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\nand exabytes, respectively.\n"))
+    Ok((node, limits, opened.backing))
 }
 
 /// Opens the qcow2 image in `file`. `opts` holds the qcow2 runtime options (consumed).
@@ -183,35 +81,39 @@ pub fn open_image(
     open_inner(file, opts, ctx).map_err(|(m, _)| m)
 }
 
-/// The image file node as the refcount checker uses it (synchronous, as the rest of open).
-struct NodeFile(Rc<Node>);
+/// What a metadata-only open (qemu-img's `info` and `check`, and `create`'s look at a backing
+/// image) learns from qcow2_do_open.
+pub struct Metadata {
+    pub h: Header,
+    /// the backing file name as stored in the image, and its format, if any
+    pub backing: Option<(String, Option<String>)>,
+}
 
-impl CheckFile for NodeFile {
-    fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>, i32> {
-        read(&self.0, offset, len)
-    }
-
-    fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), i32> {
-        let (f, data) = (self.0.clone(), data.to_vec());
-        block_on(async move { io::pwritev(&f, offset, &data, ReqFlags::NONE).await })
-            .unwrap_or(Err(libc::EIO))
-    }
-
-    fn file_len(&self) -> u64 {
-        self.0.getlength().unwrap_or(0)
-    }
-
-    fn set_len(&self, len: u64) -> Result<(), i32> {
-        let f = self.0.clone();
-        block_on(async move { io::truncate(&f, len).await })
-            .unwrap_or(Err(String::new()))
-            .map_err(|_| libc::EIO)
-    }
-
-    fn discard(&self, offset: u64, len: u64) {
-        let f = self.0.clone();
-        let _ = block_on(async move { io::pdiscard(&f, offset, len).await });
-    }
+/// qcow2_do_open for qemu-img, which only reads metadata: the same reads and checks as
+/// [`open_image`], in the same order, up to the backing file name, then the block layer's
+/// size check. The L1 and refcount tables are not read here (only an I/O error could fail
+/// there, and the checker reads its own copies); nothing needed to serve I/O is set up. Not
+/// yet as QEMU: a writable open (`check -r`) does not rewrite the header to clear unknown
+/// autoclear bits.
+pub fn open_metadata(
+    file: &impl ImageFile,
+    check: bool,
+    writable: bool,
+) -> Result<Metadata, OpenError> {
+    let mode = OpenMode {
+        check,
+        writable,
+        serve: false,
+    };
+    let o = header::read(file, mode)?;
+    header::check_encryption(&o.h)?;
+    let ex = header::read_extensions(file, &o.h, u64::from(o.h.header_length), o.ext_end)?;
+    let backing_file = header::read_backing_name(file, &o.h)?;
+    header::check_total_sectors(o.h.size)?;
+    Ok(Metadata {
+        h: o.h,
+        backing: header::backing_of(backing_file.as_deref(), ex.backing_format.as_deref()),
+    })
 }
 
 /// QEMU's "Repair image if dirty" step of qcow2_do_open: `qcow2_check_refcounts` with
@@ -226,21 +128,8 @@ fn repair_dirty(
     reftable: &mut Vec<u64>,
 ) -> Result<bool, OpenError> {
     let failed = |e: i32| (with_errno("Could not repair dirty image", e), e);
-    let geo = Geometry {
-        version: h.version,
-        cluster_bits: h.cluster_bits,
-        size: h.size,
-        l1_table_offset: h.l1_table_offset,
-        l1_size: h.l1_size,
-        refcount_table_offset: h.refcount_table_offset,
-        refcount_table_clusters: h.refcount_table_clusters,
-        nb_snapshots: h.nb_snapshots,
-        snapshots_offset: h.snapshots_offset,
-        incompatible_features: h.incompatible_features,
-        refcount_order: h.refcount_order,
-    };
     let mut checker =
-        Checker::new(NodeFile(file.clone()), geo, true).map_err(|_| failed(libc::EIO))?;
+        Checker::new(NodeFile(file.clone()), h.clone(), true).map_err(|_| failed(libc::EIO))?;
     let (res, ret) = checker.check(FIX_ERRORS | FIX_LEAKS);
     for line in checker.take_log() {
         ctx.console.err(&format!("{line}\n"));
@@ -251,10 +140,7 @@ fn repair_dirty(
     if res.check_errors != 0 {
         return Err(failed(libc::EIO));
     }
-    let g = checker.geometry();
-    h.refcount_table_offset = g.refcount_table_offset;
-    h.refcount_table_clusters = g.refcount_table_clusters;
-    h.incompatible_features = g.incompatible_features;
+    *h = checker.header().clone();
     *l1 = checker.l1().to_vec();
     *reftable = checker.reftable().to_vec();
     if res.corruptions != 0 {
@@ -266,116 +152,26 @@ fn repair_dirty(
 
 fn open_inner(file: &Rc<Node>, opts: &mut Options, ctx: &OpenContext) -> Result<Opened, OpenError> {
     let read_only = ctx.flags.read_only;
-    let hb = read(file, 0, header::HEADER_SIZE)
-        .map_err(|e| (with_errno("Could not read qcow2 header", e), e))?;
-    let h = header::parse(&hb)?;
-    let cs = 1u64 << h.cluster_bits;
-    let mut unknown_fields = Vec::new();
-    if h.header_length as usize > header::HEADER_SIZE {
-        unknown_fields = read(
-            file,
-            header::HEADER_SIZE as u64,
-            h.header_length as usize - header::HEADER_SIZE,
-        )
-        .map_err(|e| {
-            (
-                with_errno("Could not read unknown qcow2 header fields", e),
-                e,
-            )
-        })?;
-    }
-    let ext_end = if h.backing_file_offset != 0 {
-        h.backing_file_offset
-    } else {
-        cs
+    let node_file = NodeFile(file.clone());
+    let mode = OpenMode {
+        check: false,
+        writable: !read_only,
+        serve: true,
     };
-    header::check_compression(&h)?;
-    if h.incompatible_features & !header::INCOMPAT_MASK != 0 {
-        let ex = read_extensions(file, u64::from(h.header_length), ext_end, &h).unwrap_or_default();
-        return Err((
-            header::unsupported_features_message(
-                &ex.feature_table,
-                h.incompatible_features & !header::INCOMPAT_MASK,
-            ),
-            libc::ENOTSUP,
-        ));
-    }
-    if h.incompatible_features & header::INCOMPAT_CORRUPT != 0 && !read_only {
-        return Err((
-            "qcow2: Image is corrupt; cannot be opened read/write".into(),
-            libc::EACCES,
-        ));
-    }
-    // Features QEMU supports but this engine does not: refused by name, never half-served.
-    if h.incompatible_features & header::INCOMPAT_EXTL2 != 0 {
-        return Err((
-            "qcow2: extended L2 entries are not supported by this engine".into(),
-            libc::ENOTSUP,
-        ));
-    }
-    if h.incompatible_features & header::INCOMPAT_DATA_FILE != 0 {
-        return Err((
-            "qcow2: external data files are not supported by this engine".into(),
-            libc::ENOTSUP,
-        ));
-    }
-    if h.refcount_order > 6 {
-        return Err((
-            "Reference count entry width too large; may not exceed 64 bits".into(),
-            libc::EINVAL,
-        ));
-    }
-    if h.crypt_method != 0 {
-        return Err((
-            "qcow2: encrypted images are not supported by this engine".into(),
-            libc::ENOTSUP,
-        ));
-    }
+    let header::Opening {
+        h,
+        unknown_fields,
+        ext_end,
+        l1_vm_state_index,
+    } = header::read(&node_file, mode)?;
+    let cs = h.cluster_size();
     let l2_bits = h.cluster_bits - 3;
     // entries per refblock = cluster bits * 8 / refcount bits
     let refcount_block_bits = h.cluster_bits + 3 - h.refcount_order;
-    if h.refcount_table_clusters == 0 {
-        return Err((
-            "Image does not contain a reference count table".into(),
-            libc::EINVAL,
-        ));
-    }
-    validate_table(
-        h.refcount_table_offset,
-        u64::from(h.refcount_table_clusters),
-        cs,
-        header::MAX_REFTABLE_SIZE,
-        cs,
-        "Reference count table",
-    )?;
-    validate_table(
-        h.snapshots_offset,
-        u64::from(h.nb_snapshots),
-        header::SNAPSHOT_HEADER_SIZE,
-        header::SNAPSHOT_HEADER_SIZE * header::MAX_SNAPSHOTS,
-        cs,
-        "Snapshot table",
-    )?;
-    validate_table(
-        h.l1_table_offset,
-        u64::from(h.l1_size),
-        8,
-        header::MAX_L1_SIZE,
-        cs,
-        "Active L1 table",
-    )?;
-    let shift = h.cluster_bits + l2_bits;
-    let l1_vm_state_index =
-        ((u128::from(h.size) + (1u128 << shift) - 1) >> shift).min(u128::from(u64::MAX)) as u64;
-    if l1_vm_state_index > i32::MAX as u64 {
-        return Err(("Image is too big".into(), libc::EFBIG));
-    }
-    if u64::from(h.l1_size) < l1_vm_state_index {
-        return Err(("L1 table is too small".into(), libc::EINVAL));
-    }
     let mut l1 = Vec::new();
     if h.l1_size > 0 {
-        let raw = read(file, h.l1_table_offset, h.l1_size as usize * 8)
+        let raw = node_file
+            .read_at(h.l1_table_offset, h.l1_size as usize * 8)
             .map_err(|e| (with_errno("Could not read L1 table", e), e))?;
         l1 = raw
             .chunks_exact(8)
@@ -383,74 +179,35 @@ fn open_inner(file: &Rc<Node>, opts: &mut Options, ctx: &OpenContext) -> Result<
             .collect();
     }
     // Runtime options (QEMU's qcow2_update_options).
-    let bad = |m: String| (m, libc::EINVAL);
-    let lazy = take_bool(opts, "lazy-refcounts").map_err(bad)?;
-    let pass_req = take_bool(opts, "pass-discard-request").map_err(bad)?;
-    let pass_snap = take_bool(opts, "pass-discard-snapshot").map_err(bad)?;
-    let pass_other = take_bool(opts, "pass-discard-other").map_err(bad)?;
-    let no_unref = take_bool(opts, "discard-no-unref").map_err(bad)?;
-    let cache_size = take_size(opts, "cache-size").map_err(bad)?;
-    let l2_cache_size = take_size(opts, "l2-cache-size").map_err(bad)?;
-    let rc_cache_size = take_size(opts, "refcount-cache-size").map_err(bad)?;
-    if let Some(es) = take_size(opts, "l2-cache-entry-size").map_err(bad)?
-        && es != cs
-    {
-        return Err((
-            "l2-cache-entry-size other than the cluster size is not supported by this engine"
-                .into(),
-            libc::ENOTSUP,
-        ));
-    }
-    for k in [
-        "cache-clean-interval",
-        "overlap-check",
-        "overlap-check.template",
-    ] {
-        opts.remove(k);
-    }
-    let use_lazy = lazy.unwrap_or(h.compatible_features & header::COMPAT_LAZY_REFCOUNTS != 0);
-    if use_lazy && h.version < 3 {
-        return Err((
-            "Lazy refcounts require a qcow2 image with at least qemu 1.1 compatibility level"
-                .into(),
-            libc::EINVAL,
-        ));
-    }
-    if no_unref == Some(true) && h.version < 3 {
-        return Err((
-            "discard-no-unref is only supported since qcow2 version 3".into(),
-            libc::EINVAL,
-        ));
-    }
-    let cache_opts = [cache_size, l2_cache_size, rc_cache_size];
-    let (l2_entries, rc_entries) = cache_entries(h.size, cs, cache_opts);
+    let facts = runtime::ImageFacts {
+        version: h.version,
+        cluster_size: cs,
+        disk_size: h.size / 512 * 512,
+        lazy_refcounts_bit: h.compatible_features & header::COMPAT_LAZY_REFCOUNTS != 0,
+    };
+    let rt = runtime::parse(opts, &facts, ctx.flags.unmap, h.crypt_method != 0)
+        .map_err(|m| (m, libc::EINVAL))?;
+    header::check_encryption(&h)?;
     // refcount init
     let reftable_entries = (u64::from(h.refcount_table_clusters) << (h.cluster_bits - 3)) as usize;
     event(file, Event::ReftableLoad);
-    let raw = read(file, h.refcount_table_offset, reftable_entries * 8)
+    let raw = node_file
+        .read_at(h.refcount_table_offset, reftable_entries * 8)
         .map_err(|e| (with_errno("Could not initialize refcount handling", e), e))?;
     let reftable: Vec<u64> = raw
         .chunks_exact(8)
         .map(|c| u64::from_be_bytes(c.try_into().expect("8")))
         .collect();
-    let ex = read_extensions(file, u64::from(h.header_length), ext_end, &h)?;
+    let ex = header::read_extensions(&node_file, &h, u64::from(h.header_length), ext_end)?;
     if ex.data_file {
         return Err((
             "qcow2: external data files are not supported by this engine".into(),
             libc::ENOTSUP,
         ));
     }
-    let mut backing_file = None;
-    if h.backing_file_offset != 0 {
-        let len = u64::from(h.backing_file_size);
-        if len > 1023u64.min(cs - h.backing_file_offset) || len >= 4096 {
-            return Err(("Backing file name too long".into(), libc::EINVAL));
-        }
-        let b = read(file, h.backing_file_offset, len as usize)
-            .map_err(|e| (with_errno("Could not read backing file name", e), e))?;
-        let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
-        backing_file = Some(String::from_utf8_lossy(&b[..end]).into_owned());
-    }
+    let backing_file = header::read_backing_name(&node_file, &h)?;
+    let backing = header::backing_of(backing_file.as_deref(), ex.backing_format.as_deref());
+    let (snapshots, snapshots_size) = read_snapshots(&node_file, &h)?;
     let mut h = h;
     let mut reftable = reftable;
     // QEMU repairs a dirty image (lazy refcounts) before serving it read-write.
@@ -468,13 +225,10 @@ fn open_inner(file: &Rc<Node>, opts: &mut Options, ctx: &OpenContext) -> Result<
         cluster_size: cs,
         l2_bits,
         l2_size: 1 << l2_bits,
+        l2_slice_size: rt.sizes.l2_entry_size / 8,
         refcount_order: h.refcount_order,
         refcount_block_bits,
-        refcount_max: if h.refcount_order == 6 {
-            u64::MAX
-        } else {
-            (1u64 << (1 << h.refcount_order)) - 1
-        },
+        refcount_max: refcount_max(h.refcount_order),
         csize_shift,
         csize_mask: (1 << (h.cluster_bits - 8)) - 1,
         cluster_offset_mask: (1 << csize_shift) - 1,
@@ -495,27 +249,26 @@ fn open_inner(file: &Rc<Node>, opts: &mut Options, ctx: &OpenContext) -> Result<
             h.autoclear_features
         },
         caches: [
-            Cache::new(l2_entries, cs as usize),
-            Cache::new(rc_entries, cs as usize),
+            Cache::new(rt.sizes.l2_tables as usize, rt.sizes.l2_entry_size as usize),
+            Cache::new(rt.sizes.refcount_tables as usize, cs as usize),
         ],
-        cache_opts,
+        overlap_check: rt.overlap_check,
+        snapshots,
+        snapshots_offset: h.snapshots_offset,
+        snapshots_size,
+        bitmap_directory: None,
         allocs: Vec::new(),
         next_alloc_id: 0,
         discards: Vec::new(),
         cache_discards: false,
-        discard_passthrough: [
-            false,
-            true,
-            pass_req.unwrap_or(ctx.flags.unmap),
-            pass_snap.unwrap_or(true),
-            pass_other.unwrap_or(false),
-        ],
-        discard_no_unref: no_unref.unwrap_or(false),
-        use_lazy_refcounts: use_lazy,
-        has_backing: backing_file.is_some(),
+        discard_passthrough: rt.discard_passthrough,
+        discard_no_unref: rt.discard_no_unref,
+        use_lazy_refcounts: rt.lazy_refcounts,
+        runtime: rt,
+        has_backing: backing.is_some(),
         unknown_fields,
-        backing_file: backing_file.clone(),
-        backing_format: ex.backing_format.clone(),
+        backing_file,
+        backing_format: ex.backing_format,
         unknown_exts: ex.unknown,
         dead: false,
         corruption_reported: false,
@@ -527,6 +280,8 @@ fn open_inner(file: &Rc<Node>, opts: &mut Options, ctx: &OpenContext) -> Result<
         console: ctx.console.clone(),
         read_only,
         metadata_prealloc: std::cell::Cell::new(None),
+        threads: std::cell::Cell::new(0),
+        thread_queue: crate::block::executor::CoQueue::new(),
     };
     if update_header {
         // the header rewrite goes straight to the file: the node is not built yet
@@ -552,32 +307,52 @@ fn open_inner(file: &Rc<Node>, opts: &mut Options, ctx: &OpenContext) -> Result<
             .unwrap_or(Err(libc::EIO))
             .map_err(|e| (with_errno("Could not update qcow2 header", e), e))?;
     }
+    header::check_total_sectors(h.size)?;
     Ok(Opened {
         driver,
-        backing: backing_file.map(|b| (b, ex.backing_format)),
+        backing,
         version: h.version,
         cluster_size: cs,
     })
 }
 
-/// Cache sizes in entries from the disk size and the cache options `[cache-size,
-/// l2-cache-size, refcount-cache-size]` (QEMU's read_cache_sizes, default entry size).
-pub fn cache_entries(size: u64, cs: u64, opts: [Option<u64>; 3]) -> (usize, usize) {
-    let [cache_size, l2_cache_size, rc_cache_size] = opts;
-    let max_l2_cache = (size.div_ceil(cs) * 8).div_ceil(cs) * cs;
-    let (l2_bytes, rc_bytes) = match (cache_size, l2_cache_size, rc_cache_size) {
-        (Some(total), l2, rc) => {
-            let l2 =
-                l2.unwrap_or_else(|| total.saturating_sub(rc.unwrap_or(4 * cs)).min(max_l2_cache));
-            (l2, rc.unwrap_or(total.saturating_sub(l2)))
+/// QEMU's qcow2_read_snapshots, as far as the driver needs the table: each snapshot's L1
+/// table, and the table's size. Reads past the end of the file read zeroes.
+fn read_snapshots(file: &NodeFile, h: &Header) -> Result<(Vec<(u64, u32)>, u64), OpenError> {
+    /// QEMU's QCOW_MAX_SNAPSHOT_EXTRA_DATA and QCOW_MAX_SNAPSHOTS_SIZE.
+    const MAX_EXTRA_DATA: u64 = 1024;
+    const MAX_TABLE_SIZE: u64 = 1024 * 65536;
+    let failed = |e: i32| (with_errno("Failed to read snapshot table", e), e);
+    let mut snapshots = Vec::new();
+    let mut offset = h.snapshots_offset;
+    for i in 0..h.nb_snapshots {
+        offset = offset.div_ceil(8) * 8;
+        let head = file.read_at(offset, 40).map_err(failed)?;
+        let be32 = |at: usize| u32::from_be_bytes(head[at..at + 4].try_into().expect("4"));
+        let be16 = |at: usize| u16::from_be_bytes(head[at..at + 2].try_into().expect("2"));
+        let l1_offset = u64::from_be_bytes(head[..8].try_into().expect("8"));
+        let l1_size = be32(8);
+        let (id_len, name_len) = (u64::from(be16(12)), u64::from(be16(14)));
+        let extra = u64::from(be32(36));
+        if extra > MAX_EXTRA_DATA {
+            return Err((
+                format!(
+                    "Too much extra metadata in snapshot table entry {i}\nYou can force-remove this extra metadata with qemu-img check -r all"
+                ),
+                libc::EFBIG,
+            ));
         }
-        (None, l2, rc) => (
-            l2.unwrap_or(max_l2_cache.min(32 << 20)),
-            rc.unwrap_or(4 * cs),
-        ),
-    };
-    // bounded: QEMU's own limits keep a hostile size from costing more than this
-    let l2_entries = ((l2_bytes / cs).max(2)).min((32u64 << 20) / cs).max(2) as usize;
-    let rc_entries = (rc_bytes / cs).clamp(4, (32u64 << 20) / cs) as usize;
-    (l2_entries, rc_entries)
+        offset += 40 + extra + id_len + name_len;
+        snapshots.push((l1_offset, l1_size));
+        if offset - h.snapshots_offset > MAX_TABLE_SIZE {
+            return Err((
+                format!(
+                    "Snapshot table is too big\nYou can force-remove all {} overhanging snapshots with qemu-img check -r all",
+                    h.nb_snapshots - i
+                ),
+                libc::EFBIG,
+            ));
+        }
+    }
+    Ok((snapshots, offset - h.snapshots_offset))
 }

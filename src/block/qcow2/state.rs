@@ -99,6 +99,8 @@ pub struct State {
     pub cluster_size: u64,
     pub l2_bits: u32,
     pub l2_size: u64,
+    /// entries in an L2 cache entry: a whole table, or a slice of it (`l2-cache-entry-size`)
+    pub l2_slice_size: u64,
     pub refcount_order: u32,
     pub refcount_block_bits: u32,
     pub refcount_max: u64,
@@ -118,8 +120,17 @@ pub struct State {
     pub compat: u64,
     pub autoclear: u64,
     pub caches: [Cache; 2],
-    /// the cache-size options the caches were sized from (resized again after a resize)
-    pub cache_opts: [Option<u64>; 3],
+    /// the runtime options (QEMU sizes the caches again from them after a resize)
+    pub runtime: super::runtime::Runtime,
+    /// the metadata overlap checks to perform (see `overlap`)
+    pub overlap_check: u32,
+    /// each internal snapshot's L1 table: (offset, entries)
+    pub snapshots: Vec<(u64, u32)>,
+    pub snapshots_offset: u64,
+    /// bytes of the snapshot table
+    pub snapshots_size: u64,
+    /// (offset, bytes) of the bitmap directory, when the image has valid bitmaps
+    pub bitmap_directory: Option<(u64, u64)>,
     pub allocs: Vec<InFlight>,
     pub next_alloc_id: u64,
     pub discards: Vec<(u64, u64)>,
@@ -157,6 +168,14 @@ impl State {
     pub fn l2_index(&self, off: u64) -> usize {
         ((off >> self.cluster_bits) & (self.l2_size - 1)) as usize
     }
+    /// The index of a guest offset's entry within its L2 slice.
+    pub fn l2_slice_index(&self, off: u64) -> usize {
+        ((off >> self.cluster_bits) & (self.l2_slice_size - 1)) as usize
+    }
+    /// Where in its L2 table the slice holding a guest offset's entry starts, in bytes.
+    pub fn l2_slice_start(&self, off: u64) -> u64 {
+        8 * (self.l2_index(off) - self.l2_slice_index(off)) as u64
+    }
     pub fn refcount_block_size(&self) -> u64 {
         1 << self.refcount_block_bits
     }
@@ -171,6 +190,15 @@ impl State {
         let coffset = entry & self.cluster_offset_mask;
         let nb_csectors = ((entry >> self.csize_shift) & self.csize_mask) + 1;
         (coffset, nb_csectors * 512 - (coffset & 511))
+    }
+}
+
+/// C's `%#x` (QEMU's `%#" PRIx64`): hex with `0x`, except that zero is plain `0`.
+pub fn c_hex<T: std::fmt::LowerHex + PartialEq + Default>(v: T) -> String {
+    if v == T::default() {
+        "0".into()
+    } else {
+        format!("{v:#x}")
     }
 }
 
@@ -206,6 +234,15 @@ pub fn rc_set(data: &mut [u8], order: u32, idx: usize, v: u64) {
         4 => data[idx * 2..idx * 2 + 2].copy_from_slice(&(v as u16).to_be_bytes()),
         5 => data[idx * 4..idx * 4 + 4].copy_from_slice(&(v as u32).to_be_bytes()),
         _ => data[idx * 8..idx * 8 + 8].copy_from_slice(&v.to_be_bytes()),
+    }
+}
+
+/// The largest refcount a `1 << order`-bit entry holds.
+pub fn refcount_max(order: u32) -> u64 {
+    if order >= 6 {
+        u64::MAX
+    } else {
+        (1u64 << (1 << order)) - 1
     }
 }
 
@@ -262,6 +299,9 @@ mod tests {
     fn reftable_growth_size_matches_the_measured_512_byte_case() {
         // §3 (f2): 16640 clusters before the new area -> 66 refblocks
         assert_eq!(refcount_metadata_blocks(16640, 512, 4, true), 66);
+        assert_eq!(refcount_metadata_blocks(0, 65536, 4, false), 0);
+        assert_eq!(refcount_metadata_blocks(3, 65536, 4, false), 1);
+        assert_eq!(refcount_metadata_blocks(32768, 65536, 4, false), 2);
     }
 
     #[test]

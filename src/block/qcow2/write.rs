@@ -18,28 +18,23 @@ impl Qcow2 {
     /// written by its own task; when the request needs more than one chunk the tasks run in
     /// parallel (an AioTaskPool of up to 8), started in order while the next chunk is being
     /// mapped, and no new chunk starts once a task has failed.
-    pub async fn do_pwritev(&self, node: &Node, offset: u64, buf: &[u8]) -> IoResult {
+    pub async fn do_pwritev(&self, node: &Node, mut offset: u64, buf: &[u8]) -> IoResult {
         self.check_alive()?;
-        let pool = TaskPool::new();
-        let main = self.pwritev_main(node, offset, buf, pool.clone());
-        pool.run(main).await
-    }
-
-    async fn pwritev_main<'a>(
-        &'a self,
-        node: &'a Node,
-        mut offset: u64,
-        buf: &'a [u8],
-        pool: Rc<TaskPool<'a>>,
-    ) -> IoResult {
+        let mut pool: Option<Rc<TaskPool>> = None;
         let mut pos = 0usize;
-        let mut parallel = false;
         let mut ret = Ok(());
-        while pos < buf.len() && pool.status().is_ok() {
+        while pos < buf.len() && pool.as_ref().map_or(Ok(()), |p| p.status()).is_ok() {
             let want = ((buf.len() - pos) as u64).min(i32::MAX as u64);
             let mut metas = Vec::new();
             self.lock.lock().await;
-            let (host, cur) = match self.alloc_host_offset(node, offset, want, &mut metas).await {
+            let mapped = match self.alloc_host_offset(node, offset, want, &mut metas).await {
+                Ok((host, cur)) => self
+                    .pre_write_overlap_check(node, 0, host, cur)
+                    .await
+                    .map(|()| (host, cur)),
+                Err(e) => Err(e),
+            };
+            let (host, cur) = match mapped {
                 Ok(v) => v,
                 Err(e) => {
                     let _ = self.handle_l2meta(node, &mut metas, false, &[]).await;
@@ -50,13 +45,20 @@ impl Qcow2 {
             };
             self.lock.unlock();
             let data = &buf[pos..pos + cur as usize];
-            if !parallel && cur as usize == buf.len() - pos {
+            if pool.is_none() && cur as usize != buf.len() - pos {
+                pool = Some(TaskPool::new());
+            }
+            match &pool {
                 // a single chunk runs in the request's own coroutine
-                self.pwritev_task(node, host, offset, data, metas).await?;
-            } else {
-                parallel = true;
-                pool.start(Box::pin(self.pwritev_task(node, host, offset, data, metas)))
+                None => self.pwritev_task(node, host, offset, data, metas).await?,
+                Some(pool) => {
+                    let (node, data) = (node.rc(), data.to_vec());
+                    pool.start(async move {
+                        let q: &Qcow2 = node.driver_as().expect("a qcow2 node");
+                        q.pwritev_task(&node, host, offset, &data, metas).await
+                    })
                     .await;
+                }
             }
             pos += cur as usize;
             offset += cur;
@@ -66,8 +68,13 @@ impl Qcow2 {
             self.lock.lock().await;
             self.lock.unlock();
         }
-        pool.wait_all().await;
-        ret.and(pool.status())
+        match pool {
+            Some(pool) => {
+                pool.wait_all().await;
+                ret.and(pool.status())
+            }
+            None => ret,
+        }
     }
 
     /// One mapped chunk of a write: zero-fill or COW, the data, then the L2 link.
@@ -115,6 +122,7 @@ impl Qcow2 {
             }
             let start = m.alloc_offset + m.cow_start.0;
             let nb = m.cow_end.0 + m.cow_end.1;
+            self.pre_write_overlap_check(node, 0, start, nb).await?;
             node.file().debug_event(Event::ClusterAllocSpace).await;
             match io::pwrite_zeroes(node.file(), start, nb, ReqFlags::NO_FALLBACK).await {
                 Ok(()) => metas[i].skip_cow = true,
@@ -347,7 +355,7 @@ impl Qcow2 {
         flags: ReqFlags,
     ) -> IoResult<u64> {
         let (slot, l2_index) = self.get_cluster_table(node, offset).await?;
-        let nb = nb.min(self.st.borrow().l2_size - l2_index as u64);
+        let nb = nb.min(self.st.borrow().l2_slice_size - l2_index as u64);
         for i in 0..nb as usize {
             let (old, unmap, new) = {
                 let st = self.st.borrow();
@@ -406,7 +414,7 @@ impl Qcow2 {
     ) -> IoResult<u64> {
         let (slot, l2_index) = self.get_cluster_table(node, offset).await?;
         let has_backing = node.child("backing").is_some();
-        let nb = nb.min(self.st.borrow().l2_size - l2_index as u64);
+        let nb = nb.min(self.st.borrow().l2_slice_size - l2_index as u64);
         for i in 0..nb as usize {
             let (old, new, keep_ref) = {
                 let st = self.st.borrow();
@@ -482,7 +490,8 @@ impl Qcow2 {
         r
     }
 
-    /// QEMU's qcow2_co_pwritev_compressed_part and its per-cluster task.
+    /// QEMU's qcow2_co_pwritev_compressed_part: one task per cluster, in parallel when there
+    /// is more than one, so a failing cluster does not keep the others from being written.
     pub async fn do_pwritev_compressed(&self, node: &Node, offset: u64, buf: &[u8]) -> IoResult {
         self.check_alive()?;
         let (cs, total) = {
@@ -490,7 +499,9 @@ impl Qcow2 {
             (st.cluster_size, st.size)
         };
         if buf.is_empty() {
-            return Ok(());
+            // QEMU's way to end a compressed image: its file is padded to whole sectors.
+            let len = io::getlength(node.file())?;
+            return io::truncate(node.file(), len).await.map_err(|_| libc::EIO);
         }
         let bytes = buf.len() as u64;
         if offset & (cs - 1) != 0 {
@@ -499,28 +510,63 @@ impl Qcow2 {
         if bytes & (cs - 1) != 0 && offset + bytes != total {
             return Err(libc::EINVAL);
         }
+        let mut pool: Option<Rc<TaskPool>> = None;
         let mut pos = 0u64;
-        while pos < bytes {
+        let mut ret = Ok(());
+        while pos < bytes && pool.as_ref().map_or(Ok(()), |p| p.status()).is_ok() {
             let chunk = (bytes - pos).min(cs);
             let data = &buf[pos as usize..(pos + chunk) as usize];
-            self.compressed_task(node, offset + pos, data).await?;
+            if pool.is_none() && chunk != bytes - pos {
+                pool = Some(TaskPool::new());
+            }
+            match &pool {
+                None => {
+                    ret = self.compressed_task(node, offset + pos, data).await;
+                    if ret.is_err() {
+                        break;
+                    }
+                }
+                Some(pool) => {
+                    let (node, data, at) = (node.rc(), data.to_vec(), offset + pos);
+                    pool.start(async move {
+                        let q: &Qcow2 = node.driver_as().expect("a qcow2 node");
+                        q.compressed_task(&node, at, &data).await
+                    })
+                    .await;
+                }
+            }
             pos += chunk;
         }
-        Ok(())
+        match pool {
+            Some(pool) => {
+                pool.wait_all().await;
+                ret.and(pool.status())
+            }
+            None => ret,
+        }
     }
 
     async fn compressed_task(&self, node: &Node, offset: u64, data: &[u8]) -> IoResult {
         let cs = self.st.borrow().cluster_size as usize;
         let mut input = vec![0u8; cs];
         input[..data.len()].copy_from_slice(data);
-        let Some(out) = super::compress::compress(&input, cs - 1) else {
+        let compressed = self
+            .in_thread(|| super::compress::compress(&input, cs - 1))
+            .await;
+        let Some(out) = compressed else {
             // does not shrink: written as a normal cluster
             return self.do_pwritev(node, offset, data).await;
         };
         self.lock.lock().await;
-        let r = self
+        let mut r = self
             .alloc_compressed_cluster_offset(node, offset, out.len() as u64)
             .await;
+        if let Ok(host) = r {
+            r = self
+                .pre_write_overlap_check(node, 0, host, out.len() as u64)
+                .await
+                .map(|()| host);
+        }
         self.lock.unlock();
         let host = r?;
         node.file().debug_event(Event::WriteCompressed).await;

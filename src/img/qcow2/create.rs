@@ -6,7 +6,13 @@
 //! where every table lands, which stale bytes stay behind in freed clusters and how long the file
 //! is all come out the same, then writes the resulting extents to the file.
 
-use super::layout::*;
+use crate::block::qcow2::header::{
+    self, COMPAT_LAZY_REFCOUNTS, Header, HeaderImage, INCOMPAT_COMPRESSION, INCOMPAT_EXTL2,
+    MAX_CLUSTER_BITS, MAX_L1_SIZE, MAX_REFTABLE_SIZE, MIN_CLUSTER_BITS,
+};
+use crate::block::qcow2::state::{
+    MAX_CLUSTER_OFFSET, REFT_OFFSET_MASK, rc_get, rc_set, refcount_max, refcount_metadata_blocks,
+};
 use std::collections::{BTreeMap, HashMap};
 
 /// What `qcow2_co_create` gets after option parsing.
@@ -170,7 +176,7 @@ impl Image {
             return 0;
         }
         match self.refblocks.get(&off) {
-            Some(b) => get_refcount(b, self.order, cluster % self.rb_entries),
+            Some(b) => rc_get(b, self.order, (cluster % self.rb_entries) as usize),
             None => 0,
         }
     }
@@ -245,7 +251,7 @@ impl Image {
             let order = self.order;
             let bi = cluster_index % self.rb_entries;
             let rb = self.refblocks.get_mut(&block).expect("loaded refblock");
-            let refcount = get_refcount(rb, order, bi);
+            let refcount = rc_get(rb, order, bi as usize);
             let new = if decrease {
                 refcount.checked_sub(addend)
             } else {
@@ -257,7 +263,7 @@ impl Image {
                 result = Err(AllocErr::Errno(libc::EINVAL));
                 break;
             };
-            set_refcount(rb, order, bi, new);
+            rc_set(rb, order, bi as usize, new);
             if new == 0 && cluster_index < self.free_cluster_index {
                 self.free_cluster_index = cluster_index;
             }
@@ -288,7 +294,12 @@ impl Image {
         let new_cluster = new_block >> self.bits;
         if new_cluster / self.rb_entries == table_index {
             let mut b = vec![0u8; self.cs as usize];
-            set_refcount(&mut b, self.order, new_cluster % self.rb_entries, 1);
+            rc_set(
+                &mut b,
+                self.order,
+                (new_cluster % self.rb_entries) as usize,
+                1,
+            );
             self.refblocks.insert(new_block, b);
         } else {
             self.update_refcount(new_block, self.cs, 1, false)?;
@@ -369,7 +380,7 @@ impl Image {
                 let order = self.order;
                 let rb = self.refblocks.get_mut(&off).expect("refblock");
                 for j in j0..end_index {
-                    set_refcount(rb, order, j, 1);
+                    rc_set(rb, order, j as usize, 1);
                 }
             }
         }
@@ -390,119 +401,19 @@ impl Image {
     }
 }
 
-/// `qcow2_refcount_metadata_size`: the number of refcount blocks needed for `clusters` clusters
-/// plus the refcount structures themselves (fixed point), optionally with 50% table headroom.
-pub fn refcount_metadata_blocks(clusters: u64, cs: u64, order: u32, generous: bool) -> u64 {
-    let per_table_cluster = cs / 8;
-    let per_block = (cs * 8) >> order;
-    let (mut clusters, mut generous) = (clusters, generous);
-    let (mut table, mut blocks, mut n) = (0u64, 0u64, 0u64);
-    loop {
-        let last = n;
-        blocks = (clusters + table + blocks).div_ceil(per_block);
-        table = blocks.div_ceil(per_table_cluster);
-        n = clusters + blocks + table;
-        if n == last && generous {
-            clusters += table.div_ceil(2);
-            n = 0;
-            generous = false;
-        }
-        if n == last {
-            return blocks;
-        }
-    }
-}
-
-/// Everything `qcow2_update_header` needs from the open image.
-struct HeaderState<'a> {
-    spec: &'a CreateSpec,
-    bits: u32,
-    size: u64,
-    l1_size: u32,
-    l1_offset: u64,
-    reftable_offset: u64,
-    reftable_clusters: u32,
-    backing: bool,
-}
-
-/// `qcow2_update_header`: the whole first cluster.
-fn header_cluster(st: &HeaderState) -> Result<Vec<u8>, i32> {
-    let spec = st.spec;
-    let cs = 1usize << st.bits;
-    let mut buf = vec![0u8; cs];
-    put32(&mut buf, 0, MAGIC);
-    put32(&mut buf, 4, spec.version);
-    put32(&mut buf, 20, st.bits);
-    put64(&mut buf, 24, st.size);
-    put32(&mut buf, 36, st.l1_size);
-    put64(&mut buf, 40, st.l1_offset);
-    put64(&mut buf, 48, st.reftable_offset);
-    put32(&mut buf, 56, st.reftable_clusters);
-    let mut pos = if spec.version >= 3 {
-        let mut incompat = 0;
-        if spec.zstd {
-            incompat |= INCOMPAT_COMPRESSION;
-        }
-        if spec.extended_l2 {
-            incompat |= INCOMPAT_EXTL2;
-        }
-        put64(&mut buf, 72, incompat);
-        put64(
-            &mut buf,
-            80,
-            if spec.lazy_refcounts {
-                COMPAT_LAZY_REFCOUNTS
-            } else {
-                0
-            },
-        );
-        put32(&mut buf, 96, spec.refcount_bits.trailing_zeros());
-        put32(&mut buf, 100, 112);
-        buf[104] = u8::from(spec.zstd);
-        112
-    } else {
-        72
-    };
-    let add_ext =
-        |buf: &mut Vec<u8>, pos: &mut usize, magic: u32, data: &[u8]| -> Result<(), i32> {
-            let len = 8 + data.len().div_ceil(8) * 8;
-            if cs - *pos < len {
-                return Err(libc::ENOSPC);
-            }
-            put32(buf, *pos, magic);
-            put32(buf, *pos + 4, data.len() as u32);
-            buf[*pos + 8..*pos + 8 + data.len()].copy_from_slice(data);
-            *pos += len;
-            Ok(())
-        };
-    if st.backing
-        && let Some(fmt) = &spec.backing_fmt
-    {
-        add_ext(&mut buf, &mut pos, EXT_BACKING_FORMAT, fmt.as_bytes())?;
-    }
-    if spec.version >= 3 && cs > 4096 {
-        let mut table = Vec::with_capacity(48 * FEATURES.len());
-        for (ty, bit, name) in FEATURES {
-            let mut e = [0u8; 48];
-            e[0] = ty;
-            e[1] = bit;
-            e[2..2 + name.len()].copy_from_slice(name.as_bytes());
-            table.extend_from_slice(&e);
-        }
-        add_ext(&mut buf, &mut pos, EXT_FEATURE_TABLE, &table)?;
-    }
-    add_ext(&mut buf, &mut pos, EXT_END, &[])?;
-    if st.backing
-        && let Some(name) = &spec.backing_file
-    {
-        if cs - pos < name.len() {
-            return Err(libc::ENOSPC);
-        }
-        buf[pos..pos + name.len()].copy_from_slice(name.as_bytes());
-        put64(&mut buf, 8, pos as u64);
-        put32(&mut buf, 16, name.len() as u32);
-    }
-    Ok(buf)
+/// `qcow2_update_header`: the whole first cluster, built as the driver rewrites it; the
+/// backing file and its format are written once `backing` is set (QEMU adds them after the
+/// image is set up).
+fn header_cluster(h: &Header, spec: &CreateSpec, backing: bool) -> Result<Vec<u8>, i32> {
+    header::build(&HeaderImage {
+        h,
+        cluster_size: 1 << h.cluster_bits,
+        unknown_fields: &[],
+        backing_format: spec.backing_fmt.as_deref().filter(|_| backing),
+        backing_file: spec.backing_file.as_deref().filter(|_| backing),
+        unknown_exts: &[],
+    })
+    .ok_or(libc::ENOSPC)
 }
 
 /// Lays out a new image. `spec` must have passed [`validate`]; `size` is already rounded up to
@@ -523,19 +434,31 @@ pub fn build(spec: &CreateSpec) -> Result<Extents, CreateError> {
         out: Extents::default(),
     };
     // The bare header and the refcount table with one (empty) refcount block.
-    let mut st = HeaderState {
-        spec,
-        bits,
-        size: 0,
-        l1_size: 0,
-        l1_offset: 0,
-        reftable_offset: cs,
-        reftable_clusters: 1,
-        backing: false,
+    let mut incompatible_features = 0;
+    if spec.zstd {
+        incompatible_features |= INCOMPAT_COMPRESSION;
+    }
+    if spec.extended_l2 {
+        incompatible_features |= INCOMPAT_EXTL2;
+    }
+    let mut h = Header {
+        version: spec.version,
+        cluster_bits: bits,
+        refcount_table_offset: cs,
+        refcount_table_clusters: 1,
+        incompatible_features,
+        compatible_features: if spec.lazy_refcounts {
+            COMPAT_LAZY_REFCOUNTS
+        } else {
+            0
+        },
+        refcount_order: order,
+        compression_type: u8::from(spec.zstd),
+        ..Header::default()
     };
     img.write(0, vec![0u8; cs as usize]);
     let mut rt = vec![0u8; 2 * cs as usize];
-    put64(&mut rt, 0, 2 * cs);
+    rt[..8].copy_from_slice(&(2 * cs).to_be_bytes());
     img.write(cs, rt);
     img.reftable[0] = 2 * cs;
     img.refblocks.insert(2 * cs, vec![0u8; cs as usize]);
@@ -551,8 +474,7 @@ pub fn build(spec: &CreateSpec) -> Result<Extents, CreateError> {
         errno,
         message: String::new(),
     };
-    let h = header_cluster(&st).map_err(enospc)?;
-    img.write(0, h);
+    img.write(0, header_cluster(&h, spec, false).map_err(enospc)?);
 
     // Truncate to the virtual size: grow L1 (exactly), then write the size field.
     let l2_bits = bits - if spec.extended_l2 { 4 } else { 3 };
@@ -578,13 +500,13 @@ pub fn build(spec: &CreateSpec) -> Result<Extents, CreateError> {
         let mut d = (l1_size as u32).to_be_bytes().to_vec();
         d.extend_from_slice(&l1_offset.to_be_bytes());
         img.write(36, d);
-        st.l1_size = l1_size as u32;
-        st.l1_offset = l1_offset;
+        h.l1_size = l1_size as u32;
+        h.l1_table_offset = l1_offset;
     }
     img.write(24, spec.size.to_be_bytes().to_vec());
-    st.size = spec.size;
-    st.reftable_offset = img.reftable_offset;
-    st.reftable_clusters = (img.reftable.len() as u64 * 8 / cs) as u32;
+    h.size = spec.size;
+    h.refcount_table_offset = img.reftable_offset;
+    h.refcount_table_clusters = (img.reftable.len() as u64 * 8 / cs) as u32;
 
     // Refcount blocks reach the file when the cache is flushed (at the latest on close).
     let mut blocks: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
@@ -602,9 +524,7 @@ pub fn build(spec: &CreateSpec) -> Result<Extents, CreateError> {
                 message: String::new(),
             });
         }
-        st.backing = true;
-        let h = header_cluster(&st).map_err(enospc)?;
-        img.write(0, h);
+        img.write(0, header_cluster(&h, spec, true).map_err(enospc)?);
     }
     Ok(img.out)
 }
@@ -612,6 +532,7 @@ pub fn build(spec: &CreateSpec) -> Result<Extents, CreateError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::block::qcow2::header::{EXT_FEATURE_TABLE, be32, be64};
 
     fn spec(size: u64, cs: u64, bits: u64) -> CreateSpec {
         CreateSpec {
@@ -648,13 +569,6 @@ mod tests {
         let f = build(&spec(16 << 30, 512, 64)).unwrap().flatten();
         assert_eq!(f.len(), 4264960);
         assert_ne!(be64(&f, 48), 512, "the refcount table moved");
-    }
-
-    #[test]
-    fn metadata_size_fixed_point() {
-        assert_eq!(refcount_metadata_blocks(0, 65536, 4, false), 0);
-        assert_eq!(refcount_metadata_blocks(3, 65536, 4, false), 1);
-        assert_eq!(refcount_metadata_blocks(32768, 65536, 4, false), 2);
     }
 
     #[test]

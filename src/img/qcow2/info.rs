@@ -1,7 +1,7 @@
 //! The qcow2 parts of `qemu-img info`: the header fields it shows, the snapshot list and the
 //! `Format specific information:` block (`ImageInfoSpecificQCow2`).
 
-use super::layout::*;
+use crate::block::qcow2::header::{Header, INCOMPAT_CORRUPT, be16, be32, be64};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 
