@@ -283,6 +283,36 @@ fn found_by_the_fuzzer() -> Vec<Case> {
             "rules.cfg",
             "[inject-error]\nevent = \"none\"\niotype = \"write-zeroes\"\n",
         ),
+        // readv and writev are aio requests qemu-io waits for in whole main-loop iterations:
+        // completions of earlier aio requests pending in bottom halves print first, even when
+        // the readv itself needs no I/O (unallocated qcow2 clusters).
+        on_qcow2(
+            "fuzz_readv_reports_after_pending_aio_completions",
+            "cluster_size=65536",
+            "254244",
+            &["-f", "qcow2"],
+            &[
+                "aio_read 1732917 1024",
+                "readv 63487 65536 4095",
+                "aio_read 0 1024",
+                "readv 0 512",
+            ],
+            "t.qcow2",
+        ),
+        on_qcow2(
+            "fuzz_writev_reports_after_pending_aio_completions",
+            "cluster_size=65536",
+            "1M",
+            &["-f", "qcow2"],
+            &[
+                "aio_read 0 1024",
+                "writev -P 5 0 512",
+                "aio_read 2M 512",
+                "writev -P 6 4096 512 512",
+                "read -P 6 4096 1024",
+            ],
+            "t.qcow2",
+        ),
         // `truncate -m full` under O_DIRECT fails as file-posix's unaligned zero buffer does.
         case(
             "fuzz_full_preallocation_under_o_direct_fails",
