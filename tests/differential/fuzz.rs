@@ -16,6 +16,10 @@
 //! - `BLOCKFAULT_FUZZ_SECS=T`: run for T seconds (and at most N cases if both are set).
 //! - `BLOCKFAULT_FUZZ_BATCHES=K`: split the cases into K trials run in parallel (default 2).
 //! - `BLOCKFAULT_FUZZ_ALL=1`: also run the classes in [`exclusions::EXCLUSIONS`].
+//! - `BLOCKFAULT_FUZZ_ONLY=NAME`: run only the generated cases that the exclusion NAME would
+//!   skip or rewrite, with it off and the others on (to check whether its class is fixed).
+//! - `BLOCKFAULT_FUZZ_MINIMISE=N`: candidate runs a minimisation may spend (default
+//!   [`MINIMISE_BUDGET`]; 0 reports differences as generated).
 //! - `BLOCKFAULT_FUZZ_VERBOSE=1`: print every case's command line as it starts.
 //! - `BLOCKFAULT_FUZZ_LOG=FILE`: append every minimised difference to FILE. With this, or with
 //!   `BLOCKFAULT_FUZZ_SECS`/`CASES`, the run keeps going after a difference; otherwise the first
@@ -52,6 +56,8 @@ struct Config {
     deadline: Option<Instant>,
     batches: u64,
     all: bool,
+    minimise_budget: usize,
+    only: Option<String>,
     log: Option<std::path::PathBuf>,
     keep_going: bool,
     verbose: bool,
@@ -88,6 +94,8 @@ fn config() -> Config {
         deadline: secs.map(|s| Instant::now() + Duration::from_secs(s)),
         batches: num("BLOCKFAULT_FUZZ_BATCHES").unwrap_or(2).max(1),
         all: env("BLOCKFAULT_FUZZ_ALL").is_some_and(|v| v != "0"),
+        only: env("BLOCKFAULT_FUZZ_ONLY"),
+        minimise_budget: num("BLOCKFAULT_FUZZ_MINIMISE").map_or(MINIMISE_BUDGET, |n| n as usize),
         verbose: env("BLOCKFAULT_FUZZ_VERBOSE").is_some_and(|v| v != "0"),
         log,
     }
@@ -97,6 +105,8 @@ fn config() -> Config {
 #[derive(Default)]
 struct Stats {
     generated: u64,
+    /// not in the class `BLOCKFAULT_FUZZ_ONLY` names
+    outside_only: u64,
     skipped: BTreeMap<&'static str, u64>,
     narrowed: BTreeMap<&'static str, u64>,
     /// minimisations done per rough class (kind and first differing lines), to stop minimising
@@ -145,6 +155,12 @@ pub fn print_summary() {
         s.qemu_crash.values().sum::<u64>(),
         s.setup_failed
     );
+    if s.outside_only > 0 {
+        out += &format!(
+            "\n  outside the class BLOCKFAULT_FUZZ_ONLY names: {}",
+            s.outside_only
+        );
+    }
     for (sig, n) in &s.qemu_crash {
         out += &format!("\n  qemu-io died by signal {sig}: {n}");
     }
@@ -204,8 +220,16 @@ fn batch(cfg: &Config, k: u64) -> Result<(), Failed> {
         i += cfg.batches;
         let mut case = generate::generate(seed);
         with_stats(|s| s.generated += 1);
+        if let Some(only) = &cfg.only {
+            let touched = exclusions::touches(only, &case)
+                .unwrap_or_else(|| panic!("BLOCKFAULT_FUZZ_ONLY={only}: no such exclusion"));
+            if !touched {
+                with_stats(|s| s.outside_only += 1);
+                continue;
+            }
+        }
         if !cfg.all {
-            match exclusions::apply(&mut case) {
+            match exclusions::apply_except(&mut case, cfg.only.as_deref()) {
                 Err(name) => {
                     with_stats(|s| *s.skipped.entry(name).or_default() += 1);
                     continue;
@@ -303,11 +327,13 @@ fn report(cfg: &Config, case: &FuzzCase, d: &Difference) -> String {
     };
     // A stuck engine thread can't be run again and again; a rough class minimised several times
     // already is not worth another in a long run.
-    let minimise = kind != Kind::OursBroken && (!cfg.keep_going || seen < MINIMISE_PER_CLASS);
+    let minimise = kind != Kind::OursBroken
+        && cfg.minimise_budget > 0
+        && (!cfg.keep_going || seen < MINIMISE_PER_CLASS);
     let quick = kind != Kind::OursNondeterministic;
     let (small, tried) = if minimise {
-        shrink::minimise(case, MINIMISE_BUDGET, |c| {
-            let fails = (cfg.all || exclusions::untouched(c))
+        shrink::minimise(case, cfg.minimise_budget, |c| {
+            let fails = (cfg.all || exclusions::untouched_except(c, cfg.only.as_deref()))
                 && matches!(execute(c, qemu_runs(c), quick), Verdict::Differs(x) if x.kind == kind);
             if cfg.verbose {
                 eprintln!(
