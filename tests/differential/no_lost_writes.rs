@@ -313,6 +313,16 @@ fn found_by_the_fuzzer() -> Vec<Case> {
             ],
             "t.qcow2",
         ),
+        // A probed raw image warns with its file's filename: blkdebug with options beyond
+        // `config` is named by a json: filename (its strong options in QDict order).
+        case(
+            "fuzz_probed_raw_names_blkdebug_by_its_json_filename",
+            &[
+                "-c",
+                "write -P 1 512 512",
+                r#"json:{"file":{"inject-error":[{"event":"none","iotype":"flush"},{"event":"read_aio","errno":5,"once":true,"sector":3,"state":1,"immediately":true},{"event":"l2_load","errno":28}],"set-state":[{"event":"write_aio","state":2,"new_state":3},{"event":"flush_to_os","new_state":2}],"driver":"blkdebug","align":4096,"max-transfer":65536,"image":{"driver":"file","filename":"img.raw"}}}"#,
+            ],
+        ),
         // `truncate -m full` under O_DIRECT fails as file-posix's unaligned zero buffer does.
         case(
             "fuzz_full_preallocation_under_o_direct_fails",
