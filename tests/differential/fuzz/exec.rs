@@ -11,8 +11,9 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 /// qemu-io is killed after this long; a case runs in milliseconds unless it hangs (hangs are
-/// common: a synchronous request at a breakpoint), so this is what a hang costs, twice.
-const QEMU_TIMEOUT: Duration = Duration::from_millis(1500);
+/// common: a synchronous request at a breakpoint), so this is what a hang costs (once when ours
+/// hangs there too, twice otherwise, and a longer confirmation before blaming ours).
+const QEMU_TIMEOUT: Duration = Duration::from_millis(1000);
 /// Before calling a hang that our engine does not report a difference, QEMU gets this long.
 const QEMU_CONFIRM_TIMEOUT: Duration = Duration::from_secs(20);
 /// `timeout -s KILL` makes the status 128 + 9.
