@@ -286,10 +286,11 @@ impl Session {
         request: impl Future<Output = T> + 'static,
         done: impl FnOnce(T) + 'static,
     ) {
+        type Completion<T> = Box<dyn FnOnce(T)>;
         struct Aio<T> {
             has_returned: std::cell::Cell<bool>,
             result: RefCell<Option<T>>,
-            done: RefCell<Option<Box<dyn FnOnce(T)>>>,
+            done: RefCell<Option<Completion<T>>>,
         }
         let aio = Rc::new(Aio {
             has_returned: std::cell::Cell::new(false),

@@ -13,6 +13,7 @@ mod cases;
 mod harness;
 mod no_lost_writes;
 mod ours;
+mod qcow2_features;
 
 use harness::{Case, filter, missing_tools, populate, run_ours, run_qemu, snapshot};
 use libtest_mimic::{Arguments, Completion, Failed, Trial};
@@ -31,6 +32,7 @@ fn main() {
         None => {
             let mut cases = cases::all();
             cases.extend(no_lost_writes::all());
+            cases.extend(qcow2_features::all());
             let mut names = HashSet::new();
             for c in &cases {
                 assert!(

@@ -11,7 +11,7 @@ use crate::harness::{Case, case};
 use std::process::Command;
 
 /// The bytes of `qemu-img create -f qcow2 -o OPTS x SIZE`.
-fn qcow2(opts: &str, size: &str) -> Vec<u8> {
+pub(crate) fn qcow2(opts: &str, size: &str) -> Vec<u8> {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("x.qcow2");
     let st = Command::new("qemu-img")
@@ -25,7 +25,14 @@ fn qcow2(opts: &str, size: &str) -> Vec<u8> {
 }
 
 /// `qemu-io ARGS -c CMD...` on `t.qcow2` made with `opts`/`size`.
-fn on_qcow2(name: &str, opts: &str, size: &str, args: &[&str], cmds: &[&str], drive: &str) -> Case {
+pub(crate) fn on_qcow2(
+    name: &str,
+    opts: &str,
+    size: &str,
+    args: &[&str],
+    cmds: &[&str],
+    drive: &str,
+) -> Case {
     let mut all: Vec<&str> = args.to_vec();
     for c in cmds {
         all.push("-c");

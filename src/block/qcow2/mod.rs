@@ -210,16 +210,17 @@ impl Qcow2 {
 
     fn specific_info(&self) -> Vec<String> {
         let st = self.st.borrow();
+        let compression = format!("compression type: {}", st.compression.name());
         if st.hdr.version == 2 {
             return vec![
                 "compat: 0.10".into(),
-                "compression type: zlib".into(),
+                compression,
                 format!("refcount bits: {}", 1u32 << st.refcount_order),
             ];
         }
         vec![
             "compat: 1.1".into(),
-            "compression type: zlib".into(),
+            compression,
             format!(
                 "lazy refcounts: {}",
                 st.compat & header::COMPAT_LAZY_REFCOUNTS != 0

@@ -262,6 +262,7 @@ fn open_inner(file: &Rc<Node>, opts: &mut Options, ctx: &OpenContext) -> Result<
         csize_shift,
         csize_mask: (1 << (h.cluster_bits - 8)) - 1,
         cluster_offset_mask: (1 << csize_shift) - 1,
+        compression: super::compress::CompressionType::from_header(h.compression_type),
         size: h.size,
         l1,
         l1_offset: h.l1_table_offset,

@@ -11,6 +11,9 @@ use crate::block::node::Node;
 use std::cell::RefCell;
 use std::rc::Rc;
 
+/// What a parallel read task read: (position in the request's buffer, the bytes).
+type ReadPart = (usize, Vec<u8>);
+
 impl Qcow2 {
     /// QEMU's qcow2_co_preadv_part: zero and unallocated chunks are filled in place; every
     /// other chunk is read by a task, in parallel (an AioTaskPool) when the request needs
@@ -19,7 +22,7 @@ impl Qcow2 {
         self.check_alive()?;
         let mut pool: Option<Rc<TaskPool>> = None;
         // what the parallel tasks read, copied into `buf` once they are all done
-        let parts: Rc<RefCell<Vec<(usize, Vec<u8>)>>> = Rc::default();
+        let parts: Rc<RefCell<Vec<ReadPart>>> = Rc::default();
         let mut done = 0usize;
         let mut ret = Ok(());
         while done < buf.len() && pool.as_ref().map_or(Ok(()), |p| p.status()).is_ok() {
@@ -112,17 +115,17 @@ impl Qcow2 {
         offset: u64,
         out: &mut [u8],
     ) -> IoResult {
-        let (coffset, csize, cs) = {
+        let (coffset, csize, cs, codec) = {
             let st = self.st.borrow();
             let (o, s) = st.parse_compressed(entry);
-            (o, s, st.cluster_size)
+            (o, s, st.cluster_size, st.compression)
         };
         let mut cbuf = vec![0u8; csize as usize];
         node.file().debug_event(Event::ReadCompressed).await;
         io::preadv(node.file(), coffset, &mut cbuf).await?;
         let mut cluster = vec![0u8; cs as usize];
         let ok = self
-            .in_thread(|| super::compress::decompress(&cbuf, &mut cluster))
+            .in_thread(|| codec.decompress(&cbuf, &mut cluster))
             .await;
         if !ok {
             return Err(libc::EIO);

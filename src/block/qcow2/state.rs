@@ -105,6 +105,8 @@ pub struct State {
     pub csize_shift: u32,
     pub csize_mask: u64,
     pub cluster_offset_mask: u64,
+    /// how compressed clusters are (de)compressed
+    pub compression: super::compress::CompressionType,
     pub size: u64,
     pub l1: Vec<u64>,
     pub l1_offset: u64,

@@ -539,12 +539,13 @@ impl Qcow2 {
     }
 
     async fn compressed_task(&self, node: &Node, offset: u64, data: &[u8]) -> IoResult {
-        let cs = self.st.borrow().cluster_size as usize;
+        let (cs, codec) = {
+            let st = self.st.borrow();
+            (st.cluster_size as usize, st.compression)
+        };
         let mut input = vec![0u8; cs];
         input[..data.len()].copy_from_slice(data);
-        let compressed = self
-            .in_thread(|| super::compress::compress(&input, cs - 1))
-            .await;
+        let compressed = self.in_thread(|| codec.compress(&input, cs - 1)).await;
         let Some(out) = compressed else {
             // does not shrink: written as a normal cluster
             return self.do_pwritev(node, offset, data).await;
