@@ -266,3 +266,69 @@ fn compressed_clusters_are_byte_identical_to_qemus() {
         let _ = std::fs::remove_dir_all(&d);
     }
 }
+
+#[test]
+fn subcluster_and_data_file_images_we_write_pass_qemu_img_check() {
+    if !have("qemu-io") || !have("qemu-img") {
+        eprintln!("skipped: qemu-io/qemu-img 10.0.2 not installed");
+        return;
+    }
+    let cmds: Vec<String> = [
+        "write -P 0x11 3k 1k",
+        "write -P 0x22 62k 5k",
+        "write -z 70k 2k",
+        "write -z -u 128k 64k",
+        "write -P 0x33 200k 100k",
+        "discard 256k 64k",
+        "write -z 300k 1k",
+        "write -P 0x44 1M 3k",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let reads: Vec<String> = [
+        "read -P 0x11 3k 1k",
+        "read -P 0 0 3k",
+        "read -P 0x22 62k 5k",
+        "read -P 0 70k 2k",
+        "read -P 0 128k 64k",
+        "read -P 0x33 200k 56k",
+        "read -P 0 256k 64k",
+        "read -P 0x44 1M 3k",
+        "map",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    for (name, opts) in [
+        ("xl2", "extended_l2=on"),
+        ("xl2-16k", "extended_l2=on,cluster_size=16k"),
+        ("df", "data_file=t.data"),
+        ("df-raw", "data_file=t.data,data_file_raw=on"),
+        ("df-xl2", "data_file=t.data,extended_l2=on"),
+    ] {
+        let d = workdir(&format!("feat-{name}"));
+        sh(
+            &d,
+            &format!("qemu-img create -q -f qcow2 -o {opts} t.qcow2 4M"),
+        );
+        let out = qemu_io(&d, true, &cmds, &["-f", "qcow2", "t.qcow2"]);
+        assert!(!out.contains("failed"), "{name}: {out}");
+        let check = Command::new("qemu-img")
+            .args(["check", "t.qcow2"])
+            .current_dir(&d)
+            .output()
+            .unwrap();
+        assert!(
+            check.status.success(),
+            "{name}: qemu-img check: {}{}",
+            String::from_utf8_lossy(&check.stdout),
+            String::from_utf8_lossy(&check.stderr)
+        );
+        let theirs = qemu_io(&d, false, &reads, &["-f", "qcow2", "-r", "t.qcow2"]);
+        let ours = qemu_io(&d, true, &reads, &["-f", "qcow2", "-r", "t.qcow2"]);
+        assert_eq!(theirs, ours, "{name}");
+        assert!(!theirs.contains("failed"), "{name}: {theirs}");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+}

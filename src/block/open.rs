@@ -260,53 +260,71 @@ fn open_node(
                 filename = Some(f);
             }
             if filename.is_none() {
-                return Err("Must specify either driver or file".into());
+                // no filename but a `file` child: open it, then probe the format from it,
+                // which gets the remaining options (`-o file.filename=...,data-file...`)
+                let Some(file_opt) = opts.remove("file") else {
+                    return Err("Must specify either driver or file".into());
+                };
+                let proto_node = open_child(Some(file_opt), None, "file", false, ctx)?;
+                let name = bottom_filename(&proto_node);
+                return open_probed(proto_node, name, opts, ctx);
             }
             let name = filename.clone().unwrap_or_default();
             let proto_node = open_protocol(filename.clone(), opts, ctx)?;
             if !probe {
                 return Ok(proto_node);
             }
-            // Probe the format of what the protocol node holds (QEMU's find_image_format):
-            // an empty image is raw, and a probe read that fails fails the open.
-            let mut head = vec![0u8; PROBE_BUF_SIZE as usize];
-            if proto_node.getlength().unwrap_or(0) > 0 {
-                let n = proto_node.clone();
-                let read = crate::block::executor::block_on(async move {
-                    let mut buf = vec![0u8; PROBE_BUF_SIZE as usize];
-                    super::io::preadv(&n, 0, &mut buf).await.map(|()| buf)
-                });
-                match read {
-                    Some(Ok(buf)) => head = buf,
-                    Some(Err(e)) => {
-                        return Err(format!(
-                            "Could not read image for determining its format: {}",
-                            crate::errno::strerror(e)
-                        ));
-                    }
-                    None => {
-                        return Err(
-                            "the format probe read can never complete; QEMU would hang here".into(),
-                        );
-                    }
-                }
-            }
-            if probes_as_qcow2(&head) {
-                return qcow2_on(proto_node, Options::new(), None, ctx);
-            }
-            // The same magic with version 1 is QEMU's old `qcow` format, which we do not have.
-            if probes_as_other_format(&head) {
-                return Err("qcow (version 1) images are not supported by this engine".into());
-            }
-            // QEMU warns only where writes would be restricted.
-            if !ctx.flags.read_only {
-                ctx.console.err(&format!(
-                "WARNING: Image format was not specified for '{name}' and probing guessed raw.\n         Automatically detecting the format is dangerous for raw images, write operations on block 0 will be restricted.\n         Specify the 'raw' format explicitly to remove the restrictions.\n"
-                ));
-            }
-            wrap_raw(proto_node, true, ctx)
+            open_probed(proto_node, name, Options::new(), ctx)
         }
     }
+}
+
+/// Probes the format of what `proto_node` holds (QEMU's find_image_format) and opens it with
+/// `fmt_opts`: an empty image is raw, and a probe read that fails fails the open.
+fn open_probed(
+    proto_node: Rc<Node>,
+    name: String,
+    mut fmt_opts: Options,
+    ctx: &OpenContext,
+) -> Result<Rc<Node>, String> {
+    let mut head = vec![0u8; PROBE_BUF_SIZE as usize];
+    if proto_node.getlength().unwrap_or(0) > 0 {
+        let n = proto_node.clone();
+        let read = crate::block::executor::block_on(async move {
+            let mut buf = vec![0u8; PROBE_BUF_SIZE as usize];
+            super::io::preadv(&n, 0, &mut buf).await.map(|()| buf)
+        });
+        match read {
+            Some(Ok(buf)) => head = buf,
+            Some(Err(e)) => {
+                return Err(format!(
+                    "Could not read image for determining its format: {}",
+                    crate::errno::strerror(e)
+                ));
+            }
+            None => {
+                return Err(
+                    "the format probe read can never complete; QEMU would hang here".into(),
+                );
+            }
+        }
+    }
+    if probes_as_qcow2(&head) {
+        let backing_opt = fmt_opts.remove("backing");
+        return qcow2_on(proto_node, fmt_opts, backing_opt, ctx);
+    }
+    // The same magic with version 1 is QEMU's old `qcow` format, which we do not have.
+    if probes_as_other_format(&head) {
+        return Err("qcow (version 1) images are not supported by this engine".into());
+    }
+    reject_unknown(&fmt_opts, "format", "raw")?;
+    // QEMU warns only where writes would be restricted.
+    if !ctx.flags.read_only {
+        ctx.console.err(&format!(
+            "WARNING: Image format was not specified for '{name}' and probing guessed raw.\n         Automatically detecting the format is dangerous for raw images, write operations on block 0 will be restricted.\n         Specify the 'raw' format explicitly to remove the restrictions.\n"
+        ));
+    }
+    wrap_raw(proto_node, true, ctx)
 }
 
 /// Opens the node a filename's protocol prefix names, with no format probing.
@@ -536,7 +554,7 @@ pub fn open_temp_snapshot(root: Rc<Node>, ctx: &OpenContext) -> Result<Rc<Node>,
     file.supported_zero_flags = ReqFlags::MAY_UNMAP.with(ReqFlags::NO_FALLBACK);
     let file = finish(file, &octx, Limits::default());
     let mut opts = Options::new();
-    let opened = super::qcow2::open_image(&file, &mut opts, &octx)?;
+    let opened = super::qcow2::open_image(&file, &mut opts, &octx, &mut |_| Ok(None))?;
     qcow2_assemble(file, opened, Some(root), &octx)
 }
 
@@ -547,7 +565,19 @@ fn qcow2_on(
     backing_opt: Option<Value>,
     ctx: &OpenContext,
 ) -> Result<Rc<Node>, String> {
-    let opened = super::qcow2::open_image(&file, &mut opts, ctx)?;
+    // QEMU opens the data file child in the middle of qcow2_do_open, so its errors come
+    // before those of the backing file name and the dirty-image repair
+    let mut data_file_opt = opts.remove("data-file");
+    let mut open_data_file = |name: Option<&str>| -> Result<Option<Rc<Node>>, String> {
+        match (name, data_file_opt.take()) {
+            (None, None) => Ok(None),
+            (None, Some(v)) => open_child(Some(v), None, "data-file", false, ctx).map(Some),
+            (Some(name), v) => {
+                open_child(v, Some(name.to_string()), "data-file", false, ctx).map(Some)
+            }
+        }
+    };
+    let opened = super::qcow2::open_image(&file, &mut opts, ctx, &mut open_data_file)?;
     reject_unknown(&opts, "format", "qcow2")?;
     let bctx = OpenContext {
         base_dir: ctx.base_dir.clone(),
@@ -604,6 +634,18 @@ fn qcow2_assemble(
         writable: !ctx.flags.read_only,
         primary: true,
     }];
+    if let Some(d) = opened.data_file.clone() {
+        // QEMU lists children newest first: flushes reach the data file before the image file
+        children.insert(
+            0,
+            Child {
+                name: "data-file",
+                node: d,
+                writable: !ctx.flags.read_only,
+                primary: false,
+            },
+        );
+    }
     if let Some(b) = backing {
         children.push(Child {
             name: "backing",
@@ -613,6 +655,7 @@ fn qcow2_assemble(
         });
     }
     let cs = opened.cluster_size;
+    let subcluster_size = opened.subcluster_size;
     let v3 = opened.version >= 3;
     let mut node = Node::new(Box::new(opened.driver), children, file.filename.clone());
     node.supported_zero_flags = if v3 {
@@ -621,7 +664,7 @@ fn qcow2_assemble(
         ReqFlags::NONE
     };
     let limits = Limits {
-        pwrite_zeroes_alignment: cs,
+        pwrite_zeroes_alignment: subcluster_size,
         pdiscard_alignment: cs,
         ..Limits::default()
     };

@@ -366,7 +366,7 @@ impl<F: ImageFile> Checker<F> {
         let mut next_contiguous = 0u64;
         for i in 0..self.header.l2_entries() as usize {
             let (mut entry, bitmap) = self.l2_entry(&l2, i);
-            let ty = l2_cluster_type(entry, self.header.extended_l2());
+            let ty = l2_cluster_type(entry, &self.header);
             if ty != ClusterType::Compressed && entry & 0x3f00_0000_0000_01fe != 0 {
                 self.err(format!(
                     "ERROR found l2 entry with reserved bits set: {entry:x}"
@@ -430,7 +430,10 @@ impl<F: ImageFile> Checker<F> {
                         }
                         next_contiguous = offset + cs;
                     }
-                    self.inc_refcounts(res, rt, offset, cs)?;
+                    // data file clusters have no refcounts
+                    if !has_data_file(&self.header) {
+                        self.inc_refcounts(res, rt, offset, cs)?;
+                    }
                 }
                 ClusterType::ZeroPlain => {}
                 ClusterType::Unallocated => {
@@ -724,12 +727,17 @@ impl<F: ImageFile> Checker<F> {
             let mut dirty = 0;
             for j in 0..self.header.l2_entries() as usize {
                 let (entry, _) = self.l2_entry(&l2, j);
-                let ty = l2_cluster_type(entry, self.header.extended_l2());
+                let ty = l2_cluster_type(entry, &self.header);
                 if !matches!(ty, ClusterType::Normal | ClusterType::ZeroAlloc) {
                     continue;
                 }
-                let Ok(refcount) = self.get_refcount((entry & L2E_OFFSET_MASK) / cs) else {
-                    continue;
+                let refcount = if has_data_file(&self.header) {
+                    1
+                } else {
+                    match self.get_refcount((entry & L2E_OFFSET_MASK) / cs) {
+                        Ok(r) => r,
+                        Err(_) => continue,
+                    }
                 };
                 if (refcount == 1) != (entry & OFLAG_COPIED != 0) {
                     res.corruptions += 1;
@@ -1021,21 +1029,25 @@ impl<F: ImageFile> Checker<F> {
 
 /// C's `%#x`: no `0x` for zero.
 fn c_hex(v: u64) -> String {
-    if v == 0 {
-        "0".into()
-    } else {
-        format!("{v:#x}")
-    }
+    super::state::CHex(v).to_string()
 }
 
-/// `qcow2_get_cluster_type` (no external data file); with extended L2 entries bit 0 is not a
-/// zero flag.
-pub fn l2_cluster_type(entry: u64, extended_l2: bool) -> ClusterType {
-    if extended_l2 {
+/// `qcow2_get_cluster_type` of the header's image: with extended L2 entries bit 0 is not a
+/// zero flag, with an external data file offset 0 is a real offset in a COPIED entry.
+pub fn l2_cluster_type(entry: u64, h: &Header) -> ClusterType {
+    let ty = if h.extended_l2() {
         cluster_type(entry & !OFLAG_ZERO)
     } else {
         cluster_type(entry)
+    };
+    if ty == ClusterType::Unallocated && has_data_file(h) && entry & OFLAG_COPIED != 0 {
+        return ClusterType::Normal;
     }
+    ty
+}
+
+fn has_data_file(h: &Header) -> bool {
+    h.incompatible_features & super::header::INCOMPAT_DATA_FILE != 0
 }
 
 /// The in-memory refcount array: entries of the image's refcount width, so it overflows where
@@ -1086,18 +1098,32 @@ mod tests {
 
     #[test]
     fn cluster_types() {
-        assert_eq!(l2_cluster_type(0, false), ClusterType::Unallocated);
-        assert_eq!(l2_cluster_type(1, false), ClusterType::ZeroPlain);
-        assert_eq!(l2_cluster_type(0x50001, false), ClusterType::ZeroAlloc);
+        let std = Header::default();
+        let ext = Header {
+            incompatible_features: super::super::header::INCOMPAT_EXTL2,
+            ..Header::default()
+        };
+        let data = Header {
+            incompatible_features: super::super::header::INCOMPAT_DATA_FILE,
+            ..Header::default()
+        };
+        assert_eq!(l2_cluster_type(0, &std), ClusterType::Unallocated);
+        assert_eq!(l2_cluster_type(1, &std), ClusterType::ZeroPlain);
+        assert_eq!(l2_cluster_type(0x50001, &std), ClusterType::ZeroAlloc);
         assert_eq!(
-            l2_cluster_type(0x50000 | OFLAG_COPIED, false),
+            l2_cluster_type(OFLAG_COPIED, &std),
+            ClusterType::Unallocated
+        );
+        assert_eq!(l2_cluster_type(OFLAG_COPIED, &data), ClusterType::Normal);
+        assert_eq!(
+            l2_cluster_type(0x50000 | OFLAG_COPIED, &std),
             ClusterType::Normal
         );
         assert_eq!(
-            l2_cluster_type(OFLAG_COMPRESSED | 5, false),
+            l2_cluster_type(OFLAG_COMPRESSED | 5, &std),
             ClusterType::Compressed
         );
-        assert_eq!(l2_cluster_type(1, true), ClusterType::Unallocated);
+        assert_eq!(l2_cluster_type(1, &ext), ClusterType::Unallocated);
     }
 
     #[test]

@@ -29,6 +29,10 @@ pub struct Opened {
     pub backing: Option<(String, Option<String>)>,
     pub version: u32,
     pub cluster_size: u64,
+    /// QEMU's pwrite_zeroes_alignment
+    pub subcluster_size: u64,
+    /// the external data file's node (QEMU's s->data_file when it is not bs->file)
+    pub data_file: Option<Rc<Node>>,
 }
 
 fn event(file: &Rc<Node>, ev: Event) {
@@ -71,13 +75,19 @@ fn take_size(opts: &mut Options, key: &str) -> Result<Option<u64>, String> {
         .ok_or(format!("Parameter '{key}' expects a non-negative number below 2^64\nOptional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\nand exabytes, respectively.\n"))
 }
 
+/// How the graph builder opens the external data file (QEMU's bdrv_open_child for
+/// "data-file"): with None, from the `data-file` option if one was given (Ok(None) if not);
+/// with a name, that file (the name stored in the image).
+pub type DataFileOpener<'a> = &'a mut dyn FnMut(Option<&str>) -> Result<Option<Rc<Node>>, String>;
+
 /// Opens the qcow2 image in `file`. `opts` holds the qcow2 runtime options (consumed).
 pub fn open_image(
     file: &Rc<Node>,
     opts: &mut Options,
     ctx: &OpenContext,
+    data_file: DataFileOpener<'_>,
 ) -> Result<Opened, String> {
-    open_inner(file, opts, ctx).map_err(|(m, _)| m)
+    open_inner(file, opts, ctx, data_file).map_err(|(m, _)| m)
 }
 
 /// What a metadata-only open (qemu-img's `info` and `check`, and `create`'s look at a backing
@@ -86,6 +96,8 @@ pub struct Metadata {
     pub h: Header,
     /// the backing file name as stored in the image, and its format, if any
     pub backing: Option<(String, Option<String>)>,
+    /// the external data file's name as stored in the image
+    pub data_file: Option<String>,
 }
 
 /// qcow2_do_open for qemu-img, which only reads metadata: the same reads and checks as
@@ -99,11 +111,7 @@ pub fn open_metadata(
     check: bool,
     writable: bool,
 ) -> Result<Metadata, OpenError> {
-    let mode = OpenMode {
-        check,
-        writable,
-        serve: false,
-    };
+    let mode = OpenMode { check, writable };
     let o = header::read(file, mode)?;
     header::check_encryption(&o.h)?;
     let ex = header::read_extensions(file, &o.h, u64::from(o.h.header_length), o.ext_end)?;
@@ -112,6 +120,7 @@ pub fn open_metadata(
     Ok(Metadata {
         h: o.h,
         backing: header::backing_of(backing_file.as_deref(), ex.backing_format.as_deref()),
+        data_file: ex.data_file,
     })
 }
 
@@ -149,13 +158,17 @@ fn repair_dirty(
     Ok(true)
 }
 
-fn open_inner(file: &Rc<Node>, opts: &mut Options, ctx: &OpenContext) -> Result<Opened, OpenError> {
+fn open_inner(
+    file: &Rc<Node>,
+    opts: &mut Options,
+    ctx: &OpenContext,
+    open_data_file: DataFileOpener<'_>,
+) -> Result<Opened, OpenError> {
     let read_only = ctx.flags.read_only;
     let node_file = NodeFile(file.clone());
     let mode = OpenMode {
         check: false,
         writable: !read_only,
-        serve: true,
     };
     let header::Opening {
         h,
@@ -164,7 +177,14 @@ fn open_inner(file: &Rc<Node>, opts: &mut Options, ctx: &OpenContext) -> Result<
         l1_vm_state_index,
     } = header::read(&node_file, mode)?;
     let cs = h.cluster_size();
-    let l2_bits = h.cluster_bits - 3;
+    let extended_l2 = h.extended_l2();
+    let l2_bits = h.cluster_bits - if extended_l2 { 4 } else { 3 };
+    let subclusters = if extended_l2 {
+        super::state::SUBCLUSTERS
+    } else {
+        1
+    };
+    let subcluster_size = cs / u64::from(subclusters);
     // entries per refblock = cluster bits * 8 / refcount bits
     let refcount_block_bits = h.cluster_bits + 3 - h.refcount_order;
     let mut l1 = Vec::new();
@@ -219,7 +239,7 @@ fn open_inner(file: &Rc<Node>, opts: &mut Options, ctx: &OpenContext) -> Result<
     }
     header::check_encryption(&h)?;
     let cache_opts = [cache_size, l2_cache_size, rc_cache_size];
-    let (l2_entries, rc_entries) = cache_entries(h.size, cs, cache_opts);
+    let (l2_entries, rc_entries) = cache_entries(h.size, cs, h.l2_entry_size(), cache_opts);
     // refcount init
     let reftable_entries = (u64::from(h.refcount_table_clusters) << (h.cluster_bits - 3)) as usize;
     event(file, Event::ReftableLoad);
@@ -231,12 +251,24 @@ fn open_inner(file: &Rc<Node>, opts: &mut Options, ctx: &OpenContext) -> Result<
         .map(|c| u64::from_be_bytes(c.try_into().expect("8")))
         .collect();
     let ex = header::read_extensions(&node_file, &h, u64::from(h.header_length), ext_end)?;
-    if ex.data_file {
-        return Err((
-            "qcow2: external data files are not supported by this engine".into(),
-            libc::ENOTSUP,
-        ));
-    }
+    let bad = |m: String| (m, libc::EINVAL);
+    let data_node = if h.incompatible_features & header::INCOMPAT_DATA_FILE != 0 {
+        let mut n = open_data_file(None).map_err(bad)?;
+        if let (None, Some(name)) = (&n, &ex.data_file) {
+            n = open_data_file(Some(name)).map_err(bad)?;
+        }
+        Some(n.ok_or_else(|| bad("'data-file' is required for this image".into()))?)
+    } else {
+        if open_data_file(None).map_err(bad)?.is_some() {
+            return Err(bad(
+                "'data-file' can only be set for images with an external data file".into(),
+            ));
+        }
+        if h.autoclear_features & header::AUTOCLEAR_DATA_FILE_RAW != 0 {
+            return Err(bad("data-file-raw requires a data file".into()));
+        }
+        None
+    };
     let backing_file = header::read_backing_name(&node_file, &h)?;
     let backing = header::backing_of(backing_file.as_deref(), ex.backing_format.as_deref());
     let mut h = h;
@@ -263,6 +295,12 @@ fn open_inner(file: &Rc<Node>, opts: &mut Options, ctx: &OpenContext) -> Result<
         csize_mask: (1 << (h.cluster_bits - 8)) - 1,
         cluster_offset_mask: (1 << csize_shift) - 1,
         compression: super::compress::CompressionType::from_header(h.compression_type),
+        extended_l2,
+        subclusters_per_cluster: subclusters,
+        subcluster_bits: subcluster_size.trailing_zeros(),
+        subcluster_size,
+        data_file: data_node.is_some(),
+        data_file_name: ex.data_file,
         size: h.size,
         l1,
         l1_offset: h.l1_table_offset,
@@ -327,6 +365,7 @@ fn open_inner(file: &Rc<Node>, opts: &mut Options, ctx: &OpenContext) -> Result<
                 unknown_fields: &st.unknown_fields,
                 backing_format: st.backing_format.as_deref(),
                 backing_file: st.backing_file.as_deref(),
+                data_file: st.data_file_name.as_deref().filter(|_| st.data_file),
                 unknown_exts: &exts,
             })
         };
@@ -345,14 +384,21 @@ fn open_inner(file: &Rc<Node>, opts: &mut Options, ctx: &OpenContext) -> Result<
         backing,
         version: h.version,
         cluster_size: cs,
+        subcluster_size,
+        data_file: data_node,
     })
 }
 
 /// Cache sizes in entries from the disk size and the cache options `[cache-size,
 /// l2-cache-size, refcount-cache-size]` (QEMU's read_cache_sizes, default entry size).
-pub fn cache_entries(size: u64, cs: u64, opts: [Option<u64>; 3]) -> (usize, usize) {
+pub fn cache_entries(
+    size: u64,
+    cs: u64,
+    l2_entry_size: u64,
+    opts: [Option<u64>; 3],
+) -> (usize, usize) {
     let [cache_size, l2_cache_size, rc_cache_size] = opts;
-    let max_l2_cache = (size.div_ceil(cs) * 8).div_ceil(cs) * cs;
+    let max_l2_cache = (size.div_ceil(cs) * l2_entry_size).div_ceil(cs) * cs;
     let (l2_bytes, rc_bytes) = match (cache_size, l2_cache_size, rc_cache_size) {
         (Some(total), l2, rc) => {
             let l2 =
