@@ -575,7 +575,11 @@ const CASES: &[Case] = &[
         name: "feature_zstd",
         setup: "qemu-img create -q -f qcow2 -o compression_type=zstd s.qcow2 1M",
         image: "s.qcow2",
-        commands: &["write -c -P 1 64k 64k", "write -P 2 64k 4k", "read -P 1 68k 4k"],
+        commands: &[
+            "write -c -P 1 64k 64k",
+            "write -P 2 64k 4k",
+            "read -P 1 68k 4k",
+        ],
         cache: "writethrough",
         max_events: 90,
     },

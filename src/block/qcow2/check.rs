@@ -10,8 +10,8 @@
 use super::header::{Header, INCOMPAT_CORRUPT, INCOMPAT_DIRTY, MAX_L1_SIZE, be16, be32, be64};
 use super::image_file::ImageFile;
 use super::state::{
-    ClusterType, L1E_OFFSET_MASK, L2E_OFFSET_MASK, OFLAG_COPIED, OFLAG_ZERO, REFT_OFFSET_MASK,
-    cluster_type, rc_get, rc_set, refcount_max,
+    BITMAP_ALL_ZEROES, ClusterType, L1E_OFFSET_MASK, L2E_OFFSET_MASK, OFLAG_COPIED, OFLAG_ZERO,
+    REFT_OFFSET_MASK, cluster_type, rc_get, rc_set, refcount_max,
 };
 use crate::errno::strerror;
 use std::collections::HashMap;
@@ -350,16 +350,61 @@ impl<F: ImageFile> Checker<F> {
         (coffset, sectors * 512 - (coffset & 511))
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// QEMU's fix_l2_entry_by_zero: an unaligned cluster without data becomes a zero
+    /// cluster (its allocated subclusters zero ones); the caller counted the corruption.
+    /// Err(true) when the entry would overlap other metadata (the L2 table is then not
+    /// checked further).
+    fn fix_l2_entry_by_zero(
+        &mut self,
+        res: &mut CheckResult,
+        l2_offset: u64,
+        l2: &mut [u8],
+        i: usize,
+    ) -> Result<(), bool> {
+        let esize = self.header.l2_entry_size() as usize;
+        if self.header.extended_l2() {
+            let bitmap = be64(l2, i * 16 + 8);
+            let zeroes = (bitmap | (bitmap << 32)) & BITMAP_ALL_ZEROES;
+            put64(l2, i * 16 + 8, zeroes);
+            put64(l2, i * 16, 0);
+        } else {
+            put64(l2, i * 8, OFLAG_ZERO);
+        }
+        let at = l2_offset + (i * esize) as u64;
+        // QEMU ignores overlaps with active L2 tables here (the entry lies in one)
+        if let Some(what) = self.overlapped_metadata(at, esize as u64)
+            && what != "active L2 table"
+        {
+            self.signal_corruption(&format!(
+                "Preventing invalid write on metadata (overlaps with {what})"
+            ));
+            self.err("ERROR: Overlap check failed".into());
+            res.check_errors += 1;
+            return Err(true);
+        }
+        if let Err(e) = self.file.write_at(at, &l2[i * esize..(i + 1) * esize]) {
+            self.err(format!(
+                "ERROR: Failed to overwrite L2 table entry: {}",
+                strerror(e)
+            ));
+            res.check_errors += 1;
+            return Err(false);
+        }
+        res.corruptions -= 1;
+        res.corruptions_fixed += 1;
+        Ok(())
+    }
+
     fn check_l2(
         &mut self,
         res: &mut CheckResult,
         rt: &mut RefArray,
         l2_offset: u64,
         flags: u32,
+        fix: u32,
     ) -> Result<(), i32> {
         let cs = self.cs();
-        let l2 = self.file.read_at(l2_offset, cs as usize).map_err(|_| {
+        let mut l2 = self.file.read_at(l2_offset, cs as usize).map_err(|_| {
             res.check_errors += 1;
             libc::EIO
         })?;
@@ -382,6 +427,13 @@ impl<F: ImageFile> Checker<F> {
                         ));
                         entry &= !OFLAG_COPIED;
                         res.corruptions += 1;
+                    }
+                    if has_data_file(&self.header) {
+                        self.err(format!(
+                            "ERROR compressed cluster {i} with data file, entry=0x{entry:x}"
+                        ));
+                        res.corruptions += 1;
+                        continue;
                     }
                     if bitmap != 0 {
                         self.err(format!(
@@ -418,9 +470,20 @@ impl<F: ImageFile> Checker<F> {
                                 "ERROR offset={offset:x}: Data cluster is not properly aligned; L2 entry corrupted."
                             ));
                         } else {
+                            let repair = fix & FIX_ERRORS != 0;
                             self.err(format!(
-                                "ERROR offset={offset:x}: Preallocated cluster is not properly aligned; L2 entry corrupted."
+                                "{} offset={offset:x}: Preallocated cluster is not properly aligned; L2 entry corrupted.",
+                                if repair { "Repairing" } else { "ERROR" }
                             ));
+                            if repair {
+                                match self.fix_l2_entry_by_zero(res, l2_offset, &mut l2, i) {
+                                    // the cluster is unused now
+                                    Ok(()) => continue,
+                                    Err(true) => return Err(libc::EIO),
+                                    // not fixed: the rest of the table is still checked
+                                    Err(false) => {}
+                                }
+                            }
                         }
                     }
                     if flags & CHECK_FRAG_INFO != 0 {
@@ -440,7 +503,7 @@ impl<F: ImageFile> Checker<F> {
                     if bitmap & 0xffff_ffff != 0 {
                         res.corruptions += 1;
                         self.err(
-                            "ERROR: Unallocated cluster has non-zero subcluster allocation bitmap"
+                            "ERROR: Unallocated cluster has non-zero subcluster allocation map"
                                 .into(),
                         );
                     }
@@ -450,6 +513,7 @@ impl<F: ImageFile> Checker<F> {
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn check_l1(
         &mut self,
         res: &mut CheckResult,
@@ -457,6 +521,7 @@ impl<F: ImageFile> Checker<F> {
         l1_offset: u64,
         l1_size: u32,
         flags: u32,
+        fix: u32,
         active: bool,
     ) -> Result<(), i32> {
         if l1_size == 0 {
@@ -494,7 +559,7 @@ impl<F: ImageFile> Checker<F> {
                 ));
                 res.corruptions += 1;
             }
-            self.check_l2(res, rt, l2_offset, flags)?;
+            self.check_l2(res, rt, l2_offset, flags, fix)?;
         }
         Ok(())
     }
@@ -510,7 +575,7 @@ impl<F: ImageFile> Checker<F> {
         let cs = self.cs();
         self.inc_refcounts(res, rt, 0, cs)?;
         let (l1o, l1s) = (self.header.l1_table_offset, self.header.l1_size);
-        self.check_l1(res, rt, l1o, l1s, CHECK_FRAG_INFO, true)?;
+        self.check_l1(res, rt, l1o, l1s, CHECK_FRAG_INFO, fix, true)?;
         for sn in self.snapshots.clone() {
             if sn.l1_table_offset % cs != 0 {
                 self.err(format!(
@@ -528,7 +593,7 @@ impl<F: ImageFile> Checker<F> {
                 res.corruptions += 1;
                 continue;
             }
-            self.check_l1(res, rt, sn.l1_table_offset, sn.l1_size, 0, false)?;
+            self.check_l1(res, rt, sn.l1_table_offset, sn.l1_size, 0, fix, false)?;
         }
         let (so, ss) = (self.header.snapshots_offset, self.snapshots_size);
         self.inc_refcounts(res, rt, so, ss)?;
