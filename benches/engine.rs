@@ -37,7 +37,7 @@ fn open(dir: &Path, drive: &str) -> Rc<BlockBackend> {
         root,
         writethrough: Cell::new(false),
         read_only: Cell::new(false),
-        copy_on_read: false,
+        perms: Cell::new(blockfault::block::perms::Perms::WRITE),
     })
 }
 

@@ -491,3 +491,179 @@ proptest! {
         check_open(&out, status)?;
     }
 }
+
+// ---- QEMU's JSON dialect (`json:` filenames) -------------------------------------------------
+
+use blockfault::block::json::{self, QObject};
+use serde_json::Value;
+
+/// How [`qemu_text`] writes a value: which quotes, what goes between tokens, and whether every
+/// non-ASCII character is written as a `\u` escape.
+#[derive(Debug, Clone)]
+struct Style {
+    quote: char,
+    space: &'static str,
+    escape_unicode: bool,
+}
+
+fn style() -> impl Strategy<Value = Style> {
+    (
+        prop::sample::select(&['"', '\''][..]),
+        prop::sample::select(&["", " ", "\n", "\t\r\n "][..]),
+        any::<bool>(),
+    )
+        .prop_map(|(quote, space, escape_unicode)| Style {
+            quote,
+            space,
+            escape_unicode,
+        })
+}
+
+/// A value as QEMU's dialect can spell it.
+fn qemu_text(v: &Value, style: &Style, out: &mut String) {
+    let sp = style.space;
+    match v {
+        Value::Null => out.push_str("null"),
+        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        Value::Number(n) => out.push_str(&n.to_string()),
+        Value::String(s) => quoted(s, style, out),
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                out.push_str(if i == 0 { sp } else { "," });
+                out.push_str(sp);
+                qemu_text(item, style, out);
+                out.push_str(sp);
+            }
+            out.push(']');
+        }
+        Value::Object(map) => {
+            out.push('{');
+            for (i, (k, item)) in map.iter().enumerate() {
+                out.push_str(if i == 0 { sp } else { "," });
+                out.push_str(sp);
+                quoted(k, style, out);
+                out.push_str(sp);
+                out.push(':');
+                out.push_str(sp);
+                qemu_text(item, style, out);
+                out.push_str(sp);
+            }
+            out.push('}');
+        }
+    }
+}
+
+fn quoted(s: &str, style: &Style, out: &mut String) {
+    out.push(style.quote);
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            c if c == style.quote => {
+                out.push('\\');
+                out.push(c);
+            }
+            c if (c as u32) < 0x20 || (style.escape_unicode && !c.is_ascii()) => {
+                let mut units = [0u16; 2];
+                for unit in c.encode_utf16(&mut units) {
+                    out.push_str(&format!("\\u{unit:04x}"));
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out.push(style.quote);
+}
+
+/// The value QEMU's parser gives for JSON text of `v`.
+fn expected(v: &Value) -> QObject {
+    match v {
+        Value::Null => QObject::Null,
+        Value::Bool(b) => QObject::Bool(*b),
+        Value::Number(n) => match (n.as_i64(), n.as_u64()) {
+            (Some(i), _) => QObject::Int(i),
+            (_, Some(u)) => QObject::UInt(u),
+            _ => QObject::Double(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        Value::String(s) => QObject::Str(s.clone()),
+        Value::Array(items) => QObject::List(items.iter().map(expected).collect()),
+        Value::Object(map) => {
+            QObject::Dict(map.iter().map(|(k, v)| (k.clone(), expected(v))).collect())
+        }
+    }
+}
+
+/// [`json_value`] with what it lacks for the parser: doubles, large integers, and strings with
+/// control characters and any Unicode (but not the noncharacters QEMU rejects).
+fn dialect_value() -> impl Strategy<Value = Value> {
+    let scalar = prop_oneof![
+        json_scalar(),
+        any::<u64>().prop_map(Value::from),
+        any::<f64>()
+            .prop_filter("finite", |x| x.is_finite())
+            .prop_map(Value::from),
+        "\\PC{0,6}".prop_map(Value::String),
+        "[\\x00-\\x1f\"'\\\\/]{0,6}".prop_map(Value::String),
+    ];
+    scalar.prop_recursive(4, 32, 6, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+            prop::collection::vec(("\\PC{0,4}", inner), 0..5)
+                .prop_map(|kv| Value::Object(kv.into_iter().collect())),
+        ]
+    })
+}
+
+/// Pieces that make JSON-like text, valid or not.
+const PIECES: &[&str] = &[
+    "{", "}", "[", "]", ":", ",", "'a'", "\"b\"", "'", "\"", "\\", "1", "-0", "-", "01", "2.5e3",
+    "1.", "e", "true", "null", "tru", "%d", " ", "\n", "\t", "\\u12", "\\uD800", "\\u0041", "é",
+    "\u{FDD0}", "x", "\u{1}",
+];
+
+/// What QEMU may answer to text that is not a JSON object.
+fn is_qemu_json_error(e: &str) -> bool {
+    e.starts_with("JSON parse error, ")
+        || [
+            "Expecting a JSON value",
+            "Expecting at most one JSON value",
+            "JSON nesting depth limit exceeded",
+        ]
+        .contains(&e)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn the_dialect_reads_any_spelling_of_a_value(v in dialect_value(), style in style()) {
+        let mut text = String::from(style.space);
+        qemu_text(&v, &style, &mut text);
+        text.push_str(style.space);
+        prop_assert_eq!(json::parse(text.as_bytes()), Ok(expected(&v)), "{}", text);
+    }
+
+    #[test]
+    fn json_filenames_keep_objects_without_dotted_keys(v in json_value(), style in style()) {
+        // Flattening and nesting again gives the object back when no key has a dot (object
+        // keys may come back in another order: QEMU re-inserts the keys it flattens; objects
+        // compare as maps, lists in order).
+        let Value::Object(map) = v else { return Ok(()) };
+        let mut text = String::new();
+        qemu_text(&Value::Object(map.clone()), &style, &mut text);
+        let options = blockfault::block::json_filename::parse(&text);
+        prop_assert_eq!(options, Ok(map), "{}", text);
+    }
+
+    #[test]
+    fn any_text_parses_or_fails_with_a_qemu_message(
+        pieces in prop::collection::vec(prop::sample::select(PIECES), 0..24),
+        bytes in prop::collection::vec(any::<u8>(), 0..24),
+    ) {
+        for input in [pieces.concat().into_bytes(), bytes] {
+            if let Err(e) = json::parse(&input) {
+                prop_assert!(is_qemu_json_error(&e), "{:?}: {}", String::from_utf8_lossy(&input), e);
+            }
+        }
+    }
+}

@@ -12,9 +12,9 @@ pub struct BlockBackend {
     pub writethrough: std::cell::Cell<bool>,
     /// `reopen -r`: commands that write are refused
     pub read_only: std::cell::Cell<bool>,
-    /// qemu-io `-C`/`open -C` (QEMU's BDRV_O_COPY_ON_READ on the top node). Carried here for
-    /// the read path, which does not act on it yet: reads do not copy backing data up.
-    pub copy_on_read: bool,
+    /// what the user holds on the root: WRITE from a read-write open, the rest as commands
+    /// took them
+    pub perms: std::cell::Cell<super::perms::Perms>,
 }
 
 impl BlockBackend {
@@ -99,23 +99,9 @@ impl BlockBackend {
         io::truncate(&self.root, size).await
     }
 
-    /// Truncate with a preallocation mode (`off`, `metadata`, `falloc`, `full`). Every chain this
-    /// engine builds ends in file-posix, whose raw_co_truncate refuses preallocation when
-    /// shrinking and does not know `metadata`, in that order; `falloc`/`full` only differ from
-    /// `off` in allocation, which reads cannot see.
+    /// Truncate with a preallocation mode (`off`, `metadata`, `falloc`, `full`): the drivers
+    /// pass it down to the one that implements it (qcow2, or file-posix at the bottom).
     pub async fn truncate_prealloc(&self, size: u64, prealloc: &str) -> Result<(), String> {
-        if self.root.caps.truncate_prealloc {
-            return io::truncate_prealloc(&self.root, size, prealloc).await;
-        }
-        if prealloc != "off" {
-            let current = self.root.getlength().map_err(crate::errno::strerror)?;
-            if current > size {
-                return Err("Cannot use preallocation for shrinking files".into());
-            }
-            if !["falloc", "full"].contains(&prealloc) {
-                return Err(format!("Unsupported preallocation mode: {prealloc}"));
-            }
-        }
-        self.truncate(size).await
+        io::truncate_prealloc(&self.root, size, prealloc).await
     }
 }

@@ -24,6 +24,10 @@ impl ReqFlags {
     pub const MAY_UNMAP: Self = Self(1 << 3);
     pub const NO_FALLBACK: Self = Self(1 << 4);
     pub const WRITE_COMPRESSED: Self = Self(1 << 5);
+    /// copy what the read finds below this node into it (QEMU's BDRV_REQ_COPY_ON_READ)
+    pub const COPY_ON_READ: Self = Self(1 << 6);
+    /// copy-on-read that needs no data back (QEMU's BDRV_REQ_PREFETCH)
+    pub const PREFETCH: Self = Self(1 << 7);
 
     pub fn has(self, other: Self) -> bool {
         self.0 & other.0 == other.0 && other.0 != 0
@@ -93,6 +97,8 @@ pub struct BlockStatus {
 pub struct Capabilities {
     pub pwrite_zeroes: bool,
     pub pdiscard: bool,
+    /// compressed writes (QEMU's bdrv_co_pwritev_compressed_part exists)
+    pub pwritev_compressed: bool,
     /// a flush callback covering the whole subtree (QEMU's `bdrv_co_flush`), as blkverify has
     pub flush_all: bool,
     pub flush_to_disk: bool,

@@ -6,7 +6,7 @@
 use super::blkdebug::events::Event;
 use super::driver::{BlockStatus, IoResult, ReqFlags, status};
 use super::executor::{self, Gate};
-use super::node::Node;
+use super::node::{DetectZeroes, Node};
 use super::tracked::{self, Kind, Tracked};
 use std::rc::Rc;
 
@@ -83,25 +83,41 @@ impl Padding {
 
 /// Reads `buf.len()` bytes at `offset` from `node` (QEMU's bdrv_co_preadv_part).
 pub async fn preadv(node: &Node, offset: u64, buf: &mut [u8]) -> IoResult {
+    preadv_flags(node, offset, buf, ReqFlags::NONE).await
+}
+
+/// A read with request flags (copy-on-read, prefetch).
+pub async fn preadv_flags(
+    node: &Node,
+    offset: u64,
+    buf: &mut [u8],
+    mut flags: ReqFlags,
+) -> IoResult {
     let bytes = buf.len() as u64;
     check_request32(offset, bytes)?;
     let align = node.limits.request_alignment;
     if bytes == 0 && !offset.is_multiple_of(align) {
         return Ok(());
     }
+    if node.copy_on_read.get() {
+        flags = flags.with(ReqFlags::COPY_ON_READ);
+    }
     match Padding::of(offset, bytes, align) {
         None => {
             let req = tracked::begin(node, offset, bytes, Kind::Read);
-            let r = aligned_preadv(node, &req, offset, buf, align).await;
+            let r = aligned_preadv(node, &req, offset, buf, align, flags).await;
             tracked::end(node, &req);
             r
         }
         Some(pad) => {
+            if padding_aborts_in_qemu(offset, buf, &pad, align) {
+                return Err(libc::EIO);
+            }
             let start = offset - pad.head;
             let (h, t) = (pad.head as usize, pad.tail as usize);
             let mut padded = vec![0u8; h + buf.len() + t];
             let req = tracked::begin(node, start, padded.len() as u64, Kind::Read);
-            let r = aligned_preadv(node, &req, start, &mut padded, align).await;
+            let r = aligned_preadv(node, &req, start, &mut padded, align, flags).await;
             tracked::end(node, &req);
             // QEMU reads head and tail into its padding buffer, the rest into the caller's.
             let mut padbuf = pad_buffer(pad.buf_len(bytes, align) as usize);
@@ -132,6 +148,21 @@ fn free_pad_buffer(buf: Vec<u8>) {
     }
 }
 
+/// Where QEMU 10.0.2 aborts padding a vectored request (see `iovec`): one line saying so, and
+/// the process ends.
+fn padding_aborts_in_qemu(offset: u64, buf: &[u8], pad: &Padding, align: u64) -> bool {
+    let Some((console, why)) = super::iovec::padding_aborts(buf, pad.head != 0, pad.tail != 0)
+    else {
+        return false;
+    };
+    console.err(&format!(
+        "blockfault: padding the request at offset {offset} ({} bytes) to {align}-byte alignment meets {why}; QEMU 10.0.2 aborts on an assertion here (bdrv_create_padded_qiov)\n",
+        buf.len()
+    ));
+    console.exit(1);
+    true
+}
+
 /// Forwards an aligned read to the driver, splitting at max-transfer and zero-filling past EOF
 /// (QEMU's bdrv_aligned_preadv).
 async fn aligned_preadv(
@@ -140,9 +171,23 @@ async fn aligned_preadv(
     offset: u64,
     buf: &mut [u8],
     align: u64,
+    flags: ReqFlags,
 ) -> IoResult {
-    tracked::wait_serialising(node, req).await;
     let bytes = buf.len() as u64;
+    if flags.has(ReqFlags::COPY_ON_READ) {
+        // Touching the same cluster counts as an overlap: the copy's read and write must not
+        // interleave with other writes there.
+        tracked::make_serialising(node, req, cluster_size(node)).await;
+        let (allocated, pnum) = is_allocated(node, offset, bytes).await?;
+        if !allocated || pnum != bytes {
+            return copy_on_readv(node, offset, buf, flags).await;
+        }
+        if flags.has(ReqFlags::PREFETCH) {
+            return Ok(());
+        }
+    } else {
+        tracked::wait_serialising(node, req).await;
+    }
     let total = node.getlength()?;
     let max_xfer = max_transfer(node, align);
     let mut max_bytes = align_up(total.saturating_sub(offset), align);
@@ -163,6 +208,87 @@ async fn aligned_preadv(
             rest.fill(0);
             done = bytes;
         }
+    }
+    Ok(())
+}
+
+/// QEMU's bdrv_get_info: a driver's own answer, else its filtered child's.
+pub fn get_info(node: &Node) -> Option<super::driver::DriverInfo> {
+    let mut node = node;
+    loop {
+        if let Some(i) = node.driver.info(node) {
+            return Some(i);
+        }
+        match (node.driver.is_filter(), node.primary_child()) {
+            (true, Some(c)) => node = c,
+            _ => return None,
+        }
+    }
+}
+
+/// QEMU's bdrv_get_cluster_size: the format's cluster, else the request alignment.
+fn cluster_size(node: &Node) -> u64 {
+    get_info(node)
+        .map(|i| i.cluster_size)
+        .filter(|&c| c != 0)
+        .unwrap_or(node.limits.request_alignment)
+}
+
+/// Copy-on-read (QEMU's bdrv_co_do_copy_on_readv): the range, widened to whole clusters, is
+/// read piece by piece; what is not allocated here is read from below and written into this
+/// node (zeroes as a zero write) before the caller gets its part.
+async fn copy_on_readv(node: &Node, offset: u64, buf: &mut [u8], flags: ReqFlags) -> IoResult {
+    let bytes = buf.len() as u64;
+    let max_xfer = min_non_zero(node.limits.max_transfer, REQUEST_MAX_BYTES);
+    let cs = cluster_size(node);
+    let mut align_offset = align_down(offset, cs);
+    let mut align_bytes = align_up(offset + bytes, cs) - align_offset;
+    let mut skip = offset - align_offset;
+    let mut progress = 0u64;
+    let mut bounce: Vec<u8> = Vec::new();
+    while align_bytes > 0 {
+        let want = align_bytes.min(max_xfer);
+        let (allocated, mut pnum) = match is_allocated(node, align_offset, want).await {
+            Ok(v) => v,
+            // treated as unallocated: the read will fail with a better errno if it must
+            Err(_) => (false, want),
+        };
+        if !allocated && pnum == 0 {
+            // the image ends inside the cluster
+            break;
+        }
+        if !allocated {
+            pnum = pnum.min(MAX_BOUNCE_BUFFER);
+            if bounce.is_empty() {
+                let need = pnum.max(align_bytes - pnum);
+                bounce = vec![0u8; need.min(max_xfer.min(MAX_BOUNCE_BUFFER)) as usize];
+            }
+            let data = &mut bounce[..pnum as usize];
+            node.driver.preadv(node, align_offset, data).await?;
+            node.debug_event(Event::CorWrite).await;
+            let data = &bounce[..pnum as usize];
+            if node.caps.pwrite_zeroes && data.iter().all(|&b| b == 0) {
+                do_pwrite_zeroes(node, align_offset, pnum, ReqFlags::WRITE_UNCHANGED).await?;
+            } else {
+                // not new data: no flush needed even in writethrough mode
+                driver_pwritev(node, align_offset, data, ReqFlags::WRITE_UNCHANGED).await?;
+            }
+            if !flags.has(ReqFlags::PREFETCH) {
+                let n = (pnum - skip).min(bytes - progress) as usize;
+                let at = progress as usize;
+                buf[at..at + n].copy_from_slice(&bounce[skip as usize..skip as usize + n]);
+            }
+        } else if !flags.has(ReqFlags::PREFETCH) {
+            let n = (pnum - skip).min(bytes - progress) as usize;
+            let at = progress as usize;
+            node.driver
+                .preadv(node, offset + progress, &mut buf[at..at + n])
+                .await?;
+        }
+        align_offset += pnum;
+        align_bytes -= pnum;
+        progress += pnum - skip;
+        skip = 0;
     }
     Ok(())
 }
@@ -234,6 +360,9 @@ async fn write_request(node: &Node, offset: u64, data: WriteData<'_>, flags: Req
             r
         }
         Some(pad) => {
+            if padding_aborts_in_qemu(offset, buf, &pad, align) {
+                return Err(libc::EIO);
+            }
             let start = offset - pad.head;
             let (h, t) = (pad.head as usize, pad.tail as usize);
             let req = tracked::begin(node, start, (h + buf.len() + t) as u64, Kind::Write);
@@ -277,7 +406,7 @@ async fn rmw_read(
             node.debug_event(Event::PwritevRmwTail).await;
         }
         let mut unit = vec![0u8; n];
-        if aligned_preadv(node, req, start, &mut unit, align)
+        if aligned_preadv(node, req, start, &mut unit, align, ReqFlags::NONE)
             .await
             .is_err()
         {
@@ -298,7 +427,7 @@ async fn rmw_read(
         node.debug_event(Event::PwritevRmwTail).await;
         let tail_unit = start + pad.head + bytes + pad.tail - align;
         let mut unit = vec![0u8; a];
-        if aligned_preadv(node, req, tail_unit, &mut unit, align)
+        if aligned_preadv(node, req, tail_unit, &mut unit, align, ReqFlags::NONE)
             .await
             .is_ok()
         {
@@ -377,6 +506,7 @@ async fn aligned_pwritev(
         Err(libc::EPERM)
     } else {
         tracked::wait_serialising(node, req).await;
+        let (data, flags) = detect_zeroes(node, data, flags);
         match data {
             WriteData::Zeroes(_) => {
                 node.debug_event(Event::PwritevZero).await;
@@ -415,6 +545,29 @@ async fn aligned_pwritev(
     ret
 }
 
+/// `detect-zeroes`: a buffer of zeroes is written as zeroes, where the driver can write them
+/// (`unmap`: and may unmap them), as QEMU's bdrv_aligned_pwritev decides.
+fn detect_zeroes<'a>(
+    node: &Node,
+    data: WriteData<'a>,
+    flags: ReqFlags,
+) -> (WriteData<'a>, ReqFlags) {
+    match data {
+        WriteData::Buf(buf)
+            if node.detect_zeroes != DetectZeroes::Off
+                && node.caps.pwrite_zeroes
+                && buf.iter().all(|&b| b == 0) =>
+        {
+            let mut flags = flags.with(ReqFlags::ZERO_WRITE);
+            if node.detect_zeroes == DetectZeroes::Unmap {
+                flags = flags.with(ReqFlags::MAY_UNMAP);
+            }
+            (WriteData::Zeroes(buf.len() as u64), flags)
+        }
+        data => (data, flags),
+    }
+}
+
 /// After a write, discard or resize (QEMU's bdrv_co_write_req_finish): the write generation
 /// moves on, and a successful write past the end makes the node that much longer.
 fn write_req_finish(node: &Node, kind: Kind, offset: u64, bytes: u64, ok: bool) {
@@ -429,7 +582,11 @@ fn write_req_finish(node: &Node, kind: Kind, offset: u64, bytes: u64, ok: bool) 
 }
 
 /// Calls the driver's write, emulating FUA with a flush where the driver lacks it.
-async fn driver_pwritev(node: &Node, offset: u64, buf: &[u8], flags: ReqFlags) -> IoResult {
+async fn driver_pwritev(node: &Node, offset: u64, buf: &[u8], mut flags: ReqFlags) -> IoResult {
+    // cache=unsafe: a FUA write is a plain write (QEMU's bdrv_driver_pwritev)
+    if node.flags.no_flush {
+        flags = flags.without(ReqFlags::FUA);
+    }
     let emulate_fua = flags.has(ReqFlags::FUA) && !node.supported_write_flags.has(ReqFlags::FUA);
     let flags = flags
         .without(ReqFlags::FUA.and(if emulate_fua {

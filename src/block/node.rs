@@ -4,6 +4,7 @@
 use super::blkdebug::events::Event;
 use super::driver::{BlockDriver, Capabilities, IoResult, Limits, ReqFlags};
 use super::executor::Gate;
+use super::perms::Perms;
 use std::cell::{Cell, RefCell};
 use std::rc::{Rc, Weak};
 
@@ -15,6 +16,25 @@ pub struct Child {
     pub writable: bool,
     /// QEMU's primary child: `bs->file` of formats and filters; flush events are raised on it
     pub primary: bool,
+    /// what the parent uses the child for, which decides the permissions it takes on it
+    pub role: ChildRole,
+    /// permissions taken on the child whatever the parent's own (blkdebug's take-child-perms)
+    pub extra_perms: Perms,
+}
+
+/// QEMU's BdrvChildRole: what a parent uses a child for, which decides the permissions it
+/// takes on it, what the child inherits from it and whether its format is probed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChildRole {
+    /// a filter's child (raw without offset/size, blkdebug's image, blkverify's raw): the
+    /// parent's permissions pass through unchanged; probed as its parent was
+    Filtered,
+    /// guest data only (blkverify's test): writing it may grow it; probed
+    Data,
+    /// a format's image file (qcow2's file): data and metadata; a protocol node, never probed
+    Image,
+    /// a backing file: only ever read; read-only unless told otherwise, probed
+    Cow,
 }
 
 /// Node-level open flags that change request handling.
@@ -29,6 +49,18 @@ pub struct OpenFlags {
     pub direct: bool,
     /// `aio=native` (qemu-io `-k`, `-i native`), which the file driver refuses without O_DIRECT
     pub native_aio: bool,
+    /// qemu-io `-C` (QEMU's BDRV_O_COPY_ON_READ): only the top node has it
+    pub copy_on_read: bool,
+}
+
+/// The `detect-zeroes` option: writes of a zeroed buffer become zero writes (`unmap`: that may
+/// unmap), decided per node in QEMU's bdrv_aligned_pwritev.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DetectZeroes {
+    #[default]
+    Off,
+    On,
+    Unmap,
 }
 
 pub struct Node {
@@ -40,7 +72,12 @@ pub struct Node {
     pub flags: OpenFlags,
     /// the filename QEMU would show for this node
     pub filename: String,
+    /// the `node-name` option, if given
+    pub node_name: Option<String>,
+    pub detect_zeroes: DetectZeroes,
     pub(crate) caps: Capabilities,
+    /// the permissions the node's parents hold on it, as of the last refresh
+    pub perms: Cell<Perms>,
     pub(crate) write_gen: Cell<u64>,
     pub(crate) flushed_gen: Cell<u64>,
     pub(crate) flush_active: Cell<bool>,
@@ -53,6 +90,8 @@ pub struct Node {
     /// requests in flight on this node, newest first (see `tracked`)
     pub(crate) tracked: RefCell<Vec<Rc<super::tracked::Tracked>>>,
     pub(crate) serialising_in_flight: Cell<usize>,
+    /// reads here copy what they find below (QEMU's bs->copy_on_read, qemu-io's `-C`)
+    pub copy_on_read: Cell<bool>,
 }
 
 impl Node {
@@ -66,7 +105,10 @@ impl Node {
             supported_zero_flags: ReqFlags::NONE,
             flags: OpenFlags::default(),
             filename,
+            node_name: None,
+            detect_zeroes: DetectZeroes::Off,
             caps,
+            perms: Cell::new(Perms::NONE),
             write_gen: Cell::new(0),
             flushed_gen: Cell::new(0),
             flush_active: Cell::new(false),
@@ -75,6 +117,7 @@ impl Node {
             total_sectors: Cell::new(0),
             tracked: RefCell::new(Vec::new()),
             serialising_in_flight: Cell::new(0),
+            copy_on_read: Cell::new(false),
         }
     }
 

@@ -1,195 +1,156 @@
-//! Opening a drive: QEMU filenames (plain paths, `blkdebug:CONFIG:IMAGE`, `blkverify:RAW:TEST`,
-//! `json:{...}`), structured blockdev options with QEMU's key names, format probing and its
-//! WARNING, and QEMU's error messages. Builds the node graph.
+//! Opening a drive, as QEMU's bdrv_open_inherit does it, in one straight walk per node:
+//!
+//! 1. the filename (`json:{...}` gives options), and what the node inherits from its parent;
+//! 2. the driver: named by `driver`, by a filename's protocol prefix (`blkdebug:`), or probed
+//!    from what the format's `file` child holds (that child is opened first);
+//! 3. the block layer's own options (`node-name`, `read-only`, `cache.*`, `discard`,
+//!    `detect-zeroes`, `force-share`), then the driver's open, which takes its own options
+//!    and opens further children through [`OpenChild`];
+//! 4. the backing file (`backing.*`, `backing: null`), then the check that every option was
+//!    taken by someone.
+//!
+//! Errors are the text after qemu-io's `can't open device X: `.
 
-use super::blkdebug::{BlkDebug, BlkDebugDriver};
-use super::blkverify::BlkVerifyDriver;
+use super::blkdebug::events::Event;
 use super::driver::{Limits, ReqFlags};
-use super::file::FileDriver;
-use super::node::{Child, Node, OpenFlags};
-use super::raw::{PROBE_BUF_SIZE, RawDriver, probes_as_other_format};
-use crate::output::Console;
-use serde_json::{Map, Value};
-use std::path::{Path, PathBuf};
+use super::file::{FileDriver, HostKind};
+use super::json_filename;
+use super::node::{Child, ChildRole, DetectZeroes, Node, OpenFlags};
+use super::options::{
+    OpenChild, OptType, absorb, copy_default, first_leftover, get_flat, put_flat, set_default,
+    take_flat,
+};
+use super::perms::Perms;
+use super::raw::{PROBE_BUF_SIZE, probes_as_other_format};
+use serde_json::Value;
+use std::cell::RefCell;
 use std::rc::Rc;
 
-/// Blockdev options: a JSON object with QEMU's key names, nested (`{"file": {"driver": ...}}`).
-pub type Options = Map<String, Value>;
+pub use super::options::{Keyval, OpenContext, Options, nest_dotted, parse_keyval};
 
-/// Everything opening needs besides the options.
-pub struct OpenContext {
-    /// relative filenames are resolved against this directory
-    pub base_dir: PathBuf,
-    pub console: Rc<Console>,
-    pub flags: OpenFlags,
-    /// see [`crate::qemu_io::Invocation::skip_host_sync`]
-    pub skip_host_sync: bool,
+/// The drivers the engine has, as QEMU's driver table describes them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Driver {
+    File,
+    HostDevice,
+    HostCdrom,
+    Raw,
+    Qcow2,
+    Blkdebug,
+    Blkverify,
+    CopyOnRead,
+    Compress,
 }
 
-impl OpenContext {
-    pub fn resolve(&self, name: &str) -> PathBuf {
-        let p = Path::new(name);
-        if p.is_absolute() {
-            p.to_path_buf()
-        } else {
-            self.base_dir.join(p)
+impl Driver {
+    fn by_name(name: &str) -> Option<Driver> {
+        Some(match name {
+            "file" => Driver::File,
+            "host_device" => Driver::HostDevice,
+            "host_cdrom" => Driver::HostCdrom,
+            "raw" => Driver::Raw,
+            "qcow2" => Driver::Qcow2,
+            "blkdebug" => Driver::Blkdebug,
+            "blkverify" => Driver::Blkverify,
+            "copy-on-read" => Driver::CopyOnRead,
+            "compress" => Driver::Compress,
+            _ => return None,
+        })
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Driver::File => "file",
+            Driver::HostDevice => "host_device",
+            Driver::HostCdrom => "host_cdrom",
+            Driver::Raw => "raw",
+            Driver::Qcow2 => "qcow2",
+            Driver::Blkdebug => "blkdebug",
+            Driver::Blkverify => "blkverify",
+            Driver::CopyOnRead => "copy-on-read",
+            Driver::Compress => "compress",
         }
     }
-}
 
-/// Turns `a.b.c=v` keys into nested objects, as QEMU's option parsing accepts both spellings.
-pub fn nest_dotted(flat: Options) -> Options {
-    let mut out = Options::new();
-    for (key, value) in flat {
-        let value = match value {
-            Value::Object(m) => Value::Object(nest_dotted(m)),
-            v => v,
+    /// Opened as a protocol node (QEMU's drivers with bdrv_file_open).
+    fn is_protocol(self) -> bool {
+        matches!(
+            self,
+            Driver::File
+                | Driver::HostDevice
+                | Driver::HostCdrom
+                | Driver::Blkdebug
+                | Driver::Blkverify
+        )
+    }
+
+    /// file-posix's drivers, which need a filename (bdrv_needs_filename).
+    fn host_kind(self) -> Option<HostKind> {
+        HostKind::from_driver(self.name())
+    }
+
+    fn is_format(self) -> bool {
+        matches!(self, Driver::Raw | Driver::Qcow2)
+    }
+
+    fn supports_backing(self) -> bool {
+        self == Driver::Qcow2
+    }
+
+    /// QEMU's bdrv_parse_filename: a filename given to a protocol node becomes its options.
+    /// Only `file` keeps the `filename` option itself (bdrv_needs_filename).
+    fn parse_filename(self, filename: &str, opts: &mut Options) -> Result<(), String> {
+        let put = |opts: &mut Options, key: &str, v: &str| {
+            put_flat(opts, key, Value::String(v.to_string()));
         };
-        insert_path(&mut out, &key, value);
-    }
-    out
-}
-
-fn insert_path(map: &mut Options, key: &str, value: Value) {
-    match key.split_once('.') {
-        None => match (map.get_mut(key), value) {
-            (Some(Value::Object(existing)), Value::Object(new)) => {
-                for (k, v) in new {
-                    insert_path(existing, &k, v);
-                }
+        match self {
+            Driver::File | Driver::HostDevice | Driver::HostCdrom => {
+                let prefix = format!("{}:", self.name());
+                put(
+                    opts,
+                    "filename",
+                    filename.strip_prefix(&prefix).unwrap_or(filename),
+                );
+                return Ok(());
             }
-            (_, value) => {
-                map.insert(key.to_string(), value);
-            }
-        },
-        Some((head, rest)) => {
-            let entry = map
-                .entry(head.to_string())
-                .or_insert_with(|| Value::Object(Options::new()));
-            if !entry.is_object() {
-                *entry = Value::Object(Options::new());
-            }
-            if let Value::Object(m) = entry {
-                insert_path(m, rest, value);
-            }
-        }
-    }
-}
-
-/// Options parsed from `k=v,k=v` text, with the deprecation warnings QEMU prints for them.
-#[derive(Debug, Default, PartialEq)]
-pub struct Keyval {
-    pub options: Options,
-    /// lines to print on stderr (after the program-name prefix), in order
-    pub warnings: Vec<String>,
-}
-
-/// Parses `k=v,k=v` as `--image-opts` and `open -o` take it (QEMU's QemuOpts syntax): `,,` is
-/// a literal comma, a bare `key` is a deprecated short form of `key=on` (`nokey`: `key=off`),
-/// and `id` must be an identifier.
-pub fn parse_keyval(text: &str) -> Result<Keyval, String> {
-    let mut parsed = Keyval::default();
-    let mut flat = Options::new();
-    let mut chars = text.chars().peekable();
-    while chars.peek().is_some() {
-        let mut key = String::new();
-        while let Some(&c) = chars.peek() {
-            if c == '=' || c == ',' {
-                break;
-            }
-            key.push(c);
-            chars.next();
-        }
-        let value = if chars.peek() == Some(&'=') {
-            chars.next();
-            let mut value = String::new();
-            while let Some(c) = chars.next() {
-                if c == ',' {
-                    if chars.peek() == Some(&',') {
-                        chars.next();
-                        value.push(',');
-                        continue;
+            Driver::Blkdebug => match filename.strip_prefix("blkdebug:") {
+                None => put(opts, "x-image", filename),
+                Some(rest) => {
+                    let (config, image) = rest
+                        .split_once(':')
+                        .ok_or("blkdebug requires both config file and image path")?;
+                    if !config.is_empty() {
+                        put(opts, "config", config);
                     }
-                    break;
+                    put(opts, "x-image", image);
                 }
-                value.push(c);
-            }
-            value
-        } else {
-            chars.next();
-            let (name, value) = match key.strip_prefix("no") {
-                Some(rest) => (rest.to_string(), "off"),
-                None => (key.clone(), "on"),
-            };
-            parsed.warnings.push(format!(
-                "warning: short-form boolean option '{key}' deprecated\nPlease use {name}={value} instead"
-            ));
-            key = name;
-            value.to_string()
-        };
-        // QemuOpts checks the id's form; the id itself then reaches the driver like any option.
-        if key == "id" && !is_identifier(&value) {
-            return Err("Parameter 'id' expects an identifier\nIdentifiers consist of letters, digits, '-', '.', '_', starting with a letter.".into());
+            },
+            Driver::Blkverify => match filename.strip_prefix("blkverify:") {
+                None => put(opts, "x-image", filename),
+                Some(rest) => {
+                    let (raw, test) = rest
+                        .split_once(':')
+                        .ok_or("blkverify requires raw copy and original image path")?;
+                    put(opts, "x-raw", raw);
+                    put(opts, "x-image", test);
+                }
+            },
+            Driver::Raw | Driver::Qcow2 | Driver::CopyOnRead | Driver::Compress => return Ok(()),
         }
-        flat.insert(key, Value::String(value));
+        take_flat(opts, "filename");
+        Ok(())
     }
-    parsed.options = nest_dotted(flat);
-    Ok(parsed)
 }
 
-/// QEMU's id_wellformed: a letter, then letters, digits, `-`, `.` or `_`.
-fn is_identifier(id: &str) -> bool {
-    let mut chars = id.chars();
-    chars.next().is_some_and(|c| c.is_ascii_alphabetic())
-        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
-}
-
-/// blkdebug's `take-child-perms`/`unshare-child-perms`: a list of permission names.
-fn check_permissions(v: &Value) -> Result<(), String> {
-    const PERMS: [&str; 4] = ["consistent-read", "write", "write-unchanged", "resize"];
-    let items = match v {
-        Value::Array(a) => a.clone(),
-        other => vec![other.clone()],
-    };
-    for item in items {
-        let name = scalar_string(&item).unwrap_or_default();
-        if !PERMS.contains(&name.as_str()) {
-            // QEMU's list visitor has no name for the element, hence 'null'.
-            return Err(format!("Parameter 'null' does not accept value '{name}'"));
+/// The driver a protocol node's filename names (QEMU's bdrv_find_protocol): its prefix, when
+/// the filename came as one (not as a `filename` option), else `file`.
+fn find_protocol(filename: &str, allow_prefix: bool) -> Result<Driver, String> {
+    match protocol_of(filename)? {
+        Some(name) if allow_prefix => {
+            Ok(Driver::by_name(name).expect("protocol_of knows only our drivers"))
         }
+        _ => Ok(Driver::File),
     }
-    Ok(())
-}
-
-fn parse_json_filename(text: &str) -> Result<Options, String> {
-    let value: Value = serde_json::from_str(text).map_err(|e| {
-        // QEMU's own JSON lexer words its errors differently; the common case is input that
-        // ends early.
-        let why = if e.is_eof() {
-            "premature EOI".to_string()
-        } else {
-            e.to_string()
-        };
-        format!("Could not parse the JSON options: JSON parse error, {why}")
-    })?;
-    match value {
-        Value::Object(m) => Ok(nest_dotted(m)),
-        _ => Err("Invalid JSON object given".to_string()),
-    }
-}
-
-/// A scalar option as QEMU sees it after converting JSON scalars to strings.
-fn scalar_string(v: &Value) -> Option<String> {
-    match v {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        Value::Bool(b) => Some(if *b { "on" } else { "off" }.to_string()),
-        _ => None,
-    }
-}
-
-fn take_string(opts: &mut Options, key: &str) -> Option<String> {
-    opts.remove(key).and_then(|v| scalar_string(&v))
 }
 
 /// The protocol a filename names by its prefix (`blkdebug:`, `blkverify:`), or None for a path.
@@ -209,87 +170,535 @@ fn protocol_of(filename: &str) -> Result<Option<&'static str>, String> {
     }
 }
 
-/// Opens the top node of a drive as qemu-io does: `filename` (may be a json: filename) plus
-/// `options`; `format` is `-f`. Errors are the text after `can't open device X: `.
-pub fn open_drive(
-    filename: Option<&str>,
-    mut options: Options,
-    format: Option<&str>,
-    ctx: &OpenContext,
-) -> Result<Rc<Node>, String> {
-    if let Some(fmt) = format {
-        options.insert("driver".into(), Value::String(fmt.to_string()));
-    }
-    open_node(filename.map(str::to_string), options, true, ctx)
+/// QEMU's `path_has_protocol`: a `:` before any `/`.
+pub fn has_protocol(name: &str) -> bool {
+    name.find([':', '/'])
+        .is_some_and(|i| name.as_bytes()[i] == b':')
 }
 
-/// QEMU's bdrv_open: `probe` is false for children opened in the protocol role.
-fn open_node(
-    filename: Option<String>,
-    mut opts: Options,
-    probe: bool,
-    ctx: &OpenContext,
-) -> Result<Rc<Node>, String> {
-    let mut filename = filename;
-    if let Some(json) = filename.as_deref().and_then(|f| f.strip_prefix("json:")) {
-        let parsed = parse_json_filename(json)?;
-        for (k, v) in parsed {
-            opts.entry(k).or_insert(v);
+/// The block layer's own options, taken before the driver's (QEMU's bdrv_runtime_opts).
+const RUNTIME_OPTS: [(&str, OptType); 9] = [
+    ("node-name", OptType::String),
+    ("driver", OptType::String),
+    ("cache.direct", OptType::Bool),
+    ("cache.no-flush", OptType::Bool),
+    ("read-only", OptType::Bool),
+    ("auto-read-only", OptType::Bool),
+    ("detect-zeroes", OptType::String),
+    ("discard", OptType::String),
+    ("force-share", OptType::Bool),
+];
+
+/// A node's open flags while it is being opened (QEMU's `flags`): what requests see, plus
+/// whether it is opened as a protocol node (QEMU's BDRV_O_PROTOCOL: no format probing).
+#[derive(Clone, Copy, Debug)]
+struct Flags {
+    node: OpenFlags,
+    protocol: bool,
+    auto_read_only: bool,
+}
+
+/// What a child gets from its parent.
+struct Parent<'p> {
+    /// the parent's options as given (QEMU's bs->options)
+    opts: &'p Options,
+    flags: Flags,
+    is_format: bool,
+    role: ChildRole,
+}
+
+/// QEMU's bdrv_inherited_options: the child's defaults from its parent, and its flags.
+fn inherit(opts: &mut Options, parent: &Parent) -> Flags {
+    let mut flags = parent.flags;
+    // A non-format parent's plain data child is probed; every child of a format (but its
+    // backing file) is a protocol node.
+    if !parent.is_format && parent.role == ChildRole::Data {
+        flags.protocol = false;
+    }
+    if parent.is_format && parent.role != ChildRole::Cow {
+        flags.protocol = true;
+    }
+    for key in ["cache.direct", "cache.no-flush", "force-share"] {
+        copy_default(opts, parent.opts, key);
+    }
+    if parent.role == ChildRole::Cow {
+        set_default(opts, "read-only", Value::String("on".into()));
+        set_default(opts, "auto-read-only", Value::String("off".into()));
+    } else {
+        copy_default(opts, parent.opts, "read-only");
+        copy_default(opts, parent.opts, "auto-read-only");
+    }
+    // Discards are the parent's to filter: lower layers always pass them on.
+    set_default(opts, "discard", Value::String("unmap".into()));
+    flags.node.copy_on_read = false;
+    flags
+}
+
+/// QEMU's update_options_from_flags: the flags as options, where the options do not say.
+fn options_from_flags(opts: &mut Options, flags: &Flags) {
+    set_default(opts, "cache.direct", Value::Bool(flags.node.direct));
+    set_default(opts, "cache.no-flush", Value::Bool(flags.node.no_flush));
+    set_default(opts, "read-only", Value::Bool(flags.node.read_only));
+    set_default(opts, "auto-read-only", Value::Bool(flags.auto_read_only));
+}
+
+/// QEMU's bdrv_parse_discard_flags: whether discards unmap.
+fn parse_discard(mode: &str) -> Option<bool> {
+    match mode {
+        "off" | "ignore" => Some(false),
+        "on" | "unmap" => Some(true),
+        _ => None,
+    }
+}
+
+/// QEMU's node names are at most 31 characters.
+const MAX_NODE_NAME: usize = 31;
+
+/// One drive being opened: the graph's node names live as long as the walk.
+struct Walk<'a> {
+    ctx: &'a OpenContext,
+    /// node names taken so far (QEMU's graph_bdrv_states), with the node once it is open
+    names: RefCell<Vec<(String, Option<Rc<Node>>)>>,
+}
+
+impl Walk<'_> {
+    /// QEMU's bdrv_assign_node_name.
+    fn assign_name(&self, name: &str) -> Result<(), String> {
+        if !super::options::id_wellformed(name) {
+            return Err(format!("Invalid node-name: '{name}'"));
         }
-        filename = None;
+        if self.names.borrow().iter().any(|(n, _)| n == name) {
+            return Err(format!("Duplicate nodes with node-name='{name}'"));
+        }
+        if name.len() > MAX_NODE_NAME {
+            return Err("Node name too long".into());
+        }
+        self.names.borrow_mut().push((name.to_string(), None));
+        Ok(())
     }
-    if filename.is_none()
-        && let Some(Value::String(f)) = opts.get("filename")
-        && (!opts.contains_key("driver") || !probe)
-    {
-        filename = Some(f.clone());
+
+    /// QEMU's bdrv_lookup_bs for a reference (`"file": "NAME"`).
+    fn lookup(&self, reference: &str) -> Result<Rc<Node>, String> {
+        self.names
+            .borrow()
+            .iter()
+            .find(|(n, _)| n == reference)
+            .and_then(|(_, node)| node.clone())
+            .ok_or_else(|| format!("Cannot find device='{reference}' nor node-name='{reference}'"))
     }
-    let driver = match opts.remove("driver") {
-        Some(v) => Some(scalar_string(&v).ok_or("Parameter 'driver' expects a string")?),
-        None => None,
-    };
-    match driver.as_deref() {
-        Some("raw") => open_format_raw(filename, opts, false, ctx),
-        Some("qcow2") => open_qcow2(filename, opts, ctx),
-        Some("file") => open_file(filename, opts, ctx),
-        Some("blkdebug") => open_blkdebug(filename, opts, ctx),
-        Some("blkverify") => open_blkverify(filename, opts, ctx),
-        Some(other) => Err(format!("Unknown driver '{other}'")),
-        None => {
-            if let Some(Value::String(f)) = opts.remove("filename") {
-                filename = Some(f);
-            }
-            if filename.is_none() {
-                // no filename but a `file` child: open it, then probe the format from it,
-                // which gets the remaining options (`-o file.filename=...,data-file...`)
-                let Some(file_opt) = opts.remove("file") else {
-                    return Err("Must specify either driver or file".into());
+
+    /// QEMU's bdrv_open_child_bs: the child `key` from `opts` (its `key.*` options, or a
+    /// reference), else `filename`; None when there is neither and `allow_none`.
+    fn open_child_bs(
+        &self,
+        filename: Option<String>,
+        opts: &mut Options,
+        key: &str,
+        parent: Parent,
+        allow_none: bool,
+    ) -> Result<Option<Rc<Node>>, String> {
+        let (child_opts, reference) = match opts.shift_remove(key) {
+            Some(Value::Object(mut m)) => {
+                let reference = match m.shift_remove("") {
+                    Some(Value::String(r)) => Some(r),
+                    _ => None,
                 };
-                let proto_node = open_child(Some(file_opt), None, "file", false, ctx)?;
-                let name = bottom_filename(&proto_node);
-                return open_probed(proto_node, name, opts, ctx);
+                (m, reference)
             }
-            let name = filename.clone().unwrap_or_default();
-            let proto_node = open_protocol(filename.clone(), opts, ctx)?;
-            if !probe {
-                return Ok(proto_node);
+            Some(Value::String(r)) => (Options::new(), Some(r)),
+            // a list's elements are options `0`, `1`... once QEMU has flattened it
+            Some(Value::Array(items)) => (
+                items
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, v)| (i.to_string(), v))
+                    .collect(),
+                None,
+            ),
+            _ => (Options::new(), None),
+        };
+        if filename.is_none() && reference.is_none() && child_opts.is_empty() {
+            if allow_none {
+                return Ok(None);
             }
-            open_probed(proto_node, name, Options::new(), ctx)
+            return Err(format!("A block device must be specified for \"{key}\""));
         }
+        self.open(filename, reference, child_opts, Some(parent))
+            .map(Some)
+    }
+
+    /// QEMU's bdrv_open_inherit: one node and, through its driver, its children.
+    fn open(
+        &self,
+        filename: Option<String>,
+        reference: Option<String>,
+        mut opts: Options,
+        parent: Option<Parent>,
+    ) -> Result<Rc<Node>, String> {
+        if let Some(r) = reference {
+            if filename.is_some() || !opts.is_empty() {
+                return Err("Cannot reference an existing block device with additional options or a new filename".into());
+            }
+            return self.lookup(&r);
+        }
+        let mut filename = filename;
+        // json: options count as given beside the filename, with lower priority.
+        if let Some(json) = filename.as_deref().and_then(|f| f.strip_prefix("json:")) {
+            json_filename::join(&mut opts, json_filename::parse(json)?);
+            filename = None;
+        }
+        let mut flags = match &parent {
+            None => Flags {
+                node: self.ctx.flags,
+                protocol: false,
+                auto_read_only: false,
+            },
+            Some(p) => inherit(&mut opts, p),
+        };
+
+        // bdrv_fill_options: the driver, from its name or a protocol prefix.
+        let mut driver = match get_flat(&opts, "driver") {
+            Some(Value::String(name)) => {
+                Some(Driver::by_name(name).ok_or_else(|| format!("Unknown driver '{name}'"))?)
+            }
+            _ => None,
+        };
+        if let Some(d) = driver {
+            flags.protocol = d.is_protocol();
+        }
+        options_from_flags(&mut opts, &flags);
+        let mut parse_filename = false;
+        if flags.protocol
+            && let Some(f) = filename.take()
+        {
+            if get_flat(&opts, "filename").is_some() {
+                return Err("Can't specify 'file' and 'filename' options at the same time".into());
+            }
+            put_flat(&mut opts, "filename", Value::String(f));
+            parse_filename = true;
+        }
+        let given_filename = match get_flat(&opts, "filename") {
+            Some(Value::String(f)) => Some(f.clone()),
+            _ => None,
+        };
+        if driver.is_none() && flags.protocol {
+            let Some(f) = &given_filename else {
+                return Err("Must specify either driver or file".into());
+            };
+            let d = find_protocol(f, parse_filename)?;
+            put_flat(&mut opts, "driver", Value::String(d.name().into()));
+            driver = Some(d);
+        }
+        if let (Some(d), true, Some(f)) = (driver, parse_filename, &given_filename) {
+            d.parse_filename(f, &mut opts)?;
+        }
+        flags.node.read_only = match get_flat(&opts, "read-only") {
+            Some(Value::String(s)) => s == "on",
+            Some(Value::Bool(b)) => *b,
+            _ => false,
+        };
+
+        // "backing": null (or the deprecated "") opens no backing file.
+        let no_backing = match get_flat(&opts, "backing") {
+            Some(Value::Null) => true,
+            Some(Value::String(s)) if s.is_empty() => {
+                self.ctx.console.report(
+                    "warning: Use of \"backing\": \"\" is deprecated; use \"backing\": null instead",
+                );
+                true
+            }
+            _ => false,
+        };
+        if no_backing {
+            take_flat(&mut opts, "backing");
+        }
+        // What children inherit: the options as they are now (QEMU's bs->options).
+        let inherited = opts.clone();
+
+        // A format's file child is opened first: it is what probing reads.
+        let file = if flags.protocol {
+            None
+        } else {
+            let parent = Parent {
+                opts: &inherited,
+                flags,
+                is_format: true,
+                role: ChildRole::Image,
+            };
+            self.open_child_bs(filename.take(), &mut opts, "file", parent, true)?
+        };
+        let probed = driver.is_none();
+        let driver = match (driver, &file) {
+            (Some(d), _) => d,
+            (None, Some(f)) => {
+                let d = probe(f)?;
+                put_flat(&mut opts, "driver", Value::String(d.name().into()));
+                d
+            }
+            (None, None) => return Err("Must specify either driver or file".into()),
+        };
+
+        // bdrv_open_common: the block layer's own options.
+        let common = absorb(&mut opts, &RUNTIME_OPTS)?;
+        flags.node.no_flush = common.bool("cache.no-flush").unwrap_or(false);
+        flags.node.direct = common.bool("cache.direct").unwrap_or(false);
+        flags.node.read_only = common.bool("read-only").unwrap_or(false);
+        flags.auto_read_only = common.bool("auto-read-only").unwrap_or(false);
+        if common.bool("force-share") == Some(true) && !flags.node.read_only {
+            return Err("force-share=on can only be used with read-only images".into());
+        }
+        let shown_name = match &file {
+            Some(f) => Some(f.filename.clone()),
+            None => given_filename,
+        };
+        if driver.host_kind().is_some() && shown_name.as_deref().is_none_or(str::is_empty) {
+            return Err(format!(
+                "The '{}' block driver requires a file name",
+                driver.name()
+            ));
+        }
+        if flags.node.copy_on_read && flags.node.read_only {
+            return Err("Can't use copy-on-read on read-only device".into());
+        }
+        if let Some(mode) = common.string("discard") {
+            flags.node.unmap = parse_discard(mode).ok_or("Invalid discard option")?;
+        }
+        let detect_zeroes = match common.string("detect-zeroes") {
+            None | Some("off") => DetectZeroes::Off,
+            Some("on") => DetectZeroes::On,
+            Some("unmap") => DetectZeroes::Unmap,
+            Some(other) => return Err(format!("invalid parameter value: {other}")),
+        };
+        if detect_zeroes == DetectZeroes::Unmap && !flags.node.unmap {
+            return Err("setting detect-zeroes to unmap is not allowed without setting discard operation to unmap".into());
+        }
+        let node_name = common.string("node-name").map(str::to_string);
+        if let Some(name) = &node_name {
+            self.assign_name(name)?;
+        }
+
+        // The driver's open, with its own options and children.
+        let nctx = OpenContext {
+            flags: flags.node,
+            ..self.ctx.clone()
+        };
+        let children = Children {
+            walk: self,
+            opts: &inherited,
+            flags,
+            is_format: driver.is_format(),
+        };
+        let missing_file = || "A block device must be specified for \"file\"".to_string();
+        let (mut node, limits, backing_name) = match driver {
+            Driver::File | Driver::HostDevice | Driver::HostCdrom => {
+                let kind = driver.host_kind().expect("one of file-posix's drivers");
+                let (node, limits) = super::file::open_node(kind, &mut opts, &flags.node, &nctx)?;
+                (node, limits, None)
+            }
+            Driver::CopyOnRead => {
+                let file = file.ok_or_else(missing_file)?;
+                let node = super::copy_on_read::open_node(file, &mut opts, flags.node.read_only)?;
+                (node, Limits::default(), None)
+            }
+            Driver::Compress => {
+                let file = file.ok_or_else(missing_file)?;
+                let (node, limits) = super::compress::open_node(file)?;
+                (node, limits, None)
+            }
+            Driver::Raw => {
+                let file = file.ok_or_else(missing_file)?;
+                let (node, limits) = super::raw::open_node(
+                    file,
+                    &mut opts,
+                    probed,
+                    flags.node.read_only,
+                    &self.ctx.console,
+                )?;
+                (node, limits, None)
+            }
+            Driver::Qcow2 => {
+                let file = file.ok_or_else(missing_file)?;
+                super::qcow2::open::open_node(file, &mut opts, &nctx, Some(&children))?
+            }
+            Driver::Blkdebug => {
+                let (node, limits) =
+                    super::blkdebug::setup::open_node(&mut opts, &children, &nctx)?;
+                (node, limits, None)
+            }
+            Driver::Blkverify => {
+                let (node, limits) = super::blkverify::open_node(&mut opts, &children, &nctx)?;
+                (node, limits, None)
+            }
+        };
+        node.flags = flags.node;
+        node.node_name = node_name.clone();
+        node.detect_zeroes = detect_zeroes;
+
+        if !no_backing {
+            let parent = Parent {
+                opts: &inherited,
+                flags,
+                is_format: driver.is_format(),
+                role: ChildRole::Cow,
+            };
+            if let Some(b) = self.open_backing(&node, &mut opts, driver, backing_name, parent)? {
+                node.children.push(Child {
+                    name: "backing",
+                    node: b,
+                    writable: false,
+                    primary: false,
+                    role: ChildRole::Cow,
+                    extra_perms: Perms::NONE,
+                });
+            }
+        }
+
+        if let Some(key) = first_leftover(&opts) {
+            return Err(if flags.protocol {
+                format!(
+                    "Block protocol '{}' doesn't support the option '{key}'",
+                    driver.name()
+                )
+            } else {
+                format!(
+                    "Block format '{}' does not support the option '{key}'",
+                    driver.name()
+                )
+            });
+        }
+        let node = finish(node, limits);
+        if let Some(name) = node_name
+            && let Some(entry) = self.names.borrow_mut().iter_mut().find(|(n, _)| *n == name)
+        {
+            entry.1 = Some(node.clone());
+        }
+        if node.capabilities().debug_events {
+            // `none` fires once the node is complete, so rules on it are active from the
+            // first request.
+            let n = node.clone();
+            crate::block::executor::block_on(async move {
+                n.debug_event(Event::None).await;
+            });
+        }
+        Ok(node)
+    }
+
+    /// QEMU's bdrv_open_backing_file: from `backing.*` options or a reference, else the
+    /// backing file the image names (in the format its header gives).
+    fn open_backing(
+        &self,
+        node: &Node,
+        opts: &mut Options,
+        driver: Driver,
+        image_backing: super::qcow2::open::BackingName,
+        parent: Parent,
+    ) -> Result<Option<Rc<Node>>, String> {
+        let (mut bopts, reference) = match opts.get("backing") {
+            Some(Value::Object(_)) => match opts.shift_remove("backing") {
+                Some(Value::Object(mut m)) => {
+                    let r = match m.shift_remove("") {
+                        Some(Value::String(r)) => Some(r),
+                        _ => None,
+                    };
+                    (m, r)
+                }
+                _ => unreachable!("just looked"),
+            },
+            Some(Value::String(r)) => (Options::new(), Some(r.clone())),
+            _ => (Options::new(), None),
+        };
+        let backing_filename = if reference.is_some() || get_flat(&bopts, "file.filename").is_some()
+        {
+            None
+        } else if image_backing.is_none() && bopts.is_empty() {
+            return Ok(None);
+        } else {
+            image_backing.as_ref().map(|(name, _)| {
+                // A name with a protocol prefix (`json:{...}` too) is used as it is.
+                if name.starts_with('/') || has_protocol(name) {
+                    name.clone()
+                } else {
+                    format!("{}{}", dir_prefix(&bottom_filename(node)), name)
+                }
+            })
+        };
+        if !driver.supports_backing() {
+            return Err("Driver doesn't support backing files".into());
+        }
+        if reference.is_none()
+            && let Some((_, Some(fmt))) = &image_backing
+            && get_flat(&bopts, "driver").is_none()
+        {
+            put_flat(&mut bopts, "driver", Value::String(fmt.clone()));
+        }
+        let backing = self
+            .open(backing_filename, reference, bopts, Some(parent))
+            .map_err(|e| format!("Could not open backing file: {e}"))?;
+        opts.shift_remove("backing");
+        Ok(Some(backing))
     }
 }
 
-/// Probes the format of what `proto_node` holds (QEMU's find_image_format) and opens it with
-/// `fmt_opts`: an empty image is raw, and a probe read that fails fails the open.
-fn open_probed(
-    proto_node: Rc<Node>,
-    name: String,
-    mut fmt_opts: Options,
-    ctx: &OpenContext,
-) -> Result<Rc<Node>, String> {
+/// The children a driver opens (blkdebug's image, blkverify's raw and test, qcow2's data
+/// file), through the walk.
+struct Children<'w, 'c> {
+    walk: &'w Walk<'c>,
+    /// the parent's options as given
+    opts: &'w Options,
+    flags: Flags,
+    /// whether the parent is a format driver (its children are then protocol nodes)
+    is_format: bool,
+}
+
+impl OpenChild for Children<'_, '_> {
+    fn open_child(
+        &self,
+        opts: &mut Options,
+        key: &str,
+        filename: Option<String>,
+        role: ChildRole,
+    ) -> Result<Rc<Node>, String> {
+        self.open_child_bs(opts, key, filename, role, false)
+            .map(|child| child.expect("a child that may not be missing"))
+    }
+
+    fn open_optional_child(
+        &self,
+        opts: &mut Options,
+        key: &str,
+        filename: Option<String>,
+        role: ChildRole,
+    ) -> Result<Option<Rc<Node>>, String> {
+        self.open_child_bs(opts, key, filename, role, true)
+    }
+}
+
+impl Children<'_, '_> {
+    fn open_child_bs(
+        &self,
+        opts: &mut Options,
+        key: &str,
+        filename: Option<String>,
+        role: ChildRole,
+        allow_none: bool,
+    ) -> Result<Option<Rc<Node>>, String> {
+        let parent = Parent {
+            opts: self.opts,
+            flags: self.flags,
+            is_format: self.is_format,
+            role,
+        };
+        self.walk
+            .open_child_bs(filename, opts, key, parent, allow_none)
+    }
+}
+
+/// QEMU's find_image_format: an empty image is raw, and a probe read that fails fails the
+/// open.
+fn probe(file: &Rc<Node>) -> Result<Driver, String> {
     let mut head = vec![0u8; PROBE_BUF_SIZE as usize];
-    if proto_node.getlength().unwrap_or(0) > 0 {
-        let n = proto_node.clone();
+    if file.getlength().unwrap_or(0) > 0 {
+        let n = file.clone();
         let read = crate::block::executor::block_on(async move {
             let mut buf = vec![0u8; PROBE_BUF_SIZE as usize];
             super::io::preadv(&n, 0, &mut buf).await.map(|()| buf)
@@ -310,171 +719,13 @@ fn open_probed(
         }
     }
     if probes_as_qcow2(&head) {
-        let backing_opt = fmt_opts.remove("backing");
-        return qcow2_on(proto_node, fmt_opts, backing_opt, ctx);
+        return Ok(Driver::Qcow2);
     }
     // The same magic with version 1 is QEMU's old `qcow` format, which we do not have.
     if probes_as_other_format(&head) {
         return Err("qcow (version 1) images are not supported by this engine".into());
     }
-    reject_unknown(&fmt_opts, "format", "raw")?;
-    // QEMU warns only where writes would be restricted.
-    if !ctx.flags.read_only {
-        ctx.console.err(&format!(
-            "WARNING: Image format was not specified for '{name}' and probing guessed raw.\n         Automatically detecting the format is dangerous for raw images, write operations on block 0 will be restricted.\n         Specify the 'raw' format explicitly to remove the restrictions.\n"
-        ));
-    }
-    wrap_raw(proto_node, true, ctx)
-}
-
-/// Opens the node a filename's protocol prefix names, with no format probing.
-fn open_protocol(
-    filename: Option<String>,
-    opts: Options,
-    ctx: &OpenContext,
-) -> Result<Rc<Node>, String> {
-    let name = filename.clone().unwrap_or_default();
-    match protocol_of(&name)? {
-        Some("blkdebug") => open_blkdebug(filename, opts, ctx),
-        Some("blkverify") => open_blkverify(filename, opts, ctx),
-        Some(_) => open_file(name.strip_prefix("file:").map(str::to_string), opts, ctx),
-        None => open_file(filename, opts, ctx),
-    }
-}
-
-fn reject_unknown(opts: &Options, kind: &str, name: &str) -> Result<(), String> {
-    match opts.keys().next() {
-        None => Ok(()),
-        Some(k) if kind == "format" => Err(format!(
-            "Block format '{name}' does not support the option '{k}'"
-        )),
-        Some(k) => Err(format!(
-            "Block protocol '{name}' doesn't support the option '{k}'"
-        )),
-    }
-}
-
-fn finish(mut node: Node, ctx: &OpenContext, own: Limits) -> Rc<Node> {
-    node.flags = ctx.flags;
-    // Some limits default to the primary child's (QEMU's bdrv_refresh_limits).
-    let mut limits = own;
-    if let Some(file) = node.primary_child() {
-        // The driver's own setting overrides the inherited one.
-        if limits.max_transfer == 0 {
-            limits.max_transfer = file.limits.max_transfer;
-        }
-    }
-    node.limits = limits;
-    let node = node.into_rc();
-    let _ = node.refresh_total_sectors();
-    node
-}
-
-fn open_file(
-    filename: Option<String>,
-    mut opts: Options,
-    ctx: &OpenContext,
-) -> Result<Rc<Node>, String> {
-    let explicit = opts.remove("filename");
-    let name = match (explicit, filename) {
-        (Some(Value::String(s)), _) => s,
-        (Some(_), _) => return Err("The 'file' block driver requires a file name".into()),
-        (None, Some(f)) => f,
-        (None, None) => return Err("The 'file' block driver requires a file name".into()),
-    };
-    if name.is_empty() {
-        return Err("The 'file' block driver requires a file name".into());
-    }
-    // aio=native (an option, or the flag qemu-io's -k/-i give) needs O_DIRECT.
-    let native_aio = match opts.remove("aio") {
-        Some(Value::String(mode)) => mode == "native",
-        _ => ctx.flags.native_aio,
-    };
-    for k in ["locking", "cache.direct", "cache.no-flush", "discard"] {
-        opts.remove(k);
-    }
-    reject_unknown(&opts, "protocol", "file")?;
-    let driver = FileDriver::open(
-        &ctx.resolve(&name),
-        &name,
-        ctx.flags.read_only,
-        !ctx.skip_host_sync,
-    )?;
-    if native_aio && !ctx.flags.direct {
-        return Err(
-            "aio=native was specified, but it requires cache.direct=on, which was not \
-                    specified."
-                .into(),
-        );
-    }
-    let mut node = Node::new(Box::new(driver), Vec::new(), name);
-    node.supported_write_flags = ReqFlags::FUA;
-    node.supported_zero_flags = ReqFlags::MAY_UNMAP.with(ReqFlags::NO_FALLBACK);
-    Ok(finish(node, ctx, Limits::default()))
-}
-
-/// Opens a child given by a nested options object or a filename, in the protocol role unless
-/// `probe` (blkverify's test child is probed).
-fn open_child(
-    value: Option<Value>,
-    filename: Option<String>,
-    child: &str,
-    probe: bool,
-    ctx: &OpenContext,
-) -> Result<Rc<Node>, String> {
-    match value {
-        // A filename given beside the child's options is the child's own (`-o file.align=4k`).
-        Some(Value::Object(m)) => open_node(filename, m, probe, ctx),
-        Some(Value::String(reference)) => Err(format!(
-            "Cannot find device='{reference}' nor node-name='{reference}'"
-        )),
-        Some(_) => Err(format!("Invalid type for option '{child}'")),
-        None => match filename {
-            Some(f) => open_node(Some(f), Options::new(), probe, ctx),
-            None => Err(format!("A block device must be specified for \"{child}\"")),
-        },
-    }
-}
-
-fn wrap_raw(file: Rc<Node>, probed: bool, ctx: &OpenContext) -> Result<Rc<Node>, String> {
-    let name = file.filename.clone();
-    let mut node = Node::new(
-        Box::new(RawDriver { probed }),
-        vec![Child {
-            name: "file",
-            node: file.clone(),
-            writable: true,
-            primary: true,
-        }],
-        name,
-    );
-    node.supported_write_flags =
-        ReqFlags::WRITE_UNCHANGED.with(ReqFlags::FUA.and(file.supported_write_flags));
-    node.supported_zero_flags = ReqFlags::WRITE_UNCHANGED.with(
-        ReqFlags::FUA
-            .with(ReqFlags::MAY_UNMAP)
-            .with(ReqFlags::NO_FALLBACK)
-            .and(file.supported_zero_flags),
-    );
-    let mut limits = Limits::default();
-    // Probed raw images are kept to whole sectors so the first one can be protected.
-    if probed {
-        limits.request_alignment = 512;
-    }
-    Ok(finish(node, ctx, limits))
-}
-
-fn open_format_raw(
-    filename: Option<String>,
-    mut opts: Options,
-    probed: bool,
-    ctx: &OpenContext,
-) -> Result<Rc<Node>, String> {
-    let file_opt = opts.remove("file");
-    opts.remove("filename");
-    let file = open_child(file_opt, filename, "file", false, ctx)?;
-    reject_unknown(&opts, "format", "raw")?;
-    wrap_raw(file, probed, ctx)
+    Ok(Driver::Raw)
 }
 
 /// QEMU's qcow2_probe: the magic and a version of at least 2 in the first 104 bytes.
@@ -484,16 +735,48 @@ fn probes_as_qcow2(head: &[u8]) -> bool {
         && u32::from_be_bytes([head[4], head[5], head[6], head[7]]) >= 2
 }
 
-fn open_qcow2(
-    filename: Option<String>,
-    mut opts: Options,
+/// Opens the top node of a drive as qemu-io does: `filename` (may be a json: filename) plus
+/// `options`; `format` is `-f`. Errors are the text after `can't open device X: `.
+pub fn open_drive(
+    filename: Option<&str>,
+    mut options: Options,
+    format: Option<&str>,
     ctx: &OpenContext,
 ) -> Result<Rc<Node>, String> {
-    let file_opt = opts.remove("file");
-    opts.remove("filename");
-    let backing_opt = opts.remove("backing");
-    let file = open_child(file_opt, filename, "file", false, ctx)?;
-    qcow2_on(file, opts, backing_opt, ctx)
+    if let Some(fmt) = format {
+        options.insert("driver".into(), Value::String(fmt.to_string()));
+    }
+    let walk = Walk {
+        ctx,
+        names: RefCell::new(Vec::new()),
+    };
+    walk.open(filename.map(str::to_string), None, options, None)
+}
+
+/// The end of QEMU's bdrv_open_driver: the node's limits and its length. Some limits default
+/// to the children's (QEMU's bdrv_refresh_limits with bdrv_merge_limits: the largest discard
+/// alignment, the smallest transfer limit), and the driver's own setting overrides them.
+fn finish(mut node: Node, own: Limits) -> Rc<Node> {
+    let mut limits = own;
+    let (mut discard_alignment, mut max_transfer) = (0, 0);
+    for child in &node.children {
+        let l = &child.node.limits;
+        discard_alignment = discard_alignment.max(l.pdiscard_alignment);
+        max_transfer = match (max_transfer, l.max_transfer) {
+            (0, m) | (m, 0) => m,
+            (a, b) => a.min(b),
+        };
+    }
+    if limits.max_transfer == 0 {
+        limits.max_transfer = max_transfer;
+    }
+    if limits.pdiscard_alignment == 0 {
+        limits.pdiscard_alignment = discard_alignment;
+    }
+    node.limits = limits;
+    let node = node.into_rc();
+    let _ = node.refresh_total_sectors();
+    node
 }
 
 /// The directory part of a filename as QEMU's path_combine keeps it (up to the last '/').
@@ -505,8 +788,11 @@ fn dir_prefix(name: &str) -> &str {
 }
 
 /// The filename of the protocol node at the bottom of a chain of primary children.
-fn bottom_filename(node: &Rc<Node>) -> String {
-    let mut n = node.clone();
+fn bottom_filename(node: &Node) -> String {
+    let mut n = match node.primary_child() {
+        Some(c) => c.clone(),
+        None => return node.filename.clone(),
+    };
     while let Some(c) = n.primary_child().cloned() {
         n = c;
     }
@@ -534,17 +820,19 @@ pub fn open_temp_snapshot(root: Rc<Node>, ctx: &OpenContext) -> Result<Rc<Node>,
         .and_then(|f| image.write_to(&f))
         .map_err(|e| format!("Could not create temporary overlay: {e}"))?;
     // The overlay is scratch space: QEMU opens it with cache.no-flush.
-    let octx = OpenContext {
-        base_dir: ctx.base_dir.clone(),
-        console: ctx.console.clone(),
-        flags: OpenFlags {
-            read_only: false,
-            no_flush: true,
-            ..ctx.flags
-        },
-        skip_host_sync: true,
+    let flags = OpenFlags {
+        read_only: false,
+        no_flush: true,
+        ..ctx.flags
     };
-    let driver = FileDriver::open(&path, &name, false, false)
+    let octx = OpenContext {
+        flags,
+        skip_host_sync: true,
+        ..ctx.clone()
+    };
+    // QEMU's overlay inherits cache.direct, but its alignment is invisible in a file that is
+    // deleted at close.
+    let driver = FileDriver::open(HostKind::File, &path, &name, false, false, false)
         .map(|d| d.delete_on_close(path.clone()))
         .inspect_err(|_| {
             let _ = std::fs::remove_file(&path);
@@ -552,280 +840,28 @@ pub fn open_temp_snapshot(root: Rc<Node>, ctx: &OpenContext) -> Result<Rc<Node>,
     let mut file = Node::new(Box::new(driver), Vec::new(), name);
     file.supported_write_flags = ReqFlags::FUA;
     file.supported_zero_flags = ReqFlags::MAY_UNMAP.with(ReqFlags::NO_FALLBACK);
-    let file = finish(file, &octx, Limits::default());
-    let mut opts = Options::new();
-    let opened = super::qcow2::open_image(&file, &mut opts, &octx, &mut |_| Ok(None))?;
-    qcow2_assemble(file, opened, Some(root), &octx)
-}
-
-/// Opens qcow2 on top of an opened file node, then its backing file (read-only).
-fn qcow2_on(
-    file: Rc<Node>,
-    mut opts: Options,
-    backing_opt: Option<Value>,
-    ctx: &OpenContext,
-) -> Result<Rc<Node>, String> {
-    // QEMU opens the data file child in the middle of qcow2_do_open, so its errors come
-    // before those of the backing file name and the dirty-image repair
-    let mut data_file_opt = opts.remove("data-file");
-    let mut open_data_file = |name: Option<&str>| -> Result<Option<Rc<Node>>, String> {
-        match (name, data_file_opt.take()) {
-            (None, None) => Ok(None),
-            (None, Some(v)) => open_child(Some(v), None, "data-file", false, ctx).map(Some),
-            (Some(name), v) => {
-                open_child(v, Some(name.to_string()), "data-file", false, ctx).map(Some)
-            }
-        }
+    file.flags = OpenFlags {
+        copy_on_read: false,
+        ..flags
     };
-    let opened = super::qcow2::open_image(&file, &mut opts, ctx, &mut open_data_file)?;
-    reject_unknown(&opts, "format", "qcow2")?;
-    let bctx = OpenContext {
-        base_dir: ctx.base_dir.clone(),
-        console: ctx.console.clone(),
-        flags: OpenFlags {
-            read_only: true,
-            ..ctx.flags
-        },
-        skip_host_sync: ctx.skip_host_sync,
-    };
-    let backing = match backing_opt {
-        Some(Value::Null) => None,
-        Some(Value::String(s)) if s.is_empty() => None,
-        Some(Value::Object(m)) => Some(
-            open_node(None, m, true, &bctx)
-                .map_err(|e| format!("Could not open backing file: {e}"))?,
-        ),
-        Some(Value::String(r)) => {
-            return Err(format!("Cannot find device='{r}' nor node-name='{r}'"));
-        }
-        Some(_) => return Err("Invalid type for option 'backing'".into()),
-        None => match &opened.backing {
-            None => None,
-            Some((name, fmt)) => {
-                let path = if name.starts_with('/') || protocol_of(name).ok().flatten().is_some() {
-                    name.clone()
-                } else {
-                    format!("{}{}", dir_prefix(&bottom_filename(&file)), name)
-                };
-                let mut o = Options::new();
-                if let Some(f) = fmt {
-                    o.insert("driver".into(), Value::String(f.clone()));
-                }
-                Some(
-                    open_node(Some(path), o, true, &bctx)
-                        .map_err(|e| format!("Could not open backing file: {e}"))?,
-                )
-            }
-        },
-    };
-    qcow2_assemble(file, opened, backing, ctx)
-}
-
-/// The qcow2 node over its file and, if any, its backing node.
-fn qcow2_assemble(
-    file: Rc<Node>,
-    opened: super::qcow2::open::Opened,
-    backing: Option<Rc<Node>>,
-    ctx: &OpenContext,
-) -> Result<Rc<Node>, String> {
-    let mut children = vec![Child {
-        name: "file",
-        node: file.clone(),
-        writable: !ctx.flags.read_only,
-        primary: true,
-    }];
-    if let Some(d) = opened.data_file.clone() {
-        // QEMU lists children newest first: flushes reach the data file before the image file
-        children.insert(
-            0,
-            Child {
-                name: "data-file",
-                node: d,
-                writable: !ctx.flags.read_only,
-                primary: false,
-            },
-        );
-    }
-    if let Some(b) = backing {
-        children.push(Child {
-            name: "backing",
-            node: b,
-            writable: false,
-            primary: false,
-        });
-    }
-    let cs = opened.cluster_size;
-    let subcluster_size = opened.subcluster_size;
-    let v3 = opened.version >= 3;
-    let mut node = Node::new(Box::new(opened.driver), children, file.filename.clone());
-    node.supported_zero_flags = if v3 {
-        ReqFlags::MAY_UNMAP.with(ReqFlags::NO_FALLBACK)
-    } else {
-        ReqFlags::NONE
-    };
-    let limits = Limits {
-        pwrite_zeroes_alignment: subcluster_size,
-        pdiscard_alignment: cs,
-        ..Limits::default()
-    };
-    Ok(finish(node, ctx, limits))
-}
-
-fn open_blkdebug(
-    filename: Option<String>,
-    mut opts: Options,
-    ctx: &OpenContext,
-) -> Result<Rc<Node>, String> {
-    let mut image_name = None;
-    if let Some(f) = filename
-        .as_deref()
-        .and_then(|f| f.strip_prefix("blkdebug:"))
-    {
-        let (config, image) = f
-            .split_once(':')
-            .ok_or("blkdebug requires both config file and image path")?;
-        if !config.is_empty() {
-            opts.entry("config")
-                .or_insert(Value::String(config.to_string()));
-        }
-        image_name = Some(image.to_string());
-    }
-    if let Some(x) = take_string(&mut opts, "x-image") {
-        image_name = Some(x);
-    }
-    let config = match opts.remove("config") {
-        Some(v) => Some(scalar_string(&v).ok_or("Parameter 'config' expects a string")?),
-        None => None,
-    };
-    let state = BlkDebug::new(ctx.console.clone());
-    let setup = super::blkdebug::setup::configure(&state, config.as_deref(), &mut opts, ctx)?;
-    let image = open_child(opts.remove("image"), image_name, "image", false, ctx)?;
-    for k in ["take-child-perms", "unshare-child-perms"] {
-        if let Some(v) = opts.remove(k) {
-            check_permissions(&v)?;
-        }
-    }
-    let limits = setup.limits(&image)?;
-    reject_unknown(&opts, "protocol", "blkdebug")?;
-    let name = format!(
-        "blkdebug:{}:{}",
-        config.as_deref().unwrap_or(""),
-        image.filename
-    );
-    let mut node = Node::new(
-        Box::new(BlkDebugDriver { state }),
-        vec![Child {
-            name: "image",
-            node: image.clone(),
-            writable: true,
-            primary: true,
-        }],
-        name,
-    );
-    node.supported_write_flags =
-        ReqFlags::WRITE_UNCHANGED.with(ReqFlags::FUA.and(image.supported_write_flags));
-    node.supported_zero_flags = ReqFlags::WRITE_UNCHANGED.with(
-        ReqFlags::FUA
-            .with(ReqFlags::MAY_UNMAP)
-            .with(ReqFlags::NO_FALLBACK)
-            .and(image.supported_zero_flags),
-    );
-    let node = finish(node, ctx, limits);
-    // `none` fires once the node is complete, so rules on it are active from the first request.
-    let n = node.clone();
-    crate::block::executor::block_on(async move {
-        n.debug_event(super::blkdebug::events::Event::None).await;
+    let file = finish(file, Limits::default());
+    let (mut node, limits, _) =
+        super::qcow2::open::open_node(file, &mut Options::new(), &octx, None)?;
+    node.flags = flags;
+    node.children.push(Child {
+        name: "backing",
+        node: root,
+        writable: false,
+        primary: false,
+        role: ChildRole::Cow,
+        extra_perms: Perms::NONE,
     });
-    Ok(node)
-}
-
-fn open_blkverify(
-    filename: Option<String>,
-    mut opts: Options,
-    ctx: &OpenContext,
-) -> Result<Rc<Node>, String> {
-    let (mut raw_name, mut test_name) = (None, None);
-    if let Some(f) = filename
-        .as_deref()
-        .and_then(|f| f.strip_prefix("blkverify:"))
-    {
-        let (raw, test) = f
-            .split_once(':')
-            .ok_or("blkverify requires raw copy and original image path")?;
-        raw_name = Some(raw.to_string());
-        test_name = Some(test.to_string());
-    }
-    if let Some(x) = take_string(&mut opts, "x-raw") {
-        raw_name = Some(x);
-    }
-    if let Some(x) = take_string(&mut opts, "x-image") {
-        test_name = Some(x);
-    }
-    let raw = open_child(opts.remove("raw"), raw_name, "raw", false, ctx)?;
-    let test = open_child(opts.remove("test"), test_name, "test", true, ctx)?;
-    reject_unknown(&opts, "protocol", "blkverify")?;
-    let name = format!("blkverify:{}:{}", raw.filename, test.filename);
-    let mut node = Node::new(
-        Box::new(BlkVerifyDriver {
-            console: ctx.console.clone(),
-        }),
-        vec![
-            Child {
-                name: "raw",
-                node: raw,
-                writable: true,
-                primary: true,
-            },
-            Child {
-                name: "test",
-                node: test,
-                writable: true,
-                primary: false,
-            },
-        ],
-        name,
-    );
-    node.supported_write_flags = ReqFlags::WRITE_UNCHANGED;
-    node.supported_zero_flags = ReqFlags::WRITE_UNCHANGED;
-    Ok(finish(node, ctx, Limits::default()))
+    Ok(finish(node, limits))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn dotted_keys_nest_and_merge_with_nested_ones() {
-        let flat =
-            parse_keyval("driver=raw,file.driver=blkdebug,file.image.filename=a,,b").unwrap();
-        assert!(flat.warnings.is_empty());
-        assert_eq!(
-            Value::Object(flat.options),
-            serde_json::json!({"driver": "raw", "file": {"driver": "blkdebug", "image": {"filename": "a,b"}}})
-        );
-    }
-
-    #[test]
-    fn bare_keys_are_deprecated_booleans_and_ids_must_be_identifiers() {
-        let parsed = parse_keyval("ro,nocache=x,noauto").unwrap();
-        assert_eq!(
-            Value::Object(parsed.options),
-            serde_json::json!({"ro": "on", "nocache": "x", "auto": "off"})
-        );
-        assert_eq!(
-            parsed.warnings,
-            [
-                "warning: short-form boolean option 'ro' deprecated\nPlease use ro=on instead",
-                "warning: short-form boolean option 'noauto' deprecated\nPlease use auto=off instead",
-            ]
-        );
-        assert!(
-            parse_keyval("id=1x")
-                .unwrap_err()
-                .starts_with("Parameter 'id' expects an identifier")
-        );
-        assert!(parse_keyval("id=x1").is_ok());
-    }
 
     #[test]
     fn qcow_version_1_is_refused_by_name() {
@@ -835,7 +871,7 @@ mod tests {
         std::fs::write(dir.path().join("v1.qcow"), head).unwrap();
         let ctx = OpenContext {
             base_dir: dir.path().to_path_buf(),
-            console: Console::new(std::rc::Rc::new(std::cell::RefCell::new(
+            console: crate::output::Console::new(std::rc::Rc::new(std::cell::RefCell::new(
                 crate::output::Capture::default(),
             ))),
             flags: OpenFlags::default(),
@@ -849,6 +885,14 @@ mod tests {
     }
 
     #[test]
+    fn path_has_protocol() {
+        assert!(has_protocol("json:{'a': 'b/c'}"));
+        assert!(has_protocol("foo:bar"));
+        assert!(!has_protocol("a/json:{}"));
+        assert!(!has_protocol("plain.img"));
+    }
+
+    #[test]
     fn protocol_prefixes() {
         assert_eq!(protocol_of("a/b:c"), Ok(None));
         assert_eq!(protocol_of("blkdebug::x"), Ok(Some("blkdebug")));
@@ -856,5 +900,6 @@ mod tests {
             protocol_of("bogus:x"),
             Err("Unknown protocol 'bogus'".to_string())
         );
+        assert_eq!(find_protocol("blkdebug::x", false), Ok(Driver::File));
     }
 }

@@ -120,12 +120,7 @@ mod tests {
     use std::cell::RefCell;
 
     fn node() -> Rc<Node> {
-        Node::new(
-            Box::new(RawDriver { probed: false }),
-            Vec::new(),
-            String::new(),
-        )
-        .into_rc()
+        Node::new(Box::new(RawDriver::whole(false)), Vec::new(), String::new()).into_rc()
     }
 
     #[test]

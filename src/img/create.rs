@@ -194,14 +194,41 @@ fn valid_option_list(s: &str) -> bool {
     trailing.is_multiple_of(2)
 }
 
-/// Where `backing` lives relative to the image `filename` (QEMU's `path_combine`).
+/// Where `backing` lives relative to the image `filename` (QEMU's `path_combine`); a name with a
+/// protocol prefix (`json:{...}` too) stands as it is.
 pub fn backing_path(filename: &str, backing: &str) -> String {
-    if backing.starts_with('/') {
+    if backing.starts_with('/') || crate::block::open::has_protocol(backing) {
         return backing.to_string();
     }
     match filename.rfind('/') {
         Some(i) => format!("{}{backing}", &filename[..=i]),
         None => backing.to_string(),
+    }
+}
+
+impl Img<'_> {
+    /// A `json:` backing file, opened through the block layer (options, format priority and
+    /// errors as for any json: filename): its format and virtual size, or QEMU's message.
+    fn open_json_backing(&self, name: &str, fmt: Option<&str>) -> Result<(String, u64), String> {
+        use crate::block::open::{OpenContext, Options, open_drive};
+        let ctx = OpenContext {
+            base_dir: self.base_dir.to_path_buf(),
+            console: self.console.clone(),
+            flags: crate::block::node::OpenFlags {
+                read_only: true,
+                unmap: true,
+                ..Default::default()
+            },
+            skip_host_sync: true,
+        };
+        let node = open_drive(Some(name), Options::new(), fmt, &ctx)?;
+        let size = crate::block::io::getlength(&node).map_err(|e| {
+            format!(
+                "Could not get size of '{name}': {}",
+                crate::errno::strerror(e)
+            )
+        })?;
+        Ok((node.driver.format_name().to_string(), size))
     }
 }
 
@@ -429,8 +456,13 @@ impl Img<'_> {
         if let Some(b) = &backing_file {
             if !unsafe_backing {
                 let full = backing_path(filename, b);
-                let (detected, bsize) = probe_backing(self.base_dir, &full, backing_fmt.as_deref())
-                    .map_err(|m| format!("{m}\nCould not open backing image."))?;
+                let probed = if full.starts_with("json:") {
+                    self.open_json_backing(&full, backing_fmt.as_deref())
+                } else {
+                    probe_backing(self.base_dir, &full, backing_fmt.as_deref())
+                };
+                let (detected, bsize) =
+                    probed.map_err(|m| format!("{m}\nCould not open backing image."))?;
                 if backing_fmt.is_none() {
                     return Err(format!(
                         "Backing file specified without backing format\nDetected format of {detected}."
@@ -649,5 +681,10 @@ mod tests {
         assert_eq!(backing_path("d/e.qcow2", "b.img"), "d/b.img");
         assert_eq!(backing_path("e.qcow2", "b.img"), "b.img");
         assert_eq!(backing_path("d/e.qcow2", "/abs"), "/abs");
+        assert_eq!(
+            backing_path("d/e.qcow2", "json:{'a':'b/c'}"),
+            "json:{'a':'b/c'}"
+        );
+        assert_eq!(backing_path("d/e.qcow2", "x/json:{}"), "d/x/json:{}");
     }
 }

@@ -8,6 +8,7 @@ use super::session::{AioMode, CacheMode, OpenRequest, Session, parse_cache_mode,
 use crate::block::backend::BlockBackend;
 use crate::block::driver::{IoResult, ReqFlags};
 use crate::block::io::{self, REQUEST_MAX_BYTES};
+use crate::block::iovec;
 use crate::block::open::parse_keyval;
 use crate::errno::strerror;
 use crate::output::Console;
@@ -326,10 +327,19 @@ fn iovec_len(s: &Session, args: &[String]) -> Result<i64, i32> {
     Ok(total)
 }
 
+/// The element lengths of a vector whose arguments `iovec_len` accepted.
+fn iovec_elements(args: &[String]) -> Vec<u64> {
+    args.iter()
+        .map(|a| cvtnum(a).map_or(0, |n| n as u64))
+        .collect()
+}
+
 /// A vectored read as `readv` and `aio_read` take it: `[-Ciqrv] [-P pattern] off len [len..]`.
 struct VectorRead {
     offset: i64,
     count: i64,
+    /// the vector's element lengths
+    elements: Vec<u64>,
     pattern: Option<u8>,
     compact: bool,
     quiet: bool,
@@ -364,6 +374,7 @@ fn parse_vector_read(
     Ok(VectorRead {
         offset: num(s, &pos[0])?,
         count: iovec_len(s, &pos[1..])?,
+        elements: iovec_elements(&pos[1..]),
         pattern: pat,
         compact,
         quiet,
@@ -404,10 +415,13 @@ fn readv_f(s: &mut Session, spec: &CommandSpec, argv: &[String]) -> i32 {
     let req = tri!(parse_vector_read(s, spec, argv, "CP:qrv"));
     let (offset, count) = (req.offset, req.count);
     let b = blk(s);
+    let console = s.console.clone();
+    let elements = req.elements.clone();
     let t0 = Instant::now();
     let Some(ret) = s.run_sync(async move {
         b.check(offset as u64, count as u64)?;
         let mut buf = vec![0xabu8; count as usize];
+        let _layout = iovec::register(&buf, &elements, &console);
         b.pread(offset as u64, &mut buf).await.map(|_| buf)
     }) else {
         return EINVAL;
@@ -573,8 +587,10 @@ fn writev_f(s: &mut Session, spec: &CommandSpec, argv: &[String]) -> i32 {
     }
     let offset = tri!(num(s, &pos[0]));
     let count = tri!(iovec_len(s, &pos[1..]));
+    let elements = iovec_elements(&pos[1..]);
     let flags = if fua { ReqFlags::FUA } else { ReqFlags::NONE };
     let b = blk(s);
+    let console = s.console.clone();
     let done = Done {
         name: "writev",
         op: "wrote",
@@ -586,6 +602,7 @@ fn writev_f(s: &mut Session, spec: &CommandSpec, argv: &[String]) -> i32 {
     done.run(s, async move {
         b.check(offset as u64, count as u64)?;
         let buf = vec![pat; count as usize];
+        let _layout = iovec::register(&buf, &elements, &console);
         b.pwrite(offset as u64, &buf, flags).await
     })
 }
@@ -599,13 +616,17 @@ fn aio_read_f(s: &mut Session, spec: &CommandSpec, argv: &[String]) -> i32 {
     let b = blk(s);
     let console = s.console.clone();
     let t0 = Instant::now();
+    let layout_console = console.clone();
+    let elements = req.elements.clone();
     s.submit_aio(
         async move {
             if let Err(e) = b.check(req.offset as u64, req.count as u64) {
                 return (Err(e), Vec::new());
             }
             let mut buf = vec![0xabu8; req.count as usize];
+            let layout = iovec::register(&buf, &elements, &layout_console);
             let ret = b.pread(req.offset as u64, &mut buf).await;
+            drop(layout);
             (ret, buf)
         },
         move |(ret, buf)| {
@@ -673,14 +694,17 @@ fn aio_write_f(s: &mut Session, spec: &CommandSpec, argv: &[String]) -> i32 {
     let b = blk(s);
     let console = s.console.clone();
     let t0 = Instant::now();
+    let elements = iovec_elements(&pos[1..]);
+    let layout_console = console.clone();
     s.submit_aio(
         async move {
             if zflag {
                 b.pwrite_zeroes(offset as u64, count as u64, flags).await
             } else {
                 b.check(offset as u64, count as u64)?;
-                b.pwrite(offset as u64, &vec![pat; count as usize], flags)
-                    .await
+                let buf = vec![pat; count as usize];
+                let _layout = iovec::register(&buf, &elements, &layout_console);
+                b.pwrite(offset as u64, &buf, flags).await
             }
         },
         move |ret| {
@@ -788,18 +812,13 @@ fn info_f(s: &mut Session) -> i32 {
     if let Some(p) = root.driver.protocol_name() {
         s.out(&format!("format name: {p}\n"));
     }
-    // QEMU asks the driver, or for filters their filtered child; the file protocol has nothing.
-    let mut node = root.clone();
-    // Filters answer with their filtered child's details; raw and file have none (zeroes).
-    let info = loop {
-        if let Some(i) = node.driver.info(&node) {
-            break i;
-        }
-        match (node.driver.is_filter(), node.primary_child()) {
-            (true, Some(c)) => node = c.clone(),
-            _ => break Default::default(),
-        }
-    };
+    // Filters answer with their filtered child's details (raw and file have none: zeroes),
+    // but format-specific information comes only from the node's own driver.
+    let own = root.driver.info(&root).is_some();
+    let mut info = io::get_info(&root).unwrap_or_default();
+    if !own {
+        info.specific.clear();
+    }
     s.out(&format!(
         "cluster size: {}\n",
         cvtstr(info.cluster_size as f64)
@@ -827,58 +846,74 @@ fn map_f(s: &mut Session) -> i32 {
         }
     };
     let root = b.root.clone();
-    let Some(result) = s.run_sync(async move {
-        let mut lines = Vec::new();
-        let (mut offset, mut bytes) = (0u64, total);
-        while bytes > 0 {
-            // Merge runs with the same answer, as qemu-io's map_is_allocated does.
-            let (first, mut n) = io::is_allocated(&root, offset, bytes).await?;
-            let (mut o, mut rest) = (offset + n, bytes - n);
-            while rest > 0 {
-                let (a, m) = io::is_allocated(&root, o, rest).await?;
-                if a != first || m == 0 {
-                    break;
-                }
+    let (mut offset, mut bytes) = (0u64, total);
+    // Each line is printed as soon as it is known: an error further on ends the listing
+    // after the lines before it, as in qemu-io.
+    while bytes > 0 {
+        let (allocated, n) = match map_is_allocated(s, &root, offset, bytes) {
+            None => return EINVAL,
+            Some(Err(e)) => {
+                s.report(&format!("Failed to get allocation status: {}", strerror(e)));
+                return -e;
+            }
+            Some(Ok(r)) => r,
+        };
+        if n == 0 {
+            s.report("Unexpected end of image");
+            return -libc::EIO;
+        }
+        let what = if allocated {
+            "    allocated"
+        } else {
+            "not allocated"
+        };
+        s.out(&format!(
+            "{} (0x{n:x}) bytes {what} at offset {} (0x{offset:x})\n",
+            cvtstr(n as f64),
+            cvtstr(offset as f64)
+        ));
+        offset += n;
+        bytes -= n;
+    }
+    0
+}
+
+/// One run of equal answers from `offset` (qemu-io's map_is_allocated): the first query's
+/// error is the run's; a later query that fails or answers differently just ends the run.
+/// None when a query can never finish.
+fn map_is_allocated(
+    s: &mut Session,
+    root: &Rc<crate::block::node::Node>,
+    offset: u64,
+    bytes: u64,
+) -> Option<IoResult<(bool, u64)>> {
+    let (first, mut n) = match is_allocated(s, root, offset, bytes)? {
+        Err(e) => return Some(Err(e)),
+        Ok(r) => r,
+    };
+    let (mut o, mut rest) = (offset + n, bytes - n);
+    while rest > 0 {
+        match is_allocated(s, root, o, rest)? {
+            Ok((a, m)) if a == first && m != 0 => {
                 n += m;
                 o += m;
                 rest -= m;
             }
-            lines.push((first, n, offset));
-            if n == 0 {
-                break;
-            }
-            offset += n;
-            bytes -= n;
-        }
-        Ok::<_, i32>(lines)
-    }) else {
-        return EINVAL;
-    };
-    match result {
-        Err(e) => {
-            s.report(&format!("Failed to get allocation status: {}", strerror(e)));
-            -e
-        }
-        Ok(lines) => {
-            for (allocated, n, offset) in lines {
-                if n == 0 {
-                    s.report("Unexpected end of image");
-                    return -libc::EIO;
-                }
-                let what = if allocated {
-                    "    allocated"
-                } else {
-                    "not allocated"
-                };
-                s.out(&format!(
-                    "{} (0x{n:x}) bytes {what} at offset {} (0x{offset:x})\n",
-                    cvtstr(n as f64),
-                    cvtstr(offset as f64)
-                ));
-            }
-            0
+            _ => break,
         }
     }
+    Some(Ok((first, n)))
+}
+
+/// One synchronous bdrv_is_allocated, polled to completion as qemu-io does.
+fn is_allocated(
+    s: &mut Session,
+    root: &Rc<crate::block::node::Node>,
+    offset: u64,
+    bytes: u64,
+) -> Option<IoResult<(bool, u64)>> {
+    let root = root.clone();
+    s.run_sync(async move { io::is_allocated(&root, offset, bytes).await })
 }
 
 fn alloc_f(s: &mut Session, argv: &[String]) -> i32 {
@@ -1242,6 +1277,11 @@ fn reopen_f(s: &mut Session, spec: &CommandSpec, argv: &[String]) -> i32 {
     let b = blk(s);
     if ro {
         b.read_only.set(true);
+        // qemu-io gives up its write permission before reopening read-only
+        b.perms.set(crate::block::perms::Perms {
+            write: false,
+            ..b.perms.get()
+        });
     } else if rw {
         b.read_only.set(false);
     }

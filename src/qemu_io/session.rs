@@ -6,6 +6,7 @@ use crate::block::backend::BlockBackend;
 use crate::block::executor::Executor;
 use crate::block::node::OpenFlags;
 use crate::block::open::{OpenContext, Options, open_drive};
+use crate::block::perms::{self, Perms};
 use crate::output::Console;
 use std::cell::RefCell;
 use std::future::Future;
@@ -181,17 +182,31 @@ impl Session {
                 _ => {}
             }
         }
-        let opened = match generic_open_options(&mut req) {
-            Ok(()) => self.open_tree(&req),
-            Err(e) => Err(e),
+        if req.force_share {
+            req.options
+                .insert("force-share".into(), serde_json::Value::Bool(true));
+        }
+        // The user takes WRITE unless read-only; the graph must grant it (blk_new_open).
+        let held = if req.read_only {
+            Perms::NONE
+        } else {
+            Perms::WRITE
         };
+        let opened = self.open_tree(&req).and_then(|root| {
+            // qemu-io asks the node: `-r` with `read-only=off` is writable.
+            let read_only = root.flags.read_only;
+            perms::refresh(&root, held, read_only).map(|()| root)
+        });
         match opened {
             Ok(root) => {
+                // bdrv_enable_copy_on_read on the top node only: children never copy
+                root.copy_on_read.set(req.copy_on_read);
+                let read_only = root.flags.read_only;
                 self.blk = Some(Rc::new(BlockBackend {
                     root,
                     writethrough: std::cell::Cell::new(req.writethrough),
-                    read_only: std::cell::Cell::new(req.read_only),
-                    copy_on_read: req.copy_on_read,
+                    read_only: std::cell::Cell::new(read_only),
+                    perms: std::cell::Cell::new(held),
                 }));
                 true
             }
@@ -216,13 +231,15 @@ impl Session {
                 no_flush: req.no_flush,
                 direct: req.direct,
                 native_aio: req.aio == AioMode::Native,
+                // Under -s the overlay has copy-on-read, not the image (QEMU's
+                // bdrv_temp_snapshot_options).
+                copy_on_read: req.copy_on_read && !req.snapshot,
             },
             skip_host_sync: self.skip_host_sync,
         };
         let root = open_drive(req.name, req.options.clone(), None, &ctx)?;
-        // bdrv_open_common refuses copy-on-read on the read-only top node (the overlay's
-        // under -s), once its children are open.
-        if req.copy_on_read && req.read_only {
+        // Under -s, copy-on-read is the overlay's, which -r makes read-only too.
+        if req.snapshot && req.copy_on_read && req.read_only {
             return Err("Can't use copy-on-read on read-only device".into());
         }
         if req.snapshot {
@@ -286,11 +303,11 @@ impl Session {
         request: impl Future<Output = T> + 'static,
         done: impl FnOnce(T) + 'static,
     ) {
-        type Completion<T> = Box<dyn FnOnce(T)>;
+        type Report<T> = Box<dyn FnOnce(T)>;
         struct Aio<T> {
             has_returned: std::cell::Cell<bool>,
             result: RefCell<Option<T>>,
-            done: RefCell<Option<Completion<T>>>,
+            done: RefCell<Option<Report<T>>>,
         }
         let aio = Rc::new(Aio {
             has_returned: std::cell::Cell::new(false),
@@ -383,11 +400,31 @@ impl Session {
             ));
             return -libc::ENOTSUP;
         }
-        if spec.needs_write && self.blk.as_ref().is_some_and(|b| b.read_only.get()) {
-            self.report("Block node is read-only");
+        if let Err(e) = self.take_perms(spec) {
+            self.report(&e);
             return -libc::EPERM;
         }
         commands::dispatch(self, spec, &argv)
+    }
+
+    /// Takes, for good, the permissions a command needs (qemu-io's blk_set_perm before the
+    /// command runs), checking the whole graph again.
+    fn take_perms(&self, spec: &CommandSpec) -> Result<(), String> {
+        let Some(b) = &self.blk else {
+            return Ok(());
+        };
+        let wanted = Perms {
+            write: spec.needs_write,
+            resize: spec.needs_resize,
+        };
+        let held = b.perms.get();
+        if held.contains(wanted) {
+            return Ok(());
+        }
+        let new = held.union(wanted);
+        perms::refresh(&b.root, new, b.read_only.get())?;
+        b.perms.set(new);
+        Ok(())
     }
 
     pub fn usage(&self, spec: &CommandSpec) {
@@ -418,29 +455,6 @@ impl Session {
             None => i32::from(self.last_error),
         }
     }
-}
-
-/// The block layer's own options that the drivers do not take, checked before anything opens
-/// as `bdrv_open_inherit` does. Only `force-share` is handled here: this engine locks nothing,
-/// so all it changes is which opens are refused.
-fn generic_open_options(req: &mut OpenRequest<'_>) -> Result<(), String> {
-    let mut force_share = req.force_share;
-    if let Some(v) = req.options.remove("force-share") {
-        force_share = match &v {
-            serde_json::Value::Bool(b) => *b,
-            serde_json::Value::String(s) => match s.as_str() {
-                "on" | "yes" | "true" | "y" => true,
-                "off" | "no" | "false" | "n" => false,
-                _ => return Err("Parameter 'force-share' expects 'on' or 'off'".into()),
-            },
-            _ => return Err("Invalid parameter type for 'force-share', expected: boolean".into()),
-        };
-    }
-    // The image under a snapshot overlay is opened read-only whatever -r says.
-    if force_share && !req.read_only && !req.snapshot {
-        return Err("force-share=on can only be used with read-only images".into());
-    }
-    Ok(())
 }
 
 /// Lets every driver in the tree write back what it caches (children after their parents).

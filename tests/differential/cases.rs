@@ -83,6 +83,14 @@ pub fn all() -> Vec<Case> {
     v.extend(blkverify());
     v.extend(open_errors());
     v.extend(command_line());
+    v.extend(json_dialect());
+    v.extend(permissions());
+    v.extend(sector_sizes());
+    v.extend(blkverify_resize());
+    v.extend(map_errors());
+    v.extend(padding_survivors());
+    v.extend(direct_io());
+    v.extend(open_options());
     v
 }
 
@@ -1632,8 +1640,7 @@ fn open_errors() -> Vec<Case> {
     ]
 }
 
-// ==== qemu-io's own command line (every option of QEMU 10.0.2's qemu-io) ======================
-
+// ==== qemu-io's own command line (every option of QEMU 10.0.2's qemu-io) ========
 /// `qemu-io ARGS` exactly as written.
 fn argv(name: &str, args: &[&str]) -> Case {
     case(name, args)
@@ -2244,4 +2251,1746 @@ fn command_line() -> Vec<Case> {
         ],
     ));
     v
+}
+
+// ---- json: filenames in QEMU's JSON dialect --------------------------------------------------
+// How QEMU parses, flattens and types the options of a `json:` filename: each parser error
+// text, the accepted extensions (single quotes, `\'`, whitespace and newlines), which of a dotted
+// and a nested spelling wins, and what JSON types QEMU takes where strings are expected.
+
+/// `json:{"driver":"raw","file":{"driver":"file","filename":<filename>}}`
+fn json_file(filename: &str) -> String {
+    format!(r#"json:{{"driver":"raw","file":{{"driver":"file","filename":{filename}}}}}"#)
+}
+
+/// A 1 MiB qcow2 image (no data) whose header names `backing` as its backing file.
+fn qcow2_with_backing(backing: &str) -> Vec<u8> {
+    use blockfault::img::qcow2::create::{CreateSpec, build};
+    let spec = CreateSpec {
+        size: 1 << 20,
+        backing_file: Some(backing.to_string()),
+        ..CreateSpec::default()
+    };
+    let file = tempfile::tempfile().unwrap();
+    build(&spec).unwrap().write_to(&file).unwrap();
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::BufReader::new(&file), &mut bytes).unwrap();
+    bytes
+}
+
+fn json_dialect() -> Vec<Case> {
+    let json = |name: &str, drive: &str| on(name, &[], &["read -P 0 0 512"], drive);
+    let mut v = vec![
+        // Accepted forms.
+        json(
+            "jsond_single_quotes",
+            "json:{'driver':'raw','file':{'driver':'file','filename':'img.raw'}}",
+        ),
+        json(
+            "jsond_whitespace_and_newlines",
+            "json:\n {\t\"driver\" :\r\n'raw' ,\n \"file\": {\"driver\": \"file\",\n  \"filename\": \"img.raw\"}\n}\n\t ",
+        ),
+        json("jsond_escape_unicode", &json_file(r#""img\u002eraw""#)),
+        json("jsond_escape_solidus", &json_file(r#""img\/raw""#)),
+        json("jsond_escape_apostrophe", &json_file(r"'img\'.raw'")),
+        json("jsond_escape_apostrophe_dq", &json_file(r#""img\'.raw""#)),
+        json("jsond_quote_in_single_quotes", &json_file(r#"'im"g.raw'"#)),
+        json("jsond_escape_controls", &json_file(r#""a\tb\n\r\b\f""#)),
+        json("jsond_escape_pair", &json_file(r#""\uD83D\uDE00\u00e9""#)),
+        json("jsond_raw_utf8", &json_file("\"é😀\"")),
+        json("jsond_percent", &json_file(r#""100%d""#)),
+        // Parse errors, each of QEMU's texts.
+        json("jsond_empty", "json:"),
+        json("jsond_blank", "json: \n\t"),
+        json("jsond_eoi_object", r#"json:{"driver":"raw""#),
+        json("jsond_eoi_list", r#"json:{"a":[1,"#),
+        json("jsond_eoi_string", r#"json:{"a":"abc"#),
+        json(
+            "jsond_trailing_garbage",
+            &format!("{} x", json_file(r#""img.raw""#)),
+        ),
+        json("jsond_trailing_brace", r#"json:{"a":1}}"#),
+        json("jsond_second_value", r#"json:{} {}"#),
+        json("jsond_not_object_list", "json:[1]"),
+        json("jsond_not_object_string", "json:'x'"),
+        json("jsond_not_object_null", "json:null"),
+        json("jsond_stray_char", r#"json:{"a":@}"#),
+        json("jsond_stray_capital", r#"json:{"a":True}"#),
+        json("jsond_stray_interpolation", r#"json:{"a":%d}"#),
+        json("jsond_stray_leading_zero", r#"json:{"a":01}"#),
+        json("jsond_stray_sign", r#"json:{"a":-}"#),
+        json("jsond_stray_plus", r#"json:{"a":+1}"#),
+        json("jsond_stray_point", r#"json:{"a":1.}"#),
+        json("jsond_stray_exponent", r#"json:{"a":1e}"#),
+        json("jsond_stray_control_in_string", "json:{\"a\":\"a\tb\"}"),
+        json("jsond_zero_exponent", r#"json:{"a":[0e5]}"#),
+        json("jsond_invalid_keyword", r#"json:{"a":tru}"#),
+        json("jsond_missing_colon", r#"json:{"a" 1}"#),
+        json("jsond_key_not_string", r#"json:{1:1}"#),
+        json("jsond_expected_separator_dict", r#"json:{"a":1 "b":2}"#),
+        json("jsond_expected_separator_list", r#"json:{"a":[1 2]}"#),
+        json("jsond_expecting_value", r#"json:{"a":[1,]}"#),
+        json("jsond_expecting_value_close", "json:}"),
+        json("jsond_open_bracket_close_brace", r#"json:{"a":[} 1"#),
+        json(
+            "jsond_duplicate_key",
+            &json_file(r#""img.raw","filename":"x""#),
+        ),
+        json("jsond_invalid_escape", &json_file(r#""\x""#)),
+        json("jsond_short_unicode_escape", &json_file(r#""\u12""#)),
+        json("jsond_lone_surrogate", &json_file(r#""\uD800\u0041""#)),
+        json("jsond_noncharacter_escape", &json_file(r#""\uFFFE""#)),
+        json("jsond_noncharacter_raw", &json_file("\"\u{FDD0}\"")),
+        json(
+            "jsond_nesting_1024",
+            &format!(r#"json:{{"a":{}{}}}"#, "[".repeat(1023), "]".repeat(1023)),
+        ),
+        json(
+            "jsond_nesting_1025",
+            &format!(r#"json:{{"a":{}{}}}"#, "[".repeat(1024), "]".repeat(1024)),
+        ),
+        // Numbers: -0 is the integer 0, doubles print as %.17g, huge ones are doubles.
+        json("jsond_align_minus_zero", &json_dbg(r#""align":-0"#)),
+        json("jsond_align_double", &json_dbg(r#""align":5.12e2"#)),
+        json("jsond_align_fraction", &json_dbg(r#""align":0.1"#)),
+        json("jsond_align_infinite", &json_dbg(r#""align":1e400"#)),
+        json(
+            "jsond_align_above_u64",
+            &json_dbg(r#""align":18446744073709551616"#),
+        ),
+        json(
+            "jsond_align_u64_max",
+            &json_dbg(r#""align":18446744073709551615"#),
+        ),
+        json("jsond_align_bool", &json_dbg(r#""align":true"#)),
+        json(
+            "jsond_errno_double",
+            &json_dbg(r#""inject-error":[{"event":"read_aio","errno":2.8e1}]"#),
+        ),
+        // Flattening: which spelling wins.
+        json(
+            "jsond_nested_beats_dotted_after",
+            r#"json:{"driver":"raw","file":{"driver":"file","filename":"img.raw"},"file.filename":"nonexist"}"#,
+        ),
+        json(
+            "jsond_nested_beats_dotted_before",
+            r#"json:{"driver":"raw","file.driver":"blkdebug","file":{"driver":"file","filename":"img.raw"}}"#,
+        ),
+        json(
+            "jsond_dotted_into_list",
+            &json_dbg(r#""inject-error":[{"event":"read_aio"}],"inject-error.0.errno":"28""#),
+        ),
+        json(
+            "jsond_dotted_beside_list_hash_order",
+            &json_dbg(
+                r#""inject-error.0.errno":"28","inject-error":[{"event":"read_aio","errno":"5"}]"#,
+            ),
+        ),
+        json(
+            "jsond_dotted_child_keys",
+            r#"json:{"driver":"raw","file.driver":"blkdebug","file.inject-error":[{"event":"read_aio"}],"file.image.driver":"file","file.image.filename":"img.raw"}"#,
+        ),
+        // Unknown options are named by their flat key, the first in QDict order.
+        json(
+            "jsond_unknown_nested",
+            r#"json:{"driver":"raw","file":{"driver":"file","filename":"img.raw"},"foo":{"x":1}}"#,
+        ),
+        json(
+            "jsond_unknown_list",
+            r#"json:{"driver":"raw","file":{"driver":"file","filename":"img.raw"},"foo":[1,2]}"#,
+        ),
+        json(
+            "jsond_unknown_hash_order",
+            r#"json:{"driver":"raw","file":{"driver":"file","filename":"img.raw"},"bar":1,"foo":2}"#,
+        ),
+        json(
+            "jsond_unknown_empty_object",
+            r#"json:{"driver":"raw","file":{"driver":"file","filename":"img.raw"},"foo":{}}"#,
+        ),
+        // Types where a driver, child or reference is expected.
+        json(
+            "jsond_driver_number",
+            r#"json:{"driver":5,"file":{"driver":"file","filename":"img.raw"}}"#,
+        ),
+        json(
+            "jsond_driver_null",
+            r#"json:{"driver":null,"file":{"driver":"file","filename":"img.raw"}}"#,
+        ),
+        json(
+            "jsond_driver_empty_object",
+            r#"json:{"driver":{},"file":{"driver":"file","filename":"img.raw"}}"#,
+        ),
+        json(
+            "jsond_driver_list",
+            r#"json:{"driver":["raw"],"file":{"driver":"file","filename":"img.raw"}}"#,
+        ),
+        json(
+            "jsond_child_driver_number",
+            r#"json:{"driver":"raw","file":{"driver":5,"filename":"img.raw"}}"#,
+        ),
+        json(
+            "jsond_no_driver_file_child",
+            r#"json:{"file":{"driver":"file","filename":"img.raw"}}"#,
+        ),
+        json("jsond_no_driver_filename", r#"json:{"filename":"img.raw"}"#),
+        json(
+            "jsond_file_empty_object",
+            r#"json:{"driver":"raw","file":{}}"#,
+        ),
+        json("jsond_file_number", r#"json:{"driver":"raw","file":5}"#),
+        json("jsond_file_null", r#"json:{"driver":"raw","file":null}"#),
+        json(
+            "jsond_file_list",
+            r#"json:{"driver":"raw","file":[{"driver":"file","filename":"img.raw"}]}"#,
+        ),
+        json(
+            "jsond_image_number",
+            r#"json:{"driver":"raw","file":{"driver":"blkdebug","image":5}}"#,
+        ),
+        json(
+            "jsond_blkverify_test_number",
+            r#"json:{"driver":"raw","file":{"driver":"blkverify","raw":{"driver":"file","filename":"img.raw"},"test":5}}"#,
+        ),
+        json(
+            "jsond_perms_string",
+            &json_dbg(r#""take-child-perms":"resize""#),
+        ),
+        json("jsond_perms_empty", &json_dbg(r#""take-child-perms":[]"#)),
+        json("jsond_perms_number", &json_dbg(r#""take-child-perms":[5]"#)),
+        json(
+            "jsond_perms_ok",
+            &json_dbg(r#""take-child-perms":["resize"]"#),
+        ),
+        json("jsond_config_null", &json_dbg(r#""config":null"#)),
+        json("jsond_config_object", &json_dbg(r#""config":{"a":1}"#)),
+        json("jsond_config_number", &json_dbg(r#""config":5"#)),
+        json(
+            "jsond_filename_number",
+            r#"json:{"driver":"raw","file":{"driver":"file","filename":5}}"#,
+        ),
+        // Options given directly win over the filename's, key by key.
+        on(
+            "jsond_format_option_wins",
+            &["-f", "raw"],
+            &["read 0 512"],
+            r#"json:{"driver":"bogus","file":{"driver":"file","filename":"img.raw"}}"#,
+        ),
+        no_drive(
+            "jsond_open_options_merge",
+            &[
+                r#"open -o driver=raw json:{"file.filename":"img.raw"}"#,
+                "read 0 512",
+            ],
+        ),
+        no_drive(
+            "jsond_open_options_win",
+            &[
+                r#"open -o driver=raw json:{"driver":"qcow2","file.filename":"img.raw"}"#,
+                "read 0 512",
+            ],
+        ),
+        no_drive(
+            "jsond_open_child_options_merge",
+            &[
+                r#"open -o file.driver=blkdebug json:{"driver":"raw","file.image.filename":"img.raw"}"#,
+                "read 0 512",
+            ],
+        ),
+    ];
+    // Backing file names in an image header are json: filenames too (multi-line ones as well).
+    let overlay = |name: &str, backing: &str| {
+        on(name, &[], &["read -P 0 0 512"], "ov.qcow2")
+            .bytes("ov.qcow2", qcow2_with_backing(backing))
+    };
+    v.extend([
+        overlay(
+            "jsond_backing_name",
+            r#"json:{"driver":"raw","file":{"driver":"file","filename":"img.raw"}}"#,
+        ),
+        overlay(
+            "jsond_backing_name_multiline",
+            "json:{'driver': 'raw',\n    'file': {\n        'driver': 'file',\n        'filename': 'img.raw'}}",
+        ),
+        overlay("jsond_backing_name_malformed", r#"json:{"driver":"raw""#),
+        overlay("jsond_backing_name_not_object", "json:[]"),
+        overlay("jsond_backing_name_unknown_protocol", "foo:bar"),
+        json(
+            "jsond_backing_null",
+            r#"json:{"driver":"qcow2","file":{"driver":"file","filename":"ov.qcow2"},"backing":null}"#,
+        )
+        .bytes("ov.qcow2", qcow2_with_backing("nonexist.img")),
+        json(
+            "jsond_backing_empty_string",
+            r#"json:{"driver":"qcow2","file":{"driver":"file","filename":"ov.qcow2"},"backing":""}"#,
+        )
+        .bytes("ov.qcow2", qcow2_with_backing("nonexist.img")),
+        json(
+            "jsond_backing_reference",
+            r#"json:{"driver":"qcow2","file":{"driver":"file","filename":"ov.qcow2"},"backing":"x"}"#,
+        )
+        .bytes("ov.qcow2", qcow2_with_backing("img.raw")),
+        json(
+            "jsond_backing_number",
+            r#"json:{"driver":"qcow2","file":{"driver":"file","filename":"ov.qcow2"},"backing":5}"#,
+        )
+        .bytes("ov.qcow2", qcow2_with_backing("img.raw")),
+        // qcow2's runtime options: JSON scalars become text, then QemuOpts types apply.
+        json(
+            "jsond_qcow2_bool_word",
+            r#"json:{"driver":"qcow2","file":{"driver":"file","filename":"ov.qcow2"},"backing":null,"lazy-refcounts":"yes","pass-discard-request":true}"#,
+        )
+        .bytes("ov.qcow2", qcow2_with_backing("nonexist.img")),
+        json(
+            "jsond_qcow2_bool_number",
+            r#"json:{"driver":"qcow2","file":{"driver":"file","filename":"ov.qcow2"},"backing":null,"lazy-refcounts":1}"#,
+        )
+        .bytes("ov.qcow2", qcow2_with_backing("nonexist.img")),
+        json(
+            "jsond_qcow2_bool_null",
+            r#"json:{"driver":"qcow2","file":{"driver":"file","filename":"ov.qcow2"},"backing":null,"lazy-refcounts":null}"#,
+        )
+        .bytes("ov.qcow2", qcow2_with_backing("nonexist.img")),
+        json(
+            "jsond_qcow2_size_double",
+            r#"json:{"driver":"qcow2","file":{"driver":"file","filename":"ov.qcow2"},"backing":null,"l2-cache-size":1048576.0}"#,
+        )
+        .bytes("ov.qcow2", qcow2_with_backing("nonexist.img")),
+        json(
+            "jsond_qcow2_size_bool",
+            r#"json:{"driver":"qcow2","file":{"driver":"file","filename":"ov.qcow2"},"backing":null,"l2-cache-size":true}"#,
+        )
+        .bytes("ov.qcow2", qcow2_with_backing("nonexist.img")),
+        json(
+            "jsond_qcow2_size_negative",
+            r#"json:{"driver":"qcow2","file":{"driver":"file","filename":"ov.qcow2"},"backing":null,"refcount-cache-size":-1}"#,
+        )
+        .bytes("ov.qcow2", qcow2_with_backing("nonexist.img")),
+        json(
+            "jsond_qcow2_interval_fraction",
+            r#"json:{"driver":"qcow2","file":{"driver":"file","filename":"ov.qcow2"},"backing":null,"cache-clean-interval":1.5}"#,
+        )
+        .bytes("ov.qcow2", qcow2_with_backing("nonexist.img")),
+        json(
+            "jsond_backing_null_on_raw",
+            r#"json:{"driver":"raw","file":{"driver":"file","filename":"img.raw"},"backing":null}"#,
+        ),
+    ]);
+    v
+}
+
+/// Bytes that are not zero, so that zeroes read past the end of a file show.
+pub fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i % 251) as u8 + 1).collect()
+}
+
+/// A fresh qcow2 image as `qemu-img create -f qcow2 -o cluster_size=CS` makes it.
+pub fn qcow2_image(size: u64, cluster_size: u64) -> Vec<u8> {
+    use blockfault::img::qcow2::create::{CreateSpec, build};
+    let spec = CreateSpec {
+        size,
+        cluster_size,
+        ..CreateSpec::default()
+    };
+    build(&spec).expect("a valid qcow2 spec").flatten()
+}
+
+/// `json:` for raw over blkdebug (with `blkdebug`'s keys) over the file `image`.
+pub fn json_dbg_on(blkdebug: &str, image: &str) -> String {
+    format!(
+        r#"json:{{"driver":"raw","file":{{"driver":"blkdebug",{blkdebug},"image":{{"driver":"file","filename":"{image}"}}}}}}"#
+    )
+}
+
+/// Issue 7.9: a node written without the resize permission must have a size its request
+/// alignment divides; read-only nodes cannot be written at all.
+fn permissions() -> Vec<Case> {
+    let five = || vec![0u8; 5120];
+    let align = json_dbg_on(r#""align":4096"#, "five.img");
+    vec![
+        on("perm_unaligned_size_refused", &[], &["read 0 512"], &align).bytes("five.img", five()),
+        on(
+            "perm_unaligned_size_read_only",
+            &["-r"],
+            &["read 0 512", "read 4k 1k", "write 0 512", "length"],
+            &align,
+        )
+        .bytes("five.img", five()),
+        // The image is only read under the overlay.
+        on(
+            "perm_unaligned_size_snapshot",
+            &["-s"],
+            &["write -P 3 0 512", "read -P 3 0 512", "read -P 0 4k 1k"],
+            &align,
+        )
+        .bytes("five.img", five()),
+        on(
+            "perm_aligned_size",
+            &[],
+            &["write -P 3 100 100", "read -P 3 100 100", "length"],
+            &json_dbg_on(r#""align":4096"#, "img.raw"),
+        ),
+        // truncate takes RESIZE for good; the padded write then grows the file past the size
+        // raw keeps.
+        on(
+            "perm_truncate_takes_resize",
+            &[],
+            &[
+                "truncate 5120",
+                "length",
+                "write -P 4 4096 1024",
+                "length",
+                "read -P 4 4096 1024",
+                "truncate 8192",
+                "length",
+            ],
+            &json_dbg_on(r#""align":4096"#, "four.img"),
+        )
+        .bytes("four.img", vec![0; 4096]),
+        on(
+            "perm_take_child_perms_write_read_only",
+            &["-r"],
+            &["read 0 512"],
+            &json_dbg_on(r#""take-child-perms":["write"]"#, "img.raw"),
+        ),
+        on(
+            "perm_take_child_perms_write",
+            &[],
+            &["write 0 512"],
+            &json_dbg_on(r#""take-child-perms":["write"]"#, "img.raw"),
+        ),
+        // RESIZE taken on blkdebug's child lets the inner node's alignment pass...
+        on(
+            "perm_take_child_perms_resize_inner",
+            &[],
+            &["write -P 5 0 512", "read -P 5 0 512", "length"],
+            r#"json:{"driver":"raw","file":{"driver":"blkdebug","take-child-perms":["resize"],"image":{"driver":"blkdebug","align":4096,"image":{"driver":"file","filename":"five.img"}}}}"#,
+        )
+        .bytes("five.img", five()),
+        // ...but not the blkdebug node's own.
+        on(
+            "perm_take_child_perms_resize_outer",
+            &[],
+            &["read 0 512"],
+            &json_dbg_on(r#""take-child-perms":["resize"],"align":4096"#, "five.img"),
+        )
+        .bytes("five.img", five()),
+        // qcow2 holds RESIZE on its file, whatever its length.
+        on(
+            "perm_qcow2_over_aligned_blkdebug",
+            &[],
+            &["write -P 6 0 1k", "read -P 6 0 1k", "map"],
+            r#"json:{"driver":"qcow2","file":{"driver":"blkdebug","align":4096,"image":{"driver":"file","filename":"q.qcow2"}}}"#,
+        )
+        .bytes("q.qcow2", qcow2_image(1 << 20, 512)),
+    ]
+}
+
+/// Issue 7.10: sizes in whole sectors. A 1000-byte file is 1 KiB long; its last 24 bytes read
+/// as zeroes, and writing them grows the file.
+fn sector_sizes() -> Vec<Case> {
+    let short = |name: &str, opts: &[&str], cmds: &[&str]| {
+        on(name, opts, cmds, "short.img").bytes("short.img", pattern(1000))
+    };
+    vec![
+        short(
+            "short_file_sector_rounding",
+            &["-f", "raw"],
+            &[
+                "length",
+                "read -v 990 34",
+                "write -P 7 1000 24",
+                "length",
+                "read -P 7 1000 24",
+                "map",
+                "info",
+            ],
+        ),
+        short(
+            "short_file_write_past_last_sector",
+            &["-f", "raw"],
+            &[
+                "write 1000 100",
+                "write -P 9 1000 10",
+                "length",
+                "read -v 1000 24",
+            ],
+        ),
+        short(
+            "short_file_probed",
+            &[],
+            &["write -P 8 1000 24", "read -v 992 32", "length"],
+        ),
+        short(
+            "short_file_truncate",
+            &["-f", "raw"],
+            &[
+                "truncate 1500",
+                "length",
+                "read -v 1490 40",
+                "truncate -m falloc 1510",
+                "length",
+                "truncate -m falloc 1400",
+                "truncate -m full 1536",
+                "length",
+                "truncate 1000",
+                "length",
+            ],
+        ),
+        // iotest 101: reading past the end of a 320-byte file gives zeroes.
+        on(
+            "short_file_iotest_101",
+            &[],
+            &["read -P 0 0 512"],
+            "tiny.img",
+        )
+        .bytes("tiny.img", vec![0; 320]),
+        // qcow2 over a file with a partial sector at its end.
+        on(
+            "short_file_under_qcow2",
+            &[],
+            &[
+                "write -P 1 8k 4k",
+                "read -P 1 8k 4k",
+                "map",
+                "truncate 2M",
+                "length",
+            ],
+            "q.qcow2",
+        )
+        .bytes("q.qcow2", {
+            let mut q = qcow2_image(1 << 20, 512);
+            q.extend(pattern(100));
+            q
+        }),
+    ]
+}
+
+/// Issue 7.11: blkverify's truncate resizes the raw child only; `truncate` takes RESIZE for
+/// good, so a write past the raw end is fine afterwards (before it, QEMU aborts: `ours.rs`).
+fn blkverify_resize() -> Vec<Case> {
+    let bv = |name: &str, drive: &str, cmds: &[&str]| on(name, &["-f", "raw"], cmds, drive);
+    vec![
+        bv(
+            "blkverify_truncate_shrink_then_write_past",
+            "blkverify:raw.img:img.raw",
+            &[
+                "truncate 512k",
+                "length",
+                "read 600k 512",
+                "write -P 5 600k 512",
+                "read -P 5 600k 512",
+            ],
+        ),
+        bv(
+            "blkverify_truncate_grow",
+            "blkverify:raw.img:img.raw",
+            &[
+                "truncate 2M",
+                "length",
+                "write -P 5 1020k 4k",
+                "read -P 5 1020k 4k",
+                "read 1M 512",
+            ],
+        ),
+        bv(
+            "blkverify_short_raw_after_truncate",
+            "blkverify:half.img:img.raw",
+            &["truncate 512k", "write -P 6 600k 512", "read -P 6 600k 512"],
+        ),
+        // The permission is taken before the command runs, even when it then fails.
+        bv(
+            "blkverify_failed_truncate_keeps_resize",
+            "blkverify:half.img:img.raw",
+            &["truncate -m falloc 256k", "write -P 6 600k 512"],
+        ),
+    ]
+}
+
+/// Issue 7.12: `map` prints the extents found before a failing query, then the error.
+fn map_errors() -> Vec<Case> {
+    // The second L2 table load fails; the first image has its tables on disk, not in a cache.
+    let conf = "[set-state]\nevent = \"l2_load\"\nstate = \"1\"\nnew_state = \"2\"\n\n[inject-error]\nevent = \"l2_load\"\nstate = \"2\"\n";
+    vec![
+        no_drive(
+            "map_error_after_extents",
+            &[
+                "open q.qcow2",
+                "write 0 1k",
+                "write 64k 1k",
+                "write 200k 1k",
+                "close",
+                "open blkdebug:l2.conf:q.qcow2",
+                "map",
+                "map",
+            ],
+        )
+        .file("l2.conf", conf)
+        .bytes("q.qcow2", qcow2_image(1 << 20, 512)),
+    ]
+}
+
+/// Issue 7.13, the neighbours of QEMU's crashes that it survives (the crashes: `ours.rs`).
+fn padding_survivors() -> Vec<Case> {
+    let align4k = json_dbg(r#""align":4096"#);
+    let align512 = json_dbg(r#""align":512"#);
+    let ones = std::iter::repeat_n("1", 1023).collect::<Vec<_>>().join(" ");
+    vec![
+        // An empty element after the last byte is not counted; an aligned request is not padded.
+        on(
+            "padding_trailing_empty_element",
+            &[],
+            &[
+                "readv 24k 2560 4096 0",
+                "writev -P 2 24k 2560 4096 0",
+                "readv -P 2 24k 0 4096",
+                "readv 1k 0",
+                "aio_read 1k 1k 0",
+                "aio_flush",
+            ],
+            &align4k,
+        ),
+        on(
+            "padding_aligned_empty_elements",
+            &[],
+            &["readv 0 0 512", "writev 512 512 0 512", "readv 0 0 0 2048"],
+            &align512,
+        ),
+        on(
+            "padding_probed_raw_empty_elements",
+            &[],
+            &["readv 0 0 512", "readv 100 512 0", "writev 512 0 512"],
+            "img.raw",
+        ),
+        // 1 + 1024 + 1 elements: the first three merge into one, the empty one among them.
+        on(
+            "padding_iov_max_collapse",
+            &[],
+            &[&format!("readv 1 0 {ones}")],
+            &align512,
+        ),
+        on(
+            "discard_blkdebug_align_with_opt_discard",
+            &[],
+            &["discard 227k 10955", "discard 4095 1", "discard 4k 4097"],
+            &json_dbg(r#""align":4096,"opt-discard":8192"#),
+        ),
+        on(
+            "discard_blkdebug_align_aligned",
+            &[],
+            &["discard 4k 4k", "discard 0 1M"],
+            &align4k,
+        ),
+        // Over qcow2, blkdebug takes qcow2's cluster size as its discard alignment.
+        on(
+            "discard_blkdebug_align_over_qcow2",
+            &[],
+            &["write 0 64k", "discard 1k 1k", "discard 0 8k", "map"],
+            r#"json:{"driver":"raw","file":{"driver":"blkdebug","align":4096,"image":{"driver":"qcow2","file":{"driver":"file","filename":"q.qcow2"}}}}"#,
+        )
+        .bytes("q.qcow2", qcow2_image(1 << 20, 512)),
+    ]
+}
+
+/// Issue 7.14: cache=none (O_DIRECT). The request alignment is what file-posix probes, which
+/// depends on the filesystem and on whether the file's first block holds data; both programs
+/// run on the same files in the same kind of directory.
+fn direct_io() -> Vec<Case> {
+    let cmds: &[&str] = &[
+        "write -P 1 100 1000",
+        "read -P 1 100 1000",
+        "read -v 0 16",
+        "write -z 5000 100",
+        "discard 0 100",
+        "map",
+        "length",
+    ];
+    vec![
+        on(
+            "nocache_sparse_raw",
+            &["-f", "raw", "-t", "none"],
+            cmds,
+            "img.raw",
+        ),
+        on(
+            "nocache_data_raw",
+            &["-f", "raw", "-t", "none"],
+            cmds,
+            "data.img",
+        )
+        .bytes("data.img", pattern(64 << 10)),
+        on(
+            "nocache_short_file",
+            &["-f", "raw", "-t", "none"],
+            &["length", "write -P 2 1000 24", "length"],
+            "short.img",
+        )
+        .bytes("short.img", pattern(1000)),
+        on(
+            "nocache_short_file_read_only",
+            &["-r", "-f", "raw", "-t", "none"],
+            &["length", "read -v 992 32"],
+            "short.img",
+        )
+        .bytes("short.img", pattern(1000)),
+        // The padded write grows the file past the size raw keeps.
+        on(
+            "nocache_truncate_unaligned",
+            &["-f", "raw", "-t", "none"],
+            &[
+                "truncate 3000",
+                "length",
+                "write -P 3 2900 100",
+                "length",
+                "read -v 2990 20",
+            ],
+            "img.raw",
+        ),
+        // The padded write at qcow2's unaligned end of file decides where the file ends.
+        on(
+            "nocache_qcow2_padded_end",
+            &["-t", "none"],
+            &[
+                "aio_write 1112064 3310",
+                "aio_flush",
+                "discard 0 512",
+                "write -P 7 0 512",
+                "map",
+            ],
+            "q.qcow2",
+        )
+        .bytes("q.qcow2", qcow2_image(64 << 20, 512)),
+        // In tmpfs any direct read size works, so QEMU takes 4096 whatever the file holds.
+        on(
+            "nocache_qcow2_padded_end_tmpfs",
+            &["-t", "none"],
+            &[
+                "aio_write 1112064 3310",
+                "aio_flush",
+                "discard 0 512",
+                "write -P 7 0 512",
+                "map",
+            ],
+            "q.qcow2",
+        )
+        .bytes("q.qcow2", qcow2_image(64 << 20, 512))
+        .on_tmpfs(),
+        on(
+            "nocache_short_file_tmpfs",
+            &["-f", "raw", "-t", "none"],
+            &["length", "write -P 2 1000 24", "length"],
+            "short.img",
+        )
+        .bytes("short.img", pattern(1000))
+        .on_tmpfs(),
+        on(
+            "nocache_data_raw_tmpfs",
+            &["-f", "raw", "-t", "none"],
+            cmds,
+            "data.img",
+        )
+        .bytes("data.img", pattern(64 << 10))
+        .on_tmpfs(),
+        no_drive(
+            "nocache_open_command",
+            &[
+                "open -n img.raw",
+                "write -P 4 100 10",
+                "close",
+                "open -t none -o driver=raw img.raw",
+                "write -P 5 200 10",
+                "read -v 96 120",
+                "close",
+                "open -t off -o driver=raw img.raw",
+                "read -P 4 100 10",
+            ],
+        ),
+        // blkdebug's limits are checked against its child's O_DIRECT alignment.
+        on(
+            "nocache_blkdebug_max_transfer",
+            &["-t", "none"],
+            &["read 0 1"],
+            &json_dbg(r#""max-transfer":1000"#),
+        ),
+    ]
+}
+
+// =============================================================================================
+// Open options as QEMU 10.0.2 has them (issue 8 item 3): the block layer's own options
+// (node-name, read-only, cache.*, discard, detect-zeroes, force-share), file.* and backing.*
+// options, json: filenames without a driver, raw's offset and size, and qcow2's runtime
+// options (cache sizes and entry size, overlap checks, lazy refcounts, discard passthrough,
+// cache-clean-interval). Images come from the real qemu-img and qemu-io.
+// =============================================================================================
+
+/// An image made by the real tools: `qemu-img create -f FMT -o OPTS x SIZE`, then each of
+/// `prep` run as a shell command with `$I` naming the image (qemu-io, qemu-img snapshot, poke).
+fn made(fmt: &str, opts: &str, size: &str, prep: &[&str]) -> Vec<u8> {
+    use std::process::Command;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("x.img");
+    let mut create = Command::new("qemu-img");
+    create.args(["create", "-q", "-f", fmt]);
+    if !opts.is_empty() {
+        create.args(["-o", opts]);
+    }
+    // a backing file named relative to the image is not there yet
+    if opts.contains("backing_file") {
+        create.arg("-u");
+    }
+    let st = create.arg(&path).arg(size).status().expect("qemu-img runs");
+    assert!(st.success(), "qemu-img create -f {fmt} -o {opts} {size}");
+    for p in prep {
+        let st = Command::new("sh")
+            .arg("-c")
+            .arg(p)
+            .env("I", &path)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("sh runs");
+        assert!(st.success(), "{p}");
+    }
+    std::fs::read(&path).unwrap()
+}
+
+/// Writes `bytes` at `offset` of an image (the iotests' poke_file).
+fn poke(mut image: Vec<u8>, offset: usize, bytes: &[u8]) -> Vec<u8> {
+    image[offset..offset + bytes.len()].copy_from_slice(bytes);
+    image
+}
+
+/// `qemu-io ARGS -c CMD... [DRIVE]` with the given images in place (no drive when empty).
+fn with_images(
+    name: &str,
+    args: &[&str],
+    cmds: &[&str],
+    drive: &str,
+    images: Vec<(&str, Vec<u8>)>,
+) -> Case {
+    let c = if drive.is_empty() {
+        let mut all: Vec<&str> = args.to_vec();
+        for c in cmds {
+            all.extend(["-c", c]);
+        }
+        case(name, &all)
+    } else {
+        on(name, args, cmds, drive)
+    };
+    c.with_files(images)
+}
+
+/// Builder steps for the cases of this section.
+trait CaseExt {
+    /// Binary files (images) next to the standard ones.
+    fn with_files(self, files: Vec<(&str, Vec<u8>)>) -> Case;
+    /// The drive, after the commands.
+    fn drive(self, drive: &str) -> Case;
+}
+
+impl CaseExt for Case {
+    fn with_files(mut self, files: Vec<(&str, Vec<u8>)>) -> Case {
+        for (n, bytes) in files {
+            self.files.push((n.to_string(), bytes));
+        }
+        self
+    }
+
+    fn drive(mut self, drive: &str) -> Case {
+        self.args.push(drive.to_string());
+        self
+    }
+}
+
+/// A 64 MiB qcow2 image (64 KiB clusters) with data in its first cluster: header at 0,
+/// refcount table at 0x10000, refcount block at 0x20000, L1 at 0x30000, L2 at 0x40000, data
+/// at 0x50000.
+fn written_qcow2() -> Vec<u8> {
+    made(
+        "qcow2",
+        "",
+        "64M",
+        &["qemu-io -c 'write -P 5 0 64k' \"$I\""],
+    )
+}
+
+/// An overlay `t.qcow2` over `b.qcow2`, whose first 64 KiB hold pattern 9.
+fn chain() -> Vec<(&'static str, Vec<u8>)> {
+    let base = made(
+        "qcow2",
+        "",
+        "64M",
+        &["qemu-io -c 'write -P 9 0 64k' \"$I\""],
+    );
+    let top = made(
+        "qcow2",
+        "backing_file=b.qcow2,backing_fmt=qcow2",
+        "64M",
+        &[],
+    );
+    vec![("b.qcow2", base), ("t.qcow2", top)]
+}
+
+fn open_options() -> Vec<Case> {
+    let mut v = Vec::new();
+    v.extend(generic_options());
+    v.extend(child_options());
+    v.extend(raw_offset_size());
+    v.extend(qcow2_cache_options());
+    v.extend(qcow2_overlap_checks());
+    v.extend(qcow2_other_options());
+    v
+}
+
+fn generic_options() -> Vec<Case> {
+    let q = || vec![("t.qcow2", made("qcow2", "", "64M", &[]))];
+    let open = |name: &str, o: &str, cmds: &[&str]| {
+        let mut all = vec![format!("open -o {o} t.qcow2")];
+        all.extend(cmds.iter().map(|c| c.to_string()));
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        let mut c = no_drive(name, &all);
+        c.files
+            .push(("t.qcow2".into(), made("qcow2", "", "64M", &[])));
+        c
+    };
+    vec![
+        open("opt_node_name_invalid", "node-name=1abc", &[]),
+        open("opt_node_name_empty", "node-name=", &[]),
+        open(
+            "opt_node_name_duplicate",
+            "node-name=a,file.node-name=a",
+            &[],
+        ),
+        open(
+            "opt_node_name_too_long",
+            "node-name=aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+            &[],
+        ),
+        open(
+            "opt_node_name_longest",
+            "node-name=aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa,file.node-name=b",
+            &["read 0 512"],
+        ),
+        open("opt_detect_zeroes_invalid", "detect-zeroes=foo", &[]),
+        open(
+            "opt_detect_zeroes_unmap_needs_discard",
+            "detect-zeroes=unmap,discard=ignore",
+            &[],
+        ),
+        open("opt_discard_invalid", "discard=foo", &[]),
+        open("opt_cache_direct_invalid", "cache.direct=foo", &[]),
+        open("opt_cache_no_flush_invalid", "cache.no-flush=bar", &[]),
+        open("opt_read_only_invalid", "read-only=foo", &[]),
+        open("opt_auto_read_only_invalid", "auto-read-only=qux", &[]),
+        open(
+            "opt_auto_read_only",
+            "auto-read-only=on",
+            &["write -P 3 0 512", "read -P 3 0 512"],
+        ),
+        open("opt_force_share_invalid", "force-share=foo", &[]),
+        open("opt_force_share_writable", "force-share=on", &[]),
+        with_images(
+            "opt_force_share_read_only",
+            &[],
+            &["open -r -o force-share=on t.qcow2", "read 0 512"],
+            "",
+            q(),
+        ),
+        // -r with read-only=off: the node is writable, and qemu-io asks the node.
+        no_drive(
+            "opt_read_only_off_beats_r",
+            &[
+                "open -r -o read-only=off t.qcow2",
+                "write -P 4 0 512",
+                "read -P 4 0 512",
+            ],
+        )
+        .with_files(q()),
+        // A zeroed buffer becomes a zero write: the cluster reads as zero without data.
+        open(
+            "opt_detect_zeroes_on",
+            "detect-zeroes=on",
+            &["write -P 0 0 64k", "write -P 0 64k 512", "map"],
+        ),
+        open(
+            "opt_detect_zeroes_unmap",
+            "detect-zeroes=unmap",
+            &["write -P 1 0 128k", "write -P 0 0 64k", "map"],
+        ),
+        open(
+            "opt_detect_zeroes_off",
+            "detect-zeroes=off",
+            &["write -P 0 0 64k", "map"],
+        ),
+        open(
+            "opt_discard_ignore",
+            "discard=ignore",
+            &[
+                "write -P 1 0 64k",
+                "discard 0 64k",
+                "map",
+                "read -P 1 0 512",
+            ],
+        ),
+        open(
+            "opt_discard_unmap",
+            "discard=unmap",
+            &["write -P 1 0 64k", "discard 0 64k", "map"],
+        ),
+        // detect-zeroes on a blkdebug node: its zero writes raise pwritev_zero there.
+        no_drive(
+            "opt_detect_zeroes_event",
+            &[
+                r#"open -o driver=raw,file.driver=blkdebug,file.detect-zeroes=on,file.inject-error.0.event=pwritev_zero,file.image.filename=img.raw"#,
+                "write -P 1 0 512",
+                "write -P 0 512 512",
+                "write -z 1024 512",
+            ],
+        ),
+        // cache.no-flush: flushes never reach the disk, so a flush_to_disk rule never fires.
+        no_drive(
+            "opt_cache_no_flush",
+            &[
+                r#"open -o driver=raw,cache.no-flush=on,file.driver=blkdebug,file.inject-error.0.event=flush_to_disk,file.image.filename=img.raw"#,
+                "write 0 512",
+                "flush",
+            ],
+        ),
+        no_drive(
+            "opt_cache_no_flush_off",
+            &[
+                r#"open -o driver=raw,cache.no-flush=off,file.driver=blkdebug,file.inject-error.0.event=flush_to_disk,file.image.filename=img.raw"#,
+                "write 0 512",
+                "flush",
+            ],
+        ),
+    ]
+}
+
+fn child_options() -> Vec<Case> {
+    let on_chain =
+        |name: &str, cmds: &[&str], drive: &str| with_images(name, &[], cmds, drive, chain());
+    vec![
+        on_chain(
+            "opt_backing_driver_raw",
+            &[
+                "open -o backing.driver=raw t.qcow2",
+                "read -P 0x51 0 1",
+                "map",
+            ],
+            "",
+        ),
+        on_chain(
+            "opt_backing_driver_qcow2",
+            &["open -o backing.driver=qcow2 t.qcow2", "read -P 9 0 64k"],
+            "",
+        ),
+        on_chain(
+            "opt_backing_driver_unknown",
+            &["open -o backing.driver=foo t.qcow2"],
+            "",
+        ),
+        on_chain(
+            "opt_backing_node_name_invalid",
+            &["open -o backing.node-name=1 t.qcow2"],
+            "",
+        ),
+        on_chain(
+            "opt_backing_unknown_option",
+            &["open -o backing.foo=1 t.qcow2"],
+            "",
+        ),
+        on_chain(
+            "opt_backing_file_unknown_option",
+            &["open -o backing.file.foo=1 t.qcow2"],
+            "",
+        ),
+        on_chain(
+            "opt_backing_empty_string",
+            &[
+                "open -o backing=,driver=qcow2 t.qcow2",
+                "read -P 0 0 512",
+                "map",
+            ],
+            "",
+        ),
+        on_chain(
+            "opt_backing_null",
+            &["read -P 0 0 512", "map"],
+            r#"json:{"driver":"qcow2","backing":null,"file":{"driver":"file","filename":"t.qcow2"}}"#,
+        ),
+        with_images(
+            "opt_backing_given_file",
+            &[],
+            &["read -P 3 0 512"],
+            r#"json:{"driver":"qcow2","file":{"driver":"file","filename":"t.qcow2"},"backing":{"driver":"qcow2","file":{"filename":"c.qcow2"}}}"#,
+            {
+                let mut files = chain();
+                files.push((
+                    "c.qcow2",
+                    made("qcow2", "", "64M", &["qemu-io -c 'write -P 3 0 4k' \"$I\""]),
+                ));
+                files
+            },
+        ),
+        on_chain(
+            "opt_backing_reference",
+            &["read -P 0 0 512"],
+            r#"json:{"driver":"qcow2","file":{"driver":"file","filename":"t.qcow2","node-name":"f"},"backing":"f"}"#,
+        ),
+        on_chain(
+            "opt_backing_reference_missing",
+            &["read 0 512"],
+            r#"json:{"driver":"qcow2","file":{"driver":"file","filename":"t.qcow2"},"backing":"nope"}"#,
+        ),
+        on_chain(
+            "opt_backing_read_only_off",
+            &["open -o backing.read-only=off t.qcow2", "read -P 9 0 512"],
+            "",
+        ),
+        with_images(
+            "opt_backing_on_raw",
+            &[],
+            &["open -o backing.driver=raw img.raw"],
+            "",
+            Vec::new(),
+        ),
+        with_images(
+            "opt_backing_options_without_backing_file",
+            &[],
+            &["open -o backing.driver=qcow2 t.qcow2"],
+            "",
+            vec![("t.qcow2", made("qcow2", "", "64M", &[]))],
+        ),
+        no_drive(
+            "opt_file_and_filename",
+            &["open -o file.driver=file,file.filename=img.raw img.raw"],
+        ),
+        no_drive(
+            "opt_file_reference_with_filename",
+            &["open -o file=abc img.raw"],
+        ),
+        no_drive("opt_file_unknown_option", &["open -o file.foo=1 img.raw"]),
+        no_drive(
+            "opt_file_locking",
+            &["open -o driver=raw,file.locking=off img.raw", "read 0 512"],
+        ),
+        no_drive(
+            "opt_file_locking_invalid",
+            &["open -o file.locking=maybe img.raw"],
+        ),
+        no_drive("opt_file_aio_invalid", &["open -o file.aio=foo img.raw"]),
+        no_drive(
+            "opt_file_drop_cache_invalid",
+            &["open -o file.drop-cache=x img.raw"],
+        ),
+        no_drive(
+            "opt_file_pr_manager",
+            &["open -o file.pr-manager=x img.raw"],
+        ),
+        no_drive(
+            "opt_unknown_protocol_option",
+            &["open -o driver=file,foo=1 img.raw"],
+        ),
+        // json: without a driver probes the format of its file child.
+        case(
+            "opt_json_probe_raw",
+            &[
+                "-c",
+                "write 0 512",
+                r#"json:{"file":{"driver":"file","filename":"img.raw"}}"#,
+            ],
+        ),
+        case(
+            "opt_json_probe_blkdebug_child",
+            &[
+                "-c",
+                "write 0 512",
+                r#"json:{"file":{"driver":"blkdebug","image":{"driver":"file","filename":"img.raw"}}}"#,
+            ],
+        ),
+        case(
+            "opt_json_probe_dotted",
+            &["-c", "write 0 512", r#"json:{"file.filename":"img.raw"}"#],
+        ),
+        case("opt_json_probe_nothing", &["-c", "read 0 512", "json:{}"]),
+        case(
+            "opt_json_filename_without_driver",
+            &["-c", "read 0 512", r#"json:{"filename":"img.raw"}"#],
+        ),
+        with_images(
+            "opt_json_probe_qcow2",
+            &[],
+            &["read -P 5 0 512", "info"],
+            r#"json:{"file":{"driver":"file","filename":"t.qcow2"}}"#,
+            vec![("t.qcow2", written_qcow2())],
+        ),
+        case(
+            "opt_json_non_string_driver",
+            &[
+                "-c",
+                "read 0 512",
+                r#"json:{"driver":5,"file":{"driver":"file","filename":"img.raw"}}"#,
+            ],
+        ),
+        // A `filename` option names a file, never a protocol.
+        case(
+            "opt_filename_option_is_a_path",
+            &[
+                "-c",
+                "read 0 512",
+                r#"json:{"driver":"raw","file":{"filename":"blkdebug::img.raw"}}"#,
+            ],
+        ),
+    ]
+}
+
+fn raw_offset_size() -> Vec<Case> {
+    let img = || {
+        vec![(
+            "r.img",
+            made(
+                "raw",
+                "",
+                "4096",
+                &["qemu-io -f raw -c 'write -P 0xa 0 4096' \"$I\""],
+            ),
+        )]
+    };
+    let raw = |name: &str, opts: &str, cmds: &[&str]| {
+        let drive = format!(
+            r#"json:{{"driver":"raw",{opts}"file":{{"driver":"file","filename":"r.img"}}}}"#
+        );
+        with_images(name, &[], cmds, &drive, img())
+    };
+    vec![
+        raw("raw_offset_too_big", r#""offset":"8192","#, &[]),
+        raw(
+            "raw_offset_and_size_too_big",
+            r#""offset":"512","size":"8192","#,
+            &[],
+        ),
+        raw(
+            "raw_size_unaligned",
+            r#""offset":"512","size":"1000","#,
+            &[],
+        ),
+        raw("raw_offset_invalid", r#""offset":"x","#, &[]),
+        raw("raw_size_negative", r#""offset":"512","size":"-1","#, &[]),
+        raw(
+            "raw_offset_io",
+            r#""offset":"512","#,
+            &[
+                "length",
+                "map",
+                "read -P 0xa 0 3584",
+                "write -P 0xb 3583 1",
+                "write 3583 2",
+                "write 3584 1",
+                "read 3583 2",
+                "write -z 0 512",
+                "discard 0 512",
+                "read -v 0 4",
+            ],
+        ),
+        raw(
+            "raw_offset_and_size_io",
+            r#""offset":"512","size":"2048","#,
+            &[
+                "length",
+                "map",
+                "write -P 0xc 2047 1",
+                "write 2047 2",
+                "writev 1536 512 512",
+                "read 2048 1",
+                "write -z 2046 2",
+                "discard 2046 2",
+                "truncate 4096",
+                "info",
+            ],
+        ),
+        raw(
+            "raw_misaligned_offset",
+            r#""offset":"10","size":"2048","#,
+            &[
+                "write -P 0xd 0 2048",
+                "read -P 0xd 0 2048",
+                "write -z 0 512",
+                "map",
+            ],
+        ),
+        raw(
+            "raw_offset_resize",
+            r#""offset":"10","#,
+            &["map", "truncate 8192", "map", "length"],
+        ),
+        // Options beside a probed filename: raw takes them, and still warns.
+        with_images(
+            "raw_offset_probed",
+            &[],
+            &["open -o offset=1024 r.img", "length", "read -v 0 4"],
+            "",
+            img(),
+        ),
+        with_images(
+            "raw_offset_probed_read_only",
+            &[],
+            &[
+                "open -r -o offset=512,size=512 r.img",
+                "length",
+                "read -P 0xa 0 512",
+            ],
+            "",
+            img(),
+        ),
+        with_images(
+            "raw_offset_protocol_option",
+            &[],
+            &["open -o driver=raw,file.offset=4 r.img"],
+            "",
+            img(),
+        ),
+    ]
+}
+
+fn qcow2_cache_options() -> Vec<Case> {
+    let q = |name: &str, o: &str, cmds: &[&str]| {
+        let mut all = vec![format!("open -o {o} t.qcow2")];
+        all.extend(cmds.iter().map(|c| c.to_string()));
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        no_drive(name, &all).with_files(vec![("t.qcow2", written_qcow2())])
+    };
+    // The third L2 load and every one after it fail: which reads find their table (or slice)
+    // in the cache shows how many the cache holds and which it evicts.
+    let l2_loads = "[set-state]\nevent = \"l2_load\"\nstate = \"1\"\nnew_state = \"2\"\n\n[set-state]\nevent = \"l2_load\"\nstate = \"2\"\nnew_state = \"3\"\n\n[inject-error]\nevent = \"l2_load\"\nstate = \"3\"\nerrno = \"5\"\nonce = \"off\"\n";
+    let spread = || {
+        made(
+            "qcow2",
+            "",
+            "1G",
+            &[
+                "qemu-io -c 'write -P 1 0 64k' -c 'write -P 2 16M 4k' -c 'write -P 3 40M 64k' -c 'write -P 4 600M 64k' -c 'write -P 5 900M 4k' \"$I\"",
+            ],
+        )
+    };
+    let evict = |name: &str, o: &str| {
+        let sep = if o.is_empty() { "" } else { "," };
+        no_drive(
+            name,
+            &[
+                &format!("open -o driver=qcow2{sep}{o} blkdebug:l2.cfg:t.qcow2"),
+                "read -P 1 0 512",
+                "read -P 2 16M 512",
+                "read -P 3 40M 512",
+                "read -P 4 600M 512",
+                "read -P 1 0 512",
+                "read -P 5 900M 512",
+                "read -P 1 32k 512",
+                "write 1000M 512",
+            ],
+        )
+        .file("l2.cfg", l2_loads)
+        .with_files(vec![("t.qcow2", spread())])
+    };
+    vec![
+        q(
+            "qcow2_cache_all_three",
+            "cache-size=1.25M,l2-cache-size=1M,refcount-cache-size=0.25M",
+            &[],
+        ),
+        q(
+            "qcow2_cache_l2_exceeds",
+            "cache-size=1M,l2-cache-size=2M",
+            &[],
+        ),
+        q(
+            "qcow2_cache_refcount_exceeds",
+            "cache-size=1M,refcount-cache-size=2M",
+            &[],
+        ),
+        q(
+            "qcow2_cache_all_zero",
+            "cache-size=0,l2-cache-size=0,refcount-cache-size=0",
+            &[],
+        ),
+        q("qcow2_cache_entry_256", "l2-cache-entry-size=256", &[]),
+        q("qcow2_cache_entry_4242", "l2-cache-entry-size=4242", &[]),
+        q("qcow2_cache_entry_128k", "l2-cache-entry-size=128k", &[]),
+        q("qcow2_cache_size_invalid", "l2-cache-size=x", &[]),
+        q("qcow2_cache_size_negative", "l2-cache-size=-1", &[]),
+        q(
+            "qcow2_cache_refcount_too_big",
+            "refcount-cache-size=256T",
+            &[],
+        ),
+        q(
+            "qcow2_cache_l2_huge",
+            "l2-cache-size=256T",
+            &["read -P 5 0 64k"],
+        ),
+        q(
+            "qcow2_cache_zero",
+            "cache-size=0",
+            &["read -P 5 0 64k", "write -P 6 0 64k"],
+        ),
+        q(
+            "qcow2_cache_l2_zero",
+            "l2-cache-size=0",
+            &["read -P 5 0 64k"],
+        ),
+        q(
+            "qcow2_cache_refcount_zero",
+            "refcount-cache-size=0",
+            &["write 1M 512"],
+        ),
+        q("qcow2_cache_2m", "cache-size=2M", &["read -P 5 0 64k"]),
+        q(
+            "qcow2_cache_2m_l2",
+            "cache-size=2M,l2-cache-size=1M",
+            &["read -P 5 0 64k"],
+        ),
+        q(
+            "qcow2_cache_2m_refcount",
+            "cache-size=2M,refcount-cache-size=1M",
+            &["read -P 5 0 64k"],
+        ),
+        q(
+            "qcow2_cache_entry_512",
+            "l2-cache-entry-size=512",
+            &["read -P 5 0 64k", "write 8M 4k", "map"],
+        ),
+        q(
+            "qcow2_cache_entry_16k",
+            "l2-cache-entry-size=16k",
+            &["read -P 5 0 64k", "write 8M 4k", "map"],
+        ),
+        // 32 PiB with 256 KiB clusters: its L2 tables in 512-byte slices are too many.
+        no_drive(
+            "qcow2_cache_l2_too_big",
+            &["open -o l2-cache-entry-size=512,l2-cache-size=1T t.qcow2"],
+        )
+        .with_files(vec![(
+            "t.qcow2",
+            made("qcow2", "cluster_size=256k", "32P", &[]),
+        )]),
+        // A new L2 table is allocated slice by slice through the cache.
+        no_drive(
+            "qcow2_cache_slices_allocate",
+            &[
+                "open -o l2-cache-entry-size=4k t.qcow2",
+                "write -P 7 512M 4k",
+                "write -P 8 513M 4k",
+                "read -P 7 512M 4k",
+                "map",
+            ],
+        )
+        .with_files(vec![("t.qcow2", made("qcow2", "", "1G", &[]))]),
+        // COW of an L2 table shared with a snapshot copies every slice.
+        no_drive(
+            "qcow2_cache_slices_cow",
+            &[
+                "open -o l2-cache-entry-size=1k t.qcow2",
+                "write -P 7 4k 4k",
+                "read -P 5 0 4k",
+                "read -P 7 4k 4k",
+            ],
+        )
+        .with_files(vec![(
+            "t.qcow2",
+            made(
+                "qcow2",
+                "",
+                "64M",
+                &[
+                    "qemu-io -c 'write -P 5 0 64k' \"$I\"",
+                    "qemu-img snapshot -c s \"$I\"",
+                ],
+            ),
+        )]),
+        evict("qcow2_cache_evict_default", ""),
+        evict("qcow2_cache_evict_l2_zero", "l2-cache-size=0"),
+        evict(
+            "qcow2_cache_evict_512",
+            "l2-cache-size=0,l2-cache-entry-size=512",
+        ),
+        evict("qcow2_cache_evict_combined_zero", "cache-size=0"),
+        evict("qcow2_cache_evict_4k", "l2-cache-entry-size=4k"),
+        evict(
+            "qcow2_cache_evict_8_slices",
+            "l2-cache-size=8k,l2-cache-entry-size=1k",
+        ),
+        evict("qcow2_cache_evict_3_tables", "l2-cache-size=192k"),
+        // The cleaning timer runs on the virtual clock, which never runs in qemu-io.
+        no_drive(
+            "qcow2_cache_clean_interval_sleep",
+            &[
+                "open -o driver=qcow2,cache-clean-interval=1,l2-cache-size=0 blkdebug:l2.cfg:t.qcow2",
+                "read -P 1 0 512",
+                "read -P 3 40M 512",
+                "sleep 1100",
+                "read -P 1 0 512",
+                "read -P 3 40M 512",
+            ],
+        )
+        .file("l2.cfg", l2_loads)
+        .with_files(vec![("t.qcow2", spread())]),
+        q(
+            "qcow2_cache_clean_interval_negative",
+            "cache-clean-interval=-1",
+            &[],
+        ),
+        q(
+            "qcow2_cache_clean_interval_too_big",
+            "cache-clean-interval=4294967296",
+            &[],
+        ),
+        q(
+            "qcow2_cache_clean_interval_max",
+            "cache-clean-interval=4294967295",
+            &["read 0 512"],
+        ),
+        q(
+            "qcow2_cache_clean_interval_invalid",
+            "cache-clean-interval=1.5",
+            &[],
+        ),
+        q(
+            "qcow2_cache_clean_interval_hex",
+            "cache-clean-interval=0x10",
+            &["read 0 512"],
+        ),
+    ]
+}
+
+fn qcow2_overlap_checks() -> Vec<Case> {
+    let q = |name: &str, o: &str, cmds: &[&str]| {
+        let mut all = vec![format!("open -o {o} t.qcow2")];
+        all.extend(cmds.iter().map(|c| c.to_string()));
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        no_drive(name, &all).with_files(vec![("t.qcow2", written_qcow2())])
+    };
+    // The first L2 entry pointed (as a COPIED data cluster) at metadata: a write there would
+    // overwrite it.
+    let aimed = |target: u8| poke(written_qcow2(), 0x40000, &[0x80, 0, 0, 0, 0, target, 0, 0]);
+    let hit = |name: &str, target: u8, o: &str| {
+        let mut cmds = Vec::new();
+        let open = format!("open -o overlap-check={o} t.qcow2");
+        cmds.push(open.as_str());
+        cmds.extend(["write -P 1 0 512", "read 0 512"]);
+        no_drive(name, &cmds).with_files(vec![("t.qcow2", aimed(target))])
+    };
+    let json = |name: &str, oc: &str, cmds: &[&str]| {
+        let drive = format!(
+            r#"json:{{"driver":"qcow2","file":{{"driver":"file","filename":"t.qcow2"}},"overlap-check":{oc}}}"#
+        );
+        with_images(name, &[], cmds, &drive, vec![("t.qcow2", written_qcow2())])
+    };
+    // 080's images: a snapshot whose L1 table entry is broken, checked only with inactive-l2.
+    let snap = |at: usize, bytes: &[u8]| {
+        let img = made(
+            "qcow2",
+            "",
+            "64M",
+            &[
+                "qemu-io -c 'write 0 512' \"$I\"",
+                "qemu-img snapshot -c test \"$I\"",
+            ],
+        );
+        poke(img, at, bytes)
+    };
+    vec![
+        q("overlap_mode_invalid", "overlap-check=foo", &[]),
+        q(
+            "overlap_template_invalid",
+            "overlap-check.template=foo",
+            &[],
+        ),
+        q(
+            "overlap_conflict",
+            "overlap-check=none,overlap-check.template=all",
+            &[],
+        ),
+        q(
+            "overlap_agree",
+            "overlap-check=all,overlap-check.template=all",
+            &["write 0 512"],
+        ),
+        q("overlap_flag_invalid", "overlap-check.main-header=foo", &[]),
+        q("overlap_flag_unknown", "overlap-check.foo=on", &[]),
+        q(
+            "overlap_bitmap_directory",
+            "overlap-check.bitmap-directory=on",
+            &["write 0 512"],
+        ),
+        json(
+            "overlap_json_object",
+            r#"{"template":"all","main-header":false}"#,
+            &["write 0 512"],
+        ),
+        json("overlap_json_invalid", r#""foo""#, &[]),
+        json(
+            "overlap_json_template_invalid",
+            r#"{"template":"foo"}"#,
+            &[],
+        ),
+        json("overlap_json_flag_invalid", r#"{"main-header":"x"}"#, &[]),
+        json("overlap_json_number", "5", &[]),
+        hit("overlap_hit_active_l1", 0x03, "cached"),
+        hit("overlap_hit_refcount_table", 0x01, "cached"),
+        hit("overlap_hit_refcount_block", 0x02, "cached"),
+        hit("overlap_hit_active_l2", 0x04, "cached"),
+        hit("overlap_hit_active_l1_constant", 0x03, "constant"),
+        hit("overlap_miss_refcount_block_constant", 0x02, "constant"),
+        hit("overlap_none_lets_it_through", 0x03, "none"),
+        // An unaligned data cluster (QEMU prints a zero %#x as plain 0).
+        no_drive("corrupt_data_cluster_unaligned", &["write -P 1 0 512"])
+            .with_files(vec![(
+                "t.qcow2",
+                poke(written_qcow2(), 0x40000, &[0x80, 0, 0, 0, 0, 0, 0x02, 0]),
+            )])
+            .drive("t.qcow2"),
+        // A snapshot's L1 table is checked by default (inactive L1).
+        no_drive(
+            "overlap_hit_inactive_l1",
+            &["write -P 1 0 512", "read 0 512"],
+        )
+        .with_files(vec![("t.qcow2", {
+            let img = made(
+                "qcow2",
+                "",
+                "64M",
+                &[
+                    "qemu-io -c 'write 0 64k' \"$I\"",
+                    "qemu-img snapshot -c s \"$I\"",
+                ],
+            );
+            // After the snapshot the data cluster is shared: the write goes to a new
+            // cluster. Aim the active L2 entry at the snapshot's L1 table instead, as
+            // writable (COPIED).
+            let sn_l1 = u64::from_be_bytes(img[0x70000..0x70008].try_into().unwrap());
+            let l1 = u64::from_be_bytes(img[0x30000..0x30008].try_into().unwrap())
+                & 0x00ff_ffff_ffff_fe00;
+            let entry = (sn_l1 | (1 << 63)).to_be_bytes();
+            let l1_copied = (l1 | (1 << 63)).to_be_bytes();
+            let img = poke(img, 0x30000, &l1_copied);
+            poke(img, l1 as usize, &entry)
+        })])
+        .drive("t.qcow2"),
+        // 080: inactive-l2 reads the snapshot's L1 table, which fails the checks themselves.
+        no_drive(
+            "overlap_inactive_l2_misaligned",
+            &["open -o overlap-check.inactive-l2=on t.qcow2", "write 0 4k"],
+        )
+        .with_files(vec![(
+            "t.qcow2",
+            snap(0x70000, &[0, 0, 0, 0, 0, 0x40, 0x02, 0]),
+        )]),
+        no_drive(
+            "overlap_inactive_l2_too_large",
+            &["open -o overlap-check.inactive-l2=on t.qcow2", "write 0 4k"],
+        )
+        .with_files(vec![("t.qcow2", snap(0x70008, &[0x10, 0, 0, 0]))]),
+        no_drive(
+            "overlap_inactive_l2_default_off",
+            &["open t.qcow2", "write 0 4k"],
+        )
+        .with_files(vec![(
+            "t.qcow2",
+            snap(0x70000, &[0, 0, 0, 0, 0, 0x40, 0x02, 0]),
+        )]),
+        no_drive(
+            "overlap_all",
+            &[
+                "open -o overlap-check=all t.qcow2",
+                "write 0 4k",
+                "write 1M 4k",
+            ],
+        )
+        .with_files(vec![("t.qcow2", snap(0x70008, &[0x10, 0, 0, 0]))]),
+        no_drive("overlap_snapshot_extra_data_too_big", &["open t.qcow2"])
+            .with_files(vec![("t.qcow2", snap(0x70024, &[0, 0, 0x10, 0]))]),
+    ]
+}
+
+fn qcow2_other_options() -> Vec<Case> {
+    let q = |name: &str, fmt_opts: &str, o: &str, cmds: &[&str]| {
+        let mut all = vec![format!("open -o {o} t.qcow2")];
+        all.extend(cmds.iter().map(|c| c.to_string()));
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        let img = made(
+            "qcow2",
+            fmt_opts,
+            "64M",
+            &["qemu-io -c 'write -P 5 0 128k' \"$I\""],
+        );
+        no_drive(name, &all).with_files(vec![("t.qcow2", img)])
+    };
+    vec![
+        q("qcow2_lazy_refcounts_invalid", "", "lazy-refcounts=42", &[]),
+        q(
+            "qcow2_lazy_refcounts_v2",
+            "compat=0.10",
+            "lazy-refcounts=on",
+            &[],
+        ),
+        q(
+            "qcow2_lazy_refcounts_on",
+            "",
+            "lazy-refcounts=on",
+            &["write -P 6 1M 4k", "sigraise 9"],
+        ),
+        q(
+            "qcow2_lazy_refcounts_off",
+            "lazy_refcounts=on",
+            "lazy-refcounts=off",
+            &["write -P 6 1M 4k", "sigraise 9"],
+        ),
+        q(
+            "qcow2_pass_discard_invalid",
+            "",
+            "pass-discard-request=x",
+            &[],
+        ),
+        q(
+            "qcow2_pass_discard_request_off",
+            "",
+            "pass-discard-request=off",
+            &["discard 0 64k", "map"],
+        ),
+        q(
+            "qcow2_pass_discard_other",
+            "",
+            "pass-discard-other=on,pass-discard-snapshot=off",
+            &["discard 0 128k", "map"],
+        ),
+        q(
+            "qcow2_discard_no_unref_v2",
+            "compat=0.10",
+            "discard-no-unref=on",
+            &[],
+        ),
+        q(
+            "qcow2_discard_no_unref",
+            "",
+            "discard-no-unref=on",
+            &["discard 0 64k", "write -P 7 0 4k", "map"],
+        ),
+        q(
+            "qcow2_encrypt_format_unencrypted",
+            "",
+            "encrypt.format=luks",
+            &[],
+        ),
+        q(
+            "qcow2_encrypt_key_secret_unencrypted",
+            "",
+            "encrypt.key-secret=x",
+            &["read -P 5 0 512"],
+        ),
+        q(
+            "qcow2_runtime_first_error_in_qdict_order",
+            "",
+            "lazy-refcounts=x,pass-discard-other=y,overlap-check=z",
+            &[],
+        ),
+    ]
 }

@@ -26,6 +26,9 @@ pub struct Case {
     pub files: Vec<(String, Vec<u8>)>,
     /// why the case is currently expected to fail (it is then reported as ignored)
     pub ignore: Option<String>,
+    /// run in a scratch directory under this folder, where it exists (default: the system's
+    /// temp folder)
+    pub scratch_parent: Option<&'static str>,
 }
 
 /// `case("name", &["-f", "raw", "-c", "read 0 512", "img.raw"])`
@@ -35,14 +38,36 @@ pub fn case(name: &str, args: &[&str]) -> Case {
         args: args.iter().map(|s| s.to_string()).collect(),
         files: Vec::new(),
         ignore: None,
+        scratch_parent: None,
     }
 }
 
 impl Case {
-    pub fn file(mut self, name: &str, content: &str) -> Self {
-        self.files
-            .push((name.to_string(), content.as_bytes().to_vec()));
+    pub fn file(self, name: &str, content: &str) -> Self {
+        self.bytes(name, content.as_bytes().to_vec())
+    }
+
+    /// An extra file with binary contents (an image).
+    pub fn bytes(mut self, name: &str, content: Vec<u8>) -> Self {
+        self.files.push((name.to_string(), content));
         self
+    }
+
+    /// Runs in tmpfs (`/dev/shm`, where scenarios run) when the machine has it: O_DIRECT
+    /// behaves differently there than on a disk filesystem.
+    pub fn on_tmpfs(mut self) -> Self {
+        self.scratch_parent = Some("/dev/shm");
+        self
+    }
+
+    /// A fresh scratch directory for this case.
+    pub fn scratch(&self) -> tempfile::TempDir {
+        match self.scratch_parent {
+            Some(parent) if std::path::Path::new(parent).is_dir() => {
+                tempfile::tempdir_in(parent).unwrap()
+            }
+            _ => tempfile::tempdir().unwrap(),
+        }
     }
 
     /// Marks a known difference while it is being fixed (no case carries one today).
@@ -115,7 +140,7 @@ pub fn run_qemu(dir: &Path, args: &[String]) -> (String, i32) {
     // what our engine models; `timeout` keeps a case that hangs from hanging the suite.
     let out = Command::new("sh")
         .arg("-c")
-        .arg("exec timeout -s KILL 10 stdbuf -oL qemu-io \"$@\" 2>&1")
+        .arg("exec timeout -s KILL 60 stdbuf -oL qemu-io \"$@\" 2>&1")
         .arg("sh")
         .args(args)
         .current_dir(dir)
@@ -179,7 +204,11 @@ pub fn invocation(args: &[String]) -> Option<Invocation> {
 /// two must agree: the API and the command line are the same qemu-io.
 pub fn run_ours(dir: &Path, args: &[String]) -> (String, i32) {
     let twin = invocation(args).map(|inv| {
-        let copy = tempfile::tempdir().unwrap();
+        // beside the original: the filesystem decides O_DIRECT's alignment
+        let copy = match dir.parent() {
+            Some(parent) => tempfile::tempdir_in(parent).unwrap(),
+            None => tempfile::tempdir().unwrap(),
+        };
         for (name, data) in snapshot(dir) {
             fs::write(copy.path().join(name), data).unwrap();
         }

@@ -10,6 +10,7 @@
 //! reason, and one that matches fails, so that stale marks get noticed.
 
 mod cases;
+mod drivers;
 mod harness;
 mod no_lost_writes;
 mod ours;
@@ -33,6 +34,7 @@ fn main() {
             let mut cases = cases::all();
             cases.extend(no_lost_writes::all());
             cases.extend(qcow2_features::all());
+            cases.extend(drivers::all());
             let mut names = HashSet::new();
             for c in &cases {
                 assert!(
@@ -71,7 +73,7 @@ struct Outcome {
 }
 
 fn run_in_scratch(case: &Case, run: fn(&std::path::Path, &[String]) -> (String, i32)) -> Outcome {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = case.scratch();
     populate(dir.path(), &case.files);
     let (output, status) = run(dir.path(), &case.args);
     Outcome {

@@ -372,72 +372,7 @@ pub(crate) fn check_option(group: Group, key: &str, value: &str) -> Result<(), S
     }
 }
 
-/// QEMU's `id_wellformed`: a letter, then letters, digits, `-`, `.`, `_`.
-pub(crate) fn id_wellformed(id: &str) -> bool {
-    let mut bytes = id.bytes();
-    bytes.next().is_some_and(|b| b.is_ascii_alphabetic())
-        && bytes.all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
-}
-
-/// A QemuOpts number: `qemu_strtou64(value, NULL, 0)`, i.e. `strtoull` with base 0 (`0x` hex,
-/// leading `0` octal, optional sign, negative values wrap) and nothing may follow the digits.
-pub(crate) fn parse_number(name: &str, value: &str) -> Result<u64, String> {
-    match strtou64_base0(value) {
-        Ok(n) => Ok(n),
-        Err(StrtoError::Range) => Err(format!(
-            "Value '{value}' is too large for parameter '{name}'"
-        )),
-        Err(StrtoError::Invalid) => Err(format!("Parameter '{name}' expects a number")),
-    }
-}
-
-/// A QemuOpts bool: exactly these lowercase words.
-pub(crate) fn parse_bool(name: &str, value: &str) -> Result<bool, String> {
-    match value {
-        "on" | "yes" | "true" | "y" => Ok(true),
-        "off" | "no" | "false" | "n" => Ok(false),
-        _ => Err(format!("Parameter '{name}' expects 'on' or 'off'")),
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum StrtoError {
-    Invalid,
-    Range,
-}
-
-/// `strtoull(s, &end, 0)` requiring `*end == '\0'`, with QEMU's error mapping: unparsed
-/// text is checked before strtoull's ERANGE.
-fn strtou64_base0(s: &str) -> Result<u64, StrtoError> {
-    let r = crate::qemu_io::numbers::strtoull(s, 0);
-    if r.end == 0 || r.end != s.len() {
-        return Err(StrtoError::Invalid);
-    }
-    if r.erange {
-        return Err(StrtoError::Range);
-    }
-    Ok(r.value)
-}
-
-/// QEMU's QDict bucket for a key (`tdb_hash(key) % 512`).
-pub(crate) fn qdict_bucket(key: &str) -> u32 {
-    let b = key.as_bytes();
-    let mut value: u32 = 0x238F_13AFu32.wrapping_mul(b.len() as u32);
-    for (i, &c) in b.iter().enumerate() {
-        value = value.wrapping_add(u32::from(c) << ((i * 5) % 24));
-    }
-    1_103_515_243u32.wrapping_mul(value).wrapping_add(12345) % 512
-}
-
-/// The order in which QEMU iterates a QDict whose keys were inserted in the given order
-/// (distinct keys): by hash bucket, and within a bucket newest first. QEMU walks QDicts when it
-/// validates options, and reports the first error or leftover key it meets, so this decides
-/// which of several errors is shown.
-pub(crate) fn qdict_order(keys: &[&str]) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..keys.len()).collect();
-    order.sort_by_key(|&i| (qdict_bucket(keys[i]), std::cmp::Reverse(i)));
-    order
-}
+pub(crate) use crate::block::options::{id_wellformed, parse_bool, parse_number, qdict_order};
 
 #[cfg(test)]
 mod tests {
@@ -460,31 +395,6 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
         }
-    }
-
-    #[test]
-    fn qdict_buckets_match_qemu() {
-        // Values computed from QEMU's tdb_hash; the binary's error choice agrees (see below).
-        let cases = [
-            ("foo", 490),
-            ("bar", 254),
-            ("event", 361),
-            ("errno", 489),
-            ("state", 131),
-            ("once", 114),
-            ("sector", 340),
-            ("b", 340),
-            ("iotype", 8),
-            ("align", 509),
-            ("max-transfer", 204),
-        ];
-        for (k, b) in cases {
-            assert_eq!(qdict_bucket(k), b, "{k}");
-        }
-        // "b" and "sector" share a bucket: the later insertion comes first.
-        assert_eq!(qdict_order(&["sector", "b"]), vec![1, 0]);
-        assert_eq!(qdict_order(&["b", "sector"]), vec![1, 0]);
-        assert_eq!(qdict_order(&["foo", "bar"]), vec![1, 0]);
     }
 
     #[test]

@@ -11,7 +11,6 @@ use serde_json::{Map, Value};
 
 use super::config;
 use super::rules::qnum_to_string;
-use crate::qemu_io::numbers::{NumError, strtosz};
 
 /// The overrides, in bytes; 0 = not set (QEMU treats 0 and absent alike).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -117,26 +116,12 @@ pub fn limits_from_options(
     Ok(limits)
 }
 
-/// A QemuOpts size value (`qemu_strtosz`), with QEMU's messages. The second line of the
-/// syntax-error message is QEMU's hint, printed on its own line.
-pub fn parse_size(name: &str, value: &str) -> Result<u64, String> {
-    // QemuOpts sizes and qemu-io numbers are the same qemu_strtosz.
-    match strtosz(value) {
-        Ok(v) => Ok(v),
-        Err(NumError::TooLarge) => Err(format!(
-            "Value '{value}' is out of range for parameter '{name}'"
-        )),
-        Err(NumError::Invalid) => Err(format!(
-            "Parameter '{name}' expects a non-negative number below 2^64\n\
-             Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\n\
-             and exabytes, respectively."
-        )),
-    }
-}
+pub use crate::block::options::parse_size;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::qemu_io::numbers::{NumError, strtosz};
     use serde_json::json;
 
     const HINT: &str = "\nOptional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\n\
@@ -423,7 +408,7 @@ mod tests {
     }
 
     mod props {
-        use super::super::*;
+        use crate::qemu_io::numbers::strtosz;
         use proptest::prelude::*;
 
         proptest! {

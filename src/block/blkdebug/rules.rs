@@ -10,7 +10,7 @@
 //! The first error wins, except for the config file's end-of-file error (see
 //! [`ParsedConfig::pending_error`](super::config::ParsedConfig::pending_error)).
 
-use serde_json::{Number, Value};
+use serde_json::Value;
 
 use super::config::{self, Group, Section, SectionIds, check_option, parse_bool, parse_number};
 use super::events::{Event, IoType, IoTypeMask};
@@ -446,60 +446,12 @@ fn group_sections(
     Ok(sections)
 }
 
-/// QEMU's `qnum_to_string`: integers in decimal, doubles as `%.17g`.
-pub(crate) fn qnum_to_string(n: &Number) -> String {
-    if let Some(i) = n.as_i64() {
-        i.to_string()
-    } else if let Some(u) = n.as_u64() {
-        u.to_string()
-    } else {
-        format_g17(n.as_f64().unwrap_or(f64::NAN))
-    }
-}
-
-/// C's `printf("%.17g", x)`.
-fn format_g17(x: f64) -> String {
-    const P: i32 = 17;
-    if x.is_nan() {
-        return if x.is_sign_negative() { "-nan" } else { "nan" }.to_string();
-    }
-    if x.is_infinite() {
-        return if x < 0.0 { "-inf" } else { "inf" }.to_string();
-    }
-    if x == 0.0 {
-        return if x.is_sign_negative() { "-0" } else { "0" }.to_string();
-    }
-    // Rust rounds exactly, as glibc does: "d.dddddddddddddddde<exp>".
-    let sci = format!("{:.*e}", (P - 1) as usize, x);
-    let (mantissa, exp) = sci.split_once('e').unwrap_or((&sci, "0"));
-    let exp: i32 = exp.parse().unwrap_or(0);
-    let negative = mantissa.starts_with('-');
-    let digits: String = mantissa.chars().filter(char::is_ascii_digit).collect();
-    let sign = if negative { "-" } else { "" };
-    let trim = |s: String| -> String {
-        if s.contains('.') {
-            s.trim_end_matches('0').trim_end_matches('.').to_string()
-        } else {
-            s
-        }
-    };
-    if !(-4..P).contains(&exp) {
-        let m = trim(format!("{}.{}", &digits[..1], &digits[1..]));
-        let esign = if exp < 0 { '-' } else { '+' };
-        format!("{sign}{m}e{esign}{:02}", exp.abs())
-    } else if exp >= 0 {
-        let split = (exp + 1) as usize;
-        let s = format!("{}.{}", &digits[..split], &digits[split..]);
-        format!("{sign}{}", trim(s))
-    } else {
-        let zeros = "0".repeat((-exp - 1) as usize);
-        format!("{sign}{}", trim(format!("0.{zeros}{digits}")))
-    }
-}
+pub(crate) use crate::block::options::qnum_to_string;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::block::options::format_g17;
     use serde_json::json;
 
     fn inject(v: Value) -> Result<Vec<RuleSpec>, String> {
@@ -1187,6 +1139,7 @@ mod tests {
 
     mod props {
         use super::super::*;
+        use crate::block::options::format_g17;
         use proptest::prelude::*;
 
         fn json_value() -> impl Strategy<Value = Value> {

@@ -3,11 +3,105 @@
 
 use super::limits::{LIMIT_KEYS, limits_from_options};
 use super::rules::{OpenFailure, RuleSpec, option_left_unconsumed, read_config};
-use super::{BlkDebug, InjectError};
-use crate::block::driver::Limits;
-use crate::block::node::Node;
-use crate::block::open::{OpenContext, Options};
+use super::{BlkDebug, BlkDebugDriver, InjectError};
+use crate::block::driver::{Limits, ReqFlags};
+use crate::block::node::ChildRole;
+use crate::block::node::{Child, Node};
+use crate::block::options::{
+    OpenChild, OpenContext, Options, is_nonempty_container, scalar_string,
+};
+use crate::block::perms::Perms;
+use serde_json::Value;
 use std::rc::Rc;
+
+/// Opens a blkdebug node (QEMU's blkdebug_open): the rules, then the `image` child, then the
+/// permission options and the limits. `x-image` and `config` come from a `blkdebug:` filename.
+pub fn open_node(
+    opts: &mut Options,
+    children: &dyn OpenChild,
+    ctx: &OpenContext,
+) -> Result<(Node, Limits), String> {
+    let image_name = take_text(opts, "x-image");
+    let config = take_text(opts, "config");
+    let state = BlkDebug::new(ctx.console.clone());
+    let setup = configure(&state, config.as_deref(), opts, ctx)?;
+    let image = children.open_child(opts, "image", image_name, ChildRole::Filtered)?;
+    let mut taken = Perms::NONE;
+    for k in ["take-child-perms", "unshare-child-perms"] {
+        // Only a non-empty list is read; anything else is left over as an unknown option.
+        if opts.get(k).is_some_and(is_nonempty_container)
+            && let Some(v) = opts.shift_remove(k)
+        {
+            let perms = parse_permissions(&v)?;
+            if k == "take-child-perms" {
+                taken = perms;
+            }
+        }
+    }
+    let limits = setup.limits(&image)?;
+    let name = format!(
+        "blkdebug:{}:{}",
+        config.as_deref().unwrap_or(""),
+        image.filename
+    );
+    let mut node = Node::new(
+        Box::new(BlkDebugDriver { state }),
+        vec![Child {
+            name: "image",
+            node: image.clone(),
+            writable: true,
+            primary: true,
+            role: ChildRole::Filtered,
+            extra_perms: taken,
+        }],
+        name,
+    );
+    node.supported_write_flags =
+        ReqFlags::WRITE_UNCHANGED.with(ReqFlags::FUA.and(image.supported_write_flags));
+    node.supported_zero_flags = ReqFlags::WRITE_UNCHANGED.with(
+        ReqFlags::FUA
+            .with(ReqFlags::MAY_UNMAP)
+            .with(ReqFlags::NO_FALLBACK)
+            .and(image.supported_zero_flags),
+    );
+    Ok((node, limits))
+}
+
+/// A string option as QemuOpts takes it; a non-empty container stays for the unknown-option
+/// check, anything else that is no scalar is dropped.
+fn take_text(opts: &mut Options, key: &str) -> Option<String> {
+    match opts.get(key) {
+        Some(v) if is_nonempty_container(v) => None,
+        _ => opts.shift_remove(key).as_ref().and_then(scalar_string),
+    }
+}
+
+/// `take-child-perms`/`unshare-child-perms`: a non-empty list of permission names; what of
+/// them matters here.
+fn parse_permissions(v: &Value) -> Result<Perms, String> {
+    const PERMS: [&str; 4] = ["consistent-read", "write", "write-unchanged", "resize"];
+    let items: Vec<&Value> = match v {
+        Value::Array(a) => a.iter().collect(),
+        // `take-child-perms.0=write` as --image-opts gives it.
+        Value::Object(m) => m.values().collect(),
+        other => vec![other],
+    };
+    let mut perms = Perms::NONE;
+    for (i, item) in items.into_iter().enumerate() {
+        let Value::String(name) = item else {
+            return Err(format!(
+                "Invalid parameter type for '[{i}]', expected: string"
+            ));
+        };
+        if !PERMS.contains(&name.as_str()) {
+            // QEMU's list visitor has no name for the element, hence 'null'.
+            return Err(format!("Parameter 'null' does not accept value '{name}'"));
+        }
+        perms.write |= name.starts_with("write");
+        perms.resize |= name == "resize";
+    }
+    Ok(perms)
+}
 
 /// Why QEMU would abort (an error set twice on one error variable): we fail the open instead.
 const DOUBLE_ERROR: &str =

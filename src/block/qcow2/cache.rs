@@ -2,6 +2,12 @@
 //! victim choice, so that evictions (and the writes and events they cause) happen exactly when
 //! QEMU's do. The I/O side (entry flush, dependency flush) lives in `refcount.rs`, which owns
 //! the driver state; this file is the pure bookkeeping.
+//!
+//! A cache may have very many slots (`l2-cache-size` up to the whole disk's tables, in 512-byte
+//! slices): QEMU allocates them lazily, and so do we. Only slots that were ever used are kept;
+//! one never used is an empty slot, as QEMU's zeroed ones are.
+
+use std::collections::{BTreeMap, HashMap};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CacheKind {
@@ -32,8 +38,21 @@ pub struct Entry {
     pub lru: u64,
 }
 
+impl Entry {
+    /// Taken by nothing and never used since it was emptied: QEMU's scan takes the first of
+    /// these it meets as the victim, as nothing has a smaller LRU counter.
+    fn is_fresh(&self) -> bool {
+        self.refs == 0 && self.lru == 0
+    }
+}
+
 pub struct Cache {
-    pub entries: Vec<Entry>,
+    /// the number of slots
+    size: usize,
+    /// the slots ever used, by index
+    slots: BTreeMap<usize, Entry>,
+    /// which slot holds a table offset
+    by_offset: HashMap<u64, usize>,
     pub table_size: usize,
     /// the other cache must be flushed before any entry of this one is written
     pub depends: Option<CacheKind>,
@@ -51,7 +70,9 @@ pub enum Lookup {
 impl Cache {
     pub fn new(size: usize, table_size: usize) -> Self {
         Self {
-            entries: (0..size).map(|_| Entry::default()).collect(),
+            size,
+            slots: BTreeMap::new(),
+            by_offset: HashMap::new(),
             table_size,
             depends: None,
             depends_on_flush: false,
@@ -59,36 +80,71 @@ impl Cache {
         }
     }
 
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
     /// QEMU starts the scan at a slot derived from the offset, so hits and the choice among
     /// equally old victims depend on it.
     pub fn lookup(&self, offset: u64) -> Option<Lookup> {
-        let n = self.entries.len();
+        if let Some(&i) = self.by_offset.get(&offset) {
+            return Some(Lookup::Hit(i));
+        }
+        let n = self.size;
         let start = ((offset / self.table_size as u64).wrapping_mul(4) % n as u64) as usize;
-        let mut i = start;
-        let mut min_lru = u64::MAX;
-        let mut victim = None;
-        loop {
-            let e = &self.entries[i];
-            if e.offset == offset {
-                return Some(Lookup::Hit(i));
+        // The first fresh slot from `start` on wins outright; slots never used are fresh.
+        let cyclic = self.slots.range(start..).chain(self.slots.range(..start));
+        let mut expected = start;
+        for (&i, e) in cyclic.clone() {
+            if i != expected {
+                return Some(Lookup::Miss(expected));
             }
-            if e.refs == 0 && e.lru < min_lru {
-                min_lru = e.lru;
-                victim = Some(i);
+            if e.is_fresh() {
+                return Some(Lookup::Miss(i));
             }
-            i += 1;
-            if i == n {
-                i = 0;
-            }
-            if i == start {
-                break;
+            expected = if i + 1 == n { 0 } else { i + 1 };
+        }
+        if self.slots.len() < n {
+            return Some(Lookup::Miss(expected));
+        }
+        // Every slot in use: the least recently used one nobody holds, first in scan order.
+        let mut victim: Option<(u64, usize)> = None;
+        for (&i, e) in cyclic {
+            if e.refs == 0 && victim.is_none_or(|(lru, _)| e.lru < lru) {
+                victim = Some((e.lru, i));
             }
         }
-        victim.map(Lookup::Miss)
+        victim.map(|(_, i)| Lookup::Miss(i))
+    }
+
+    /// The slot, created empty if it was never used.
+    pub fn entry_mut(&mut self, i: usize) -> &mut Entry {
+        self.slots.entry(i).or_default()
+    }
+
+    pub fn entry(&self, i: usize) -> Option<&Entry> {
+        self.slots.get(&i)
+    }
+
+    /// Points slot `i` at a table offset (0: empty).
+    pub fn set_offset(&mut self, i: usize, offset: u64) {
+        let e = self.slots.entry(i).or_default();
+        let old = std::mem::replace(&mut e.offset, offset);
+        if old != 0 && self.by_offset.get(&old) == Some(&i) {
+            self.by_offset.remove(&old);
+        }
+        if offset != 0 {
+            self.by_offset.insert(offset, i);
+        }
+    }
+
+    /// The slots that may be dirty, in slot order (QEMU walks all of them).
+    pub fn used_slots(&self) -> Vec<usize> {
+        self.slots.keys().copied().collect()
     }
 
     pub fn put(&mut self, i: usize) {
-        let e = &mut self.entries[i];
+        let e = self.slots.entry(i).or_default();
         e.refs = e.refs.saturating_sub(1);
         if e.refs == 0 {
             self.lru_counter += 1;
@@ -97,42 +153,49 @@ impl Cache {
     }
 
     pub fn mark_dirty(&mut self, i: usize) {
-        self.entries[i].dirty = true;
+        self.entry_mut(i).dirty = true;
     }
 
     pub fn find(&self, offset: u64) -> Option<usize> {
-        self.entries.iter().position(|e| e.offset == offset)
+        self.by_offset.get(&offset).copied()
     }
 
     /// Drops a table whose cluster was freed (QEMU's qcow2_cache_discard).
     pub fn discard(&mut self, i: usize) {
-        let e = &mut self.entries[i];
-        e.offset = 0;
+        self.set_offset(i, 0);
+        let e = self.entry_mut(i);
         e.lru = 0;
         e.dirty = false;
     }
 
     pub fn table(&self, i: usize) -> &[u8] {
-        &self.entries[i].data
+        &self.slots[&i].data
     }
 
     pub fn table_mut(&mut self, i: usize) -> &mut [u8] {
-        &mut self.entries[i].data
+        &mut self.entry_mut(i).data
     }
 
     pub fn be64(&self, i: usize, idx: usize) -> u64 {
-        let d = &self.entries[i].data[idx * 8..idx * 8 + 8];
+        let d = &self.slots[&i].data[idx * 8..idx * 8 + 8];
         u64::from_be_bytes(d.try_into().expect("8 bytes"))
     }
 
     pub fn set_be64(&mut self, i: usize, idx: usize, v: u64) {
-        self.entries[i].data[idx * 8..idx * 8 + 8].copy_from_slice(&v.to_be_bytes());
+        self.entry_mut(i).data[idx * 8..idx * 8 + 8].copy_from_slice(&v.to_be_bytes());
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn occupy(c: &mut Cache, i: usize, offset: u64, lru: u64, refs: u32) {
+        c.set_offset(i, offset);
+        let e = c.entry_mut(i);
+        e.lru = lru;
+        e.refs = refs;
+    }
 
     #[test]
     fn lookup_starts_at_the_offset_slot_and_picks_the_oldest_free_victim() {
@@ -142,11 +205,10 @@ mod tests {
             Some(Lookup::Miss(i)) => assert_eq!(i, 0),
             _ => panic!("expected a miss"),
         }
-        c.entries[0].offset = 512;
-        c.entries[0].lru = 5;
-        c.entries[1].lru = 3;
-        c.entries[2].refs = 1;
-        c.entries[3].lru = 4;
+        occupy(&mut c, 0, 512, 5, 0);
+        occupy(&mut c, 1, 2048, 3, 0);
+        occupy(&mut c, 2, 2560, 6, 1);
+        occupy(&mut c, 3, 3072, 4, 0);
         match c.lookup(1024) {
             Some(Lookup::Miss(i)) => assert_eq!(i, 1),
             _ => panic!("expected a miss"),
@@ -155,12 +217,38 @@ mod tests {
     }
 
     #[test]
+    fn empty_slots_are_found_from_the_start_slot_on() {
+        let mut c = Cache::new(8, 512);
+        // offset 1024 -> start (2*4)%8 = 0; slots 0 and 1 taken -> 2
+        occupy(&mut c, 0, 4096, 1, 0);
+        occupy(&mut c, 1, 4608, 2, 0);
+        assert!(matches!(c.lookup(1024), Some(Lookup::Miss(2))));
+        // the scan wraps: start 4 (offset 512), slots 4..7 taken -> 2
+        for i in 4..8 {
+            occupy(&mut c, i, 8192 + 512 * i as u64, 3, 0);
+        }
+        assert!(matches!(c.lookup(512), Some(Lookup::Miss(2))));
+        // a discarded slot is empty again
+        c.discard(5);
+        assert!(matches!(c.lookup(512), Some(Lookup::Miss(5))));
+    }
+
+    #[test]
+    fn a_huge_cache_costs_only_what_it_holds() {
+        let mut c = Cache::new(1 << 31, 512);
+        occupy(&mut c, 0, 512 * 7, 1, 0);
+        assert!(matches!(c.lookup(512 * 7), Some(Lookup::Hit(0))));
+        assert!(matches!(c.lookup(0x1000_0000), Some(Lookup::Miss(_))));
+        assert_eq!(c.used_slots(), vec![0]);
+    }
+
+    #[test]
     fn put_updates_lru_only_when_the_last_reference_goes() {
         let mut c = Cache::new(2, 512);
-        c.entries[0].refs = 2;
+        c.entry_mut(0).refs = 2;
         c.put(0);
-        assert_eq!(c.entries[0].lru, 0);
+        assert_eq!(c.entry(0).unwrap().lru, 0);
         c.put(0);
-        assert_eq!(c.entries[0].lru, 1);
+        assert_eq!(c.entry(0).unwrap().lru, 1);
     }
 }

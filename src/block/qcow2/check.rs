@@ -11,7 +11,7 @@ use super::header::{Header, INCOMPAT_CORRUPT, INCOMPAT_DIRTY, MAX_L1_SIZE, be16,
 use super::image_file::ImageFile;
 use super::state::{
     BITMAP_ALL_ZEROES, ClusterType, L1E_OFFSET_MASK, L2E_OFFSET_MASK, OFLAG_COPIED, OFLAG_ZERO,
-    REFT_OFFSET_MASK, cluster_type, rc_get, rc_set, refcount_max,
+    REFT_OFFSET_MASK, c_hex, cluster_type, rc_get, rc_set, refcount_max,
 };
 use crate::errno::strerror;
 use std::collections::HashMap;
@@ -1090,11 +1090,6 @@ impl<F: ImageFile> Checker<F> {
         }
         Ok(())
     }
-}
-
-/// C's `%#x`: no `0x` for zero.
-fn c_hex(v: u64) -> String {
-    super::state::CHex(v).to_string()
 }
 
 /// `qcow2_get_cluster_type` of the header's image: with extended L2 entries bit 0 is not a

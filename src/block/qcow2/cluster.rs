@@ -4,8 +4,10 @@
 
 use super::Qcow2;
 use super::cache::CacheKind;
+use super::overlap;
+use super::state::c_hex;
 use super::state::{
-    BITMAP_ALL_ALLOC, CHex, ClusterType, DiscardType, L1E_OFFSET_MASK, L2E_OFFSET_MASK, L2Meta,
+    BITMAP_ALL_ALLOC, ClusterType, DiscardType, L1E_OFFSET_MASK, L2E_OFFSET_MASK, L2Meta,
     OFLAG_COPIED, State, SubclusterType, sub_alloc_range, sub_zero_range,
 };
 use crate::block::blkdebug::events::Event;
@@ -27,15 +29,16 @@ impl Qcow2 {
         offset: u64,
         bytes: u64,
     ) -> IoResult<(u64, u64, SubclusterType)> {
-        let (oic, needed, l1_index, l2_index, sc_index) = {
+        let (oic, needed, l1_index, l2_index, slice_start, sc_index) = {
             let st = self.st.borrow();
             let oic = st.offset_into_cluster(offset);
-            let avail = (st.l2_size - st.l2_index(offset) as u64) << st.cluster_bits;
+            let avail = (st.l2_slice_size - st.l2_slice_index(offset) as u64) << st.cluster_bits;
             (
                 oic,
                 (bytes + oic).min(avail),
                 st.l1_index(offset),
-                st.l2_index(offset),
+                st.l2_slice_index(offset),
+                st.l2_slice_start(offset),
                 st.sc_index(offset),
             )
         };
@@ -53,14 +56,17 @@ impl Qcow2 {
                 node,
                 true,
                 &format!(
-                    "L2 table offset {l2_offset:#x} unaligned (L1 index: {l1_index_hex})",
-                    l1_index_hex = CHex(l1_index)
+                    "L2 table offset {} unaligned (L1 index: {})",
+                    c_hex(l2_offset),
+                    c_hex(l1_index)
                 ),
             )
             .await;
             return Err(libc::EIO);
         }
-        let slot = self.cache_get(node, CacheKind::L2, l2_offset, true).await?;
+        let slot = self
+            .cache_get(node, CacheKind::L2, l2_offset + slice_start, true)
+            .await?;
         let (entry, bitmap, version, nb_clusters) = {
             let st = self.st.borrow();
             (
@@ -79,7 +85,9 @@ impl Qcow2 {
         };
         if version < 3 && ty.reads_zero() {
             return fail(format!(
-                "Zero cluster entry found in pre-v3 image (L2 offset: {l2_offset:#x}, L2 index: {l2_index_hex})", l2_index_hex = CHex(l2_index as u64)
+                "Zero cluster entry found in pre-v3 image (L2 offset: {}, L2 index: {})",
+                c_hex(l2_offset),
+                c_hex(l2_index)
             ))
             .await;
         }
@@ -88,7 +96,7 @@ impl Qcow2 {
             SubclusterType::Compressed => {
                 if data_file {
                     return fail(format!(
-                        "Compressed cluster entry found in image with external data file (L2 offset: {l2_offset:#x}, L2 index: {l2_index_hex})", l2_index_hex = CHex(l2_index as u64)
+                        "Compressed cluster entry found in image with external data file (L2 offset: {}, L2 index: {})", c_hex(l2_offset), c_hex(l2_index)
                     ))
                     .await;
                 }
@@ -99,13 +107,19 @@ impl Qcow2 {
                 host = hc + oic;
                 if self.st.borrow().offset_into_cluster(hc) != 0 {
                     return fail(format!(
-                        "Cluster allocation offset {hc:#x} unaligned (L2 offset: {l2_offset:#x}, L2 index: {l2_index_hex})", l2_index_hex = CHex(l2_index as u64)
+                        "Cluster allocation offset {} unaligned (L2 offset: {}, L2 index: {})",
+                        c_hex(hc),
+                        c_hex(l2_offset),
+                        c_hex(l2_index)
                     ))
                     .await;
                 }
                 if data_file && host != offset {
                     return fail(format!(
-                        "External data file host cluster offset {hc:#x} does not match guest cluster offset: {guest_hex}, L2 index: {l2_index_hex})", l2_index_hex = CHex(l2_index as u64), guest_hex = CHex(offset - oic)
+                        "External data file host cluster offset {} does not match guest cluster offset: {}, L2 index: {})",
+                        c_hex(hc),
+                        c_hex(offset - oic),
+                        c_hex(l2_index)
                     ))
                     .await;
                 }
@@ -120,8 +134,9 @@ impl Qcow2 {
             Ok(n) => n,
             Err(bad) => {
                 return fail(format!(
-                    "Invalid cluster entry found  (L2 offset: {l2_offset:#x}, L2 index: {bad_hex})",
-                    bad_hex = CHex(bad as u64)
+                    "Invalid cluster entry found  (L2 offset: {}, L2 index: {})",
+                    c_hex(l2_offset),
+                    c_hex(bad)
                 ))
                 .await;
             }
@@ -147,6 +162,8 @@ impl Qcow2 {
             }
             (st.l1_offset + 8 * start, buf)
         };
+        self.pre_write_overlap_check(node, overlap::ACTIVE_L1, offset, buf.len() as u64)
+            .await?;
         node.file().debug_event(Event::L1Update).await;
         self.pwrite_sync(node, offset, &buf).await
     }
@@ -182,6 +199,9 @@ impl Qcow2 {
         let new_offset = self.alloc_clusters(node, bytes2).await?;
         let r: IoResult = async {
             self.cache_flush(node, CacheKind::Refcount).await?;
+            // the new table is not in use yet: its clusters must be free of metadata
+            self.pre_write_overlap_check(node, 0, new_offset, bytes2)
+                .await?;
             node.file().debug_event(Event::L1GrowWriteTable).await;
             let raw: Vec<u8> = table.iter().flat_map(|e| e.to_be_bytes()).collect();
             self.pwrite_sync(node, new_offset, &raw).await?;
@@ -211,11 +231,16 @@ impl Qcow2 {
         Ok(())
     }
 
-    /// Allocates a new L2 table for `l1_index`, copying the old one if there was one.
+    /// Allocates a new L2 table for `l1_index`, copying the old one if there was one, slice
+    /// by slice through the L2 cache (QEMU's l2_allocate).
     async fn l2_allocate(&self, node: &Node, l1_index: u64) -> IoResult {
-        let (old, cs) = {
+        let (old, cs, slice_bytes) = {
             let st = self.st.borrow();
-            (st.l1[l1_index as usize], st.cluster_size)
+            (
+                st.l1[l1_index as usize],
+                st.cluster_size,
+                st.l2_slice_size * st.l2_entry_size(),
+            )
         };
         let l2_offset = self.alloc_clusters(node, cs).await?;
         let mut held: Option<usize> = None;
@@ -230,35 +255,36 @@ impl Qcow2 {
                 return Err(libc::EIO);
             }
             self.cache_flush(node, CacheKind::Refcount).await?;
-            let slot = self
-                .cache_get(node, CacheKind::L2, l2_offset, false)
-                .await?;
-            held = Some(slot);
-            if old & L1E_OFFSET_MASK == 0 {
-                self.st
-                    .borrow_mut()
-                    .cache(CacheKind::L2)
-                    .table_mut(slot)
-                    .fill(0);
-            } else {
-                node.file().debug_event(Event::L2AllocCowRead).await;
-                let os = self
-                    .cache_get(node, CacheKind::L2, old & L1E_OFFSET_MASK, true)
+            for slice in 0..cs / slice_bytes {
+                let slot = self
+                    .cache_get(node, CacheKind::L2, l2_offset + slice * slice_bytes, false)
                     .await?;
-                let mut st = self.st.borrow_mut();
-                let c = st.cache(CacheKind::L2);
-                let copy = c.table(os).to_vec();
-                c.table_mut(slot).copy_from_slice(&copy);
-                c.put(os);
+                held = Some(slot);
+                if old & L1E_OFFSET_MASK == 0 {
+                    self.st
+                        .borrow_mut()
+                        .cache(CacheKind::L2)
+                        .table_mut(slot)
+                        .fill(0);
+                } else {
+                    node.file().debug_event(Event::L2AllocCowRead).await;
+                    let old_slice = (old & L1E_OFFSET_MASK) + slice * slice_bytes;
+                    let os = self.cache_get(node, CacheKind::L2, old_slice, true).await?;
+                    let mut st = self.st.borrow_mut();
+                    let c = st.cache(CacheKind::L2);
+                    let copy = c.table(os).to_vec();
+                    c.table_mut(slot).copy_from_slice(&copy);
+                    c.put(os);
+                }
+                node.file().debug_event(Event::L2AllocWrite).await;
+                {
+                    let mut st = self.st.borrow_mut();
+                    let c = st.cache(CacheKind::L2);
+                    c.mark_dirty(slot);
+                    c.put(slot);
+                }
+                held = None;
             }
-            node.file().debug_event(Event::L2AllocWrite).await;
-            {
-                let mut st = self.st.borrow_mut();
-                let c = st.cache(CacheKind::L2);
-                c.mark_dirty(slot);
-                c.put(slot);
-            }
-            held = None;
             self.cache_flush(node, CacheKind::L2).await?;
             self.st.borrow_mut().l1[l1_index as usize] = l2_offset | OFLAG_COPIED;
             self.write_l1_entry(node, l1_index).await
@@ -276,11 +302,17 @@ impl Qcow2 {
         Ok(())
     }
 
-    /// Loads (allocating if needed) the L2 table of a guest offset: (cache slot, L2 index).
+    /// Loads (allocating if needed) the L2 slice of a guest offset: (cache slot, index in
+    /// the slice).
     pub async fn get_cluster_table(&self, node: &Node, offset: u64) -> IoResult<(usize, usize)> {
-        let (l1_index, l2_index, l1_len) = {
+        let (l1_index, l2_index, slice_start, l1_len) = {
             let st = self.st.borrow();
-            (st.l1_index(offset), st.l2_index(offset), st.l1.len() as u64)
+            (
+                st.l1_index(offset),
+                st.l2_slice_index(offset),
+                st.l2_slice_start(offset),
+                st.l1.len() as u64,
+            )
         };
         if l1_index >= l1_len {
             self.grow_l1_table(node, l1_index + 1, false).await?;
@@ -295,8 +327,9 @@ impl Qcow2 {
                 node,
                 true,
                 &format!(
-                    "L2 table offset {l2_offset:#x} unaligned (L1 index: {l1_index_hex})",
-                    l1_index_hex = CHex(l1_index)
+                    "L2 table offset {} unaligned (L1 index: {})",
+                    c_hex(l2_offset),
+                    c_hex(l1_index)
                 ),
             )
             .await;
@@ -310,7 +343,9 @@ impl Qcow2 {
             }
             l2_offset = self.st.borrow().l1[l1_index as usize] & L1E_OFFSET_MASK;
         }
-        let slot = self.cache_get(node, CacheKind::L2, l2_offset, true).await?;
+        let slot = self
+            .cache_get(node, CacheKind::L2, l2_offset + slice_start, true)
+            .await?;
         Ok((slot, l2_index))
     }
 
@@ -340,7 +375,9 @@ impl Qcow2 {
                     node,
                     true,
                     &format!(
-                        "Invalid cluster entry found (L2 offset: {l2_offset:#x}, L2 index: {bad_hex})", bad_hex = CHex(bad as u64)
+                        "Invalid cluster entry found (L2 offset: {}, L2 index: {})",
+                        c_hex(l2_offset),
+                        c_hex(bad)
                     ),
                 )
                 .await;
@@ -427,7 +464,7 @@ impl Qcow2 {
             let st = self.st.borrow();
             let nb = st
                 .size_to_clusters(st.offset_into_cluster(guest_offset) + *bytes)
-                .min(st.l2_size - st.l2_index(guest_offset) as u64)
+                .min(st.l2_slice_size - st.l2_slice_index(guest_offset) as u64)
                 .min(REQUEST_MAX_BYTES >> st.cluster_bits);
             (nb, st.cluster_size)
         };
@@ -446,7 +483,11 @@ impl Qcow2 {
                 self.signal_corruption(
                     node,
                     true,
-                    &format!("{what} cluster offset {cluster_offset:#x} unaligned (guest offset: {guest_offset_hex})", guest_offset_hex = CHex(guest_offset)),
+                    &format!(
+                        "{what} cluster offset {} unaligned (guest offset: {})",
+                        c_hex(cluster_offset),
+                        c_hex(guest_offset)
+                    ),
                 )
                 .await;
                 ret = Err(libc::EIO);
@@ -487,7 +528,7 @@ impl Qcow2 {
             let st = self.st.borrow();
             let nb = st
                 .size_to_clusters(st.offset_into_cluster(guest_offset) + *bytes)
-                .min(st.l2_size - st.l2_index(guest_offset) as u64)
+                .min(st.l2_slice_size - st.l2_slice_index(guest_offset) as u64)
                 .min(REQUEST_MAX_BYTES >> st.cluster_bits);
             (nb, st.cluster_size, st.cluster_bits)
         };
@@ -640,6 +681,8 @@ impl Qcow2 {
         if buf.is_empty() {
             return Ok(());
         }
+        self.pre_write_data_overlap_check(node, offset, buf.len() as u64)
+            .await?;
         node.file().debug_event(Event::CowWrite).await;
         io::pwritev(
             self.data_child(node),
@@ -824,7 +867,7 @@ fn plan_cow(
     slot: usize,
     keep_old: bool,
 ) -> Result<Option<L2Meta>, usize> {
-    let l2_index = st.l2_index(guest_offset);
+    let l2_index = st.l2_slice_index(guest_offset);
     let cow_start_to = st.offset_into_cluster(guest_offset);
     let cow_end_from = cow_start_to + bytes;
     let nb = st.size_to_clusters(cow_end_from);

@@ -20,9 +20,11 @@ pub mod header;
 pub mod image_file;
 mod lock;
 pub mod open;
+mod overlap;
 mod read;
 pub mod refcount;
 mod resize;
+pub mod runtime;
 pub mod state;
 mod write;
 
@@ -267,6 +269,7 @@ impl BlockDriver for Qcow2 {
     }
     fn capabilities(&self) -> Capabilities {
         Capabilities {
+            pwritev_compressed: true,
             pwrite_zeroes: true,
             pdiscard: true,
             flush_to_os: true,

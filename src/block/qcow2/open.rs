@@ -11,14 +11,15 @@ use super::header::{self, Header, OpenError, OpenMode, with_errno};
 use super::image_file::{ImageFile, NodeFile};
 use super::lock::CoMutex;
 use super::refcount::max_used_index;
+use super::runtime;
 use super::state::{State, refcount_max};
 use crate::block::blkdebug::events::Event;
-use crate::block::driver::ReqFlags;
+use crate::block::driver::{Limits, ReqFlags};
 use crate::block::executor::block_on;
 use crate::block::io;
-use crate::block::node::Node;
-use crate::block::open::{OpenContext, Options};
-use serde_json::Value;
+use crate::block::node::{Child, ChildRole, Node};
+use crate::block::options::{OpenChild, OpenContext, Options};
+use crate::block::perms::Perms;
 use std::cell::RefCell;
 use std::rc::Rc;
 
@@ -40,39 +41,74 @@ fn event(file: &Rc<Node>, ev: Event) {
     block_on(async move { f.debug_event(ev).await });
 }
 
-fn take_bool(opts: &mut Options, key: &str) -> Result<Option<bool>, String> {
-    match opts.remove(key) {
-        None => Ok(None),
-        Some(Value::Bool(b)) => Ok(Some(b)),
-        Some(Value::String(s)) if s == "on" || s == "true" => Ok(Some(true)),
-        Some(Value::String(s)) if s == "off" || s == "false" => Ok(Some(false)),
-        Some(_) => Err(format!("Parameter '{key}' expects 'on' or 'off'")),
-    }
-}
+/// The backing file an image names, and its format (backing format extension).
+pub type BackingName = Option<(String, Option<String>)>;
 
-fn take_size(opts: &mut Options, key: &str) -> Result<Option<u64>, String> {
-    let v = match opts.remove(key) {
-        None => return Ok(None),
-        Some(Value::Number(n)) => {
-            return n.as_u64().map(Some).ok_or(format!(
-                "Parameter '{key}' expects a non-negative number below 2^64"
-            ));
+/// Opens a qcow2 node over its file (QEMU's qcow2_open): the node, whose backing child is the
+/// caller's to add, its limits and the backing file the image names. `children` opens the
+/// external data file (None: the image may have none).
+pub fn open_node(
+    file: Rc<Node>,
+    opts: &mut Options,
+    ctx: &OpenContext,
+    children: Option<&dyn OpenChild>,
+) -> Result<(Node, Limits, BackingName), String> {
+    // QEMU opens the data file child in the middle of qcow2_do_open, so its errors come
+    // between those of the runtime options and those of the backing file name
+    let mut data_opts = Options::new();
+    if let Some(v) = opts.shift_remove("data-file") {
+        data_opts.insert("data-file".into(), v);
+    }
+    let mut open_data_file = |name: Option<&str>| -> Result<Option<Rc<Node>>, String> {
+        let Some(children) = children else {
+            return Ok(None);
+        };
+        let filename = name.map(str::to_string);
+        if filename.is_some() {
+            children
+                .open_child(&mut data_opts, "data-file", filename, ChildRole::Data)
+                .map(Some)
+        } else {
+            children.open_optional_child(&mut data_opts, "data-file", None, ChildRole::Data)
         }
-        Some(Value::String(s)) => s,
-        Some(_) => return Err(format!("Parameter '{key}' expects a size")),
     };
-    let (num, mult) = match v.chars().last() {
-        Some('k' | 'K') => (&v[..v.len() - 1], 1u64 << 10),
-        Some('M') => (&v[..v.len() - 1], 1 << 20),
-        Some('G') => (&v[..v.len() - 1], 1 << 30),
-        Some('T') => (&v[..v.len() - 1], 1 << 40),
-        _ => (v.as_str(), 1),
+    let opened = open_image(&file, opts, ctx, &mut open_data_file)?;
+    let mut children = vec![Child {
+        name: "file",
+        node: file.clone(),
+        writable: !ctx.flags.read_only,
+        primary: true,
+        role: ChildRole::Image,
+        extra_perms: Perms::NONE,
+    }];
+    if let Some(d) = opened.data_file.clone() {
+        // QEMU lists children newest first: flushes reach the data file before the image file
+        children.insert(
+            0,
+            Child {
+                name: "data-file",
+                node: d,
+                writable: !ctx.flags.read_only,
+                primary: false,
+                role: ChildRole::Data,
+                extra_perms: Perms::NONE,
+            },
+        );
+    }
+    let cs = opened.cluster_size;
+    let v3 = opened.version >= 3;
+    let mut node = Node::new(Box::new(opened.driver), children, file.filename.clone());
+    node.supported_zero_flags = if v3 {
+        ReqFlags::MAY_UNMAP.with(ReqFlags::NO_FALLBACK)
+    } else {
+        ReqFlags::NONE
     };
-    num.parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(mult))
-        .map(Some)
-        .ok_or(format!("Parameter '{key}' expects a non-negative number below 2^64\nOptional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\nand exabytes, respectively.\n"))
+    let limits = Limits {
+        pwrite_zeroes_alignment: opened.subcluster_size,
+        pdiscard_alignment: cs,
+        ..Limits::default()
+    };
+    Ok((node, limits, opened.backing))
 }
 
 /// How the graph builder opens the external data file (QEMU's bdrv_open_child for
@@ -198,48 +234,16 @@ fn open_inner(
             .collect();
     }
     // Runtime options (QEMU's qcow2_update_options).
-    let bad = |m: String| (m, libc::EINVAL);
-    let lazy = take_bool(opts, "lazy-refcounts").map_err(bad)?;
-    let pass_req = take_bool(opts, "pass-discard-request").map_err(bad)?;
-    let pass_snap = take_bool(opts, "pass-discard-snapshot").map_err(bad)?;
-    let pass_other = take_bool(opts, "pass-discard-other").map_err(bad)?;
-    let no_unref = take_bool(opts, "discard-no-unref").map_err(bad)?;
-    let cache_size = take_size(opts, "cache-size").map_err(bad)?;
-    let l2_cache_size = take_size(opts, "l2-cache-size").map_err(bad)?;
-    let rc_cache_size = take_size(opts, "refcount-cache-size").map_err(bad)?;
-    if let Some(es) = take_size(opts, "l2-cache-entry-size").map_err(bad)?
-        && es != cs
-    {
-        return Err((
-            "l2-cache-entry-size other than the cluster size is not supported by this engine"
-                .into(),
-            libc::ENOTSUP,
-        ));
-    }
-    for k in [
-        "cache-clean-interval",
-        "overlap-check",
-        "overlap-check.template",
-    ] {
-        opts.remove(k);
-    }
-    let use_lazy = lazy.unwrap_or(h.compatible_features & header::COMPAT_LAZY_REFCOUNTS != 0);
-    if use_lazy && h.version < 3 {
-        return Err((
-            "Lazy refcounts require a qcow2 image with at least qemu 1.1 compatibility level"
-                .into(),
-            libc::EINVAL,
-        ));
-    }
-    if no_unref == Some(true) && h.version < 3 {
-        return Err((
-            "discard-no-unref is only supported since qcow2 version 3".into(),
-            libc::EINVAL,
-        ));
-    }
+    let facts = runtime::ImageFacts {
+        version: h.version,
+        cluster_size: cs,
+        disk_size: h.size / 512 * 512,
+        lazy_refcounts_bit: h.compatible_features & header::COMPAT_LAZY_REFCOUNTS != 0,
+        l2_entry_bytes: h.l2_entry_size(),
+    };
+    let rt = runtime::parse(opts, &facts, ctx.flags.unmap, h.crypt_method != 0)
+        .map_err(|m| (m, libc::EINVAL))?;
     header::check_encryption(&h)?;
-    let cache_opts = [cache_size, l2_cache_size, rc_cache_size];
-    let (l2_entries, rc_entries) = cache_entries(h.size, cs, h.l2_entry_size(), cache_opts);
     // refcount init
     let reftable_entries = (u64::from(h.refcount_table_clusters) << (h.cluster_bits - 3)) as usize;
     event(file, Event::ReftableLoad);
@@ -271,6 +275,7 @@ fn open_inner(
     };
     let backing_file = header::read_backing_name(&node_file, &h)?;
     let backing = header::backing_of(backing_file.as_deref(), ex.backing_format.as_deref());
+    let (snapshots, snapshots_size) = read_snapshots(&node_file, &h)?;
     let mut h = h;
     let mut reftable = reftable;
     // QEMU repairs a dirty image (lazy refcounts) before serving it read-write.
@@ -288,6 +293,7 @@ fn open_inner(
         cluster_size: cs,
         l2_bits,
         l2_size: 1 << l2_bits,
+        l2_slice_size: rt.sizes.l2_entry_size / h.l2_entry_size(),
         refcount_order: h.refcount_order,
         refcount_block_bits,
         refcount_max: refcount_max(h.refcount_order),
@@ -318,23 +324,22 @@ fn open_inner(
             h.autoclear_features
         },
         caches: [
-            Cache::new(l2_entries, cs as usize),
-            Cache::new(rc_entries, cs as usize),
+            Cache::new(rt.sizes.l2_tables as usize, rt.sizes.l2_entry_size as usize),
+            Cache::new(rt.sizes.refcount_tables as usize, cs as usize),
         ],
-        cache_opts,
+        overlap_check: rt.overlap_check,
+        snapshots,
+        snapshots_offset: h.snapshots_offset,
+        snapshots_size,
+        bitmap_directory: None,
         allocs: Vec::new(),
         next_alloc_id: 0,
         discards: Vec::new(),
         cache_discards: false,
-        discard_passthrough: [
-            false,
-            true,
-            pass_req.unwrap_or(ctx.flags.unmap),
-            pass_snap.unwrap_or(true),
-            pass_other.unwrap_or(false),
-        ],
-        discard_no_unref: no_unref.unwrap_or(false),
-        use_lazy_refcounts: use_lazy,
+        discard_passthrough: rt.discard_passthrough,
+        discard_no_unref: rt.discard_no_unref,
+        use_lazy_refcounts: rt.lazy_refcounts,
+        runtime: rt,
         has_backing: backing.is_some(),
         unknown_fields,
         backing_file,
@@ -389,29 +394,43 @@ fn open_inner(
     })
 }
 
-/// Cache sizes in entries from the disk size and the cache options `[cache-size,
-/// l2-cache-size, refcount-cache-size]` (QEMU's read_cache_sizes, default entry size).
-pub fn cache_entries(
-    size: u64,
-    cs: u64,
-    l2_entry_size: u64,
-    opts: [Option<u64>; 3],
-) -> (usize, usize) {
-    let [cache_size, l2_cache_size, rc_cache_size] = opts;
-    let max_l2_cache = (size.div_ceil(cs) * l2_entry_size).div_ceil(cs) * cs;
-    let (l2_bytes, rc_bytes) = match (cache_size, l2_cache_size, rc_cache_size) {
-        (Some(total), l2, rc) => {
-            let l2 =
-                l2.unwrap_or_else(|| total.saturating_sub(rc.unwrap_or(4 * cs)).min(max_l2_cache));
-            (l2, rc.unwrap_or(total.saturating_sub(l2)))
+/// QEMU's qcow2_read_snapshots, as far as the driver needs the table: each snapshot's L1
+/// table, and the table's size. Reads past the end of the file read zeroes.
+fn read_snapshots(file: &NodeFile, h: &Header) -> Result<(Vec<(u64, u32)>, u64), OpenError> {
+    /// QEMU's QCOW_MAX_SNAPSHOT_EXTRA_DATA and QCOW_MAX_SNAPSHOTS_SIZE.
+    const MAX_EXTRA_DATA: u64 = 1024;
+    const MAX_TABLE_SIZE: u64 = 1024 * 65536;
+    let failed = |e: i32| (with_errno("Failed to read snapshot table", e), e);
+    let mut snapshots = Vec::new();
+    let mut offset = h.snapshots_offset;
+    for i in 0..h.nb_snapshots {
+        offset = offset.div_ceil(8) * 8;
+        let head = file.read_at(offset, 40).map_err(failed)?;
+        let be32 = |at: usize| u32::from_be_bytes(head[at..at + 4].try_into().expect("4"));
+        let be16 = |at: usize| u16::from_be_bytes(head[at..at + 2].try_into().expect("2"));
+        let l1_offset = u64::from_be_bytes(head[..8].try_into().expect("8"));
+        let l1_size = be32(8);
+        let (id_len, name_len) = (u64::from(be16(12)), u64::from(be16(14)));
+        let extra = u64::from(be32(36));
+        if extra > MAX_EXTRA_DATA {
+            return Err((
+                format!(
+                    "Too much extra metadata in snapshot table entry {i}\nYou can force-remove this extra metadata with qemu-img check -r all"
+                ),
+                libc::EFBIG,
+            ));
         }
-        (None, l2, rc) => (
-            l2.unwrap_or(max_l2_cache.min(32 << 20)),
-            rc.unwrap_or(4 * cs),
-        ),
-    };
-    // bounded: QEMU's own limits keep a hostile size from costing more than this
-    let l2_entries = ((l2_bytes / cs).max(2)).min((32u64 << 20) / cs).max(2) as usize;
-    let rc_entries = (rc_bytes / cs).clamp(4, (32u64 << 20) / cs) as usize;
-    (l2_entries, rc_entries)
+        offset += 40 + extra + id_len + name_len;
+        snapshots.push((l1_offset, l1_size));
+        if offset - h.snapshots_offset > MAX_TABLE_SIZE {
+            return Err((
+                format!(
+                    "Snapshot table is too big\nYou can force-remove all {} overhanging snapshots with qemu-img check -r all",
+                    h.nb_snapshots - i
+                ),
+                libc::EFBIG,
+            ));
+        }
+    }
+    Ok((snapshots, offset - h.snapshots_offset))
 }

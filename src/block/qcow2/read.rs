@@ -11,7 +11,7 @@ use crate::block::node::Node;
 use std::cell::RefCell;
 use std::rc::Rc;
 
-/// What a parallel read task read: (position in the request's buffer, the bytes).
+/// What one parallel read task read: where it goes in the request's buffer, and the bytes.
 type ReadPart = (usize, Vec<u8>);
 
 impl Qcow2 {

@@ -5,7 +5,8 @@
 
 use super::Qcow2;
 use super::cache::{CacheKind, Lookup};
-use super::state::{CHex, DiscardType, REFT_OFFSET_MASK, rc_get, rc_set, refcount_metadata_blocks};
+use super::state::c_hex;
+use super::state::{DiscardType, REFT_OFFSET_MASK, rc_get, rc_set, refcount_metadata_blocks};
 use crate::block::blkdebug::events::Event;
 use crate::block::driver::{BoxFut, IoResult, ReqFlags};
 use crate::block::io;
@@ -29,8 +30,8 @@ impl Qcow2 {
             let (dirty, offset, depends, dof) = {
                 let mut st = self.st.borrow_mut();
                 let cache = st.cache(c);
-                let e = &cache.entries[i];
-                (e.dirty, e.offset, cache.depends, cache.depends_on_flush)
+                let (dirty, offset) = cache.entry(i).map_or((false, 0), |e| (e.dirty, e.offset));
+                (dirty, offset, cache.depends, cache.depends_on_flush)
             };
             if !dirty || offset == 0 {
                 return Ok(());
@@ -41,6 +42,16 @@ impl Qcow2 {
                 io::flush(node.file()).await?;
                 self.st.borrow_mut().cache(c).depends_on_flush = false;
             }
+            let (ign, table_size) = {
+                let st = self.st.borrow();
+                let ign = match c {
+                    CacheKind::Refcount => super::overlap::REFCOUNT_BLOCK,
+                    CacheKind::L2 => super::overlap::ACTIVE_L2,
+                };
+                (ign, st.caches[c.idx()].table_size as u64)
+            };
+            self.pre_write_overlap_check(node, ign, offset, table_size)
+                .await?;
             let ev = match c {
                 CacheKind::Refcount => Event::RefblockUpdatePart,
                 CacheKind::L2 => Event::L2Update,
@@ -48,7 +59,7 @@ impl Qcow2 {
             node.file().debug_event(ev).await;
             let data = self.st.borrow_mut().cache(c).table(i).to_vec();
             io::pwritev(node.file(), offset, &data, ReqFlags::NONE).await?;
-            self.st.borrow_mut().cache(c).entries[i].dirty = false;
+            self.st.borrow_mut().cache(c).entry_mut(i).dirty = false;
             Ok(())
         })
     }
@@ -56,9 +67,9 @@ impl Qcow2 {
     /// Writes every dirty entry in slot order; the first error wins unless it is ENOSPC.
     pub fn cache_write<'a>(&'a self, node: &'a Node, c: CacheKind) -> BoxFut<'a, IoResult> {
         Box::pin(async move {
-            let n = self.st.borrow().caches[c.idx()].entries.len();
+            let slots = self.st.borrow().caches[c.idx()].used_slots();
             let mut result = Ok(());
-            for i in 0..n {
+            for i in slots {
                 if let Err(e) = self.cache_entry_flush(node, c, i).await
                     && result != Err(libc::ENOSPC)
                 {
@@ -119,7 +130,10 @@ impl Qcow2 {
             self.signal_corruption(
                 node,
                 true,
-                &format!("Cannot get entry from {name} cache: Offset {offset:#x} is unaligned"),
+                &format!(
+                    "Cannot get entry from {name} cache: Offset {} is unaligned",
+                    c_hex(offset)
+                ),
             )
             .await;
             return Err(libc::EIO);
@@ -129,28 +143,30 @@ impl Qcow2 {
             Some(Lookup::Hit(i)) => i,
             Some(Lookup::Miss(i)) => {
                 self.cache_entry_flush(node, c, i).await?;
-                self.st.borrow_mut().cache(c).entries[i].offset = 0;
+                self.st.borrow_mut().cache(c).set_offset(i, 0);
                 let mut data = vec![0u8; table_size];
                 if read {
                     if c == CacheKind::L2 {
                         node.file().debug_event(Event::L2Load).await;
                     }
                     io::preadv(node.file(), offset, &mut data).await?;
-                } else if let Some(old) = self.st.borrow_mut().cache(c).entries.get_mut(i)
-                    && old.data.len() == table_size
-                {
-                    // an empty table's old contents are overwritten by the caller anyway
-                    data = std::mem::take(&mut old.data);
+                } else {
+                    let mut st = self.st.borrow_mut();
+                    let old = st.cache(c).entry_mut(i);
+                    if old.data.len() == table_size {
+                        // an empty table's old contents are overwritten by the caller anyway
+                        data = std::mem::take(&mut old.data);
+                    }
                 }
                 let mut st = self.st.borrow_mut();
-                let e = &mut st.cache(c).entries[i];
-                e.data = data;
-                e.offset = offset;
+                let cache = st.cache(c);
+                cache.entry_mut(i).data = data;
+                cache.set_offset(i, offset);
                 i
             }
             None => return Err(libc::EIO),
         };
-        self.st.borrow_mut().cache(c).entries[i].refs += 1;
+        self.st.borrow_mut().cache(c).entry_mut(i).refs += 1;
         Ok(i)
     }
 
@@ -182,8 +198,9 @@ impl Qcow2 {
                 node,
                 true,
                 &format!(
-                    "Refblock offset {off:#x} unaligned (reftable index: {ti_hex})",
-                    ti_hex = CHex(ti)
+                    "Refblock offset {} unaligned (reftable index: {})",
+                    c_hex(off),
+                    c_hex(ti)
                 ),
             )
             .await;
@@ -229,8 +246,9 @@ impl Qcow2 {
                         node,
                         true,
                         &format!(
-                            "Refblock offset {existing:#x} unaligned (reftable index: {ti_hex})",
-                            ti_hex = CHex(ti)
+                            "Refblock offset {} unaligned (reftable index: {})",
+                            c_hex(existing),
+                            c_hex(ti)
                         ),
                     )
                     .await;
@@ -760,7 +778,7 @@ impl Qcow2 {
                     self.signal_corruption(
                         node,
                         false,
-                        &format!("Cannot free unaligned cluster {off:#x}"),
+                        &format!("Cannot free unaligned cluster {}", c_hex(off)),
                     )
                     .await;
                 } else if self.st.borrow().data_file {

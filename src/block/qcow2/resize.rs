@@ -6,6 +6,7 @@
 use super::Qcow2;
 use super::cache::{Cache, CacheKind};
 use super::refcount::update_refcount_discard;
+use super::state::c_hex;
 use super::state::{DiscardType, L1E_OFFSET_MASK, REFT_OFFSET_MASK, rc_get, rc_set};
 use crate::block::blkdebug::events::Event;
 use crate::block::driver::{IoResult, ReqFlags};
@@ -179,14 +180,20 @@ impl Qcow2 {
             .await
             .map_err(|e| with_errno("Failed to flush the refcount block cache", e))?;
         let mut st = self.st.borrow_mut();
-        let (l2, rc) = super::open::cache_entries(
-            st.size,
-            st.cluster_size,
-            if st.extended_l2 { 16 } else { 8 },
-            st.cache_opts,
-        );
-        let cs = st.cluster_size as usize;
-        st.caches = [Cache::new(l2, cs), Cache::new(rc, cs)];
+        let facts = super::runtime::ImageFacts {
+            version: st.hdr.version,
+            cluster_size: st.cluster_size,
+            disk_size: st.size / 512 * 512,
+            lazy_refcounts_bit: st.compat & super::header::COMPAT_LAZY_REFCOUNTS != 0,
+            l2_entry_bytes: st.l2_entry_size(),
+        };
+        let sizes = super::runtime::cache_sizes(&st.runtime.cache, &facts)?;
+        st.runtime.sizes = sizes;
+        st.l2_slice_size = sizes.l2_entry_size / st.l2_entry_size();
+        st.caches = [
+            Cache::new(sizes.l2_tables as usize, sizes.l2_entry_size as usize),
+            Cache::new(sizes.refcount_tables as usize, st.cluster_size as usize),
+        ];
         Ok(())
     }
 
@@ -293,7 +300,10 @@ impl Qcow2 {
             self.signal_corruption(
                 node,
                 true,
-                &format!("Refblock at {block:#x} is not covered by the refcount structures"),
+                &format!(
+                    "Refblock at {} is not covered by the refcount structures",
+                    c_hex(block)
+                ),
             )
             .await;
             return Err(libc::EIO);
@@ -310,7 +320,7 @@ impl Qcow2 {
                 node,
                 true,
                 &format!(
-                    "Invalid refcount: refblock offset {covering:#x}, reftable index {ti}, block offset {block:#x}, refcount {rc:#x}"
+                    "Invalid refcount: refblock offset {}, reftable index {ti}, block offset {}, refcount {}", c_hex(covering), c_hex(block), c_hex(rc)
                 ),
             )
             .await;
@@ -411,9 +421,9 @@ impl Qcow2 {
         prealloc: &str,
         zero_write: bool,
     ) -> Result<bool, String> {
-        let (cs, l2_size) = {
+        let (cs, slice_size) = {
             let st = self.st.borrow();
-            (st.cluster_size, st.l2_size)
+            (st.cluster_size, st.l2_slice_size)
         };
         let file_len = node
             .file()
@@ -442,8 +452,8 @@ impl Qcow2 {
         let mut host = start;
         let mut guest = old_length;
         while nb_new > 0 {
-            let l2_index = (guest / cs) & (l2_size - 1);
-            let n = nb_new.min(l2_size - l2_index);
+            let slice_index = (guest / cs) & (slice_size - 1);
+            let n = nb_new.min(slice_size - slice_index);
             let cow_start_len = guest & (cs - 1);
             guest &= !(cs - 1);
             let m = super::state::L2Meta {

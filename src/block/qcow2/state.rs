@@ -78,19 +78,6 @@ impl SubclusterType {
     }
 }
 
-/// C's `%#x`, as QEMU's messages print numbers: no `0x` for zero.
-pub struct CHex(pub u64);
-
-impl std::fmt::Display for CHex {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.0 == 0 {
-            f.write_str("0")
-        } else {
-            write!(f, "{:#x}", self.0)
-        }
-    }
-}
-
 /// Subclusters per cluster with extended L2 entries.
 pub const SUBCLUSTERS: u32 = 32;
 /// the allocation half of an extended L2 bitmap (the zero half is the upper 32 bits)
@@ -166,6 +153,8 @@ pub struct State {
     pub cluster_size: u64,
     pub l2_bits: u32,
     pub l2_size: u64,
+    /// entries in an L2 cache entry: a whole table, or a slice of it (`l2-cache-entry-size`)
+    pub l2_slice_size: u64,
     pub refcount_order: u32,
     pub refcount_block_bits: u32,
     pub refcount_max: u64,
@@ -196,8 +185,17 @@ pub struct State {
     pub compat: u64,
     pub autoclear: u64,
     pub caches: [Cache; 2],
-    /// the cache-size options the caches were sized from (resized again after a resize)
-    pub cache_opts: [Option<u64>; 3],
+    /// the runtime options (QEMU sizes the caches again from them after a resize)
+    pub runtime: super::runtime::Runtime,
+    /// the metadata overlap checks to perform (see `overlap`)
+    pub overlap_check: u32,
+    /// each internal snapshot's L1 table: (offset, entries)
+    pub snapshots: Vec<(u64, u32)>,
+    pub snapshots_offset: u64,
+    /// bytes of the snapshot table
+    pub snapshots_size: u64,
+    /// (offset, bytes) of the bitmap directory, when the image has valid bitmaps
+    pub bitmap_directory: Option<(u64, u64)>,
     pub allocs: Vec<InFlight>,
     pub next_alloc_id: u64,
     pub discards: Vec<(u64, u64)>,
@@ -337,6 +335,11 @@ impl State {
         if self.extended_l2 { 2 } else { 1 }
     }
 
+    /// Bytes per L2 entry: 16 when extended.
+    pub fn l2_entry_size(&self) -> u64 {
+        8 * self.l2_words() as u64
+    }
+
     pub fn offset_into_subcluster(&self, off: u64) -> u64 {
         off & (self.subcluster_size - 1)
     }
@@ -362,6 +365,14 @@ impl State {
     pub fn l2_index(&self, off: u64) -> usize {
         ((off >> self.cluster_bits) & (self.l2_size - 1)) as usize
     }
+    /// The index of a guest offset's entry within its L2 slice.
+    pub fn l2_slice_index(&self, off: u64) -> usize {
+        ((off >> self.cluster_bits) & (self.l2_slice_size - 1)) as usize
+    }
+    /// Where in its L2 table the slice holding a guest offset's entry starts, in bytes.
+    pub fn l2_slice_start(&self, off: u64) -> u64 {
+        self.l2_entry_size() * (self.l2_index(off) - self.l2_slice_index(off)) as u64
+    }
     pub fn refcount_block_size(&self) -> u64 {
         1 << self.refcount_block_bits
     }
@@ -376,6 +387,15 @@ impl State {
         let coffset = entry & self.cluster_offset_mask;
         let nb_csectors = ((entry >> self.csize_shift) & self.csize_mask) + 1;
         (coffset, nb_csectors * 512 - (coffset & 511))
+    }
+}
+
+/// C's `%#x` (QEMU's `%#" PRIx64`): hex with `0x`, except that zero is plain `0`.
+pub fn c_hex<T: std::fmt::LowerHex + PartialEq + Default>(v: T) -> String {
+    if v == T::default() {
+        "0".into()
+    } else {
+        format!("{v:#x}")
     }
 }
 
@@ -464,14 +484,15 @@ pub(crate) mod tests {
             (13, 1)
         };
         let mut caches = [Cache::new(2, cs as usize), Cache::new(4, cs as usize)];
-        caches[0].entries[0].data = vec![0; cs as usize];
-        caches[0].entries[0].offset = 0x40000;
+        caches[0].entry_mut(0).data = vec![0; cs as usize];
+        caches[0].set_offset(0, 0x40000);
         State {
             hdr: Header::default(),
             cluster_bits: 16,
             cluster_size: cs,
             l2_bits,
             l2_size: 1 << l2_bits,
+            l2_slice_size: 1 << l2_bits,
             refcount_order: 4,
             refcount_block_bits: 15,
             refcount_max: 0xffff,
@@ -498,7 +519,24 @@ pub(crate) mod tests {
             compat: 0,
             autoclear: 0,
             caches,
-            cache_opts: [None; 3],
+            runtime: super::super::runtime::Runtime {
+                cache: Default::default(),
+                sizes: super::super::runtime::CacheSizes {
+                    l2_tables: 2,
+                    l2_entry_size: cs,
+                    refcount_tables: 4,
+                },
+                lazy_refcounts: false,
+                overlap_check: 0,
+                discard_passthrough: [false; 5],
+                discard_no_unref: false,
+                cache_clean_interval: 0,
+            },
+            overlap_check: 0,
+            snapshots: Vec::new(),
+            snapshots_offset: 0,
+            snapshots_size: 0,
+            bitmap_directory: None,
             allocs: Vec::new(),
             next_alloc_id: 0,
             discards: Vec::new(),
@@ -577,8 +615,8 @@ pub(crate) mod tests {
         assert_eq!(st.caches[0].be64(0, 7), 0xff);
         assert_eq!(st.l2_bitmap(0, 3), 0xff);
         assert_eq!(st.sc_index(3 * 65536 + 5 * 2048 + 100), 5);
-        assert_eq!(CHex(0).to_string(), "0");
-        assert_eq!(CHex(0x40000).to_string(), "0x40000");
+        assert_eq!(c_hex(0u64), "0");
+        assert_eq!(c_hex(0x40000u64), "0x40000");
     }
 
     #[test]

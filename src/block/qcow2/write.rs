@@ -28,7 +28,14 @@ impl Qcow2 {
             let want = ((buf.len() - pos) as u64).min(i32::MAX as u64);
             let mut metas = Vec::new();
             self.lock.lock().await;
-            let (host, cur) = match self.alloc_host_offset(node, offset, want, &mut metas).await {
+            let mapped = match self.alloc_host_offset(node, offset, want, &mut metas).await {
+                Ok((host, cur)) => self
+                    .pre_write_data_overlap_check(node, host, cur)
+                    .await
+                    .map(|()| (host, cur)),
+                Err(e) => Err(e),
+            };
+            let (host, cur) = match mapped {
                 Ok(v) => v,
                 Err(e) => {
                     let _ = self.handle_l2meta(node, &mut metas, false, &[]).await;
@@ -120,6 +127,7 @@ impl Qcow2 {
             }
             let start = m.alloc_offset + m.cow_start.0;
             let nb = m.cow_end.0 + m.cow_end.1 - m.cow_start.0;
+            self.pre_write_data_overlap_check(node, start, nb).await?;
             node.file().debug_event(Event::ClusterAllocSpace).await;
             match io::pwrite_zeroes(self.data_child(node), start, nb, ReqFlags::NO_FALLBACK).await {
                 Ok(()) => metas[i].skip_cow = true,
@@ -407,7 +415,7 @@ impl Qcow2 {
         flags: ReqFlags,
     ) -> IoResult<u64> {
         let (slot, l2_index) = self.get_cluster_table(node, offset).await?;
-        let nb = nb.min(self.st.borrow().l2_size - l2_index as u64);
+        let nb = nb.min(self.st.borrow().l2_slice_size - l2_index as u64);
         for i in 0..nb as usize {
             let (old, ty, unmap, keep_ref, changed) = {
                 let mut st = self.st.borrow_mut();
@@ -479,7 +487,7 @@ impl Qcow2 {
     ) -> IoResult<u64> {
         let (slot, l2_index) = self.get_cluster_table(node, offset).await?;
         let has_backing = node.child("backing").is_some();
-        let nb = nb.min(self.st.borrow().l2_size - l2_index as u64);
+        let nb = nb.min(self.st.borrow().l2_slice_size - l2_index as u64);
         for i in 0..nb as usize {
             let (old, ty, keep_ref, changed) = {
                 let mut st = self.st.borrow_mut();
@@ -630,9 +638,15 @@ impl Qcow2 {
             return self.do_pwritev(node, offset, data).await;
         };
         self.lock.lock().await;
-        let r = self
+        let mut r = self
             .alloc_compressed_cluster_offset(node, offset, out.len() as u64)
             .await;
+        if let Ok(host) = r {
+            r = self
+                .pre_write_data_overlap_check(node, host, out.len() as u64)
+                .await
+                .map(|()| host);
+        }
         self.lock.unlock();
         let host = r?;
         node.file().debug_event(Event::WriteCompressed).await;
