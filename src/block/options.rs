@@ -222,8 +222,37 @@ pub fn take_flat(opts: &mut Options, key: &str) -> Option<Value> {
 
 /// Sets a flat key (QEMU's qdict_put), keeping what else lives under its prefix.
 pub fn put_flat(opts: &mut Options, key: &str, value: Value) {
+    // A non-empty container at the key holds only sub-keys (`driver.0`): in QEMU's flat
+    // QDict the new key sits beside them, so it becomes the container's own value.
+    if let Some(slot) = get_path_mut(opts, key)
+        && is_nonempty_container(slot)
+    {
+        let mut own = match std::mem::take(slot) {
+            Value::Array(items) => items
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| (i.to_string(), v))
+                .collect(),
+            Value::Object(m) => m,
+            _ => unreachable!("is_nonempty_container admits arrays and objects only"),
+        };
+        own.insert(String::new(), value);
+        *slot = Value::Object(own);
+        return;
+    }
     take_flat(opts, key);
     insert_path(opts, key, value);
+}
+
+/// The value stored at a dotted path of nested objects, as held (no flat-view rules).
+fn get_path_mut<'a>(opts: &'a mut Options, key: &str) -> Option<&'a mut Value> {
+    match key.split_once('.') {
+        Some((head, rest)) => match opts.get_mut(head)? {
+            Value::Object(m) => get_path_mut(m, rest),
+            _ => None,
+        },
+        None => opts.get_mut(key),
+    }
 }
 
 /// Sets a flat key unless it is set (QEMU's qdict_set_default_str).
@@ -506,6 +535,14 @@ mod tests {
             Value::Object(flat.options),
             json!({"driver": "raw", "file": {"driver": "blkdebug", "image": {"filename": "a,b"}}})
         );
+    }
+
+    #[test]
+    fn putting_a_key_keeps_the_sub_keys_under_it() {
+        let mut o = json!({"driver": ["raw"]}).as_object().unwrap().clone();
+        put_flat(&mut o, "driver", json!("raw"));
+        assert_eq!(get_flat(&o, "driver"), Some(&json!("raw")));
+        assert_eq!(flat_keys(&o), ["driver.0", "driver"]);
     }
 
     #[test]
