@@ -3,6 +3,7 @@
 //! the harness compares qemu-io's output, exit status and every file's bytes afterwards, so
 //! each case checks the image (and data file) our engine leaves against QEMU's.
 
+use crate::cases::made as made_by_tools;
 use crate::harness::{Case, case};
 use crate::no_lost_writes::on_qcow2;
 use std::process::Command;
@@ -105,6 +106,109 @@ const SUBCLUSTER_ZEROES: &[&str] = &[
     "map",
     "read -v 1231k 16",
 ];
+
+/// qemu-io `cmds` with no drive given (each opens its own), on `files`.
+fn sessions(name: &str, files: Vec<(String, Vec<u8>)>, cmds: &[&str]) -> Case {
+    let mut args = Vec::new();
+    for c in cmds {
+        args.push("-c");
+        args.push(c);
+    }
+    let mut c = case(name, &args);
+    c.files = files;
+    c
+}
+
+/// Extended L2 entries in L2 slices: a slice holds half as many 16-byte entries, and a cache
+/// that would cover the disk with standard entries may not with extended ones.
+fn extended_l2_slices() -> Vec<Case> {
+    // The third L2 load and every one after it fail: how many loads reads need shows whether
+    // the cache holds whole tables or slices.
+    let l2_loads = "[set-state]\nevent = \"l2_load\"\nstate = \"1\"\nnew_state = \"2\"\n\n[set-state]\nevent = \"l2_load\"\nstate = \"2\"\nnew_state = \"3\"\n\n[inject-error]\nevent = \"l2_load\"\nstate = \"3\"\nerrno = \"5\"\nonce = \"off\"\n";
+    // data 20 MiB apart in one L2 table: one load with whole tables, one per 4k slice else
+    let spread = |opts: &str| {
+        made_by_tools(
+            "qcow2",
+            opts,
+            "8G",
+            &[
+                "qemu-io -c 'write -P 1 0 64k' -c 'write -P 2 20M 4k' -c 'write -P 3 40M 64k' \"$I\"",
+            ],
+        )
+    };
+    let reads = [
+        "open -o driver=qcow2,l2-cache-size=1M blkdebug:l2.cfg:t.qcow2",
+        "read -P 1 0 512",
+        "read -P 2 20M 512",
+        "read -P 3 40M 512",
+        "read -P 1 32k 512",
+    ];
+    vec![
+        // 1 MiB covers an 8 GiB disk's standard L2 tables, so they are cached whole ...
+        sessions(
+            "standard_l2_cache_covering_the_disk_keeps_whole_tables",
+            vec![("t.qcow2".into(), spread(""))],
+            &reads,
+        )
+        .file("l2.cfg", l2_loads),
+        // ... but only half of its extended ones: 4 KiB slices, and the third load fails
+        sessions(
+            "extended_l2_cache_not_covering_the_disk_uses_slices",
+            vec![("t.qcow2".into(), spread("extended_l2=on"))],
+            &reads,
+        )
+        .file("l2.cfg", l2_loads),
+        // 1 KiB slices of 64 extended entries: writes, zeroes and discards across the slice
+        // ends at 4 MiB and 8 MiB, in subclusters
+        sessions(
+            "extended_l2_writes_across_l2_slices",
+            vec![(
+                "t.qcow2".into(),
+                made_by_tools("qcow2", "extended_l2=on", "16M", &[]),
+            )],
+            &[
+                "open -o driver=qcow2,l2-cache-entry-size=1k t.qcow2",
+                "write -P 1 4094k 4k",
+                "write -z 4000k 200k",
+                "write -z -u 8190k 4k",
+                "write -P 2 1000k 7000k",
+                "discard 4032k 128k",
+                "write -c -P 3 12M 64k",
+                "read -P 2 1000k 3032k",
+                "read -P 0 4032k 128k",
+                "read -P 3 12M 64k",
+                "map",
+            ],
+        ),
+        // COW of an extended L2 table shared with a snapshot copies every slice
+        sessions(
+            "extended_l2_slices_cow_a_shared_table",
+            vec![(
+                "t.qcow2".into(),
+                made_by_tools(
+                    "qcow2",
+                    "extended_l2=on",
+                    "64M",
+                    &[
+                        "qemu-io -c 'write -P 5 0 64k' -c 'write -P 6 4M 3k' \"$I\"",
+                        "qemu-img snapshot -c s \"$I\"",
+                    ],
+                ),
+            )],
+            &[
+                "open -o driver=qcow2,l2-cache-entry-size=1k t.qcow2",
+                "write -P 7 4k 4k",
+                "write -P 8 4M 1k",
+                "read -P 5 0 4k",
+                "read -P 7 4k 4k",
+                "read -P 8 4M 1k",
+                "read -P 6 4097k 2k",
+                "read -P 0 4099k 1k",
+                "map",
+            ],
+        ),
+    ]
+}
 
 pub fn all() -> Vec<Case> {
     let base = || vec![("base.raw", vec![0xffu8; 2083 << 10])];
@@ -328,4 +432,7 @@ pub fn all() -> Vec<Case> {
             c
         },
     ]
+    .into_iter()
+    .chain(extended_l2_slices())
+    .collect()
 }
