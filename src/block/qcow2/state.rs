@@ -173,10 +173,10 @@ pub struct State {
     /// the data file's name as the image stores it (QEMU's image_data_file)
     pub data_file_name: Option<String>,
     pub size: u64,
-    pub l1: Vec<u64>,
+    pub l1: super::overlap::PointerTable,
     pub l1_offset: u64,
     pub l1_vm_state_index: u64,
-    pub reftable: Vec<u64>,
+    pub reftable: super::overlap::PointerTable,
     pub reftable_offset: u64,
     pub max_reftable_index: u64,
     pub free_cluster_index: u64,
@@ -198,7 +198,7 @@ pub struct State {
     pub bitmap_directory: Option<(u64, u64)>,
     pub allocs: Vec<InFlight>,
     pub next_alloc_id: u64,
-    pub discards: Vec<(u64, u64)>,
+    pub discards: super::refcount::DiscardQueue,
     pub cache_discards: bool,
     pub discard_passthrough: [bool; 5],
     pub discard_no_unref: bool,
@@ -484,8 +484,8 @@ pub(crate) mod tests {
             (13, 1)
         };
         let mut caches = [Cache::new(2, cs as usize), Cache::new(4, cs as usize)];
-        caches[0].entry_mut(0).data = vec![0; cs as usize];
-        caches[0].set_offset(0, 0x40000);
+        let table = caches[0].begin_load(0);
+        caches[0].end_load(0, vec![0; table.len()], 0x40000);
         State {
             hdr: Header::default(),
             cluster_bits: 16,
@@ -507,10 +507,10 @@ pub(crate) mod tests {
             data_file,
             data_file_name: None,
             size: 1 << 30,
-            l1: vec![0x40000 | OFLAG_COPIED],
+            l1: super::super::overlap::PointerTable::l1(vec![0x40000 | OFLAG_COPIED]),
             l1_offset: 0x30000,
             l1_vm_state_index: 1,
-            reftable: Vec::new(),
+            reftable: super::super::overlap::PointerTable::reftable(Vec::new()),
             reftable_offset: 0x10000,
             max_reftable_index: 0,
             free_cluster_index: 0,
@@ -539,7 +539,7 @@ pub(crate) mod tests {
             bitmap_directory: None,
             allocs: Vec::new(),
             next_alloc_id: 0,
-            discards: Vec::new(),
+            discards: Default::default(),
             cache_discards: false,
             discard_passthrough: [false; 5],
             discard_no_unref: false,
