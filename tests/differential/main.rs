@@ -15,6 +15,7 @@ mod harness;
 mod no_lost_writes;
 mod ours;
 mod qcow2_features;
+mod reopen;
 
 use harness::{Case, filter, missing_tools, populate, run_ours, run_qemu, snapshot};
 use libtest_mimic::{Arguments, Completion, Failed, Trial};
@@ -35,6 +36,7 @@ fn main() {
             cases.extend(no_lost_writes::all());
             cases.extend(qcow2_features::all());
             cases.extend(drivers::all());
+            cases.extend(reopen::all());
             let mut names = HashSet::new();
             for c in &cases {
                 assert!(
