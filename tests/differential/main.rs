@@ -17,6 +17,7 @@ mod fuzz;
 mod harness;
 mod no_lost_writes;
 mod ours;
+mod qcow2_features;
 mod reopen;
 
 use harness::{Case, filter, missing_tools, populate, run_ours, run_qemu, snapshot};
@@ -38,6 +39,7 @@ fn main() {
         None => {
             let mut cases = cases::all();
             cases.extend(no_lost_writes::all());
+            cases.extend(qcow2_features::all());
             cases.extend(drivers::all());
             cases.extend(reopen::all());
             let mut names = HashSet::new();

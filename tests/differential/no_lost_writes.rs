@@ -25,7 +25,14 @@ pub fn qcow2(opts: &str, size: &str) -> Vec<u8> {
 }
 
 /// `qemu-io ARGS -c CMD...` on `t.qcow2` made with `opts`/`size`.
-fn on_qcow2(name: &str, opts: &str, size: &str, args: &[&str], cmds: &[&str], drive: &str) -> Case {
+pub(crate) fn on_qcow2(
+    name: &str,
+    opts: &str,
+    size: &str,
+    args: &[&str],
+    cmds: &[&str],
+    drive: &str,
+) -> Case {
     let mut all: Vec<&str> = args.to_vec();
     for c in cmds {
         all.push("-c");
