@@ -323,6 +323,8 @@ pub trait BlockDriver {
 #[derive(Clone, Debug, Default)]
 pub struct DriverInfo {
     pub cluster_size: u64,
+    /// the allocation unit within a cluster (qcow2's extended L2 entries); 0: the cluster
+    pub subcluster_size: u64,
     pub vm_state_offset: u64,
     pub specific: Vec<String>,
 }

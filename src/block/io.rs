@@ -234,13 +234,28 @@ fn cluster_size(node: &Node) -> u64 {
         .unwrap_or(node.limits().request_alignment)
 }
 
-/// Copy-on-read (QEMU's bdrv_co_do_copy_on_readv): the range, widened to whole clusters, is
+/// The unit copy-on-read widens requests to (QEMU's bdrv_round_to_subclusters): the format's
+/// subcluster, which is its cluster unless the format says otherwise; no format: unchanged.
+fn subcluster_size(node: &Node) -> u64 {
+    get_info(node)
+        .map(|i| {
+            if i.subcluster_size != 0 {
+                i.subcluster_size
+            } else {
+                i.cluster_size
+            }
+        })
+        .filter(|&c| c != 0)
+        .unwrap_or(1)
+}
+
+/// Copy-on-read (QEMU's bdrv_co_do_copy_on_readv): the range, widened to whole subclusters, is
 /// read piece by piece; what is not allocated here is read from below and written into this
 /// node (zeroes as a zero write) before the caller gets its part.
 async fn copy_on_readv(node: &Node, offset: u64, buf: &mut [u8], flags: ReqFlags) -> IoResult {
     let bytes = buf.len() as u64;
     let max_xfer = min_non_zero(node.limits().max_transfer, REQUEST_MAX_BYTES);
-    let cs = cluster_size(node);
+    let cs = subcluster_size(node);
     let mut align_offset = align_down(offset, cs);
     let mut align_bytes = align_up(offset + bytes, cs) - align_offset;
     let mut skip = offset - align_offset;

@@ -72,8 +72,68 @@ fn io(name: &str, args: &[&str], commands: &[&str]) -> Case {
     case(name, &refs)
 }
 
+/// An overlay with extended L2 entries (`x.qcow2`, 2 KiB subclusters, `aa` in its first one)
+/// over an empty `b.qcow2`, made by real qemu-img/qemu-io.
+fn subcluster_chain() -> Vec<(String, Vec<u8>)> {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |prog: &str, args: &[&str]| {
+        let st = Command::new(prog)
+            .args(args)
+            .current_dir(dir.path())
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("qemu tools run");
+        assert!(st.success(), "{prog} {args:?}");
+    };
+    run(
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", "b.qcow2", "64k"],
+    );
+    run(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            "extended_l2=on",
+            "-F",
+            "qcow2",
+            "-b",
+            "b.qcow2",
+            "x.qcow2",
+            "64k",
+        ],
+    );
+    run(
+        "qemu-io",
+        &["-f", "qcow2", "-c", "write -P 0xaa 0 2k", "x.qcow2"],
+    );
+    ["b.qcow2", "x.qcow2"]
+        .iter()
+        .map(|n| (n.to_string(), std::fs::read(dir.path().join(n)).unwrap()))
+        .collect()
+}
+
 pub fn all() -> Vec<Case> {
     vec![
+        // Copy-on-read widens a request to subclusters, not clusters (QEMU's
+        // bdrv_round_to_subclusters): a read that starts after an allocated first subcluster
+        // copies up only what it covers.
+        with(
+            io(
+                "cor_widens_to_subclusters",
+                &["-f", "qcow2", "-C", "x.qcow2"],
+                &[
+                    "read -P 0 30k 4k",
+                    "read -P 0 2k 62k",
+                    "read -P 0xaa 0 2k",
+                    "map",
+                ],
+            ),
+            subcluster_chain(),
+        ),
         // Issue 10: an endless config file is a parse error at its first 1023-byte line.
         io(
             "blkdebug_config_dev_zero",

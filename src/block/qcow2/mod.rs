@@ -385,6 +385,7 @@ impl BlockDriver for Qcow2 {
         let st = self.st.borrow();
         Some(DriverInfo {
             cluster_size: st.cluster_size,
+            subcluster_size: st.subcluster_size,
             vm_state_offset: st.vm_state_offset(),
             specific: {
                 drop(st);
