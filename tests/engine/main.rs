@@ -1,0 +1,13 @@
+//! The engine's and the CLI's integration tests, in one binary: each test binary links the
+//! whole crate on its own, so one binary instead of ten keeps `cargo test` short.
+
+mod img_qcow2;
+mod parsers_prop;
+mod qcow2_events;
+mod qcow2_fuzz;
+mod qcow2_hostile;
+mod qcow2_interop;
+mod qcow2_leaks;
+mod qcow2_random;
+mod qcow2_resize;
+mod runner_cli;
