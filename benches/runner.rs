@@ -1,6 +1,11 @@
 //! Throughput of the runner: N generated scenarios (raw image, blkdebug rules, a few qemu-io
-//! commands each) through the builtin backend and through real QEMU, in one run.
-//! `cargo bench --bench runner` (BENCH_SCENARIOS=N to change the default of 500).
+//! commands each) through the builtin backend and through real QEMU, in one run; then the real
+//! suite (`scenarios/`) through the `blockfault` binary with each backend, in the same run,
+//! as wall time and as CPU time (the runner's and every program it started). Target for the
+//! suite: builtin at least 20x QEMU.
+//! `cargo bench --bench runner` (BENCH_SCENARIOS=N to change the default of 500;
+//! BENCH_SUITE_ROUNDS=N suite rounds per backend, alternating, best kept, default 1;
+//! BENCH_SUITE=0 skips the suite row).
 
 #![allow(unused_imports, dead_code)]
 
@@ -19,6 +24,7 @@ mod scenario;
 
 use scenario::BackendKind;
 use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::Instant;
 
 const EVENTS: &[&str] = &["read_aio", "write_aio"];
@@ -53,6 +59,63 @@ fn run_all(scenarios: &[(scenario::Scenario, Vec<matrix::Case>)], backend: Backe
     scenarios.len() as f64 / start.elapsed().as_secs_f64()
 }
 
+/// Wall and CPU seconds of one run of the blockfault binary over `scenarios/`, children
+/// included (the kernel adds a process's waited-for children to what wait4 reports).
+fn suite_run(backend: &str) -> Option<(f64, f64)> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let t0 = Instant::now();
+    let child = Command::new(env!("CARGO_BIN_EXE_blockfault"))
+        .current_dir(root)
+        .args(["--backend", backend, "scenarios/"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is a valid value; wait4 fills it in.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waits for our own child, writing only the two locals.
+    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    let wall = t0.elapsed().as_secs_f64();
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    if pid <= 0 || !libc::WIFEXITED(status) {
+        return None;
+    }
+    if libc::WEXITSTATUS(status) != 0 {
+        println!(
+            "suite ({backend}): some scenarios failed (exit {})",
+            libc::WEXITSTATUS(status)
+        );
+    }
+    Some((wall, secs(usage.ru_utime) + secs(usage.ru_stime)))
+}
+
+fn suite_row(rounds: usize) {
+    let best = |a: Option<(f64, f64)>, b: Option<(f64, f64)>| match (a, b) {
+        (Some(a), Some(b)) => Some((a.0.min(b.0), a.1.min(b.1))),
+        (a, b) => a.or(b),
+    };
+    let (mut builtin, mut qemu) = (None, None);
+    for _ in 0..rounds {
+        builtin = best(builtin, suite_run("builtin"));
+        qemu = best(qemu, suite_run("qemu"));
+    }
+    let (Some(b), Some(q)) = (builtin, qemu) else {
+        println!("suite: a run did not finish");
+        return;
+    };
+    println!(
+        "suite scenarios/: builtin {:.2} s ({:.2} s cpu), qemu {:.2} s ({:.2} s cpu): builtin is {:.1}x wall, {:.1}x cpu",
+        b.0,
+        b.1,
+        q.0,
+        q.1,
+        q.0 / b.0,
+        q.1 / b.1
+    );
+}
+
 fn main() {
     let n: usize = std::env::var("BENCH_SCENARIOS")
         .ok()
@@ -78,4 +141,13 @@ fn main() {
         "ratio:   builtin is {:.1}x the QEMU backend",
         builtin / qemu
     );
+    if std::env::var("BENCH_SUITE").is_ok_and(|v| v == "0") {
+        return;
+    }
+    let rounds = std::env::var("BENCH_SUITE_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1usize)
+        .max(1);
+    suite_row(rounds);
 }

@@ -14,7 +14,7 @@ mod scenario;
 mod schema;
 mod suite;
 
-use blockfault::output::{ProcessStreams, Termination};
+use blockfault::output::{Buffering, ProcessStreams, Sink, Termination};
 use clap::Parser;
 use std::cell::RefCell;
 use std::path::Path;
@@ -24,14 +24,21 @@ use std::rc::Rc;
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     let status = match cli.command {
-        Some(cli::Command::Io { .. }) => end_process(blockfault::qemu_io::main_process(
-            &subcommand_args(),
-            Path::new("."),
-            streams(),
-            &mut std::io::stdin().lock(),
-        )),
+        Some(cli::Command::Io { .. }) => {
+            let streams = streams();
+            let end = blockfault::qemu_io::main_process(
+                &subcommand_args(),
+                Path::new("."),
+                streams.clone(),
+                &mut std::io::stdin().lock(),
+            );
+            end_process(end, &streams)
+        }
         Some(cli::Command::Img { .. }) => {
-            blockfault::img::run(&subcommand_args(), Path::new("."), streams())
+            let streams = streams();
+            let status = blockfault::img::run(&subcommand_args(), Path::new("."), streams.clone());
+            streams.borrow_mut().flush();
+            status
         }
         Some(cli::Command::Schema) => {
             print!("{}", schema::json());
@@ -51,13 +58,16 @@ fn subcommand_args() -> Vec<String> {
         .collect()
 }
 
-/// Ends like the qemu-io process would have: a death by signal is raised for real, so that a
-/// shell reports it ("Killed") as for QEMU; the exit status is returned otherwise.
-fn end_process(end: Termination) -> i32 {
+/// Ends like the qemu-io process would have: exit flushes stdout; a death by signal is raised
+/// for real, so that a shell reports it ("Killed") as for QEMU, and what stdout still held is
+/// lost as it is for qemu-io (`sigraise` flushed it already; `abort` does not).
+fn end_process(end: Termination, streams: &Rc<RefCell<ProcessStreams>>) -> i32 {
     match end {
-        Termination::Exited(status) => status,
+        Termination::Exited(status) => {
+            streams.borrow_mut().flush();
+            status
+        }
         Termination::Killed(signal) => {
-            // Everything printed is already out: ProcessStreams writes through.
             // SAFETY: plain libc calls on our own process; the default action is restored so
             // that the signal does what it does to qemu-io, unblocked in case it was blocked.
             unsafe {
@@ -69,11 +79,12 @@ fn end_process(end: Termination) -> i32 {
                 libc::raise(signal);
             }
             // Only a signal that does not kill gets here.
+            streams.borrow_mut().flush();
             end.status()
         }
     }
 }
 
-fn streams() -> blockfault::output::SharedSink {
-    Rc::new(RefCell::new(ProcessStreams))
+fn streams() -> Rc<RefCell<ProcessStreams>> {
+    Rc::new(RefCell::new(ProcessStreams::new(Buffering::of_stdout())))
 }

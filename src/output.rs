@@ -15,6 +15,9 @@ pub enum Stream {
 /// Where engine output goes.
 pub trait Sink {
     fn write(&mut self, stream: Stream, text: &str);
+
+    /// `fflush(stdout)`: whatever stdout holds back goes out now.
+    fn flush(&mut self) {}
 }
 
 /// A shared handle to a sink: aio completions print from inside the executor.
@@ -32,21 +35,132 @@ impl Sink for Capture {
     }
 }
 
-/// The process's own stdout and stderr. Stdout is flushed after every write so that the two
-/// streams interleave in causal order, as `stdbuf -oL` makes qemu-io do.
-#[derive(Default, Debug)]
-pub struct ProcessStreams;
+/// The process's own stdout and stderr, buffered as a C program's stdio buffers them, so that
+/// the two streams interleave as they do for qemu-io: stderr is written at once; stdout on a
+/// terminal (or under `stdbuf -oL`) line by line, i.e. in causal order, but into a pipe or a
+/// file in whole blocks, held until the block is full or the process exits (`./check` pipes
+/// qemu-io's output, so its expected output has stdout lines after later stderr ones).
+#[derive(Debug)]
+pub struct ProcessStreams {
+    stdout: Buffering,
+    pending: Vec<u8>,
+}
+
+/// How stdout is buffered (glibc's `_IONBF`, `_IOLBF`, `_IOFBF` with a block size).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Buffering {
+    Unbuffered,
+    Line,
+    Full(usize),
+}
+
+impl Buffering {
+    /// What glibc picks for stdout: `stdbuf`'s `-o` setting (its `_STDBUF_O` variable) if
+    /// any, line buffering on a terminal, else full buffering in blocks of the file's
+    /// `st_blksize`.
+    pub fn of_stdout() -> Buffering {
+        use std::io::IsTerminal;
+        if let Some(mode) = std::env::var_os("_STDBUF_O")
+            && let Some(b) = Self::from_stdbuf(&mode.to_string_lossy())
+        {
+            return b;
+        }
+        if std::io::stdout().is_terminal() {
+            return Buffering::Line;
+        }
+        // SAFETY: fstat on our own stdout into a zeroed struct we own.
+        let blksize = unsafe {
+            let mut st: libc::stat = std::mem::zeroed();
+            if libc::fstat(1, &mut st) == 0 {
+                st.st_blksize
+            } else {
+                0
+            }
+        };
+        Buffering::Full(
+            usize::try_from(blksize)
+                .ok()
+                .filter(|&b| b > 0)
+                .unwrap_or(8192),
+        )
+    }
+
+    /// `stdbuf -o MODE`: `0`, `L`, or a size with an optional K/M/G suffix.
+    fn from_stdbuf(mode: &str) -> Option<Buffering> {
+        match mode {
+            "0" => Some(Buffering::Unbuffered),
+            "L" => Some(Buffering::Line),
+            _ => {
+                let digits = mode.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+                let scale: usize = match &mode[digits.len()..] {
+                    "" => 1,
+                    "K" | "KiB" => 1 << 10,
+                    "KB" => 1000,
+                    "M" | "MiB" => 1 << 20,
+                    "MB" => 1_000_000,
+                    "G" | "GiB" => 1 << 30,
+                    _ => return None,
+                };
+                let n: usize = digits.parse().ok()?;
+                n.checked_mul(scale).filter(|&n| n > 0).map(Buffering::Full)
+            }
+        }
+    }
+}
+
+impl ProcessStreams {
+    pub fn new(stdout: Buffering) -> Self {
+        ProcessStreams {
+            stdout,
+            pending: Vec::new(),
+        }
+    }
+
+    /// Stdout as glibc's fully buffered stream writes it.
+    fn put_full(&mut self, data: &[u8], block: usize) {
+        put_blocks(&mut self.pending, data, block, |chunk| {
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(chunk).and_then(|_| out.flush());
+        });
+    }
+}
+
+/// glibc's fully buffered output: `pending` holds at most one block; a full block goes out
+/// (through `emit`) when more output arrives, so the stream is written in whole blocks.
+fn put_blocks(pending: &mut Vec<u8>, mut data: &[u8], block: usize, mut emit: impl FnMut(&[u8])) {
+    while pending.len() + data.len() > block {
+        let take = block - pending.len();
+        pending.extend_from_slice(&data[..take]);
+        data = &data[take..];
+        emit(pending);
+        pending.clear();
+    }
+    pending.extend_from_slice(data);
+}
 
 impl Sink for ProcessStreams {
     fn write(&mut self, stream: Stream, text: &str) {
         // A closed pipe must not turn into a panic; there is nobody left to tell.
-        let _ = match stream {
-            Stream::Stdout => {
+        match (stream, self.stdout) {
+            (Stream::Stdout, Buffering::Full(block)) => self.put_full(text.as_bytes(), block),
+            // Line mode writes through: glibc also empties a line-buffered stdout before it
+            // reads a terminal, so an interactive prompt is never held back.
+            (Stream::Stdout, _) => {
                 let mut out = std::io::stdout().lock();
-                out.write_all(text.as_bytes()).and_then(|_| out.flush())
+                let _ = out.write_all(text.as_bytes()).and_then(|_| out.flush());
             }
-            Stream::Stderr => std::io::stderr().lock().write_all(text.as_bytes()),
-        };
+            (Stream::Stderr, _) => {
+                let _ = std::io::stderr().lock().write_all(text.as_bytes());
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        if !self.pending.is_empty() {
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(&self.pending).and_then(|_| out.flush());
+            self.pending.clear();
+        }
     }
 }
 
@@ -160,6 +274,13 @@ impl Console {
         self.write(Stream::Stderr, text);
     }
 
+    /// `fflush(stdout)`, where QEMU calls it.
+    pub fn flush(&self) {
+        if self.end.get().is_none() {
+            self.sink.borrow_mut().flush();
+        }
+    }
+
     /// Ends the process with `status` (the first end wins).
     pub fn exit(&self, status: i32) {
         self.end_with(Termination::Exited(status));
@@ -196,5 +317,47 @@ impl Console {
     /// The status the process ended with, if it has (128 + signal for a signal).
     pub fn exited(&self) -> Option<i32> {
         self.end.get().map(Termination::status)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn blocks(writes: &[&str], block: usize) -> (Vec<String>, String) {
+        let mut pending = Vec::new();
+        let mut out = Vec::new();
+        for w in writes {
+            put_blocks(&mut pending, w.as_bytes(), block, |c| {
+                out.push(String::from_utf8(c.to_vec()).unwrap())
+            });
+        }
+        (out, String::from_utf8(pending).unwrap())
+    }
+
+    #[test]
+    fn full_buffering_writes_whole_blocks_once_more_output_arrives() {
+        assert_eq!(blocks(&["ab", "cd"], 4), (vec![], "abcd".into()));
+        assert_eq!(
+            blocks(&["ab", "cd", "e"], 4),
+            (vec!["abcd".into()], "e".into())
+        );
+        assert_eq!(
+            blocks(&["abcdefghij"], 4),
+            (vec!["abcd".into(), "efgh".into()], "ij".into())
+        );
+        assert_eq!(
+            blocks(&["a", "bcdefgh"], 4),
+            (vec!["abcd".into()], "efgh".into())
+        );
+    }
+
+    #[test]
+    fn stdbuf_settings_read_as_stdbuf_gives_them() {
+        assert_eq!(Buffering::from_stdbuf("L"), Some(Buffering::Line));
+        assert_eq!(Buffering::from_stdbuf("0"), Some(Buffering::Unbuffered));
+        assert_eq!(Buffering::from_stdbuf("4096"), Some(Buffering::Full(4096)));
+        assert_eq!(Buffering::from_stdbuf("1K"), Some(Buffering::Full(1024)));
+        assert_eq!(Buffering::from_stdbuf("x"), None);
     }
 }

@@ -24,8 +24,9 @@
 //!
 //! Nothing here depends on time, so the same commands always print the same way.
 
+use super::int_map::IntMap;
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::{Rc, Weak};
@@ -39,7 +40,7 @@ type LocalTask = Pin<Box<dyn Future<Output = ()>>>;
 
 thread_local! {
     /// Executors of this thread by id: wakers carry only ids, so that they are `Send`.
-    static EXECUTORS: RefCell<HashMap<u64, Weak<Inner>>> = RefCell::new(HashMap::new());
+    static EXECUTORS: RefCell<IntMap<u64, Weak<Inner>>> = RefCell::new(IntMap::default());
     static NEXT_EXECUTOR: Cell<u64> = const { Cell::new(0) };
     /// The coroutines being polled, innermost last, with their executors.
     static RUNNING: RefCell<Vec<(Rc<Inner>, TaskId)>> = const { RefCell::new(Vec::new()) };
@@ -104,10 +105,12 @@ struct Job {
 
 struct Inner {
     id: u64,
-    tasks: RefCell<HashMap<TaskId, Task>>,
+    tasks: RefCell<IntMap<TaskId, Task>>,
     next_task: Cell<TaskId>,
     /// pending bottom halves, oldest first
     bhs: RefCell<Vec<BottomHalf>>,
+    /// the memory of the last poll's list of bottom halves, for the next one
+    bhs_spare: RefCell<Vec<BottomHalf>>,
     pool_bh_pending: Cell<bool>,
     co_bh_pending: Cell<bool>,
     /// thread-pool jobs, newest first (QEMU inserts at the head of its list)
@@ -117,7 +120,7 @@ struct Inner {
     /// counts polls; a job submitted at epoch e is finished from poll e+1 on
     epoch: Cell<u64>,
     /// freed buffers by size: the process heap, as far as the block layer can observe it
-    freed: RefCell<HashMap<usize, Vec<u8>>>,
+    freed: RefCell<IntMap<usize, Vec<u8>>>,
 }
 
 impl Drop for Inner {
@@ -148,15 +151,16 @@ impl Executor {
         });
         let inner = Rc::new(Inner {
             id,
-            tasks: RefCell::new(HashMap::new()),
+            tasks: RefCell::new(IntMap::default()),
             next_task: Cell::new(0),
             bhs: RefCell::new(Vec::new()),
+            bhs_spare: RefCell::new(Vec::new()),
             pool_bh_pending: Cell::new(false),
             co_bh_pending: Cell::new(false),
             jobs: RefCell::new(VecDeque::new()),
             scheduled: RefCell::new(VecDeque::new()),
             epoch: Cell::new(0),
-            freed: RefCell::new(HashMap::new()),
+            freed: RefCell::new(IntMap::default()),
         });
         EXECUTORS.with(|e| e.borrow_mut().insert(id, Rc::downgrade(&inner)));
         Self { inner }
@@ -206,8 +210,10 @@ impl Executor {
     /// Enters a coroutine now (`qemu_aio_coroutine_enter`): it runs until it yields, then the
     /// coroutines it woke meanwhile run, depth first.
     pub fn enter(&self, id: TaskId) {
-        let mut pending = VecDeque::from([id]);
-        while let Some(to) = pending.pop_front() {
+        // usually nothing else becomes runnable: the queue then never allocates
+        let mut pending = VecDeque::new();
+        let mut first = Some(id);
+        while let Some(to) = first.take().or_else(|| pending.pop_front()) {
             let (fut, waker) = {
                 let mut tasks = self.inner.tasks.borrow_mut();
                 let Some(task) = tasks.get_mut(&to) else {
@@ -325,17 +331,20 @@ impl Executor {
     /// first. Returns false when there was nothing to run: a blocking poll would wait forever.
     pub fn aio_poll(&self) -> bool {
         self.inner.epoch.set(self.inner.epoch.get() + 1);
-        let slice = std::mem::take(&mut *self.inner.bhs.borrow_mut());
+        let spare = std::mem::take(&mut *self.inner.bhs_spare.borrow_mut());
+        let mut slice = std::mem::replace(&mut *self.inner.bhs.borrow_mut(), spare);
         if slice.is_empty() {
+            *self.inner.bhs_spare.borrow_mut() = slice;
             return false;
         }
-        for bh in slice.into_iter().rev() {
+        while let Some(bh) = slice.pop() {
             match bh {
                 BottomHalf::Oneshot(f) => f(),
                 BottomHalf::ThreadPool => self.pool_completion_bh(),
                 BottomHalf::CoSchedule => self.co_schedule_bh(),
             }
         }
+        *self.inner.bhs_spare.borrow_mut() = slice;
         true
     }
 

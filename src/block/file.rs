@@ -7,6 +7,7 @@ use super::driver::{
 use super::executor::pool_job;
 use super::node::{Node, OpenFlags};
 use super::options::{OpenContext, OptType, Options, absorb};
+use std::cell::Cell;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
@@ -47,6 +48,11 @@ pub struct FileDriver {
     sync: bool,
     /// a temporary file (a snapshot overlay) that goes away with the node
     temporary: Option<std::path::PathBuf>,
+    /// what file-posix learns about the host file system as zero writes fail: whether
+    /// FALLOC_FL_ZERO_RANGE, hole punching and plain fallocate are worth trying again
+    has_write_zeroes: Cell<bool>,
+    has_discard: Cell<bool>,
+    has_fallocate: Cell<bool>,
     /// see [`FileDriver::request_alignment`]
     request_alignment: u64,
 }
@@ -259,6 +265,9 @@ impl FileDriver {
             file,
             sync,
             temporary: None,
+            has_write_zeroes: Cell::new(true),
+            has_discard: Cell::new(true),
+            has_fallocate: Cell::new(true),
             request_alignment,
         })
     }
@@ -306,23 +315,59 @@ impl FileDriver {
         self.file.sync_data().map_err(|e| errno_of(&e))
     }
 
+    fn fallocate(&self, mode: i32, offset: u64, bytes: u64) -> IoResult {
+        // SAFETY: fallocate on an fd we own; offsets are checked by the request layer.
+        let r =
+            unsafe { libc::fallocate(self.file.as_raw_fd(), mode, offset as i64, bytes as i64) };
+        if r == 0 {
+            return Ok(());
+        }
+        // file-posix's translate_err: "not supported here" in all its spellings is ENOTSUP
+        match io::Error::last_os_error().raw_os_error() {
+            Some(libc::ENODEV | libc::ENOSYS | libc::EOPNOTSUPP | libc::ENOTTY) | None => {
+                Err(libc::ENOTSUP)
+            }
+            Some(e) => Err(e),
+        }
+    }
+
+    /// Zeroes a range as file-posix's handle_aiocb_write_zeroes does: FALLOC_FL_ZERO_RANGE,
+    /// else a punched hole made allocated again, else (past the end) a plain fallocate;
+    /// whatever the host file system refuses as unsupported is not tried again.
     fn zero_range(&self, offset: u64, bytes: u64, unmap: bool) -> IoResult {
-        let fd = self.file.as_raw_fd();
         let end = offset + bytes;
-        let len = self.len()?;
         // Punching a hole keeps the size, so it only serves the part inside the file.
-        if unmap && end <= len {
+        if unmap && end <= self.len()? {
             let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
-            // SAFETY: fallocate on an fd we own; offsets are checked by the request layer.
-            if unsafe { libc::fallocate(fd, mode, offset as i64, bytes as i64) } == 0 {
+            if self.fallocate(mode, offset, bytes).is_ok() {
                 return Ok(());
             }
         }
-        // SAFETY: as above.
-        if unsafe { libc::fallocate(fd, libc::FALLOC_FL_ZERO_RANGE, offset as i64, bytes as i64) }
-            == 0
-        {
-            return Ok(());
+        if self.has_write_zeroes.get() {
+            match self.fallocate(libc::FALLOC_FL_ZERO_RANGE, offset, bytes) {
+                Err(libc::ENOTSUP) => self.has_write_zeroes.set(false),
+                // some file systems refuse unaligned ranges: the fallbacks may still do
+                Err(libc::EINVAL) => {}
+                r => return r,
+            }
+        }
+        if self.has_discard.get() && self.has_fallocate.get() {
+            let punch = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+            match self.fallocate(punch, offset, bytes) {
+                Ok(()) => match self.fallocate(0, offset, bytes) {
+                    Err(libc::ENOTSUP) => self.has_fallocate.set(false),
+                    r => return r,
+                },
+                Err(libc::EINVAL) => {}
+                Err(libc::ENOTSUP) => self.has_discard.set(false),
+                Err(e) => return Err(e),
+            }
+        }
+        if self.has_fallocate.get() && offset >= self.len()? {
+            match self.fallocate(0, offset, bytes) {
+                Err(libc::ENOTSUP) => self.has_fallocate.set(false),
+                r => return r,
+            }
         }
         Err(libc::ENOTSUP)
     }

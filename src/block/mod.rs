@@ -8,6 +8,7 @@ pub mod copy_on_read;
 pub mod driver;
 pub mod executor;
 pub mod file;
+pub mod int_map;
 pub mod io;
 pub mod iovec;
 pub mod json;

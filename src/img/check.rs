@@ -150,7 +150,7 @@ impl Img<'_> {
                 return 1;
             }
         };
-        let file = PlainFile(file);
+        let file = PlainFile::new(file);
         let opened = open_metadata(&file, true, fix != 0)
             .map_err(|(msg, _)| msg)
             .and_then(|md| Checker::new(file, md.h, fix != 0));

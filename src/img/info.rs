@@ -148,7 +148,7 @@ impl Img<'_> {
                 strerror(e.raw_os_error().unwrap_or(libc::EIO))
             ));
         })?;
-        let file = PlainFile(file);
+        let file = PlainFile::new(file);
         let md = open_metadata(&file, false, false).map_err(|(msg, _)| {
             self.error(&format!("Could not open '{name}': {msg}"));
         })?;
@@ -176,7 +176,7 @@ impl Img<'_> {
             }
             backing = Some((full, bfmt.clone()));
         }
-        let sns = snapshots(&file.0, h);
+        let sns = snapshots(file.file(), h);
         if !sns.is_empty() {
             s.push_str("Snapshot list:\n");
             s.push_str(SNAPSHOT_HEADER);

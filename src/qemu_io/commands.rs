@@ -1,5 +1,6 @@
 //! The qemu-io command handlers: option parsing, checks and messages as QEMU 10.0.2 has them.
 
+use super::buffers;
 use super::commands_table::{self, CommandSpec};
 use super::format::{cvtstr, dump_buffer, report_duration};
 use super::getopt::Getopt;
@@ -121,7 +122,7 @@ enum Payload {
 impl Payload {
     fn into_bytes(self, count: usize) -> Vec<u8> {
         match self {
-            Payload::Pattern(p) => vec![p; count],
+            Payload::Pattern(p) => buffers::filled(count, p),
             Payload::Bytes(b) => b,
         }
     }
@@ -266,7 +267,7 @@ fn read_f(s: &mut Session, spec: &CommandSpec, argv: &[String]) -> i32 {
             } else {
                 b.check(offset as u64, count as u64)?;
             }
-            let mut data = vec![0xabu8; count as usize];
+            let mut data = buffers::filled(count as usize, 0xab);
             let r = if bflag {
                 b.load_vmstate(offset as u64, &mut data).await
             } else {
@@ -286,7 +287,7 @@ fn read_f(s: &mut Session, spec: &CommandSpec, argv: &[String]) -> i32 {
     let mut rc = 0;
     if let Some(p) = pat {
         let range = &buf[pattern_offset as usize..(pattern_offset + pattern_count) as usize];
-        if range.iter().any(|&b| b != p) {
+        if !all_bytes_are(range, p) {
             s.out(&format!(
                 "Pattern verification failed at offset {}, {} bytes\n",
                 offset + pattern_offset,
@@ -295,14 +296,21 @@ fn read_f(s: &mut Session, spec: &CommandSpec, argv: &[String]) -> i32 {
             rc = EINVAL;
         }
     }
-    if quiet {
-        return rc;
+    if !quiet {
+        if verbose {
+            s.out(&dump_buffer(&buf, offset as u64));
+        }
+        report(s, "read", elapsed, offset, count, count, compact);
     }
-    if verbose {
-        s.out(&dump_buffer(&buf, offset as u64));
-    }
-    report(s, "read", elapsed, offset, count, count, compact);
+    buffers::recycle(buf);
     rc
+}
+
+/// Whether every byte of `buf` is `p` (a read's pattern check), a block compare at a time:
+/// a byte loop cost as much as the 64 MiB reads it checked.
+fn all_bytes_are(buf: &[u8], p: u8) -> bool {
+    let block = [p; 4096];
+    buf.chunks(block.len()).all(|c| c == &block[..c.len()])
 }
 
 /// Builds the buffer of a vectored request from its length arguments (QEMU's create_iovec).
@@ -387,7 +395,7 @@ impl VectorRead {
     /// Prints what a finished vectored read prints; false when the pattern did not match.
     fn report(&self, console: &Console, buf: &[u8], elapsed: Duration) -> bool {
         let (offset, count) = (self.offset, self.count);
-        let matched = self.pattern.is_none_or(|p| buf.iter().all(|&b| b == p));
+        let matched = self.pattern.is_none_or(|p| all_bytes_are(buf, p));
         if !matched {
             console.out(&format!(
                 "Pattern verification failed at offset {offset}, {count} bytes\n"
@@ -420,7 +428,7 @@ fn readv_f(s: &mut Session, spec: &CommandSpec, argv: &[String]) -> i32 {
     let t0 = Instant::now();
     let Some(ret) = s.run_sync(async move {
         b.check(offset as u64, count as u64)?;
-        let mut buf = vec![0xabu8; count as usize];
+        let mut buf = buffers::filled(count as usize, 0xab);
         let _layout = iovec::register(&buf, &elements, &console);
         b.pread(offset as u64, &mut buf).await.map(|_| buf)
     }) else {
@@ -432,8 +440,11 @@ fn readv_f(s: &mut Session, spec: &CommandSpec, argv: &[String]) -> i32 {
             s.out(&format!("readv failed: {}\n", strerror(e)));
             -e
         }
-        Ok(buf) if req.report(&s.console, &buf, elapsed) => 0,
-        Ok(_) => EINVAL,
+        Ok(buf) => {
+            let ok = req.report(&s.console, &buf, elapsed);
+            buffers::recycle(buf);
+            if ok { 0 } else { EINVAL }
+        }
     }
 }
 
@@ -546,6 +557,7 @@ fn write_f(s: &mut Session, spec: &CommandSpec, argv: &[String]) -> i32 {
     };
     done.run(s, async move {
         let (at, len) = (offset as u64, count as u64);
+        let mut pattern = None;
         let data = match data {
             Some(payload) => {
                 if bflag {
@@ -553,18 +565,28 @@ fn write_f(s: &mut Session, spec: &CommandSpec, argv: &[String]) -> i32 {
                 } else {
                     b.check(at, len)?;
                 }
+                if let Payload::Pattern(p) = &payload {
+                    pattern = Some(*p);
+                }
                 Some(payload.into_bytes(count as usize))
             }
             None => None,
         };
-        match data {
-            Some(buf) if bflag => b.save_vmstate(offset as u64, &buf).await,
-            Some(buf) if compressed => b.pwrite_compressed(offset as u64, &buf).await,
+        let r = match &data {
+            Some(buf) if bflag => b.save_vmstate(offset as u64, buf).await,
+            Some(buf) if compressed => b.pwrite_compressed(offset as u64, buf).await,
             _ if bflag || compressed => Err(libc::ENOTSUP),
             None if count as u64 > i32::MAX as u64 && !nofallback => Err(libc::ERANGE),
             None => b.pwrite_zeroes(offset as u64, count as u64, flags).await,
-            Some(buf) => b.pwrite(offset as u64, &buf, flags).await,
+            Some(buf) => b.pwrite(offset as u64, buf, flags).await,
+        };
+        if let Some(buf) = data {
+            match pattern {
+                Some(p) => buffers::recycle_filled(buf, p),
+                None => buffers::recycle(buf),
+            }
         }
+        r
     })
 }
 
@@ -601,9 +623,12 @@ fn writev_f(s: &mut Session, spec: &CommandSpec, argv: &[String]) -> i32 {
     };
     done.run(s, async move {
         b.check(offset as u64, count as u64)?;
-        let buf = vec![pat; count as usize];
-        let _layout = iovec::register(&buf, &elements, &console);
-        b.pwrite(offset as u64, &buf, flags).await
+        let buf = buffers::filled(count as usize, pat);
+        let layout = iovec::register(&buf, &elements, &console);
+        let r = b.pwrite(offset as u64, &buf, flags).await;
+        drop(layout);
+        buffers::recycle_filled(buf, pat);
+        r
     })
 }
 
@@ -623,7 +648,7 @@ fn aio_read_f(s: &mut Session, spec: &CommandSpec, argv: &[String]) -> i32 {
             if let Err(e) = b.check(req.offset as u64, req.count as u64) {
                 return (Err(e), Vec::new());
             }
-            let mut buf = vec![0xabu8; req.count as usize];
+            let mut buf = buffers::filled(req.count as usize, 0xab);
             let layout = iovec::register(&buf, &elements, &layout_console);
             let ret = b.pread(req.offset as u64, &mut buf).await;
             drop(layout);
@@ -636,6 +661,7 @@ fn aio_read_f(s: &mut Session, spec: &CommandSpec, argv: &[String]) -> i32 {
                 // A pattern mismatch in an aio read does not change the exit status.
                 Ok(()) => {
                     req.report(&console, &buf, elapsed);
+                    buffers::recycle(buf);
                 }
             }
         },
@@ -702,9 +728,12 @@ fn aio_write_f(s: &mut Session, spec: &CommandSpec, argv: &[String]) -> i32 {
                 b.pwrite_zeroes(offset as u64, count as u64, flags).await
             } else {
                 b.check(offset as u64, count as u64)?;
-                let buf = vec![pat; count as usize];
-                let _layout = iovec::register(&buf, &elements, &layout_console);
-                b.pwrite(offset as u64, &buf, flags).await
+                let buf = buffers::filled(count as usize, pat);
+                let layout = iovec::register(&buf, &elements, &layout_console);
+                let r = b.pwrite(offset as u64, &buf, flags).await;
+                drop(layout);
+                buffers::recycle_filled(buf, pat);
+                r
             }
         },
         move |ret| {
@@ -1085,6 +1114,8 @@ fn sigraise_f(s: &mut Session, argv: &[String]) -> i32 {
         ));
         return EINVAL;
     }
+    // qemu-io flushes its streams before raising: what stdout held back is not lost.
+    s.console.flush();
     // Whether the signal ends the process is the console's to say (output::signal_effect).
     s.console.raise(sig as i32);
     0

@@ -1,5 +1,6 @@
 //! The qemu-io command language.
 
+mod buffers;
 pub mod cli;
 pub mod commands;
 pub mod commands_table;

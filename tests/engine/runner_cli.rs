@@ -441,3 +441,42 @@ fn io_and_img_pass_arguments_through() {
         );
     }
 }
+
+#[test]
+fn io_into_a_pipe_holds_stdout_back_as_qemu_io_does() {
+    // ./check pipes qemu-io's stdout and stderr together: stdout is block-buffered there, so
+    // an error printed after a command's output comes first; `sigraise` flushes first, and
+    // `abort` loses what was held back.
+    if Command::new("qemu-io").arg("--version").output().is_err() {
+        eprintln!("skipped: qemu-io not installed");
+        return;
+    }
+    let p = Project::new();
+    std::fs::write(p.path("t.img"), vec![0u8; 1 << 20]).unwrap();
+    let sessions = [
+        "-c 'read 0 512' -c 'open -o driver=nope t.img' -c 'read 0 512'",
+        "-c 'read 0 512' -c 'sigraise 13' -c 'open -o driver=nope t.img'",
+        "-c 'read 0 512' -c abort",
+    ];
+    let run = |prog: &str, args: &str| {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(format!("{prog} -f raw {args} t.img 2>&1 | cat"))
+            .current_dir(p.dir.path())
+            .output()
+            .unwrap();
+        // the timing line varies from run to run
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| l.split(" ops; ").next().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    let ours = format!("{} io", env!("CARGO_BIN_EXE_blockfault"));
+    for s in sessions {
+        assert_eq!(run(&ours, s), run("qemu-io", s), "{s}");
+    }
+    assert_eq!(
+        run(&ours, sessions[0])[0],
+        "qemu-io: file open already, try 'help close'"
+    );
+}

@@ -159,10 +159,7 @@ impl Qcow2 {
 
     /// Grows the L1 table to at least `min_size` entries (QEMU's qcow2_grow_l1_table).
     pub async fn grow_l1_table(&self, node: &Node, min_size: u64, exact: bool) -> IoResult {
-        let (cur, old) = {
-            let st = self.st.borrow();
-            (st.l1.len() as u64, st.l1.clone())
-        };
+        let cur = self.st.borrow().l1.len() as u64;
         if min_size <= cur {
             return Ok(());
         }
@@ -181,7 +178,7 @@ impl Qcow2 {
         if new_size > super::header::MAX_L1_SIZE / 8 {
             return Err(libc::EFBIG);
         }
-        let mut table = old;
+        let mut table = self.st.borrow().l1.to_vec();
         table.resize(new_size as usize, 0);
         let bytes2 = new_size * 8;
         node.file().debug_event(Event::L1GrowAllocTable).await;
@@ -209,7 +206,7 @@ impl Qcow2 {
         let (old_offset, old_size) = {
             let mut st = self.st.borrow_mut();
             let old = (st.l1_offset, st.l1.len() as u64);
-            st.l1 = table;
+            st.l1 = super::overlap::PointerTable::l1(table);
             st.l1_offset = new_offset;
             st.hdr.l1_size = new_size as u32;
             st.hdr.l1_table_offset = new_offset;
@@ -261,8 +258,7 @@ impl Qcow2 {
                     let os = self.cache_get(node, CacheKind::L2, old_slice, true).await?;
                     let mut st = self.st.borrow_mut();
                     let c = st.cache(CacheKind::L2);
-                    let copy = c.table(os).to_vec();
-                    c.table_mut(slot).copy_from_slice(&copy);
+                    c.copy_table(os, slot);
                     c.put(os);
                 }
                 node.file().debug_event(Event::L2AllocWrite).await;
@@ -275,7 +271,10 @@ impl Qcow2 {
                 held = None;
             }
             self.cache_flush(node, CacheKind::L2).await?;
-            self.st.borrow_mut().l1[l1_index as usize] = l2_offset | OFLAG_COPIED;
+            self.st
+                .borrow_mut()
+                .l1
+                .set(l1_index as usize, l2_offset | OFLAG_COPIED);
             self.write_l1_entry(node, l1_index).await
         }
         .await;
@@ -283,7 +282,7 @@ impl Qcow2 {
             if let Some(s) = held {
                 self.cache_put(CacheKind::L2, s);
             }
-            self.st.borrow_mut().l1[l1_index as usize] = old;
+            self.st.borrow_mut().l1.set(l1_index as usize, old);
             self.free_clusters(node, l2_offset, cs, DiscardType::Always)
                 .await;
             return Err(e);

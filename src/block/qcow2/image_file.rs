@@ -59,8 +59,25 @@ impl ImageFile for NodeFile {
     }
 }
 
-/// The host file itself, with plain positioned I/O (qemu-img's metadata-only opens).
-pub struct PlainFile(pub File);
+/// The host file itself, with plain positioned I/O (qemu-img's metadata-only opens). Its
+/// length is asked once and then kept up to date here: the checker asks for it per cluster.
+pub struct PlainFile {
+    file: File,
+    len: std::cell::Cell<Option<u64>>,
+}
+
+impl PlainFile {
+    pub fn new(file: File) -> Self {
+        Self {
+            file,
+            len: std::cell::Cell::new(None),
+        }
+    }
+
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+}
 
 fn errno_of(e: &std::io::Error) -> i32 {
     e.raw_os_error().unwrap_or(libc::EIO)
@@ -71,7 +88,7 @@ impl ImageFile for PlainFile {
         let mut buf = vec![0u8; len];
         let mut done = 0;
         while done < len {
-            match self.0.read_at(&mut buf[done..], offset + done as u64) {
+            match self.file.read_at(&mut buf[done..], offset + done as u64) {
                 Ok(0) => break,
                 Ok(n) => done += n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -82,15 +99,26 @@ impl ImageFile for PlainFile {
     }
 
     fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), i32> {
-        self.0.write_all_at(data, offset).map_err(|e| errno_of(&e))
+        let r = self.file.write_all_at(data, offset);
+        // a failed write may have extended the file partly: then ask again next time
+        let end = offset + data.len() as u64;
+        self.len
+            .set(self.len.get().filter(|_| r.is_ok()).map(|l| l.max(end)));
+        r.map_err(|e| errno_of(&e))
     }
 
     fn file_len(&self) -> u64 {
-        self.0.metadata().map(|m| m.len()).unwrap_or(0)
+        if let Some(len) = self.len.get() {
+            return len;
+        }
+        let len = self.file.metadata().map(|m| m.len()).unwrap_or(0);
+        self.len.set(Some(len));
+        len
     }
 
     fn set_len(&self, len: u64) -> Result<(), i32> {
-        self.0.set_len(len).map_err(|e| errno_of(&e))
+        self.len.set(None);
+        self.file.set_len(len).map_err(|e| errno_of(&e))
     }
 
     fn discard(&self, offset: u64, len: u64) {
@@ -98,7 +126,7 @@ impl ImageFile for PlainFile {
         // SAFETY: fallocate on a valid descriptor we own; failure only leaves the bytes in place.
         unsafe {
             libc::fallocate(
-                self.0.as_raw_fd(),
+                self.file.as_raw_fd(),
                 libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
                 offset as libc::off_t,
                 len as libc::off_t,

@@ -6,9 +6,10 @@
 //! QEMU's default, `cached`, checks all but the inactive L2 tables, which must be read first.
 
 use super::Qcow2;
-use super::state::L1E_OFFSET_MASK;
+use super::state::{L1E_OFFSET_MASK, REFT_OFFSET_MASK};
 use crate::block::driver::IoResult;
 use crate::block::node::Node;
+use std::collections::BTreeMap;
 
 pub const MAIN_HEADER: u32 = 1 << 0;
 pub const ACTIVE_L1: u32 = 1 << 1;
@@ -93,6 +94,89 @@ fn overlaps(a: u64, alen: u64, b: u64, blen: u64) -> bool {
     a < b.saturating_add(blen) && b < a.saturating_add(alen)
 }
 
+/// A table of cluster offsets held in memory (the active L1 table, the refcount table) that
+/// also knows which offsets its entries point at. QEMU's checks for the active L2 tables and
+/// the refcount blocks walk the whole table on every metadata write; with 512-byte clusters
+/// that walk cost more than all the rest of a shrink. Reads go through the slice (`Deref`);
+/// every change goes through a method, which keeps the index right.
+#[derive(Clone, Default)]
+pub struct PointerTable {
+    entries: Vec<u64>,
+    /// which bits of an entry are the offset
+    mask: u64,
+    /// the non-zero offsets the entries hold, with how many entries hold each
+    targets: BTreeMap<u64, u32>,
+}
+
+impl PointerTable {
+    pub fn new(entries: Vec<u64>, mask: u64) -> Self {
+        let mut targets = BTreeMap::new();
+        for &e in &entries {
+            if e & mask != 0 {
+                *targets.entry(e & mask).or_insert(0) += 1;
+            }
+        }
+        Self {
+            entries,
+            mask,
+            targets,
+        }
+    }
+
+    /// An active L1 table.
+    pub fn l1(entries: Vec<u64>) -> Self {
+        Self::new(entries, L1E_OFFSET_MASK)
+    }
+
+    /// A refcount table.
+    pub fn reftable(entries: Vec<u64>) -> Self {
+        Self::new(entries, REFT_OFFSET_MASK)
+    }
+
+    fn forget(&mut self, e: u64) {
+        let t = e & self.mask;
+        if t != 0
+            && let Some(n) = self.targets.get_mut(&t)
+        {
+            *n -= 1;
+            if *n == 0 {
+                self.targets.remove(&t);
+            }
+        }
+    }
+
+    pub fn set(&mut self, i: usize, v: u64) {
+        let old = std::mem::replace(&mut self.entries[i], v);
+        self.forget(old);
+        if v & self.mask != 0 {
+            *self.targets.entry(v & self.mask).or_insert(0) += 1;
+        }
+    }
+
+    /// Whether an entry points at a cluster of `cs` bytes that `[offset, offset+size)` touches.
+    fn points_into(&self, offset: u64, size: u64, cs: u64) -> bool {
+        // overlaps(offset, size, t, cs) holds for t in (offset - cs, offset + size)
+        let lo = offset.checked_sub(cs).map_or(0, |x| x + 1);
+        let hi = offset.saturating_add(size);
+        lo < hi && self.targets.range(lo..hi).next().is_some()
+    }
+}
+
+impl std::ops::Deref for PointerTable {
+    type Target = [u64];
+    fn deref(&self) -> &[u64] {
+        &self.entries
+    }
+}
+
+impl<'a> IntoIterator for &'a PointerTable {
+    type Item = &'a u64;
+    type IntoIter = std::slice::Iter<'a, u64>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.entries.iter()
+    }
+}
+
 impl Qcow2 {
     /// QEMU's qcow2_check_metadata_overlap: the first section (lowest bit) a write of `size`
     /// bytes at `offset` would hit, 0 for none, or the error reading inactive L1 tables.
@@ -145,22 +229,14 @@ impl Qcow2 {
             {
                 return Ok(INACTIVE_L1);
             }
-            if chk & ACTIVE_L2 != 0
-                && st.l1.iter().any(|&e| {
-                    let l2 = e & L1E_OFFSET_MASK;
-                    l2 != 0 && hit(l2, cs)
-                })
-            {
+            if chk & ACTIVE_L2 != 0 && st.l1.points_into(offset, size, cs) {
                 return Ok(ACTIVE_L2);
             }
-            if chk & REFCOUNT_BLOCK != 0 {
-                let last = st.max_reftable_index as usize;
-                if st.reftable.iter().take(last + 1).any(|&e| {
-                    let rb = e & super::state::REFT_OFFSET_MASK;
-                    rb != 0 && hit(rb, cs)
-                }) {
-                    return Ok(REFCOUNT_BLOCK);
-                }
+            // QEMU looks at the entries up to max_reftable_index only; every entry past it is
+            // zero (the index is the last non-zero entry, raised whenever one is set), so
+            // looking at all of them gives the same answer.
+            if chk & REFCOUNT_BLOCK != 0 && st.reftable.points_into(offset, size, cs) {
+                return Ok(REFCOUNT_BLOCK);
             }
             if chk & INACTIVE_L2 == 0 {
                 Vec::new()
@@ -247,6 +323,33 @@ mod tests {
                 .unwrap_err()
                 .starts_with("Unsupported value 'blubb' for qcow2 option 'overlap-check'.")
         );
+    }
+
+    #[test]
+    fn pointer_table_answers_as_the_walk() {
+        let cs = 512;
+        let walk = |t: &PointerTable, offset: u64, size: u64| {
+            t.iter().any(|&e| {
+                let o = e & L1E_OFFSET_MASK;
+                o != 0 && overlaps(offset, size, o, cs)
+            })
+        };
+        // an unaligned pointer too (corrupt images have them), and flag bits
+        let mut t = PointerTable::l1(vec![0, 1024 | (1 << 63), 4096 + 100, 0, 1024]);
+        t.set(3, 8192);
+        t.set(4, 0);
+        for offset in (0..10240).step_by(256) {
+            for size in [512, 1024, 4096] {
+                assert_eq!(
+                    t.points_into(offset, size, cs),
+                    walk(&t, offset, size),
+                    "{offset} {size}"
+                );
+            }
+        }
+        t.set(1, 0);
+        assert!(!t.points_into(1024, 512, cs));
+        assert!(t.points_into(4096, 512, cs));
     }
 
     #[test]

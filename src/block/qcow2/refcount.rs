@@ -11,6 +11,7 @@ use crate::block::blkdebug::events::Event;
 use crate::block::driver::{BoxFut, IoResult, ReqFlags};
 use crate::block::io;
 use crate::block::node::Node;
+use std::collections::BTreeMap;
 
 /// A failed refcount-block lookup may still hold a cache reference the caller must drop.
 pub struct RefblockErr {
@@ -19,79 +20,82 @@ pub struct RefblockErr {
 }
 
 impl Qcow2 {
-    /// Writes one dirty cache entry (QEMU's qcow2_cache_entry_flush).
-    fn cache_entry_flush<'a>(
-        &'a self,
-        node: &'a Node,
-        c: CacheKind,
-        i: usize,
-    ) -> BoxFut<'a, IoResult> {
-        Box::pin(async move {
-            let (dirty, offset, depends, dof) = {
-                let mut st = self.st.borrow_mut();
-                let cache = st.cache(c);
-                let (dirty, offset) = cache.entry(i).map_or((false, 0), |e| (e.dirty, e.offset));
-                (dirty, offset, cache.depends, cache.depends_on_flush)
+    /// Writes one dirty cache entry (QEMU's qcow2_cache_entry_flush). The table goes to the
+    /// file as it sits in the cache, shared, not copied.
+    async fn cache_entry_flush(&self, node: &Node, c: CacheKind, i: usize) -> IoResult {
+        let (dirty, offset, depends, dof) = {
+            let st = self.st.borrow();
+            let cache = &st.caches[c.idx()];
+            (
+                cache.is_dirty(i),
+                cache.offset(i),
+                cache.depends,
+                cache.depends_on_flush,
+            )
+        };
+        if !dirty || offset == 0 {
+            return Ok(());
+        }
+        if depends.is_some() {
+            self.flush_dependency(node, c).await?;
+        } else if dof {
+            io::flush(node.file()).await?;
+            self.st.borrow_mut().cache(c).depends_on_flush = false;
+        }
+        let (ign, table_size) = {
+            let st = self.st.borrow();
+            let ign = match c {
+                CacheKind::Refcount => super::overlap::REFCOUNT_BLOCK,
+                CacheKind::L2 => super::overlap::ACTIVE_L2,
             };
-            if !dirty || offset == 0 {
-                return Ok(());
-            }
-            if depends.is_some() {
-                self.flush_dependency(node, c).await?;
-            } else if dof {
-                io::flush(node.file()).await?;
-                self.st.borrow_mut().cache(c).depends_on_flush = false;
-            }
-            let (ign, table_size) = {
-                let st = self.st.borrow();
-                let ign = match c {
-                    CacheKind::Refcount => super::overlap::REFCOUNT_BLOCK,
-                    CacheKind::L2 => super::overlap::ACTIVE_L2,
-                };
-                (ign, st.caches[c.idx()].table_size as u64)
-            };
-            self.pre_write_overlap_check(node, ign, offset, table_size)
-                .await?;
-            let ev = match c {
-                CacheKind::Refcount => Event::RefblockUpdatePart,
-                CacheKind::L2 => Event::L2Update,
-            };
-            node.file().debug_event(ev).await;
-            let data = self.st.borrow_mut().cache(c).table(i).to_vec();
-            io::pwritev(node.file(), offset, &data, ReqFlags::NONE).await?;
-            self.st.borrow_mut().cache(c).entry_mut(i).dirty = false;
-            Ok(())
-        })
+            (ign, st.caches[c.idx()].table_size as u64)
+        };
+        self.pre_write_overlap_check(node, ign, offset, table_size)
+            .await?;
+        let ev = match c {
+            CacheKind::Refcount => Event::RefblockUpdatePart,
+            CacheKind::L2 => Event::L2Update,
+        };
+        node.file().debug_event(ev).await;
+        let table = self.st.borrow().caches[c.idx()]
+            .shared_table(i)
+            .expect("a dirty entry holds a table");
+        io::pwritev(node.file(), offset, &table, ReqFlags::NONE).await?;
+        self.st.borrow_mut().cache(c).clear_dirty(i);
+        Ok(())
     }
 
-    /// Writes every dirty entry in slot order; the first error wins unless it is ENOSPC.
-    pub fn cache_write<'a>(&'a self, node: &'a Node, c: CacheKind) -> BoxFut<'a, IoResult> {
-        Box::pin(async move {
-            let slots = self.st.borrow().caches[c.idx()].used_slots();
-            let mut result = Ok(());
-            for i in slots {
-                if let Err(e) = self.cache_entry_flush(node, c, i).await
-                    && result != Err(libc::ENOSPC)
-                {
-                    result = Err(e);
-                }
+    /// Writes every dirty entry in slot order (QEMU's qcow2_cache_write, which visits every
+    /// slot: clean ones cost nothing there either); the first error wins unless it is ENOSPC.
+    /// An entry dirtied meanwhile is written if the walk has not passed its slot yet.
+    pub async fn cache_write(&self, node: &Node, c: CacheKind) -> IoResult {
+        let mut result = Ok(());
+        let mut from = 0;
+        loop {
+            let next = self.st.borrow().caches[c.idx()].next_dirty(from);
+            let Some(i) = next else { break };
+            if let Err(e) = self.cache_entry_flush(node, c, i).await
+                && result != Err(libc::ENOSPC)
+            {
+                result = Err(e);
             }
-            result
-        })
+            from = i + 1;
+        }
+        result
     }
 
     /// Cache write plus a flush of the file (QEMU's qcow2_cache_flush).
-    pub fn cache_flush<'a>(&'a self, node: &'a Node, c: CacheKind) -> BoxFut<'a, IoResult> {
-        Box::pin(async move {
-            self.cache_write(node, c).await?;
-            io::flush(node.file()).await
-        })
+    pub async fn cache_flush(&self, node: &Node, c: CacheKind) -> IoResult {
+        self.cache_write(node, c).await?;
+        io::flush(node.file()).await
     }
 
     async fn flush_dependency(&self, node: &Node, c: CacheKind) -> IoResult {
         let dep = self.st.borrow().caches[c.idx()].depends;
         if let Some(d) = dep {
-            self.cache_flush(node, d).await?;
+            // boxed: flushing the other cache may flush this one's dependency in turn
+            let flush: BoxFut<'_, IoResult> = Box::pin(self.cache_flush(node, d));
+            flush.await?;
         }
         let mut st = self.st.borrow_mut();
         let cache = st.cache(c);
@@ -138,35 +142,28 @@ impl Qcow2 {
             .await;
             return Err(libc::EIO);
         }
-        let lookup = self.st.borrow().caches[c.idx()].lookup(offset);
+        let lookup = self.st.borrow_mut().cache(c).lookup(offset);
         let i = match lookup {
             Some(Lookup::Hit(i)) => i,
             Some(Lookup::Miss(i)) => {
                 self.cache_entry_flush(node, c, i).await?;
-                self.st.borrow_mut().cache(c).set_offset(i, 0);
-                let mut data = vec![0u8; table_size];
+                let mut table = self.st.borrow_mut().cache(c).begin_load(i);
                 if read {
                     if c == CacheKind::L2 {
                         node.file().debug_event(Event::L2Load).await;
                     }
-                    io::preadv(node.file(), offset, &mut data).await?;
-                } else {
-                    let mut st = self.st.borrow_mut();
-                    let old = st.cache(c).entry_mut(i);
-                    if old.data.len() == table_size {
-                        // an empty table's old contents are overwritten by the caller anyway
-                        data = std::mem::take(&mut old.data);
+                    if let Err(e) = io::preadv(node.file(), offset, &mut table).await {
+                        self.st.borrow_mut().cache(c).end_load(i, table, 0);
+                        return Err(e);
                     }
                 }
-                let mut st = self.st.borrow_mut();
-                let cache = st.cache(c);
-                cache.entry_mut(i).data = data;
-                cache.set_offset(i, offset);
+                // without `read` the caller overwrites the whole table
+                self.st.borrow_mut().cache(c).end_load(i, table, offset);
                 i
             }
             None => return Err(libc::EIO),
         };
-        self.st.borrow_mut().cache(c).entry_mut(i).refs += 1;
+        self.st.borrow_mut().cache(c).take_ref(i);
         Ok(i)
     }
 
@@ -223,137 +220,135 @@ impl Qcow2 {
 
     /// Finds, or allocates, the refcount block of a cluster (QEMU's alloc_refcount_block).
     /// `Err` with EAGAIN means new metadata was placed: the caller restarts its search.
-    fn alloc_refcount_block<'a>(
-        &'a self,
-        node: &'a Node,
+    async fn alloc_refcount_block(
+        &self,
+        node: &Node,
         cluster_index: u64,
-    ) -> BoxFut<'a, Result<usize, RefblockErr>> {
-        Box::pin(async move {
-            let plain = |errno| RefblockErr { errno, slot: None };
-            node.file().debug_event(Event::RefblockAlloc).await;
-            let (ti, existing) = {
-                let st = self.st.borrow();
-                let ti = cluster_index >> st.refcount_block_bits;
-                let off = st
-                    .reftable
-                    .get(ti as usize)
-                    .map_or(0, |e| e & REFT_OFFSET_MASK);
-                (ti, off)
-            };
-            if existing != 0 {
-                if self.st.borrow().offset_into_cluster(existing) != 0 {
-                    self.signal_corruption(
-                        node,
-                        true,
-                        &format!(
-                            "Refblock offset {} unaligned (reftable index: {})",
-                            c_hex(existing),
-                            c_hex(ti)
-                        ),
-                    )
-                    .await;
-                    return Err(plain(libc::EIO));
-                }
-                return self
-                    .load_refcount_block(node, existing)
-                    .await
-                    .map_err(plain);
+    ) -> Result<usize, RefblockErr> {
+        let plain = |errno| RefblockErr { errno, slot: None };
+        node.file().debug_event(Event::RefblockAlloc).await;
+        let (ti, existing) = {
+            let st = self.st.borrow();
+            let ti = cluster_index >> st.refcount_block_bits;
+            let off = st
+                .reftable
+                .get(ti as usize)
+                .map_or(0, |e| e & REFT_OFFSET_MASK);
+            (ti, off)
+        };
+        if existing != 0 {
+            if self.st.borrow().offset_into_cluster(existing) != 0 {
+                self.signal_corruption(
+                    node,
+                    true,
+                    &format!(
+                        "Refblock offset {} unaligned (reftable index: {})",
+                        c_hex(existing),
+                        c_hex(ti)
+                    ),
+                )
+                .await;
+                return Err(plain(libc::EIO));
             }
-            // The reftable is about to change: L2 tables must reach the disk first.
-            self.cache_flush(node, CacheKind::L2).await.map_err(plain)?;
-            let cs = self.st.borrow().cluster_size;
-            let new_block = self
-                .alloc_clusters_noref(node, cs, u64::MAX)
+            return self
+                .load_refcount_block(node, existing)
+                .await
+                .map_err(plain);
+        }
+        // The reftable is about to change: L2 tables must reach the disk first.
+        self.cache_flush(node, CacheKind::L2).await.map_err(plain)?;
+        let cs = self.st.borrow().cluster_size;
+        let new_block = self
+            .alloc_clusters_noref(node, cs, u64::MAX)
+            .await
+            .map_err(plain)?;
+        let (same_block, order, self_idx) = {
+            let st = self.st.borrow();
+            let shift = st.cluster_bits + st.refcount_block_bits;
+            (
+                new_block >> shift == (cluster_index << st.cluster_bits) >> shift,
+                st.refcount_order,
+                ((new_block >> st.cluster_bits) & (st.refcount_block_size() - 1)) as usize,
+            )
+        };
+        let slot;
+        if same_block {
+            slot = self
+                .cache_get(node, CacheKind::Refcount, new_block, false)
                 .await
                 .map_err(plain)?;
-            let (same_block, order, self_idx) = {
-                let st = self.st.borrow();
-                let shift = st.cluster_bits + st.refcount_block_bits;
-                (
-                    new_block >> shift == (cluster_index << st.cluster_bits) >> shift,
-                    st.refcount_order,
-                    ((new_block >> st.cluster_bits) & (st.refcount_block_size() - 1)) as usize,
-                )
-            };
-            let slot;
-            if same_block {
-                slot = self
-                    .cache_get(node, CacheKind::Refcount, new_block, false)
-                    .await
-                    .map_err(plain)?;
-                let mut st = self.st.borrow_mut();
-                let t = st.cache(CacheKind::Refcount).table_mut(slot);
-                t.fill(0);
-                rc_set(t, order, self_idx, 1);
-            } else {
-                self.update_refcount(node, new_block, cs, 1, false, DiscardType::Never)
-                    .await
-                    .map_err(plain)?;
-                self.cache_flush(node, CacheKind::Refcount)
-                    .await
-                    .map_err(plain)?;
-                slot = self
-                    .cache_get(node, CacheKind::Refcount, new_block, false)
-                    .await
-                    .map_err(plain)?;
-                self.st
-                    .borrow_mut()
-                    .cache(CacheKind::Refcount)
-                    .table_mut(slot)
-                    .fill(0);
-            }
-            let fail = |errno| RefblockErr {
-                errno,
-                slot: Some(slot),
-            };
-            node.file().debug_event(Event::RefblockAllocWrite).await;
+            let mut st = self.st.borrow_mut();
+            let t = st.cache(CacheKind::Refcount).table_mut(slot);
+            t.fill(0);
+            rc_set(t, order, self_idx, 1);
+        } else {
+            self.update_refcount_boxed(node, new_block, cs, 1, false, DiscardType::Never)
+                .await
+                .map_err(plain)?;
+            self.cache_flush(node, CacheKind::Refcount)
+                .await
+                .map_err(plain)?;
+            slot = self
+                .cache_get(node, CacheKind::Refcount, new_block, false)
+                .await
+                .map_err(plain)?;
             self.st
                 .borrow_mut()
                 .cache(CacheKind::Refcount)
-                .mark_dirty(slot);
-            if let Err(e) = self.cache_flush(node, CacheKind::Refcount).await {
+                .table_mut(slot)
+                .fill(0);
+        }
+        let fail = |errno| RefblockErr {
+            errno,
+            slot: Some(slot),
+        };
+        node.file().debug_event(Event::RefblockAllocWrite).await;
+        self.st
+            .borrow_mut()
+            .cache(CacheKind::Refcount)
+            .mark_dirty(slot);
+        if let Err(e) = self.cache_flush(node, CacheKind::Refcount).await {
+            self.cache_put(CacheKind::Refcount, slot);
+            return Err(plain(e));
+        }
+        let (table_len, table_offset) = {
+            let st = self.st.borrow();
+            (st.reftable.len() as u64, st.reftable_offset)
+        };
+        if ti < table_len {
+            node.file().debug_event(Event::RefblockAllocHookup).await;
+            if let Err(e) = self
+                .pwrite_sync(node, table_offset + ti * 8, &new_block.to_be_bytes())
+                .await
+            {
                 self.cache_put(CacheKind::Refcount, slot);
                 return Err(plain(e));
             }
-            let (table_len, table_offset) = {
-                let st = self.st.borrow();
-                (st.reftable.len() as u64, st.reftable_offset)
-            };
-            if ti < table_len {
-                node.file().debug_event(Event::RefblockAllocHookup).await;
-                if let Err(e) = self
-                    .pwrite_sync(node, table_offset + ti * 8, &new_block.to_be_bytes())
-                    .await
-                {
-                    self.cache_put(CacheKind::Refcount, slot);
-                    return Err(plain(e));
-                }
-                let mut st = self.st.borrow_mut();
-                st.reftable[ti as usize] = new_block;
-                st.max_reftable_index = st.max_reftable_index.max(ti);
-                return Err(fail(libc::EAGAIN));
-            }
-            self.cache_put(CacheKind::Refcount, slot);
-            node.file().debug_event(Event::ReftableGrow).await;
-            let meta_offset = {
-                let st = self.st.borrow();
-                let rbs = st.refcount_block_size();
-                let used = (cluster_index + 1)
-                    .max((new_block >> st.cluster_bits) + 1)
-                    .div_ceil(rbs);
-                used * rbs * st.cluster_size
-            };
-            self.refcount_area(node, meta_offset, 0, false, ti, new_block)
-                .await
-                .map_err(plain)?;
-            let slot = self
-                .load_refcount_block(node, new_block)
-                .await
-                .map_err(plain)?;
-            Err(RefblockErr {
-                errno: libc::EAGAIN,
-                slot: Some(slot),
-            })
+            let mut st = self.st.borrow_mut();
+            st.reftable.set(ti as usize, new_block);
+            st.max_reftable_index = st.max_reftable_index.max(ti);
+            return Err(fail(libc::EAGAIN));
+        }
+        self.cache_put(CacheKind::Refcount, slot);
+        node.file().debug_event(Event::ReftableGrow).await;
+        let meta_offset = {
+            let st = self.st.borrow();
+            let rbs = st.refcount_block_size();
+            let used = (cluster_index + 1)
+                .max((new_block >> st.cluster_bits) + 1)
+                .div_ceil(rbs);
+            used * rbs * st.cluster_size
+        };
+        self.refcount_area(node, meta_offset, 0, false, ti, new_block)
+            .await
+            .map_err(plain)?;
+        let slot = self
+            .load_refcount_block(node, new_block)
+            .await
+            .map_err(plain)?;
+        Err(RefblockErr {
+            errno: libc::EAGAIN,
+            slot: Some(slot),
         })
     }
 
@@ -466,21 +461,149 @@ impl Qcow2 {
         let (old_offset, old_size) = {
             let mut st = self.st.borrow_mut();
             let old = (st.reftable_offset, st.reftable.len() as u64);
-            st.reftable = new_table;
+            st.reftable = super::overlap::PointerTable::reftable(new_table);
             st.reftable_offset = table_offset;
             st.hdr.refcount_table_offset = table_offset;
             st.hdr.refcount_table_clusters = table_clusters as u32;
             st.max_reftable_index = max_used_index(&st.reftable);
             old
         };
-        self.free_clusters(node, old_offset, old_size * 8, DiscardType::Other)
-            .await;
+        // boxed: freeing updates refcounts, which may land here again
+        let free: BoxFut<'_, ()> =
+            Box::pin(self.free_clusters(node, old_offset, old_size * 8, DiscardType::Other));
+        free.await;
         Ok(end_offset)
     }
 
     /// Changes the refcounts of every cluster in a range (QEMU's update_refcount), undoing
     /// the part already done when it fails.
-    pub fn update_refcount<'a>(
+    pub async fn update_refcount(
+        &self,
+        node: &Node,
+        offset: u64,
+        length: u64,
+        addend: u64,
+        decrease: bool,
+        dtype: DiscardType,
+    ) -> IoResult {
+        if length == 0 {
+            return Ok(());
+        }
+        if decrease {
+            // best effort as in QEMU, whose return value is ignored here
+            let _ = self
+                .set_dependency(node, CacheKind::Refcount, CacheKind::L2)
+                .await;
+        }
+        let (start, last, cs) = {
+            let st = self.st.borrow();
+            (
+                st.start_of_cluster(offset),
+                st.start_of_cluster(offset + length - 1),
+                st.cluster_size,
+            )
+        };
+        let mut slot: Option<usize> = None;
+        let mut old_table_index: Option<u64> = None;
+        let mut cluster_offset = start;
+        let mut ret: IoResult = Ok(());
+        while cluster_offset <= last {
+            let (cluster_index, table_index) = {
+                let st = self.st.borrow();
+                let ci = cluster_offset >> st.cluster_bits;
+                (ci, ci >> st.refcount_block_bits)
+            };
+            if old_table_index != Some(table_index) {
+                if let Some(s) = slot.take() {
+                    self.cache_put(CacheKind::Refcount, s);
+                }
+                match self.alloc_refcount_block(node, cluster_index).await {
+                    Ok(s) => slot = Some(s),
+                    Err(e) => {
+                        slot = e.slot;
+                        if e.errno == libc::EAGAIN {
+                            let mut st = self.st.borrow_mut();
+                            let si = start >> st.cluster_bits;
+                            if st.free_cluster_index > si {
+                                st.free_cluster_index = si;
+                            }
+                        }
+                        ret = Err(e.errno);
+                        break;
+                    }
+                }
+            }
+            old_table_index = Some(table_index);
+            let s = slot.expect("a refcount block is loaded");
+            let freed_at = {
+                let mut st = self.st.borrow_mut();
+                let order = st.refcount_order;
+                let max = st.refcount_max;
+                let idx = (cluster_index & (st.refcount_block_size() - 1)) as usize;
+                let c = st.cache(CacheKind::Refcount);
+                c.mark_dirty(s);
+                let rc = rc_get(c.table(s), order, idx);
+                let new = if decrease {
+                    rc.checked_sub(addend)
+                } else {
+                    rc.checked_add(addend).filter(|&v| v <= max)
+                };
+                match new {
+                    None => {
+                        ret = Err(libc::EINVAL);
+                        break;
+                    }
+                    Some(v) => {
+                        rc_set(c.table_mut(s), order, idx, v);
+                        if v == 0 && cluster_index < st.free_cluster_index {
+                            st.free_cluster_index = cluster_index;
+                        }
+                        v == 0
+                    }
+                }
+            };
+            if freed_at {
+                let mut st = self.st.borrow_mut();
+                // QEMU looks the freed table up by the start of the whole range.
+                if let Some(t) = st.caches[1].find(offset) {
+                    st.caches[1].put(s);
+                    slot = None;
+                    old_table_index = None;
+                    st.caches[1].discard(t);
+                }
+                if let Some(t) = st.caches[0].find(offset) {
+                    st.caches[0].discard(t);
+                }
+                if st.discard_passthrough[dtype as usize] {
+                    st.discards.queue(cluster_offset, cs);
+                }
+            }
+            cluster_offset += cs;
+        }
+        if !self.st.borrow().cache_discards {
+            self.process_discards(node, ret.is_ok()).await;
+        }
+        if let Some(s) = slot {
+            self.cache_put(CacheKind::Refcount, s);
+        }
+        if ret.is_err() {
+            let _ = self
+                .update_refcount_boxed(
+                    node,
+                    offset,
+                    cluster_offset - offset,
+                    addend,
+                    !decrease,
+                    DiscardType::Never,
+                )
+                .await;
+        }
+        ret
+    }
+
+    /// `update_refcount` where it recurses (the undo of a failed update, a new refcount block
+    /// that needs its own refcount): a boxed future breaks the cycle of async calls.
+    fn update_refcount_boxed<'a>(
         &'a self,
         node: &'a Node,
         offset: u64,
@@ -489,126 +612,12 @@ impl Qcow2 {
         decrease: bool,
         dtype: DiscardType,
     ) -> BoxFut<'a, IoResult> {
-        Box::pin(async move {
-            if length == 0 {
-                return Ok(());
-            }
-            if decrease {
-                // best effort as in QEMU, whose return value is ignored here
-                let _ = self
-                    .set_dependency(node, CacheKind::Refcount, CacheKind::L2)
-                    .await;
-            }
-            let (start, last, cs) = {
-                let st = self.st.borrow();
-                (
-                    st.start_of_cluster(offset),
-                    st.start_of_cluster(offset + length - 1),
-                    st.cluster_size,
-                )
-            };
-            let mut slot: Option<usize> = None;
-            let mut old_table_index: Option<u64> = None;
-            let mut cluster_offset = start;
-            let mut ret: IoResult = Ok(());
-            while cluster_offset <= last {
-                let (cluster_index, table_index) = {
-                    let st = self.st.borrow();
-                    let ci = cluster_offset >> st.cluster_bits;
-                    (ci, ci >> st.refcount_block_bits)
-                };
-                if old_table_index != Some(table_index) {
-                    if let Some(s) = slot.take() {
-                        self.cache_put(CacheKind::Refcount, s);
-                    }
-                    match self.alloc_refcount_block(node, cluster_index).await {
-                        Ok(s) => slot = Some(s),
-                        Err(e) => {
-                            slot = e.slot;
-                            if e.errno == libc::EAGAIN {
-                                let mut st = self.st.borrow_mut();
-                                let si = start >> st.cluster_bits;
-                                if st.free_cluster_index > si {
-                                    st.free_cluster_index = si;
-                                }
-                            }
-                            ret = Err(e.errno);
-                            break;
-                        }
-                    }
-                }
-                old_table_index = Some(table_index);
-                let s = slot.expect("a refcount block is loaded");
-                let freed_at = {
-                    let mut st = self.st.borrow_mut();
-                    let order = st.refcount_order;
-                    let max = st.refcount_max;
-                    let idx = (cluster_index & (st.refcount_block_size() - 1)) as usize;
-                    let c = st.cache(CacheKind::Refcount);
-                    c.mark_dirty(s);
-                    let rc = rc_get(c.table(s), order, idx);
-                    let new = if decrease {
-                        rc.checked_sub(addend)
-                    } else {
-                        rc.checked_add(addend).filter(|&v| v <= max)
-                    };
-                    match new {
-                        None => {
-                            ret = Err(libc::EINVAL);
-                            break;
-                        }
-                        Some(v) => {
-                            rc_set(c.table_mut(s), order, idx, v);
-                            if v == 0 && cluster_index < st.free_cluster_index {
-                                st.free_cluster_index = cluster_index;
-                            }
-                            v == 0
-                        }
-                    }
-                };
-                if freed_at {
-                    let mut st = self.st.borrow_mut();
-                    // QEMU looks the freed table up by the start of the whole range.
-                    if let Some(t) = st.caches[1].find(offset) {
-                        st.caches[1].put(s);
-                        slot = None;
-                        old_table_index = None;
-                        st.caches[1].discard(t);
-                    }
-                    if let Some(t) = st.caches[0].find(offset) {
-                        st.caches[0].discard(t);
-                    }
-                    if st.discard_passthrough[dtype as usize] {
-                        update_refcount_discard(&mut st.discards, cluster_offset, cs);
-                    }
-                }
-                cluster_offset += cs;
-            }
-            if !self.st.borrow().cache_discards {
-                self.process_discards(node, ret.is_ok()).await;
-            }
-            if let Some(s) = slot {
-                self.cache_put(CacheKind::Refcount, s);
-            }
-            if ret.is_err() {
-                let _ = self
-                    .update_refcount(
-                        node,
-                        offset,
-                        cluster_offset - offset,
-                        addend,
-                        !decrease,
-                        DiscardType::Never,
-                    )
-                    .await;
-            }
-            ret
-        })
+        Box::pin(self.update_refcount(node, offset, length, addend, decrease, dtype))
     }
 
     /// Passes queued discards of freed clusters to the file (QEMU's qcow2_process_discards).
     pub async fn process_discards(&self, node: &Node, ok: bool) {
-        let list = std::mem::take(&mut self.st.borrow_mut().discards);
+        let list = self.st.borrow_mut().discards.take();
         if ok {
             for (off, len) in list {
                 let _ = io::pdiscard(node.file(), off, len).await;
@@ -817,20 +826,106 @@ pub fn max_used_index(table: &[u64]) -> u64 {
     i as u64
 }
 
-/// Queues a discard, merging it with an adjacent queued region.
-pub(crate) fn update_refcount_discard(list: &mut Vec<(u64, u64)>, offset: u64, length: u64) {
-    let mut found = None;
-    for (i, d) in list.iter_mut().enumerate() {
-        let new_start = offset.min(d.0);
-        let new_end = (offset + length).max(d.0 + d.1);
-        if new_end - new_start <= length + d.1 {
-            *d = (new_start, new_end - new_start);
-            found = Some(i);
-            break;
+/// Freed clusters waiting to be discarded in the file (QEMU's `s->discards` list): regions in
+/// list order, a freed range merged into the first adjacent region or appended, and a region
+/// the merge made adjacent folded in. QEMU finds neighbours by walking the list, which grows
+/// with every gap a large discard leaves; here an index by start offset finds them.
+#[derive(Default)]
+pub struct DiscardQueue {
+    /// (offset, bytes) by list position (positions only grow)
+    regions: BTreeMap<u64, (u64, u64)>,
+    /// list position by offset
+    by_start: BTreeMap<u64, u64>,
+    next_pos: u64,
+}
+
+impl DiscardQueue {
+    pub fn is_empty(&self) -> bool {
+        self.regions.is_empty()
+    }
+
+    /// The regions in list order; the queue is left empty.
+    pub fn take(&mut self) -> Vec<(u64, u64)> {
+        self.by_start.clear();
+        std::mem::take(&mut self.regions).into_values().collect()
+    }
+
+    fn insert_at(&mut self, pos: u64, region: (u64, u64)) {
+        self.regions.insert(pos, region);
+        self.by_start.insert(region.0, pos);
+    }
+
+    fn remove_at(&mut self, pos: u64) -> (u64, u64) {
+        let region = self.regions.remove(&pos).expect("a queued position");
+        self.by_start.remove(&region.0);
+        region
+    }
+
+    /// Queues `length` bytes at `offset` (QEMU's update_refcount_discard).
+    pub fn queue(&mut self, offset: u64, length: u64) {
+        let end = offset + length;
+        let left = self
+            .by_start
+            .range(..=offset)
+            .next_back()
+            .map(|(_, &p)| (p, self.regions[&p]));
+        let inside = self.by_start.range(offset + 1..end).next().is_some();
+        if inside || left.is_some_and(|(_, (o, b))| o + b > offset) {
+            // Overlaps cannot happen (a freed cluster is not freed again before the queue is
+            // processed); if they did, QEMU's own walk decides.
+            return self.queue_by_walking(offset, length);
+        }
+        let left = left.filter(|&(_, (o, b))| o + b == offset).map(|(p, _)| p);
+        let right = self.by_start.get(&end).copied();
+        match (left, right) {
+            (None, None) => {
+                let pos = self.next_pos;
+                self.next_pos += 1;
+                self.insert_at(pos, (offset, length));
+            }
+            (Some(l), None) => {
+                let (o, b) = self.remove_at(l);
+                self.insert_at(l, (o, b + length));
+            }
+            (None, Some(r)) => {
+                let (_, b) = self.remove_at(r);
+                self.insert_at(r, (offset, b + length));
+            }
+            (Some(l), Some(r)) => {
+                // the earlier one in the list takes the range, then swallows the other
+                let (lo, lb) = self.remove_at(l);
+                let (_, rb) = self.remove_at(r);
+                self.insert_at(l.min(r), (lo, lb + length + rb));
+            }
         }
     }
-    let di = match found {
-        Some(i) => i,
+
+    /// QEMU's list walk, for the overlapping case only.
+    fn queue_by_walking(&mut self, offset: u64, length: u64) {
+        let mut list = self.take();
+        walk_discard_list(&mut list, offset, length);
+        for (pos, region) in list.into_iter().enumerate() {
+            self.insert_at(pos as u64, region);
+        }
+        self.next_pos = self.regions.len() as u64;
+    }
+}
+
+/// QEMU's update_refcount_discard on a plain list: the first region the range touches takes
+/// it (else it is appended), then every region touching the grown one is folded in.
+fn walk_discard_list(list: &mut Vec<(u64, u64)>, offset: u64, length: u64) {
+    let touching = |d: (u64, u64)| {
+        let new_start = offset.min(d.0);
+        let new_end = (offset + length).max(d.0 + d.1);
+        new_end - new_start <= length + d.1
+    };
+    let mut di = match list.iter().position(|&d| touching(d)) {
+        Some(i) => {
+            let d = list[i];
+            let start = offset.min(d.0);
+            list[i] = (start, (offset + length).max(d.0 + d.1) - start);
+            i
+        }
         None => {
             list.push((offset, length));
             list.len() - 1
@@ -838,16 +933,50 @@ pub(crate) fn update_refcount_discard(list: &mut Vec<(u64, u64)>, offset: u64, l
     };
     let mut i = 0;
     while i < list.len() {
-        let d = list[di.min(list.len() - 1)];
-        let p = list[i];
+        let (d, p) = (list[di], list[i]);
         if i == di || p.0 > d.0 + d.1 || d.0 > p.0 + p.1 {
             i += 1;
             continue;
         }
-        let merged = (d.0.min(p.0), d.1 + p.1);
-        list[di] = merged;
+        list[di] = (d.0.min(p.0), d.1 + p.1);
         list.remove(i);
-        // indexes after removal shift; restart the scan (lists are tiny)
-        return;
+        if i < di {
+            di -= 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn the_index_queues_as_qemu_walks(clusters in proptest::collection::vec(0u64..64, 0..80)) {
+            let mut q = DiscardQueue::default();
+            let mut list = Vec::new();
+            let mut freed = std::collections::HashSet::new();
+            for c in clusters {
+                // a cluster is freed once before the queue is processed
+                if !freed.insert(c) {
+                    continue;
+                }
+                q.queue(c * 512, 512);
+                walk_discard_list(&mut list, c * 512, 512);
+            }
+            prop_assert_eq!(q.take(), list);
+        }
+    }
+
+    #[test]
+    fn overlaps_fall_back_to_the_walk() {
+        let mut q = DiscardQueue::default();
+        let mut list = Vec::new();
+        for (o, l) in [(0, 1024), (4096, 512), (512, 1024), (2048, 2048)] {
+            q.queue(o, l);
+            walk_discard_list(&mut list, o, l);
+        }
+        assert_eq!(q.take(), list);
     }
 }

@@ -5,7 +5,6 @@
 
 use super::Qcow2;
 use super::cache::{Cache, CacheKind};
-use super::refcount::update_refcount_discard;
 use super::state::c_hex;
 use super::state::{DiscardType, L1E_OFFSET_MASK, REFT_OFFSET_MASK, rc_get, rc_set};
 use crate::block::blkdebug::events::Event;
@@ -197,8 +196,8 @@ impl Qcow2 {
         .await;
         if let Err(e) = r {
             let mut st = self.st.borrow_mut();
-            for x in &mut st.l1[new_size as usize..] {
-                *x = 0;
+            for i in new_size as usize..st.l1.len() {
+                st.l1.set(i, 0);
             }
             return Err(e);
         }
@@ -210,7 +209,7 @@ impl Qcow2 {
                 continue;
             }
             self.free_clusters(node, l2, cs, DiscardType::Always).await;
-            self.st.borrow_mut().l1[i as usize] = 0;
+            self.st.borrow_mut().l1.set(i as usize, 0);
         }
         Ok(())
     }
@@ -221,7 +220,7 @@ impl Qcow2 {
         let (table, cs, order, rbs) = {
             let st = self.st.borrow();
             (
-                st.reftable.clone(),
+                st.reftable.to_vec(),
                 st.cluster_size,
                 st.refcount_order,
                 st.refcount_block_size(),
@@ -254,7 +253,7 @@ impl Qcow2 {
                         .discard_refcount_block(node, table[i] & REFT_OFFSET_MASK)
                         .await;
                 }
-                self.st.borrow_mut().reftable[i] = 0;
+                self.st.borrow_mut().reftable.set(i, 0);
             }
         }
         if !self.st.borrow().cache_discards {
@@ -316,7 +315,7 @@ impl Qcow2 {
             st.cache(CacheKind::Refcount).discard(i);
         }
         let len = st.cluster_size;
-        update_refcount_discard(&mut st.discards, block, len);
+        st.discards.queue(block, len);
         Ok(())
     }
 
