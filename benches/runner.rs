@@ -17,6 +17,8 @@ mod backend_qemu;
 mod execute;
 #[path = "../runner/filters.rs"]
 mod filters;
+#[path = "../runner/interrupt.rs"]
+mod interrupt;
 #[path = "../runner/matrix.rs"]
 mod matrix;
 #[path = "../runner/scenario.rs"]
@@ -54,6 +56,7 @@ fn run_all(scenarios: &[(scenario::Scenario, Vec<matrix::Case>)], backend: Backe
         match execute::run(s, cases, "bench", backend, false) {
             execute::Outcome::Ran { output, .. } => assert!(!output.is_empty()),
             execute::Outcome::Skipped(r) => panic!("generated scenario skipped: {r}"),
+            execute::Outcome::Interrupted => panic!("no signal is sent here"),
         }
     }
     scenarios.len() as f64 / start.elapsed().as_secs_f64()
@@ -125,7 +128,7 @@ fn main() {
         .map(|i| {
             let s = scenario::parse(&generate(i), Path::new("generated.yaml"))
                 .expect("generated scenarios parse");
-            let cases = matrix::expand(&s).expect("no matrix");
+            let cases = matrix::expand(&s, matrix::DEFAULT_MAX_CASES).expect("no matrix");
             (s, cases)
         })
         .collect();

@@ -1,6 +1,7 @@
 //! Steps run through the real qemu-io and qemu-img, as `stdbuf -oL PROG ... 2>&1` in the scratch
 //! directory, so that stdout and stderr interleave in causal order.
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
@@ -90,7 +91,9 @@ pub fn run(tool: &str, args: &[String], dir: &Path) -> (String, i32) {
         );
     };
     match spawn(&prog, args, dir) {
-        Ok(r) => r,
+        // As iotests' _filter_qemu_img: QEMU names itself by argv[0] (`Try '/usr/bin/qemu-img
+        // --help'`), our engine by the bare name; one golden serves both.
+        Ok((text, status)) => (text.replace(&*prog.to_string_lossy(), tool), status),
         Err(e) => (
             format!("blockfault: cannot run {}: {e}\n", prog.display()),
             127,
@@ -113,9 +116,13 @@ fn spawn(prog: &Path, args: &[String], dir: &Path) -> std::io::Result<(String, i
         .arg(prog)
         .args(args)
         .current_dir(dir)
-        .stdin(Stdio::null());
+        .stdin(Stdio::null())
+        // A group of its own: a terminal's Ctrl-C reaches only the runner, which kills the
+        // group (crate::interrupt), so no qemu-io outlives an interrupted run.
+        .process_group(0);
     cmd.stdout(writer.try_clone()?).stderr(writer);
     let mut child = cmd.spawn()?;
+    crate::interrupt::register(child.id());
     // Our copies of the write end must go, or the reader never sees EOF.
     drop(cmd);
     let (tx, rx) = std::sync::mpsc::channel();
@@ -131,6 +138,8 @@ fn spawn(prog: &Path, args: &[String], dir: &Path) -> std::io::Result<(String, i
             (rx.recv().unwrap_or_default(), true)
         }
     };
+    // Forgotten before it is reaped, so that its pid (then free for reuse) is never killed.
+    crate::interrupt::unregister(child.id());
     let status = child.wait()?;
     let mut text = String::from_utf8_lossy(&bytes).into_owned();
     if timed_out {

@@ -45,6 +45,9 @@ pub struct RunArgs {
     /// Keep each scenario's scratch directory and print its path
     #[arg(long)]
     pub keep: bool,
+    /// The most cases one scenario's matrix may make
+    #[arg(long, value_name = "N", default_value_t = crate::matrix::DEFAULT_MAX_CASES)]
+    pub max_cases: usize,
 }
 
 #[derive(Debug, Subcommand)]

@@ -1,6 +1,6 @@
 //! Finding scenario files, naming them, pairing them with golden files, and selecting which run.
 
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 /// A scenario file and where its golden output lives.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -13,9 +13,11 @@ pub struct Entry {
 }
 
 /// Scenario files under `roots`, sorted by name. `golden_dir` overrides `golden/` beside the
-/// nearest ancestor folder named `scenarios`.
+/// nearest ancestor folder named `scenarios`. Names and golden paths are worked out on absolute
+/// paths, so they do not depend on the working directory (`cd scenarios/a && blockfault .`).
 pub fn discover(roots: &[PathBuf], golden_dir: Option<&Path>) -> Result<Vec<Entry>, String> {
     let mut out: Vec<Entry> = Vec::new();
+    let golden_dir = golden_dir.map(absolute);
     for root in roots {
         let meta = std::fs::metadata(root).map_err(|e| format!("{}: {e}", root.display()))?;
         let files: Vec<PathBuf> = if meta.is_dir() {
@@ -31,20 +33,22 @@ pub fn discover(roots: &[PathBuf], golden_dir: Option<&Path>) -> Result<Vec<Entr
         } else {
             vec![root.clone()]
         };
+        let root_abs = absolute(root);
         let base_default = if meta.is_dir() {
-            root.clone()
+            root_abs.clone()
         } else {
-            root.parent().unwrap_or(Path::new("")).to_path_buf()
+            root_abs.parent().unwrap_or(Path::new("/")).to_path_buf()
         };
         for path in files {
-            let layout = layout(&path, &base_default, golden_dir)?;
-            let rel = path
+            let abs = absolute(&path);
+            let layout = layout(&abs, &base_default, golden_dir.as_deref(), &path)?;
+            let rel = abs
                 .strip_prefix(&layout.scenarios)
-                .unwrap_or(&path)
+                .unwrap_or(&abs)
                 .with_extension("");
             let name = rel.to_string_lossy().replace('\\', "/");
-            let golden = layout.golden.join(&rel).with_extension("out");
-            if !out.iter().any(|e| e.path == path) {
+            let golden = shown(&layout.golden.join(&rel).with_extension("out"));
+            if !out.iter().any(|e| absolute(&e.path) == abs) {
                 out.push(Entry { path, name, golden });
             }
         }
@@ -53,15 +57,51 @@ pub fn discover(roots: &[PathBuf], golden_dir: Option<&Path>) -> Result<Vec<Entr
     Ok(out)
 }
 
-/// Where names are measured from, and the folder of golden files that mirrors it.
+/// `path` made absolute and with `.` and `..` resolved lexically.
+pub fn absolute(path: &Path) -> PathBuf {
+    let joined = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut out = PathBuf::new();
+    for c in joined.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// How a path is shown: relative to the working directory when it lies under it.
+fn shown(abs: &Path) -> PathBuf {
+    match std::env::current_dir() {
+        Ok(cwd) => abs
+            .strip_prefix(&cwd)
+            .map_or(abs.to_path_buf(), Path::to_path_buf),
+        Err(_) => abs.to_path_buf(),
+    }
+}
+
+/// Where names are measured from, and the folder of golden files that mirrors it (absolute).
 #[derive(Debug)]
 struct Layout {
     scenarios: PathBuf,
     golden: PathBuf,
 }
 
-fn layout(path: &Path, base_default: &Path, golden_dir: Option<&Path>) -> Result<Layout, String> {
-    let scenarios = scenarios_ancestor(path);
+/// `abs` is the scenario's absolute path; `given` how the user spelled it, for the message.
+fn layout(
+    abs: &Path,
+    base_default: &Path,
+    golden_dir: Option<&Path>,
+    given: &Path,
+) -> Result<Layout, String> {
+    let scenarios = abs
+        .ancestors()
+        .skip(1)
+        .find(|a| a.file_name().is_some_and(|n| n == "scenarios"))
+        .map(Path::to_path_buf);
     match (scenarios, golden_dir) {
         (Some(s), Some(g)) => Ok(Layout {
             scenarios: s,
@@ -72,7 +112,7 @@ fn layout(path: &Path, base_default: &Path, golden_dir: Option<&Path>) -> Result
             golden: g.to_path_buf(),
         }),
         (Some(s), None) => {
-            let golden = s.parent().unwrap_or(Path::new("")).join("golden");
+            let golden = s.parent().unwrap_or(Path::new("/")).join("golden");
             Ok(Layout {
                 scenarios: s,
                 golden,
@@ -80,33 +120,18 @@ fn layout(path: &Path, base_default: &Path, golden_dir: Option<&Path>) -> Result
         }
         (None, None) => Err(format!(
             "{}: not inside a folder named `scenarios`, so there is no `golden/` beside it; pass --golden DIR",
-            path.display()
+            given.display()
         )),
     }
-}
-
-/// The nearest ancestor folder named `scenarios`, spelled like `path` (relative stays relative).
-fn scenarios_ancestor(path: &Path) -> Option<PathBuf> {
-    if let Some(a) = path
-        .ancestors()
-        .skip(1)
-        .find(|a| a.file_name().is_some_and(|n| n == "scenarios"))
-    {
-        return Some(a.to_path_buf());
-    }
-    // `cd scenarios && blockfault a/b.yaml`: look above the working directory too.
-    let abs = std::path::absolute(path).ok()?;
-    abs.ancestors()
-        .skip(1)
-        .find(|a| a.file_name().is_some_and(|n| n == "scenarios"))
-        .map(Path::to_path_buf)
 }
 
 /// Golden files under the folders mirroring directory `roots` that no scenario file matches.
 pub fn orphans(roots: &[PathBuf], golden_dir: Option<&Path>) -> Vec<PathBuf> {
     let mut out = Vec::new();
+    let golden_dir = golden_dir.map(absolute);
     for root in roots.iter().filter(|r| r.is_dir()) {
-        let Ok(layout) = layout(&root.join("x.yaml"), root, golden_dir) else {
+        let root = absolute(root);
+        let Ok(layout) = layout(&root.join("x.yaml"), &root, golden_dir.as_deref(), &root) else {
             continue;
         };
         let sub = root
@@ -123,10 +148,10 @@ pub fn orphans(roots: &[PathBuf], golden_dir: Option<&Path>) -> Vec<PathBuf> {
                 continue;
             }
             let rel = p.strip_prefix(&layout.golden).unwrap_or(p);
-            if !layout.scenarios.join(rel).with_extension("yaml").is_file()
-                && !out.iter().any(|o| o == p)
+            let shown = shown(p);
+            if !layout.scenarios.join(rel).with_extension("yaml").is_file() && !out.contains(&shown)
             {
-                out.push(p.to_path_buf());
+                out.push(shown);
             }
         }
     }

@@ -17,7 +17,11 @@ pub enum Outcome {
         elapsed: Duration,
         /// Scratch directories left behind by `--keep`.
         kept: Vec<PathBuf>,
+        /// For each line of `output`, the case and step that printed it.
+        origins: Vec<String>,
     },
+    /// A SIGINT or SIGTERM stopped it part-way: its output means nothing.
+    Interrupted,
 }
 
 /// Why this scenario does not run on `backend`, if it does not.
@@ -52,33 +56,53 @@ pub fn run(s: &Scenario, cases: &[Case], name: &str, backend: BackendKind, keep:
     }
     let start = Instant::now();
     let mut output = String::new();
+    let mut origins = Vec::new();
     let mut kept = Vec::new();
     for case in cases {
+        if crate::interrupt::requested().is_some() {
+            return Outcome::Interrupted;
+        }
+        let case_label = case.header().map(|h| format!("{h} ")).unwrap_or_default();
         if let Some(h) = case.header() {
             output.push_str(&h);
             output.push('\n');
+            origins.push(h);
         }
+        let mut pieces = Vec::new();
         match Scratch::new(name) {
             Ok(dir) => {
-                output.push_str(&run_case(case, &dir.path, backend));
+                run_case(case, &dir.path, backend, &mut pieces);
                 if keep {
                     kept.push(dir.keep());
                 }
             }
-            Err(e) => output.push_str(&format!(
-                "[setup failed: cannot create a scratch directory: {e}]\n"
+            Err(e) => pieces.push((
+                "setup".to_string(),
+                format!("[setup failed: cannot create a scratch directory: {e}]\n"),
             )),
         }
+        for (label, text) in pieces {
+            origins.extend(std::iter::repeat_n(
+                format!("{case_label}{label}"),
+                text.lines().count(),
+            ));
+            output.push_str(&text);
+        }
+    }
+    if crate::interrupt::requested().is_some() {
+        return Outcome::Interrupted;
     }
     Outcome::Ran {
         output,
         elapsed: start.elapsed(),
         kept,
+        origins,
     }
 }
 
-fn run_case(case: &Case, dir: &Path, backend: BackendKind) -> String {
-    let mut out = String::new();
+/// Runs one case, adding each step's output to `out` with a label saying which step it was.
+fn run_case(case: &Case, dir: &Path, backend: BackendKind, out: &mut Vec<(String, String)>) {
+    let setup = |text: String| ("setup".to_string(), text);
     for (name, text) in &case.files {
         let path = dir.join(name);
         let written = path
@@ -86,8 +110,8 @@ fn run_case(case: &Case, dir: &Path, backend: BackendKind) -> String {
             .map_or(Ok(()), std::fs::create_dir_all)
             .and_then(|_| std::fs::write(&path, text));
         if let Err(e) = written {
-            out.push_str(&format!("[setup failed: writing {name}: {e}]\n"));
-            return out;
+            out.push(setup(format!("[setup failed: writing {name}: {e}]\n")));
+            return;
         }
     }
     for image in &case.images {
@@ -103,32 +127,43 @@ fn run_case(case: &Case, dir: &Path, backend: BackendKind) -> String {
         args.extend([image.name.clone(), image.size.0.clone()]);
         let (text, status) = tool(backend, "qemu-img", &args, dir);
         if status != 0 {
-            out.push_str(&format!("[setup failed: creating {}]\n", image.name));
-            out.push_str(&step_output(&text, status, dir));
-            return out;
+            out.push(setup(format!("[setup failed: creating {}]\n", image.name)));
+            out.push(setup(step_output(&text, status, dir)));
+            return;
         }
     }
-    for step in &case.steps {
-        match step {
+    for (step, number) in case.steps.iter().zip(&case.step_numbers) {
+        if crate::interrupt::requested().is_some() {
+            break;
+        }
+        let (kind, text) = match step {
             Step::Echo(text) => {
-                out.push_str(text);
-                out.push('\n');
+                panic_on_purpose(text);
+                ("echo", format!("{text}\n"))
             }
             Step::QemuImg(args) => {
                 let args: Vec<String> = args.iter().map(|a| a.0.clone()).collect();
                 let (text, status) = tool(backend, "qemu-img", &args, dir);
-                out.push_str(&step_output(&text, status, dir));
+                ("qemu-img", step_output(&text, status, dir))
             }
             Step::QemuIo(q) => {
                 let (text, status) = match backend {
                     BackendKind::Builtin => backend_builtin::qemu_io(&invocation(q), dir),
                     BackendKind::Qemu => backend_qemu::run("qemu-io", &qemu_io_args(q), dir),
                 };
-                out.push_str(&step_output(&text, status, dir));
+                ("qemu-io", step_output(&text, status, dir))
             }
-        }
+        };
+        out.push((format!("step {number} ({kind})"), text));
     }
-    out
+}
+
+/// The test hook proving that a panic fails only its own scenario: with
+/// `BLOCKFAULT_TEST_PANIC=TEXT` set, an `echo: TEXT` step panics.
+fn panic_on_purpose(text: &str) {
+    if std::env::var_os("BLOCKFAULT_TEST_PANIC").is_some_and(|t| t == text) {
+        panic!("test hook: echo {text:?} panics on purpose");
+    }
 }
 
 fn tool(backend: BackendKind, tool: &str, args: &[String], dir: &Path) -> (String, i32) {
@@ -218,6 +253,27 @@ fn scratch_root() -> PathBuf {
         }
     })
     .clone()
+}
+
+/// Whether scratch directories can be made, checked once before anything runs: an unusable
+/// `BLOCKFAULT_SCRATCH` is one error about the environment, not a failure of every scenario.
+pub fn check_scratch_root() -> Result<(), String> {
+    let probe = Scratch::new("probe").map_err(|e| {
+        let root = scratch_root();
+        let e = blockfault::errno::strerror(e.raw_os_error().unwrap_or(libc::EIO));
+        match std::env::var_os("BLOCKFAULT_SCRATCH").filter(|d| !d.is_empty()) {
+            Some(_) => format!(
+                "BLOCKFAULT_SCRATCH={}: cannot create a scratch directory there: {e}",
+                root.display()
+            ),
+            None => format!(
+                "cannot create a scratch directory in {}: {e} (set BLOCKFAULT_SCRATCH=DIR)",
+                root.display()
+            ),
+        }
+    })?;
+    drop(probe);
+    Ok(())
 }
 
 impl Scratch {

@@ -23,32 +23,43 @@ pub fn new_path(golden: &Path) -> PathBuf {
 }
 
 /// Compares and keeps the `.out.new` in step; with `bless`, rewrites the golden file instead.
-pub fn judge(golden: &Path, actual: &str, bless: bool) -> std::io::Result<Judgement> {
+/// Errors name the file they are about. A `.out.new` that cannot be written (a read-only
+/// checkout) does not change the verdict: the diff is in the report anyway.
+pub fn judge(golden: &Path, actual: &str, bless: bool) -> Result<Judgement, String> {
     let expected = std::fs::read_to_string(golden).ok();
     let same = expected
         .as_deref()
         .is_some_and(|e| filters::same(e, actual));
+    let new = new_path(golden);
     if bless {
-        remove_if_present(&new_path(golden))?;
+        remove_if_present(&new).map_err(|e| at(&new, e))?;
         if same && expected.as_deref() == Some(actual) {
             return Ok(Judgement::Blessed(false));
         }
-        write_atomically(golden, actual)?;
+        write_atomically(golden, actual).map_err(|e| at(golden, e))?;
         return Ok(Judgement::Blessed(true));
     }
     if same {
-        remove_if_present(&new_path(golden))?;
+        remove_if_present(&new).map_err(|e| at(&new, e))?;
         Ok(Judgement::Pass)
     } else {
         // Only next to an existing golden folder: without --bless nothing new appears under golden/.
         if golden.parent().is_some_and(Path::is_dir) {
-            write_atomically(&new_path(golden), actual)?;
+            let _ = write_atomically(&new, actual);
         }
         Ok(Judgement::Fail { expected })
     }
 }
 
+fn at(p: &Path, e: std::io::Error) -> String {
+    format!("{}: {e}", p.display())
+}
+
+/// Removes `p` if it is there; a file that is not there needs no write access to stay absent.
 fn remove_if_present(p: &Path) -> std::io::Result<()> {
+    if std::fs::symlink_metadata(p).is_err() {
+        return Ok(());
+    }
     match std::fs::remove_file(p) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
         _ => Ok(()),

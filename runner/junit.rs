@@ -26,7 +26,7 @@ pub fn render(records: &[Record], suite: &str) -> String {
             "  <testcase classname=\"{}\" name=\"{}\" file=\"{}\" time=\"{:.3}\"",
             esc(&class),
             esc(name),
-            esc(&r.name),
+            esc(&r.file),
             r.elapsed.as_secs_f64()
         );
         match &r.status {

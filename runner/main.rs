@@ -7,6 +7,7 @@ mod discovery;
 mod execute;
 mod filters;
 mod golden;
+mod interrupt;
 mod junit;
 mod matrix;
 mod report;
@@ -22,6 +23,10 @@ use std::process::ExitCode;
 use std::rc::Rc;
 
 fn main() -> ExitCode {
+    if let Some(message) = non_utf8_subcommand_argument() {
+        eprintln!("{message}");
+        return ExitCode::from(1);
+    }
     let cli = cli::Cli::parse();
     let status = match cli.command {
         Some(cli::Command::Io { .. }) => {
@@ -47,6 +52,26 @@ fn main() -> ExitCode {
         None => suite::main(cli.run),
     };
     ExitCode::from(u8::try_from(status).unwrap_or(1))
+}
+
+/// The engine takes its arguments (and so its filenames) as UTF-8 text: a byte string QEMU
+/// would accept is refused with one clear line rather than clap's usage text.
+fn non_utf8_subcommand_argument() -> Option<String> {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let sub = args.get(1)?.to_str()?;
+    if sub != "io" && sub != "img" {
+        return None;
+    }
+    let (n, bad) = args
+        .iter()
+        .enumerate()
+        .skip(2)
+        .find(|(_, a)| a.to_str().is_none())?;
+    Some(format!(
+        "blockfault: argument {} ({:?}) is not UTF-8; `blockfault {sub}` takes UTF-8 arguments and filenames only (QEMU takes any bytes)",
+        n - 1,
+        bad
+    ))
 }
 
 /// The arguments after `io`/`img` exactly as given: clap drops a leading `--`, which the

@@ -1,7 +1,7 @@
 //! Expands a scenario's `matrix:` into concrete cases, substituting `${name}`, and checks that
 //! every path a case writes stays inside its scratch directory.
 
-use crate::scenario::{Drive, Image, QemuIoStep, Scalar, Scenario, Step};
+use crate::scenario::{Condition, Drive, Image, QemuIoStep, Scalar, Scenario, Step};
 use std::collections::BTreeMap;
 use std::path::{Component, Path};
 
@@ -13,6 +13,8 @@ pub struct Case {
     pub files: BTreeMap<String, String>,
     pub images: Vec<Image>,
     pub steps: Vec<Step>,
+    /// For each step, its 1-based place among the scenario's `steps:` (some are left out by `if:`).
+    pub step_numbers: Vec<usize>,
 }
 
 impl Case {
@@ -30,8 +32,33 @@ impl Case {
     }
 }
 
-/// All cases of a scenario, last matrix key varying fastest.
-pub fn expand(s: &Scenario) -> Result<Vec<Case>, String> {
+/// How many cases a matrix may make unless `--max-cases` says otherwise.
+pub const DEFAULT_MAX_CASES: usize = 10_000;
+
+/// All cases of a scenario, last matrix key varying fastest; more than `max` is an error, found
+/// before any case is built.
+pub fn expand(s: &Scenario, max: usize) -> Result<Vec<Case>, String> {
+    let count = s
+        .matrix
+        .0
+        .iter()
+        .try_fold(1usize, |n, (_, values)| n.checked_mul(values.len()));
+    match count {
+        Some(n) if n <= max => {}
+        _ => {
+            let sizes: Vec<String> = s
+                .matrix
+                .0
+                .iter()
+                .map(|(_, v)| v.len().to_string())
+                .collect();
+            let total = count.map_or("more than 2^64".to_string(), |n| n.to_string());
+            return Err(format!(
+                "matrix: {} values make {total} cases, more than the {max} allowed (--max-cases N raises it)",
+                sizes.join(" x ")
+            ));
+        }
+    }
     let mut combos: Vec<Vec<(String, String)>> = vec![Vec::new()];
     for (name, values) in &s.matrix.0 {
         combos = combos
@@ -67,10 +94,17 @@ fn case(s: &Scenario, bindings: Vec<(String, String)>) -> Result<Case, String> {
             })
         })
         .collect::<Result<Vec<_>, String>>()?;
-    let steps = s
+    let chosen: Vec<(usize, &Step)> = s
         .steps
         .iter()
-        .map(|st| step(st, &sub))
+        .enumerate()
+        .filter(|(_, e)| e.condition.as_ref().is_none_or(|c| holds(c, &bindings)))
+        .map(|(i, e)| (i + 1, &e.step))
+        .collect();
+    let step_numbers = chosen.iter().map(|(n, _)| *n).collect();
+    let steps = chosen
+        .into_iter()
+        .map(|(_, st)| step(st, &sub))
         .collect::<Result<Vec<_>, String>>()?;
     for name in files.keys() {
         check_relative("files", name)?;
@@ -83,6 +117,16 @@ fn case(s: &Scenario, bindings: Vec<(String, String)>) -> Result<Case, String> {
         files,
         images,
         steps,
+        step_numbers,
+    })
+}
+
+/// Whether a step's `if:` holds in the case with these bindings.
+fn holds(condition: &Condition, bindings: &[(String, String)]) -> bool {
+    condition.0.iter().all(|(key, wanted)| {
+        bindings
+            .iter()
+            .any(|(k, v)| k == key && wanted.0.iter().any(|w| &w.0 == v))
     })
 }
 

@@ -8,6 +8,8 @@ use std::time::Duration;
 #[derive(Debug, Clone)]
 pub struct Record {
     pub name: String,
+    /// The scenario file, as found (JUnit's `file=`).
+    pub file: String,
     /// The scenario's one-line description, shown with a failure.
     pub description: String,
     pub golden: String,
@@ -17,6 +19,8 @@ pub struct Record {
     pub actual: String,
     /// Scratch directories kept by `--keep`.
     pub kept: Vec<String>,
+    /// For each line of `actual`, the matrix case and step that printed it.
+    pub origins: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,7 +83,12 @@ pub fn render(r: &Record, style: Style) -> String {
                 r.description
             );
             match expected {
-                Some(e) => s.push_str(&diff(e, &r.actual, &r.golden, style)),
+                Some(e) => {
+                    if let Some(w) = first_difference(e, &r.actual, &r.origins) {
+                        let _ = writeln!(s, "    {w}");
+                    }
+                    s.push_str(&diff(e, &r.actual, &r.golden, style));
+                }
                 None => {
                     let _ = writeln!(
                         s,
@@ -99,6 +108,24 @@ pub fn render(r: &Record, style: Style) -> String {
         let _ = writeln!(out, "    scratch directory kept: {k}");
     }
     out
+}
+
+/// Where the first differing line comes from: `first difference at line N: [case ...] step K
+/// (qemu-io)`. A diff's context can show the next case's header, so it is said in so many words.
+pub fn first_difference(expected: &str, actual: &str, origins: &[String]) -> Option<String> {
+    let e: Vec<&str> = expected.lines().map(str::trim_end).collect();
+    let a: Vec<&str> = actual.lines().map(str::trim_end).collect();
+    let at = (0..e.len().max(a.len())).find(|&i| e.get(i) != a.get(i))?;
+    let line = at + 1;
+    Some(match origins.get(at) {
+        Some(origin) => format!("first difference at line {line}: {origin}"),
+        None => match origins.last() {
+            Some(last) => format!(
+                "first difference at line {line}: the actual output ends there (last line from {last})"
+            ),
+            None => format!("first difference at line {line}: the actual output is empty"),
+        },
+    })
 }
 
 /// A unified diff, golden on the minus side; trailing whitespace is not part of the comparison.

@@ -4,6 +4,7 @@ use crate::cli::RunArgs;
 use crate::discovery::{self, Entry};
 use crate::execute::{self, Outcome};
 use crate::golden;
+use crate::interrupt;
 use crate::matrix::{self, Case};
 use crate::report::{self, Record, Status, Style, Totals};
 use crate::scenario::{self, BackendKind, Scenario};
@@ -51,13 +52,22 @@ fn prepare(args: &RunArgs) -> Result<Option<Vec<Job>>, Vec<String>> {
         return Err(one("no scenario files (*.yaml) found".into()));
     }
     let selected = discovery::select(entries, &args.filters, shard);
+    if selected.is_empty() && !args.filters.is_empty() {
+        let patterns: Vec<String> = args.filters.iter().map(|f| format!("`{f}`")).collect();
+        return Err(one(format!(
+            "no scenario name matches -k {} (names look like `blkdebug/once`; --list shows them)",
+            patterns.join(", -k ")
+        )));
+    }
     if args.list {
         for e in &selected {
             println!("{}", e.name);
         }
         return Ok(None);
     }
-    load_all(selected).map(Some)
+    let jobs = load_all(selected, args.max_cases)?;
+    execute::check_scratch_root().map_err(one)?;
+    Ok(Some(jobs))
 }
 
 fn roots(args: &RunArgs) -> Vec<PathBuf> {
@@ -69,12 +79,13 @@ fn roots(args: &RunArgs) -> Vec<PathBuf> {
 }
 
 /// Parses and expands every scenario, collecting all errors rather than stopping at the first.
-pub fn load_all(entries: Vec<Entry>) -> Result<Vec<Job>, Vec<String>> {
+pub fn load_all(entries: Vec<Entry>, max_cases: usize) -> Result<Vec<Job>, Vec<String>> {
     let mut jobs = Vec::new();
     let mut errors = Vec::new();
     for entry in entries {
         let loaded = scenario::load(&entry.path).map_err(|e| e.0).and_then(|s| {
-            let cases = matrix::expand(&s).map_err(|m| format!("{}: {m}", entry.path.display()))?;
+            let cases = matrix::expand(&s, max_cases)
+                .map_err(|m| format!("{}: {m}", entry.path.display()))?;
             Ok((s, cases))
         });
         match loaded {
@@ -93,24 +104,41 @@ pub fn load_all(entries: Vec<Entry>) -> Result<Vec<Job>, Vec<String>> {
     }
 }
 
-/// Runs one job and judges it against its golden file.
-pub fn run_job(job: &Job, backend: BackendKind, bless: bool, keep: bool) -> Record {
+/// Runs one job and judges it against its golden file; None when a signal stopped it. A panic
+/// fails this scenario only, with the panic's message.
+pub fn run_job(job: &Job, backend: BackendKind, bless: bool, keep: bool) -> Option<Record> {
     let mut record = Record {
         name: job.entry.name.clone(),
+        file: job.entry.path.display().to_string(),
         description: job.scenario.description.clone(),
         golden: job.entry.golden.display().to_string(),
         status: Status::Pass,
         elapsed: Duration::ZERO,
         actual: String::new(),
         kept: Vec::new(),
+        origins: Vec::new(),
     };
-    match execute::run(&job.scenario, &job.cases, &job.entry.name, backend, keep) {
+    let start = std::time::Instant::now();
+    let ran =
+        panics::catch(|| execute::run(&job.scenario, &job.cases, &job.entry.name, backend, keep));
+    let outcome = match ran {
+        Ok(outcome) => outcome,
+        Err(message) => {
+            record.elapsed = start.elapsed();
+            record.status = Status::Error(message);
+            return Some(record);
+        }
+    };
+    match outcome {
+        Outcome::Interrupted => return None,
         Outcome::Skipped(reason) => record.status = Status::Skip(reason),
         Outcome::Ran {
             output,
             elapsed,
             kept,
+            origins,
         } => {
+            record.origins = origins;
             record.elapsed = elapsed;
             record.kept = kept.iter().map(|k| k.display().to_string()).collect();
             record.status = match golden::judge(&job.entry.golden, &output, bless) {
@@ -118,15 +146,98 @@ pub fn run_job(job: &Job, backend: BackendKind, bless: bool, keep: bool) -> Reco
                     let new = golden::new_path(&job.entry.golden);
                     Status::from_judgement(j, new.is_file().then(|| new.display().to_string()))
                 }
-                Err(e) => Status::Error(format!("{}: {e}", job.entry.golden.display())),
+                Err(e) => Status::Error(e),
             };
             record.actual = output;
         }
     }
-    record
+    Some(record)
+}
+
+/// Catching a panic with its message and place, printed in the report instead of on stderr.
+mod panics {
+    use std::cell::{Cell, RefCell};
+
+    thread_local! {
+        static CATCHING: Cell<bool> = const { Cell::new(false) };
+        static MESSAGE: RefCell<Option<String>> = const { RefCell::new(None) };
+    }
+
+    /// Runs `f`; a panic in it becomes `Err("panicked at FILE:LINE:COL: MESSAGE")`.
+    pub fn catch<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+        install_hook();
+        CATCHING.with(|c| c.set(true));
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+        CATCHING.with(|c| c.set(false));
+        result.map_err(|payload| {
+            MESSAGE.with(|m| m.borrow_mut().take()).unwrap_or_else(|| {
+                let text = payload
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "(no message)".into());
+                format!("panicked: {text}")
+            })
+        })
+    }
+
+    fn install_hook() {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            let default = std::panic::take_hook();
+            std::panic::set_hook(Box::new(move |info| {
+                if !CATCHING.with(Cell::get) {
+                    return default(info);
+                }
+                let text = info
+                    .payload()
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| info.payload().downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "(no message)".into());
+                let place = info
+                    .location()
+                    .map(|l| format!(" at {}:{}:{}", l.file(), l.line(), l.column()))
+                    .unwrap_or_default();
+                MESSAGE.with(|m| *m.borrow_mut() = Some(format!("panicked{place}: {text}")));
+            }));
+        });
+    }
+}
+
+/// Takes jobs until none are left or a signal asks to stop. A worker whose job panicked hands
+/// its place to a fresh thread: the engine's per-thread state may be left mid-way by the panic.
+fn worker<'scope>(
+    scope: &'scope std::thread::Scope<'scope, '_>,
+    shared: &'scope Shared<'scope>,
+    tx: mpsc::Sender<(usize, Record)>,
+) {
+    while interrupt::requested().is_none() {
+        let i = shared.next.fetch_add(1, Ordering::Relaxed);
+        let Some(job) = shared.jobs.get(i) else { break };
+        let a = shared.args;
+        let Some(record) = run_job(job, a.backend, a.bless, a.keep) else {
+            break;
+        };
+        let panicked = matches!(&record.status, Status::Error(m) if m.starts_with("panicked"));
+        if tx.send((i, record)).is_err() {
+            break;
+        }
+        if panicked {
+            scope.spawn(move || worker(scope, shared, tx));
+            break;
+        }
+    }
+}
+
+struct Shared<'a> {
+    jobs: &'a [Job],
+    next: AtomicUsize,
+    args: &'a RunArgs,
 }
 
 fn run_and_report(args: &RunArgs, jobs: Vec<Job>) -> i32 {
+    interrupt::install();
     let tty = std::io::stdout().is_terminal();
     let style = Style {
         color: tty && std::env::var_os("NO_COLOR").is_none(),
@@ -138,29 +249,36 @@ fn run_and_report(args: &RunArgs, jobs: Vec<Job>) -> i32 {
     let mut records: Vec<Option<Record>> = vec![None; jobs.len()];
     let mut totals = Totals::default();
     let mut out = std::io::stdout().lock();
-    let next = AtomicUsize::new(0);
+    let shared = Shared {
+        jobs: &jobs,
+        next: AtomicUsize::new(0),
+        args,
+    };
     let (tx, rx) = mpsc::channel::<(usize, Record)>();
+    let mut printed = 0;
     std::thread::scope(|scope| {
         for _ in 0..workers {
             let tx = tx.clone();
-            let (jobs, next) = (&jobs, &next);
-            scope.spawn(move || {
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(job) = jobs.get(i) else { break };
-                    if tx
-                        .send((i, run_job(job, args.backend, args.bless, args.keep)))
-                        .is_err()
-                    {
-                        break;
-                    }
-                }
-            });
+            let shared = &shared;
+            scope.spawn(move || worker(scope, shared, tx));
         }
         drop(tx);
         // Print in name order as soon as each next record is in, whatever order workers finish.
-        let mut printed = 0;
-        for (done, (i, record)) in rx.iter().enumerate() {
+        let mut done = 0;
+        let mut children_killed = false;
+        loop {
+            let (i, record) = match rx.recv_timeout(Duration::from_millis(50)) {
+                Ok(r) => r,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if interrupt::requested().is_some() && !children_killed {
+                        interrupt::kill_children();
+                        children_killed = true;
+                    }
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            };
+            done += 1;
             totals.add(&record.status);
             records[i] = Some(record);
             if tty {
@@ -170,19 +288,31 @@ fn run_and_report(args: &RunArgs, jobs: Vec<Job>) -> i32 {
                 let _ = write!(out, "{}", report::render(r, style));
                 printed += 1;
             }
-            if tty && done + 1 < jobs.len() {
-                let _ = write!(out, "{}", report::progress(done + 1, jobs.len(), &totals));
+            if tty && done < jobs.len() {
+                let _ = write!(out, "{}", report::progress(done, jobs.len(), &totals));
             }
             let _ = out.flush();
         }
     });
+    let signal = interrupt::requested();
+    if signal.is_some() {
+        if tty {
+            let _ = write!(out, "{}", report::CLEAR_PROGRESS);
+        }
+        // Finished scenarios after a gap left by an interrupted one are still reported.
+        for r in records.iter().skip(printed).flatten() {
+            let _ = write!(out, "{}", report::render(r, style));
+        }
+    }
     let records: Vec<Record> = records.into_iter().flatten().collect();
-    for orphan in discovery::orphans(&roots(args), args.golden.as_deref()) {
-        let _ = writeln!(
-            out,
-            "orphan golden file (no scenario): {}",
-            orphan.display()
-        );
+    if signal.is_none() {
+        for orphan in discovery::orphans(&roots(args), args.golden.as_deref()) {
+            let _ = writeln!(
+                out,
+                "orphan golden file (no scenario): {}",
+                orphan.display()
+            );
+        }
     }
     if let Some(path) = &args.junit
         && let Err(e) = std::fs::write(path, crate::junit::render(&records, "blockfault"))
@@ -191,5 +321,19 @@ fn run_and_report(args: &RunArgs, jobs: Vec<Job>) -> i32 {
         return 2;
     }
     let _ = writeln!(out, "{}", totals.closing_line());
+    if let Some(signal) = signal {
+        let _ = writeln!(
+            out,
+            "interrupted by {}: {} of {} scenarios not run",
+            if signal == libc::SIGINT {
+                "SIGINT"
+            } else {
+                "SIGTERM"
+            },
+            jobs.len() - records.len(),
+            jobs.len()
+        );
+        return 128 + signal;
+    }
     if totals.failed > 0 { 1 } else { 0 }
 }

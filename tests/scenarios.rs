@@ -17,6 +17,8 @@ mod execute;
 mod filters;
 #[path = "../runner/golden.rs"]
 mod golden;
+#[path = "../runner/interrupt.rs"]
+mod interrupt;
 #[path = "../runner/matrix.rs"]
 mod matrix;
 #[path = "../runner/report.rs"]
@@ -51,7 +53,7 @@ fn main() {
 /// Runs a scenario on one backend; Ok(None) when it is skipped there (with the reason).
 fn run(path: &Path, backend: BackendKind) -> Result<Result<String, String>, Failed> {
     let s = scenario::load(path).map_err(|e| e.0)?;
-    let cases = matrix::expand(&s)?;
+    let cases = matrix::expand(&s, matrix::DEFAULT_MAX_CASES)?;
     let name = path
         .file_stem()
         .unwrap_or_default()
@@ -60,6 +62,7 @@ fn run(path: &Path, backend: BackendKind) -> Result<Result<String, String>, Fail
     Ok(match execute::run(&s, &cases, &name, backend, false) {
         Outcome::Skipped(reason) => Err(reason),
         Outcome::Ran { output, .. } => Ok(output),
+        Outcome::Interrupted => return Err("interrupted".into()),
     })
 }
 

@@ -48,14 +48,39 @@ impl Img<'_> {
             return 2;
         };
         let common = da.len().min(db.len());
+        let strict = opts.iter().any(|(c, _)| *c == 's');
+        if strict && da.len() != db.len() {
+            say("Strict mode: Image size mismatch!\n");
+            return 1;
+        }
+        // -s: the first offset where the two block statuses differ; QEMU walks both images
+        // chunk by chunk, so content that differs before it is reported first.
+        let status_mismatch = if strict {
+            match first_status_mismatch(&a, &b, common as u64) {
+                Ok(m) => m,
+                Err(which) => {
+                    self.error(&format!("Sector allocation test failed for {}", pos[which]));
+                    return 3;
+                }
+            }
+        } else {
+            None
+        };
+        let checked = status_mismatch.map_or(common, |o| o as usize);
         // qemu-img compares sector by sector and names the first differing sector.
         let sector = |i: usize| i / 512 * 512;
-        if let Some(i) = da[..common]
+        if let Some(i) = da[..checked]
             .iter()
-            .zip(&db[..common])
+            .zip(&db[..checked])
             .position(|(x, y)| x != y)
         {
             say(&format!("Content mismatch at offset {}!\n", sector(i)));
+            return 1;
+        }
+        if let Some(offset) = status_mismatch {
+            say(&format!(
+                "Strict mode: Offset {offset} block status mismatch!\n"
+            ));
             return 1;
         }
         if da.len() != db.len() {
@@ -72,4 +97,33 @@ impl Img<'_> {
         say("Images are identical.\n");
         0
     }
+}
+
+/// Where the block statuses (QEMU's `bdrv_block_status_above` flags) of the two images first
+/// differ below `end`; `Err(i)` names the image (0 or 1) whose status query failed.
+fn first_status_mismatch(a: &Rc<Node>, b: &Rc<Node>, end: u64) -> Result<Option<u64>, usize> {
+    let (a, b) = (a.clone(), b.clone());
+    block_on(async move {
+        let mut offset = 0;
+        while offset < end {
+            let (sa, _) =
+                crate::block::io::block_status_above(&a, None, true, offset, end - offset)
+                    .await
+                    .map_err(|_| 0usize)?;
+            let (sb, _) =
+                crate::block::io::block_status_above(&b, None, true, offset, end - offset)
+                    .await
+                    .map_err(|_| 1usize)?;
+            if sa.flags != sb.flags {
+                return Ok(Some(offset));
+            }
+            let chunk = sa.pnum.min(sb.pnum);
+            if chunk == 0 {
+                return Ok(None);
+            }
+            offset += chunk;
+        }
+        Ok(None)
+    })
+    .unwrap_or(Err(0))
 }

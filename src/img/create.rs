@@ -499,12 +499,7 @@ impl Img<'_> {
                 )
             })?;
         if fmt == "raw" {
-            return file.set_len(size).map_err(|e| {
-                format!(
-                    "Could not resize file: {}",
-                    crate::errno::strerror(e.raw_os_error().unwrap_or(libc::EIO))
-                )
-            });
+            return create_raw_file(&file, size);
         }
         let result = self.qcow2_create(&opts, size, &file);
         if result.is_err() {
@@ -606,6 +601,26 @@ impl Img<'_> {
             )
         })
     }
+}
+
+/// file-posix's create for a raw image: the size rounded up to whole sectors (2^63-1 becomes
+/// 2^63, which ftruncate refuses with EINVAL), then, as `allocate_first_block` does to help
+/// O_DIRECT alignment probing, the first 4 KiB (512 bytes below 4 KiB) written as zeroes.
+fn create_raw_file(file: &std::fs::File, size: u64) -> Result<(), String> {
+    let resize_error =
+        |errno: i32| format!("Could not resize file: {}", crate::errno::strerror(errno));
+    let rounded = size.div_ceil(512) * 512;
+    if rounded > i64::MAX as u64 {
+        return Err(resize_error(libc::EINVAL));
+    }
+    file.set_len(rounded)
+        .map_err(|e| resize_error(e.raw_os_error().unwrap_or(libc::EIO)))?;
+    if rounded > 0 {
+        let first = if rounded < 4096 { 512 } else { 4096 };
+        // An optimisation in QEMU too: its failure is ignored.
+        let _ = std::os::unix::fs::FileExt::write_all_at(file, &vec![0u8; first], 0);
+    }
+    Ok(())
 }
 
 #[cfg(test)]

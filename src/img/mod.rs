@@ -40,6 +40,7 @@ pub fn run(args: &[String], base_dir: &Path, sink: SharedSink) -> i32 {
         "map" => img.map(&argv),
         other => {
             img.error(&format!("Command not found: {other}"));
+            img.console.err("Try 'qemu-img --help' for more info\n");
             1
         }
     };

@@ -245,7 +245,9 @@ fn read_f(s: &mut Session, spec: &CommandSpec, argv: &[String]) -> i32 {
     }
     let pattern_offset = soff.unwrap_or(0);
     let pattern_count = slen.unwrap_or(count - pattern_offset);
-    if pattern_count < 0 || pattern_count + pattern_offset > count {
+    // QEMU adds these as int64_t: a sum that overflows passes its check, then the
+    // verification reads far outside the buffer (below).
+    if pattern_count < 0 || pattern_count.wrapping_add(pattern_offset) > count {
         s.out("pattern verification range exceeds end of read data\n");
         return EINVAL;
     }
@@ -286,7 +288,14 @@ fn read_f(s: &mut Session, spec: &CommandSpec, argv: &[String]) -> i32 {
     let buf = buf.take();
     let mut rc = 0;
     if let Some(p) = pat {
-        let range = &buf[pattern_offset as usize..(pattern_offset + pattern_count) as usize];
+        let Some(end) = pattern_offset.checked_add(pattern_count) else {
+            s.err(&format!(
+                "blockfault: read: pattern range -s {pattern_offset} -l {pattern_count} overflows; QEMU 10.0.2 dies of SIGSEGV here (reading outside the buffer)\n"
+            ));
+            s.console.exit(1);
+            return EINVAL;
+        };
+        let range = &buf[pattern_offset as usize..end as usize];
         if !all_bytes_are(range, p) {
             s.out(&format!(
                 "Pattern verification failed at offset {}, {} bytes\n",

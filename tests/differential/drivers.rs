@@ -74,6 +74,12 @@ fn io(name: &str, args: &[&str], commands: &[&str]) -> Case {
 
 pub fn all() -> Vec<Case> {
     vec![
+        // Issue 10: an endless config file is a parse error at its first 1023-byte line.
+        io(
+            "blkdebug_config_dev_zero",
+            &["-f", "raw", "blkdebug:/dev/zero:img.raw"],
+            &["read 0 512"],
+        ),
         // -C: what a read finds in the backing file is copied up, whole clusters at a time;
         // zeroes are copied as zero writes.
         with(

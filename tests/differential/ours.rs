@@ -39,6 +39,8 @@ fn expect(case: Case, output: &str, status: i32) -> Expect {
 const ABORT: i32 = 128 + libc::SIGABRT;
 /// SIGFPE: a division by zero.
 const FPE: i32 = 128 + libc::SIGFPE;
+/// SIGSEGV: memory read outside a buffer.
+const SEGV: i32 = 128 + libc::SIGSEGV;
 
 impl Expect {
     fn qemu_dies_with(mut self, status: i32) -> Self {
@@ -196,6 +198,18 @@ fn crashes() -> Vec<Expect> {
             1,
         )
         .qemu_dies_with(FPE),
+        // `read -s -l` whose sum overflows int64 passes QEMU's range check, then the pattern
+        // check reads far outside the buffer (issue 10: this was a panic here).
+        expect(
+            on(
+                "read_pattern_range_overflow_sigsegv",
+                &["read -s 9223372036854775807 -l 1 -P 1 0 512"],
+                "json:{\"driver\":\"raw\",\"file\":{\"driver\":\"file\",\"filename\":\"img.raw\"}}",
+            ),
+            "blockfault: read: pattern range -s 9223372036854775807 -l 1 overflows; QEMU 10.0.2 dies of SIGSEGV here (reading outside the buffer)\n",
+            1,
+        )
+        .qemu_dies_with(SEGV),
     ]
 }
 
@@ -207,6 +221,17 @@ fn hang(tag: &str) -> String {
 
 fn cases() -> Vec<Expect> {
     vec![
+        // Issue 10: a config file longer than blockfault holds, valid in its first megabyte
+        // (QEMU would read on; /dev/zero is the differential case `blkdebug_config_dev_zero`).
+        expect(
+            case(
+                "blkdebug_config_too_long",
+                &["-f", "raw", "-c", "read 0 512", "blkdebug:long.cfg:img.raw"],
+            )
+            .file("long.cfg", &"# comment\n".repeat(120_000)),
+            "qemu-io: can't open device blkdebug:long.cfg:img.raw: blockfault: the blkdebug config file is longer than 1048576 bytes, the most blockfault reads\n",
+            1,
+        ),
         // QEMU: blkverify has supported_zero_flags but no pwrite_zeroes callback, so
         // bdrv_co_do_pwrite_zeroes asserts (exit 134). We fail the request the blkverify way.
         expect(

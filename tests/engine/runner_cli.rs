@@ -34,13 +34,37 @@ impl Project {
     }
 
     fn run(&self, args: &[&str]) -> Run {
-        let out = Command::new(env!("CARGO_BIN_EXE_blockfault"))
-            .args(args)
+        self.run_with(args, &[])
+    }
+
+    /// The binary in the project folder, with a scratch root of the project's own (so that
+    /// what is left behind can be seen) and these extra environment variables.
+    fn command(&self, args: &[&str], env: &[(&str, &str)]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_blockfault"));
+        std::fs::create_dir_all(self.path("scratch")).unwrap();
+        c.args(args)
             .current_dir(self.dir.path())
             .env("NO_COLOR", "1")
-            .output()
-            .expect("runs");
-        Run::from(out)
+            .env("BLOCKFAULT_SCRATCH", self.path("scratch"));
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c
+    }
+
+    fn run_with(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
+        Run::from(self.command(args, env).output().expect("runs"))
+    }
+
+    /// Scratch directories left in the project's scratch root.
+    fn scratch_left(&self) -> Vec<String> {
+        std::fs::read_dir(self.path("scratch"))
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     fn read(&self, rel: &str) -> Option<String> {
@@ -343,13 +367,13 @@ fn skips_say_why_and_count() {
     );
     p.write(
         "scenarios/r.yaml",
-        "description: r\nrequires: [qcow9]\nsteps: []\n",
+        "description: r\nrequires: [vmdk]\nsteps: []\n",
     );
     let r = p.run(&["scenarios"]);
     assert_eq!(r.code, 0);
     insta::assert_snapshot!(r.stdout, @r"
     skip q: not for the builtin backend: only QEMU does this
-    skip r: requires qcow9
+    skip r: requires vmdk
     skip s: not today
     0 passed, 0 failed, 3 skipped
     ");
@@ -479,4 +503,437 @@ fn io_into_a_pipe_holds_stdout_back_as_qemu_io_does() {
         run(&ours, sessions[0])[0],
         "qemu-io: file open already, try 'help close'"
     );
+}
+
+#[test]
+fn a_panic_fails_its_scenario_only_and_the_run_goes_on() {
+    let p = Project::new();
+    p.echo("a/boom", "boom");
+    p.write("golden/a/boom.out", "boom\n");
+    for n in ["b", "c", "d"] {
+        p.echo(&format!("a/{n}"), n);
+        p.write(&format!("golden/a/{n}.out"), &format!("{n}\n"));
+    }
+    let r = p.run_with(
+        &["-j", "2", "--junit", "report.xml", "scenarios"],
+        &[("BLOCKFAULT_TEST_PANIC", "boom")],
+    );
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    let report = untimed(&r.stdout);
+    let at = report.find("execute.rs:").expect("the panic's place") + "execute.rs:".len();
+    let end = at + report[at..].find(": ").unwrap();
+    let report = format!("{}LINE{}", &report[..at], &report[end..]);
+    insta::assert_snapshot!(report, @r#"
+    pass a/b (T)
+    FAIL a/boom (T)
+        panicked at runner/execute.rs:LINE: test hook: echo "boom" panics on purpose
+    pass a/c (T)
+    pass a/d (T)
+    3 passed, 1 failed, 0 skipped
+    "#);
+    assert_eq!(r.stderr, "", "the panic is in the report, not on stderr");
+    let xml = p.read("report.xml").expect("the JUnit file is written");
+    assert!(xml.contains(r#"tests="4" failures="1""#), "{xml}");
+    assert!(p.scratch_left().is_empty(), "{:?}", p.scratch_left());
+}
+
+/// SIGINT and SIGTERM stop the run: QEMU's children die with it, scratch directories go, the
+/// report so far is printed, and the status is 128 + the signal.
+#[test]
+fn signals_stop_the_run_kill_children_and_clean_up() {
+    for (signal, code, name) in [
+        (libc::SIGINT, 130, "SIGINT"),
+        (libc::SIGTERM, 143, "SIGTERM"),
+    ] {
+        let p = Project::new();
+        p.echo("a/first", "first");
+        p.write("golden/a/first.out", "first\n");
+        p.write(
+            "scenarios/b/hang.yaml",
+            "description: a step that never ends\nsteps:\n  - qemu-io:\n      commands: [sleep 1000000]\n",
+        );
+        p.echo("c/never", "never");
+        // A stand-in for qemu-io that says where it is, then waits forever.
+        p.write(
+            "fake-qemu-io",
+            &format!(
+                "#!/bin/sh\necho $$ > {}\nexec sleep 1000000\n",
+                p.path("child.pid").display()
+            ),
+        );
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(
+            p.path("fake-qemu-io"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+        let fake = p.path("fake-qemu-io");
+        let child = p
+            .command(
+                &["-j", "1", "--backend", "qemu", "scenarios"],
+                &[("QEMU_IO", fake.to_str().unwrap())],
+            )
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid_file = p.path("child.pid");
+        let mut waited = 0;
+        while p.read("child.pid").is_none_or(|t| !t.ends_with('\n')) {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            waited += 1;
+            assert!(waited < 3000, "the fake qemu-io never started");
+        }
+        let qemu_pid: i32 = std::fs::read_to_string(&pid_file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        unsafe { libc::kill(child.id() as i32, signal) };
+        let r = Run::from(child.wait_with_output().unwrap());
+        assert_eq!(r.code, code, "{name}: {}{}", r.stdout, r.stderr);
+        assert_eq!(
+            untimed(&r.stdout),
+            format!(
+                "pass a/first (T)\n1 passed, 0 failed, 0 skipped\ninterrupted by {name}: 2 of 3 scenarios not run"
+            )
+        );
+        // The child is gone (kill(pid, 0) fails), not reparented to init.
+        let alive = unsafe { libc::kill(qemu_pid, 0) } == 0;
+        assert!(
+            !alive,
+            "{name}: the qemu-io stand-in {qemu_pid} outlived the run"
+        );
+        assert!(
+            p.scratch_left().is_empty(),
+            "{name}: {:?}",
+            p.scratch_left()
+        );
+        assert!(!p.path("golden/b").exists(), "nothing is judged");
+    }
+}
+
+#[test]
+fn names_and_golden_paths_do_not_depend_on_the_working_directory() {
+    let p = Project::new();
+    p.echo("mine/x", "hi");
+    let inside = |args: &[&str]| {
+        let out = p
+            .command(args, &[])
+            .current_dir(p.path("scenarios/mine"))
+            .output()
+            .unwrap();
+        Run::from(out)
+    };
+    let r = inside(&["--bless", "."]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert_eq!(
+        untimed(&r.stdout),
+        "bless mine/x (T)\n1 passed, 0 failed, 0 skipped"
+    );
+    assert_eq!(p.files("golden"), ["mine/x.out"]);
+    assert!(!p.path("scenarios/mine/golden").exists());
+    let r = inside(&["x.yaml"]);
+    assert_eq!(
+        untimed(&r.stdout),
+        "pass mine/x (T)\n1 passed, 0 failed, 0 skipped"
+    );
+    let r = p.run(&["scenarios/mine/../mine/./x.yaml", "scenarios"]);
+    assert_eq!(
+        untimed(&r.stdout),
+        "pass mine/x (T)\n1 passed, 0 failed, 0 skipped"
+    );
+}
+
+/// A checkout whose golden folder is read-only: passing scenarios pass, a failing one shows its
+/// diff. Needs a read-only mount (a private mount namespace as root), else chmod (not root).
+#[test]
+fn a_read_only_golden_folder_fails_only_what_fails() {
+    let p = Project::new();
+    p.echo("ok", "same");
+    p.write("golden/ok.out", "same\n");
+    p.echo("bad", "new");
+    p.write("golden/bad.out", "old\n");
+    let bin = env!("CARGO_BIN_EXE_blockfault");
+    let golden = p.path("golden");
+    let r = if unsafe { libc::geteuid() } == 0 {
+        let probe = Command::new("unshare")
+            .args(["-m", "sh", "-c", "mount --bind -o ro \"$0\" \"$0\""])
+            .arg(&golden)
+            .output();
+        if !probe.is_ok_and(|o| o.status.success()) {
+            eprintln!("skipped: no private read-only mount here (unshare -m)");
+            return;
+        }
+        let script = "mount --bind -o ro \"$0\" \"$0\" && shift && exec \"$@\"";
+        let c = p.command(&[], &[]);
+        let out = Command::new("unshare")
+            .args(["-m", "sh", "-c", script])
+            .arg(&golden)
+            .arg("unused")
+            .arg(bin)
+            .arg("scenarios")
+            .current_dir(p.dir.path())
+            .envs(c.get_envs().filter_map(|(k, v)| Some((k, v?))))
+            .output()
+            .unwrap();
+        Run::from(out)
+    } else {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&golden, std::fs::Permissions::from_mode(0o555)).unwrap();
+        let r = p.run(&["scenarios"]);
+        std::fs::set_permissions(&golden, std::fs::Permissions::from_mode(0o755)).unwrap();
+        r
+    };
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    insta::assert_snapshot!(untimed(&r.stdout), @r"
+    FAIL bad (T)
+        says new
+        first difference at line 1: step 1 (echo)
+        --- golden/bad.out
+        +++ actual
+        @@ -1 +1 @@
+        -old
+        +new
+    pass ok (T)
+    1 passed, 1 failed, 0 skipped
+    ");
+    assert_eq!(p.files("golden"), ["bad.out", "ok.out"]);
+}
+
+#[test]
+fn typos_in_requires_and_duplicate_keys_are_input_errors() {
+    let p = Project::new();
+    p.write(
+        "scenarios/req.yaml",
+        "description: x\nrequires: [qcwo2]\nsteps:\n  - echo: x\n",
+    );
+    p.write(
+        "scenarios/files.yaml",
+        "description: x\nfiles:\n  a.cfg: one\n  a.cfg: two\nsteps:\n  - echo: x\n",
+    );
+    p.write(
+        "scenarios/drive.yaml",
+        "description: x\nsteps:\n  - qemu-io:\n      drive: {driver: raw, file: {driver: file, filename: a, filename: b}}\n      commands: [read 0 1]\n",
+    );
+    let r = p.run(&["scenarios"]);
+    assert_eq!(r.code, 2);
+    assert_eq!(r.stdout, "");
+    insta::assert_snapshot!(r.stderr, @r"
+    error: scenarios/drive.yaml:4:34: steps[0].qemu-io.drive.file: duplicate key `filename`
+    error: scenarios/files.yaml:3:3: files: duplicate key `a.cfg`
+    error: scenarios/req.yaml: requires: unknown `qcwo2` (did you mean `qcow2`?): expected `qemu-io`, `qemu-img` or an image format QEMU 10.0.2 knows (`raw`, `qcow2`, ...: see `qemu-img --help`)
+    ");
+}
+
+#[test]
+fn a_filter_that_matches_nothing_is_an_error() {
+    let p = Project::new();
+    p.echo("a/one", "x");
+    let r = p.run(&["-k", "nomatch", "-k", "b/*", "scenarios"]);
+    assert_eq!(r.code, 2);
+    assert_eq!(r.stdout, "");
+    insta::assert_snapshot!(r.stderr, @"error: no scenario name matches -k `nomatch`, -k `b/*` (names look like `blkdebug/once`; --list shows them)");
+}
+
+#[test]
+fn an_unusable_scratch_root_is_one_error_and_nothing_is_written() {
+    let p = Project::new();
+    p.echo("a", "x");
+    p.echo("b", "y");
+    p.write("golden/a.out", "x\n");
+    let r = p.run_with(&["scenarios"], &[("BLOCKFAULT_SCRATCH", "/nonexistent")]);
+    assert_eq!(r.code, 2);
+    assert_eq!(r.stdout, "");
+    insta::assert_snapshot!(r.stderr, @"error: BLOCKFAULT_SCRATCH=/nonexistent: cannot create a scratch directory there: No such file or directory");
+    assert_eq!(p.files("golden"), ["a.out"]);
+}
+
+#[test]
+fn junit_file_is_the_scenario_path() {
+    let p = Project::new();
+    p.echo("a/ok", "x");
+    p.write("golden/a/ok.out", "x\n");
+    let r = p.run(&["--junit", "report.xml", "scenarios"]);
+    assert_eq!(r.code, 0);
+    let xml = p.read("report.xml").unwrap();
+    assert!(
+        xml.contains(r#"name="ok" file="scenarios/a/ok.yaml""#),
+        "{xml}"
+    );
+}
+
+/// Hostile YAML is refused at once, before the parser can spend quadratic time on it.
+#[test]
+fn oversized_and_deeply_nested_yaml_are_clear_errors() {
+    let p = Project::new();
+    p.write(
+        "scenarios/deep.yaml",
+        &format!("description: x\nsteps: {}", "[".repeat(1 << 19)),
+    );
+    p.write(
+        "scenarios/deepmap.yaml",
+        &format!("description: x\nfiles: {}", "{a: ".repeat(100_000)),
+    );
+    p.write(
+        "scenarios/big.yaml",
+        &format!(
+            "description: x\nsteps:\n{}",
+            "  - echo: x\n".repeat(100_000)
+        ),
+    );
+    // `[` in quotes, comments and words is not nesting.
+    p.write(
+        "scenarios/fine.yaml",
+        &format!(
+            "description: \"{}\" # {}\nsteps:\n  - echo: a{}\n",
+            "[".repeat(100),
+            "{".repeat(100),
+            "[".repeat(100)
+        ),
+    );
+    std::fs::write(
+        p.path("scenarios/latin1.yaml"),
+        b"description: caf\xe9\nsteps: []\n",
+    )
+    .unwrap();
+    let r = p.run(&["scenarios"]);
+    assert_eq!(r.code, 2);
+    insta::assert_snapshot!(r.stderr, @r"
+    error: scenarios/big.yaml: larger than 1048576 bytes, the most a scenario file may be
+    error: scenarios/deep.yaml:2:72: `[` and `{` nested more than 64 deep
+    error: scenarios/deepmap.yaml:2:264: `[` and `{` nested more than 64 deep
+    error: scenarios/latin1.yaml:1:17: not UTF-8 text
+    ");
+}
+
+#[test]
+fn matrix_case_count_is_limited_and_the_limit_can_be_raised() {
+    let p = Project::new();
+    let values: Vec<String> = (0..1000).map(|i| i.to_string()).collect();
+    let list = values.join(", ");
+    p.write(
+        "scenarios/huge.yaml",
+        &format!("description: x\nmatrix:\n  a: [{list}]\n  b: [{list}]\n  c: [{list}]\nsteps:\n  - echo: x\n"),
+    );
+    p.write(
+        "scenarios/small.yaml",
+        "description: x\nmatrix:\n  a: [1, 2]\n  b: [1, 2, 3]\nsteps:\n  - echo: ${a}${b}\n",
+    );
+    let r = p.run(&["scenarios"]);
+    assert_eq!(r.code, 2);
+    insta::assert_snapshot!(r.stderr, @"error: scenarios/huge.yaml: matrix: 1000 x 1000 x 1000 values make 1000000000 cases, more than the 10000 allowed (--max-cases N raises it)");
+    let r = p.run(&["--max-cases", "5", "scenarios/small.yaml"]);
+    assert_eq!(r.code, 2);
+    insta::assert_snapshot!(r.stderr, @"error: scenarios/small.yaml: matrix: 2 x 3 values make 6 cases, more than the 5 allowed (--max-cases N raises it)");
+    let r = p.run(&["--max-cases", "6", "--bless", "scenarios/small.yaml"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+}
+
+#[test]
+fn if_runs_a_step_only_in_the_matrix_cases_it_names() {
+    let p = Project::new();
+    p.write(
+        "scenarios/m.yaml",
+        "description: x\nmatrix:\n  event: [a, b, c]\n  n: [1, 2]\nsteps:\n  - echo: always ${event}${n}\n  - if: {event: b}\n    echo: only b\n  - echo: b or c with 2\n    if: {event: [b, c], n: 2}\n",
+    );
+    let r = p.run(&["--bless", "scenarios"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    insta::assert_snapshot!(p.read("golden/m.out").unwrap(), @r"
+    [case event=a n=1]
+    always a1
+    [case event=a n=2]
+    always a2
+    [case event=b n=1]
+    always b1
+    only b
+    [case event=b n=2]
+    always b2
+    only b
+    b or c with 2
+    [case event=c n=1]
+    always c1
+    [case event=c n=2]
+    always c2
+    b or c with 2
+    ");
+}
+
+#[test]
+fn if_names_only_matrix_keys_and_values() {
+    let p = Project::new();
+    p.write(
+        "scenarios/key.yaml",
+        "description: x\nmatrix: {event: [a, b]}\nsteps:\n  - {if: {evnt: a}, echo: x}\n",
+    );
+    p.write(
+        "scenarios/value.yaml",
+        "description: x\nmatrix: {event: [a, b]}\nsteps:\n  - {if: {event: [a, z]}, echo: x}\n",
+    );
+    p.write(
+        "scenarios/nomatrix.yaml",
+        "description: x\nsteps:\n  - {if: {event: a}, echo: x}\n",
+    );
+    p.write(
+        "scenarios/two.yaml",
+        "description: x\nsteps:\n  - echo: x\n    qemu-img: [info]\n",
+    );
+    p.write(
+        "scenarios/none.yaml",
+        "description: x\nmatrix: {e: [a]}\nsteps:\n  - if: {e: a}\n",
+    );
+    let r = p.run(&["scenarios"]);
+    assert_eq!(r.code, 2);
+    insta::assert_snapshot!(r.stderr, @r"
+    error: scenarios/key.yaml: steps[0].if: `evnt` is not a matrix key (the matrix has `event`)
+    error: scenarios/nomatrix.yaml: steps[0].if: `event` is not a matrix key (the scenario has no matrix)
+    error: scenarios/none.yaml:4:5: steps[0]: a step needs one of `echo`, `qemu-io`, `qemu-img`
+    error: scenarios/two.yaml:3:5: steps[0]: a step does one thing: `qemu-img` is a second one; start another `- ` item
+    error: scenarios/value.yaml: steps[0].if: `event` is never `z` (its values are a, b)
+    ");
+}
+
+#[test]
+fn a_failure_names_the_case_and_step_of_its_first_differing_line() {
+    let p = Project::new();
+    p.write(
+        "scenarios/m.yaml",
+        "description: m\nmatrix:\n  e: [a, b]\nsteps:\n  - echo: x ${e}\n  - if: {e: b}\n    echo: only b\n  - echo: tail\n",
+    );
+    p.write(
+        "golden/m.out",
+        "[case e=a]\nx a\ntail\n[case e=b]\nx b\nonly b\ntayl\n",
+    );
+    let r = p.run(&["scenarios"]);
+    assert_eq!(r.code, 1);
+    insta::assert_snapshot!(untimed(&r.stdout), @r"
+    FAIL m (T)
+        m
+        first difference at line 7: [case e=b] step 3 (echo)
+        --- golden/m.out
+        +++ actual
+        @@ -4,4 +4,4 @@
+         [case e=b]
+         x b
+         only b
+        -tayl
+        +tail
+        actual output kept in golden/m.out.new
+    0 passed, 1 failed, 0 skipped
+    ");
+}
+
+#[test]
+fn io_refuses_non_utf8_arguments_with_one_line() {
+    use std::os::unix::ffi::OsStrExt;
+    let p = Project::new();
+    let out = Command::new(env!("CARGO_BIN_EXE_blockfault"))
+        .args(["io", "-f", "raw", "-c", "read 0 1"])
+        .arg(std::ffi::OsStr::from_bytes(b"n\xffm.img"))
+        .current_dir(p.dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.stdout, b"");
+    insta::assert_snapshot!(String::from_utf8_lossy(&out.stderr), @r#"blockfault: argument 5 ("n\xFFm.img") is not UTF-8; `blockfault io` takes UTF-8 arguments and filenames only (QEMU takes any bytes)"#);
 }

@@ -107,6 +107,34 @@ fn parse_permissions(v: &Value) -> Result<Perms, String> {
 const DOUBLE_ERROR: &str =
     "blkdebug: two errors at once while opening (QEMU 10.0.2 aborts on an assertion here)";
 
+/// The longest blkdebug config file read (rule files are a few lines; /dev/zero is endless).
+const CONFIG_MAX: usize = 1 << 20;
+
+enum Bounded {
+    Whole(Vec<u8>),
+    /// The first lines of a longer file, cut where one of QEMU's `fgets` lines ends.
+    TooLong(Vec<u8>),
+}
+
+fn read_bounded(path: &std::path::Path) -> std::io::Result<Bounded> {
+    use std::io::Read;
+    let mut text = Vec::new();
+    std::fs::File::open(path)?
+        .take(CONFIG_MAX as u64 + 1)
+        .read_to_end(&mut text)?;
+    if text.len() <= CONFIG_MAX {
+        return Ok(Bounded::Whole(text));
+    }
+    text.truncate(CONFIG_MAX);
+    // fgets lines end after each `\n`, or every 1023 bytes of a file without one.
+    let cut = match text.iter().rposition(|&b| b == b'\n') {
+        Some(nl) => nl + 1,
+        None => CONFIG_MAX / 1023 * 1023,
+    };
+    text.truncate(cut);
+    Ok(Bounded::TooLong(text))
+}
+
 /// What is left to do once the image child is open.
 pub struct Setup {
     limit_options: Options,
@@ -124,8 +152,16 @@ pub fn configure(
 ) -> Result<Setup, String> {
     let text = match config {
         None => None,
-        Some(path) => match std::fs::read(ctx.resolve(path)) {
-            Ok(t) => Some(t),
+        Some(path) => match read_bounded(&ctx.resolve(path)) {
+            Ok(Bounded::Whole(t)) => Some(t),
+            Ok(Bounded::TooLong(prefix)) => {
+                // QEMU reads on until a line fails to parse (at once for /dev/zero); a file
+                // too long to hold has that error within its first megabyte, or gets ours.
+                super::config::parse_config(&prefix)?;
+                return Err(format!(
+                    "blockfault: the blkdebug config file is longer than {CONFIG_MAX} bytes, the most blockfault reads"
+                ));
+            }
             Err(e) => {
                 let errno = e.raw_os_error().unwrap_or(libc::EIO);
                 return Err(format!(
