@@ -1,5 +1,5 @@
-//! The engine's and the CLI's integration tests, in one binary: each test binary links the
-//! whole crate on its own, so one binary instead of ten keeps `cargo test` short.
+//! The integration tests of the engine, the CLI and scenario parsing, in one binary: each test
+//! binary links the whole crate on its own, so one binary instead of eleven keeps `cargo test` short.
 
 mod img_qcow2;
 mod parsers_prop;
@@ -11,3 +11,4 @@ mod qcow2_leaks;
 mod qcow2_random;
 mod qcow2_resize;
 mod runner_cli;
+mod scenario_yaml_prop;

@@ -5,9 +5,9 @@
 
 #![allow(dead_code)]
 
-#[path = "../runner/matrix.rs"]
+#[path = "../../runner/matrix.rs"]
 mod matrix;
-#[path = "../runner/scenario.rs"]
+#[path = "../../runner/scenario.rs"]
 mod scenario;
 
 use proptest::prelude::*;
