@@ -12,3 +12,12 @@ mod qcow2_random;
 mod qcow2_resize;
 mod runner_cli;
 mod scenario_yaml_prop;
+
+// The runner's scenario reader, compiled in as it is into the binary (its module paths are
+// crate-rooted); the property test drives it.
+#[allow(dead_code)]
+#[path = "../../runner/matrix.rs"]
+mod matrix;
+#[allow(dead_code)]
+#[path = "../../runner/scenario.rs"]
+mod scenario;
