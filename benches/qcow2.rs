@@ -88,7 +88,6 @@ fn open(dir: &Path) -> Rc<BlockBackend> {
     Rc::new(BlockBackend {
         root,
         writethrough: Cell::new(false),
-        read_only: Cell::new(false),
         perms: Cell::new(blockfault::block::perms::Perms::WRITE),
     })
 }

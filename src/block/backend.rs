@@ -10,10 +10,8 @@ pub struct BlockBackend {
     pub root: Rc<Node>,
     /// cache mode writethrough: every write is FUA (`reopen -c` changes it)
     pub writethrough: std::cell::Cell<bool>,
-    /// `reopen -r`: commands that write are refused
-    pub read_only: std::cell::Cell<bool>,
-    /// what the user holds on the root: WRITE from a read-write open, the rest as commands
-    /// took them
+    /// what the user holds on the root (QEMU's BLK_PERM_*): WRITE from a read-write open, the
+    /// rest as commands took them; `reopen -r` drops WRITE
     pub perms: std::cell::Cell<super::perms::Perms>,
 }
 

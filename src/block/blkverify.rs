@@ -118,6 +118,10 @@ impl BlkVerifyDriver {
 }
 
 impl BlockDriver for BlkVerifyDriver {
+    /// QEMU's blkverify has no bdrv_reopen_prepare.
+    fn can_reopen(&self) -> bool {
+        false
+    }
     fn format_name(&self) -> &'static str {
         "blkverify"
     }

@@ -55,6 +55,10 @@ pub(crate) fn filter_node(driver: Box<dyn BlockDriver>, file: Rc<Node>) -> Node 
 }
 
 impl BlockDriver for CompressDriver {
+    /// QEMU 10.0.2's filter has no bdrv_reopen_prepare.
+    fn can_reopen(&self) -> bool {
+        false
+    }
     fn format_name(&self) -> &'static str {
         "compress"
     }

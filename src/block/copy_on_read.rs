@@ -27,6 +27,10 @@ pub fn open_node(file: Rc<Node>, opts: &mut Options, read_only: bool) -> Result<
 }
 
 impl BlockDriver for CopyOnReadDriver {
+    /// QEMU 10.0.2's filter has no bdrv_reopen_prepare.
+    fn can_reopen(&self) -> bool {
+        false
+    }
     fn format_name(&self) -> &'static str {
         "copy-on-read"
     }

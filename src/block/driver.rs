@@ -6,6 +6,9 @@ use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
 
+/// What a driver's reopen preparation hands to its commit or abort (each driver its own type).
+pub type ReopenState = Box<dyn std::any::Any>;
+
 /// A driver's future: drivers are object-safe, so their async methods return boxed futures.
 pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
 
@@ -252,6 +255,62 @@ pub trait BlockDriver {
     /// qemu-io `info`: cluster size and format-specific lines (None: `info` has nothing to add).
     fn info(&self, _node: &Node) -> Option<DriverInfo> {
         None
+    }
+
+    /// Whether the driver can be reopened at all (QEMU: it has a bdrv_reopen_prepare).
+    fn can_reopen(&self) -> bool {
+        true
+    }
+
+    /// The driver stopped serving the node (QEMU sets `bs->drv` to NULL: qcow2 after a fatal
+    /// corruption).
+    fn has_stopped(&self) -> bool {
+        false
+    }
+
+    /// QEMU's bdrv_reopen_prepare: takes the options the driver applies on reopen out of
+    /// `opts`, checks them for the node's new `flags`, and returns what commit applies. Options
+    /// left in `opts` must be unchanged (the generic layer refuses the others).
+    fn reopen_prepare<'a>(
+        &'a self,
+        _node: &'a Node,
+        _opts: &'a mut super::open::Options,
+        _flags: super::node::OpenFlags,
+    ) -> BoxFut<'a, Result<Option<ReopenState>, String>> {
+        Box::pin(async { Ok(None) })
+    }
+
+    /// The permission stage of a reopen, after every node is prepared (file-posix opens its
+    /// new descriptor here).
+    fn reopen_check_perm(
+        &self,
+        _node: &Node,
+        _state: &mut Option<ReopenState>,
+        _flags: super::node::OpenFlags,
+    ) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// A permission refresh outside a reopen reaches the node (QEMU's bdrv_check_perm):
+    /// file-posix may need another descriptor for the node's flags.
+    fn check_perm(&self, _node: &Node) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// The refresh [`BlockDriver::check_perm`] accepted is applied (QEMU's bdrv_set_perm).
+    fn set_perm(&self, _node: &Node) {}
+
+    /// Applies a prepared reopen (QEMU's bdrv_reopen_commit).
+    fn reopen_commit(&self, _node: &Node, _state: Option<ReopenState>) {}
+
+    /// Drops a prepared reopen that will not be applied (QEMU's bdrv_reopen_abort).
+    fn reopen_abort(&self, _node: &Node, _state: Option<ReopenState>) {}
+
+    /// The drive is open read-write, or was reopened so: on-disk state the engine does not
+    /// keep up to date is invalidated here, once nothing can fail the open any more (qcow2:
+    /// persistent dirty bitmaps).
+    fn start_writing<'a>(&'a self, _node: &'a Node) -> BoxFut<'a, Result<(), String>> {
+        Box::pin(async { Ok(()) })
     }
 
     /// Called once when the drive is closed (caches are written back here).

@@ -2,17 +2,17 @@
 //! one executor turn, as QEMU's thread-pool I/O completes through a bottom half.
 
 use super::driver::{
-    BlockDriver, BlockStatus, BoxFut, Capabilities, IoResult, Limits, ReqFlags, status,
+    BlockDriver, BlockStatus, BoxFut, Capabilities, IoResult, Limits, ReopenState, ReqFlags, status,
 };
 use super::executor::pool_job;
 use super::node::{Node, OpenFlags};
 use super::options::{OpenContext, OptType, Options, absorb};
-use std::cell::Cell;
+use std::cell::{Cell, Ref, RefCell};
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Which of file-posix's drivers a node is: they differ in the kind of host file they take.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,11 +43,19 @@ impl HostKind {
 
 pub struct FileDriver {
     kind: HostKind,
-    file: File,
+    /// the descriptor; a reopen that changes the access mode or O_DIRECT replaces it
+    file: RefCell<File>,
+    /// where the file is (for a reopen), and its name as QEMU shows it
+    path: PathBuf,
+    shown_name: String,
+    /// how the descriptor is open: (writable, O_DIRECT)
+    mode: Cell<(bool, bool)>,
+    /// the descriptor a permission refresh opened, installed when it is applied
+    perm_change: RefCell<Option<NewFile>>,
     /// whether flushes and FUA writes reach the host disk (fdatasync)
     sync: bool,
     /// a temporary file (a snapshot overlay) that goes away with the node
-    temporary: Option<std::path::PathBuf>,
+    temporary: Option<PathBuf>,
     /// what file-posix learns about the host file system as zero writes fail: whether
     /// FALLOC_FL_ZERO_RANGE, hole punching and plain fallocate are worth trying again
     has_write_zeroes: Cell<bool>,
@@ -141,6 +149,56 @@ impl Drop for FileDriver {
 
 fn errno_of(e: &io::Error) -> i32 {
     e.raw_os_error().unwrap_or(libc::EIO)
+}
+
+/// Opens the host file as file-posix does, with QEMU's message on failure.
+fn open_host_file(path: &Path, shown_name: &str, writable: bool) -> Result<File, String> {
+    OpenOptions::new()
+        .read(true)
+        .write(writable)
+        .open(path)
+        .map_err(|e| {
+            format!(
+                "Could not open '{shown_name}': {}",
+                crate::errno::strerror(errno_of(&e))
+            )
+        })
+}
+
+/// A descriptor opened for new flags, with its mode (writable, O_DIRECT) and the request
+/// alignment that mode gives.
+type NewFile = (File, (bool, bool), u64);
+
+/// The request alignment QEMU finds for the file under O_DIRECT (see [`probe_direct_alignment`]),
+/// with its messages when there is none.
+fn direct_alignment(path: &Path, shown_name: &str, writable: bool) -> Result<u64, String> {
+    let direct_file = open_direct(path, shown_name, writable)?;
+    probe_direct_alignment(&direct_file)
+        .ok_or_else(|| "Could not find working O_DIRECT alignment\nTry cache.direct=off".into())
+}
+
+/// The file opened with O_DIRECT, with QEMU's messages when that fails.
+fn open_direct(path: &Path, shown_name: &str, writable: bool) -> Result<File, String> {
+    OpenOptions::new()
+        .read(true)
+        .write(writable)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+        .map_err(|e| {
+            if errno_of(&e) == libc::EINVAL {
+                format!("Could not open '{shown_name}': filesystem does not support O_DIRECT")
+            } else {
+                format!(
+                    "Could not open '{shown_name}': {}",
+                    crate::errno::strerror(errno_of(&e))
+                )
+            }
+        })
+}
+
+/// A prepared reopen: the descriptor the new flags need, when they need another one.
+struct Reopen {
+    new_file: Option<NewFile>,
 }
 
 /// The options of the `file` driver (QEMU's raw_runtime_opts in file-posix).
@@ -248,33 +306,78 @@ impl FileDriver {
             _ => {}
         }
         let request_alignment = if direct {
-            let direct_file = open(libc::O_DIRECT).map_err(|e| {
-                if errno_of(&e) == libc::EINVAL {
-                    format!("Could not open '{shown_name}': filesystem does not support O_DIRECT")
-                } else {
-                    could_not(&e)
-                }
-            })?;
-            probe_direct_alignment(&direct_file)
-                .ok_or("Could not find working O_DIRECT alignment\nTry cache.direct=off")?
+            direct_alignment(path, shown_name, !read_only)?
         } else {
             1
         };
         Ok(Self {
             kind,
-            file,
+            file: RefCell::new(file),
+            path: path.to_path_buf(),
+            shown_name: shown_name.to_string(),
+            mode: Cell::new((!read_only, direct)),
             sync,
             temporary: None,
             has_write_zeroes: Cell::new(true),
             has_discard: Cell::new(true),
             has_fallocate: Cell::new(true),
+            perm_change: RefCell::new(None),
             request_alignment,
         })
+    }
+
+    fn file(&self) -> Ref<'_, File> {
+        self.file.borrow()
+    }
+
+    /// Records the descriptor as opened with `cache.direct` (which a reopen compares against)
+    /// where the engine opened it without probing the alignment.
+    pub fn with_direct(self, direct: bool) -> Self {
+        self.mode.set((self.mode.get().0, direct));
+        self
     }
 
     /// The request alignment file-posix gives the node: 1, or under O_DIRECT what the probe found.
     pub fn request_alignment(&self) -> u64 {
         self.request_alignment
+    }
+
+    /// QEMU's raw_reconfigure_getfd: the descriptor `flags` need when it is not the one open
+    /// (None: the current one does).
+    fn reconfigure(&self, flags: OpenFlags) -> Result<Option<NewFile>, String> {
+        let mode = (!flags.read_only, flags.direct);
+        if mode == self.mode.get() {
+            return Ok(None);
+        }
+        if self.temporary.is_some() {
+            return Err(format!(
+                "Could not open '{}': {}",
+                self.shown_name,
+                crate::errno::strerror(libc::ENOENT)
+            ));
+        }
+        let file = open_host_file(&self.path, &self.shown_name, mode.0)?;
+        // QEMU 10.0.2 probes the alignment on the descriptor still in use, not the new one
+        // (a one-byte read works there: a page, unless the host says otherwise).
+        let align = if mode.1 {
+            open_direct(&self.path, &self.shown_name, mode.0)?;
+            probe_direct_alignment(&self.file())
+                .ok_or("Could not find working O_DIRECT alignment\nTry cache.direct=off")?
+        } else {
+            1
+        };
+        Ok(Some((file, mode, align)))
+    }
+
+    /// A new descriptor replaces the old, with its mode and the node's request alignment
+    /// (QEMU's raw_refresh_limits).
+    fn install(&self, node: &Node, (file, mode, align): NewFile) {
+        *self.file.borrow_mut() = file;
+        self.mode.set(mode);
+        node.set_limits(Limits {
+            request_alignment: align,
+            ..node.limits()
+        });
     }
 
     /// Deletes the file when the node is dropped (QEMU's BDRV_O_TEMPORARY).
@@ -285,7 +388,7 @@ impl FileDriver {
 
     /// The host file's size (the node keeps the block layer's own idea of the length).
     fn len(&self) -> IoResult<u64> {
-        self.file
+        self.file()
             .metadata()
             .map(|m| m.len())
             .map_err(|e| errno_of(&e))
@@ -294,7 +397,7 @@ impl FileDriver {
     fn read_full(&self, offset: u64, buf: &mut [u8]) -> IoResult {
         let mut done = 0;
         while done < buf.len() {
-            match self.file.read_at(&mut buf[done..], offset + done as u64) {
+            match self.file().read_at(&mut buf[done..], offset + done as u64) {
                 // Past the end of the file reads as zeroes, as file-posix pads short reads.
                 Ok(0) => {
                     buf[done..].fill(0);
@@ -312,13 +415,13 @@ impl FileDriver {
         if !self.sync {
             return Ok(());
         }
-        self.file.sync_data().map_err(|e| errno_of(&e))
+        self.file().sync_data().map_err(|e| errno_of(&e))
     }
 
     fn fallocate(&self, mode: i32, offset: u64, bytes: u64) -> IoResult {
         // SAFETY: fallocate on an fd we own; offsets are checked by the request layer.
         let r =
-            unsafe { libc::fallocate(self.file.as_raw_fd(), mode, offset as i64, bytes as i64) };
+            unsafe { libc::fallocate(self.file().as_raw_fd(), mode, offset as i64, bytes as i64) };
         if r == 0 {
             return Ok(());
         }
@@ -417,7 +520,7 @@ impl BlockDriver for FileDriver {
     ) -> BoxFut<'a, IoResult> {
         Box::pin(async move {
             let ret = self
-                .file
+                .file()
                 .write_all_at(buf, offset)
                 .map_err(|e| errno_of(&e));
             pool_job().await;
@@ -450,7 +553,7 @@ impl BlockDriver for FileDriver {
             let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
             // SAFETY: fallocate on an fd we own.
             let r = unsafe {
-                libc::fallocate(self.file.as_raw_fd(), mode, offset as i64, bytes as i64)
+                libc::fallocate(self.file().as_raw_fd(), mode, offset as i64, bytes as i64)
             };
             pool_job().await;
             // Discard is advisory: a host that cannot punch holes just keeps the data.
@@ -484,7 +587,7 @@ impl BlockDriver for FileDriver {
                     file: None,
                 });
             }
-            let fd = self.file.as_raw_fd();
+            let fd = self.file().as_raw_fd();
             // SAFETY: lseek on an fd we own; it does not touch memory.
             let data = unsafe { libc::lseek(fd, offset as i64, libc::SEEK_DATA) };
             let (flags, pnum) = if data < 0 || data as u64 > offset {
@@ -505,7 +608,7 @@ impl BlockDriver for FileDriver {
                 };
                 (status::DATA, (end - offset).clamp(1, bytes))
             };
-            let align = node.limits.request_alignment;
+            let align = node.limits().request_alignment;
             let pnum = if pnum < bytes {
                 (pnum / align * align).max(align)
             } else {
@@ -522,7 +625,7 @@ impl BlockDriver for FileDriver {
 
     fn truncate<'a>(&'a self, _node: &'a Node, size: u64) -> BoxFut<'a, Result<(), String>> {
         Box::pin(async move {
-            let ret = self.file.set_len(size).map_err(|e| {
+            let ret = self.file().set_len(size).map_err(|e| {
                 format!(
                     "Failed to resize file: {}",
                     crate::errno::strerror(errno_of(&e))
@@ -557,7 +660,7 @@ impl BlockDriver for FileDriver {
                         // SAFETY: plain syscall on our own descriptor.
                         let e = unsafe {
                             libc::posix_fallocate(
-                                self.file.as_raw_fd(),
+                                self.file().as_raw_fd(),
                                 current as libc::off_t,
                                 (size - current) as libc::off_t,
                             )
@@ -570,13 +673,13 @@ impl BlockDriver for FileDriver {
                     }
                 }
                 "full" => (|| {
-                    self.file
-                        .set_len(size)
+                    let file = self.file();
+                    file.set_len(size)
                         .map_err(|e| fail("Could not resize file", errno_of(&e)))?;
                     // file-posix writes the zeroes from a plain malloc'ed buffer, which
                     // O_DIRECT refuses: the file gets its old length back.
-                    if node.flags.direct && size > current {
-                        let _ = self.file.set_len(current);
+                    if node.flags().direct && size > current {
+                        let _ = file.set_len(current);
                         return Err(fail(
                             "Could not write zeros for preallocation",
                             libc::EINVAL,
@@ -586,13 +689,12 @@ impl BlockDriver for FileDriver {
                     let mut off = current;
                     while off < size {
                         let n = (size - off).min(zeros.len() as u64) as usize;
-                        self.file.write_all_at(&zeros[..n], off).map_err(|e| {
+                        file.write_all_at(&zeros[..n], off).map_err(|e| {
                             fail("Could not write zeros for preallocation", errno_of(&e))
                         })?;
                         off += n as u64;
                     }
-                    self.file
-                        .sync_all()
+                    file.sync_all()
                         .map_err(|e| fail("Could not flush file to disk", errno_of(&e)))
                 })(),
                 _ => Err(format!("Unsupported preallocation mode: {prealloc}")),
@@ -600,6 +702,68 @@ impl BlockDriver for FileDriver {
             pool_job().await;
             r
         })
+    }
+
+    /// file-posix's reopen takes `drop-cache` and `x-check-cache-dropped` (page-cache
+    /// details with nothing to do here); `filename`, `aio`, `locking` and the rest cannot change.
+    fn reopen_prepare<'a>(
+        &'a self,
+        _node: &'a Node,
+        opts: &'a mut crate::block::open::Options,
+        _flags: OpenFlags,
+    ) -> BoxFut<'a, Result<Option<ReopenState>, String>> {
+        Box::pin(async move {
+            for key in ["drop-cache", "x-check-cache-dropped"] {
+                if let Some(v) = opts.remove(key) {
+                    crate::block::reopen::parse_bool(key, &v)?;
+                }
+            }
+            Ok(Some(Box::new(Reopen { new_file: None }) as ReopenState))
+        })
+    }
+
+    /// QEMU's raw_reconfigure_getfd: a new access mode or O_DIRECT setting needs the file opened
+    /// again by name, which fails for a temporary file (already unlinked in QEMU).
+    fn reopen_check_perm(
+        &self,
+        _node: &Node,
+        state: &mut Option<ReopenState>,
+        flags: OpenFlags,
+    ) -> Result<(), String> {
+        if let Some(file) = self.reconfigure(flags)?
+            && let Some(r) = state.as_mut().and_then(|s| s.downcast_mut::<Reopen>())
+        {
+            r.new_file = Some(file);
+        }
+        Ok(())
+    }
+
+    /// raw_check_perm: the node's flags against the recorded mode, which a reopen may have
+    /// zeroed (see reopen_commit).
+    fn check_perm(&self, node: &Node) -> Result<(), String> {
+        *self.perm_change.borrow_mut() = self.reconfigure(node.flags())?;
+        Ok(())
+    }
+
+    /// raw_set_perm: the new descriptor, if one was needed, replaces the old.
+    fn set_perm(&self, node: &Node) {
+        if let Some(new) = self.perm_change.borrow_mut().take() {
+            self.install(node, new);
+        }
+    }
+
+    /// A new descriptor brings its mode along. Keeping the old one, QEMU 10.0.2's
+    /// raw_reopen_commit still overwrites the recorded open flags with a zeroed value
+    /// (read-only, no O_DIRECT): the next reopen of a writable node opens the file by name
+    /// again, which only shows for a temporary file.
+    fn reopen_commit(&self, node: &Node, state: Option<ReopenState>) {
+        let Some(Ok(r)) = state.map(|s| s.downcast::<Reopen>()) else {
+            return;
+        };
+        match r.new_file {
+            Some(new) => self.install(node, new),
+            None => self.mode.set((false, false)),
+        }
     }
 
     /// The exact size, asked of the host afresh as file-posix does; the node keeps it in whole
@@ -610,7 +774,7 @@ impl BlockDriver for FileDriver {
 
     fn allocated_file_size(&self, _node: &Node) -> IoResult<u64> {
         use std::os::unix::fs::MetadataExt;
-        self.file
+        self.file()
             .metadata()
             .map(|m| m.blocks() * 512)
             .map_err(|e| errno_of(&e))

@@ -50,7 +50,7 @@ fn min_non_zero(a: u64, b: u64) -> u64 {
 }
 
 fn max_transfer(node: &Node, align: u64) -> u64 {
-    align_down(min_non_zero(node.limits.max_transfer, INT_MAX), align)
+    align_down(min_non_zero(node.limits().max_transfer, INT_MAX), align)
 }
 
 /// Head and tail padding needed to align `[offset, offset+bytes)` to `align`.
@@ -95,7 +95,7 @@ pub async fn preadv_flags(
 ) -> IoResult {
     let bytes = buf.len() as u64;
     check_request32(offset, bytes)?;
-    let align = node.limits.request_alignment;
+    let align = node.limits().request_alignment;
     if bytes == 0 && !offset.is_multiple_of(align) {
         return Ok(());
     }
@@ -231,7 +231,7 @@ fn cluster_size(node: &Node) -> u64 {
     get_info(node)
         .map(|i| i.cluster_size)
         .filter(|&c| c != 0)
-        .unwrap_or(node.limits.request_alignment)
+        .unwrap_or(node.limits().request_alignment)
 }
 
 /// Copy-on-read (QEMU's bdrv_co_do_copy_on_readv): the range, widened to whole clusters, is
@@ -239,7 +239,7 @@ fn cluster_size(node: &Node) -> u64 {
 /// node (zeroes as a zero write) before the caller gets its part.
 async fn copy_on_readv(node: &Node, offset: u64, buf: &mut [u8], flags: ReqFlags) -> IoResult {
     let bytes = buf.len() as u64;
-    let max_xfer = min_non_zero(node.limits.max_transfer, REQUEST_MAX_BYTES);
+    let max_xfer = min_non_zero(node.limits().max_transfer, REQUEST_MAX_BYTES);
     let cs = cluster_size(node);
     let mut align_offset = align_down(offset, cs);
     let mut align_bytes = align_up(offset + bytes, cs) - align_offset;
@@ -316,7 +316,7 @@ pub async fn pwritev(node: &Node, offset: u64, buf: &[u8], flags: ReqFlags) -> I
 
 /// Writes zeroes (QEMU's bdrv_co_pwrite_zeroes).
 pub async fn pwrite_zeroes(node: &Node, offset: u64, bytes: u64, mut flags: ReqFlags) -> IoResult {
-    if !node.flags.unmap {
+    if !node.flags().unmap {
         flags = flags.without(ReqFlags::MAY_UNMAP);
     }
     write_request(
@@ -336,7 +336,7 @@ async fn write_request(node: &Node, offset: u64, data: WriteData<'_>, flags: Req
     } else {
         check_request32(offset, bytes)?;
     }
-    let align = node.limits.request_alignment;
+    let align = node.limits().request_alignment;
     if flags.has(ReqFlags::NO_FALLBACK) && !(offset | bytes).is_multiple_of(align) {
         return Err(libc::ENOTSUP);
     }
@@ -448,7 +448,7 @@ async fn zero_pwritev(
     mut bytes: u64,
     flags: ReqFlags,
 ) -> IoResult {
-    let align = node.limits.request_alignment;
+    let align = node.limits().request_alignment;
     let plain = flags.without(ReqFlags::ZERO_WRITE);
     let mut padbuf: Option<Vec<u8>> = None;
     let mut ret = Ok(());
@@ -502,7 +502,7 @@ async fn aligned_pwritev(
 ) -> IoResult {
     let bytes = data.len();
     let max_xfer = max_transfer(node, align);
-    let ret = if node.flags.read_only {
+    let ret = if node.flags().read_only {
         Err(libc::EPERM)
     } else {
         tracked::wait_serialising(node, req).await;
@@ -554,12 +554,12 @@ fn detect_zeroes<'a>(
 ) -> (WriteData<'a>, ReqFlags) {
     match data {
         WriteData::Buf(buf)
-            if node.detect_zeroes != DetectZeroes::Off
+            if node.detect_zeroes.get() != DetectZeroes::Off
                 && node.caps.pwrite_zeroes
                 && buf.iter().all(|&b| b == 0) =>
         {
             let mut flags = flags.with(ReqFlags::ZERO_WRITE);
-            if node.detect_zeroes == DetectZeroes::Unmap {
+            if node.detect_zeroes.get() == DetectZeroes::Unmap {
                 flags = flags.with(ReqFlags::MAY_UNMAP);
             }
             (WriteData::Zeroes(buf.len() as u64), flags)
@@ -584,7 +584,7 @@ fn write_req_finish(node: &Node, kind: Kind, offset: u64, bytes: u64, ok: bool) 
 /// Calls the driver's write, emulating FUA with a flush where the driver lacks it.
 async fn driver_pwritev(node: &Node, offset: u64, buf: &[u8], mut flags: ReqFlags) -> IoResult {
     // cache=unsafe: a FUA write is a plain write (QEMU's bdrv_driver_pwritev)
-    if node.flags.no_flush {
+    if node.flags().no_flush {
         flags = flags.without(ReqFlags::FUA);
     }
     let emulate_fua = flags.has(ReqFlags::FUA) && !node.supported_write_flags.has(ReqFlags::FUA);
@@ -610,7 +610,7 @@ async fn do_pwrite_zeroes(
     mut bytes: u64,
     flags: ReqFlags,
 ) -> IoResult {
-    let l = &node.limits;
+    let l = node.limits();
     let alignment = l.pwrite_zeroes_alignment.max(l.request_alignment);
     let max_xfer = min_non_zero(l.max_transfer, MAX_BOUNCE_BUFFER);
     let max_write_zeroes = align_down(
@@ -674,11 +674,11 @@ async fn do_pwrite_zeroes(
 /// Discards a range (QEMU's bdrv_co_pdiscard): advisory, so unsupported parts are skipped.
 pub async fn pdiscard(node: &Node, offset: u64, bytes: u64) -> IoResult {
     check_request(offset, bytes)?;
-    if !node.flags.unmap || !node.caps.pdiscard {
+    if !node.flags().unmap || !node.caps.pdiscard {
         return Ok(());
     }
     let req = tracked::begin(node, offset, bytes, Kind::Discard);
-    let ret = if node.flags.read_only {
+    let ret = if node.flags().read_only {
         Err(libc::EPERM)
     } else {
         tracked::wait_serialising(node, &req).await;
@@ -691,7 +691,7 @@ pub async fn pdiscard(node: &Node, offset: u64, bytes: u64) -> IoResult {
 
 /// The discard loop: pieces aligned as the driver wants them.
 async fn discard_pieces(node: &Node, mut offset: u64, mut bytes: u64) -> IoResult {
-    let l = &node.limits;
+    let l = node.limits();
     let ra = l.request_alignment;
     let align = l.pdiscard_alignment.max(ra);
     let mut head = offset % align;
@@ -732,7 +732,7 @@ async fn discard_pieces(node: &Node, mut offset: u64, mut bytes: u64) -> IoResul
 /// children (QEMU's bdrv_co_flush).
 pub fn flush(node: &Node) -> super::driver::BoxFut<'_, IoResult> {
     Box::pin(async move {
-        if node.flags.read_only {
+        if node.flags().read_only {
             return Ok(());
         }
         let current_gen = node.write_gen.get();
@@ -770,7 +770,7 @@ async fn flush_locked(node: &Node, current_gen: u64) -> IoResult {
     if node.caps.flush_to_os {
         node.driver.flush_to_os(node).await?;
     }
-    if !node.flags.no_flush && node.flushed_gen.get() != current_gen {
+    if !node.flags().no_flush && node.flushed_gen.get() != current_gen {
         if let Some(p) = &primary {
             p.debug_event(Event::FlushToDisk).await;
         }
@@ -842,7 +842,7 @@ pub fn block_status(
             }
             return Ok(st);
         }
-        let align = node.limits.request_alignment;
+        let align = node.limits().request_alignment;
         let aligned_offset = align_down(offset, align);
         let aligned_bytes = align_up(offset + bytes, align) - aligned_offset;
         let mut r = if caps.block_status {
@@ -1003,7 +1003,7 @@ pub fn truncate_prealloc<'a>(
                 crate::errno::strerror(e)
             )
         })?;
-        if node.flags.read_only {
+        if node.flags().read_only {
             return Err("Image is read-only".into());
         }
         let new_bytes = size.saturating_sub(old_size);

@@ -19,4 +19,5 @@ pub mod options;
 pub mod perms;
 pub mod qcow2;
 pub mod raw;
+pub mod reopen;
 pub mod tracked;

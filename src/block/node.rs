@@ -4,6 +4,7 @@
 use super::blkdebug::events::Event;
 use super::driver::{BlockDriver, Capabilities, IoResult, Limits, ReqFlags};
 use super::executor::Gate;
+use super::open::Options;
 use super::perms::Perms;
 use std::cell::{Cell, RefCell};
 use std::rc::{Rc, Weak};
@@ -38,7 +39,7 @@ pub enum ChildRole {
 }
 
 /// Node-level open flags that change request handling.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct OpenFlags {
     pub read_only: bool,
     /// `discard=unmap` (qemu-io's default); without it discards are silently dropped
@@ -66,15 +67,26 @@ pub enum DetectZeroes {
 pub struct Node {
     pub driver: Box<dyn BlockDriver>,
     pub children: Vec<Child>,
-    pub limits: Limits,
+    /// QEMU's bs->bl: set at open, the file's request alignment again by a reopen that
+    /// switches O_DIRECT
+    limits: Cell<Limits>,
     pub supported_write_flags: ReqFlags,
     pub supported_zero_flags: ReqFlags,
-    pub flags: OpenFlags,
+    /// the open flags; `reopen` changes them (see [`Node::flags`])
+    flags: Cell<OpenFlags>,
+    /// QEMU's `bs->options`: what the node was opened (or last reopened) with, children's
+    /// options excluded, with the driver and filename the block layer filled in (nested, or
+    /// flat with `a.b` keys: readers flatten them)
+    pub(crate) options: RefCell<Options>,
+    /// QEMU's `bs->explicit_options`: the part of `options` given for this node itself, which
+    /// outranks what a reopen inherits from the parent
+    pub(crate) explicit_options: RefCell<Options>,
+    /// QEMU's node-name: given with `node-name`, else generated once the drive is open
+    pub(crate) node_name: RefCell<String>,
     /// the filename QEMU would show for this node
     pub filename: String,
-    /// the `node-name` option, if given
-    pub node_name: Option<String>,
-    pub detect_zeroes: DetectZeroes,
+    /// the `detect-zeroes` option; `reopen` changes it
+    pub detect_zeroes: Cell<DetectZeroes>,
     pub(crate) caps: Capabilities,
     /// the permissions the node's parents hold on it, as of the last refresh
     pub perms: Cell<Perms>,
@@ -100,13 +112,15 @@ impl Node {
         Self {
             driver,
             children,
-            limits: Limits::default(),
+            limits: Cell::new(Limits::default()),
             supported_write_flags: ReqFlags::NONE,
             supported_zero_flags: ReqFlags::NONE,
-            flags: OpenFlags::default(),
+            flags: Cell::new(OpenFlags::default()),
+            options: RefCell::new(Options::new()),
+            explicit_options: RefCell::new(Options::new()),
+            node_name: RefCell::new(String::new()),
             filename,
-            node_name: None,
-            detect_zeroes: DetectZeroes::Off,
+            detect_zeroes: Cell::new(DetectZeroes::Off),
             caps,
             perms: Cell::new(Perms::NONE),
             write_gen: Cell::new(0),
@@ -119,6 +133,28 @@ impl Node {
             serialising_in_flight: Cell::new(0),
             copy_on_read: Cell::new(false),
         }
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.limits.get()
+    }
+
+    pub fn set_limits(&self, limits: Limits) {
+        self.limits.set(limits);
+    }
+
+    /// The open flags in force (QEMU's `bs->open_flags`).
+    pub fn flags(&self) -> OpenFlags {
+        self.flags.get()
+    }
+
+    pub fn set_flags(&self, flags: OpenFlags) {
+        self.flags.set(flags);
+    }
+
+    /// The name errors give this node (QEMU's `bdrv_get_node_name`).
+    pub fn node_name(&self) -> String {
+        self.node_name.borrow().clone()
     }
 
     /// Asks the driver for the length again (QEMU's bdrv_refresh_total_sectors).

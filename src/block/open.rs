@@ -347,6 +347,8 @@ impl Walk<'_> {
             json_filename::join(&mut opts, json_filename::parse(json)?);
             filename = None;
         }
+        // QEMU's bs->explicit_options: what was given for this node itself.
+        let mut explicit = opts.clone();
         let mut flags = match &parent {
             None => Flags {
                 node: self.ctx.flags,
@@ -414,6 +416,7 @@ impl Walk<'_> {
         }
         // What children inherit: the options as they are now (QEMU's bs->options).
         let inherited = opts.clone();
+        let mut own_options = inherited.clone();
 
         // A format's file child is opened first: it is what probing reads.
         let file = if flags.protocol {
@@ -432,7 +435,12 @@ impl Walk<'_> {
             (Some(d), _) => d,
             (None, Some(f)) => {
                 let d = probe(f)?;
-                put_flat(&mut opts, "driver", Value::String(d.name().into()));
+                // A list or object given as `driver` stays beside it, as `driver.0` in QEMU's
+                // flat options, for the check of options nothing took.
+                if !get_flat(&opts, "driver").is_some_and(super::options::is_nonempty_container) {
+                    put_flat(&mut opts, "driver", Value::String(d.name().into()));
+                    put_flat(&mut own_options, "driver", Value::String(d.name().into()));
+                }
                 d
             }
             (None, None) => return Err("Must specify either driver or file".into()),
@@ -529,9 +537,11 @@ impl Walk<'_> {
                 (node, limits, None)
             }
         };
-        node.flags = flags.node;
-        node.node_name = node_name.clone();
-        node.detect_zeroes = detect_zeroes;
+        node.set_flags(flags.node);
+        if let Some(name) = &node_name {
+            *node.node_name.borrow_mut() = name.clone();
+        }
+        node.detect_zeroes.set(detect_zeroes);
 
         if !no_backing {
             let parent = Parent {
@@ -565,6 +575,13 @@ impl Walk<'_> {
                 )
             });
         }
+        // The node keeps its options without its children's, which a reopen starts from.
+        for key in node.children.iter().map(|c| c.name).chain(["backing"]) {
+            own_options.shift_remove(key);
+            explicit.shift_remove(key);
+        }
+        *node.options.borrow_mut() = own_options;
+        *node.explicit_options.borrow_mut() = explicit;
         let node = finish(node, limits);
         if let Some(name) = node_name
             && let Some(entry) = self.names.borrow_mut().iter_mut().find(|(n, _)| *n == name)
@@ -723,17 +740,38 @@ pub fn open_drive(
         ctx,
         names: RefCell::new(Vec::new()),
     };
-    walk.open(filename.map(str::to_string), None, options, None)
+    let root = walk.open(filename.map(str::to_string), None, options, None)?;
+    let r = root.clone();
+    crate::block::executor::block_on(async move { start_writing(&r).await })
+        .unwrap_or_else(|| Err("blockfault: a header update at open can never complete".into()))?;
+    Ok(root)
+}
+
+/// Tells every writable node of the tree that it is open for writing (see
+/// [`super::driver::BlockDriver::start_writing`]), children first.
+pub async fn start_writing(root: &Rc<Node>) -> Result<(), String> {
+    fn collect(node: &Rc<Node>, out: &mut Vec<Rc<Node>>) {
+        for c in &node.children {
+            collect(&c.node, out);
+        }
+        out.push(node.clone());
+    }
+    let mut nodes = Vec::new();
+    collect(root, &mut nodes);
+    for node in nodes.iter().filter(|n| !n.flags().read_only) {
+        node.driver.start_writing(node).await?;
+    }
+    Ok(())
 }
 
 /// The end of QEMU's bdrv_open_driver: the node's limits and its length. Some limits default
 /// to the children's (QEMU's bdrv_refresh_limits with bdrv_merge_limits: the largest discard
 /// alignment, the smallest transfer limit), and the driver's own setting overrides them.
-fn finish(mut node: Node, own: Limits) -> Rc<Node> {
+fn finish(node: Node, own: Limits) -> Rc<Node> {
     let mut limits = own;
     let (mut discard_alignment, mut max_transfer) = (0, 0);
     for child in &node.children {
-        let l = &child.node.limits;
+        let l = child.node.limits();
         discard_alignment = discard_alignment.max(l.pdiscard_alignment);
         max_transfer = match (max_transfer, l.max_transfer) {
             (0, m) | (m, 0) => m,
@@ -746,7 +784,7 @@ fn finish(mut node: Node, own: Limits) -> Rc<Node> {
     if limits.pdiscard_alignment == 0 {
         limits.pdiscard_alignment = discard_alignment;
     }
-    node.limits = limits;
+    node.set_limits(limits);
     let node = node.into_rc();
     let _ = node.refresh_total_sectors();
     node
@@ -775,7 +813,12 @@ fn bottom_filename(node: &Node) -> String {
 /// `-s` (QEMU's BDRV_O_SNAPSHOT): the drive opened read-only under a temporary qcow2 overlay
 /// that takes every write and is deleted at close. QEMU puts it in the host's temp directory;
 /// we keep it beside the image's directory (`base_dir`), so nothing is written elsewhere.
-pub fn open_temp_snapshot(root: Rc<Node>, ctx: &OpenContext) -> Result<Rc<Node>, String> {
+/// `read_only` (`-r`) makes the overlay read-only too.
+pub fn open_temp_snapshot(
+    root: Rc<Node>,
+    read_only: bool,
+    ctx: &OpenContext,
+) -> Result<Rc<Node>, String> {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let size = root
         .getlength()
@@ -794,7 +837,7 @@ pub fn open_temp_snapshot(root: Rc<Node>, ctx: &OpenContext) -> Result<Rc<Node>,
         .map_err(|e| format!("Could not create temporary overlay: {e}"))?;
     // The overlay is scratch space: QEMU opens it with cache.no-flush.
     let flags = OpenFlags {
-        read_only: false,
+        read_only,
         no_flush: true,
         ..ctx.flags
     };
@@ -805,21 +848,33 @@ pub fn open_temp_snapshot(root: Rc<Node>, ctx: &OpenContext) -> Result<Rc<Node>,
     };
     // QEMU's overlay inherits cache.direct, but its alignment is invisible in a file that is
     // deleted at close.
-    let driver = FileDriver::open(HostKind::File, &path, &name, false, false, false)
-        .map(|d| d.delete_on_close(path.clone()))
+    let driver = FileDriver::open(HostKind::File, &path, &name, read_only, false, false)
+        .map(|d| {
+            d.with_direct(ctx.flags.direct)
+                .delete_on_close(path.clone())
+        })
         .inspect_err(|_| {
             let _ = std::fs::remove_file(&path);
         })?;
     let mut file = Node::new(Box::new(driver), Vec::new(), name);
     file.supported_write_flags = ReqFlags::FUA;
     file.supported_zero_flags = ReqFlags::MAY_UNMAP.with(ReqFlags::NO_FALLBACK);
-    file.flags = OpenFlags {
+    file.set_flags(OpenFlags {
         copy_on_read: false,
         ..flags
+    });
+    // The options QEMU opens its overlay with (driver qcow2 on a file), for reopen.
+    let named = |pairs: &[(&str, &str)]| -> Options {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), Value::String(v.to_string())))
+            .collect()
     };
+    *file.options.borrow_mut() = named(&[("driver", "file"), ("filename", &file.filename)]);
     let file = finish(file, Limits::default());
     let (mut node, limits, _) = super::qcow2::open::open_node(file, &mut Options::new(), &octx)?;
-    node.flags = flags;
+    node.set_flags(flags);
+    *node.options.borrow_mut() = named(&[("driver", "qcow2")]);
     node.children.push(Child {
         name: "backing",
         node: root,
@@ -854,6 +909,39 @@ mod tests {
             err.as_deref(),
             Some("qcow (version 1) images are not supported by this engine")
         );
+    }
+
+    /// The bitmaps autoclear bit is dropped only once a read-write open has succeeded.
+    #[test]
+    fn bitmaps_bit_survives_a_failed_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = crate::img::qcow2::create::CreateSpec {
+            size: 1 << 20,
+            ..Default::default()
+        };
+        let mut image = crate::img::qcow2::create::build(&spec).unwrap().flatten();
+        image[95] |= 1;
+        let path = dir.path().join("t.qcow2");
+        std::fs::write(&path, &image).unwrap();
+        let ctx = OpenContext {
+            base_dir: dir.path().to_path_buf(),
+            console: crate::output::Console::new(std::rc::Rc::new(std::cell::RefCell::new(
+                crate::output::Capture::default(),
+            ))),
+            flags: OpenFlags::default(),
+            skip_host_sync: true,
+        };
+        let mut bogus = Options::new();
+        bogus.insert("bogus".into(), Value::from(1));
+        let err = open_drive(Some("t.qcow2"), bogus, Some("qcow2"), &ctx).err();
+        assert_eq!(
+            err.as_deref(),
+            Some("Block format 'qcow2' does not support the option 'bogus'")
+        );
+        assert_eq!(std::fs::read(&path).unwrap(), image);
+        let node = open_drive(Some("t.qcow2"), Options::new(), Some("qcow2"), &ctx).unwrap();
+        drop(node);
+        assert_eq!(std::fs::read(&path).unwrap()[95] & 1, 0);
     }
 
     #[test]

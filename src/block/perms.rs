@@ -73,12 +73,35 @@ fn child_perms(child: &Child, held: Perms, parent_writable: bool) -> Perms {
 /// they were attached). `read_only` is the user's current mode; nodes of backing chains keep
 /// their own read-only flag. On failure no node's permissions change.
 pub fn refresh(root: &Rc<Node>, held: Perms, read_only: bool) -> Result<(), String> {
+    let planned = plan(root, held, read_only, &|n| n.flags().read_only)?;
+    for (node, _) in &planned {
+        node.driver.check_perm(node)?;
+    }
+    for (node, _) in &planned {
+        node.driver.set_perm(node);
+    }
+    apply(planned);
+    Ok(())
+}
+
+/// What [`refresh`] gives each node, checked, without giving it: `own_read_only` is a node's
+/// read-only flag where it decides (the node's own, or the one a reopen is about to give it).
+pub fn plan(
+    root: &Rc<Node>,
+    held: Perms,
+    read_only: bool,
+    own_read_only: &dyn Fn(&Node) -> bool,
+) -> Result<Vec<(Rc<Node>, Perms)>, String> {
     let mut plan = Vec::new();
-    plan_node(root, held, Some(read_only), &mut plan)?;
+    plan_node(root, held, Some(read_only), own_read_only, &mut plan)?;
+    Ok(plan)
+}
+
+/// Gives the nodes the permissions [`plan`] found.
+pub fn apply(plan: Vec<(Rc<Node>, Perms)>) {
     for (node, perms) in plan {
         node.perms.set(perms);
     }
-    Ok(())
 }
 
 /// `read_only`: None below a backing edge, where the node's own flag decides.
@@ -86,9 +109,10 @@ fn plan_node(
     node: &Rc<Node>,
     held: Perms,
     read_only: Option<bool>,
+    own_read_only: &dyn Fn(&Node) -> bool,
     plan: &mut Vec<(Rc<Node>, Perms)>,
 ) -> Result<(), String> {
-    let node_read_only = read_only.unwrap_or(node.flags.read_only);
+    let node_read_only = read_only.unwrap_or_else(|| own_read_only(node));
     check(node, held, node_read_only)?;
     plan.push((node.clone(), held));
     for child in &node.children {
@@ -98,7 +122,7 @@ fn plan_node(
             read_only
         };
         let perms = child_perms(child, held, !node_read_only);
-        plan_node(&child.node, perms, below, plan)?;
+        plan_node(&child.node, perms, below, own_read_only, plan)?;
     }
     Ok(())
 }
@@ -111,7 +135,7 @@ fn check(node: &Node, held: Perms, read_only: bool) -> Result<(), String> {
         return Err("Block node is read-only".into());
     }
     // QEMU compares the size in whole sectors, as the block layer keeps it.
-    let align = node.limits.request_alignment;
+    let align = node.limits().request_alignment;
     if !held.resize
         && let Ok(len) = io::getlength(node)
         && !len.is_multiple_of(align)

@@ -3,7 +3,7 @@
 
 use super::blkdebug::events::Event;
 use super::driver::{
-    BlockDriver, BlockStatus, BoxFut, Capabilities, IoResult, Limits, ReqFlags, status,
+    BlockDriver, BlockStatus, BoxFut, Capabilities, IoResult, Limits, ReopenState, ReqFlags, status,
 };
 use super::io;
 use super::node::{Child, ChildRole, Node};
@@ -19,10 +19,10 @@ pub const PROBE_BUF_SIZE: u64 = 512;
 pub struct RawDriver {
     /// the format was guessed: writes that would make the image probe as something else fail
     pub probed: bool,
-    /// where the image starts in the file (`offset`)
-    offset: u64,
+    /// where the image starts in the file (`offset`); a reopen may move it
+    offset: Cell<u64>,
     /// `size` was given: requests beyond it fail, and the image cannot be resized
-    has_size: bool,
+    has_size: Cell<bool>,
     /// the image's length (QEMU's s->size), kept in step with the file's length
     size: Cell<u64>,
 }
@@ -32,8 +32,8 @@ impl RawDriver {
     pub fn whole(probed: bool) -> Self {
         Self {
             probed,
-            offset: 0,
-            has_size: false,
+            offset: Cell::new(0),
+            has_size: Cell::new(false),
             size: Cell::new(0),
         }
     }
@@ -41,10 +41,10 @@ impl RawDriver {
     /// QEMU's raw_adjust_offset: the file offset of a request, or why it may not go there.
     fn adjust(&self, offset: u64, bytes: u64, is_write: bool) -> IoResult<u64> {
         let size = self.size.get();
-        if self.has_size && (offset > size || bytes > size - offset) {
+        if self.has_size.get() && (offset > size || bytes > size - offset) {
             return Err(if is_write { libc::ENOSPC } else { libc::EINVAL });
         }
-        offset.checked_add(self.offset).ok_or(libc::EINVAL)
+        offset.checked_add(self.offset.get()).ok_or(libc::EINVAL)
     }
 }
 
@@ -57,10 +57,7 @@ pub fn open_node(
     read_only: bool,
     console: &Console,
 ) -> Result<(Node, Limits), String> {
-    let o = absorb(opts, &[("offset", OptType::Size), ("size", OptType::Size)])?;
-    let offset = o.number("offset").unwrap_or(0);
-    let has_size = o.has("size");
-    let size = o.number("size").unwrap_or(0);
+    let (offset, size) = read_options(opts)?;
     // QEMU warns only where writes would be restricted.
     if probed && !read_only {
         console.err(&format!(
@@ -68,29 +65,15 @@ pub fn open_node(
             file.filename
         ));
     }
-    let real_size = file
-        .getlength()
-        .map_err(|e| format!("Could not get image size: {}", crate::errno::strerror(e)))?;
-    if offset > real_size {
-        return Err(format!(
-            "Offset ({offset}) cannot be greater than size of the containing file ({real_size})"
-        ));
-    }
-    if has_size && real_size - offset < size {
-        return Err(format!(
-            "The sum of offset ({offset}) and size ({size}) has to be smaller or equal to the  actual size of the containing file ({real_size})"
-        ));
-    }
-    // A whole number of sectors, so that rounding up cannot reach past the given range.
-    if has_size && !size.is_multiple_of(512) {
-        return Err("Specified size is not multiple of 512".into());
-    }
+    let (offset, size) = apply_options(&file, offset, size)?;
     let driver = RawDriver {
         probed,
-        offset,
-        has_size,
-        size: Cell::new(if has_size { size } else { real_size - offset }),
+        offset: Cell::new(offset),
+        has_size: Cell::new(size.is_some()),
+        size: Cell::new(size.unwrap_or(0)),
     };
+    // the size of an image without `size` follows its file
+    let _ = driver.getlength_of(&file);
     let name = file.filename.clone();
     let mut node = Node::new(
         Box::new(driver),
@@ -119,6 +102,51 @@ pub fn open_node(
         limits.request_alignment = 512;
     }
     Ok((node, limits))
+}
+
+/// QEMU's raw_read_options: `offset` and `size` (None: not given).
+fn read_options(opts: &mut Options) -> Result<(u64, Option<u64>), String> {
+    let o = absorb(opts, &[("offset", OptType::Size), ("size", OptType::Size)])?;
+    let size = if o.has("size") {
+        Some(o.number("size").unwrap_or(0))
+    } else {
+        None
+    };
+    Ok((o.number("offset").unwrap_or(0), size))
+}
+
+/// QEMU's raw_apply_options: the range must lie within the file.
+fn apply_options(
+    file: &Node,
+    offset: u64,
+    size: Option<u64>,
+) -> Result<(u64, Option<u64>), String> {
+    let real_size = file
+        .getlength()
+        .map_err(|e| format!("Could not get image size: {}", crate::errno::strerror(e)))?;
+    if offset > real_size {
+        return Err(format!(
+            "Offset ({offset}) cannot be greater than size of the containing file ({real_size})"
+        ));
+    }
+    if let Some(size) = size {
+        if real_size - offset < size {
+            return Err(format!(
+                "The sum of offset ({offset}) and size ({size}) has to be smaller or equal to the  actual size of the containing file ({real_size})"
+            ));
+        }
+        // A whole number of sectors, so that rounding up cannot reach past the given range.
+        if !size.is_multiple_of(512) {
+            return Err("Specified size is not multiple of 512".into());
+        }
+    }
+    Ok((offset, size))
+}
+
+/// A prepared reopen: the new range.
+struct Reopen {
+    offset: u64,
+    size: Option<u64>,
 }
 
 /// Whether the first sector of an image would make QEMU's probing pick a format other than raw.
@@ -205,7 +233,7 @@ impl BlockDriver for RawDriver {
             Ok(BlockStatus {
                 flags: status::RAW | status::OFFSET_VALID,
                 pnum: bytes,
-                map: offset + self.offset,
+                map: offset + self.offset.get(),
                 file: Some(node.file().clone()),
             })
         })
@@ -225,11 +253,11 @@ impl BlockDriver for RawDriver {
         prealloc: &'a str,
     ) -> BoxFut<'a, Result<(), String>> {
         Box::pin(async move {
-            if self.has_size {
+            if self.has_size.get() {
                 return Err("Cannot resize fixed-size raw disks".into());
             }
             let at = size
-                .checked_add(self.offset)
+                .checked_add(self.offset.get())
                 .filter(|&v| v <= i64::MAX as u64)
                 .ok_or("Disk size too large for the chosen offset")?;
             self.size.set(size);
@@ -239,10 +267,41 @@ impl BlockDriver for RawDriver {
 
     /// QEMU's raw_co_getlength: the file's length less the offset, at most `size`.
     fn getlength(&self, node: &Node) -> IoResult<u64> {
-        let len = node.file().getlength()?;
-        let size = match len.checked_sub(self.offset) {
+        self.getlength_of(node.file())
+    }
+
+    /// QEMU's raw_reopen_prepare: the range read and checked again as at open.
+    fn reopen_prepare<'a>(
+        &'a self,
+        node: &'a Node,
+        opts: &'a mut Options,
+        _flags: crate::block::node::OpenFlags,
+    ) -> BoxFut<'a, Result<Option<ReopenState>, String>> {
+        Box::pin(async move {
+            let (offset, size) = read_options(opts)?;
+            let (offset, size) = apply_options(node.file(), offset, size)?;
+            Ok(Some(Box::new(Reopen { offset, size }) as ReopenState))
+        })
+    }
+
+    fn reopen_commit(&self, node: &Node, state: Option<ReopenState>) {
+        let Some(Ok(r)) = state.map(|s| s.downcast::<Reopen>()) else {
+            return;
+        };
+        self.offset.set(r.offset);
+        self.has_size.set(r.size.is_some());
+        self.size.set(r.size.unwrap_or(0));
+        let _ = self.getlength_of(node.file());
+    }
+}
+
+impl RawDriver {
+    /// QEMU's raw_co_getlength: the file's length less the offset, at most `size`.
+    fn getlength_of(&self, file: &Node) -> IoResult<u64> {
+        let len = file.getlength()?;
+        let size = match len.checked_sub(self.offset.get()) {
             None => 0,
-            Some(rest) if self.has_size => self.size.get().min(rest),
+            Some(rest) if self.has_size.get() => self.size.get().min(rest),
             Some(rest) => rest,
         };
         self.size.set(size);

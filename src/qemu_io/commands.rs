@@ -5,7 +5,7 @@ use super::commands_table::{self, CommandSpec};
 use super::format::{cvtstr, dump_buffer, report_duration};
 use super::getopt::Getopt;
 use super::numbers::{NumError, cvtnum, parse_pattern, parse_sleep_ms};
-use super::session::{AioMode, CacheMode, OpenRequest, Session, parse_cache_mode, parse_discard};
+use super::session::{AioMode, CacheMode, OpenRequest, Session, parse_discard};
 use crate::block::backend::BlockBackend;
 use crate::block::driver::{IoResult, ReqFlags};
 use crate::block::io::{self, REQUEST_MAX_BYTES};
@@ -1278,55 +1278,137 @@ fn help_f(s: &mut Session, argv: &[String]) -> i32 {
 }
 
 fn reopen_f(s: &mut Session, spec: &CommandSpec, argv: &[String]) -> i32 {
-    let (mut ro, mut rw) = (false, false);
-    let mut cache: Option<(bool, bool)> = None;
-    let pos = tri!(options(s, spec, argv, "c:o:rw", |c, arg| {
-        match c {
-            'c' => {
-                let mode = arg.unwrap_or_default();
-                match parse_cache_mode(&mode) {
-                    Some(m) => cache = Some(m),
-                    None => {
-                        s.report(&format!("Invalid cache option: {mode}"));
+    let b = blk(s);
+    let current = b.root.flags();
+    let (mut read_only, mut mode) = (
+        current.read_only,
+        CacheMode {
+            writethrough: b.writethrough.get(),
+            direct: current.direct,
+            no_flush: current.no_flush,
+        },
+    );
+    let (mut has_rw_option, mut has_cache_option, mut keep_pending) = (false, false, false);
+    // QEMU's reopen_opts list outlives the command: the -c and -r/-w errors below return
+    // without emptying it, so the next reopen gets what this one parsed.
+    let mut pending = std::mem::take(&mut s.reopen_opts);
+    let parsed = {
+        let s = &*s;
+        options(s, spec, argv, "c:o:rw", |c, arg| {
+            let arg = arg.unwrap_or_default();
+            match c {
+                'c' => {
+                    let Some(m) = CacheMode::parse(&arg) else {
+                        s.report(&format!("Invalid cache option: {arg}"));
+                        keep_pending = true;
+                        return Err(EINVAL);
+                    };
+                    mode = m;
+                    has_cache_option = true;
+                }
+                'o' => match reopen_options(&arg) {
+                    Ok(parsed) => {
+                        for w in &parsed.warnings {
+                            s.report(w);
+                        }
+                        pending.extend(crate::block::reopen::flatten(&parsed.options));
+                    }
+                    Err(e) => {
+                        s.report(&e);
+                        pending.clear();
                         return Err(EINVAL);
                     }
+                },
+                'r' | 'w' => {
+                    if has_rw_option {
+                        s.report("Only one -r/-w option may be given");
+                        keep_pending = true;
+                        return Err(EINVAL);
+                    }
+                    read_only = c == 'r';
+                    has_rw_option = true;
                 }
+                _ => {}
             }
-            'o' => {
-                s.report("reopen -o is not supported by this engine");
-                return Err(-libc::ENOTSUP);
+            Ok(())
+        })
+    };
+    let pos = match parsed {
+        Ok(pos) => pos,
+        Err(e) => {
+            // getopt's own errors (usage printed) and bad -o text empty the list.
+            if keep_pending {
+                s.reopen_opts = pending;
             }
-            'r' if rw => {
-                s.report("Only one -r/-w option may be given");
-                return Err(EINVAL);
-            }
-            'w' if ro => {
-                s.report("Only one -r/-w option may be given");
-                return Err(EINVAL);
-            }
-            'r' => ro = true,
-            'w' => rw = true,
-            _ => {}
+            return e;
         }
-        Ok(())
-    }));
+    };
     if !pos.is_empty() {
         s.usage(spec);
         return EINVAL;
     }
-    let b = blk(s);
-    if ro {
-        b.read_only.set(true);
-        // qemu-io gives up its write permission before reopening read-only
+    if read_only {
+        // qemu-io drains and gives up the write permission before reopening read-only.
+        if !s.drain() {
+            return EINVAL;
+        }
         b.perms.set(crate::block::perms::Perms {
             write: false,
             ..b.perms.get()
         });
-    } else if rw {
-        b.read_only.set(false);
     }
-    if let Some((writethrough, _)) = cache {
-        b.writethrough.set(writethrough);
+    let mut opts = pending;
+    if opts.contains_key("read-only") {
+        if has_rw_option {
+            s.report("Cannot set both -r/-w and 'read-only'");
+            return EINVAL;
+        }
+    } else {
+        opts.insert("read-only".into(), read_only.into());
     }
-    0
+    if opts.contains_key("cache.direct") || opts.contains_key("cache.no-flush") {
+        if has_cache_option {
+            s.report("Cannot set both -c and the cache options");
+            return EINVAL;
+        }
+    } else {
+        opts.insert("cache.direct".into(), mode.direct.into());
+        opts.insert("cache.no-flush".into(), mode.no_flush.into());
+    }
+    if !s.drain() {
+        return EINVAL;
+    }
+    if crate::block::reopen::stopped_node(&b.root) {
+        s.err("blockfault: reopen of an image whose driver stopped after a fatal corruption; QEMU 10.0.2 crashes here (segmentation fault)\n");
+        s.console.exit(1);
+        return EINVAL;
+    }
+    let req = crate::block::reopen::Request {
+        options: opts,
+        blk_perms: b.perms.get(),
+        temp_overlay: s.temp_overlay,
+    };
+    let root = b.root.clone();
+    match s.run_sync(async move { crate::block::reopen::reopen(&root, req).await }) {
+        Some(Ok(())) => {
+            b.writethrough.set(mode.writethrough);
+            0
+        }
+        Some(Err(e)) => {
+            s.report(&e);
+            EINVAL
+        }
+        None => EINVAL,
+    }
+}
+
+/// `reopen -o` text as QEMU's merged reopen_opts list takes it: QemuOpts syntax, and no `id`.
+fn reopen_options(text: &str) -> Result<crate::block::open::Keyval, String> {
+    let invalid_id = || "Invalid parameter 'id'".to_string();
+    match parse_keyval(text) {
+        Ok(parsed) if parsed.options.contains_key("id") => Err(invalid_id()),
+        Ok(parsed) => Ok(parsed),
+        Err(e) if e.starts_with("Parameter 'id'") => Err(invalid_id()),
+        Err(e) => Err(e),
+    }
 }

@@ -58,11 +58,6 @@ impl CacheMode {
     }
 }
 
-/// Cache modes as `-t` names them: (writethrough, no_flush).
-pub fn parse_cache_mode(mode: &str) -> Option<(bool, bool)> {
-    CacheMode::parse(mode).map(|m| (m.writethrough, m.no_flush))
-}
-
 /// QEMU's `bdrv_parse_discard_flags`: whether discards unmap (`-d`).
 pub fn parse_discard(mode: &str) -> Option<bool> {
     match mode {
@@ -113,6 +108,13 @@ pub struct Session {
     in_flight: Rc<std::cell::Cell<usize>>,
     /// the `--object`s created at startup (secrets, for encrypted images)
     pub objects: super::objects::Objects,
+    /// generated node names so far (QEMU's `#block` counter, process-wide)
+    node_names: u64,
+    /// the open drive is `-s`'s temporary overlay (its backing node is not its own)
+    pub temp_overlay: bool,
+    /// `reopen -o` options kept from a `reopen` that failed before using them (QEMU's
+    /// reopen_opts list, which some of its errors leave filled)
+    pub reopen_opts: crate::block::open::Options,
 }
 
 /// How a drive is opened (qemu-io's `openfile` parameters).
@@ -150,6 +152,9 @@ impl Session {
             image_opts: false,
             in_flight: Rc::default(),
             objects: Default::default(),
+            node_names: 0,
+            temp_overlay: false,
+            reopen_opts: Default::default(),
         }
     }
 
@@ -194,18 +199,18 @@ impl Session {
         };
         let opened = self.open_tree(&req).and_then(|root| {
             // qemu-io asks the node: `-r` with `read-only=off` is writable.
-            let read_only = root.flags.read_only;
+            let read_only = root.flags().read_only;
             perms::refresh(&root, held, read_only).map(|()| root)
         });
         match opened {
             Ok(root) => {
                 // bdrv_enable_copy_on_read on the top node only: children never copy
                 root.copy_on_read.set(req.copy_on_read);
-                let read_only = root.flags.read_only;
+                crate::block::reopen::assign_node_names(&root, &mut self.node_names);
+                self.temp_overlay = req.snapshot;
                 self.blk = Some(Rc::new(BlockBackend {
                     root,
                     writethrough: std::cell::Cell::new(req.writethrough),
-                    read_only: std::cell::Cell::new(read_only),
                     perms: std::cell::Cell::new(held),
                 }));
                 true
@@ -243,7 +248,7 @@ impl Session {
             return Err("Can't use copy-on-read on read-only device".into());
         }
         if req.snapshot {
-            crate::block::open::open_temp_snapshot(root, &ctx)
+            crate::block::open::open_temp_snapshot(root, req.read_only, &ctx)
         } else {
             Ok(root)
         }
@@ -422,7 +427,7 @@ impl Session {
             return Ok(());
         }
         let new = held.union(wanted);
-        perms::refresh(&b.root, new, b.read_only.get())?;
+        perms::refresh(&b.root, new, b.root.flags().read_only)?;
         b.perms.set(new);
         Ok(())
     }

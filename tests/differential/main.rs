@@ -14,6 +14,7 @@ mod drivers;
 mod harness;
 mod no_lost_writes;
 mod ours;
+mod reopen;
 
 use harness::{Case, filter, missing_tools, populate, run_ours, run_qemu, snapshot};
 use libtest_mimic::{Arguments, Completion, Failed, Trial};
@@ -33,6 +34,7 @@ fn main() {
             let mut cases = cases::all();
             cases.extend(no_lost_writes::all());
             cases.extend(drivers::all());
+            cases.extend(reopen::all());
             let mut names = HashSet::new();
             for c in &cases {
                 assert!(

@@ -11,7 +11,7 @@ use crate::harness::{Case, case};
 use std::process::Command;
 
 /// The bytes of `qemu-img create -f qcow2 -o OPTS x SIZE`.
-fn qcow2(opts: &str, size: &str) -> Vec<u8> {
+pub fn qcow2(opts: &str, size: &str) -> Vec<u8> {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("x.qcow2");
     let st = Command::new("qemu-img")

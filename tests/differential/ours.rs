@@ -228,8 +228,8 @@ fn cases() -> Vec<Expect> {
                 "blkdebug_config_too_long",
                 &["-f", "raw", "-c", "read 0 512", "blkdebug:long.cfg:img.raw"],
             )
-            .file("long.cfg", &"# comment\n".repeat(120_000)),
-            "qemu-io: can't open device blkdebug:long.cfg:img.raw: blockfault: the blkdebug config file is longer than 1048576 bytes, the most blockfault reads\n",
+            .file("long.cfg", &"# comment\n".repeat(1_700_000)),
+            "qemu-io: can't open device blkdebug:long.cfg:img.raw: blockfault: the blkdebug config file is longer than 16777216 bytes, the most blockfault reads\n",
             1,
         ),
         // QEMU: blkverify has supported_zero_flags but no pwrite_zeroes callback, so
@@ -285,6 +285,27 @@ fn cases() -> Vec<Expect> {
                     "break write_aio A",
                     "-c",
                     "write 0 512",
+                    "-c",
+                    "read 0 1",
+                    "blkdebug::img.raw",
+                ],
+            ),
+            &format!("blkdebug: Suspended request 'A'\n{}", hang("A")),
+            1,
+        ),
+        // QEMU: reopen drains first, and waits forever for the suspended request.
+        expect(
+            case(
+                "reopen_with_suspended_request_hangs_in_qemu",
+                &[
+                    "-f",
+                    "raw",
+                    "-c",
+                    "break write_aio A",
+                    "-c",
+                    "aio_write 0 512",
+                    "-c",
+                    "reopen -o foo=bar",
                     "-c",
                     "read 0 1",
                     "blkdebug::img.raw",
@@ -421,7 +442,46 @@ fn cases() -> Vec<Expect> {
             "read 512/512 bytes at offset 4096\n512 bytes, STATS\nwrote 512/512 bytes at offset 0\n512 bytes, STATS\nwrote 512/512 bytes at offset 512\n512 bytes, STATS\n",
             0,
         ),
+        // QEMU: after a fatal corruption qcow2 leaves the node without a driver, which reopen
+        // dereferences (segmentation fault, exit 139).
+        expect(
+            {
+                let mut c = case(
+                    "reopen_after_fatal_corruption_crashes_qemu",
+                    &[
+                        "-c",
+                        "write 64k 64k",
+                        "-c",
+                        "reopen",
+                        "-c",
+                        "read 0 512",
+                        "c.qcow2",
+                    ],
+                );
+                c.files
+                    .push(("c.qcow2".into(), qcow2_without_refcount_table()));
+                c
+            },
+            "qcow2: Marking image as corrupt: Preventing invalid allocation of L2 table at offset 0; further corruption events will be suppressed\nwrite failed: Input/output error\nblockfault: reopen of an image whose driver stopped after a fatal corruption; QEMU 10.0.2 crashes here (segmentation fault)\n",
+            1,
+        ),
     ]
+}
+
+/// A fresh 64 MiB qcow2 image whose refcount table's first entry is zeroed: the first
+/// allocation takes cluster 0 for an L2 table, a fatal corruption.
+fn qcow2_without_refcount_table() -> Vec<u8> {
+    let spec = blockfault::img::qcow2::create::CreateSpec {
+        size: 64 << 20,
+        ..Default::default()
+    };
+    let image = blockfault::img::qcow2::create::build(&spec).expect("a plain qcow2 image");
+    let file = tempfile::tempfile().unwrap();
+    image.write_to(&file).unwrap();
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut &file, &mut bytes).unwrap();
+    bytes[0x20000..0x20008].fill(0);
+    bytes
 }
 
 pub fn trials() -> Vec<Trial> {

@@ -412,10 +412,8 @@ impl BlockDriver for BlkDebugDriver {
         flags: ReqFlags,
     ) -> BoxFut<'a, IoResult> {
         Box::pin(async move {
-            let align = node
-                .limits
-                .request_alignment
-                .max(node.limits.pwrite_zeroes_alignment);
+            let limits = node.limits();
+            let align = limits.request_alignment.max(limits.pwrite_zeroes_alignment);
             // Small requests take the fallback path on purpose, so that it gets tested.
             if bytes < align {
                 return Err(libc::ENOTSUP);
@@ -433,13 +431,13 @@ impl BlockDriver for BlkDebugDriver {
 
     fn pdiscard<'a>(&'a self, node: &'a Node, offset: u64, bytes: u64) -> BoxFut<'a, IoResult> {
         Box::pin(async move {
-            if bytes < node.limits.request_alignment {
+            if bytes < node.limits().request_alignment {
                 // QEMU checks such a piece against the discard alignment, dividing by it:
                 // without one (no opt-discard, none from the child) that is a division by zero.
-                if node.limits.pdiscard_alignment == 0 {
+                if node.limits().pdiscard_alignment == 0 {
                     self.state.console.err(&format!(
                         "blockfault: discard offset={offset} bytes={bytes} is smaller than blkdebug's align={} with no discard alignment; QEMU 10.0.2 dies of SIGFPE here (division by zero in blkdebug_co_pdiscard)\n",
-                        node.limits.request_alignment
+                        node.limits().request_alignment
                     ));
                     self.state.console.exit(1);
                     return Err(libc::EIO);

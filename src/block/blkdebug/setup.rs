@@ -107,8 +107,9 @@ fn parse_permissions(v: &Value) -> Result<Perms, String> {
 const DOUBLE_ERROR: &str =
     "blkdebug: two errors at once while opening (QEMU 10.0.2 aborts on an assertion here)";
 
-/// The longest blkdebug config file read (rule files are a few lines; /dev/zero is endless).
-const CONFIG_MAX: usize = 1 << 20;
+/// The longest blkdebug config file read: generated rule files (a set-state chain per event)
+/// reach megabytes; /dev/zero is endless.
+const CONFIG_MAX: usize = 16 << 20;
 
 enum Bounded {
     Whole(Vec<u8>),
@@ -226,7 +227,7 @@ pub fn configure(
 impl Setup {
     /// The node's limits, validated against the image child's alignment.
     pub fn limits(&self, image: &Rc<Node>) -> Result<Limits, String> {
-        let parsed = limits_from_options(&self.limit_options, image.limits.request_alignment);
+        let parsed = limits_from_options(&self.limit_options, image.limits().request_alignment);
         match (&self.pending_error, parsed) {
             (Some(_), Err(_)) => Err(DOUBLE_ERROR.to_string()),
             (Some(pending), Ok(_)) => Err(pending.clone()),

@@ -140,7 +140,7 @@ impl Qcow2 {
     pub async fn write_l1_entry(&self, node: &Node, l1_index: u64) -> IoResult {
         let (offset, buf) = {
             let st = self.st.borrow();
-            let align = node.file().limits.request_alignment.min(st.cluster_size);
+            let align = node.file().limits().request_alignment.min(st.cluster_size);
             let bufsize = align.max(8);
             let n = bufsize / 8;
             let start = l1_index / n * n;

@@ -22,6 +22,7 @@ pub mod open;
 mod overlap;
 mod read;
 pub mod refcount;
+pub(crate) mod reopen;
 mod resize;
 pub mod runtime;
 pub mod state;
@@ -47,7 +48,6 @@ pub struct Qcow2 {
     pub(crate) st: RefCell<State>,
     pub(crate) lock: CoMutex,
     pub(crate) console: Rc<Console>,
-    pub(crate) read_only: bool,
     /// QEMU's metadata_preallocation, decided at the first block-status query
     pub(crate) metadata_prealloc: std::cell::Cell<Option<bool>>,
     /// (de)compression jobs in the thread pool, and who waits for a free one
@@ -90,7 +90,7 @@ impl Qcow2 {
     /// QEMU's qcow2_signal_corruption: report, and for fatal ones on a writable image set
     /// the corrupt bit and stop serving requests.
     pub async fn signal_corruption(&self, node: &Node, fatal: bool, msg: &str) {
-        let fatal = fatal && !self.read_only;
+        let fatal = fatal && !node.flags().read_only;
         {
             let st = self.st.borrow();
             if st.corruption_reported && (!fatal || st.incompat & INCOMPAT_CORRUPT != 0) {
@@ -171,7 +171,7 @@ impl Qcow2 {
 
     /// Close-time write-back with QEMU's messages (qcow2_inactivate).
     async fn inactivate(&self, node: &Node) {
-        if self.read_only || self.st.borrow().dead {
+        if node.flags().read_only || self.st.borrow().dead {
             return;
         }
         let mut ok = true;
@@ -369,6 +369,45 @@ impl BlockDriver for Qcow2 {
                 self.specific_info()
             },
         })
+    }
+
+    fn reopen_prepare<'a>(
+        &'a self,
+        node: &'a Node,
+        opts: &'a mut crate::block::open::Options,
+        flags: crate::block::node::OpenFlags,
+    ) -> BoxFut<'a, Result<Option<crate::block::driver::ReopenState>, String>> {
+        Box::pin(async move { self.reopen_prepare_impl(node, opts, flags).await })
+    }
+
+    /// This engine does not maintain persistent dirty bitmaps: before the first write it clears
+    /// their autoclear bit, as a program lacking bitmap support does, so that QEMU treats them as
+    /// inconsistent. (QEMU itself keeps the bit and marks the bitmaps in use.) A failed open
+    /// never gets here and leaves the bit alone.
+    fn start_writing<'a>(&'a self, node: &'a Node) -> BoxFut<'a, Result<(), String>> {
+        Box::pin(async move {
+            {
+                let mut st = self.st.borrow_mut();
+                if st.dead || st.autoclear & header::AUTOCLEAR_BITMAPS == 0 {
+                    return Ok(());
+                }
+                st.autoclear &= !header::AUTOCLEAR_BITMAPS;
+            }
+            self.update_header(node).await.map_err(|e| {
+                format!(
+                    "Could not update qcow2 header: {}",
+                    crate::errno::strerror(e)
+                )
+            })
+        })
+    }
+
+    fn has_stopped(&self) -> bool {
+        self.st.borrow().dead
+    }
+
+    fn reopen_commit(&self, _node: &Node, state: Option<crate::block::driver::ReopenState>) {
+        self.reopen_commit_impl(state);
     }
 
     fn close<'a>(&'a self, node: &'a Node) -> BoxFut<'a, ()> {

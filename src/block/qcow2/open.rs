@@ -215,7 +215,9 @@ fn open_inner(file: &Rc<Node>, opts: &mut Options, ctx: &OpenContext) -> Result<
         && !read_only
         && repair_dirty(file, ctx, &mut h, &mut l1, &mut reftable)?;
     let incompat = h.incompatible_features;
-    let autoclear_known = header::AUTOCLEAR_DATA_FILE_RAW;
+    // The bitmaps bit is QEMU's to keep; this engine drops it only once the drive is open
+    // (see start_writing).
+    let autoclear_known = header::AUTOCLEAR_DATA_FILE_RAW | header::AUTOCLEAR_BITMAPS;
     let clear_autoclear = !read_only && h.autoclear_features & !autoclear_known != 0;
     let update_header = clear_autoclear || cleaned;
     let csize_shift = 62 - (h.cluster_bits - 8);
@@ -278,7 +280,6 @@ fn open_inner(file: &Rc<Node>, opts: &mut Options, ctx: &OpenContext) -> Result<
         st: RefCell::new(st),
         lock: CoMutex::default(),
         console: ctx.console.clone(),
-        read_only,
         metadata_prealloc: std::cell::Cell::new(None),
         threads: std::cell::Cell::new(0),
         thread_queue: crate::block::executor::CoQueue::new(),
