@@ -139,6 +139,8 @@ impl BlockDriver for BlkVerifyDriver {
             flush_all: true,
             // QEMU has no callback here and asserts; we stop with a clear message instead.
             pwrite_zeroes: true,
+            truncate: true,
+            truncate_prealloc: true,
             ..Capabilities::default()
         }
     }
@@ -222,5 +224,36 @@ impl BlockDriver for BlkVerifyDriver {
 
     fn getlength(&self, node: &Node) -> IoResult<u64> {
         self.test(node).getlength()
+    }
+
+    /// The truncate goes to the raw reference only (blkverify is a filter without a truncate
+    /// of its own). QEMU's bdrv_co_truncate then finishes the request at the node's end, which
+    /// is the test image's and did not move, minus the growth: below zero it aborts.
+    fn truncate_prealloc<'a>(
+        &'a self,
+        node: &'a Node,
+        size: u64,
+        prealloc: &'a str,
+    ) -> BoxFut<'a, Result<(), String>> {
+        Box::pin(async move {
+            // the test image's length: the truncate does not change it
+            let end = io::getlength(node).map_err(|e| {
+                format!(
+                    "Could not get current image size: {}",
+                    crate::errno::strerror(e)
+                )
+            })?;
+            let old = end;
+            io::truncate_prealloc(self.raw(node), size, prealloc).await?;
+            let growth = size.saturating_sub(old);
+            if growth > end {
+                self.console.err(&format!(
+                    "blockfault: truncating blkverify to {size} grows it by {growth} bytes past its test image's end ({end}); QEMU 10.0.2 aborts here (bdrv_check_qiov_request: offset is negative: -{})\n",
+                    growth - end
+                ));
+                self.console.exit(1);
+            }
+            Ok(())
+        })
     }
 }

@@ -494,6 +494,7 @@ impl Walk<'_> {
             walk: self,
             opts: &inherited,
             flags,
+            is_format: driver.is_format(),
         };
         let missing_file = || "A block device must be specified for \"file\"".to_string();
         let (mut node, limits, backing_name) = match driver {
@@ -525,7 +526,7 @@ impl Walk<'_> {
             }
             Driver::Qcow2 => {
                 let file = file.ok_or_else(missing_file)?;
-                super::qcow2::open::open_node(file, &mut opts, &nctx)?
+                super::qcow2::open::open_node(file, &mut opts, &nctx, Some(&children))?
             }
             Driver::Blkdebug => {
                 let (node, limits) =
@@ -655,12 +656,15 @@ impl Walk<'_> {
     }
 }
 
-/// The children a driver opens (blkdebug's image, blkverify's raw and test), through the walk.
+/// The children a driver opens (blkdebug's image, blkverify's raw and test, qcow2's data
+/// file), through the walk.
 struct Children<'w, 'c> {
     walk: &'w Walk<'c>,
     /// the parent's options as given
     opts: &'w Options,
     flags: Flags,
+    /// whether the parent is a format driver (its children are then protocol nodes)
+    is_format: bool,
 }
 
 impl OpenChild for Children<'_, '_> {
@@ -671,15 +675,38 @@ impl OpenChild for Children<'_, '_> {
         filename: Option<String>,
         role: ChildRole,
     ) -> Result<Rc<Node>, String> {
+        self.open_child_bs(opts, key, filename, role, false)
+            .map(|child| child.expect("a child that may not be missing"))
+    }
+
+    fn open_optional_child(
+        &self,
+        opts: &mut Options,
+        key: &str,
+        filename: Option<String>,
+        role: ChildRole,
+    ) -> Result<Option<Rc<Node>>, String> {
+        self.open_child_bs(opts, key, filename, role, true)
+    }
+}
+
+impl Children<'_, '_> {
+    fn open_child_bs(
+        &self,
+        opts: &mut Options,
+        key: &str,
+        filename: Option<String>,
+        role: ChildRole,
+        allow_none: bool,
+    ) -> Result<Option<Rc<Node>>, String> {
         let parent = Parent {
             opts: self.opts,
             flags: self.flags,
-            is_format: false,
+            is_format: self.is_format,
             role,
         };
         self.walk
-            .open_child_bs(filename, opts, key, parent, false)
-            .map(|child| child.expect("a child that may not be missing"))
+            .open_child_bs(filename, opts, key, parent, allow_none)
     }
 }
 
@@ -872,7 +899,8 @@ pub fn open_temp_snapshot(
     };
     *file.options.borrow_mut() = named(&[("driver", "file"), ("filename", &file.filename)]);
     let file = finish(file, Limits::default());
-    let (mut node, limits, _) = super::qcow2::open::open_node(file, &mut Options::new(), &octx)?;
+    let (mut node, limits, _) =
+        super::qcow2::open::open_node(file, &mut Options::new(), &octx, None)?;
     node.set_flags(flags);
     *node.options.borrow_mut() = named(&[("driver", "qcow2")]);
     node.children.push(Child {

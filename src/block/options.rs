@@ -53,6 +53,16 @@ pub trait OpenChild {
         filename: Option<String>,
         role: ChildRole,
     ) -> Result<Rc<Node>, String>;
+
+    /// The same for a child that may be missing (QEMU's `allow_none`): None when `opts` and
+    /// `filename` name no node.
+    fn open_optional_child(
+        &self,
+        opts: &mut Options,
+        key: &str,
+        filename: Option<String>,
+        role: ChildRole,
+    ) -> Result<Option<Rc<Node>>, String>;
 }
 
 /// Turns `a.b.c=v` keys into nested objects, as QEMU's option parsing accepts both spellings.

@@ -516,8 +516,20 @@ impl Img<'_> {
                 return Err("blockfault: qcow2 encryption is not supported".into());
             }
         }
-        if opts.get("data_file").is_some() || opts.get("data_file_raw").is_some() {
-            return Err("blockfault: qcow2 external data files are not supported".into());
+        let data_file = opts.str("data_file").map(str::to_string);
+        if opts.bool("data_file_raw") {
+            if data_file.is_none() {
+                return Err("data-file-raw requires data-file".into());
+            }
+            if opts.str("backing_file").is_some() {
+                return Err(
+                    "Backing file and data-file-raw cannot be used at the same time".into(),
+                );
+            }
+            return Err(
+                "blockfault: qcow2 data_file_raw is not supported (it needs metadata preallocation)"
+                    .into(),
+            );
         }
         let version = match opts.str("compat") {
             None | Some("1.1") | Some("v3") => 3,
@@ -565,6 +577,7 @@ impl Img<'_> {
             zstd,
             backing_file: opts.str("backing_file").map(str::to_string),
             backing_fmt: opts.str("backing_fmt").map(str::to_string),
+            data_file,
         };
         validate(&spec).map_err(|e| e.message)?;
         if size > i64::MAX as u64 {
@@ -594,6 +607,19 @@ impl Img<'_> {
                 e.message
             }
         })?;
+        if let Some(name) = &spec.data_file {
+            // the data file is created as a raw file of the virtual size (QEMU creates it,
+            // then the qcow2 truncate grows it to the size)
+            let errno = |e: std::io::Error| e.raw_os_error().unwrap_or(libc::EIO);
+            std::fs::File::create(self.base_dir.join(name))
+                .and_then(|f| f.set_len(spec.size))
+                .map_err(|e| {
+                    format!(
+                        "Could not create '{name}': {}",
+                        crate::errno::strerror(errno(e))
+                    )
+                })?;
+        }
         image.write_to(file).map_err(|e| {
             format!(
                 "Could not write qcow2 header: {}",

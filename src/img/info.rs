@@ -187,7 +187,7 @@ impl Img<'_> {
             }
         }
         s.push_str("Format specific information:\n");
-        s.push_str(&format_specific(h));
+        s.push_str(&format_specific(h, md.data_file.as_deref()));
         s.push_str(&child);
         let str_ = |v: &str| Some(Json::Str(v.to_string()));
         let backing_file = md.backing.as_ref().map(|(b, _)| b.as_str());
@@ -238,7 +238,10 @@ impl Img<'_> {
                 "format-specific",
                 Some(dict(vec![
                     ("type", str_("qcow2")),
-                    ("data", Some(format_specific_json(h))),
+                    (
+                        "data",
+                        Some(format_specific_json(h, md.data_file.as_deref())),
+                    ),
                 ])),
             ),
             ("children", Some(child_json)),

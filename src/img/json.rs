@@ -103,6 +103,41 @@ fn write(v: &Json, level: usize, out: &mut String) {
     }
 }
 
+fn write_compact(v: &Json, out: &mut String) {
+    match v {
+        Json::Dict(entries) => {
+            out.push('{');
+            for (i, (k, v)) in qdict_order(entries).into_iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                quote(k, out);
+                out.push_str(": ");
+                write_compact(v, out);
+            }
+            out.push('}');
+        }
+        Json::List(items) => {
+            out.push('[');
+            for (i, v) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                write_compact(v, out);
+            }
+            out.push(']');
+        }
+        scalar => write(scalar, 0, out),
+    }
+}
+
+/// qobject_to_json: one line, `, ` and `: ` between items (as in `json:` filenames).
+pub fn compact(v: &Json) -> String {
+    let mut out = String::new();
+    write_compact(v, &mut out);
+    out
+}
+
 /// qobject_to_json_pretty.
 pub fn pretty(v: &Json) -> String {
     let mut out = String::new();

@@ -147,7 +147,23 @@ impl Done {
         fut: impl std::future::Future<Output = IoResult> + 'static,
     ) -> i32 {
         let t0 = Instant::now();
-        let Some(ret) = s.run_sync(fut) else {
+        let ret = s.run_sync(fut);
+        self.report(s, t0, ret)
+    }
+
+    /// [`Done::run`] for the commands qemu-io runs as aio requests it waits for (writev).
+    fn run_aio(
+        self,
+        s: &mut Session,
+        fut: impl std::future::Future<Output = IoResult> + 'static,
+    ) -> i32 {
+        let t0 = Instant::now();
+        let ret = s.run_aio_sync(fut);
+        self.report(s, t0, ret)
+    }
+
+    fn report(self, s: &Session, t0: Instant, ret: Option<IoResult>) -> i32 {
+        let Some(ret) = ret else {
             return EINVAL;
         };
         let elapsed = t0.elapsed();
@@ -435,7 +451,7 @@ fn readv_f(s: &mut Session, spec: &CommandSpec, argv: &[String]) -> i32 {
     let console = s.console.clone();
     let elements = req.elements.clone();
     let t0 = Instant::now();
-    let Some(ret) = s.run_sync(async move {
+    let Some(ret) = s.run_aio_sync(async move {
         b.check(offset as u64, count as u64)?;
         let mut buf = buffers::filled(count as usize, 0xab);
         let _layout = iovec::register(&buf, &elements, &console);
@@ -630,7 +646,7 @@ fn writev_f(s: &mut Session, spec: &CommandSpec, argv: &[String]) -> i32 {
         quiet,
         compact,
     };
-    done.run(s, async move {
+    done.run_aio(s, async move {
         b.check(offset as u64, count as u64)?;
         let buf = buffers::filled(count as usize, pat);
         let layout = iovec::register(&buf, &elements, &console);

@@ -270,6 +270,26 @@ impl Session {
         slot.take()
     }
 
+    /// Runs a request as qemu-io's readv and writev do (`do_aio_readv`): submitted as an aio
+    /// request, then whole main-loop iterations until its callback has run. So bottom halves
+    /// pending from earlier aio requests run (and print) before the command reports, even when
+    /// the request itself needed no I/O. None when it can never finish, as in [`run_sync`].
+    ///
+    /// [`run_sync`]: Session::run_sync
+    pub fn run_aio_sync<T: 'static>(
+        &mut self,
+        fut: impl Future<Output = T> + 'static,
+    ) -> Option<T> {
+        let slot = Rc::new(RefCell::new(None));
+        let out = slot.clone();
+        self.submit_aio(fut, move |r| *out.borrow_mut() = Some(r));
+        if !self.exec.poll_while(|| slot.borrow().is_some()) {
+            self.hang();
+            return None;
+        }
+        slot.take()
+    }
+
     /// Ends the session where QEMU would wait forever.
     fn hang(&mut self) {
         let tags = self.suspended_tags();

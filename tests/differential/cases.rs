@@ -3024,7 +3024,7 @@ fn direct_io() -> Vec<Case> {
 
 /// An image made by the real tools: `qemu-img create -f FMT -o OPTS x SIZE`, then each of
 /// `prep` run as a shell command with `$I` naming the image (qemu-io, qemu-img snapshot, poke).
-fn made(fmt: &str, opts: &str, size: &str, prep: &[&str]) -> Vec<u8> {
+pub(crate) fn made(fmt: &str, opts: &str, size: &str, prep: &[&str]) -> Vec<u8> {
     use std::process::Command;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("x.img");

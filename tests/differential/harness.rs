@@ -136,11 +136,23 @@ pub fn missing_tools() -> Option<String> {
 /// Runs the real qemu-io as the iotests do (`stdbuf -oL qemu-io ARGS 2>&1`, stdin null) in `dir`;
 /// returns the combined output and the exit status (128 + signal for a signal death, like a shell).
 pub fn run_qemu(dir: &Path, args: &[String]) -> (String, i32) {
+    run_qemu_with_timeout(dir, args, std::time::Duration::from_secs(60))
+}
+
+/// [`run_qemu`], killing qemu-io with SIGKILL after `timeout` (the status is then 137).
+pub fn run_qemu_with_timeout(
+    dir: &Path,
+    args: &[String],
+    timeout: std::time::Duration,
+) -> (String, i32) {
+    let secs = timeout.as_secs_f64();
     // stdbuf makes stdout line-buffered so that the interleaving with stderr is causal, which is
     // what our engine models; `timeout` keeps a case that hangs from hanging the suite.
     let out = Command::new("sh")
         .arg("-c")
-        .arg("exec timeout -s KILL 60 stdbuf -oL qemu-io \"$@\" 2>&1")
+        .arg(format!(
+            "exec timeout -s KILL {secs} stdbuf -oL qemu-io \"$@\" 2>&1"
+        ))
         .arg("sh")
         .args(args)
         .current_dir(dir)

@@ -6,14 +6,18 @@
 //! - `BLOCKFAULT_QEMU_RUNS=N` runs qemu-io N times per case and fails the case if its output is
 //!   not stable (used to vet new cases: a timing-dependent case must not be kept).
 //!
+//! - `BLOCKFAULT_FUZZ_*`: the random differential fuzzer, see `fuzz.rs`.
+//!
 //! Cases marked ignored still run: a marked case that differs is reported as ignored with its
 //! reason, and one that matches fails, so that stale marks get noticed.
 
 mod cases;
 mod drivers;
+mod fuzz;
 mod harness;
 mod no_lost_writes;
 mod ours;
+mod qcow2_features;
 mod reopen;
 
 use harness::{Case, filter, missing_tools, populate, run_ours, run_qemu, snapshot};
@@ -28,11 +32,14 @@ fn main() {
     })];
     // Our own expectations where we deliberately differ from QEMU need no qemu-io.
     trials.extend(ours::trials());
+    // The random cases; each batch says so and passes if the tools are missing.
+    trials.extend(fuzz::trials());
     match missing_tools() {
         Some(why) => eprintln!("differential: skipping the qemu-io comparisons: {why}"),
         None => {
             let mut cases = cases::all();
             cases.extend(no_lost_writes::all());
+            cases.extend(qcow2_features::all());
             cases.extend(drivers::all());
             cases.extend(reopen::all());
             let mut names = HashSet::new();
@@ -46,7 +53,9 @@ fn main() {
             trials.extend(cases.into_iter().map(trial));
         }
     }
-    libtest_mimic::run(&args, trials).exit();
+    let conclusion = libtest_mimic::run(&args, trials);
+    fuzz::print_summary();
+    conclusion.exit();
 }
 
 fn trial(case: Case) -> Trial {

@@ -25,7 +25,14 @@ pub fn qcow2(opts: &str, size: &str) -> Vec<u8> {
 }
 
 /// `qemu-io ARGS -c CMD...` on `t.qcow2` made with `opts`/`size`.
-fn on_qcow2(name: &str, opts: &str, size: &str, args: &[&str], cmds: &[&str], drive: &str) -> Case {
+pub(crate) fn on_qcow2(
+    name: &str,
+    opts: &str,
+    size: &str,
+    args: &[&str],
+    cmds: &[&str],
+    drive: &str,
+) -> Case {
     let mut all: Vec<&str> = args.to_vec();
     for c in cmds {
         all.push("-c");
@@ -282,6 +289,46 @@ fn found_by_the_fuzzer() -> Vec<Case> {
         .file(
             "rules.cfg",
             "[inject-error]\nevent = \"none\"\niotype = \"write-zeroes\"\n",
+        ),
+        // readv and writev are aio requests qemu-io waits for in whole main-loop iterations:
+        // completions of earlier aio requests pending in bottom halves print first, even when
+        // the readv itself needs no I/O (unallocated qcow2 clusters).
+        on_qcow2(
+            "fuzz_readv_reports_after_pending_aio_completions",
+            "cluster_size=65536",
+            "254244",
+            &["-f", "qcow2"],
+            &[
+                "aio_read 1732917 1024",
+                "readv 63487 65536 4095",
+                "aio_read 0 1024",
+                "readv 0 512",
+            ],
+            "t.qcow2",
+        ),
+        on_qcow2(
+            "fuzz_writev_reports_after_pending_aio_completions",
+            "cluster_size=65536",
+            "1M",
+            &["-f", "qcow2"],
+            &[
+                "aio_read 0 1024",
+                "writev -P 5 0 512",
+                "aio_read 2M 512",
+                "writev -P 6 4096 512 512",
+                "read -P 6 4096 1024",
+            ],
+            "t.qcow2",
+        ),
+        // A probed raw image warns with its file's filename: blkdebug with options beyond
+        // `config` is named by a json: filename (its strong options in QDict order).
+        case(
+            "fuzz_probed_raw_names_blkdebug_by_its_json_filename",
+            &[
+                "-c",
+                "write -P 1 512 512",
+                r#"json:{"file":{"inject-error":[{"event":"none","iotype":"flush"},{"event":"read_aio","errno":5,"once":true,"sector":3,"state":1,"immediately":true},{"event":"l2_load","errno":28}],"set-state":[{"event":"write_aio","state":2,"new_state":3},{"event":"flush_to_os","new_state":2}],"driver":"blkdebug","align":4096,"max-transfer":65536,"image":{"driver":"file","filename":"img.raw"}}}"#,
+            ],
         ),
         // `truncate -m full` under O_DIRECT fails as file-posix's unaligned zero buffer does.
         case(

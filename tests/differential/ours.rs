@@ -274,6 +274,31 @@ fn cases() -> Vec<Expect> {
             1,
         )
         .qemu_dies_with(ABORT),
+        // QEMU: blkverify's truncate goes to the raw reference only; bdrv_co_truncate then
+        // finishes the request at the node's end (the test image's, unchanged) minus the
+        // growth, a negative offset that bdrv_check_qiov_request rejects with &error_abort.
+        expect(
+            case(
+                "blkverify_truncate_past_test_end_aborts_in_qemu",
+                &[
+                    "-f",
+                    "raw",
+                    "-c",
+                    "truncate 4096",
+                    "-c",
+                    "length",
+                    "blkverify:empty.bin:zero.img",
+                ],
+            )
+            .file("zero.img", ""),
+            "WARNING: Image format was not specified for 'zero.img' and probing guessed raw.
+         Automatically detecting the format is dangerous for raw images, write operations on block 0 will be restricted.
+         Specify the 'raw' format explicitly to remove the restrictions.
+blockfault: truncating blkverify to 4096 grows it by 4096 bytes past its test image's end (0); QEMU 10.0.2 aborts here (bdrv_check_qiov_request: offset is negative: -4096)
+",
+            1,
+        )
+        .qemu_dies_with(ABORT),
         // QEMU: a synchronous request at a breakpoint polls forever.
         expect(
             case(

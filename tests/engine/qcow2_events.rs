@@ -541,6 +541,48 @@ const CASES: &[Case] = &[
         cache: "writethrough",
         max_events: 200,
     },
+    // subcluster allocation inside an allocated cluster, subcluster zeroing, a new cluster
+    // with a partial subcluster
+    Case {
+        name: "feature_extended_l2_subclusters",
+        setup: "qemu-img create -q -f qcow2 -o extended_l2=on s.qcow2 1M && qemu-io -f qcow2 -c 'write -P 0x11 0 1k' s.qcow2 >/dev/null",
+        image: "s.qcow2",
+        commands: &[
+            "write -P 1 3k 512",
+            "write -z 8k 2k",
+            "write -P 2 70k 1k",
+            "read -P 1 3k 512",
+        ],
+        cache: "writethrough",
+        max_events: 90,
+    },
+    // data I/O on the data file, metadata and events on the image file
+    Case {
+        name: "feature_data_file",
+        setup: "qemu-img create -q -f qcow2 -o data_file=s.data s.qcow2 1M",
+        image: "s.qcow2",
+        commands: &[
+            "write -P 1 0 4k",
+            "write -z -u 0 64k",
+            "write -P 2 64k 4k",
+            "discard 64k 64k",
+            "read -P 0 64k 4k",
+        ],
+        cache: "writethrough",
+        max_events: 90,
+    },
+    Case {
+        name: "feature_zstd",
+        setup: "qemu-img create -q -f qcow2 -o compression_type=zstd s.qcow2 1M",
+        image: "s.qcow2",
+        commands: &[
+            "write -c -P 1 64k 64k",
+            "write -P 2 64k 4k",
+            "read -P 1 68k 4k",
+        ],
+        cache: "writethrough",
+        max_events: 90,
+    },
 ];
 
 #[test]

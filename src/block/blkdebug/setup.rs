@@ -8,7 +8,8 @@ use crate::block::driver::{Limits, ReqFlags};
 use crate::block::node::ChildRole;
 use crate::block::node::{Child, Node};
 use crate::block::options::{
-    OpenChild, OpenContext, Options, is_nonempty_container, scalar_string,
+    OpenChild, OpenContext, Options, is_nonempty_container, qdict_bucket, qdict_order,
+    scalar_string,
 };
 use crate::block::perms::Perms;
 use serde_json::Value;
@@ -21,6 +22,7 @@ pub fn open_node(
     children: &dyn OpenChild,
     ctx: &OpenContext,
 ) -> Result<(Node, Limits), String> {
+    let strong = strong_runtime_options(opts);
     let image_name = take_text(opts, "x-image");
     let config = take_text(opts, "config");
     let state = BlkDebug::new(ctx.console.clone());
@@ -39,11 +41,13 @@ pub fn open_node(
         }
     }
     let limits = setup.limits(&image)?;
-    let name = format!(
-        "blkdebug:{}:{}",
-        config.as_deref().unwrap_or(""),
-        image.filename
-    );
+    let name = json_filename(&strong, &image).unwrap_or_else(|| {
+        format!(
+            "blkdebug:{}:{}",
+            config.as_deref().unwrap_or(""),
+            image.filename
+        )
+    });
     let mut node = Node::new(
         Box::new(BlkDebugDriver { state }),
         vec![Child {
@@ -65,6 +69,127 @@ pub fn open_node(
             .and(image.supported_zero_flags),
     );
     Ok((node, limits))
+}
+
+/// blkdebug's strong runtime options (those that change what the node does, which its filename
+/// must keep), flat as in QEMU's `bs->options`, with `driver`, in the order that makes the
+/// filename list keys sharing a QDict bucket as QEMU does: QEMU flattens the whole `json:`
+/// object (each dict walked in QDict order), extracts the child's `file.` keys walking that in
+/// QDict order, and copies the strong ones; so within a bucket the keys come out in the order
+/// of their `file.`-prefixed keys in the flattened dict (the usual case: blkdebug as `file`),
+/// `driver` last.
+fn strong_runtime_options(opts: &Options) -> Vec<(String, Value)> {
+    const STRONG: [&str; 9] = [
+        "config",
+        "inject-error.",
+        "set-state.",
+        "align",
+        "max-transfer",
+        "opt-write-zero",
+        "max-write-zero",
+        "opt-discard",
+        "max-discard",
+    ];
+    let mut with_driver = Options::new();
+    if !opts.contains_key("driver") {
+        with_driver.insert("driver".into(), Value::String("blkdebug".into()));
+    }
+    with_driver.extend(opts.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let mut flat = Vec::new();
+    flatten_in_qdict_order("", &Value::Object(with_driver.clone()), &mut flat);
+    let mut strong: Vec<(usize, String)> = flat
+        .into_iter()
+        .enumerate()
+        .filter(|(_, k)| k == "driver" || STRONG.iter().any(|s| k.starts_with(s)))
+        .collect();
+    // the walk of the flattened dict: by bucket of the full key, newest first; `driver` is put
+    // into the child's options again after the extraction, so it comes last
+    strong.sort_by_key(|(i, k)| {
+        (
+            k == "driver",
+            qdict_bucket(&format!("file.{k}")),
+            std::cmp::Reverse(*i),
+        )
+    });
+    // the filename's dict lists a bucket newest first: insert in the reverse of that walk
+    strong
+        .into_iter()
+        .rev()
+        .map(|(_, k)| {
+            let v = flat_value(&with_driver, &k).cloned().unwrap_or(Value::Null);
+            (k, v)
+        })
+        .collect()
+}
+
+/// QEMU's qdict_flatten: the flat keys in the order they are inserted (each dict walked in
+/// QDict order, lists in index order).
+fn flatten_in_qdict_order(prefix: &str, v: &Value, out: &mut Vec<String>) {
+    let join = |k: &str| match (prefix.is_empty(), k.is_empty()) {
+        (_, true) => prefix.to_string(),
+        (true, false) => k.to_string(),
+        (false, false) => format!("{prefix}.{k}"),
+    };
+    match v {
+        Value::Object(m) if !m.is_empty() => {
+            let keys: Vec<&str> = m.keys().map(String::as_str).collect();
+            for i in qdict_order(&keys) {
+                flatten_in_qdict_order(&join(keys[i]), &m[keys[i]], out);
+            }
+        }
+        Value::Array(a) if !a.is_empty() => {
+            for (i, item) in a.iter().enumerate() {
+                flatten_in_qdict_order(&join(&i.to_string()), item, out);
+            }
+        }
+        _ => out.push(prefix.to_string()),
+    }
+}
+
+/// The value at a flat key, through objects and lists (`inject-error.0.event`).
+fn flat_value<'a>(opts: &'a Options, key: &str) -> Option<&'a Value> {
+    let (head, rest) = key.split_once('.').unwrap_or((key, ""));
+    let mut v = opts.get(head)?;
+    for part in rest.split('.').filter(|p| !p.is_empty()) {
+        v = match v {
+            Value::Object(m) => m.get(part)?,
+            Value::Array(a) => a.get(part.parse::<usize>().ok()?)?,
+            _ => return None,
+        };
+    }
+    Some(v)
+}
+
+/// The `json:` filename QEMU's bdrv_refresh_filename gives the node when it has options beyond
+/// `config` (blkdebug_refresh_filename keeps `blkdebug:CONFIG:IMAGE` only without them): its
+/// strong options and the image child's, as one-line JSON in QDict order. None where the
+/// legacy name stands, or where the image is not a plain file (not modelled).
+fn json_filename(strong: &[(String, Value)], image: &Node) -> Option<String> {
+    use crate::img::json::{Json, compact};
+    if strong.iter().all(|(k, _)| k == "config" || k == "driver") {
+        return None;
+    }
+    if image.driver.format_name() != "file" || image.filename.starts_with("json:") {
+        return None;
+    }
+    let mut entries = Vec::new();
+    for (k, v) in strong {
+        let value = match v {
+            Value::String(s) => Json::Str(s.clone()),
+            Value::Bool(b) => Json::Bool(*b),
+            Value::Number(n) => Json::Int(n.as_i64()?),
+            _ => return None,
+        };
+        entries.push((k.clone(), value));
+    }
+    entries.push((
+        "image".into(),
+        Json::Dict(vec![
+            ("driver".into(), Json::Str("file".into())),
+            ("filename".into(), Json::Str(image.filename.clone())),
+        ]),
+    ));
+    Some(format!("json:{}", compact(&Json::Dict(entries))))
 }
 
 /// A string option as QemuOpts takes it; a non-empty container stays for the unknown-option

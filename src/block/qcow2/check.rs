@@ -10,8 +10,8 @@
 use super::header::{Header, INCOMPAT_CORRUPT, INCOMPAT_DIRTY, MAX_L1_SIZE, be16, be32, be64};
 use super::image_file::ImageFile;
 use super::state::{
-    ClusterType, L1E_OFFSET_MASK, L2E_OFFSET_MASK, OFLAG_COPIED, OFLAG_ZERO, REFT_OFFSET_MASK,
-    c_hex, cluster_type, rc_get, rc_set, refcount_max,
+    BITMAP_ALL_ZEROES, ClusterType, L1E_OFFSET_MASK, L2E_OFFSET_MASK, OFLAG_COPIED, OFLAG_ZERO,
+    REFT_OFFSET_MASK, c_hex, cluster_type, rc_get, rc_set, refcount_max,
 };
 use crate::errno::strerror;
 use std::collections::HashMap;
@@ -350,23 +350,71 @@ impl<F: ImageFile> Checker<F> {
         (coffset, sectors * 512 - (coffset & 511))
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// QEMU's fix_l2_entry_by_zero: an unaligned cluster without data becomes a zero
+    /// cluster (its allocated subclusters zero ones); the caller counted the corruption.
+    /// Err(true) when the entry would overlap other metadata (the L2 table is then not
+    /// checked further).
+    fn fix_l2_entry_by_zero(
+        &mut self,
+        res: &mut CheckResult,
+        l2_offset: u64,
+        l2: &mut [u8],
+        i: usize,
+        active: bool,
+    ) -> Result<(), bool> {
+        let esize = self.header.l2_entry_size() as usize;
+        if self.header.extended_l2() {
+            let bitmap = be64(l2, i * 16 + 8);
+            let zeroes = (bitmap | (bitmap << 32)) & BITMAP_ALL_ZEROES;
+            put64(l2, i * 16 + 8, zeroes);
+            put64(l2, i * 16, 0);
+        } else {
+            put64(l2, i * 8, OFLAG_ZERO);
+        }
+        let at = l2_offset + (i * esize) as u64;
+        // the entry lies in an L2 table of its own kind, which is not checked (the checker
+        // never checks inactive L2 tables, as QEMU's default overlap checks do not)
+        if let Some(what) = self.overlapped_metadata(at, esize as u64)
+            && !(active && what == "active L2 table")
+        {
+            self.signal_corruption(&format!(
+                "Preventing invalid write on metadata (overlaps with {what})"
+            ));
+            self.err("ERROR: Overlap check failed".into());
+            res.check_errors += 1;
+            return Err(true);
+        }
+        if let Err(e) = self.file.write_at(at, &l2[i * esize..(i + 1) * esize]) {
+            self.err(format!(
+                "ERROR: Failed to overwrite L2 table entry: {}",
+                strerror(e)
+            ));
+            res.check_errors += 1;
+            return Err(false);
+        }
+        res.corruptions -= 1;
+        res.corruptions_fixed += 1;
+        Ok(())
+    }
+
     fn check_l2(
         &mut self,
         res: &mut CheckResult,
         rt: &mut RefArray,
         l2_offset: u64,
         flags: u32,
+        fix: u32,
+        active: bool,
     ) -> Result<(), i32> {
         let cs = self.cs();
-        let l2 = self.file.read_at(l2_offset, cs as usize).map_err(|_| {
+        let mut l2 = self.file.read_at(l2_offset, cs as usize).map_err(|_| {
             res.check_errors += 1;
             libc::EIO
         })?;
         let mut next_contiguous = 0u64;
         for i in 0..self.header.l2_entries() as usize {
             let (mut entry, bitmap) = self.l2_entry(&l2, i);
-            let ty = l2_cluster_type(entry, self.header.extended_l2());
+            let ty = l2_cluster_type(entry, &self.header);
             if ty != ClusterType::Compressed && entry & 0x3f00_0000_0000_01fe != 0 {
                 self.err(format!(
                     "ERROR found l2 entry with reserved bits set: {entry:x}"
@@ -382,6 +430,13 @@ impl<F: ImageFile> Checker<F> {
                         ));
                         entry &= !OFLAG_COPIED;
                         res.corruptions += 1;
+                    }
+                    if has_data_file(&self.header) {
+                        self.err(format!(
+                            "ERROR compressed cluster {i} with data file, entry=0x{entry:x}"
+                        ));
+                        res.corruptions += 1;
+                        continue;
                     }
                     if bitmap != 0 {
                         self.err(format!(
@@ -418,9 +473,21 @@ impl<F: ImageFile> Checker<F> {
                                 "ERROR offset={offset:x}: Data cluster is not properly aligned; L2 entry corrupted."
                             ));
                         } else {
+                            let repair = fix & FIX_ERRORS != 0;
                             self.err(format!(
-                                "ERROR offset={offset:x}: Preallocated cluster is not properly aligned; L2 entry corrupted."
+                                "{} offset={offset:x}: Preallocated cluster is not properly aligned; L2 entry corrupted.",
+                                if repair { "Repairing" } else { "ERROR" }
                             ));
+                            if repair {
+                                match self.fix_l2_entry_by_zero(res, l2_offset, &mut l2, i, active)
+                                {
+                                    // the cluster is unused now
+                                    Ok(()) => continue,
+                                    Err(true) => return Err(libc::EIO),
+                                    // not fixed: the rest of the table is still checked
+                                    Err(false) => {}
+                                }
+                            }
                         }
                     }
                     if flags & CHECK_FRAG_INFO != 0 {
@@ -430,14 +497,17 @@ impl<F: ImageFile> Checker<F> {
                         }
                         next_contiguous = offset + cs;
                     }
-                    self.inc_refcounts(res, rt, offset, cs)?;
+                    // data file clusters have no refcounts
+                    if !has_data_file(&self.header) {
+                        self.inc_refcounts(res, rt, offset, cs)?;
+                    }
                 }
                 ClusterType::ZeroPlain => {}
                 ClusterType::Unallocated => {
                     if bitmap & 0xffff_ffff != 0 {
                         res.corruptions += 1;
                         self.err(
-                            "ERROR: Unallocated cluster has non-zero subcluster allocation bitmap"
+                            "ERROR: Unallocated cluster has non-zero subcluster allocation map"
                                 .into(),
                         );
                     }
@@ -447,6 +517,7 @@ impl<F: ImageFile> Checker<F> {
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn check_l1(
         &mut self,
         res: &mut CheckResult,
@@ -454,6 +525,7 @@ impl<F: ImageFile> Checker<F> {
         l1_offset: u64,
         l1_size: u32,
         flags: u32,
+        fix: u32,
         active: bool,
     ) -> Result<(), i32> {
         if l1_size == 0 {
@@ -491,7 +563,7 @@ impl<F: ImageFile> Checker<F> {
                 ));
                 res.corruptions += 1;
             }
-            self.check_l2(res, rt, l2_offset, flags)?;
+            self.check_l2(res, rt, l2_offset, flags, fix, active)?;
         }
         Ok(())
     }
@@ -507,7 +579,7 @@ impl<F: ImageFile> Checker<F> {
         let cs = self.cs();
         self.inc_refcounts(res, rt, 0, cs)?;
         let (l1o, l1s) = (self.header.l1_table_offset, self.header.l1_size);
-        self.check_l1(res, rt, l1o, l1s, CHECK_FRAG_INFO, true)?;
+        self.check_l1(res, rt, l1o, l1s, CHECK_FRAG_INFO, fix, true)?;
         for sn in self.snapshots.clone() {
             if sn.l1_table_offset % cs != 0 {
                 self.err(format!(
@@ -525,7 +597,7 @@ impl<F: ImageFile> Checker<F> {
                 res.corruptions += 1;
                 continue;
             }
-            self.check_l1(res, rt, sn.l1_table_offset, sn.l1_size, 0, false)?;
+            self.check_l1(res, rt, sn.l1_table_offset, sn.l1_size, 0, fix, false)?;
         }
         let (so, ss) = (self.header.snapshots_offset, self.snapshots_size);
         self.inc_refcounts(res, rt, so, ss)?;
@@ -724,12 +796,17 @@ impl<F: ImageFile> Checker<F> {
             let mut dirty = 0;
             for j in 0..self.header.l2_entries() as usize {
                 let (entry, _) = self.l2_entry(&l2, j);
-                let ty = l2_cluster_type(entry, self.header.extended_l2());
+                let ty = l2_cluster_type(entry, &self.header);
                 if !matches!(ty, ClusterType::Normal | ClusterType::ZeroAlloc) {
                     continue;
                 }
-                let Ok(refcount) = self.get_refcount((entry & L2E_OFFSET_MASK) / cs) else {
-                    continue;
+                let refcount = if has_data_file(&self.header) {
+                    1
+                } else {
+                    match self.get_refcount((entry & L2E_OFFSET_MASK) / cs) {
+                        Ok(r) => r,
+                        Err(_) => continue,
+                    }
                 };
                 if (refcount == 1) != (entry & OFLAG_COPIED != 0) {
                     res.corruptions += 1;
@@ -1019,15 +1096,22 @@ impl<F: ImageFile> Checker<F> {
     }
 }
 
-/// C's `%#x`: no `0x` for zero.
-/// `qcow2_get_cluster_type` (no external data file); with extended L2 entries bit 0 is not a
-/// zero flag.
-pub fn l2_cluster_type(entry: u64, extended_l2: bool) -> ClusterType {
-    if extended_l2 {
+/// `qcow2_get_cluster_type` of the header's image: with extended L2 entries bit 0 is not a
+/// zero flag, with an external data file offset 0 is a real offset in a COPIED entry.
+pub fn l2_cluster_type(entry: u64, h: &Header) -> ClusterType {
+    let ty = if h.extended_l2() {
         cluster_type(entry & !OFLAG_ZERO)
     } else {
         cluster_type(entry)
+    };
+    if ty == ClusterType::Unallocated && has_data_file(h) && entry & OFLAG_COPIED != 0 {
+        return ClusterType::Normal;
     }
+    ty
+}
+
+fn has_data_file(h: &Header) -> bool {
+    h.incompatible_features & super::header::INCOMPAT_DATA_FILE != 0
 }
 
 /// The in-memory refcount array: entries of the image's refcount width, so it overflows where
@@ -1078,18 +1162,32 @@ mod tests {
 
     #[test]
     fn cluster_types() {
-        assert_eq!(l2_cluster_type(0, false), ClusterType::Unallocated);
-        assert_eq!(l2_cluster_type(1, false), ClusterType::ZeroPlain);
-        assert_eq!(l2_cluster_type(0x50001, false), ClusterType::ZeroAlloc);
+        let std = Header::default();
+        let ext = Header {
+            incompatible_features: super::super::header::INCOMPAT_EXTL2,
+            ..Header::default()
+        };
+        let data = Header {
+            incompatible_features: super::super::header::INCOMPAT_DATA_FILE,
+            ..Header::default()
+        };
+        assert_eq!(l2_cluster_type(0, &std), ClusterType::Unallocated);
+        assert_eq!(l2_cluster_type(1, &std), ClusterType::ZeroPlain);
+        assert_eq!(l2_cluster_type(0x50001, &std), ClusterType::ZeroAlloc);
         assert_eq!(
-            l2_cluster_type(0x50000 | OFLAG_COPIED, false),
+            l2_cluster_type(OFLAG_COPIED, &std),
+            ClusterType::Unallocated
+        );
+        assert_eq!(l2_cluster_type(OFLAG_COPIED, &data), ClusterType::Normal);
+        assert_eq!(
+            l2_cluster_type(0x50000 | OFLAG_COPIED, &std),
             ClusterType::Normal
         );
         assert_eq!(
-            l2_cluster_type(OFLAG_COMPRESSED | 5, false),
+            l2_cluster_type(OFLAG_COMPRESSED | 5, &std),
             ClusterType::Compressed
         );
-        assert_eq!(l2_cluster_type(1, true), ClusterType::Unallocated);
+        assert_eq!(l2_cluster_type(1, &ext), ClusterType::Unallocated);
     }
 
     #[test]

@@ -7,7 +7,8 @@ use super::cache::CacheKind;
 use super::overlap;
 use super::state::c_hex;
 use super::state::{
-    ClusterType, DiscardType, L1E_OFFSET_MASK, L2E_OFFSET_MASK, L2Meta, OFLAG_COPIED, cluster_type,
+    BITMAP_ALL_ALLOC, ClusterType, DiscardType, L1E_OFFSET_MASK, L2E_OFFSET_MASK, L2Meta,
+    OFLAG_COPIED, State, SubclusterType, sub_alloc_range, sub_zero_range,
 };
 use crate::block::blkdebug::events::Event;
 use crate::block::driver::IoResult;
@@ -20,25 +21,25 @@ const REQUEST_MAX_BYTES: u64 = 0x7fff_fe00;
 
 impl Qcow2 {
     /// Where `bytes` at guest `offset` live: (bytes sharing the answer, host offset or the
-    /// compressed L2 entry, type). QEMU's qcow2_get_host_offset; called with the lock held.
+    /// compressed L2 entry, subcluster type). QEMU's qcow2_get_host_offset; called with the
+    /// lock held.
     pub async fn get_host_offset(
         &self,
         node: &Node,
         offset: u64,
         bytes: u64,
-    ) -> IoResult<(u64, u64, ClusterType)> {
-        let (oic, mut needed, l1_index, l2_index, slice_start, cs_bits) = {
+    ) -> IoResult<(u64, u64, SubclusterType)> {
+        let (oic, needed, l1_index, l2_index, slice_start, sc_index) = {
             let st = self.st.borrow();
             let oic = st.offset_into_cluster(offset);
-            let needed = bytes + oic;
             let avail = (st.l2_slice_size - st.l2_slice_index(offset) as u64) << st.cluster_bits;
             (
                 oic,
-                needed.min(avail),
+                (bytes + oic).min(avail),
                 st.l1_index(offset),
                 st.l2_slice_index(offset),
                 st.l2_slice_start(offset),
-                st.cluster_bits,
+                st.sc_index(offset),
             )
         };
         let l2_offset = {
@@ -48,7 +49,7 @@ impl Qcow2 {
                 .map_or(0, |e| e & L1E_OFFSET_MASK)
         };
         if l2_offset == 0 {
-            return Ok((needed - oic, 0, ClusterType::Unallocated));
+            return Ok((needed - oic, 0, SubclusterType::UnallocatedPlain));
         }
         if self.st.borrow().offset_into_cluster(l2_offset) != 0 {
             self.signal_corruption(
@@ -66,15 +67,16 @@ impl Qcow2 {
         let slot = self
             .cache_get(node, CacheKind::L2, l2_offset + slice_start, true)
             .await?;
-        let (entry, version, nb_clusters) = {
+        let (entry, bitmap, version, nb_clusters) = {
             let st = self.st.borrow();
             (
-                st.caches[0].be64(slot, l2_index),
+                st.l2_entry(slot, l2_index),
+                st.l2_bitmap(slot, l2_index),
                 st.hdr.version,
                 st.size_to_clusters(needed),
             )
         };
-        let ty = cluster_type(entry);
+        let ty = self.st.borrow().subcluster_type(entry, bitmap, sc_index);
         let mut host = 0;
         let fail = |msg: String| async move {
             self.cache_put(CacheKind::L2, slot);
@@ -89,9 +91,18 @@ impl Qcow2 {
             ))
             .await;
         }
+        let data_file = self.st.borrow().data_file;
         match ty {
-            ClusterType::Compressed => host = entry,
-            ClusterType::Normal | ClusterType::ZeroAlloc => {
+            SubclusterType::Compressed => {
+                if data_file {
+                    return fail(format!(
+                        "Compressed cluster entry found in image with external data file (L2 offset: {}, L2 index: {})", c_hex(l2_offset), c_hex(l2_index)
+                    ))
+                    .await;
+                }
+                host = entry;
+            }
+            _ if ty.has_host_offset() => {
                 let hc = entry & L2E_OFFSET_MASK;
                 host = hc + oic;
                 if self.st.borrow().offset_into_cluster(hc) != 0 {
@@ -103,37 +114,37 @@ impl Qcow2 {
                     ))
                     .await;
                 }
+                if data_file && host != offset {
+                    return fail(format!(
+                        "External data file host cluster offset {} does not match guest cluster offset: {}, L2 index: {})",
+                        c_hex(hc),
+                        c_hex(offset - oic),
+                        c_hex(l2_index)
+                    ))
+                    .await;
+                }
             }
             _ => {}
         }
         let count = {
             let st = self.st.borrow();
-            let c = &st.caches[0];
-            if ty == ClusterType::Compressed {
-                1
-            } else {
-                let check = matches!(ty, ClusterType::Normal | ClusterType::ZeroAlloc);
-                let mut expected = entry & L2E_OFFSET_MASK;
-                let mut n = 1u64;
-                while n < nb_clusters {
-                    let e = c.be64(slot, l2_index + n as usize);
-                    if cluster_type(e) != ty {
-                        break;
-                    }
-                    if check {
-                        expected += st.cluster_size;
-                        if expected != e & L2E_OFFSET_MASK {
-                            break;
-                        }
-                    }
-                    n += 1;
-                }
-                n
+            count_contiguous_subclusters(&st, slot, l2_index, nb_clusters, sc_index)
+        };
+        let sc = match count {
+            Ok(n) => n,
+            Err(bad) => {
+                return fail(format!(
+                    "Invalid cluster entry found  (L2 offset: {}, L2 index: {})",
+                    c_hex(l2_offset),
+                    c_hex(bad)
+                ))
+                .await;
             }
         };
         self.cache_put(CacheKind::L2, slot);
-        needed = needed.min(count << cs_bits);
-        Ok((needed - oic, host, ty))
+        let sc_bits = self.st.borrow().subcluster_bits;
+        let avail = (sc + u64::from(sc_index)) << sc_bits;
+        Ok((avail.min(needed) - oic, host, ty))
     }
 
     /// Writes the L1 entry (padded to the file's alignment) with a sync write.
@@ -225,7 +236,7 @@ impl Qcow2 {
             (
                 st.l1[l1_index as usize],
                 st.cluster_size,
-                st.l2_slice_size * 8,
+                st.l2_slice_size * st.l2_entry_size(),
             )
         };
         let l2_offset = self.alloc_clusters(node, cs).await?;
@@ -338,53 +349,46 @@ impl Qcow2 {
     }
 
     /// Records an allocation's COW regions (QEMU's calculate_l2_meta); None when no metadata
-    /// change or COW is needed.
-    fn calculate_l2_meta(
+    /// change or COW is needed. With extended L2 entries the COW covers only the subclusters
+    /// that hold data.
+    async fn calculate_l2_meta(
         &self,
+        node: &Node,
         host_cluster: u64,
         guest_offset: u64,
         bytes: u64,
         slot: usize,
         keep_old: bool,
-    ) -> Option<L2Meta> {
+    ) -> IoResult<Option<L2Meta>> {
+        let plan = {
+            let st = self.st.borrow();
+            plan_cow(&st, host_cluster, guest_offset, bytes, slot, keep_old)
+        };
+        let m = match plan {
+            Err(bad) => {
+                let l2_offset = {
+                    let st = self.st.borrow();
+                    st.l1[st.l1_index(guest_offset) as usize] & L1E_OFFSET_MASK
+                };
+                self.signal_corruption(
+                    node,
+                    true,
+                    &format!(
+                        "Invalid cluster entry found (L2 offset: {}, L2 index: {})",
+                        c_hex(l2_offset),
+                        c_hex(bad)
+                    ),
+                )
+                .await;
+                return Err(libc::EIO);
+            }
+            Ok(None) => return Ok(None),
+            Ok(Some(m)) => m,
+        };
         let mut st = self.st.borrow_mut();
-        let l2_index = st.l2_slice_index(guest_offset);
-        let cow_start_to = st.offset_into_cluster(guest_offset);
-        let cow_end_from = cow_start_to + bytes;
-        let nb = st.size_to_clusters(cow_end_from);
-        let cs = st.cluster_size;
-        let c = &st.caches[0];
-        if keep_old
-            && (0..nb)
-                .all(|i| cluster_type(c.be64(slot, l2_index + i as usize)) == ClusterType::Normal)
-        {
-            return None;
-        }
-        let first = cluster_type(c.be64(slot, l2_index));
-        let last = cluster_type(c.be64(slot, l2_index + nb as usize - 1));
-        let cow_start_from = if keep_old && first == ClusterType::Normal {
-            cow_start_to
-        } else {
-            0
-        };
-        let cow_end_to = if keep_old && last == ClusterType::Normal {
-            cow_end_from
-        } else {
-            cow_end_from.div_ceil(cs) * cs
-        };
         let id = st.next_alloc_id;
         st.next_alloc_id += 1;
-        let m = L2Meta {
-            id,
-            offset: guest_offset & !(cs - 1),
-            alloc_offset: host_cluster,
-            nb_clusters: nb,
-            keep_old,
-            cow_start: (cow_start_from, cow_start_to - cow_start_from),
-            cow_end: (cow_end_from, cow_end_to - cow_end_from),
-            skip_cow: false,
-            merged: false,
-        };
+        let m = L2Meta { id, ..m };
         st.allocs.insert(
             0,
             super::state::InFlight {
@@ -395,7 +399,7 @@ impl Qcow2 {
                 waiters: Vec::new(),
             },
         );
-        Some(m)
+        Ok(Some(m))
     }
 
     /// Waits for an overlapping in-flight allocation (QEMU's handle_dependencies): Ok(None)
@@ -464,11 +468,11 @@ impl Qcow2 {
             (nb, st.cluster_size)
         };
         let (slot, l2_index) = self.get_cluster_table(node, guest_offset).await?;
-        let entry = self.st.borrow().caches[0].be64(slot, l2_index);
+        let entry = self.st.borrow().l2_entry(slot, l2_index);
         let cluster_offset = entry & L2E_OFFSET_MASK;
         let oic = guest_offset & (cs - 1);
         let mut ret = Ok(false);
-        if !needs_new_alloc(entry) {
+        if !needs_new_alloc(&self.st.borrow(), entry) {
             if cluster_offset & (cs - 1) != 0 {
                 let what = if entry & 1 != 0 {
                     "Preallocated zero"
@@ -489,17 +493,18 @@ impl Qcow2 {
             } else if *host_offset != INV_OFFSET && cluster_offset != *host_offset {
                 *bytes = 0;
             } else {
-                let keep = {
-                    let st = self.st.borrow();
-                    count_single_write(&st.caches[0], slot, l2_index, nb, false, cs)
-                };
+                let keep = count_single_write(&self.st.borrow(), slot, l2_index, nb, false);
                 *bytes = (*bytes).min(keep * cs - oic);
-                if let Some(m) =
-                    self.calculate_l2_meta(cluster_offset, guest_offset, *bytes, slot, true)
+                ret = match self
+                    .calculate_l2_meta(node, cluster_offset, guest_offset, *bytes, slot, true)
+                    .await
                 {
-                    metas.push(m);
-                }
-                ret = Ok(true);
+                    Ok(m) => {
+                        metas.extend(m);
+                        Ok(true)
+                    }
+                    Err(e) => Err(e),
+                };
             }
         }
         self.cache_put(CacheKind::L2, slot);
@@ -527,12 +532,12 @@ impl Qcow2 {
             (nb, st.cluster_size, st.cluster_bits)
         };
         let (slot, l2_index) = self.get_cluster_table(node, guest_offset).await?;
-        let mut nb = {
-            let st = self.st.borrow();
-            count_single_write(&st.caches[0], slot, l2_index, nb, true, cs)
-        };
+        let mut nb = count_single_write(&self.st.borrow(), slot, l2_index, nb, true);
         let r: IoResult<bool> = async {
-            let alloc = if *host_offset == INV_OFFSET {
+            let alloc = if self.st.borrow().data_file {
+                // an external data file maps guest offsets 1:1: nothing to allocate
+                guest_offset & !(cs - 1)
+            } else if *host_offset == INV_OFFSET {
                 self.alloc_clusters(node, nb * cs).await?
             } else {
                 let at = *host_offset & !(cs - 1);
@@ -549,9 +554,10 @@ impl Qcow2 {
             let nb_bytes = requested.min(avail);
             *host_offset = alloc + oic;
             *bytes = (*bytes).min(nb_bytes - oic);
-            if let Some(m) = self.calculate_l2_meta(alloc, guest_offset, *bytes, slot, false) {
-                metas.push(m);
-            }
+            let m = self
+                .calculate_l2_meta(node, alloc, guest_offset, *bytes, slot, false)
+                .await?;
+            metas.extend(m);
             Ok(true)
         }
         .await;
@@ -674,11 +680,11 @@ impl Qcow2 {
         if buf.is_empty() {
             return Ok(());
         }
-        self.pre_write_overlap_check(node, 0, offset, buf.len() as u64)
+        self.pre_write_data_overlap_check(node, offset, buf.len() as u64)
             .await?;
         node.file().debug_event(Event::CowWrite).await;
         io::pwritev(
-            node.file(),
+            self.data_child(node),
             offset,
             buf,
             crate::block::driver::ReqFlags::NONE,
@@ -701,21 +707,26 @@ impl Qcow2 {
         let old = {
             let mut st = self.st.borrow_mut();
             let cs = st.cluster_size;
-            let c = st.cache(CacheKind::L2);
-            c.mark_dirty(slot);
+            st.cache(CacheKind::L2).mark_dirty(slot);
             let mut old = Vec::new();
-            for i in 0..m.nb_clusters as usize {
-                let e = c.be64(slot, l2_index + i);
+            for i in 0..m.nb_clusters {
+                let idx = l2_index + i as usize;
+                let e = st.l2_entry(slot, idx);
                 if e != 0 {
                     old.push(e);
                 }
-                c.set_be64(
-                    slot,
-                    l2_index + i,
-                    (m.alloc_offset + i as u64 * cs) | OFLAG_COPIED,
-                );
+                st.set_l2_entry(slot, idx, (m.alloc_offset + i * cs) | OFLAG_COPIED);
+                if st.extended_l2 && !m.prealloc {
+                    // the subclusters just written (data and COW) are now allocated
+                    let from = m.cow_start.0.max(i * cs);
+                    let to = (m.cow_end.0 + m.cow_end.1).min((i + 1) * cs);
+                    let (first, last) = (st.sc_index(from), st.sc_index(to - 1));
+                    let bitmap = (st.l2_bitmap(slot, idx) | sub_alloc_range(first, last + 1))
+                        & !sub_zero_range(first, last + 1);
+                    st.set_l2_bitmap(slot, idx, bitmap);
+                }
             }
-            c.put(slot);
+            st.cache(CacheKind::L2).put(slot);
             old
         };
         if !m.keep_old {
@@ -728,7 +739,7 @@ impl Qcow2 {
 
     /// Frees the clusters of an allocation that will not be linked.
     pub async fn alloc_cluster_abort(&self, node: &Node, m: &L2Meta) {
-        if !m.keep_old {
+        if !self.st.borrow().data_file && !m.keep_old {
             let bits = self.st.borrow().cluster_bits;
             self.free_clusters(
                 node,
@@ -773,36 +784,225 @@ impl Qcow2 {
 }
 
 /// QEMU's cluster_needs_new_alloc.
-pub fn needs_new_alloc(entry: u64) -> bool {
-    match cluster_type(entry) {
+pub fn needs_new_alloc(st: &State, entry: u64) -> bool {
+    match st.cluster_type(entry) {
         ClusterType::Normal | ClusterType::ZeroAlloc => entry & OFLAG_COPIED == 0,
         _ => true,
     }
 }
 
 /// QEMU's count_single_write_clusters.
-fn count_single_write(
-    c: &super::cache::Cache,
-    slot: usize,
-    l2_index: usize,
-    nb: u64,
-    new_alloc: bool,
-    cs: u64,
-) -> u64 {
-    let mut expected = c.be64(slot, l2_index) & L2E_OFFSET_MASK;
+fn count_single_write(st: &State, slot: usize, l2_index: usize, nb: u64, new_alloc: bool) -> u64 {
+    let mut expected = st.l2_entry(slot, l2_index) & L2E_OFFSET_MASK;
     let mut i = 0;
     while i < nb {
-        let e = c.be64(slot, l2_index + i as usize);
-        if needs_new_alloc(e) != new_alloc {
+        let e = st.l2_entry(slot, l2_index + i as usize);
+        if needs_new_alloc(st, e) != new_alloc {
             break;
         }
         if !new_alloc {
             if expected != e & L2E_OFFSET_MASK {
                 break;
             }
-            expected += cs;
+            expected += st.cluster_size;
         }
         i += 1;
     }
     i
+}
+
+/// QEMU's count_contiguous_subclusters: subclusters of the same type from subcluster
+/// `sc_index` of entry `l2_index`, over at most `nb_clusters` entries, allocated ones
+/// contiguous in the file; compressed clusters count alone. Err(index of the invalid entry).
+fn count_contiguous_subclusters(
+    st: &State,
+    slot: usize,
+    l2_index: usize,
+    nb_clusters: u64,
+    sc_index: u32,
+) -> Result<u64, usize> {
+    let mut count = 0u64;
+    let mut expected_type = SubclusterType::Normal;
+    let mut expected_offset = 0;
+    let mut check_offset = false;
+    for i in 0..nb_clusters as usize {
+        let first_sc = if i == 0 { sc_index } else { 0 };
+        let entry = st.l2_entry(slot, l2_index + i);
+        let bitmap = st.l2_bitmap(slot, l2_index + i);
+        let Some((ty, n)) = st.subcluster_range_type(entry, bitmap, first_sc) else {
+            return Err(l2_index + i);
+        };
+        if i == 0 {
+            if ty == SubclusterType::Compressed {
+                return Ok(u64::from(n));
+            }
+            expected_type = ty;
+            expected_offset = entry & L2E_OFFSET_MASK;
+            check_offset = ty.has_host_offset();
+        } else if ty != expected_type {
+            break;
+        } else if check_offset {
+            expected_offset += st.cluster_size;
+            if expected_offset != entry & L2E_OFFSET_MASK {
+                break;
+            }
+        }
+        count += u64::from(n);
+        if first_sc + n < st.subclusters_per_cluster {
+            break;
+        }
+    }
+    Ok(count)
+}
+
+/// The pure part of QEMU's calculate_l2_meta: the COW regions of a write of `bytes` at
+/// `guest_offset` into the clusters of L2 slot `slot`. Ok(None) when overwriting in place
+/// needs neither COW nor an L2 change; Err(L2 index) for an invalid entry.
+fn plan_cow(
+    st: &State,
+    host_cluster: u64,
+    guest_offset: u64,
+    bytes: u64,
+    slot: usize,
+    keep_old: bool,
+) -> Result<Option<L2Meta>, usize> {
+    let l2_index = st.l2_slice_index(guest_offset);
+    let cow_start_to = st.offset_into_cluster(guest_offset);
+    let cow_end_from = cow_start_to + bytes;
+    let nb = st.size_to_clusters(cow_end_from);
+    let cs = st.cluster_size;
+    let mut skip_cow = keep_old;
+    for i in 0..nb {
+        let idx = l2_index + i as usize;
+        let (entry, bitmap) = (st.l2_entry(slot, idx), st.l2_bitmap(slot, idx));
+        let ty = if skip_cow {
+            let from = cow_start_to.max(i * cs);
+            let to = cow_end_from.min((i + 1) * cs);
+            let (first_sc, last_sc) = (st.sc_index(from), st.sc_index(to - 1));
+            let (ty, cnt) = st
+                .subcluster_range_type(entry, bitmap, first_sc)
+                .unwrap_or((SubclusterType::Invalid, 0));
+            if ty != SubclusterType::Normal || first_sc + cnt <= last_sc {
+                skip_cow = false;
+            }
+            ty
+        } else {
+            st.subcluster_type(entry, bitmap, 0)
+        };
+        if ty == SubclusterType::Invalid {
+            return Err(idx);
+        }
+    }
+    if skip_cow {
+        return Ok(None);
+    }
+    let sc_bits = st.subcluster_bits;
+    let per = st.subclusters_per_cluster;
+    let (entry, bitmap) = (st.l2_entry(slot, l2_index), st.l2_bitmap(slot, l2_index));
+    let sc = st.sc_index(guest_offset);
+    let cow_start_from = match (keep_old, st.subcluster_type(entry, bitmap, sc)) {
+        (false, SubclusterType::Compressed) => 0,
+        (false, SubclusterType::Normal | SubclusterType::ZeroAlloc)
+        | (false, SubclusterType::UnallocatedAlloc) => {
+            if st.extended_l2 {
+                // skip the leading subclusters that hold no data
+                let first_alloc = ((bitmap & BITMAP_ALL_ALLOC) as u32).trailing_zeros();
+                u64::from(sc.min(first_alloc)) << sc_bits
+            } else {
+                0
+            }
+        }
+        (true, SubclusterType::Normal) => cow_start_to,
+        _ => u64::from(sc) << sc_bits,
+    };
+    let last = l2_index + nb as usize - 1;
+    let (entry, bitmap) = (st.l2_entry(slot, last), st.l2_bitmap(slot, last));
+    let sc = st.sc_index(guest_offset + bytes - 1);
+    let cow_end_to = match (keep_old, st.subcluster_type(entry, bitmap, sc)) {
+        (false, SubclusterType::Compressed) => cow_end_from.div_ceil(cs) * cs,
+        (false, SubclusterType::Normal | SubclusterType::ZeroAlloc)
+        | (false, SubclusterType::UnallocatedAlloc) => {
+            let mut to = cow_end_from.div_ceil(cs) * cs;
+            if st.extended_l2 {
+                // skip the trailing subclusters that hold no data
+                let last_alloc = ((bitmap & BITMAP_ALL_ALLOC) as u32).leading_zeros();
+                to -= u64::from((per - sc - 1).min(last_alloc)) << sc_bits;
+            }
+            to
+        }
+        (true, SubclusterType::Normal) => cow_end_from,
+        _ => cow_end_from.div_ceil(st.subcluster_size) * st.subcluster_size,
+    };
+    Ok(Some(L2Meta {
+        id: 0,
+        offset: guest_offset & !(cs - 1),
+        alloc_offset: host_cluster,
+        nb_clusters: nb,
+        keep_old,
+        cow_start: (cow_start_from, cow_start_to - cow_start_from),
+        cow_end: (cow_end_from, cow_end_to - cow_end_from),
+        skip_cow: false,
+        prealloc: false,
+        merged: false,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::block::qcow2::state::tests::state;
+
+    #[test]
+    fn cow_covers_only_the_subclusters_that_hold_data() {
+        // iotest 271: cluster 0 has data in subclusters 0-9; a write into subcluster 16 of a
+        // new cluster copies nothing past subcluster 9, and nothing before 0
+        let mut st = state(true, false);
+        st.set_l2_entry(0, 0, 0x50000 | OFLAG_COPIED);
+        st.set_l2_bitmap(0, 0, sub_alloc_range(0, 10));
+        let m = plan_cow(&st, 0x60000, 32 * 1024 + 100, 1024, 0, true)
+            .unwrap()
+            .unwrap();
+        // in place over an unallocated subcluster: COW of that subcluster only
+        assert_eq!(m.cow_start, (32 * 1024, 100));
+        assert_eq!(m.cow_end, (32 * 1024 + 1124, 2048 - 1124));
+        // a fresh allocation of an unallocated cluster starts and ends at subclusters
+        let m = plan_cow(&st, 0x60000, 65536 + 3 * 1024, 512, 0, false)
+            .unwrap()
+            .unwrap();
+        assert_eq!(m.offset, 65536);
+        assert_eq!(m.cow_start, (2048, 1024));
+        assert_eq!(m.cow_end, (3584, 512));
+        // COW of a shared (not COPIED) cluster: from its first to its last data subcluster
+        st.set_l2_entry(0, 2, 0x80000);
+        st.set_l2_bitmap(0, 2, sub_alloc_range(4, 8));
+        let m = plan_cow(&st, 0x90000, 2 * 65536 + 20 * 2048, 100, 0, false)
+            .unwrap()
+            .unwrap();
+        assert_eq!(m.cow_start, (4 * 2048, 16 * 2048));
+        assert_eq!(m.cow_end, (20 * 2048 + 100, 2048 - 100));
+        // overwriting allocated data in place needs nothing
+        assert!(
+            plan_cow(&st, 0x50000, 1024, 4096, 0, true)
+                .unwrap()
+                .is_none()
+        );
+        // an invalid bitmap is reported with its L2 index
+        st.set_l2_bitmap(0, 1, 1 << 31);
+        assert_eq!(plan_cow(&st, 0, 65536, 512, 0, false).unwrap_err(), 1);
+    }
+
+    #[test]
+    fn contiguous_subclusters_stop_at_a_type_change() {
+        let mut st = state(true, false);
+        st.set_l2_entry(0, 0, 0x50000 | OFLAG_COPIED);
+        st.set_l2_bitmap(0, 0, BITMAP_ALL_ALLOC);
+        st.set_l2_entry(0, 1, 0x60000 | OFLAG_COPIED);
+        st.set_l2_bitmap(0, 1, sub_alloc_range(0, 3));
+        assert_eq!(count_contiguous_subclusters(&st, 0, 0, 2, 30), Ok(2 + 3));
+        // not contiguous in the file
+        st.set_l2_entry(0, 1, 0x70000 | OFLAG_COPIED);
+        assert_eq!(count_contiguous_subclusters(&st, 0, 0, 2, 30), Ok(2));
+        st.set_l2_bitmap(0, 1, (1 << 32) | 1);
+        assert_eq!(count_contiguous_subclusters(&st, 0, 1, 1, 0), Err(1));
+    }
 }

@@ -162,9 +162,8 @@ pub fn parse(b: &[u8]) -> Result<Header, OpenError> {
     Ok(h)
 }
 
-/// QEMU's validate_compression_type; zstd is refused when the engine would have to serve the
-/// image (we do not implement it), accepted when only its metadata is read.
-pub fn check_compression(h: &Header, serve: bool) -> Result<(), OpenError> {
+/// QEMU's validate_compression_type (a QEMU built with zstd, as 10.0.2 in Debian is).
+pub fn check_compression(h: &Header) -> Result<(), OpenError> {
     match h.compression_type {
         0 => {
             if h.incompatible_features & INCOMPAT_COMPRESSION != 0 {
@@ -182,13 +181,7 @@ pub fn check_compression(h: &Header, serve: bool) -> Result<(), OpenError> {
                     libc::EINVAL,
                 ));
             }
-            if !serve {
-                return Ok(());
-            }
-            Err((
-                "qcow2: zstd compression is not supported by this engine".into(),
-                libc::ENOTSUP,
-            ))
+            Ok(())
         }
         t => Err((
             format!("qcow2: unknown compression type: {t}"),
@@ -244,10 +237,6 @@ pub struct OpenMode {
     pub check: bool,
     /// QEMU's BDRV_O_RDWR
     pub writable: bool,
-    /// the engine will serve guest I/O from the image, so it refuses the features it does not
-    /// implement (zstd, extended L2 entries, external data files); qemu-img's metadata-only
-    /// opens describe such images as QEMU does
-    pub serve: bool,
 }
 
 /// The header as qcow2_do_open knows it once the L1 table's size is checked.
@@ -285,8 +274,7 @@ fn validate_table(
 }
 
 /// qcow2_do_open from reading the header to checking the L1 table's size: every check on the
-/// header fields, in QEMU's order and words, with the engine's own refusals (`mode.serve`)
-/// where QEMU would set the feature up.
+/// header fields, in QEMU's order and words.
 pub fn read(file: &impl ImageFile, mode: OpenMode) -> Result<Opening, OpenError> {
     let hb = file
         .read_at(0, HEADER_SIZE)
@@ -309,7 +297,7 @@ pub fn read(file: &impl ImageFile, mode: OpenMode) -> Result<Opening, OpenError>
     } else {
         cs
     };
-    check_compression(&h, mode.serve)?;
+    check_compression(&h)?;
     if h.incompatible_features & !INCOMPAT_MASK != 0 {
         let ex = read_extensions(file, &h, u64::from(h.header_length), ext_end).unwrap_or_default();
         return Err((
@@ -324,19 +312,6 @@ pub fn read(file: &impl ImageFile, mode: OpenMode) -> Result<Opening, OpenError>
         return Err((
             "qcow2: Image is corrupt; cannot be opened read/write".into(),
             libc::EACCES,
-        ));
-    }
-    // Features QEMU supports but this engine does not: refused by name, never half-served.
-    if mode.serve && h.extended_l2() {
-        return Err((
-            "qcow2: extended L2 entries are not supported by this engine".into(),
-            libc::ENOTSUP,
-        ));
-    }
-    if mode.serve && h.incompatible_features & INCOMPAT_DATA_FILE != 0 {
-        return Err((
-            "qcow2: external data files are not supported by this engine".into(),
-            libc::ENOTSUP,
         ));
     }
     // 32 subclusters per cluster with extended L2 entries, each at least 512 bytes
@@ -426,7 +401,8 @@ pub fn check_encryption(h: &Header) -> Result<(), OpenError> {
 pub struct Extensions {
     pub backing_format: Option<String>,
     pub feature_table: Vec<Feature>,
-    pub data_file: bool,
+    /// the external data file's name (QEMU's image_data_file)
+    pub data_file: Option<String>,
     /// extensions the rewrite keeps as they are, in the order found
     pub unknown: Vec<(u32, Vec<u8>)>,
 }
@@ -487,8 +463,13 @@ pub fn read_extensions(
                 ex.unknown.push((magic, data()?));
             }
             EXT_DATA_FILE => {
-                ex.data_file = true;
-                ex.unknown.push((magic, data()?));
+                let name = file.read_at(offset, len as usize).map_err(|e| {
+                    (
+                        with_errno("ERROR: Could not read data file name", e),
+                        libc::EINVAL,
+                    )
+                })?;
+                ex.data_file = Some(c_string(&name));
             }
             _ => ex.unknown.push((magic, data()?)),
         }
@@ -560,6 +541,8 @@ pub struct HeaderImage<'a> {
     pub unknown_fields: &'a [u8],
     pub backing_format: Option<&'a str>,
     pub backing_file: Option<&'a str>,
+    /// the external data file's name, when the image has one
+    pub data_file: Option<&'a str>,
     /// unknown extensions in the order QEMU keeps them (it prepends while reading)
     pub unknown_exts: &'a [(u32, Vec<u8>)],
 }
@@ -603,6 +586,9 @@ pub fn build(img: &HeaderImage<'_>) -> Option<Vec<u8>> {
     }
     if let Some(fmt) = img.backing_format {
         ext_add(&mut b, EXT_BACKING_FORMAT, fmt.as_bytes());
+    }
+    if let Some(name) = img.data_file {
+        ext_add(&mut b, EXT_DATA_FILE, name.as_bytes());
     }
     if h.version >= 3 && img.cluster_size > 4096 {
         let mut t = Vec::with_capacity(FEATURES.len() * 48);
@@ -692,10 +678,9 @@ mod tests {
     const METADATA: OpenMode = OpenMode {
         check: false,
         writable: false,
-        serve: false,
     };
-    const SERVE: OpenMode = OpenMode {
-        serve: true,
+    const WRITABLE: OpenMode = OpenMode {
+        writable: true,
         ..METADATA
     };
 
@@ -740,15 +725,21 @@ mod tests {
     }
 
     #[test]
-    fn only_serving_refuses_what_the_engine_lacks() {
+    fn feature_bits_are_checked_as_qemu_does() {
         let mut b = image(1 << 20);
         b[72..80].copy_from_slice(&(INCOMPAT_EXTL2 | INCOMPAT_COMPRESSION).to_be_bytes());
         b[104] = 1;
         assert_eq!(read_err(b.clone(), METADATA), "opened");
+        assert_eq!(read_err(b, WRITABLE), "opened");
+        // zstd needs the compression type bit, and zlib must not have it
+        let mut b = image(1 << 20);
+        b[104] = 1;
         assert_eq!(
-            read_err(b, SERVE),
-            "qcow2: zstd compression is not supported by this engine"
+            read_err(b.clone(), WRITABLE),
+            "qcow2: Compression type incompatible feature bit must be set"
         );
+        b[72..80].copy_from_slice(&INCOMPAT_COMPRESSION.to_be_bytes());
+        assert_eq!(read_err(b, WRITABLE), "opened");
         // extended L2 entries need 32 subclusters of at least 512 bytes
         let mut b = image(1 << 20);
         b[20..24].copy_from_slice(&13u32.to_be_bytes());
@@ -811,6 +802,7 @@ mod tests {
             unknown_fields: &[],
             backing_format: None,
             backing_file: None,
+            data_file: None,
             unknown_exts: &[],
         })
         .unwrap();

@@ -7,7 +7,8 @@
 //! `write` (guest writes, zero writes, discard, compression), `read` (guest reads),
 //! `open` (opening with QEMU's checks, repairing a dirty image), `check` (the refcount
 //! checker/repairer, shared with `qemu-img check`), `image_file` (the file as open and the
-//! checker reach it), `aio_task` (the parallel chunk tasks of one write), `compress` (zlib),
+//! checker reach it), `aio_task` (the parallel chunk tasks of one write), `compress` (zlib
+//! and zstd),
 //! `resize` (truncate: growing, shrinking, preallocation).
 
 mod aio_task;
@@ -78,6 +79,12 @@ impl Qcow2 {
         self.thread_queue.next();
         self.lock.unlock();
         out
+    }
+
+    /// Where guest data lives (QEMU's s->data_file): the external data file's node, or the
+    /// image file. Metadata and blkdebug events always go to `node.file()`.
+    pub(crate) fn data_child<'a>(&self, node: &'a Node) -> &'a std::rc::Rc<Node> {
+        node.child("data-file").unwrap_or_else(|| node.file())
     }
 
     fn check_alive(&self) -> IoResult {
@@ -162,6 +169,7 @@ impl Qcow2 {
                 unknown_fields: &st.unknown_fields,
                 backing_format: st.backing_format.as_deref(),
                 backing_file: st.backing_file.as_deref(),
+                data_file: st.data_file_name.as_deref().filter(|_| st.data_file),
                 unknown_exts: &exts,
             })
         };
@@ -212,24 +220,38 @@ impl Qcow2 {
 
     fn specific_info(&self) -> Vec<String> {
         let st = self.st.borrow();
+        let compression = format!("compression type: {}", st.compression.name());
+        let mut data_file = Vec::new();
+        if let Some(name) = &st.data_file_name {
+            data_file.push(format!("data file: {name}"));
+        }
+        if st.data_file {
+            let raw = st.autoclear & header::AUTOCLEAR_DATA_FILE_RAW != 0;
+            data_file.push(format!("data file raw: {raw}"));
+        }
         if st.hdr.version == 2 {
             return vec![
                 "compat: 0.10".into(),
-                "compression type: zlib".into(),
+                compression,
                 format!("refcount bits: {}", 1u32 << st.refcount_order),
             ];
         }
         vec![
             "compat: 1.1".into(),
-            "compression type: zlib".into(),
+            compression,
             format!(
                 "lazy refcounts: {}",
                 st.compat & header::COMPAT_LAZY_REFCOUNTS != 0
             ),
             format!("refcount bits: {}", 1u32 << st.refcount_order),
-            format!("corrupt: {}", st.incompat & INCOMPAT_CORRUPT != 0),
-            "extended l2: false".into(),
         ]
+        .into_iter()
+        .chain(data_file)
+        .chain([
+            format!("corrupt: {}", st.incompat & INCOMPAT_CORRUPT != 0),
+            format!("extended l2: {}", st.extended_l2),
+        ])
+        .collect()
     }
 }
 
@@ -319,7 +341,7 @@ impl BlockDriver for Qcow2 {
     ) -> BoxFut<'a, IoResult<BlockStatus>> {
         Box::pin(async move {
             let (flags, pnum, map) = self.driver_status(node, offset, bytes).await?;
-            let file = (flags & status::OFFSET_VALID != 0).then(|| node.file().clone());
+            let file = (flags & status::OFFSET_VALID != 0).then(|| self.data_child(node).clone());
             Ok(BlockStatus {
                 flags,
                 pnum,

@@ -18,7 +18,7 @@ use crate::block::driver::{Limits, ReqFlags};
 use crate::block::executor::block_on;
 use crate::block::io;
 use crate::block::node::{Child, ChildRole, Node};
-use crate::block::options::{OpenContext, Options};
+use crate::block::options::{OpenChild, OpenContext, Options};
 use crate::block::perms::Perms;
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -30,6 +30,10 @@ pub struct Opened {
     pub backing: Option<(String, Option<String>)>,
     pub version: u32,
     pub cluster_size: u64,
+    /// QEMU's pwrite_zeroes_alignment
+    pub subcluster_size: u64,
+    /// the external data file's node (QEMU's s->data_file when it is not bs->file)
+    pub data_file: Option<Rc<Node>>,
 }
 
 fn event(file: &Rc<Node>, ev: Event) {
@@ -41,14 +45,35 @@ fn event(file: &Rc<Node>, ev: Event) {
 pub type BackingName = Option<(String, Option<String>)>;
 
 /// Opens a qcow2 node over its file (QEMU's qcow2_open): the node, whose backing child is the
-/// caller's to add, its limits and the backing file the image names.
+/// caller's to add, its limits and the backing file the image names. `children` opens the
+/// external data file (None: the image may have none).
 pub fn open_node(
     file: Rc<Node>,
     opts: &mut Options,
     ctx: &OpenContext,
+    children: Option<&dyn OpenChild>,
 ) -> Result<(Node, Limits, BackingName), String> {
-    let opened = open_image(&file, opts, ctx)?;
-    let children = vec![Child {
+    // QEMU opens the data file child in the middle of qcow2_do_open, so its errors come
+    // between those of the runtime options and those of the backing file name
+    let mut data_opts = Options::new();
+    if let Some(v) = opts.shift_remove("data-file") {
+        data_opts.insert("data-file".into(), v);
+    }
+    let mut open_data_file = |name: Option<&str>| -> Result<Option<Rc<Node>>, String> {
+        let Some(children) = children else {
+            return Ok(None);
+        };
+        let filename = name.map(str::to_string);
+        if filename.is_some() {
+            children
+                .open_child(&mut data_opts, "data-file", filename, ChildRole::Data)
+                .map(Some)
+        } else {
+            children.open_optional_child(&mut data_opts, "data-file", None, ChildRole::Data)
+        }
+    };
+    let opened = open_image(&file, opts, ctx, &mut open_data_file)?;
+    let mut children = vec![Child {
         name: "file",
         node: file.clone(),
         writable: !ctx.flags.read_only,
@@ -56,6 +81,20 @@ pub fn open_node(
         role: ChildRole::Image,
         extra_perms: Perms::NONE,
     }];
+    if let Some(d) = opened.data_file.clone() {
+        // QEMU lists children newest first: flushes reach the data file before the image file
+        children.insert(
+            0,
+            Child {
+                name: "data-file",
+                node: d,
+                writable: !ctx.flags.read_only,
+                primary: false,
+                role: ChildRole::Data,
+                extra_perms: Perms::NONE,
+            },
+        );
+    }
     let cs = opened.cluster_size;
     let v3 = opened.version >= 3;
     let mut node = Node::new(Box::new(opened.driver), children, file.filename.clone());
@@ -65,20 +104,26 @@ pub fn open_node(
         ReqFlags::NONE
     };
     let limits = Limits {
-        pwrite_zeroes_alignment: cs,
+        pwrite_zeroes_alignment: opened.subcluster_size,
         pdiscard_alignment: cs,
         ..Limits::default()
     };
     Ok((node, limits, opened.backing))
 }
 
+/// How the graph builder opens the external data file (QEMU's bdrv_open_child for
+/// "data-file"): with None, from the `data-file` option if one was given (Ok(None) if not);
+/// with a name, that file (the name stored in the image).
+pub type DataFileOpener<'a> = &'a mut dyn FnMut(Option<&str>) -> Result<Option<Rc<Node>>, String>;
+
 /// Opens the qcow2 image in `file`. `opts` holds the qcow2 runtime options (consumed).
 pub fn open_image(
     file: &Rc<Node>,
     opts: &mut Options,
     ctx: &OpenContext,
+    data_file: DataFileOpener<'_>,
 ) -> Result<Opened, String> {
-    open_inner(file, opts, ctx).map_err(|(m, _)| m)
+    open_inner(file, opts, ctx, data_file).map_err(|(m, _)| m)
 }
 
 /// What a metadata-only open (qemu-img's `info` and `check`, and `create`'s look at a backing
@@ -87,6 +132,8 @@ pub struct Metadata {
     pub h: Header,
     /// the backing file name as stored in the image, and its format, if any
     pub backing: Option<(String, Option<String>)>,
+    /// the external data file's name as stored in the image
+    pub data_file: Option<String>,
 }
 
 /// qcow2_do_open for qemu-img, which only reads metadata: the same reads and checks as
@@ -100,11 +147,7 @@ pub fn open_metadata(
     check: bool,
     writable: bool,
 ) -> Result<Metadata, OpenError> {
-    let mode = OpenMode {
-        check,
-        writable,
-        serve: false,
-    };
+    let mode = OpenMode { check, writable };
     let o = header::read(file, mode)?;
     header::check_encryption(&o.h)?;
     let ex = header::read_extensions(file, &o.h, u64::from(o.h.header_length), o.ext_end)?;
@@ -113,6 +156,7 @@ pub fn open_metadata(
     Ok(Metadata {
         h: o.h,
         backing: header::backing_of(backing_file.as_deref(), ex.backing_format.as_deref()),
+        data_file: ex.data_file,
     })
 }
 
@@ -150,13 +194,17 @@ fn repair_dirty(
     Ok(true)
 }
 
-fn open_inner(file: &Rc<Node>, opts: &mut Options, ctx: &OpenContext) -> Result<Opened, OpenError> {
+fn open_inner(
+    file: &Rc<Node>,
+    opts: &mut Options,
+    ctx: &OpenContext,
+    open_data_file: DataFileOpener<'_>,
+) -> Result<Opened, OpenError> {
     let read_only = ctx.flags.read_only;
     let node_file = NodeFile(file.clone());
     let mode = OpenMode {
         check: false,
         writable: !read_only,
-        serve: true,
     };
     let header::Opening {
         h,
@@ -165,7 +213,14 @@ fn open_inner(file: &Rc<Node>, opts: &mut Options, ctx: &OpenContext) -> Result<
         l1_vm_state_index,
     } = header::read(&node_file, mode)?;
     let cs = h.cluster_size();
-    let l2_bits = h.cluster_bits - 3;
+    let extended_l2 = h.extended_l2();
+    let l2_bits = h.cluster_bits - if extended_l2 { 4 } else { 3 };
+    let subclusters = if extended_l2 {
+        super::state::SUBCLUSTERS
+    } else {
+        1
+    };
+    let subcluster_size = cs / u64::from(subclusters);
     // entries per refblock = cluster bits * 8 / refcount bits
     let refcount_block_bits = h.cluster_bits + 3 - h.refcount_order;
     let mut l1 = Vec::new();
@@ -184,6 +239,7 @@ fn open_inner(file: &Rc<Node>, opts: &mut Options, ctx: &OpenContext) -> Result<
         cluster_size: cs,
         disk_size: h.size / 512 * 512,
         lazy_refcounts_bit: h.compatible_features & header::COMPAT_LAZY_REFCOUNTS != 0,
+        l2_entry_bytes: h.l2_entry_size(),
     };
     let rt = runtime::parse(opts, &facts, ctx.flags.unmap, h.crypt_method != 0)
         .map_err(|m| (m, libc::EINVAL))?;
@@ -199,12 +255,24 @@ fn open_inner(file: &Rc<Node>, opts: &mut Options, ctx: &OpenContext) -> Result<
         .map(|c| u64::from_be_bytes(c.try_into().expect("8")))
         .collect();
     let ex = header::read_extensions(&node_file, &h, u64::from(h.header_length), ext_end)?;
-    if ex.data_file {
-        return Err((
-            "qcow2: external data files are not supported by this engine".into(),
-            libc::ENOTSUP,
-        ));
-    }
+    let bad = |m: String| (m, libc::EINVAL);
+    let data_node = if h.incompatible_features & header::INCOMPAT_DATA_FILE != 0 {
+        let mut n = open_data_file(None).map_err(bad)?;
+        if let (None, Some(name)) = (&n, &ex.data_file) {
+            n = open_data_file(Some(name)).map_err(bad)?;
+        }
+        Some(n.ok_or_else(|| bad("'data-file' is required for this image".into()))?)
+    } else {
+        if open_data_file(None).map_err(bad)?.is_some() {
+            return Err(bad(
+                "'data-file' can only be set for images with an external data file".into(),
+            ));
+        }
+        if h.autoclear_features & header::AUTOCLEAR_DATA_FILE_RAW != 0 {
+            return Err(bad("data-file-raw requires a data file".into()));
+        }
+        None
+    };
     let backing_file = header::read_backing_name(&node_file, &h)?;
     let backing = header::backing_of(backing_file.as_deref(), ex.backing_format.as_deref());
     let (snapshots, snapshots_size) = read_snapshots(&node_file, &h)?;
@@ -227,13 +295,20 @@ fn open_inner(file: &Rc<Node>, opts: &mut Options, ctx: &OpenContext) -> Result<
         cluster_size: cs,
         l2_bits,
         l2_size: 1 << l2_bits,
-        l2_slice_size: rt.sizes.l2_entry_size / 8,
+        l2_slice_size: rt.sizes.l2_entry_size / h.l2_entry_size(),
         refcount_order: h.refcount_order,
         refcount_block_bits,
         refcount_max: refcount_max(h.refcount_order),
         csize_shift,
         csize_mask: (1 << (h.cluster_bits - 8)) - 1,
         cluster_offset_mask: (1 << csize_shift) - 1,
+        compression: super::compress::CompressionType::from_header(h.compression_type),
+        extended_l2,
+        subclusters_per_cluster: subclusters,
+        subcluster_bits: subcluster_size.trailing_zeros(),
+        subcluster_size,
+        data_file: data_node.is_some(),
+        data_file_name: ex.data_file,
         size: h.size,
         l1: super::overlap::PointerTable::l1(l1),
         l1_offset: h.l1_table_offset,
@@ -296,6 +371,7 @@ fn open_inner(file: &Rc<Node>, opts: &mut Options, ctx: &OpenContext) -> Result<
                 unknown_fields: &st.unknown_fields,
                 backing_format: st.backing_format.as_deref(),
                 backing_file: st.backing_file.as_deref(),
+                data_file: st.data_file_name.as_deref().filter(|_| st.data_file),
                 unknown_exts: &exts,
             })
         };
@@ -314,6 +390,8 @@ fn open_inner(file: &Rc<Node>, opts: &mut Options, ctx: &OpenContext) -> Result<
         backing,
         version: h.version,
         cluster_size: cs,
+        subcluster_size,
+        data_file: data_node,
     })
 }
 

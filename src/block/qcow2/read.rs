@@ -3,7 +3,7 @@
 
 use super::Qcow2;
 use super::aio_task::TaskPool;
-use super::state::ClusterType;
+use super::state::SubclusterType;
 use crate::block::blkdebug::events::Event;
 use crate::block::driver::IoResult;
 use crate::block::io;
@@ -38,11 +38,8 @@ impl Qcow2 {
                     break;
                 }
             };
-            let reads_zero = match ty {
-                ClusterType::ZeroPlain | ClusterType::ZeroAlloc => true,
-                ClusterType::Unallocated => node.child("backing").is_none(),
-                _ => false,
-            };
+            let reads_zero =
+                ty.reads_zero() || (ty.is_unallocated() && node.child("backing").is_none());
             if reads_zero {
                 buf[done..done + n as usize].fill(0);
             } else {
@@ -87,23 +84,23 @@ impl Qcow2 {
     async fn preadv_task(
         &self,
         node: &Node,
-        ty: ClusterType,
+        ty: SubclusterType,
         host: u64,
         pos: u64,
         out: &mut [u8],
     ) -> IoResult {
         match ty {
-            ClusterType::Unallocated => {
+            SubclusterType::UnallocatedPlain | SubclusterType::UnallocatedAlloc => {
                 let backing = node
                     .child("backing")
                     .expect("unallocated chunks without a backing file read as zero");
                 node.file().debug_event(Event::ReadBackingAio).await;
                 io::preadv(backing, pos, out).await
             }
-            ClusterType::Compressed => self.read_compressed(node, host, pos, out).await,
+            SubclusterType::Compressed => self.read_compressed(node, host, pos, out).await,
             _ => {
                 node.file().debug_event(Event::ReadAio).await;
-                io::preadv(node.file(), host, out).await
+                io::preadv(self.data_child(node), host, out).await
             }
         }
     }
@@ -115,17 +112,17 @@ impl Qcow2 {
         offset: u64,
         out: &mut [u8],
     ) -> IoResult {
-        let (coffset, csize, cs) = {
+        let (coffset, csize, cs, codec) = {
             let st = self.st.borrow();
             let (o, s) = st.parse_compressed(entry);
-            (o, s, st.cluster_size)
+            (o, s, st.cluster_size, st.compression)
         };
         let mut cbuf = vec![0u8; csize as usize];
         node.file().debug_event(Event::ReadCompressed).await;
         io::preadv(node.file(), coffset, &mut cbuf).await?;
         let mut cluster = vec![0u8; cs as usize];
         let ok = self
-            .in_thread(|| super::compress::decompress(&cbuf, &mut cluster))
+            .in_thread(|| codec.decompress(&cbuf, &mut cluster))
             .await;
         if !ok {
             return Err(libc::EIO);

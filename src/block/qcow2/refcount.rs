@@ -770,8 +770,9 @@ impl Qcow2 {
 
     /// Frees whatever an L2 entry points to.
     pub async fn free_any_cluster(&self, node: &Node, entry: u64, dtype: DiscardType) {
-        use super::state::{ClusterType, L2E_OFFSET_MASK, cluster_type};
-        match cluster_type(entry) {
+        use super::state::{ClusterType, L2E_OFFSET_MASK};
+        let ty = self.st.borrow().cluster_type(entry);
+        match ty {
             ClusterType::Compressed => {
                 let (off, len) = self.st.borrow().parse_compressed(entry);
                 self.free_clusters(node, off, len, dtype).await;
@@ -782,15 +783,20 @@ impl Qcow2 {
                     let st = self.st.borrow();
                     (st.offset_into_cluster(off) == 0, st.cluster_size)
                 };
-                if aligned {
-                    self.free_clusters(node, off, cs, dtype).await;
-                } else {
+                if !aligned {
                     self.signal_corruption(
                         node,
                         false,
                         &format!("Cannot free unaligned cluster {}", c_hex(off)),
                     )
                     .await;
+                } else if self.st.borrow().data_file {
+                    // data file clusters have no refcounts: only the discard is passed on
+                    if self.st.borrow().discard_passthrough[dtype as usize] {
+                        let _ = io::pdiscard(self.data_child(node), off, cs).await;
+                    }
+                } else {
+                    self.free_clusters(node, off, cs, dtype).await;
                 }
             }
             ClusterType::ZeroPlain | ClusterType::Unallocated => {}

@@ -67,6 +67,7 @@ impl Qcow2 {
                 cluster_size: st.cluster_size,
                 disk_size: st.size / 512 * 512,
                 lazy_refcounts_bit: st.compat & COMPAT_LAZY_REFCOUNTS != 0,
+                l2_entry_bytes: st.l2_entry_size(),
             };
             (facts, st.hdr.crypt_method != 0, st.use_lazy_refcounts)
         };
@@ -107,7 +108,7 @@ impl Qcow2 {
         };
         let mut st = self.st.borrow_mut();
         st.caches = p.caches;
-        st.l2_slice_size = p.runtime.sizes.l2_entry_size / 8;
+        st.l2_slice_size = p.runtime.sizes.l2_entry_size / st.l2_entry_size();
         st.overlap_check = p.runtime.overlap_check;
         st.use_lazy_refcounts = p.runtime.lazy_refcounts;
         st.discard_passthrough = p.runtime.discard_passthrough;

@@ -102,16 +102,39 @@ impl Qcow2 {
                 .await
                 .map_err(|e| with_errno("Failed to grow the L1 table", e))?;
         }
+        let (data_file, raw) = {
+            let st = self.st.borrow();
+            let raw = st.autoclear & super::header::AUTOCLEAR_DATA_FILE_RAW != 0;
+            (st.data_file, raw)
+        };
+        // a raw data file needs the 1:1 mapping of its new area in the L2 tables too
+        let prealloc = if offset >= old_length && raw && prealloc == "off" {
+            "metadata"
+        } else {
+            prealloc
+        };
         match prealloc {
-            "metadata" => self.preallocate(node, old_length, offset).await?,
+            "off" if data_file => {
+                io::truncate(self.data_child(node), offset).await?;
+            }
+            "metadata" => self.preallocate(node, old_length, offset, "off").await?,
+            // with a data file only the metadata is preallocated, the data file is grown
+            "falloc" | "full" if data_file => {
+                self.preallocate(node, old_length, offset, prealloc).await?
+            }
             "falloc" | "full" => {
-                self.preallocate_data(node, old_length, offset, prealloc)
-                    .await?
+                // the new area reads as zeros already when the file could grow with zeros:
+                // the subclusters are then marked allocated and no zeroing follows
+                let zeroed = self
+                    .preallocate_data(node, old_length, offset, prealloc, zero_write)
+                    .await?;
+                zero_write &= !zeroed;
             }
             _ => {}
         }
         if zero_write && offset > old_length {
-            let zero_start = old_length.div_ceil(cs) * cs;
+            let scs = self.st.borrow().subcluster_size;
+            let zero_start = old_length.div_ceil(scs) * scs;
             if offset > zero_start {
                 self.subcluster_zeroize(node, zero_start, offset - zero_start, ReqFlags::NONE)
                     .await
@@ -161,10 +184,11 @@ impl Qcow2 {
             cluster_size: st.cluster_size,
             disk_size: st.size / 512 * 512,
             lazy_refcounts_bit: st.compat & super::header::COMPAT_LAZY_REFCOUNTS != 0,
+            l2_entry_bytes: st.l2_entry_size(),
         };
         let sizes = super::runtime::cache_sizes(&st.runtime.cache, &facts)?;
         st.runtime.sizes = sizes;
-        st.l2_slice_size = sizes.l2_entry_size / 8;
+        st.l2_slice_size = sizes.l2_entry_size / st.l2_entry_size();
         st.caches = [
             Cache::new(sizes.l2_tables as usize, sizes.l2_entry_size as usize),
             Cache::new(sizes.refcount_tables as usize, st.cluster_size as usize),
@@ -347,6 +371,7 @@ impl Qcow2 {
         node: &Node,
         mut offset: u64,
         new_length: u64,
+        mode: &str,
     ) -> Result<(), String> {
         let cs = self.st.borrow().cluster_size;
         let mut bytes = new_length - offset;
@@ -362,18 +387,21 @@ impl Qcow2 {
                     .map_err(|e| with_errno("Allocating clusters failed", e))?;
                 host_offset = h;
                 cur = n;
+                for m in metas.iter_mut() {
+                    m.prealloc = true;
+                }
                 self.handle_l2meta(node, &mut metas, true, &[])
                     .await
                     .map_err(|e| with_errno("Mapping clusters failed", e))?;
                 bytes -= cur;
                 offset += cur;
             }
-            let file_length = node
-                .file()
+            let data = self.data_child(node);
+            let file_length = data
                 .getlength()
                 .map_err(|e| with_errno("Could not get file size", e))?;
             if host_offset + cur > file_length {
-                io::truncate(node.file(), host_offset + cur).await?;
+                io::truncate_prealloc(data, host_offset + cur, mode).await?;
             }
             Ok(())
         }
@@ -390,7 +418,8 @@ impl Qcow2 {
         old_length: u64,
         offset: u64,
         prealloc: &str,
-    ) -> Result<(), String> {
+        zero_write: bool,
+    ) -> Result<bool, String> {
         let (cs, slice_size) = {
             let st = self.st.borrow();
             (st.cluster_size, st.l2_slice_size)
@@ -404,7 +433,8 @@ impl Qcow2 {
             Err(_) => file_len.div_ceil(cs) * cs,
         };
         let mut nb_new = (offset.div_ceil(cs) * cs - old_length / cs * cs) / cs;
-        let nb_l2 = nb_new.div_ceil(cs / 8) + 1;
+        let entry_size = if self.st.borrow().extended_l2 { 16 } else { 8 };
+        let nb_l2 = nb_new.div_ceil(cs / entry_size) + 1;
         let start = self
             .refcount_area(node, old_file_size, nb_new + nb_l2, true, 0, 0)
             .await
@@ -434,6 +464,7 @@ impl Qcow2 {
                 cow_start: (0, cow_start_len),
                 cow_end: (n * cs, 0),
                 skip_cow: false,
+                prealloc: !zero_write,
                 merged: false,
             };
             if let Err(e) = self.link_l2(node, &m, None).await {
@@ -445,6 +476,6 @@ impl Qcow2 {
             host += n * cs;
             nb_new -= n;
         }
-        Ok(())
+        Ok(zero_write)
     }
 }

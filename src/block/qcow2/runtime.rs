@@ -42,6 +42,8 @@ pub struct ImageFacts {
     pub disk_size: u64,
     /// the lazy-refcounts compatible bit of the header
     pub lazy_refcounts_bit: bool,
+    /// bytes per L2 entry: 16 with extended L2 entries, else 8
+    pub l2_entry_bytes: u64,
 }
 
 /// The parsed runtime options.
@@ -89,7 +91,7 @@ pub fn cache_sizes(o: &CacheOptions, img: &ImageFacts) -> Result<CacheSizes, Str
     let min_refcount_cache = MIN_REFCOUNT_CACHE_TABLES * cs;
     let max_l2_entries = img.disk_size.div_ceil(cs);
     // An L2 table is always a cluster: the cache covering the disk is whole clusters.
-    let max_l2_cache = (max_l2_entries * 8).div_ceil(cs) * cs;
+    let max_l2_cache = (max_l2_entries * img.l2_entry_bytes).div_ceil(cs) * cs;
     let combined = o.cache_size.unwrap_or(0);
     let l2_cache_max_setting = o.l2_cache_size.unwrap_or(DEFAULT_L2_CACHE_MAX_SIZE);
     let mut refcount = o.refcount_cache_size.unwrap_or(0);
@@ -226,6 +228,7 @@ mod tests {
             cluster_size: cs,
             disk_size: size,
             lazy_refcounts_bit: false,
+            l2_entry_bytes: 8,
         }
     }
 
@@ -246,6 +249,19 @@ mod tests {
         );
         // 1 TiB with 64k clusters needs 128 MiB of L2 tables: 32 MiB of 4k slices instead
         let s = sizes(CacheOptions::default(), &img(1 << 40, 65536)).unwrap();
+        assert_eq!((s.l2_tables, s.l2_entry_size), (8192, 4096));
+        // extended L2 entries take twice the room: 64 MiB needs two clusters of them
+        let ext = ImageFacts {
+            l2_entry_bytes: 16,
+            ..img(64 << 20, 65536)
+        };
+        let s = sizes(CacheOptions::default(), &ext).unwrap();
+        assert_eq!((s.l2_tables, s.l2_entry_size), (2, 65536));
+        let ext = ImageFacts {
+            l2_entry_bytes: 16,
+            ..img(1 << 40, 65536)
+        };
+        let s = sizes(CacheOptions::default(), &ext).unwrap();
         assert_eq!((s.l2_tables, s.l2_entry_size), (8192, 4096));
     }
 

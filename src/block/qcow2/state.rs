@@ -1,4 +1,8 @@
-//! The driver's in-memory state (QEMU's BDRVQcow2State) and the pure helpers on it.
+//! The driver's in-memory state (QEMU's BDRVQcow2State) and the pure helpers on it, among
+//! them the one model of L2 entries: standard (64-bit) or extended (entry + 32-subcluster
+//! allocation/zero bitmap), with an external data file or not. Every code path reads and
+//! writes entries through `l2_entry`/`l2_bitmap`/`set_l2_*` and classifies them with
+//! `cluster_type`/`subcluster_type`/`subcluster_range_type`.
 
 use super::cache::{Cache, CacheKind};
 use super::header::Header;
@@ -43,6 +47,54 @@ impl ClusterType {
     }
 }
 
+/// What one subcluster of a cluster is (QEMU's QCow2SubclusterType). Images with standard L2
+/// entries have one subcluster per cluster, so it maps 1:1 to the cluster type there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SubclusterType {
+    UnallocatedPlain,
+    /// unallocated inside an allocated cluster (extended L2 entries only)
+    UnallocatedAlloc,
+    ZeroPlain,
+    ZeroAlloc,
+    Normal,
+    Compressed,
+    /// an impossible L2 entry/bitmap combination: the image is corrupt
+    Invalid,
+}
+
+impl SubclusterType {
+    pub fn reads_zero(self) -> bool {
+        matches!(self, Self::ZeroPlain | Self::ZeroAlloc)
+    }
+    pub fn is_unallocated(self) -> bool {
+        matches!(self, Self::UnallocatedPlain | Self::UnallocatedAlloc)
+    }
+    /// The data lives at a host offset of the (data) file.
+    pub fn has_host_offset(self) -> bool {
+        matches!(
+            self,
+            Self::Normal | Self::ZeroAlloc | Self::UnallocatedAlloc
+        )
+    }
+}
+
+/// Subclusters per cluster with extended L2 entries.
+pub const SUBCLUSTERS: u32 = 32;
+/// the allocation half of an extended L2 bitmap (the zero half is the upper 32 bits)
+pub const BITMAP_ALL_ALLOC: u64 = 0xffff_ffff;
+pub const BITMAP_ALL_ZEROES: u64 = 0xffff_ffff << 32;
+
+/// Allocation bits of subclusters `from..to` (QCOW_OFLAG_SUB_ALLOC_RANGE).
+pub fn sub_alloc_range(from: u32, to: u32) -> u64 {
+    (1u64 << to) - (1u64 << from)
+}
+
+/// Zero bits of subclusters `from..to` (QCOW_OFLAG_SUB_ZERO_RANGE).
+pub fn sub_zero_range(from: u32, to: u32) -> u64 {
+    sub_alloc_range(from, to) << 32
+}
+
+/// The cluster type of a standard L2 entry (no extended L2, no external data file).
 pub fn cluster_type(entry: u64) -> ClusterType {
     if entry & OFLAG_COMPRESSED != 0 {
         ClusterType::Compressed
@@ -71,6 +123,8 @@ pub struct L2Meta {
     pub cow_start: (u64, u64),
     pub cow_end: (u64, u64),
     pub skip_cow: bool,
+    /// a preallocation: no subcluster is marked allocated by the link
+    pub prealloc: bool,
     /// the guest data is written together with the COW regions
     pub merged: bool,
 }
@@ -107,6 +161,17 @@ pub struct State {
     pub csize_shift: u32,
     pub csize_mask: u64,
     pub cluster_offset_mask: u64,
+    /// how compressed clusters are (de)compressed
+    pub compression: super::compress::CompressionType,
+    /// extended L2 entries: 128 bits each, with a 32-subcluster allocation/zero bitmap
+    pub extended_l2: bool,
+    pub subclusters_per_cluster: u32,
+    pub subcluster_bits: u32,
+    pub subcluster_size: u64,
+    /// the data lives in an external data file (QEMU's has_data_file)
+    pub data_file: bool,
+    /// the data file's name as the image stores it (QEMU's image_data_file)
+    pub data_file_name: Option<String>,
     pub size: u64,
     pub l1: super::overlap::PointerTable,
     pub l1_offset: u64,
@@ -153,6 +218,138 @@ impl State {
     pub fn cache(&mut self, c: CacheKind) -> &mut Cache {
         &mut self.caches[c.idx()]
     }
+
+    /// QEMU's qcow2_get_cluster_type: with extended L2 entries bit 0 is no zero flag, and
+    /// with an external data file offset 0 is a real offset when the entry is COPIED.
+    pub fn cluster_type(&self, entry: u64) -> ClusterType {
+        if entry & OFLAG_COMPRESSED != 0 {
+            ClusterType::Compressed
+        } else if entry & OFLAG_ZERO != 0 && !self.extended_l2 {
+            if entry & L2E_OFFSET_MASK != 0 {
+                ClusterType::ZeroAlloc
+            } else {
+                ClusterType::ZeroPlain
+            }
+        } else if entry & L2E_OFFSET_MASK == 0 {
+            if self.data_file && entry & OFLAG_COPIED != 0 {
+                ClusterType::Normal
+            } else {
+                ClusterType::Unallocated
+            }
+        } else {
+            ClusterType::Normal
+        }
+    }
+
+    /// QEMU's qcow2_get_subcluster_type (the whole entry and bitmap are checked).
+    pub fn subcluster_type(&self, entry: u64, bitmap: u64, sc: u32) -> SubclusterType {
+        let ty = self.cluster_type(entry);
+        if !self.extended_l2 {
+            return match ty {
+                ClusterType::Compressed => SubclusterType::Compressed,
+                ClusterType::ZeroPlain => SubclusterType::ZeroPlain,
+                ClusterType::ZeroAlloc => SubclusterType::ZeroAlloc,
+                ClusterType::Normal => SubclusterType::Normal,
+                ClusterType::Unallocated => SubclusterType::UnallocatedPlain,
+            };
+        }
+        match ty {
+            ClusterType::Compressed => SubclusterType::Compressed,
+            ClusterType::Normal => {
+                if (bitmap >> 32) & bitmap != 0 {
+                    SubclusterType::Invalid
+                } else if bitmap & (1 << (32 + sc)) != 0 {
+                    SubclusterType::ZeroAlloc
+                } else if bitmap & (1 << sc) != 0 {
+                    SubclusterType::Normal
+                } else {
+                    SubclusterType::UnallocatedAlloc
+                }
+            }
+            _ => {
+                if bitmap & BITMAP_ALL_ALLOC != 0 {
+                    SubclusterType::Invalid
+                } else if bitmap & (1 << (32 + sc)) != 0 {
+                    SubclusterType::ZeroPlain
+                } else {
+                    SubclusterType::UnallocatedPlain
+                }
+            }
+        }
+    }
+
+    /// QEMU's qcow2_get_subcluster_range_type: the type of subcluster `from` and how many
+    /// subclusters from it share that type (to the end of the cluster for standard entries and
+    /// compressed clusters). None for an invalid entry.
+    pub fn subcluster_range_type(
+        &self,
+        entry: u64,
+        bitmap: u64,
+        from: u32,
+    ) -> Option<(SubclusterType, u32)> {
+        let ty = self.subcluster_type(entry, bitmap, from);
+        let below = sub_alloc_range(0, from);
+        let n = match ty {
+            SubclusterType::Invalid => return None,
+            _ if !self.extended_l2 || ty == SubclusterType::Compressed => {
+                self.subclusters_per_cluster - from
+            }
+            SubclusterType::Normal => ((bitmap | below) as u32).trailing_ones() - from,
+            SubclusterType::ZeroPlain | SubclusterType::ZeroAlloc => {
+                (((bitmap >> 32) | below) as u32).trailing_ones() - from
+            }
+            _ => ((((bitmap >> 32) | bitmap) & !below) as u32).trailing_zeros() - from,
+        };
+        Some((ty, n))
+    }
+
+    /// The L2 entry `i` of an L2 cache slot (the first word of an extended entry).
+    pub fn l2_entry(&self, slot: usize, i: usize) -> u64 {
+        self.caches[0].be64(slot, i * self.l2_words())
+    }
+
+    /// The subcluster bitmap of entry `i`; 0 for standard entries.
+    pub fn l2_bitmap(&self, slot: usize, i: usize) -> u64 {
+        if self.extended_l2 {
+            self.caches[0].be64(slot, i * 2 + 1)
+        } else {
+            0
+        }
+    }
+
+    pub fn set_l2_entry(&mut self, slot: usize, i: usize, entry: u64) {
+        let w = self.l2_words();
+        self.caches[0].set_be64(slot, i * w, entry);
+    }
+
+    pub fn set_l2_bitmap(&mut self, slot: usize, i: usize, bitmap: u64) {
+        debug_assert!(
+            self.extended_l2,
+            "bitmaps exist with extended L2 entries only"
+        );
+        self.caches[0].set_be64(slot, i * 2 + 1, bitmap);
+    }
+
+    /// 8-byte words per L2 entry.
+    fn l2_words(&self) -> usize {
+        if self.extended_l2 { 2 } else { 1 }
+    }
+
+    /// Bytes per L2 entry: 16 when extended.
+    pub fn l2_entry_size(&self) -> u64 {
+        8 * self.l2_words() as u64
+    }
+
+    pub fn offset_into_subcluster(&self, off: u64) -> u64 {
+        off & (self.subcluster_size - 1)
+    }
+    pub fn size_to_subclusters(&self, size: u64) -> u64 {
+        size.div_ceil(self.subcluster_size)
+    }
+    /// The subcluster index of a guest offset inside its cluster.
+    pub fn sc_index(&self, off: u64) -> u32 {
+        ((off >> self.subcluster_bits) & u64::from(self.subclusters_per_cluster - 1)) as u32
+    }
     pub fn offset_into_cluster(&self, off: u64) -> u64 {
         off & (self.cluster_size - 1)
     }
@@ -174,7 +371,7 @@ impl State {
     }
     /// Where in its L2 table the slice holding a guest offset's entry starts, in bytes.
     pub fn l2_slice_start(&self, off: u64) -> u64 {
-        8 * (self.l2_index(off) - self.l2_slice_index(off)) as u64
+        self.l2_entry_size() * (self.l2_index(off) - self.l2_slice_index(off)) as u64
     }
     pub fn refcount_block_size(&self) -> u64 {
         1 << self.refcount_block_bits
@@ -275,8 +472,152 @@ pub fn refcount_metadata_blocks(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// A driver state for 64 KiB clusters with one L2 table in cache slot 0.
+    pub(crate) fn state(extended_l2: bool, data_file: bool) -> State {
+        let cs = 65536u64;
+        let (l2_bits, per) = if extended_l2 {
+            (12, SUBCLUSTERS)
+        } else {
+            (13, 1)
+        };
+        let mut caches = [Cache::new(2, cs as usize), Cache::new(4, cs as usize)];
+        let table = caches[0].begin_load(0);
+        caches[0].end_load(0, vec![0; table.len()], 0x40000);
+        State {
+            hdr: Header::default(),
+            cluster_bits: 16,
+            cluster_size: cs,
+            l2_bits,
+            l2_size: 1 << l2_bits,
+            l2_slice_size: 1 << l2_bits,
+            refcount_order: 4,
+            refcount_block_bits: 15,
+            refcount_max: 0xffff,
+            csize_shift: 54,
+            csize_mask: 0xff,
+            cluster_offset_mask: (1 << 54) - 1,
+            compression: super::super::compress::CompressionType::Zlib,
+            extended_l2,
+            subclusters_per_cluster: per,
+            subcluster_bits: 16 - per.trailing_zeros(),
+            subcluster_size: cs / u64::from(per),
+            data_file,
+            data_file_name: None,
+            size: 1 << 30,
+            l1: super::super::overlap::PointerTable::l1(vec![0x40000 | OFLAG_COPIED]),
+            l1_offset: 0x30000,
+            l1_vm_state_index: 1,
+            reftable: super::super::overlap::PointerTable::reftable(Vec::new()),
+            reftable_offset: 0x10000,
+            max_reftable_index: 0,
+            free_cluster_index: 0,
+            free_byte_offset: 0,
+            incompat: 0,
+            compat: 0,
+            autoclear: 0,
+            caches,
+            runtime: super::super::runtime::Runtime {
+                cache: Default::default(),
+                sizes: super::super::runtime::CacheSizes {
+                    l2_tables: 2,
+                    l2_entry_size: cs,
+                    refcount_tables: 4,
+                },
+                lazy_refcounts: false,
+                overlap_check: 0,
+                discard_passthrough: [false; 5],
+                discard_no_unref: false,
+                cache_clean_interval: 0,
+            },
+            overlap_check: 0,
+            snapshots: Vec::new(),
+            snapshots_offset: 0,
+            snapshots_size: 0,
+            bitmap_directory: None,
+            allocs: Vec::new(),
+            next_alloc_id: 0,
+            discards: Default::default(),
+            cache_discards: false,
+            discard_passthrough: [false; 5],
+            discard_no_unref: false,
+            use_lazy_refcounts: false,
+            has_backing: false,
+            unknown_fields: Vec::new(),
+            backing_file: None,
+            backing_format: None,
+            unknown_exts: Vec::new(),
+            dead: false,
+            corruption_reported: false,
+        }
+    }
+
+    #[test]
+    fn subcluster_types_follow_the_bitmap() {
+        let st = state(true, false);
+        let normal = 0x50000 | OFLAG_COPIED;
+        // subclusters 0-3 data, 4-5 zero, the rest unallocated
+        let bitmap = sub_alloc_range(0, 4) | sub_zero_range(4, 6);
+        assert_eq!(
+            st.subcluster_range_type(normal, bitmap, 1),
+            Some((SubclusterType::Normal, 3))
+        );
+        assert_eq!(
+            st.subcluster_range_type(normal, bitmap, 4),
+            Some((SubclusterType::ZeroAlloc, 2))
+        );
+        assert_eq!(
+            st.subcluster_range_type(normal, bitmap, 6),
+            Some((SubclusterType::UnallocatedAlloc, 26))
+        );
+        // unallocated cluster: zero bits only
+        assert_eq!(
+            st.subcluster_range_type(0, sub_zero_range(0, 16), 3),
+            Some((SubclusterType::ZeroPlain, 13))
+        );
+        assert_eq!(
+            st.subcluster_range_type(0, sub_zero_range(0, 16), 16),
+            Some((SubclusterType::UnallocatedPlain, 16))
+        );
+        // bit 0 is no zero flag with extended entries; the bitmap of a compressed
+        // cluster is ignored
+        assert_eq!(st.cluster_type(1), ClusterType::Unallocated);
+        assert_eq!(
+            st.subcluster_range_type(OFLAG_COMPRESSED | 0x50000, u64::MAX, 5),
+            Some((SubclusterType::Compressed, 27))
+        );
+        // a subcluster both allocated and zero, or allocated in an unallocated cluster
+        assert_eq!(st.subcluster_range_type(normal, 1 | (1 << 32), 7), None);
+        assert_eq!(st.subcluster_range_type(0, 1 << 31, 0), None);
+    }
+
+    #[test]
+    fn standard_entries_have_one_subcluster_and_data_files_offset_zero() {
+        let st = state(false, false);
+        assert_eq!(
+            st.subcluster_range_type(0x50001, 0, 0),
+            Some((SubclusterType::ZeroAlloc, 1))
+        );
+        assert_eq!(st.cluster_type(OFLAG_COPIED), ClusterType::Unallocated);
+        let st = state(false, true);
+        assert_eq!(st.cluster_type(OFLAG_COPIED), ClusterType::Normal);
+        assert_eq!(st.cluster_type(0), ClusterType::Unallocated);
+    }
+
+    #[test]
+    fn extended_entries_are_two_words_wide() {
+        let mut st = state(true, false);
+        st.set_l2_entry(0, 3, 0x70000 | OFLAG_COPIED);
+        st.set_l2_bitmap(0, 3, 0xff);
+        assert_eq!(st.caches[0].be64(0, 6), 0x70000 | OFLAG_COPIED);
+        assert_eq!(st.caches[0].be64(0, 7), 0xff);
+        assert_eq!(st.l2_bitmap(0, 3), 0xff);
+        assert_eq!(st.sc_index(3 * 65536 + 5 * 2048 + 100), 5);
+        assert_eq!(c_hex(0u64), "0");
+        assert_eq!(c_hex(0x40000u64), "0x40000");
+    }
 
     #[test]
     fn refcount_widths_round_trip() {

@@ -5,7 +5,8 @@ use super::Qcow2;
 use super::aio_task::TaskPool;
 use super::cache::CacheKind;
 use super::state::{
-    ClusterType, DiscardType, L2E_OFFSET_MASK, L2Meta, OFLAG_COMPRESSED, OFLAG_ZERO, cluster_type,
+    BITMAP_ALL_ZEROES, ClusterType, DiscardType, L2E_OFFSET_MASK, L2Meta, OFLAG_COMPRESSED,
+    OFLAG_ZERO, SubclusterType, sub_alloc_range, sub_zero_range,
 };
 use crate::block::blkdebug::events::Event;
 use crate::block::driver::{IoResult, ReqFlags, status};
@@ -29,7 +30,7 @@ impl Qcow2 {
             self.lock.lock().await;
             let mapped = match self.alloc_host_offset(node, offset, want, &mut metas).await {
                 Ok((host, cur)) => self
-                    .pre_write_overlap_check(node, 0, host, cur)
+                    .pre_write_data_overlap_check(node, host, cur)
                     .await
                     .map(|()| (host, cur)),
                 Err(e) => Err(e),
@@ -89,7 +90,7 @@ impl Qcow2 {
         let mut r = self.handle_alloc_space(node, &mut metas).await;
         if r.is_ok() && !merge_cow(offset, data.len() as u64, &mut metas) {
             node.file().debug_event(Event::WriteAio).await;
-            r = io::pwritev(node.file(), host, data, ReqFlags::NONE).await;
+            r = io::pwritev(self.data_child(node), host, data, ReqFlags::NONE).await;
         }
         self.lock.lock().await;
         if r.is_ok() {
@@ -103,7 +104,11 @@ impl Qcow2 {
     /// Zero-fills whole new clusters whose COW regions read as zero (QEMU's
     /// handle_alloc_space), so no COW is needed.
     async fn handle_alloc_space(&self, node: &Node, metas: &mut [L2Meta]) -> IoResult {
-        if !node.file().supported_zero_flags.has(ReqFlags::NO_FALLBACK) {
+        if !self
+            .data_child(node)
+            .supported_zero_flags
+            .has(ReqFlags::NO_FALLBACK)
+        {
             return Ok(());
         }
         for i in (0..metas.len()).rev() {
@@ -121,10 +126,10 @@ impl Qcow2 {
                 continue;
             }
             let start = m.alloc_offset + m.cow_start.0;
-            let nb = m.cow_end.0 + m.cow_end.1;
-            self.pre_write_overlap_check(node, 0, start, nb).await?;
+            let nb = m.cow_end.0 + m.cow_end.1 - m.cow_start.0;
+            self.pre_write_data_overlap_check(node, start, nb).await?;
             node.file().debug_event(Event::ClusterAllocSpace).await;
-            match io::pwrite_zeroes(node.file(), start, nb, ReqFlags::NO_FALLBACK).await {
+            match io::pwrite_zeroes(self.data_child(node), start, nb, ReqFlags::NO_FALLBACK).await {
                 Ok(()) => metas[i].skip_cow = true,
                 Err(libc::ENOTSUP) | Err(libc::EAGAIN) => {}
                 Err(e) => return Err(e),
@@ -177,19 +182,19 @@ impl Qcow2 {
         self.lock.unlock();
         let (n, host, ty) = r?;
         let mut flags = 0;
-        if matches!(ty, ClusterType::Normal | ClusterType::ZeroAlloc) {
+        if ty.has_host_offset() {
             flags |= status::OFFSET_VALID;
         }
         if ty.reads_zero() {
             flags |= status::ZERO;
-        } else if ty != ClusterType::Unallocated {
+        } else if !ty.is_unallocated() {
             flags |= status::DATA;
         }
         let data_at = status::DATA | status::OFFSET_VALID;
         if self.metadata_prealloc.get() == Some(true) && flags & data_at == data_at {
             flags |= status::RECURSE;
         }
-        if ty == ClusterType::Compressed {
+        if ty == SubclusterType::Compressed {
             flags |= status::COMPRESSED;
         }
         Ok((flags, n, host))
@@ -250,12 +255,12 @@ impl Qcow2 {
         flags: ReqFlags,
     ) -> IoResult {
         self.check_alive()?;
-        let (cs, total) = {
+        let (scs, total) = {
             let st = self.st.borrow();
-            (st.cluster_size, st.size)
+            (st.subcluster_size, st.size)
         };
-        let head = offset & (cs - 1);
-        let mut tail = (offset + bytes).div_ceil(cs) * cs - (offset + bytes);
+        let head = offset & (scs - 1);
+        let mut tail = (offset + bytes).div_ceil(scs) * scs - (offset + bytes);
         if offset + bytes == total {
             tail = 0;
         }
@@ -267,10 +272,10 @@ impl Qcow2 {
             }
             self.lock.lock().await;
             offset -= head;
-            bytes = cs;
-            let r = self.get_host_offset(node, offset, cs).await;
+            bytes = scs;
+            let r = self.get_host_offset(node, offset, scs).await;
             match r {
-                Ok((_, _, ty)) if ty == ClusterType::Unallocated || ty.reads_zero() => {}
+                Ok((_, _, ty)) if ty.is_unallocated() || ty.reads_zero() => {}
                 Ok(_) => {
                     self.lock.unlock();
                     return Err(libc::ENOTSUP);
@@ -288,18 +293,24 @@ impl Qcow2 {
         r
     }
 
-    /// QEMU's qcow2_subcluster_zeroize without subclusters.
+    /// QEMU's qcow2_subcluster_zeroize: whole clusters get zero entries (or all-zero
+    /// bitmaps), a subcluster-aligned head and tail get their zero bits.
     pub(crate) async fn subcluster_zeroize(
         &self,
         node: &Node,
-        offset: u64,
+        mut offset: u64,
         bytes: u64,
         flags: ReqFlags,
     ) -> IoResult {
-        let (version, cs, total) = {
+        let (version, cs, total, raw) = {
             let st = self.st.borrow();
-            (st.hdr.version, st.cluster_size, st.size)
+            let raw = st.autoclear & super::header::AUTOCLEAR_DATA_FILE_RAW != 0;
+            (st.hdr.version, st.cluster_size, st.size, raw)
         };
+        if raw {
+            // a raw data file must read the same without the metadata
+            io::pwrite_zeroes(self.data_child(node), offset, bytes, flags).await?;
+        }
         if version < 3 {
             if node.child("backing").is_none() {
                 return self
@@ -308,13 +319,62 @@ impl Qcow2 {
             }
             return Err(libc::ENOTSUP);
         }
-        let end = offset + bytes;
-        let end_aligned = if end >= total { end } else { end & !(cs - 1) };
-        let nb = (end_aligned.saturating_sub(offset)).div_ceil(cs);
-        self.over_l2_slices(node, offset, nb, async |off, n| {
-            self.zero_in_l2_slice(node, off, n, flags).await
-        })
-        .await
+        let mut end = offset + bytes;
+        let head = end.min(offset.div_ceil(cs) * cs) - offset;
+        offset += head;
+        let tail = if end >= total {
+            0
+        } else {
+            end - offset.max(end & !(cs - 1))
+        };
+        end -= tail;
+        self.st.borrow_mut().cache_discards = true;
+        let r: IoResult = async {
+            if head != 0 {
+                let n = self.st.borrow().size_to_subclusters(head);
+                self.zero_l2_subclusters(node, offset - head, n).await?;
+            }
+            let mut nb = (end - offset).div_ceil(cs);
+            while nb > 0 {
+                let n = self.zero_in_l2_slice(node, offset, nb, flags).await?;
+                nb -= n;
+                offset += n * cs;
+            }
+            if tail != 0 {
+                let n = self.st.borrow().size_to_subclusters(tail);
+                self.zero_l2_subclusters(node, end, n).await?;
+            }
+            Ok(())
+        }
+        .await;
+        self.st.borrow_mut().cache_discards = false;
+        self.process_discards(node, r.is_ok()).await;
+        r
+    }
+
+    /// QEMU's zero_l2_subclusters: sets the zero bits of part of one cluster; a compressed
+    /// cluster cannot be partly zeroed (ENOTSUP: the caller writes zeros instead).
+    async fn zero_l2_subclusters(&self, node: &Node, offset: u64, nb: u64) -> IoResult {
+        let (slot, l2_index) = self.get_cluster_table(node, offset).await?;
+        let r = {
+            let mut st = self.st.borrow_mut();
+            let entry = st.l2_entry(slot, l2_index);
+            if st.cluster_type(entry) == ClusterType::Compressed {
+                Err(libc::ENOTSUP)
+            } else {
+                let sc = st.sc_index(offset);
+                let end = sc + nb as u32;
+                let old = st.l2_bitmap(slot, l2_index);
+                let new = (old | sub_zero_range(sc, end)) & !sub_alloc_range(sc, end);
+                if new != old {
+                    st.set_l2_bitmap(slot, l2_index, new);
+                    st.cache(CacheKind::L2).mark_dirty(slot);
+                }
+                Ok(())
+            }
+        };
+        self.cache_put(CacheKind::L2, slot);
+        r
     }
 
     /// Applies `per_slice` to `nb` clusters from `offset`, one L2 slice at a time (it returns
@@ -357,10 +417,11 @@ impl Qcow2 {
         let (slot, l2_index) = self.get_cluster_table(node, offset).await?;
         let nb = nb.min(self.st.borrow().l2_slice_size - l2_index as u64);
         for i in 0..nb as usize {
-            let (old, unmap, new) = {
-                let st = self.st.borrow();
-                let old = st.caches[0].be64(slot, l2_index + i);
-                let ty = cluster_type(old);
+            let (old, ty, unmap, keep_ref, changed) = {
+                let mut st = self.st.borrow_mut();
+                let old = st.l2_entry(slot, l2_index + i);
+                let old_bitmap = st.l2_bitmap(slot, l2_index + i);
+                let ty = st.cluster_type(old);
                 let unmap = ty == ClusterType::Compressed
                     || (flags.has(ReqFlags::MAY_UNMAP) && ty.is_allocated());
                 let keep_ref = st.discard_no_unref && ty != ClusterType::Compressed;
@@ -368,20 +429,32 @@ impl Qcow2 {
                 if unmap && !keep_ref {
                     new = 0;
                 }
-                new |= OFLAG_ZERO;
-                (old, unmap && !keep_ref, new)
+                let mut new_bitmap = old_bitmap;
+                if st.extended_l2 {
+                    new_bitmap = BITMAP_ALL_ZEROES;
+                } else {
+                    new |= OFLAG_ZERO;
+                }
+                let changed = old != new || old_bitmap != new_bitmap;
+                if changed {
+                    st.cache(CacheKind::L2).mark_dirty(slot);
+                    st.set_l2_entry(slot, l2_index + i, new);
+                    if st.extended_l2 {
+                        st.set_l2_bitmap(slot, l2_index + i, new_bitmap);
+                    }
+                }
+                (old, ty, unmap, keep_ref, changed)
             };
-            if old == new {
+            if !changed || !unmap {
                 continue;
             }
-            {
-                let mut st = self.st.borrow_mut();
-                let c = st.cache(CacheKind::L2);
-                c.mark_dirty(slot);
-                c.set_be64(slot, l2_index + i, new);
-            }
-            if unmap {
+            if !keep_ref {
                 self.free_any_cluster(node, old, DiscardType::Request).await;
+            } else if self.st.borrow().discard_passthrough[DiscardType::Request as usize]
+                && matches!(ty, ClusterType::Normal | ClusterType::ZeroAlloc)
+            {
+                let cs = self.st.borrow().cluster_size;
+                let _ = io::pdiscard(self.data_child(node), old & L2E_OFFSET_MASK, cs).await;
             }
         }
         self.cache_put(CacheKind::L2, slot);
@@ -416,19 +489,23 @@ impl Qcow2 {
         let has_backing = node.child("backing").is_some();
         let nb = nb.min(self.st.borrow().l2_slice_size - l2_index as u64);
         for i in 0..nb as usize {
-            let (old, new, keep_ref) = {
-                let st = self.st.borrow();
-                let old = st.caches[0].be64(slot, l2_index + i);
-                let ty = cluster_type(old);
+            let (old, ty, keep_ref, changed) = {
+                let mut st = self.st.borrow_mut();
+                let old = st.l2_entry(slot, l2_index + i);
+                let old_bitmap = st.l2_bitmap(slot, l2_index + i);
+                let ty = st.cluster_type(old);
                 let keep_ref = ty != ClusterType::Compressed
                     && !full
                     && st.discard_no_unref
                     && dtype == DiscardType::Request;
-                let mut new = old;
+                let (mut new, mut new_bitmap) = (old, old_bitmap);
                 if full {
-                    new = 0;
+                    (new, new_bitmap) = (0, 0);
                 } else if has_backing || ty.is_allocated() {
-                    if st.hdr.version >= 3 {
+                    if st.extended_l2 {
+                        new = if keep_ref { old } else { 0 };
+                        new_bitmap = BITMAP_ALL_ZEROES;
+                    } else if st.hdr.version >= 3 {
                         new = if keep_ref {
                             old | OFLAG_ZERO
                         } else {
@@ -438,27 +515,26 @@ impl Qcow2 {
                         new = 0;
                     }
                 }
-                (old, new, keep_ref)
+                let changed = old != new || old_bitmap != new_bitmap;
+                if changed {
+                    st.cache(CacheKind::L2).mark_dirty(slot);
+                    st.set_l2_entry(slot, l2_index + i, new);
+                    if st.extended_l2 {
+                        st.set_l2_bitmap(slot, l2_index + i, new_bitmap);
+                    }
+                }
+                (old, ty, keep_ref, changed)
             };
-            if old == new {
+            if !changed {
                 continue;
-            }
-            {
-                let mut st = self.st.borrow_mut();
-                let c = st.cache(CacheKind::L2);
-                c.mark_dirty(slot);
-                c.set_be64(slot, l2_index + i, new);
             }
             if !keep_ref {
                 self.free_any_cluster(node, old, dtype).await;
             } else if self.st.borrow().discard_passthrough[dtype as usize]
-                && matches!(
-                    cluster_type(old),
-                    ClusterType::Normal | ClusterType::ZeroAlloc
-                )
+                && matches!(ty, ClusterType::Normal | ClusterType::ZeroAlloc)
             {
                 let cs = self.st.borrow().cluster_size;
-                let _ = io::pdiscard(node.file(), old & L2E_OFFSET_MASK, cs).await;
+                let _ = io::pdiscard(self.data_child(node), old & L2E_OFFSET_MASK, cs).await;
             }
         }
         self.cache_put(CacheKind::L2, slot);
@@ -494,6 +570,9 @@ impl Qcow2 {
     /// is more than one, so a failing cluster does not keep the others from being written.
     pub async fn do_pwritev_compressed(&self, node: &Node, offset: u64, buf: &[u8]) -> IoResult {
         self.check_alive()?;
+        if self.st.borrow().data_file {
+            return Err(libc::ENOTSUP);
+        }
         let (cs, total) = {
             let st = self.st.borrow();
             (st.cluster_size, st.size)
@@ -547,12 +626,13 @@ impl Qcow2 {
     }
 
     async fn compressed_task(&self, node: &Node, offset: u64, data: &[u8]) -> IoResult {
-        let cs = self.st.borrow().cluster_size as usize;
+        let (cs, codec) = {
+            let st = self.st.borrow();
+            (st.cluster_size as usize, st.compression)
+        };
         let mut input = vec![0u8; cs];
         input[..data.len()].copy_from_slice(data);
-        let compressed = self
-            .in_thread(|| super::compress::compress(&input, cs - 1))
-            .await;
+        let compressed = self.in_thread(|| codec.compress(&input, cs - 1)).await;
         let Some(out) = compressed else {
             // does not shrink: written as a normal cluster
             return self.do_pwritev(node, offset, data).await;
@@ -563,7 +643,7 @@ impl Qcow2 {
             .await;
         if let Ok(host) = r {
             r = self
-                .pre_write_overlap_check(node, 0, host, out.len() as u64)
+                .pre_write_data_overlap_check(node, host, out.len() as u64)
                 .await
                 .map(|()| host);
         }
@@ -581,7 +661,7 @@ impl Qcow2 {
         size: u64,
     ) -> IoResult<u64> {
         let (slot, l2_index) = self.get_cluster_table(node, offset).await?;
-        if self.st.borrow().caches[0].be64(slot, l2_index) & L2E_OFFSET_MASK != 0 {
+        if self.st.borrow().l2_entry(slot, l2_index) & L2E_OFFSET_MASK != 0 {
             self.cache_put(CacheKind::L2, slot);
             return Err(libc::EIO);
         }
@@ -600,10 +680,12 @@ impl Qcow2 {
         node.file().debug_event(Event::L2UpdateCompressed).await;
         {
             let mut st = self.st.borrow_mut();
-            let c = st.cache(CacheKind::L2);
-            c.mark_dirty(slot);
-            c.set_be64(slot, l2_index, entry);
-            c.put(slot);
+            st.cache(CacheKind::L2).mark_dirty(slot);
+            st.set_l2_entry(slot, l2_index, entry);
+            if st.extended_l2 {
+                st.set_l2_bitmap(slot, l2_index, 0);
+            }
+            st.cache(CacheKind::L2).put(slot);
         }
         Ok(host)
     }

@@ -7,8 +7,8 @@
 //! is all come out the same, then writes the resulting extents to the file.
 
 use crate::block::qcow2::header::{
-    self, COMPAT_LAZY_REFCOUNTS, Header, HeaderImage, INCOMPAT_COMPRESSION, INCOMPAT_EXTL2,
-    MAX_CLUSTER_BITS, MAX_L1_SIZE, MAX_REFTABLE_SIZE, MIN_CLUSTER_BITS,
+    self, COMPAT_LAZY_REFCOUNTS, Header, HeaderImage, INCOMPAT_COMPRESSION, INCOMPAT_DATA_FILE,
+    INCOMPAT_EXTL2, MAX_CLUSTER_BITS, MAX_L1_SIZE, MAX_REFTABLE_SIZE, MIN_CLUSTER_BITS,
 };
 use crate::block::qcow2::state::{
     MAX_CLUSTER_OFFSET, REFT_OFFSET_MASK, rc_get, rc_set, refcount_max, refcount_metadata_blocks,
@@ -27,6 +27,8 @@ pub struct CreateSpec {
     pub zstd: bool,
     pub backing_file: Option<String>,
     pub backing_fmt: Option<String>,
+    /// an external data file, by the name the image records
+    pub data_file: Option<String>,
 }
 
 impl Default for CreateSpec {
@@ -41,6 +43,7 @@ impl Default for CreateSpec {
             zstd: false,
             backing_file: None,
             backing_fmt: None,
+            data_file: None,
         }
     }
 }
@@ -95,6 +98,11 @@ pub fn validate(spec: &CreateSpec) -> Result<(), CreateError> {
     if spec.version < 3 && spec.refcount_bits != 16 {
         return Err(einval(
             "Different refcount widths than 16 bits require compatibility level 1.1 or above (use version=v3 or greater)",
+        ));
+    }
+    if spec.data_file.is_some() && spec.version < 3 {
+        return Err(einval(
+            "External data files are only supported with compatibility level 1.1 and above (use version=v3 or greater)",
         ));
     }
     if spec.zstd && spec.version < 3 {
@@ -411,6 +419,7 @@ fn header_cluster(h: &Header, spec: &CreateSpec, backing: bool) -> Result<Vec<u8
         unknown_fields: &[],
         backing_format: spec.backing_fmt.as_deref().filter(|_| backing),
         backing_file: spec.backing_file.as_deref().filter(|_| backing),
+        data_file: spec.data_file.as_deref(),
         unknown_exts: &[],
     })
     .ok_or(libc::ENOSPC)
@@ -440,6 +449,9 @@ pub fn build(spec: &CreateSpec) -> Result<Extents, CreateError> {
     }
     if spec.extended_l2 {
         incompatible_features |= INCOMPAT_EXTL2;
+    }
+    if spec.data_file.is_some() {
+        incompatible_features |= INCOMPAT_DATA_FILE;
     }
     let mut h = Header {
         version: spec.version,

@@ -1,7 +1,9 @@
 //! The qcow2 parts of `qemu-img info`: the header fields it shows, the snapshot list and the
 //! `Format specific information:` block (`ImageInfoSpecificQCow2`).
 
-use crate::block::qcow2::header::{Header, INCOMPAT_CORRUPT, be16, be32, be64};
+use crate::block::qcow2::header::{
+    AUTOCLEAR_DATA_FILE_RAW, Header, INCOMPAT_CORRUPT, INCOMPAT_DATA_FILE, be16, be32, be64,
+};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 
@@ -61,7 +63,7 @@ pub fn snapshots(file: &File, h: &Header) -> Vec<SnapshotInfo> {
 }
 
 /// `Format specific information:` lines (indented by four spaces, each ending in a newline).
-pub fn format_specific(h: &Header) -> String {
+pub fn format_specific(h: &Header, data_file: Option<&str>) -> String {
     let mut s = String::new();
     let compat = if h.version >= 3 { "1.1" } else { "0.10" };
     s.push_str(&format!("    compat: {compat}\n"));
@@ -78,6 +80,13 @@ pub fn format_specific(h: &Header) -> String {
         "    refcount bits: {}\n",
         1u64 << h.refcount_order
     ));
+    if let Some(name) = data_file.filter(|_| h.version >= 3) {
+        s.push_str(&format!("    data file: {name}\n"));
+    }
+    if h.version >= 3 && h.incompatible_features & INCOMPAT_DATA_FILE != 0 {
+        let raw = h.autoclear_features & AUTOCLEAR_DATA_FILE_RAW != 0;
+        s.push_str(&format!("    data file raw: {raw}\n"));
+    }
     if h.version >= 3 {
         s.push_str(&format!(
             "    corrupt: {}\n",
@@ -89,7 +98,7 @@ pub fn format_specific(h: &Header) -> String {
 }
 
 /// `ImageInfoSpecificQCow2` as JSON.
-pub fn format_specific_json(h: &Header) -> crate::img::json::Json {
+pub fn format_specific_json(h: &Header, data_file: Option<&str>) -> crate::img::json::Json {
     use crate::img::json::{Json, dict};
     let v3 = h.version >= 3;
     let ct = if h.compression_type == 1 {
@@ -101,6 +110,16 @@ pub fn format_specific_json(h: &Header) -> crate::img::json::Json {
         (
             "compat",
             Some(Json::Str(if v3 { "1.1" } else { "0.10" }.into())),
+        ),
+        (
+            "data-file",
+            data_file.filter(|_| v3).map(|n| Json::Str(n.into())),
+        ),
+        (
+            "data-file-raw",
+            (v3 && h.incompatible_features & INCOMPAT_DATA_FILE != 0).then_some(Json::Bool(
+                h.autoclear_features & AUTOCLEAR_DATA_FILE_RAW != 0,
+            )),
         ),
         ("extended-l2", v3.then_some(Json::Bool(h.extended_l2()))),
         (
@@ -219,11 +238,11 @@ mod tests {
             ..Header::default()
         };
         assert_eq!(
-            format_specific(&h),
+            format_specific(&h, None),
             "    compat: 0.10\n    compression type: zlib\n    refcount bits: 16\n"
         );
         h.version = 3;
         h.compatible_features = 1;
-        assert!(format_specific(&h).contains("    lazy refcounts: true\n"));
+        assert!(format_specific(&h, None).contains("    lazy refcounts: true\n"));
     }
 }
