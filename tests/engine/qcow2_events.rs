@@ -592,10 +592,32 @@ fn qcow2_event_positions_match_qemu() {
         return;
     }
     let only = std::env::var("QCOW2_EVENTS_CASE").ok();
-    let failures: Vec<String> = CASES
+    let cases: Vec<&Case> = CASES
         .iter()
         .filter(|c| only.as_deref().is_none_or(|o| c.name.contains(o)))
-        .filter_map(|c| check(c).err())
+        .collect();
+    // Each probe is two short-lived processes; cases are independent, so they run on as
+    // many threads as there are cores (results are collected in case order).
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results = std::sync::Mutex::new(vec![Ok(()); cases.len()]);
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    std::thread::scope(|s| {
+        for _ in 0..threads.min(cases.len()) {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(case) = cases.get(i) else { break };
+                    let r = check(case);
+                    results.lock().unwrap()[i] = r;
+                }
+            });
+        }
+    });
+    let failures: Vec<String> = results
+        .into_inner()
+        .unwrap()
+        .into_iter()
+        .filter_map(Result::err)
         .collect();
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

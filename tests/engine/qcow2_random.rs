@@ -424,7 +424,7 @@ fn qcow2_random() {
         };
         if let Err(why) = result {
             eprintln!(
-                "\n=== seed {seed} failed; replay with:\n    QCOW2_RANDOM_SEED={seed} cargo test --test qcow2_random -- --nocapture\n{why}"
+                "\n=== seed {seed} failed; replay with:\n    QCOW2_RANDOM_SEED={seed} cargo test --test engine qcow2_random -- --nocapture\n{why}"
             );
             failures.push(seed);
             if failures.len() >= 5 {

@@ -3,12 +3,7 @@
 //! the cases it makes stay within the matrix limit. Inputs are real scenarios with random
 //! edits, and text built from YAML's own punctuation, where parsers break.
 
-#![allow(dead_code)]
-
-#[path = "../runner/matrix.rs"]
-mod matrix;
-#[path = "../runner/scenario.rs"]
-mod scenario;
+use crate::{matrix, scenario};
 
 use proptest::prelude::*;
 use std::path::Path;
