@@ -14,6 +14,7 @@ pub mod iovec;
 pub mod json;
 pub mod json_filename;
 pub mod node;
+pub mod null;
 pub mod open;
 pub mod options;
 pub mod perms;

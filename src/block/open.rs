@@ -40,6 +40,8 @@ enum Driver {
     Blkverify,
     CopyOnRead,
     Compress,
+    NullCo,
+    NullAio,
 }
 
 impl Driver {
@@ -54,6 +56,8 @@ impl Driver {
             "blkverify" => Driver::Blkverify,
             "copy-on-read" => Driver::CopyOnRead,
             "compress" => Driver::Compress,
+            "null-co" => Driver::NullCo,
+            "null-aio" => Driver::NullAio,
             _ => return None,
         })
     }
@@ -69,6 +73,8 @@ impl Driver {
             Driver::Blkverify => "blkverify",
             Driver::CopyOnRead => "copy-on-read",
             Driver::Compress => "compress",
+            Driver::NullCo => "null-co",
+            Driver::NullAio => "null-aio",
         }
     }
 
@@ -81,6 +87,8 @@ impl Driver {
                 | Driver::HostCdrom
                 | Driver::Blkdebug
                 | Driver::Blkverify
+                | Driver::NullCo
+                | Driver::NullAio
         )
     }
 
@@ -135,7 +143,13 @@ impl Driver {
                     put(opts, "x-image", test);
                 }
             },
-            Driver::Raw | Driver::Qcow2 | Driver::CopyOnRead | Driver::Compress => return Ok(()),
+            // the driver's open checks the filename (null_co_parse_filename)
+            Driver::Raw
+            | Driver::Qcow2
+            | Driver::CopyOnRead
+            | Driver::Compress
+            | Driver::NullCo
+            | Driver::NullAio => return Ok(()),
         }
         take_flat(opts, "filename");
         Ok(())
@@ -166,6 +180,8 @@ fn protocol_of(filename: &str) -> Result<Option<&'static str>, String> {
         "blkdebug" => Ok(Some("blkdebug")),
         "blkverify" => Ok(Some("blkverify")),
         "file" => Ok(Some("file")),
+        "null-co" => Ok(Some("null-co")),
+        "null-aio" => Ok(Some("null-aio")),
         other => Err(format!("Unknown protocol '{other}'")),
     }
 }
@@ -502,6 +518,10 @@ impl Walk<'_> {
                 let kind = driver.host_kind().expect("one of file-posix's drivers");
                 let (node, limits) = super::file::open_node(kind, &mut opts, &flags.node, &nctx)?;
                 (node, limits, None)
+            }
+            Driver::NullCo | Driver::NullAio => {
+                let node = super::null::open_node(driver.name(), &mut opts)?;
+                (node, Limits::default(), None)
             }
             Driver::CopyOnRead => {
                 let file = file.ok_or_else(missing_file)?;

@@ -118,6 +118,42 @@ fn subcluster_chain() -> Vec<(String, Vec<u8>)> {
 
 pub fn all() -> Vec<Case> {
     vec![
+        // null-co / null-aio (iotests 133, 270): writes vanish, reads leave the buffer as it
+        // is unless read-zeroes, nothing is allocated, and info fails without a word.
+        io(
+            "null_co_json",
+            &["-f", "null-co", "json:{'driver': 'null-co', 'size': 65536}"],
+            &[
+                "reopen",
+                "info",
+                "read -v 0 16",
+                "write 0 512",
+                "map",
+                "length",
+            ],
+        ),
+        io(
+            "null_co_read_zeroes_probed",
+            &["json:{'driver':'null-co','read-zeroes':true}"],
+            &[
+                "info",
+                "read -P 0 0 512",
+                "map",
+                "truncate 1M",
+                "discard 0 512",
+                "flush",
+            ],
+        ),
+        io(
+            "null_aio_filename",
+            &["-f", "null-aio", "null-aio://x"],
+            &["length"],
+        ),
+        io(
+            "null_aio_default_size",
+            &["-f", "null-aio", "null-aio://"],
+            &["length", "write -z 0 512"],
+        ),
         // Copy-on-read widens a request to subclusters, not clusters (QEMU's
         // bdrv_round_to_subclusters): a read that starts after an allocated first subcluster
         // copies up only what it covers.
