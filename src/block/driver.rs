@@ -252,6 +252,10 @@ pub trait BlockDriver {
         None
     }
 
+    /// QEMU's bdrv_get_info fails on this driver (no get_info callback, nothing filtered).
+    fn info_unsupported(&self) -> bool {
+        false
+    }
     /// qemu-io `info`: cluster size and format-specific lines (None: `info` has nothing to add).
     fn info(&self, _node: &Node) -> Option<DriverInfo> {
         None

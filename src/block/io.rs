@@ -226,6 +226,16 @@ pub fn get_info(node: &Node) -> Option<super::driver::DriverInfo> {
     }
 }
 
+/// Whether QEMU's bdrv_get_info fails (ENOTSUP) for the node: the question passes through
+/// drivers without an answer of their own (filters; raw asks its file) to one that has none.
+pub fn get_info_unsupported(node: &Node) -> bool {
+    node.driver.info_unsupported()
+        || (node.driver.info(node).is_none()
+            && node
+                .primary_child()
+                .is_some_and(|c| get_info_unsupported(c)))
+}
+
 /// QEMU's bdrv_get_cluster_size: the format's cluster, else the request alignment.
 fn cluster_size(node: &Node) -> u64 {
     get_info(node)

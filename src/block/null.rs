@@ -16,14 +16,13 @@ pub struct NullDriver {
 /// must be the driver's own `NAME://`.
 pub fn open_node(name: &'static str, opts: &mut Options) -> Result<Node, String> {
     let own = format!("{name}://");
-    if let Some(serde_json::Value::String(f)) = super::options::get_flat(opts, "filename")
-        && *f != own
+    if let Some(serde_json::Value::String(f)) = super::options::take_flat(opts, "filename")
+        && f != own
     {
         return Err(format!(
             "The only allowed filename for this driver is '{own}'"
         ));
     }
-    super::options::take_flat(opts, "filename");
     let o = absorb(
         opts,
         &[
@@ -49,6 +48,10 @@ impl BlockDriver for NullDriver {
     }
     fn as_any(&self) -> &dyn std::any::Any {
         self
+    }
+    /// block/null.c has no get_info
+    fn info_unsupported(&self) -> bool {
+        true
     }
     fn capabilities(&self) -> Capabilities {
         Capabilities {

@@ -860,25 +860,13 @@ fn length_f(s: &mut Session) -> i32 {
     }
 }
 
-/// Whether QEMU's bdrv_get_info has no answer for the node: the question passes through
-/// filters and raw to the node below, and of our drivers only null-co/null-aio have none.
-fn info_unsupported(node: &crate::block::node::Node) -> bool {
-    if node.driver.as_any().is::<crate::block::null::NullDriver>() {
-        return true;
-    }
-    if node.driver.info(node).is_some() {
-        return false;
-    }
-    node.primary_child().is_some_and(|c| info_unsupported(c))
-}
-
 fn info_f(s: &mut Session) -> i32 {
     let root = blk(s).root.clone();
     s.out(&format!("format name: {}\n", root.driver.format_name()));
     if let Some(p) = root.driver.protocol_name() {
         s.out(&format!("format name: {p}\n"));
     }
-    if info_unsupported(&root) {
+    if io::get_info_unsupported(&root) {
         // bdrv_get_info fails with ENOTSUP: qemu-io's info stops there, saying nothing more
         return -libc::ENOTSUP;
     }
