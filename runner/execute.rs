@@ -1,7 +1,7 @@
 //! Runs one scenario: each matrix case in a fresh scratch directory, files and images first, then
 //! the steps, through the chosen backend. The result is the filtered output of all cases.
 
-use crate::matrix::Case;
+use crate::matrix::{Case, CaseStep};
 use crate::scenario::{BackendKind, Drive, QemuIoStep, Scenario, Step};
 use crate::{backend_builtin, backend_qemu, filters};
 use std::path::{Path, PathBuf};
@@ -132,7 +132,12 @@ fn run_case(case: &Case, dir: &Path, backend: BackendKind, out: &mut Vec<(String
             return;
         }
     }
-    for (step, number) in case.steps.iter().zip(&case.step_numbers) {
+    for CaseStep {
+        number,
+        quiet,
+        step,
+    } in &case.steps
+    {
         if crate::interrupt::requested().is_some() {
             break;
         }
@@ -154,7 +159,9 @@ fn run_case(case: &Case, dir: &Path, backend: BackendKind, out: &mut Vec<(String
                 ("qemu-io", step_output(&text, status, dir))
             }
         };
-        out.push((format!("step {number} ({kind})"), text));
+        if !quiet {
+            out.push((format!("step {number} ({kind})"), text));
+        }
     }
 }
 

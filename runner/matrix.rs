@@ -12,9 +12,18 @@ pub struct Case {
     pub bindings: Vec<(String, String)>,
     pub files: BTreeMap<String, String>,
     pub images: Vec<Image>,
-    pub steps: Vec<Step>,
-    /// For each step, its 1-based place among the scenario's `steps:` (some are left out by `if:`).
-    pub step_numbers: Vec<usize>,
+    /// The steps this case runs (`if:` leaves some out).
+    pub steps: Vec<CaseStep>,
+}
+
+/// A step of one case, values substituted.
+#[derive(Clone, Debug)]
+pub struct CaseStep {
+    /// Its 1-based place among the scenario's `steps:`.
+    pub number: usize,
+    /// Its output and exit status are dropped (`quiet: true`).
+    pub quiet: bool,
+    pub step: Step,
 }
 
 impl Case {
@@ -94,17 +103,18 @@ fn case(s: &Scenario, bindings: Vec<(String, String)>) -> Result<Case, String> {
             })
         })
         .collect::<Result<Vec<_>, String>>()?;
-    let chosen: Vec<(usize, &Step)> = s
+    let steps = s
         .steps
         .iter()
         .enumerate()
         .filter(|(_, e)| e.condition.as_ref().is_none_or(|c| holds(c, &bindings)))
-        .map(|(i, e)| (i + 1, &e.step))
-        .collect();
-    let step_numbers = chosen.iter().map(|(n, _)| *n).collect();
-    let steps = chosen
-        .into_iter()
-        .map(|(_, st)| step(st, &sub))
+        .map(|(i, e)| {
+            Ok(CaseStep {
+                number: i + 1,
+                quiet: e.quiet,
+                step: step(&e.step, &sub)?,
+            })
+        })
         .collect::<Result<Vec<_>, String>>()?;
     for name in files.keys() {
         check_relative("files", name)?;
@@ -117,7 +127,6 @@ fn case(s: &Scenario, bindings: Vec<(String, String)>) -> Result<Case, String> {
         files,
         images,
         steps,
-        step_numbers,
     })
 }
 

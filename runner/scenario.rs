@@ -66,10 +66,13 @@ pub enum Step {
 }
 
 /// A step as written: `- echo: text`, `- qemu-io: {...}` or `- qemu-img: [...]`, a mapping
-/// with that one key, plus `if:` to run it only in some matrix cases.
+/// with that one key, plus `if:` to run it only in some matrix cases and `quiet: true` to keep
+/// its output out of the golden.
 #[derive(Clone, Debug)]
 pub struct StepEntry {
     pub condition: Option<Condition>,
+    /// Run the step but drop its output and exit status, as iotests' `> /dev/null 2>&1`.
+    pub quiet: bool,
     pub step: Step,
 }
 
@@ -98,7 +101,7 @@ impl<'de> Deserialize<'de> for OneOrManyScalars {
     }
 }
 
-const STEP_KEYS: &str = "`echo`, `qemu-io`, `qemu-img`, `if`";
+const STEP_KEYS: &str = "`echo`, `qemu-io`, `qemu-img`, `if`, `quiet`";
 
 impl<'de> Deserialize<'de> for StepEntry {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -108,7 +111,7 @@ impl<'de> Deserialize<'de> for StepEntry {
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
                 write!(
                     f,
-                    "a step: a mapping with one of `echo`, `qemu-io`, `qemu-img` (and optionally `if`)"
+                    "a step: a mapping with one of `echo`, `qemu-io`, `qemu-img` (and optionally `if`, `quiet`)"
                 )
             }
             fn visit_map<A: serde::de::MapAccess<'de>>(
@@ -117,6 +120,7 @@ impl<'de> Deserialize<'de> for StepEntry {
             ) -> Result<StepEntry, A::Error> {
                 use serde::de::Error;
                 let mut condition = None;
+                let mut quiet = None;
                 let mut step: Option<Step> = None;
                 while let Some(key) = m.next_key::<String>()? {
                     let parsed = match key.as_str() {
@@ -125,6 +129,13 @@ impl<'de> Deserialize<'de> for StepEntry {
                                 return Err(A::Error::custom("duplicate key `if`"));
                             }
                             condition = Some(m.next_value::<Condition>()?);
+                            continue;
+                        }
+                        "quiet" => {
+                            if quiet.is_some() {
+                                return Err(A::Error::custom("duplicate key `quiet`"));
+                            }
+                            quiet = Some(m.next_value::<bool>()?);
                             continue;
                         }
                         "echo" => Step::Echo(m.next_value()?),
@@ -146,7 +157,11 @@ impl<'de> Deserialize<'de> for StepEntry {
                 let step = step.ok_or_else(|| {
                     A::Error::custom("a step needs one of `echo`, `qemu-io`, `qemu-img`")
                 })?;
-                Ok(StepEntry { condition, step })
+                Ok(StepEntry {
+                    condition,
+                    quiet: quiet.unwrap_or(false),
+                    step,
+                })
             }
         }
         d.deserialize_map(Visit)
@@ -169,13 +184,17 @@ impl JsonSchema for StepEntry {
                         "description": "Run this step only in the matrix cases where each key named has the value given (or one of the values listed).",
                         "allOf": [condition.clone()],
                     },
+                    "quiet": {
+                        "description": "Run the step but keep its output and exit status out of the golden (iotests' `> /dev/null 2>&1`).",
+                        "type": "boolean",
+                    },
                 },
                 "required": [key],
                 "additionalProperties": false,
             })
         };
         schemars::json_schema!({
-            "description": "One step: a mapping with one of `echo`, `qemu-io`, `qemu-img`, and optionally `if`.",
+            "description": "One step: a mapping with one of `echo`, `qemu-io`, `qemu-img`, and optionally `if` and `quiet`.",
             "oneOf": [
                 variant("echo", "Print this text and a newline.", g.subschema_for::<String>()),
                 variant("qemu-io", "One qemu-io process's worth of work.", g.subschema_for::<QemuIoStep>()),

@@ -860,6 +860,29 @@ fn if_runs_a_step_only_in_the_matrix_cases_it_names() {
 }
 
 #[test]
+fn quiet_runs_a_step_but_keeps_its_output_and_status_out_of_the_golden() {
+    let p = Project::new();
+    p.write(
+        "scenarios/q.yaml",
+        "description: x\nimages: [{name: t.img, format: raw, size: 1M}]\nsteps:\n  - quiet: true\n    qemu-io: {drive: t.img, format: raw, commands: [write -P 7 0 512]}\n  - {quiet: true, qemu-img: [info, missing.img]}\n  - {quiet: false, echo: shown}\n  - qemu-io: {drive: t.img, format: raw, commands: [read -P 7 0 512]}\n",
+    );
+    p.write(
+        "scenarios/bad.yaml",
+        "description: x\nsteps:\n  - {quiet: yes please, echo: x}\n",
+    );
+    let r = p.run(&["--bless", "scenarios/q.yaml"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    insta::assert_snapshot!(p.read("golden/q.out").unwrap(), @r"
+    shown
+    read 512/512 bytes at offset 0
+    512 bytes, X ops; XX:XX:XX.X (XXX YYY/sec and XXX ops/sec)
+    ");
+    let r = p.run(&["scenarios/bad.yaml"]);
+    assert_eq!(r.code, 2);
+    insta::assert_snapshot!(r.stderr, @r#"error: scenarios/bad.yaml:3:13: steps[0].quiet: invalid type: string "yes please", expected a boolean"#);
+}
+
+#[test]
 fn if_names_only_matrix_keys_and_values() {
     let p = Project::new();
     p.write(
