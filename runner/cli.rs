@@ -52,7 +52,9 @@ pub struct RunArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run qemu-io with blockfault's engine (arguments as qemu-io takes them)
+    /// Run qemu-io with blockfault's engine (arguments as qemu-io takes them). A first argument
+    /// `--trace-blkdebug` (blockfault's, before qemu-io's own) prints on stderr each blkdebug
+    /// event raised and each request reaching a blkdebug node, with what the rules did.
     #[command(disable_help_flag = true)]
     Io {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -66,4 +68,14 @@ pub enum Command {
     },
     /// Print the JSON Schema (draft-07) of the scenario format
     Schema,
+    /// List blkdebug's events: when each fires, on which node, and which qemu-io commands raise
+    /// it (found by running each command on the builtin engine with the blkdebug trace)
+    Events {
+        /// Only the commands of this image format
+        #[arg(long, value_enum)]
+        format: Option<crate::events::Format>,
+        /// Print JSON instead of text
+        #[arg(long)]
+        json: bool,
+    },
 }

@@ -46,7 +46,11 @@ pub fn skip_reason(s: &Scenario, backend: BackendKind) -> Option<String> {
         .map(String::as_str)
         .filter(|r| !has(r))
         .collect();
-    (!missing.is_empty()).then(|| format!("requires {}", missing.join(", ")))
+    if !missing.is_empty() {
+        return Some(format!("requires {}", missing.join(", ")));
+    }
+    (backend == BackendKind::Qemu && backend_builtin::any_step_traced(s))
+        .then(|| backend_builtin::QEMU_HAS_NO_TRACE.to_string())
 }
 
 /// Runs every case (already expanded and checked) unless the scenario is skipped.
@@ -153,6 +157,12 @@ fn run_case(case: &Case, dir: &Path, backend: BackendKind, out: &mut Vec<(String
             }
             Step::QemuIo(q) => {
                 let (text, status) = match backend {
+                    BackendKind::Builtin if q.trace => {
+                        let (text, status, trace) =
+                            backend_builtin::qemu_io_traced(&invocation(q), dir);
+                        backend_builtin::show_trace(dir, *number, &trace);
+                        (text, status)
+                    }
                     BackendKind::Builtin => backend_builtin::qemu_io(&invocation(q), dir),
                     BackendKind::Qemu => backend_qemu::run("qemu-io", &qemu_io_args(q), dir),
                 };

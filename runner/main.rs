@@ -4,6 +4,7 @@ mod backend_builtin;
 mod backend_qemu;
 mod cli;
 mod discovery;
+mod events;
 mod execute;
 mod filters;
 mod golden;
@@ -31,8 +32,15 @@ fn main() -> ExitCode {
     let status = match cli.command {
         Some(cli::Command::Io { .. }) => {
             let streams = streams();
+            let mut args = subcommand_args();
+            // Ours, not qemu-io's: taken only in front of qemu-io's own arguments, so that
+            // qemu-io's getopt never sees it.
+            if args.first().is_some_and(|a| a == TRACE_BLKDEBUG) {
+                args.remove(0);
+                streams.borrow_mut().trace_blkdebug = true;
+            }
             let end = blockfault::qemu_io::main_process(
-                &subcommand_args(),
+                &args,
                 Path::new("."),
                 streams.clone(),
                 &mut std::io::stdin().lock(),
@@ -45,6 +53,23 @@ fn main() -> ExitCode {
             streams.borrow_mut().flush();
             status
         }
+        Some(cli::Command::Events { format, json }) => match events::report(format) {
+            Ok(r) => {
+                print!(
+                    "{}",
+                    if json {
+                        events::json(&r)
+                    } else {
+                        events::text(&r)
+                    }
+                );
+                0
+            }
+            Err(e) => {
+                eprintln!("blockfault: events: {e}");
+                1
+            }
+        },
         Some(cli::Command::Schema) => {
             print!("{}", schema::json());
             0
@@ -53,6 +78,9 @@ fn main() -> ExitCode {
     };
     ExitCode::from(u8::try_from(status).unwrap_or(1))
 }
+
+/// `blockfault io --trace-blkdebug ARGS`: print every blkdebug event and request on stderr.
+const TRACE_BLKDEBUG: &str = "--trace-blkdebug";
 
 /// The engine takes its arguments (and so its filenames) as UTF-8 text: a byte string QEMU
 /// would accept is refused with one clear line rather than clap's usage text.

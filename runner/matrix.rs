@@ -156,6 +156,7 @@ fn step(st: &Step, sub: &dyn Fn(&str) -> Result<String, String>) -> Result<Step,
             format: q.format.as_deref().map(sub).transpose()?,
             cache: q.cache.as_deref().map(sub).transpose()?,
             image_opts: q.image_opts,
+            trace: q.trace,
             commands: q
                 .commands
                 .iter()

@@ -223,6 +223,11 @@ pub struct QemuIoStep {
     /// Every `-c` command, in order.
     #[serde(default)]
     pub commands: Vec<String>,
+    /// Print on stderr each blkdebug event and each request reaching a blkdebug node, with what
+    /// the rules did (blockfault's own trace: never in the golden; builtin engine only, the
+    /// scenario is skipped on `--backend qemu`).
+    #[serde(default)]
+    pub trace: bool,
 }
 
 /// A qemu-io drive: a filename, or json: options given as a mapping.

@@ -18,6 +18,15 @@ pub trait Sink {
 
     /// `fflush(stdout)`: whatever stdout holds back goes out now.
     fn flush(&mut self) {}
+
+    /// Whether this sink takes blockfault's blkdebug trace (`blockfault io --trace-blkdebug`,
+    /// a step's `trace: true`). The trace is ours, not QEMU's: it never joins the output.
+    fn traces_blkdebug(&self) -> bool {
+        false
+    }
+
+    /// One line of the blkdebug trace (see [`Sink::traces_blkdebug`]).
+    fn trace(&mut self, _text: &str) {}
 }
 
 /// A shared handle to a sink: aio completions print from inside the executor.
@@ -27,11 +36,23 @@ pub type SharedSink = Rc<RefCell<dyn Sink>>;
 #[derive(Default, Debug, Clone)]
 pub struct Capture {
     pub combined: String,
+    /// the blkdebug trace, kept apart from the output; None: not traced
+    pub trace: Option<String>,
 }
 
 impl Sink for Capture {
     fn write(&mut self, _stream: Stream, text: &str) {
         self.combined.push_str(text);
+    }
+
+    fn traces_blkdebug(&self) -> bool {
+        self.trace.is_some()
+    }
+
+    fn trace(&mut self, text: &str) {
+        if let Some(t) = &mut self.trace {
+            t.push_str(text);
+        }
     }
 }
 
@@ -44,6 +65,8 @@ impl Sink for Capture {
 pub struct ProcessStreams {
     stdout: Buffering,
     pending: Vec<u8>,
+    /// `blockfault io --trace-blkdebug`: the trace goes to stderr as it happens
+    pub trace_blkdebug: bool,
 }
 
 /// How stdout is buffered (glibc's `_IONBF`, `_IOLBF`, `_IOFBF` with a block size).
@@ -113,6 +136,7 @@ impl ProcessStreams {
         ProcessStreams {
             stdout,
             pending: Vec::new(),
+            trace_blkdebug: false,
         }
     }
 
@@ -160,6 +184,16 @@ impl Sink for ProcessStreams {
             let mut out = std::io::stdout().lock();
             let _ = out.write_all(&self.pending).and_then(|_| out.flush());
             self.pending.clear();
+        }
+    }
+
+    fn traces_blkdebug(&self) -> bool {
+        self.trace_blkdebug
+    }
+
+    fn trace(&mut self, text: &str) {
+        if self.trace_blkdebug {
+            let _ = std::io::stderr().lock().write_all(text.as_bytes());
         }
     }
 }
@@ -272,6 +306,18 @@ impl Console {
     /// stderr, as fprintf(stderr)
     pub fn err(&self, text: &str) {
         self.write(Stream::Stderr, text);
+    }
+
+    /// Whether the sink takes the blkdebug trace: callers skip building trace lines otherwise.
+    pub fn tracing(&self) -> bool {
+        self.end.get().is_none() && self.sink.borrow().traces_blkdebug()
+    }
+
+    /// One line of blockfault's blkdebug trace (never part of QEMU's output).
+    pub fn trace(&self, text: &str) {
+        if self.end.get().is_none() {
+            self.sink.borrow_mut().trace(text);
+        }
     }
 
     /// `fflush(stdout)`, where QEMU calls it.

@@ -142,7 +142,7 @@ fn unknown_key_names_file_line_column_and_allowed_keys() {
     assert_eq!(r.code, 2);
     insta::assert_snapshot!(r.stderr, @r"
     error: scenarios/top.yaml:2:1: unknown field `step`, expected one of `description`, `matrix`, `files`, `images`, `steps`, `requires`, `skip`, `backends`, `reason`
-    error: scenarios/typo.yaml:5:7: steps[0].qemu-io: unknown field `comands`, expected one of `drive`, `format`, `cache`, `image-opts`, `commands`
+    error: scenarios/typo.yaml:5:7: steps[0].qemu-io: unknown field `comands`, expected one of `drive`, `format`, `cache`, `image-opts`, `commands`, `trace`
     ");
 }
 
@@ -959,4 +959,135 @@ fn io_refuses_non_utf8_arguments_with_one_line() {
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(out.stdout, b"");
     insta::assert_snapshot!(String::from_utf8_lossy(&out.stderr), @r#"blockfault: argument 5 ("n\xFFm.img") is not UTF-8; `blockfault io` takes UTF-8 arguments and filenames only (QEMU takes any bytes)"#);
+}
+
+/// The events table in docs/events.md is `blockfault events` verbatim, so it cannot rot.
+#[test]
+fn events_doc_is_the_events_command_output() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/events.md"))
+        .expect("docs/events.md");
+    let begin = "<!-- BEGIN blockfault events -->\n```text\n";
+    let start = doc.find(begin).expect("begin marker") + begin.len();
+    let end = doc
+        .find("```\n<!-- END blockfault events -->")
+        .expect("end marker");
+    let p = Project::new();
+    let r = p.run(&["events"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        doc[start..end] == r.stdout,
+        "docs/events.md is out of date: put `blockfault events` output between its markers"
+    );
+    for e in ["l1_update", "cluster_alloc_space", "none"] {
+        assert!(r.stdout.contains(&format!("\n{e}\n  fires: ")) || r.stdout.starts_with(e));
+    }
+}
+
+#[test]
+fn events_json_snapshot() {
+    let p = Project::new();
+    let r = p.run(&["events", "--json"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    insta::assert_snapshot!(r.stdout);
+}
+
+#[test]
+fn events_for_one_format_lists_only_its_commands() {
+    let p = Project::new();
+    let r = p.run(&["events", "--format", "raw"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stdout
+            .contains("  raw: write smaller than blkdebug's align=4096")
+    );
+    assert!(!r.stdout.contains("  qcow2: "));
+    // qcow2-only events stay listed, without commands.
+    assert!(r.stdout.contains("l2_update\n  fires: "));
+}
+
+/// The blkdebug trace of `blockfault io`: on stderr, in order, and nothing else changes.
+#[test]
+fn io_trace_blkdebug_shows_events_and_requests() {
+    let p = Project::new();
+    let img = p.path("t.img");
+    std::fs::write(&img, vec![0u8; 65536]).unwrap();
+    let drive = r#"json:{"driver": "raw", "file": {"driver": "blkdebug", "inject-error": [{"event": "write_aio", "errno": 5, "once": true}], "image": {"driver": "file", "filename": "t.img"}}}"#;
+    let args = ["-c", "write 0 512", "-c", "write 512 512", drive];
+    let plain = p.run(&[&["io"][..], &args].concat());
+    let traced = p.run(&[&["io", "--trace-blkdebug"][..], &args].concat());
+    let untimed = |s: &str| -> Vec<String> {
+        s.lines()
+            .filter(|l| !l.contains(" ops; "))
+            .map(str::to_string)
+            .collect()
+    };
+    assert_eq!(untimed(&plain.stdout), untimed(&traced.stdout));
+    assert_eq!(plain.code, traced.code);
+    let trace: String = traced
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("blkdebug trace: "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_eq!(
+        traced.stderr.replace(&trace, ""),
+        plain.stderr,
+        "only trace lines are added"
+    );
+    insta::assert_snapshot!(trace, @r"
+    blkdebug trace: event none on a blkdebug node being opened, state 1
+    blkdebug trace: event write_aio on node '#block000', state 1, arms 1 inject-error rule for the next request
+    blkdebug trace: event pwritev on node '#block000', state 1
+    blkdebug trace: write offset=0 bytes=512 on node '#block000': fails: injected errno 5 (Input/output error)
+    blkdebug trace: event pwritev_done on node '#block000', state 1
+    blkdebug trace: event write_aio on node '#block000', state 1
+    blkdebug trace: event pwritev on node '#block000', state 1
+    blkdebug trace: write offset=512 bytes=512 on node '#block000': passes
+    blkdebug trace: event pwritev_done on node '#block000', state 1
+    blkdebug trace: event flush_to_os on node '#block000', state 1
+    blkdebug trace: event flush_to_disk on node '#block000', state 1
+    blkdebug trace: flush on node '#block000': passes
+    ");
+}
+
+/// `trace: true` goes to the runner's stderr, never into the golden; QEMU has no such trace,
+/// so such a scenario is skipped there, saying why.
+#[test]
+fn a_traced_step_keeps_the_golden_and_is_skipped_on_qemu() {
+    let p = Project::new();
+    p.write(
+        "scenarios/t.yaml",
+        "description: traced\nimages:\n  - {name: t.img, format: raw, size: 64k}\nsteps:\n  - qemu-io:\n      trace: true\n      drive: {driver: raw, file: {driver: blkdebug, image: {driver: file, filename: t.img}}}\n      commands: [read 0 512]\n",
+    );
+    p.write(
+        "golden/t.out",
+        "read 512/512 bytes at offset 0\n512 bytes, X ops; XX:XX:XX.X (XXX YYY/sec and XXX ops/sec)\n",
+    );
+    let r = p.run(&["scenarios"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr.contains("--- blkdebug trace of step 1 ("),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr
+            .contains("blkdebug trace: read offset=0 bytes=512 on node '#block000': passes\n"),
+        "{}",
+        r.stderr
+    );
+    if which_qemu_io() {
+        let r = p.run(&["--backend", "qemu", "scenarios"]);
+        assert_eq!(r.code, 0);
+        assert!(
+            r.stdout
+                .contains("skip t: a qemu-io step has `trace: true`"),
+            "{}",
+            r.stdout
+        );
+    }
+}
+
+fn which_qemu_io() -> bool {
+    Command::new("qemu-io").arg("--version").output().is_ok()
 }

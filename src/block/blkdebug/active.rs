@@ -80,6 +80,10 @@ impl ActiveRules {
         self.rules.is_empty()
     }
 
+    pub(super) fn len(&self) -> usize {
+        self.rules.len()
+    }
+
     pub(super) fn get(&self, pos: usize) -> &Rc<Rule> {
         &self.rules[pos]
     }

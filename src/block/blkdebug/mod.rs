@@ -242,11 +242,15 @@ impl BlkDebug {
     }
 
     /// Checks a request; an injected error without `immediately` yields once before failing.
-    async fn check(&self, offset: u64, bytes: u64, kind: u8) -> Result<bool, i32> {
-        if self.active.borrow().is_empty() {
-            return Ok(true);
+    async fn check(&self, node: &Node, offset: u64, bytes: u64, kind: u8) -> Result<bool, i32> {
+        let (check, immediately) = if self.active.borrow().is_empty() {
+            (Check::Pass, true)
+        } else {
+            self.rule_check(offset, bytes, kind)
+        };
+        if self.console.tracing() {
+            self.trace_request(node, offset, bytes, kind, &check, immediately);
         }
-        let (check, immediately) = self.rule_check(offset, bytes, kind);
         if matches!(check, Check::Pass) {
             return Ok(true);
         }
@@ -257,6 +261,70 @@ impl BlkDebug {
             Check::Fail(e) => Err(e),
             _ => Ok(false),
         }
+    }
+
+    /// The trace line of a request that reached this node, with what the rules did to it.
+    fn trace_request(
+        &self,
+        node: &Node,
+        offset: u64,
+        bytes: u64,
+        kind: u8,
+        check: &Check,
+        immediately: bool,
+    ) {
+        let kind = match kind {
+            iotype::READ => "read",
+            iotype::WRITE => "write",
+            iotype::WRITE_ZEROES => "write-zeroes",
+            iotype::DISCARD => "discard",
+            iotype::FLUSH => "flush",
+            _ => "block-status",
+        };
+        let verdict = match check {
+            Check::Pass => "passes".to_string(),
+            Check::Fail(e) => format!(
+                "fails: injected errno {e} ({}){}",
+                crate::errno::strerror(*e),
+                if immediately { ", immediately" } else { "" }
+            ),
+            Check::FakeSuccess => "completes without reaching the child (negative errno)".into(),
+        };
+        let at = if kind == "flush" {
+            String::new()
+        } else {
+            format!(" offset={offset} bytes={bytes}")
+        };
+        self.console.trace(&format!(
+            "blkdebug trace: {kind}{at} on {}: {verdict}\n",
+            trace_node_name(node)
+        ));
+    }
+
+    /// The trace line of an event: the state it leaves and the inject-error rules it arms.
+    fn trace_event(&self, node: &Node, event: Event, old_state: i32) {
+        let mut line = format!(
+            "blkdebug trace: event {event} on {}, state {old_state}",
+            trace_node_name(node)
+        );
+        let new_state = self.state.get();
+        if new_state != old_state {
+            line.push_str(&format!(" -> {new_state}"));
+        }
+        let active = self.active.borrow();
+        if let Some((index, state, _)) = active.source()
+            && index == event.index()
+            && state == old_state
+            && !active.is_empty()
+        {
+            let n = active.len();
+            line.push_str(&format!(
+                ", arms {n} inject-error rule{} for the next request",
+                if n == 1 { "" } else { "s" }
+            ));
+        }
+        line.push('\n');
+        self.console.trace(&line);
     }
 
     /// `break EVENT TAG`: Err(ENOENT) for an unknown event name.
@@ -318,6 +386,17 @@ impl BlkDebug {
     }
 }
 
+/// How the trace names a blkdebug node: its node-name (QEMU generates one once the drive is
+/// open; before that, while the image is probed and opened, it has none yet).
+fn trace_node_name(node: &Node) -> String {
+    let name = node.node_name();
+    if name.is_empty() {
+        "a blkdebug node being opened".to_string()
+    } else {
+        format!("node '{name}'")
+    }
+}
+
 /// Waits until a suspended request has been resumed once per breakpoint that stopped it.
 struct WaitResumes {
     resumes: Rc<Resumes>,
@@ -376,7 +455,7 @@ impl BlockDriver for BlkDebugDriver {
         Box::pin(async move {
             if !self
                 .state
-                .check(offset, buf.len() as u64, iotype::READ)
+                .check(node, offset, buf.len() as u64, iotype::READ)
                 .await?
             {
                 return Ok(());
@@ -395,7 +474,7 @@ impl BlockDriver for BlkDebugDriver {
         Box::pin(async move {
             if !self
                 .state
-                .check(offset, buf.len() as u64, iotype::WRITE)
+                .check(node, offset, buf.len() as u64, iotype::WRITE)
                 .await?
             {
                 return Ok(());
@@ -420,7 +499,7 @@ impl BlockDriver for BlkDebugDriver {
             }
             if !self
                 .state
-                .check(offset, bytes, iotype::WRITE_ZEROES)
+                .check(node, offset, bytes, iotype::WRITE_ZEROES)
                 .await?
             {
                 return Ok(());
@@ -444,7 +523,11 @@ impl BlockDriver for BlkDebugDriver {
                 }
                 return Err(libc::ENOTSUP);
             }
-            if !self.state.check(offset, bytes, iotype::DISCARD).await? {
+            if !self
+                .state
+                .check(node, offset, bytes, iotype::DISCARD)
+                .await?
+            {
                 return Ok(());
             }
             io::pdiscard(node.file(), offset, bytes).await
@@ -453,7 +536,7 @@ impl BlockDriver for BlkDebugDriver {
 
     fn flush_to_disk<'a>(&'a self, node: &'a Node) -> BoxFut<'a, IoResult> {
         Box::pin(async move {
-            if !self.state.check(0, 0, iotype::FLUSH).await? {
+            if !self.state.check(node, 0, 0, iotype::FLUSH).await? {
                 return Ok(());
             }
             io::flush(node.file()).await
@@ -472,7 +555,7 @@ impl BlockDriver for BlkDebugDriver {
             // status bits; report the range as plain data in that odd case.
             let passed = self
                 .state
-                .check(offset, bytes, iotype::BLOCK_STATUS)
+                .check(node, offset, bytes, iotype::BLOCK_STATUS)
                 .await?;
             Ok(BlockStatus {
                 flags: if passed {
@@ -504,8 +587,13 @@ impl BlockDriver for BlkDebugDriver {
         node.file().getlength()
     }
 
-    fn debug_event(&self, _node: &Node, event: Event) -> Option<BoxFut<'static, ()>> {
-        let resumes = self.state.process_event(event)?;
+    fn debug_event(&self, node: &Node, event: Event) -> Option<BoxFut<'static, ()>> {
+        let old_state = self.state.state.get();
+        let resumes = self.state.process_event(event);
+        if self.state.console.tracing() {
+            self.state.trace_event(node, event, old_state);
+        }
+        let resumes = resumes?;
         let needed = self
             .state
             .suspended
