@@ -1,5 +1,8 @@
 //! The scenario file format: plain data, deserialised from YAML with unknown keys rejected.
 
+#[path = "drive_schema.rs"]
+pub mod drive_schema;
+
 use schemars::JsonSchema;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -46,6 +49,7 @@ pub struct Image {
     /// File name, relative to the scratch directory.
     pub name: String,
     /// Image format, as `qemu-img create -f` takes it.
+    #[schemars(with = "drive_schema::FormatName")]
     pub format: String,
     /// Virtual size, as `qemu-img create` takes it (`1M`, `65536`, ...).
     pub size: Scalar,
@@ -213,9 +217,11 @@ pub struct QemuIoStep {
     pub drive: Option<Drive>,
     /// As `-f`.
     #[serde(default)]
+    #[schemars(with = "Option<drive_schema::FormatName>")]
     pub format: Option<String>,
     /// As `-t`.
     #[serde(default)]
+    #[schemars(with = "Option<drive_schema::CacheMode>")]
     pub cache: Option<String>,
     /// As `--image-opts` (the drive is then a `key=value,...` string).
     #[serde(default, rename = "image-opts")]
@@ -235,12 +241,14 @@ pub struct QemuIoStep {
 #[serde(untagged)]
 pub enum Drive {
     Filename(String),
-    Json(serde_json::Map<String, serde_json::Value>),
+    Json(
+        #[schemars(with = "drive_schema::BlockOptions")] serde_json::Map<String, serde_json::Value>,
+    ),
 }
 
 impl<'de> Deserialize<'de> for Drive {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        match d.deserialize_any(UniqueJson)? {
+        match d.deserialize_any(UniqueJson::default())? {
             serde_json::Value::String(s) => Ok(Drive::Filename(s)),
             serde_json::Value::Object(m) => Ok(Drive::Json(m)),
             _ => Err(serde::de::Error::custom(
@@ -251,8 +259,10 @@ impl<'de> Deserialize<'de> for Drive {
 }
 
 /// A JSON value from YAML, with a key given twice in any mapping an error (serde_json's own
-/// Value would keep the last one silently).
-struct UniqueJson;
+/// Value would keep the last one silently), and a blkdebug rule's unknown `event` an error
+/// where it is written (see [`drive_schema::check_event`]).
+#[derive(Clone, Copy, Default)]
+struct UniqueJson(drive_schema::Within);
 
 impl<'de> serde::de::DeserializeSeed<'de> for UniqueJson {
     type Value = serde_json::Value;
@@ -289,7 +299,7 @@ impl<'de> serde::de::Visitor<'de> for UniqueJson {
     }
     fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
         let mut v = Vec::new();
-        while let Some(x) = a.next_element_seed(UniqueJson)? {
+        while let Some(x) = a.next_element_seed(UniqueJson(self.0.element()))? {
             v.push(x);
         }
         Ok(serde_json::Value::Array(v))
@@ -300,7 +310,8 @@ impl<'de> serde::de::Visitor<'de> for UniqueJson {
             if out.contains_key(&k) {
                 return Err(serde::de::Error::custom(format!("duplicate key `{k}`")));
             }
-            let v = m.next_value_seed(UniqueJson)?;
+            let v = m.next_value_seed(UniqueJson(self.0.value_of(&k)))?;
+            drive_schema::check_event(self.0, &k, &v).map_err(serde::de::Error::custom)?;
             out.insert(k, v);
         }
         Ok(serde_json::Value::Object(out))
@@ -661,7 +672,7 @@ fn check(s: &Scenario) -> Result<(), String> {
 
 /// Edit distance counting a swap of neighbours as one edit (optimal string alignment), for
 /// "did you mean".
-fn edit_distance(a: &str, b: &str) -> usize {
+pub fn edit_distance(a: &str, b: &str) -> usize {
     let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
     let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
     for (i, row) in d.iter_mut().enumerate() {
@@ -688,7 +699,7 @@ fn edit_distance(a: &str, b: &str) -> usize {
 /// What `requires:` may name: the tools, then QEMU 10.0.2's formats as `qemu-img --help` lists
 /// them. A fixed list, so that a typo is an error on every machine and backend rather than a
 /// scenario skipped forever.
-const KNOWN_REQUIREMENTS: &[&str] = &[
+pub const KNOWN_REQUIREMENTS: &[&str] = &[
     "qemu-io",
     "qemu-img",
     "blkdebug",

@@ -1091,3 +1091,33 @@ fn a_traced_step_keeps_the_golden_and_is_skipped_on_qemu() {
 fn which_qemu_io() -> bool {
     Command::new("qemu-io").arg("--version").output().is_ok()
 }
+
+#[test]
+fn unknown_blkdebug_event_in_a_drive_mapping_is_an_input_error() {
+    let p = Project::new();
+    p.write(
+        "scenarios/flow.yaml",
+        "description: x\nsteps:\n  - qemu-io:\n      drive: {driver: raw, file: {driver: blkdebug, inject-error: [{event: l2_updat, errno: 5}], image: {driver: file, filename: t.img}}}\n      commands: [read 0 1]\n",
+    );
+    p.write(
+        "scenarios/block.yaml",
+        "description: x\nsteps:\n  - qemu-io:\n      drive:\n        driver: raw\n        file:\n          driver: blkdebug\n          set-state:\n            - event: bogus\n              new_state: 2\n          image: {driver: file, filename: t.img}\n      commands: [read 0 1]\n",
+    );
+    p.write(
+        "scenarios/flat.yaml",
+        "description: x\nsteps:\n  - qemu-io:\n      drive: {driver: blkdebug, inject-error.0.event: read-aio, image.filename: t.img}\n      commands: [read 0 1]\n",
+    );
+    // A matrix value is checked once substituted, by QEMU; `event` elsewhere is not a rule's.
+    p.write(
+        "scenarios/fine.yaml",
+        "description: x\nmatrix:\n  e: [read_aio]\nsteps:\n  - qemu-io:\n      drive: {driver: raw, file: {driver: blkdebug, inject-error: [{event: \"${e}\"}], image: {driver: file, filename: t.img, event: x}}}\n      commands: [read 0 1]\n",
+    );
+    let r = p.run(&["scenarios"]);
+    assert_eq!(r.code, 2);
+    assert_eq!(r.stdout, "");
+    insta::assert_snapshot!(r.stderr, @r"
+    error: scenarios/block.yaml:9:15: steps[0].qemu-io.drive.file.set-state[0]: unknown blkdebug event `bogus`: `blockfault events` lists the 48 events
+    error: scenarios/flat.yaml:4:14: steps[0].qemu-io.drive: unknown blkdebug event `read-aio` (did you mean `read_aio`?): `blockfault events` lists the 48 events
+    error: scenarios/flow.yaml:4:68: steps[0].qemu-io.drive.file.inject-error[0]: unknown blkdebug event `l2_updat` (did you mean `l2_update`?): `blockfault events` lists the 48 events
+    ");
+}
