@@ -68,6 +68,11 @@ pub enum Command {
     },
     /// Print the JSON Schema (draft-07) of the scenario format
     Schema,
+    /// Write a commented starter scenario, scenarios/FOLDER/NAME.yaml (never overwriting one)
+    New {
+        /// FOLDER/NAME, e.g. blkdebug/fail-second-write
+        name: String,
+    },
     /// List blkdebug's events: when each fires, on which node, and which qemu-io commands raise
     /// it (found by running each command on the builtin engine with the blkdebug trace)
     Events {

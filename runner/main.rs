@@ -11,6 +11,7 @@ mod golden;
 mod interrupt;
 mod junit;
 mod matrix;
+mod new;
 mod report;
 mod scenario;
 mod schema;
@@ -68,6 +69,16 @@ fn main() -> ExitCode {
             Err(e) => {
                 eprintln!("blockfault: events: {e}");
                 1
+            }
+        },
+        Some(cli::Command::New { name }) => match new::create(Path::new("."), &name) {
+            Ok(path) => {
+                println!("wrote {}", path.display());
+                0
+            }
+            Err(e) => {
+                eprintln!("blockfault: new: {e}");
+                2
             }
         },
         Some(cli::Command::Schema) => {

@@ -1121,3 +1121,72 @@ fn unknown_blkdebug_event_in_a_drive_mapping_is_an_input_error() {
     error: scenarios/flow.yaml:4:68: steps[0].qemu-io.drive.file.inject-error[0]: unknown blkdebug event `l2_updat` (did you mean `l2_update`?): `blockfault events` lists the 48 events
     ");
 }
+
+/// Validates a YAML file against `blockfault schema` with Python's jsonschema (the reference
+/// validator yaml-language-server's rules follow); panics, saying so, if it is not installed.
+fn validate_against_schema(p: &Project, rel: &str) {
+    let schema = p.run(&["schema"]);
+    p.write("schema.json", &schema.stdout);
+    let script = "import json,sys,yaml,jsonschema\n\
+                  s=json.load(open('schema.json'))\n\
+                  errs=[e.message for e in jsonschema.Draft7Validator(s).iter_errors(yaml.safe_load(open(sys.argv[1])))]\n\
+                  print('\\n'.join(errs)); sys.exit(1 if errs else 0)\n";
+    let out = Command::new("python3")
+        .args(["-c", script, rel])
+        .current_dir(p.dir.path())
+        .output()
+        .expect("python3 (with PyYAML and jsonschema) validates scenarios against the schema");
+    assert!(
+        out.status.success(),
+        "{rel} does not validate: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn new_writes_a_starter_that_validates_and_runs() {
+    let p = Project::new();
+    let r = p.run(&["new", "mine/first"]);
+    assert_eq!(
+        (r.code, r.stdout.as_str(), r.stderr.as_str()),
+        (0, "wrote scenarios/mine/first.yaml\n", "")
+    );
+    assert_eq!(p.files("."), ["scenarios/mine/first.yaml"]);
+    let starter = p.read("scenarios/mine/first.yaml").unwrap();
+    assert!(starter.starts_with("# yaml-language-server: $schema=../../blockfault.schema.json\n"));
+    validate_against_schema(&p, "scenarios/mine/first.yaml");
+    let r = p.run(&["--bless", "scenarios"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    insta::assert_snapshot!(p.read("golden/mine/first.out").unwrap(), @r"
+    === the first write fails, the rule goes (once), the second write succeeds
+    write failed: Input/output error
+    wrote 4096/4096 bytes at offset 0
+    4 KiB, X ops; XX:XX:XX.X (XXX YYY/sec and XXX ops/sec)
+    read 4096/4096 bytes at offset 0
+    4 KiB, X ops; XX:XX:XX.X (XXX YYY/sec and XXX ops/sec)
+    [exit 1]
+    ");
+}
+
+#[test]
+fn new_refuses_to_overwrite_and_bad_names() {
+    let p = Project::new();
+    p.write("scenarios/a/b.yaml", "mine\n");
+    let mut errors = String::new();
+    for name in ["a/b", "b", "a/b.yaml", "a/../b", "a/b c"] {
+        let r = p.run(&["new", name]);
+        assert_eq!(r.code, 2, "{name}");
+        assert_eq!(r.stdout, "");
+        errors.push_str(&r.stderr);
+    }
+    assert_eq!(p.read("scenarios/a/b.yaml").unwrap(), "mine\n");
+    assert_eq!(p.files("scenarios"), ["a/b.yaml"]);
+    insta::assert_snapshot!(errors, @r"
+    blockfault: new: scenarios/a/b.yaml already exists; choose another name (nothing was written)
+    blockfault: new: `b`: a scenario lives in a folder: give FOLDER/NAME, e.g. `blkdebug/fail-second-write` (parts of letters, digits, `-`, `_`, `.`; no `.yaml`)
+    blockfault: new: `a/b.yaml`: leave out the extension: give FOLDER/NAME, e.g. `blkdebug/fail-second-write` (parts of letters, digits, `-`, `_`, `.`; no `.yaml`)
+    blockfault: new: `a/../b`: `..` is not a valid part: give FOLDER/NAME, e.g. `blkdebug/fail-second-write` (parts of letters, digits, `-`, `_`, `.`; no `.yaml`)
+    blockfault: new: `a/b c`: `b c` is not a valid part: give FOLDER/NAME, e.g. `blkdebug/fail-second-write` (parts of letters, digits, `-`, `_`, `.`; no `.yaml`)
+    ");
+}
