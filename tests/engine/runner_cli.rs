@@ -1190,3 +1190,56 @@ fn new_refuses_to_overwrite_and_bad_names() {
     blockfault: new: `a/b c`: `b c` is not a valid part: give FOLDER/NAME, e.g. `blkdebug/fail-second-write` (parts of letters, digits, `-`, `_`, `.`; no `.yaml`)
     ");
 }
+
+/// Every example in docs/authoring.md is a scenario under scenarios/guide/ (and its golden),
+/// embedded verbatim; every guide scenario is in the guide.
+#[test]
+fn authoring_guide_examples_are_the_guide_scenarios() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let guide = std::fs::read_to_string(root.join("docs/authoring.md")).expect("docs/authoring.md");
+    let mut embedded = Vec::new();
+    for (marker, fence) in [
+        ("<!-- scenario: ", "```yaml\n"),
+        ("<!-- golden: ", "```text\n"),
+    ] {
+        for (at, _) in guide.match_indices(marker) {
+            let rest = &guide[at + marker.len()..];
+            let (path, rest) = rest.split_once(" -->\n").expect("marker ends with -->");
+            let body = rest
+                .strip_prefix(fence)
+                .unwrap_or_else(|| panic!("{path}: {fence:?} follows the marker"));
+            let end = body
+                .find("```\n<!-- end -->")
+                .unwrap_or_else(|| panic!("{path}: no end marker"));
+            let file =
+                std::fs::read_to_string(root.join(path)).unwrap_or_else(|e| panic!("{path}: {e}"));
+            assert!(
+                body[..end] == file,
+                "docs/authoring.md's copy of {path} differs from the file"
+            );
+            embedded.push(path.to_string());
+        }
+    }
+    let mut scenarios: Vec<String> = std::fs::read_dir(root.join("scenarios/guide"))
+        .unwrap()
+        .map(|e| {
+            format!(
+                "scenarios/guide/{}",
+                e.unwrap().file_name().to_string_lossy()
+            )
+        })
+        .collect();
+    scenarios.sort();
+    for s in &scenarios {
+        assert!(
+            embedded.contains(s),
+            "{s} is not shown in docs/authoring.md"
+        );
+        let golden = s.replace("scenarios/", "golden/").replace(".yaml", ".out");
+        assert!(
+            embedded.contains(&golden),
+            "{golden} is not shown in docs/authoring.md"
+        );
+    }
+    assert!(scenarios.len() >= 8);
+}
