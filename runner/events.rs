@@ -56,6 +56,7 @@ struct Probe {
 
 const QCOW2: &[&str] = &["create -q -f qcow2 t.img 1M"];
 const QCOW2_512: &[&str] = &["create -q -f qcow2 -o cluster_size=512 t.img 1M"];
+const QCOW2_512_16M: &[&str] = &["create -q -f qcow2 -o cluster_size=512 t.img 16M"];
 const QCOW2_1G: &[&str] = &["create -q -f qcow2 t.img 1G"];
 const QCOW2_OVER_BASE: &[&str] = &[
     "create -q -f qcow2 base.img 1M",
@@ -208,6 +209,13 @@ const PROBES: &[Probe] = &[
         QCOW2_512,
         &["write 0 110k"],
         &["write 110k 30k"],
+    ),
+    probe(
+        Qcow2,
+        "write growing the refcount table (cluster_size=512)",
+        QCOW2_512_16M,
+        &["write 0 7M"],
+        &["write 7M 2M"],
     ),
     probe(
         Qcow2,
@@ -664,6 +672,9 @@ fn scratch_dir() -> Result<PathBuf, String> {
     Ok(dir)
 }
 
+/// The most events of one probe the text form lists in order.
+const ORDER_SHOWN: usize = 80;
+
 /// The text form: one block per event, then each probe's events in order.
 pub fn text(r: &Report) -> String {
     let mut out = String::new();
@@ -699,6 +710,12 @@ pub fn text(r: &Report) -> String {
             p.commands.join("; "),
             if p.events.is_empty() {
                 "(none)".to_string()
+            } else if p.events.len() > ORDER_SHOWN {
+                format!(
+                    "{} ... and {} more (--json lists them all)",
+                    p.events[..ORDER_SHOWN].join(" "),
+                    p.events.len() - ORDER_SHOWN
+                )
             } else {
                 p.events.join(" ")
             }
