@@ -1243,3 +1243,33 @@ fn authoring_guide_examples_are_the_guide_scenarios() {
     }
     assert!(scenarios.len() >= 8);
 }
+
+/// The guide's scenarios (which use rules, matrix values in rule keys, blkverify children)
+/// validate against the schema editors get.
+#[test]
+fn guide_scenarios_validate_against_the_schema() {
+    let p = Project::new();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for e in std::fs::read_dir(root.join("scenarios/guide")).unwrap() {
+        let e = e.unwrap();
+        let rel = format!("guide/{}", e.file_name().to_string_lossy());
+        p.write(&rel, &std::fs::read_to_string(e.path()).unwrap());
+        validate_against_schema(&p, &rel);
+    }
+    // and the schema does flag a typo in an event name
+    p.write(
+        "typo.yaml",
+        "description: x\nsteps:\n  - qemu-io:\n      drive: {driver: raw, file: {driver: blkdebug, inject-error: [{event: write_aoi}], image: t.img}}\n",
+    );
+    let schema = p.run(&["schema"]);
+    p.write("schema.json", &schema.stdout);
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import json,yaml,jsonschema; jsonschema.validate(yaml.safe_load(open('typo.yaml')), json.load(open('schema.json')))",
+        ])
+        .current_dir(p.dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a misspelt event validates");
+}
