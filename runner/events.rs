@@ -312,7 +312,7 @@ const ABOUT: [(&str, &str); Event::COUNT] = [
         QCOW2_FILE,
     ),
     (
-        "qcow2 reads an old L2 table to copy it into a newly allocated one",
+        "qcow2 reads an old L2 table to copy it into a newly allocated one (one shared with an internal snapshot; the builtin qemu-img makes none)",
         QCOW2_FILE,
     ),
     (
@@ -352,8 +352,8 @@ const ABOUT: [(&str, &str); Event::COUNT] = [
     ("qcow2 reads its refcount table, at open", QCOW2_FILE),
     ("qcow2 grows its refcount table", QCOW2_FILE),
     (
-        "never raised by QEMU 10.0.2 (a rule on it never arms)",
-        NOWHERE,
+        "qcow2 empties the image (qemu-img commit's make_empty): before writing the emptied refcount table; no qemu-io command",
+        QCOW2_FILE,
     ),
     (
         "qcow2 reads a refcount block from its file (a miss in the refcount cache)",
@@ -437,7 +437,7 @@ const ABOUT: [(&str, &str); Event::COUNT] = [
         WRITTEN_NODE,
     ),
     (
-        "qcow2 empties the image (qemu-img commit's make_empty); no qemu-io command",
+        "qcow2 empties the image (qemu-img commit's make_empty), before anything else; no qemu-io command",
         QCOW2_FILE,
     ),
     (
