@@ -8,6 +8,7 @@ pub mod events;
 pub mod limits;
 pub mod rules;
 pub mod setup;
+pub mod tally;
 
 use super::driver::{BlockDriver, BlockStatus, BoxFut, Capabilities, IoResult, ReqFlags, status};
 use super::executor::{TaskId, yield_now};
@@ -505,6 +506,7 @@ impl BlockDriver for BlkDebugDriver {
     }
 
     fn debug_event(&self, _node: &Node, event: Event) -> Option<BoxFut<'static, ()>> {
+        tally::note(event);
         let resumes = self.state.process_event(event)?;
         let needed = self
             .state
