@@ -451,8 +451,29 @@ fn leaked_clusters(check: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// The most lines of a program's output a failure shows (a check of a badly broken image lists
+/// every cluster).
+const MAX_SHOWN_LINES: usize = 16;
+
 fn indent(text: &str) -> String {
-    text.lines().map(|l| format!("    | {l}\n")).collect()
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out: String = lines
+        .iter()
+        .take(MAX_SHOWN_LINES)
+        .map(|l| format!("    | {l}\n"))
+        .collect();
+    if lines.len() > MAX_SHOWN_LINES {
+        let rest = &lines[MAX_SHOWN_LINES..];
+        let _ = writeln!(
+            out,
+            "    | ... {} more, the last:",
+            plural(rest.len(), "line")
+        );
+        for l in &rest[rest.len().saturating_sub(4)..] {
+            let _ = writeln!(out, "    | {l}");
+        }
+    }
+    out
 }
 
 fn plural(n: usize, what: &str) -> String {
@@ -506,6 +527,14 @@ mod tests {
              [set-state]\nevent = \"l2_update\"\nstate = \"1\"\nnew_state = \"2\"\n\
              [set-state]\nevent = \"l2_update\"\nstate = \"2\"\nnew_state = \"3\"\n"
         );
+    }
+
+    #[test]
+    fn long_output_is_cut_keeping_its_end() {
+        let text: String = (1..=30).map(|i| format!("line {i}\n")).collect();
+        let shown = indent(&text);
+        assert!(shown.contains("| line 16\n    | ... 14 lines more, the last:\n    | line 27\n"));
+        assert!(shown.ends_with("| line 30\n") && !shown.contains("line 17\n"));
     }
 
     #[test]

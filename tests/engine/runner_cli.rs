@@ -1000,6 +1000,11 @@ fn fault_sweep_tries_every_occurrence_and_checks_the_data() {
     // Deterministic: the same sweep passes against what it blessed.
     assert_eq!(p.run(&["scenarios"]).code, 0);
     assert!(p.scratch_left().is_empty());
+    // Conformance: the same rule files through real QEMU give the same golden.
+    if which("qemu-io") && which("qemu-img") {
+        let q = p.run(&["--backend", "qemu", "scenarios"]);
+        assert_eq!(q.code, 0, "{}{}", q.stdout, q.stderr);
+    }
 }
 
 #[test]
@@ -1059,4 +1064,9 @@ fn sweep_input_errors_name_the_place() {
     error: scenarios/c.yaml: sweep.workload.commands[1]: `aio_write` is not a command the sweep can track (write, read, discard, flush; one request each, no aliases)
     error: scenarios/d.yaml: sweep.crash: the crash sweep runs on the builtin engine only (the power-cut model is its file driver's write log): add `backends: [builtin]` and a `reason`
     ");
+}
+
+fn which(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
 }
