@@ -245,7 +245,16 @@ impl Ctx<'_> {
             let old = self.read_back(self.backend)?;
             // Counting: the builtin engine, whichever backend runs the points.
             self.write_rules("")?;
+            /// Stops counting even if the workload panics, so the thread's next scenario
+            /// does not count.
+            struct Counting;
+            impl Drop for Counting {
+                fn drop(&mut self) {
+                    blockfault::block::blkdebug::tally::finish();
+                }
+            }
             blockfault::block::blkdebug::tally::start();
+            let counting = Counting;
             self.qemu_io(
                 BackendKind::Builtin,
                 &self.blkdebug_drive(),
@@ -253,6 +262,7 @@ impl Ctx<'_> {
                 false,
             );
             let counts = blockfault::block::blkdebug::tally::finish();
+            drop(counting);
             Ok((old, counts))
         };
         let (old, counts) = match setup() {

@@ -164,9 +164,19 @@ fn record(ctx: &Ctx) -> Result<Recorded, String> {
         ..Default::default()
     };
     let capture = Rc::new(RefCell::new(MarkingCapture::default()));
+    /// Stops the recording even if the workload panics, so the thread's next scenario does
+    /// not record.
+    struct Recording;
+    impl Drop for Recording {
+        fn drop(&mut self) {
+            crash_log::finish();
+        }
+    }
     crash_log::start();
+    let recording = Recording;
     blockfault::qemu_io::run(&inv, &ctx.point, capture.clone());
     let log = crash_log::finish();
+    drop(recording);
     let capture = Rc::try_unwrap(capture)
         .map_err(|_| "the workload's output is still in use".to_string())?
         .into_inner();
