@@ -426,7 +426,7 @@ impl FaultPoint {
             self.verdict
                 .problems
                 .iter()
-                .map(|p| format!("  {p}\n"))
+                .map(|p| format!("  {}\n", p.trim_end()))
                 .collect::<String>(),
             self.status,
             indent(&self.output)

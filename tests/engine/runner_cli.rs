@@ -1070,3 +1070,36 @@ fn which(program: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
 }
+
+#[test]
+fn a_failing_extra_check_fails_its_point_and_shows_it_in_full() {
+    let p = Project::new();
+    p.write(
+        "scenarios/s.yaml",
+        &RAW_SWEEP
+            .replace("[pwritev, read_aio]", "[pwritev]")
+            .replace("errno: [5, 28]", "errno: [5]")
+            .replace(
+                "mode: [once, sticky]",
+                "mode: [once]\n  checks: [read -P 1 0 4k]",
+            ),
+    );
+    let r = p.run(&["--bless", "scenarios"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    insta::assert_snapshot!(p.read("golden/s.out").unwrap(), @r"
+    fault sweep: 2 commands on t.raw (raw, cache writethrough); errno 5; once
+    clean run: exit 0; image clean
+    pwritev: 2 occurrences
+      1x `write -P 2 4k 4k` failed: Input/output error; exit 1; image clean
+    fault sweep: 2 points tried, 1 failed
+    FAILED pwritev #1 errno 5 once:
+      checks: exit 1
+        | Pattern verification failed at offset 0, 4096 bytes
+        | read 4096/4096 bytes at offset 0
+        | 4 KiB, X ops; XX:XX:XX.X (XXX YYY/sec and XXX ops/sec)
+      workload output (exit 1):
+        | write failed: Input/output error
+        | wrote 4096/4096 bytes at offset 4096
+        | 4 KiB, X ops; XX:XX:XX.X (XXX YYY/sec and XXX ops/sec)
+    ");
+}
