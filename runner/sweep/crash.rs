@@ -115,7 +115,15 @@ pub fn run(ctx: &Ctx, c: &Crash) -> String {
     let mut groups: BTreeMap<String, usize> = BTreeMap::new();
     let mut failures = Vec::new();
     for state in &states {
-        let model = expected(ctx, &old, &attribution, &ack, state, log.len());
+        let model = expected(
+            &ctx.commands,
+            ctx.writethrough(),
+            &old,
+            &attribution,
+            &ack,
+            state,
+            log.len(),
+        );
         let verdict = match rebuild(ctx, &log, state) {
             Ok(()) => ctx.verify(BackendKind::Builtin, &model),
             Err(e) => super::Verdict {
@@ -212,7 +220,8 @@ fn rebuild(ctx: &Ctx, log: &[Entry], state: &CrashState) -> Result<(), String> {
 
 /// What must be found after the cut `state` (see the module comment).
 fn expected(
-    ctx: &Ctx,
+    commands: &[workload::Command],
+    writethrough: bool,
     old: &BTreeMap<(bool, u64), Vec<u8>>,
     attribution: &workload::Attribution,
     ack: &[Option<usize>],
@@ -222,7 +231,7 @@ fn expected(
     let complete = state.point == log_len && state.dropped.is_empty() && state.torn.is_none();
     let mut model = Model::new(old);
     let mut started_at = 0;
-    for (i, c) in ctx.commands.iter().enumerate() {
+    for (i, c) in commands.iter().enumerate() {
         let started = state.point > started_at || complete;
         let acked = ack[i].is_some_and(|p| p <= state.point);
         let clean_after = !attribution
@@ -231,7 +240,7 @@ fn expected(
             .any(|(after, _)| after.is_some_and(|j| j >= i));
         let effect = match attribution.status[i] {
             _ if !started => Effect::None,
-            Status::Done if acked && ctx.writethrough() => Effect::Applied,
+            Status::Done if acked && writethrough => Effect::Applied,
             Status::Done if complete && clean_after => Effect::Applied,
             _ => Effect::Maybe,
         };
@@ -241,4 +250,68 @@ fn expected(
         }
     }
     model
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two one-sector writes acknowledged at log positions 2 and 4 of a 5-entry log.
+    fn model_at(point: usize, writethrough: bool) -> (Model, BTreeMap<(bool, u64), Vec<u8>>) {
+        let commands = [
+            workload::parse("write -P 1 0 512").unwrap(),
+            workload::parse("write -P 2 512 512").unwrap(),
+        ];
+        let old = BTreeMap::from([((false, 0), vec![0u8; 512]), ((false, 1), vec![0u8; 512])]);
+        let attribution = workload::Attribution {
+            status: vec![Status::Done, Status::Done],
+            at: vec![Some(0), Some(100)],
+            stray: Vec::new(),
+        };
+        let state = CrashState {
+            point,
+            dropped: Vec::new(),
+            torn: None,
+        };
+        let m = expected(
+            &commands,
+            writethrough,
+            &old,
+            &attribution,
+            &[Some(2), Some(4)],
+            &state,
+            5,
+        );
+        (m, old)
+    }
+
+    fn holds(m: &Model, first: u8, second: u8) -> bool {
+        let found = BTreeMap::from([
+            ((false, 0), vec![first; 512]),
+            ((false, 1), vec![second; 512]),
+        ]);
+        m.mismatches(&found).is_empty()
+    }
+
+    #[test]
+    fn writethrough_promises_what_was_acknowledged() {
+        let (m, _) = model_at(0, true);
+        assert!(holds(&m, 0, 0) && !holds(&m, 1, 0));
+        let (m, _) = model_at(1, true);
+        assert!(holds(&m, 0, 0) && holds(&m, 1, 0) && !holds(&m, 1, 2));
+        let (m, _) = model_at(2, true);
+        assert!(!holds(&m, 0, 0) && holds(&m, 1, 0) && !holds(&m, 1, 2));
+        let (m, _) = model_at(3, true);
+        assert!(holds(&m, 1, 0) && holds(&m, 1, 2) && !holds(&m, 0, 2));
+        let (m, _) = model_at(4, true);
+        assert!(!holds(&m, 1, 0) && holds(&m, 1, 2));
+    }
+
+    #[test]
+    fn writeback_promises_only_the_complete_log() {
+        let (m, _) = model_at(4, false);
+        assert!(holds(&m, 0, 0) && holds(&m, 1, 2) && holds(&m, 0, 2));
+        let (m, _) = model_at(5, false);
+        assert!(!holds(&m, 0, 0) && !holds(&m, 1, 0) && holds(&m, 1, 2));
+    }
 }
