@@ -23,6 +23,10 @@ mod interrupt;
 mod matrix;
 #[path = "../runner/scenario.rs"]
 mod scenario;
+#[path = "../runner/sweep.rs"]
+mod sweep;
+#[path = "../runner/sweep_spec.rs"]
+mod sweep_spec;
 
 use scenario::BackendKind;
 use std::path::Path;

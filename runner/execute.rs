@@ -76,6 +76,12 @@ pub fn run(s: &Scenario, cases: &[Case], name: &str, backend: BackendKind, keep:
         match Scratch::new(name) {
             Ok(dir) => {
                 run_case(case, &dir.path, backend, &mut pieces);
+                if let Some(sweep) = &s.sweep
+                    && !pieces.iter().any(|(label, _)| label == "setup")
+                {
+                    let text = crate::sweep::run(sweep, &dir.path, backend);
+                    pieces.push(("sweep".to_string(), text));
+                }
                 if keep {
                     kept.push(dir.keep());
                 }

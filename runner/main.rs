@@ -16,6 +16,8 @@ mod report;
 mod scenario;
 mod schema;
 mod suite;
+mod sweep;
+mod sweep_spec;
 
 use blockfault::output::{Buffering, ProcessStreams, Sink, Termination};
 use clap::Parser;

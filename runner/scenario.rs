@@ -26,7 +26,12 @@ pub struct Scenario {
     #[serde(default)]
     pub images: Vec<Image>,
     /// What to run, in order; the scenario's output is all the steps' output concatenated.
+    /// In a sweep, they prepare the image before the workload (`steps: []` when nothing does).
     pub steps: Vec<StepEntry>,
+    /// Run a workload again and again, failing each blkdebug event occurrence or cutting the
+    /// power at each write, and check the image after each (see README, "Sweeps").
+    #[serde(default)]
+    pub sweep: Option<crate::sweep_spec::Sweep>,
     /// Tools (`qemu-io`, `qemu-img`) or image formats (`raw`, `qcow2`, ...) the scenario needs;
     /// it is skipped, saying why, where one is missing.
     #[serde(default)]
@@ -607,6 +612,15 @@ fn strip_location(message: &str) -> String {
 
 /// Rules serde cannot express.
 fn check(s: &Scenario) -> Result<(), String> {
+    if let Some(sweep) = &s.sweep {
+        crate::sweep_spec::check(sweep)?;
+        if !s.matrix.0.is_empty() {
+            return Err("a sweep takes no `matrix`: it makes its own points".into());
+        }
+        if sweep.crash.is_some() && s.backends.as_deref() != Some(&[BackendKind::Builtin]) {
+            return Err("sweep.crash: the crash sweep runs on the builtin engine only (the power-cut model is its file driver's write log): add `backends: [builtin]` and a `reason`".into());
+        }
+    }
     if s.backends.is_some() != s.reason.is_some() {
         return Err(
             "`backends` and `reason` go together: say why the scenario is limited to some backends"

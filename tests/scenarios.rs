@@ -25,6 +25,10 @@ mod matrix;
 mod report;
 #[path = "../runner/scenario.rs"]
 mod scenario;
+#[path = "../runner/sweep.rs"]
+mod sweep;
+#[path = "../runner/sweep_spec.rs"]
+mod sweep_spec;
 
 use execute::Outcome;
 use libtest_mimic::{Arguments, Completion, Failed, Trial};

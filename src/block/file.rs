@@ -1,6 +1,7 @@
 //! The `file` protocol driver: positional I/O on a host file. Every request completes after
 //! one executor turn, as QEMU's thread-pool I/O completes through a bottom half.
 
+use super::crash_log;
 use super::driver::{
     BlockDriver, BlockStatus, BoxFut, Capabilities, IoResult, Limits, ReopenState, ReqFlags, status,
 };
@@ -412,10 +413,17 @@ impl FileDriver {
     }
 
     fn fdatasync(&self) -> IoResult {
-        if !self.sync {
-            return Ok(());
+        if self.sync {
+            self.file().sync_data().map_err(|e| errno_of(&e))?;
         }
-        self.file().sync_data().map_err(|e| errno_of(&e))
+        // Durable from here on in the crash model, whether or not the host was asked to sync.
+        self.log(crash_log::Op::Flush);
+        Ok(())
+    }
+
+    /// Adds a change or flush of this file to the crash log, when one is being recorded.
+    fn log(&self, op: crash_log::Op) {
+        crash_log::record(&self.path, op);
     }
 
     fn fallocate(&self, mode: i32, offset: u64, bytes: u64) -> IoResult {
@@ -523,6 +531,12 @@ impl BlockDriver for FileDriver {
                 .file()
                 .write_all_at(buf, offset)
                 .map_err(|e| errno_of(&e));
+            if ret.is_ok() && crash_log::recording() {
+                self.log(crash_log::Op::Write {
+                    offset,
+                    data: buf.to_vec(),
+                });
+            }
             pool_job().await;
             // FUA as file-posix does it with thread-pool I/O: a second job, a data sync.
             if ret.is_ok() && flags.has(ReqFlags::FUA) {
@@ -543,6 +557,9 @@ impl BlockDriver for FileDriver {
     ) -> BoxFut<'a, IoResult> {
         Box::pin(async move {
             let ret = self.zero_range(offset, bytes, flags.has(ReqFlags::MAY_UNMAP));
+            if ret.is_ok() {
+                self.log(crash_log::Op::Zero { offset, len: bytes });
+            }
             pool_job().await;
             ret
         })
@@ -555,6 +572,9 @@ impl BlockDriver for FileDriver {
             let r = unsafe {
                 libc::fallocate(self.file().as_raw_fd(), mode, offset as i64, bytes as i64)
             };
+            if r == 0 {
+                self.log(crash_log::Op::Zero { offset, len: bytes });
+            }
             pool_job().await;
             // Discard is advisory: a host that cannot punch holes just keeps the data.
             if r == 0 { Ok(()) } else { Err(libc::ENOTSUP) }
@@ -631,6 +651,9 @@ impl BlockDriver for FileDriver {
                     crate::errno::strerror(errno_of(&e))
                 )
             });
+            if ret.is_ok() {
+                self.log(crash_log::Op::Truncate { size });
+            }
             pool_job().await;
             ret
         })
@@ -699,6 +722,10 @@ impl BlockDriver for FileDriver {
                 })(),
                 _ => Err(format!("Unsupported preallocation mode: {prealloc}")),
             };
+            if r.is_ok() {
+                // Whatever was reserved or written reads as zeros and (`full`) was synced.
+                self.log(crash_log::Op::Truncate { size });
+            }
             pool_job().await;
             r
         })

@@ -5,6 +5,7 @@ pub mod blkdebug;
 pub mod blkverify;
 pub mod compress;
 pub mod copy_on_read;
+pub mod crash_log;
 pub mod driver;
 pub mod executor;
 pub mod file;

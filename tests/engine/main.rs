@@ -21,3 +21,6 @@ mod matrix;
 #[allow(dead_code)]
 #[path = "../../runner/scenario.rs"]
 mod scenario;
+#[allow(dead_code)]
+#[path = "../../runner/sweep_spec.rs"]
+mod sweep_spec;

@@ -8,6 +8,7 @@ pub mod events;
 pub mod limits;
 pub mod rules;
 pub mod setup;
+pub mod tally;
 
 use super::driver::{BlockDriver, BlockStatus, BoxFut, Capabilities, IoResult, ReqFlags, status};
 use super::executor::{TaskId, yield_now};
@@ -588,6 +589,7 @@ impl BlockDriver for BlkDebugDriver {
     }
 
     fn debug_event(&self, node: &Node, event: Event) -> Option<BoxFut<'static, ()>> {
+        tally::note(event);
         let old_state = self.state.state.get();
         let resumes = self.state.process_event(event);
         if self.state.console.tracing() {
