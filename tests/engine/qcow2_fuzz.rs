@@ -177,11 +177,9 @@ impl Stats {
     }
 }
 
-/// A grouping key: what failed where, after which kinds of mutation.
-fn class_of(case: &Case, f: &Failure) -> String {
-    let mut classes: Vec<&str> = case.mutations.iter().map(|m| m.class).collect();
-    classes.sort_unstable();
-    classes.dedup();
+/// A grouping key: what failed where and the first telling line each program printed, numbers
+/// blurred (the mutation that led there varies within one class).
+fn class_of(f: &Failure) -> String {
     let exits = match f.kind {
         Kind::CheckDisagrees | Kind::RepairDisagrees | Kind::InfoDisagrees => format!(
             " qemu {} ours {}",
@@ -196,17 +194,63 @@ fn class_of(case: &Case, f: &Failure) -> String {
         .strip_prefix("the JSON differs: ")
         .map(|d| d.split("; ").filter_map(|p| p.split(':').next()).collect())
         .unwrap_or_default();
-    let exits = if keys.is_empty() {
-        exits
+    let keys = if keys.is_empty() {
+        String::new()
     } else {
-        format!("{exits} keys [{}]", keys.join(","))
+        format!(" keys [{}]", keys.join(","))
     };
     format!(
-        "{:?} at '{}'{exits} after [{}]",
+        "{:?} at '{}'{exits}{keys}: qemu «{}» ours «{}»",
         f.kind,
         f.step,
-        classes.join(",")
+        f.qemu
+            .as_ref()
+            .map_or(String::new(), |q| signature(&q.stderr)),
+        signature(&f.ours.stderr)
     )
+}
+
+/// The first line of `stderr` that says what went wrong (a panic's place and message, an open
+/// failure, a check error), digits blurred, without the line numbers of a panic's place.
+pub fn signature(stderr: &str) -> String {
+    let lines: Vec<&str> = stderr.lines().collect();
+    let line = if let Some(i) = lines.iter().position(|l| l.contains("panicked at")) {
+        let place = lines[i]
+            .split("panicked at ")
+            .nth(1)
+            .unwrap_or("")
+            .split(':')
+            .next()
+            .unwrap_or("");
+        format!("panic at {place}: {}", lines.get(i + 1).unwrap_or(&""))
+    } else {
+        lines
+            .iter()
+            .find(|l| {
+                l.starts_with("qemu-img:")
+                    || l.starts_with("qemu-io:")
+                    || l.starts_with("blockfault:")
+                    || l.starts_with("ERROR")
+                    || l.contains("failed")
+                    || l.contains("Assertion")
+            })
+            .unwrap_or(&"")
+            .to_string()
+    };
+    let mut out = String::new();
+    let mut prev_digit = false;
+    for ch in line.chars().take(110) {
+        if ch.is_ascii_digit() {
+            if !prev_digit {
+                out.push('N');
+            }
+            prev_digit = true;
+        } else {
+            out.push(ch);
+            prev_digit = false;
+        }
+    }
+    out
 }
 
 fn excluded<'a>(cfg: &Config, case: &Case, f: &Failure) -> Option<&'a exclusions::Exclusion> {
@@ -216,7 +260,8 @@ fn excluded<'a>(cfg: &Config, case: &Case, f: &Failure) -> Option<&'a exclusions
     exclusions::covering(case, f, cfg.only.map(|e| e.name))
 }
 
-/// Drops mutations while the case still fails the same way at the same step.
+/// Drops mutations (and, for a session's failure, session commands) while the case still fails
+/// the same way at the same step.
 fn minimise(
     cfg: &Config,
     case: &Case,
@@ -225,17 +270,26 @@ fn minimise(
     tools: &Tools,
 ) -> (Case, Failure) {
     let mut best = (case.clone(), f.clone());
+    let still_fails = |candidate: &Case| {
+        check::execute(candidate, bases, tools)
+            .failures
+            .into_iter()
+            .find(|g| g.kind == f.kind && g.step == f.step && excluded(cfg, candidate, g).is_none())
+    };
     let mut j = 0;
     while j < best.0.mutations.len() && best.0.mutations.len() > 1 {
         let mut candidate = best.0.clone();
         candidate.mutations.remove(j);
-        let found = check::execute(&candidate, bases, tools)
-            .failures
-            .into_iter()
-            .find(|g| {
-                g.kind == f.kind && g.step == f.step && excluded(cfg, &candidate, g).is_none()
-            });
-        match found {
+        match still_fails(&candidate) {
+            Some(g) => best = (candidate, g),
+            None => j += 1,
+        }
+    }
+    let mut j = 0;
+    while f.step == "io" && j < best.0.session.len() && best.0.session.len() > 1 {
+        let mut candidate = best.0.clone();
+        candidate.session.remove(j);
+        match still_fails(&candidate) {
             Some(g) => best = (candidate, g),
             None => j += 1,
         }
@@ -331,7 +385,7 @@ fn worker(cfg: &Config, k: u64, bases: &[Base], tools: &Tools, stats: &Mutex<Sta
                 }
                 failed = true;
                 *s.failures.entry(f.kind).or_default() += 1;
-                let class = s.classes.entry(class_of(&case, f)).or_insert((0, seed));
+                let class = s.classes.entry(class_of(f)).or_insert((0, seed));
                 class.0 += 1;
                 if class.0 <= REPORTS_PER_CLASS {
                     to_report.push(f.clone());
