@@ -305,7 +305,7 @@ pub fn execute(case: &Case, bases: &[Base], tools: &Tools) -> Outcome {
         cx.fail(
             Kind::WroteReadOnly,
             "io -r",
-            what,
+            format!("after check, info and io -r on the same files: {what}"),
             "qemu-io",
             &read_only,
             None,
