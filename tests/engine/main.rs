@@ -5,7 +5,6 @@ mod img_qcow2;
 mod parsers_prop;
 mod qcow2_events;
 mod qcow2_fuzz;
-mod qcow2_hostile;
 mod qcow2_interop;
 mod qcow2_leaks;
 mod qcow2_random;
