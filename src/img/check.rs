@@ -136,6 +136,12 @@ impl Img<'_> {
             self.error("This image format does not support checks");
             return 63;
         }
+        // The whole open as QEMU's check does it (data file and backing chain included, a
+        // writable open's header update too); the checker then works on the file itself.
+        match self.open_with(name, Some("qcow2"), fix == 0, true) {
+            Ok(node) => drop(node),
+            Err(s) => return s,
+        }
         let file = match std::fs::OpenOptions::new()
             .read(true)
             .write(fix != 0)
