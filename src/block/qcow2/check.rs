@@ -92,6 +92,8 @@ pub struct Checker<F: ImageFile> {
 }
 
 const CHECK_FRAG_INFO: u32 = 2;
+/// The most refcount block bytes the checker keeps in memory.
+const MAX_CACHED_REFBLOCK_BYTES: u64 = 32 << 20;
 /// Refuse refcount arrays that would need more memory than this many clusters (QEMU's limit is
 /// `INT_MAX` clusters of file; the file itself bounds what is counted).
 const MAX_CHECK_CLUSTERS: u64 = i32::MAX as u64;
@@ -508,6 +510,11 @@ impl<F: ImageFile> Checker<F> {
 
     fn refblock(&mut self, offset: u64) -> Result<&mut Vec<u8>, i32> {
         if !self.refblocks.contains_key(&offset) {
+            // the cache is clean (repairs write through): drop it rather than let it grow
+            // with the file
+            if self.refblocks.len() as u64 * self.cs() >= MAX_CACHED_REFBLOCK_BYTES {
+                self.refblocks.clear();
+            }
             let b = self.file.read_at(offset, self.cs() as usize)?;
             self.refblocks.insert(offset, b);
         }
@@ -610,7 +617,12 @@ impl<F: ImageFile> Checker<F> {
         }
         let file_len = self.file_len();
         let cs = self.cs();
-        if (offset as i128 + size as i128 - file_len as i128) >= cs as i128 {
+        // QEMU computes this in int64_t: an offset from 2^63 up wraps negative and passes,
+        // and its cluster index then asks for an array no memory holds (ENOMEM below)
+        let past_end = (offset as i64)
+            .wrapping_add(size as i64)
+            .wrapping_sub(file_len as i64);
+        if past_end >= cs as i64 {
             self.err(format!(
                 "ERROR: counting reference for region exceeding the end of the file by one cluster or more: offset {offset:#x} size {size:#x}"
             ));
@@ -618,7 +630,11 @@ impl<F: ImageFile> Checker<F> {
             return Ok(());
         }
         let start = offset & !(cs - 1);
-        let last = (offset + size - 1) & !(cs - 1);
+        let last = offset.wrapping_add(size - 1) & !(cs - 1);
+        if last < start {
+            res.check_errors += 1;
+            return Err(libc::ENOMEM);
+        }
         let mut c = start;
         while c <= last {
             let k = c / cs;
@@ -636,6 +652,10 @@ impl<F: ImageFile> Checker<F> {
                 res.corruptions += 1;
             } else {
                 rt.set(k, r + 1);
+                if rt.over_budget() {
+                    res.check_errors += 1;
+                    return Err(libc::ENOMEM);
+                }
             }
             c += cs;
         }
@@ -961,21 +981,28 @@ impl<F: ImageFile> Checker<F> {
                     if repairing { "Repairing" } else { "ERROR" }
                 ));
                 if repairing {
-                    // Grow the file to cover the block, as QEMU does (within sane bounds).
-                    let end = offset.checked_add(cs).filter(|e| *e <= 1 << 40);
-                    let resized = end.is_some_and(|end| self.file.set_len(end).is_ok());
-                    if resized {
-                        rt.grow(self.file_len().div_ceil(cs));
-                        res.corruptions -= 1;
-                        res.corruptions_fixed += 1;
-                        self.inc_refcounts(res, rt, offset, cs)?;
-                        continue;
+                    // Grow the file to cover the block, as QEMU does (sparse: the in-memory
+                    // refcounts follow what is referenced, not the file's size).
+                    let resized = if offset > i64::MAX as u64 - cs {
+                        Err(libc::EINVAL)
+                    } else {
+                        self.file.set_len(offset + cs).inspect_err(|&e| {
+                            self.err(format!("qemu-img: Could not resize file: {}", strerror(e)))
+                        })
+                    };
+                    match resized {
+                        Ok(()) => {
+                            rt.grow(self.file_len().div_ceil(cs));
+                            res.corruptions -= 1;
+                            res.corruptions_fixed += 1;
+                            self.inc_refcounts(res, rt, offset, cs)?;
+                            continue;
+                        }
+                        Err(e) => {
+                            *rebuild = true;
+                            self.err(format!("ERROR could not resize image: {}", strerror(e)));
+                        }
                     }
-                    *rebuild = true;
-                    self.err(format!(
-                        "ERROR could not resize image: {}",
-                        strerror(libc::EFBIG)
-                    ));
                 }
                 continue;
             }
@@ -1001,7 +1028,50 @@ impl<F: ImageFile> Checker<F> {
         rt: &RefArray,
     ) -> u64 {
         let mut highest = 0;
-        for i in 0..rt.len {
+        let per_block = self.header.refblock_entries();
+        let mut i = 0;
+        // where the next used page of `rt` and the next mapped refcount block start, as last
+        // found (both only move forward: the scans stay linear)
+        let mut next_used = 0u64;
+        let mut next_mapped = 0usize;
+        while i < rt.len {
+            // clusters no refcount block covers and nothing references agree (both 0)
+            let index = (i / per_block) as usize;
+            let unmapped = self
+                .reftable
+                .get(index)
+                .is_none_or(|e| e & REFT_OFFSET_MASK == 0);
+            if unmapped {
+                if next_mapped <= index {
+                    next_mapped = index;
+                    while next_mapped < self.reftable.len()
+                        && self.reftable[next_mapped] & REFT_OFFSET_MASK == 0
+                    {
+                        next_mapped += 1;
+                    }
+                }
+                let next_block = if next_mapped >= self.reftable.len() {
+                    u64::MAX
+                } else {
+                    next_mapped as u64 * per_block
+                };
+                if next_used < i {
+                    next_used = rt.next_used(i);
+                }
+                let used = if (next_used / rt.per_page()) == (i / rt.per_page()) {
+                    i
+                } else {
+                    next_used
+                };
+                let next = used.min(next_block).min(rt.len);
+                if next > i {
+                    i = next;
+                    continue;
+                }
+            }
+            let cluster = i;
+            i += 1;
+            let i = cluster;
             let r1 = match self.get_refcount(i) {
                 Ok(r) => r,
                 Err(e) => {
@@ -1302,7 +1372,7 @@ impl<F: ImageFile> Checker<F> {
         let mut cluster = first;
         while cluster < end {
             if rt.get(cluster) == 0 {
-                cluster += 1;
+                cluster = (cluster + 1).max(rt.next_used(cluster).min(end));
                 continue;
             }
             let index = cluster / per_block;
@@ -1488,42 +1558,93 @@ fn has_data_file(h: &Header) -> bool {
 }
 
 /// The in-memory refcount array: entries of the image's refcount width, so it overflows where
-/// QEMU's does.
+/// QEMU's does. It is kept in pages allocated on first use, so its memory follows the clusters
+/// referenced rather than the file's size (a repair may grow the file to a terabyte).
 pub struct RefArray {
     order: u32,
     len: u64,
-    data: Vec<u8>,
+    pages: Vec<Option<Box<[u8]>>>,
+    page_count: usize,
 }
+
+/// Bytes per page of the in-memory refcount array.
+const PAGE_BYTES: usize = 1 << 16;
+/// The most memory the in-memory refcount array may take; past it the check fails with ENOMEM
+/// (as QEMU's does when its array cannot be allocated).
+const MAX_REF_ARRAY_BYTES: usize = 128 << 20;
 
 impl RefArray {
     fn new(order: u32, len: u64) -> Self {
         let mut a = RefArray {
             order,
             len: 0,
-            data: Vec::new(),
+            pages: Vec::new(),
+            page_count: 0,
         };
         a.grow(len);
         a
     }
+    /// Entries per page.
+    fn per_page(&self) -> u64 {
+        (PAGE_BYTES as u64 * 8) >> self.order
+    }
     fn grow(&mut self, len: u64) {
-        let bytes = ((len << self.order).div_ceil(8)) as usize;
-        if bytes > self.data.len() {
-            self.data.resize(bytes, 0);
-        }
         self.len = self.len.max(len);
+        let pages = self.len.div_ceil(self.per_page()) as usize;
+        if pages > self.pages.len() {
+            self.pages.resize_with(pages, || None);
+        }
     }
     fn get(&self, i: u64) -> u64 {
-        get_refcount(&self.data, self.order, i)
+        let per = self.per_page();
+        match self.pages.get((i / per) as usize) {
+            Some(Some(p)) => get_refcount(p, self.order, i % per),
+            _ => 0,
+        }
     }
     fn set(&mut self, i: u64, v: u64) {
-        set_refcount(&mut self.data, self.order, i, v)
+        let per = self.per_page();
+        let slot = &mut self.pages[(i / per) as usize];
+        if slot.is_none() {
+            if v == 0 {
+                return;
+            }
+            *slot = Some(vec![0u8; PAGE_BYTES].into_boxed_slice());
+            self.page_count += 1;
+        }
+        set_refcount(slot.as_mut().expect("just made"), self.order, i % per, v)
+    }
+    /// Whether the memory budget is spent.
+    fn over_budget(&self) -> bool {
+        self.page_count * PAGE_BYTES > MAX_REF_ARRAY_BYTES
+    }
+    /// The first entry at or after `i` whose page holds any refcount (`len` if none).
+    fn next_used(&self, i: u64) -> u64 {
+        let per = self.per_page();
+        let mut page = (i / per) as usize;
+        while page < self.pages.len() && self.pages[page].is_none() {
+            page += 1;
+        }
+        if page == (i / per) as usize {
+            i
+        } else {
+            (page as u64 * per).min(self.len)
+        }
     }
     /// `len` bytes of the packed array from byte `start`, zero past its end.
     fn slice(&self, start: u64, len: u64) -> Vec<u8> {
         let mut out = vec![0u8; len as usize];
-        let s = (start as usize).min(self.data.len());
-        let e = ((start + len) as usize).min(self.data.len());
-        out[..e - s].copy_from_slice(&self.data[s..e]);
+        let mut at = start;
+        while at < start + len {
+            let page = (at / PAGE_BYTES as u64) as usize;
+            let within = (at % PAGE_BYTES as u64) as usize;
+            let n = ((PAGE_BYTES - within) as u64).min(start + len - at) as usize;
+            if let Some(Some(p)) = self.pages.get(page) {
+                let o = (at - start) as usize;
+                out[o..o + n].copy_from_slice(&p[within..within + n]);
+            }
+            at += n as u64;
+        }
         out
     }
 }
