@@ -237,7 +237,7 @@ impl Img<'_> {
 
     fn flush_log(&self, img: &mut Checker<PlainFile>) {
         for line in img.take_log() {
-            self.console.err(&format!("{line}\n"));
+            line.print(&self.console);
         }
     }
 }

@@ -22,6 +22,25 @@ use std::collections::HashMap;
 pub const FIX_LEAKS: u32 = 1;
 pub const FIX_ERRORS: u32 = 2;
 
+/// A line the checker prints on stderr.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LogLine {
+    /// printed as it is (QEMU's fprintf)
+    Plain(String),
+    /// QEMU's error_report: the program's name goes before it
+    Report(String),
+}
+
+impl LogLine {
+    /// Prints the line on `console`'s stderr.
+    pub fn print(&self, console: &crate::output::Console) {
+        match self {
+            LogLine::Plain(l) => console.err(&format!("{l}\n")),
+            LogLine::Report(l) => console.report(l),
+        }
+    }
+}
+
 /// `BdrvCheckResult`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CheckResult {
@@ -88,7 +107,7 @@ pub struct Checker<F: ImageFile> {
     writable: bool,
     signaled: bool,
     /// `stderr` lines, in order.
-    log: Vec<String>,
+    log: Vec<LogLine>,
 }
 
 const CHECK_FRAG_INFO: u32 = 2;
@@ -225,7 +244,7 @@ impl<F: ImageFile> Checker<F> {
             "snapshot table",
         ) {
             res.check_errors += 1;
-            self.err(format!("qemu-img: ERROR {msg}"));
+            self.report(format!("ERROR {msg}"));
             if u64::from(nb) > MAX_SNAPSHOTS {
                 self.err(format!(
                     "You can force-remove all {} overhanging snapshots with qemu-img check -r all",
@@ -240,9 +259,7 @@ impl<F: ImageFile> Checker<F> {
             Ok(()) => {}
             Err((msg, e)) => {
                 res.check_errors += 1;
-                self.err(format!(
-                    "qemu-img: ERROR failed to read the snapshot table: {msg}"
-                ));
+                self.report(format!("ERROR failed to read the snapshot table: {msg}"));
                 self.snapshots.clear();
                 self.snapshots_size = 0;
                 self.header.nb_snapshots = 0;
@@ -601,7 +618,12 @@ impl<F: ImageFile> Checker<F> {
     }
 
     fn err(&mut self, line: String) {
-        self.log.push(line);
+        self.log.push(LogLine::Plain(line));
+    }
+
+    /// A line QEMU prints with error_report (the program's name before it).
+    fn report(&mut self, line: String) {
+        self.log.push(LogLine::Report(line));
     }
 
     /// `qcow2_inc_refcounts_imrt`.
@@ -987,7 +1009,7 @@ impl<F: ImageFile> Checker<F> {
                         Err(libc::EINVAL)
                     } else {
                         self.file.set_len(offset + cs).inspect_err(|&e| {
-                            self.err(format!("qemu-img: Could not resize file: {}", strerror(e)))
+                            self.report(format!("Could not resize file: {}", strerror(e)))
                         })
                     };
                     match resized {
@@ -1287,7 +1309,7 @@ impl<F: ImageFile> Checker<F> {
             self.err("Rebuilding refcount structure".into());
             if let Err((e, msg)) = self.rebuild_refcount_structure(&mut rt) {
                 res.check_errors += 1;
-                self.err(format!("qemu-img: {msg}: {}", strerror(e)));
+                self.report(format!("{msg}: {}", strerror(e)));
                 return Err(e);
             }
             res.corruptions = 0;
@@ -1513,7 +1535,7 @@ impl<F: ImageFile> Checker<F> {
     }
 
     /// The stderr lines produced so far (and forget them).
-    pub fn take_log(&mut self) -> Vec<String> {
+    pub fn take_log(&mut self) -> Vec<LogLine> {
         std::mem::take(&mut self.log)
     }
 

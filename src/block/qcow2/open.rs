@@ -176,7 +176,7 @@ fn repair_dirty(
         Checker::new(NodeFile(file.clone()), h.clone(), true).map_err(|_| failed(libc::EIO))?;
     let (res, ret) = checker.check(FIX_ERRORS | FIX_LEAKS);
     for line in checker.take_log() {
-        ctx.console.err(&format!("{line}\n"));
+        line.print(&ctx.console);
     }
     if let Err(e) = ret {
         return Err(failed(e));
