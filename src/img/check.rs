@@ -143,10 +143,11 @@ impl Img<'_> {
         if !qcow2 {
             // probing: version 1 is QEMU's old qcow format (the engine's probe names it),
             // anything else raw
-            let probed = if fmt.is_none() && qcow_version(&path) == Some(1) {
-                None
-            } else {
-                Some(fmt.as_deref().unwrap_or("raw"))
+            let probed = match (fmt.as_deref(), qcow_version(&path)) {
+                (Some(f), _) => Some(f),
+                (None, Some(1) | None) => None,
+                // the engine's probe takes any qcow magic for the old format
+                (None, Some(_)) => Some("raw"),
             };
             if let Err(s) = self.open(name, probed, true) {
                 return s;

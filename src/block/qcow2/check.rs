@@ -113,9 +113,15 @@ pub struct Checker<F: ImageFile> {
 const CHECK_FRAG_INFO: u32 = 2;
 /// The most refcount block bytes the checker keeps in memory.
 const MAX_CACHED_REFBLOCK_BYTES: u64 = 32 << 20;
-/// Refuse refcount arrays that would need more memory than this many clusters (QEMU's limit is
-/// `INT_MAX` clusters of file; the file itself bounds what is counted).
-const MAX_CHECK_CLUSTERS: u64 = i32::MAX as u64;
+/// QEMU keeps its in-memory refcounts in one flat array and fails the check with ENOMEM when
+/// it cannot grow it (a repair may grow the file to terabytes). How far it gets depends on the
+/// host's memory; this is where it stops on a host of 16 to 32 GiB, kept fixed so that the
+/// same image always checks the same (ours is paged and never needs that memory).
+const QEMU_REF_ARRAY_LIMIT: u128 = 16 << 30;
+/// The most memory a rebuilt refcount table may take here (QEMU's is as large as the
+/// refcounts it covers need); past it the rebuild fails as QEMU's does when it cannot
+/// allocate the table.
+const MAX_REBUILT_REFTABLE_BYTES: u64 = 64 << 20;
 
 fn put64(b: &mut [u8], at: usize, v: u64) {
     b[at..at + 8].copy_from_slice(&v.to_be_bytes());
@@ -660,12 +666,9 @@ impl<F: ImageFile> Checker<F> {
         let mut c = start;
         while c <= last {
             let k = c / cs;
-            if k >= rt.len {
-                if k + 1 > MAX_CHECK_CLUSTERS {
-                    res.check_errors += 1;
-                    return Err(libc::ENOMEM);
-                }
-                rt.grow(k + 1);
+            if k >= rt.len && rt.grow(k + 1).is_err() {
+                res.check_errors += 1;
+                return Err(libc::ENOMEM);
             }
             let r = rt.get(k);
             if r == refcount_max(self.order()) {
@@ -1014,7 +1017,10 @@ impl<F: ImageFile> Checker<F> {
                     };
                     match resized {
                         Ok(()) => {
-                            rt.grow(self.file_len().div_ceil(cs));
+                            if let Err(e) = rt.grow(self.file_len().div_ceil(cs)) {
+                                res.check_errors += 1;
+                                return Err(e);
+                            }
                             res.corruptions -= 1;
                             res.corruptions_fixed += 1;
                             self.inc_refcounts(res, rt, offset, cs)?;
@@ -1298,7 +1304,9 @@ impl<F: ImageFile> Checker<F> {
         }
         // QEMU counts the virtual size in whole sectors (bs->total_sectors)
         res.total_clusters = (self.header.size / 512 * 512).div_ceil(cs);
-        let mut rt = RefArray::new(self.order(), nb_clusters);
+        let mut rt = RefArray::new(self.order(), nb_clusters).inspect_err(|_| {
+            res.check_errors += 1;
+        })?;
         let mut rebuild = false;
         self.calculate_refcounts(res, fix, &mut rebuild, &mut rt)?;
         let pre_compare = res.clone();
@@ -1315,7 +1323,9 @@ impl<F: ImageFile> Checker<F> {
             res.corruptions = 0;
             res.leaks = 0;
             rebuild = false;
-            let mut rt = RefArray::new(self.order(), rt.len);
+            let mut rt = RefArray::new(self.order(), rt.len).inspect_err(|_| {
+                res.check_errors += 1;
+            })?;
             self.calculate_refcounts(res, 0, &mut rebuild, &mut rt)?;
             if fix & FIX_LEAKS != 0 {
                 let saved = res.clone();
@@ -1369,7 +1379,8 @@ impl<F: ImageFile> Checker<F> {
             cluster += 1;
         }
         if contiguous < count {
-            rt.grow(cluster + count - contiguous);
+            // QEMU's array grows by a few clusters here; the limit is far off
+            let _ = rt.grow(cluster + count - contiguous);
         }
         cluster -= contiguous;
         for i in 0..count {
@@ -1409,6 +1420,9 @@ impl<F: ImageFile> Checker<F> {
                     }
                     if reftable.len() as u64 <= index {
                         let entries = ((index + 1) * 8).div_ceil(cs) * cs / 8;
+                        if entries * 8 > MAX_REBUILT_REFTABLE_BYTES {
+                            return Err((libc::ENOMEM, "ERROR allocating reftable memory"));
+                        }
                         reftable.resize(entries as usize, 0);
                         grown = true;
                     }
@@ -1596,26 +1610,31 @@ const PAGE_BYTES: usize = 1 << 16;
 const MAX_REF_ARRAY_BYTES: usize = 128 << 20;
 
 impl RefArray {
-    fn new(order: u32, len: u64) -> Self {
+    fn new(order: u32, len: u64) -> Result<Self, i32> {
         let mut a = RefArray {
             order,
             len: 0,
             pages: Vec::new(),
             page_count: 0,
         };
-        a.grow(len);
-        a
+        a.grow(len)?;
+        Ok(a)
     }
     /// Entries per page.
     fn per_page(&self) -> u64 {
         (PAGE_BYTES as u64 * 8) >> self.order
     }
-    fn grow(&mut self, len: u64) {
+    /// Err(ENOMEM) where QEMU's flat array would be too large to allocate.
+    fn grow(&mut self, len: u64) -> Result<(), i32> {
+        if (u128::from(len) << self.order).div_ceil(8) > QEMU_REF_ARRAY_LIMIT {
+            return Err(libc::ENOMEM);
+        }
         self.len = self.len.max(len);
         let pages = self.len.div_ceil(self.per_page()) as usize;
         if pages > self.pages.len() {
             self.pages.resize_with(pages, || None);
         }
+        Ok(())
     }
     fn get(&self, i: u64) -> u64 {
         let per = self.per_page();
@@ -1708,9 +1727,9 @@ mod tests {
 
     #[test]
     fn ref_array_grows_and_packs() {
-        let mut a = RefArray::new(0, 3);
+        let mut a = RefArray::new(0, 3).unwrap();
         a.set(2, 1);
-        a.grow(100);
+        a.grow(100).unwrap();
         assert_eq!(a.get(2), 1);
         assert_eq!(a.get(99), 0);
         assert_eq!(a.len, 100);
