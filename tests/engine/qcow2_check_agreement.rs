@@ -317,3 +317,36 @@ fn snapshot_l1_offset_past_int64_agrees() {
         assert_eq!(err, "qemu-img: Check failed: Cannot allocate memory\n");
     }
 }
+
+/// Item 3 again: refcount blocks 8 TiB and 32 PiB out with 512-byte clusters. QEMU cannot
+/// grow the file to the second, grows it to the first, then cannot allocate its refcount
+/// array for 2^34 clusters (ENOMEM); ours says the same, within 256 MiB.
+#[test]
+fn refcount_array_past_memory_agrees() {
+    if !have_qemu() {
+        return;
+    }
+    let case = Case::new(
+        "qemu-img create -q -f qcow2 -o cluster_size=512 t.qcow2 1M && qemu-io -c 'write -P 1 0 8k' t.qcow2 >/dev/null",
+    );
+    let img = case.path("t.qcow2");
+    let reftable = be64_at(&img, 48) as usize;
+    let mut b = std::fs::read(&img).unwrap();
+    b[reftable + 4] = 0;
+    b[reftable + 2] ^= 1 << 5;
+    b[reftable + 8 + 2] ^= 1 << 3;
+    std::fs::write(&img, &b).unwrap();
+    let (_, err, rc) = case.agree(&["-r", "all"], &[]);
+    assert_eq!(rc, 1);
+    assert!(
+        err.ends_with("qemu-img: Check failed: Cannot allocate memory\n"),
+        "{err}"
+    );
+    let (_, b) = case.sides(&[]);
+    let (_, err, rc) = ours(&b, &["-r", "all"], Some(256 << 20));
+    assert_eq!(rc, 1, "{err}");
+    assert!(
+        err.ends_with("qemu-img: Check failed: Cannot allocate memory\n"),
+        "{err}"
+    );
+}

@@ -121,7 +121,7 @@ const QEMU_REF_ARRAY_LIMIT: u128 = 16 << 30;
 /// The most memory a rebuilt refcount table may take here (QEMU's is as large as the
 /// refcounts it covers need); past it the rebuild fails as QEMU's does when it cannot
 /// allocate the table.
-const MAX_REBUILT_REFTABLE_BYTES: u64 = 64 << 20;
+const MAX_REBUILT_REFTABLE_BYTES: u64 = 128 << 20;
 
 fn put64(b: &mut [u8], at: usize, v: u64) {
     b[at..at + 8].copy_from_slice(&v.to_be_bytes());
@@ -1524,19 +1524,20 @@ impl<F: ImageFile> Checker<F> {
                 break;
             }
         }
-        let mut bytes = Vec::with_capacity(reftable.len() * 8);
-        for e in &reftable {
-            bytes.extend_from_slice(&e.to_be_bytes());
-        }
-        if let Some(what) = self.overlapped_metadata(rt_offset, bytes.len() as u64) {
+        if let Some(what) = self.overlapped_metadata(rt_offset, reftable.len() as u64 * 8) {
             self.signal_corruption(&format!(
                 "Preventing invalid write on metadata (overlaps with {what})"
             ));
             return Err((libc::EIO, "ERROR writing reftable"));
         }
-        self.file
-            .write_at(rt_offset, &bytes)
-            .map_err(|_| (libc::EIO, "ERROR writing reftable"))?;
+        // written a piece at a time: no second copy of a table that may take 128 MiB
+        const PIECE: usize = 1 << 16;
+        for (n, piece) in reftable.chunks(PIECE).enumerate() {
+            let bytes: Vec<u8> = piece.iter().flat_map(|e| e.to_be_bytes()).collect();
+            self.file
+                .write_at(rt_offset + (n * PIECE * 8) as u64, &bytes)
+                .map_err(|_| (libc::EIO, "ERROR writing reftable"))?;
+        }
         let mut hdr = rt_offset.to_be_bytes().to_vec();
         hdr.extend_from_slice(&(rt_clusters as u32).to_be_bytes());
         self.file
