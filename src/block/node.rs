@@ -52,6 +52,9 @@ pub struct OpenFlags {
     pub native_aio: bool,
     /// qemu-io `-C` (QEMU's BDRV_O_COPY_ON_READ): only the top node has it
     pub copy_on_read: bool,
+    /// qemu-img check's open (QEMU's BDRV_O_CHECK): the qcow2 driver leaves the snapshot
+    /// table and a dirty image's repair to the check
+    pub check: bool,
 }
 
 /// The `detect-zeroes` option: writes of a zeroed buffer become zero writes (`unmap`: that may

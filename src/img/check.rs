@@ -73,13 +73,24 @@ pub fn json_report(c: &CheckResult, filename: &str, format: &str) -> String {
     format!("{}\n", pretty(&v))
 }
 
-/// Whether the file starts with the qcow2 magic (format probing).
+/// The version field of a file starting with the qcow magic (zeros past its end, as the
+/// format probe reads), None without the magic.
+fn qcow_version(path: &std::path::Path) -> Option<u32> {
+    let mut m = [0u8; 8];
+    let f = std::fs::File::open(path).ok()?;
+    let mut done = 0;
+    while done < m.len() {
+        match f.read_at(&mut m[done..], done as u64) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => done += n,
+        }
+    }
+    (be32(&m, 0) == MAGIC).then(|| be32(&m, 4))
+}
+
+/// Whether format probing picks qcow2 (QEMU's qcow2_probe: the magic and version 2 or more).
 pub fn is_qcow2(path: &std::path::Path) -> bool {
-    let mut m = [0u8; 4];
-    std::fs::File::open(path)
-        .and_then(|f| f.read_exact_at(&mut m, 0))
-        .is_ok()
-        && be32(&m, 0) == MAGIC
+    qcow_version(path).is_some_and(|v| v >= 2)
 }
 
 impl Img<'_> {
@@ -130,11 +141,25 @@ impl Img<'_> {
             None => is_qcow2(&path),
         };
         if !qcow2 {
-            if let Err(s) = self.open(name, Some(fmt.as_deref().unwrap_or("raw")), true) {
+            // probing: version 1 is QEMU's old qcow format (the engine's probe names it),
+            // anything else raw
+            let probed = match (fmt.as_deref(), qcow_version(&path)) {
+                (Some(f), _) => Some(f),
+                (None, Some(1) | None) => None,
+                // the engine's probe takes any qcow magic for the old format
+                (None, Some(_)) => Some("raw"),
+            };
+            if let Err(s) = self.open(name, probed, true) {
                 return s;
             }
             self.error("This image format does not support checks");
             return 63;
+        }
+        // The whole open as QEMU's check does it (data file and backing chain included, a
+        // writable open's header update too); the checker then works on the file itself.
+        match self.open_with(name, Some("qcow2"), fix == 0, true) {
+            Ok(node) => drop(node),
+            Err(s) => return s,
         }
         let file = match std::fs::OpenOptions::new()
             .read(true)
@@ -213,7 +238,7 @@ impl Img<'_> {
 
     fn flush_log(&self, img: &mut Checker<PlainFile>) {
         for line in img.take_log() {
-            self.console.err(&format!("{line}\n"));
+            line.print(&self.console);
         }
     }
 }

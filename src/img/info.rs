@@ -153,10 +153,12 @@ impl Img<'_> {
             self.error(&format!("Could not open '{name}': {msg}"));
         })?;
         let h = &md.h;
+        // the block layer counts the virtual size in whole sectors (bs->total_sectors)
+        let virtual_size = h.size / 512 * 512;
         let mut s = format!(
             "image: {name}\nfile format: qcow2\nvirtual size: {} ({} bytes)\ndisk size: {}\ncluster_size: {}\n",
-            size_to_str(h.size),
-            h.size,
+            size_to_str(virtual_size),
+            virtual_size,
             size_to_str(disk),
             h.cluster_size()
         );
@@ -222,7 +224,7 @@ impl Img<'_> {
                 Some(Json::Bool(h.incompatible_features & INCOMPAT_DIRTY != 0)),
             ),
             ("actual-size", Some(Json::Int(disk as i64))),
-            ("virtual-size", Some(Json::Int(h.size as i64))),
+            ("virtual-size", Some(Json::Int(virtual_size as i64))),
             ("cluster-size", Some(Json::Int(h.cluster_size() as i64))),
             ("backing-filename", backing_file.and_then(str_)),
             (

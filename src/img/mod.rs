@@ -202,6 +202,17 @@ impl Img<'_> {
     }
 
     fn open(&self, name: &str, format: Option<&str>, read_only: bool) -> Result<Rc<Node>, i32> {
+        self.open_with(name, format, read_only, false)
+    }
+
+    /// [`Self::open`]; `check`: as qemu-img check opens (QEMU's BDRV_O_CHECK).
+    fn open_with(
+        &self,
+        name: &str,
+        format: Option<&str>,
+        read_only: bool,
+        check: bool,
+    ) -> Result<Rc<Node>, i32> {
         let ctx = OpenContext {
             base_dir: self.base_dir.to_path_buf(),
             console: self.console.clone(),
@@ -209,6 +220,7 @@ impl Img<'_> {
                 read_only,
                 unmap: true,
                 no_flush: false,
+                check,
                 ..OpenFlags::default()
             },
             skip_host_sync: false,

@@ -239,6 +239,7 @@ impl Session {
                 // Under -s the overlay has copy-on-read, not the image (QEMU's
                 // bdrv_temp_snapshot_options).
                 copy_on_read: req.copy_on_read && !req.snapshot,
+                check: false,
             },
             skip_host_sync: self.skip_host_sync,
         };

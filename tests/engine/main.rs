@@ -3,6 +3,7 @@
 
 mod img_qcow2;
 mod parsers_prop;
+mod qcow2_check_agreement;
 mod qcow2_events;
 mod qcow2_fuzz;
 mod qcow2_interop;

@@ -7,7 +7,10 @@
 //! It works on the image file through [`ImageFile`] (an fsck must not trust the driver's
 //! caches): qemu-img gives it the file itself, the driver its file node.
 
-use super::header::{Header, INCOMPAT_CORRUPT, INCOMPAT_DIRTY, MAX_L1_SIZE, be16, be32, be64};
+use super::header::{
+    Header, INCOMPAT_CORRUPT, INCOMPAT_DIRTY, MAX_L1_SIZE, MAX_SNAPSHOTS, SNAPSHOT_HEADER_SIZE,
+    be16, be32, be64, validate_table,
+};
 use super::image_file::ImageFile;
 use super::state::{
     BITMAP_ALL_ZEROES, ClusterType, L1E_OFFSET_MASK, L2E_OFFSET_MASK, OFLAG_COPIED, OFLAG_ZERO,
@@ -18,6 +21,25 @@ use std::collections::HashMap;
 
 pub const FIX_LEAKS: u32 = 1;
 pub const FIX_ERRORS: u32 = 2;
+
+/// A line the checker prints on stderr.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LogLine {
+    /// printed as it is (QEMU's fprintf)
+    Plain(String),
+    /// QEMU's error_report: the program's name goes before it
+    Report(String),
+}
+
+impl LogLine {
+    /// Prints the line on `console`'s stderr.
+    pub fn print(&self, console: &crate::output::Console) {
+        match self {
+            LogLine::Plain(l) => console.err(&format!("{l}\n")),
+            LogLine::Report(l) => console.report(l),
+        }
+    }
+}
 
 /// `BdrvCheckResult`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -39,8 +61,35 @@ pub struct CheckResult {
 struct Snapshot {
     l1_table_offset: u64,
     l1_size: u32,
+    /// as printed (up to the first NUL, as QEMU's C string)
     id: String,
     name: String,
+    /// the fixed 40-byte part as read
+    header: Vec<u8>,
+    /// the known extra data as read (up to 16 bytes)
+    extra: Vec<u8>,
+    /// extra data past the known part (cut to the maximum when that was dropped)
+    unknown_extra: Vec<u8>,
+    extra_data_size: u32,
+    id_bytes: Vec<u8>,
+    name_bytes: Vec<u8>,
+}
+
+/// QEMU's QCOW_MAX_SNAPSHOT_EXTRA_DATA and QCOW_MAX_SNAPSHOTS_SIZE.
+const MAX_SNAPSHOT_EXTRA_DATA: u32 = 1024;
+const MAX_SNAPSHOTS_SIZE: u64 = 1024 * 65536;
+/// QEMU's BDRV_MAX_LENGTH: the block layer refuses requests reaching past it.
+const BDRV_MAX_LENGTH: u64 = i64::MAX as u64 & !((1 << 30) - 1);
+
+/// A NUL-terminated C string's bytes.
+fn c_string_bytes(b: &[u8]) -> &[u8] {
+    &b[..b.iter().position(|&c| c == 0).unwrap_or(b.len())]
+}
+
+/// A NUL-terminated C string's text.
+fn c_string(b: &[u8]) -> String {
+    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+    String::from_utf8_lossy(&b[..end]).into_owned()
 }
 
 /// The image as the checker sees it: header fields, active L1 and refcount table in memory,
@@ -53,16 +102,26 @@ pub struct Checker<F: ImageFile> {
     refblocks: HashMap<u64, Vec<u8>>,
     snapshots: Vec<Snapshot>,
     snapshots_size: u64,
+    /// snapshot table entries whose extra data the check cut (the table must be rewritten)
+    extra_data_dropped: u64,
     writable: bool,
     signaled: bool,
     /// `stderr` lines, in order.
-    log: Vec<String>,
+    log: Vec<LogLine>,
 }
 
 const CHECK_FRAG_INFO: u32 = 2;
-/// Refuse refcount arrays that would need more memory than this many clusters (QEMU's limit is
-/// `INT_MAX` clusters of file; the file itself bounds what is counted).
-const MAX_CHECK_CLUSTERS: u64 = i32::MAX as u64;
+/// The most refcount block bytes the checker keeps in memory.
+const MAX_CACHED_REFBLOCK_BYTES: u64 = 32 << 20;
+/// QEMU keeps its in-memory refcounts in one flat array and fails the check with ENOMEM when
+/// it cannot grow it (a repair may grow the file to terabytes). How far it gets depends on the
+/// host's memory; this is where it stops on a host of 16 to 32 GiB, kept fixed so that the
+/// same image always checks the same (ours is paged and never needs that memory).
+const QEMU_REF_ARRAY_LIMIT: u128 = 16 << 30;
+/// The most memory a rebuilt refcount table may take here (QEMU's is as large as the
+/// refcounts it covers need); past it the rebuild fails as QEMU's does when it cannot
+/// allocate the table.
+const MAX_REBUILT_REFTABLE_BYTES: u64 = 128 << 20;
 
 fn put64(b: &mut [u8], at: usize, v: u64) {
     b[at..at + 8].copy_from_slice(&v.to_be_bytes());
@@ -101,15 +160,6 @@ impl<F: ImageFile> Checker<F> {
                 .read_at(header.refcount_table_offset, rt_bytes as usize)
                 .map_err(|e| format!("Could not read refcount table: {}", strerror(e)))?,
         );
-        if header.nb_snapshots > 65536 {
-            return Err("Too many snapshots".into());
-        }
-        if header.nb_snapshots > 0
-            && (!header.snapshots_offset.is_multiple_of(cs)
-                || header.snapshots_offset > i64::MAX as u64)
-        {
-            return Err("Invalid snapshot table offset".into());
-        }
         if overflow(header.l1_table_offset, u64::from(header.l1_size), 8) {
             return Err("Invalid L1 table offset".into());
         }
@@ -118,7 +168,7 @@ impl<F: ImageFile> Checker<F> {
                 .read_at(header.l1_table_offset, header.l1_size as usize * 8)
                 .map_err(|e| format!("Could not read L1 table: {}", strerror(e)))?,
         );
-        let mut img = Checker {
+        let img = Checker {
             file,
             header,
             l1,
@@ -126,11 +176,11 @@ impl<F: ImageFile> Checker<F> {
             refblocks: HashMap::new(),
             snapshots: Vec::new(),
             snapshots_size: 0,
+            extra_data_dropped: 0,
             writable,
             signaled: false,
             log: Vec::new(),
         };
-        img.read_snapshots()?;
         Ok(img)
     }
 
@@ -149,39 +199,323 @@ impl<F: ImageFile> Checker<F> {
         &self.reftable
     }
 
-    fn read_snapshots(&mut self) -> Result<(), String> {
-        let mut off = self.header.snapshots_offset;
-        let file_len = self.file_len();
-        for _ in 0..self.header.nb_snapshots {
-            off = off.div_ceil(8) * 8;
-            if off >= file_len {
-                return Err("Failed to read snapshot table: Input/output error".into());
+    /// `bdrv_pread` on the image file: zeros past its end, EIO for a range the block layer
+    /// refuses (past BDRV_MAX_LENGTH).
+    fn pread(&self, offset: u64, len: usize) -> Result<Vec<u8>, i32> {
+        if offset
+            .checked_add(len as u64)
+            .is_none_or(|end| end > BDRV_MAX_LENGTH)
+        {
+            return Err(libc::EIO);
+        }
+        self.file.read_at(offset, len)
+    }
+
+    /// QEMU's qcow2_check_read_snapshot_table: the snapshot table as the header now names it
+    /// (a check's open leaves it alone), into `self.snapshots`, counted in `res`. Too much
+    /// extra data and too long a table are dropped under `FIX_ERRORS` (the count in the header
+    /// is rewritten at once, the entries when the table is rewritten after the check).
+    fn check_read_snapshot_table(&mut self, res: &mut CheckResult, fix: u32) -> Result<(), i32> {
+        self.snapshots.clear();
+        self.snapshots_size = 0;
+        self.extra_data_dropped = 0;
+        let pointer = match self.pread(60, 12) {
+            Ok(b) => b,
+            Err(e) => {
+                res.check_errors += 1;
+                self.err(format!(
+                    "ERROR failed to read the snapshot table pointer from the image header: {}",
+                    strerror(e)
+                ));
+                return Err(e);
             }
-            let h = self.file.read_at(off, 40).map_err(strerror)?;
-            let l1_table_offset = be64(&h, 0);
-            let l1_size = be32(&h, 8);
+        };
+        let mut nb = be32(&pointer, 0);
+        self.header.nb_snapshots = nb;
+        self.header.snapshots_offset = be64(&pointer, 4);
+        let mut reduced = 0u32;
+        if u64::from(nb) > MAX_SNAPSHOTS && fix & FIX_ERRORS != 0 {
+            let over = nb - MAX_SNAPSHOTS as u32;
+            self.err(format!("Discarding {over} overhanging snapshots"));
+            reduced += over;
+            nb = MAX_SNAPSHOTS as u32;
+            self.header.nb_snapshots = nb;
+        }
+        if let Err((msg, e)) = validate_table(
+            self.header.snapshots_offset,
+            u64::from(nb),
+            SNAPSHOT_HEADER_SIZE,
+            SNAPSHOT_HEADER_SIZE * MAX_SNAPSHOTS,
+            self.cs(),
+            "snapshot table",
+        ) {
+            res.check_errors += 1;
+            self.report(format!("ERROR {msg}"));
+            if u64::from(nb) > MAX_SNAPSHOTS {
+                self.err(format!(
+                    "You can force-remove all {} overhanging snapshots with qemu-img check -r all",
+                    u64::from(nb) - MAX_SNAPSHOTS
+                ));
+            }
+            self.header.nb_snapshots = 0;
+            self.header.snapshots_offset = 0;
+            return Err(e);
+        }
+        match self.read_snapshots(fix & FIX_ERRORS != 0, &mut reduced) {
+            Ok(()) => {}
+            Err((msg, e)) => {
+                res.check_errors += 1;
+                self.report(format!("ERROR failed to read the snapshot table: {msg}"));
+                self.snapshots.clear();
+                self.snapshots_size = 0;
+                self.header.nb_snapshots = 0;
+                self.header.snapshots_offset = 0;
+                return Err(e);
+            }
+        }
+        res.corruptions += u64::from(reduced) + self.extra_data_dropped;
+        if reduced != 0 {
+            // the count on disk first: the refcount check trusts it (the dropped entries'
+            // clusters become leaks it repairs)
+            if let Err(e) = self
+                .file
+                .write_at(60, &self.header.nb_snapshots.to_be_bytes())
+            {
+                res.check_errors += 1;
+                self.err(format!(
+                    "ERROR failed to update the snapshot count in the image header: {}",
+                    strerror(e)
+                ));
+                return Err(e);
+            }
+            res.corruptions_fixed += u64::from(reduced);
+            res.corruptions -= u64::from(reduced);
+        }
+        if self.header.version >= 3 {
+            let repairing = fix & FIX_ERRORS != 0;
+            for i in 0..self.snapshots.len() {
+                if self.snapshots[i].extra_data_size < 16 {
+                    res.corruptions += 1;
+                    self.err(format!(
+                        "{} snapshot table entry {i} is incomplete",
+                        if repairing { "Repairing" } else { "ERROR" }
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// QEMU's qcow2_check_fix_snapshot_table: a snapshot table found broken is rewritten
+    /// under `FIX_ERRORS` (once the refcounts are sound).
+    fn check_fix_snapshot_table(&mut self, res: &mut CheckResult, fix: u32) -> Result<(), i32> {
+        if res.corruptions == 0 || fix & FIX_ERRORS == 0 {
+            return Ok(());
+        }
+        if let Err(e) = self.write_snapshots() {
+            res.check_errors += 1;
+            self.err(format!(
+                "ERROR failed to update snapshot table: {}",
+                strerror(e)
+            ));
+            return Err(e);
+        }
+        res.corruptions_fixed += res.corruptions;
+        res.corruptions = 0;
+        Ok(())
+    }
+
+    /// QEMU's qcow2_alloc_clusters for the checker: the first run of free clusters (by the
+    /// on-disk refcounts) from the start of the image, its refcounts raised. Refcount blocks
+    /// are not allocated here: a run no refcount block covers fails with EIO.
+    fn alloc_clusters(&mut self, size: u64) -> Result<u64, i32> {
+        let cs = self.cs();
+        let count = size.div_ceil(cs);
+        let mut first = 0u64;
+        let mut run = 0u64;
+        while run < count {
+            let cluster = first + run;
+            if self.get_refcount(cluster)? != 0 {
+                first = cluster + 1;
+                run = 0;
+            } else {
+                run += 1;
+            }
+        }
+        // the overlap check QEMU makes before writing the table, made before the refcounts
+        // change: a region the refcounts call free may hold metadata they miss
+        if let Some(what) = self.overlapped_metadata(first * cs, size) {
+            self.signal_corruption(&format!(
+                "Preventing invalid write on metadata (overlaps with {what})"
+            ));
+            return Err(libc::EIO);
+        }
+        for c in first..first + count {
+            self.update_refcount(c, 1, false)?;
+        }
+        Ok(first * cs)
+    }
+
+    /// QEMU's qcow2_write_snapshots: the snapshot table written anew in fresh clusters (extra
+    /// data at least the 16 known bytes), the header pointed at it, the old table freed.
+    fn write_snapshots(&mut self) -> Result<(), i32> {
+        let disk_size = self.header.size / 512 * 512;
+        let mut table = Vec::new();
+        for sn in &self.snapshots {
+            table.resize(table.len().div_ceil(8) * 8, 0);
+            let id = c_string_bytes(&sn.id_bytes);
+            let name = c_string_bytes(&sn.name_bytes);
+            let extra_len = sn.extra_data_size.max(16);
+            let mut vm_state_size = u64::from(be32(&sn.header, 32));
+            if sn.extra.len() >= 8 {
+                vm_state_size = be64(&sn.extra, 0);
+            }
+            let sn_disk_size = if sn.extra.len() >= 16 {
+                be64(&sn.extra, 8)
+            } else {
+                disk_size
+            };
+            let mut h = sn.header.clone();
+            h[12..14].copy_from_slice(&(id.len() as u16).to_be_bytes());
+            h[14..16].copy_from_slice(&(name.len() as u16).to_be_bytes());
+            let small_state = u32::try_from(vm_state_size).unwrap_or(0);
+            h[32..36].copy_from_slice(&small_state.to_be_bytes());
+            h[36..40].copy_from_slice(&extra_len.to_be_bytes());
+            table.extend_from_slice(&h);
+            table.extend_from_slice(&vm_state_size.to_be_bytes());
+            table.extend_from_slice(&sn_disk_size.to_be_bytes());
+            table.extend_from_slice(&sn.unknown_extra);
+            table.extend_from_slice(id);
+            table.extend_from_slice(name);
+            if table.len() as u64 > MAX_SNAPSHOTS_SIZE {
+                return Err(libc::EFBIG);
+            }
+        }
+        let size = table.len() as u64;
+        let offset = self.alloc_clusters(size)?;
+        if let Some(what) = self.overlapped_metadata(offset, size) {
+            self.signal_corruption(&format!(
+                "Preventing invalid write on metadata (overlaps with {what})"
+            ));
+            return Err(libc::EIO);
+        }
+        // entries start 8-aligned; the padding between them is not written
+        let mut at = 0usize;
+        for sn in &self.snapshots {
+            at = at.div_ceil(8) * 8;
+            let len = 40
+                + sn.extra_data_size.max(16) as usize
+                + c_string_bytes(&sn.id_bytes).len()
+                + c_string_bytes(&sn.name_bytes).len();
+            self.file
+                .write_at(offset + at as u64, &table[at..at + len])?;
+            at += len;
+        }
+        let mut pointer = (self.snapshots.len() as u32).to_be_bytes().to_vec();
+        pointer.extend_from_slice(&offset.to_be_bytes());
+        self.file.write_at(60, &pointer)?;
+        let (old, old_size) = (self.header.snapshots_offset, self.snapshots_size);
+        self.header.nb_snapshots = self.snapshots.len() as u32;
+        self.header.snapshots_offset = offset;
+        self.snapshots_size = size;
+        if old_size > 0 {
+            let cs = self.cs();
+            let (first, last) = (old / cs, (old + old_size - 1) / cs);
+            for c in first..=last {
+                if let Err(e) = self.update_refcount(c, 1, true) {
+                    self.err(format!("qcow2_free_clusters failed: {}", strerror(e)));
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// QEMU's qcow2_do_read_snapshots from a check; Err is the message (its hint lines
+    /// included) and errno.
+    fn read_snapshots(&mut self, repair: bool, reduced: &mut u32) -> Result<(), (String, i32)> {
+        let start = self.header.snapshots_offset;
+        let failed = |e: i32| (format!("Failed to read snapshot table: {}", strerror(e)), e);
+        let mut off = start;
+        let mut table_length = 0u64;
+        let nb = self.header.nb_snapshots;
+        for i in 0..nb {
+            let pre_entry = off;
+            table_length = table_length.div_ceil(8) * 8;
+            off = off.div_ceil(8) * 8;
+            let h = self.pread(off, 40).map_err(failed)?;
+            off += 40;
+            let mut extra_data_size = be32(&h, 36);
             let id_len = u64::from(be16(&h, 12));
             let name_len = u64::from(be16(&h, 14));
-            let extra = u64::from(be32(&h, 36));
-            if extra > 1024 {
-                return Err("Failed to read snapshot table: Too much extra metadata in snapshot table entry 0".into());
+            let mut truncate = false;
+            if extra_data_size > MAX_SNAPSHOT_EXTRA_DATA {
+                if !repair {
+                    return Err((
+                        format!(
+                            "Too much extra metadata in snapshot table entry {i}\nYou can force-remove this extra metadata with qemu-img check -r all"
+                        ),
+                        libc::EFBIG,
+                    ));
+                }
+                self.err(format!(
+                    "Discarding too much extra metadata in snapshot table entry {i} ({extra_data_size} > {MAX_SNAPSHOT_EXTRA_DATA})"
+                ));
+                self.extra_data_dropped += 1;
+                truncate = true;
             }
-            off += 40 + extra;
-            let id = self.file.read_at(off, id_len as usize).map_err(strerror)?;
+            let known = u64::from(extra_data_size.min(16));
+            let extra = self.pread(off, known as usize).map_err(failed)?;
+            off += known;
+            let mut unknown_extra = Vec::new();
+            if extra_data_size > 16 {
+                let extra_end = off + u64::from(extra_data_size) - 16;
+                if truncate {
+                    extra_data_size = MAX_SNAPSHOT_EXTRA_DATA;
+                }
+                unknown_extra = self
+                    .pread(off, extra_data_size as usize - 16)
+                    .map_err(failed)?;
+                off = extra_end;
+            }
+            let id = self.pread(off, id_len as usize).map_err(failed)?;
             off += id_len;
-            let name = self
-                .file
-                .read_at(off, name_len as usize)
-                .map_err(strerror)?;
+            let name = self.pread(off, name_len as usize).map_err(failed)?;
             off += name_len;
+            table_length += 40 + u64::from(extra_data_size) + id_len + name_len;
+            if table_length > MAX_SNAPSHOTS_SIZE || off - start > i32::MAX as u64 {
+                if !repair {
+                    return Err((
+                        format!(
+                            "Snapshot table is too big\nYou can force-remove all {} overhanging snapshots with qemu-img check -r all",
+                            nb - i
+                        ),
+                        libc::EFBIG,
+                    ));
+                }
+                self.err(format!(
+                    "Discarding {} overhanging snapshots (snapshot table is too big)",
+                    nb - i
+                ));
+                *reduced += nb - i;
+                self.header.nb_snapshots = i;
+                off = pre_entry;
+                break;
+            }
             self.snapshots.push(Snapshot {
-                l1_table_offset,
-                l1_size,
-                id: String::from_utf8_lossy(&id).into_owned(),
-                name: String::from_utf8_lossy(&name).into_owned(),
+                l1_table_offset: be64(&h, 0),
+                l1_size: be32(&h, 8),
+                id: c_string(&id),
+                name: c_string(&name),
+                header: h,
+                extra,
+                unknown_extra,
+                extra_data_size,
+                id_bytes: id,
+                name_bytes: name,
             });
         }
-        self.snapshots_size = off - self.header.snapshots_offset;
+        self.snapshots_size = off - start;
         Ok(())
     }
 
@@ -199,6 +533,11 @@ impl<F: ImageFile> Checker<F> {
 
     fn refblock(&mut self, offset: u64) -> Result<&mut Vec<u8>, i32> {
         if !self.refblocks.contains_key(&offset) {
+            // the cache is clean (repairs write through): drop it rather than let it grow
+            // with the file
+            if self.refblocks.len() as u64 * self.cs() >= MAX_CACHED_REFBLOCK_BYTES {
+                self.refblocks.clear();
+            }
             let b = self.file.read_at(offset, self.cs() as usize)?;
             self.refblocks.insert(offset, b);
         }
@@ -285,7 +624,12 @@ impl<F: ImageFile> Checker<F> {
     }
 
     fn err(&mut self, line: String) {
-        self.log.push(line);
+        self.log.push(LogLine::Plain(line));
+    }
+
+    /// A line QEMU prints with error_report (the program's name before it).
+    fn report(&mut self, line: String) {
+        self.log.push(LogLine::Report(line));
     }
 
     /// `qcow2_inc_refcounts_imrt`.
@@ -301,7 +645,12 @@ impl<F: ImageFile> Checker<F> {
         }
         let file_len = self.file_len();
         let cs = self.cs();
-        if (offset as i128 + size as i128 - file_len as i128) >= cs as i128 {
+        // QEMU computes this in int64_t: an offset from 2^63 up wraps negative and passes,
+        // and its cluster index then asks for an array no memory holds (ENOMEM below)
+        let past_end = (offset as i64)
+            .wrapping_add(size as i64)
+            .wrapping_sub(file_len as i64);
+        if past_end >= cs as i64 {
             self.err(format!(
                 "ERROR: counting reference for region exceeding the end of the file by one cluster or more: offset {offset:#x} size {size:#x}"
             ));
@@ -309,16 +658,17 @@ impl<F: ImageFile> Checker<F> {
             return Ok(());
         }
         let start = offset & !(cs - 1);
-        let last = (offset + size - 1) & !(cs - 1);
+        let last = offset.wrapping_add(size - 1) & !(cs - 1);
+        if last < start {
+            res.check_errors += 1;
+            return Err(libc::ENOMEM);
+        }
         let mut c = start;
         while c <= last {
             let k = c / cs;
-            if k >= rt.len {
-                if k + 1 > MAX_CHECK_CLUSTERS {
-                    res.check_errors += 1;
-                    return Err(libc::ENOMEM);
-                }
-                rt.grow(k + 1);
+            if k >= rt.len && rt.grow(k + 1).is_err() {
+                res.check_errors += 1;
+                return Err(libc::ENOMEM);
             }
             let r = rt.get(k);
             if r == refcount_max(self.order()) {
@@ -327,6 +677,10 @@ impl<F: ImageFile> Checker<F> {
                 res.corruptions += 1;
             } else {
                 rt.set(k, r + 1);
+                if rt.over_budget() {
+                    res.check_errors += 1;
+                    return Err(libc::ENOMEM);
+                }
             }
             c += cs;
         }
@@ -580,6 +934,13 @@ impl<F: ImageFile> Checker<F> {
         self.inc_refcounts(res, rt, 0, cs)?;
         let (l1o, l1s) = (self.header.l1_table_offset, self.header.l1_size);
         self.check_l1(res, rt, l1o, l1s, CHECK_FRAG_INFO, fix, true)?;
+        if has_data_file(&self.header) && !self.snapshots.is_empty() {
+            self.err(format!(
+                "ERROR {} snapshots in image with data file",
+                self.snapshots.len()
+            ));
+            res.corruptions += 1;
+        }
         for sn in self.snapshots.clone() {
             if sn.l1_table_offset % cs != 0 {
                 self.err(format!(
@@ -645,21 +1006,31 @@ impl<F: ImageFile> Checker<F> {
                     if repairing { "Repairing" } else { "ERROR" }
                 ));
                 if repairing {
-                    // Grow the file to cover the block, as QEMU does (within sane bounds).
-                    let end = offset.checked_add(cs).filter(|e| *e <= 1 << 40);
-                    let resized = end.is_some_and(|end| self.file.set_len(end).is_ok());
-                    if resized {
-                        rt.grow(self.file_len().div_ceil(cs));
-                        res.corruptions -= 1;
-                        res.corruptions_fixed += 1;
-                        self.inc_refcounts(res, rt, offset, cs)?;
-                        continue;
+                    // Grow the file to cover the block, as QEMU does (sparse: the in-memory
+                    // refcounts follow what is referenced, not the file's size).
+                    let resized = if offset > i64::MAX as u64 - cs {
+                        Err(libc::EINVAL)
+                    } else {
+                        self.file.set_len(offset + cs).inspect_err(|&e| {
+                            self.report(format!("Could not resize file: {}", strerror(e)))
+                        })
+                    };
+                    match resized {
+                        Ok(()) => {
+                            if let Err(e) = rt.grow(self.file_len().div_ceil(cs)) {
+                                res.check_errors += 1;
+                                return Err(e);
+                            }
+                            res.corruptions -= 1;
+                            res.corruptions_fixed += 1;
+                            self.inc_refcounts(res, rt, offset, cs)?;
+                            continue;
+                        }
+                        Err(e) => {
+                            *rebuild = true;
+                            self.err(format!("ERROR could not resize image: {}", strerror(e)));
+                        }
                     }
-                    *rebuild = true;
-                    self.err(format!(
-                        "ERROR could not resize image: {}",
-                        strerror(libc::EFBIG)
-                    ));
                 }
                 continue;
             }
@@ -685,7 +1056,50 @@ impl<F: ImageFile> Checker<F> {
         rt: &RefArray,
     ) -> u64 {
         let mut highest = 0;
-        for i in 0..rt.len {
+        let per_block = self.header.refblock_entries();
+        let mut i = 0;
+        // where the next used page of `rt` and the next mapped refcount block start, as last
+        // found (both only move forward: the scans stay linear)
+        let mut next_used = 0u64;
+        let mut next_mapped = 0usize;
+        while i < rt.len {
+            // clusters no refcount block covers and nothing references agree (both 0)
+            let index = (i / per_block) as usize;
+            let unmapped = self
+                .reftable
+                .get(index)
+                .is_none_or(|e| e & REFT_OFFSET_MASK == 0);
+            if unmapped {
+                if next_mapped <= index {
+                    next_mapped = index;
+                    while next_mapped < self.reftable.len()
+                        && self.reftable[next_mapped] & REFT_OFFSET_MASK == 0
+                    {
+                        next_mapped += 1;
+                    }
+                }
+                let next_block = if next_mapped >= self.reftable.len() {
+                    u64::MAX
+                } else {
+                    next_mapped as u64 * per_block
+                };
+                if next_used < i {
+                    next_used = rt.next_used(i);
+                }
+                let used = if (next_used / rt.per_page()) == (i / rt.per_page()) {
+                    i
+                } else {
+                    next_used
+                };
+                let next = used.min(next_block).min(rt.len);
+                if next > i {
+                    i = next;
+                    continue;
+                }
+            }
+            let cluster = i;
+            i += 1;
+            let i = cluster;
             let r1 = match self.get_refcount(i) {
                 Ok(r) => r,
                 Err(e) => {
@@ -777,6 +1191,17 @@ impl<F: ImageFile> Checker<F> {
                     };
                     self.l1[i] = new;
                     let at = self.header.l1_table_offset + i as u64 * 8;
+                    // qcow2_write_l1_entry writes the entry's 512-byte block of the table
+                    let block = self.header.l1_table_offset + (i as u64 / 64) * 512;
+                    if let Some(what) =
+                        self.overlapped_metadata_except(block, 512, "active L1 table")
+                    {
+                        self.signal_corruption(&format!(
+                            "Preventing invalid write on metadata (overlaps with {what})"
+                        ));
+                        res.check_errors += 1;
+                        return Err(libc::EIO);
+                    }
                     if self.file.write_at(at, &new.to_be_bytes()).is_err() {
                         res.check_errors += 1;
                         return Err(libc::EIO);
@@ -827,6 +1252,19 @@ impl<F: ImageFile> Checker<F> {
                 }
             }
             if dirty > 0 {
+                if let Some(what) =
+                    self.overlapped_metadata_except(l2_offset, cs, "active L2 table")
+                {
+                    self.signal_corruption(&format!(
+                        "Preventing invalid write on metadata (overlaps with {what})"
+                    ));
+                    self.err(format!(
+                        "ERROR: Could not write L2 table; metadata overlap check failed: {}",
+                        strerror(libc::EIO)
+                    ));
+                    res.check_errors += 1;
+                    return Err(libc::EIO);
+                }
                 if let Err(e) = self.file.write_at(l2_offset, &l2) {
                     self.err(format!("ERROR: Could not write L2 table: {}", strerror(e)));
                     res.check_errors += 1;
@@ -841,8 +1279,18 @@ impl<F: ImageFile> Checker<F> {
 
     /// `qcow2_check_refcounts`; Err is a negative errno (the check failed).
     pub fn check(&mut self, fix: u32) -> (CheckResult, Result<(), i32>) {
+        let mut snapshot_res = CheckResult::default();
+        if let Err(e) = self.check_read_snapshot_table(&mut snapshot_res, fix) {
+            return (snapshot_res, Err(e));
+        }
         let mut res = CheckResult::default();
         let r = self.check_inner(&mut res, fix);
+        if r.is_ok() {
+            let r = self.check_fix_snapshot_table(&mut snapshot_res, fix);
+            add_check_result(&mut res, &snapshot_res);
+            return (res, r);
+        }
+        add_check_result(&mut res, &snapshot_res);
         (res, r)
     }
 
@@ -854,8 +1302,11 @@ impl<F: ImageFile> Checker<F> {
             res.check_errors += 1;
             return Err(libc::EFBIG);
         }
-        res.total_clusters = self.header.size.div_ceil(cs);
-        let mut rt = RefArray::new(self.order(), nb_clusters);
+        // QEMU counts the virtual size in whole sectors (bs->total_sectors)
+        res.total_clusters = (self.header.size / 512 * 512).div_ceil(cs);
+        let mut rt = RefArray::new(self.order(), nb_clusters).inspect_err(|_| {
+            res.check_errors += 1;
+        })?;
         let mut rebuild = false;
         self.calculate_refcounts(res, fix, &mut rebuild, &mut rt)?;
         let pre_compare = res.clone();
@@ -866,13 +1317,15 @@ impl<F: ImageFile> Checker<F> {
             self.err("Rebuilding refcount structure".into());
             if let Err((e, msg)) = self.rebuild_refcount_structure(&mut rt) {
                 res.check_errors += 1;
-                self.err(format!("qemu-img: {msg}: {}", strerror(e)));
+                self.report(format!("{msg}: {}", strerror(e)));
                 return Err(e);
             }
             res.corruptions = 0;
             res.leaks = 0;
             rebuild = false;
-            let mut rt = RefArray::new(self.order(), rt.len);
+            let mut rt = RefArray::new(self.order(), rt.len).inspect_err(|_| {
+                res.check_errors += 1;
+            })?;
             self.calculate_refcounts(res, 0, &mut rebuild, &mut rt)?;
             if fix & FIX_LEAKS != 0 {
                 let saved = res.clone();
@@ -926,7 +1379,8 @@ impl<F: ImageFile> Checker<F> {
             cluster += 1;
         }
         if contiguous < count {
-            rt.grow(cluster + count - contiguous);
+            // QEMU's array grows by a few clusters here; the limit is far off
+            let _ = rt.grow(cluster + count - contiguous);
         }
         cluster -= contiguous;
         for i in 0..count {
@@ -951,7 +1405,7 @@ impl<F: ImageFile> Checker<F> {
         let mut cluster = first;
         while cluster < end {
             if rt.get(cluster) == 0 {
-                cluster += 1;
+                cluster = (cluster + 1).max(rt.next_used(cluster).min(end));
                 continue;
             }
             let index = cluster / per_block;
@@ -966,6 +1420,9 @@ impl<F: ImageFile> Checker<F> {
                     }
                     if reftable.len() as u64 <= index {
                         let entries = ((index + 1) * 8).div_ceil(cs) * cs / 8;
+                        if entries * 8 > MAX_REBUILT_REFTABLE_BYTES {
+                            return Err((libc::ENOMEM, "ERROR allocating reftable memory"));
+                        }
                         reftable.resize(entries as usize, 0);
                         grown = true;
                     }
@@ -992,6 +1449,16 @@ impl<F: ImageFile> Checker<F> {
     /// structure, in QEMU's order and words, that a write of `len` bytes at `offset` would hit
     /// (the range is widened to whole clusters first, as QEMU does).
     fn overlapped_metadata(&self, offset: u64, len: u64) -> Option<&'static str> {
+        self.overlapped_metadata_except(offset, len, "")
+    }
+
+    /// [`Self::overlapped_metadata`] without the check named `ignored` (QEMU's `ign`).
+    fn overlapped_metadata_except(
+        &self,
+        offset: u64,
+        len: u64,
+        ignored: &str,
+    ) -> Option<&'static str> {
         let cs = self.cs();
         if len == 0 {
             return None;
@@ -1006,30 +1473,33 @@ impl<F: ImageFile> Checker<F> {
             self.header.l1_table_offset,
             self.header.refcount_table_offset,
         );
-        if hit(l1_offset, self.l1.len() as u64 * 8) {
+        let on = |name: &str| name != ignored;
+        if on("active L1 table") && hit(l1_offset, self.l1.len() as u64 * 8) {
             return Some("active L1 table");
         }
-        if hit(reftable_offset, self.reftable.len() as u64 * 8) {
+        if on("refcount table") && hit(reftable_offset, self.reftable.len() as u64 * 8) {
             return Some("refcount table");
         }
-        if hit(self.header.snapshots_offset, self.snapshots_size) {
+        if on("snapshot table") && hit(self.header.snapshots_offset, self.snapshots_size) {
             return Some("snapshot table");
         }
-        if self
-            .snapshots
-            .iter()
-            .any(|sn| hit(sn.l1_table_offset, u64::from(sn.l1_size) * 8))
+        if on("inactive L1 table")
+            && self
+                .snapshots
+                .iter()
+                .any(|sn| hit(sn.l1_table_offset, u64::from(sn.l1_size) * 8))
         {
             return Some("inactive L1 table");
         }
         let hits_table = |e: &u64, mask: u64| e & mask != 0 && hit(e & mask, cs);
-        if self.l1.iter().any(|e| hits_table(e, L1E_OFFSET_MASK)) {
+        if on("active L2 table") && self.l1.iter().any(|e| hits_table(e, L1E_OFFSET_MASK)) {
             return Some("active L2 table");
         }
-        if self
-            .reftable
-            .iter()
-            .any(|e| hits_table(e, REFT_OFFSET_MASK))
+        if on("refcount block")
+            && self
+                .reftable
+                .iter()
+                .any(|e| hits_table(e, REFT_OFFSET_MASK))
         {
             return Some("refcount block");
         }
@@ -1054,19 +1524,20 @@ impl<F: ImageFile> Checker<F> {
                 break;
             }
         }
-        let mut bytes = Vec::with_capacity(reftable.len() * 8);
-        for e in &reftable {
-            bytes.extend_from_slice(&e.to_be_bytes());
-        }
-        if let Some(what) = self.overlapped_metadata(rt_offset, bytes.len() as u64) {
+        if let Some(what) = self.overlapped_metadata(rt_offset, reftable.len() as u64 * 8) {
             self.signal_corruption(&format!(
                 "Preventing invalid write on metadata (overlaps with {what})"
             ));
             return Err((libc::EIO, "ERROR writing reftable"));
         }
-        self.file
-            .write_at(rt_offset, &bytes)
-            .map_err(|_| (libc::EIO, "ERROR writing reftable"))?;
+        // written a piece at a time: no second copy of a table that may take 128 MiB
+        const PIECE: usize = 1 << 16;
+        for (n, piece) in reftable.chunks(PIECE).enumerate() {
+            let bytes: Vec<u8> = piece.iter().flat_map(|e| e.to_be_bytes()).collect();
+            self.file
+                .write_at(rt_offset + (n * PIECE * 8) as u64, &bytes)
+                .map_err(|_| (libc::EIO, "ERROR writing reftable"))?;
+        }
         let mut hdr = rt_offset.to_be_bytes().to_vec();
         hdr.extend_from_slice(&(rt_clusters as u32).to_be_bytes());
         self.file
@@ -1079,7 +1550,7 @@ impl<F: ImageFile> Checker<F> {
     }
 
     /// The stderr lines produced so far (and forget them).
-    pub fn take_log(&mut self) -> Vec<String> {
+    pub fn take_log(&mut self) -> Vec<LogLine> {
         std::mem::take(&mut self.log)
     }
 
@@ -1094,6 +1565,15 @@ impl<F: ImageFile> Checker<F> {
         }
         Ok(())
     }
+}
+
+/// QEMU's qcow2_add_check_result without the allocation figures.
+fn add_check_result(out: &mut CheckResult, src: &CheckResult) {
+    out.corruptions += src.corruptions;
+    out.leaks += src.leaks;
+    out.check_errors += src.check_errors;
+    out.corruptions_fixed += src.corruptions_fixed;
+    out.leaks_fixed += src.leaks_fixed;
 }
 
 /// `qcow2_get_cluster_type` of the header's image: with extended L2 entries bit 0 is not a
@@ -1115,42 +1595,98 @@ fn has_data_file(h: &Header) -> bool {
 }
 
 /// The in-memory refcount array: entries of the image's refcount width, so it overflows where
-/// QEMU's does.
+/// QEMU's does. It is kept in pages allocated on first use, so its memory follows the clusters
+/// referenced rather than the file's size (a repair may grow the file to a terabyte).
 pub struct RefArray {
     order: u32,
     len: u64,
-    data: Vec<u8>,
+    pages: Vec<Option<Box<[u8]>>>,
+    page_count: usize,
 }
 
+/// Bytes per page of the in-memory refcount array.
+const PAGE_BYTES: usize = 1 << 16;
+/// The most memory the in-memory refcount array may take; past it the check fails with ENOMEM
+/// (as QEMU's does when its array cannot be allocated).
+const MAX_REF_ARRAY_BYTES: usize = 128 << 20;
+
 impl RefArray {
-    fn new(order: u32, len: u64) -> Self {
+    fn new(order: u32, len: u64) -> Result<Self, i32> {
         let mut a = RefArray {
             order,
             len: 0,
-            data: Vec::new(),
+            pages: Vec::new(),
+            page_count: 0,
         };
-        a.grow(len);
-        a
+        a.grow(len)?;
+        Ok(a)
     }
-    fn grow(&mut self, len: u64) {
-        let bytes = ((len << self.order).div_ceil(8)) as usize;
-        if bytes > self.data.len() {
-            self.data.resize(bytes, 0);
+    /// Entries per page.
+    fn per_page(&self) -> u64 {
+        (PAGE_BYTES as u64 * 8) >> self.order
+    }
+    /// Err(ENOMEM) where QEMU's flat array would be too large to allocate.
+    fn grow(&mut self, len: u64) -> Result<(), i32> {
+        if (u128::from(len) << self.order).div_ceil(8) > QEMU_REF_ARRAY_LIMIT {
+            return Err(libc::ENOMEM);
         }
         self.len = self.len.max(len);
+        let pages = self.len.div_ceil(self.per_page()) as usize;
+        if pages > self.pages.len() {
+            self.pages.resize_with(pages, || None);
+        }
+        Ok(())
     }
     fn get(&self, i: u64) -> u64 {
-        get_refcount(&self.data, self.order, i)
+        let per = self.per_page();
+        match self.pages.get((i / per) as usize) {
+            Some(Some(p)) => get_refcount(p, self.order, i % per),
+            _ => 0,
+        }
     }
     fn set(&mut self, i: u64, v: u64) {
-        set_refcount(&mut self.data, self.order, i, v)
+        let per = self.per_page();
+        let slot = &mut self.pages[(i / per) as usize];
+        if slot.is_none() {
+            if v == 0 {
+                return;
+            }
+            *slot = Some(vec![0u8; PAGE_BYTES].into_boxed_slice());
+            self.page_count += 1;
+        }
+        set_refcount(slot.as_mut().expect("just made"), self.order, i % per, v)
+    }
+    /// Whether the memory budget is spent.
+    fn over_budget(&self) -> bool {
+        self.page_count * PAGE_BYTES > MAX_REF_ARRAY_BYTES
+    }
+    /// The first entry at or after `i` whose page holds any refcount (`len` if none).
+    fn next_used(&self, i: u64) -> u64 {
+        let per = self.per_page();
+        let mut page = (i / per) as usize;
+        while page < self.pages.len() && self.pages[page].is_none() {
+            page += 1;
+        }
+        if page == (i / per) as usize {
+            i
+        } else {
+            (page as u64 * per).min(self.len)
+        }
     }
     /// `len` bytes of the packed array from byte `start`, zero past its end.
     fn slice(&self, start: u64, len: u64) -> Vec<u8> {
         let mut out = vec![0u8; len as usize];
-        let s = (start as usize).min(self.data.len());
-        let e = ((start + len) as usize).min(self.data.len());
-        out[..e - s].copy_from_slice(&self.data[s..e]);
+        let mut at = start;
+        while at < start + len {
+            let page = (at / PAGE_BYTES as u64) as usize;
+            let within = (at % PAGE_BYTES as u64) as usize;
+            let n = ((PAGE_BYTES - within) as u64).min(start + len - at) as usize;
+            if let Some(Some(p)) = self.pages.get(page) {
+                let o = (at - start) as usize;
+                out[o..o + n].copy_from_slice(&p[within..within + n]);
+            }
+            at += n as u64;
+        }
         out
     }
 }
@@ -1192,9 +1728,9 @@ mod tests {
 
     #[test]
     fn ref_array_grows_and_packs() {
-        let mut a = RefArray::new(0, 3);
+        let mut a = RefArray::new(0, 3).unwrap();
         a.set(2, 1);
-        a.grow(100);
+        a.grow(100).unwrap();
         assert_eq!(a.get(2), 1);
         assert_eq!(a.get(99), 0);
         assert_eq!(a.len, 100);

@@ -256,7 +256,7 @@ pub fn with_errno(msg: &str, e: i32) -> String {
 }
 
 /// QEMU's qcow2_validate_table.
-fn validate_table(
+pub fn validate_table(
     offset: u64,
     entries: u64,
     entry_len: u64,

@@ -176,7 +176,7 @@ fn repair_dirty(
         Checker::new(NodeFile(file.clone()), h.clone(), true).map_err(|_| failed(libc::EIO))?;
     let (res, ret) = checker.check(FIX_ERRORS | FIX_LEAKS);
     for line in checker.take_log() {
-        ctx.console.err(&format!("{line}\n"));
+        line.print(&ctx.console);
     }
     if let Err(e) = ret {
         return Err(failed(e));
@@ -203,7 +203,7 @@ fn open_inner(
     let read_only = ctx.flags.read_only;
     let node_file = NodeFile(file.clone());
     let mode = OpenMode {
-        check: false,
+        check: ctx.flags.check,
         writable: !read_only,
     };
     let header::Opening {
@@ -275,12 +275,19 @@ fn open_inner(
     };
     let backing_file = header::read_backing_name(&node_file, &h)?;
     let backing = header::backing_of(backing_file.as_deref(), ex.backing_format.as_deref());
-    let (snapshots, snapshots_size) = read_snapshots(&node_file, &h)?;
+    // A check reads the snapshot table itself (a broken table is what it reports).
+    let (snapshots, snapshots_size) = if ctx.flags.check {
+        (Vec::new(), 0)
+    } else {
+        read_snapshots(&node_file, &h)?
+    };
     let mut h = h;
     let mut reftable = reftable;
-    // QEMU repairs a dirty image (lazy refcounts) before serving it read-write.
+    // QEMU repairs a dirty image (lazy refcounts) before serving it read-write, unless the
+    // open is a check's.
     let cleaned = h.incompatible_features & header::INCOMPAT_DIRTY != 0
         && !read_only
+        && !ctx.flags.check
         && repair_dirty(file, ctx, &mut h, &mut l1, &mut reftable)?;
     let incompat = h.incompatible_features;
     // The bitmaps bit is QEMU's to keep; this engine drops it only once the drive is open
@@ -331,7 +338,11 @@ fn open_inner(
         ],
         overlap_check: rt.overlap_check,
         snapshots,
-        snapshots_offset: h.snapshots_offset,
+        snapshots_offset: if ctx.flags.check {
+            0
+        } else {
+            h.snapshots_offset
+        },
         snapshots_size,
         bitmap_directory: None,
         allocs: Vec::new(),

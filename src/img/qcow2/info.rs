@@ -50,8 +50,9 @@ pub fn snapshots(file: &File, h: &Header) -> Vec<SnapshotInfo> {
         let _ = file.read_exact_at(&mut name, off);
         off += name_len;
         out.push(SnapshotInfo {
-            id: String::from_utf8_lossy(&id).into_owned(),
-            name: String::from_utf8_lossy(&name).into_owned(),
+            // C strings: QEMU shows them up to the first NUL
+            id: c_string(&id),
+            name: c_string(&name),
             date_sec: be32(&hd, 16),
             date_nsec: be32(&hd, 20),
             vm_clock_nsec: be64(&hd, 24),
@@ -212,6 +213,12 @@ fn c_g3(v: f64) -> String {
     } else {
         s
     }
+}
+
+/// A NUL-terminated C string's text.
+fn c_string(b: &[u8]) -> String {
+    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+    String::from_utf8_lossy(&b[..end]).into_owned()
 }
 
 #[cfg(test)]
