@@ -73,3 +73,208 @@ fn mutated_images_fail_cleanly_without_writing() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A work directory of its own for one case.
+fn workdir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("bf-qcow2-hostile-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn have_qemu() -> bool {
+    ["qemu-img", "qemu-io"].iter().all(|t| {
+        Command::new(t)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    })
+}
+
+/// Makes `name` in `dir` with real qemu-img/qemu-io (`script`, run by sh with `$1` = name),
+/// then changes its bytes with `mutate`.
+fn build(dir: &std::path::Path, name: &str, script: &str, mutate: &dyn Fn(&mut Vec<u8>)) {
+    let st = Command::new("sh")
+        .args(["-c", script, "sh", name])
+        .current_dir(dir)
+        .status()
+        .unwrap();
+    assert!(st.success(), "setup failed: {script}");
+    let p = dir.join(name);
+    let mut img = std::fs::read(&p).unwrap();
+    mutate(&mut img);
+    std::fs::write(&p, img).unwrap();
+}
+
+/// One program's run: stdout and stderr in causal order (both line buffered into one pipe)
+/// without timing lines, and the exit status (128 + signal when killed).
+struct Run {
+    text: String,
+    status: i32,
+}
+
+fn run_io(dir: &std::path::Path, ours: bool, cmds: &[&str], image: &str) -> Run {
+    let mut script = if ours {
+        format!("'{}' io", env!("CARGO_BIN_EXE_blockfault"))
+    } else {
+        "stdbuf -oL qemu-io".to_string()
+    };
+    for c in cmds {
+        script.push_str(&format!(" -c '{c}'"));
+    }
+    script.push_str(&format!(" {image} 2>&1; echo \"status $?\""));
+    let o = Command::new("bash")
+        .args(["-c", &script])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    let mut lines: Vec<&str> = text.lines().filter(|l| !l.contains(" ops; ")).collect();
+    let status = lines
+        .pop()
+        .and_then(|l| l.strip_prefix("status "))
+        .and_then(|s| s.parse().ok())
+        .expect("an exit status");
+    Run {
+        text: lines.join("\n"),
+        status,
+    }
+}
+
+/// The parts of an image file a hostile case can touch: its length, its first 4 MiB and its
+/// last 64 KiB (a corrupt table offset can put a write terabytes out, into a sparse file).
+fn image_digest(path: &std::path::Path) -> (u64, Vec<u8>, Vec<u8>) {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path).unwrap();
+    let len = f.metadata().unwrap().len();
+    let mut head = Vec::new();
+    (&mut f).take(4 << 20).read_to_end(&mut head).unwrap();
+    let mut tail = Vec::new();
+    f.seek(SeekFrom::Start(len.saturating_sub(64 << 10)))
+        .unwrap();
+    f.read_to_end(&mut tail).unwrap();
+    (len, head, tail)
+}
+
+/// What QEMU 10.0.2 does with the image decides what ours must do: where QEMU exits, the same
+/// output, status and file; where QEMU dies on an assertion, our one `blockfault:` line and
+/// status 1.
+fn compare_with_qemu(
+    case: &str,
+    script: &str,
+    mutate: &dyn Fn(&mut Vec<u8>),
+    cmds: &[&str],
+    qemu_aborts: bool,
+) {
+    let dir = workdir(case);
+    build(&dir, "q.qcow2", script, mutate);
+    build(&dir, "b.qcow2", script, mutate);
+    let theirs = run_io(&dir, false, cmds, "q.qcow2");
+    let ours = run_io(&dir, true, cmds, "b.qcow2");
+    let what = format!("{case} {cmds:?}");
+    assert!(
+        !ours.text.contains("panicked"),
+        "{what}: engine crashed: {}",
+        ours.text
+    );
+    if qemu_aborts {
+        assert!(
+            theirs.status > 128,
+            "{what}: QEMU was expected to die on an assertion: {} (status {})",
+            theirs.text,
+            theirs.status
+        );
+        let lines: Vec<&str> = ours.text.lines().collect();
+        assert!(
+            ours.status == 1
+                && lines.last().is_some_and(
+                    |l| l.starts_with("blockfault: ") && l.contains("QEMU 10.0.2 aborts")
+                )
+                && lines
+                    .iter()
+                    .filter(|l| l.starts_with("blockfault: "))
+                    .count()
+                    == 1,
+            "{what}: expected one blockfault line and status 1, got: {} (status {})",
+            ours.text,
+            ours.status
+        );
+    } else {
+        assert_eq!(ours.text, theirs.text, "{what}: output");
+        assert_eq!(ours.status, theirs.status, "{what}: exit status");
+        assert!(
+            image_digest(&dir.join("b.qcow2")) == image_digest(&dir.join("q.qcow2")),
+            "{what}: the image files differ"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn be64_at(img: &[u8], at: usize) -> u64 {
+    u64::from_be_bytes(img[at..at + 8].try_into().unwrap())
+}
+
+/// The L1 table's offset, from the header.
+fn l1_offset(img: &[u8]) -> usize {
+    be64_at(img, 40) as usize
+}
+
+/// Issue 13 item 1: an L1 entry with the COPIED flag and L2 offset 0 (its low four bytes
+/// zeroed). Reads see an unallocated cluster; anything that needs the L2 table makes QEMU
+/// load a table at offset 0, where it aborts.
+#[test]
+fn copied_l1_entry_without_l2_table() {
+    if !have_qemu() {
+        eprintln!("skipped: qemu-img/qemu-io not installed");
+        return;
+    }
+    let script = "qemu-img create -q -f qcow2 -o refcount_bits=8 \"$1\" 1M && \
+                  qemu-io -c 'write -P 1 0 64k' \"$1\" >/dev/null";
+    let zero_low_half = |img: &mut Vec<u8>| {
+        let at = l1_offset(img) + 4;
+        img[at..at + 4].fill(0);
+    };
+    for cmd in [
+        "write -P 1 0 64k",
+        "discard 0 128k",
+        "write -c 0 64k",
+        "write -z 0 64k",
+        "truncate 512k",
+    ] {
+        compare_with_qemu("copied-l1", script, &zero_low_half, &[cmd], true);
+    }
+    for cmd in ["truncate 1M", "read -P 0 0 64k"] {
+        compare_with_qemu("copied-l1", script, &zero_low_half, &[cmd], false);
+    }
+}
+
+/// Issue 13 item 2: the refcount table moved 2 TiB out (the high half of its offset set), so
+/// every refcount reads 0 and the first free cluster is the header's. QEMU refuses to put an
+/// L2 table or a refcount block there, marks the image corrupt and goes on as it can.
+#[test]
+fn refcount_table_beyond_the_end_of_the_file() {
+    if !have_qemu() {
+        eprintln!("skipped: qemu-img/qemu-io not installed");
+        return;
+    }
+    let far_reftable = |img: &mut Vec<u8>| img[48..52].copy_from_slice(&[0, 0, 2, 0]);
+    for data in ["", "qemu-io -c 'write -P 1 0 64k' \"$1\" >/dev/null"] {
+        let script = format!(
+            "qemu-img create -q -f qcow2 -o compat=1.1,cluster_size=512 \"$1\" 4M {}",
+            if data.is_empty() {
+                String::new()
+            } else {
+                format!("&& {data}")
+            }
+        );
+        for cmd in [
+            "discard 0 128k",
+            "truncate 1M",
+            "write -P 2 0 64k",
+            "write -z 0 128k",
+            "write -c 0 64k",
+        ] {
+            compare_with_qemu("far-reftable", &script, &far_reftable, &[cmd], false);
+        }
+    }
+}
