@@ -617,16 +617,13 @@ impl Qcow2 {
         if let Some(s) = slot {
             self.cache_put(CacheKind::Refcount, s);
         }
-        if ret.is_err() {
+        // QEMU's undo length is signed: before the first cluster boundary past an unaligned
+        // offset it is negative, and that undo fails at once, changing nothing
+        if ret.is_err()
+            && let Some(done) = cluster_offset.checked_sub(offset)
+        {
             let _ = self
-                .update_refcount_boxed(
-                    node,
-                    offset,
-                    cluster_offset - offset,
-                    addend,
-                    !decrease,
-                    DiscardType::Never,
-                )
+                .update_refcount_boxed(node, offset, done, addend, !decrease, DiscardType::Never)
                 .await;
         }
         ret
