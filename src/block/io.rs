@@ -1016,6 +1016,10 @@ pub fn truncate_prealloc<'a>(
     prealloc: &'a str,
 ) -> super::driver::BoxFut<'a, Result<(), String>> {
     Box::pin(async move {
+        // a driver stopped on a fatal corruption is QEMU's missing bs->drv
+        if node.driver.has_stopped() {
+            return Err("No medium inserted".into());
+        }
         if size > MAX_LENGTH {
             return Err(
                 "Required too big image size, it must be not greater than 9223372035781033984"

@@ -6,6 +6,7 @@ mod parsers_prop;
 mod qcow2_check_agreement;
 mod qcow2_events;
 mod qcow2_fuzz;
+mod qcow2_hostile;
 mod qcow2_interop;
 mod qcow2_leaks;
 mod qcow2_random;

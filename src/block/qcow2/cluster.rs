@@ -294,8 +294,11 @@ impl Qcow2 {
                 self.cache_put(CacheKind::L2, s);
             }
             self.st.borrow_mut().l1.set(l1_index as usize, old);
-            self.free_clusters(node, l2_offset, cs, DiscardType::Always)
-                .await;
+            // offset 0 was refused above: the header is not the table's to free
+            if l2_offset != 0 {
+                self.free_clusters(node, l2_offset, cs, DiscardType::Always)
+                    .await;
+            }
             return Err(e);
         }
         Ok(())
@@ -341,6 +344,14 @@ impl Qcow2 {
                     .await;
             }
             l2_offset = self.st.borrow().l1[l1_index as usize] & L1E_OFFSET_MASK;
+        } else if l2_offset + slice_start == 0 {
+            self.qemu_aborts(
+                &format!(
+                    "the image is corrupt: L1 entry {l1_index} is marked COPIED but has no L2 table (offset 0)"
+                ),
+                "qcow2_cache_do_get",
+            );
+            return Err(libc::EIO);
         }
         let slot = self
             .cache_get(node, CacheKind::L2, l2_offset + slice_start, true)

@@ -125,6 +125,19 @@ impl Qcow2 {
         offset: u64,
         read: bool,
     ) -> IoResult<usize> {
+        if offset == 0 {
+            // Offset 0 is the header: no path QEMU guards on its own gets here, only a corrupt
+            // table pointer it trusts, and then it aborts.
+            let name = match c {
+                CacheKind::L2 => "an L2 table",
+                CacheKind::Refcount => "a refcount block",
+            };
+            self.qemu_aborts(
+                &format!("the image is corrupt: {name} at offset 0 is to be loaded"),
+                "qcow2_cache_do_get",
+            );
+            return Err(libc::EIO);
+        }
         let table_size = self.st.borrow().caches[c.idx()].table_size;
         if !offset.is_multiple_of(table_size as u64) {
             let name = match c {
@@ -165,6 +178,15 @@ impl Qcow2 {
         };
         self.st.borrow_mut().cache(c).take_ref(i);
         Ok(i)
+    }
+
+    /// Where QEMU 10.0.2 aborts on an assertion over a corrupt image: our one line, and the
+    /// process ends with status 1.
+    pub fn qemu_aborts(&self, what: &str, function: &str) {
+        self.console.err(&format!(
+            "blockfault: qcow2: {what}; QEMU 10.0.2 aborts on an assertion here ({function})\n"
+        ));
+        self.console.exit(1);
     }
 
     pub fn cache_put(&self, c: CacheKind, i: usize) {
@@ -262,6 +284,15 @@ impl Qcow2 {
             .alloc_clusters_noref(node, cs, u64::MAX)
             .await
             .map_err(plain)?;
+        if new_block == 0 {
+            self.signal_corruption(
+                node,
+                true,
+                "Preventing invalid allocation of refcount block at offset 0",
+            )
+            .await;
+            return Err(plain(libc::EIO));
+        }
         let (same_block, order, self_idx) = {
             let st = self.st.borrow();
             let shift = st.cluster_bits + st.refcount_block_bits;
@@ -586,16 +617,13 @@ impl Qcow2 {
         if let Some(s) = slot {
             self.cache_put(CacheKind::Refcount, s);
         }
-        if ret.is_err() {
+        // QEMU's undo length is signed: before the first cluster boundary past an unaligned
+        // offset it is negative, and that undo fails at once, changing nothing
+        if ret.is_err()
+            && let Some(done) = cluster_offset.checked_sub(offset)
+        {
             let _ = self
-                .update_refcount_boxed(
-                    node,
-                    offset,
-                    cluster_offset - offset,
-                    addend,
-                    !decrease,
-                    DiscardType::Never,
-                )
+                .update_refcount_boxed(node, offset, done, addend, !decrease, DiscardType::Never)
                 .await;
         }
         ret
