@@ -255,6 +255,15 @@ fn open_inner(
         .map(|c| u64::from_be_bytes(c.try_into().expect("8")))
         .collect();
     let ex = header::read_extensions(&node_file, &h, u64::from(h.header_length), ext_end)?;
+    if ex.bitmaps_dropped {
+        ctx.console.report(if h.version < 3 {
+            "warning: This qcow2 v2 image contains bitmaps, but they may have been modified by a program without persistent bitmap support; so now they must all be considered inconsistent"
+        } else {
+            "warning: a program lacking bitmap support modified this file, so all bitmaps are now considered inconsistent"
+        });
+        ctx.console
+            .err("Some clusters may be leaked, run 'qemu-img check -r' on the image file to fix.");
+    }
     let bad = |m: String| (m, libc::EINVAL);
     let data_node = if h.incompatible_features & header::INCOMPAT_DATA_FILE != 0 {
         let mut n = open_data_file(None).map_err(bad)?;
@@ -287,7 +296,20 @@ fn open_inner(
     // (see start_writing).
     let autoclear_known = header::AUTOCLEAR_DATA_FILE_RAW | header::AUTOCLEAR_BITMAPS;
     let clear_autoclear = !read_only && h.autoclear_features & !autoclear_known != 0;
-    let update_header = clear_autoclear || cleaned;
+    // QEMU's qcow2_load_dirty_bitmaps: a read-write open marks the consistent bitmaps in use
+    // (once the node is up: start_writing), and that rewrites the header anyway
+    let mut bitmaps = match ex.bitmaps {
+        Some(ext) => super::bitmap::load(&node_file, ext, cs, h.size / 512 * 512)
+            .map_err(|m| (m, libc::EINVAL))?,
+        None => super::bitmap::Bitmaps::default(),
+    };
+    for bm in &mut bitmaps.list {
+        bm.readonly = true;
+    }
+    bitmaps.open_rw_pending = !read_only && bitmaps.ext.is_some();
+    let header_by_bitmaps = !read_only && bitmaps.list.iter().any(|b| !b.inconsistent);
+    let update_header =
+        ((clear_autoclear || (ex.bitmaps_dropped && !read_only)) && !header_by_bitmaps) || cleaned;
     let csize_shift = 62 - (h.cluster_bits - 8);
     let max_idx = max_used_index(&reftable);
     let st = State {
@@ -358,13 +380,16 @@ fn open_inner(
         metadata_prealloc: std::cell::Cell::new(None),
         threads: std::cell::Cell::new(0),
         thread_queue: crate::block::executor::CoQueue::new(),
+        bitmaps: RefCell::new(bitmaps),
     };
+    driver.st.borrow_mut().bitmap_directory =
+        driver.bitmaps_ext().map(|e| (e.dir_offset, e.dir_size));
     if update_header {
         // the header rewrite goes straight to the file: the node is not built yet
+        let exts = driver.trailing_exts();
         let buf = {
             let mut st = driver.st.borrow_mut();
             st.hdr.autoclear_features = st.autoclear;
-            let exts: Vec<(u32, Vec<u8>)> = st.unknown_exts.iter().rev().cloned().collect();
             header::build(&header::HeaderImage {
                 h: &st.hdr,
                 cluster_size: cs as usize,
