@@ -43,35 +43,26 @@ fn entry_size(name_len: usize, extra: usize) -> usize {
     (ENTRY_HEADER + name_len + extra).div_ceil(8) * 8
 }
 
-/// QEMU's check_dir_entry, on the fields as stored; `len` is the image length.
-fn entry_ok(
-    table_offset: u64,
-    table_size: u32,
-    flags: u32,
-    ty: u8,
-    granularity_bits: u8,
-    name_len: usize,
-    cluster_size: u64,
-    len: u64,
-) -> bool {
-    if table_size == 0
-        || table_offset == 0
-        || !table_offset.is_multiple_of(cluster_size)
-        || u64::from(table_size) > MAX_TABLE_SIZE
-        || granularity_bits > MAX_GRANULARITY_BITS
-        || granularity_bits < MIN_GRANULARITY_BITS
-        || flags & RESERVED_FLAGS != 0
+/// QEMU's check_dir_entry, on an entry as stored (its type and name length as stored);
+/// `len` is the image length.
+fn entry_ok(e: &DirEntry, ty: u8, name_len: usize, cluster_size: u64, len: u64) -> bool {
+    if e.table_size == 0
+        || e.table_offset == 0
+        || !e.table_offset.is_multiple_of(cluster_size)
+        || u64::from(e.table_size) > MAX_TABLE_SIZE
+        || !(MIN_GRANULARITY_BITS..=MAX_GRANULARITY_BITS).contains(&e.granularity_bits)
+        || e.flags & RESERVED_FLAGS != 0
         || name_len > MAX_NAME_SIZE
         || ty != TYPE_DIRTY_TRACKING
     {
         return false;
     }
-    let phys = u64::from(table_size) * cluster_size;
+    let phys = u64::from(e.table_size) * cluster_size;
     if phys > MAX_PHYS_SIZE {
         return false;
     }
     // a consistent bitmap must cover the whole image
-    flags & FLAG_IN_USE != 0 || u128::from(len) <= (u128::from(phys) * 8) << granularity_bits
+    e.flags & FLAG_IN_USE != 0 || u128::from(len) <= (u128::from(phys) * 8) << e.granularity_bits
 }
 
 /// What `name` prints as (QEMU prints the C string: bytes up to the first NUL).
@@ -113,30 +104,22 @@ pub fn parse_directory(
             return Err("Bitmap extra data is not supported".into());
         }
         let name = dir[pos + ENTRY_HEADER..pos + ENTRY_HEADER + name_len].to_vec();
-        if !entry_ok(
-            table_offset,
-            table_size,
-            flags,
-            ty,
-            granularity_bits,
-            name_len,
-            cluster_size,
-            len,
-        ) {
-            return Err(format!(
-                "Bitmap '{}' doesn't satisfy the constraints",
-                display_name(&name)
-            ));
-        }
         // the name as QEMU keeps it (g_strndup stops at a NUL)
         let end = name.iter().position(|&c| c == 0).unwrap_or(name.len());
-        list.push(DirEntry {
+        let e = DirEntry {
             table_offset,
             table_size,
             flags,
             granularity_bits,
             name: name[..end].to_vec(),
-        });
+        };
+        if !entry_ok(&e, ty, name_len, cluster_size, len) {
+            return Err(format!(
+                "Bitmap '{}' doesn't satisfy the constraints",
+                display_name(&name)
+            ));
+        }
+        list.push(e);
         pos = next;
     }
     if list.len() as u32 != nb_bitmaps {
@@ -154,16 +137,7 @@ fn build_directory(list: &[DirEntry], cluster_size: u64, len: u64) -> IoResult<V
     }
     let mut dir = Vec::with_capacity(size);
     for e in list {
-        if !entry_ok(
-            e.table_offset,
-            e.table_size,
-            e.flags,
-            TYPE_DIRTY_TRACKING,
-            e.granularity_bits,
-            e.name.len(),
-            cluster_size,
-            len,
-        ) {
+        if !entry_ok(e, TYPE_DIRTY_TRACKING, e.name.len(), cluster_size, len) {
             return Err(libc::EINVAL);
         }
         let start = dir.len();
@@ -380,12 +354,15 @@ pub fn load(
 impl Qcow2 {
     /// Keeps the overlap check's view of the directory in step (QEMU checks it while the
     /// autoclear bit is set).
-    fn sync_bitmap_directory(&self) {
+    pub(crate) fn sync_bitmap_directory(&self) {
         let ext = self.bitmaps.borrow().ext;
         let mut st = self.st.borrow_mut();
         st.bitmap_directory = match ext {
-            Some(e) if st.autoclear & AUTOCLEAR_BITMAPS != 0 => Some((e.dir_offset, e.dir_size)),
-            _ => None,
+            _ if st.autoclear & AUTOCLEAR_BITMAPS == 0 => None,
+            Some(e) => Some((e.dir_offset, e.dir_size)),
+            // QEMU checks the empty range at 0 as ending at UINT64_MAX: with the bit set and
+            // no directory, every metadata write "overlaps" it
+            None => Some((0, u64::MAX)),
         };
     }
 

@@ -456,7 +456,7 @@ fn parse_bitmaps_ext(b: &[u8], cluster_size: u64) -> Result<BitmapsExt, OpenErro
     if ext.nb_bitmaps == 0 {
         return bad("found bitmaps extension with zero bitmaps".into());
     }
-    if ext.dir_offset % cluster_size != 0 {
+    if !ext.dir_offset.is_multiple_of(cluster_size) {
         return bad("bitmaps_ext: invalid bitmap directory offset".into());
     }
     if ext.dir_size > MAX_BITMAP_DIRECTORY_SIZE {

@@ -382,8 +382,7 @@ fn open_inner(
         thread_queue: crate::block::executor::CoQueue::new(),
         bitmaps: RefCell::new(bitmaps),
     };
-    driver.st.borrow_mut().bitmap_directory =
-        driver.bitmaps_ext().map(|e| (e.dir_offset, e.dir_size));
+    driver.sync_bitmap_directory();
     if update_header {
         // the header rewrite goes straight to the file: the node is not built yet
         let exts = driver.trailing_exts();
