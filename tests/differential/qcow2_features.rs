@@ -464,6 +464,40 @@ fn with_bitmaps() -> Vec<u8> {
     std::fs::read(dir.path().join("t.qcow2")).unwrap()
 }
 
+/// A lazy-refcounts image with bitmap `b1` left dirty (and the bitmap in use) by a qemu-io
+/// that aborted after two writes.
+fn dirty_lazy_with_bitmap() -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |prog: &str, args: &[&str]| {
+        Command::new(prog)
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .expect("runs")
+            .status
+    };
+    let opts = ["-q", "-f", "qcow2", "-o", "lazy_refcounts=on"];
+    assert!(
+        run(
+            "qemu-img",
+            &[&["create"], &opts[..], &["t.qcow2", "64M"]].concat()
+        )
+        .success()
+    );
+    assert!(run("qemu-img", &["bitmap", "--add", "t.qcow2", "b1"]).success());
+    let cmds = [
+        "-c",
+        "write 0 64k",
+        "-c",
+        "write 1M 64k",
+        "-c",
+        "abort",
+        "t.qcow2",
+    ];
+    assert!(!run("qemu-io", &cmds).success(), "qemu-io aborts");
+    std::fs::read(dir.path().join("t.qcow2")).unwrap()
+}
+
 /// Where the bitmaps extension's data starts in cluster 0.
 fn bitmaps_ext_at(img: &[u8]) -> usize {
     let magic = 0x2385_2875u32.to_be_bytes();
@@ -604,6 +638,12 @@ fn bitmaps() -> Vec<Case> {
         "bitmaps_without_autoclear_bit_dropped",
         no_bit,
         &["-c", "write 0 64k", "-c", "info", "t.qcow2"],
+    ));
+    // killed while dirty with lazy refcounts: the repair at open counts the bitmap clusters
+    cases.push(bitmap_case(
+        "bitmaps_survive_the_repair_of_a_dirty_image",
+        dirty_lazy_with_bitmap(),
+        &["-c", "write 2M 64k", "-c", "info", "t.qcow2"],
     ));
     // the autoclear bit without an extension: QEMU's overlap check then fails every write
     let mut bit_only = crate::no_lost_writes::qcow2("compat=1.1", "1M");

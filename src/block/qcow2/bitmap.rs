@@ -23,7 +23,7 @@ const RESERVED_FLAGS: u32 = 0xffff_fffc;
 pub const FLAG_IN_USE: u32 = 1;
 pub const FLAG_AUTO: u32 = 2;
 const TABLE_ENTRY_RESERVED_MASK: u64 = 0xff00_0000_0000_01fe;
-const TABLE_ENTRY_OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
+pub const TABLE_ENTRY_OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
 const TABLE_ENTRY_ALL_ONES: u64 = 1;
 /// the only bitmap type there is: dirty tracking
 const TYPE_DIRTY_TRACKING: u8 = 1;
@@ -163,7 +163,7 @@ fn table_entry_ok(entry: u64, cluster_size: u64) -> bool {
     offset == 0 || (entry & TABLE_ENTRY_ALL_ONES == 0 && offset.is_multiple_of(cluster_size))
 }
 
-fn parse_table(raw: &[u8], cluster_size: u64) -> IoResult<Vec<u64>> {
+pub fn parse_table(raw: &[u8], cluster_size: u64) -> IoResult<Vec<u64>> {
     let table: Vec<u64> = raw
         .chunks_exact(8)
         .map(|c| u64::from_be_bytes(c.try_into().expect("8")))

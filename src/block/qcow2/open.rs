@@ -134,6 +134,8 @@ pub struct Metadata {
     pub backing: Option<(String, Option<String>)>,
     /// the external data file's name as stored in the image
     pub data_file: Option<String>,
+    /// the bitmap directory (the open loads every bitmap, as QEMU's does)
+    pub bitmaps: Vec<super::bitmap::DirEntry>,
 }
 
 /// qcow2_do_open for qemu-img, which only reads metadata: the same reads and checks as
@@ -152,11 +154,20 @@ pub fn open_metadata(
     header::check_encryption(&o.h)?;
     let ex = header::read_extensions(file, &o.h, u64::from(o.h.header_length), o.ext_end)?;
     let backing_file = header::read_backing_name(file, &o.h)?;
+    let bitmaps = match ex.bitmaps {
+        Some(ext) => {
+            super::bitmap::load(file, ext, o.h.cluster_size(), o.h.size / 512 * 512)
+                .map_err(|m| (m, libc::EINVAL))?
+                .dir
+        }
+        None => Vec::new(),
+    };
     header::check_total_sectors(o.h.size)?;
     Ok(Metadata {
         h: o.h,
         backing: header::backing_of(backing_file.as_deref(), ex.backing_format.as_deref()),
         data_file: ex.data_file,
+        bitmaps,
     })
 }
 
