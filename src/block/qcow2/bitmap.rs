@@ -217,8 +217,15 @@ impl DirtyBitmap {
         }
         let first = offset >> self.granularity_bits;
         let last = ((offset + bytes - 1) >> self.granularity_bits).min(nb - 1);
-        for bit in first..=last {
-            self.words[(bit / 64) as usize] |= 1 << (bit % 64);
+        let (fw, lw) = ((first / 64) as usize, (last / 64) as usize);
+        let low = u64::MAX << (first % 64);
+        let high = u64::MAX >> (63 - last % 64);
+        if fw == lw {
+            self.words[fw] |= low & high;
+        } else {
+            self.words[fw] |= low;
+            self.words[fw + 1..lw].fill(u64::MAX);
+            self.words[lw] |= high;
         }
     }
 
@@ -261,9 +268,12 @@ impl DirtyBitmap {
         self.resize(self.size);
     }
 
+    /// Whether any bit of `from_bit..to_bit` is set; both are multiples of 64 (a cluster of
+    /// serialised bitmap holds whole words).
     fn is_dirty_in(&self, from_bit: u64, to_bit: u64) -> bool {
-        (from_bit..to_bit.min(self.nb_bits()))
-            .any(|b| self.words[(b / 64) as usize] >> (b % 64) & 1 != 0)
+        let end = ((to_bit / 64) as usize).min(self.words.len());
+        let start = ((from_bit / 64) as usize).min(end);
+        self.words[start..end].iter().any(|&w| w != 0)
     }
 
     pub fn count(&self) -> u64 {
@@ -918,5 +928,14 @@ mod tests {
         bm.resize(1 << 20);
         assert_eq!(bm.count(), 3);
         assert_eq!(bm.bytes()[..2], [0b111, 0]);
+        // ranges within one word and across several
+        let mut bm = DirtyBitmap::new(b"c".to_vec(), 9, 1 << 20);
+        bm.set(63 * 512, 2 * 512);
+        assert_eq!(bm.count(), 2);
+        assert!(bm.is_dirty_in(0, 64) && bm.is_dirty_in(64, 128) && !bm.is_dirty_in(128, 2048));
+        bm.set(100 * 512, 300 * 512);
+        assert_eq!(bm.count(), 302);
+        bm.set(5 * 512, 1);
+        assert_eq!(bm.count(), 303);
     }
 }
