@@ -9,7 +9,8 @@
 //! checker/repairer, shared with `qemu-img check`), `image_file` (the file as open and the
 //! checker reach it), `aio_task` (the parallel chunk tasks of one write), `compress` (zlib
 //! and zstd),
-//! `resize` (truncate: growing, shrinking, preallocation).
+//! `resize` (truncate: growing, shrinking, preallocation), `bitmap` (persistent dirty
+//! bitmaps: loaded at open, marked in use while writable, stored at close).
 
 mod aio_task;
 pub mod bitmap;
