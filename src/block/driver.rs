@@ -311,11 +311,18 @@ pub trait BlockDriver {
     fn reopen_abort(&self, _node: &Node, _state: Option<ReopenState>) {}
 
     /// The drive is open read-write, or was reopened so: on-disk state the engine does not
-    /// keep up to date is invalidated here, once nothing can fail the open any more (qcow2:
-    /// persistent dirty bitmaps).
+    /// keep up to date is brought up to date here (qcow2: persistent dirty bitmaps are marked
+    /// in use).
     fn start_writing<'a>(&'a self, _node: &'a Node) -> BoxFut<'a, Result<(), String>> {
         Box::pin(async { Ok(()) })
     }
+
+    /// A write, zero write or discard of `offset..offset + bytes` finished on this node
+    /// (QEMU's bdrv_set_dirty on the node's dirty bitmaps).
+    fn set_dirty(&self, _offset: u64, _bytes: u64) {}
+
+    /// The node was resized to `size` bytes (QEMU's bdrv_dirty_bitmap_truncate).
+    fn resize_dirty(&self, _size: u64) {}
 
     /// Called once when the drive is closed (caches are written back here).
     fn close<'a>(&'a self, _node: &'a Node) -> BoxFut<'a, ()> {

@@ -603,6 +603,11 @@ fn write_req_finish(node: &Node, kind: Kind, offset: u64, bytes: u64, ok: bool) 
         && kind != Kind::Discard
     {
         node.total_sectors.set(end_sector);
+        node.driver.resize_dirty(end_sector * 512);
+    }
+    // the node's dirty bitmaps record the request, failed or not
+    if bytes > 0 && matches!(kind, Kind::Write | Kind::Discard) {
+        node.driver.set_dirty(offset, bytes);
     }
 }
 

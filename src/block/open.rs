@@ -959,9 +959,10 @@ mod tests {
         );
     }
 
-    /// The bitmaps autoclear bit is dropped only once a read-write open has succeeded.
+    /// The bitmaps autoclear bit stays, as QEMU keeps it, through a failed open and a
+    /// read-write open and close that write nothing.
     #[test]
-    fn bitmaps_bit_survives_a_failed_open() {
+    fn bitmaps_bit_survives_opens() {
         let dir = tempfile::tempdir().unwrap();
         let spec = crate::img::qcow2::create::CreateSpec {
             size: 1 << 20,
@@ -989,7 +990,7 @@ mod tests {
         assert_eq!(std::fs::read(&path).unwrap(), image);
         let node = open_drive(Some("t.qcow2"), Options::new(), Some("qcow2"), &ctx).unwrap();
         drop(node);
-        assert_eq!(std::fs::read(&path).unwrap()[95] & 1, 0);
+        assert_eq!(std::fs::read(&path).unwrap(), image);
     }
 
     #[test]

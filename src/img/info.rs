@@ -189,7 +189,7 @@ impl Img<'_> {
             }
         }
         s.push_str("Format specific information:\n");
-        s.push_str(&format_specific(h, md.data_file.as_deref()));
+        s.push_str(&format_specific(h, md.data_file.as_deref(), &md.bitmaps));
         s.push_str(&child);
         let str_ = |v: &str| Some(Json::Str(v.to_string()));
         let backing_file = md.backing.as_ref().map(|(b, _)| b.as_str());
@@ -242,7 +242,11 @@ impl Img<'_> {
                     ("type", str_("qcow2")),
                     (
                         "data",
-                        Some(format_specific_json(h, md.data_file.as_deref())),
+                        Some(format_specific_json(
+                            h,
+                            md.data_file.as_deref(),
+                            &md.bitmaps,
+                        )),
                     ),
                 ])),
             ),

@@ -434,5 +434,294 @@ pub fn all() -> Vec<Case> {
     ]
     .into_iter()
     .chain(extended_l2_slices())
+    .chain(bitmaps())
     .collect()
+}
+
+/// A 64 MiB image made by qemu-img with bitmap `b1` (64 KiB granularity, recording) and `b2`
+/// (128 KiB, disabled), as `qemu-img bitmap --add` leaves them.
+fn with_bitmaps() -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let st = Command::new("qemu-img")
+            .args(args)
+            .current_dir(dir.path())
+            .status()
+            .expect("qemu-img runs");
+        assert!(st.success(), "qemu-img {args:?}");
+    };
+    run(&["create", "-q", "-f", "qcow2", "t.qcow2", "64M"]);
+    run(&["bitmap", "--add", "t.qcow2", "b1"]);
+    run(&[
+        "bitmap",
+        "--add",
+        "-g",
+        "128k",
+        "--disable",
+        "t.qcow2",
+        "b2",
+    ]);
+    std::fs::read(dir.path().join("t.qcow2")).unwrap()
+}
+
+/// A lazy-refcounts image with bitmap `b1` left dirty (and the bitmap in use) by a qemu-io
+/// that aborted after two writes.
+fn dirty_lazy_with_bitmap() -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |prog: &str, args: &[&str]| {
+        Command::new(prog)
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .expect("runs")
+            .status
+    };
+    let opts = ["-q", "-f", "qcow2", "-o", "lazy_refcounts=on"];
+    assert!(
+        run(
+            "qemu-img",
+            &[&["create"], &opts[..], &["t.qcow2", "64M"]].concat()
+        )
+        .success()
+    );
+    assert!(run("qemu-img", &["bitmap", "--add", "t.qcow2", "b1"]).success());
+    let cmds = [
+        "-c",
+        "write 0 64k",
+        "-c",
+        "write 1M 64k",
+        "-c",
+        "abort",
+        "t.qcow2",
+    ];
+    assert!(!run("qemu-io", &cmds).success(), "qemu-io aborts");
+    std::fs::read(dir.path().join("t.qcow2")).unwrap()
+}
+
+/// Where the bitmaps extension's data starts in cluster 0.
+fn bitmaps_ext_at(img: &[u8]) -> usize {
+    let magic = 0x2385_2875u32.to_be_bytes();
+    img.windows(4)
+        .position(|w| w == magic)
+        .expect("bitmaps extension")
+        + 8
+}
+
+/// The bitmap directory's offset.
+fn bitmap_dir_at(img: &[u8]) -> usize {
+    let at = bitmaps_ext_at(img) + 16;
+    u64::from_be_bytes(img[at..at + 8].try_into().unwrap()) as usize
+}
+
+fn be32_set(img: &mut [u8], at: usize, v: u32) {
+    img[at..at + 4].copy_from_slice(&v.to_be_bytes());
+}
+
+/// A change to an image's bytes.
+type Patch = Box<dyn Fn(&mut Vec<u8>)>;
+
+fn bitmap_case(name: &str, img: Vec<u8>, args: &[&str]) -> Case {
+    let mut all = Vec::new();
+    for a in args {
+        all.push(*a);
+    }
+    case(name, &all).bytes("t.qcow2", img)
+}
+
+/// blkdebug over t.qcow2 failing writes to `sector` of the file once the first L2 update has
+/// happened (so at close, where the bitmaps are stored).
+fn fail_at_close(sector: u64) -> String {
+    format!(
+        r#"json:{{"driver":"qcow2","file":{{"driver":"blkdebug","set-state":[{{"event":"l2_update","new_state":2}}],"inject-error":[{{"event":"pwritev","state":2,"errno":5,"sector":{sector}}}],"image":{{"driver":"file","filename":"t.qcow2"}}}}}}"#
+    )
+}
+
+/// Persistent dirty bitmaps (issue 8): marked in use while open read-write, writes tracked
+/// and stored at close through the cluster allocator, QEMU's errors for bad extensions and
+/// directories and for failures while storing.
+fn bitmaps() -> Vec<Case> {
+    let img = with_bitmaps();
+    let mut cases = vec![
+        bitmap_case(
+            "bitmaps_track_writes_zeroes_and_discards",
+            img.clone(),
+            &[
+                "-c",
+                "write -P 1 0 1M",
+                "-c",
+                "write -z 10M 64k",
+                "-c",
+                "write -z -u 12M 128k",
+                "-c",
+                "discard 20M 1M",
+                "-c",
+                "write 63M 512",
+                "-c",
+                "info",
+                "t.qcow2",
+            ],
+        ),
+        bitmap_case(
+            "bitmaps_read_only_open_and_reopen",
+            img.clone(),
+            &[
+                "-c",
+                "write 64k 64k",
+                "-c",
+                "reopen -r",
+                "-c",
+                "info",
+                "-c",
+                "reopen -w",
+                "-c",
+                "write 1M 4k",
+                "-c",
+                "truncate 128M",
+                "-c",
+                "write 100M 64k",
+                "-c",
+                "info",
+                "t.qcow2",
+            ],
+        ),
+        bitmap_case(
+            "bitmaps_opened_read_only_stay_as_they_are",
+            img.clone(),
+            &[
+                "-r",
+                "-c",
+                "read 0 64k",
+                "-c",
+                "info",
+                "-c",
+                "truncate 32M",
+                "t.qcow2",
+            ],
+        ),
+    ];
+    for sector in [0u64, 1152, 1280, 1408, 1536] {
+        let f = fail_at_close(sector);
+        cases.push(bitmap_case(
+            &format!("bitmaps_store_fails_at_sector_{sector}"),
+            img.clone(),
+            &["-c", "write 0 64k", "-c", "write 5M 64k", &f],
+        ));
+    }
+    // b1 in use: loaded as inconsistent, never stored, and resizing is refused
+    let mut in_use = img.clone();
+    let at = bitmap_dir_at(&in_use) + 12;
+    be32_set(&mut in_use, at, 3);
+    cases.push(bitmap_case(
+        "bitmaps_in_use_are_inconsistent",
+        in_use,
+        &[
+            "-c",
+            "write 0 64k",
+            "-c",
+            "truncate 100M",
+            "-c",
+            "reopen -r",
+            "-c",
+            "info",
+            "t.qcow2",
+        ],
+    ));
+    // the autoclear bit gone: the bitmaps are dropped (the header is rewritten read-write)
+    let mut no_bit = img.clone();
+    no_bit[95] &= !1;
+    cases.push(bitmap_case(
+        "bitmaps_without_autoclear_bit_read_only",
+        no_bit.clone(),
+        &["-r", "-c", "info", "t.qcow2"],
+    ));
+    cases.push(bitmap_case(
+        "bitmaps_without_autoclear_bit_dropped",
+        no_bit,
+        &["-c", "write 0 64k", "-c", "info", "t.qcow2"],
+    ));
+    // killed while dirty with lazy refcounts: the repair at open counts the bitmap clusters
+    cases.push(bitmap_case(
+        "bitmaps_survive_the_repair_of_a_dirty_image",
+        dirty_lazy_with_bitmap(),
+        &["-c", "write 2M 64k", "-c", "info", "t.qcow2"],
+    ));
+    // the autoclear bit without an extension: QEMU's overlap check then fails every write
+    let mut bit_only = crate::no_lost_writes::qcow2("compat=1.1", "1M");
+    bit_only[95] |= 1;
+    cases.push(bitmap_case(
+        "bitmaps_autoclear_bit_without_extension",
+        bit_only,
+        &["-c", "write 0 4k", "-c", "read 0 4k", "t.qcow2"],
+    ));
+    let ext = bitmaps_ext_at(&img);
+    let dir = bitmap_dir_at(&img);
+    let bad: Vec<(&str, Patch)> = vec![
+        (
+            "reserved",
+            Box::new(move |b: &mut Vec<u8>| be32_set(b, ext + 4, 1)),
+        ),
+        (
+            "zero_bitmaps",
+            Box::new(move |b: &mut Vec<u8>| be32_set(b, ext, 0)),
+        ),
+        (
+            "too_many",
+            Box::new(move |b: &mut Vec<u8>| be32_set(b, ext, 70000)),
+        ),
+        (
+            "fewer",
+            Box::new(move |b: &mut Vec<u8>| be32_set(b, ext, 3)),
+        ),
+        ("more", Box::new(move |b: &mut Vec<u8>| be32_set(b, ext, 1))),
+        (
+            "dir_offset",
+            Box::new(move |b: &mut Vec<u8>| b[ext + 23] = 8),
+        ),
+        (
+            "dir_size",
+            Box::new(move |b: &mut Vec<u8>| be32_set(b, ext + 8, 1)),
+        ),
+        (
+            "dir_size_short",
+            Box::new(move |b: &mut Vec<u8>| b[ext + 15] -= 8),
+        ),
+        (
+            "ext_length",
+            Box::new(move |b: &mut Vec<u8>| be32_set(b, ext - 4, 16)),
+        ),
+        (
+            "granularity",
+            Box::new(move |b: &mut Vec<u8>| b[dir + 17] = 8),
+        ),
+        ("flags", Box::new(move |b: &mut Vec<u8>| b[dir + 15] |= 4)),
+        (
+            "table_size",
+            Box::new(move |b: &mut Vec<u8>| be32_set(b, dir + 8, 0)),
+        ),
+        (
+            "extra_data",
+            Box::new(move |b: &mut Vec<u8>| be32_set(b, dir + 20, 8)),
+        ),
+        (
+            "table_entry",
+            Box::new(move |b: &mut Vec<u8>| {
+                let t = u64::from_be_bytes(b[dir..dir + 8].try_into().unwrap()) as usize;
+                b[t + 7] = 2;
+            }),
+        ),
+        (
+            "duplicate_name",
+            Box::new(move |b: &mut Vec<u8>| b[dir + 24 + 32 + 1] = b'1'),
+        ),
+    ];
+    for (what, patch) in bad {
+        let mut b = img.clone();
+        patch(&mut b);
+        cases.push(bitmap_case(
+            &format!("bitmaps_bad_{what}"),
+            b,
+            &["-c", "write 0 64k", "-c", "info", "t.qcow2"],
+        ));
+    }
+    cases
 }

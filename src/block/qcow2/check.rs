@@ -108,6 +108,8 @@ pub struct Checker<F: ImageFile> {
     signaled: bool,
     /// `stderr` lines, in order.
     log: Vec<LogLine>,
+    /// the bitmaps extension, whose directory, tables and data have refcounts too
+    bitmaps: Option<super::header::BitmapsExt>,
 }
 
 const CHECK_FRAG_INFO: u32 = 2;
@@ -168,7 +170,7 @@ impl<F: ImageFile> Checker<F> {
                 .read_at(header.l1_table_offset, header.l1_size as usize * 8)
                 .map_err(|e| format!("Could not read L1 table: {}", strerror(e)))?,
         );
-        let img = Checker {
+        let mut img = Checker {
             file,
             header,
             l1,
@@ -180,7 +182,18 @@ impl<F: ImageFile> Checker<F> {
             writable,
             signaled: false,
             log: Vec::new(),
+            bitmaps: None,
         };
+        // the bitmaps extension as the open found it (a bad one fails the open first)
+        let ext_end = if img.header.backing_file_offset != 0 {
+            img.header.backing_file_offset
+        } else {
+            cs
+        };
+        let start = u64::from(img.header.header_length);
+        img.bitmaps = super::header::read_extensions(&img.file, &img.header, start, ext_end)
+            .ok()
+            .and_then(|ex| ex.bitmaps);
         Ok(img)
     }
 
@@ -967,7 +980,53 @@ impl<F: ImageFile> Checker<F> {
             self.reftable.len() as u64 * 8,
         );
         self.inc_refcounts(res, rt, ro, rs)?;
+        self.check_bitmaps_refcounts(res, rt)?;
         self.check_refblocks(res, fix, rebuild, rt)
+    }
+
+    /// `qcow2_check_bitmaps_refcounts`: the bitmap directory, each bitmap's table and the
+    /// clusters the tables name.
+    fn check_bitmaps_refcounts(
+        &mut self,
+        res: &mut CheckResult,
+        rt: &mut RefArray,
+    ) -> Result<(), i32> {
+        let Some(ext) = self.bitmaps else {
+            return Ok(());
+        };
+        let cs = self.cs();
+        self.inc_refcounts(res, rt, ext.dir_offset, ext.dir_size)?;
+        let len = self.header.size / 512 * 512;
+        let list = (ext.dir_size != 0 && ext.dir_size <= super::header::MAX_BITMAP_DIRECTORY_SIZE)
+            .then(|| {
+                self.file
+                    .read_at(ext.dir_offset, ext.dir_size as usize)
+                    .ok()
+            })
+            .flatten()
+            .and_then(|dir| super::bitmap::parse_directory(&dir, ext.nb_bitmaps, cs, len).ok());
+        let Some(list) = list else {
+            res.corruptions += 1;
+            return Err(libc::EINVAL);
+        };
+        for e in list {
+            self.inc_refcounts(res, rt, e.table_offset, u64::from(e.table_size) * 8)?;
+            let Ok(raw) = self.file.read_at(e.table_offset, e.table_size as usize * 8) else {
+                res.corruptions += 1;
+                return Err(libc::EIO);
+            };
+            let Ok(table) = super::bitmap::parse_table(&raw, cs) else {
+                res.corruptions += 1;
+                return Err(libc::EINVAL);
+            };
+            for entry in table {
+                let offset = entry & super::bitmap::TABLE_ENTRY_OFFSET_MASK;
+                if offset != 0 {
+                    self.inc_refcounts(res, rt, offset, cs)?;
+                }
+            }
+        }
+        Ok(())
     }
 
     fn check_refblocks(

@@ -405,6 +405,67 @@ pub struct Extensions {
     pub data_file: Option<String>,
     /// extensions the rewrite keeps as they are, in the order found
     pub unknown: Vec<(u32, Vec<u8>)>,
+    /// the bitmaps extension, when the autoclear bit vouches for it
+    pub bitmaps: Option<BitmapsExt>,
+    /// a bitmaps extension without its autoclear bit: ignored, and dropped by a writable open
+    /// (QEMU warns once the extensions are read)
+    pub bitmaps_dropped: bool,
+}
+
+/// The bitmaps extension: where the bitmap directory is and how many entries it holds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BitmapsExt {
+    pub nb_bitmaps: u32,
+    pub dir_size: u64,
+    pub dir_offset: u64,
+}
+
+/// QCOW2_MAX_BITMAPS and QCOW2_MAX_BITMAP_DIRECTORY_SIZE.
+pub const MAX_BITMAPS: u32 = 65535;
+pub const MAX_BITMAP_DIRECTORY_SIZE: u64 = 1024 * MAX_BITMAPS as u64;
+
+impl BitmapsExt {
+    /// The extension's data as qcow2_update_header writes it.
+    pub fn to_bytes(self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(24);
+        b.extend_from_slice(&self.nb_bitmaps.to_be_bytes());
+        b.extend_from_slice(&0u32.to_be_bytes());
+        b.extend_from_slice(&self.dir_size.to_be_bytes());
+        b.extend_from_slice(&self.dir_offset.to_be_bytes());
+        b
+    }
+}
+
+/// qcow2_read_extensions' checks on a bitmaps extension the autoclear bit vouches for.
+fn parse_bitmaps_ext(b: &[u8], cluster_size: u64) -> Result<BitmapsExt, OpenError> {
+    let bad = |m: String| Err((m, libc::EINVAL));
+    if be32(b, 4) != 0 {
+        return bad("bitmaps_ext: Reserved field is not zero".into());
+    }
+    let ext = BitmapsExt {
+        nb_bitmaps: be32(b, 0),
+        dir_size: be64(b, 8),
+        dir_offset: be64(b, 16),
+    };
+    if ext.nb_bitmaps > MAX_BITMAPS {
+        return bad(format!(
+            "bitmaps_ext: Image has {} bitmaps, exceeding the QEMU supported maximum of {MAX_BITMAPS}",
+            ext.nb_bitmaps
+        ));
+    }
+    if ext.nb_bitmaps == 0 {
+        return bad("found bitmaps extension with zero bitmaps".into());
+    }
+    if !ext.dir_offset.is_multiple_of(cluster_size) {
+        return bad("bitmaps_ext: invalid bitmap directory offset".into());
+    }
+    if ext.dir_size > MAX_BITMAP_DIRECTORY_SIZE {
+        return bad(format!(
+            "bitmaps_ext: bitmap directory size ({}) exceeds the maximum supported size ({MAX_BITMAP_DIRECTORY_SIZE})",
+            ext.dir_size
+        ));
+    }
+    Ok(ext)
 }
 
 /// QEMU's qcow2_read_extensions over `start..end`: one read per extension header, then its
@@ -461,6 +522,19 @@ pub fn read_extensions(
                     ));
                 }
                 ex.unknown.push((magic, data()?));
+            }
+            EXT_BITMAPS => {
+                if len != 24 {
+                    return Err(("bitmaps_ext: Invalid extension length".into(), libc::EINVAL));
+                }
+                if h.autoclear_features & AUTOCLEAR_BITMAPS == 0 {
+                    ex.bitmaps_dropped = true;
+                } else {
+                    let b = file.read_at(offset, 24).map_err(|e| {
+                        (with_errno("bitmaps_ext: Could not read ext header", e), e)
+                    })?;
+                    ex.bitmaps = Some(parse_bitmaps_ext(&b, h.cluster_size())?);
+                }
             }
             EXT_DATA_FILE => {
                 let name = file.read_at(offset, len as usize).map_err(|e| {

@@ -9,9 +9,11 @@
 //! checker/repairer, shared with `qemu-img check`), `image_file` (the file as open and the
 //! checker reach it), `aio_task` (the parallel chunk tasks of one write), `compress` (zlib
 //! and zstd),
-//! `resize` (truncate: growing, shrinking, preallocation).
+//! `resize` (truncate: growing, shrinking, preallocation), `bitmap` (persistent dirty
+//! bitmaps: loaded at open, marked in use while writable, stored at close).
 
 mod aio_task;
+pub mod bitmap;
 pub mod cache;
 pub mod check;
 pub mod cluster;
@@ -54,6 +56,8 @@ pub struct Qcow2 {
     /// (de)compression jobs in the thread pool, and who waits for a free one
     pub(crate) threads: std::cell::Cell<usize>,
     pub(crate) thread_queue: crate::block::executor::CoQueue,
+    /// persistent dirty bitmaps (`bitmap`)
+    pub(crate) bitmaps: RefCell<bitmap::Bitmaps>,
 }
 
 /// QCOW2_MAX_THREADS: (de)compression jobs one image runs at once.
@@ -153,16 +157,27 @@ impl Qcow2 {
         self.update_header(node).await
     }
 
+    /// The extensions qcow2_update_header writes after the feature table: the bitmaps
+    /// extension, then the unknown ones (QEMU keeps them in a list it prepends to while
+    /// reading).
+    pub(crate) fn trailing_exts(&self) -> Vec<(u32, Vec<u8>)> {
+        let st = self.st.borrow();
+        self.bitmaps_ext()
+            .map(|e| (header::EXT_BITMAPS, e.to_bytes()))
+            .into_iter()
+            .chain(st.unknown_exts.iter().rev().cloned())
+            .collect()
+    }
+
     /// Rewrites cluster 0 (QEMU's qcow2_update_header).
     pub async fn update_header(&self, node: &Node) -> IoResult {
+        let exts = self.trailing_exts();
         let buf = {
             let mut st = self.st.borrow_mut();
             st.hdr.incompatible_features = st.incompat;
             st.hdr.compatible_features = st.compat;
             st.hdr.autoclear_features = st.autoclear;
             let st = &*st;
-            // QEMU keeps unknown extensions in a list it prepends to while reading.
-            let exts: Vec<(u32, Vec<u8>)> = st.unknown_exts.iter().rev().cloned().collect();
             header::build(&HeaderImage {
                 h: &st.hdr,
                 cluster_size: st.cluster_size as usize,
@@ -179,10 +194,20 @@ impl Qcow2 {
 
     /// Close-time write-back with QEMU's messages (qcow2_inactivate).
     async fn inactivate(&self, node: &Node) {
-        if node.flags().read_only || self.st.borrow().dead {
+        if self.st.borrow().dead {
             return;
         }
         let mut ok = true;
+        if let Err(m) = self.store_bitmaps(node, true).await {
+            ok = false;
+            self.console.report(&format!(
+                "Lost persistent bitmaps during inactivation of node '{}': {m}",
+                node.node_name()
+            ));
+        }
+        if node.flags().read_only {
+            return;
+        }
         if let Err(e) = self.cache_flush(node, CacheKind::L2).await {
             ok = false;
             self.console.report(&format!(
@@ -243,9 +268,10 @@ impl Qcow2 {
                 "lazy refcounts: {}",
                 st.compat & header::COMPAT_LAZY_REFCOUNTS != 0
             ),
-            format!("refcount bits: {}", 1u32 << st.refcount_order),
         ]
         .into_iter()
+        .chain(self.bitmap_info_lines())
+        .chain([format!("refcount bits: {}", 1u32 << st.refcount_order)])
         .chain(data_file)
         .chain([
             format!("corrupt: {}", st.incompat & INCOMPAT_CORRUPT != 0),
@@ -403,26 +429,32 @@ impl BlockDriver for Qcow2 {
         Box::pin(async move { self.reopen_prepare_impl(node, opts, flags).await })
     }
 
-    /// This engine does not maintain persistent dirty bitmaps: before the first write it clears
-    /// their autoclear bit, as a program lacking bitmap support does, so that QEMU treats them as
-    /// inconsistent. (QEMU itself keeps the bit and marks the bitmaps in use.) A failed open
-    /// never gets here and leaves the bit alone.
+    /// Persistent dirty bitmaps go writable: marked in use on disk (at open, a failure fails
+    /// the open; after a reopen QEMU only reports it).
     fn start_writing<'a>(&'a self, node: &'a Node) -> BoxFut<'a, Result<(), String>> {
         Box::pin(async move {
-            {
-                let mut st = self.st.borrow_mut();
-                if st.dead || st.autoclear & header::AUTOCLEAR_BITMAPS == 0 {
-                    return Ok(());
-                }
-                st.autoclear &= !header::AUTOCLEAR_BITMAPS;
+            if self.st.borrow().dead {
+                return Ok(());
             }
-            self.update_header(node).await.map_err(|e| {
-                format!(
-                    "Could not update qcow2 header: {}",
-                    crate::errno::strerror(e)
-                )
-            })
+            if self.bitmaps.borrow().open_rw_pending {
+                return self.bitmaps_open_rw(node).await;
+            }
+            if let Err(m) = self.bitmaps_rw(node).await {
+                self.console.report(&format!(
+                    "{}: Failed to make dirty bitmaps writable: {m}",
+                    node.node_name()
+                ));
+            }
+            Ok(())
         })
+    }
+
+    fn set_dirty(&self, offset: u64, bytes: u64) {
+        self.bitmaps_set_dirty(offset, bytes);
+    }
+
+    fn resize_dirty(&self, size: u64) {
+        self.bitmaps_resize(size);
     }
 
     fn has_stopped(&self) -> bool {

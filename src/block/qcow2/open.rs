@@ -134,6 +134,8 @@ pub struct Metadata {
     pub backing: Option<(String, Option<String>)>,
     /// the external data file's name as stored in the image
     pub data_file: Option<String>,
+    /// the bitmap directory (the open loads every bitmap, as QEMU's does)
+    pub bitmaps: Vec<super::bitmap::DirEntry>,
 }
 
 /// qcow2_do_open for qemu-img, which only reads metadata: the same reads and checks as
@@ -152,11 +154,20 @@ pub fn open_metadata(
     header::check_encryption(&o.h)?;
     let ex = header::read_extensions(file, &o.h, u64::from(o.h.header_length), o.ext_end)?;
     let backing_file = header::read_backing_name(file, &o.h)?;
+    let bitmaps = match ex.bitmaps {
+        Some(ext) => {
+            super::bitmap::load(file, ext, o.h.cluster_size(), o.h.size / 512 * 512)
+                .map_err(|m| (m, libc::EINVAL))?
+                .dir
+        }
+        None => Vec::new(),
+    };
     header::check_total_sectors(o.h.size)?;
     Ok(Metadata {
         h: o.h,
         backing: header::backing_of(backing_file.as_deref(), ex.backing_format.as_deref()),
         data_file: ex.data_file,
+        bitmaps,
     })
 }
 
@@ -255,6 +266,15 @@ fn open_inner(
         .map(|c| u64::from_be_bytes(c.try_into().expect("8")))
         .collect();
     let ex = header::read_extensions(&node_file, &h, u64::from(h.header_length), ext_end)?;
+    if ex.bitmaps_dropped {
+        ctx.console.report(if h.version < 3 {
+            "warning: This qcow2 v2 image contains bitmaps, but they may have been modified by a program without persistent bitmap support; so now they must all be considered inconsistent"
+        } else {
+            "warning: a program lacking bitmap support modified this file, so all bitmaps are now considered inconsistent"
+        });
+        ctx.console
+            .err("Some clusters may be leaked, run 'qemu-img check -r' on the image file to fix.");
+    }
     let bad = |m: String| (m, libc::EINVAL);
     let data_node = if h.incompatible_features & header::INCOMPAT_DATA_FILE != 0 {
         let mut n = open_data_file(None).map_err(bad)?;
@@ -294,7 +314,20 @@ fn open_inner(
     // (see start_writing).
     let autoclear_known = header::AUTOCLEAR_DATA_FILE_RAW | header::AUTOCLEAR_BITMAPS;
     let clear_autoclear = !read_only && h.autoclear_features & !autoclear_known != 0;
-    let update_header = clear_autoclear || cleaned;
+    // QEMU's qcow2_load_dirty_bitmaps: a read-write open marks the consistent bitmaps in use
+    // (once the node is up: start_writing), and that rewrites the header anyway
+    let mut bitmaps = match ex.bitmaps {
+        Some(ext) => super::bitmap::load(&node_file, ext, cs, h.size / 512 * 512)
+            .map_err(|m| (m, libc::EINVAL))?,
+        None => super::bitmap::Bitmaps::default(),
+    };
+    for bm in &mut bitmaps.list {
+        bm.readonly = true;
+    }
+    bitmaps.open_rw_pending = !read_only && bitmaps.ext.is_some();
+    let header_by_bitmaps = !read_only && bitmaps.list.iter().any(|b| !b.inconsistent);
+    let update_header =
+        ((clear_autoclear || (ex.bitmaps_dropped && !read_only)) && !header_by_bitmaps) || cleaned;
     let csize_shift = 62 - (h.cluster_bits - 8);
     let max_idx = max_used_index(&reftable);
     let st = State {
@@ -369,13 +402,15 @@ fn open_inner(
         metadata_prealloc: std::cell::Cell::new(None),
         threads: std::cell::Cell::new(0),
         thread_queue: crate::block::executor::CoQueue::new(),
+        bitmaps: RefCell::new(bitmaps),
     };
+    driver.sync_bitmap_directory();
     if update_header {
         // the header rewrite goes straight to the file: the node is not built yet
+        let exts = driver.trailing_exts();
         let buf = {
             let mut st = driver.st.borrow_mut();
             st.hdr.autoclear_features = st.autoclear;
-            let exts: Vec<(u32, Vec<u8>)> = st.unknown_exts.iter().rev().cloned().collect();
             header::build(&header::HeaderImage {
                 h: &st.hdr,
                 cluster_size: cs as usize,

@@ -94,6 +94,8 @@ impl Qcow2 {
         // Going read-only: everything cached reaches the file and the image is marked clean.
         // QEMU gives no reason of its own when these fail.
         if flags.read_only {
+            // QEMU's qcow2_reopen_bitmaps_ro: the bitmaps are stored and stay, read-only
+            self.store_bitmaps(node, false).await?;
             let failed = || format!("failed while preparing to reopen image '{}'", node.filename);
             io::flush(node).await.map_err(|_| failed())?;
             self.mark_clean(node).await.map_err(|_| failed())?;

@@ -55,6 +55,7 @@ impl Qcow2 {
         if nb_snapshots != 0 && version < 3 {
             return Err("Can't resize a v2 image which has snapshots".into());
         }
+        self.truncate_bitmaps_check(node).await?;
         let new_l1_size = offset.div_ceil(1u64 << shift);
         // bdrv_co_truncate: growing over a longer backing file must read zeros afterwards
         let mut zero_write = false;

@@ -1,6 +1,7 @@
 //! The qcow2 parts of `qemu-img info`: the header fields it shows, the snapshot list and the
 //! `Format specific information:` block (`ImageInfoSpecificQCow2`).
 
+use crate::block::qcow2::bitmap::{DirEntry, FLAG_AUTO, FLAG_IN_USE, display_name};
 use crate::block::qcow2::header::{
     AUTOCLEAR_DATA_FILE_RAW, Header, INCOMPAT_CORRUPT, INCOMPAT_DATA_FILE, be16, be32, be64,
 };
@@ -64,7 +65,7 @@ pub fn snapshots(file: &File, h: &Header) -> Vec<SnapshotInfo> {
 }
 
 /// `Format specific information:` lines (indented by four spaces, each ending in a newline).
-pub fn format_specific(h: &Header, data_file: Option<&str>) -> String {
+pub fn format_specific(h: &Header, data_file: Option<&str>, bitmaps: &[DirEntry]) -> String {
     let mut s = String::new();
     let compat = if h.version >= 3 { "1.1" } else { "0.10" };
     s.push_str(&format!("    compat: {compat}\n"));
@@ -76,6 +77,20 @@ pub fn format_specific(h: &Header, data_file: Option<&str>) -> String {
     s.push_str(&format!("    compression type: {ct}\n"));
     if h.version >= 3 {
         s.push_str(&format!("    lazy refcounts: {}\n", h.lazy_refcounts()));
+    }
+    if !bitmaps.is_empty() {
+        s.push_str("    bitmaps:\n");
+        for (i, e) in bitmaps.iter().enumerate() {
+            s.push_str(&format!("        [{i}]:\n            flags:\n"));
+            for (n, flag) in bitmap_flags(e).iter().enumerate() {
+                s.push_str(&format!("                [{n}]: {flag}\n"));
+            }
+            s.push_str(&format!(
+                "            name: {}\n            granularity: {}\n",
+                display_name(&e.name),
+                1u64 << e.granularity_bits
+            ));
+        }
     }
     s.push_str(&format!(
         "    refcount bits: {}\n",
@@ -99,7 +114,20 @@ pub fn format_specific(h: &Header, data_file: Option<&str>) -> String {
 }
 
 /// `ImageInfoSpecificQCow2` as JSON.
-pub fn format_specific_json(h: &Header, data_file: Option<&str>) -> crate::img::json::Json {
+/// A bitmap's flags as `info` names them.
+fn bitmap_flags(e: &DirEntry) -> Vec<&'static str> {
+    [(FLAG_IN_USE, "in-use"), (FLAG_AUTO, "auto")]
+        .into_iter()
+        .filter(|(f, _)| e.flags & f != 0)
+        .map(|(_, n)| n)
+        .collect()
+}
+
+pub fn format_specific_json(
+    h: &Header,
+    data_file: Option<&str>,
+    bitmaps: &[DirEntry],
+) -> crate::img::json::Json {
     use crate::img::json::{Json, dict};
     let v3 = h.version >= 3;
     let ct = if h.compression_type == 1 {
@@ -132,6 +160,31 @@ pub fn format_specific_json(h: &Header, data_file: Option<&str>) -> crate::img::
             v3.then_some(Json::Bool(h.incompatible_features & INCOMPAT_CORRUPT != 0)),
         ),
         ("refcount-bits", Some(Json::Int(1i64 << h.refcount_order))),
+        (
+            "bitmaps",
+            (!bitmaps.is_empty()).then(|| {
+                Json::List(
+                    bitmaps
+                        .iter()
+                        .map(|e| {
+                            dict(vec![
+                                ("name", Some(Json::Str(display_name(&e.name)))),
+                                ("granularity", Some(Json::Int(1i64 << e.granularity_bits))),
+                                (
+                                    "flags",
+                                    Some(Json::List(
+                                        bitmap_flags(e)
+                                            .into_iter()
+                                            .map(|f| Json::Str(f.into()))
+                                            .collect(),
+                                    )),
+                                ),
+                            ])
+                        })
+                        .collect(),
+                )
+            }),
+        ),
         ("compression-type", Some(Json::Str(ct.into()))),
     ])
 }
@@ -245,11 +298,11 @@ mod tests {
             ..Header::default()
         };
         assert_eq!(
-            format_specific(&h, None),
+            format_specific(&h, None, &[]),
             "    compat: 0.10\n    compression type: zlib\n    refcount bits: 16\n"
         );
         h.version = 3;
         h.compatible_features = 1;
-        assert!(format_specific(&h, None).contains("    lazy refcounts: true\n"));
+        assert!(format_specific(&h, None, &[]).contains("    lazy refcounts: true\n"));
     }
 }
