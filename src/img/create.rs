@@ -207,9 +207,10 @@ pub fn backing_path(filename: &str, backing: &str) -> String {
 }
 
 impl Img<'_> {
-    /// A `json:` backing file, opened through the block layer (options, format priority and
-    /// errors as for any json: filename): its format and virtual size, or QEMU's message.
-    fn open_json_backing(&self, name: &str, fmt: Option<&str>) -> Result<(String, u64), String> {
+    /// A `json:` or protocol (`blkdebug:...`) backing file, opened through the block layer
+    /// (options, format priority and errors as for any such filename): its format and virtual
+    /// size, or QEMU's message.
+    fn open_backing_node(&self, name: &str, fmt: Option<&str>) -> Result<(String, u64), String> {
         use crate::block::open::{OpenContext, Options, open_drive};
         let ctx = OpenContext {
             base_dir: self.base_dir.to_path_buf(),
@@ -456,8 +457,9 @@ impl Img<'_> {
         if let Some(b) = &backing_file {
             if !unsafe_backing {
                 let full = backing_path(filename, b);
-                let probed = if full.starts_with("json:") {
-                    self.open_json_backing(&full, backing_fmt.as_deref())
+                let probed = if full.starts_with("json:") || crate::block::open::has_protocol(&full)
+                {
+                    self.open_backing_node(&full, backing_fmt.as_deref())
                 } else {
                     probe_backing(self.base_dir, &full, backing_fmt.as_deref())
                 };
