@@ -8,7 +8,7 @@ use super::qcow2::info::{
     SNAPSHOT_HEADER, format_specific, format_specific_json, size_to_str, snapshot_line, snapshots,
 };
 use super::{Img, output_json};
-use crate::block::qcow2::header::INCOMPAT_DIRTY;
+use crate::block::qcow2::header::{INCOMPAT_DATA_FILE, INCOMPAT_DIRTY};
 use crate::block::qcow2::image_file::PlainFile;
 use crate::block::qcow2::open::open_metadata;
 use crate::errno::strerror;
@@ -178,7 +178,12 @@ impl Img<'_> {
             }
             backing = Some((full, bfmt.clone()));
         }
-        let sns = snapshots(file.file(), h);
+        // qcow2_snapshot_list answers ENOTSUP for an image with an external data file
+        let sns = if h.incompatible_features & INCOMPAT_DATA_FILE != 0 {
+            Vec::new()
+        } else {
+            snapshots(file.file(), h)
+        };
         if !sns.is_empty() {
             s.push_str("Snapshot list:\n");
             s.push_str(SNAPSHOT_HEADER);

@@ -154,6 +154,10 @@ pub fn open_metadata(
     header::check_encryption(&o.h)?;
     let ex = header::read_extensions(file, &o.h, u64::from(o.h.header_length), o.ext_end)?;
     let backing_file = header::read_backing_name(file, &o.h)?;
+    // as qcow2_do_open: a broken snapshot table fails every open but a check's
+    if !check {
+        read_snapshots(file, &o.h)?;
+    }
     let bitmaps = match ex.bitmaps {
         Some(ext) => {
             super::bitmap::load(file, ext, o.h.cluster_size(), o.h.size / 512 * 512)
@@ -443,7 +447,7 @@ fn open_inner(
 
 /// QEMU's qcow2_read_snapshots, as far as the driver needs the table: each snapshot's L1
 /// table, and the table's size. Reads past the end of the file read zeroes.
-fn read_snapshots(file: &NodeFile, h: &Header) -> Result<(Vec<(u64, u32)>, u64), OpenError> {
+fn read_snapshots(file: &impl ImageFile, h: &Header) -> Result<(Vec<(u64, u32)>, u64), OpenError> {
     /// QEMU's QCOW_MAX_SNAPSHOT_EXTRA_DATA and QCOW_MAX_SNAPSHOTS_SIZE.
     const MAX_EXTRA_DATA: u64 = 1024;
     const MAX_TABLE_SIZE: u64 = 1024 * 65536;

@@ -20,22 +20,20 @@ pub struct SnapshotInfo {
     pub icount: Option<u64>,
 }
 
-/// Reads up to `nb` snapshot entries (bounded by the file; a short table yields what was read).
+/// Reads the `nb` snapshot entries as the open did (which bounded the table); what lies past
+/// the end of the file reads as zeroes, as through QEMU's file protocol.
 pub fn snapshots(file: &File, h: &Header) -> Vec<SnapshotInfo> {
     let mut out = Vec::new();
     let mut off = h.snapshots_offset;
-    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
     for _ in 0..h.nb_snapshots.min(65536) {
         off = off.div_ceil(8) * 8;
         let mut hd = [0u8; 40];
-        if off >= len || file.read_exact_at(&mut hd, off).is_err() {
-            break;
-        }
+        read_zero_filled(file, &mut hd, off);
         let id_len = u64::from(be16(&hd, 12));
         let name_len = u64::from(be16(&hd, 14));
         let extra_len = u64::from(be32(&hd, 36)).min(1024);
         let mut extra = vec![0u8; extra_len as usize];
-        let _ = file.read_exact_at(&mut extra, off + 40);
+        read_zero_filled(file, &mut extra, off + 40);
         let mut vm_state_size = u64::from(be32(&hd, 32));
         if extra_len >= 8 {
             vm_state_size = be64(&extra, 0);
@@ -45,10 +43,10 @@ pub fn snapshots(file: &File, h: &Header) -> Vec<SnapshotInfo> {
             .filter(|v| *v != u64::MAX);
         off += 40 + extra_len;
         let mut id = vec![0u8; id_len as usize];
-        let _ = file.read_exact_at(&mut id, off);
+        read_zero_filled(file, &mut id, off);
         off += id_len;
         let mut name = vec![0u8; name_len as usize];
-        let _ = file.read_exact_at(&mut name, off);
+        read_zero_filled(file, &mut name, off);
         off += name_len;
         out.push(SnapshotInfo {
             // C strings: QEMU shows them up to the first NUL
@@ -62,6 +60,17 @@ pub fn snapshots(file: &File, h: &Header) -> Vec<SnapshotInfo> {
         });
     }
     out
+}
+
+/// Fills `buf` from `offset`; bytes past the end of the file (or unreadable) stay zero.
+fn read_zero_filled(file: &File, buf: &mut [u8], offset: u64) {
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], offset + done as u64) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => done += n,
+        }
+    }
 }
 
 /// `Format specific information:` lines (indented by four spaces, each ending in a newline).

@@ -47,10 +47,6 @@ impl Case {
         bytes
     }
 
-    pub fn base_name(&self) -> &'static str {
-        seeds::SPECS[self.base].name
-    }
-
     /// Whether a mutation of this field class (and op, if given) is part of the case.
     pub fn mutates(&self, class: &str, op: Option<&str>) -> bool {
         self.mutations

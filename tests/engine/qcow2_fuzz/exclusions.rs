@@ -6,8 +6,7 @@
 //! or a finding in the findings list); delete it when that lands.
 
 use super::case::Case;
-use super::check::{self, Failure, Kind};
-use super::exec::Exit;
+use super::check::{Failure, Kind};
 
 pub struct Exclusion {
     pub name: &'static str,
@@ -19,19 +18,6 @@ pub struct Exclusion {
 }
 
 pub const EXCLUSIONS: &[Exclusion] = &[
-    Exclusion {
-        name: "persistent bitmaps",
-        waits_for: "q13-findings C8 (check/open/info): ours does not know the bitmaps extension; \
-                    check counts the bitmap directory and tables as leaked clusters (and -r leaks \
-                    frees them, after which QEMU cannot open the image), info lists no bitmaps",
-        case: |c| c.base_name().contains("bitmap"),
-        failure: |f| {
-            matches!(
-                f.kind,
-                Kind::CheckDisagrees | Kind::RepairDisagrees | Kind::InfoDisagrees
-            )
-        },
-    },
     Exclusion {
         name: "metadata read past the end of the file",
         waits_for: "q13-findings C1 (check/open/info): QEMU reads metadata that runs past the end \
@@ -68,34 +54,6 @@ pub const EXCLUSIONS: &[Exclusion] = &[
         },
     },
     Exclusion {
-        name: "external data file flags",
-        waits_for: "q13-findings C3 (check/open/info): QEMU refuses an image with the external data \
-                    file bit but no usable data file name ('data-file' is required, the 'file' \
-                    driver requires a file name, the named file is missing) or with \
-                    data-file-raw but no data file; ours opens it",
-        case: |_| true,
-        failure: |f| {
-            disagreement(f)
-                && [
-                    "'data-file' is required",
-                    "data-file-raw requires a data file",
-                    "snapshots in image with data file",
-                    "requires a file name",
-                    "Could not open 'img.qcow2': Could not open '",
-                ]
-                .iter()
-                .any(|m| qemu_says(f, m))
-        },
-    },
-    Exclusion {
-        name: "backing file format",
-        waits_for: "q13-findings C9 (check/open/info): a backing format extension naming no \
-                    driver: QEMU's check and info fail ('Could not open backing file: Unknown \
-                    driver'), ours does not look at it",
-        case: |c| c.base_name().contains("backing"),
-        failure: |f| disagreement(f) && qemu_says(f, "Could not open backing file"),
-    },
-    Exclusion {
         name: "info of a snapshot name or id with NUL bytes",
         waits_for: "q13-findings C4 (check/open/info): a snapshot id or name whose size covers NUL \
                     bytes: QEMU's info shows the string up to the first NUL, ours the NULs too",
@@ -105,17 +63,6 @@ pub const EXCLUSIONS: &[Exclusion] = &[
                 && f.detail.starts_with("the JSON differs: snapshots:")
                 && !f.detail.ends_with("ours absent")
                 && !f.detail.contains("qemu-img absent")
-        },
-    },
-    Exclusion {
-        name: "info of a virtual size not a multiple of 512",
-        waits_for: "q13-findings C5 (check/open/info): QEMU rounds the header's size down to whole \
-                    sectors (bs->total_sectors), ours shows it as is",
-        case: |c| c.mutates("size", None) || c.mutates("random_bytes", None),
-        failure: |f| {
-            f.kind == Kind::InfoDisagrees
-                && f.detail.starts_with("the JSON differs: virtual-size:")
-                && !f.detail.contains("; ")
         },
     },
     Exclusion {
@@ -151,45 +98,6 @@ pub const EXCLUSIONS: &[Exclusion] = &[
                 && f.ours.code().is_some_and(|c| matches!(c, 0 | 2 | 3))
                 && !qemu_says(f, "Could not open")
         },
-    },
-    Exclusion {
-        name: "refcount rebuild sized by a far offset",
-        waits_for: "q13-findings T1 (check/open/info): a refcount table entry pointing far past \
-                    the end (random bytes in the reftable), then check -r all, or an open that \
-                    repairs a dirty image: QEMU's rebuild grows with that offset too (5-30 s, \
-                    264 MiB to 3 GiB, or killed at 30 s); ours exceeds the time floor, 256 MiB, \
-                    or aborts on a failed allocation ('memory allocation of N bytes failed')",
-        case: |_| true,
-        failure: |f| {
-            matches!(f.kind, Kind::Time | Kind::Memory)
-                && f.qemu.as_ref().is_some_and(|q| {
-                    q.exit == Exit::TimedOut || q.max_rss_kib > check::MEMORY_LIMIT_KIB / 2
-                })
-        },
-    },
-    Exclusion {
-        name: "panic: L2 slice out of range in the cache",
-        waits_for: "q13-findings R1 (runtime): an L1 entry pointing at a cluster that is no L2 \
-                    table; QEMU asserts (offset != 0 in qcow2_cache_do_get), ours panics in \
-                    src/block/qcow2/cache.rs (range start index out of range)",
-        case: |_| true,
-        failure: |f| f.kind == Kind::Panic && ours_says(f, "panicked at src/block/qcow2/cache.rs"),
-    },
-    Exclusion {
-        name: "panic: refcount subtraction overflow",
-        waits_for: "q13-findings R2 (runtime): a refcount table that moved: ours panics with \
-                    'attempt to subtract with overflow' in src/block/qcow2/refcount.rs",
-        case: |_| true,
-        failure: |f| {
-            f.kind == Kind::Panic && ours_says(f, "panicked at src/block/qcow2/refcount.rs")
-        },
-    },
-    Exclusion {
-        name: "panic: empty refcount table index",
-        waits_for: "q13-findings R3 (runtime): a refcount table past the end of the file: ours \
-                    panics with 'index out of bounds: the len is 0' in src/block/qcow2/state.rs",
-        case: |_| true,
-        failure: |f| f.kind == Kind::Panic && ours_says(f, "panicked at src/block/qcow2/state.rs"),
     },
 ];
 
