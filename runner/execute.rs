@@ -88,7 +88,7 @@ pub fn run_sweep_point(
         match Scratch::new(name) {
             Ok(dir) => {
                 run_case(case, &dir.path, backend, &mut pieces);
-                if let Some(sweep) = &s.sweep
+                if let Some(sweep) = &case.sweep
                     && !pieces.iter().any(|(label, _)| label == "setup")
                 {
                     let text = crate::sweep::run(sweep, &dir.path, backend, point);

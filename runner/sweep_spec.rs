@@ -152,6 +152,27 @@ pub struct Crash {
 /// The most reorderings: the states grow as (writes since a flush)^reorder.
 const MAX_REORDER: usize = 3;
 
+/// The sweep of one matrix case: `${name}` replaced in the workload's image, format, cache and
+/// commands and in the checks, then checked.
+pub fn substitute(
+    s: &Sweep,
+    sub: &dyn Fn(&str) -> Result<String, String>,
+) -> Result<Sweep, String> {
+    let all = |v: &[String]| v.iter().map(|c| sub(c)).collect::<Result<Vec<_>, _>>();
+    let out = Sweep {
+        workload: Workload {
+            image: sub(&s.workload.image)?,
+            format: sub(&s.workload.format)?,
+            cache: s.workload.cache.as_deref().map(sub).transpose()?,
+            commands: all(&s.workload.commands)?,
+        },
+        checks: all(&s.checks)?,
+        ..s.clone()
+    };
+    check(&out)?;
+    Ok(out)
+}
+
 /// Rules serde cannot express; `Err` is the message without the file name.
 pub fn check(s: &Sweep) -> Result<(), String> {
     if s.faults.is_none() && s.crash.is_none() {
