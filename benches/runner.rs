@@ -6,6 +6,9 @@
 //! `cargo bench --bench runner` (BENCH_SCENARIOS=N to change the default of 500;
 //! BENCH_SUITE_ROUNDS=N suite rounds per backend, alternating, best kept, default 1;
 //! BENCH_SUITE=0 skips the suite row).
+//! Sweep rows first: one fault-sweep point of iotest 026's 128 kB write, builtin vs real QEMU
+//! (target: builtin at least 50x), and crash states checked per second on the same write
+//! (target: at least 1,000/s). BENCH_SWEEPS=0 skips them; BENCH_SCENARIOS=0 runs only them.
 
 #![allow(unused_imports, dead_code)]
 
@@ -123,11 +126,79 @@ fn suite_row(rounds: usize) {
     );
 }
 
+/// A scenario of the project's own, loaded and expanded.
+fn load(rel: &str) -> (scenario::Scenario, Vec<matrix::Case>) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(rel);
+    let text = std::fs::read_to_string(&path).expect("the scenario exists");
+    let s = scenario::parse(&text, &path).unwrap_or_else(|e| panic!("{rel}: {e:?}"));
+    let cases = matrix::expand(&s, matrix::DEFAULT_MAX_CASES).expect("it expands");
+    (s, cases)
+}
+
+/// Seconds for one run of a sweep scenario, and the number in its summary line
+/// (`<kind> sweep: N <unit>s: ...`).
+fn sweep_run(
+    s: &(scenario::Scenario, Vec<matrix::Case>),
+    backend: BackendKind,
+    unit: &str,
+) -> (f64, usize) {
+    let t0 = Instant::now();
+    let output = match execute::run(&s.0, &s.1, "bench", backend, false) {
+        execute::Outcome::Ran { output, .. } => output,
+        other => panic!("the sweep did not run: {other:?}"),
+    };
+    let secs = t0.elapsed().as_secs_f64();
+    let count = output
+        .lines()
+        .find_map(|l| {
+            let rest = l.split_once(" sweep: ")?.1;
+            let (n, tail) = rest.split_once(' ')?;
+            tail.starts_with(unit).then(|| n.parse().ok())?
+        })
+        .expect("the sweep prints its count");
+    (secs, count)
+}
+
+fn sweep_rows() {
+    let faults = load("scenarios/sweeps/026-write-128k.yaml");
+    let (b, points) = sweep_run(&faults, BackendKind::Builtin, "point");
+    println!(
+        "fault sweep 026-write-128k: {points} points, builtin {b:.2} s ({:.2} ms/point)",
+        b * 1e3 / points as f64
+    );
+    if backend_qemu::program("qemu-io").is_some() && backend_qemu::program("qemu-img").is_some() {
+        let (q, _) = sweep_run(&faults, BackendKind::Qemu, "point");
+        println!(
+            "fault sweep 026-write-128k: qemu {q:.2} s ({:.2} ms/point): builtin is {:.1}x per point",
+            q * 1e3 / points as f64,
+            q / b
+        );
+    }
+    let crash = load("scenarios/sweeps/026-write-128k-crash.yaml");
+    // Several rounds: one is a few milliseconds.
+    let (mut secs, mut states) = (0.0, 0);
+    while secs < 2.0 {
+        let (t, n) = sweep_run(&crash, BackendKind::Builtin, "state");
+        secs += t;
+        states += n;
+    }
+    println!(
+        "crash sweep 026-write-128k-crash: {states} states in {secs:.2} s, {:.0} states/s",
+        states as f64 / secs
+    );
+}
+
 fn main() {
+    if !std::env::var("BENCH_SWEEPS").is_ok_and(|v| v == "0") {
+        sweep_rows();
+    }
     let n: usize = std::env::var("BENCH_SCENARIOS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(500);
+    if n == 0 {
+        return;
+    }
     let scenarios: Vec<_> = (0..n)
         .map(|i| {
             let s = scenario::parse(&generate(i), Path::new("generated.yaml"))

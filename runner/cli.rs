@@ -45,6 +45,11 @@ pub struct RunArgs {
     /// Keep each scenario's scratch directory and print its path
     #[arg(long)]
     pub keep: bool,
+    /// Replay one point of a sweep (an id from its golden, e.g. `pwritev#3/errno=5/once` or
+    /// `crash@12-3`) with everything it printed; with --keep its files stay in
+    /// SCRATCH/sweep-point/. Takes one sweep scenario; compares no golden.
+    #[arg(long, value_name = "ID")]
+    pub point: Option<String>,
     /// The most cases one scenario's matrix may make
     #[arg(long, value_name = "N", default_value_t = crate::matrix::DEFAULT_MAX_CASES)]
     pub max_cases: usize,

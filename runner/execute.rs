@@ -55,6 +55,18 @@ pub fn skip_reason(s: &Scenario, backend: BackendKind) -> Option<String> {
 
 /// Runs every case (already expanded and checked) unless the scenario is skipped.
 pub fn run(s: &Scenario, cases: &[Case], name: &str, backend: BackendKind, keep: bool) -> Outcome {
+    run_sweep_point(s, cases, name, backend, keep, None)
+}
+
+/// As [`run`]; with `point`, a sweep runs that one point alone (`--point`).
+pub fn run_sweep_point(
+    s: &Scenario,
+    cases: &[Case],
+    name: &str,
+    backend: BackendKind,
+    keep: bool,
+    point: Option<&str>,
+) -> Outcome {
     if let Some(reason) = skip_reason(s, backend) {
         return Outcome::Skipped(reason);
     }
@@ -76,10 +88,10 @@ pub fn run(s: &Scenario, cases: &[Case], name: &str, backend: BackendKind, keep:
         match Scratch::new(name) {
             Ok(dir) => {
                 run_case(case, &dir.path, backend, &mut pieces);
-                if let Some(sweep) = &s.sweep
+                if let Some(sweep) = &case.sweep
                     && !pieces.iter().any(|(label, _)| label == "setup")
                 {
-                    let text = crate::sweep::run(sweep, &dir.path, backend);
+                    let text = crate::sweep::run(sweep, &dir.path, backend, point);
                     pieces.push(("sweep".to_string(), text));
                 }
                 if keep {

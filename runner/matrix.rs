@@ -14,6 +14,8 @@ pub struct Case {
     pub images: Vec<Image>,
     /// The steps this case runs (`if:` leaves some out).
     pub steps: Vec<CaseStep>,
+    /// The scenario's `sweep:`, values substituted.
+    pub sweep: Option<crate::sweep_spec::Sweep>,
 }
 
 /// A step of one case, values substituted.
@@ -122,11 +124,17 @@ fn case(s: &Scenario, bindings: Vec<(String, String)>) -> Result<Case, String> {
     for image in &images {
         check_relative("images", &image.name)?;
     }
+    let sweep = s
+        .sweep
+        .as_ref()
+        .map(|w| crate::sweep_spec::substitute(w, &sub))
+        .transpose()?;
     Ok(Case {
         bindings,
         files,
         images,
         steps,
+        sweep,
     })
 }
 

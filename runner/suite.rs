@@ -31,7 +31,57 @@ pub fn main(args: RunArgs) -> i32 {
             2
         }
         Ok(None) => 0,
-        Ok(Some(jobs)) => run_and_report(&args, jobs),
+        Ok(Some(jobs)) => match &args.point {
+            Some(id) => replay_point(&args, &jobs, id),
+            None => run_and_report(&args, jobs),
+        },
+    }
+}
+
+/// `--point ID`: one point of one sweep, its whole account on stdout; 1 if the point fails.
+fn replay_point(args: &RunArgs, jobs: &[Job], id: &str) -> i32 {
+    let [job] = jobs else {
+        eprintln!(
+            "error: --point replays a point of one sweep scenario; {} selected (name one file, or narrow with -k)",
+            jobs.len()
+        );
+        return 2;
+    };
+    if job.scenario.sweep.is_none() {
+        eprintln!("error: --point: {} has no `sweep:`", job.entry.name);
+        return 2;
+    }
+    let outcome = execute::run_sweep_point(
+        &job.scenario,
+        &job.cases,
+        &job.entry.name,
+        args.backend,
+        args.keep,
+        Some(id),
+    );
+    match outcome {
+        execute::Outcome::Skipped(reason) => {
+            eprintln!("error: --point: {} is skipped: {reason}", job.entry.name);
+            2
+        }
+        execute::Outcome::Interrupted => 130,
+        execute::Outcome::Ran { output, kept, .. } => {
+            print!("{output}");
+            for dir in kept {
+                println!(
+                    "kept: {} (the point's files: {})",
+                    dir.display(),
+                    dir.join("sweep-point").display()
+                );
+            }
+            if output.lines().any(|l| l.starts_with("[sweep failed")) {
+                2
+            } else if output.lines().any(|l| l.starts_with("FAILED")) {
+                1
+            } else {
+                0
+            }
+        }
     }
 }
 

@@ -15,21 +15,27 @@
 
 #[path = "sweep/crash.rs"]
 mod crash;
+#[path = "sweep/point.rs"]
+mod point;
 
 use crate::backend_builtin;
 use crate::backend_qemu;
 use crate::filters;
 use crate::scenario::BackendKind;
 use crate::sweep_spec::workload;
-use crate::sweep_spec::{Crash, EventChoice, Faults, Mode, Sweep, Workload};
+use crate::sweep_spec::{Crash, EventChoice, Faults, Mode, Random, Sweep, Workload};
 use blockfault::block::blkdebug::events::Event;
+use point::{Fault, Point, Rng, faults_id, rules};
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use workload::{Command, Effect, Model, Status};
+use std::rc::Rc;
+use workload::{Command, Effect, Model, SECTOR, Status};
 
-/// Runs the sweep in `dir` (files, images and steps done); returns its summary for the golden.
-pub fn run(s: &Sweep, dir: &Path, backend: BackendKind) -> String {
+/// Runs the sweep in `dir` (files, images and steps done); returns its summary for the golden,
+/// or with `only` (a point id, see [`point`]) that one point's full account.
+pub fn run(s: &Sweep, dir: &Path, backend: BackendKind, only: Option<&str>) -> String {
     let commands: Vec<Command> = s
         .workload
         .commands
@@ -47,6 +53,19 @@ pub fn run(s: &Sweep, dir: &Path, backend: BackendKind) -> String {
         snapshot,
         backend,
     };
+    if let Some(id) = only {
+        return match point::parse(id) {
+            Err(e) => format!("[sweep failed: --point: {e}]\n"),
+            Ok(Point::Faults(_)) if s.faults.is_none() => {
+                "[sweep failed: --point: this sweep has no `faults`, only crash points (crash@...)]\n".into()
+            }
+            Ok(Point::Faults(faults)) => ctx.replay_faults(&faults),
+            Ok(Point::Crash(label)) => match &s.crash {
+                None => "[sweep failed: --point: this sweep has no `crash`]\n".into(),
+                Some(c) => crash::replay(&ctx, c, &label),
+            },
+        };
+    }
     let mut out = String::new();
     if let Some(f) = &s.faults {
         out.push_str(&ctx.faults(f));
@@ -78,10 +97,49 @@ struct Ctx<'a> {
 struct Verdict {
     leaked: u64,
     /// corruption, data that should not be there, a failing extra check: each in full
-    problems: Vec<String>,
+    problems: Vec<(Class, String)>,
+    /// `qemu-img check`'s status and whole output, for a replay
+    check: Option<(i32, String)>,
+    /// the extra checks' status and whole output, for a replay
+    checks: Option<(i32, String)>,
 }
 
 impl Verdict {
+    fn class(&self) -> Class {
+        let worst = self.problems.iter().map(|(c, _)| *c).max();
+        let leak = if self.leaked > 0 {
+            Class::Leak
+        } else {
+            Class::Quiet
+        };
+        worst.map_or(leak, |w| w.max(leak))
+    }
+
+    /// Everything the checks printed, for `--point`.
+    fn full(&self) -> String {
+        let mut out = String::new();
+        if let Some((status, text)) = &self.check {
+            let _ = writeln!(out, "qemu-img check (exit {status}):\n{}", indent_all(text));
+        }
+        let data: Vec<&String> = self
+            .problems
+            .iter()
+            .filter(|(c, _)| *c == Class::LostData)
+            .map(|(_, t)| t)
+            .collect();
+        if data.is_empty() {
+            let _ = writeln!(out, "data: as the workload's commands allow");
+        } else {
+            for t in data {
+                let _ = writeln!(out, "{}", t.trim_end());
+            }
+        }
+        if let Some((status, text)) = &self.checks {
+            let _ = writeln!(out, "checks (exit {status}):\n{}", indent_all(text));
+        }
+        out
+    }
+
     fn image(&self) -> String {
         match self.leaked {
             0 => "image clean".to_string(),
@@ -178,6 +236,9 @@ impl Ctx<'_> {
         if ranges.is_empty() {
             return Ok(BTreeMap::new());
         }
+        if backend == BackendKind::Builtin {
+            return self.read_back_in_process(&ranges);
+        }
         let (out, _) = self.qemu_io(
             backend,
             &self.wl().image,
@@ -185,6 +246,51 @@ impl Ctx<'_> {
             true,
         );
         workload::parse_dumps(&ranges, &out)
+    }
+
+    /// The read-back on the builtin engine, through the library rather than qemu-io's `read
+    /// -v` (whose hex dump, printed and parsed again, was most of a crash state's cost): the
+    /// image opened read-only as qemu-io would open it, each range read as `read` / `read -b`.
+    fn read_back_in_process(&self, ranges: &[(bool, u64, u64)]) -> Result<OldData, String> {
+        use blockfault::block::{executor, io, node::OpenFlags, open};
+        let wl = self.wl();
+        let ctx = open::OpenContext {
+            base_dir: self.point.clone(),
+            console: blockfault::output::Console::new(Rc::new(RefCell::new(
+                blockfault::output::Capture::default(),
+            ))),
+            flags: OpenFlags {
+                read_only: true,
+                unmap: true,
+                ..OpenFlags::default()
+            },
+            skip_host_sync: true,
+        };
+        let root = open::open_drive(
+            Some(&wl.image),
+            open::Options::new(),
+            Some(&wl.format),
+            &ctx,
+        )
+        .map_err(|e| format!("reading back failed: can't open {}: {e}", wl.image))?;
+        let ranges = ranges.to_vec();
+        let read = executor::block_on(async move {
+            let mut out = BTreeMap::new();
+            for (vm, offset, len) in ranges {
+                let mut buf = vec![0u8; len as usize];
+                let r = if vm {
+                    root.driver.load_vmstate(&root, offset, &mut buf).await
+                } else {
+                    io::preadv(&root, offset, &mut buf).await
+                };
+                r.map_err(|e| format!("reading back failed: {}", blockfault::errno::strerror(e)))?;
+                for (i, sector) in buf.chunks(SECTOR as usize).enumerate() {
+                    out.insert((vm, offset / SECTOR + i as u64), sector.to_vec());
+                }
+            }
+            Ok(out)
+        });
+        read.unwrap_or_else(|| Err("reading back failed: the read never completed".into()))
     }
 
     /// The built-in checks and the scenario's own, on the image as the point left it.
@@ -200,38 +306,69 @@ impl Ctx<'_> {
             match status {
                 0 => {}
                 3 => v.leaked = leaked_clusters(&out),
-                _ => v
-                    .problems
-                    .push(format!("qemu-img check: exit {status}\n{}", indent(&out))),
+                _ => v.problems.push((
+                    Class::Corrupt,
+                    format!("qemu-img check: exit {status}\n{}", indent(&out)),
+                )),
             }
+            v.check = Some((status, out));
         }
         match self.read_back(backend) {
             Ok(found) => {
                 let bad = model.mismatches(&found);
                 if !bad.is_empty() {
-                    v.problems
-                        .push(format!("data:\n{}", indent(&(bad.join("\n") + "\n"))));
+                    v.problems.push((
+                        Class::LostData,
+                        format!("data:\n{}", indent(&(bad.join("\n") + "\n"))),
+                    ));
                 }
             }
-            Err(e) => v.problems.push(format!("data: {e}")),
+            Err(e) => v.problems.push((Class::LostData, format!("data: {e}"))),
         }
         if !self.sweep.checks.is_empty() {
             let (out, status) = self.qemu_io(backend, &wl.image, &self.sweep.checks, false);
             if status != 0 {
-                v.problems
-                    .push(format!("checks: exit {status}\n{}", indent(&out)));
+                v.problems.push((
+                    Class::Checks,
+                    format!("checks: exit {status}\n{}", indent(&out)),
+                ));
             }
+            v.checks = Some((status, out));
         }
         v
     }
 
-    /// The fault sweep.
-    fn faults(&self, f: &Faults) -> String {
-        let mut out = String::new();
+    /// The clean image's data and each event's count (the builtin engine counts, whichever
+    /// backend runs the points).
+    fn fault_setup(&self) -> Result<(OldData, Vec<u64>), String> {
+        self.reset(&self.snapshot)?;
+        let old = self.read_back(self.backend)?;
+        self.write_rules("")?;
+        /// Stops counting even if the workload panics, so the thread's next scenario does
+        /// not count.
+        struct Counting;
+        impl Drop for Counting {
+            fn drop(&mut self) {
+                blockfault::block::blkdebug::tally::finish();
+            }
+        }
+        blockfault::block::blkdebug::tally::start();
+        let counting = Counting;
+        self.qemu_io(
+            BackendKind::Builtin,
+            &self.blkdebug_drive(),
+            &self.wl().commands,
+            false,
+        );
+        let counts = blockfault::block::blkdebug::tally::finish();
+        drop(counting);
+        Ok((old, counts))
+    }
+
+    fn header(&self, f: &Faults) -> String {
         let errnos: Vec<String> = f.errno.iter().map(u32::to_string).collect();
         let modes: Vec<&str> = f.mode.iter().map(|m| m.name()).collect();
-        let _ = writeln!(
-            out,
+        format!(
             "fault sweep: {} on {} ({}, cache {}); errno {}; {}",
             plural(self.commands.len(), "command"),
             self.wl().image,
@@ -239,33 +376,24 @@ impl Ctx<'_> {
             self.wl().cache.as_deref().unwrap_or("writeback"),
             errnos.join(" "),
             modes.join(" ")
-        );
-        let setup = || -> Result<_, String> {
-            self.reset(&self.snapshot)?;
-            let old = self.read_back(self.backend)?;
-            // Counting: the builtin engine, whichever backend runs the points.
-            self.write_rules("")?;
-            /// Stops counting even if the workload panics, so the thread's next scenario
-            /// does not count.
-            struct Counting;
-            impl Drop for Counting {
-                fn drop(&mut self) {
-                    blockfault::block::blkdebug::tally::finish();
-                }
-            }
-            blockfault::block::blkdebug::tally::start();
-            let counting = Counting;
-            self.qemu_io(
-                BackendKind::Builtin,
-                &self.blkdebug_drive(),
-                &self.wl().commands,
-                false,
-            );
-            let counts = blockfault::block::blkdebug::tally::finish();
-            drop(counting);
-            Ok((old, counts))
-        };
-        let (old, counts) = match setup() {
+        )
+    }
+
+    fn events(f: &Faults) -> Vec<Event> {
+        match &f.events {
+            EventChoice::All => Event::ALL.to_vec(),
+            EventChoice::List(names) => names
+                .iter()
+                .map(|n| Event::from_name(n).expect("checked at load"))
+                .collect(),
+        }
+    }
+
+    /// The fault sweep: every point one at a time, or seeded random runs.
+    fn faults(&self, f: &Faults) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "{}", self.header(f));
+        let (old, counts) = match self.fault_setup() {
             Ok(x) => x,
             Err(e) => {
                 let _ = writeln!(out, "[sweep failed: {e}]");
@@ -273,74 +401,154 @@ impl Ctx<'_> {
             }
         };
         // The clean run, on the backend under test: what a sentinel run must print too.
-        let clean = self.fault_point(&old, "");
+        let clean = self.fault_point(&old, &[]);
         let _ = writeln!(out, "clean run: {}", clean.summary(self));
-        let mut failures = Vec::new();
-        if !clean.verdict.problems.is_empty() {
-            failures.push(("clean run".to_string(), clean.clone_text()));
+        let mut tally = Tally::default();
+        if clean.class(&clean.output) >= Class::Leak {
+            tally.fail("clean".into(), clean.details());
         }
-        let events: Vec<Event> = match &f.events {
-            EventChoice::All => Event::ALL.to_vec(),
-            EventChoice::List(names) => names
-                .iter()
-                .map(|n| Event::from_name(n).expect("checked at load"))
-                .collect(),
-        };
-        let (mut tried, mut never) = (0usize, Vec::new());
-        for event in events {
+        match &f.random {
+            None => self.every_point(f, &old, &counts, &clean, &mut tally, &mut out),
+            Some(r) => self.random_runs(f, r, &old, &counts, &clean, &mut tally, &mut out),
+        }
+        let _ = writeln!(out, "fault sweep: {}", tally.summary("point"));
+        out.push_str(&tally.failures);
+        out
+    }
+
+    fn every_point(
+        &self,
+        f: &Faults,
+        old: &OldData,
+        counts: &[u64],
+        clean: &FaultPoint,
+        tally: &mut Tally,
+        out: &mut String,
+    ) {
+        let mut never = Vec::new();
+        for event in Self::events(f) {
             let n = counts[event.index()];
             // The sentinel: occurrence n+1, sticky, must not exist.
-            let sentinel = self.fault_point(&old, &rules(event, n + 1, f.errno[0], Mode::Sticky));
-            if sentinel.output != clean.output {
-                failures.push((
-                    format!("{event} occurrence {} (sentinel)", n + 1),
+            let sentinel = Fault {
+                event,
+                occurrence: n + 1,
+                errno: f.errno[0],
+                mode: Mode::Sticky,
+            };
+            let p = self.fault_point(old, &[sentinel]);
+            if p.output != clean.output {
+                tally.fail(
+                    format!("{} (sentinel)", sentinel.id()),
                     format!(
-                        "the workload's output differs from the clean run: {} has more than {n} occurrences here\n{}",
-                        event,
-                        indent(&sentinel.output)
+                        "  the workload's output differs from the clean run: {event} has more than {n} occurrences here\n{}",
+                        indent(&p.output)
                     ),
-                ));
+                );
             }
             if n == 0 {
                 never.push(event.name());
                 continue;
             }
-            let mut groups: BTreeMap<String, usize> = BTreeMap::new();
-            let mut order = Vec::new();
+            let _ = writeln!(out, "{event}: {}", plural(n as usize, "occurrence"));
             for occurrence in 1..=n {
                 for &errno in &f.errno {
                     for &mode in &f.mode {
-                        tried += 1;
-                        let p = self.fault_point(&old, &rules(event, occurrence, errno, mode));
-                        let label = format!("{event} #{occurrence} errno {errno} {}", mode.name());
-                        if !p.verdict.problems.is_empty() {
-                            failures.push((label, p.clone_text()));
-                            continue;
-                        }
-                        let key = p.summary(self);
-                        if !groups.contains_key(&key) {
-                            order.push(key.clone());
-                        }
-                        *groups.entry(key).or_default() += 1;
+                        let fault = Fault {
+                            event,
+                            occurrence,
+                            errno,
+                            mode,
+                        };
+                        let p = self.fault_point(old, &[fault]);
+                        tally.point(&fault.id(), &p, clean, self, out);
                     }
                 }
-            }
-            let _ = writeln!(out, "{event}: {}", plural(n as usize, "occurrence"));
-            for key in order {
-                let _ = writeln!(out, "  {}x {key}", groups[&key]);
             }
         }
         if !never.is_empty() {
             let _ = writeln!(out, "never raised: {}", never.join(" "));
         }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn random_runs(
+        &self,
+        f: &Faults,
+        r: &Random,
+        old: &OldData,
+        counts: &[u64],
+        clean: &FaultPoint,
+        tally: &mut Tally,
+        out: &mut String,
+    ) {
+        let raised: Vec<Event> = Self::events(f)
+            .into_iter()
+            .filter(|e| counts[e.index()] > 0)
+            .collect();
         let _ = writeln!(
             out,
-            "fault sweep: {} tried, {} failed",
-            plural(tried, "point"),
-            failures.len()
+            "random faults: seed {}, {}, 1 to {} faults a run, over {} raised",
+            r.seed,
+            plural(r.runs, "run"),
+            r.faults,
+            plural(raised.len(), "event")
         );
-        for (label, text) in failures {
-            let _ = writeln!(out, "FAILED {label}:\n{text}");
+        if raised.is_empty() {
+            return;
+        }
+        for run in 0..r.runs {
+            let faults = draw(f, r, run, &raised, counts);
+            let p = self.fault_point(old, &faults);
+            tally.point(
+                &format!("run {run} {}", faults_id(&faults)),
+                &p,
+                clean,
+                self,
+                out,
+            );
+        }
+    }
+
+    /// `--point ID`: that point alone, with everything it printed and everything the checks
+    /// found, in full.
+    fn replay_faults(&self, faults: &[Fault]) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "point {} on {} ({}, cache {})",
+            faults_id(faults),
+            self.wl().image,
+            self.wl().format,
+            self.wl().cache.as_deref().unwrap_or("writeback")
+        );
+        let old = match self
+            .reset(&self.snapshot)
+            .and_then(|()| self.read_back(self.backend))
+        {
+            Ok(o) => o,
+            Err(e) => {
+                let _ = writeln!(out, "[sweep failed: {e}]");
+                return out;
+            }
+        };
+        let clean = (!faults.is_empty()).then(|| self.fault_point(&old, &[]));
+        let p = self.fault_point(&old, faults);
+        let _ = writeln!(
+            out,
+            "blkdebug rules ({RULES}):\n{}",
+            indent_all(&rules(faults))
+        );
+        let _ = writeln!(
+            out,
+            "workload output (exit {}):\n{}",
+            p.status,
+            indent_all(&p.output)
+        );
+        out.push_str(&p.verdict.full());
+        let class = p.class(clean.as_ref().map_or(&p.output, |c| &c.output));
+        let _ = writeln!(out, "point {}: {}", faults_id(faults), class.name());
+        if class >= Class::Leak {
+            let _ = writeln!(out, "FAILED {}", faults_id(faults));
         }
         out
     }
@@ -349,19 +557,19 @@ impl Ctx<'_> {
         std::fs::write(self.point.join(RULES), rules).map_err(|e| format!("{RULES}: {e}"))
     }
 
-    /// Runs the workload from a fresh copy with these blkdebug rules, then the checks.
-    fn fault_point(&self, old: &BTreeMap<(bool, u64), Vec<u8>>, rules: &str) -> FaultPoint {
+    /// Runs the workload from a fresh copy with these faults, then the checks.
+    fn fault_point(&self, old: &OldData, faults: &[Fault]) -> FaultPoint {
         if let Err(e) = self
             .reset(&self.snapshot)
-            .and_then(|()| self.write_rules(rules))
+            .and_then(|()| self.write_rules(&rules(faults)))
         {
             return FaultPoint {
                 output: String::new(),
                 status: -1,
                 attribution: Default::default(),
                 verdict: Verdict {
-                    leaked: 0,
-                    problems: vec![e],
+                    problems: vec![(Class::Corrupt, e)],
+                    ..Default::default()
                 },
             };
         }
@@ -394,6 +602,111 @@ impl Ctx<'_> {
     }
 }
 
+/// The sectors the workload touches, as they were before it: (vmstate?, sector) -> data.
+type OldData = BTreeMap<(bool, u64), Vec<u8>>;
+
+/// Run `run`'s faults: 1 to `r.faults` of them, each an event the workload raises, one of its
+/// occurrences (counted, for the second fault on, from the previous fault), an errno and a mode.
+fn draw(f: &Faults, r: &Random, run: usize, raised: &[Event], counts: &[u64]) -> Vec<Fault> {
+    let mut rng = Rng::for_run(r.seed, run);
+    let n = 1 + rng.below(r.faults as u64);
+    (0..n)
+        .map(|_| {
+            let event = raised[rng.below(raised.len() as u64) as usize];
+            Fault {
+                event,
+                occurrence: 1 + rng.below(counts[event.index()]),
+                errno: f.errno[rng.below(f.errno.len() as u64) as usize],
+                mode: f.mode[rng.below(f.mode.len() as u64) as usize],
+            }
+        })
+        .collect()
+}
+
+/// What a point did, worst last: the class a point counts in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Class {
+    /// printed what the clean run printed; image clean, data as promised
+    Quiet,
+    /// an error surfaced (the output differs from the clean run); image clean
+    Error,
+    /// `qemu-img check` found leaked clusters only (not a failure: leaks are harmless)
+    Leak,
+    /// the scenario's own checks failed
+    Checks,
+    /// a sector holds neither its old data nor what a command wrote, or an acknowledged write
+    /// is missing
+    LostData,
+    /// `qemu-img check` found corruption (or the point could not run)
+    Corrupt,
+}
+
+impl Class {
+    const ALL: [Class; 6] = [
+        Class::Quiet,
+        Class::Error,
+        Class::Leak,
+        Class::Checks,
+        Class::LostData,
+        Class::Corrupt,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Class::Quiet => "quiet",
+            Class::Error => "error",
+            Class::Leak => "leak",
+            Class::Checks => "checks failed",
+            Class::LostData => "lost data",
+            Class::Corrupt => "corrupt",
+        }
+    }
+
+    fn is_failure(self) -> bool {
+        self > Class::Leak
+    }
+}
+
+/// Counts per class, and each failure in full.
+#[derive(Default)]
+struct Tally {
+    counts: BTreeMap<Class, usize>,
+    failures: String,
+}
+
+impl Tally {
+    /// Counts a fault point and prints its line unless it was quiet.
+    fn point(&mut self, id: &str, p: &FaultPoint, clean: &FaultPoint, ctx: &Ctx, out: &mut String) {
+        let class = p.class(&clean.output);
+        *self.counts.entry(class).or_default() += 1;
+        if class != Class::Quiet {
+            let _ = writeln!(out, "  {id}: {}", p.summary(ctx));
+        }
+        if class.is_failure() {
+            self.add_failure(id, p.details());
+        }
+    }
+
+    /// A failure outside the points (the clean run, a sentinel).
+    fn fail(&mut self, id: String, text: String) {
+        self.add_failure(&id, text);
+    }
+
+    fn add_failure(&mut self, id: &str, text: String) {
+        let _ = writeln!(self.failures, "FAILED {id}:\n{text}");
+    }
+
+    /// `120 points: 10 quiet, 100 error, ...`: every class, so that a golden shows the zeros.
+    fn summary(&self, what: &str) -> String {
+        let total: usize = self.counts.values().sum();
+        let per: Vec<String> = Class::ALL
+            .iter()
+            .map(|c| format!("{} {}", self.counts.get(c).copied().unwrap_or(0), c.name()))
+            .collect();
+        format!("{}: {}", plural(total, what), per.join(", "))
+    }
+}
+
 struct FaultPoint {
     output: String,
     status: i32,
@@ -417,39 +730,35 @@ impl FaultPoint {
             ));
         }
         parts.push(format!("exit {}", self.status));
-        format!("{}; {}", parts.join("; "), self.verdict.image())
+        let mut line = format!("{}; {}", parts.join("; "), self.verdict.image());
+        for (class, _) in &self.verdict.problems {
+            let _ = write!(line, "; {}", class.name());
+        }
+        line
     }
 
-    fn clone_text(&self) -> String {
+    /// Its class, against what the clean run printed.
+    fn class(&self, clean_output: &str) -> Class {
+        self.verdict.class().max(if self.output == clean_output {
+            Class::Quiet
+        } else {
+            Class::Error
+        })
+    }
+
+    /// What a failure shows in the golden: the problems and the workload's output.
+    fn details(&self) -> String {
         format!(
             "{}  workload output (exit {}):\n{}",
             self.verdict
                 .problems
                 .iter()
-                .map(|p| format!("  {}\n", p.trim_end()))
+                .map(|(_, p)| format!("  {}\n", p.trim_end()))
                 .collect::<String>(),
             self.status,
             indent(&self.output)
         )
     }
-}
-
-/// The blkdebug rules failing occurrence `n` of `event`: a set-state chain counting the
-/// occurrences (1 -> 2 -> ... -> n+1, so that later occurrences arm nothing) and an
-/// inject-error rule limited to state n.
-fn rules(event: Event, n: u64, errno: u32, mode: Mode) -> String {
-    let once = if mode == Mode::Once { "on" } else { "off" };
-    let mut s = format!(
-        "[inject-error]\nevent = \"{event}\"\nstate = \"{n}\"\nerrno = \"{errno}\"\nonce = \"{once}\"\n"
-    );
-    for k in 1..=n {
-        let _ = write!(
-            s,
-            "[set-state]\nevent = \"{event}\"\nstate = \"{k}\"\nnew_state = \"{}\"\n",
-            k + 1
-        );
-    }
-    s
 }
 
 /// `N leaked clusters were found on the image.`
@@ -484,6 +793,11 @@ fn indent(text: &str) -> String {
         }
     }
     out
+}
+
+/// All of `text`, indented, for a replay.
+fn indent_all(text: &str) -> String {
+    text.lines().map(|l| format!("    | {l}\n")).collect()
 }
 
 fn plural(n: usize, what: &str) -> String {
@@ -530,13 +844,36 @@ mod tests {
 
     #[test]
     fn rules_count_occurrences_with_a_chain() {
-        let r = rules(Event::from_name("l2_update").unwrap(), 2, 28, Mode::Sticky);
+        let r = rules(&[Fault {
+            event: Event::from_name("l2_update").unwrap(),
+            occurrence: 2,
+            errno: 28,
+            mode: Mode::Sticky,
+        }]);
         assert_eq!(
             r,
             "[inject-error]\nevent = \"l2_update\"\nstate = \"2\"\nerrno = \"28\"\nonce = \"off\"\n\
              [set-state]\nevent = \"l2_update\"\nstate = \"1\"\nnew_state = \"2\"\n\
              [set-state]\nevent = \"l2_update\"\nstate = \"2\"\nnew_state = \"3\"\n"
         );
+    }
+
+    #[test]
+    fn classes_order_by_harm_and_every_one_is_counted() {
+        let mut t = Tally::default();
+        *t.counts.entry(Class::Leak).or_default() += 2;
+        *t.counts.entry(Class::Corrupt).or_default() += 1;
+        assert_eq!(
+            t.summary("point"),
+            "3 points: 0 quiet, 0 error, 2 leak, 0 checks failed, 0 lost data, 1 corrupt"
+        );
+        let v = Verdict {
+            leaked: 3,
+            problems: vec![(Class::LostData, String::new())],
+            ..Default::default()
+        };
+        assert_eq!(v.class(), Class::LostData);
+        assert!(!Class::Leak.is_failure() && Class::Checks.is_failure());
     }
 
     #[test]

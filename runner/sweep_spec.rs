@@ -57,7 +57,31 @@ pub struct Faults {
     /// (once=off: every request from then on fails). Default: once.
     #[serde(default = "default_mode")]
     pub mode: Vec<Mode>,
+    /// Instead of every point one at a time: `runs` runs, each failing up to `faults` points
+    /// drawn from `seed` (an event occurrence, an errno and a mode each).
+    #[serde(default)]
+    pub random: Option<Random>,
 }
+
+/// `sweep.faults.random`: seeded random faults, the same runs for the same seed.
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Random {
+    /// How many runs.
+    pub runs: usize,
+    /// The seed every run's faults are drawn from.
+    pub seed: u64,
+    /// The most faults one run injects (default 3): each run draws 1 to this many.
+    #[serde(default = "default_faults_per_run")]
+    pub faults: usize,
+}
+
+fn default_faults_per_run() -> usize {
+    3
+}
+
+/// The most random runs a sweep takes (each is a qemu-io run and its checks).
+const MAX_RANDOM_RUNS: usize = 100_000;
 
 fn default_errno() -> Vec<u32> {
     vec![5]
@@ -128,6 +152,27 @@ pub struct Crash {
 /// The most reorderings: the states grow as (writes since a flush)^reorder.
 const MAX_REORDER: usize = 3;
 
+/// The sweep of one matrix case: `${name}` replaced in the workload's image, format, cache and
+/// commands and in the checks, then checked.
+pub fn substitute(
+    s: &Sweep,
+    sub: &dyn Fn(&str) -> Result<String, String>,
+) -> Result<Sweep, String> {
+    let all = |v: &[String]| v.iter().map(|c| sub(c)).collect::<Result<Vec<_>, _>>();
+    let out = Sweep {
+        workload: Workload {
+            image: sub(&s.workload.image)?,
+            format: sub(&s.workload.format)?,
+            cache: s.workload.cache.as_deref().map(sub).transpose()?,
+            commands: all(&s.workload.commands)?,
+        },
+        checks: all(&s.checks)?,
+        ..s.clone()
+    };
+    check(&out)?;
+    Ok(out)
+}
+
 /// Rules serde cannot express; `Err` is the message without the file name.
 pub fn check(s: &Sweep) -> Result<(), String> {
     if s.faults.is_none() && s.crash.is_none() {
@@ -157,6 +202,14 @@ pub fn check(s: &Sweep) -> Result<(), String> {
         }
         if f.mode.is_empty() {
             return Err("sweep.faults.mode: `once`, `sticky` or both".into());
+        }
+        if let Some(r) = &f.random {
+            if r.runs == 0 || r.runs > MAX_RANDOM_RUNS {
+                return Err(format!("sweep.faults.random.runs: 1 to {MAX_RANDOM_RUNS}"));
+            }
+            if r.faults == 0 || r.faults > 16 {
+                return Err("sweep.faults.random.faults: 1 to 16 faults a run".into());
+            }
         }
     }
     if let Some(c) = &s.crash

@@ -9,7 +9,7 @@
 //! previous acknowledgement) leaves each sector old or new; a command not yet started leaves
 //! its sectors alone. The image must pass `qemu-img check` (leaks are counted, not errors).
 
-use super::{Crash, Ctx, plural};
+use super::{Class, Crash, Ctx, Tally, plural};
 use crate::scenario::BackendKind;
 use crate::sweep_spec::workload::{self, Effect, Model, Status};
 use blockfault::block::crash_log::{self, Bounds, CrashState, Entry, Op};
@@ -47,36 +47,77 @@ impl MarkingCapture {
     }
 }
 
-pub fn run(ctx: &Ctx, c: &Crash) -> String {
-    let mut out = String::new();
-    if ctx.backend != BackendKind::Builtin {
-        // The scenario check makes crash sweeps builtin-only; this is the backstop.
-        let _ = writeln!(
-            out,
-            "crash sweep: skipped on the {} backend (the power-cut model is the builtin file driver's write log)",
-            ctx.backend.name()
-        );
-        return out;
+/// The recorded workload and what it promised, ready for its states to be checked.
+struct Recording {
+    old: BTreeMap<(bool, u64), Vec<u8>>,
+    attribution: workload::Attribution,
+    /// each command's acknowledgement, as a log position
+    ack: Vec<Option<usize>>,
+    log: Vec<Entry>,
+}
+
+impl Recording {
+    fn new(ctx: &Ctx) -> Result<Recording, String> {
+        let (old, capture, log) = record(ctx)?;
+        let attribution = workload::attribute(&ctx.commands, &capture.text);
+        let ack = attribution
+            .at
+            .iter()
+            .map(|at| at.map(|o| capture.position_at(o)))
+            .collect();
+        Ok(Recording {
+            old,
+            attribution,
+            ack,
+            log,
+        })
     }
-    let recorded = record(ctx);
-    let (old, capture, log) = match recorded {
-        Ok(x) => x,
+
+    /// Rebuilds the files as the cut `state` left them and checks them.
+    fn check(&self, ctx: &Ctx, state: &CrashState) -> super::Verdict {
+        let model = expected(
+            &ctx.commands,
+            ctx.writethrough(),
+            &self.old,
+            &self.attribution,
+            &self.ack,
+            state,
+            self.log.len(),
+        );
+        match rebuild(ctx, &self.log, state) {
+            Ok(()) => ctx.verify(BackendKind::Builtin, &model),
+            Err(e) => super::Verdict {
+                problems: vec![(Class::Corrupt, e)],
+                ..Default::default()
+            },
+        }
+    }
+}
+
+fn skipped(ctx: &Ctx) -> Option<String> {
+    // The scenario check makes crash sweeps builtin-only; this is the backstop.
+    (ctx.backend != BackendKind::Builtin).then(|| {
+        format!(
+            "crash sweep: skipped on the {} backend (the power-cut model is the builtin file driver's write log)\n",
+            ctx.backend.name()
+        )
+    })
+}
+
+pub fn run(ctx: &Ctx, c: &Crash) -> String {
+    if let Some(text) = skipped(ctx) {
+        return text;
+    }
+    let mut out = String::new();
+    let rec = match Recording::new(ctx) {
+        Ok(r) => r,
         Err(e) => {
             let _ = writeln!(out, "[sweep failed: {e}]");
             return out;
         }
     };
-    let attribution = workload::attribute(&ctx.commands, &capture.text);
-    let ack: Vec<Option<usize>> = attribution
-        .at
-        .iter()
-        .map(|at| at.map(|o| capture.position_at(o)))
-        .collect();
+    let log = &rec.log;
     let count = |f: fn(&Op) -> bool| log.iter().filter(|e| f(&e.op)).count();
-    let bounds = Bounds {
-        reorder: c.reorder,
-        torn: c.torn,
-    };
     let _ = writeln!(
         out,
         "crash sweep: {} on {} ({}, cache {}); reorder {}, torn {}",
@@ -100,7 +141,7 @@ pub fn run(ctx: &Ctx, c: &Crash) -> String {
         .wl()
         .commands
         .iter()
-        .zip(&attribution.status)
+        .zip(&rec.attribution.status)
         .filter(|(_, s)| matches!(s, Status::Failed(_)))
         .map(|(c, _)| c.as_str())
         .collect();
@@ -111,46 +152,104 @@ pub fn run(ctx: &Ctx, c: &Crash) -> String {
             failed.join(", ")
         );
     }
-    let states = crash_log::crash_states(&log, bounds);
-    let mut groups: BTreeMap<String, usize> = BTreeMap::new();
-    let mut failures = Vec::new();
-    for state in &states {
-        let model = expected(
-            &ctx.commands,
-            ctx.writethrough(),
-            &old,
-            &attribution,
-            &ack,
-            state,
-            log.len(),
-        );
-        let verdict = match rebuild(ctx, &log, state) {
-            Ok(()) => ctx.verify(BackendKind::Builtin, &model),
-            Err(e) => super::Verdict {
-                leaked: 0,
-                problems: vec![e],
-            },
-        };
-        if verdict.problems.is_empty() {
-            *groups.entry(verdict.image()).or_default() += 1;
-        } else {
-            failures.push((state.label(), verdict.problems));
+    let mut tally = Tally::default();
+    for state in crash_log::crash_states(log, bounds(c)) {
+        let verdict = rec.check(ctx, &state);
+        let class = verdict.class();
+        *tally.counts.entry(class).or_default() += 1;
+        let id = format!("crash{}", state.label());
+        if class != Class::Quiet {
+            let mut line = verdict.image();
+            for (class, _) in &verdict.problems {
+                let _ = write!(line, "; {}", class.name());
+            }
+            let _ = writeln!(out, "  {id}: {line}");
+        }
+        if class.is_failure() {
+            let text: String = verdict
+                .problems
+                .iter()
+                .map(|(_, p)| format!("  {}\n", p.trim_end()))
+                .collect();
+            let _ = writeln!(tally.failures, "FAILED {id}:\n{text}");
         }
     }
+    let _ = writeln!(out, "crash sweep: {}", tally.summary("state"));
+    out.push_str(&tally.failures);
+    out
+}
+
+fn bounds(c: &Crash) -> Bounds {
+    Bounds {
+        reorder: c.reorder,
+        torn: c.torn,
+    }
+}
+
+/// `--point crash@LABEL`: that state alone, with the log around it and everything the checks
+/// printed.
+pub fn replay(ctx: &Ctx, c: &Crash, label: &str) -> String {
+    if let Some(text) = skipped(ctx) {
+        return text;
+    }
+    let mut out = String::new();
+    let rec = match Recording::new(ctx) {
+        Ok(r) => r,
+        Err(e) => return format!("[sweep failed: {e}]\n"),
+    };
+    let states = crash_log::crash_states(&rec.log, bounds(c));
+    let Some(state) = states.iter().find(|s| s.label() == label) else {
+        return format!(
+            "[sweep failed: --point: no crash state `crash{label}` in this sweep ({} states, @0 to @{}; reorder {}, torn {})]\n",
+            states.len(),
+            rec.log.len(),
+            c.reorder,
+            c.torn
+        );
+    };
     let _ = writeln!(
         out,
-        "crash sweep: {} tried, {} failed",
-        plural(states.len(), "state"),
-        failures.len()
+        "point crash{label} on {} ({}, cache {})",
+        ctx.wl().image,
+        ctx.wl().format,
+        ctx.wl().cache.as_deref().unwrap_or("writeback")
     );
-    for (image, n) in &groups {
-        let _ = writeln!(out, "  {n}x {image}");
+    let _ = writeln!(
+        out,
+        "write log (each entry kept, lost, torn or not issued by the cut):"
+    );
+    for (i, e) in rec.log.iter().enumerate() {
+        let fate = if i >= state.point {
+            "not issued"
+        } else if state.dropped.contains(&i) {
+            "lost"
+        } else if i + 1 == state.point && state.torn.is_some() {
+            "torn"
+        } else {
+            "kept"
+        };
+        let what = match &e.op {
+            Op::Write { offset, data } => format!("write {offset} +{}", data.len()),
+            Op::Zero { offset, len } => format!("zero {offset} +{len}"),
+            Op::Truncate { size } => format!("truncate {size}"),
+            Op::Flush => "flush".to_string(),
+        };
+        let torn = match (fate, state.torn) {
+            ("torn", Some(t)) => format!(" after {t} bytes"),
+            _ => String::new(),
+        };
+        let _ = writeln!(
+            out,
+            "    {i:>4} {fate:<10} {} {what}{torn}",
+            e.path.display()
+        );
     }
-    for (label, problems) in failures {
-        let _ = writeln!(out, "FAILED crash {label}:");
-        for p in problems {
-            let _ = writeln!(out, "  {p}");
-        }
+    let verdict = rec.check(ctx, state);
+    out.push_str(&verdict.full());
+    let class = verdict.class();
+    let _ = writeln!(out, "point crash{label}: {}", class.name());
+    if class.is_failure() {
+        let _ = writeln!(out, "FAILED crash{label}");
     }
     out
 }

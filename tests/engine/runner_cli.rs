@@ -1,7 +1,7 @@
 //! The runner's command line, driven as a user would: the built binary in a temporary project.
 //! Scenarios here only `echo`, so their output does not depend on the engine.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 struct Project {
@@ -1301,14 +1301,16 @@ fn fault_sweep_tries_every_occurrence_and_checks_the_data() {
     fault sweep: 2 commands on t.raw (raw, cache writethrough); errno 5 28; once sticky
     clean run: exit 0; image clean
     pwritev: 2 occurrences
-      1x `write -P 1 0 4k` failed: Input/output error; exit 1; image clean
-      1x `write -P 1 0 4k` failed: Input/output error; `write -P 2 4k 4k` failed: Input/output error; exit 1; image clean
-      1x `write -P 1 0 4k` failed: No space left on device; exit 1; image clean
-      1x `write -P 1 0 4k` failed: No space left on device; `write -P 2 4k 4k` failed: No space left on device; exit 1; image clean
-      2x `write -P 2 4k 4k` failed: Input/output error; exit 1; image clean
-      2x `write -P 2 4k 4k` failed: No space left on device; exit 1; image clean
+      pwritev#1/errno=5/once: `write -P 1 0 4k` failed: Input/output error; exit 1; image clean
+      pwritev#1/errno=5/sticky: `write -P 1 0 4k` failed: Input/output error; `write -P 2 4k 4k` failed: Input/output error; exit 1; image clean
+      pwritev#1/errno=28/once: `write -P 1 0 4k` failed: No space left on device; exit 1; image clean
+      pwritev#1/errno=28/sticky: `write -P 1 0 4k` failed: No space left on device; `write -P 2 4k 4k` failed: No space left on device; exit 1; image clean
+      pwritev#2/errno=5/once: `write -P 2 4k 4k` failed: Input/output error; exit 1; image clean
+      pwritev#2/errno=5/sticky: `write -P 2 4k 4k` failed: Input/output error; exit 1; image clean
+      pwritev#2/errno=28/once: `write -P 2 4k 4k` failed: No space left on device; exit 1; image clean
+      pwritev#2/errno=28/sticky: `write -P 2 4k 4k` failed: No space left on device; exit 1; image clean
     never raised: read_aio
-    fault sweep: 8 points tried, 0 failed
+    fault sweep: 8 points: 0 quiet, 8 error, 0 leak, 0 checks failed, 0 lost data, 0 corrupt
     ");
     // Deterministic: the same sweep passes against what it blessed.
     assert_eq!(p.run(&["scenarios"]).code, 0);
@@ -1335,8 +1337,7 @@ fn crash_sweep_replays_every_prefix() {
     insta::assert_snapshot!(p.read("golden/c.out").unwrap(), @r"
     crash sweep: 2 commands on t.raw (raw, cache writethrough); reorder 1, torn 2
     write log: 5 entries (2 writes, 0 zero writes, 0 truncations, 3 flushes)
-    crash sweep: 10 states tried, 0 failed
-      10x image clean
+    crash sweep: 10 states: 10 quiet, 0 error, 0 leak, 0 checks failed, 0 lost data, 0 corrupt
     ");
     let q = p.run(&["--backend", "qemu", "scenarios"]);
     assert!(
@@ -1373,7 +1374,7 @@ fn sweep_input_errors_name_the_place() {
     assert_eq!(r.code, 2);
     insta::assert_snapshot!(r.stderr, @r"
     error: scenarios/a.yaml: sweep.faults.events: `red_aio` is not a blkdebug event (see QEMU's BlkdebugEvent: l1_update, l2_load, write_aio, ...)
-    error: scenarios/b.yaml:14:5: sweep.faults: unknown field `sticky`, expected one of `events`, `errno`, `mode`
+    error: scenarios/b.yaml:14:5: sweep.faults: unknown field `sticky`, expected one of `events`, `errno`, `mode`, `random`
     error: scenarios/c.yaml: sweep.workload.commands[1]: `aio_write` is not a command the sweep can track (write, read, discard, flush; one request each, no aliases)
     error: scenarios/d.yaml: sweep.crash: the crash sweep runs on the builtin engine only (the power-cut model is its file driver's write log): add `backends: [builtin]` and a `reason`
     ");
@@ -1403,9 +1404,10 @@ fn a_failing_extra_check_fails_its_point_and_shows_it_in_full() {
     fault sweep: 2 commands on t.raw (raw, cache writethrough); errno 5; once
     clean run: exit 0; image clean
     pwritev: 2 occurrences
-      1x `write -P 2 4k 4k` failed: Input/output error; exit 1; image clean
-    fault sweep: 2 points tried, 1 failed
-    FAILED pwritev #1 errno 5 once:
+      pwritev#1/errno=5/once: `write -P 1 0 4k` failed: Input/output error; exit 1; image clean; checks failed
+      pwritev#2/errno=5/once: `write -P 2 4k 4k` failed: Input/output error; exit 1; image clean
+    fault sweep: 2 points: 0 quiet, 1 error, 0 leak, 1 checks failed, 0 lost data, 0 corrupt
+    FAILED pwritev#1/errno=5/once:
       checks: exit 1
         | Pattern verification failed at offset 0, 4096 bytes
         | read 4096/4096 bytes at offset 0
@@ -1415,4 +1417,160 @@ fn a_failing_extra_check_fails_its_point_and_shows_it_in_full() {
         | wrote 4096/4096 bytes at offset 4096
         | 4 KiB, X ops; XX:XX:XX.X (XXX YYY/sec and XXX ops/sec)
     ");
+}
+
+#[test]
+fn point_replays_one_fault_point_in_full_and_keeps_its_files() {
+    let p = Project::new();
+    p.write(
+        "scenarios/s.yaml",
+        &RAW_SWEEP.replace(
+            "mode: [once, sticky]",
+            "mode: [once, sticky]\n  checks: [read -P 1 0 4k]",
+        ),
+    );
+    let r = p.run(&[
+        "--point",
+        "pwritev#1/errno=28/once",
+        "--keep",
+        "scenarios/s.yaml",
+    ]);
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    let kept = r
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("kept: "))
+        .and_then(|l| l.split(" (").next())
+        .expect("the kept directory is named");
+    assert!(Path::new(kept).join("sweep-point/t.raw").is_file());
+    let text = r.stdout.replace(kept, "SCRATCH");
+    insta::assert_snapshot!(text, @r#"
+    point pwritev#1/errno=28/once on t.raw (raw, cache writethrough)
+    blkdebug rules (sweep-rules.cfg):
+        | [inject-error]
+        | event = "pwritev"
+        | state = "1"
+        | errno = "28"
+        | once = "on"
+        | [set-state]
+        | event = "pwritev"
+        | state = "1"
+        | new_state = "2"
+
+    workload output (exit 1):
+        | write failed: No space left on device
+        | wrote 4096/4096 bytes at offset 4096
+        | 4 KiB, X ops; XX:XX:XX.X (XXX YYY/sec and XXX ops/sec)
+
+    data: as the workload's commands allow
+    checks (exit 1):
+        | Pattern verification failed at offset 0, 4096 bytes
+        | read 4096/4096 bytes at offset 0
+        | 4 KiB, X ops; XX:XX:XX.X (XXX YYY/sec and XXX ops/sec)
+
+    point pwritev#1/errno=28/once: checks failed
+    FAILED pwritev#1/errno=28/once
+    kept: SCRATCH (the point's files: SCRATCH/sweep-point)
+    "#);
+    std::fs::remove_dir_all(kept).unwrap();
+    // A passing point exits 0; no golden is read or written.
+    let ok = p.run(&["--point", "pwritev#2/errno=5/sticky", "scenarios/s.yaml"]);
+    assert_eq!(ok.code, 0, "{}{}", ok.stdout, ok.stderr);
+    assert!(
+        ok.stdout
+            .contains("point pwritev#2/errno=5/sticky: error\n")
+    );
+    assert!(p.files("golden").is_empty() && p.scratch_left().is_empty());
+    // Ids that name nothing: one clear line each.
+    for (id, says) in [
+        ("pwritev#0/errno=5/once", "is not a fault id"),
+        (
+            "pwritv#1/errno=5/once",
+            "`pwritv` in `pwritv#1/errno=5/once` is not a blkdebug event",
+        ),
+        ("crash@3", "this sweep has no `crash`"),
+    ] {
+        let bad = p.run(&["--point", id, "scenarios/s.yaml"]);
+        assert_eq!(bad.code, 2, "{id}: {}{}", bad.stdout, bad.stderr);
+        assert!(bad.stdout.contains(says), "{id}: {}", bad.stdout);
+    }
+}
+
+#[test]
+fn point_replays_one_crash_state_with_its_log() {
+    let p = Project::new();
+    p.write(
+        "scenarios/c.yaml",
+        &RAW_SWEEP.replace(
+            "  faults:\n    events: [pwritev, read_aio]\n    errno: [5, 28]\n    mode: [once, sticky]\n",
+            "  crash: {reorder: 1, torn: 2}\nbackends: [builtin]\nreason: the crash model is the builtin file driver's\n",
+        ),
+    );
+    let r = p.run(&["--point", "crash@3/3072", "scenarios/c.yaml"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    insta::assert_snapshot!(r.stdout, @r"
+    point crash@3/3072 on t.raw (raw, cache writethrough)
+    write log (each entry kept, lost, torn or not issued by the cut):
+           0 kept       t.raw write 0 +4096
+           1 kept       t.raw flush
+           2 torn       t.raw write 4096 +4096 after 3072 bytes
+           3 not issued t.raw flush
+           4 not issued t.raw flush
+    data: as the workload's commands allow
+    point crash@3/3072: quiet
+    ");
+    let bad = p.run(&["--point", "crash@9", "scenarios/c.yaml"]);
+    assert_eq!(bad.code, 2);
+    assert!(
+        bad.stdout
+            .contains("no crash state `crash@9` in this sweep (10 states, @0 to @5"),
+        "{}",
+        bad.stdout
+    );
+}
+
+#[test]
+fn random_faults_are_drawn_from_the_seed_and_replay_by_id() {
+    let p = Project::new();
+    p.write(
+        "scenarios/r.yaml",
+        &RAW_SWEEP.replace(
+            "mode: [once, sticky]",
+            "mode: [once, sticky]\n    random: {runs: 6, seed: 7, faults: 2}",
+        ),
+    );
+    let r = p.run(&["--bless", "scenarios"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let golden = p.read("golden/r.out").unwrap();
+    insta::assert_snapshot!(golden, @r"
+    fault sweep: 2 commands on t.raw (raw, cache writethrough); errno 5 28; once sticky
+    clean run: exit 0; image clean
+    random faults: seed 7, 6 runs, 1 to 2 faults a run, over 1 event raised
+      run 0 pwritev#2/errno=28/once+pwritev#1/errno=5/once: `write -P 2 4k 4k` failed: No space left on device; exit 1; image clean
+      run 1 pwritev#2/errno=28/sticky+pwritev#1/errno=5/once: `write -P 2 4k 4k` failed: No space left on device; exit 1; image clean
+      run 2 pwritev#1/errno=5/once: `write -P 1 0 4k` failed: Input/output error; exit 1; image clean
+      run 3 pwritev#1/errno=5/once+pwritev#1/errno=5/once: `write -P 1 0 4k` failed: Input/output error; `write -P 2 4k 4k` failed: Input/output error; exit 1; image clean
+      run 4 pwritev#2/errno=28/once+pwritev#1/errno=5/sticky: `write -P 2 4k 4k` failed: No space left on device; exit 1; image clean
+      run 5 pwritev#2/errno=28/once+pwritev#2/errno=5/once: `write -P 2 4k 4k` failed: No space left on device; exit 1; image clean
+    fault sweep: 6 points: 0 quiet, 6 error, 0 leak, 0 checks failed, 0 lost data, 0 corrupt
+    ");
+    // The same seed draws the same runs.
+    assert_eq!(p.run(&["scenarios"]).code, 0);
+    // A run's id replays it alone, to the same summary.
+    let line = golden.lines().find(|l| l.starts_with("  run ")).unwrap();
+    let id = line
+        .split_whitespace()
+        .nth(2)
+        .unwrap()
+        .trim_end_matches(':');
+    let one = p.run(&["--point", id, "scenarios/r.yaml"]);
+    assert!(
+        one.stdout.contains(&format!("point {id}: ")),
+        "{}",
+        one.stdout
+    );
+    if which("qemu-io") && which("qemu-img") {
+        let q = p.run(&["--backend", "qemu", "scenarios"]);
+        assert_eq!(q.code, 0, "{}{}", q.stdout, q.stderr);
+    }
 }
