@@ -397,7 +397,17 @@ fn open_inner(
         unknown_exts: ex.unknown,
         dead: false,
         corruption_reported: false,
-        hdr: h.clone(),
+        // QEMU's check open leaves the snapshot fields unset (the check reads the table
+        // itself), so a header update on that open writes no snapshot table
+        hdr: if ctx.flags.check {
+            header::Header {
+                nb_snapshots: 0,
+                snapshots_offset: 0,
+                ..h.clone()
+            }
+        } else {
+            h.clone()
+        },
     };
     let driver = Qcow2 {
         st: RefCell::new(st),
