@@ -376,3 +376,43 @@ fn unknown_autoclear_bit_repair_drops_snapshots_agrees() {
         assert_eq!(be64_at(&b, 64), 0);
     }
 }
+
+/// A snapshot L1 size of 2^32 - 1: the table is reported too large, the repair frees the
+/// snapshot's references, then the COPIED repair's L2 write overlaps the (huge) inactive L1
+/// table: QEMU marks the image corrupt and gives up, and its refcount cache is never flushed,
+/// so the refcount blocks keep their old values (ours too: the same bytes, the same re-check).
+#[test]
+fn refcount_repairs_lost_on_fatal_corruption_agree() {
+    if !have_qemu() {
+        return;
+    }
+    let case = Case::new(
+        "qemu-img create -q -f qcow2 -o cluster_size=4096,refcount_bits=4 t.qcow2 8M && qemu-io -c 'write -P 6 0 64k' t.qcow2 >/dev/null && qemu-img snapshot -c s1 t.qcow2 && qemu-io -c 'write -P 8 4k 4k' t.qcow2 >/dev/null",
+    );
+    let img = case.path("t.qcow2");
+    let table = be64_at(&img, 64);
+    // the first entry's l1_size (after l1_table_offset)
+    poke(&img, table + 8, &[0xff; 4]);
+    let (_, err, rc) = case.agree(&["-r", "all"], &[]);
+    assert_eq!(rc, 1);
+    assert!(
+        err.contains("Preventing invalid write on metadata (overlaps with inactive L1 table)"),
+        "{err}"
+    );
+    let (q, b) = (case.path("q/t.qcow2"), case.path("b/t.qcow2"));
+    assert_eq!(std::fs::read(&b).unwrap(), std::fs::read(&q).unwrap());
+    let again = |dir: &Path| {
+        outcome(
+            Command::new("qemu-img")
+                .args(["check", "t.qcow2"])
+                .current_dir(dir)
+                .output()
+                .unwrap(),
+        )
+    };
+    assert_eq!(
+        again(&case.path("b")),
+        again(&case.path("q")),
+        "re-check of ours (left) vs qemu-img's repair"
+    );
+}

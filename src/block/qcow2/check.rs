@@ -100,6 +100,9 @@ pub struct Checker<F: ImageFile> {
     l1: Vec<u64>,
     reftable: Vec<u64>,
     refblocks: HashMap<u64, Vec<u8>>,
+    /// refcount blocks a repair changed and not yet written: QEMU's refcount block cache is
+    /// write-back, and an image made unusable by a fatal corruption is never flushed
+    dirty_refblocks: std::collections::BTreeSet<u64>,
     snapshots: Vec<Snapshot>,
     snapshots_size: u64,
     /// snapshot table entries whose extra data the check cut (the table must be rewritten)
@@ -176,6 +179,7 @@ impl<F: ImageFile> Checker<F> {
             l1,
             reftable,
             refblocks: HashMap::new(),
+            dirty_refblocks: Default::default(),
             snapshots: Vec::new(),
             snapshots_size: 0,
             extra_data_dropped: 0,
@@ -546,9 +550,9 @@ impl<F: ImageFile> Checker<F> {
 
     fn refblock(&mut self, offset: u64) -> Result<&mut Vec<u8>, i32> {
         if !self.refblocks.contains_key(&offset) {
-            // the cache is clean (repairs write through): drop it rather than let it grow
-            // with the file
+            // drop the cache (written back first) rather than let it grow with the file
             if self.refblocks.len() as u64 * self.cs() >= MAX_CACHED_REFBLOCK_BYTES {
+                self.flush_refblocks()?;
                 self.refblocks.clear();
             }
             let b = self.file.read_at(offset, self.cs() as usize)?;
@@ -605,8 +609,20 @@ impl<F: ImageFile> Checker<F> {
         }
     }
 
-    /// Changes one cluster's on-disk refcount (repair); the refcount block is written back at
-    /// once. A cluster whose refcount drops to 0 is discarded, as QEMU's `DISCARD_ALWAYS` does.
+    /// Writes the changed refcount blocks back (QEMU's refcount cache flush); the first error
+    /// stops it.
+    fn flush_refblocks(&mut self) -> Result<(), i32> {
+        while let Some(off) = self.dirty_refblocks.pop_first() {
+            if let Some(b) = self.refblocks.get(&off) {
+                self.file.write_at(off, b)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Changes one cluster's refcount (repair) in the cached refcount block, written back at
+    /// the next flush. A cluster whose refcount drops to 0 is discarded at once, as QEMU's
+    /// `DISCARD_ALWAYS` does.
     fn update_refcount(&mut self, cluster: u64, diff: u64, decrease: bool) -> Result<(), i32> {
         let per_block = self.header.refblock_entries();
         let idx = cluster / per_block;
@@ -628,8 +644,7 @@ impl<F: ImageFile> Checker<F> {
         }
         .ok_or(libc::EINVAL)?;
         set_refcount(b, order, cluster % per_block, new);
-        let data = b.clone();
-        self.file.write_at(off, &data).map_err(|_| libc::EIO)?;
+        self.dirty_refblocks.insert(off);
         if new == 0 {
             self.file.discard(cluster * self.cs(), self.cs());
         }
@@ -1344,6 +1359,11 @@ impl<F: ImageFile> Checker<F> {
         }
         let mut res = CheckResult::default();
         let r = self.check_inner(&mut res, fix);
+        // QEMU flushes at close, which an image made unusable by a fatal corruption (a
+        // writable image's corruption event) never reaches
+        if !(self.signaled && self.writable) {
+            let _ = self.flush_refblocks();
+        }
         if r.is_ok() {
             let r = self.check_fix_snapshot_table(&mut snapshot_res, fix);
             add_check_result(&mut res, &snapshot_res);
@@ -1568,6 +1588,8 @@ impl<F: ImageFile> Checker<F> {
     /// `rebuild_refcount_structure`: new refcount blocks and table from the in-memory refcounts.
     fn rebuild_refcount_structure(&mut self, rt: &mut RefArray) -> Result<(), (i32, &'static str)> {
         let cs = self.cs();
+        self.flush_refblocks()
+            .map_err(|e| (e, "ERROR writing refblock"))?;
         self.refblocks.clear();
         let mut reftable = Vec::new();
         let end = rt.len;
