@@ -63,7 +63,7 @@ pub enum Command {
     #[command(disable_help_flag = true)]
     Io {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<String>,
+        args: Vec<std::ffi::OsString>,
     },
     /// Run qemu-img with blockfault's engine (arguments as qemu-img takes them)
     #[command(disable_help_flag = true)]

@@ -95,32 +95,43 @@ fn main() -> ExitCode {
 /// `blockfault io --trace-blkdebug ARGS`: print every blkdebug event and request on stderr.
 const TRACE_BLKDEBUG: &str = "--trace-blkdebug";
 
-/// The engine takes its arguments (and so its filenames) as UTF-8 text: a byte string QEMU
-/// would accept is refused with one clear line rather than clap's usage text.
+/// An argument of `io`/`img` the engine cannot take, as one clear line (rather than clap's usage
+/// text). `io` takes any bytes, as qemu-io does, carried as [`blockfault::host_bytes`] text,
+/// short of the few characters that mapping reserves; `img` takes UTF-8 only.
 fn non_utf8_subcommand_argument() -> Option<String> {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let sub = args.get(1)?.to_str()?;
     if sub != "io" && sub != "img" {
         return None;
     }
-    let (n, bad) = args
-        .iter()
-        .enumerate()
-        .skip(2)
-        .find(|(_, a)| a.to_str().is_none())?;
-    Some(format!(
-        "blockfault: argument {} ({:?}) is not UTF-8; `blockfault {sub}` takes UTF-8 arguments and filenames only (QEMU takes any bytes)",
-        n - 1,
-        bad
-    ))
+    args.iter().enumerate().skip(2).find_map(|(n, a)| {
+        let n = n - 1;
+        if sub == "img" {
+            return a.to_str().is_none().then(|| {
+                format!(
+                    "blockfault: argument {n} ({a:?}) is not UTF-8; `blockfault img` takes UTF-8 arguments and filenames only (QEMU takes any bytes)"
+                )
+            });
+        }
+        blockfault::host_bytes::decode_arg(a).err().map(|c| {
+            format!(
+                "blockfault: argument {n} ({a:?}) holds U+{:X}; `blockfault io` reserves U+10FF80..U+10FFFF to carry bytes that are not UTF-8",
+                u32::from(c)
+            )
+        })
+    })
 }
 
 /// The arguments after `io`/`img` exactly as given: clap drops a leading `--`, which the
 /// programs' own getopt must see (it makes `-c` an image name in `blockfault io -- -c`).
+/// Bytes that are not UTF-8 are carried as [`blockfault::host_bytes`] text (checked above).
 fn subcommand_args() -> Vec<String> {
     std::env::args_os()
         .skip(2)
-        .map(|a| a.to_string_lossy().into_owned())
+        .map(|a| {
+            blockfault::host_bytes::decode_arg(&a)
+                .unwrap_or_else(|_| a.to_string_lossy().into_owned())
+        })
         .collect()
 }
 

@@ -5,6 +5,7 @@
 
 pub mod block;
 pub mod errno;
+pub mod host_bytes;
 pub mod img;
 pub mod output;
 pub mod qemu_io;

@@ -1,6 +1,7 @@
 //! Output sinks. The engine writes every byte of user-visible output through a [`Sink`], tagged
 //! with the stream QEMU would have used, in causal order (what `stdbuf -oL qemu-io ... 2>&1` shows).
 
+use crate::host_bytes::encode;
 use std::cell::RefCell;
 use std::io::Write;
 use std::rc::Rc;
@@ -166,15 +167,15 @@ impl Sink for ProcessStreams {
     fn write(&mut self, stream: Stream, text: &str) {
         // A closed pipe must not turn into a panic; there is nobody left to tell.
         match (stream, self.stdout) {
-            (Stream::Stdout, Buffering::Full(block)) => self.put_full(text.as_bytes(), block),
+            (Stream::Stdout, Buffering::Full(block)) => self.put_full(&encode(text), block),
             // Line mode writes through: glibc also empties a line-buffered stdout before it
             // reads a terminal, so an interactive prompt is never held back.
             (Stream::Stdout, _) => {
                 let mut out = std::io::stdout().lock();
-                let _ = out.write_all(text.as_bytes()).and_then(|_| out.flush());
+                let _ = out.write_all(&encode(text)).and_then(|_| out.flush());
             }
             (Stream::Stderr, _) => {
-                let _ = std::io::stderr().lock().write_all(text.as_bytes());
+                let _ = std::io::stderr().lock().write_all(&encode(text));
             }
         }
     }
@@ -193,7 +194,7 @@ impl Sink for ProcessStreams {
 
     fn trace(&mut self, text: &str) {
         if self.trace_blkdebug {
-            let _ = std::io::stderr().lock().write_all(text.as_bytes());
+            let _ = std::io::stderr().lock().write_all(&encode(text));
         }
     }
 }

@@ -12,7 +12,7 @@ use super::node::{ChildRole, Node, OpenFlags};
 use crate::output::Console;
 use crate::qemu_io::numbers::{NumError, strtosz};
 use serde_json::{Map, Number, Value};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::rc::Rc;
 
 /// Blockdev options: a JSON object with QEMU's key names, nested (`{"file": {"driver": ...}}`).
@@ -32,9 +32,9 @@ pub struct OpenContext {
 
 impl OpenContext {
     pub fn resolve(&self, name: &str) -> PathBuf {
-        let p = Path::new(name);
+        let p = crate::host_bytes::host_path(name);
         if p.is_absolute() {
-            p.to_path_buf()
+            p
         } else {
             self.base_dir.join(p)
         }

@@ -415,7 +415,12 @@ fn fetch_line(stdin: &mut dyn BufRead) -> Option<String> {
     if let Some(nul) = line.iter().position(|&b| b == 0) {
         line.truncate(nul);
     }
-    Some(String::from_utf8_lossy(&line).into_owned())
+    // Bytes that are not UTF-8 are carried as on the command line (crate::host_bytes). A line
+    // that also holds, as UTF-8, a character reserved for that falls back to lossy text.
+    Some(
+        crate::host_bytes::decode(&line)
+            .unwrap_or_else(|_| String::from_utf8_lossy(&line).into_owned()),
+    )
 }
 
 #[cfg(test)]
@@ -567,6 +572,13 @@ mod tests {
         assert_eq!(fetch_line(&mut input).as_deref(), Some("ab"));
         assert_eq!(fetch_line(&mut input).as_deref(), Some("x"));
         assert_eq!(fetch_line(&mut input), None);
+    }
+
+    #[test]
+    fn stdin_lines_keep_bytes_that_are_not_utf8() {
+        let mut input: &[u8] = b"wr\xe9te\n";
+        let line = fetch_line(&mut input).unwrap();
+        assert_eq!(&*crate::host_bytes::encode(&line), b"wr\xe9te");
     }
 
     #[test]

@@ -475,7 +475,7 @@ fn readv_f(s: &mut Session, spec: &CommandSpec, argv: &[String]) -> i32 {
 
 /// Fills a write buffer cyclically from a file (`write -s`); None after QEMU's message.
 fn buffer_from_file(s: &Session, name: &str, len: usize) -> Option<Vec<u8>> {
-    let path = s.base_dir.join(name);
+    let path = s.base_dir.join(crate::host_bytes::host_path(name));
     match std::fs::read(&path) {
         Err(e) => {
             s.err(&format!(

@@ -191,8 +191,8 @@ fn read_secret_file(name: &str, base_dir: &Path) -> Result<Vec<u8>, String> {
         let e = std::io::Error::from_raw_os_error(libc::ENOENT);
         return Err(unable("Failed to open", e));
     }
-    let mut f =
-        std::fs::File::open(base_dir.join(name)).map_err(|e| unable("Failed to open", e))?;
+    let mut f = std::fs::File::open(base_dir.join(crate::host_bytes::host_path(name)))
+        .map_err(|e| unable("Failed to open", e))?;
     let mut data = Vec::new();
     std::io::Read::read_to_end(&mut f, &mut data).map_err(|e| unable("Error reading", e))?;
     Ok(data)

@@ -225,7 +225,7 @@ pub fn read_named(base_dir: &Path, name: &str) -> std::io::Result<Vec<u8>> {
     if name.is_empty() {
         return Err(std::io::Error::from_raw_os_error(libc::ENOENT));
     }
-    std::fs::read(base_dir.join(name))
+    std::fs::read(base_dir.join(crate::host_bytes::host_path(name)))
 }
 
 /// Processes one `-T` argument as QEMU's `trace_opt_parse` does, at its place among the
@@ -300,7 +300,7 @@ pub fn open_log_file(setup: &TraceSetup, console: &Console, base_dir: &Path) -> 
     let created = if name.is_empty() {
         Err(std::io::Error::from_raw_os_error(libc::ENOENT))
     } else {
-        std::fs::File::create(base_dir.join(&name))
+        std::fs::File::create(base_dir.join(crate::host_bytes::host_path(&name)))
     };
     match created {
         Ok(_) => Ok(()),

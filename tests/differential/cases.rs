@@ -91,7 +91,43 @@ pub fn all() -> Vec<Case> {
     v.extend(padding_survivors());
     v.extend(direct_io());
     v.extend(open_options());
+    v.extend(non_utf8_names());
     v
+}
+
+/// Names with bytes that are not UTF-8: QEMU opens the file they name and prints them raw.
+/// `t` is the engine's text for them (see `blockfault::host_bytes`); the harness gives qemu-io
+/// the bytes.
+fn non_utf8_names() -> Vec<Case> {
+    let t = |bytes: &[u8]| blockfault::host_bytes::decode(bytes).unwrap();
+    let there = t(b"a\xffb\x80.img");
+    let missing = t(b"n\xffm.img");
+    // probing: QEMU's warning names the file too
+    let open_there = format!("open {there}");
+    let open_missing = format!("open {missing}");
+    let bad_number = t(b"read \xff 1");
+    let bad_command = t(b"wr\xe9te");
+    vec![
+        on(
+            "non_utf8_image_read_write",
+            &["-f", "raw"],
+            &["write -P 0x5a 512 1k", "read -P 0x5a 512 1k", "info"],
+            &there,
+        )
+        .bytes(&there, vec![0; 64 << 10]),
+        on(
+            "non_utf8_image_missing",
+            &["-f", "raw"],
+            &["read 0 1"],
+            &missing,
+        ),
+        no_drive(
+            "non_utf8_open_command",
+            &[&open_there, "read -P 0 0 512", "close", &open_missing],
+        )
+        .bytes(&there, vec![0; 64 << 10]),
+        raw("non_utf8_command_bytes", &[&bad_number, &bad_command]),
+    ]
 }
 
 fn basic() -> Vec<Case> {

@@ -1,6 +1,7 @@
 //! The machinery of the differential suite: setting up a scratch directory, running the real
 //! qemu-io and our engine on it, and the iotests output filter.
 
+use blockfault::host_bytes::{self, host_path};
 use blockfault::output::Capture;
 use blockfault::qemu_io::{self, Invocation};
 use std::cell::RefCell;
@@ -102,7 +103,7 @@ pub fn populate(dir: &Path, extra: &[(String, Vec<u8>)]) {
     .unwrap();
     fs::write(dir.join("empty.bin"), b"").unwrap();
     for (name, content) in extra {
-        fs::write(dir.join(name), content).unwrap();
+        fs::write(dir.join(host_path(name)), content).unwrap();
     }
 }
 
@@ -113,7 +114,7 @@ pub fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
         .map(|e| {
             let e = e.unwrap();
             (
-                e.file_name().to_string_lossy().into_owned(),
+                host_bytes::decode_arg(&e.file_name()).expect("a file name the cases made"),
                 fs::read(e.path()).unwrap(),
             )
         })
@@ -154,7 +155,8 @@ pub fn run_qemu_with_timeout(
             "exec timeout -s KILL {secs} stdbuf -oL qemu-io \"$@\" 2>&1"
         ))
         .arg("sh")
-        .args(args)
+        // our engine's text for bytes that are not UTF-8 (an image name) back to those bytes
+        .args(args.iter().map(|a| host_path(a)))
         .current_dir(dir)
         .stdin(Stdio::null())
         .stderr(Stdio::inherit())
@@ -166,7 +168,10 @@ pub fn run_qemu_with_timeout(
         .code()
         .or_else(|| out.status.signal().map(|s| 128 + s))
         .unwrap();
-    (String::from_utf8_lossy(&out.stdout).into_owned(), status)
+    // QEMU's raw bytes as our engine's text carries them, so that comparing the texts compares
+    // the bytes; a reserved character in it means the case gave qemu-io our text, not bytes
+    let text = host_bytes::decode(&out.stdout).expect("qemu-io printed a reserved character");
+    (text, status)
 }
 
 /// A case's argv as an [`Invocation`], when it is written in the plain forms (`-f X`, `-r`,
@@ -222,7 +227,7 @@ pub fn run_ours(dir: &Path, args: &[String]) -> (String, i32) {
             None => tempfile::tempdir().unwrap(),
         };
         for (name, data) in snapshot(dir) {
-            fs::write(copy.path().join(name), data).unwrap();
+            fs::write(copy.path().join(host_path(&name)), data).unwrap();
         }
         (inv, copy)
     });

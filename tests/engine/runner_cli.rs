@@ -946,19 +946,64 @@ fn a_failure_names_the_case_and_step_of_its_first_differing_line() {
     ");
 }
 
+/// qemu-io takes any bytes for a filename and prints them back raw; so does `blockfault io`.
 #[test]
-fn io_refuses_non_utf8_arguments_with_one_line() {
+fn io_takes_non_utf8_filenames_and_prints_them_raw() {
     use std::os::unix::ffi::OsStrExt;
     let p = Project::new();
+    let io = |args: &[&[u8]]| {
+        Command::new(env!("CARGO_BIN_EXE_blockfault"))
+            .arg("io")
+            .args(args.iter().map(|a| std::ffi::OsStr::from_bytes(a)))
+            .current_dir(p.dir.path())
+            .output()
+            .unwrap()
+    };
+    let missing = io(&[b"-f", b"raw", b"-c", b"read 0 1", b"n\xffm.img"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert_eq!(missing.stdout, b"");
+    // escaped to be readable: the byte is 0xFF itself, as QEMU prints it
+    insta::assert_snapshot!(missing.stderr.escape_ascii().to_string(), @r"qemu-io: can\'t open device n\xffm.img: Could not open \'n\xffm.img\': No such file or directory\n");
+
+    std::fs::write(
+        p.dir
+            .path()
+            .join(std::ffi::OsStr::from_bytes(b"n\xffm.img")),
+        [0u8; 4096],
+    )
+    .unwrap();
+    let there = io(&[b"-f", b"raw", b"-c", b"write -P 9 0 512", b"n\xffm.img"]);
+    assert_eq!(
+        there.status.code(),
+        Some(0),
+        "{}",
+        there.stderr.escape_ascii()
+    );
+    assert!(
+        there
+            .stdout
+            .starts_with(b"wrote 512/512 bytes at offset 0\n")
+    );
+    let data = std::fs::read(
+        p.dir
+            .path()
+            .join(std::ffi::OsStr::from_bytes(b"n\xffm.img")),
+    );
+    assert_eq!(data.unwrap()[..512], [9u8; 512]);
+}
+
+/// The characters that carry bytes which are not UTF-8 can't be taken as themselves.
+#[test]
+fn io_refuses_the_characters_it_reserves_with_one_line() {
+    let p = Project::new();
     let out = Command::new(env!("CARGO_BIN_EXE_blockfault"))
-        .args(["io", "-f", "raw", "-c", "read 0 1"])
-        .arg(std::ffi::OsStr::from_bytes(b"n\xffm.img"))
+        .args(["io", "-f", "raw", "-c", "read 0 1", "n\u{10ffff}m.img"])
         .current_dir(p.dir.path())
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(out.stdout, b"");
-    insta::assert_snapshot!(String::from_utf8_lossy(&out.stderr), @r#"blockfault: argument 5 ("n\xFFm.img") is not UTF-8; `blockfault io` takes UTF-8 arguments and filenames only (QEMU takes any bytes)"#);
+    insta::assert_snapshot!(String::from_utf8_lossy(&out.stderr), @r#"blockfault: argument 5 ("n\u{10ffff}m.img") holds U+10FFFF; `blockfault io` reserves U+10FF80..U+10FFFF to carry bytes that are not UTF-8"#);
 }
 
 /// The events table in docs/events.md is `blockfault events` verbatim, so it cannot rot.
