@@ -102,6 +102,25 @@ pub const EXCLUSIONS: &[Exclusion] = &[
                     the end trips QEMU's total_sectors assertion, ours writes it",
         action: Action::Skip(|c| direct(c) && c.commands.iter().any(|cmd| cmd.name == "reopen")),
     },
+    Exclusion {
+        name: "compressed write over several clusters",
+        waits_for: "seed 0x48b3f35ec0e5 (found by CI, 2026-11-26): QEMU 10.0.2 compresses the \
+                    clusters of one `write -c` in parallel thread-pool jobs and allocates each \
+                    when its job ends, so the order of their host offsets (the L2 entries) \
+                    varies with timing (5:3 and 7:1 splits over runs of the same case); ours \
+                    always takes one order. Waits for comparing such images modulo that order",
+        action: Action::Skip(|c| {
+            let cluster = c.image.cluster_size.max(1);
+            c.image.format == Format::Qcow2
+                && c.commands.iter().any(|cmd| {
+                    cmd.name == "write" && cmd.args.contains(&Tok::Flag("-c")) && {
+                        let mut n = numbers(cmd);
+                        let (offset, len) = (n.next().unwrap_or(0), n.next().unwrap_or(0));
+                        len > 0 && offset / cluster != (offset + len - 1) / cluster
+                    }
+                })
+        }),
+    },
 ];
 
 /// Applies the exclusions to `case`: `Err(name)` when one skips it, else the names of those that
