@@ -30,6 +30,7 @@ mod exclusions;
 mod exec;
 mod generate;
 mod rng;
+use rng::{base_seed, env, env_u64};
 mod self_check;
 mod shrink;
 
@@ -66,39 +67,21 @@ struct Config {
     verbose: bool,
 }
 
-fn env(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.is_empty())
-}
-
-fn parse_u64(name: &str, v: &str) -> u64 {
-    let parsed = match v.strip_prefix("0x") {
-        Some(hex) => u64::from_str_radix(hex, 16),
-        None => v.parse(),
-    };
-    parsed.unwrap_or_else(|_| panic!("{name}={v}: expected a number"))
-}
-
 fn config() -> Config {
-    let num = |name: &str| env(name).map(|v| parse_u64(name, &v));
-    let base_seed = num("BLOCKFAULT_FUZZ_SEED").unwrap_or_else(|| {
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap();
-        // Mixed, so that runs a second apart don't overlap in seeds.
-        rng::Rng::new(t.as_nanos() as u64 ^ u64::from(std::process::id())).next_u64() >> 16
-    });
-    let secs = num("BLOCKFAULT_FUZZ_SECS");
-    let cases = num("BLOCKFAULT_FUZZ_CASES");
+    let base_seed = base_seed("BLOCKFAULT_FUZZ_SEED");
+    let secs = env_u64("BLOCKFAULT_FUZZ_SECS");
+    let cases = env_u64("BLOCKFAULT_FUZZ_CASES");
     let log = env("BLOCKFAULT_FUZZ_LOG").map(Into::into);
     Config {
         base_seed,
         keep_going: secs.is_some() || cases.is_some() || log.is_some(),
         cases: cases.or(if secs.is_some() { None } else { Some(CI_CASES) }),
         deadline: secs.map(|s| Instant::now() + Duration::from_secs(s)),
-        batches: num("BLOCKFAULT_FUZZ_BATCHES").unwrap_or(2).max(1),
+        batches: env_u64("BLOCKFAULT_FUZZ_BATCHES").unwrap_or(2).max(1),
         all: env("BLOCKFAULT_FUZZ_ALL").is_some_and(|v| v != "0"),
         only: env("BLOCKFAULT_FUZZ_ONLY"),
-        minimise_budget: num("BLOCKFAULT_FUZZ_MINIMISE").map_or(MINIMISE_BUDGET, |n| n as usize),
+        minimise_budget: env_u64("BLOCKFAULT_FUZZ_MINIMISE")
+            .map_or(MINIMISE_BUDGET, |n| n as usize),
         verbose: env("BLOCKFAULT_FUZZ_VERBOSE").is_some_and(|v| v != "0"),
         log,
     }

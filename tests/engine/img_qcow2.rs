@@ -2,6 +2,7 @@
 //! (bytes of the image, the Formatting line, errors), check (reports, stderr lines, exit codes,
 //! repaired images), info, and hostile headers. Skipped, saying so, without qemu-img.
 
+use crate::support::have_qemu;
 use blockfault::output::{Sink, Stream};
 use std::cell::RefCell;
 use std::path::Path;
@@ -53,19 +54,6 @@ fn qemu_io(args: &[&str], dir: &Path) -> (String, i32) {
     let rc = blockfault::qemu_io::main(&argv, dir, cap.clone(), &mut std::io::empty());
     let text = std::mem::take(&mut cap.borrow_mut().combined);
     (text, rc)
-}
-
-fn have_qemu() -> bool {
-    let ok = ["qemu-img", "qemu-io"].iter().all(|p| {
-        Command::new(p)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    });
-    if !ok {
-        eprintln!("skipped: qemu-img/qemu-io 10.0.2 not installed (apt-get install qemu-utils)");
-    }
-    ok
 }
 
 fn poke(path: &Path, offset: u64, width: usize, value: u64) {

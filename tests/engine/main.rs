@@ -13,6 +13,7 @@ mod qcow2_random;
 mod qcow2_resize;
 mod runner_cli;
 mod scenario_yaml_prop;
+mod support;
 
 // The runner's scenario reader, compiled in as it is into the binary (its module paths are
 // crate-rooted); the property test drives it.

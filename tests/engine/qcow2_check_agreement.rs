@@ -3,23 +3,11 @@
 //! programs check their own copy in their own directory under the same name, so stdout,
 //! stderr and the exit status compare as they are. Skipped, saying so, without QEMU.
 
+use crate::support::{have_qemu, sh};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 type Outcome = (String, String, i32);
-
-fn have_qemu() -> bool {
-    let ok = ["qemu-img", "qemu-io"].iter().all(|p| {
-        Command::new(p)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    });
-    if !ok {
-        eprintln!("skipped: qemu-img/qemu-io 10.0.2 not installed (apt-get install qemu-utils)");
-    }
-    ok
-}
 
 fn outcome(o: std::process::Output) -> Outcome {
     (
@@ -27,16 +15,6 @@ fn outcome(o: std::process::Output) -> Outcome {
         String::from_utf8_lossy(&o.stderr).into_owned(),
         o.status.code().unwrap_or(-1),
     )
-}
-
-fn sh(dir: &Path, script: &str) {
-    let st = Command::new("sh")
-        .arg("-c")
-        .arg(script)
-        .current_dir(dir)
-        .status()
-        .unwrap();
-    assert!(st.success(), "{script}");
 }
 
 /// Writes `bytes` (big-endian, its width) at `offset` of the image.

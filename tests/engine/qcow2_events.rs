@@ -9,6 +9,7 @@
 //!
 //! `QCOW2_EVENTS_PRINT=1` prints both sequences of every case.
 
+use crate::support::have;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -74,13 +75,6 @@ fn strerror(e: i32) -> String {
     unsafe { std::ffi::CStr::from_ptr(libc::strerror(e)) }
         .to_string_lossy()
         .into_owned()
-}
-
-fn have(tool: &str) -> bool {
-    Command::new(tool)
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
 }
 
 fn run(cmd: &mut Command) -> String {

@@ -38,6 +38,7 @@ mod mutate;
 #[allow(dead_code)]
 #[path = "../differential/fuzz/rng.rs"]
 mod rng;
+use rng::{base_seed, env, env_u64};
 mod seeds;
 
 use case::Case;
@@ -65,33 +66,15 @@ struct Config {
     log: Option<PathBuf>,
 }
 
-fn env(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.is_empty())
-}
-
-fn parse_u64(name: &str, v: &str) -> u64 {
-    let parsed = match v.strip_prefix("0x") {
-        Some(hex) => u64::from_str_radix(hex, 16),
-        None => v.parse(),
-    };
-    parsed.unwrap_or_else(|_| panic!("{name}={v}: expected a number"))
-}
-
 fn config() -> Config {
-    let num = |name: &str| env(name).map(|v| parse_u64(name, &v));
-    let base_seed = num("BLOCKFAULT_QCOW2_FUZZ_SEED").unwrap_or_else(|| {
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap();
-        rng::Rng::new(t.as_nanos() as u64 ^ u64::from(std::process::id())).next_u64() >> 16
-    });
-    let secs = num("BLOCKFAULT_QCOW2_FUZZ_SECS");
-    let cases = num("BLOCKFAULT_QCOW2_FUZZ_CASES");
+    let base_seed = base_seed("BLOCKFAULT_QCOW2_FUZZ_SEED");
+    let secs = env_u64("BLOCKFAULT_QCOW2_FUZZ_SECS");
+    let cases = env_u64("BLOCKFAULT_QCOW2_FUZZ_CASES");
     Config {
         base_seed,
         cases: cases.or(if secs.is_some() { None } else { Some(CI_CASES) }),
         deadline: secs.map(|s| Instant::now() + Duration::from_secs(s)),
-        jobs: num("BLOCKFAULT_QCOW2_FUZZ_JOBS").unwrap_or(2).max(1),
+        jobs: env_u64("BLOCKFAULT_QCOW2_FUZZ_JOBS").unwrap_or(2).max(1),
         all: env("BLOCKFAULT_QCOW2_FUZZ_ALL").is_some_and(|v| v != "0"),
         only: env("BLOCKFAULT_QCOW2_FUZZ_ONLY").map(|n| {
             exclusions::named(&n)
@@ -108,8 +91,8 @@ fn tools() -> Option<Tools> {
             .map(|d| d.join(name))
             .find(|p| p.is_file())
     };
-    let floor = env("BLOCKFAULT_QCOW2_FUZZ_TIME_FLOOR")
-        .map(|v| Duration::from_secs(parse_u64("BLOCKFAULT_QCOW2_FUZZ_TIME_FLOOR", &v)))
+    let floor = env_u64("BLOCKFAULT_QCOW2_FUZZ_TIME_FLOOR")
+        .map(Duration::from_secs)
         .unwrap_or(check::DEFAULT_TIME_FLOOR);
     Some(Tools {
         qemu_img: find("qemu-img")?,

@@ -3,22 +3,12 @@
 //! image are compared with real qemu-io's; where QEMU aborts, ours prints one `blockfault:`
 //! line and exits 1. (The seeded mutation fuzzer is qcow2_fuzz.)
 
+use crate::support;
+use crate::support::have_qemu;
 use std::process::Command;
 
 fn workdir(name: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("bf-qcow2-hostile-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn have_qemu() -> bool {
-    ["qemu-img", "qemu-io"].iter().all(|t| {
-        Command::new(t)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    })
+    support::workdir("qcow2-hostile", name)
 }
 
 /// Makes `name` in `dir` with real qemu-img/qemu-io (`script`, run by sh with `$1` = name),

@@ -3,25 +3,10 @@
 //! size, v2 and v3, backing chains, compressed clusters) read identically through our
 //! engine. Skipped (with a printed reason) when qemu-io or qemu-img is missing.
 
+use crate::support;
+use crate::support::{have, sh};
 use std::path::Path;
 use std::process::Command;
-
-fn have(tool: &str) -> bool {
-    Command::new(tool)
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-fn sh(dir: &Path, script: &str) {
-    let st = Command::new("sh")
-        .arg("-c")
-        .arg(script)
-        .current_dir(dir)
-        .status()
-        .unwrap();
-    assert!(st.success(), "setup failed: {script}");
-}
 
 /// Runs qemu-io (`ours` = our engine) and returns its output without timing lines.
 fn qemu_io(dir: &Path, ours: bool, cmds: &[String], args: &[&str]) -> String {
@@ -49,10 +34,7 @@ fn qemu_io(dir: &Path, ours: bool, cmds: &[String], args: &[&str]) -> String {
 }
 
 fn workdir(name: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("bf-qcow2-interop-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    support::workdir("qcow2-interop", name)
 }
 
 /// Reads that verify the pattern layout the writers below produce.

@@ -7,15 +7,9 @@
 //! 119/64/74/74/74, with -b 251/0/87/87/87). Skipped (with a printed reason) when qemu-io or
 //! qemu-img is missing.
 
+use crate::support::have;
 use std::path::Path;
 use std::process::Command;
-
-fn have(tool: &str) -> bool {
-    Command::new(tool)
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
 
 struct Case {
     cluster_size: u32,

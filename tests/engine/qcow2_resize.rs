@@ -4,25 +4,9 @@
 //! byte-identical image files, and pass real `qemu-img check`. Skipped (with a printed
 //! reason) when qemu-io or qemu-img is missing.
 
+use crate::support::{have, sh};
 use std::path::Path;
 use std::process::{Command, Output};
-
-fn have(tool: &str) -> bool {
-    Command::new(tool)
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-fn sh(dir: &Path, script: &str) {
-    let st = Command::new("sh")
-        .arg("-c")
-        .arg(script)
-        .current_dir(dir)
-        .status()
-        .unwrap();
-    assert!(st.success(), "setup failed: {script}");
-}
 
 fn clean(o: &[u8]) -> String {
     String::from_utf8_lossy(o)

@@ -1,5 +1,5 @@
 //! SplitMix64: a tiny, well-known generator whose whole state is one `u64`, so a case is replayed
-//! from its seed alone.
+//! from its seed alone; and the environment knobs both fuzzers read (seed, counts, switches).
 
 pub struct Rng(u64);
 
@@ -48,4 +48,31 @@ impl Rng {
         }
         unreachable!()
     }
+}
+
+/// An environment variable, unset when empty.
+pub fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+/// A numeric environment variable (decimal or `0x` hex); a malformed one stops the test.
+pub fn env_u64(name: &str) -> Option<u64> {
+    env(name).map(|v| {
+        let parsed = match v.strip_prefix("0x") {
+            Some(hex) => u64::from_str_radix(hex, 16),
+            None => v.parse(),
+        };
+        parsed.unwrap_or_else(|_| panic!("{name}={v}: expected a number"))
+    })
+}
+
+/// The base seed named by `name`, or a fresh one (mixed, so that runs a second apart don't
+/// overlap in seeds).
+pub fn base_seed(name: &str) -> u64 {
+    env_u64(name).unwrap_or_else(|| {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap();
+        Rng::new(t.as_nanos() as u64 ^ u64::from(std::process::id())).next_u64() >> 16
+    })
 }
