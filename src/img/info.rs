@@ -182,7 +182,7 @@ impl Img<'_> {
         let sns = if h.incompatible_features & INCOMPAT_DATA_FILE != 0 {
             Vec::new()
         } else {
-            snapshots(file.file(), h)
+            snapshots(&file, h)
         };
         if !sns.is_empty() {
             s.push_str("Snapshot list:\n");

@@ -5,8 +5,7 @@ use crate::block::qcow2::bitmap::{DirEntry, FLAG_AUTO, FLAG_IN_USE, display_name
 use crate::block::qcow2::header::{
     AUTOCLEAR_DATA_FILE_RAW, Header, INCOMPAT_CORRUPT, INCOMPAT_DATA_FILE, be16, be32, be64,
 };
-use std::fs::File;
-use std::os::unix::fs::FileExt;
+use crate::block::qcow2::image_file::ImageFile;
 
 /// One snapshot table entry as `info` lists it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -22,18 +21,21 @@ pub struct SnapshotInfo {
 
 /// Reads the `nb` snapshot entries as the open did (which bounded the table); what lies past
 /// the end of the file reads as zeroes, as through QEMU's file protocol.
-pub fn snapshots(file: &File, h: &Header) -> Vec<SnapshotInfo> {
+pub fn snapshots(file: &impl ImageFile, h: &Header) -> Vec<SnapshotInfo> {
     let mut out = Vec::new();
     let mut off = h.snapshots_offset;
+    // zeroes past the end of the file (ImageFile::read_at), and where a read fails
+    let read = |at: u64, len: u64| {
+        file.read_at(at, len as usize)
+            .unwrap_or_else(|_| vec![0; len as usize])
+    };
     for _ in 0..h.nb_snapshots.min(65536) {
         off = off.div_ceil(8) * 8;
-        let mut hd = [0u8; 40];
-        read_zero_filled(file, &mut hd, off);
+        let hd = read(off, 40);
         let id_len = u64::from(be16(&hd, 12));
         let name_len = u64::from(be16(&hd, 14));
         let extra_len = u64::from(be32(&hd, 36)).min(1024);
-        let mut extra = vec![0u8; extra_len as usize];
-        read_zero_filled(file, &mut extra, off + 40);
+        let extra = read(off + 40, extra_len);
         let mut vm_state_size = u64::from(be32(&hd, 32));
         if extra_len >= 8 {
             vm_state_size = be64(&extra, 0);
@@ -42,11 +44,9 @@ pub fn snapshots(file: &File, h: &Header) -> Vec<SnapshotInfo> {
             .then(|| be64(&extra, 16))
             .filter(|v| *v != u64::MAX);
         off += 40 + extra_len;
-        let mut id = vec![0u8; id_len as usize];
-        read_zero_filled(file, &mut id, off);
+        let id = read(off, id_len);
         off += id_len;
-        let mut name = vec![0u8; name_len as usize];
-        read_zero_filled(file, &mut name, off);
+        let name = read(off, name_len);
         off += name_len;
         out.push(SnapshotInfo {
             // C strings: QEMU shows them up to the first NUL
@@ -60,17 +60,6 @@ pub fn snapshots(file: &File, h: &Header) -> Vec<SnapshotInfo> {
         });
     }
     out
-}
-
-/// Fills `buf` from `offset`; bytes past the end of the file (or unreadable) stay zero.
-fn read_zero_filled(file: &File, buf: &mut [u8], offset: u64) {
-    let mut done = 0;
-    while done < buf.len() {
-        match file.read_at(&mut buf[done..], offset + done as u64) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => done += n,
-        }
-    }
 }
 
 /// `Format specific information:` lines (indented by four spaces, each ending in a newline).
