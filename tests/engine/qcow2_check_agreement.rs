@@ -394,3 +394,57 @@ fn refcount_repairs_lost_on_fatal_corruption_agree() {
         "re-check of ours (left) vs qemu-img's repair"
     );
 }
+
+/// `qemu-img info --output=json t.qcow2` and ours in `dir`: exit status, stderr and the
+/// `snapshots` member (absent: None).
+fn info_snapshots(dir: &Path) -> [(i32, String, Option<serde_json::Value>); 2] {
+    let run = |mut cmd: Command| {
+        let o = cmd
+            .args(["info", "--output=json", "t.qcow2"])
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        let json: Option<serde_json::Value> = serde_json::from_slice(&o.stdout).ok();
+        (
+            o.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+            json.and_then(|j| j.get("snapshots").cloned()),
+        )
+    };
+    let mut ours = Command::new(env!("CARGO_BIN_EXE_blockfault"));
+    ours.arg("img");
+    [run(Command::new("qemu-img")), run(ours)]
+}
+
+/// info's snapshot list as qcow2_do_open and qcow2_snapshot_list make it: entries past the end
+/// of the file read as zeroes, oversized extra data fails the open, and an image with an
+/// external data file lists none.
+#[test]
+fn info_snapshot_lists_agree() {
+    if !have_qemu() {
+        return;
+    }
+    let past_eof = Case::new(SNAPSHOTS);
+    let img = past_eof.path("t.qcow2");
+    let len = std::fs::metadata(&img).unwrap().len().div_ceil(65536) * 65536;
+    poke(&img, 64, &len.to_be_bytes());
+    let [theirs, mine] = info_snapshots(past_eof.dir.path());
+    assert_eq!(mine, theirs);
+    assert!(theirs.2.is_some(), "QEMU lists the zeroed entries");
+
+    let extra = Case::new(SNAPSHOTS);
+    let img = extra.path("t.qcow2");
+    let table = be64_at(&img, 64);
+    poke(&img, table + 36, &2048u32.to_be_bytes());
+    let [theirs, mine] = info_snapshots(extra.dir.path());
+    assert_eq!(mine, theirs);
+    assert_eq!(theirs.0, 1, "{}", theirs.1);
+
+    let data_file = Case::new(
+        "qemu-img create -q -f qcow2 -o data_file=d.data t.qcow2 4M && qemu-io -c 'write -P 5 0 64k' t.qcow2 >/dev/null",
+    );
+    poke(&data_file.path("t.qcow2"), 60, &1u32.to_be_bytes());
+    let [theirs, mine] = info_snapshots(data_file.dir.path());
+    assert_eq!(mine, theirs);
+    assert_eq!(theirs.2, None);
+}
