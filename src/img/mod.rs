@@ -12,6 +12,7 @@ mod check;
 mod compare;
 mod create;
 mod info;
+mod info_graph;
 pub mod json;
 mod map;
 pub mod qcow2;
