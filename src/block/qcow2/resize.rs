@@ -6,7 +6,7 @@
 use super::Qcow2;
 use super::cache::{Cache, CacheKind};
 use super::state::c_hex;
-use super::state::{DiscardType, L1E_OFFSET_MASK, REFT_OFFSET_MASK, rc_get, rc_set};
+use super::state::{DiscardType, L1E_OFFSET_MASK, REFT_OFFSET_MASK, rc_get};
 use crate::block::blkdebug::events::Event;
 use crate::block::driver::{IoResult, ReqFlags};
 use crate::block::io;
@@ -329,7 +329,7 @@ impl Qcow2 {
         let mut st = self.st.borrow_mut();
         {
             let c = st.cache(CacheKind::Refcount);
-            rc_set(c.table_mut(slot), order, idx, 0);
+            c.set_refcount(slot, order, idx, 0);
             c.mark_dirty(slot);
             c.put(slot);
         }

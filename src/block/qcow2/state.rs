@@ -485,7 +485,7 @@ pub(crate) mod tests {
         };
         let mut caches = [Cache::new(2, cs as usize), Cache::new(4, cs as usize)];
         let table = caches[0].begin_load(0);
-        caches[0].end_load(0, vec![0; table.len()], 0x40000);
+        caches[0].end_load(0, vec![0; table.len()], 0x40000, false);
         State {
             hdr: Header::default(),
             cluster_bits: 16,
