@@ -290,6 +290,25 @@ impl Qcow2 {
             return Err(libc::EIO);
         }
         let block_offset = off;
+        // A cached block is read as cache_get's hit does (reference taken and dropped, so the
+        // LRU stamps move as in QEMU), without building the miss path's future: allocations
+        // ask this of every cluster they look at.
+        let hit = {
+            let mut st = self.st.borrow_mut();
+            let c = st.cache(CacheKind::Refcount);
+            match c.lookup(block_offset) {
+                Some(Lookup::Hit(i)) => {
+                    c.take_ref(i);
+                    let v = rc_get(c.table(i), order, idx);
+                    c.put(i);
+                    Some(v)
+                }
+                _ => None,
+            }
+        };
+        if let Some(v) = hit {
+            return Ok(v);
+        }
         let slot = self
             .cache_get(node, CacheKind::Refcount, block_offset, true)
             .await?;
@@ -541,7 +560,7 @@ impl Qcow2 {
             .debug_event(Event::RefblockAllocWriteBlocks)
             .await;
         self.cache_flush(node, CacheKind::Refcount).await?;
-        let bytes: Vec<u8> = new_table.iter().flat_map(|e| e.to_be_bytes()).collect();
+        let bytes = super::state::be64_bytes(&new_table);
         node.file()
             .debug_event(Event::RefblockAllocWriteTable)
             .await;

@@ -268,7 +268,7 @@ impl Qcow2 {
             self.cache_put(CacheKind::Refcount, slot);
             tmp[i] = if unused { 0 } else { e };
         }
-        let raw: Vec<u8> = tmp.iter().flat_map(|e| e.to_be_bytes()).collect();
+        let raw = super::state::be64_bytes(&tmp);
         let table_offset = self.st.borrow().reftable_offset;
         let mut ret = self.pwrite_sync(node, table_offset, &raw).await;
         for i in 0..table.len() {
