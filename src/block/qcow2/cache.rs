@@ -373,10 +373,7 @@ impl Cache {
         let Some(t) = e.data.as_mut() else {
             return &mut [];
         };
-        e.unwritten = Some(match e.unwritten.take() {
-            Some(u) => u.start.min(range.start)..u.end.max(range.end),
-            None => range,
-        });
+        widen(&mut e.unwritten, range);
         Rc::make_mut(t).as_mut_slice()
     }
 
@@ -388,7 +385,9 @@ impl Cache {
 
     /// Puts back a range taken by [`Cache::take_unwritten`] whose write failed.
     pub fn restore_unwritten(&mut self, i: usize, range: Range<usize>) {
-        let _ = self.changing(i, range);
+        if let Some(e) = self.entries.get_mut(&i) {
+            widen(&mut e.unwritten, range);
+        }
     }
 
     /// Copies the table of slot `from` over the table of slot `to`.
@@ -420,6 +419,14 @@ impl Cache {
         };
         rc_set(self.changing(i, at), order, idx, v);
     }
+}
+
+/// Grows `unwritten` to cover `range` too.
+fn widen(unwritten: &mut Option<Range<usize>>, range: Range<usize>) {
+    *unwritten = Some(match unwritten.take() {
+        Some(u) => u.start.min(range.start)..u.end.max(range.end),
+        None => range,
+    });
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ use crate::block::crash_log;
 use crate::block::driver::{BoxFut, IoResult, ReqFlags};
 use crate::block::file::FileDriver;
 use crate::block::io;
+use crate::block::node::DetectZeroes;
 use crate::block::node::Node;
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -95,7 +96,10 @@ impl Qcow2 {
     /// - the table reaches into the file's last sector or past it: the whole write would
     ///   lengthen the file (and the node's idea of its length);
     /// - overlap checks for active L2 tables and refcount blocks are off: on a corrupt image
-    ///   a data write may then have landed on the table, and QEMU's whole write overwrites it.
+    ///   a data write may then have landed on the table, and QEMU's whole write overwrites it;
+    /// - the file detects zeroes: a zeroed part would become a zero write (maybe unmapping
+    ///   pages) where the whole table is a plain write;
+    /// - the file splits requests (max-transfer below the table size): each piece is a job.
     ///
     /// A dirty table with nothing unwritten still gets a write (one alignment unit): each
     /// write is a thread-pool job, and the jobs order concurrent requests.
@@ -110,8 +114,11 @@ impl Qcow2 {
         let file = node.file();
         let align = file.limits().request_alignment.max(1);
         let checks = super::overlap::ACTIVE_L2 | super::overlap::REFCOUNT_BLOCK;
+        let max_transfer = file.limits().max_transfer;
         let cuttable = file.driver.as_any().is::<FileDriver>()
             && !crash_log::recording()
+            && file.detect_zeroes.get() == DetectZeroes::Off
+            && (max_transfer == 0 || max_transfer >= table_size as u64)
             && offset + table_size as u64 + 512 <= file.total_sectors.get() * 512
             && self.st.borrow().overlap_check & checks == checks
             && offset.is_multiple_of(align)
