@@ -13,8 +13,10 @@
 //! slot of each cached offset, the dirty slots, the slots that are not fresh, and the
 //! unreferenced slots ordered as QEMU's victim scan would rank them.
 
+use super::state::rc_set;
 use crate::block::int_map::IntMap;
 use std::collections::{BTreeSet, VecDeque};
+use std::ops::Range;
 use std::rc::Rc;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,6 +49,10 @@ struct Entry {
     data: Option<Table>,
     refs: u32,
     lru: u64,
+    /// the bytes of the table that may differ from the file's copy: changed since the table
+    /// was read from the file or last handed to it for writing (the whole table when it was
+    /// filled without a read)
+    unwritten: Option<Range<usize>>,
 }
 
 impl Entry {
@@ -305,7 +311,9 @@ impl Cache {
     /// Drops a table whose cluster was freed (QEMU's qcow2_cache_discard).
     pub fn discard(&mut self, i: usize) {
         self.set_offset(i, 0);
-        self.entry_mut(i).lru = 0;
+        let e = self.entry_mut(i);
+        e.lru = 0;
+        e.unwritten = None;
         self.dirty.remove(&i);
         self.relist(i);
     }
@@ -329,9 +337,13 @@ impl Cache {
         buf
     }
 
-    /// Installs a loaded table in slot `i` under `offset` (0 when the load failed).
-    pub fn end_load(&mut self, i: usize, table: Vec<u8>, offset: u64) {
-        self.entry_mut(i).data = Some(Rc::new(table));
+    /// Installs a loaded table in slot `i` under `offset` (0 when the load failed);
+    /// `from_file`: the table was read from the file at `offset` (else the caller fills it).
+    pub fn end_load(&mut self, i: usize, table: Vec<u8>, offset: u64, from_file: bool) {
+        let full = 0..table.len();
+        let e = self.entry_mut(i);
+        e.data = Some(Rc::new(table));
+        e.unwritten = (!from_file).then_some(full);
         self.set_offset(i, offset);
     }
 
@@ -347,10 +359,34 @@ impl Cache {
             .map_or(&[], |t| t)
     }
 
+    /// The table of slot `i` to change as the caller likes: all of it counts as unwritten.
     pub fn table_mut(&mut self, i: usize) -> &mut [u8] {
-        match self.entries.get_mut(&i).and_then(|e| e.data.as_mut()) {
-            Some(t) => Rc::make_mut(t).as_mut_slice(),
-            None => &mut [],
+        let len = self.table_size;
+        self.changing(i, 0..len)
+    }
+
+    /// The table of slot `i`, to change only within `range` (which then counts as unwritten).
+    fn changing(&mut self, i: usize, range: Range<usize>) -> &mut [u8] {
+        let Some(e) = self.entries.get_mut(&i) else {
+            return &mut [];
+        };
+        let Some(t) = e.data.as_mut() else {
+            return &mut [];
+        };
+        widen(&mut e.unwritten, range);
+        Rc::make_mut(t).as_mut_slice()
+    }
+
+    /// Takes the unwritten range of slot `i` as its table is handed to the file: whatever
+    /// changes from here on is unwritten again. None when the file's copy is current.
+    pub fn take_unwritten(&mut self, i: usize) -> Option<Range<usize>> {
+        self.entries.get_mut(&i).and_then(|e| e.unwritten.take())
+    }
+
+    /// Puts back a range taken by [`Cache::take_unwritten`] whose write failed.
+    pub fn restore_unwritten(&mut self, i: usize, range: Range<usize>) {
+        if let Some(e) = self.entries.get_mut(&i) {
+            widen(&mut e.unwritten, range);
         }
     }
 
@@ -367,8 +403,30 @@ impl Cache {
     }
 
     pub fn set_be64(&mut self, i: usize, idx: usize, v: u64) {
-        self.table_mut(i)[idx * 8..idx * 8 + 8].copy_from_slice(&v.to_be_bytes());
+        let at = idx * 8..idx * 8 + 8;
+        self.changing(i, at.clone())[at].copy_from_slice(&v.to_be_bytes());
     }
+
+    /// Sets refcount `idx` of the refcount block in slot `i` (entries of `1 << order` bits).
+    pub fn set_refcount(&mut self, i: usize, order: u32, idx: usize, v: u64) {
+        let bits = 1usize << order;
+        // sub-byte entries share their byte with neighbours
+        let at = if bits < 8 {
+            let byte = idx * bits / 8;
+            byte..byte + 1
+        } else {
+            idx * (bits / 8)..(idx + 1) * (bits / 8)
+        };
+        rc_set(self.changing(i, at), order, idx, v);
+    }
+}
+
+/// Grows `unwritten` to cover `range` too.
+fn widen(unwritten: &mut Option<Range<usize>>, range: Range<usize>) {
+    *unwritten = Some(match unwritten.take() {
+        Some(u) => u.start.min(range.start)..u.end.max(range.end),
+        None => range,
+    });
 }
 
 #[cfg(test)]
@@ -379,7 +437,7 @@ mod tests {
     /// Loads `offset` into slot `i` as cache_get does on a miss.
     fn load(c: &mut Cache, i: usize, offset: u64) {
         let buf = c.begin_load(i);
-        c.end_load(i, buf, offset);
+        c.end_load(i, buf, offset, true);
     }
 
     /// Loads `offset` into slot `i` and uses it once (it gets the next LRU stamp).
@@ -438,6 +496,32 @@ mod tests {
         assert!(matches!(c.lookup(0x1000_0000), Some(Lookup::Miss(_))));
         assert_eq!(c.entries.len(), 1);
         assert!(c.stale.words.len() <= 1);
+    }
+
+    #[test]
+    fn unwritten_bytes_are_what_changed_since_the_last_write() {
+        let mut c = Cache::new(2, 512);
+        load(&mut c, 0, 4096);
+        assert_eq!(c.take_unwritten(0), None);
+        c.set_be64(0, 3, 7);
+        c.set_refcount(0, 4, 40, 1);
+        assert_eq!(c.take_unwritten(0), Some(24..82));
+        // sub-byte refcounts share a byte
+        c.set_refcount(0, 1, 9, 3);
+        assert_eq!(c.take_unwritten(0), Some(2..3));
+        // a change while the write is in flight is unwritten again; a failed write puts its
+        // range back
+        let taken = c.take_unwritten(0);
+        c.set_be64(0, 60, 1);
+        c.restore_unwritten(0, 100..108);
+        assert_eq!(taken, None);
+        assert_eq!(c.take_unwritten(0), Some(100..488));
+        // free-form changes and tables filled without a read count whole
+        let _ = c.table_mut(0);
+        assert_eq!(c.take_unwritten(0), Some(0..512));
+        let buf = c.begin_load(1);
+        c.end_load(1, buf, 8192, false);
+        assert_eq!(c.take_unwritten(1), Some(0..512));
     }
 
     #[test]

@@ -200,7 +200,7 @@ impl Qcow2 {
             self.pre_write_overlap_check(node, 0, new_offset, bytes2)
                 .await?;
             node.file().debug_event(Event::L1GrowWriteTable).await;
-            let raw: Vec<u8> = table.iter().flat_map(|e| e.to_be_bytes()).collect();
+            let raw = super::state::be64_bytes(&table);
             self.pwrite_sync(node, new_offset, &raw).await?;
             node.file().debug_event(Event::L1GrowActivateTable).await;
             let mut data = [0u8; 12];

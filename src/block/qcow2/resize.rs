@@ -6,7 +6,7 @@
 use super::Qcow2;
 use super::cache::{Cache, CacheKind};
 use super::state::c_hex;
-use super::state::{DiscardType, L1E_OFFSET_MASK, REFT_OFFSET_MASK, rc_get, rc_set};
+use super::state::{DiscardType, L1E_OFFSET_MASK, REFT_OFFSET_MASK, rc_get};
 use crate::block::blkdebug::events::Event;
 use crate::block::driver::{IoResult, ReqFlags};
 use crate::block::io;
@@ -268,7 +268,7 @@ impl Qcow2 {
             self.cache_put(CacheKind::Refcount, slot);
             tmp[i] = if unused { 0 } else { e };
         }
-        let raw: Vec<u8> = tmp.iter().flat_map(|e| e.to_be_bytes()).collect();
+        let raw = super::state::be64_bytes(&tmp);
         let table_offset = self.st.borrow().reftable_offset;
         let mut ret = self.pwrite_sync(node, table_offset, &raw).await;
         for i in 0..table.len() {
@@ -329,7 +329,7 @@ impl Qcow2 {
         let mut st = self.st.borrow_mut();
         {
             let c = st.cache(CacheKind::Refcount);
-            rc_set(c.table_mut(slot), order, idx, 0);
+            c.set_refcount(slot, order, idx, 0);
             c.mark_dirty(slot);
             c.put(slot);
         }

@@ -417,6 +417,15 @@ pub fn rc_get(data: &[u8], order: u32, idx: usize) -> u64 {
     }
 }
 
+/// A table of 64-bit entries as the file holds it (big-endian).
+pub fn be64_bytes(entries: &[u64]) -> Vec<u8> {
+    let mut raw = vec![0u8; entries.len() * 8];
+    for (d, e) in raw.chunks_exact_mut(8).zip(entries) {
+        d.copy_from_slice(&e.to_be_bytes());
+    }
+    raw
+}
+
 pub fn rc_set(data: &mut [u8], order: u32, idx: usize, v: u64) {
     match order {
         0..=2 => {
@@ -485,7 +494,7 @@ pub(crate) mod tests {
         };
         let mut caches = [Cache::new(2, cs as usize), Cache::new(4, cs as usize)];
         let table = caches[0].begin_load(0);
-        caches[0].end_load(0, vec![0; table.len()], 0x40000);
+        caches[0].end_load(0, vec![0; table.len()], 0x40000, false);
         State {
             hdr: Header::default(),
             cluster_bits: 16,
