@@ -85,6 +85,7 @@ pub fn open_node(
             // raw passes on what its parents hold, with or without offset and size
             role: ChildRole::Filtered,
             extra_perms: Perms::NONE,
+            unshared_perms: Perms::NONE,
         }],
         name,
     );

@@ -11,6 +11,7 @@ use super::{Img, output_json};
 use crate::block::qcow2::header::{INCOMPAT_DATA_FILE, INCOMPAT_DIRTY};
 use crate::block::qcow2::image_file::PlainFile;
 use crate::block::qcow2::open::open_metadata;
+use crate::block::perms::{Access, Perms};
 use crate::errno::strerror;
 use std::os::unix::fs::MetadataExt;
 
@@ -28,6 +29,9 @@ impl Img<'_> {
         let Ok(((opts, pos), extra)) = self.subcommand_args(argv, "f:hU", LONGS) else {
             return 1;
         };
+        self.force_share.set(opts.iter().any(|(c, _)| *c == 'U'));
+        // qemu-img info opens without I/O (BDRV_O_NO_IO): it takes no permission at all.
+        self.no_io.set(true);
         let json = output_json(&extra);
         let chain = extra.iter().any(|(k, _)| k == "backing-chain");
         let fmt = opts
@@ -148,6 +152,20 @@ impl Img<'_> {
                 strerror(e.raw_os_error().unwrap_or(libc::EIO))
             ));
         })?;
+        // The qcow2 node's hold on its file (opened without I/O): it takes nothing, and shares
+        // neither writing nor resizing unless -U.
+        let held = if self.force_share.get() {
+            Access::UNUSED
+        } else {
+            Access {
+                perm: Perms::NONE,
+                shared: Perms::ALL.without(Perms::WRITE.union(Perms::RESIZE)),
+            }
+        };
+        if let Err(e) = crate::block::file::lock_image(&file, name, held) {
+            self.error(&format!("Could not open '{name}': {e}"));
+            return Err(());
+        }
         let file = PlainFile::new(file);
         let md = open_metadata(&file, false, false).map_err(|(msg, _)| {
             self.error(&format!("Could not open '{name}': {msg}"));
