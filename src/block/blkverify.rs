@@ -189,7 +189,8 @@ impl BlockDriver for BlkVerifyDriver {
             let raw = self.raw(node);
             // Writing past the end of a node needs RESIZE (an assertion in QEMU's
             // bdrv_co_write_req_prepare). qemu-io only takes it for `truncate`, and keeps it.
-            if offset + bytes > io::getlength(raw)? && !raw.perms.get().perm.contains(Perms::RESIZE) {
+            if offset + bytes > io::getlength(raw)? && !raw.perms.get().perm.contains(Perms::RESIZE)
+            {
                 let what =
                     "goes past the end of the raw image (QEMU 10.0.2 aborts on an assertion here)";
                 return Err(self.fail(true, offset, bytes, what));

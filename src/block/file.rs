@@ -75,13 +75,33 @@ pub struct FileDriver {
 /// Takes the image locks `access` needs on `file` (named `shown_name`) and checks that nobody
 /// else conflicts with them, as a file node does when its parent attaches it; the locks last
 /// as long as the descriptor. For readers of an image that do not go through a node
-/// (qemu-img info reading a qcow2 header).
-pub fn lock_image(file: &File, shown_name: &str, access: Access) -> Result<(), String> {
-    let fd = file.as_raw_fd();
+/// (qemu-img info reading a qcow2 header). The locks go with the guard returned.
+pub fn lock_image(file: &File, shown_name: &str, access: Access) -> Result<ImageLock, String> {
+    let guard = ImageLock(
+        file.try_clone()
+            .map_err(|e| format!("Could not open '{shown_name}': {e}"))?,
+    );
+    let fd = guard.0.as_raw_fd();
     let mut locked = (Perms::NONE, Perms::NONE);
-    locks::apply(fd, access.perm, access.shared.complement(), false, &mut locked)?;
+    locks::apply(
+        fd,
+        access.perm,
+        access.shared.complement(),
+        false,
+        &mut locked,
+    )?;
     locks::check(fd, access.perm, access.shared)
-        .map_err(|e| format!("{e}\nIs another process using the image [{shown_name}]?"))
+        .map_err(|e| format!("{e}\nIs another process using the image [{shown_name}]?"))?;
+    Ok(guard)
+}
+
+/// The image locks [`lock_image`] took, held until it is dropped.
+pub struct ImageLock(File);
+
+impl Drop for ImageLock {
+    fn drop(&mut self) {
+        locks::release_all(self.0.as_raw_fd());
+    }
 }
 
 /// file-posix's permission state: what is granted, and which bytes are locked.
@@ -197,6 +217,17 @@ mod locks {
         Ok(())
     }
 
+    /// Unlocks every lock byte of the open file description. Closing the descriptor would do
+    /// that too, but only once no other process shares the description: a child forked by
+    /// another thread keeps it (and its locks) until it execs.
+    pub fn release_all(fd: RawFd) {
+        for base in [PERM_BASE, SHARED_BASE] {
+            for bit in 0..4 {
+                let _ = set(fd, base + bit, false);
+            }
+        }
+    }
+
     /// QEMU's raw_check_lock_bytes: nobody else may refuse to share what we take, or hold
     /// what we refuse to share.
     pub fn check(fd: RawFd, perm: Perms, shared: Perms) -> Result<(), String> {
@@ -288,6 +319,9 @@ fn page_size() -> usize {
 
 impl Drop for FileDriver {
     fn drop(&mut self) {
+        if self.use_lock {
+            locks::release_all(self.file().as_raw_fd());
+        }
         if let Some(path) = &self.temporary {
             let _ = std::fs::remove_file(path);
         }
@@ -503,7 +537,10 @@ impl FileDriver {
         );
         if result.is_ok() {
             result = locks::check(fd, new.perm, new.shared).map_err(|e| {
-                format!("{e}\nIs another process using the image [{}]?", node.filename)
+                format!(
+                    "{e}\nIs another process using the image [{}]?",
+                    node.filename
+                )
             });
         }
         self.set_locked(locked);
@@ -605,6 +642,9 @@ impl FileDriver {
     /// A new descriptor replaces the old, with its mode and the node's request alignment
     /// (QEMU's raw_refresh_limits).
     fn install(&self, node: &Node, (file, mode, align): NewFile) {
+        if self.use_lock {
+            locks::release_all(self.file().as_raw_fd());
+        }
         *self.file.borrow_mut() = file;
         // The old descriptor's locks went with it; the commit that follows locks the new one.
         self.set_locked((Perms::NONE, Perms::NONE));

@@ -66,7 +66,9 @@ impl Perms {
 
     /// The single permissions in the set, lowest bit first, as (bit number, QEMU's name).
     pub fn each(self) -> impl Iterator<Item = (u32, &'static str)> {
-        (0..4u32).filter(move |i| self.0 & (1 << i) != 0).map(|i| (i, Self::NAMES[i as usize]))
+        (0..4u32)
+            .filter(move |i| self.0 & (1 << i) != 0)
+            .map(|i| (i, Self::NAMES[i as usize]))
     }
 
     /// The permission named as QEMU's BlockPermission enum names it (blkdebug's options).
@@ -366,7 +368,10 @@ mod tests {
             }
         );
         let taken = child(ChildRole::Filtered, R);
-        assert_eq!(child_access(&taken, rw(), true, false).perm, C.union(W).union(R));
+        assert_eq!(
+            child_access(&taken, rw(), true, false).perm,
+            C.union(W).union(R)
+        );
         taken.node.force_share.set(true);
         assert_eq!(
             child_access(&taken, Access { perm: C, shared: C }, false, false).shared,

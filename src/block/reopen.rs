@@ -385,7 +385,10 @@ fn check_permissions(queue: &mut [Entry], req: &Request) -> Result<Vec<Planned>,
     for (i, p) in planned.iter().enumerate() {
         let entry = queue.iter_mut().find(|e| Rc::ptr_eq(&e.node, &p.node));
         let checked = match entry.and_then(|e| e.prepared.as_mut().map(|(s, _)| (s, e.flags))) {
-            Some((state, flags)) => p.node.driver.reopen_check_perm(&p.node, state, flags, p.access),
+            Some((state, flags)) => p
+                .node
+                .driver
+                .reopen_check_perm(&p.node, state, flags, p.access),
             None => p.node.driver.check_perm(&p.node, p.access),
         };
         if let Err(e) = checked {

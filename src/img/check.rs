@@ -135,7 +135,7 @@ impl Img<'_> {
                 .err("Try 'qemu-img check --help' for more info\n");
             return 1;
         };
-        let path = self.base_dir.join(name);
+        let path = self.base_dir.join(crate::host_bytes::host_path(name));
         let qcow2 = match fmt.as_deref() {
             Some("qcow2") => true,
             Some(_) => false,

@@ -240,7 +240,7 @@ pub fn probe_backing(
     name: &str,
     fmt: Option<&str>,
 ) -> Result<(String, u64), String> {
-    let path = base_dir.join(name);
+    let path = base_dir.join(crate::host_bytes::host_path(name));
     let file = std::fs::File::open(&path).map_err(|e| {
         format!(
             "Could not open '{name}': {}",
@@ -487,7 +487,7 @@ impl Img<'_> {
                 opts.print()
             ));
         }
-        let path = self.base_dir.join(filename);
+        let path = self.base_dir.join(crate::host_bytes::host_path(filename));
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -613,7 +613,7 @@ impl Img<'_> {
             // the data file is created as a raw file of the virtual size (QEMU creates it,
             // then the qcow2 truncate grows it to the size)
             let errno = |e: std::io::Error| e.raw_os_error().unwrap_or(libc::EIO);
-            std::fs::File::create(self.base_dir.join(name))
+            std::fs::File::create(self.base_dir.join(crate::host_bytes::host_path(name)))
                 .and_then(|f| f.set_len(spec.size))
                 .map_err(|e| {
                     format!(

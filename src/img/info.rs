@@ -8,10 +8,10 @@ use super::qcow2::info::{
     SNAPSHOT_HEADER, format_specific, format_specific_json, size_to_str, snapshot_line, snapshots,
 };
 use super::{Img, output_json};
+use crate::block::perms::{Access, Perms};
 use crate::block::qcow2::header::{INCOMPAT_DATA_FILE, INCOMPAT_DIRTY};
 use crate::block::qcow2::image_file::PlainFile;
 use crate::block::qcow2::open::open_metadata;
-use crate::block::perms::{Access, Perms};
 use crate::errno::strerror;
 use std::os::unix::fs::MetadataExt;
 
@@ -83,7 +83,7 @@ impl Img<'_> {
         name: &str,
         fmt: Option<&str>,
     ) -> Result<(String, Json, Option<(String, Option<String>)>), ()> {
-        let path = self.base_dir.join(name);
+        let path = self.base_dir.join(crate::host_bytes::host_path(name));
         let qcow2 = match fmt {
             Some(f) => f == "qcow2",
             None => is_qcow2(&path),
@@ -162,10 +162,9 @@ impl Img<'_> {
                 shared: Perms::ALL.without(Perms::WRITE.union(Perms::RESIZE)),
             }
         };
-        if let Err(e) = crate::block::file::lock_image(&file, name, held) {
+        let _locks = crate::block::file::lock_image(&file, name, held).map_err(|e| {
             self.error(&format!("Could not open '{name}': {e}"));
-            return Err(());
-        }
+        })?;
         let file = PlainFile::new(file);
         let md = open_metadata(&file, false, false).map_err(|(msg, _)| {
             self.error(&format!("Could not open '{name}': {msg}"));
