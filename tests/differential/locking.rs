@@ -268,6 +268,10 @@ fn scripts() -> Vec<Script> {
                 run("img", "map -U --output=json t.qcow2"),
                 run("img", "compare t.qcow2 t.qcow2"),
                 run("img", "compare -U t.qcow2 t.qcow2"),
+                // creating over it fails before it touches the file; a backing file is only read
+                run("img", "create -f qcow2 t.qcow2 1M"),
+                run("img", "create -f raw t.qcow2 64k"),
+                run("img", "create -f qcow2 -b t.qcow2 -F qcow2 o.qcow2"),
             ],
         },
         // A read-only user: readers share it, writers don't; a reopen for writing fails.
@@ -306,6 +310,9 @@ fn scripts() -> Vec<Script> {
                 io("", &["read 0 512"], NESTED),
                 run("img", "info t.img"),
                 run("img", "map --output=json t.img"),
+                run("img", "create -f raw t.img 2M"),
+                // the qcow2 open of the new image fails: the half-made image is deleted
+                run("img", "create -f qcow2 t.img 1M"),
             ],
         },
     ]
