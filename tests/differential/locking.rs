@@ -318,6 +318,82 @@ fn scripts() -> Vec<Script> {
     ]
 }
 
+/// iotests 153's matrix with a qemu-io in place of its guest: the image (over a backing file)
+/// held read-write, read-only, or read-only with force-share, then every qemu-io open and
+/// every qemu-img command of ours, with and without -U.
+fn iotests_153() -> Vec<Script> {
+    let holders: [(&'static str, &str); 3] = [
+        ("lock_153_held_read_write", "t.qcow2"),
+        ("lock_153_held_read_only", "-r t.qcow2"),
+        ("lock_153_held_force_share", "-r -U t.qcow2"),
+    ];
+    holders
+        .into_iter()
+        .map(|(name, holder)| {
+            let mut runs = Vec::new();
+            for l in ["", "-U"] {
+                let opt = |rest: &str| {
+                    if l.is_empty() {
+                        rest.to_string()
+                    } else {
+                        format!("{l} {rest}")
+                    }
+                };
+                runs.push(io(&opt(""), &["read 0 512"], "t.qcow2"));
+                runs.push(io(&opt("-r"), &["read 0 512"], "t.qcow2"));
+                let open = format!("open {}", opt("t.qcow2"));
+                let open_ro = format!("open -r {}", opt("t.qcow2"));
+                runs.push(Run {
+                    tool: "io",
+                    args: [
+                        b"-c".to_vec(),
+                        open.into_bytes(),
+                        b"-c".to_vec(),
+                        b"read 0 512".to_vec(),
+                    ]
+                    .to_vec(),
+                });
+                runs.push(Run {
+                    tool: "io",
+                    args: [
+                        b"-c".to_vec(),
+                        open_ro.into_bytes(),
+                        b"-c".to_vec(),
+                        b"read 0 512".to_vec(),
+                    ]
+                    .to_vec(),
+                });
+                for cmd in ["info", "check", "compare", "map"] {
+                    let mut args = vec![cmd.as_bytes().to_vec()];
+                    if !l.is_empty() {
+                        args.push(l.as_bytes().to_vec());
+                    }
+                    args.push(b"t.qcow2".to_vec());
+                    if cmd == "compare" {
+                        args.push(b"t.qcow2".to_vec());
+                    }
+                    runs.push(Run { tool: "img", args });
+                }
+                if l.is_empty() {
+                    runs.push(run(
+                        "img",
+                        "create -f qcow2 t.qcow2 -b t.qcow2.base -F qcow2",
+                    ));
+                }
+            }
+            Script {
+                name,
+                setup: vec![
+                    words("-f qcow2 t.qcow2.base 32M"),
+                    words("-f qcow2 -b t.qcow2.base -F qcow2 t.qcow2"),
+                ],
+                holder: Some(words(holder)),
+                runs,
+            }
+        })
+        .collect()
+}
+
 /// qemu-img with names that are not UTF-8: the files they name, printed back as raw bytes.
 fn non_utf8_img() -> Script {
     let b = |parts: &[&[u8]]| parts.concat();
@@ -433,6 +509,7 @@ fn non_utf8_img() -> Script {
 
 pub fn trials() -> Vec<Trial> {
     let mut all = scripts();
+    all.extend(iotests_153());
     all.push(non_utf8_img());
     all.into_iter()
         .map(|s| Trial::test(format!("diff::{}", s.name), move || compare(&s)))
