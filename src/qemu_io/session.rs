@@ -135,7 +135,7 @@ pub struct OpenRequest<'a> {
     pub aio: AioMode,
     /// `-C`: reads copy what they find in backing files into the top image
     pub copy_on_read: bool,
-    /// `-U`: `force-share=on`, no image locking (which this engine does not do)
+    /// `-U`: `force-share=on`: the image is shared whatever other users hold
     pub force_share: bool,
 }
 
