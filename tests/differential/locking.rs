@@ -32,8 +32,8 @@ struct Script {
     name: &'static str,
     /// `qemu-img create ARGS` runs (real qemu-img) making the images first
     setup: Vec<Vec<Vec<u8>>>,
-    /// qemu-io arguments of a process holding an image open meanwhile (its image last)
-    holder: Option<Vec<Vec<u8>>>,
+    /// qemu-io arguments of a process holding an image open meanwhile, and the image file
+    holder: Option<(Vec<Vec<u8>>, &'static str)>,
     runs: Vec<Run>,
 }
 
@@ -99,13 +99,18 @@ fn byte_locked(path: &Path, byte: i64) -> bool {
 
 /// Starts the holder (commands on stdin, none given: it just keeps the image open) and waits
 /// until it holds its "consistent read" lock, which every holder here takes.
-fn start_holder(program: Program, args: &[Vec<u8>], dir: &Path) -> Result<Child, String> {
+fn start_holder(
+    program: Program,
+    args: &[Vec<u8>],
+    file: &str,
+    dir: &Path,
+) -> Result<Child, String> {
     let mut child = command(program, "io", args, dir)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
         .map_err(|e| format!("starting the holder: {e}"))?;
-    let image = dir.join(std::ffi::OsStr::from_bytes(args.last().expect("an image")));
+    let image = dir.join(file);
     let start = Instant::now();
     while !byte_locked(&image, 100) {
         if start.elapsed() > Duration::from_secs(20) || child.try_wait().ok().flatten().is_some() {
@@ -134,7 +139,7 @@ fn transcript(script: &Script, holder: Program, opener: Program) -> Result<Strin
         }
     }
     let mut held = match &script.holder {
-        Some(args) => Some(start_holder(holder, args, dir.path())?),
+        Some((args, file)) => Some(start_holder(holder, args, file, dir.path())?),
         None => None,
     };
     let mut text = String::new();
@@ -246,7 +251,7 @@ fn scripts() -> Vec<Script> {
         Script {
             name: "lock_qcow2_held_read_write",
             setup: qcow2(),
-            holder: Some(words("t.qcow2")),
+            holder: Some((words("t.qcow2"), "t.qcow2")),
             runs: vec![
                 io("", &["read 0 512"], "t.qcow2"),
                 io("-r", &["read 0 512"], "t.qcow2"),
@@ -278,7 +283,7 @@ fn scripts() -> Vec<Script> {
         Script {
             name: "lock_qcow2_held_read_only",
             setup: qcow2(),
-            holder: Some(words("-r t.qcow2")),
+            holder: Some((words("-r t.qcow2"), "t.qcow2")),
             runs: vec![
                 io("", &["read 0 512"], "t.qcow2"),
                 io(
@@ -303,7 +308,7 @@ fn scripts() -> Vec<Script> {
         Script {
             name: "lock_raw_held_read_write",
             setup: raw(),
-            holder: Some(words("-f raw t.img")),
+            holder: Some((words("-f raw t.img"), "t.img")),
             runs: vec![
                 io("-f raw", &["write -P 7 0 512", "truncate 2M"], "t.img"),
                 io("", &["read -P 7 0 512"], "blkverify:t.img:t.img"),
@@ -313,6 +318,20 @@ fn scripts() -> Vec<Script> {
                 run("img", "create -f raw t.img 2M"),
                 // the qcow2 open of the new image fails: the half-made image is deleted
                 run("img", "create -f qcow2 t.img 1M"),
+            ],
+        },
+        // raw with a size: its file is its data, which nobody else may resize
+        Script {
+            name: "lock_raw_with_size_held",
+            setup: raw(),
+            holder: Some((
+                vec![br#"json:{"driver":"raw","size":512,"file":{"driver":"file","filename":"t.img"}}"#.to_vec()],
+                "t.img",
+            )),
+            runs: vec![
+                io("-f raw", &["write 0 512", "truncate 2M"], "t.img"),
+                io("", &["read 0 512"], r#"json:{"driver":"raw","offset":512,"file":{"driver":"file","filename":"t.img"}}"#),
+                run("img", "create -f raw t.img 2M"),
             ],
         },
     ]
@@ -387,7 +406,7 @@ fn iotests_153() -> Vec<Script> {
                     words("-f qcow2 t.qcow2.base 32M"),
                     words("-f qcow2 -b t.qcow2.base -F qcow2 t.qcow2"),
                 ],
-                holder: Some(words(holder)),
+                holder: Some((words(holder), "t.qcow2")),
                 runs,
             }
         })
