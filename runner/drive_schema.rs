@@ -1,6 +1,6 @@
 //! What editors are told about the values of a scenario (formats, cache modes, block options and
 //! blkdebug's rules with their event and iotype names), so that yaml-language-server completes
-//! them and flags a typo before anything runs; and the load-time check of a rule's event name.
+//! them and flags a typo before anything runs; and the load-time check of a rule's event and iotype names.
 
 use super::{KNOWN_REQUIREMENTS, edit_distance};
 use blockfault::block::blkdebug::events::{Event, IoType};
@@ -196,31 +196,49 @@ impl Within {
     }
 }
 
-/// A rule's `event` (also flat, `inject-error.0.event`) must name a blkdebug event: QEMU would
-/// only say so when the drive is opened, as "Invalid parameter" without the scenario's position.
-pub fn check_event(within: Within, key: &str, value: &Value) -> Result<(), String> {
+/// A rule's `event` and `iotype` (also flat, `inject-error.0.event`) must name a blkdebug event
+/// and request type: QEMU would only say so when the drive is opened, as "Invalid parameter"
+/// without the scenario's position.
+pub fn check_rule_value(within: Within, key: &str, value: &Value) -> Result<(), String> {
+    let Some(name) = value.as_str().filter(|n| !n.contains("${")) else {
+        return Ok(());
+    };
+    if is_rule_key(within, key, "event") && Event::from_name(name).is_none() {
+        let names = Event::ALL.iter().map(|e| e.name());
+        return Err(format!(
+            "unknown blkdebug event `{name}`{}: `blockfault events` lists the {} events",
+            did_you_mean(name, names),
+            Event::COUNT
+        ));
+    }
+    if is_rule_key(within, key, "iotype") && IoType::from_name(name).is_none() {
+        let names = IoType::ALL.iter().map(|t| t.name());
+        return Err(format!(
+            "unknown blkdebug iotype `{name}`{}: the iotypes are {}",
+            did_you_mean(name, names.clone()),
+            names.collect::<Vec<_>>().join(", ")
+        ));
+    }
+    Ok(())
+}
+
+/// Whether `key` is a rule's `field`, nested (`event` inside a rule) or flat
+/// (`inject-error.N.event`, `set-state.N.event`).
+fn is_rule_key(within: Within, key: &str, field: &str) -> bool {
     let flat = |prefix: &str| {
         key.strip_prefix(prefix)
-            .and_then(|r| r.strip_suffix(".event"))
+            .and_then(|r| r.strip_suffix(field))
+            .and_then(|r| r.strip_suffix('.'))
             .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
     };
-    let is_event =
-        (within == Within::Rule && key == "event") || flat("inject-error.") || flat("set-state.");
-    let Some(name) = value.as_str().filter(|_| is_event) else {
-        return Ok(());
-    };
-    if name.contains("${") || Event::from_name(name).is_some() {
-        return Ok(());
-    }
-    let hint = Event::ALL
-        .iter()
-        .map(|e| (edit_distance(name, e.name()), e.name()))
+    (within == Within::Rule && key == field) || flat("inject-error.") || flat("set-state.")
+}
+
+fn did_you_mean<'a>(name: &str, names: impl Iterator<Item = &'a str>) -> String {
+    names
+        .map(|n| (edit_distance(name, n), n))
         .filter(|(d, _)| *d <= 3)
         .min()
         .map(|(_, n)| format!(" (did you mean `{n}`?)"))
-        .unwrap_or_default();
-    Err(format!(
-        "unknown blkdebug event `{name}`{hint}: `blockfault events` lists the {} events",
-        Event::COUNT
-    ))
+        .unwrap_or_default()
 }

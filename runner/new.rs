@@ -59,8 +59,9 @@ fn starter(name: &str) -> String {
 # A blockfault scenario (README "The scenario format"; rules and recipes: docs/authoring.md;
 # which blkdebug event fires for which command: `blockfault events`).
 # 1. Make the steps show one behaviour and say it in `description`.
-# 2. Bless on real QEMU: cargo run -- --backend qemu --bless scenarios/{name}.yaml
-# 3. Read golden/{name}.out, then run the engine: cargo run -- scenarios/{name}.yaml
+# 2. Bless on real QEMU: blockfault --backend qemu --bless scenarios/{name}.yaml
+# 3. Read golden/{name}.out, then run the engine: blockfault scenarios/{name}.yaml
+# (In a checkout of blockfault, `cargo run --release --` runs `blockfault`.)
 description: "A write fails once with EIO: an inject-error rule on write_aio fails the next request"
 images:
   - {{name: t.img, format: raw, size: 1M}}

@@ -264,8 +264,8 @@ impl<'de> Deserialize<'de> for Drive {
 }
 
 /// A JSON value from YAML, with a key given twice in any mapping an error (serde_json's own
-/// Value would keep the last one silently), and a blkdebug rule's unknown `event` an error
-/// where it is written (see [`drive_schema::check_event`]).
+/// Value would keep the last one silently), and a blkdebug rule's unknown `event` or `iotype` an error
+/// where it is written (see [`drive_schema::check_rule_value`]).
 #[derive(Clone, Copy, Default)]
 struct UniqueJson(drive_schema::Within);
 
@@ -316,7 +316,7 @@ impl<'de> serde::de::Visitor<'de> for UniqueJson {
                 return Err(serde::de::Error::custom(format!("duplicate key `{k}`")));
             }
             let v = m.next_value_seed(UniqueJson(self.0.value_of(&k)))?;
-            drive_schema::check_event(self.0, &k, &v).map_err(serde::de::Error::custom)?;
+            drive_schema::check_rule_value(self.0, &k, &v).map_err(serde::de::Error::custom)?;
             out.insert(k, v);
         }
         Ok(serde_json::Value::Object(out))

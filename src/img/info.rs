@@ -10,7 +10,7 @@ use super::qcow2::info::{
 use super::{Img, output_json};
 use crate::block::perms::{Access, Perms};
 use crate::block::qcow2::header::{INCOMPAT_DATA_FILE, INCOMPAT_DIRTY};
-use crate::block::qcow2::image_file::PlainFile;
+use crate::block::qcow2::image_file::{ImageFile, PlainFile};
 use crate::block::qcow2::open::open_metadata;
 use crate::errno::strerror;
 use std::os::unix::fs::MetadataExt;
@@ -83,6 +83,9 @@ impl Img<'_> {
         name: &str,
         fmt: Option<&str>,
     ) -> Result<(String, Json, Option<(String, Option<String>)>), ()> {
+        if Self::is_graph_filename(name) {
+            return self.describe_graph(name, fmt);
+        }
         let path = self.base_dir.join(crate::host_bytes::host_path(name));
         let qcow2 = match fmt {
             Some(f) => f == "qcow2",
@@ -165,8 +168,26 @@ impl Img<'_> {
         let _locks = crate::block::file::lock_image(&file, name, held).map_err(|e| {
             self.error(&format!("Could not open '{name}': {e}"));
         })?;
-        let file = PlainFile::new(file);
-        let md = open_metadata(&file, false, false).map_err(|(msg, _)| {
+        let (mut text, info, backing) =
+            self.describe_qcow2(name, &PlainFile::new(file), Some(disk))?;
+        text.push_str(&child);
+        let Json::Dict(mut fields) = info else {
+            unreachable!("describe_qcow2 answers a dict")
+        };
+        fields.push(("children".into(), child_json));
+        Ok((text, Json::Dict(fields), backing))
+    }
+
+    /// A qcow2 node's own block of human output (no children) and its JSON (no `children`),
+    /// read from its image file; `disk`: its allocated size, None when unavailable.
+    #[allow(clippy::type_complexity)]
+    pub(super) fn describe_qcow2(
+        &self,
+        name: &str,
+        file: &impl ImageFile,
+        disk: Option<u64>,
+    ) -> Result<(String, Json, Option<(String, Option<String>)>), ()> {
+        let md = open_metadata(file, false, false).map_err(|(msg, _)| {
             self.error(&format!("Could not open '{name}': {msg}"));
         })?;
         let h = &md.h;
@@ -176,7 +197,7 @@ impl Img<'_> {
             "image: {name}\nfile format: qcow2\nvirtual size: {} ({} bytes)\ndisk size: {}\ncluster_size: {}\n",
             size_to_str(virtual_size),
             virtual_size,
-            size_to_str(disk),
+            disk_size_str(disk),
             h.cluster_size()
         );
         if h.incompatible_features & INCOMPAT_DIRTY != 0 {
@@ -199,7 +220,7 @@ impl Img<'_> {
         let sns = if h.incompatible_features & INCOMPAT_DATA_FILE != 0 {
             Vec::new()
         } else {
-            snapshots(&file, h)
+            snapshots(file, h)
         };
         if !sns.is_empty() {
             s.push_str("Snapshot list:\n");
@@ -212,7 +233,6 @@ impl Img<'_> {
         }
         s.push_str("Format specific information:\n");
         s.push_str(&format_specific(h, md.data_file.as_deref(), &md.bitmaps));
-        s.push_str(&child);
         let str_ = |v: &str| Some(Json::Str(v.to_string()));
         let backing_file = md.backing.as_ref().map(|(b, _)| b.as_str());
         let backing_format = md.backing.as_ref().and_then(|(_, f)| f.as_deref());
@@ -245,7 +265,7 @@ impl Img<'_> {
                 "dirty-flag",
                 Some(Json::Bool(h.incompatible_features & INCOMPAT_DIRTY != 0)),
             ),
-            ("actual-size", Some(Json::Int(disk as i64))),
+            ("actual-size", disk.map(|d| Json::Int(d as i64))),
             ("virtual-size", Some(Json::Int(virtual_size as i64))),
             ("cluster-size", Some(Json::Int(h.cluster_size() as i64))),
             ("backing-filename", backing_file.and_then(str_)),
@@ -272,8 +292,12 @@ impl Img<'_> {
                     ),
                 ])),
             ),
-            ("children", Some(child_json)),
         ]);
         Ok((s, info, backing))
     }
+}
+
+/// `disk size:` as qemu-img prints it: unavailable where the node cannot say.
+pub(super) fn disk_size_str(disk: Option<u64>) -> String {
+    disk.map_or_else(|| "unavailable".to_string(), size_to_str)
 }

@@ -14,6 +14,7 @@ mod check;
 mod compare;
 mod create;
 mod info;
+mod info_graph;
 pub mod json;
 mod map;
 pub mod qcow2;

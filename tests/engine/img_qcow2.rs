@@ -496,6 +496,86 @@ fn info_matches() {
     assert_all(failures, cases.len());
 }
 
+/// Filenames the block layer parses (`blkdebug:`, `blkverify:`, `json:`, `null-co://`) are
+/// described as qemu-img opens them: the node graph, each node with its children, in text and
+/// JSON, with and without `--backing-chain`.
+#[test]
+fn info_of_protocol_filenames_shows_the_node_graph() {
+    if !have_qemu() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let q = |a: &[&str]| assert_eq!(tool("qemu-img", a, d).2, 0, "{a:?}");
+    q(&["create", "-q", "-f", "raw", "r.img", "1M"]);
+    q(&["create", "-q", "-f", "qcow2", "q.qcow2", "1M"]);
+    q(&[
+        "create", "-q", "-f", "qcow2", "-b", "q.qcow2", "-F", "qcow2", "ov.qcow2",
+    ]);
+    q(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        "data_file=dd.data",
+        "dq.qcow2",
+        "1M",
+    ]);
+    std::fs::write(d.join("b.cfg"), "[inject-error]\nevent = \"read_aio\"\n").unwrap();
+    q(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        "blkdebug:b.cfg:r.img",
+        "-F",
+        "raw",
+        "ob.qcow2",
+    ]);
+    tool("qemu-io", &["-c", "write 0 64k", "q.qcow2"], d);
+    let json_qcow2 = r#"json:{"driver":"qcow2","file":{"driver":"file","filename":"q.qcow2"}}"#;
+    let names = [
+        "blkdebug:b.cfg:q.qcow2",
+        "blkdebug:b.cfg:r.img",
+        "blkdebug:b.cfg:ov.qcow2",
+        "blkdebug:b.cfg:dq.qcow2",
+        "blkverify:r.img:q.qcow2",
+        "blkverify:r.img:ov.qcow2",
+        "blkverify:r.img:dq.qcow2",
+        json_qcow2,
+        "file:r.img",
+        "null-co://",
+        "ob.qcow2",
+        "blkdebug:nope.cfg:q.qcow2",
+    ];
+    let mut cases: Vec<Vec<&str>> = Vec::new();
+    for n in names {
+        cases.push(vec![n]);
+        cases.push(vec!["--output=json", n]);
+        cases.push(vec!["--backing-chain", n]);
+    }
+    cases.push(vec!["-f", "raw", "blkdebug:b.cfg:q.qcow2"]);
+    cases.push(vec![
+        "--backing-chain",
+        "--output=json",
+        "blkdebug:b.cfg:ov.qcow2",
+    ]);
+    let mut failures = Vec::new();
+    for c in &cases {
+        let mut a = vec!["info"];
+        a.extend_from_slice(c);
+        let (theirs, mine) = (tool("qemu-img", &a, d), ours(&a, d));
+        if theirs != mine {
+            failures.push(format!(
+                "{c:?}:\n  qemu-img {theirs:?}\n  ours     {mine:?}"
+            ));
+        }
+    }
+    assert_all(failures, cases.len());
+}
+
 #[test]
 fn hostile_headers_error_like_qemu_and_never_panic() {
     if !have_qemu() {

@@ -1138,7 +1138,7 @@ fn which_qemu_io() -> bool {
 }
 
 #[test]
-fn unknown_blkdebug_event_in_a_drive_mapping_is_an_input_error() {
+fn unknown_blkdebug_event_or_iotype_in_a_drive_mapping_is_an_input_error() {
     let p = Project::new();
     p.write(
         "scenarios/flow.yaml",
@@ -1152,10 +1152,18 @@ fn unknown_blkdebug_event_in_a_drive_mapping_is_an_input_error() {
         "scenarios/flat.yaml",
         "description: x\nsteps:\n  - qemu-io:\n      drive: {driver: blkdebug, inject-error.0.event: read-aio, image.filename: t.img}\n      commands: [read 0 1]\n",
     );
+    p.write(
+        "scenarios/iotype.yaml",
+        "description: x\nsteps:\n  - qemu-io:\n      drive: {driver: raw, file: {driver: blkdebug, inject-error: [{event: read_aio, iotype: wirte}], image: {driver: file, filename: t.img}}}\n      commands: [read 0 1]\n",
+    );
+    p.write(
+        "scenarios/iotype-flat.yaml",
+        "description: x\nsteps:\n  - qemu-io:\n      drive: {driver: blkdebug, inject-error.0.event: read_aio, inject-error.0.iotype: any, image.filename: t.img}\n      commands: [read 0 1]\n",
+    );
     // A matrix value is checked once substituted, by QEMU; `event` elsewhere is not a rule's.
     p.write(
         "scenarios/fine.yaml",
-        "description: x\nmatrix:\n  e: [read_aio]\nsteps:\n  - qemu-io:\n      drive: {driver: raw, file: {driver: blkdebug, inject-error: [{event: \"${e}\"}], image: {driver: file, filename: t.img, event: x}}}\n      commands: [read 0 1]\n",
+        "description: x\nmatrix:\n  e: [read_aio]\nsteps:\n  - qemu-io:\n      drive: {driver: raw, file: {driver: blkdebug, inject-error: [{event: \"${e}\"}], image: {driver: file, filename: t.img, event: x, iotype: y}}}\n      commands: [read 0 1]\n",
     );
     let r = p.run(&["scenarios"]);
     assert_eq!(r.code, 2);
@@ -1164,6 +1172,8 @@ fn unknown_blkdebug_event_in_a_drive_mapping_is_an_input_error() {
     error: scenarios/block.yaml:9:15: steps[0].qemu-io.drive.file.set-state[0]: unknown blkdebug event `bogus`: `blockfault events` lists the 48 events
     error: scenarios/flat.yaml:4:14: steps[0].qemu-io.drive: unknown blkdebug event `read-aio` (did you mean `read_aio`?): `blockfault events` lists the 48 events
     error: scenarios/flow.yaml:4:68: steps[0].qemu-io.drive.file.inject-error[0]: unknown blkdebug event `l2_updat` (did you mean `l2_update`?): `blockfault events` lists the 48 events
+    error: scenarios/iotype.yaml:4:68: steps[0].qemu-io.drive.file.inject-error[0]: unknown blkdebug iotype `wirte` (did you mean `write`?): the iotypes are read, write, write-zeroes, discard, flush, block-status
+    error: scenarios/iotype-flat.yaml:4:14: steps[0].qemu-io.drive: unknown blkdebug iotype `any`: the iotypes are read, write, write-zeroes, discard, flush, block-status
     ");
 }
 
