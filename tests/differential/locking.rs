@@ -266,6 +266,15 @@ fn scripts() -> Vec<Script> {
                 run("img", "info t.qcow2"),
                 run("img", "info -U t.qcow2"),
                 run("img", "info --output=json t.qcow2"),
+                run(
+                    "img",
+                    r#"info json:{"driver":"qcow2","file":{"driver":"file","filename":"t.qcow2"}}"#,
+                ),
+                run(
+                    "img",
+                    r#"info -U json:{"driver":"qcow2","file":{"driver":"file","filename":"t.qcow2"}}"#,
+                ),
+                run("img", "info blkverify:t.qcow2:t.qcow2"),
                 run("img", "check t.qcow2"),
                 run("img", "check -U t.qcow2"),
                 run("img", "check -U -r all t.qcow2"),
