@@ -36,7 +36,7 @@ fn open(dir: &Path, drive: &str) -> Rc<BlockBackend> {
     Rc::new(BlockBackend {
         root,
         writethrough: Cell::new(false),
-        perms: Cell::new(blockfault::block::perms::Perms::WRITE),
+        perms: Cell::new(blockfault::block::perms::Access::user(true, false)),
     })
 }
 

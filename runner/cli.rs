@@ -69,7 +69,7 @@ pub enum Command {
     #[command(disable_help_flag = true)]
     Img {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<String>,
+        args: Vec<std::ffi::OsString>,
     },
     /// Print the JSON Schema (draft-07) of the scenario format
     Schema,

@@ -96,8 +96,8 @@ fn main() -> ExitCode {
 const TRACE_BLKDEBUG: &str = "--trace-blkdebug";
 
 /// An argument of `io`/`img` the engine cannot take, as one clear line (rather than clap's usage
-/// text). `io` takes any bytes, as qemu-io does, carried as [`blockfault::host_bytes`] text,
-/// short of the few characters that mapping reserves; `img` takes UTF-8 only.
+/// text). `io` and `img` take any bytes, as qemu-io and qemu-img do, carried as
+/// [`blockfault::host_bytes`] text, short of the few characters that mapping reserves.
 fn non_utf8_subcommand_argument() -> Option<String> {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let sub = args.get(1)?.to_str()?;
@@ -106,16 +106,9 @@ fn non_utf8_subcommand_argument() -> Option<String> {
     }
     args.iter().enumerate().skip(2).find_map(|(n, a)| {
         let n = n - 1;
-        if sub == "img" {
-            return a.to_str().is_none().then(|| {
-                format!(
-                    "blockfault: argument {n} ({a:?}) is not UTF-8; `blockfault img` takes UTF-8 arguments and filenames only (QEMU takes any bytes)"
-                )
-            });
-        }
         blockfault::host_bytes::decode_arg(a).err().map(|c| {
             format!(
-                "blockfault: argument {n} ({a:?}) holds U+{:X}; `blockfault io` reserves U+10FF80..U+10FFFF to carry bytes that are not UTF-8",
+                "blockfault: argument {n} ({a:?}) holds U+{:X}; `blockfault {sub}` reserves U+10FF80..U+10FFFF to carry bytes that are not UTF-8",
                 u32::from(c)
             )
         })

@@ -12,7 +12,7 @@ pub struct BlockBackend {
     pub writethrough: std::cell::Cell<bool>,
     /// what the user holds on the root (QEMU's BLK_PERM_*): WRITE from a read-write open, the
     /// rest as commands took them; `reopen -r` drops WRITE
-    pub perms: std::cell::Cell<super::perms::Perms>,
+    pub perms: std::cell::Cell<super::perms::Access>,
 }
 
 impl BlockBackend {

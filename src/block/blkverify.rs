@@ -44,6 +44,7 @@ pub fn open_node(
                 primary: true,
                 role: ChildRole::Filtered,
                 extra_perms: Perms::NONE,
+                unshared_perms: Perms::NONE,
             },
             Child {
                 name: "test",
@@ -52,6 +53,7 @@ pub fn open_node(
                 primary: false,
                 role: ChildRole::Data,
                 extra_perms: Perms::NONE,
+                unshared_perms: Perms::NONE,
             },
         ],
         name,
@@ -187,7 +189,8 @@ impl BlockDriver for BlkVerifyDriver {
             let raw = self.raw(node);
             // Writing past the end of a node needs RESIZE (an assertion in QEMU's
             // bdrv_co_write_req_prepare). qemu-io only takes it for `truncate`, and keeps it.
-            if offset + bytes > io::getlength(raw)? && !raw.perms.get().resize {
+            if offset + bytes > io::getlength(raw)? && !raw.perms.get().perm.contains(Perms::RESIZE)
+            {
                 let what =
                     "goes past the end of the raw image (QEMU 10.0.2 aborts on an assertion here)";
                 return Err(self.fail(true, offset, bytes, what));

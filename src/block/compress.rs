@@ -40,6 +40,7 @@ pub(crate) fn filter_node(driver: Box<dyn BlockDriver>, file: Rc<Node>) -> Node 
             primary: true,
             role: ChildRole::Filtered,
             extra_perms: Perms::NONE,
+            unshared_perms: Perms::NONE,
         }],
         file.filename.clone(),
     );

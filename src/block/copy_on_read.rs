@@ -5,6 +5,7 @@ use super::driver::{BlockDriver, BoxFut, Capabilities, IoResult, ReqFlags};
 use super::io;
 use super::node::Node;
 use super::options::{OptType, Options, absorb};
+use super::perms::Perms;
 use std::rc::Rc;
 
 pub struct CopyOnReadDriver;
@@ -20,10 +21,10 @@ pub fn open_node(file: Rc<Node>, opts: &mut Options, read_only: bool) -> Result<
     if read_only {
         return Err("Block node is read-only".into());
     }
-    Ok(super::compress::filter_node(
-        Box::new(CopyOnReadDriver),
-        file,
-    ))
+    let mut node = super::compress::filter_node(Box::new(CopyOnReadDriver), file);
+    // The copies it makes are unchanged writes (QEMU's cor_child_perm).
+    node.children[0].extra_perms = Perms::WRITE_UNCHANGED;
+    Ok(node)
 }
 
 impl BlockDriver for CopyOnReadDriver {

@@ -291,18 +291,24 @@ pub trait BlockDriver {
         _node: &Node,
         _state: &mut Option<ReopenState>,
         _flags: super::node::OpenFlags,
+        _access: super::perms::Access,
     ) -> Result<(), String> {
         Ok(())
     }
 
-    /// A permission refresh outside a reopen reaches the node (QEMU's bdrv_check_perm):
-    /// file-posix may need another descriptor for the node's flags.
-    fn check_perm(&self, _node: &Node) -> Result<(), String> {
+    /// A permission refresh reaches the node with what its parents will hold and share
+    /// (QEMU's bdrv_check_perm): file-posix may need another descriptor for the node's flags
+    /// (outside a reopen), and takes the image locks for `access`, checking nobody else's
+    /// conflict with it.
+    fn check_perm(&self, _node: &Node, _access: super::perms::Access) -> Result<(), String> {
         Ok(())
     }
 
     /// The refresh [`BlockDriver::check_perm`] accepted is applied (QEMU's bdrv_set_perm).
-    fn set_perm(&self, _node: &Node) {}
+    fn set_perm(&self, _node: &Node, _access: super::perms::Access) {}
+
+    /// The refresh [`BlockDriver::check_perm`] accepted is dropped (QEMU's bdrv_abort_perm).
+    fn abort_perm(&self, _node: &Node) {}
 
     /// Applies a prepared reopen (QEMU's bdrv_reopen_commit).
     fn reopen_commit(&self, _node: &Node, _state: Option<ReopenState>) {}

@@ -8,6 +8,7 @@ use super::driver::{
 use super::executor::pool_job;
 use super::node::{Node, OpenFlags};
 use super::options::{OpenContext, OptType, Options, absorb};
+use super::perms::{Access, Perms};
 use std::cell::{Cell, Ref, RefCell};
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -64,6 +65,182 @@ pub struct FileDriver {
     has_fallocate: Cell<bool>,
     /// see [`FileDriver::request_alignment`]
     request_alignment: u64,
+    /// `locking=on|auto` (off: no image locks at all)
+    use_lock: bool,
+    /// what the node's parents hold and share as of the last refresh, and the lock bytes
+    /// the descriptor holds (see [`locks`])
+    locks: Cell<LockState>,
+}
+
+/// Takes the image locks `access` needs on `file` (named `shown_name`) and checks that nobody
+/// else conflicts with them, as a file node does when its parent attaches it; the locks last
+/// as long as the descriptor. For readers of an image that do not go through a node
+/// (qemu-img info reading a qcow2 header). The locks go with the guard returned.
+pub fn lock_image(file: &File, shown_name: &str, access: Access) -> Result<ImageLock, String> {
+    let guard = ImageLock(
+        file.try_clone()
+            .map_err(|e| format!("Could not open '{shown_name}': {e}"))?,
+    );
+    let fd = guard.0.as_raw_fd();
+    let mut locked = (Perms::NONE, Perms::NONE);
+    locks::apply(
+        fd,
+        access.perm,
+        access.shared.complement(),
+        false,
+        &mut locked,
+    )?;
+    locks::check(fd, access.perm, access.shared)
+        .map_err(|e| format!("{e}\nIs another process using the image [{shown_name}]?"))?;
+    Ok(guard)
+}
+
+/// The image locks [`lock_image`] took, held until it is dropped.
+pub struct ImageLock(File);
+
+impl Drop for ImageLock {
+    fn drop(&mut self) {
+        locks::release_all(self.0.as_raw_fd());
+    }
+}
+
+/// file-posix's permission state: what is granted, and which bytes are locked.
+#[derive(Clone, Copy)]
+struct LockState {
+    access: Access,
+    /// bytes 100 + bit held (read locks)
+    locked_perm: Perms,
+    /// bytes 200 + bit held: permissions not shared
+    locked_unshared: Perms,
+}
+
+impl Default for LockState {
+    fn default() -> Self {
+        Self {
+            access: Access::UNUSED,
+            locked_perm: Perms::NONE,
+            locked_unshared: Perms::NONE,
+        }
+    }
+}
+
+/// Image locking as file-posix does it, with open file description (OFD) byte-range locks
+/// (so that two descriptors of one process conflict as two processes do, and QEMU's own
+/// processes see ours): a shared lock on byte 100 + bit for each permission held, on byte
+/// 200 + bit for each one not shared. A permission is available when nobody else locks its
+/// "not shared" byte; not sharing one is possible when nobody else locks its "held" byte.
+mod locks {
+    use super::Perms;
+    use std::os::fd::RawFd;
+
+    const PERM_BASE: i64 = 100;
+    const SHARED_BASE: i64 = 200;
+
+    fn flock(kind: i32, start: i64) -> libc::flock {
+        // SAFETY: flock is plain data; zero is a valid value for every field (l_pid must be 0
+        // for OFD locks).
+        let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+        fl.l_type = kind as libc::c_short;
+        fl.l_whence = libc::SEEK_SET as libc::c_short;
+        fl.l_start = start;
+        fl.l_len = 1;
+        fl
+    }
+
+    /// QEMU's qemu_lock_fd (shared) / qemu_unlock_fd on one byte; Err(errno).
+    fn set(fd: RawFd, start: i64, lock: bool) -> Result<(), i32> {
+        let mut fl = flock(if lock { libc::F_RDLCK } else { libc::F_UNLCK }, start);
+        // SAFETY: fcntl with a valid flock for F_OFD_SETLK.
+        if unsafe { libc::fcntl(fd, libc::F_OFD_SETLK, &mut fl) } == -1 {
+            return Err(std::io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EIO));
+        }
+        Ok(())
+    }
+
+    /// QEMU's qemu_lock_fd_test (exclusive): whether another open file description locks
+    /// the byte (EAGAIN), or the test itself failed.
+    fn test(fd: RawFd, start: i64) -> Result<(), i32> {
+        let mut fl = flock(libc::F_WRLCK, start);
+        // SAFETY: fcntl with a valid flock for F_OFD_GETLK, which fills it in.
+        if unsafe { libc::fcntl(fd, libc::F_OFD_GETLK, &mut fl) } == -1 {
+            return Err(std::io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EIO));
+        }
+        if fl.l_type == libc::F_UNLCK as libc::c_short {
+            Ok(())
+        } else {
+            Err(libc::EAGAIN)
+        }
+    }
+
+    /// QEMU's raw_lock_error_setg_errno: a conflict is just the message.
+    fn lock_error(errno: i32, msg: String) -> String {
+        if errno == libc::EAGAIN {
+            msg
+        } else {
+            format!("{msg}: {}", crate::errno::strerror(errno))
+        }
+    }
+
+    /// QEMU's raw_apply_lock_bytes: locks the bytes of `perm` and `unshared` that `locked`
+    /// does not hold yet; with `unlock`, unlocks those it holds and are not wanted. `locked`
+    /// follows what succeeded.
+    pub fn apply(
+        fd: RawFd,
+        perm: Perms,
+        unshared: Perms,
+        unlock: bool,
+        locked: &mut (Perms, Perms),
+    ) -> Result<(), String> {
+        for (base, want, held) in [
+            (PERM_BASE, perm, &mut locked.0),
+            (SHARED_BASE, unshared, &mut locked.1),
+        ] {
+            for (bit, _) in Perms::ALL.each() {
+                let p = Perms::of_bit(bit);
+                let off = base + bit as i64;
+                if want.contains(p) && !held.contains(p) {
+                    set(fd, off, true)
+                        .map_err(|e| lock_error(e, format!("Failed to lock byte {off}")))?;
+                    *held = held.union(p);
+                } else if unlock && held.contains(p) && !want.contains(p) {
+                    set(fd, off, false).map_err(|e| {
+                        format!("Failed to unlock byte {off}: {}", crate::errno::strerror(e))
+                    })?;
+                    *held = held.without(p);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Unlocks every lock byte of the open file description. Closing the descriptor would do
+    /// that too, but only once no other process shares the description: a child forked by
+    /// another thread keeps it (and its locks) until it execs.
+    pub fn release_all(fd: RawFd) {
+        for base in [PERM_BASE, SHARED_BASE] {
+            for bit in 0..4 {
+                let _ = set(fd, base + bit, false);
+            }
+        }
+    }
+
+    /// QEMU's raw_check_lock_bytes: nobody else may refuse to share what we take, or hold
+    /// what we refuse to share.
+    pub fn check(fd: RawFd, perm: Perms, shared: Perms) -> Result<(), String> {
+        for (bit, name) in perm.each() {
+            test(fd, SHARED_BASE + bit as i64)
+                .map_err(|e| lock_error(e, format!("Failed to get \"{name}\" lock")))?;
+        }
+        for (bit, name) in shared.complement().each() {
+            test(fd, PERM_BASE + bit as i64)
+                .map_err(|e| lock_error(e, format!("Failed to get shared \"{name}\" lock")))?;
+        }
+        Ok(())
+    }
 }
 
 /// file-posix's raw_probe_alignment for a descriptor opened with O_DIRECT. Our I/O itself goes
@@ -142,6 +319,9 @@ fn page_size() -> usize {
 
 impl Drop for FileDriver {
     fn drop(&mut self) {
+        if self.use_lock {
+            locks::release_all(self.file().as_raw_fd());
+        }
         if let Some(path) = &self.temporary {
             let _ = std::fs::remove_file(path);
         }
@@ -231,11 +411,12 @@ pub fn open_node(
         Some("threads" | "io_uring") => false,
         Some(other) => return Err(format!("invalid parameter value: {other}")),
     };
-    if let Some(mode) = o.string("locking")
-        && !matches!(mode, "on" | "off" | "auto")
-    {
-        return Err(format!("invalid parameter value: {mode}"));
-    }
+    // OFD locks are always there on Linux, so `auto` is `on`.
+    let use_lock = match o.string("locking") {
+        None | Some("on" | "auto") => true,
+        Some("off") => false,
+        Some(mode) => return Err(format!("invalid parameter value: {mode}")),
+    };
     if let Some(id) = o.string("pr-manager") {
         return Err(format!("No persistent reservation manager with id '{id}'"));
     }
@@ -246,7 +427,8 @@ pub fn open_node(
         flags.read_only,
         !ctx.skip_host_sync,
         flags.direct,
-    )?;
+    )?
+    .with_locking(use_lock);
     if native_aio && !flags.direct {
         return Err(
             "aio=native was specified, but it requires cache.direct=on, which was not specified."
@@ -324,7 +506,94 @@ impl FileDriver {
             has_fallocate: Cell::new(true),
             perm_change: RefCell::new(None),
             request_alignment,
+            use_lock: true,
+            locks: Cell::new(LockState::default()),
         })
+    }
+
+    /// `locking=off` turns the image locks off.
+    pub fn with_locking(mut self, use_lock: bool) -> Self {
+        self.use_lock = use_lock;
+        self
+    }
+
+    /// QEMU's raw_handle_perm_lock(RAW_PL_PREPARE): locks what the old and the new access
+    /// need together, then checks that nobody else conflicts with the new one; on a
+    /// conflict, back to the old locks.
+    fn lock_prepare(&self, node: &Node, new: Access) -> Result<(), String> {
+        let state = self.locks.get();
+        let old = state.access;
+        if !self.use_lock || (old.perm.contains(new.perm) && new.shared.contains(old.shared)) {
+            return Ok(());
+        }
+        let fd = self.file().as_raw_fd();
+        let mut locked = (state.locked_perm, state.locked_unshared);
+        let mut result = locks::apply(
+            fd,
+            old.perm.union(new.perm),
+            old.shared.complement().union(new.shared.complement()),
+            false,
+            &mut locked,
+        );
+        if result.is_ok() {
+            result = locks::check(fd, new.perm, new.shared).map_err(|e| {
+                format!(
+                    "{e}\nIs another process using the image [{}]?",
+                    node.filename
+                )
+            });
+        }
+        self.set_locked(locked);
+        if result.is_err() {
+            self.lock_abort();
+        }
+        result
+    }
+
+    /// RAW_PL_ABORT: back to the locks the granted access needs. Only unlocking happens
+    /// here, which cannot conflict.
+    fn lock_abort(&self) {
+        if !self.use_lock {
+            return;
+        }
+        let old = self.locks.get().access;
+        self.relock(old);
+    }
+
+    /// RAW_PL_COMMIT: exactly the locks `new` needs, which is granted from now on.
+    fn lock_commit(&self, new: Access) {
+        if self.use_lock {
+            self.relock(new);
+        }
+        let state = self.locks.get();
+        self.locks.set(LockState {
+            access: new,
+            ..state
+        });
+    }
+
+    fn relock(&self, access: Access) {
+        let state = self.locks.get();
+        let mut locked = (state.locked_perm, state.locked_unshared);
+        let fd = self.file().as_raw_fd();
+        // QEMU only warns here: unlocking does not fail on a local file system.
+        let _ = locks::apply(
+            fd,
+            access.perm,
+            access.shared.complement(),
+            true,
+            &mut locked,
+        );
+        self.set_locked(locked);
+    }
+
+    fn set_locked(&self, (locked_perm, locked_unshared): (Perms, Perms)) {
+        let state = self.locks.get();
+        self.locks.set(LockState {
+            locked_perm,
+            locked_unshared,
+            ..state
+        });
     }
 
     fn file(&self) -> Ref<'_, File> {
@@ -373,7 +642,12 @@ impl FileDriver {
     /// A new descriptor replaces the old, with its mode and the node's request alignment
     /// (QEMU's raw_refresh_limits).
     fn install(&self, node: &Node, (file, mode, align): NewFile) {
+        if self.use_lock {
+            locks::release_all(self.file().as_raw_fd());
+        }
         *self.file.borrow_mut() = file;
+        // The old descriptor's locks went with it; the commit that follows locks the new one.
+        self.set_locked((Perms::NONE, Perms::NONE));
         self.mode.set(mode);
         node.set_limits(Limits {
             request_alignment: align,
@@ -750,33 +1024,45 @@ impl BlockDriver for FileDriver {
     }
 
     /// QEMU's raw_reconfigure_getfd: a new access mode or O_DIRECT setting needs the file opened
-    /// again by name, which fails for a temporary file (already unlinked in QEMU).
+    /// again by name, which fails for a temporary file (already unlinked in QEMU); then the
+    /// locks for the new access (raw_check_perm).
     fn reopen_check_perm(
         &self,
-        _node: &Node,
+        node: &Node,
         state: &mut Option<ReopenState>,
         flags: OpenFlags,
+        access: Access,
     ) -> Result<(), String> {
         if let Some(file) = self.reconfigure(flags)?
             && let Some(r) = state.as_mut().and_then(|s| s.downcast_mut::<Reopen>())
         {
             r.new_file = Some(file);
         }
-        Ok(())
+        self.lock_prepare(node, access)
     }
 
     /// raw_check_perm: the node's flags against the recorded mode, which a reopen may have
-    /// zeroed (see reopen_commit).
-    fn check_perm(&self, node: &Node) -> Result<(), String> {
-        *self.perm_change.borrow_mut() = self.reconfigure(node.flags())?;
+    /// zeroed (see reopen_commit), then the locks for the new access.
+    fn check_perm(&self, node: &Node, access: Access) -> Result<(), String> {
+        let new_file = self.reconfigure(node.flags())?;
+        self.lock_prepare(node, access)?;
+        *self.perm_change.borrow_mut() = new_file;
         Ok(())
     }
 
-    /// raw_set_perm: the new descriptor, if one was needed, replaces the old.
-    fn set_perm(&self, node: &Node) {
+    /// raw_set_perm: the new descriptor, if one was needed, replaces the old; the locks become
+    /// exactly what `access` needs.
+    fn set_perm(&self, node: &Node, access: Access) {
         if let Some(new) = self.perm_change.borrow_mut().take() {
             self.install(node, new);
         }
+        self.lock_commit(access);
+    }
+
+    /// raw_abort_perm.
+    fn abort_perm(&self, _node: &Node) {
+        self.perm_change.borrow_mut().take();
+        self.lock_abort();
     }
 
     /// A new descriptor brings its mode along. Keeping the old one, QEMU 10.0.2's

@@ -5,7 +5,7 @@ use super::blkdebug::events::Event;
 use super::driver::{BlockDriver, Capabilities, IoResult, Limits, ReqFlags};
 use super::executor::Gate;
 use super::open::Options;
-use super::perms::Perms;
+use super::perms::{Access, Perms};
 use std::cell::{Cell, RefCell};
 use std::rc::{Rc, Weak};
 
@@ -21,6 +21,8 @@ pub struct Child {
     pub role: ChildRole,
     /// permissions taken on the child whatever the parent's own (blkdebug's take-child-perms)
     pub extra_perms: Perms,
+    /// permissions never shared on the child (blkdebug's unshare-child-perms)
+    pub unshared_perms: Perms,
 }
 
 /// QEMU's BdrvChildRole: what a parent uses a child for, which decides the permissions it
@@ -55,6 +57,9 @@ pub struct OpenFlags {
     /// qemu-img check's open (QEMU's BDRV_O_CHECK): the qcow2 driver leaves the snapshot
     /// table and a dirty image's repair to the check
     pub check: bool,
+    /// opened without I/O (QEMU's BDRV_O_NO_IO, qemu-img info): formats take no
+    /// CONSISTENT_READ on their files
+    pub no_io: bool,
 }
 
 /// The `detect-zeroes` option: writes of a zeroed buffer become zero writes (`unmap`: that may
@@ -91,8 +96,10 @@ pub struct Node {
     /// the `detect-zeroes` option; `reopen` changes it
     pub detect_zeroes: Cell<DetectZeroes>,
     pub(crate) caps: Capabilities,
-    /// the permissions the node's parents hold on it, as of the last refresh
-    pub perms: Cell<Perms>,
+    /// what the node's parents hold on it and share of it, as of the last refresh
+    pub perms: Cell<Access>,
+    /// `force-share=on`: its parents share every permission on it whatever they would
+    pub force_share: Cell<bool>,
     pub(crate) write_gen: Cell<u64>,
     pub(crate) flushed_gen: Cell<u64>,
     pub(crate) flush_active: Cell<bool>,
@@ -125,7 +132,8 @@ impl Node {
             filename,
             detect_zeroes: Cell::new(DetectZeroes::Off),
             caps,
-            perms: Cell::new(Perms::NONE),
+            perms: Cell::new(Access::UNUSED),
+            force_share: Cell::new(false),
             write_gen: Cell::new(0),
             flushed_gen: Cell::new(0),
             flush_active: Cell::new(false),

@@ -20,7 +20,7 @@ use super::options::{
     OpenChild, OptType, absorb, copy_default, first_leftover, get_flat, put_flat, set_default,
     take_flat,
 };
-use super::perms::Perms;
+use super::perms::{self, Perms};
 use super::raw::{PROBE_BUF_SIZE, probes_as_other_format};
 use serde_json::Value;
 use std::cell::RefCell;
@@ -468,7 +468,8 @@ impl Walk<'_> {
         flags.node.direct = common.bool("cache.direct").unwrap_or(false);
         flags.node.read_only = common.bool("read-only").unwrap_or(false);
         flags.auto_read_only = common.bool("auto-read-only").unwrap_or(false);
-        if common.bool("force-share") == Some(true) && !flags.node.read_only {
+        let force_share = common.bool("force-share") == Some(true);
+        if force_share && !flags.node.read_only {
             return Err("force-share=on can only be used with read-only images".into());
         }
         let shown_name = match &file {
@@ -559,6 +560,7 @@ impl Walk<'_> {
             }
         };
         node.set_flags(flags.node);
+        node.force_share.set(force_share);
         if let Some(name) = &node_name {
             *node.node_name.borrow_mut() = name.clone();
         }
@@ -579,6 +581,7 @@ impl Walk<'_> {
                     primary: false,
                     role: ChildRole::Cow,
                     extra_perms: Perms::NONE,
+                    unshared_perms: Perms::NONE,
                 });
             }
         }
@@ -604,6 +607,7 @@ impl Walk<'_> {
         *node.options.borrow_mut() = own_options;
         *node.explicit_options.borrow_mut() = explicit;
         let node = finish(node, limits);
+        perms::attach_children(&node)?;
         if let Some(name) = node_name
             && let Some(entry) = self.names.borrow_mut().iter_mut().find(|(n, _)| *n == name)
         {
@@ -930,6 +934,7 @@ pub fn open_temp_snapshot(
         primary: false,
         role: ChildRole::Cow,
         extra_perms: Perms::NONE,
+        unshared_perms: Perms::NONE,
     });
     Ok(finish(node, limits))
 }

@@ -82,9 +82,16 @@ pub fn open_node(
             node: file.clone(),
             writable: true,
             primary: true,
-            // raw passes on what its parents hold, with or without offset and size
+            // raw passes on what its parents hold, with or without offset and size; with
+            // them, its file is its data, which nobody else may resize (QEMU's raw_open picks
+            // the data role then, and raw_child_perm keeps only the parents' permissions)
             role: ChildRole::Filtered,
             extra_perms: Perms::NONE,
+            unshared_perms: if offset != 0 || size.is_some() {
+                Perms::RESIZE
+            } else {
+                Perms::NONE
+            },
         }],
         name,
     );

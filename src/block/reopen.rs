@@ -9,7 +9,7 @@ use super::driver::ReopenState;
 use super::io;
 use super::node::{DetectZeroes, Node, OpenFlags};
 use super::open::{Options, nest_dotted};
-use super::perms::{self, Perms};
+use super::perms::{self, Access, Planned};
 use crate::errno::strerror;
 use serde_json::Value;
 use std::rc::Rc;
@@ -19,8 +19,9 @@ pub struct Request {
     /// the options for the top node, `child.key` for its children (nested or dotted), with the
     /// `read-only`, `cache.direct` and `cache.no-flush` qemu-io adds
     pub options: Options,
-    /// what the BlockBackend holds on the top node (with WRITE, it must stay writable)
-    pub blk_perms: Perms,
+    /// what the BlockBackend holds on the top node and shares (with WRITE, it must stay
+    /// writable)
+    pub blk_perms: Access,
     /// the top node is the temporary overlay of `-s`, whose backing node it did not open
     pub temp_overlay: bool,
 }
@@ -72,6 +73,7 @@ pub async fn reopen(root: &Rc<Node>, req: Request) -> Result<(), String> {
             return Err(msg);
         }
     };
+    // Nothing fails from here on.
     // Commit children first, as QEMU walks its queue backwards.
     for e in queue.into_iter().rev() {
         let (state, detect_zeroes) = e.prepared.expect("every queued node is prepared");
@@ -90,6 +92,9 @@ pub async fn reopen(root: &Rc<Node>, req: Request) -> Result<(), String> {
         *e.node.options.borrow_mut() = options;
         *e.node.explicit_options.borrow_mut() = explicit;
         let _ = e.node.refresh_total_sectors();
+    }
+    for p in &new_perms {
+        p.node.driver.set_perm(&p.node, p.access);
     }
     perms::apply(new_perms);
     super::open::start_writing(root).await
@@ -337,14 +342,14 @@ pub fn find_node(root: &Rc<Node>, name: &str) -> Option<Rc<Node>> {
 /// BlockBackend on the top node, a writable format on its `file`, and through filters), the
 /// rest of the permission checks pass with the new flags, then the file driver gets the
 /// descriptors the new flags need. Returns the permissions each node gets at commit.
-fn check_permissions(queue: &mut [Entry], req: &Request) -> Result<Vec<(Rc<Node>, Perms)>, String> {
+fn check_permissions(queue: &mut [Entry], req: &Request) -> Result<Vec<Planned>, String> {
     let new_flags = |node: &Rc<Node>| {
         queue
             .iter()
             .find(|e| Rc::ptr_eq(&e.node, node))
             .map_or(node.flags(), |e| e.flags)
     };
-    let mut writers = vec![(queue[0].node.clone(), req.blk_perms.write)];
+    let mut writers = vec![(queue[0].node.clone(), req.blk_perms.perm.writes())];
     while let Some((node, written)) = writers.pop() {
         let flags = new_flags(&node);
         if written && flags.read_only {
@@ -373,10 +378,22 @@ fn check_permissions(queue: &mut [Entry], req: &Request) -> Result<Vec<(Rc<Node>
             .read_only
     };
     let root_read_only = own_read_only(&root);
-    let planned = perms::plan(&root, req.blk_perms, root_read_only, &own_read_only)?;
-    for e in queue.iter_mut() {
-        if let Some((state, _)) = e.prepared.as_mut() {
-            e.node.driver.reopen_check_perm(&e.node, state, e.flags)?;
+    let planned = perms::plan(&root, req.blk_perms, Some(root_read_only), &own_read_only);
+    for p in &planned {
+        perms::check(&p.node, p.access.perm, p.read_only)?;
+    }
+    for (i, p) in planned.iter().enumerate() {
+        let entry = queue.iter_mut().find(|e| Rc::ptr_eq(&e.node, &p.node));
+        let checked = match entry.and_then(|e| e.prepared.as_mut().map(|(s, _)| (s, e.flags))) {
+            Some((state, flags)) => p
+                .node
+                .driver
+                .reopen_check_perm(&p.node, state, flags, p.access),
+            None => p.node.driver.check_perm(&p.node, p.access),
+        };
+        if let Err(e) = checked {
+            perms::abort(&planned[..i]);
+            return Err(e);
         }
     }
     Ok(planned)

@@ -107,6 +107,7 @@ impl Img<'_> {
         let Ok(((opts, pos), extra)) = self.subcommand_args(argv, "hf:r:T:qU", LONGS) else {
             return 1;
         };
+        self.force_share.set(opts.iter().any(|(c, _)| *c == 'U'));
         let json = output_json(&extra);
         let mut fmt = None;
         let mut fix = 0;
@@ -134,7 +135,7 @@ impl Img<'_> {
                 .err("Try 'qemu-img check --help' for more info\n");
             return 1;
         };
-        let path = self.base_dir.join(name);
+        let path = self.base_dir.join(crate::host_bytes::host_path(name));
         let qcow2 = match fmt.as_deref() {
             Some("qcow2") => true,
             Some(_) => false,

@@ -21,6 +21,7 @@ impl Img<'_> {
         let Ok((opts, pos)) = self.opts(argv, "hf:F:T:pqsU") else {
             return 1;
         };
+        self.force_share.set(opts.iter().any(|(c, _)| *c == 'U'));
         let f1 = opts
             .iter()
             .find(|(c, _)| *c == 'f')
@@ -39,9 +40,13 @@ impl Img<'_> {
             self.error("Expecting two image file names");
             return 1;
         }
-        let (a, b) = match (self.open(&pos[0], f1, true), self.open(&pos[1], f2, true)) {
-            (Ok(a), Ok(b)) => (a, b),
-            _ => return 2,
+        // The second image is only opened once the first is.
+        let (a, b) = match self
+            .open(&pos[0], f1, true)
+            .and_then(|a| Ok((a, self.open(&pos[1], f2, true)?)))
+        {
+            Ok(pair) => pair,
+            Err(_) => return 2,
         };
         let (Ok(da), Ok(db)) = (Self::read_all(&a), Self::read_all(&b)) else {
             self.error("Error while reading");

@@ -4,6 +4,7 @@
 
 use super::Img;
 use super::qcow2::create::{CreateError, CreateSpec, build, validate};
+use crate::block::perms::{Access, Perms};
 use crate::block::qcow2::header::{MAGIC, be32};
 use crate::block::qcow2::image_file::PlainFile;
 use crate::block::qcow2::open::open_metadata;
@@ -240,7 +241,7 @@ pub fn probe_backing(
     name: &str,
     fmt: Option<&str>,
 ) -> Result<(String, u64), String> {
-    let path = base_dir.join(name);
+    let path = base_dir.join(crate::host_bytes::host_path(name));
     let file = std::fs::File::open(&path).map_err(|e| {
         format!(
             "Could not open '{name}': {}",
@@ -487,23 +488,47 @@ impl Img<'_> {
                 opts.print()
             ));
         }
-        let path = self.base_dir.join(filename);
+        let path = self.base_dir.join(crate::host_bytes::host_path(filename));
+        let errno = |e: std::io::Error| e.raw_os_error().unwrap_or(libc::EIO);
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
-            .truncate(true)
+            .truncate(false)
             .open(&path)
             .map_err(|e| {
                 format!(
                     "Could not create '{filename}': {}",
-                    crate::errno::strerror(e.raw_os_error().unwrap_or(libc::EIO))
+                    crate::errno::strerror(errno(e))
                 )
             })?;
+        // file-posix's create writes and resizes the file and lets nobody else resize it; it
+        // empties the file only once its locks say nobody else uses it.
+        let creating = Access {
+            perm: Perms::WRITE.union(Perms::RESIZE),
+            shared: Perms::ALL.without(Perms::RESIZE),
+        };
+        let locks = crate::block::file::lock_image(&file, filename, creating)?;
+        file.set_len(0).map_err(|e| {
+            format!(
+                "Could not resize file: {}",
+                crate::errno::strerror(errno(e))
+            )
+        })?;
         if fmt == "raw" {
             return create_raw_file(&file, size);
         }
-        let result = self.qcow2_create(&opts, size, &file);
+        drop(locks);
+        // The new image is then opened as qcow2, whose hold on its file lets nobody else write
+        // or resize it; if that fails, the half-made image is deleted.
+        let formatting = Access {
+            perm: Perms::CONSISTENT_READ
+                .union(Perms::WRITE)
+                .union(Perms::RESIZE),
+            shared: Perms::ALL.without(Perms::WRITE.union(Perms::RESIZE)),
+        };
+        let result = crate::block::file::lock_image(&file, filename, formatting)
+            .and_then(|_locks| self.qcow2_create(&opts, size, &file));
         if result.is_err() {
             drop(file);
             let _ = std::fs::remove_file(&path);
@@ -613,7 +638,7 @@ impl Img<'_> {
             // the data file is created as a raw file of the virtual size (QEMU creates it,
             // then the qcow2 truncate grows it to the size)
             let errno = |e: std::io::Error| e.raw_os_error().unwrap_or(libc::EIO);
-            std::fs::File::create(self.base_dir.join(name))
+            std::fs::File::create(self.base_dir.join(crate::host_bytes::host_path(name)))
                 .and_then(|f| f.set_len(spec.size))
                 .map_err(|e| {
                     format!(

@@ -8,6 +8,7 @@ use super::qcow2::info::{
     SNAPSHOT_HEADER, format_specific, format_specific_json, size_to_str, snapshot_line, snapshots,
 };
 use super::{Img, output_json};
+use crate::block::perms::{Access, Perms};
 use crate::block::qcow2::header::{INCOMPAT_DATA_FILE, INCOMPAT_DIRTY};
 use crate::block::qcow2::image_file::{ImageFile, PlainFile};
 use crate::block::qcow2::open::open_metadata;
@@ -28,6 +29,9 @@ impl Img<'_> {
         let Ok(((opts, pos), extra)) = self.subcommand_args(argv, "f:hU", LONGS) else {
             return 1;
         };
+        self.force_share.set(opts.iter().any(|(c, _)| *c == 'U'));
+        // qemu-img info opens without I/O (BDRV_O_NO_IO): it takes no permission at all.
+        self.no_io.set(true);
         let json = output_json(&extra);
         let chain = extra.iter().any(|(k, _)| k == "backing-chain");
         let fmt = opts
@@ -82,7 +86,7 @@ impl Img<'_> {
         if Self::is_graph_filename(name) {
             return self.describe_graph(name, fmt);
         }
-        let path = self.base_dir.join(name);
+        let path = self.base_dir.join(crate::host_bytes::host_path(name));
         let qcow2 = match fmt {
             Some(f) => f == "qcow2",
             None => is_qcow2(&path),
@@ -150,6 +154,19 @@ impl Img<'_> {
                 "Could not open '{name}': Could not open '{name}': {}",
                 strerror(e.raw_os_error().unwrap_or(libc::EIO))
             ));
+        })?;
+        // The qcow2 node's hold on its file (opened without I/O): it takes nothing, and shares
+        // neither writing nor resizing unless -U.
+        let held = if self.force_share.get() {
+            Access::UNUSED
+        } else {
+            Access {
+                perm: Perms::NONE,
+                shared: Perms::ALL.without(Perms::WRITE.union(Perms::RESIZE)),
+            }
+        };
+        let _locks = crate::block::file::lock_image(&file, name, held).map_err(|e| {
+            self.error(&format!("Could not open '{name}': {e}"));
         })?;
         let (mut text, info, backing) =
             self.describe_qcow2(name, &PlainFile::new(file), Some(disk))?;

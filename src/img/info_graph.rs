@@ -34,19 +34,27 @@ impl Img<'_> {
         let mut opts = Options::new();
         // qemu-img info opens with BDRV_O_NO_BACKING
         opts.insert("backing".into(), Value::Null);
+        if self.force_share.get() {
+            opts.insert("force-share".into(), Value::Bool(true));
+        }
         let ctx = OpenContext {
             base_dir: self.base_dir.to_path_buf(),
             console: self.console.clone(),
             flags: OpenFlags {
                 read_only: true,
                 unmap: true,
+                no_io: true,
                 ..OpenFlags::default()
             },
             skip_host_sync: false,
         };
-        let node = open_drive(Some(name), opts, fmt, &ctx).map_err(|e| {
-            self.error(&format!("Could not open '{name}': {e}"));
-        })?;
+        // held as qemu-img's BlockBackend holds it, without I/O (locks included)
+        let user = crate::block::perms::Access::user(false, true);
+        let node = open_drive(Some(name), opts, fmt, &ctx)
+            .and_then(|node| crate::block::perms::refresh(&node, user, true).map(|()| node))
+            .map_err(|e| {
+                self.error(&format!("Could not open '{name}': {e}"));
+            })?;
         let mut backing = None;
         let (text, info) = self.node_info(&node, "", &mut backing)?;
         Ok((text, info, backing))

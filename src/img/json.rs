@@ -36,32 +36,67 @@ fn qdict_order(entries: &[(String, Json)]) -> Vec<&(String, Json)> {
     order.into_iter().map(|(_, i)| &entries[i]).collect()
 }
 
+/// A string as QEMU's JSON writer quotes it: over its bytes (a name that is not UTF-8 is
+/// carried as [`crate::host_bytes`] text), sequence by sequence as [`mod_utf8_codepoint`]
+/// reads them, up to the first NUL; what is not a valid character becomes U+FFFD.
 fn quote(s: &str, out: &mut String) {
+    let bytes = crate::host_bytes::encode(s);
+    let mut rest: &[u8] = &bytes;
     out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\u{8}' => out.push_str("\\b"),
-            '\u{c}' => out.push_str("\\f"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) > 0xFFFF => {
-                let v = c as u32 - 0x10000;
+    while rest.first().is_some_and(|&b| b != 0) {
+        let (cp, len) = mod_utf8_codepoint(rest);
+        rest = &rest[len..];
+        match cp.unwrap_or(0xFFFD) {
+            0x22 => out.push_str("\\\""),
+            0x5C => out.push_str("\\\\"),
+            0x08 => out.push_str("\\b"),
+            0x0C => out.push_str("\\f"),
+            0x0A => out.push_str("\\n"),
+            0x0D => out.push_str("\\r"),
+            0x09 => out.push_str("\\t"),
+            cp if cp > 0xFFFF => {
+                let v = cp - 0x10000;
                 out.push_str(&format!(
                     "\\u{:04X}\\u{:04X}",
                     0xD800 + (v >> 10),
                     0xDC00 + (v & 0x3FF)
                 ));
             }
-            c if (c as u32) < 0x20 || (c as u32) >= 0x7F => {
-                out.push_str(&format!("\\u{:04X}", c as u32));
-            }
-            c => out.push(c),
+            cp if !(0x20..0x7F).contains(&cp) => out.push_str(&format!("\\u{cp:04X}")),
+            cp => out.push(char::from(cp as u8)),
         }
     }
     out.push('"');
+}
+
+/// QEMU's mod_utf8_codepoint on a non-empty byte string not starting with NUL: the code
+/// point of the sequence at its start (None: invalid, which includes noncharacters,
+/// surrogates and overlong forms other than `C0 80` for NUL) and the bytes it takes.
+fn mod_utf8_codepoint(s: &[u8]) -> (Option<u32>, usize) {
+    const MIN_CP: [u32; 5] = [0x80, 0x800, 0x10000, 0x20_0000, 0x400_0000];
+    let lead = u32::from(s[0]);
+    if lead < 0x80 {
+        return (Some(lead), 1);
+    }
+    // impossible bytes, and a continuation byte where a sequence should start
+    if lead >= 0xFE || lead & 0x40 == 0 {
+        return (None, 1);
+    }
+    let len = (lead as u8).leading_ones() as usize;
+    let mut cp = lead & ((0x80 >> len) - 1);
+    for i in 1..len {
+        let byte = s.get(i).copied().unwrap_or(0);
+        if byte & 0xC0 != 0x80 {
+            return (None, i);
+        }
+        cp = (cp << 6) | u32::from(byte & 0x3F);
+    }
+    let valid = cp <= 0x10_FFFF
+        && !(0xFDD0..=0xFDEF).contains(&cp)
+        && cp & 0xFFFE != 0xFFFE
+        && !(0xD800..=0xDFFF).contains(&cp)
+        && (cp >= MIN_CP[len - 2] || (cp == 0 && len == 2));
+    (valid.then_some(cp), len)
 }
 
 fn newline(level: usize, out: &mut String) {
@@ -158,6 +193,26 @@ pub fn dict(entries: Vec<(&str, Option<Json>)>) -> Json {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What qemu-img info --output=json printed for these file names.
+    #[test]
+    fn bytes_that_are_not_characters_quote_as_qemu_does() {
+        let quoted = |raw: &[u8]| {
+            let mut out = String::new();
+            quote(&crate::host_bytes::decode(raw).unwrap(), &mut out);
+            out
+        };
+        assert_eq!(quoted(b"r\xe9.img"), r#""r\uFFFD.img""#);
+        assert_eq!(quoted(b"o\xfe\x80.q"), r#""o\uFFFD\uFFFD.q""#);
+        assert_eq!(quoted(b"a\xe2\x82b.img"), r#""a\uFFFDb.img""#);
+        assert_eq!(quoted(b"c\xed\xa0\x80.img"), r#""c\uFFFD.img""#);
+        assert_eq!(quoted(b"d\xf4\x90\x80\x80.img"), r#""d\uFFFD.img""#);
+        assert_eq!(quoted(b"e\xc0\x80.img"), r#""e\u0000.img""#);
+        assert_eq!(
+            quoted("\u{fdd0}é😀".as_bytes()),
+            r#""\uFFFD\u00E9\uD83D\uDE00""#
+        );
+    }
 
     #[test]
     fn check_keys_come_out_in_qdict_order() {

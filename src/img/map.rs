@@ -128,6 +128,7 @@ impl Img<'_> {
         let Ok(((opts, pos), extra)) = self.subcommand_args(argv, "f:s:l:hU", LONGS) else {
             return 1;
         };
+        self.force_share.set(opts.iter().any(|(c, _)| *c == 'U'));
         let json = output_json(&extra);
         let mut fmt = None;
         let mut start_offset = 0;

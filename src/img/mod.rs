@@ -3,8 +3,10 @@
 
 use crate::block::node::{Node, OpenFlags};
 use crate::block::open::{OpenContext, Options, open_drive};
+use crate::block::perms::{self, Access};
 use crate::output::{Console, SharedSink};
 use crate::qemu_io::getopt::Getopt;
+use std::cell::Cell;
 use std::path::Path;
 use std::rc::Rc;
 
@@ -24,6 +26,8 @@ pub fn run(args: &[String], base_dir: &Path, sink: SharedSink) -> i32 {
     let img = Img {
         console: console.clone(),
         base_dir,
+        force_share: Cell::new(false),
+        no_io: Cell::new(false),
     };
     let Some(cmd) = args.first() else {
         img.error("Not enough arguments");
@@ -66,6 +70,10 @@ fn output_json(extra: &LongOnly) -> bool {
 struct Img<'a> {
     console: Rc<Console>,
     base_dir: &'a Path,
+    /// `-U`: images are opened with force-share=on
+    force_share: Cell<bool>,
+    /// images are opened without I/O (qemu-img info's BDRV_O_NO_IO)
+    no_io: Cell<bool>,
 }
 
 impl Img<'_> {
@@ -206,7 +214,8 @@ impl Img<'_> {
         self.open_with(name, format, read_only, false)
     }
 
-    /// [`Self::open`]; `check`: as qemu-img check opens (QEMU's BDRV_O_CHECK).
+    /// [`Self::open`]; `check`: as qemu-img check opens (QEMU's BDRV_O_CHECK). The image is
+    /// then held as qemu-img's BlockBackend holds it (img_open: blk_new_open), with its locks.
     fn open_with(
         &self,
         name: &str,
@@ -222,13 +231,21 @@ impl Img<'_> {
                 unmap: true,
                 no_flush: false,
                 check,
+                no_io: self.no_io.get(),
                 ..OpenFlags::default()
             },
             skip_host_sync: false,
         };
-        open_drive(Some(name), Options::new(), format, &ctx).map_err(|e| {
-            self.error(&format!("Could not open '{name}': {e}"));
-            1
-        })
+        let mut options = Options::new();
+        if self.force_share.get() {
+            options.insert("force-share".into(), true.into());
+        }
+        let user = Access::user(!read_only, self.no_io.get());
+        open_drive(Some(name), options, format, &ctx)
+            .and_then(|node| perms::refresh(&node, user, read_only).map(|()| node))
+            .map_err(|e| {
+                self.error(&format!("Could not open '{name}': {e}"));
+                1
+            })
     }
 }

@@ -1372,9 +1372,10 @@ fn reopen_f(s: &mut Session, spec: &CommandSpec, argv: &[String]) -> i32 {
         if !s.drain() {
             return EINVAL;
         }
-        b.perms.set(crate::block::perms::Perms {
-            write: false,
-            ..b.perms.get()
+        let held = b.perms.get();
+        b.perms.set(crate::block::perms::Access {
+            perm: held.perm.without(crate::block::perms::Perms::WRITE),
+            ..held
         });
     }
     let mut opts = pending;

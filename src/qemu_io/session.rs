@@ -6,7 +6,7 @@ use crate::block::backend::BlockBackend;
 use crate::block::executor::Executor;
 use crate::block::node::OpenFlags;
 use crate::block::open::{OpenContext, Options, open_drive};
-use crate::block::perms::{self, Perms};
+use crate::block::perms::{self, Access, Perms};
 use crate::output::Console;
 use std::cell::RefCell;
 use std::future::Future;
@@ -135,7 +135,7 @@ pub struct OpenRequest<'a> {
     pub aio: AioMode,
     /// `-C`: reads copy what they find in backing files into the top image
     pub copy_on_read: bool,
-    /// `-U`: `force-share=on`, no image locking (which this engine does not do)
+    /// `-U`: `force-share=on`: the image is shared whatever other users hold
     pub force_share: bool,
 }
 
@@ -191,12 +191,8 @@ impl Session {
             req.options
                 .insert("force-share".into(), serde_json::Value::Bool(true));
         }
-        // The user takes WRITE unless read-only; the graph must grant it (blk_new_open).
-        let held = if req.read_only {
-            Perms::NONE
-        } else {
-            Perms::WRITE
-        };
+        // The user reads, and writes unless read-only; the graph must grant it (blk_new_open).
+        let held = Access::user(!req.read_only, false);
         let opened = self.open_tree(&req).and_then(|root| {
             // qemu-io asks the node: `-r` with `read-only=off` is writable.
             let read_only = root.flags().read_only;
@@ -240,6 +236,7 @@ impl Session {
                 // bdrv_temp_snapshot_options).
                 copy_on_read: req.copy_on_read && !req.snapshot,
                 check: false,
+                no_io: false,
             },
             skip_host_sync: self.skip_host_sync,
         };
@@ -439,15 +436,21 @@ impl Session {
         let Some(b) = &self.blk else {
             return Ok(());
         };
-        let wanted = Perms {
-            write: spec.needs_write,
-            resize: spec.needs_resize,
-        };
+        let mut wanted = Perms::NONE;
+        if spec.needs_write {
+            wanted = wanted.union(Perms::WRITE);
+        }
+        if spec.needs_resize {
+            wanted = wanted.union(Perms::RESIZE);
+        }
         let held = b.perms.get();
-        if held.contains(wanted) {
+        if held.perm.contains(wanted) {
             return Ok(());
         }
-        let new = held.union(wanted);
+        let new = Access {
+            perm: held.perm.union(wanted),
+            ..held
+        };
         perms::refresh(&b.root, new, b.root.flags().read_only)?;
         b.perms.set(new);
         Ok(())

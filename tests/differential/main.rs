@@ -15,6 +15,7 @@ mod cases;
 mod drivers;
 mod fuzz;
 mod harness;
+mod locking;
 mod no_lost_writes;
 mod ours;
 mod qcow2_features;
@@ -51,6 +52,8 @@ fn main() {
                 );
             }
             trials.extend(cases.into_iter().map(trial));
+            // Whole-program scripts: image locks across processes, qemu-img.
+            trials.extend(locking::trials());
         }
     }
     let conclusion = libtest_mimic::run(&args, trials);

@@ -28,7 +28,7 @@ pub fn open_node(
     let state = BlkDebug::new(ctx.console.clone());
     let setup = configure(&state, config.as_deref(), opts, ctx)?;
     let image = children.open_child(opts, "image", image_name, ChildRole::Filtered)?;
-    let mut taken = Perms::NONE;
+    let (mut taken, mut unshared) = (Perms::NONE, Perms::NONE);
     for k in ["take-child-perms", "unshare-child-perms"] {
         // Only a non-empty list is read; anything else is left over as an unknown option.
         if opts.get(k).is_some_and(is_nonempty_container)
@@ -37,6 +37,8 @@ pub fn open_node(
             let perms = parse_permissions(&v)?;
             if k == "take-child-perms" {
                 taken = perms;
+            } else {
+                unshared = perms;
             }
         }
     }
@@ -57,6 +59,7 @@ pub fn open_node(
             primary: true,
             role: ChildRole::Filtered,
             extra_perms: taken,
+            unshared_perms: unshared,
         }],
         name,
     );
@@ -201,10 +204,8 @@ fn take_text(opts: &mut Options, key: &str) -> Option<String> {
     }
 }
 
-/// `take-child-perms`/`unshare-child-perms`: a non-empty list of permission names; what of
-/// them matters here.
+/// `take-child-perms`/`unshare-child-perms`: a non-empty list of permission names.
 fn parse_permissions(v: &Value) -> Result<Perms, String> {
-    const PERMS: [&str; 4] = ["consistent-read", "write", "write-unchanged", "resize"];
     let items: Vec<&Value> = match v {
         Value::Array(a) => a.iter().collect(),
         // `take-child-perms.0=write` as --image-opts gives it.
@@ -218,12 +219,11 @@ fn parse_permissions(v: &Value) -> Result<Perms, String> {
                 "Invalid parameter type for '[{i}]', expected: string"
             ));
         };
-        if !PERMS.contains(&name.as_str()) {
+        let Some(perm) = Perms::by_option_name(name) else {
             // QEMU's list visitor has no name for the element, hence 'null'.
             return Err(format!("Parameter 'null' does not accept value '{name}'"));
-        }
-        perms.write |= name.starts_with("write");
-        perms.resize |= name == "resize";
+        };
+        perms = perms.union(perm);
     }
     Ok(perms)
 }

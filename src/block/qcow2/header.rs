@@ -552,10 +552,12 @@ pub fn read_extensions(
     Ok(ex)
 }
 
-/// Bytes up to the first NUL, as C reads a name stored without its terminator.
+/// Bytes up to the first NUL, as C reads a name stored without its terminator; bytes that are
+/// not UTF-8 are kept as [`crate::host_bytes`] text, so the name means the same file.
 fn c_string(b: &[u8]) -> String {
     let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
-    String::from_utf8_lossy(&b[..end]).into_owned()
+    crate::host_bytes::decode(&b[..end])
+        .unwrap_or_else(|_| String::from_utf8_lossy(&b[..end]).into_owned())
 }
 
 /// qcow2_do_open's "read the backing file name" step.
@@ -659,10 +661,10 @@ pub fn build(img: &HeaderImage<'_>) -> Option<Vec<u8>> {
         b.extend_from_slice(img.unknown_fields);
     }
     if let Some(fmt) = img.backing_format {
-        ext_add(&mut b, EXT_BACKING_FORMAT, fmt.as_bytes());
+        ext_add(&mut b, EXT_BACKING_FORMAT, &encode(fmt));
     }
     if let Some(name) = img.data_file {
-        ext_add(&mut b, EXT_DATA_FILE, name.as_bytes());
+        ext_add(&mut b, EXT_DATA_FILE, &encode(name));
     }
     if h.version >= 3 && img.cluster_size > 4096 {
         let mut t = Vec::with_capacity(FEATURES.len() * 48);
@@ -680,8 +682,9 @@ pub fn build(img: &HeaderImage<'_>) -> Option<Vec<u8>> {
     }
     ext_add(&mut b, EXT_END, &[]);
     if let Some(name) = img.backing_file {
+        let name = encode(name);
         let off = b.len() as u64;
-        b.extend_from_slice(name.as_bytes());
+        b.extend_from_slice(&name);
         b[8..16].copy_from_slice(&off.to_be_bytes());
         b[16..20].copy_from_slice(&(name.len() as u32).to_be_bytes());
     }
@@ -691,6 +694,8 @@ pub fn build(img: &HeaderImage<'_>) -> Option<Vec<u8>> {
     b.resize(img.cluster_size, 0);
     Some(b)
 }
+
+use crate::host_bytes::encode;
 
 #[cfg(test)]
 mod tests {

@@ -80,6 +80,7 @@ pub fn open_node(
         primary: true,
         role: ChildRole::Image,
         extra_perms: Perms::NONE,
+        unshared_perms: Perms::NONE,
     }];
     if let Some(d) = opened.data_file.clone() {
         // QEMU lists children newest first: flushes reach the data file before the image file
@@ -92,6 +93,7 @@ pub fn open_node(
                 primary: false,
                 role: ChildRole::Data,
                 extra_perms: Perms::NONE,
+                unshared_perms: Perms::NONE,
             },
         );
     }

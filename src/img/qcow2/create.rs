@@ -530,7 +530,7 @@ pub fn build(spec: &CreateSpec) -> Result<Extents, CreateError> {
     }
 
     if let Some(name) = &spec.backing_file {
-        if name.len() > 1023 {
+        if crate::host_bytes::encode(name).len() > 1023 {
             return Err(CreateError {
                 errno: libc::EINVAL,
                 message: String::new(),
