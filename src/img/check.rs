@@ -4,12 +4,17 @@
 
 use super::json::{Json, dict, pretty};
 use super::{Img, output_json};
+use crate::block::executor::block_on;
+use crate::block::node::Node;
+use crate::block::qcow2::Qcow2;
 use crate::block::qcow2::check::{CheckResult, Checker, FIX_ERRORS, FIX_LEAKS};
 use crate::block::qcow2::header::{MAGIC, be32};
 use crate::block::qcow2::image_file::PlainFile;
 use crate::block::qcow2::open::open_metadata;
 use crate::errno::strerror;
+use crate::qemu_io::session::close_tree;
 use std::os::unix::fs::FileExt;
+use std::rc::Rc;
 
 /// `dump_human_image_check`.
 pub fn human_report(c: &CheckResult) -> String {
@@ -157,10 +162,10 @@ impl Img<'_> {
         }
         // The whole open as QEMU's check does it (data file and backing chain included, a
         // writable open's header update too); the checker then works on the file itself.
-        match self.open_with(name, Some("qcow2"), fix == 0, true) {
-            Ok(node) => drop(node),
+        let node = match self.open_with(name, Some("qcow2"), fix == 0, true) {
+            Ok(node) => node,
             Err(s) => return s,
-        }
+        };
         let file = match std::fs::OpenOptions::new()
             .read(true)
             .write(fix != 0)
@@ -192,10 +197,11 @@ impl Img<'_> {
             }
         };
         let (mut result, mut ret) = img.check(fix);
-        self.flush_log(&mut img);
+        // the end of QEMU's check with a repair: its failure is the check's
         if ret.is_ok() && fix != 0 && result.check_errors == 0 && result.corruptions == 0 {
-            let _ = img.mark_clean();
+            ret = img.mark_clean();
         }
+        self.flush_log(&mut img);
         if ret.is_ok() && (result.corruptions_fixed != 0 || result.leaks_fixed != 0) {
             if !json {
                 say(&format!(
@@ -219,21 +225,42 @@ impl Img<'_> {
                 say(&human_report(&result));
             }
         }
-        if let Err(e) = ret {
+        let status = if let Err(e) = ret {
             self.error(&format!("Check failed: {}", strerror(e)));
-            return 1;
-        }
-        if result.check_errors != 0 {
+            1
+        } else if result.check_errors != 0 {
             self.error("Check failed");
-            return 1;
-        }
-        if result.corruptions != 0 {
+            1
+        } else if result.corruptions != 0 {
             2
         } else if result.leaks != 0 {
             3
         } else {
             0
+        };
+        self.close_checked(&node, &mut img);
+        status
+    }
+
+    /// The close at the end of QEMU's img_check: the block layer's flush (the check's changed
+    /// refcount blocks written back, a refused write being a fatal corruption), then — unless
+    /// a fatal corruption made the image unusable — the driver's close on the image as the
+    /// check left it (persistent bitmaps stored). Its failures only print.
+    fn close_checked(&self, node: &Rc<Node>, img: &mut Checker<PlainFile>) {
+        let _ = img.flush();
+        self.flush_log(img);
+        if img.is_dead() {
+            return;
         }
+        let Some(driver) = node.driver_as::<Qcow2>() else {
+            return;
+        };
+        driver.adopt_check(img);
+        let root = node.clone();
+        block_on(async move {
+            let _ = crate::block::io::flush(&root).await;
+            close_tree(&root).await;
+        });
     }
 
     fn flush_log(&self, img: &mut Checker<PlainFile>) {

@@ -448,3 +448,105 @@ fn info_snapshot_lists_agree() {
     assert_eq!(mine, theirs);
     assert_eq!(theirs.2, None);
 }
+
+const BITMAP: &str = "qemu-img create -q -f qcow2 -o lazy_refcounts=on t.qcow2 8M && qemu-io -c 'write -P 8 0 128k' t.qcow2 >/dev/null && qemu-img bitmap --add t.qcow2 b0";
+
+/// The real qemu-img's check of both repaired copies: ours (left) and qemu-img's.
+fn recheck_both(case: &Case) -> (Outcome, Outcome) {
+    let again = |dir: &Path| {
+        outcome(
+            Command::new("qemu-img")
+                .args(["check", "t.qcow2"])
+                .current_dir(dir)
+                .output()
+                .unwrap(),
+        )
+    };
+    (again(&case.path("b")), again(&case.path("q")))
+}
+
+/// QEMU's auto-generated node names end in two random digits: the messages compare without.
+fn without_node_name(o: Outcome) -> Outcome {
+    let (out, err, rc) = o;
+    let err = err
+        .lines()
+        .map(|l| match l.find("of node '") {
+            Some(i) => match l[i + 9..].find('\'') {
+                Some(j) => format!("{}of node ''{}", &l[..i], &l[i + 9 + j..]),
+                None => l.to_string(),
+            },
+            None => l.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    (out, err, rc)
+}
+
+/// A repairing check closes the image as QEMU's does: the persistent bitmaps the writable
+/// open marked in use are stored back (a new directory), so the file is the same as
+/// qemu-img's, bitmap flags included.
+#[test]
+fn bitmaps_stored_at_check_close_agree() {
+    if !have_qemu() {
+        return;
+    }
+    let case = Case::new(BITMAP);
+    for mode in [&["-r", "leaks"][..], &["-r", "all"]] {
+        let (_, _, rc) = case.agree(mode, &[]);
+        assert_eq!(rc, 0);
+        let (q, b) = (case.path("q/t.qcow2"), case.path("b/t.qcow2"));
+        assert_eq!(std::fs::read(&b).unwrap(), std::fs::read(&q).unwrap());
+    }
+}
+
+/// The bitmaps extension's type changed (so no directory is read) while the autoclear bit
+/// stays set: QEMU's overlap check then takes every write as hitting the bitmap directory.
+/// The repaired refcount block is refused when the cache is written back at close (the image
+/// marked corrupt), so the leaks come back on the next check — ours the same.
+#[test]
+fn refcount_write_back_refused_by_bitmap_directory_agrees() {
+    if !have_qemu() {
+        return;
+    }
+    let case = Case::new(BITMAP);
+    let img = case.path("t.qcow2");
+    let bytes = std::fs::read(&img).unwrap();
+    let at = (104..bytes.len() - 4)
+        .step_by(8)
+        .find(|&i| bytes[i..i + 4] == [0x23, 0x85, 0x28, 0x75])
+        .expect("bitmaps extension");
+    poke(&img, at as u64, &[0x23, 0x85, 0x28, 0x76]);
+    for mode in [&["-r", "leaks"][..], &["-r", "all"]] {
+        let (_, err, rc) = case.agree(mode, &[]);
+        assert_eq!(rc, 0);
+        assert!(
+            err.contains("Preventing invalid write on metadata (overlaps with bitmap directory)"),
+            "{err}"
+        );
+        let (q, b) = (case.path("q/t.qcow2"), case.path("b/t.qcow2"));
+        assert_eq!(std::fs::read(&b).unwrap(), std::fs::read(&q).unwrap());
+        let (mine, theirs) = recheck_both(&case);
+        assert_eq!(mine, theirs, "re-check of ours (left) vs qemu-img's repair");
+        assert_eq!(theirs.2, 3);
+    }
+}
+
+/// refcount_order 0 on an image with a bitmap: the check fails (the refcounts need a
+/// rebuild), then the close stores the bitmap, whose allocation finds cluster 0 free and is
+/// refused as overlapping the header: the image is marked corrupt with cluster 0's refcount
+/// raised on disk, as by QEMU.
+#[test]
+fn bitmap_store_refused_at_check_close_agrees() {
+    if !have_qemu() {
+        return;
+    }
+    let case = Case::new(BITMAP);
+    poke(&case.path("t.qcow2"), 96, &[0, 0, 0, 0]);
+    let (theirs, mine) = case.both(&["-r", "leaks"], &[]);
+    let (theirs, mine) = (without_node_name(theirs), without_node_name(mine));
+    assert_eq!(mine, theirs, "ours (left) vs qemu-img");
+    assert_eq!(mine.2, 1);
+    assert!(mine.1.contains("Lost persistent bitmaps"), "{}", mine.1);
+    let (q, b) = (case.path("q/t.qcow2"), case.path("b/t.qcow2"));
+    assert_eq!(std::fs::read(&b).unwrap(), std::fs::read(&q).unwrap());
+}
