@@ -209,7 +209,12 @@ impl Img<'_> {
                     result.leaks_fixed, result.corruptions_fixed
                 ));
             }
-            let (again, r) = img.check(0);
+            // a fatal corruption left no driver to check with (QEMU's bs->drv = NULL)
+            let (again, r) = if img.is_dead() {
+                (CheckResult::default(), Err(libc::ENOMEDIUM))
+            } else {
+                img.check(0)
+            };
             self.flush_log(&mut img);
             result = CheckResult {
                 leaks_fixed: result.leaks_fixed,
@@ -256,6 +261,8 @@ impl Img<'_> {
             return;
         };
         driver.adopt_check(img);
+        // QEMU's check writes through the file node, whose length grows with them
+        let _ = node.file().refresh_total_sectors();
         let root = node.clone();
         block_on(async move {
             let _ = crate::block::io::flush(&root).await;

@@ -550,3 +550,42 @@ fn bitmap_store_refused_at_check_close_agrees() {
     let (q, b) = (case.path("q/t.qcow2"), case.path("b/t.qcow2"));
     assert_eq!(std::fs::read(&b).unwrap(), std::fs::read(&q).unwrap());
 }
+
+/// A refcount table entry with reserved bits set and an unaligned offset: reading it is a
+/// fatal corruption (QEMU's bs->drv = NULL), the rebuild still repairs, and the double check
+/// then has no driver left: "Check failed: No medium found", exit 1.
+#[test]
+fn double_check_after_fatal_corruption_agrees() {
+    if !have_qemu() {
+        return;
+    }
+    let case = Case::new(
+        "qemu-img create -q -f qcow2 -o cluster_size=4096 t.qcow2 4M && qemu-io -c 'write -P 1 0 32k' t.qcow2 >/dev/null",
+    );
+    let img = case.path("t.qcow2");
+    let reftable = be64_at(&img, 48);
+    poke(&img, reftable, &0x76aa_f4a5_0a67_54acu64.to_be_bytes());
+    let (_, err, rc) = case.agree(&["-r", "all"], &[]);
+    assert_eq!(rc, 1);
+    assert!(err.contains("Check failed: No medium found"), "{err}");
+    let (q, b) = (case.path("q/t.qcow2"), case.path("b/t.qcow2"));
+    assert_eq!(std::fs::read(&b).unwrap(), std::fs::read(&q).unwrap());
+}
+
+/// refcount_order 5 on an image with a bitmap: the rebuild puts the new refcount structures
+/// past the old end of the file, and the close's bitmap store allocates through them (the
+/// file node's length grown by the check's writes, as QEMU's writes through bs->file grow it).
+#[test]
+fn bitmap_store_after_rebuild_past_the_old_end_agrees() {
+    if !have_qemu() {
+        return;
+    }
+    let case = Case::new(BITMAP);
+    poke(&case.path("t.qcow2"), 96, &[0, 0, 0, 5]);
+    let (_, _, rc) = case.agree(&["-r", "all"], &[]);
+    assert_eq!(rc, 0);
+    let (q, b) = (case.path("q/t.qcow2"), case.path("b/t.qcow2"));
+    assert_eq!(std::fs::read(&b).unwrap(), std::fs::read(&q).unwrap());
+    let (mine, theirs) = recheck_both(&case);
+    assert_eq!(mine, theirs, "re-check of ours (left) vs qemu-img's repair");
+}
