@@ -260,6 +260,16 @@ impl Img<'_> {
         let Some(driver) = node.driver_as::<Qcow2>() else {
             return;
         };
+        // what the flush left cached (the dirty bit defers refcounts) goes at the close's
+        // cache flush; that failing, QEMU's close reports it and leaves the image dirty
+        if let Err(e) = img.write_back() {
+            self.flush_log(img);
+            self.error(&format!(
+                "Failed to flush the refcount block table cache: {}",
+                strerror(e)
+            ));
+            return;
+        }
         driver.adopt_check(img);
         // QEMU's check writes through the file node, whose length grows with them
         let _ = node.file().refresh_total_sectors();

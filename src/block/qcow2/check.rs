@@ -65,7 +65,7 @@ struct Snapshot {
     name: String,
     /// the fixed 40-byte part as read
     header: Vec<u8>,
-    /// the known extra data as read (up to 16 bytes)
+    /// the known extra data as read (up to [`KNOWN_EXTRA`] bytes)
     extra: Vec<u8>,
     /// extra data past the known part (cut to the maximum when that was dropped)
     unknown_extra: Vec<u8>,
@@ -74,6 +74,8 @@ struct Snapshot {
     name_bytes: Vec<u8>,
 }
 
+/// QEMU's QCowSnapshotExtraData: the large VM state size, the disk size and the icount.
+const KNOWN_EXTRA: u32 = 24;
 /// QEMU's QCOW_MAX_SNAPSHOT_EXTRA_DATA and QCOW_MAX_SNAPSHOTS_SIZE.
 const MAX_SNAPSHOT_EXTRA_DATA: u32 = 1024;
 const MAX_SNAPSHOTS_SIZE: u64 = 1024 * 65536;
@@ -458,7 +460,7 @@ impl<F: ImageFile> Checker<F> {
             table.resize(table.len().div_ceil(8) * 8, 0);
             let id = c_string_bytes(&sn.id_bytes);
             let name = c_string_bytes(&sn.name_bytes);
-            let extra_len = sn.extra_data_size.max(16);
+            let extra_len = sn.extra_data_size.max(KNOWN_EXTRA);
             let mut vm_state_size = u64::from(be32(&sn.header, 32));
             if sn.extra.len() >= 8 {
                 vm_state_size = be64(&sn.extra, 0);
@@ -475,8 +477,15 @@ impl<F: ImageFile> Checker<F> {
             h[32..36].copy_from_slice(&small_state.to_be_bytes());
             h[36..40].copy_from_slice(&extra_len.to_be_bytes());
             table.extend_from_slice(&h);
+            // no icount recorded: -1
+            let icount = if sn.extra.len() >= 24 {
+                be64(&sn.extra, 16)
+            } else {
+                u64::MAX
+            };
             table.extend_from_slice(&vm_state_size.to_be_bytes());
             table.extend_from_slice(&sn_disk_size.to_be_bytes());
+            table.extend_from_slice(&icount.to_be_bytes());
             table.extend_from_slice(&sn.unknown_extra);
             table.extend_from_slice(id);
             table.extend_from_slice(name);
@@ -497,7 +506,7 @@ impl<F: ImageFile> Checker<F> {
         for sn in &self.snapshots {
             at = at.div_ceil(8) * 8;
             let len = 40
-                + sn.extra_data_size.max(16) as usize
+                + sn.extra_data_size.max(KNOWN_EXTRA) as usize
                 + c_string_bytes(&sn.id_bytes).len()
                 + c_string_bytes(&sn.name_bytes).len();
             self.file
@@ -559,17 +568,17 @@ impl<F: ImageFile> Checker<F> {
                 self.extra_data_dropped += 1;
                 truncate = true;
             }
-            let known = u64::from(extra_data_size.min(16));
+            let known = u64::from(extra_data_size.min(KNOWN_EXTRA));
             let extra = self.pread(off, known as usize).map_err(failed)?;
             off += known;
             let mut unknown_extra = Vec::new();
-            if extra_data_size > 16 {
-                let extra_end = off + u64::from(extra_data_size) - 16;
+            if extra_data_size > KNOWN_EXTRA {
+                let extra_end = off + u64::from(extra_data_size - KNOWN_EXTRA);
                 if truncate {
                     extra_data_size = MAX_SNAPSHOT_EXTRA_DATA;
                 }
                 unknown_extra = self
-                    .pread(off, extra_data_size as usize - 16)
+                    .pread(off, (extra_data_size - KNOWN_EXTRA) as usize)
                     .map_err(failed)?;
                 off = extra_end;
             }
@@ -614,8 +623,10 @@ impl<F: ImageFile> Checker<F> {
         Ok(())
     }
 
+    /// bdrv_getlength of the file node: whole sectors (a file cut mid-sector counts its
+    /// partial sector in full).
     pub fn file_len(&self) -> u64 {
-        self.file.file_len()
+        self.file.file_len().div_ceil(512) * 512
     }
 
     fn cs(&self) -> u64 {
