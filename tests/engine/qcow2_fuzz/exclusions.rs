@@ -80,25 +80,6 @@ pub const EXCLUSIONS: &[Exclusion] = &[
         case: |_| true,
         failure: |f| disagreement(f) && qemu_says(f, "Preventing invalid write on metadata"),
     },
-    Exclusion {
-        name: "check counts on damaged metadata",
-        waits_for: "q13-findings C10 (check/open/info): both open the image and report the same \
-                    first error, but the counts (corruptions, leaks, fixed) or the repair's exit \
-                    code differ: regions past the end of the file, reserved bits in L1/L2/reftable \
-                    entries, snapshot L1 tables too large or unaligned, overflowing cluster \
-                    offsets, COPIED on compressed clusters (QEMU's -r all gives up with exit 1 \
-                    where ours repairs and exits 2)",
-        case: |_| true,
-        failure: |f| {
-            matches!(f.kind, Kind::CheckDisagrees | Kind::RepairDisagrees)
-                && f.qemu
-                    .as_ref()
-                    .and_then(|q| q.code())
-                    .is_some_and(|c| matches!(c, 0..=3))
-                && f.ours.code().is_some_and(|c| matches!(c, 0 | 2 | 3))
-                && !qemu_says(f, "Could not open")
-        },
-    },
 ];
 
 fn disagreement(f: &Failure) -> bool {
