@@ -181,7 +181,7 @@ impl Img<'_> {
             }
         };
         let file = PlainFile::new(file);
-        let opened = open_metadata(&file, true, fix != 0)
+        let opened = open_metadata(&file, true, fix != 0, false)
             .map_err(|(msg, _)| msg)
             .and_then(|md| Checker::new(file, md.h, fix != 0));
         let mut img = match opened {

@@ -149,17 +149,20 @@ impl Img<'_> {
             ));
         })?;
         let file = PlainFile::new(file);
-        let md = open_metadata(&file, false, false).map_err(|(msg, _)| {
+        let md = open_metadata(&file, false, false, true).map_err(|(msg, _)| {
             self.error(&format!("Could not open '{name}': {msg}"));
         })?;
         let h = &md.h;
         // the block layer counts the virtual size in whole sectors (bs->total_sectors)
         let virtual_size = h.size / 512 * 512;
+        // only an AES image opens without its key (the open made sure)
+        let encrypted = h.crypt_method != 0;
         let mut s = format!(
-            "image: {name}\nfile format: qcow2\nvirtual size: {} ({} bytes)\ndisk size: {}\ncluster_size: {}\n",
+            "image: {name}\nfile format: qcow2\nvirtual size: {} ({} bytes)\ndisk size: {}\n{}cluster_size: {}\n",
             size_to_str(virtual_size),
             virtual_size,
             size_to_str(disk),
+            if encrypted { "encrypted: yes\n" } else { "" },
             h.cluster_size()
         );
         if h.incompatible_features & INCOMPAT_DIRTY != 0 {
@@ -231,6 +234,7 @@ impl Img<'_> {
             ("actual-size", Some(Json::Int(disk as i64))),
             ("virtual-size", Some(Json::Int(virtual_size as i64))),
             ("cluster-size", Some(Json::Int(h.cluster_size() as i64))),
+            ("encrypted", encrypted.then_some(Json::Bool(true))),
             ("backing-filename", backing_file.and_then(str_)),
             (
                 "full-backing-filename",

@@ -630,3 +630,51 @@ fn snapshot_table_rewrite_on_a_dirty_image_agrees() {
     let (mine, theirs) = recheck_both(&case);
     assert_eq!(mine, theirs, "re-check of ours (left) vs qemu-img's repair");
 }
+
+/// `qemu-img ARGS t.qcow2` and ours in `dir`.
+fn img_both(dir: &Path, args: &[&str]) -> (Outcome, Outcome) {
+    let run = |prog: &str, pre: &[&str]| {
+        outcome(
+            Command::new(prog)
+                .args(pre)
+                .args(args)
+                .arg("t.qcow2")
+                .current_dir(dir)
+                .output()
+                .unwrap(),
+        )
+    };
+    (
+        run(env!("CARGO_BIN_EXE_blockfault"), &["img"]),
+        run("qemu-img", &[]),
+    )
+}
+
+/// crypt_method set on a plain image: an AES image opens without its key where no I/O is
+/// done (`info` shows the encryption), and every other open wants the key; a LUKS image
+/// without its CRYPTO header extension fails every open; an unknown method too.
+#[test]
+fn encrypted_images_open_as_qemus_agree() {
+    if !have_qemu() {
+        return;
+    }
+    let case = Case::new(
+        "qemu-img create -q -f qcow2 -o cluster_size=4096,refcount_bits=4 t.qcow2 8M && qemu-io -c 'write -P 6 0 64k' t.qcow2 >/dev/null && qemu-img snapshot -c s1 t.qcow2",
+    );
+    for (method, info_rc) in [(1u8, 0), (2, 1), (3, 1)] {
+        poke(&case.path("t.qcow2"), 35, &[method]);
+        for args in [&["info"][..], &["info", "--output=json"], &["check"]] {
+            let (_, b) = case.sides(&[]);
+            let (mine, theirs) = img_both(&b, args);
+            assert_eq!(
+                mine, theirs,
+                "method {method} {args:?}: ours (left) vs qemu-img"
+            );
+            let want = if args[0] == "info" { info_rc } else { 1 };
+            assert_eq!(mine.2, want, "method {method} {args:?}");
+        }
+        for mode in [&["-r", "all"][..], &["--output=json"]] {
+            case.agree(mode, &[]);
+        }
+    }
+}

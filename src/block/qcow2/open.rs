@@ -148,11 +148,13 @@ pub fn open_metadata(
     file: &impl ImageFile,
     check: bool,
     writable: bool,
+    no_io: bool,
 ) -> Result<Metadata, OpenError> {
     let mode = OpenMode { check, writable };
     let o = header::read(file, mode)?;
     header::check_encryption(&o.h)?;
     let ex = header::read_extensions(file, &o.h, u64::from(o.h.header_length), o.ext_end)?;
+    header::open_encryption(&o.h, ex.crypto_header, no_io)?;
     let backing_file = header::read_backing_name(file, &o.h)?;
     // as qcow2_do_open: a broken snapshot table fails every open but a check's
     if !check {
@@ -299,6 +301,8 @@ fn open_inner(
         }
         None
     };
+    // the driver's opens all do I/O
+    header::open_encryption(&h, ex.crypto_header, false)?;
     let backing_file = header::read_backing_name(&node_file, &h)?;
     let backing = header::backing_of(backing_file.as_deref(), ex.backing_format.as_deref());
     // A check reads the snapshot table itself (a broken table is what it reports).
