@@ -16,28 +16,34 @@ use crate::qemu_io::session::close_tree;
 use std::os::unix::fs::FileExt;
 use std::rc::Rc;
 
+/// A count as QEMU keeps it: BdrvCheckResult's counters are C ints, so a count past 2^31
+/// wraps (and prints negative).
+fn ci(v: u64) -> i64 {
+    i64::from(v as u32 as i32)
+}
+
 /// `dump_human_image_check`.
 pub fn human_report(c: &CheckResult) -> String {
     let mut out = String::new();
-    if c.corruptions == 0 && c.leaks == 0 && c.check_errors == 0 {
+    if ci(c.corruptions) == 0 && ci(c.leaks) == 0 && ci(c.check_errors) == 0 {
         out.push_str("No errors were found on the image.\n");
     } else {
-        if c.corruptions != 0 {
+        if ci(c.corruptions) != 0 {
             out.push_str(&format!(
                 "\n{} errors were found on the image.\nData may be corrupted, or further writes to the image may corrupt it.\n",
-                c.corruptions
+                ci(c.corruptions)
             ));
         }
-        if c.leaks != 0 {
+        if ci(c.leaks) != 0 {
             out.push_str(&format!(
                 "\n{} leaked clusters were found on the image.\nThis means waste of disk space, but no harm to data.\n",
-                c.leaks
+                ci(c.leaks)
             ));
         }
-        if c.check_errors != 0 {
+        if ci(c.check_errors) != 0 {
             out.push_str(&format!(
                 "\n{} internal errors have occurred during the check.\n",
-                c.check_errors
+                ci(c.check_errors)
             ));
         }
     }
@@ -60,20 +66,21 @@ pub fn human_report(c: &CheckResult) -> String {
 
 /// `dump_json_image_check`: QEMU's ImageCheck, members that are zero left out.
 pub fn json_report(c: &CheckResult, filename: &str, format: &str) -> String {
-    let opt = |v: u64| (v != 0).then_some(Json::Int(v as i64));
+    let opt = |v: u64| (ci(v) != 0).then_some(Json::Int(ci(v)));
+    let wide = |v: u64| (v != 0).then_some(Json::Int(v as i64));
     let v = dict(vec![
         ("filename", Some(Json::Str(filename.to_string()))),
         ("format", Some(Json::Str(format.to_string()))),
-        ("check-errors", Some(Json::Int(c.check_errors as i64))),
-        ("image-end-offset", opt(c.image_end_offset)),
+        ("check-errors", Some(Json::Int(ci(c.check_errors)))),
+        ("image-end-offset", wide(c.image_end_offset)),
         ("corruptions", opt(c.corruptions)),
         ("leaks", opt(c.leaks)),
         ("corruptions-fixed", opt(c.corruptions_fixed)),
         ("leaks-fixed", opt(c.leaks_fixed)),
-        ("total-clusters", opt(c.total_clusters)),
-        ("allocated-clusters", opt(c.allocated_clusters)),
-        ("fragmented-clusters", opt(c.fragmented_clusters)),
-        ("compressed-clusters", opt(c.compressed_clusters)),
+        ("total-clusters", wide(c.total_clusters)),
+        ("allocated-clusters", wide(c.allocated_clusters)),
+        ("fragmented-clusters", wide(c.fragmented_clusters)),
+        ("compressed-clusters", wide(c.compressed_clusters)),
     ]);
     format!("{}\n", pretty(&v))
 }
@@ -198,15 +205,16 @@ impl Img<'_> {
         };
         let (mut result, mut ret) = img.check(fix);
         // the end of QEMU's check with a repair: its failure is the check's
-        if ret.is_ok() && fix != 0 && result.check_errors == 0 && result.corruptions == 0 {
+        if ret.is_ok() && fix != 0 && ci(result.check_errors) == 0 && ci(result.corruptions) == 0 {
             ret = img.mark_clean();
         }
         self.flush_log(&mut img);
-        if ret.is_ok() && (result.corruptions_fixed != 0 || result.leaks_fixed != 0) {
+        if ret.is_ok() && (ci(result.corruptions_fixed) != 0 || ci(result.leaks_fixed) != 0) {
             if !json {
                 say(&format!(
                     "The following inconsistencies were found and repaired:\n\n    {} leaked clusters\n    {} corruptions\n\nDouble checking the fixed image now...\n",
-                    result.leaks_fixed, result.corruptions_fixed
+                    ci(result.leaks_fixed),
+                    ci(result.corruptions_fixed)
                 ));
             }
             // a fatal corruption left no driver to check with (QEMU's bs->drv = NULL)
@@ -233,12 +241,12 @@ impl Img<'_> {
         let status = if let Err(e) = ret {
             self.error(&format!("Check failed: {}", strerror(e)));
             1
-        } else if result.check_errors != 0 {
+        } else if ci(result.check_errors) != 0 {
             self.error("Check failed");
             1
-        } else if result.corruptions != 0 {
+        } else if ci(result.corruptions) != 0 {
             2
-        } else if result.leaks != 0 {
+        } else if ci(result.leaks) != 0 {
             3
         } else {
             0
@@ -290,6 +298,21 @@ impl Img<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// QEMU's counters are C ints: 3699889289 discarded snapshots (nb_snapshots 0xdc88d489
+    /// with two real ones, seen by the qcow2 fuzzer) print as qemu-img prints them.
+    #[test]
+    fn counts_wrap_as_c_ints() {
+        let c = CheckResult {
+            corruptions_fixed: 3_699_889_289,
+            leaks: 1 << 32,
+            ..CheckResult::default()
+        };
+        let json = json_report(&c, "t.qcow2", "qcow2");
+        assert!(json.contains("\"corruptions-fixed\": -595078007"), "{json}");
+        assert!(!json.contains("\"leaks\""), "{json}");
+        assert!(human_report(&c).starts_with("No errors were found"));
+    }
 
     #[test]
     fn report_blocks() {
