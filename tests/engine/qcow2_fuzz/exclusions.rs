@@ -66,14 +66,6 @@ pub const EXCLUSIONS: &[Exclusion] = &[
         },
     },
     Exclusion {
-        name: "encrypted images",
-        waits_for: "q13-findings C6 (check/open/info): an image with crypt_method set: QEMU's info \
-                    and check open it (no key needed without I/O), ours refuses ('encrypted \
-                    images are not supported by this engine')",
-        case: |c| c.mutates("crypt_method", None) || c.mutates("random_bytes", None),
-        failure: |f| disagreement(f) && ours_says(f, "encrypted images are not supported"),
-    },
-    Exclusion {
         name: "repair without metadata overlap checks",
         waits_for: "q13-findings C7 (check/open/info): QEMU's check -r refuses writes that would \
                     overlap metadata (and fails the repair); ours writes them",
