@@ -79,7 +79,8 @@ impl Img<'_> {
         name: &str,
         fmt: Option<&str>,
     ) -> Result<(String, Json, Option<(String, Option<String>)>), ()> {
-        let path = self.base_dir.join(name);
+        // a backing file name read from an image stands for its bytes
+        let path = self.base_dir.join(crate::host_bytes::host_path(name));
         let qcow2 = match fmt {
             Some(f) => f == "qcow2",
             None => is_qcow2(&path),

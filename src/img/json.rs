@@ -36,9 +36,19 @@ fn qdict_order(entries: &[(String, Json)]) -> Vec<&(String, Json)> {
     order.into_iter().map(|(_, i)| &entries[i]).collect()
 }
 
+/// QEMU's to_json of a QString: the bytes the text stands for, decoded as QEMU's modified
+/// UTF-8 (a sequence that is not valid prints as U+FFFD), up to the first NUL (a C string).
 fn quote(s: &str, out: &mut String) {
     out.push('"');
-    for c in s.chars() {
+    let bytes = crate::host_bytes::encode(s);
+    let mut rest = &bytes[..];
+    while let Some(&first) = rest.first() {
+        if first == 0 {
+            break;
+        }
+        let (cp, len) = crate::block::json::mod_utf8_codepoint(rest);
+        rest = &rest[len.max(1)..];
+        let c = cp.and_then(char::from_u32).unwrap_or('\u{FFFD}');
         match c {
             '"' => out.push_str("\\\""),
             '\\' => out.push_str("\\\\"),

@@ -678,3 +678,54 @@ fn encrypted_images_open_as_qemus_agree() {
         }
     }
 }
+
+/// Names inside an image that are not UTF-8 — the backing file name, a snapshot name, a
+/// bitmap name — print as the bytes they are in `info`'s text, as U+FFFD in its JSON (QEMU's
+/// JSON writer), and the backing file opens by its bytes (`check`, `--backing-chain`).
+/// Compared byte for byte.
+#[test]
+fn names_that_are_not_utf8_agree_byte_for_byte() {
+    if !have_qemu() {
+        return;
+    }
+    let case = Case::new(
+        "qemu-img create -q -f qcow2 base.qcow2 4M && qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 t.qcow2 && qemu-img snapshot -c sX t.qcow2 && qemu-img bitmap --add t.qcow2 bY && qemu-img create -q -f qcow2 \"$(printf '\\342')ase.qcow2\" 4M",
+    );
+    let img = case.path("t.qcow2");
+    let mut bytes = std::fs::read(&img).unwrap();
+    for (name, at, byte) in [
+        (&b"sX"[..], 1, 0xff),
+        (b"bY", 1, 0xe9),
+        (b"base.qcow2", 0, 0xe2),
+    ] {
+        let i = bytes
+            .windows(name.len())
+            .position(|w| w == name)
+            .expect("name in the image");
+        bytes[i + at] = byte;
+    }
+    std::fs::write(&img, &bytes).unwrap();
+    let run = |prog: &str, pre: &[&str], args: &[&str]| {
+        let o = Command::new(prog)
+            .args(pre)
+            .args(args)
+            .arg("t.qcow2")
+            .current_dir(case.dir.path())
+            .output()
+            .unwrap();
+        (o.stdout, o.stderr, o.status.code())
+    };
+    for args in [
+        &["info"][..],
+        &["info", "--output=json"],
+        &["info", "--backing-chain"],
+        &["check"],
+    ] {
+        let theirs = run("qemu-img", &[], args);
+        let mine = run(env!("CARGO_BIN_EXE_blockfault"), &["img"], args);
+        assert_eq!(mine, theirs, "{args:?}: ours (left) vs qemu-img");
+        assert_eq!(theirs.2, Some(0), "{args:?}");
+    }
+    let (out, _, _) = run("qemu-img", &[], &["info"]);
+    assert!(out.windows(3).any(|w| w == b"s\xff "), "raw snapshot name");
+}

@@ -90,7 +90,7 @@ fn c_string_bytes(b: &[u8]) -> &[u8] {
 /// A NUL-terminated C string's text.
 fn c_string(b: &[u8]) -> String {
     let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
-    String::from_utf8_lossy(&b[..end]).into_owned()
+    crate::host_bytes::text_of(&b[..end])
 }
 
 /// The image as the checker sees it: header fields, active L1 and refcount table in memory,

@@ -6,6 +6,7 @@
 
 use super::image_file::ImageFile;
 use crate::errno::strerror;
+use crate::host_bytes::encode;
 
 pub const MAGIC: u32 = 0x5146_49fb;
 pub const MIN_CLUSTER_BITS: u32 = 9;
@@ -206,7 +207,7 @@ pub fn parse_feature_table(data: &[u8]) -> Vec<Feature> {
             Feature {
                 kind: c[0],
                 bit: c[1],
-                name: String::from_utf8_lossy(&raw[..end]).into_owned(),
+                name: crate::host_bytes::text_of(&raw[..end]),
             }
         })
         .collect()
@@ -603,7 +604,7 @@ pub fn read_extensions(
 /// Bytes up to the first NUL, as C reads a name stored without its terminator.
 fn c_string(b: &[u8]) -> String {
     let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
-    String::from_utf8_lossy(&b[..end]).into_owned()
+    crate::host_bytes::text_of(&b[..end])
 }
 
 /// qcow2_do_open's "read the backing file name" step.
@@ -707,10 +708,10 @@ pub fn build(img: &HeaderImage<'_>) -> Option<Vec<u8>> {
         b.extend_from_slice(img.unknown_fields);
     }
     if let Some(fmt) = img.backing_format {
-        ext_add(&mut b, EXT_BACKING_FORMAT, fmt.as_bytes());
+        ext_add(&mut b, EXT_BACKING_FORMAT, &encode(fmt));
     }
     if let Some(name) = img.data_file {
-        ext_add(&mut b, EXT_DATA_FILE, name.as_bytes());
+        ext_add(&mut b, EXT_DATA_FILE, &encode(name));
     }
     if h.version >= 3 && img.cluster_size > 4096 {
         let mut t = Vec::with_capacity(FEATURES.len() * 48);
@@ -728,8 +729,10 @@ pub fn build(img: &HeaderImage<'_>) -> Option<Vec<u8>> {
     }
     ext_add(&mut b, EXT_END, &[]);
     if let Some(name) = img.backing_file {
+        // the bytes the name stands for (names read from an image need not be UTF-8)
+        let name = encode(name);
         let off = b.len() as u64;
-        b.extend_from_slice(name.as_bytes());
+        b.extend_from_slice(&name);
         b[8..16].copy_from_slice(&off.to_be_bytes());
         b[16..20].copy_from_slice(&(name.len() as u32).to_be_bytes());
     }

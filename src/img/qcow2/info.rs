@@ -276,7 +276,7 @@ fn c_g3(v: f64) -> String {
 /// A NUL-terminated C string's text.
 fn c_string(b: &[u8]) -> String {
     let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
-    String::from_utf8_lossy(&b[..end]).into_owned()
+    crate::host_bytes::text_of(&b[..end])
 }
 
 #[cfg(test)]
