@@ -54,18 +54,6 @@ pub const EXCLUSIONS: &[Exclusion] = &[
         },
     },
     Exclusion {
-        name: "info of a snapshot name or id with NUL bytes",
-        waits_for: "q13-findings C4 (check/open/info): a snapshot id or name whose size covers NUL \
-                    bytes: QEMU's info shows the string up to the first NUL, ours the NULs too",
-        case: |c| snapshot_fields(c) || truncated(c) || c.mutates("random_bytes", None),
-        failure: |f| {
-            f.kind == Kind::InfoDisagrees
-                && f.detail.starts_with("the JSON differs: snapshots:")
-                && !f.detail.ends_with("ours absent")
-                && !f.detail.contains("qemu-img absent")
-        },
-    },
-    Exclusion {
         name: "repair without metadata overlap checks",
         waits_for: "q13-findings C7 (check/open/info): QEMU's check -r refuses writes that would \
                     overlap metadata (and fails the repair); ours writes them",
@@ -87,16 +75,6 @@ fn qemu_says(f: &Failure, what: &str) -> bool {
 
 fn ours_says(f: &Failure, what: &str) -> bool {
     f.ours.stderr.contains(what)
-}
-
-fn truncated(c: &Case) -> bool {
-    c.mutates("truncate", None)
-}
-
-fn snapshot_fields(c: &Case) -> bool {
-    c.mutations
-        .iter()
-        .any(|m| m.class.starts_with("snap") || m.class == "nb_snapshots")
 }
 
 /// The exclusion (other than `except`) that covers `f` in `case`, if any.
