@@ -445,9 +445,7 @@ impl<F: ImageFile> Checker<F> {
             ));
             return Err(libc::EIO);
         }
-        for c in first..first + count {
-            self.update_refcount(c, 1, false)?;
-        }
+        self.update_refcount_range(first, count, false)?;
         Ok(first * cs)
     }
 
@@ -525,11 +523,8 @@ impl<F: ImageFile> Checker<F> {
         if old_size > 0 {
             let cs = self.cs();
             let (first, last) = (old / cs, (old + old_size - 1) / cs);
-            for c in first..=last {
-                if let Err(e) = self.update_refcount(c, 1, true) {
-                    self.err(format!("qcow2_free_clusters failed: {}", strerror(e)));
-                    break;
-                }
+            if let Err(e) = self.update_refcount_range(first, last - first + 1, true) {
+                self.err(format!("qcow2_free_clusters failed: {}", strerror(e)));
             }
         }
         Ok(())
@@ -782,6 +777,44 @@ impl<F: ImageFile> Checker<F> {
     /// the next flush. A cluster whose refcount drops to 0 is discarded at once, as QEMU's
     /// `DISCARD_ALWAYS` does.
     fn update_refcount(&mut self, cluster: u64, diff: u64, decrease: bool) -> Result<(), i32> {
+        if self.change_refcount(cluster, diff, decrease)? == 0 {
+            self.discard_cluster(cluster);
+        }
+        Ok(())
+    }
+
+    /// QEMU's update_refcount over `count` clusters from `first`, by one: a failure part way
+    /// undoes the clusters already changed, and the clusters freed are discarded only when
+    /// the whole range succeeded (QEMU drops its queued discards on an error).
+    fn update_refcount_range(&mut self, first: u64, count: u64, decrease: bool) -> Result<(), i32> {
+        let mut freed = Vec::new();
+        for c in first..first + count {
+            match self.change_refcount(c, 1, decrease) {
+                Ok(0) => freed.push(c),
+                Ok(_) => {}
+                Err(e) => {
+                    for done in first..c {
+                        let _ = self.change_refcount(done, 1, !decrease);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        for c in freed {
+            self.discard_cluster(c);
+        }
+        Ok(())
+    }
+
+    /// A cluster whose refcount dropped to 0: a cached table there is dropped and the
+    /// cluster discarded in the file (QEMU's `DISCARD_ALWAYS`).
+    fn discard_cluster(&mut self, cluster: u64) {
+        self.refcache.discard(cluster * self.cs());
+        self.file.discard(cluster * self.cs(), self.cs());
+    }
+
+    /// One cluster's refcount changed in its cached refcount block; Ok(the new refcount).
+    fn change_refcount(&mut self, cluster: u64, diff: u64, decrease: bool) -> Result<u64, i32> {
         let per_block = self.header.refblock_entries();
         let idx = cluster / per_block;
         let off = self
@@ -804,11 +837,7 @@ impl<F: ImageFile> Checker<F> {
         set_refcount(b, order, cluster % per_block, new);
         let slot = self.refcache.find(off, self.cs()).expect("just used");
         self.refcache.slots[slot].dirty = true;
-        if new == 0 {
-            self.refcache.discard(cluster * self.cs());
-            self.file.discard(cluster * self.cs(), self.cs());
-        }
-        Ok(())
+        Ok(new)
     }
 
     fn err(&mut self, line: String) {
