@@ -40,6 +40,13 @@ pub fn decode(bytes: &[u8]) -> Result<String, char> {
     Ok(text)
 }
 
+/// Bytes read from an image (a name QEMU keeps as a C string and prints raw) as engine text:
+/// [`decode`], or — in the unlikely case that the bytes spell one of the reserved
+/// characters — a lossy decoding.
+pub fn text_of(bytes: &[u8]) -> String {
+    decode(bytes).unwrap_or_else(|_| String::from_utf8_lossy(bytes).into_owned())
+}
+
 /// [`decode`] for an argument.
 pub fn decode_arg(arg: &OsStr) -> Result<String, char> {
     decode(arg.as_bytes())

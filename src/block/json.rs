@@ -582,7 +582,7 @@ fn is_valid_codepoint(cp: u32) -> bool {
 /// QEMU's `mod_utf8_codepoint`: the code point of the sequence at the start of `s` (None if it
 /// is invalid: malformed, overlong other than C0 80, a surrogate or a noncharacter) and its
 /// length.
-fn mod_utf8_codepoint(s: &[u8]) -> (Option<u32>, usize) {
+pub(crate) fn mod_utf8_codepoint(s: &[u8]) -> (Option<u32>, usize) {
     const MIN_CP: [u32; 5] = [0x80, 0x800, 0x10000, 0x200000, 0x4000000];
     let Some(&lead) = s.first() else {
         return (None, 0);

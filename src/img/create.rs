@@ -264,7 +264,8 @@ pub fn probe_backing(
     match fmt.as_str() {
         "raw" | "file" => Ok((fmt, len)),
         "qcow2" => {
-            let md = open_metadata(&PlainFile::new(file), false, false).map_err(|(msg, _)| msg)?;
+            let md =
+                open_metadata(&PlainFile::new(file), false, false, true).map_err(|(msg, _)| msg)?;
             Ok((fmt, md.h.size))
         }
         other => Err(format!("Unknown driver '{other}'")),

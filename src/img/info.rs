@@ -86,6 +86,7 @@ impl Img<'_> {
         if Self::is_graph_filename(name) {
             return self.describe_graph(name, fmt);
         }
+        // a backing file name read from an image stands for its bytes
         let path = self.base_dir.join(crate::host_bytes::host_path(name));
         let qcow2 = match fmt {
             Some(f) => f == "qcow2",
@@ -187,17 +188,20 @@ impl Img<'_> {
         file: &impl ImageFile,
         disk: Option<u64>,
     ) -> Result<(String, Json, Option<(String, Option<String>)>), ()> {
-        let md = open_metadata(file, false, false).map_err(|(msg, _)| {
+        let md = open_metadata(file, false, false, true).map_err(|(msg, _)| {
             self.error(&format!("Could not open '{name}': {msg}"));
         })?;
         let h = &md.h;
         // the block layer counts the virtual size in whole sectors (bs->total_sectors)
         let virtual_size = h.size / 512 * 512;
+        // only an AES image opens without its key (the open made sure)
+        let encrypted = h.crypt_method != 0;
         let mut s = format!(
-            "image: {name}\nfile format: qcow2\nvirtual size: {} ({} bytes)\ndisk size: {}\ncluster_size: {}\n",
+            "image: {name}\nfile format: qcow2\nvirtual size: {} ({} bytes)\ndisk size: {}\n{}cluster_size: {}\n",
             size_to_str(virtual_size),
             virtual_size,
             disk_size_str(disk),
+            if encrypted { "encrypted: yes\n" } else { "" },
             h.cluster_size()
         );
         if h.incompatible_features & INCOMPAT_DIRTY != 0 {
@@ -268,6 +272,7 @@ impl Img<'_> {
             ("actual-size", disk.map(|d| Json::Int(d as i64))),
             ("virtual-size", Some(Json::Int(virtual_size as i64))),
             ("cluster-size", Some(Json::Int(h.cluster_size() as i64))),
+            ("encrypted", encrypted.then_some(Json::Bool(true))),
             ("backing-filename", backing_file.and_then(str_)),
             (
                 "full-backing-filename",

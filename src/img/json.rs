@@ -36,67 +36,42 @@ fn qdict_order(entries: &[(String, Json)]) -> Vec<&(String, Json)> {
     order.into_iter().map(|(_, i)| &entries[i]).collect()
 }
 
-/// A string as QEMU's JSON writer quotes it: over its bytes (a name that is not UTF-8 is
-/// carried as [`crate::host_bytes`] text), sequence by sequence as [`mod_utf8_codepoint`]
-/// reads them, up to the first NUL; what is not a valid character becomes U+FFFD.
+/// QEMU's to_json of a QString: the bytes the text stands for, decoded as QEMU's modified
+/// UTF-8 (a sequence that is not valid prints as U+FFFD), up to the first NUL (a C string).
 fn quote(s: &str, out: &mut String) {
-    let bytes = crate::host_bytes::encode(s);
-    let mut rest: &[u8] = &bytes;
     out.push('"');
-    while rest.first().is_some_and(|&b| b != 0) {
-        let (cp, len) = mod_utf8_codepoint(rest);
-        rest = &rest[len..];
-        match cp.unwrap_or(0xFFFD) {
-            0x22 => out.push_str("\\\""),
-            0x5C => out.push_str("\\\\"),
-            0x08 => out.push_str("\\b"),
-            0x0C => out.push_str("\\f"),
-            0x0A => out.push_str("\\n"),
-            0x0D => out.push_str("\\r"),
-            0x09 => out.push_str("\\t"),
-            cp if cp > 0xFFFF => {
-                let v = cp - 0x10000;
+    let bytes = crate::host_bytes::encode(s);
+    let mut rest = &bytes[..];
+    while let Some(&first) = rest.first() {
+        if first == 0 {
+            break;
+        }
+        let (cp, len) = crate::block::json::mod_utf8_codepoint(rest);
+        rest = &rest[len.max(1)..];
+        let c = cp.and_then(char::from_u32).unwrap_or('\u{FFFD}');
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) > 0xFFFF => {
+                let v = c as u32 - 0x10000;
                 out.push_str(&format!(
                     "\\u{:04X}\\u{:04X}",
                     0xD800 + (v >> 10),
                     0xDC00 + (v & 0x3FF)
                 ));
             }
-            cp if !(0x20..0x7F).contains(&cp) => out.push_str(&format!("\\u{cp:04X}")),
-            cp => out.push(char::from(cp as u8)),
+            c if (c as u32) < 0x20 || (c as u32) >= 0x7F => {
+                out.push_str(&format!("\\u{:04X}", c as u32));
+            }
+            c => out.push(c),
         }
     }
     out.push('"');
-}
-
-/// QEMU's mod_utf8_codepoint on a non-empty byte string not starting with NUL: the code
-/// point of the sequence at its start (None: invalid, which includes noncharacters,
-/// surrogates and overlong forms other than `C0 80` for NUL) and the bytes it takes.
-fn mod_utf8_codepoint(s: &[u8]) -> (Option<u32>, usize) {
-    const MIN_CP: [u32; 5] = [0x80, 0x800, 0x10000, 0x20_0000, 0x400_0000];
-    let lead = u32::from(s[0]);
-    if lead < 0x80 {
-        return (Some(lead), 1);
-    }
-    // impossible bytes, and a continuation byte where a sequence should start
-    if lead >= 0xFE || lead & 0x40 == 0 {
-        return (None, 1);
-    }
-    let len = (lead as u8).leading_ones() as usize;
-    let mut cp = lead & ((0x80 >> len) - 1);
-    for i in 1..len {
-        let byte = s.get(i).copied().unwrap_or(0);
-        if byte & 0xC0 != 0x80 {
-            return (None, i);
-        }
-        cp = (cp << 6) | u32::from(byte & 0x3F);
-    }
-    let valid = cp <= 0x10_FFFF
-        && !(0xFDD0..=0xFDEF).contains(&cp)
-        && cp & 0xFFFE != 0xFFFE
-        && !(0xD800..=0xDFFF).contains(&cp)
-        && (cp >= MIN_CP[len - 2] || (cp == 0 && len == 2));
-    (valid.then_some(cp), len)
 }
 
 fn newline(level: usize, out: &mut String) {

@@ -487,7 +487,9 @@ impl Session {
 }
 
 /// Lets every driver in the tree write back what it caches (children after their parents).
-fn close_tree(node: &Rc<crate::block::node::Node>) -> crate::block::driver::BoxFut<'_, ()> {
+pub(crate) fn close_tree(
+    node: &Rc<crate::block::node::Node>,
+) -> crate::block::driver::BoxFut<'_, ()> {
     Box::pin(async move {
         node.driver.close(node).await;
         for c in &node.children {

@@ -448,3 +448,311 @@ fn info_snapshot_lists_agree() {
     assert_eq!(mine, theirs);
     assert_eq!(theirs.2, None);
 }
+
+const BITMAP: &str = "qemu-img create -q -f qcow2 -o lazy_refcounts=on t.qcow2 8M && qemu-io -c 'write -P 8 0 128k' t.qcow2 >/dev/null && qemu-img bitmap --add t.qcow2 b0";
+
+/// The real qemu-img's check of both repaired copies: ours (left) and qemu-img's.
+fn recheck_both(case: &Case) -> (Outcome, Outcome) {
+    let again = |dir: &Path| {
+        outcome(
+            Command::new("qemu-img")
+                .args(["check", "t.qcow2"])
+                .current_dir(dir)
+                .output()
+                .unwrap(),
+        )
+    };
+    (again(&case.path("b")), again(&case.path("q")))
+}
+
+/// QEMU's auto-generated node names end in two random digits: the messages compare without.
+fn without_node_name(o: Outcome) -> Outcome {
+    let (out, err, rc) = o;
+    let err = err
+        .lines()
+        .map(|l| match l.find("of node '") {
+            Some(i) => match l[i + 9..].find('\'') {
+                Some(j) => format!("{}of node ''{}", &l[..i], &l[i + 9 + j..]),
+                None => l.to_string(),
+            },
+            None => l.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    (out, err, rc)
+}
+
+/// A repairing check closes the image as QEMU's does: the persistent bitmaps the writable
+/// open marked in use are stored back (a new directory), so the file is the same as
+/// qemu-img's, bitmap flags included.
+#[test]
+fn bitmaps_stored_at_check_close_agree() {
+    if !have_qemu() {
+        return;
+    }
+    let case = Case::new(BITMAP);
+    for mode in [&["-r", "leaks"][..], &["-r", "all"]] {
+        let (_, _, rc) = case.agree(mode, &[]);
+        assert_eq!(rc, 0);
+        let (q, b) = (case.path("q/t.qcow2"), case.path("b/t.qcow2"));
+        assert_eq!(std::fs::read(&b).unwrap(), std::fs::read(&q).unwrap());
+    }
+}
+
+/// The bitmaps extension's type changed (so no directory is read) while the autoclear bit
+/// stays set: QEMU's overlap check then takes every write as hitting the bitmap directory.
+/// The repaired refcount block is refused when the cache is written back at close (the image
+/// marked corrupt), so the leaks come back on the next check — ours the same.
+#[test]
+fn refcount_write_back_refused_by_bitmap_directory_agrees() {
+    if !have_qemu() {
+        return;
+    }
+    let case = Case::new(BITMAP);
+    let img = case.path("t.qcow2");
+    let bytes = std::fs::read(&img).unwrap();
+    let at = (104..bytes.len() - 4)
+        .step_by(8)
+        .find(|&i| bytes[i..i + 4] == [0x23, 0x85, 0x28, 0x75])
+        .expect("bitmaps extension");
+    poke(&img, at as u64, &[0x23, 0x85, 0x28, 0x76]);
+    for mode in [&["-r", "leaks"][..], &["-r", "all"]] {
+        let (_, err, rc) = case.agree(mode, &[]);
+        assert_eq!(rc, 0);
+        assert!(
+            err.contains("Preventing invalid write on metadata (overlaps with bitmap directory)"),
+            "{err}"
+        );
+        let (q, b) = (case.path("q/t.qcow2"), case.path("b/t.qcow2"));
+        assert_eq!(std::fs::read(&b).unwrap(), std::fs::read(&q).unwrap());
+        let (mine, theirs) = recheck_both(&case);
+        assert_eq!(mine, theirs, "re-check of ours (left) vs qemu-img's repair");
+        assert_eq!(theirs.2, 3);
+    }
+}
+
+/// refcount_order 0 on an image with a bitmap: the check fails (the refcounts need a
+/// rebuild), then the close stores the bitmap, whose allocation finds cluster 0 free and is
+/// refused as overlapping the header: the image is marked corrupt with cluster 0's refcount
+/// raised on disk, as by QEMU.
+#[test]
+fn bitmap_store_refused_at_check_close_agrees() {
+    if !have_qemu() {
+        return;
+    }
+    let case = Case::new(BITMAP);
+    poke(&case.path("t.qcow2"), 96, &[0, 0, 0, 0]);
+    let (theirs, mine) = case.both(&["-r", "leaks"], &[]);
+    let (theirs, mine) = (without_node_name(theirs), without_node_name(mine));
+    assert_eq!(mine, theirs, "ours (left) vs qemu-img");
+    assert_eq!(mine.2, 1);
+    assert!(mine.1.contains("Lost persistent bitmaps"), "{}", mine.1);
+    let (q, b) = (case.path("q/t.qcow2"), case.path("b/t.qcow2"));
+    assert_eq!(std::fs::read(&b).unwrap(), std::fs::read(&q).unwrap());
+}
+
+/// A refcount table entry with reserved bits set and an unaligned offset: reading it is a
+/// fatal corruption (QEMU's bs->drv = NULL), the rebuild still repairs, and the double check
+/// then has no driver left: "Check failed: No medium found", exit 1.
+#[test]
+fn double_check_after_fatal_corruption_agrees() {
+    if !have_qemu() {
+        return;
+    }
+    let case = Case::new(
+        "qemu-img create -q -f qcow2 -o cluster_size=4096 t.qcow2 4M && qemu-io -c 'write -P 1 0 32k' t.qcow2 >/dev/null",
+    );
+    let img = case.path("t.qcow2");
+    let reftable = be64_at(&img, 48);
+    poke(&img, reftable, &0x76aa_f4a5_0a67_54acu64.to_be_bytes());
+    let (_, err, rc) = case.agree(&["-r", "all"], &[]);
+    assert_eq!(rc, 1);
+    assert!(err.contains("Check failed: No medium found"), "{err}");
+    let (q, b) = (case.path("q/t.qcow2"), case.path("b/t.qcow2"));
+    assert_eq!(std::fs::read(&b).unwrap(), std::fs::read(&q).unwrap());
+}
+
+/// refcount_order 5 on an image with a bitmap: the rebuild puts the new refcount structures
+/// past the old end of the file, and the close's bitmap store allocates through them (the
+/// file node's length grown by the check's writes, as QEMU's writes through bs->file grow it).
+#[test]
+fn bitmap_store_after_rebuild_past_the_old_end_agrees() {
+    if !have_qemu() {
+        return;
+    }
+    let case = Case::new(BITMAP);
+    poke(&case.path("t.qcow2"), 96, &[0, 0, 0, 5]);
+    let (_, _, rc) = case.agree(&["-r", "all"], &[]);
+    assert_eq!(rc, 0);
+    let (q, b) = (case.path("q/t.qcow2"), case.path("b/t.qcow2"));
+    assert_eq!(std::fs::read(&b).unwrap(), std::fs::read(&q).unwrap());
+    let (mine, theirs) = recheck_both(&case);
+    assert_eq!(mine, theirs, "re-check of ours (left) vs qemu-img's repair");
+}
+
+/// The image cut one byte into its refcount block (1 KiB clusters): QEMU measures the file in
+/// whole sectors (bdrv_getlength), so the L1 table just past the end is within a cluster of
+/// it and no error; ours the same.
+#[test]
+fn file_cut_mid_sector_counts_whole_sectors_agrees() {
+    if !have_qemu() {
+        return;
+    }
+    let case = Case::new(
+        "qemu-img create -q -f qcow2 -o cluster_size=1024,refcount_bits=1 t.qcow2 2M && qemu-io -c 'write -P 8 0 16k' -c 'write -c -P 9 1M 2k' t.qcow2 >/dev/null && truncate -s 2049 t.qcow2",
+    );
+    for mode in MODES {
+        let (_, _, rc) = case.agree(mode, &[]);
+        assert_eq!(rc, 0);
+    }
+}
+
+/// A snapshot image cut inside its refcount block, with the dirty bit set: -r all rewrites
+/// the (incomplete) snapshot table with QEMU's 24 bytes of known extra data (icount -1), and
+/// the refcount changes, which the flush before the header update leaves cached (the dirty
+/// bit defers refcounts), reach the file at the close.
+#[test]
+fn snapshot_table_rewrite_on_a_dirty_image_agrees() {
+    if !have_qemu() {
+        return;
+    }
+    let case = Case::new(
+        "qemu-img create -q -f qcow2 -o cluster_size=2048,refcount_bits=64 t.qcow2 4M && qemu-io -c 'write -P 9 0 32k' -c 'write -c -P 10 1M 8k' t.qcow2 >/dev/null && qemu-img snapshot -c s1 t.qcow2 && truncate -s 6144 t.qcow2",
+    );
+    poke(&case.path("t.qcow2"), 79, &[1]);
+    let (_, err, _) = case.agree(&["-r", "all"], &[]);
+    assert!(
+        err.contains("Repairing snapshot table entry 0 is incomplete"),
+        "{err}"
+    );
+    let (q, b) = (case.path("q/t.qcow2"), case.path("b/t.qcow2"));
+    assert_eq!(std::fs::read(&b).unwrap(), std::fs::read(&q).unwrap());
+    let (mine, theirs) = recheck_both(&case);
+    assert_eq!(mine, theirs, "re-check of ours (left) vs qemu-img's repair");
+}
+
+/// `qemu-img ARGS t.qcow2` and ours in `dir`.
+fn img_both(dir: &Path, args: &[&str]) -> (Outcome, Outcome) {
+    let run = |prog: &str, pre: &[&str]| {
+        outcome(
+            Command::new(prog)
+                .args(pre)
+                .args(args)
+                .arg("t.qcow2")
+                .current_dir(dir)
+                .output()
+                .unwrap(),
+        )
+    };
+    (
+        run(env!("CARGO_BIN_EXE_blockfault"), &["img"]),
+        run("qemu-img", &[]),
+    )
+}
+
+/// crypt_method set on a plain image: an AES image opens without its key where no I/O is
+/// done (`info` shows the encryption), and every other open wants the key; a LUKS image
+/// without its CRYPTO header extension fails every open; an unknown method too.
+#[test]
+fn encrypted_images_open_as_qemus_agree() {
+    if !have_qemu() {
+        return;
+    }
+    let case = Case::new(
+        "qemu-img create -q -f qcow2 -o cluster_size=4096,refcount_bits=4 t.qcow2 8M && qemu-io -c 'write -P 6 0 64k' t.qcow2 >/dev/null && qemu-img snapshot -c s1 t.qcow2",
+    );
+    for (method, info_rc) in [(1u8, 0), (2, 1), (3, 1)] {
+        poke(&case.path("t.qcow2"), 35, &[method]);
+        for args in [&["info"][..], &["info", "--output=json"], &["check"]] {
+            let (_, b) = case.sides(&[]);
+            let (mine, theirs) = img_both(&b, args);
+            assert_eq!(
+                mine, theirs,
+                "method {method} {args:?}: ours (left) vs qemu-img"
+            );
+            let want = if args[0] == "info" { info_rc } else { 1 };
+            assert_eq!(mine.2, want, "method {method} {args:?}");
+        }
+        for mode in [&["-r", "all"][..], &["--output=json"]] {
+            case.agree(mode, &[]);
+        }
+    }
+}
+
+/// Names inside an image that are not UTF-8 — the backing file name, a snapshot name, a
+/// bitmap name — print as the bytes they are in `info`'s text, as U+FFFD in its JSON (QEMU's
+/// JSON writer), and the backing file opens by its bytes (`check`, `--backing-chain`).
+/// Compared byte for byte.
+#[test]
+fn names_that_are_not_utf8_agree_byte_for_byte() {
+    if !have_qemu() {
+        return;
+    }
+    let case = Case::new(
+        "qemu-img create -q -f qcow2 base.qcow2 4M && qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 t.qcow2 && qemu-img snapshot -c sX t.qcow2 && qemu-img bitmap --add t.qcow2 bY && qemu-img create -q -f qcow2 \"$(printf '\\342')ase.qcow2\" 4M",
+    );
+    let img = case.path("t.qcow2");
+    let mut bytes = std::fs::read(&img).unwrap();
+    for (name, at, byte) in [
+        (&b"sX"[..], 1, 0xff),
+        (b"bY", 1, 0xe9),
+        (b"base.qcow2", 0, 0xe2),
+    ] {
+        let i = bytes
+            .windows(name.len())
+            .position(|w| w == name)
+            .expect("name in the image");
+        bytes[i + at] = byte;
+    }
+    std::fs::write(&img, &bytes).unwrap();
+    let run = |prog: &str, pre: &[&str], args: &[&str]| {
+        let o = Command::new(prog)
+            .args(pre)
+            .args(args)
+            .arg("t.qcow2")
+            .current_dir(case.dir.path())
+            .output()
+            .unwrap();
+        (o.stdout, o.stderr, o.status.code())
+    };
+    for args in [
+        &["info"][..],
+        &["info", "--output=json"],
+        &["info", "--backing-chain"],
+        &["check"],
+    ] {
+        let theirs = run("qemu-img", &[], args);
+        let mine = run(env!("CARGO_BIN_EXE_blockfault"), &["img"], args);
+        assert_eq!(mine, theirs, "{args:?}: ours (left) vs qemu-img");
+        assert_eq!(theirs.2, Some(0), "{args:?}");
+    }
+    let (out, _, _) = run("qemu-img", &[], &["info"]);
+    assert!(out.windows(3).any(|w| w == b"s\xff "), "raw snapshot name");
+}
+
+/// The snapshot table pointer moved one cluster on, onto an L2 table: -r all rewrites the
+/// (incomplete) table and frees the old one, whose second cluster has no refcount to give;
+/// QEMU's free then undoes the first cluster's decrement and discards nothing, so the L2
+/// table keeps its refcount (ours the same, the same bytes and re-check).
+#[test]
+fn failed_free_of_the_old_snapshot_table_is_undone_agrees() {
+    if !have_qemu() {
+        return;
+    }
+    let case = Case::new(
+        "qemu-img create -q -f qcow2 -o cluster_size=4096,refcount_bits=8 t.qcow2 8M && qemu-io -c 'write -c -P 6 0 64k' -c 'write -P 7 2M 4k' t.qcow2 >/dev/null && qemu-img snapshot -c s1 t.qcow2 && qemu-io -c 'write -c -P 1 4M 8k' t.qcow2 >/dev/null",
+    );
+    let img = case.path("t.qcow2");
+    let table = be64_at(&img, 64);
+    poke(&img, 64, &(table + 4096).to_be_bytes());
+    let (_, err, rc) = case.agree(&["-r", "all"], &[]);
+    assert_eq!(rc, 2);
+    assert!(
+        err.contains("qcow2_free_clusters failed: Invalid argument"),
+        "{err}"
+    );
+    let (q, b) = (case.path("q/t.qcow2"), case.path("b/t.qcow2"));
+    assert_eq!(std::fs::read(&b).unwrap(), std::fs::read(&q).unwrap());
+    let (mine, theirs) = recheck_both(&case);
+    assert_eq!(mine, theirs, "re-check of ours (left) vs qemu-img's repair");
+}

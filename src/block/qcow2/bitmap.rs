@@ -68,7 +68,7 @@ fn entry_ok(e: &DirEntry, ty: u8, name_len: usize, cluster_size: u64, len: u64) 
 /// What `name` prints as (QEMU prints the C string: bytes up to the first NUL).
 pub fn display_name(name: &[u8]) -> String {
     let end = name.iter().position(|&c| c == 0).unwrap_or(name.len());
-    String::from_utf8_lossy(&name[..end]).into_owned()
+    crate::host_bytes::text_of(&name[..end])
 }
 
 /// QEMU's bitmap_list_load once the directory is read: the entries, or its error.

@@ -8,8 +8,8 @@
 //! caches): qemu-img gives it the file itself, the driver its file node.
 
 use super::header::{
-    Header, INCOMPAT_CORRUPT, INCOMPAT_DIRTY, MAX_L1_SIZE, MAX_SNAPSHOTS, SNAPSHOT_HEADER_SIZE,
-    be16, be32, be64, validate_table,
+    AUTOCLEAR_BITMAPS, Header, INCOMPAT_CORRUPT, INCOMPAT_DIRTY, MAX_L1_SIZE, MAX_SNAPSHOTS,
+    SNAPSHOT_HEADER_SIZE, be16, be32, be64, validate_table,
 };
 use super::image_file::ImageFile;
 use super::state::{
@@ -17,7 +17,6 @@ use super::state::{
     REFT_OFFSET_MASK, c_hex, cluster_type, rc_get, rc_set, refcount_max,
 };
 use crate::errno::strerror;
-use std::collections::HashMap;
 
 pub const FIX_LEAKS: u32 = 1;
 pub const FIX_ERRORS: u32 = 2;
@@ -66,7 +65,7 @@ struct Snapshot {
     name: String,
     /// the fixed 40-byte part as read
     header: Vec<u8>,
-    /// the known extra data as read (up to 16 bytes)
+    /// the known extra data as read (up to [`KNOWN_EXTRA`] bytes)
     extra: Vec<u8>,
     /// extra data past the known part (cut to the maximum when that was dropped)
     unknown_extra: Vec<u8>,
@@ -75,6 +74,8 @@ struct Snapshot {
     name_bytes: Vec<u8>,
 }
 
+/// QEMU's QCowSnapshotExtraData: the large VM state size, the disk size and the icount.
+const KNOWN_EXTRA: u32 = 24;
 /// QEMU's QCOW_MAX_SNAPSHOT_EXTRA_DATA and QCOW_MAX_SNAPSHOTS_SIZE.
 const MAX_SNAPSHOT_EXTRA_DATA: u32 = 1024;
 const MAX_SNAPSHOTS_SIZE: u64 = 1024 * 65536;
@@ -89,7 +90,7 @@ fn c_string_bytes(b: &[u8]) -> &[u8] {
 /// A NUL-terminated C string's text.
 fn c_string(b: &[u8]) -> String {
     let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
-    String::from_utf8_lossy(&b[..end]).into_owned()
+    crate::host_bytes::text_of(&b[..end])
 }
 
 /// The image as the checker sees it: header fields, active L1 and refcount table in memory,
@@ -99,10 +100,10 @@ pub struct Checker<F: ImageFile> {
     header: Header,
     l1: Vec<u64>,
     reftable: Vec<u64>,
-    refblocks: HashMap<u64, Vec<u8>>,
-    /// refcount blocks a repair changed and not yet written: QEMU's refcount block cache is
-    /// write-back, and an image made unusable by a fatal corruption is never flushed
-    dirty_refblocks: std::collections::BTreeSet<u64>,
+    /// QEMU's refcount block cache, which the check reads and repairs through: write-back,
+    /// so which changed blocks reach the file (and when a write is refused as overlapping
+    /// metadata) follows its size and replacement order
+    refcache: RefcountCache,
     snapshots: Vec<Snapshot>,
     snapshots_size: u64,
     /// snapshot table entries whose extra data the check cut (the table must be rewritten)
@@ -116,8 +117,86 @@ pub struct Checker<F: ImageFile> {
 }
 
 const CHECK_FRAG_INFO: u32 = 2;
-/// The most refcount block bytes the checker keeps in memory.
-const MAX_CACHED_REFBLOCK_BYTES: u64 = 32 << 20;
+/// The refcount block cache's tables with QEMU's default options (MIN_REFCOUNT_CACHE_SIZE:
+/// qemu-img check sets no cache size).
+const REFCOUNT_CACHE_TABLES: usize = 4;
+
+/// One table of the refcount block cache (QEMU's Qcow2CachedTable; offset 0 = empty).
+struct CachedBlock {
+    offset: u64,
+    data: Vec<u8>,
+    dirty: bool,
+    lru: u64,
+}
+
+/// QEMU's Qcow2Cache for refcount blocks, in the synchronous check (no table is ever held
+/// across a call, so every slot is free to be replaced).
+struct RefcountCache {
+    slots: Vec<CachedBlock>,
+    lru_counter: u64,
+}
+
+impl RefcountCache {
+    fn new(n: usize) -> Self {
+        RefcountCache {
+            slots: (0..n)
+                .map(|_| CachedBlock {
+                    offset: 0,
+                    data: Vec::new(),
+                    dirty: false,
+                    lru: 0,
+                })
+                .collect(),
+            lru_counter: 0,
+        }
+    }
+
+    /// qcow2_cache_do_get's search: Ok(slot) holding `offset`, or Err(slot) to replace (the
+    /// least recently used, the first in scan order from the lookup index on a tie).
+    fn find(&self, offset: u64, table_size: u64) -> Result<usize, usize> {
+        let n = self.slots.len();
+        let start = ((offset / table_size).wrapping_mul(4) % n as u64) as usize;
+        let mut victim = start;
+        let mut min = u64::MAX;
+        for k in 0..n {
+            let i = (start + k) % n;
+            let t = &self.slots[i];
+            if t.offset == offset {
+                return Ok(i);
+            }
+            if t.lru < min {
+                min = t.lru;
+                victim = i;
+            }
+        }
+        Err(victim)
+    }
+
+    /// qcow2_cache_put: the table was used last.
+    fn touch(&mut self, i: usize) {
+        self.lru_counter += 1;
+        self.slots[i].lru = self.lru_counter;
+    }
+
+    /// qcow2_cache_discard of the table at `offset`, if cached (its cluster was freed).
+    fn discard(&mut self, offset: u64) {
+        if let Some(t) = self.slots.iter_mut().find(|t| t.offset == offset) {
+            t.offset = 0;
+            t.lru = 0;
+            t.dirty = false;
+        }
+    }
+
+    /// The tail of qcow2_cache_empty once the write-back succeeded.
+    fn clear(&mut self) {
+        for t in &mut self.slots {
+            t.offset = 0;
+            t.lru = 0;
+            t.dirty = false;
+        }
+        self.lru_counter = 0;
+    }
+}
 /// QEMU keeps its in-memory refcounts in one flat array and fails the check with ENOMEM when
 /// it cannot grow it (a repair may grow the file to terabytes). How far it gets depends on the
 /// host's memory; this is where it stops on a host of 16 to 32 GiB, kept fixed so that the
@@ -178,8 +257,7 @@ impl<F: ImageFile> Checker<F> {
             header,
             l1,
             reftable,
-            refblocks: HashMap::new(),
-            dirty_refblocks: Default::default(),
+            refcache: RefcountCache::new(REFCOUNT_CACHE_TABLES),
             snapshots: Vec::new(),
             snapshots_size: 0,
             extra_data_dropped: 0,
@@ -367,9 +445,7 @@ impl<F: ImageFile> Checker<F> {
             ));
             return Err(libc::EIO);
         }
-        for c in first..first + count {
-            self.update_refcount(c, 1, false)?;
-        }
+        self.update_refcount_range(first, count, false)?;
         Ok(first * cs)
     }
 
@@ -382,7 +458,7 @@ impl<F: ImageFile> Checker<F> {
             table.resize(table.len().div_ceil(8) * 8, 0);
             let id = c_string_bytes(&sn.id_bytes);
             let name = c_string_bytes(&sn.name_bytes);
-            let extra_len = sn.extra_data_size.max(16);
+            let extra_len = sn.extra_data_size.max(KNOWN_EXTRA);
             let mut vm_state_size = u64::from(be32(&sn.header, 32));
             if sn.extra.len() >= 8 {
                 vm_state_size = be64(&sn.extra, 0);
@@ -399,8 +475,15 @@ impl<F: ImageFile> Checker<F> {
             h[32..36].copy_from_slice(&small_state.to_be_bytes());
             h[36..40].copy_from_slice(&extra_len.to_be_bytes());
             table.extend_from_slice(&h);
+            // no icount recorded: -1
+            let icount = if sn.extra.len() >= 24 {
+                be64(&sn.extra, 16)
+            } else {
+                u64::MAX
+            };
             table.extend_from_slice(&vm_state_size.to_be_bytes());
             table.extend_from_slice(&sn_disk_size.to_be_bytes());
+            table.extend_from_slice(&icount.to_be_bytes());
             table.extend_from_slice(&sn.unknown_extra);
             table.extend_from_slice(id);
             table.extend_from_slice(name);
@@ -421,13 +504,15 @@ impl<F: ImageFile> Checker<F> {
         for sn in &self.snapshots {
             at = at.div_ceil(8) * 8;
             let len = 40
-                + sn.extra_data_size.max(16) as usize
+                + sn.extra_data_size.max(KNOWN_EXTRA) as usize
                 + c_string_bytes(&sn.id_bytes).len()
                 + c_string_bytes(&sn.name_bytes).len();
             self.file
                 .write_at(offset + at as u64, &table[at..at + len])?;
             at += len;
         }
+        // the new table and its refcounts reach the file before the header points at it
+        self.flush()?;
         let mut pointer = (self.snapshots.len() as u32).to_be_bytes().to_vec();
         pointer.extend_from_slice(&offset.to_be_bytes());
         self.file.write_at(60, &pointer)?;
@@ -438,11 +523,8 @@ impl<F: ImageFile> Checker<F> {
         if old_size > 0 {
             let cs = self.cs();
             let (first, last) = (old / cs, (old + old_size - 1) / cs);
-            for c in first..=last {
-                if let Err(e) = self.update_refcount(c, 1, true) {
-                    self.err(format!("qcow2_free_clusters failed: {}", strerror(e)));
-                    break;
-                }
+            if let Err(e) = self.update_refcount_range(first, last - first + 1, true) {
+                self.err(format!("qcow2_free_clusters failed: {}", strerror(e)));
             }
         }
         Ok(())
@@ -481,17 +563,17 @@ impl<F: ImageFile> Checker<F> {
                 self.extra_data_dropped += 1;
                 truncate = true;
             }
-            let known = u64::from(extra_data_size.min(16));
+            let known = u64::from(extra_data_size.min(KNOWN_EXTRA));
             let extra = self.pread(off, known as usize).map_err(failed)?;
             off += known;
             let mut unknown_extra = Vec::new();
-            if extra_data_size > 16 {
-                let extra_end = off + u64::from(extra_data_size) - 16;
+            if extra_data_size > KNOWN_EXTRA {
+                let extra_end = off + u64::from(extra_data_size - KNOWN_EXTRA);
                 if truncate {
                     extra_data_size = MAX_SNAPSHOT_EXTRA_DATA;
                 }
                 unknown_extra = self
-                    .pread(off, extra_data_size as usize - 16)
+                    .pread(off, (extra_data_size - KNOWN_EXTRA) as usize)
                     .map_err(failed)?;
                 off = extra_end;
             }
@@ -536,8 +618,10 @@ impl<F: ImageFile> Checker<F> {
         Ok(())
     }
 
+    /// bdrv_getlength of the file node: whole sectors (a file cut mid-sector counts its
+    /// partial sector in full).
     pub fn file_len(&self) -> u64 {
-        self.file.file_len()
+        self.file.file_len().div_ceil(512) * 512
     }
 
     fn cs(&self) -> u64 {
@@ -548,17 +632,44 @@ impl<F: ImageFile> Checker<F> {
         self.header.refcount_order
     }
 
+    /// qcow2_cache_get (and put) of the refcount block at `offset`: on a miss the least
+    /// recently used table is written back first (a refused write fails the get) and
+    /// replaced by a read of the file.
     fn refblock(&mut self, offset: u64) -> Result<&mut Vec<u8>, i32> {
-        if !self.refblocks.contains_key(&offset) {
-            // drop the cache (written back first) rather than let it grow with the file
-            if self.refblocks.len() as u64 * self.cs() >= MAX_CACHED_REFBLOCK_BYTES {
-                self.flush_refblocks()?;
-                self.refblocks.clear();
+        let cs = self.cs();
+        let i = match self.refcache.find(offset, cs) {
+            Ok(i) => i,
+            Err(i) => {
+                self.flush_cached(i)?;
+                self.refcache.slots[i].offset = 0;
+                let b = self.file.read_at(offset, cs as usize)?;
+                let t = &mut self.refcache.slots[i];
+                t.data = b;
+                t.offset = offset;
+                i
             }
-            let b = self.file.read_at(offset, self.cs() as usize)?;
-            self.refblocks.insert(offset, b);
+        };
+        self.refcache.touch(i);
+        Ok(&mut self.refcache.slots[i].data)
+    }
+
+    /// qcow2_cache_entry_flush for the refcount cache: a dirty table is written back after
+    /// the overlap check (which ignores refcount blocks); it stays dirty when that fails.
+    fn flush_cached(&mut self, i: usize) -> Result<(), i32> {
+        let t = &self.refcache.slots[i];
+        if !t.dirty || t.offset == 0 {
+            return Ok(());
         }
-        Ok(self.refblocks.get_mut(&offset).expect("just loaded"))
+        let offset = t.offset;
+        if let Some(what) = self.overlapped_metadata_except(offset, self.cs(), "refcount block") {
+            self.signal_corruption(&format!(
+                "Preventing invalid write on metadata (overlaps with {what})"
+            ));
+            return Err(libc::EIO);
+        }
+        self.file.write_at(offset, &self.refcache.slots[i].data)?;
+        self.refcache.slots[i].dirty = false;
+        Ok(())
     }
 
     /// `qcow2_get_refcount`; Err is a negative errno.
@@ -609,21 +720,101 @@ impl<F: ImageFile> Checker<F> {
         }
     }
 
-    /// Writes the changed refcount blocks back (QEMU's refcount cache flush); the first error
-    /// stops it.
+    /// qcow2_cache_write for the refcount cache: every dirty table in slot order, the first
+    /// error kept (ENOSPC before any other).
     fn flush_refblocks(&mut self) -> Result<(), i32> {
-        while let Some(off) = self.dirty_refblocks.pop_first() {
-            if let Some(b) = self.refblocks.get(&off) {
-                self.file.write_at(off, b)?;
+        let mut result = Ok(());
+        for i in 0..self.refcache.slots.len() {
+            if let Err(e) = self.flush_cached(i)
+                && result != Err(libc::ENOSPC)
+            {
+                result = Err(e);
             }
         }
-        Ok(())
+        result
+    }
+
+    /// Whether a fatal corruption made the image unusable (QEMU's `bs->drv = NULL`): nothing
+    /// more is flushed or closed.
+    pub fn is_dead(&self) -> bool {
+        self.signaled && self.writable
+    }
+
+    /// Every changed refcount block written back (qcow2_cache_write), unless the image is
+    /// dead: for a caller that goes on without this checker's cache.
+    pub fn write_back(&mut self) -> Result<(), i32> {
+        if self.is_dead() {
+            return Ok(());
+        }
+        self.flush_refblocks()
+    }
+
+    /// QEMU's bdrv_flush of the qcow2 node (qcow2_write_caches): the refcount tables are
+    /// written back unless the dirty bit says refcounts may lag. Nothing on a dead image.
+    pub fn flush(&mut self) -> Result<(), i32> {
+        if self.is_dead() || !self.writable {
+            return Ok(());
+        }
+        if self.header.incompatible_features & INCOMPAT_DIRTY != 0 {
+            return Ok(());
+        }
+        self.flush_refblocks()
+    }
+
+    /// The snapshot table as the check left it: each entry's L1 table, and the table's size
+    /// (what the driver's overlap checks and header rewrites need).
+    pub fn snapshot_tables(&self) -> (Vec<(u64, u32)>, u64) {
+        (
+            self.snapshots
+                .iter()
+                .map(|sn| (sn.l1_table_offset, sn.l1_size))
+                .collect(),
+            self.snapshots_size,
+        )
     }
 
     /// Changes one cluster's refcount (repair) in the cached refcount block, written back at
     /// the next flush. A cluster whose refcount drops to 0 is discarded at once, as QEMU's
     /// `DISCARD_ALWAYS` does.
     fn update_refcount(&mut self, cluster: u64, diff: u64, decrease: bool) -> Result<(), i32> {
+        if self.change_refcount(cluster, diff, decrease)? == 0 {
+            self.discard_cluster(cluster);
+        }
+        Ok(())
+    }
+
+    /// QEMU's update_refcount over `count` clusters from `first`, by one: a failure part way
+    /// undoes the clusters already changed, and the clusters freed are discarded only when
+    /// the whole range succeeded (QEMU drops its queued discards on an error).
+    fn update_refcount_range(&mut self, first: u64, count: u64, decrease: bool) -> Result<(), i32> {
+        let mut freed = Vec::new();
+        for c in first..first + count {
+            match self.change_refcount(c, 1, decrease) {
+                Ok(0) => freed.push(c),
+                Ok(_) => {}
+                Err(e) => {
+                    for done in first..c {
+                        let _ = self.change_refcount(done, 1, !decrease);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        for c in freed {
+            self.discard_cluster(c);
+        }
+        Ok(())
+    }
+
+    /// A cluster whose refcount dropped to 0: a cached table there is dropped and the
+    /// cluster discarded in the file (QEMU's `DISCARD_ALWAYS`).
+    fn discard_cluster(&mut self, cluster: u64) {
+        self.refcache.discard(cluster * self.cs());
+        self.file.discard(cluster * self.cs(), self.cs());
+    }
+
+    /// One cluster's refcount changed in its cached refcount block; Ok(the new refcount).
+    fn change_refcount(&mut self, cluster: u64, diff: u64, decrease: bool) -> Result<u64, i32> {
         let per_block = self.header.refblock_entries();
         let idx = cluster / per_block;
         let off = self
@@ -644,11 +835,9 @@ impl<F: ImageFile> Checker<F> {
         }
         .ok_or(libc::EINVAL)?;
         set_refcount(b, order, cluster % per_block, new);
-        self.dirty_refblocks.insert(off);
-        if new == 0 {
-            self.file.discard(cluster * self.cs(), self.cs());
-        }
-        Ok(())
+        let slot = self.refcache.find(off, self.cs()).expect("just used");
+        self.refcache.slots[slot].dirty = true;
+        Ok(new)
     }
 
     fn err(&mut self, line: String) {
@@ -1359,11 +1548,8 @@ impl<F: ImageFile> Checker<F> {
         }
         let mut res = CheckResult::default();
         let r = self.check_inner(&mut res, fix);
-        // QEMU flushes at close, which an image made unusable by a fatal corruption (a
-        // writable image's corruption event) never reaches
-        if !(self.signaled && self.writable) {
-            let _ = self.flush_refblocks();
-        }
+        // the changed refcount blocks stay in the cache: QEMU writes them back when the cache
+        // replaces them, at a flush (mark_clean, the snapshot table's rewrite) or at close
         if r.is_ok() {
             let r = self.check_fix_snapshot_table(&mut snapshot_res, fix);
             add_check_result(&mut res, &snapshot_res);
@@ -1582,15 +1768,25 @@ impl<F: ImageFile> Checker<F> {
         {
             return Some("refcount block");
         }
+        // checked while the autoclear bit is set, even with no directory read (then the
+        // empty range at 0, which QEMU's ranges_overlap takes as ending at UINT64_MAX)
+        if on("bitmap directory") && self.header.autoclear_features & AUTOCLEAR_BITMAPS != 0 {
+            let (at, size) = self.bitmaps.map_or((0, 0), |e| (e.dir_offset, e.dir_size));
+            let last = |first: u64, len: u64| first.wrapping_add(len).wrapping_sub(1);
+            if !(last(at, size) < start || last(start, end - start) < at) {
+                return Some("bitmap directory");
+            }
+        }
         None
     }
 
     /// `rebuild_refcount_structure`: new refcount blocks and table from the in-memory refcounts.
     fn rebuild_refcount_structure(&mut self, rt: &mut RefArray) -> Result<(), (i32, &'static str)> {
         let cs = self.cs();
-        self.flush_refblocks()
-            .map_err(|e| (e, "ERROR writing refblock"))?;
-        self.refblocks.clear();
+        // qcow2_cache_empty, whose failure QEMU ignores (the tables then stay cached)
+        if self.flush_refblocks().is_ok() {
+            self.refcache.clear();
+        }
         let mut reftable = Vec::new();
         let end = rt.len;
         self.write_refblocks(rt, 0, end, &mut reftable)?;
@@ -1639,6 +1835,10 @@ impl<F: ImageFile> Checker<F> {
     /// `qcow2_mark_consistent`): only the incompatible-features field changes.
     pub fn mark_clean(&mut self) -> Result<(), i32> {
         let bits = INCOMPAT_DIRTY | INCOMPAT_CORRUPT;
+        if self.header.incompatible_features & bits != 0 {
+            // both flush the caches first (qcow2_flush_caches)
+            self.flush_refblocks()?;
+        }
         if self.header.version >= 3 && self.header.incompatible_features & bits != 0 {
             self.header.incompatible_features &= !bits;
             self.file

@@ -6,6 +6,7 @@
 
 use super::image_file::ImageFile;
 use crate::errno::strerror;
+use crate::host_bytes::encode;
 
 pub const MAGIC: u32 = 0x5146_49fb;
 pub const MIN_CLUSTER_BITS: u32 = 9;
@@ -206,7 +207,7 @@ pub fn parse_feature_table(data: &[u8]) -> Vec<Feature> {
             Feature {
                 kind: c[0],
                 bit: c[1],
-                name: String::from_utf8_lossy(&raw[..end]).into_owned(),
+                name: crate::host_bytes::text_of(&raw[..end]),
             }
         })
         .collect()
@@ -384,15 +385,43 @@ pub fn read(file: &impl ImageFile, mode: OpenMode) -> Result<Opening, OpenError>
 /// engine refuses by name, for qemu-img too (their `info` describes the encryption).
 pub fn check_encryption(h: &Header) -> Result<(), OpenError> {
     match h.crypt_method {
-        0 => Ok(()),
-        1 | 2 => Err((
-            "qcow2: encrypted images are not supported by this engine".into(),
-            libc::ENOTSUP,
-        )),
+        0..=2 => Ok(()),
         m => Err((
             format!("Unsupported encryption method {}", m as i32),
             libc::EINVAL,
         )),
+    }
+}
+
+/// QEMU's opening of the encryption layer once the extensions are read. An open that does no
+/// I/O (`qemu-img info`, QEMU's BDRV_O_NO_IO) opens an AES image without its key; any other
+/// needs the key, which this engine is never given (as `qemu-img`/`qemu-io` without
+/// `--object secret`). A LUKS image needs its CRYPTO header extension; with it, only the
+/// keyless open of `info` would go on, and this engine does not read LUKS headers.
+pub fn open_encryption(
+    h: &Header,
+    crypto_header: Option<(u64, u64)>,
+    no_io: bool,
+) -> Result<(), OpenError> {
+    let no_key = || {
+        Err((
+            "Parameter 'encrypt.key-secret' is required for cipher".to_string(),
+            libc::EINVAL,
+        ))
+    };
+    match (h.crypt_method, crypto_header) {
+        (1, _) if no_io => Ok(()),
+        (1, _) => no_key(),
+        (2, None) => Err((
+            "Missing CRYPTO header for crypt method 2".into(),
+            libc::EINVAL,
+        )),
+        (2, Some(_)) if !no_io => no_key(),
+        (2, Some(_)) => Err((
+            "qcow2: LUKS encrypted images are not supported by this engine".into(),
+            libc::ENOTSUP,
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -410,6 +439,8 @@ pub struct Extensions {
     /// a bitmaps extension without its autoclear bit: ignored, and dropped by a writable open
     /// (QEMU warns once the extensions are read)
     pub bitmaps_dropped: bool,
+    /// the CRYPTO header extension of a LUKS image: where the LUKS header is, its length
+    pub crypto_header: Option<(u64, u64)>,
 }
 
 /// The bitmaps extension: where the bitmap directory is and how many entries it holds.
@@ -521,7 +552,25 @@ pub fn read_extensions(
                         libc::EINVAL,
                     ));
                 }
-                ex.unknown.push((magic, data()?));
+                if len != 16 {
+                    return Err((
+                        format!("CRYPTO header extension size {len}, but expected size 16"),
+                        libc::EINVAL,
+                    ));
+                }
+                let b = data()?;
+                let (offset, length) = (be64(&b, 0), be64(&b, 8));
+                if offset % h.cluster_size() != 0 {
+                    return Err((
+                        format!(
+                            "Encryption header offset '{offset}' is not a multiple of cluster size '{}'",
+                            h.cluster_size()
+                        ),
+                        libc::EINVAL,
+                    ));
+                }
+                ex.crypto_header = Some((offset, length));
+                ex.unknown.push((magic, b));
             }
             EXT_BITMAPS => {
                 if len != 24 {
@@ -556,8 +605,7 @@ pub fn read_extensions(
 /// not UTF-8 are kept as [`crate::host_bytes`] text, so the name means the same file.
 fn c_string(b: &[u8]) -> String {
     let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
-    crate::host_bytes::decode(&b[..end])
-        .unwrap_or_else(|_| String::from_utf8_lossy(&b[..end]).into_owned())
+    crate::host_bytes::text_of(&b[..end])
 }
 
 /// qcow2_do_open's "read the backing file name" step.
@@ -682,6 +730,7 @@ pub fn build(img: &HeaderImage<'_>) -> Option<Vec<u8>> {
     }
     ext_add(&mut b, EXT_END, &[]);
     if let Some(name) = img.backing_file {
+        // the bytes the name stands for (names read from an image need not be UTF-8)
         let name = encode(name);
         let off = b.len() as u64;
         b.extend_from_slice(&name);
@@ -694,8 +743,6 @@ pub fn build(img: &HeaderImage<'_>) -> Option<Vec<u8>> {
     b.resize(img.cluster_size, 0);
     Some(b)
 }
-
-use crate::host_bytes::encode;
 
 #[cfg(test)]
 mod tests {
@@ -827,15 +874,31 @@ mod tests {
     }
 
     #[test]
-    fn encryption_is_qemus_error_or_refused_by_name() {
+    fn encryption_opens_as_qemus_without_a_key() {
         let mut h = parse(&v3(16)).unwrap();
         h.crypt_method = 0xffff_ffff;
         assert_eq!(
             check_encryption(&h).unwrap_err().0,
             "Unsupported encryption method -1"
         );
+        h.crypt_method = 1;
+        assert!(check_encryption(&h).is_ok());
+        assert!(open_encryption(&h, None, true).is_ok());
+        let no_key = "Parameter 'encrypt.key-secret' is required for cipher";
+        assert_eq!(open_encryption(&h, None, false).unwrap_err().0, no_key);
         h.crypt_method = 2;
-        assert_eq!(check_encryption(&h).unwrap_err().1, libc::ENOTSUP);
+        assert_eq!(
+            open_encryption(&h, None, true).unwrap_err().0,
+            "Missing CRYPTO header for crypt method 2"
+        );
+        assert_eq!(
+            open_encryption(&h, Some((0, 0)), false).unwrap_err().0,
+            no_key
+        );
+        assert_eq!(
+            open_encryption(&h, Some((0, 0)), true).unwrap_err().1,
+            libc::ENOTSUP
+        );
     }
 
     #[test]

@@ -150,11 +150,13 @@ pub fn open_metadata(
     file: &impl ImageFile,
     check: bool,
     writable: bool,
+    no_io: bool,
 ) -> Result<Metadata, OpenError> {
     let mode = OpenMode { check, writable };
     let o = header::read(file, mode)?;
     header::check_encryption(&o.h)?;
     let ex = header::read_extensions(file, &o.h, u64::from(o.h.header_length), o.ext_end)?;
+    header::open_encryption(&o.h, ex.crypto_header, no_io)?;
     let backing_file = header::read_backing_name(file, &o.h)?;
     // as qcow2_do_open: a broken snapshot table fails every open but a check's
     if !check {
@@ -192,6 +194,8 @@ fn repair_dirty(
     let mut checker =
         Checker::new(NodeFile(file.clone()), h.clone(), true).map_err(|_| failed(libc::EIO))?;
     let (res, ret) = checker.check(FIX_ERRORS | FIX_LEAKS);
+    // the driver goes on with its own cache: the checker's changed refcount blocks go first
+    let ret = ret.and_then(|()| checker.write_back());
     for line in checker.take_log() {
         line.print(&ctx.console);
     }
@@ -299,6 +303,8 @@ fn open_inner(
         }
         None
     };
+    // the driver's opens all do I/O
+    header::open_encryption(&h, ex.crypto_header, false)?;
     let backing_file = header::read_backing_name(&node_file, &h)?;
     let backing = header::backing_of(backing_file.as_deref(), ex.backing_format.as_deref());
     // A check reads the snapshot table itself (a broken table is what it reports).
@@ -496,4 +502,45 @@ fn read_snapshots(file: &impl ImageFile, h: &Header) -> Result<(Vec<(u64, u32)>,
         }
     }
     Ok((snapshots, offset - h.snapshots_offset))
+}
+
+impl Qcow2 {
+    /// After `qemu-img check` ran its checker on the file under this open node: the driver
+    /// takes up what the check read and changed, as QEMU's check and close share one
+    /// BDRVQcow2State — the refcount table (a rebuild moves it), the active L1 table
+    /// (`OFLAG_COPIED` repairs), the feature bits (the corrupt and dirty bits) and the
+    /// snapshot table the check read — so that the close (persistent bitmaps stored, header
+    /// rewritten) works on the image as the check left it. The caches start empty: the
+    /// checker wrote its changed tables back first.
+    pub fn adopt_check<F: ImageFile>(&self, checker: &Checker<F>) {
+        let h = checker.header();
+        let (snapshots, snapshots_size) = checker.snapshot_tables();
+        let mut st = self.st.borrow_mut();
+        st.l1 = super::overlap::PointerTable::l1(checker.l1().to_vec());
+        st.reftable = super::overlap::PointerTable::reftable(checker.reftable().to_vec());
+        st.reftable_offset = h.refcount_table_offset;
+        st.max_reftable_index = max_used_index(checker.reftable());
+        st.free_cluster_index = 0;
+        st.incompat = h.incompatible_features;
+        st.snapshots = snapshots;
+        st.snapshots_offset = h.snapshots_offset;
+        st.snapshots_size = snapshots_size;
+        st.hdr.refcount_table_offset = h.refcount_table_offset;
+        st.hdr.refcount_table_clusters = h.refcount_table_clusters;
+        st.hdr.incompatible_features = h.incompatible_features;
+        st.hdr.nb_snapshots = h.nb_snapshots;
+        st.hdr.snapshots_offset = h.snapshots_offset;
+        let sizes = &st.runtime.sizes;
+        let caches = [
+            Cache::new(sizes.l2_tables as usize, sizes.l2_entry_size as usize),
+            Cache::new(sizes.refcount_tables as usize, st.cluster_size as usize),
+        ];
+        st.caches = caches;
+    }
+
+    /// A check's fatal corruption left the image unusable (QEMU's `bs->drv = NULL`): the
+    /// close writes nothing.
+    pub fn stop(&self) {
+        self.st.borrow_mut().dead = true;
+    }
 }

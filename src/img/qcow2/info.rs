@@ -97,6 +97,9 @@ pub fn format_specific(h: &Header, data_file: Option<&str>, bitmaps: &[DirEntry]
     if let Some(name) = data_file.filter(|_| h.version >= 3) {
         s.push_str(&format!("    data file: {name}\n"));
     }
+    if h.crypt_method == 1 {
+        s.push_str("    encrypt:\n        format: aes\n");
+    }
     if h.version >= 3 && h.incompatible_features & INCOMPAT_DATA_FILE != 0 {
         let raw = h.autoclear_features & AUTOCLEAR_DATA_FILE_RAW != 0;
         s.push_str(&format!("    data file raw: {raw}\n"));
@@ -158,6 +161,10 @@ pub fn format_specific_json(
             v3.then_some(Json::Bool(h.incompatible_features & INCOMPAT_CORRUPT != 0)),
         ),
         ("refcount-bits", Some(Json::Int(1i64 << h.refcount_order))),
+        (
+            "encrypt",
+            (h.crypt_method == 1).then(|| dict(vec![("format", Some(Json::Str("aes".into())))])),
+        ),
         (
             "bitmaps",
             (!bitmaps.is_empty()).then(|| {
@@ -269,7 +276,7 @@ fn c_g3(v: f64) -> String {
 /// A NUL-terminated C string's text.
 fn c_string(b: &[u8]) -> String {
     let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
-    String::from_utf8_lossy(&b[..end]).into_owned()
+    crate::host_bytes::text_of(&b[..end])
 }
 
 #[cfg(test)]
