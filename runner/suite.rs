@@ -381,7 +381,7 @@ fn worker<'scope>(
                     judge(job, execute::assemble(&job.cases, ran), a.bless)
                 }
             };
-            if !record.is_some_and(|r| tx.send((unit.job, r)).is_ok()) {
+            if record.is_none_or(|r| tx.send((unit.job, r)).is_err()) {
                 break;
             }
         }
