@@ -3,12 +3,17 @@
 //! suite (`scenarios/`) through the `blockfault` binary with each backend, in the same run,
 //! as wall time and as CPU time (the runner's and every program it started). Target for the
 //! suite: builtin at least 20x QEMU.
-//! `cargo bench --bench runner` (BENCH_SCENARIOS=N to change the default of 500;
-//! BENCH_SUITE_ROUNDS=N suite rounds per backend, alternating, best kept, default 1;
-//! BENCH_SUITE=0 skips the suite row).
+//! The suite row is timed on the same scenarios for both backends: those QEMU runs. The ones
+//! it skips (crash sweeps and `trace: true` steps, builtin-only by design) are work QEMU does
+//! not do, so counting them on the builtin side only would compare unequal work; they are
+//! passed to neither run, and the builtin time of the whole suite is printed beside the ratio.
+//! `cargo bench --bench runner` (BENCH_SCENARIOS=N to change the default of 500, 0 skips the
+//! generated rows; BENCH_SUITE_ROUNDS=N suite rounds per backend, alternating, best kept,
+//! default 1; BENCH_SUITE=0 skips the suite row). The suite row alone:
+//! `BENCH_SWEEPS=0 BENCH_SCENARIOS=0 cargo bench --bench runner`.
 //! Sweep rows first: one fault-sweep point of iotest 026's 128 kB write, builtin vs real QEMU
 //! (target: builtin at least 50x), and crash states checked per second on the same write
-//! (target: at least 1,000/s). BENCH_SWEEPS=0 skips them; BENCH_SCENARIOS=0 runs only them.
+//! (target: at least 1,000/s). BENCH_SWEEPS=0 skips them.
 
 #![allow(unused_imports, dead_code)]
 
@@ -69,14 +74,16 @@ fn run_all(scenarios: &[(scenario::Scenario, Vec<matrix::Case>)], backend: Backe
     scenarios.len() as f64 / start.elapsed().as_secs_f64()
 }
 
-/// Wall and CPU seconds of one run of the blockfault binary over `scenarios/`, children
-/// included (the kernel adds a process's waited-for children to what wait4 reports).
-fn suite_run(backend: &str) -> Option<(f64, f64)> {
+/// Wall and CPU seconds of one run of the blockfault binary over `files` (paths relative to
+/// the project), children included (the kernel adds a process's waited-for children to what
+/// wait4 reports).
+fn suite_run(backend: &str, files: &[String]) -> Option<(f64, f64)> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let t0 = Instant::now();
     let child = Command::new(env!("CARGO_BIN_EXE_blockfault"))
         .current_dir(root)
-        .args(["--backend", backend, "scenarios/"])
+        .args(["--backend", backend])
+        .args(files)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -101,28 +108,62 @@ fn suite_run(backend: &str) -> Option<(f64, f64)> {
     Some((wall, secs(usage.ru_utime) + secs(usage.ru_stime)))
 }
 
+/// The suite's scenario files (relative paths, sorted), split into those QEMU runs and those
+/// it skips (builtin-only by design).
+fn suite_files() -> (Vec<String>, Vec<String>) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files: Vec<String> = walkdir::WalkDir::new(root.join("scenarios"))
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_file() && e.path().extension().is_some_and(|x| x == "yaml"))
+        .filter_map(|e| {
+            let rel = e.path().strip_prefix(root).ok()?;
+            Some(rel.to_string_lossy().into_owned())
+        })
+        .collect();
+    files.sort();
+    files
+        .into_iter()
+        .partition(|f| execute::skip_reason(&load(f).0, BackendKind::Qemu).is_none())
+}
+
 fn suite_row(rounds: usize) {
     let best = |a: Option<(f64, f64)>, b: Option<(f64, f64)>| match (a, b) {
         (Some(a), Some(b)) => Some((a.0.min(b.0), a.1.min(b.1))),
         (a, b) => a.or(b),
     };
-    let (mut builtin, mut qemu) = (None, None);
+    let (both, builtin_only) = suite_files();
+    let (mut builtin, mut qemu, mut whole) = (None, None, None);
     for _ in 0..rounds {
-        builtin = best(builtin, suite_run("builtin"));
-        qemu = best(qemu, suite_run("qemu"));
+        builtin = best(builtin, suite_run("builtin", &both));
+        qemu = best(qemu, suite_run("qemu", &both));
+        whole = best(whole, suite_run("builtin", &["scenarios/".to_string()]));
     }
-    let (Some(b), Some(q)) = (builtin, qemu) else {
+    let (Some(b), Some(q), Some(w)) = (builtin, qemu, whole) else {
         println!("suite: a run did not finish");
         return;
     };
     println!(
-        "suite scenarios/: builtin {:.2} s ({:.2} s cpu), qemu {:.2} s ({:.2} s cpu): builtin is {:.1}x wall, {:.1}x cpu",
+        "suite scenarios/, the {} both backends run: builtin {:.2} s ({:.2} s cpu), qemu {:.2} s ({:.2} s cpu): builtin is {:.1}x wall, {:.1}x cpu",
+        both.len(),
         b.0,
         b.1,
         q.0,
         q.1,
         q.0 / b.0,
         q.1 / b.1
+    );
+    println!(
+        "suite scenarios/, all {} on builtin (with the {} QEMU skips: {}): {:.2} s ({:.2} s cpu)",
+        both.len() + builtin_only.len(),
+        builtin_only.len(),
+        if builtin_only.is_empty() {
+            "none".to_string()
+        } else {
+            builtin_only.join(", ")
+        },
+        w.0,
+        w.1
     );
 }
 
@@ -188,17 +229,8 @@ fn sweep_rows() {
     );
 }
 
-fn main() {
-    if !std::env::var("BENCH_SWEEPS").is_ok_and(|v| v == "0") {
-        sweep_rows();
-    }
-    let n: usize = std::env::var("BENCH_SCENARIOS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(500);
-    if n == 0 {
-        return;
-    }
+/// The generated scenarios through both backends, in process.
+fn generated_rows(n: usize, have_qemu: bool) {
     let scenarios: Vec<_> = (0..n)
         .map(|i| {
             let s = scenario::parse(&generate(i), Path::new("generated.yaml"))
@@ -209,8 +241,7 @@ fn main() {
         .collect();
     let builtin = run_all(&scenarios, BackendKind::Builtin);
     println!("builtin: {n} scenarios, {builtin:.1} scenarios/s");
-    if backend_qemu::program("qemu-io").is_none() || backend_qemu::program("qemu-img").is_none() {
-        println!("qemu: skipped (qemu-io/qemu-img not found)");
+    if !have_qemu {
         return;
     }
     let qemu = run_all(&scenarios, BackendKind::Qemu);
@@ -219,6 +250,25 @@ fn main() {
         "ratio:   builtin is {:.1}x the QEMU backend",
         builtin / qemu
     );
+}
+
+fn main() {
+    if !std::env::var("BENCH_SWEEPS").is_ok_and(|v| v == "0") {
+        sweep_rows();
+    }
+    let n: usize = std::env::var("BENCH_SCENARIOS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(500);
+    let have_qemu =
+        backend_qemu::program("qemu-io").is_some() && backend_qemu::program("qemu-img").is_some();
+    if n > 0 {
+        generated_rows(n, have_qemu);
+    }
+    if !have_qemu {
+        println!("qemu: skipped (qemu-io/qemu-img not found)");
+        return;
+    }
     if std::env::var("BENCH_SUITE").is_ok_and(|v| v == "0") {
         return;
     }

@@ -53,7 +53,9 @@ pub fn skip_reason(s: &Scenario, backend: BackendKind) -> Option<String> {
         .then(|| backend_builtin::QEMU_HAS_NO_TRACE.to_string())
 }
 
-/// Runs every case (already expanded and checked) unless the scenario is skipped.
+/// Runs every case (already expanded and checked) unless the scenario is skipped. (The suite
+/// runs cases one by one instead; the scenario tests and the bench use this.)
+#[allow(dead_code)]
 pub fn run(s: &Scenario, cases: &[Case], name: &str, backend: BackendKind, keep: bool) -> Outcome {
     run_sweep_point(s, cases, name, backend, keep, None)
 }
@@ -70,53 +72,100 @@ pub fn run_sweep_point(
     if let Some(reason) = skip_reason(s, backend) {
         return Outcome::Skipped(reason);
     }
+    let mut ran = Vec::new();
+    for case in cases {
+        match run_one_case(case, name, backend, keep, point) {
+            Some(r) => ran.push(r),
+            None => return Outcome::Interrupted,
+        }
+    }
+    assemble(cases, ran)
+}
+
+/// What one case of a scenario printed, step by step, and how long it took. Cases are
+/// independent (each has its own scratch directory): the suite runs them on any worker.
+#[derive(Debug)]
+pub struct CaseRun {
+    /// (which step, its filtered output)
+    pieces: Vec<(String, String)>,
+    elapsed: Duration,
+    kept: Option<PathBuf>,
+}
+
+impl CaseRun {
+    pub fn elapsed(&self) -> Duration {
+        self.elapsed
+    }
+}
+
+/// Runs one case of a scenario that is not skipped; None when a signal stopped it.
+pub fn run_one_case(
+    case: &Case,
+    name: &str,
+    backend: BackendKind,
+    keep: bool,
+    point: Option<&str>,
+) -> Option<CaseRun> {
+    if crate::interrupt::requested().is_some() {
+        return None;
+    }
     let start = Instant::now();
+    let mut pieces = Vec::new();
+    let mut kept = None;
+    match Scratch::new(name) {
+        Ok(dir) => {
+            run_case(case, &dir.path, backend, &mut pieces);
+            if let Some(sweep) = &case.sweep
+                && !pieces.iter().any(|(label, _)| label == "setup")
+            {
+                let text = crate::sweep::run(sweep, &dir.path, backend, point);
+                pieces.push(("sweep".to_string(), text));
+            }
+            if keep {
+                kept = Some(dir.keep());
+            }
+        }
+        Err(e) => pieces.push((
+            "setup".to_string(),
+            format!("[setup failed: cannot create a scratch directory: {e}]\n"),
+        )),
+    }
+    if crate::interrupt::requested().is_some() {
+        return None;
+    }
+    Some(CaseRun {
+        pieces,
+        elapsed: start.elapsed(),
+        kept,
+    })
+}
+
+/// The scenario's outcome from its cases' runs, in case order; its time is theirs summed.
+pub fn assemble(cases: &[Case], ran: Vec<CaseRun>) -> Outcome {
     let mut output = String::new();
     let mut origins = Vec::new();
     let mut kept = Vec::new();
-    for case in cases {
-        if crate::interrupt::requested().is_some() {
-            return Outcome::Interrupted;
-        }
+    let mut elapsed = Duration::ZERO;
+    for (case, run) in cases.iter().zip(ran) {
         let case_label = case.header().map(|h| format!("{h} ")).unwrap_or_default();
         if let Some(h) = case.header() {
             output.push_str(&h);
             output.push('\n');
             origins.push(h);
         }
-        let mut pieces = Vec::new();
-        match Scratch::new(name) {
-            Ok(dir) => {
-                run_case(case, &dir.path, backend, &mut pieces);
-                if let Some(sweep) = &case.sweep
-                    && !pieces.iter().any(|(label, _)| label == "setup")
-                {
-                    let text = crate::sweep::run(sweep, &dir.path, backend, point);
-                    pieces.push(("sweep".to_string(), text));
-                }
-                if keep {
-                    kept.push(dir.keep());
-                }
-            }
-            Err(e) => pieces.push((
-                "setup".to_string(),
-                format!("[setup failed: cannot create a scratch directory: {e}]\n"),
-            )),
-        }
-        for (label, text) in pieces {
+        for (label, text) in run.pieces {
             origins.extend(std::iter::repeat_n(
                 format!("{case_label}{label}"),
                 text.lines().count(),
             ));
             output.push_str(&text);
         }
-    }
-    if crate::interrupt::requested().is_some() {
-        return Outcome::Interrupted;
+        kept.extend(run.kept);
+        elapsed += run.elapsed;
     }
     Outcome::Ran {
         output,
-        elapsed: start.elapsed(),
+        elapsed,
         kept,
         origins,
     }

@@ -154,9 +154,8 @@ pub fn load_all(entries: Vec<Entry>, max_cases: usize) -> Result<Vec<Job>, Vec<S
     }
 }
 
-/// Runs one job and judges it against its golden file; None when a signal stopped it. A panic
-/// fails this scenario only, with the panic's message.
-pub fn run_job(job: &Job, backend: BackendKind, bless: bool, keep: bool) -> Option<Record> {
+/// Judges what a job's run gave against its golden file; None when a signal stopped it.
+pub fn judge(job: &Job, outcome: Outcome, bless: bool) -> Option<Record> {
     let mut record = Record {
         name: job.entry.name.clone(),
         file: job.entry.path.display().to_string(),
@@ -167,17 +166,6 @@ pub fn run_job(job: &Job, backend: BackendKind, bless: bool, keep: bool) -> Opti
         actual: String::new(),
         kept: Vec::new(),
         origins: Vec::new(),
-    };
-    let start = std::time::Instant::now();
-    let ran =
-        panics::catch(|| execute::run(&job.scenario, &job.cases, &job.entry.name, backend, keep));
-    let outcome = match ran {
-        Ok(outcome) => outcome,
-        Err(message) => {
-            record.elapsed = start.elapsed();
-            record.status = Status::Error(message);
-            return Some(record);
-        }
     };
     match outcome {
         Outcome::Interrupted => return None,
@@ -255,8 +243,84 @@ mod panics {
     }
 }
 
-/// Takes jobs until none are left or a signal asks to stop. A worker whose job panicked hands
-/// its place to a fresh thread: the engine's per-thread state may be left mid-way by the panic.
+/// What a worker does next, for one job.
+enum Work {
+    /// one case of a job; the worker that finishes its last case judges the job
+    Case(usize),
+    /// the verdict of a job skipped on this backend (or of one without cases)
+    Whole(Outcome),
+}
+
+struct Unit {
+    job: usize,
+    work: Work,
+}
+
+/// The cases of one job finished so far.
+struct Partial {
+    ran: Vec<Option<execute::CaseRun>>,
+    left: usize,
+    /// the first case (in case order) that panicked, with the panic's message
+    panicked: Option<(usize, String)>,
+    elapsed: Duration,
+}
+
+/// Every case of every job, as units in the order they start: sweeps first, as they are the
+/// longest (a crash sweep checks hundreds of states), then the cases of the biggest matrices;
+/// name order otherwise. Cases are units of their own so that a big matrix spreads over the
+/// workers, and a long case that started last would run alone at the end while they wait.
+fn schedule(jobs: &[Job], backend: BackendKind) -> Vec<Unit> {
+    let mut units = Vec::new();
+    for (j, job) in jobs.iter().enumerate() {
+        let whole = |o| Unit {
+            job: j,
+            work: Work::Whole(o),
+        };
+        match execute::skip_reason(&job.scenario, backend) {
+            Some(reason) => units.push(whole(Outcome::Skipped(reason))),
+            None if job.cases.is_empty() => {
+                units.push(whole(execute::assemble(&job.cases, Vec::new())))
+            }
+            None => units.extend((0..job.cases.len()).map(|c| Unit {
+                job: j,
+                work: Work::Case(c),
+            })),
+        }
+    }
+    let weight = |u: &Unit| {
+        let job = &jobs[u.job];
+        let sweep = match u.work {
+            Work::Case(c) => job.cases[c].sweep.as_ref(),
+            Work::Whole(_) => None,
+        };
+        (
+            sweep.is_some_and(|s| s.crash.is_some()),
+            sweep.is_some(),
+            job.cases.len(),
+        )
+    };
+    units.sort_by_key(|u| std::cmp::Reverse(weight(u)));
+    units
+}
+
+/// A job whose case `message` panicked: an error for this scenario only.
+fn panicked_record(job: &Job, message: String, elapsed: Duration) -> Record {
+    Record {
+        name: job.entry.name.clone(),
+        file: job.entry.path.display().to_string(),
+        description: job.scenario.description.clone(),
+        golden: job.entry.golden.display().to_string(),
+        status: Status::Error(message),
+        elapsed,
+        actual: String::new(),
+        kept: Vec::new(),
+        origins: Vec::new(),
+    }
+}
+
+/// Takes units until none are left or a signal asks to stop. A worker whose case panicked
+/// hands its place to a fresh thread: the engine's per-thread state may be left mid-way by the
+/// panic.
 fn worker<'scope>(
     scope: &'scope std::thread::Scope<'scope, '_>,
     shared: &'scope Shared<'scope>,
@@ -264,14 +328,62 @@ fn worker<'scope>(
 ) {
     while interrupt::requested().is_none() {
         let i = shared.next.fetch_add(1, Ordering::Relaxed);
-        let Some(job) = shared.jobs.get(i) else { break };
-        let a = shared.args;
-        let Some(record) = run_job(job, a.backend, a.bless, a.keep) else {
+        let Some(unit) = shared.units.get(i) else {
             break;
         };
-        let panicked = matches!(&record.status, Status::Error(m) if m.starts_with("panicked"));
-        if tx.send((i, record)).is_err() {
-            break;
+        let job = &shared.jobs[unit.job];
+        let a = shared.args;
+        let c = match &unit.work {
+            Work::Whole(outcome) => {
+                let outcome = match outcome {
+                    Outcome::Skipped(r) => Outcome::Skipped(r.clone()),
+                    _ => execute::assemble(&job.cases, Vec::new()),
+                };
+                let record = judge(job, outcome, a.bless);
+                if record.is_some_and(|r| tx.send((unit.job, r)).is_ok()) {
+                    continue;
+                }
+                break;
+            }
+            Work::Case(c) => *c,
+        };
+        let start = std::time::Instant::now();
+        let ran = panics::catch(|| {
+            execute::run_one_case(&job.cases[c], &job.entry.name, a.backend, a.keep, None)
+        });
+        let panicked = ran.is_err();
+        let finished = {
+            let mut p = shared.partial[unit.job].lock().expect("no panic holds it");
+            match ran {
+                Ok(None) => break,
+                Ok(Some(run)) => {
+                    p.elapsed += run.elapsed();
+                    p.ran[c] = Some(run);
+                }
+                Err(message) => {
+                    p.elapsed += start.elapsed();
+                    if p.panicked.as_ref().is_none_or(|(first, _)| c < *first) {
+                        p.panicked = Some((c, message));
+                    }
+                }
+            }
+            p.left -= 1;
+            (p.left == 0).then(|| (std::mem::take(&mut p.ran), p.panicked.take(), p.elapsed))
+        };
+        if let Some((ran, panicked, elapsed)) = finished {
+            let record = match panicked {
+                Some((_, message)) => Some(panicked_record(job, message, elapsed)),
+                None => {
+                    let ran = ran
+                        .into_iter()
+                        .map(|r| r.expect("every case ran"))
+                        .collect();
+                    judge(job, execute::assemble(&job.cases, ran), a.bless)
+                }
+            };
+            if record.is_none_or(|r| tx.send((unit.job, r)).is_err()) {
+                break;
+            }
         }
         if panicked {
             scope.spawn(move || worker(scope, shared, tx));
@@ -282,6 +394,8 @@ fn worker<'scope>(
 
 struct Shared<'a> {
     jobs: &'a [Job],
+    units: Vec<Unit>,
+    partial: Vec<std::sync::Mutex<Partial>>,
     next: AtomicUsize,
     args: &'a RunArgs,
 }
@@ -301,6 +415,18 @@ fn run_and_report(args: &RunArgs, jobs: Vec<Job>) -> i32 {
     let mut out = std::io::stdout().lock();
     let shared = Shared {
         jobs: &jobs,
+        units: schedule(&jobs, args.backend),
+        partial: jobs
+            .iter()
+            .map(|j| {
+                std::sync::Mutex::new(Partial {
+                    ran: (0..j.cases.len()).map(|_| None).collect(),
+                    left: j.cases.len(),
+                    panicked: None,
+                    elapsed: Duration::ZERO,
+                })
+            })
+            .collect(),
         next: AtomicUsize::new(0),
         args,
     };

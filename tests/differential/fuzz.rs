@@ -14,7 +14,8 @@
 //!   from the clock, and printed.
 //! - `BLOCKFAULT_FUZZ_CASES=N`: run N cases (default [`CI_CASES`]).
 //! - `BLOCKFAULT_FUZZ_SECS=T`: run for T seconds (and at most N cases if both are set).
-//! - `BLOCKFAULT_FUZZ_BATCHES=K`: split the cases into K trials run in parallel (default 2).
+//! - `BLOCKFAULT_FUZZ_BATCHES=K`: split the cases into K trials run in parallel (default twice
+//!   the cores, as many as the binary's default test threads: the cases wait on processes).
 //! - `BLOCKFAULT_FUZZ_ALL=1`: also run the classes in [`exclusions::EXCLUSIONS`].
 //! - `BLOCKFAULT_FUZZ_ONLY=NAME`: run only the generated cases that the exclusion NAME would
 //!   skip or rewrite, with it off and the others on (to check whether its class is fixed).
@@ -77,7 +78,9 @@ fn config() -> Config {
         keep_going: secs.is_some() || cases.is_some() || log.is_some(),
         cases: cases.or(if secs.is_some() { None } else { Some(CI_CASES) }),
         deadline: secs.map(|s| Instant::now() + Duration::from_secs(s)),
-        batches: env_u64("BLOCKFAULT_FUZZ_BATCHES").unwrap_or(2).max(1),
+        batches: env_u64("BLOCKFAULT_FUZZ_BATCHES")
+            .unwrap_or(crate::default_test_threads() as u64)
+            .max(1),
         all: env("BLOCKFAULT_FUZZ_ALL").is_some_and(|v| v != "0"),
         only: env("BLOCKFAULT_FUZZ_ONLY"),
         minimise_budget: env_u64("BLOCKFAULT_FUZZ_MINIMISE")

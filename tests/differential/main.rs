@@ -26,7 +26,10 @@ use libtest_mimic::{Arguments, Completion, Failed, Trial};
 use std::collections::{BTreeMap, HashSet};
 
 fn main() {
-    let args = Arguments::from_args();
+    let mut args = Arguments::from_args();
+    if args.test_threads.is_none() {
+        args.test_threads = Some(default_test_threads());
+    }
     let mut trials = vec![Trial::test("filter_self_check", || {
         harness::filter_self_check();
         Ok(())
@@ -59,6 +62,13 @@ fn main() {
     let conclusion = libtest_mimic::run(&args, trials);
     fuzz::print_summary();
     conclusion.exit();
+}
+
+/// Every case waits on qemu-io processes (exec, QEMU's thread pool, its flushes to the disk
+/// file system where the cases run) more than it computes: twice as many test threads as
+/// cores keep the cores busy. `--test-threads` still decides when given.
+pub fn default_test_threads() -> usize {
+    2 * std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 fn trial(case: Case) -> Trial {

@@ -103,7 +103,7 @@ fn create_geometry_matrix_is_byte_identical() {
     if !have_qemu() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     let mut failures = Vec::new();
     let mut total = 0;
     for cs in ["512", "1024", "4096", "65536", "2M"] {
@@ -139,7 +139,7 @@ fn create_options_and_errors_match() {
     if !have_qemu() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     let d = dir.path();
     assert_eq!(
         tool(
@@ -307,7 +307,7 @@ fn check_reports_and_repairs_match() {
     if !have_qemu() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     let d = dir.path();
     let q = |args: &[&str]| assert_eq!(tool("qemu-img", args, d).2, 0, "{args:?}");
     q(&["create", "-q", "-f", "qcow2", "d.qcow2", "64M"]);
@@ -427,7 +427,7 @@ fn info_matches() {
     if !have_qemu() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     let d = dir.path();
     let q = |args: &[&str]| assert_eq!(tool("qemu-img", args, d).2, 0, "{args:?}");
     q(&["create", "-q", "-f", "qcow2", "d.qcow2", "64M"]);
@@ -581,7 +581,7 @@ fn hostile_headers_error_like_qemu_and_never_panic() {
     if !have_qemu() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     let d = dir.path();
     assert_eq!(
         tool(
@@ -679,7 +679,7 @@ fn map_matches_for_qcow2() {
     if !have_qemu() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     let d = dir.path();
     tool(
         "qemu-img",
@@ -836,7 +836,7 @@ fn map_info_check_json_match_across_images() {
     if !have_qemu() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     let d = dir.path();
     let names = map_corpus(d);
     // snapshots, and a dirty image (for info only: check would repair it)
@@ -932,7 +932,7 @@ fn map_and_json_option_errors_match() {
     if !have_qemu() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     let d = dir.path();
     qimg(d, &["create", "-q", "-f", "qcow2", "a.qcow2", "1M"]);
     let cases: &[&[&str]] = &[

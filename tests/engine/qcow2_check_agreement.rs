@@ -36,7 +36,7 @@ struct Case {
 
 impl Case {
     fn new(script: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = crate::support::tempdir().unwrap();
         sh(dir.path(), script);
         Case { dir }
     }

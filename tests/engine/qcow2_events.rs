@@ -136,23 +136,33 @@ enum Engine {
     Ours,
 }
 
-/// The event at position `probe` in one run of `case` on `engine`.
+/// The event at position `probe` in one run of `case` on `engine`; `attempt` tells apart runs
+/// of the same position at the same time.
 fn probe_at(
     engine: &Engine,
     case: &Case,
     work: &Path,
     texts: &[String],
     probe: usize,
+    attempt: usize,
 ) -> Option<&'static str> {
     let golden = work.join("golden");
-    let dir = work.join(format!("p{probe}"));
+    // QEMU's trace and ours run at the same time: a directory of each engine's own.
+    let who = match engine {
+        Engine::Qemu => "qemu",
+        Engine::Ours => "ours",
+    };
+    let dir = work.join(format!("{who}-p{probe}-{attempt}"));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     for f in std::fs::read_dir(&golden).unwrap() {
         let f = f.unwrap();
         std::fs::copy(f.path(), dir.join(f.file_name())).unwrap();
     }
-    std::fs::write(dir.join("t.conf"), config(case.max_events + 1, probe)).unwrap();
+    // State-changing rules past `probe` cannot bring the state back to `probe`: the first
+    // error is the same without them, and a config a few times shorter is parsed a few times
+    // faster by both programs.
+    std::fs::write(dir.join("t.conf"), config(probe, probe)).unwrap();
     let mut cmd = match engine {
         Engine::Qemu => Command::new("qemu-io"),
         Engine::Ours => {
@@ -172,19 +182,30 @@ fn probe_at(
     first_event(&out, texts)
 }
 
+/// How many positions of one trace are probed at once: a trace is sequential only in where it
+/// stops (after 4 silent positions), so the few probes past the end cost less than waiting.
+const WINDOW: usize = 4;
+
 fn trace(engine: &Engine, case: &Case, work: &Path, texts: &[String]) -> Vec<Option<&'static str>> {
     let mut seq = Vec::new();
     let mut silent = 0;
-    for probe in 1..=case.max_events {
-        let ev = probe_at(engine, case, work, texts, probe);
-        seq.push(ev);
-        if ev.is_none() {
-            silent += 1;
-            if silent >= 4 {
-                break;
+    let mut next = 1;
+    'probing: while next <= case.max_events {
+        let window: Vec<usize> = (next..=case.max_events).take(WINDOW).collect();
+        next += window.len();
+        let found = parallel(WINDOW, &window, |&probe| {
+            probe_at(engine, case, work, texts, probe, 0)
+        });
+        for ev in found {
+            seq.push(ev);
+            if ev.is_none() {
+                silent += 1;
+                if silent >= 4 {
+                    break 'probing;
+                }
+            } else {
+                silent = 0;
             }
-        } else {
-            silent = 0;
         }
     }
     while seq.last() == Some(&None) {
@@ -196,8 +217,9 @@ fn trace(engine: &Engine, case: &Case, work: &Path, texts: &[String]) -> Vec<Opt
 /// How often QEMU is asked again at a position where it and ours differ.
 const QEMU_RETRIES: usize = 6;
 
-fn check(case: &Case) -> Result<(), String> {
-    let work = std::env::temp_dir().join(format!(
+/// The case's directory, with its images made by the setup script in `golden/`.
+fn prepare(case: &Case) -> PathBuf {
+    let work = crate::support::scratch_root().join(format!(
         "bf-qcow2-events-{}-{}",
         case.name,
         std::process::id()
@@ -212,23 +234,41 @@ fn check(case: &Case) -> Result<(), String> {
         .status()
         .unwrap();
     assert!(st.success(), "setup of {} failed", case.name);
-    let texts: Vec<String> = (0..EVENTS.len()).map(|i| strerror(errno_of(i))).collect();
-    let mut q = trace(&Engine::Qemu, case, &work, &texts);
-    let o = trace(&Engine::Ours, case, &work, &texts);
+    work
+}
+
+fn texts() -> Vec<String> {
+    (0..EVENTS.len()).map(|i| strerror(errno_of(i))).collect()
+}
+
+/// Compares the two traces of `case` (QEMU asked again where they differ).
+fn check(
+    case: &Case,
+    work: &Path,
+    mut q: Vec<Option<&'static str>>,
+    o: Vec<Option<&'static str>>,
+) -> Result<(), String> {
+    let texts = texts();
     // Where concurrent requests race in QEMU's thread pool, its order can depend on how
     // busy the machine is. A position where ours differs is asked again: if QEMU's own
     // answers vary there and ours is among them, the position is QEMU's race, not our bug.
     let mut raced = Vec::new();
     let n = q.len().max(o.len());
     q.resize(n, None);
-    for p in 0..n {
-        let (qe, oe) = (q.get(p).copied().flatten(), o.get(p).copied().flatten());
-        if qe == oe {
-            continue;
-        }
-        let answers: Vec<_> = (0..QEMU_RETRIES)
-            .map(|_| probe_at(&Engine::Qemu, case, &work, &texts, p + 1))
-            .collect();
+    let differing: Vec<usize> = (0..n)
+        .filter(|&p| q[p] != o.get(p).copied().flatten())
+        .collect();
+    // Every retry is its own process: all of them at once.
+    let retries: Vec<(usize, usize)> = differing
+        .iter()
+        .flat_map(|&p| (1..=QEMU_RETRIES).map(move |a| (p, a)))
+        .collect();
+    let answers = parallel(threads(), &retries, |&(p, attempt)| {
+        probe_at(&Engine::Qemu, case, work, &texts, p + 1, attempt)
+    });
+    for (k, &p) in differing.iter().enumerate() {
+        let oe = o.get(p).copied().flatten();
+        let answers = &answers[k * QEMU_RETRIES..(k + 1) * QEMU_RETRIES];
         // the first run already gave another answer, so any agreement means QEMU varies
         if answers.contains(&oe) {
             raced.push(format!("{} ({:?})", p + 1, answers));
@@ -245,7 +285,7 @@ fn check(case: &Case) -> Result<(), String> {
     while q.last() == Some(&None) {
         q.pop();
     }
-    let _ = std::fs::remove_dir_all(&work);
+    let _ = std::fs::remove_dir_all(work);
     let fmt = |s: &[Option<&str>]| {
         s.iter()
             .enumerate()
@@ -586,34 +626,66 @@ fn qcow2_event_positions_match_qemu() {
         return;
     }
     let only = std::env::var("QCOW2_EVENTS_CASE").ok();
-    let cases: Vec<&Case> = CASES
+    let mut cases: Vec<&Case> = CASES
         .iter()
         .filter(|c| only.as_deref().is_none_or(|o| c.name.contains(o)))
         .collect();
-    // Each probe is two short-lived processes; cases are independent, so they run on as
-    // many threads as there are cores (results are collected in case order).
+    // The longest traces first, so that none is left running alone at the end.
+    cases.sort_by_key(|c| std::cmp::Reverse(c.max_events));
+    let works: Vec<PathBuf> = cases.iter().map(|c| prepare(c)).collect();
+    // The two traces of every case, QEMU's and ours, are independent jobs.
+    let threads = threads();
+    let engines = [Engine::Qemu, Engine::Ours];
+    let jobs: Vec<(usize, &Engine)> = (0..cases.len())
+        .flat_map(|i| engines.iter().map(move |e| (i, e)))
+        .collect();
+    let texts = texts();
+    let traces = parallel(threads, &jobs, |&(i, engine)| {
+        trace(engine, cases[i], &works[i], &texts)
+    });
+    let mut traces = traces.into_iter();
+    let pairs: Vec<_> = (0..cases.len())
+        .map(|i| {
+            let q = traces.next().unwrap();
+            let o = traces.next().unwrap();
+            (i, q, o)
+        })
+        .collect();
+    let results = parallel(threads, &pairs, |(i, q, o)| {
+        check(cases[*i], &works[*i], q.clone(), o.clone())
+    });
+    let failures: Vec<String> = results.into_iter().filter_map(Result::err).collect();
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Each probe is one short-lived process that spends about half its time waiting (exec, its
+/// thread pool): twice as many threads as there are cores keep them busy.
+fn threads() -> usize {
+    2 * std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+
+/// `f` over `items` on `threads` threads, results in the items' order.
+fn parallel<T: Sync, R: Send>(threads: usize, items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let results = std::sync::Mutex::new(vec![Ok(()); cases.len()]);
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let results = std::sync::Mutex::new((0..items.len()).map(|_| None).collect::<Vec<_>>());
     std::thread::scope(|s| {
-        for _ in 0..threads.min(cases.len()) {
+        for _ in 0..threads.min(items.len()) {
             s.spawn(|| {
                 loop {
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let Some(case) = cases.get(i) else { break };
-                    let r = check(case);
-                    results.lock().unwrap()[i] = r;
+                    let Some(item) = items.get(i) else { break };
+                    let r = f(item);
+                    results.lock().unwrap()[i] = Some(r);
                 }
             });
         }
     });
-    let failures: Vec<String> = results
+    results
         .into_inner()
         .unwrap()
         .into_iter()
-        .filter_map(Result::err)
-        .collect();
-    assert!(failures.is_empty(), "{}", failures.join("\n"));
+        .map(|r| r.expect("every item ran"))
+        .collect()
 }
 
 #[allow(dead_code)]

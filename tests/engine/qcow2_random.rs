@@ -224,7 +224,7 @@ fn loose(text: &str) -> String {
 /// The plan through real qemu-img and qemu-io; real check must find no corruption.
 fn run_seed_on_qemu(seed: u64, qemu_img: &Path) -> Result<(), String> {
     let p = plan(seed);
-    let tmp = tempfile::tempdir().map_err(|e| format!("tempdir: {e}"))?;
+    let tmp = crate::support::tempdir().map_err(|e| format!("tempdir: {e}"))?;
     let dir = tmp.path();
     std::fs::write(dir.join("rules.cfg"), &p.rules).map_err(|e| e.to_string())?;
     let opts = format!("cluster_size={},compat={}", p.cluster_size, p.compat);
@@ -297,7 +297,7 @@ fn run_seed_on_qemu(seed: u64, qemu_img: &Path) -> Result<(), String> {
 /// Runs one seed; returns a description of what went wrong, if anything.
 fn run_seed(seed: u64, qemu_img: Option<&Path>, loose_compare: bool) -> Result<(), String> {
     let p = plan(seed);
-    let tmp = tempfile::tempdir().map_err(|e| format!("tempdir: {e}"))?;
+    let tmp = crate::support::tempdir().map_err(|e| format!("tempdir: {e}"))?;
     let dir = tmp.path();
     std::fs::write(dir.join("rules.cfg"), &p.rules).map_err(|e| e.to_string())?;
 

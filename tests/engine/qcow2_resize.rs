@@ -171,7 +171,7 @@ const CASES: &[Case] = &[
 ];
 
 fn check(case: &Case) -> Result<(), String> {
-    let base = std::env::temp_dir().join(format!(
+    let base = crate::support::scratch_root().join(format!(
         "bf-qcow2-resize-{}-{}",
         case.name,
         std::process::id()

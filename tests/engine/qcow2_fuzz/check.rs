@@ -242,7 +242,7 @@ impl Ctx<'_> {
 pub fn execute(case: &Case, bases: &[Base], tools: &Tools) -> Outcome {
     let base = &bases[case.base];
     let image = case.image(bases);
-    let tmp = tempfile::tempdir().expect("tempdir");
+    let tmp = crate::support::tempdir().expect("tempdir");
     let mut cx = Ctx {
         tools,
         out: Outcome::default(),

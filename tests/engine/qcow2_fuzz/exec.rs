@@ -50,7 +50,7 @@ pub fn run(
     address_space: Option<u64>,
 ) -> std::io::Result<Run> {
     // output goes to files: pipes would need a reader thread per stream
-    let out_dir = tempfile::tempdir()?;
+    let out_dir = crate::support::tempdir()?;
     let out_path = out_dir.path().join("stdout");
     let err_path = out_dir.path().join("stderr");
     // Limits are set by a shell that then execs the program: a `pre_exec` hook would make std

@@ -484,7 +484,7 @@ fn make(spec: &'static Spec, root: &Path) -> Result<Base, String> {
 
 /// All base images, or why they could not be made.
 pub fn make_all() -> Result<Vec<Base>, String> {
-    let tmp = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let tmp = crate::support::tempdir().map_err(|e| e.to_string())?;
     SPECS.iter().map(|s| make(s, tmp.path())).collect()
 }
 
