@@ -422,7 +422,8 @@ impl<F: ImageFile> Checker<F> {
 
     /// QEMU's qcow2_alloc_clusters for the checker: the first run of free clusters (by the
     /// on-disk refcounts) from the start of the image, its refcounts raised. Refcount blocks
-    /// are not allocated here: a run no refcount block covers fails with EIO.
+    /// are not allocated here: a run no refcount block covers fails with EIO. No overlap
+    /// check: the caller makes it after the raised refcounts reach the file, as QEMU does.
     fn alloc_clusters(&mut self, size: u64) -> Result<u64, i32> {
         let cs = self.cs();
         let count = size.div_ceil(cs);
@@ -436,14 +437,6 @@ impl<F: ImageFile> Checker<F> {
             } else {
                 run += 1;
             }
-        }
-        // the overlap check QEMU makes before writing the table, made before the refcounts
-        // change: a region the refcounts call free may hold metadata they miss
-        if let Some(what) = self.overlapped_metadata(first * cs, size) {
-            self.signal_corruption(&format!(
-                "Preventing invalid write on metadata (overlaps with {what})"
-            ));
-            return Err(libc::EIO);
         }
         self.update_refcount_range(first, count, false)?;
         Ok(first * cs)
@@ -493,11 +486,23 @@ impl<F: ImageFile> Checker<F> {
         }
         let size = table.len() as u64;
         let offset = self.alloc_clusters(size)?;
-        if let Some(what) = self.overlapped_metadata(offset, size) {
-            self.signal_corruption(&format!(
-                "Preventing invalid write on metadata (overlaps with {what})"
-            ));
-            return Err(libc::EIO);
+        // the new clusters' refcounts (and whatever else the cache holds) reach the file
+        // before the overlap check, which a region the refcounts call free can still fail
+        let checked = self
+            .flush()
+            .and_then(|()| match self.overlapped_metadata(offset, size) {
+                Some(what) => {
+                    self.signal_corruption(&format!(
+                        "Preventing invalid write on metadata (overlaps with {what})"
+                    ));
+                    Err(libc::EIO)
+                }
+                None => Ok(()),
+            });
+        if let Err(e) = checked {
+            let cs = self.cs();
+            let _ = self.update_refcount_range(offset / cs, size.div_ceil(cs), true);
+            return Err(e);
         }
         // entries start 8-aligned; the padding between them is not written
         let mut at = 0usize;
