@@ -442,6 +442,28 @@ fn snapshot_rewrite_refused_after_its_refcounts_reach_the_file_agrees() {
     recheck_agrees(&case);
 }
 
+/// An active L1 table at offset 0 (the header read as L1 entries): the rebuild writes the
+/// new refcount table's place into the header, and the check after it reads the active L1
+/// table from the file again, so it sees those entries change, as QEMU's does; the COPIED
+/// repairs then agree and no write hits the header.
+#[test]
+fn active_l1_table_over_the_header_is_reread_after_the_rebuild_agrees() {
+    if !have_qemu() {
+        return;
+    }
+    let case = Case::new(
+        "qemu-img create -q -f qcow2 -o cluster_size=2048,refcount_bits=64 t.qcow2 4M && qemu-io -c 'write -P 9 0 32k' -c 'write -c -P 10 1M 8k' t.qcow2 >/dev/null && qemu-img snapshot -c s1 t.qcow2",
+    );
+    let img = case.path("t.qcow2");
+    poke(&img, 40, &0u64.to_be_bytes());
+    let (out, _, rc) = case.agree(&["-r", "all"], &[]);
+    assert_eq!(rc, 2);
+    assert!(out.contains("Double checking the fixed image now"), "{out}");
+    let (q, b) = (case.path("q/t.qcow2"), case.path("b/t.qcow2"));
+    assert_eq!(std::fs::read(&b).unwrap(), std::fs::read(&q).unwrap());
+    recheck_agrees(&case);
+}
+
 /// `qemu-img info --output=json t.qcow2` and ours in `dir`: exit status, stderr and the
 /// `snapshots` member (absent: None).
 fn info_snapshots(dir: &Path) -> [(i32, String, Option<serde_json::Value>); 2] {

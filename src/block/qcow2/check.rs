@@ -1109,16 +1109,14 @@ impl<F: ImageFile> Checker<F> {
         }
         let bytes = u64::from(l1_size) * 8;
         self.inc_refcounts(res, rt, l1_offset, bytes)?;
-        let l1 = if active {
-            self.l1.clone()
-        } else {
-            match self.file.read_at(l1_offset, bytes as usize) {
-                Ok(b) => table(&b),
-                Err(_) => {
-                    self.err("ERROR: I/O error in check_refcounts_l1".into());
-                    res.check_errors += 1;
-                    return Err(libc::EIO);
-                }
+        // read from the file each pass, the active table too: an L1 table over other
+        // metadata (the header, say) sees what a rebuild wrote there
+        let l1 = match self.file.read_at(l1_offset, bytes as usize) {
+            Ok(b) => table(&b),
+            Err(_) => {
+                self.err("ERROR: I/O error in check_refcounts_l1".into());
+                res.check_errors += 1;
+                return Err(libc::EIO);
             }
         };
         for e in l1 {
