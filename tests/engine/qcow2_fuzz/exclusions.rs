@@ -19,22 +19,6 @@ pub struct Exclusion {
 
 pub const EXCLUSIONS: &[Exclusion] = &[
     Exclusion {
-        name: "metadata read past the end of the file",
-        waits_for: "q13-findings C1 (check/open/info): ours fails with EIO where QEMU goes on. \
-                    Left (issue 13 helper q13, 3,300 images with every exclusion off): an active \
-                    L1 table at offset 0 (the header read as L1 entries, seed 0x499ca410ac08): \
-                    QEMU counts the refcount block twice and rebuilds, ours counts it once and \
-                    its COPIED repair hits the header ('Check failed: Input/output error')",
-        case: |_| true,
-        failure: |f| {
-            disagreement(f)
-                && ((ours_says(f, "Input/output error") && !qemu_says(f, "Input/output error"))
-                    || (f.kind == Kind::InfoDisagrees
-                        && f.detail.starts_with("the JSON differs: snapshots:")
-                        && f.detail.ends_with("ours absent")))
-        },
-    },
-    Exclusion {
         name: "snapshot table validation",
         waits_for: "q13-findings C2 (check/open/info): -r all of a broken snapshot table. Left \
                     (issue 13 helper q13): a snapshot table offset far past the end of the file \
