@@ -79,6 +79,9 @@ const KNOWN_EXTRA: u32 = 24;
 /// QEMU's QCOW_MAX_SNAPSHOT_EXTRA_DATA and QCOW_MAX_SNAPSHOTS_SIZE.
 const MAX_SNAPSHOT_EXTRA_DATA: u32 = 1024;
 const MAX_SNAPSHOTS_SIZE: u64 = 1024 * 65536;
+/// QEMU's QCOW_MAX_REFTABLE_SIZE, compared with a count of refcount blocks when the
+/// refcount table would grow.
+const MAX_REFTABLE_BLOCKS: u64 = 8 << 20;
 /// QEMU's BDRV_MAX_LENGTH: the block layer refuses requests reaching past it.
 const BDRV_MAX_LENGTH: u64 = i64::MAX as u64 & !((1 << 30) - 1);
 
@@ -114,6 +117,9 @@ pub struct Checker<F: ImageFile> {
     log: Vec<LogLine>,
     /// the bitmaps extension, whose directory, tables and data have refcounts too
     bitmaps: Option<super::header::BitmapsExt>,
+    /// QEMU's free_cluster_index: where the next search for free clusters starts (past the
+    /// last allocation, lowered by a refcount dropping to 0)
+    free_cluster_index: u64,
 }
 
 const CHECK_FRAG_INFO: u32 = 2;
@@ -265,6 +271,7 @@ impl<F: ImageFile> Checker<F> {
             signaled: false,
             log: Vec::new(),
             bitmaps: None,
+            free_cluster_index: 0,
         };
         // the bitmaps extension as the open found it (a bad one fails the open first)
         let ext_end = if img.header.backing_file_offset != 0 {
@@ -421,25 +428,20 @@ impl<F: ImageFile> Checker<F> {
     }
 
     /// QEMU's qcow2_alloc_clusters for the checker: the first run of free clusters (by the
-    /// on-disk refcounts) from the start of the image, its refcounts raised. Refcount blocks
-    /// are not allocated here: a run no refcount block covers fails with EIO. No overlap
+    /// on-disk refcounts) from the start of the image, its refcounts raised (refcount blocks
+    /// allocated as `alloc_refblock` can, the search then made again). No overlap
     /// check: the caller makes it after the raised refcounts reach the file, as QEMU does.
     fn alloc_clusters(&mut self, size: u64) -> Result<u64, i32> {
         let cs = self.cs();
         let count = size.div_ceil(cs);
-        let mut first = 0u64;
-        let mut run = 0u64;
-        while run < count {
-            let cluster = first + run;
-            if self.get_refcount(cluster)? != 0 {
-                first = cluster + 1;
-                run = 0;
-            } else {
-                run += 1;
+        loop {
+            let first = self.alloc_clusters_noref(count)?;
+            // a refcount block allocated on the way may sit where the run was
+            match self.update_refcount_range(first, count, false) {
+                Err(libc::EAGAIN) => continue,
+                r => return r.map(|()| first * cs),
             }
         }
-        self.update_refcount_range(first, count, false)?;
-        Ok(first * cs)
     }
 
     /// QEMU's qcow2_write_snapshots: the snapshot table written anew in fresh clusters (extra
@@ -818,6 +820,87 @@ impl<F: ImageFile> Checker<F> {
         self.file.discard(cluster * self.cs(), self.cs());
     }
 
+    /// QEMU's alloc_clusters_noref: the first run of `count` free clusters from
+    /// `free_cluster_index` on, which moves past it.
+    fn alloc_clusters_noref(&mut self, count: u64) -> Result<u64, i32> {
+        let mut run = 0u64;
+        while run < count {
+            let cluster = self.free_cluster_index;
+            self.free_cluster_index += 1;
+            if self.get_refcount(cluster)? != 0 {
+                run = 0;
+            } else {
+                run += 1;
+            }
+        }
+        Ok(self.free_cluster_index - count)
+    }
+
+    /// QEMU's alloc_refcount_block for `cluster`, which no refcount block covers: the first
+    /// free cluster becomes its refcount block (counted in its own block or, recursively, in
+    /// another), written out zeroed and hooked into the refcount table; the errno the caller
+    /// gets is EAGAIN then (the search for free clusters starts over). Growing the refcount
+    /// table is modelled only where QEMU's qcow2_refcount_area refuses it at once (more
+    /// refcount blocks than a table may list: EFBIG, the new block left allocated); any other
+    /// growth fails with EIO before anything is allocated.
+    fn alloc_refblock(&mut self, cluster: u64) -> i32 {
+        let cs = self.cs();
+        let per_block = self.header.refblock_entries();
+        let idx = cluster / per_block;
+        let grows = idx >= self.reftable.len() as u64;
+        if grows && (cluster + 1).div_ceil(per_block) <= MAX_REFTABLE_BLOCKS {
+            return libc::EIO;
+        }
+        let new_block = match self.alloc_clusters_noref(1) {
+            Ok(c) => c,
+            Err(e) => return e,
+        };
+        if new_block == 0 {
+            self.signal_corruption("Preventing invalid allocation of refcount block at offset 0");
+            return libc::EIO;
+        }
+        let order = self.order();
+        let mut block = vec![0u8; cs as usize];
+        if new_block / per_block == idx {
+            // the block describes itself
+            set_refcount(&mut block, order, new_block % per_block, 1);
+        } else {
+            if let Err(e) = self.change_refcount(new_block, 1, false) {
+                return e;
+            }
+            if let Err(e) = self.flush_refblocks() {
+                return e;
+            }
+        }
+        let offset = new_block * cs;
+        let i = match self.refcache.find(offset, cs) {
+            Ok(i) => i,
+            Err(i) => {
+                if let Err(e) = self.flush_cached(i) {
+                    return e;
+                }
+                i
+            }
+        };
+        let slot = &mut self.refcache.slots[i];
+        slot.offset = offset;
+        slot.data = block;
+        slot.dirty = true;
+        self.refcache.touch(i);
+        if let Err(e) = self.flush_refblocks() {
+            return e;
+        }
+        if grows {
+            return libc::EFBIG;
+        }
+        let at = self.header.refcount_table_offset + idx * 8;
+        if let Err(e) = self.file.write_at(at, &offset.to_be_bytes()) {
+            return e;
+        }
+        self.reftable[idx as usize] = offset;
+        libc::EAGAIN
+    }
+
     /// One cluster's refcount changed in its cached refcount block; Ok(the new refcount).
     fn change_refcount(&mut self, cluster: u64, diff: u64, decrease: bool) -> Result<u64, i32> {
         let per_block = self.header.refblock_entries();
@@ -828,7 +911,7 @@ impl<F: ImageFile> Checker<F> {
             .map(|e| e & REFT_OFFSET_MASK)
             .unwrap_or(0);
         if off == 0 {
-            return Err(libc::EIO);
+            return Err(self.alloc_refblock(cluster));
         }
         let order = self.order();
         let b = self.refblock(off).map_err(|_| libc::EIO)?;
@@ -842,6 +925,9 @@ impl<F: ImageFile> Checker<F> {
         set_refcount(b, order, cluster % per_block, new);
         let slot = self.refcache.find(off, self.cs()).expect("just used");
         self.refcache.slots[slot].dirty = true;
+        if decrease && new == 0 {
+            self.free_cluster_index = self.free_cluster_index.min(cluster);
+        }
         Ok(new)
     }
 
