@@ -6,7 +6,7 @@
 //! or a finding in the findings list); delete it when that lands.
 
 use super::case::Case;
-use super::check::{Failure, Kind};
+use super::check::Failure;
 
 pub struct Exclusion {
     pub name: &'static str,
@@ -17,45 +17,7 @@ pub struct Exclusion {
     pub failure: fn(&Failure) -> bool,
 }
 
-pub const EXCLUSIONS: &[Exclusion] = &[
-    Exclusion {
-        name: "snapshot table validation",
-        waits_for: "q13-findings C2 (check/open/info): -r all of a broken snapshot table. Left \
-                    (issue 13 helper q13): a snapshot table offset far past the end of the file \
-                    (seed 0x499ca410a57b): freeing the old table needs a refcount block QEMU's \
-                    alloc_refcount_block allocates before failing with EFBIG (1 leak left), \
-                    ours fails at once; nb_snapshots near 2^32 (seeds 0x499ca410a6da, \
-                    0x499ca410a897): the rewritten table differs",
-        case: |_| true,
-        failure: |f| {
-            disagreement(f)
-                && [
-                    "is incomplete",
-                    "snapshot table offset invalid",
-                    "snapshot table too large",
-                    "Too much extra metadata",
-                    "Too many snapshots",
-                ]
-                .iter()
-                .any(|m| qemu_says(f, m) || ours_says(f, m))
-        },
-    },
-];
-
-fn disagreement(f: &Failure) -> bool {
-    matches!(
-        f.kind,
-        Kind::CheckDisagrees | Kind::RepairDisagrees | Kind::InfoDisagrees
-    )
-}
-
-fn qemu_says(f: &Failure, what: &str) -> bool {
-    f.qemu.as_ref().is_some_and(|q| q.stderr.contains(what))
-}
-
-fn ours_says(f: &Failure, what: &str) -> bool {
-    f.ours.stderr.contains(what)
-}
+pub const EXCLUSIONS: &[Exclusion] = &[];
 
 /// The exclusion (other than `except`) that covers `f` in `case`, if any.
 pub fn covering(case: &Case, f: &Failure, except: Option<&str>) -> Option<&'static Exclusion> {
