@@ -83,7 +83,9 @@ impl Img<'_> {
         name: &str,
         fmt: Option<&str>,
     ) -> Result<(String, Json, Option<(String, Option<String>)>), ()> {
-        if Self::is_graph_filename(name) {
+        // a filename the block layer parses (protocol prefix, json:) is described through the
+        // node graph; a plain path from the file itself
+        if crate::block::open::has_protocol(name) {
             return self.describe_graph(name, fmt);
         }
         // a backing file name read from an image stands for its bytes

@@ -7,8 +7,8 @@ use super::info::disk_size_str;
 use super::json::{Json, dict};
 use super::qcow2::info::size_to_str;
 use crate::block::io::get_info_unsupported;
-use crate::block::node::{Node, OpenFlags};
-use crate::block::open::{OpenContext, Options, open_drive};
+use crate::block::node::Node;
+use crate::block::open::Options;
 use crate::block::qcow2::Qcow2;
 use crate::block::qcow2::image_file::NodeFile;
 use serde_json::Value;
@@ -18,12 +18,6 @@ use std::rc::Rc;
 type NodeInfo = (String, Json);
 
 impl Img<'_> {
-    /// Whether `info` describes `name` through the node graph: a filename with a protocol
-    /// prefix or a json: filename; a plain path is described from the file itself.
-    pub(super) fn is_graph_filename(name: &str) -> bool {
-        crate::block::open::has_protocol(name)
-    }
-
     /// The graph under `name`, and the top node's backing file (path, format) for a chain.
     #[allow(clippy::type_complexity)]
     pub(super) fn describe_graph(
@@ -32,29 +26,11 @@ impl Img<'_> {
         fmt: Option<&str>,
     ) -> Result<(String, Json, Option<(String, Option<String>)>), ()> {
         let mut opts = Options::new();
-        // qemu-img info opens with BDRV_O_NO_BACKING
+        // qemu-img info opens with BDRV_O_NO_BACKING (and without I/O: `info` set no_io)
         opts.insert("backing".into(), Value::Null);
-        if self.force_share.get() {
-            opts.insert("force-share".into(), Value::Bool(true));
-        }
-        let ctx = OpenContext {
-            base_dir: self.base_dir.to_path_buf(),
-            console: self.console.clone(),
-            flags: OpenFlags {
-                read_only: true,
-                unmap: true,
-                no_io: true,
-                ..OpenFlags::default()
-            },
-            skip_host_sync: false,
-        };
-        // held as qemu-img's BlockBackend holds it, without I/O (locks included)
-        let user = crate::block::perms::Access::user(false, true);
-        let node = open_drive(Some(name), opts, fmt, &ctx)
-            .and_then(|node| crate::block::perms::refresh(&node, user, true).map(|()| node))
-            .map_err(|e| {
-                self.error(&format!("Could not open '{name}': {e}"));
-            })?;
+        let node = self
+            .open_with_options(name, fmt, true, false, opts)
+            .map_err(|_| ())?;
         let mut backing = None;
         let (text, info) = self.node_info(&node, "", &mut backing)?;
         Ok((text, info, backing))

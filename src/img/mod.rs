@@ -223,6 +223,18 @@ impl Img<'_> {
         read_only: bool,
         check: bool,
     ) -> Result<Rc<Node>, i32> {
+        self.open_with_options(name, format, read_only, check, Options::new())
+    }
+
+    /// [`Self::open_with`] with block options of the caller's (e.g. `"backing": null`).
+    fn open_with_options(
+        &self,
+        name: &str,
+        format: Option<&str>,
+        read_only: bool,
+        check: bool,
+        mut options: Options,
+    ) -> Result<Rc<Node>, i32> {
         let ctx = OpenContext {
             base_dir: self.base_dir.to_path_buf(),
             console: self.console.clone(),
@@ -236,7 +248,6 @@ impl Img<'_> {
             },
             skip_host_sync: false,
         };
-        let mut options = Options::new();
         if self.force_share.get() {
             options.insert("force-share".into(), true.into());
         }
