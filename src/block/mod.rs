@@ -14,6 +14,7 @@ pub mod io;
 pub mod iovec;
 pub mod json;
 pub mod json_filename;
+pub mod luks_header;
 pub mod node;
 pub mod null;
 pub mod open;

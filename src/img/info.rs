@@ -238,7 +238,12 @@ impl Img<'_> {
             }
         }
         s.push_str("Format specific information:\n");
-        s.push_str(&format_specific(h, md.data_file.as_deref(), &md.bitmaps));
+        s.push_str(&format_specific(
+            h,
+            md.data_file.as_deref(),
+            &md.bitmaps,
+            md.luks.as_ref(),
+        ));
         let str_ = |v: &str| Some(Json::Str(v.to_string()));
         let backing_file = md.backing.as_ref().map(|(b, _)| b.as_str());
         let backing_format = md.backing.as_ref().and_then(|(_, f)| f.as_deref());
@@ -295,6 +300,7 @@ impl Img<'_> {
                             h,
                             md.data_file.as_deref(),
                             &md.bitmaps,
+                            md.luks.as_ref(),
                         )),
                     ),
                 ])),

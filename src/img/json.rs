@@ -155,6 +155,42 @@ pub fn pretty(v: &Json) -> String {
     out
 }
 
+/// The text qemu-img prints for a QObject under `Format specific information:` (its
+/// dump_qobject): a dict's keys in QDict order with dashes shown as spaces, a list's items as
+/// `[i]:`, each level indented four more spaces; a composite value starts on its own line.
+pub fn human(v: &Json, level: usize) -> String {
+    let mut out = String::new();
+    dump(v, level, &mut out);
+    out
+}
+
+fn dump(v: &Json, level: usize, out: &mut String) {
+    let composite = |v: &Json| matches!(v, Json::Dict(_) | Json::List(_));
+    let pad = " ".repeat(level * 4);
+    match v {
+        Json::Int(n) => out.push_str(&format!("{n}\n")),
+        Json::Bool(b) => out.push_str(&format!("{b}\n")),
+        Json::Str(s) => {
+            out.push_str(s.split('\0').next().unwrap_or_default());
+            out.push('\n');
+        }
+        Json::Dict(entries) => {
+            for (k, v) in qdict_order(entries) {
+                let sep = if composite(v) { '\n' } else { ' ' };
+                out.push_str(&format!("{pad}{}:{sep}", k.replace('-', " ")));
+                dump(v, level + 1, out);
+            }
+        }
+        Json::List(items) => {
+            for (i, v) in items.iter().enumerate() {
+                let sep = if composite(v) { '\n' } else { ' ' };
+                out.push_str(&format!("{pad}[{i}]:{sep}"));
+                dump(v, level + 1, out);
+            }
+        }
+    }
+}
+
 /// Builds a dict from (key, value) pairs, skipping absent optional members.
 pub fn dict(entries: Vec<(&str, Option<Json>)>) -> Json {
     Json::Dict(

@@ -280,9 +280,15 @@ impl<F: ImageFile> Checker<F> {
             cs
         };
         let start = u64::from(img.header.header_length);
-        img.bitmaps = super::header::read_extensions(&img.file, &img.header, start, ext_end)
-            .ok()
-            .and_then(|ex| ex.bitmaps);
+        img.bitmaps = super::header::read_extensions(
+            &img.file,
+            &img.header,
+            start,
+            ext_end,
+            super::header::CryptoOpen::Skip,
+        )
+        .ok()
+        .and_then(|ex| ex.bitmaps);
         Ok(img)
     }
 

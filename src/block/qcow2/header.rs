@@ -5,6 +5,7 @@
 //! so a format bug has one place to be fixed.
 
 use super::image_file::ImageFile;
+use crate::block::luks_header::{self, HEADER_LEN, LuksInfo};
 use crate::errno::strerror;
 use crate::host_bytes::encode;
 
@@ -300,7 +301,14 @@ pub fn read(file: &impl ImageFile, mode: OpenMode) -> Result<Opening, OpenError>
     };
     check_compression(&h)?;
     if h.incompatible_features & !INCOMPAT_MASK != 0 {
-        let ex = read_extensions(file, &h, u64::from(h.header_length), ext_end).unwrap_or_default();
+        let ex = read_extensions(
+            file,
+            &h,
+            u64::from(h.header_length),
+            ext_end,
+            CryptoOpen::Skip,
+        )
+        .unwrap_or_default();
         return Err((
             unsupported_features_message(
                 &ex.feature_table,
@@ -381,8 +389,8 @@ pub fn read(file: &impl ImageFile, mode: OpenMode) -> Result<Opening, OpenError>
 }
 
 /// The encryption method, checked where QEMU sets encryption up (with the runtime options,
-/// once the L1 table is read): an unknown method is QEMU's error; AES and LUKS images this
-/// engine refuses by name, for qemu-img too (their `info` describes the encryption).
+/// once the L1 table is read): an unknown method is QEMU's error. AES and LUKS images open
+/// without a key only for `info` (see [`open_encryption`]).
 pub fn check_encryption(h: &Header) -> Result<(), OpenError> {
     match h.crypt_method {
         0..=2 => Ok(()),
@@ -396,33 +404,65 @@ pub fn check_encryption(h: &Header) -> Result<(), OpenError> {
 /// QEMU's opening of the encryption layer once the extensions are read. An open that does no
 /// I/O (`qemu-img info`, QEMU's BDRV_O_NO_IO) opens an AES image without its key; any other
 /// needs the key, which this engine is never given (as `qemu-img`/`qemu-io` without
-/// `--object secret`). A LUKS image needs its CRYPTO header extension; with it, only the
-/// keyless open of `info` would go on, and this engine does not read LUKS headers.
+/// `--object secret`). A LUKS image was opened where its CRYPTO header extension was read;
+/// without that extension it cannot open.
 pub fn open_encryption(
     h: &Header,
     crypto_header: Option<(u64, u64)>,
     no_io: bool,
 ) -> Result<(), OpenError> {
-    let no_key = || {
-        Err((
-            "Parameter 'encrypt.key-secret' is required for cipher".to_string(),
-            libc::EINVAL,
-        ))
-    };
     match (h.crypt_method, crypto_header) {
         (1, _) if no_io => Ok(()),
-        (1, _) => no_key(),
+        (1, _) => Err(key_secret_required()),
         (2, None) => Err((
             "Missing CRYPTO header for crypt method 2".into(),
             libc::EINVAL,
         )),
-        (2, Some(_)) if !no_io => no_key(),
-        (2, Some(_)) => Err((
-            "qcow2: LUKS encrypted images are not supported by this engine".into(),
-            libc::ENOTSUP,
-        )),
         _ => Ok(()),
     }
+}
+
+/// What reading the CRYPTO header extension does with the LUKS header it points at: QEMU
+/// opens the encryption layer right there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CryptoOpen {
+    /// a pass that only looks for other extensions (the feature table, the bitmaps)
+    Skip,
+    /// an open that does no I/O (`qemu-img info`): the header is read and checked, no key
+    Keyless,
+    /// an open that serves I/O needs the key, which this engine is never given
+    Keyed,
+}
+
+/// The LUKS header behind a CRYPTO header extension, opened as `crypto` says.
+fn open_luks(
+    file: &impl ImageFile,
+    offset: u64,
+    length: u64,
+    crypto: CryptoOpen,
+) -> Result<Option<LuksInfo>, OpenError> {
+    match crypto {
+        CryptoOpen::Skip => return Ok(None),
+        CryptoOpen::Keyed => return Err(key_secret_required()),
+        CryptoOpen::Keyless => {}
+    }
+    let einval = |m: String| (m, libc::EINVAL);
+    if (HEADER_LEN as u64) > length {
+        return Err(einval(
+            "Request for data outside of extension header".into(),
+        ));
+    }
+    let raw = file
+        .read_at(offset, HEADER_LEN)
+        .map_err(|e| einval(with_errno("Could not read encryption header", e)))?;
+    luks_header::parse(&raw).map(Some).map_err(einval)
+}
+
+fn key_secret_required() -> OpenError {
+    (
+        "Parameter 'encrypt.key-secret' is required for cipher".to_string(),
+        libc::EINVAL,
+    )
 }
 
 /// The header extensions as qcow2_read_extensions keeps them.
@@ -441,6 +481,8 @@ pub struct Extensions {
     pub bitmaps_dropped: bool,
     /// the CRYPTO header extension of a LUKS image: where the LUKS header is, its length
     pub crypto_header: Option<(u64, u64)>,
+    /// the LUKS header it points at, when a keyless open read it
+    pub luks: Option<LuksInfo>,
 }
 
 /// The bitmaps extension: where the bitmap directory is and how many entries it holds.
@@ -506,6 +548,7 @@ pub fn read_extensions(
     h: &Header,
     start: u64,
     end: u64,
+    crypto: CryptoOpen,
 ) -> Result<Extensions, OpenError> {
     let mut ex = Extensions::default();
     let mut offset = start;
@@ -571,6 +614,7 @@ pub fn read_extensions(
                 }
                 ex.crypto_header = Some((offset, length));
                 ex.unknown.push((magic, b));
+                ex.luks = open_luks(file, offset, length, crypto)?;
             }
             EXT_BITMAPS => {
                 if len != 24 {
@@ -891,13 +935,21 @@ mod tests {
             open_encryption(&h, None, true).unwrap_err().0,
             "Missing CRYPTO header for crypt method 2"
         );
+        // a LUKS header is opened where its extension is read
+        assert!(open_encryption(&h, Some((0, 0)), false).is_ok());
+        let f = Mem(vec![0; 4096]);
         assert_eq!(
-            open_encryption(&h, Some((0, 0)), false).unwrap_err().0,
+            open_luks(&f, 0, 0, CryptoOpen::Keyed).unwrap_err().0,
             no_key
         );
+        assert_eq!(open_luks(&f, 0, 0, CryptoOpen::Skip).unwrap(), None);
         assert_eq!(
-            open_encryption(&h, Some((0, 0)), true).unwrap_err().1,
-            libc::ENOTSUP
+            open_luks(&f, 0, 591, CryptoOpen::Keyless).unwrap_err().0,
+            "Request for data outside of extension header"
+        );
+        assert_eq!(
+            open_luks(&f, 0, 592, CryptoOpen::Keyless).unwrap_err().0,
+            "Volume is not in LUKS format"
         );
     }
 
@@ -912,7 +964,7 @@ mod tests {
         b[0x200..0x204].copy_from_slice(b"b\0cd");
         let f = Mem(b);
         let o = read(&f, METADATA).unwrap();
-        let ex = read_extensions(&f, &o.h, 112, o.ext_end).unwrap();
+        let ex = read_extensions(&f, &o.h, 112, o.ext_end, CryptoOpen::Skip).unwrap();
         assert_eq!(ex.backing_format.as_deref(), Some("raw"));
         assert_eq!(read_backing_name(&f, &o.h).unwrap().as_deref(), Some("b"));
         assert_eq!(backing_of(Some(""), Some("raw")), None);

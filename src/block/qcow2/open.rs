@@ -138,6 +138,8 @@ pub struct Metadata {
     pub data_file: Option<String>,
     /// the bitmap directory (the open loads every bitmap, as QEMU's does)
     pub bitmaps: Vec<super::bitmap::DirEntry>,
+    /// the LUKS header of a LUKS image (a keyless open reads it)
+    pub luks: Option<crate::block::luks_header::LuksInfo>,
 }
 
 /// qcow2_do_open for qemu-img, which only reads metadata: the same reads and checks as
@@ -155,7 +157,12 @@ pub fn open_metadata(
     let mode = OpenMode { check, writable };
     let o = header::read(file, mode)?;
     header::check_encryption(&o.h)?;
-    let ex = header::read_extensions(file, &o.h, u64::from(o.h.header_length), o.ext_end)?;
+    let crypto = if no_io {
+        header::CryptoOpen::Keyless
+    } else {
+        header::CryptoOpen::Keyed
+    };
+    let ex = header::read_extensions(file, &o.h, u64::from(o.h.header_length), o.ext_end, crypto)?;
     header::open_encryption(&o.h, ex.crypto_header, no_io)?;
     let backing_file = header::read_backing_name(file, &o.h)?;
     // as qcow2_do_open: a broken snapshot table fails every open but a check's
@@ -176,6 +183,7 @@ pub fn open_metadata(
         backing: header::backing_of(backing_file.as_deref(), ex.backing_format.as_deref()),
         data_file: ex.data_file,
         bitmaps,
+        luks: ex.luks,
     })
 }
 
@@ -275,7 +283,13 @@ fn open_inner(
         .chunks_exact(8)
         .map(|c| u64::from_be_bytes(c.try_into().expect("8")))
         .collect();
-    let ex = header::read_extensions(&node_file, &h, u64::from(h.header_length), ext_end)?;
+    let ex = header::read_extensions(
+        &node_file,
+        &h,
+        u64::from(h.header_length),
+        ext_end,
+        header::CryptoOpen::Keyed,
+    )?;
     if ex.bitmaps_dropped {
         ctx.console.report(if h.version < 3 {
             "warning: This qcow2 v2 image contains bitmaps, but they may have been modified by a program without persistent bitmap support; so now they must all be considered inconsistent"

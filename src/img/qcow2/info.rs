@@ -1,6 +1,7 @@
 //! The qcow2 parts of `qemu-img info`: the header fields it shows, the snapshot list and the
 //! `Format specific information:` block (`ImageInfoSpecificQCow2`).
 
+use crate::block::luks_header::LuksInfo;
 use crate::block::qcow2::bitmap::{DirEntry, FLAG_AUTO, FLAG_IN_USE, display_name};
 use crate::block::qcow2::header::{
     AUTOCLEAR_DATA_FILE_RAW, Header, INCOMPAT_CORRUPT, INCOMPAT_DATA_FILE, be16, be32, be64,
@@ -62,59 +63,17 @@ pub fn snapshots(file: &impl ImageFile, h: &Header) -> Vec<SnapshotInfo> {
     out
 }
 
-/// `Format specific information:` lines (indented by four spaces, each ending in a newline).
-pub fn format_specific(h: &Header, data_file: Option<&str>, bitmaps: &[DirEntry]) -> String {
-    let mut s = String::new();
-    let compat = if h.version >= 3 { "1.1" } else { "0.10" };
-    s.push_str(&format!("    compat: {compat}\n"));
-    let ct = if h.compression_type == 1 {
-        "zstd"
-    } else {
-        "zlib"
-    };
-    s.push_str(&format!("    compression type: {ct}\n"));
-    if h.version >= 3 {
-        s.push_str(&format!("    lazy refcounts: {}\n", h.lazy_refcounts()));
-    }
-    if !bitmaps.is_empty() {
-        s.push_str("    bitmaps:\n");
-        for (i, e) in bitmaps.iter().enumerate() {
-            s.push_str(&format!("        [{i}]:\n            flags:\n"));
-            for (n, flag) in bitmap_flags(e).iter().enumerate() {
-                s.push_str(&format!("                [{n}]: {flag}\n"));
-            }
-            s.push_str(&format!(
-                "            name: {}\n            granularity: {}\n",
-                display_name(&e.name),
-                1u64 << e.granularity_bits
-            ));
-        }
-    }
-    s.push_str(&format!(
-        "    refcount bits: {}\n",
-        1u64 << h.refcount_order
-    ));
-    if let Some(name) = data_file.filter(|_| h.version >= 3) {
-        s.push_str(&format!("    data file: {name}\n"));
-    }
-    if h.crypt_method == 1 {
-        s.push_str("    encrypt:\n        format: aes\n");
-    }
-    if h.version >= 3 && h.incompatible_features & INCOMPAT_DATA_FILE != 0 {
-        let raw = h.autoclear_features & AUTOCLEAR_DATA_FILE_RAW != 0;
-        s.push_str(&format!("    data file raw: {raw}\n"));
-    }
-    if h.version >= 3 {
-        s.push_str(&format!(
-            "    corrupt: {}\n",
-            h.incompatible_features & INCOMPAT_CORRUPT != 0
-        ));
-        s.push_str(&format!("    extended l2: {}\n", h.extended_l2()));
-    }
-    s
+/// `Format specific information:` lines (indented by four spaces, each ending in a newline):
+/// qemu-img prints the same object as the JSON, as text.
+pub fn format_specific(
+    h: &Header,
+    data_file: Option<&str>,
+    bitmaps: &[DirEntry],
+    luks: Option<&LuksInfo>,
+) -> String {
+    crate::img::json::human(&format_specific_json(h, data_file, bitmaps, luks), 1)
 }
 
-/// `ImageInfoSpecificQCow2` as JSON.
 /// A bitmap's flags as `info` names them.
 fn bitmap_flags(e: &DirEntry) -> Vec<&'static str> {
     [(FLAG_IN_USE, "in-use"), (FLAG_AUTO, "auto")]
@@ -124,10 +83,12 @@ fn bitmap_flags(e: &DirEntry) -> Vec<&'static str> {
         .collect()
 }
 
+/// `ImageInfoSpecificQCow2` as JSON.
 pub fn format_specific_json(
     h: &Header,
     data_file: Option<&str>,
     bitmaps: &[DirEntry],
+    luks: Option<&LuksInfo>,
 ) -> crate::img::json::Json {
     use crate::img::json::{Json, dict};
     let v3 = h.version >= 3;
@@ -163,7 +124,11 @@ pub fn format_specific_json(
         ("refcount-bits", Some(Json::Int(1i64 << h.refcount_order))),
         (
             "encrypt",
-            (h.crypt_method == 1).then(|| dict(vec![("format", Some(Json::Str("aes".into())))])),
+            match (h.crypt_method, luks) {
+                (1, _) => Some(dict(vec![("format", Some(Json::Str("aes".into())))])),
+                (_, Some(luks)) => Some(luks_json(luks)),
+                _ => None,
+            },
         ),
         (
             "bitmaps",
@@ -191,6 +156,42 @@ pub fn format_specific_json(
             }),
         ),
         ("compression-type", Some(Json::Str(ct.into()))),
+    ])
+}
+
+/// `encrypt` of qcow2's format-specific information (ImageInfoSpecificQCow2Encryption
+/// with its LUKS branch), members in QAPI order.
+fn luks_json(luks: &LuksInfo) -> crate::img::json::Json {
+    use crate::img::json::{Json, dict};
+    let int = |v: u64| Some(Json::Int(v as i64));
+    let str = |s: &str| Some(Json::Str(s.into()));
+    dict(vec![
+        ("format", str("luks")),
+        ("cipher-alg", str(luks.cipher_alg)),
+        ("cipher-mode", str(luks.cipher_mode)),
+        ("ivgen-alg", str(luks.ivgen_alg)),
+        ("ivgen-hash-alg", luks.ivgen_hash_alg.and_then(str)),
+        ("hash-alg", str(luks.hash_alg)),
+        ("detached-header", Some(Json::Bool(false))),
+        ("payload-offset", int(luks.payload_offset)),
+        ("master-key-iters", int(u64::from(luks.master_key_iters))),
+        ("uuid", Some(Json::Str(luks.uuid.clone()))),
+        (
+            "slots",
+            Some(Json::List(
+                luks.slots
+                    .iter()
+                    .map(|s| {
+                        dict(vec![
+                            ("active", Some(Json::Bool(s.active))),
+                            ("iters", s.active.then(|| Json::Int(i64::from(s.iters)))),
+                            ("stripes", s.active.then(|| Json::Int(i64::from(s.stripes)))),
+                            ("key-offset", int(s.key_offset)),
+                        ])
+                    })
+                    .collect(),
+            )),
+        ),
     ])
 }
 
@@ -303,11 +304,11 @@ mod tests {
             ..Header::default()
         };
         assert_eq!(
-            format_specific(&h, None, &[]),
+            format_specific(&h, None, &[], None),
             "    compat: 0.10\n    compression type: zlib\n    refcount bits: 16\n"
         );
         h.version = 3;
         h.compatible_features = 1;
-        assert!(format_specific(&h, None, &[]).contains("    lazy refcounts: true\n"));
+        assert!(format_specific(&h, None, &[], None).contains("    lazy refcounts: true\n"));
     }
 }
