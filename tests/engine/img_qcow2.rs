@@ -720,6 +720,25 @@ fn info_of_luks_images_matches_qemu_img() {
         }
     }
     assert_all(failures, 6);
+    // with its key, QEMU reads the image; this engine says plainly that it cannot
+    let keyed = "driver=qcow2,encrypt.key-secret=s,file.filename=l.qcow2";
+    let args = [
+        "--object",
+        "secret,id=s,data=pw",
+        "--image-opts",
+        "-c",
+        "read 0 4k",
+        keyed,
+    ];
+    assert_eq!(tool("qemu-io", &args, d).2, 0);
+    let (text, rc) = qemu_io(&args, d);
+    assert_eq!(
+        (text.as_str(), rc),
+        (
+            "qemu-io: can't open: blockfault: reading or writing an encrypted qcow2 image is not supported by this engine (img info shows it)\n",
+            1
+        )
+    );
 }
 
 #[test]

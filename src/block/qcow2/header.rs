@@ -409,11 +409,13 @@ pub fn check_encryption(h: &Header) -> Result<(), OpenError> {
 pub fn open_encryption(
     h: &Header,
     crypto_header: Option<(u64, u64)>,
-    no_io: bool,
+    crypto: CryptoOpen,
 ) -> Result<(), OpenError> {
     match (h.crypt_method, crypto_header) {
-        (1, _) if no_io => Ok(()),
-        (1, _) => Err(key_secret_required()),
+        (1, _) => match crypto {
+            CryptoOpen::Keyed { key_given } => Err(no_key(key_given)),
+            _ => Ok(()),
+        },
         (2, None) => Err((
             "Missing CRYPTO header for crypt method 2".into(),
             libc::EINVAL,
@@ -430,8 +432,9 @@ pub enum CryptoOpen {
     Skip,
     /// an open that does no I/O (`qemu-img info`): the header is read and checked, no key
     Keyless,
-    /// an open that serves I/O needs the key, which this engine is never given
-    Keyed,
+    /// an open that serves I/O needs the key; this engine cannot use one (`key_given`: the
+    /// options named one)
+    Keyed { key_given: bool },
 }
 
 /// The LUKS header behind a CRYPTO header extension, opened as `crypto` says.
@@ -443,7 +446,7 @@ fn open_luks(
 ) -> Result<Option<LuksInfo>, OpenError> {
     match crypto {
         CryptoOpen::Skip => return Ok(None),
-        CryptoOpen::Keyed => return Err(key_secret_required()),
+        CryptoOpen::Keyed { key_given } => return Err(no_key(key_given)),
         CryptoOpen::Keyless => {}
     }
     let einval = |m: String| (m, libc::EINVAL);
@@ -458,11 +461,14 @@ fn open_luks(
     luks_header::parse(&raw).map(Some).map_err(einval)
 }
 
-fn key_secret_required() -> OpenError {
-    (
-        "Parameter 'encrypt.key-secret' is required for cipher".to_string(),
-        libc::EINVAL,
-    )
+/// An open that needs the key: QEMU's error without one; with one, this engine's limit.
+fn no_key(key_given: bool) -> OpenError {
+    let message = if key_given {
+        "blockfault: reading or writing an encrypted qcow2 image is not supported by this engine (img info shows it)"
+    } else {
+        "Parameter 'encrypt.key-secret' is required for cipher"
+    };
+    (message.to_string(), libc::EINVAL)
 }
 
 /// The header extensions as qcow2_read_extensions keeps them.
@@ -927,20 +933,33 @@ mod tests {
         );
         h.crypt_method = 1;
         assert!(check_encryption(&h).is_ok());
-        assert!(open_encryption(&h, None, true).is_ok());
+        let keyed = CryptoOpen::Keyed { key_given: false };
+        assert!(open_encryption(&h, None, CryptoOpen::Keyless).is_ok());
         let no_key = "Parameter 'encrypt.key-secret' is required for cipher";
-        assert_eq!(open_encryption(&h, None, false).unwrap_err().0, no_key);
+        assert_eq!(open_encryption(&h, None, keyed).unwrap_err().0, no_key);
+        let given = CryptoOpen::Keyed { key_given: true };
+        assert!(
+            open_encryption(&h, None, given)
+                .unwrap_err()
+                .0
+                .starts_with("blockfault: ")
+        );
         h.crypt_method = 2;
         assert_eq!(
-            open_encryption(&h, None, true).unwrap_err().0,
+            open_encryption(&h, None, CryptoOpen::Keyless)
+                .unwrap_err()
+                .0,
             "Missing CRYPTO header for crypt method 2"
         );
         // a LUKS header is opened where its extension is read
-        assert!(open_encryption(&h, Some((0, 0)), false).is_ok());
+        assert!(open_encryption(&h, Some((0, 0)), keyed).is_ok());
         let f = Mem(vec![0; 4096]);
-        assert_eq!(
-            open_luks(&f, 0, 0, CryptoOpen::Keyed).unwrap_err().0,
-            no_key
+        assert_eq!(open_luks(&f, 0, 0, keyed).unwrap_err().0, no_key);
+        assert!(
+            open_luks(&f, 0, 0, given)
+                .unwrap_err()
+                .0
+                .starts_with("blockfault: ")
         );
         assert_eq!(open_luks(&f, 0, 0, CryptoOpen::Skip).unwrap(), None);
         assert_eq!(

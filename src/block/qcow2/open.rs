@@ -160,10 +160,10 @@ pub fn open_metadata(
     let crypto = if no_io {
         header::CryptoOpen::Keyless
     } else {
-        header::CryptoOpen::Keyed
+        header::CryptoOpen::Keyed { key_given: false }
     };
     let ex = header::read_extensions(file, &o.h, u64::from(o.h.header_length), o.ext_end, crypto)?;
-    header::open_encryption(&o.h, ex.crypto_header, no_io)?;
+    header::open_encryption(&o.h, ex.crypto_header, crypto)?;
     let backing_file = header::read_backing_name(file, &o.h)?;
     // as qcow2_do_open: a broken snapshot table fails every open but a check's
     if !check {
@@ -283,13 +283,10 @@ fn open_inner(
         .chunks_exact(8)
         .map(|c| u64::from_be_bytes(c.try_into().expect("8")))
         .collect();
-    let ex = header::read_extensions(
-        &node_file,
-        &h,
-        u64::from(h.header_length),
-        ext_end,
-        header::CryptoOpen::Keyed,
-    )?;
+    let crypto = header::CryptoOpen::Keyed {
+        key_given: rt.encrypt_key_secret,
+    };
+    let ex = header::read_extensions(&node_file, &h, u64::from(h.header_length), ext_end, crypto)?;
     if ex.bitmaps_dropped {
         ctx.console.report(if h.version < 3 {
             "warning: This qcow2 v2 image contains bitmaps, but they may have been modified by a program without persistent bitmap support; so now they must all be considered inconsistent"
@@ -318,7 +315,7 @@ fn open_inner(
         None
     };
     // the driver's opens all do I/O
-    header::open_encryption(&h, ex.crypto_header, false)?;
+    header::open_encryption(&h, ex.crypto_header, crypto)?;
     let backing_file = header::read_backing_name(&node_file, &h)?;
     let backing = header::backing_of(backing_file.as_deref(), ex.backing_format.as_deref());
     // A check reads the snapshot table itself (a broken table is what it reports).

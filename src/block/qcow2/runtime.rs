@@ -60,6 +60,9 @@ pub struct Runtime {
     /// seconds between cache cleanings (0: never). The cleaning runs on QEMU's virtual clock,
     /// which never runs in qemu-io (no guest is started), so it never happens there.
     pub cache_clean_interval: u64,
+    /// `encrypt.key-secret` was given: the key to an encrypted image, which this engine
+    /// cannot use
+    pub encrypt_key_secret: bool,
 }
 
 /// QEMU's qcow2_runtime_opts.
@@ -156,12 +159,13 @@ pub fn parse(
     encrypted: bool,
 ) -> Result<Runtime, String> {
     // encrypt.* belongs to the encryption layer, whatever the keys.
-    let encrypt_format = match take_flat(opts, "encrypt") {
-        Some(serde_json::Value::Object(m)) => m
-            .get("format")
-            .and_then(crate::block::options::scalar_string),
-        _ => None,
+    let encrypt = match take_flat(opts, "encrypt") {
+        Some(serde_json::Value::Object(m)) => m,
+        _ => Default::default(),
     };
+    let encrypt_format = encrypt
+        .get("format")
+        .and_then(crate::block::options::scalar_string);
     let o = absorb(opts, &option_list())?;
     let cache = CacheOptions {
         cache_size: o.number("cache-size"),
@@ -212,6 +216,7 @@ pub fn parse(
         discard_passthrough,
         discard_no_unref,
         cache_clean_interval,
+        encrypt_key_secret: encrypt.contains_key("key-secret"),
     })
 }
 

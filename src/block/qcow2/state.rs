@@ -540,6 +540,7 @@ pub(crate) mod tests {
                 discard_passthrough: [false; 5],
                 discard_no_unref: false,
                 cache_clean_interval: 0,
+                encrypt_key_secret: false,
             },
             overlap_check: 0,
             snapshots: Vec::new(),
