@@ -3,6 +3,8 @@
 //! algorithm names are resolved to QEMU's names and its key slots are checked for damage. The
 //! result is what `info` shows under `encrypt:`.
 
+use crate::block::qcow2::header::{be16, be32};
+
 /// The on-disk header without the key material: magic, version, three names, offsets, digest,
 /// salt, iterations, UUID and eight 48-byte key slots.
 pub const HEADER_LEN: usize = 592;
@@ -78,14 +80,6 @@ const HASHES: &[(&str, u64)] = &[
     ("ripemd160", 20),
     ("sm3", 32),
 ];
-
-fn be16(b: &[u8], at: usize) -> u16 {
-    u16::from_be_bytes(b[at..at + 2].try_into().expect("2 bytes"))
-}
-
-fn be32(b: &[u8], at: usize) -> u32 {
-    u32::from_be_bytes(b[at..at + 4].try_into().expect("4 bytes"))
-}
 
 /// A name field (32 bytes, checked to hold a NUL) up to its NUL.
 fn c_str(h: &[u8], at: usize) -> &[u8] {
