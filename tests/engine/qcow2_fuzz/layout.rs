@@ -129,6 +129,42 @@ impl Layout {
     }
 }
 
+/// A LUKS header's fields (names by their first bytes; key slots in 48-byte records).
+fn luks_header(l: &mut Layout, off: u64) {
+    let Some(t) = l.push_struct("luks_header", off, 592) else {
+        return;
+    };
+    let o = l.structs[t].off;
+    let fields: &[(&'static str, u64, u32, Kind)] = &[
+        ("luks_magic", 0, 4, Kind::Other),
+        ("luks_version", 6, 2, Kind::Other),
+        ("luks_cipher_name", 8, 4, Kind::Other),
+        ("luks_cipher_mode", 40, 8, Kind::Other),
+        ("luks_hash_spec", 72, 8, Kind::Other),
+        ("luks_payload_offset", 104, 4, Kind::Count),
+        ("luks_key_bytes", 108, 4, Kind::Count),
+        ("luks_master_key_iters", 164, 4, Kind::Count),
+        ("luks_uuid", 168, 8, Kind::Other),
+    ];
+    for &(class, at, bytes, kind) in fields {
+        l.field(class, class.to_string(), o + at, bytes, kind);
+    }
+    for k in 0..8 {
+        let s = o + 208 + 48 * k;
+        let name = |f: &str| format!("LUKS key slot {k} {f}");
+        l.field("luks_slot_active", name("active"), s, 4, Kind::Flags);
+        l.field("luks_slot_iters", name("iterations"), s + 4, 4, Kind::Count);
+        l.field(
+            "luks_slot_offset",
+            name("key offset"),
+            s + 40,
+            4,
+            Kind::Count,
+        );
+        l.field("luks_slot_stripes", name("stripes"), s + 44, 4, Kind::Count);
+    }
+}
+
 pub fn parse(b: &[u8]) -> Layout {
     let mut l = Layout {
         file_len: b.len() as u64,
@@ -271,6 +307,25 @@ pub fn parse(b: &[u8]) -> Layout {
                     l.entries(b, t, "bitmap_table_entry", 8);
                 }
             }
+        }
+        if ty == 0x0537_be77 {
+            // CRYPTO header: where the LUKS header is and how long
+            let d = at + 8;
+            l.field(
+                "crypto_offset",
+                "crypto header offset".into(),
+                d,
+                8,
+                Kind::Offset,
+            );
+            l.field(
+                "crypto_length",
+                "crypto header length".into(),
+                d + 8,
+                8,
+                Kind::Count,
+            );
+            luks_header(&mut l, be(b, d, 8));
         }
         at = at.saturating_add(8 + len.div_ceil(8) * 8);
     }

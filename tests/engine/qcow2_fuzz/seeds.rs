@@ -1,7 +1,8 @@
 //! The base images every case mutates, made by the real qemu-img and qemu-io once per test run:
 //! v2 and v3, cluster sizes 512 B..64 KiB, refcount widths 1..64 bits, data, zero and compressed
 //! clusters (zlib and zstd), internal snapshots, vmstate, a backing file, external data files
-//! (raw and not), extended L2 entries, lazy refcounts, a persistent bitmap.
+//! (raw and not), extended L2 entries, lazy refcounts, a persistent bitmap, LUKS encryption
+//! (which only `info` opens without the key).
 
 use super::layout::{self, Layout};
 use std::path::Path;
@@ -434,6 +435,35 @@ pub const SPECS: &[Spec] = &[
             ],
             &[IO, "-f", "qcow2", "-c", "write -P 8 0 128k", "img.qcow2"],
             &[IMG, "bitmap", "--add", "img.qcow2", "b0"],
+        ],
+    },
+    Spec {
+        name: "v3-4k-luks",
+        steps: &[
+            &[
+                IMG,
+                "create",
+                "-q",
+                "--object",
+                "secret,id=s,data=pw",
+                "-f",
+                "qcow2",
+                "-o",
+                "cluster_size=4096,encrypt.format=luks,encrypt.key-secret=s,encrypt.iter-time=10",
+                "img.qcow2",
+                "4M",
+            ],
+            &[
+                IO,
+                "--object",
+                "secret,id=s,data=pw",
+                "--image-opts",
+                "-c",
+                "write -P 1 0 64k",
+                "-c",
+                "write -z 1M 64k",
+                "driver=qcow2,encrypt.key-secret=s,file.filename=img.qcow2",
+            ],
         ],
     },
 ];
