@@ -77,6 +77,11 @@ pub fn run(
     let mut timed_out = false;
     let mut nap = Duration::from_micros(200);
     let status_file = format!("/proc/{pid}/status");
+    // the name the kernel gives the process once it runs the program (at most 15 bytes)
+    let comm: String = program
+        .file_name()
+        .map(|n| n.to_string_lossy().chars().take(15).collect())
+        .unwrap_or_default();
     let mut max_rss_kib = 0;
     loop {
         // The peak resident set of the program itself: the high-water mark of its address space
@@ -85,7 +90,7 @@ pub fn run(
         // address-space limit backstops those.
         if let Some(hwm) = std::fs::read_to_string(&status_file)
             .ok()
-            .and_then(|s| vm_hwm_kib(&s))
+            .and_then(|s| vm_hwm_kib(&s, &comm))
         {
             max_rss_kib = max_rss_kib.max(hwm);
         }
@@ -126,7 +131,25 @@ pub fn run(
     })
 }
 
-fn vm_hwm_kib(status: &str) -> Option<u64> {
+/// The peak resident set in a /proc status, once the process runs the program named `comm`:
+/// until the shell's exec, the child shares or copies the test process's memory (spawn may
+/// use vfork), whose high-water mark is not the program's.
+fn vm_hwm_kib(status: &str, comm: &str) -> Option<u64> {
+    let name = status.lines().find_map(|l| l.strip_prefix("Name:"))?;
+    if name.trim() != comm {
+        return None;
+    }
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[test]
+fn memory_counts_only_once_the_program_runs() {
+    let status = |name: &str| format!("Name:\t{name}\nUmask:\t0022\nVmHWM:\t  262144 kB\n");
+    assert_eq!(vm_hwm_kib(&status("engine-0cbbd6b5"), "blockfault"), None);
+    assert_eq!(vm_hwm_kib(&status("sh"), "blockfault"), None);
+    assert_eq!(
+        vm_hwm_kib(&status("blockfault"), "blockfault"),
+        Some(262144)
+    );
 }
