@@ -286,6 +286,14 @@ impl<F: ImageFile> Checker<F> {
         Ok(img)
     }
 
+    /// Takes the driver's active L1 table and refcount table, read at its open: QEMU's check
+    /// works on those in-memory copies, which a header update at the open (clearing unknown
+    /// autoclear bits) does not change even where the tables lie over the header.
+    pub fn use_opened_tables(&mut self, l1: Vec<u64>, reftable: Vec<u64>) {
+        self.l1 = l1;
+        self.reftable = reftable;
+    }
+
     /// The header fields as they are now (a rebuild moves the refcount table).
     pub fn header(&self) -> &Header {
         &self.header
