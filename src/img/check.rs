@@ -202,6 +202,7 @@ impl Img<'_> {
         if let Some(driver) = node.driver_as::<Qcow2>() {
             let (l1, reftable) = driver.opened_tables();
             img.use_opened_tables(l1, reftable);
+            img.use_header_rest(driver.header_rest());
         }
         let say = |text: &str| {
             if !quiet {

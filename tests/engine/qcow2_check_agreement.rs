@@ -927,3 +927,38 @@ fn refcount_table_over_a_header_the_open_rewrites_agrees() {
     assert_eq!(std::fs::read(&b).unwrap(), std::fs::read(&q).unwrap());
     recheck_agrees(&case);
 }
+
+/// A virtual size short of a whole sector and an L1 entry pointing its L2 table at the
+/// header (fuzz seed 0x9a0acc3e412c): the repair's write into the header is refused, and
+/// marking the image corrupt rewrites the whole header as QEMU's qcow2_update_header does,
+/// with the size rounded down to whole sectors (so the re-check no longer reads the old size
+/// as an L2 entry). The open's own header rewrite (an unknown autoclear bit) rounds it too.
+#[test]
+fn header_rewrites_write_the_size_in_whole_sectors_agree() {
+    if !have_qemu() {
+        return;
+    }
+    let case = Case::new(
+        "qemu-img create -q -f qcow2 -o cluster_size=4096 base.qcow2 4M && qemu-io -c 'write -P 11 0 1M' base.qcow2 >/dev/null && qemu-img create -q -f qcow2 -o cluster_size=4096 -b base.qcow2 -F qcow2 t.qcow2 && qemu-io -c 'write -P 12 6k 1k' -c 'write -z 64k 4k' t.qcow2 >/dev/null",
+    );
+    let img = case.path("t.qcow2");
+    let pristine = std::fs::read(&img).unwrap();
+    poke(&img, 24, &0x3f_ffffu64.to_be_bytes());
+    let l1 = be64_at(&img, 40);
+    poke(&img, l1 + 8, &1u64.to_be_bytes());
+    let (_, err, rc) = case.agree(&["-r", "all"], &[]);
+    assert_eq!(rc, 1);
+    assert!(err.contains("(overlaps with qcow2_header)"), "{err}");
+    let (q, b) = (case.path("q/t.qcow2"), case.path("b/t.qcow2"));
+    assert_eq!(std::fs::read(&b).unwrap(), std::fs::read(&q).unwrap());
+    recheck_agrees(&case);
+
+    std::fs::write(&img, &pristine).unwrap();
+    poke(&img, 24, &0x3f_ffffu64.to_be_bytes());
+    poke(&img, 88, &(1u64 << 8).to_be_bytes());
+    for mode in [&["-r", "leaks"][..], &["-r", "all"]] {
+        case.agree(mode, &[]);
+        assert_eq!(std::fs::read(&b).unwrap(), std::fs::read(&q).unwrap());
+        assert_eq!(be64_at(&b, 24), 0x3f_fe00);
+    }
+}
