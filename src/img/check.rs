@@ -199,6 +199,11 @@ impl Img<'_> {
                 return 1;
             }
         };
+        if let Some(driver) = node.driver_as::<Qcow2>() {
+            let (l1, reftable) = driver.opened_tables();
+            img.use_opened_tables(l1, reftable);
+            img.use_header_rest(driver.header_rest());
+        }
         let say = |text: &str| {
             if !quiet {
                 self.console.out(text);

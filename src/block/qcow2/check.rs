@@ -55,6 +55,18 @@ pub struct CheckResult {
     pub compressed_clusters: u64,
 }
 
+/// What QEMU's qcow2_update_header writes besides the header fields the check keeps: the
+/// parts only the driver whose open the check runs under knows.
+pub struct HeaderRest {
+    pub unknown_fields: Vec<u8>,
+    pub backing_format: Option<String>,
+    pub backing_file: Option<String>,
+    /// the external data file's name, when the image has one
+    pub data_file: Option<String>,
+    /// the extensions after the feature table, in the order they are written
+    pub exts: Vec<(u32, Vec<u8>)>,
+}
+
 /// A snapshot's L1 table as listed in the snapshot table.
 #[derive(Clone, Debug)]
 struct Snapshot {
@@ -120,6 +132,9 @@ pub struct Checker<F: ImageFile> {
     /// QEMU's free_cluster_index: where the next search for free clusters starts (past the
     /// last allocation, lowered by a refcount dropping to 0)
     free_cluster_index: u64,
+    /// the rest of a header rewrite; without it (the open's repair of a dirty image) only
+    /// the feature bits are written
+    header_rest: Option<HeaderRest>,
 }
 
 const CHECK_FRAG_INFO: u32 = 2;
@@ -272,6 +287,7 @@ impl<F: ImageFile> Checker<F> {
             log: Vec::new(),
             bitmaps: None,
             free_cluster_index: 0,
+            header_rest: None,
         };
         // the bitmaps extension as the open found it (a bad one fails the open first)
         let ext_end = if img.header.backing_file_offset != 0 {
@@ -290,6 +306,48 @@ impl<F: ImageFile> Checker<F> {
         .ok()
         .and_then(|ex| ex.bitmaps);
         Ok(img)
+    }
+
+    /// Takes the driver's active L1 table and refcount table, read at its open: QEMU's check
+    /// works on those in-memory copies, which a header update at the open (clearing unknown
+    /// autoclear bits) does not change even where the tables lie over the header.
+    pub fn use_opened_tables(&mut self, l1: Vec<u64>, reftable: Vec<u64>) {
+        self.l1 = l1;
+        self.reftable = reftable;
+    }
+
+    /// Lets the check rewrite the whole header where QEMU's does (marking the image corrupt,
+    /// clean or consistent), with the parts of it the driver's open knows.
+    pub fn use_header_rest(&mut self, rest: HeaderRest) {
+        self.header_rest = Some(rest);
+    }
+
+    /// QEMU's qcow2_update_header: cluster 0 written anew from the fields as they are now
+    /// (no overlap check). Without the driver's parts, only the feature bits of a v3 header.
+    fn update_header(&mut self) -> Result<(), i32> {
+        let Some(rest) = &self.header_rest else {
+            if self.header.version >= 3 {
+                self.file
+                    .write_at(72, &self.header.incompatible_features.to_be_bytes())?;
+            }
+            return Ok(());
+        };
+        let cs = self.cs();
+        let h = Header {
+            refcount_table_clusters: (self.reftable.len() as u64 * 8 / cs) as u32,
+            ..self.header.clone()
+        };
+        let buf = super::header::build(&super::header::HeaderImage {
+            h: &h,
+            cluster_size: cs as usize,
+            unknown_fields: &rest.unknown_fields,
+            backing_format: rest.backing_format.as_deref(),
+            backing_file: rest.backing_file.as_deref(),
+            data_file: rest.data_file.as_deref(),
+            unknown_exts: &rest.exts,
+        })
+        .ok_or(libc::ENOSPC)?;
+        self.file.write_at(0, &buf)
     }
 
     /// The header fields as they are now (a rebuild moves the refcount table).
@@ -720,12 +778,9 @@ impl<F: ImageFile> Checker<F> {
             self.err(format!(
                 "qcow2: Marking image as corrupt: {what}; further corruption events will be suppressed"
             ));
-            if self.header.version >= 3 {
-                self.header.incompatible_features |= INCOMPAT_CORRUPT;
-                let _ = self
-                    .file
-                    .write_at(72, &self.header.incompatible_features.to_be_bytes());
-            }
+            // qcow2_mark_corrupt, whose failure QEMU ignores
+            self.header.incompatible_features |= INCOMPAT_CORRUPT;
+            let _ = self.update_header();
         } else {
             self.err(format!(
                 "qcow2: Image is corrupt: {what}; further non-fatal corruption events will be suppressed"
@@ -1040,11 +1095,11 @@ impl<F: ImageFile> Checker<F> {
             put64(l2, i * 8, OFLAG_ZERO);
         }
         let at = l2_offset + (i * esize) as u64;
-        // the entry lies in an L2 table of its own kind, which is not checked (the checker
-        // never checks inactive L2 tables, as QEMU's default overlap checks do not)
-        if let Some(what) = self.overlapped_metadata(at, esize as u64)
-            && !(active && what == "active L2 table")
-        {
+        // the entry lies in an L2 table of its own kind, whose check is left out (inactive
+        // L2 tables are never checked, as QEMU's default overlap checks leave them out); the
+        // checks after it still apply (a refcount block listed over the same cluster)
+        let ignored = if active { "active L2 table" } else { "" };
+        if let Some(what) = self.overlapped_metadata_except(at, esize as u64, ignored) {
             self.signal_corruption(&format!(
                 "Preventing invalid write on metadata (overlaps with {what})"
             ));
@@ -1926,18 +1981,16 @@ impl<F: ImageFile> Checker<F> {
         std::mem::take(&mut self.log)
     }
 
-    /// Clears the dirty and corrupt bits after a successful repair (`qcow2_mark_clean`,
-    /// `qcow2_mark_consistent`): only the incompatible-features field changes.
+    /// Clears the dirty and then the corrupt bit after a successful repair
+    /// (`qcow2_mark_clean`, `qcow2_mark_consistent`): each one that is set flushes the caches
+    /// and rewrites the header.
     pub fn mark_clean(&mut self) -> Result<(), i32> {
-        let bits = INCOMPAT_DIRTY | INCOMPAT_CORRUPT;
-        if self.header.incompatible_features & bits != 0 {
-            // both flush the caches first (qcow2_flush_caches)
-            self.flush_refblocks()?;
-        }
-        if self.header.version >= 3 && self.header.incompatible_features & bits != 0 {
-            self.header.incompatible_features &= !bits;
-            self.file
-                .write_at(72, &self.header.incompatible_features.to_be_bytes())?;
+        for bit in [INCOMPAT_DIRTY, INCOMPAT_CORRUPT] {
+            if self.header.incompatible_features & bit != 0 {
+                self.flush_refblocks()?;
+                self.header.incompatible_features &= !bit;
+                self.update_header()?;
+            }
         }
         Ok(())
     }

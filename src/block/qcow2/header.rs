@@ -739,7 +739,8 @@ pub fn build(img: &HeaderImage<'_>) -> Option<Vec<u8>> {
     b.extend_from_slice(&0u64.to_be_bytes());
     b.extend_from_slice(&0u32.to_be_bytes());
     b.extend_from_slice(&h.cluster_bits.to_be_bytes());
-    b.extend_from_slice(&h.size.to_be_bytes());
+    // QEMU writes its sector count (the size as opened, rounded down to whole sectors)
+    b.extend_from_slice(&(h.size / 512 * 512).to_be_bytes());
     b.extend_from_slice(&h.crypt_method.to_be_bytes());
     b.extend_from_slice(&h.l1_size.to_be_bytes());
     b.extend_from_slice(&h.l1_table_offset.to_be_bytes());

@@ -169,6 +169,20 @@ impl Qcow2 {
             .collect()
     }
 
+    /// What a check under this open needs to rewrite the header as [`Self::update_header`]
+    /// does: the parts besides the fixed fields.
+    pub fn header_rest(&self) -> check::HeaderRest {
+        let exts = self.trailing_exts();
+        let st = self.st.borrow();
+        check::HeaderRest {
+            unknown_fields: st.unknown_fields.clone(),
+            backing_format: st.backing_format.clone(),
+            backing_file: st.backing_file.clone(),
+            data_file: st.data_file_name.clone().filter(|_| st.data_file),
+            exts,
+        }
+    }
+
     /// Rewrites cluster 0 (QEMU's qcow2_update_header).
     pub async fn update_header(&self, node: &Node) -> IoResult {
         let exts = self.trailing_exts();

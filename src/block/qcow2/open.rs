@@ -516,6 +516,13 @@ fn read_snapshots(file: &impl ImageFile, h: &Header) -> Result<(Vec<(u64, u32)>,
 }
 
 impl Qcow2 {
+    /// The active L1 table and the refcount table as the open read them, before any header
+    /// update of the open could change them in the file: what QEMU's check works with.
+    pub fn opened_tables(&self) -> (Vec<u64>, Vec<u64>) {
+        let st = self.st.borrow();
+        (st.l1.to_vec(), st.reftable.to_vec())
+    }
+
     /// After `qemu-img check` ran its checker on the file under this open node: the driver
     /// takes up what the check read and changed, as QEMU's check and close share one
     /// BDRVQcow2State — the refcount table (a rebuild moves it), the active L1 table

@@ -6,7 +6,7 @@
 //! or a finding in the findings list); delete it when that lands.
 
 use super::case::Case;
-use super::check::{Failure, Kind};
+use super::check::Failure;
 
 pub struct Exclusion {
     pub name: &'static str,
@@ -17,16 +17,7 @@ pub struct Exclusion {
     pub failure: fn(&Failure) -> bool,
 }
 
-pub const EXCLUSIONS: &[Exclusion] = &[Exclusion {
-    name: "repair with the refcount table over another table",
-    waits_for: "issue 13, found by CI-sized runs after C1/C2 were fixed (already failing on \
-                096a0a9): refcount_table_offset pointed at another metadata table (seed \
-                0xa137e96ae529: at the snapshot's L1 table, plus an unaligned L1 entry); after \
-                `-r all` qemu-img's re-check finds 194 corruptions (exit 1), ours 1 corruption \
-                and 1 leak (exit 2)",
-    case: |c| c.mutates("refcount_table_offset", Some("point_at")),
-    failure: |f| f.kind == Kind::RepairDisagrees,
-}];
+pub const EXCLUSIONS: &[Exclusion] = &[];
 
 /// The exclusion (other than `except`) that covers `f` in `case`, if any.
 pub fn covering(case: &Case, f: &Failure, except: Option<&str>) -> Option<&'static Exclusion> {
