@@ -264,6 +264,16 @@ impl Qcow2 {
         self.st.borrow_mut().cache(c).put(i);
     }
 
+    /// Whether a refcount block covers the cluster. Clusters without one have refcount 0 and
+    /// cost QEMU no cache lookup, so loops over the file's clusters (which a corrupt offset can
+    /// make terabytes long) skip a missing block's whole range at once and answer the same.
+    pub fn has_refcount_block(&self, cluster_index: u64) -> bool {
+        let st = self.st.borrow();
+        st.reftable
+            .get((cluster_index >> st.refcount_block_bits) as usize)
+            .is_some_and(|e| e & REFT_OFFSET_MASK != 0)
+    }
+
     /// A cluster's refcount, read through the refcount cache without an event.
     pub async fn get_refcount(&self, node: &Node, cluster_index: u64) -> IoResult<u64> {
         let (ti, off, idx, order) = {

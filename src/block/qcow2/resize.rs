@@ -351,17 +351,9 @@ impl Qcow2 {
             // Clusters without a refcount block have refcount 0 and cost QEMU no cache lookup:
             // skipping them at once answers the same, in time bounded by the refcount
             // structures rather than by a file a corrupt offset made terabytes long.
-            let absent = {
-                let st = self.st.borrow();
-                let ti = (i - 1) >> st.refcount_block_bits;
-                let present = st
-                    .reftable
-                    .get(ti as usize)
-                    .is_some_and(|e| e & REFT_OFFSET_MASK != 0);
-                (!present).then_some(ti << st.refcount_block_bits)
-            };
-            if let Some(block_start) = absent {
-                i = block_start;
+            if !self.has_refcount_block(i - 1) {
+                let bits = self.st.borrow().refcount_block_bits;
+                i = ((i - 1) >> bits) << bits;
                 continue;
             }
             i -= 1;
