@@ -376,3 +376,28 @@ fn block_status_that_stops_the_driver() {
         compare_with_qemu("stopped-in-status", script, &unaligned, cmds, false);
     }
 }
+
+/// The last refcount table entry given only its reserved low bit (found by the fuzzer, seed
+/// 0x4e72a113a510): shrinking drops the entry as covering nothing and then discards its
+/// refcount block at offset 0, where QEMU asserts (qcow2_discard_refcount_block).
+#[test]
+fn shrink_discards_a_refcount_block_at_offset_0() {
+    if !have_qemu() {
+        return;
+    }
+    let script = "qemu-img create -q -f qcow2 -o lazy_refcounts=on \"$1\" 8M && \
+        qemu-io -c 'write -P 8 0 128k' \"$1\" >/dev/null";
+    let reserved_bit_only = |img: &mut Vec<u8>| {
+        let table = be64_at(img, 48) as usize;
+        let clusters = u32::from_be_bytes(img[56..60].try_into().unwrap()) as usize;
+        let last = table + clusters * 65536 - 8;
+        img[last..last + 8].copy_from_slice(&1u64.to_be_bytes());
+    };
+    compare_with_qemu(
+        "reftable-reserved-bit",
+        script,
+        &reserved_bit_only,
+        &["truncate 4M"],
+        true,
+    );
+}

@@ -308,6 +308,14 @@ impl Qcow2 {
             .await;
             return Err(libc::EIO);
         }
+        if block == 0 {
+            // a refcount table entry with only reserved bits set: its refblock "offset" is 0
+            self.qemu_aborts(
+                "the image is corrupt: a refcount block at offset 0 is to be discarded",
+                "qcow2_discard_refcount_block",
+            );
+            return Err(libc::EIO);
+        }
         let idx = (ci & (rbs - 1)) as usize;
         let slot = self
             .cache_get(node, CacheKind::Refcount, covering, true)
