@@ -880,3 +880,33 @@ fn failed_free_of_the_old_snapshot_table_is_undone_agrees() {
     let (mine, theirs) = recheck_both(&case);
     assert_eq!(mine, theirs, "re-check of ours (left) vs qemu-img's repair");
 }
+
+/// refcount_table_clusters 0 (found by the fuzzer, seed 0x4e72a113a80a): a check may open it,
+/// finds the refcounts need a rebuild, and `-r leaks` fails; the close then stores the bitmap,
+/// whose allocation grows the refcount table from none: QEMU copies from a NULL table and dies
+/// of SIGSEGV, ours prints the check's output as QEMU's, then one `blockfault:` line, exit 1.
+#[test]
+fn refcount_table_growing_from_none_at_check_close() {
+    if !have_qemu() {
+        return;
+    }
+    let case = Case::new(BITMAP);
+    poke(&case.path("t.qcow2"), 56, &0u32.to_be_bytes());
+    let (theirs, mine) = case.both(&["-r", "leaks"], &[]);
+    assert_eq!(
+        theirs.2, -1,
+        "QEMU was expected to die of a signal: {theirs:?}"
+    );
+    assert_eq!(mine.2, 1, "{mine:?}");
+    assert_eq!(mine.0, theirs.0, "stdout");
+    let (lines, last) = mine.1.trim_end().rsplit_once('\n').unwrap();
+    assert_eq!(
+        format!("{lines}\n"),
+        theirs.1,
+        "stderr before the blockfault line"
+    );
+    assert!(
+        last.starts_with("blockfault: ") && last.contains("QEMU 10.0.2 crashes"),
+        "{last}"
+    );
+}

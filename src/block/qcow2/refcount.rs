@@ -519,6 +519,13 @@ impl Qcow2 {
         if table_size > super::header::MAX_REFTABLE_SIZE {
             return Err(libc::EFBIG);
         }
+        if self.st.borrow().reftable.is_empty() {
+            // an image opened for a check with refcount_table_clusters 0 has no table at all;
+            // QEMU copies its first entry from a NULL table
+            self.console.err("blockfault: qcow2: the refcount table is to grow from an empty one (refcount_table_clusters 0); QEMU 10.0.2 crashes here (segmentation fault in qcow2_refcount_area)\n");
+            self.console.exit(1);
+            return Err(libc::EIO);
+        }
         let mut new_table = vec![0u64; table_size as usize];
         {
             let st = self.st.borrow();
