@@ -360,8 +360,16 @@ impl Qcow2 {
             // skipping them at once answers the same, in time bounded by the refcount
             // structures rather than by a file a corrupt offset made terabytes long.
             if !self.has_refcount_block(i - 1) {
-                let bits = self.st.borrow().refcount_block_bits;
-                i = ((i - 1) >> bits) << bits;
+                // past the table's end at once (2^44 clusters of a far-grown file would still
+                // be 2^31 blocks), else to the start of the missing block
+                let st = self.st.borrow();
+                let bits = st.refcount_block_bits;
+                let table_end = (st.reftable.len() as u64) << bits;
+                i = if i > table_end {
+                    table_end
+                } else {
+                    ((i - 1) >> bits) << bits
+                };
                 continue;
             }
             i -= 1;
