@@ -28,6 +28,7 @@ pub fn run(args: &[String], base_dir: &Path, sink: SharedSink) -> i32 {
         base_dir,
         force_share: Cell::new(false),
         no_io: Cell::new(false),
+        node_names: Cell::new(0),
     };
     let Some(cmd) = args.first() else {
         img.error("Not enough arguments");
@@ -74,6 +75,9 @@ struct Img<'a> {
     force_share: Cell<bool>,
     /// images are opened without I/O (qemu-img info's BDRV_O_NO_IO)
     no_io: Cell<bool>,
+    /// generated node names so far (QEMU's `#block` counter, process-wide: a second image
+    /// opened, as by compare, goes on counting)
+    node_names: Cell<u64>,
 }
 
 impl Img<'_> {
@@ -252,11 +256,17 @@ impl Img<'_> {
             options.insert("force-share".into(), true.into());
         }
         let user = Access::user(!read_only, self.no_io.get());
-        open_drive(Some(name), options, format, &ctx)
+        let node = open_drive(Some(name), options, format, &ctx)
             .and_then(|node| perms::refresh(&node, user, read_only).map(|()| node))
             .map_err(|e| {
                 self.error(&format!("Could not open '{name}': {e}"));
                 1
-            })
+            })?;
+        // qemu-img's nodes have no node-name of their own: messages name them by the one QEMU
+        // generates (e.g. "Lost persistent bitmaps during inactivation of node '#block100'")
+        let mut counter = self.node_names.get();
+        crate::block::reopen::assign_node_names(&node, &mut counter);
+        self.node_names.set(counter);
+        Ok(node)
     }
 }

@@ -118,7 +118,8 @@ struct Stats {
     /// class -> (count, first seed)
     classes: BTreeMap<String, (u64, u64)>,
     excluded: BTreeMap<&'static str, u64>,
-    qemu_trouble: BTreeMap<String, u64>,
+    /// what QEMU itself did (crash, hang) -> (count, first seed)
+    qemu_trouble: BTreeMap<String, (u64, u64)>,
     /// seeds of cases with unexcluded failures
     failing_seeds: Vec<u64>,
 }
@@ -153,8 +154,8 @@ impl Stats {
                 exclusions::named(name).map_or("", |e| e.waits_for)
             );
         }
-        for (what, n) in &self.qemu_trouble {
-            s += &format!("\n  QEMU itself: {what}: {n}");
+        for (what, (n, seed)) in &self.qemu_trouble {
+            s += &format!("\n  QEMU itself: {what}: {n} (first seed 0x{seed:x})");
         }
         s
     }
@@ -164,11 +165,13 @@ impl Stats {
 /// blurred (the mutation that led there varies within one class).
 fn class_of(f: &Failure) -> String {
     let exits = match f.kind {
-        Kind::CheckDisagrees | Kind::RepairDisagrees | Kind::InfoDisagrees => format!(
-            " qemu {} ours {}",
-            f.qemu.as_ref().map_or("-".into(), |q| q.describe_exit()),
-            f.ours.describe_exit()
-        ),
+        Kind::CheckDisagrees | Kind::RepairDisagrees | Kind::InfoDisagrees | Kind::CrashPolicy => {
+            format!(
+                " qemu {} ours {}",
+                f.qemu.as_ref().map_or("-".into(), |q| q.describe_exit()),
+                f.ours.describe_exit()
+            )
+        }
         _ => String::new(),
     };
     // which info keys differ
@@ -358,7 +361,8 @@ fn worker(cfg: &Config, k: u64, bases: &[Base], tools: &Tools, stats: &Mutex<Sta
                 e.1 += u64::from(*agreed);
             }
             for t in &outcome.qemu_trouble {
-                *s.qemu_trouble.entry(t.clone()).or_default() += 1;
+                let e = s.qemu_trouble.entry(t.clone()).or_insert((0, seed));
+                e.0 += 1;
             }
             let mut failed = false;
             for f in &outcome.failures {

@@ -381,6 +381,16 @@ impl BlockDriver for Qcow2 {
     ) -> BoxFut<'a, IoResult<BlockStatus>> {
         Box::pin(async move {
             let (flags, pnum, map) = self.driver_status(node, offset, bytes).await?;
+            if flags & (status::DATA | status::ZERO) == 0 && self.st.borrow().dead {
+                // The query itself found a fatal corruption (the metadata-preallocation scan
+                // reading a bad refcount block): QEMU's generic block status then asks the
+                // stopped node's driver whether it supports backing files, through NULL.
+                self.console.err(
+                    "blockfault: qcow2: block status of an unallocated range after the query stopped the driver on a fatal corruption; QEMU 10.0.2 crashes here (segmentation fault in bdrv_co_block_status)\n",
+                );
+                self.console.exit(1);
+                return Err(libc::ENOMEDIUM);
+            }
             let file = (flags & status::OFFSET_VALID != 0).then(|| self.data_child(node).clone());
             Ok(BlockStatus {
                 flags,

@@ -264,6 +264,16 @@ impl Qcow2 {
         self.st.borrow_mut().cache(c).put(i);
     }
 
+    /// Whether a refcount block covers the cluster. Clusters without one have refcount 0 and
+    /// cost QEMU no cache lookup, so loops over the file's clusters (which a corrupt offset can
+    /// make terabytes long) skip a missing block's whole range at once and answer the same.
+    pub fn has_refcount_block(&self, cluster_index: u64) -> bool {
+        let st = self.st.borrow();
+        st.reftable
+            .get((cluster_index >> st.refcount_block_bits) as usize)
+            .is_some_and(|e| e & REFT_OFFSET_MASK != 0)
+    }
+
     /// A cluster's refcount, read through the refcount cache without an event.
     pub async fn get_refcount(&self, node: &Node, cluster_index: u64) -> IoResult<u64> {
         let (ti, off, idx, order) = {
@@ -508,6 +518,13 @@ impl Qcow2 {
         let table_clusters = table_size * 8 / cs;
         if table_size > super::header::MAX_REFTABLE_SIZE {
             return Err(libc::EFBIG);
+        }
+        if self.st.borrow().reftable.is_empty() {
+            // an image opened for a check with refcount_table_clusters 0 has no table at all;
+            // QEMU copies its first entry from a NULL table
+            self.console.err("blockfault: qcow2: the refcount table is to grow from an empty one (refcount_table_clusters 0); QEMU 10.0.2 crashes here (segmentation fault in qcow2_refcount_area)\n");
+            self.console.exit(1);
+            return Err(libc::EIO);
         }
         let mut new_table = vec![0u64; table_size as usize];
         {

@@ -308,6 +308,14 @@ impl Qcow2 {
             .await;
             return Err(libc::EIO);
         }
+        if block == 0 {
+            // a refcount table entry with only reserved bits set: its refblock "offset" is 0
+            self.qemu_aborts(
+                "the image is corrupt: a refcount block at offset 0 is to be discarded",
+                "qcow2_discard_refcount_block",
+            );
+            return Err(libc::EIO);
+        }
         let idx = (ci & (rbs - 1)) as usize;
         let slot = self
             .cache_get(node, CacheKind::Refcount, covering, true)
@@ -351,17 +359,17 @@ impl Qcow2 {
             // Clusters without a refcount block have refcount 0 and cost QEMU no cache lookup:
             // skipping them at once answers the same, in time bounded by the refcount
             // structures rather than by a file a corrupt offset made terabytes long.
-            let absent = {
+            if !self.has_refcount_block(i - 1) {
+                // past the table's end at once (2^44 clusters of a far-grown file would still
+                // be 2^31 blocks), else to the start of the missing block
                 let st = self.st.borrow();
-                let ti = (i - 1) >> st.refcount_block_bits;
-                let present = st
-                    .reftable
-                    .get(ti as usize)
-                    .is_some_and(|e| e & REFT_OFFSET_MASK != 0);
-                (!present).then_some(ti << st.refcount_block_bits)
-            };
-            if let Some(block_start) = absent {
-                i = block_start;
+                let bits = st.refcount_block_bits;
+                let table_end = (st.reftable.len() as u64) << bits;
+                i = if i > table_end {
+                    table_end
+                } else {
+                    ((i - 1) >> bits) << bits
+                };
                 continue;
             }
             i -= 1;

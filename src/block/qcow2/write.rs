@@ -212,6 +212,18 @@ impl Qcow2 {
         let mut count = 0;
         let mut i = 0;
         while i < end_cluster && count < threshold {
+            // QEMU asks every cluster up to the file's end, which a far L2 entry written on
+            // tmpfs (a sparse file 2^56 bytes long) makes a loop of days; clusters no refcount
+            // block covers count 0, so ours steps over them, and stops past the table's end.
+            if !self.has_refcount_block(i) {
+                let st = self.st.borrow();
+                let next_block = (i >> st.refcount_block_bits) + 1;
+                if next_block >= st.reftable.len() as u64 {
+                    break;
+                }
+                i = next_block << st.refcount_block_bits;
+                continue;
+            }
             if self.get_refcount(node, i).await? != 0 {
                 count += 1;
             }

@@ -36,6 +36,9 @@ pub enum Kind {
     RepairDisagrees,
     /// `info`: exit code or JSON differs
     InfoDisagrees,
+    /// QEMU died of a signal and ours did not stop as the README says it stops there (one
+    /// `blockfault: ` line on stderr, exit 1)
+    CrashPolicy,
 }
 
 #[derive(Clone, Debug)]
@@ -187,6 +190,15 @@ impl Ctx<'_> {
                 Kind::Memory,
                 format!("peak resident memory {} MiB", r.max_rss_kib >> 10),
             )),
+            Exit::Code(c) if matches!(qemu.exit, Exit::Signal(_)) && !stops_by_policy(c, &r) => {
+                Some((
+                    Kind::CrashPolicy,
+                    format!(
+                        "QEMU: {}; ours: exit {c} without one 'blockfault: ' line",
+                        qemu.describe_exit()
+                    ),
+                ))
+            }
             Exit::Code(_) => None,
         };
         if let Some((kind, detail)) = problem {
@@ -237,6 +249,16 @@ impl Ctx<'_> {
             self.fail(kind, step, detail, "qemu-img", a, Some(q), o);
         }
     }
+}
+
+/// Where QEMU crashes, ours stops with exit 1 and exactly one `blockfault: ` line on stderr.
+fn stops_by_policy(code: i32, r: &Run) -> bool {
+    code == 1
+        && r.stderr
+            .lines()
+            .filter(|l| l.starts_with("blockfault: "))
+            .count()
+            == 1
 }
 
 pub fn execute(case: &Case, bases: &[Base], tools: &Tools) -> Outcome {
