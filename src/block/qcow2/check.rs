@@ -7,6 +7,7 @@
 //! It works on the image file through [`ImageFile`] (an fsck must not trust the driver's
 //! caches): qemu-img gives it the file itself, the driver its file node.
 
+use super::cache::{Cache, Lookup};
 use super::header::{
     AUTOCLEAR_BITMAPS, Header, INCOMPAT_CORRUPT, INCOMPAT_DIRTY, MAX_L1_SIZE, MAX_SNAPSHOTS,
     SNAPSHOT_HEADER_SIZE, be16, be32, be64, validate_table,
@@ -115,10 +116,10 @@ pub struct Checker<F: ImageFile> {
     header: Header,
     l1: Vec<u64>,
     reftable: Vec<u64>,
-    /// QEMU's refcount block cache, which the check reads and repairs through: write-back,
-    /// so which changed blocks reach the file (and when a write is refused as overlapping
-    /// metadata) follows its size and replacement order
-    refcache: RefcountCache,
+    /// QEMU's refcount block cache (the driver's bookkeeping), which the check reads and
+    /// repairs through: write-back, so which changed blocks reach the file (and when a write
+    /// is refused as overlapping metadata) follows its size and replacement order
+    refcache: Cache,
     snapshots: Vec<Snapshot>,
     snapshots_size: u64,
     /// snapshot table entries whose extra data the check cut (the table must be rewritten)
@@ -142,82 +143,6 @@ const CHECK_FRAG_INFO: u32 = 2;
 /// qemu-img check sets no cache size).
 const REFCOUNT_CACHE_TABLES: usize = 4;
 
-/// One table of the refcount block cache (QEMU's Qcow2CachedTable; offset 0 = empty).
-struct CachedBlock {
-    offset: u64,
-    data: Vec<u8>,
-    dirty: bool,
-    lru: u64,
-}
-
-/// QEMU's Qcow2Cache for refcount blocks, in the synchronous check (no table is ever held
-/// across a call, so every slot is free to be replaced).
-struct RefcountCache {
-    slots: Vec<CachedBlock>,
-    lru_counter: u64,
-}
-
-impl RefcountCache {
-    fn new(n: usize) -> Self {
-        RefcountCache {
-            slots: (0..n)
-                .map(|_| CachedBlock {
-                    offset: 0,
-                    data: Vec::new(),
-                    dirty: false,
-                    lru: 0,
-                })
-                .collect(),
-            lru_counter: 0,
-        }
-    }
-
-    /// qcow2_cache_do_get's search: Ok(slot) holding `offset`, or Err(slot) to replace (the
-    /// least recently used, the first in scan order from the lookup index on a tie).
-    fn find(&self, offset: u64, table_size: u64) -> Result<usize, usize> {
-        let n = self.slots.len();
-        let start = ((offset / table_size).wrapping_mul(4) % n as u64) as usize;
-        let mut victim = start;
-        let mut min = u64::MAX;
-        for k in 0..n {
-            let i = (start + k) % n;
-            let t = &self.slots[i];
-            if t.offset == offset {
-                return Ok(i);
-            }
-            if t.lru < min {
-                min = t.lru;
-                victim = i;
-            }
-        }
-        Err(victim)
-    }
-
-    /// qcow2_cache_put: the table was used last.
-    fn touch(&mut self, i: usize) {
-        self.lru_counter += 1;
-        self.slots[i].lru = self.lru_counter;
-    }
-
-    /// qcow2_cache_discard of the table at `offset`, if cached (its cluster was freed).
-    fn discard(&mut self, offset: u64) {
-        if let Some(t) = self.slots.iter_mut().find(|t| t.offset == offset) {
-            t.offset = 0;
-            t.lru = 0;
-            t.dirty = false;
-        }
-    }
-
-    /// The tail of qcow2_cache_empty once the write-back succeeded.
-    fn clear(&mut self) {
-        for t in &mut self.slots {
-            t.offset = 0;
-            t.lru = 0;
-            t.dirty = false;
-        }
-        self.lru_counter = 0;
-    }
-}
 /// QEMU keeps its in-memory refcounts in one flat array and fails the check with ENOMEM when
 /// it cannot grow it (a repair may grow the file to terabytes). How far it gets depends on the
 /// host's memory; this is where it stops on a host of 16 to 32 GiB, kept fixed so that the
@@ -273,12 +198,13 @@ impl<F: ImageFile> Checker<F> {
                 .read_at(header.l1_table_offset, header.l1_size as usize * 8)
                 .map_err(|e| format!("Could not read L1 table: {}", strerror(e)))?,
         );
+        let refcache = Cache::new(REFCOUNT_CACHE_TABLES, header.cluster_size() as usize);
         let mut img = Checker {
             file,
             header,
             l1,
             reftable,
-            refcache: RefcountCache::new(REFCOUNT_CACHE_TABLES),
+            refcache,
             snapshots: Vec::new(),
             snapshots_size: 0,
             extra_data_dropped: 0,
@@ -706,40 +632,37 @@ impl<F: ImageFile> Checker<F> {
     /// qcow2_cache_get (and put) of the refcount block at `offset`: on a miss the least
     /// recently used table is written back first (a refused write fails the get) and
     /// replaced by a read of the file.
-    fn refblock(&mut self, offset: u64) -> Result<&mut Vec<u8>, i32> {
-        let cs = self.cs();
-        let i = match self.refcache.find(offset, cs) {
-            Ok(i) => i,
-            Err(i) => {
+    fn refblock(&mut self, offset: u64) -> Result<&mut [u8], i32> {
+        let i = match self.refcache.lookup(offset).expect("a cache with slots") {
+            Lookup::Hit(i) => i,
+            Lookup::Miss(i) => {
                 self.flush_cached(i)?;
-                self.refcache.slots[i].offset = 0;
-                let b = self.file.read_at(offset, cs as usize)?;
-                let t = &mut self.refcache.slots[i];
-                t.data = b;
-                t.offset = offset;
+                // the slot stays empty if the read fails
+                drop(self.refcache.begin_load(i));
+                let b = self.file.read_at(offset, self.cs() as usize)?;
+                self.refcache.end_load(i, b, offset, true);
                 i
             }
         };
-        self.refcache.touch(i);
-        Ok(&mut self.refcache.slots[i].data)
+        self.refcache.put(i);
+        Ok(self.refcache.table_mut(i))
     }
 
     /// qcow2_cache_entry_flush for the refcount cache: a dirty table is written back after
     /// the overlap check (which ignores refcount blocks); it stays dirty when that fails.
     fn flush_cached(&mut self, i: usize) -> Result<(), i32> {
-        let t = &self.refcache.slots[i];
-        if !t.dirty || t.offset == 0 {
+        let offset = self.refcache.offset(i);
+        if !self.refcache.is_dirty(i) || offset == 0 {
             return Ok(());
         }
-        let offset = t.offset;
         if let Some(what) = self.overlapped_metadata_except(offset, self.cs(), "refcount block") {
             self.signal_corruption(&format!(
                 "Preventing invalid write on metadata (overlaps with {what})"
             ));
             return Err(libc::EIO);
         }
-        self.file.write_at(offset, &self.refcache.slots[i].data)?;
-        self.refcache.slots[i].dirty = false;
+        self.file.write_at(offset, self.refcache.table(i))?;
+        self.refcache.clear_dirty(i);
         Ok(())
     }
 
@@ -792,7 +715,7 @@ impl<F: ImageFile> Checker<F> {
     /// error kept (ENOSPC before any other).
     fn flush_refblocks(&mut self) -> Result<(), i32> {
         let mut result = Ok(());
-        for i in 0..self.refcache.slots.len() {
+        for i in 0..self.refcache.size() {
             if let Err(e) = self.flush_cached(i)
                 && result != Err(libc::ENOSPC)
             {
@@ -877,7 +800,9 @@ impl<F: ImageFile> Checker<F> {
     /// A cluster whose refcount dropped to 0: a cached table there is dropped and the
     /// cluster discarded in the file (QEMU's `DISCARD_ALWAYS`).
     fn discard_cluster(&mut self, cluster: u64) {
-        self.refcache.discard(cluster * self.cs());
+        if let Some(i) = self.refcache.find(cluster * self.cs()) {
+            self.refcache.discard(i);
+        }
         self.file.discard(cluster * self.cs(), self.cs());
     }
 
@@ -934,20 +859,19 @@ impl<F: ImageFile> Checker<F> {
             }
         }
         let offset = new_block * cs;
-        let i = match self.refcache.find(offset, cs) {
-            Ok(i) => i,
-            Err(i) => {
+        let i = match self.refcache.lookup(offset).expect("a cache with slots") {
+            Lookup::Hit(i) => i,
+            Lookup::Miss(i) => {
                 if let Err(e) = self.flush_cached(i) {
                     return e;
                 }
                 i
             }
         };
-        let slot = &mut self.refcache.slots[i];
-        slot.offset = offset;
-        slot.data = block;
-        slot.dirty = true;
-        self.refcache.touch(i);
+        drop(self.refcache.begin_load(i));
+        self.refcache.end_load(i, block, offset, false);
+        self.refcache.mark_dirty(i);
+        self.refcache.put(i);
         if let Err(e) = self.flush_refblocks() {
             return e;
         }
@@ -984,8 +908,8 @@ impl<F: ImageFile> Checker<F> {
         }
         .ok_or(libc::EINVAL)?;
         set_refcount(b, order, cluster % per_block, new);
-        let slot = self.refcache.find(off, self.cs()).expect("just used");
-        self.refcache.slots[slot].dirty = true;
+        let slot = self.refcache.find(off).expect("just used");
+        self.refcache.mark_dirty(slot);
         if decrease && new == 0 {
             self.free_cluster_index = self.free_cluster_index.min(cluster);
         }
@@ -1935,7 +1859,9 @@ impl<F: ImageFile> Checker<F> {
         let cs = self.cs();
         // qcow2_cache_empty, whose failure QEMU ignores (the tables then stay cached)
         if self.flush_refblocks().is_ok() {
-            self.refcache.clear();
+            for i in 0..self.refcache.size() {
+                self.refcache.discard(i);
+            }
         }
         let mut reftable = Vec::new();
         let end = rt.len;
