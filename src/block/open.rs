@@ -949,14 +949,7 @@ mod tests {
         let mut head = vec![0u8; 4096];
         head[..8].copy_from_slice(b"QFI\xfb\0\0\0\x01");
         std::fs::write(dir.path().join("v1.qcow"), head).unwrap();
-        let ctx = OpenContext {
-            base_dir: dir.path().to_path_buf(),
-            console: crate::output::Console::new(std::rc::Rc::new(std::cell::RefCell::new(
-                crate::output::Capture::default(),
-            ))),
-            flags: OpenFlags::default(),
-            skip_host_sync: true,
-        };
+        let ctx = OpenContext::quiet(dir.path());
         let err = open_drive(Some("v1.qcow"), Options::new(), None, &ctx).err();
         assert_eq!(
             err.as_deref(),
@@ -977,14 +970,7 @@ mod tests {
         image[95] |= 1;
         let path = dir.path().join("t.qcow2");
         std::fs::write(&path, &image).unwrap();
-        let ctx = OpenContext {
-            base_dir: dir.path().to_path_buf(),
-            console: crate::output::Console::new(std::rc::Rc::new(std::cell::RefCell::new(
-                crate::output::Capture::default(),
-            ))),
-            flags: OpenFlags::default(),
-            skip_host_sync: true,
-        };
+        let ctx = OpenContext::quiet(dir.path());
         let mut bogus = Options::new();
         bogus.insert("bogus".into(), Value::from(1));
         let err = open_drive(Some("t.qcow2"), bogus, Some("qcow2"), &ctx).err();

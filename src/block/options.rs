@@ -31,6 +31,19 @@ pub struct OpenContext {
 }
 
 impl OpenContext {
+    /// For unit tests: names resolve in `dir`, messages are captured, default flags.
+    #[cfg(test)]
+    pub fn quiet(dir: &std::path::Path) -> Self {
+        OpenContext {
+            base_dir: dir.to_path_buf(),
+            console: Console::new(Rc::new(std::cell::RefCell::new(
+                crate::output::Capture::default(),
+            ))),
+            flags: Default::default(),
+            skip_host_sync: true,
+        }
+    }
+
     pub fn resolve(&self, name: &str) -> PathBuf {
         let p = crate::host_bytes::host_path(name);
         if p.is_absolute() {

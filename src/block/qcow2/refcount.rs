@@ -1115,7 +1115,6 @@ mod tests {
     /// whole-table write replaces them with the cached (zero) entry. Returns both entries as
     /// the file holds them afterwards.
     fn flush_after_planting(filename: &str) -> (u64, u64) {
-        use crate::block::node::OpenFlags;
         use crate::block::open::{OpenContext, Options, open_drive};
         use std::os::unix::fs::FileExt;
         let dir = tempfile::tempdir().unwrap();
@@ -1126,14 +1125,7 @@ mod tests {
         let image = crate::img::qcow2::create::build(&spec).unwrap().flatten();
         let path = dir.path().join("t.qcow2");
         std::fs::write(&path, &image).unwrap();
-        let ctx = OpenContext {
-            base_dir: dir.path().to_path_buf(),
-            console: crate::output::Console::new(std::rc::Rc::new(std::cell::RefCell::new(
-                crate::output::Capture::default(),
-            ))),
-            flags: OpenFlags::default(),
-            skip_host_sync: true,
-        };
+        let ctx = OpenContext::quiet(dir.path());
         let node = open_drive(Some(filename), Options::new(), Some("qcow2"), &ctx).unwrap();
         let data = vec![0x5au8; 4096];
         // a new L2 table, then data clusters after it: the table lies well inside the file
