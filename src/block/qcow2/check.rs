@@ -10,7 +10,7 @@
 use super::cache::{Cache, Lookup};
 use super::header::{
     AUTOCLEAR_BITMAPS, Header, INCOMPAT_CORRUPT, INCOMPAT_DIRTY, MAX_L1_SIZE, MAX_SNAPSHOTS,
-    SNAPSHOT_HEADER_SIZE, be16, be32, be64, validate_table,
+    SNAPSHOT_HEADER_SIZE, be16, be32, be64, c_string, validate_table,
 };
 use super::image_file::ImageFile;
 use super::state::{
@@ -101,12 +101,6 @@ const BDRV_MAX_LENGTH: u64 = i64::MAX as u64 & !((1 << 30) - 1);
 /// A NUL-terminated C string's bytes.
 fn c_string_bytes(b: &[u8]) -> &[u8] {
     &b[..b.iter().position(|&c| c == 0).unwrap_or(b.len())]
-}
-
-/// A NUL-terminated C string's text.
-fn c_string(b: &[u8]) -> String {
-    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
-    crate::host_bytes::text_of(&b[..end])
 }
 
 /// The image as the checker sees it: header fields, active L1 and refcount table in memory,

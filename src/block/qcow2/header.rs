@@ -653,7 +653,7 @@ pub fn read_extensions(
 
 /// Bytes up to the first NUL, as C reads a name stored without its terminator; bytes that are
 /// not UTF-8 are kept as [`crate::host_bytes`] text, so the name means the same file.
-fn c_string(b: &[u8]) -> String {
+pub fn c_string(b: &[u8]) -> String {
     let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
     crate::host_bytes::text_of(&b[..end])
 }

@@ -5,6 +5,7 @@ use crate::block::luks_header::LuksInfo;
 use crate::block::qcow2::bitmap::{DirEntry, FLAG_AUTO, FLAG_IN_USE, display_name};
 use crate::block::qcow2::header::{
     AUTOCLEAR_DATA_FILE_RAW, Header, INCOMPAT_CORRUPT, INCOMPAT_DATA_FILE, be16, be32, be64,
+    c_string,
 };
 use crate::block::qcow2::image_file::ImageFile;
 
@@ -272,12 +273,6 @@ fn c_g3(v: f64) -> String {
     } else {
         s
     }
-}
-
-/// A NUL-terminated C string's text.
-fn c_string(b: &[u8]) -> String {
-    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
-    crate::host_bytes::text_of(&b[..end])
 }
 
 #[cfg(test)]
